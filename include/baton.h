@@ -1,0 +1,352 @@
+/*
+ * baton.h — the public C API of baton's core: a runtime on a libuv loop with tasks, task
+ * groups, counting semaphores, per-key budgets, timers and subprocesses. It knows nothing
+ * of Lua; the Lua module and the `baton` executable are built on it, and a C host can embed
+ * it the same way.
+ *
+ * The model, in one paragraph. A runtime owns a ready queue of tasks and a timer heap on one
+ * uv_loop_t. A task is a resumable unit with a vtable (`resume`); whoever embeds the core
+ * decides what resuming means (the Lua layer resumes a coroutine). Tasks never run from a
+ * libuv callback or from inside another task: every wake-up only enqueues, and the queue is
+ * drained in FIFO order from a check handle. A task that waits registers one wait record
+ * (bt_wait_t) carrying a token and a cancel function; completion, timeout and abort each go
+ * through bt_task_wake(), which drops stale tokens, unregisters the wait and enqueues.
+ *
+ * Conventions (libuv's):
+ *  - Functions that can fail return 0 or a negative error code: one of BT_E* below, or a
+ *    libuv code passed through unchanged. bt_strerror()/bt_err_name() name both.
+ *  - A call that fails never invokes its callback.
+ *  - Structs declared here with visible fields (bt_task_t, bt_wait_t, bt_timer_t,
+ *    bt_sem_waiter_t) are storage the caller embeds in its own objects, so that waiting
+ *    never allocates. Their fields are private to the core unless documented.
+ *  - Ownership is written on every function that takes or returns a pointer.
+ */
+#ifndef BATON_H
+#define BATON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define BT_EXTERN __attribute__((visibility("default")))
+#else
+#define BT_EXTERN
+#endif
+
+#define BT_VERSION_MAJOR 0
+#define BT_VERSION_MINOR 1
+#define BT_VERSION_PATCH 0
+#define BT_VERSION_STRING "0.1.0"
+
+/* Error codes. libuv's codes (negative errno values) pass through unchanged; baton's own
+ * live below -5000 so they never collide. */
+#define BT_ERRNO_MAP(XX)                                        \
+  XX(TIMEDOUT,  -5001, "timeout", "operation timed out")       \
+  XX(CANCELED,  -5002, "cancelled", "task cancelled")          \
+  XX(CLOSED,    -5003, "closed", "object is closed")           \
+  XX(BUSY,      -5004, "busy", "would have to wait")           \
+  XX(NOMEM,     -5005, "nomem", "out of memory")               \
+  XX(INVAL,     -5006, "inval", "invalid argument")
+
+typedef enum {
+#define XX(name, code, kind, msg) BT_E##name = code,
+  BT_ERRNO_MAP(XX)
+#undef XX
+} bt_errno_t;
+
+/* A short lowercase name for an error ("timeout", "cancelled", or libuv's "ENOENT"). */
+BT_EXTERN const char *bt_err_name(int err);
+/* A human-readable message. Static storage; never NULL. */
+BT_EXTERN const char *bt_strerror(int err);
+
+typedef struct bt_rt bt_rt_t;
+typedef struct bt_task bt_task_t;
+typedef struct bt_wait bt_wait_t;
+typedef struct bt_timer bt_timer_t;
+typedef struct bt_group bt_group_t;
+typedef struct bt_sem bt_sem_t;
+typedef struct bt_sem_waiter bt_sem_waiter_t;
+typedef struct bt_budget bt_budget_t;
+typedef struct bt_budget_key bt_budget_key_t;
+typedef struct bt_proc bt_proc_t;
+
+/* ---- runtime ------------------------------------------------------------------------ */
+
+/* Creates a runtime on `loop`, or on a loop of its own when `loop` is NULL. Returns NULL on
+ * allocation failure. The caller owns the result and frees it with bt_rt_free(). */
+BT_EXTERN bt_rt_t *bt_rt_new(uv_loop_t *loop);
+/* Closes the runtime's handles, runs the loop until they are closed, and frees it (and its
+ * own loop). Tasks must have finished; their storage is the embedder's. Accepts NULL.
+ * Returns 0, or UV_EBUSY if its own loop still had foreign handles (freed anyway). */
+BT_EXTERN int bt_rt_free(bt_rt_t *rt);
+/* The loop, borrowed for the runtime's lifetime. */
+BT_EXTERN uv_loop_t *bt_rt_loop(bt_rt_t *rt);
+/* The loop's monotonic clock in milliseconds, refreshed on each call. */
+BT_EXTERN uint64_t bt_now(bt_rt_t *rt);
+/* The task being resumed right now, or NULL outside any task. */
+BT_EXTERN bt_task_t *bt_rt_current(bt_rt_t *rt);
+/* Number of tasks in the ready queue. */
+BT_EXTERN size_t bt_rt_ready(bt_rt_t *rt);
+/* Number of armed timers. */
+BT_EXTERN size_t bt_rt_timers(bt_rt_t *rt);
+/* An embedder's pointer, kept for it (NULL until set). */
+BT_EXTERN void bt_rt_set_data(bt_rt_t *rt, void *data);
+BT_EXTERN void *bt_rt_data(bt_rt_t *rt);
+/* Most resumes done per loop iteration before I/O gets a turn (default 1024). */
+BT_EXTERN void bt_rt_set_budget(bt_rt_t *rt, unsigned resumes);
+
+/* ---- timers: a heap in the runtime, one uv_timer_t armed at its head ---------------- */
+
+typedef void (*bt_timer_cb)(bt_timer_t *timer);
+struct bt_timer {
+  uint64_t due;   /* absolute, loop milliseconds */
+  uint64_t seq;   /* ties fire in the order they were started */
+  size_t slot;    /* heap index + 1; 0 while not armed */
+  bt_timer_cb cb;
+};
+/* Arms `t` (caller-owned storage, must stay valid until it fires or is stopped) to call
+ * `cb` at absolute time `due`. Re-arming an armed timer moves it. Returns 0 or BT_ENOMEM. */
+BT_EXTERN int bt_timer_start(bt_rt_t *rt, bt_timer_t *t, uint64_t due, bt_timer_cb cb);
+/* Disarms `t`; a no-op if it is not armed. */
+BT_EXTERN void bt_timer_stop(bt_rt_t *rt, bt_timer_t *t);
+
+/* ---- tasks -------------------------------------------------------------------------- */
+
+typedef enum {
+  BT_TASK_PENDING = 0,  /* spawned, never run */
+  BT_TASK_READY,        /* woken, in the ready queue */
+  BT_TASK_RUNNING,      /* being resumed now */
+  BT_TASK_WAITING,      /* suspended on a wait record */
+  BT_TASK_DONE,
+  BT_TASK_FAILED,
+  BT_TASK_CANCELLED
+} bt_task_state_t;
+
+typedef struct bt_task_vt {
+  /* Runs the task until it waits, yields or finishes. `status` is what the last wake
+   * delivered (0, BT_ETIMEDOUT, BT_ECANCELED, ...); it is 0 for the first run. Before
+   * returning, the implementation has called exactly one of bt_task_wait(),
+   * bt_task_yield() or bt_task_finish() on `t`. */
+  void (*resume)(bt_rt_t *rt, bt_task_t *t, int status);
+  /* Called once when a task finishes, after it has left its group's live list (may be
+   * NULL). The task must not be freed from here if it is still in a group. */
+  void (*finished)(bt_rt_t *rt, bt_task_t *t);
+} bt_task_vt;
+
+typedef void (*bt_cancel_fn)(bt_wait_t *w);
+
+/* One await. `cancel` unregisters the wait from whatever it waits on; it is called exactly
+ * once per wait, by bt_task_wake(), whatever woke the task, and must be idempotent with
+ * respect to a source that already unregistered itself. */
+struct bt_wait {
+  bt_rt_t *rt;
+  bt_task_t *task;
+  uint32_t token;
+  bt_cancel_fn cancel;  /* may be NULL (a plain sleep has only the timer) */
+  void *src;            /* the source record the wait is registered with, for `cancel` */
+  bt_timer_t timer;     /* the wait's optional deadline */
+};
+
+typedef struct bt_joiner {
+  LIST_ENTRY(bt_joiner) link;
+  bt_wait_t *wait;      /* non-NULL while registered */
+} bt_joiner_t;
+
+typedef struct bt_gate bt_gate_t;
+
+struct bt_task {
+  bt_task_t *rq_next;                 /* ready queue (private) */
+  bt_task_t *g_prev, *g_next;         /* group lists (private) */
+  bt_group_t *group;                  /* NULL when the task belongs to no group */
+  const bt_task_vt *vt;
+  bt_wait_t *wait;                    /* the current wait record, or NULL */
+  LIST_HEAD(, bt_joiner) joiners;     /* tasks waiting for this one (private) */
+  bt_gate_t *gate;                    /* bounded spawn: the gate whose permit it holds */
+  uint32_t id;
+  uint32_t token;
+  uint8_t state;                      /* bt_task_state_t */
+  uint8_t flags;                      /* BT_TASK_F_* */
+  int16_t status;                     /* what the last wake delivered (private) */
+};
+#define BT_TASK_F_QUEUED    0x01u  /* in the ready queue */
+#define BT_TASK_F_CANCEL    0x02u  /* abort requested (level-triggered) */
+#define BT_TASK_F_JOINED    0x04u  /* its outcome was observed by someone */
+#define BT_TASK_F_PERMIT    0x08u  /* holds one permit of t->gate's semaphore */
+#define BT_TASK_F_USER      0x10u  /* first flag free for the embedder */
+
+/* Initialises `t` (caller-owned storage that must outlive the task's stay in the runtime)
+ * and enqueues it. It first runs when the loop drains the ready queue. `group` may be NULL.
+ * Never fails. */
+BT_EXTERN void bt_task_spawn(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt,
+                             bt_group_t *group);
+/* Initialises `t` like bt_task_spawn() but does not enqueue it: bt_task_start() does. Used
+ * for tasks that must first obtain a permit. */
+BT_EXTERN void bt_task_init(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt,
+                            bt_group_t *group);
+BT_EXTERN void bt_task_start(bt_rt_t *rt, bt_task_t *t);
+
+/* Called from inside resume: suspends `t` on `w` (caller-owned storage valid until the wake),
+ * with a deadline at absolute time `due` unless `due` is UINT64_MAX. Returns the token. */
+BT_EXTERN uint32_t bt_task_wait(bt_rt_t *rt, bt_task_t *t, bt_wait_t *w, bt_cancel_fn cancel,
+                                uint64_t due);
+/* Wakes `t` with `status` if it still waits with `token`; a stale token is dropped.
+ * Runs the wait's cancel and stops its timer, then enqueues. Returns 1 if woken, else 0. */
+BT_EXTERN int bt_task_wake(bt_rt_t *rt, bt_task_t *t, uint32_t token, int status);
+/* Called from inside resume: re-enqueues `t` at the back of the ready queue. */
+BT_EXTERN void bt_task_yield(bt_rt_t *rt, bt_task_t *t);
+/* Called from inside resume: `t` ended with `state` (DONE, FAILED or CANCELLED). Wakes its
+ * joiners and moves it to its group's finished list. */
+BT_EXTERN void bt_task_finish(bt_rt_t *rt, bt_task_t *t, bt_task_state_t state);
+/* Requests cancellation. A waiting task is woken with BT_ECANCELED; a pending one finishes
+ * as CANCELLED when drained; the running one sees it at its next wait. Idempotent. */
+BT_EXTERN void bt_task_abort(bt_rt_t *rt, bt_task_t *t);
+/* 1 if the task has finished (DONE, FAILED, CANCELLED). */
+BT_EXTERN int bt_task_finished(const bt_task_t *t);
+
+/* Waits (from inside resume of `self`) for `t` to finish. `j` is caller-owned storage valid
+ * until the wake. Returns 1 if `t` already finished (no wait registered), else 0 after
+ * calling bt_task_wait() on `w`. */
+BT_EXTERN int bt_task_join(bt_rt_t *rt, bt_task_t *self, bt_task_t *t, bt_joiner_t *j,
+                           bt_wait_t *w, uint64_t due);
+
+/* ---- task groups (JoinSet) ---------------------------------------------------------- */
+
+/* A group owns two lists: live tasks and finished-but-not-joined tasks (completion order).
+ * Returns NULL on allocation failure; free with bt_group_free() once empty or after
+ * bt_group_detach_all(). */
+BT_EXTERN bt_group_t *bt_group_new(bt_rt_t *rt);
+BT_EXTERN void bt_group_free(bt_group_t *g);
+/* Tasks not yet joined (live + finished). */
+BT_EXTERN size_t bt_group_len(const bt_group_t *g);
+BT_EXTERN size_t bt_group_live(const bt_group_t *g);
+/* Pops the oldest finished task, or NULL. The caller now owns the reference the group held. */
+BT_EXTERN bt_task_t *bt_group_pop(bt_group_t *g);
+/* Waits (from inside resume of `self`) until the group has a finished task. Returns 1 if it
+ * already has one, -1 if the group is empty (nothing to wait for), else 0 after calling
+ * bt_task_wait(). `j` and `w` are caller-owned, valid until the wake. */
+BT_EXTERN int bt_group_wait(bt_group_t *g, bt_task_t *self, bt_joiner_t *j, bt_wait_t *w,
+                            uint64_t due);
+/* Aborts every live task. */
+BT_EXTERN void bt_group_abort_all(bt_group_t *g);
+/* Iterates tasks: live ones first, then finished ones. `t` NULL starts. */
+BT_EXTERN bt_task_t *bt_group_next(bt_group_t *g, bt_task_t *t);
+/* Removes `t` from its group (live or finished list). */
+BT_EXTERN void bt_group_remove(bt_task_t *t);
+/* Detaches every task (they finish with no group) after aborting the live ones; the
+ * group can then be freed. Gated tasks still waiting for a permit start as cancelled. */
+BT_EXTERN void bt_group_detach_all(bt_group_t *g);
+
+/* Bounded spawn. A gate queues tasks of group `g` behind one permit each of `sem`; a task
+ * is started (enqueued) only once its permit is granted, and the permit is released when
+ * it finishes, however it ends. The gate is owned by the group; `sem` must outlive it.
+ * Returns NULL on allocation failure. */
+BT_EXTERN bt_gate_t *bt_group_gate(bt_group_t *g, bt_sem_t *sem);
+/* Initialises `t` like bt_task_init() into g and queues it on `gate`. */
+BT_EXTERN void bt_gate_spawn(bt_rt_t *rt, bt_gate_t *gate, bt_task_t *t, const bt_task_vt *vt);
+/* Tasks queued on the gate, not yet granted. */
+BT_EXTERN size_t bt_gate_queued(const bt_gate_t *gate);
+
+/* ---- counting semaphore: FIFO with direct hand-off ---------------------------------- */
+
+typedef void (*bt_sem_cb)(bt_sem_waiter_t *w, int status);
+struct bt_sem_waiter {
+  TAILQ_ENTRY(bt_sem_waiter) link;
+  bt_sem_t *sem;     /* non-NULL while queued */
+  size_t k;
+  bt_sem_cb cb;      /* 0 = granted (permits taken), BT_ECLOSED = semaphore closed */
+};
+
+/* Returns NULL on allocation failure. bt_sem_free() accepts NULL; it fails queued waiters. */
+BT_EXTERN bt_sem_t *bt_sem_new(size_t permits);
+BT_EXTERN void bt_sem_free(bt_sem_t *s);
+/* Takes k permits now: 0, BT_EBUSY (not enough, or someone is queued: fairness),
+ * BT_ECLOSED, BT_EINVAL (k > capacity). */
+BT_EXTERN int bt_sem_try_acquire(bt_sem_t *s, size_t k);
+/* Takes k permits now if possible (returns 1), or queues `w` (returns 0; `cb` runs later,
+ * from the releasing call). Errors: BT_ECLOSED, BT_EINVAL. */
+BT_EXTERN int bt_sem_acquire(bt_sem_t *s, bt_sem_waiter_t *w, size_t k, bt_sem_cb cb);
+/* Unlinks a queued waiter without calling its callback, then re-runs the grant loop (the
+ * head may have been blocking smaller requests). A no-op for a waiter not queued. */
+BT_EXTERN void bt_sem_cancel(bt_sem_waiter_t *w);
+/* Returns k permits and hands them to queued waiters in FIFO order. */
+BT_EXTERN void bt_sem_release(bt_sem_t *s, size_t k);
+/* Fails every waiter with BT_ECLOSED; later acquires fail. Idempotent. */
+BT_EXTERN void bt_sem_close(bt_sem_t *s);
+BT_EXTERN size_t bt_sem_available(const bt_sem_t *s);
+BT_EXTERN size_t bt_sem_capacity(const bt_sem_t *s);
+BT_EXTERN size_t bt_sem_waiting(const bt_sem_t *s);
+BT_EXTERN int bt_sem_closed(const bt_sem_t *s);
+
+/* ---- per-key budgets ---------------------------------------------------------------- */
+
+/* In-flight counts per key, each with a cap; a key disappears when its count drops to 0. */
+BT_EXTERN bt_budget_t *bt_budget_new(size_t default_cap);
+/* Frees the budget; keys still held are dropped. Accepts NULL. */
+BT_EXTERN void bt_budget_free(bt_budget_t *b);
+/* Counts one in-flight use of `key` (copied) if below `cap`. Returns the key's entry, which
+ * stays valid until the matching bt_budget_release(), or NULL (saturated, or no memory:
+ * *err says which: BT_EBUSY or BT_ENOMEM). */
+BT_EXTERN bt_budget_key_t *bt_budget_try_acquire(bt_budget_t *b, const char *key, size_t len,
+                                                 size_t cap, int *err);
+BT_EXTERN void bt_budget_release(bt_budget_t *b, bt_budget_key_t *k);
+BT_EXTERN size_t bt_budget_default_cap(const bt_budget_t *b);
+/* Current count of `key` (0 when absent). */
+BT_EXTERN size_t bt_budget_count(bt_budget_t *b, const char *key, size_t len);
+/* Visits every key with its count; the key is borrowed for the call. */
+BT_EXTERN void bt_budget_foreach(bt_budget_t *b,
+                                 void (*fn)(void *ud, const char *key, size_t len, size_t n),
+                                 void *ud);
+
+/* ---- subprocesses ------------------------------------------------------------------- */
+
+typedef struct bt_proc_opts {
+  const char *file;           /* argv[0] is looked up on PATH */
+  char **argv;                /* NULL-terminated; borrowed for the call */
+  char **env;                 /* NULL = inherit; borrowed for the call */
+  const char *cwd;            /* NULL = inherit */
+  int pipe_stdin;             /* 1: a pipe (bt_proc_write / bt_proc_close_stdin); 0: /dev/null */
+} bt_proc_opts;
+
+typedef struct bt_proc_events {
+  /* Bytes arrived on stdout (fd 1) or stderr (fd 2); `len` 0 means end of stream. The data
+   * is borrowed for the call. */
+  void (*on_data)(bt_proc_t *p, int fd, const char *data, size_t len);
+  /* The child exited (signal is 0 unless it was killed). Called once. */
+  void (*on_exit)(bt_proc_t *p, int64_t code, int signal);
+  /* Everything is closed; `p` is freed right after this returns. */
+  void (*on_close)(bt_proc_t *p);
+  void *data;
+} bt_proc_events;
+
+/* Spawns a child with argv (never a shell). On success *out is the process, owned by the
+ * runtime until on_close; the caller must eventually call bt_proc_close(). Returns 0 or a
+ * libuv error (UV_ENOENT for a missing program, ...); on failure no event is delivered. */
+BT_EXTERN int bt_proc_spawn(bt_rt_t *rt, const bt_proc_opts *opts, const bt_proc_events *ev,
+                            bt_proc_t **out);
+/* Writes to the child's stdin; `data` is copied. Returns 0 or a libuv error (UV_EPIPE after
+ * close_stdin or exit). */
+BT_EXTERN int bt_proc_write(bt_proc_t *p, const char *data, size_t len);
+BT_EXTERN void bt_proc_close_stdin(bt_proc_t *p);
+/* Sends a signal; a no-op (0) once the child has exited. */
+BT_EXTERN int bt_proc_kill(bt_proc_t *p, int signum);
+/* Stops reading stdout/stderr until bt_proc_read_start(). */
+BT_EXTERN void bt_proc_read_stop(bt_proc_t *p);
+BT_EXTERN void bt_proc_read_start(bt_proc_t *p);
+/* Releases the caller's hold: if the child still runs it gets SIGTERM, then SIGKILL after
+ * `grace_ms`; handles close once it has exited, then on_close runs. Call exactly once. */
+BT_EXTERN void bt_proc_close(bt_proc_t *p, uint64_t grace_ms);
+BT_EXTERN int bt_proc_pid(const bt_proc_t *p);
+BT_EXTERN int bt_proc_exited(const bt_proc_t *p);
+/* Live child processes started by this runtime and not yet closed. */
+BT_EXTERN size_t bt_rt_procs(bt_rt_t *rt);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* BATON_H */

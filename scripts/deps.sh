@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what baton needs to build and test on Debian/Ubuntu. Idempotent: packages
+# already present are skipped, so a second run does no network work.
+set -euo pipefail
+PKGS=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libuv1-dev libcjson-dev
+      uthash-dev lua-busted python3)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# busted's launcher runs on /usr/bin/lua; keep that on 5.4 even if luarocks pulled in 5.1.
+if [ -x /usr/bin/lua5.4 ] && command -v update-alternatives >/dev/null; then
+  cur=$(readlink -f /usr/bin/lua 2>/dev/null || true)
+  if [ "$cur" != "/usr/bin/lua5.4" ]; then
+    ${SUDO:-} update-alternatives --set lua-interpreter /usr/bin/lua5.4 >/dev/null 2>&1 || true
+  fi
+fi

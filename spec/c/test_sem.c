@@ -1,0 +1,82 @@
+/* Core semaphore: FIFO hand-off, fairness, cancel re-running the grant loop, close. */
+#include "test.h"
+
+static int granted[8], closed_n;
+static bt_sem_waiter_t ws[8];
+static void on_grant_idx(bt_sem_waiter_t *w, int status) {
+  if (status == 0) granted[w - ws] = 1;
+  else if (status == BT_ECLOSED) closed_n++;
+}
+
+static void test_fifo_and_fairness(void) {
+  bt_sem_t *s = bt_sem_new(2);
+  CHECK(bt_sem_try_acquire(s, 2) == 0);
+  CHECK(bt_sem_acquire(s, &ws[0], 1, on_grant_idx) == 0);
+  CHECK(bt_sem_acquire(s, &ws[1], 1, on_grant_idx) == 0);
+  CHECK(bt_sem_waiting(s) == 2);
+  bt_sem_release(s, 1);
+  CHECK(granted[0] && !granted[1]);
+  CHECK(bt_sem_try_acquire(s, 1) == BT_EBUSY);  /* ws[1] is queued: no overtaking */
+  bt_sem_release(s, 1);
+  CHECK(granted[1]);
+  CHECK(bt_sem_available(s) == 0);
+  bt_sem_release(s, 2);
+  CHECK(bt_sem_available(s) == 2);
+  bt_sem_release(s, 1);  /* a double release never mints permits */
+  CHECK(bt_sem_available(s) == 2);
+  CHECK(bt_sem_try_acquire(s, 3) == BT_EINVAL);
+  bt_sem_free(s);
+}
+
+static void test_cancel_head_regrants(void) {
+  for (int i = 0; i < 8; i++) granted[i] = 0;
+  bt_sem_t *s = bt_sem_new(3);
+  CHECK(bt_sem_try_acquire(s, 2) == 0);
+  CHECK(bt_sem_acquire(s, &ws[0], 3, on_grant_idx) == 0);  /* big head */
+  CHECK(bt_sem_acquire(s, &ws[1], 1, on_grant_idx) == 0);  /* fits, but waits behind */
+  CHECK(!granted[1]);
+  bt_sem_cancel(&ws[0]);
+  CHECK(granted[1]);
+  CHECK(ws[0].sem == NULL && bt_sem_waiting(s) == 0);
+  bt_sem_cancel(&ws[0]);  /* a no-op once unlinked */
+  bt_sem_release(s, 3);
+  bt_sem_free(s);
+}
+
+static void test_close_fails_waiters(void) {
+  bt_sem_t *s = bt_sem_new(1);
+  CHECK(bt_sem_try_acquire(s, 1) == 0);
+  closed_n = 0;
+  for (int i = 0; i < 3; i++) CHECK(bt_sem_acquire(s, &ws[i], 1, on_grant_idx) == 0);
+  bt_sem_close(s);
+  CHECK(closed_n == 3);
+  CHECK(bt_sem_waiting(s) == 0);
+  CHECK(bt_sem_try_acquire(s, 1) == BT_ECLOSED);
+  CHECK(bt_sem_acquire(s, &ws[0], 1, on_grant_idx) == BT_ECLOSED);
+  bt_sem_free(s);
+}
+
+static void test_budget(void) {
+  bt_budget_t *b = bt_budget_new(2);
+  int err = 0;
+  bt_budget_key_t *a1 = bt_budget_try_acquire(b, "a", 1, 2, &err);
+  bt_budget_key_t *a2 = bt_budget_try_acquire(b, "a", 1, 2, &err);
+  CHECK(a1 && a2 && a1 == a2);
+  CHECK(bt_budget_try_acquire(b, "a", 1, 2, &err) == NULL && err == BT_EBUSY);
+  CHECK(bt_budget_try_acquire(b, "z", 1, 0, &err) == NULL && err == BT_EBUSY);
+  CHECK(bt_budget_count(b, "a", 1) == 2);
+  bt_budget_release(b, a1);
+  bt_budget_release(b, a2);
+  CHECK(bt_budget_count(b, "a", 1) == 0);
+  bt_budget_key_t *c = bt_budget_try_acquire(b, "c", 1, 1, &err);
+  CHECK(c != NULL);
+  bt_budget_free(b);  /* keys still held are dropped */
+}
+
+int main(void) {
+  RUN(test_fifo_and_fairness);
+  RUN(test_cancel_head_regrants);
+  RUN(test_close_fails_waiters);
+  RUN(test_budget);
+  return 0;
+}

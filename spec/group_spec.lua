@@ -1,0 +1,247 @@
+-- baton.group(): a JoinSet — join_next, wait_within (one deadline), drain, join_all,
+-- abort_all, shutdown, #g, <close>/GC, and bounded spawn.
+local baton = require "baton"
+local H = require "spec.helper"
+
+local function sleeper(ms, v) return function() baton.sleep(ms) return v end end
+
+describe("group:join_next", function()
+  it("returns tasks in completion order", H.async(function()
+    local g = baton.group()
+    for _, d in ipairs { 40, 10, 30, 20 } do g:spawn(sleeper(d, d)) end
+    local got = {}
+    for t in function() return g:join_next() end do got[#got + 1] = t:results() end
+    assert.same({ 10, 20, 30, 40 }, got)
+    assert.equal(0, #g)
+  end))
+
+  it("returns nil when the group is empty", H.async(function()
+    local g = baton.group()
+    assert.is_nil(g:join_next())
+  end))
+
+  it("returns nil, 'timeout' when nothing finishes in time", H.async(function()
+    local g = baton.group()
+    g:spawn(sleeper(500))
+    local t, err = g:join_next(10)
+    assert.is_nil(t)
+    assert.equal("timeout", err)
+    assert.equal(1, #g)
+    g:abort_all()
+    assert.equal("cancelled", g:join_next():status())
+  end))
+end)
+
+describe("group:wait_within", function()
+  it("uses ONE deadline for the whole call", H.async(function()
+    -- five tasks finishing 100 ms apart; a 250 ms window holds exactly two of them
+    local g = baton.group()
+    for i = 1, 5 do g:spawn(sleeper(100 * i, i)) end
+    local elapsed, done = H.timed(g.wait_within, g, 250)
+    assert.equal(2, #done)
+    assert.same({ 1, 2 }, { done[1]:results(), done[2]:results() })
+    assert.equal(3, g:live())
+    assert.equal(3, #g)
+    assert.is_true(elapsed >= 245 and elapsed < 400, "elapsed " .. elapsed)
+    -- the rest stay pending for a later call
+    local rest = g:join_all()
+    assert.equal(3, #rest)
+  end))
+
+  it("returns early when every task has finished", H.async(function()
+    local g = baton.group()
+    for i = 1, 3 do g:spawn(sleeper(i, i)) end
+    local elapsed, done = H.timed(g.wait_within, g, 5000)
+    assert.equal(3, #done)
+    assert.is_true(elapsed < 1000)
+  end))
+
+  it("requires a number of milliseconds", H.async(function()
+    local g = baton.group()
+    assert.has_error(function() g:wait_within() end)
+    assert.has_error(function() g:wait_within(-5) end)
+  end))
+end)
+
+describe("group:drain", function()
+  it("never waits", H.async(function()
+    local g = baton.group()
+    g:spawn(sleeper(0, "quick"))
+    g:spawn(sleeper(10000))
+    baton.sleep(5)
+    local elapsed, done = H.timed(g.drain, g)
+    assert.equal(1, #done)
+    assert.equal("quick", done[1]:results())
+    assert.is_true(elapsed < 5)
+    assert.same({}, g:drain())
+    g:shutdown()
+    baton.yield()
+  end))
+end)
+
+describe("group:abort_all", function()
+  it("makes joins report cancelled", H.async(function()
+    local g = baton.group()
+    for _ = 1, 4 do g:spawn(sleeper(60000)) end
+    g:spawn(function() end)  -- pending: never runs
+    baton.yield()
+    g:abort_all()
+    local tasks = g:join_all()
+    assert.equal(5, #tasks)
+    local cancelled = 0
+    for _, t in ipairs(tasks) do if t:status() == "cancelled" then cancelled = cancelled + 1 end end
+    assert.is_true(cancelled >= 4)
+    for _, t in ipairs(tasks) do
+      if t:status() == "cancelled" then
+        local ok, err = t:join()
+        assert.is_false(ok)
+        assert.equal("cancelled", err.kind)
+      end
+    end
+  end))
+end)
+
+describe("group:shutdown", function()
+  it("aborts and forgets every task", H.async(function()
+    local g = baton.group()
+    local t = g:spawn(sleeper(60000))
+    g:spawn(sleeper(0))
+    baton.sleep(5)
+    g:shutdown()
+    assert.equal(0, #g)
+    t:join()
+    assert.equal("cancelled", t:status())
+  end))
+end)
+
+describe("closing a group", function()
+  it("with <close> aborts its tasks", H.async(function()
+    local t
+    do
+      local g <close> = baton.group()
+      t = g:spawn(sleeper(60000))
+      baton.yield()
+    end
+    t:join()
+    assert.equal("cancelled", t:status())
+  end))
+
+  it("by garbage collection aborts its tasks", H.async(function()
+    local closed = false
+    local t
+    do
+      local g = baton.group()
+      t = g:spawn(function()
+        local _ <close> = setmetatable({}, { __close = function() closed = true end })
+        baton.sleep(60000)
+      end)
+      baton.yield()
+    end
+    collectgarbage()
+    collectgarbage()
+    t:join()
+    assert.equal("cancelled", t:status())
+    assert.is_true(closed)
+  end))
+
+  it("reports a failure nobody joined", H.async(function()
+    local warnings = {}
+    baton.on_warning(function(msg) warnings[#warnings + 1] = msg end)
+    do
+      local g <close> = baton.group()
+      g:spawn(function() error("unseen failure") end)
+      baton.yield()
+      baton.yield()
+    end
+    baton.on_warning(nil)
+    assert.equal(1, #warnings)
+    assert.matches("unseen failure", warnings[1])
+  end))
+
+  it("makes later use raise", H.async(function()
+    local g = baton.group()
+    g:close()
+    local ok, err = pcall(g.spawn, g, function() end)
+    assert.is_false(ok)
+    assert.matches("closed", err)
+  end))
+end)
+
+describe("#group", function()
+  it("counts tasks not yet joined, running or finished", H.async(function()
+    local g = baton.group()
+    g:spawn(sleeper(0))
+    g:spawn(sleeper(10000))
+    assert.equal(2, #g)
+    baton.sleep(5)
+    assert.equal(2, #g)
+    assert.equal(1, g:live())
+    g:join_next()
+    assert.equal(1, #g)
+    g:shutdown()
+    baton.yield()
+  end))
+end)
+
+describe("bounded spawn", function()
+  it("runs at most `limit` tasks at once", H.async(function()
+    local g = baton.group { limit = 3 }
+    local now, peak = 0, 0
+    for _ = 1, 20 do
+      g:spawn(function()
+        now = now + 1
+        peak = math.max(peak, now)
+        baton.sleep(1)
+        now = now - 1
+      end)
+    end
+    local tasks = g:join_all()
+    assert.equal(20, #tasks)
+    assert.equal(3, peak)
+  end))
+
+  it("gives a job a coroutine only once its permit is granted", H.async(function()
+    local s = baton.semaphore(2)
+    local g = baton.group()
+    for _ = 1, 1000 do g:spawn_bounded(s, baton.yield) end
+    baton.yield()
+    local st = baton.stats()
+    assert.is_true(st.pooled_coroutines <= 64)
+    g:join_all()
+    assert.equal(2, s:available())
+  end))
+
+  it("releases the permit however the task ends", H.async(function()
+    local s = baton.semaphore(2)
+    local g = baton.group()
+    g:spawn_bounded(s, function() error("x") end)
+    g:spawn_bounded(s, function() return 1 end)
+    local t = g:spawn_bounded(s, function() baton.sleep(60000) end)
+    g:spawn_bounded(s, function() end)  -- queued behind the sleeper
+    baton.sleep(5)
+    t:abort()
+    g:join_all()
+    assert.equal(2, s:available())
+    assert.equal(0, s:waiting())
+  end))
+
+  it("tasks still queued for a permit are cancelled by abort_all without running",
+    H.async(function()
+      local s = baton.semaphore(1)
+      local g = baton.group()
+      local ran = 0
+      for _ = 1, 5 do g:spawn_bounded(s, function() ran = ran + 1 baton.sleep(60000) end) end
+      baton.yield()
+      g:abort_all()
+      local tasks = g:join_all()
+      assert.equal(5, #tasks)
+      assert.equal(1, ran)
+      assert.equal(1, s:available())
+    end))
+
+  it("rejects a bad limit", H.async(function()
+    assert.has_error(function() baton.group { limit = 0 } end)
+    assert.has_error(function() baton.group { limit = "x" } end)
+    assert.has_error(function() baton.group { limti = 2 } end, "baton.group: unknown option 'limti'")
+  end))
+end)

@@ -1,0 +1,42 @@
+-- Shared by the specs: run a spec body as baton's main task and prove it left nothing
+-- behind (no other task alive, no armed timer, no child process), the way luv's test
+-- helper walks the loop's handles.
+local baton = require "baton"
+
+local H = {}
+
+-- Counts of what is alive in the runtime, minus the calling main task.
+function H.leftovers()
+  collectgarbage()
+  local s = baton.stats()
+  return { tasks = s.tasks - (baton.current() and 1 or 0), timers = s.timers,
+           processes = s.processes, ready = s.ready }
+end
+
+function H.assert_clean()
+  local l = H.leftovers()
+  assert(l.tasks == 0 and l.timers == 0 and l.processes == 0,
+         string.format("left behind: %d tasks, %d timers, %d processes",
+                       l.tasks, l.timers, l.processes))
+end
+
+-- it("...", H.async(function() ... end)): the body runs inside baton.run and must clean up.
+function H.async(fn)
+  return function()
+    baton.run(function()
+      fn()
+      H.assert_clean()
+    end)
+    local s = baton.stats()
+    assert(s.tasks == 0 and s.timers == 0 and s.processes == 0, "runtime not empty after run")
+  end
+end
+
+-- Elapsed milliseconds of fn(), with its results.
+function H.timed(fn, ...)
+  local t0 = baton.clock()
+  local r = table.pack(fn(...))
+  return baton.clock() - t0, table.unpack(r, 1, r.n)
+end
+
+return H

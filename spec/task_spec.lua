@@ -1,0 +1,306 @@
+-- Tasks and the running functions: baton.run, spawn, sleep, yield, now, timeout, and the
+-- task object (join, abort, status, results, error), with cancellation semantics.
+local baton = require "baton"
+local H = require "spec.helper"
+
+describe("baton.run", function()
+  it("returns the main task's results", function()
+    local a, b = baton.run(function(x, y) baton.sleep(1) return x + 1, y end, 41, "b")
+    assert.equal(42, a)
+    assert.equal("b", b)
+  end)
+
+  it("raises the main task's error with its traceback", function()
+    local ok, err = pcall(baton.run, function() error("boom") end)
+    assert.is_false(ok)
+    assert.matches("boom", err)
+    assert.matches("stack traceback", err)
+  end)
+
+  it("refuses to nest", H.async(function()
+    local ok, err = pcall(baton.run, function() end)
+    assert.is_false(ok)
+    assert.matches("cannot nest", err)
+  end))
+
+  it("aborts tasks still running when the main task ends", function()
+    local closed = false
+    local t
+    baton.run(function()
+      t = baton.spawn(function()
+        local _ <close> = setmetatable({}, { __close = function() closed = true end })
+        baton.sleep(60000)
+      end)
+      baton.sleep(1)
+    end)
+    assert.is_true(closed)
+    assert.equal("cancelled", t:status())
+    assert.equal(0, baton.stats().tasks)
+  end)
+
+  it("reports a deadlock instead of hanging", function()
+    local ok, err = pcall(baton.run, function()
+      local s = baton.semaphore(1)
+      local p = s:acquire()
+      s:acquire()
+    end)
+    assert.is_false(ok)
+    assert.matches("deadlock", err)
+  end)
+
+  it("can be called again after it returned", function()
+    assert.equal(1, baton.run(function() return 1 end))
+    assert.equal(2, baton.run(function() return 2 end))
+  end)
+end)
+
+describe("awaiting outside a task", function()
+  it("raises an error that says how to fix it", function()
+    local ok, err = pcall(baton.sleep, 1)
+    assert.is_false(ok)
+    assert.matches("baton.sleep", err)
+    assert.matches("baton.run", err)
+  end)
+
+  it("explains that a foreign coroutine cannot carry baton's waits", H.async(function()
+    local co = coroutine.wrap(function() baton.sleep(1) end)
+    local ok, err = pcall(co)
+    assert.is_false(ok)
+    assert.matches("coroutine", err)
+  end))
+
+  it("explains that a C boundary cannot be crossed", H.async(function()
+    local ok, err = pcall(table.sort, { 3, 2, 1 }, function(a, b) baton.yield() return a < b end)
+    assert.is_false(ok)
+    assert.matches("cannot wait here", err)
+  end))
+end)
+
+describe("baton.spawn", function()
+  it("only enqueues: the task first runs when the spawner waits", H.async(function()
+    local ran = false
+    local t = baton.spawn(function() ran = true end)
+    assert.is_false(ran)
+    assert.equal("pending", t:status())
+    baton.yield()
+    assert.is_true(ran)
+    assert.equal("done", t:status())
+  end))
+
+  it("passes arguments and keeps results after the coroutine is gone", H.async(function()
+    local t = baton.spawn(function(a, b) return a * b, "x", nil end, 6, 7)
+    local ok, a, x, n = t:join()
+    assert.is_true(ok)
+    assert.equal(42, a)
+    assert.equal("x", x)
+    assert.is_nil(n)
+    assert.is_true(t.ok)
+    assert.same({ 42, "x" }, { t:results() })
+    assert.is_number(t.id)
+  end))
+
+  it("runs tasks in FIFO order", H.async(function()
+    local order = {}
+    local g = baton.group()
+    for i = 1, 10 do g:spawn(function() order[#order + 1] = i end) end
+    g:join_all()
+    assert.same({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, order)
+  end))
+
+  it("rejects a non-function with an error naming the function", function()
+    local ok, err = pcall(baton.spawn, 42)
+    assert.is_false(ok)
+    assert.matches("spawn", err)
+  end)
+end)
+
+describe("baton.sleep and baton.now", function()
+  it("sleeps at least the given time", H.async(function()
+    local t0 = baton.now()
+    baton.sleep(30)
+    assert.is_true(baton.now() - t0 >= 29)
+  end))
+
+  it("rejects a negative duration", H.async(function()
+    assert.has_error(function() baton.sleep(-1) end)
+    assert.has_error(function() baton.sleep("x") end)
+  end))
+
+  it("wakes sleepers in deadline order", H.async(function()
+    local order = {}
+    local g = baton.group()
+    for _, d in ipairs { 30, 10, 20 } do
+      g:spawn(function() baton.sleep(d) order[#order + 1] = d end)
+    end
+    g:join_all()
+    assert.same({ 10, 20, 30 }, order)
+  end))
+end)
+
+describe("a failed task", function()
+  it("carries its message and the traceback from where it was raised", H.async(function()
+    local function inner() error("deep failure") end
+    local t = baton.spawn(function() inner() end)
+    local ok, err = t:join()
+    assert.is_false(ok)
+    assert.equal("failed", t:status())
+    assert.matches("deep failure", err)
+    assert.matches("stack traceback", err)
+    assert.matches("inner", err)
+    assert.equal(err, t.error)
+  end))
+
+  it("keeps a table error and adds its traceback", H.async(function()
+    local t = baton.spawn(function() error({ kind = "io", message = "nope" }) end)
+    local ok, err = t:join()
+    assert.is_false(ok)
+    assert.equal("io", err.kind)
+    assert.matches("stack traceback", err.traceback)
+  end))
+
+  it("does not stop the loop or other tasks", H.async(function()
+    local g = baton.group()
+    g:spawn(function() error("one") end)
+    local good = g:spawn(function() baton.sleep(5) return "fine" end)
+    local tasks = g:join_all()
+    assert.equal(2, #tasks)
+    assert.same({ true, "fine" }, { good:join() })
+  end))
+end)
+
+describe("task:join", function()
+  it("waits for the task", H.async(function()
+    local t = baton.spawn(function() baton.sleep(10) return "late" end)
+    assert.same({ true, "late" }, { t:join() })
+  end))
+
+  it("returns nil, 'timeout' and leaves the task running", H.async(function()
+    local t = baton.spawn(function() baton.sleep(200) return 1 end)
+    local a, b = t:join(10)
+    assert.is_nil(a)
+    assert.equal("timeout", b)
+    assert.equal("waiting", t:status())
+    assert.same({ true, 1 }, { t:join() })
+  end))
+
+  it("refuses to join the running task itself", H.async(function()
+    local t
+    t = baton.spawn(function() return pcall(t.join, t) end)
+    local _, ok, err = t:join()
+    assert.is_false(ok)
+    assert.matches("itself", err)
+  end))
+end)
+
+describe("cancellation", function()
+  it("abort wakes a waiting task, runs its close handlers and reports cancelled",
+    H.async(function()
+      local closed = false
+      local t = baton.spawn(function()
+        local _ <close> = setmetatable({}, { __close = function() closed = true end })
+        baton.sleep(60000)
+      end)
+      baton.yield()
+      assert.equal("waiting", t:status())
+      t:abort()
+      local ok, err = t:join()
+      assert.is_false(ok)
+      assert.equal("cancelled", err.kind)
+      assert.equal("cancelled", t:status())
+      assert.is_true(closed)
+    end))
+
+  it("a pending task aborted before it runs never runs", H.async(function()
+    local ran = false
+    local t = baton.spawn(function() ran = true end)
+    t:abort()
+    t:join()
+    assert.is_false(ran)
+    assert.equal("cancelled", t:status())
+  end))
+
+  it("is level-triggered: a task that catches it with pcall is cancelled again at its next await",
+    H.async(function()
+      local caught, second = nil, nil
+      local t = baton.spawn(function()
+        local ok, err = pcall(baton.sleep, 60000)
+        caught = not ok and err.kind
+        local ok2, err2 = pcall(baton.sleep, 1)
+        second = not ok2 and err2.kind
+        return "survived"
+      end)
+      baton.yield()
+      t:abort()
+      t:join()
+      assert.equal("cancelled", caught)
+      assert.equal("cancelled", second)
+      assert.equal("cancelled", t:status())
+    end))
+
+  it("a task that aborts itself sees it at its next await", H.async(function()
+    local t = baton.spawn(function()
+      baton.current():abort()
+      baton.yield()
+      return "unreachable"
+    end)
+    local ok, err = t:join()
+    assert.is_false(ok)
+    assert.equal("cancelled", err.kind)
+  end))
+
+  it("a task in a <close> variable is aborted when the scope ends", H.async(function()
+    local t
+    do
+      local tt <close> = baton.spawn(function() baton.sleep(60000) end)
+      t = tt
+      baton.yield()
+    end
+    t:join()
+    assert.equal("cancelled", t:status())
+  end))
+end)
+
+describe("baton.timeout", function()
+  it("returns fn's results when it finishes in time", H.async(function()
+    assert.same({ 1, 2 }, { baton.timeout(1000, function(a) return a, 2 end, 1) })
+  end))
+
+  it("returns nil, 'timeout' and aborts the inner task", H.async(function()
+    local closed = false
+    local elapsed, a, b = H.timed(baton.timeout, 30, function()
+      local _ <close> = setmetatable({}, { __close = function() closed = true end })
+      baton.sleep(60000)
+    end)
+    assert.is_nil(a)
+    assert.equal("timeout", b)
+    assert.is_true(closed)
+    assert.is_true(elapsed >= 29 and elapsed < 5000)
+  end))
+
+  it("re-raises fn's error", H.async(function()
+    local ok, err = pcall(baton.timeout, 100, function() error("inner boom") end)
+    assert.is_false(ok)
+    assert.matches("inner boom", err)
+  end))
+
+  it("rejects bad arguments naming the function", H.async(function()
+    local ok, err = pcall(baton.timeout, "x", function() end)
+    assert.is_false(ok)
+    assert.matches("baton.timeout", err)
+  end))
+end)
+
+describe("plain coroutine.yield inside a task", function()
+  it("behaves like baton.yield", H.async(function()
+    local steps = {}
+    local t = baton.spawn(function()
+      steps[#steps + 1] = "a"
+      coroutine.yield()
+      steps[#steps + 1] = "b"
+    end)
+    baton.yield()
+    assert.same({ "a" }, steps)
+    t:join()
+    assert.same({ "a", "b" }, steps)
+  end))
+end)

@@ -1,0 +1,39 @@
+# Registers every suite with ctest: C unit tests of the core (spec/c/test_*.c) and the
+# busted specs (spec/*_spec.lua, each its own ctest test so they run in parallel), run on
+# the stock lua5.4 interpreter against the freshly built module and executable.
+find_program(BUSTED busted REQUIRED)
+find_program(LUA54 lua5.4 REQUIRED)
+
+file(GLOB C_TESTS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/spec/c/test_*.c)
+foreach(src ${C_TESTS})
+  get_filename_component(name ${src} NAME_WE)
+  add_executable(${name} ${src})
+  target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/src/core)
+  target_link_libraries(${name} PRIVATE baton_core baton_warnings)
+  add_test(NAME c_${name} COMMAND ${name})
+  set_tests_properties(c_${name} PROPERTIES TIMEOUT 60)
+endforeach()
+
+set(BATON_TEST_ENV
+  "BATON_BUILD=${CMAKE_BINARY_DIR}"
+  "BATON_EXE=$<TARGET_FILE:baton>"
+  "BATON_SRC=${CMAKE_SOURCE_DIR}"
+  "BATON_HISTORY=")
+if(BATON_ASAN)
+  # The stock interpreter is not instrumented: preload the runtime for the module.
+  execute_process(COMMAND ${CMAKE_C_COMPILER} -print-file-name=libasan.so
+                  OUTPUT_VARIABLE ASAN_LIB OUTPUT_STRIP_TRAILING_WHITESPACE)
+  list(APPEND BATON_TEST_ENV "BATON_ASAN_PRELOAD=${ASAN_LIB}"
+       "ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1"
+       "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/spec/lsan.supp:print_suppressions=0"
+       "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
+endif()
+
+file(GLOB SPECS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/spec/*_spec.lua)
+foreach(spec ${SPECS})
+  get_filename_component(name ${spec} NAME_WE)
+  add_test(NAME ${name}
+           COMMAND ${CMAKE_SOURCE_DIR}/spec/run_busted.sh ${spec}
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(${name} PROPERTIES ENVIRONMENT "${BATON_TEST_ENV}" TIMEOUT 180)
+endforeach()

@@ -1,0 +1,78 @@
+/*
+ * internal.h — private layout of the core's heap objects, shared by the core files and, read
+ * only, by the Lua binding. Nothing here is installed.
+ *
+ * Invariants kept across the core:
+ *  - A task is in the ready queue iff BT_TASK_F_QUEUED is set; it is never queued twice.
+ *  - A task in a group is on exactly one of the group's lists: `live` until it finishes,
+ *    then `done` (completion order) until it is popped or removed.
+ *  - A waiting task has t->wait != NULL and t->wait->token == t->token; every wake goes
+ *    through bt_task_wake(), which bumps the token, so a second wake for the same wait is
+ *    dropped as stale.
+ */
+#ifndef BATON_INTERNAL_H
+#define BATON_INTERNAL_H
+
+#include "baton.h"
+
+#define BT_UNUSED(x) ((void)(x))
+#define bt_container_of(ptr, type, field) ((type *)((char *)(ptr) - offsetof(type, field)))
+
+struct bt_rt {
+  uv_loop_t *loop;
+  uv_loop_t own;                /* used when the caller passed no loop */
+  int own_loop;
+  uv_check_t check;             /* drains the ready queue */
+  uv_idle_t idle;               /* active while the ready queue is non-empty */
+  uv_timer_t timer;             /* armed at the head of the timer heap */
+  bt_task_t *rq_head, *rq_tail;
+  size_t rq_len;
+  bt_task_t *current;
+  unsigned budget;
+  uint32_t next_id;
+  bt_timer_t **heap;            /* min-heap on (due, seq) */
+  size_t heap_len, heap_cap;
+  uint64_t timer_seq;
+  uint64_t armed_due;           /* due of the uv timer when armed, else UINT64_MAX */
+  size_t nprocs;
+  void *data;
+};
+
+typedef struct bt_tlist { bt_task_t *head, *tail; size_t n; } bt_tlist;
+
+struct bt_gate {
+  LIST_ENTRY(bt_gate) link;
+  bt_group_t *group;             /* NULL once the group is freed (orphan) */
+  bt_rt_t *rt;
+  bt_sem_t *sem;
+  size_t holders;                /* started tasks still holding a permit */
+  bt_sem_waiter_t w;             /* queued on sem while tasks wait here */
+  bt_task_t *head, *tail;        /* tasks waiting for a permit, via rq_next */
+  size_t n;
+};
+
+struct bt_group {
+  bt_rt_t *rt;
+  bt_tlist live;
+  bt_tlist done;
+  LIST_HEAD(, bt_joiner) waiters;  /* bt_group_wait() callers */
+  LIST_HEAD(, bt_gate) gates;
+};
+
+/* group.c */
+void bt__group_finished(bt_group_t *g, bt_task_t *t);
+void bt__gate_release(bt_rt_t *rt, bt_task_t *t);
+void bt__gate_unqueue(bt_rt_t *rt, bt_task_t *t);
+void bt__wake_joiners(bt_rt_t *rt, void *list_head);
+
+struct bt_sem {
+  size_t avail, cap;
+  int closed;
+  size_t nwaiting;
+  TAILQ_HEAD(, bt_sem_waiter) waiters;
+};
+
+/* rt.c */
+void bt__enqueue(bt_rt_t *rt, bt_task_t *t);
+
+#endif

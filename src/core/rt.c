@@ -1,0 +1,223 @@
+/*
+ * rt.c — the runtime: one uv_loop_t, the ready queue and the timer heap.
+ *
+ * The ready queue is a singly linked FIFO threaded through bt_task_t.rq_next. Wake-ups only
+ * append to it; the check handle drains it after each poll, at most `budget` resumes per
+ * loop iteration so timers and I/O keep getting turns. While the queue is non-empty the idle
+ * handle is active, which makes the loop poll without blocking (Node's setImmediate pattern).
+ * The check handle is unreferenced: an empty runtime does not keep the loop alive.
+ *
+ * Timers are a binary min-heap on (due, seq) of caller-owned bt_timer_t records; a single
+ * uv_timer_t is armed at the heap's head. Starting or stopping a timer never allocates once
+ * the heap has grown, and ties fire in start order.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static void on_check(uv_check_t *h);
+static void on_idle(uv_idle_t *h) { BT_UNUSED(h); }
+static void on_timer(uv_timer_t *h);
+
+bt_rt_t *bt_rt_new(uv_loop_t *loop) {
+  bt_rt_t *rt = calloc(1, sizeof *rt);
+  if (rt == NULL) return NULL;
+  if (loop == NULL) {
+    if (uv_loop_init(&rt->own) != 0) goto fail;
+    rt->own_loop = 1;
+    loop = &rt->own;
+  }
+  rt->loop = loop;
+  rt->budget = 1024;
+  rt->armed_due = UINT64_MAX;
+  uv_check_init(loop, &rt->check);
+  uv_idle_init(loop, &rt->idle);
+  uv_timer_init(loop, &rt->timer);
+  rt->check.data = rt->idle.data = rt->timer.data = rt;
+  uv_check_start(&rt->check, on_check);
+  uv_unref((uv_handle_t *)&rt->check);
+  return rt;
+fail:
+  free(rt);
+  return NULL;
+}
+
+static void on_close_count(uv_handle_t *h) {
+  int *n = h->data;
+  (*n)--;
+}
+
+static void close_foreign(uv_handle_t *h, void *arg) {
+  BT_UNUSED(arg);
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+int bt_rt_free(bt_rt_t *rt) {
+  if (rt == NULL) return 0;
+  int pending = 3, rc = 0;
+  uv_handle_t *hs[3] = {(uv_handle_t *)&rt->check, (uv_handle_t *)&rt->idle,
+                        (uv_handle_t *)&rt->timer};
+  for (int i = 0; i < 3; i++) {
+    hs[i]->data = &pending;
+    uv_close(hs[i], on_close_count);
+  }
+  while (pending > 0) uv_run(rt->loop, UV_RUN_ONCE);
+  if (rt->own_loop) {
+    if (uv_loop_close(&rt->own) == UV_EBUSY) {
+      rc = UV_EBUSY;
+      uv_walk(&rt->own, close_foreign, NULL);
+      uv_run(&rt->own, UV_RUN_DEFAULT);
+      uv_loop_close(&rt->own);
+    }
+  }
+  free(rt->heap);
+  free(rt);
+  return rc;
+}
+
+uv_loop_t *bt_rt_loop(bt_rt_t *rt) { return rt->loop; }
+bt_task_t *bt_rt_current(bt_rt_t *rt) { return rt->current; }
+size_t bt_rt_ready(bt_rt_t *rt) { return rt->rq_len; }
+size_t bt_rt_timers(bt_rt_t *rt) { return rt->heap_len; }
+size_t bt_rt_procs(bt_rt_t *rt) { return rt->nprocs; }
+void bt_rt_set_data(bt_rt_t *rt, void *data) { rt->data = data; }
+void *bt_rt_data(bt_rt_t *rt) { return rt->data; }
+void bt_rt_set_budget(bt_rt_t *rt, unsigned resumes) { rt->budget = resumes ? resumes : 1; }
+
+uint64_t bt_now(bt_rt_t *rt) {
+  uv_update_time(rt->loop);
+  return uv_now(rt->loop);
+}
+
+/* ---- ready queue -------------------------------------------------------------------- */
+
+void bt__enqueue(bt_rt_t *rt, bt_task_t *t) {
+  if (t->flags & BT_TASK_F_QUEUED) return;
+  t->flags |= BT_TASK_F_QUEUED;
+  t->rq_next = NULL;
+  if (rt->rq_tail) rt->rq_tail->rq_next = t;
+  else rt->rq_head = t;
+  rt->rq_tail = t;
+  if (rt->rq_len++ == 0) uv_idle_start(&rt->idle, on_idle);
+}
+
+static void on_check(uv_check_t *h) {
+  bt_rt_t *rt = h->data;
+  unsigned budget = rt->budget;
+  while (rt->rq_head != NULL && budget-- > 0) {
+    bt_task_t *t = rt->rq_head;
+    rt->rq_head = t->rq_next;
+    if (rt->rq_head == NULL) rt->rq_tail = NULL;
+    rt->rq_len--;
+    t->flags &= (uint8_t)~BT_TASK_F_QUEUED;
+    t->rq_next = NULL;
+    if (bt_task_finished(t)) continue;
+    int status = t->status;
+    if (t->state == BT_TASK_PENDING && (t->flags & BT_TASK_F_CANCEL)) status = BT_ECANCELED;
+    t->status = 0;
+    bt_task_t *prev = rt->current;
+    rt->current = t;
+    t->state = BT_TASK_RUNNING;
+    t->vt->resume(rt, t, status);
+    rt->current = prev;
+  }
+  if (rt->rq_head == NULL) uv_idle_stop(&rt->idle);
+}
+
+/* ---- timers ------------------------------------------------------------------------- */
+
+static int timer_less(const bt_timer_t *a, const bt_timer_t *b) {
+  return a->due < b->due || (a->due == b->due && a->seq < b->seq);
+}
+
+static void heap_place(bt_rt_t *rt, size_t i, bt_timer_t *t) {
+  rt->heap[i] = t;
+  t->slot = i + 1;
+}
+
+static void sift_up(bt_rt_t *rt, size_t i) {
+  bt_timer_t *t = rt->heap[i];
+  while (i > 0) {
+    size_t p = (i - 1) / 2;
+    if (!timer_less(t, rt->heap[p])) break;
+    heap_place(rt, i, rt->heap[p]);
+    i = p;
+  }
+  heap_place(rt, i, t);
+}
+
+static void sift_down(bt_rt_t *rt, size_t i) {
+  bt_timer_t *t = rt->heap[i];
+  size_t n = rt->heap_len;
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (c >= n) break;
+    if (c + 1 < n && timer_less(rt->heap[c + 1], rt->heap[c])) c++;
+    if (!timer_less(rt->heap[c], t)) break;
+    heap_place(rt, i, rt->heap[c]);
+    i = c;
+  }
+  heap_place(rt, i, t);
+}
+
+static void heap_remove(bt_rt_t *rt, bt_timer_t *t) {
+  size_t i = t->slot - 1;
+  bt_timer_t *last = rt->heap[--rt->heap_len];
+  t->slot = 0;
+  if (last == t) return;
+  heap_place(rt, i, last);
+  if (i > 0 && timer_less(last, rt->heap[(i - 1) / 2])) sift_up(rt, i);
+  else sift_down(rt, i);
+}
+
+/* Points the uv timer at the heap's head (or stops it). */
+static void rearm(bt_rt_t *rt) {
+  if (rt->heap_len == 0) {
+    if (rt->armed_due != UINT64_MAX) uv_timer_stop(&rt->timer);
+    rt->armed_due = UINT64_MAX;
+    return;
+  }
+  uint64_t due = rt->heap[0]->due;
+  if (due == rt->armed_due) return;
+  uint64_t now = uv_now(rt->loop);
+  uv_timer_start(&rt->timer, on_timer, due > now ? due - now : 0, 0);
+  rt->armed_due = due;
+}
+
+int bt_timer_start(bt_rt_t *rt, bt_timer_t *t, uint64_t due, bt_timer_cb cb) {
+  if (t->slot) heap_remove(rt, t);
+  if (rt->heap_len == rt->heap_cap) {
+    size_t cap = rt->heap_cap ? rt->heap_cap * 2 : 64;
+    bt_timer_t **h = realloc(rt->heap, cap * sizeof *h);
+    if (h == NULL) return BT_ENOMEM;
+    rt->heap = h;
+    rt->heap_cap = cap;
+  }
+  t->due = due;
+  t->seq = rt->timer_seq++;
+  t->cb = cb;
+  heap_place(rt, rt->heap_len++, t);
+  sift_up(rt, rt->heap_len - 1);
+  if (rt->heap[0] == t) rearm(rt);
+  return 0;
+}
+
+void bt_timer_stop(bt_rt_t *rt, bt_timer_t *t) {
+  if (t->slot == 0) return;
+  int was_head = rt->heap[0] == t;
+  heap_remove(rt, t);
+  if (was_head) rearm(rt);
+}
+
+static void on_timer(uv_timer_t *h) {
+  bt_rt_t *rt = h->data;
+  rt->armed_due = UINT64_MAX;
+  uint64_t now = uv_now(rt->loop);
+  while (rt->heap_len > 0 && rt->heap[0]->due <= now) {
+    bt_timer_t *t = rt->heap[0];
+    heap_remove(rt, t);
+    t->cb(t);
+  }
+  rearm(rt);
+}

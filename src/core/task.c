@@ -1,0 +1,145 @@
+/*
+ * task.c — the task state machine: spawn, wait, wake, yield, finish, abort, join.
+ *
+ * PENDING --drain--> RUNNING --bt_task_wait--> WAITING --bt_task_wake--> READY --drain-->
+ * RUNNING ... --bt_task_finish--> DONE | FAILED | CANCELLED.
+ *
+ * Every wake goes through bt_task_wake(): it checks the token, bumps it (so any other source
+ * of the same wait is now stale), stops the wait's timer, runs the wait's cancel (which
+ * unregisters the remaining source) and only then enqueues. Abort is a wake with
+ * BT_ECANCELED plus the level-triggered BT_TASK_F_CANCEL flag.
+ */
+#include "internal.h"
+
+static void init(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt, bt_group_t *g) {
+  t->rq_next = t->g_prev = t->g_next = NULL;
+  t->group = g;
+  t->vt = vt;
+  t->wait = NULL;
+  LIST_INIT(&t->joiners);
+  t->gate = NULL;
+  t->id = ++rt->next_id;
+  t->token = 0;
+  t->state = BT_TASK_PENDING;
+  t->flags = 0;
+  t->status = 0;
+  if (g != NULL) {
+    bt_tlist *l = &g->live;
+    t->g_prev = l->tail;
+    if (l->tail) l->tail->g_next = t;
+    else l->head = t;
+    l->tail = t;
+    l->n++;
+  }
+}
+
+void bt_task_init(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt, bt_group_t *g) {
+  init(rt, t, vt, g);
+}
+
+void bt_task_start(bt_rt_t *rt, bt_task_t *t) { bt__enqueue(rt, t); }
+
+void bt_task_spawn(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt, bt_group_t *g) {
+  init(rt, t, vt, g);
+  bt__enqueue(rt, t);
+}
+
+int bt_task_finished(const bt_task_t *t) { return t->state >= BT_TASK_DONE; }
+
+static void on_wait_timeout(bt_timer_t *timer) {
+  bt_wait_t *w = bt_container_of(timer, bt_wait_t, timer);
+  bt_task_wake(w->rt, w->task, w->token, BT_ETIMEDOUT);
+}
+
+uint32_t bt_task_wait(bt_rt_t *rt, bt_task_t *t, bt_wait_t *w, bt_cancel_fn cancel,
+                      uint64_t due) {
+  w->rt = rt;
+  w->task = t;
+  w->token = ++t->token;
+  w->cancel = cancel;
+  w->timer.slot = 0;
+  t->wait = w;
+  t->state = BT_TASK_WAITING;
+  if (due != UINT64_MAX && bt_timer_start(rt, &w->timer, due, on_wait_timeout) != 0) {
+    /* No memory for the heap slot: fail the wait at once rather than hang forever. */
+    t->status = BT_ENOMEM;
+    t->state = BT_TASK_READY;
+    t->wait = NULL;
+    ++t->token;
+    if (cancel) cancel(w);
+    bt__enqueue(rt, t);
+  }
+  return w->token;
+}
+
+int bt_task_wake(bt_rt_t *rt, bt_task_t *t, uint32_t token, int status) {
+  if (t->state != BT_TASK_WAITING || t->token != token) return 0;
+  bt_wait_t *w = t->wait;
+  t->wait = NULL;
+  t->token++;
+  bt_timer_stop(rt, &w->timer);
+  if (w->cancel) w->cancel(w);
+  t->status = (int16_t)status;
+  t->state = BT_TASK_READY;
+  bt__enqueue(rt, t);
+  return 1;
+}
+
+void bt_task_yield(bt_rt_t *rt, bt_task_t *t) {
+  t->state = BT_TASK_READY;
+  t->status = 0;
+  bt__enqueue(rt, t);
+}
+
+void bt__wake_joiners(bt_rt_t *rt, void *head) {
+  LIST_HEAD(, bt_joiner) *h = head;
+  bt_joiner_t *j;
+  while ((j = LIST_FIRST(h)) != NULL) {
+    bt_wait_t *w = j->wait;
+    LIST_REMOVE(j, link);
+    j->wait = NULL;
+    bt_task_wake(rt, w->task, w->token, 0);
+  }
+}
+
+void bt_task_finish(bt_rt_t *rt, bt_task_t *t, bt_task_state_t state) {
+  t->state = (uint8_t)state;
+  t->wait = NULL;
+  if (t->flags & BT_TASK_F_PERMIT) bt__gate_release(rt, t);
+  bt__wake_joiners(rt, &t->joiners);
+  if (t->group) bt__group_finished(t->group, t);
+  if (t->vt->finished) t->vt->finished(rt, t);
+}
+
+void bt_task_abort(bt_rt_t *rt, bt_task_t *t) {
+  if (bt_task_finished(t)) return;
+  t->flags |= BT_TASK_F_CANCEL;
+  switch (t->state) {
+  case BT_TASK_WAITING:
+    bt_task_wake(rt, t, t->token, BT_ECANCELED);
+    break;
+  case BT_TASK_PENDING:
+    if (t->gate != NULL && !(t->flags & BT_TASK_F_QUEUED)) bt__gate_unqueue(rt, t);
+    break;
+  default:
+    break;  /* READY or RUNNING: it sees the flag at its next wait */
+  }
+}
+
+static void join_cancel(bt_wait_t *w) {
+  bt_joiner_t *j = w->src;
+  if (j->wait != NULL) {
+    LIST_REMOVE(j, link);
+    j->wait = NULL;
+  }
+}
+
+int bt_task_join(bt_rt_t *rt, bt_task_t *self, bt_task_t *t, bt_joiner_t *j, bt_wait_t *w,
+                 uint64_t due) {
+  if (bt_task_finished(t)) return 1;
+  j->wait = w;
+  LIST_INSERT_HEAD(&t->joiners, j, link);
+  w->src = j;
+  bt_task_wait(rt, self, w, join_cancel, due);
+  return 0;
+}

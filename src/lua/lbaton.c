@@ -1,0 +1,312 @@
+/*
+ * lbaton.c — the `baton` module: one runtime per Lua state, baton.run and the running
+ * functions (spawn, sleep, yield, now, timeout), and the helpers the other bindings share.
+ *
+ * The runtime is a full userdata kept in the registry and passed to every binding function
+ * as upvalue 1; it owns the core bt_rt_t, the anchor table (tasks and coroutines that C
+ * holds) and the fiber pool. It is closed when the Lua state is: its __gc frees the core
+ * runtime and the loop, after every other baton object has been finalised (Lua finalises
+ * in reverse order of creation, and the runtime is created first).
+ *
+ * baton.run(fn, ...) makes fn the main task and runs the loop until it ends; then it aborts
+ * every other task, keeps the loop running until they and their child processes are gone,
+ * and returns the main task's results or raises its error.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lbaton.h"
+
+#define RT_KEY "baton.runtime"
+
+typedef struct lgroup_node lgroup_node;
+
+/* ---- shared helpers ----------------------------------------------------------------- */
+
+void lbt_set_funcs(lua_State *L, int rt_idx, const luaL_Reg *l) {
+  for (; l->name != NULL; l++) {
+    lua_pushvalue(L, rt_idx);
+    lua_pushcclosure(L, l->func, 1);
+    lua_setfield(L, -2, l->name);
+  }
+}
+
+void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *methods,
+                   const luaL_Reg *meta) {
+  luaL_newmetatable(L, mt);
+  lbt_set_funcs(L, rt_idx, meta);
+  lua_newtable(L);
+  lbt_set_funcs(L, rt_idx, methods);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__methods");
+  lua_getfield(L, -2, "__index");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_setfield(L, -2, "__index");
+  } else {
+    lua_pop(L, 2);
+  }
+  lua_pushstring(L, mt);
+  lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
+}
+
+void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *const known[]) {
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    int ok = 0;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      const char *k = lua_tostring(L, -1);
+      for (int i = 0; known[i] != NULL; i++)
+        if (strcmp(k, known[i]) == 0) ok = 1;
+    }
+    if (!ok) {
+      if (lua_type(L, -1) == LUA_TSTRING)
+        luaL_error(L, "%s: unknown option '%s'", fname, lua_tostring(L, -1));
+      else if (lua_type(L, -1) != LUA_TNUMBER)  /* positional entries are checked by callers */
+        luaL_error(L, "%s: unknown option of type %s", fname, luaL_typename(L, -1));
+    }
+  }
+}
+
+/* ---- running ------------------------------------------------------------------------ */
+
+void lbt_abort_all(lbt_rt *R) {
+  bt_group_abort_all(R->root);
+  lua_State *L = R->L;
+  /* Every group userdata registers its core group in this table (weak keys). */
+  lua_getfield(L, LUA_REGISTRYINDEX, "baton.groups");
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    bt_group_t **pg = lua_touserdata(L, -2);
+    if (pg != NULL && *pg != NULL) bt_group_abort_all(*pg);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+/* Runs the loop until the main task has finished, then until every other task and child
+ * process is gone. Returns 1 if the main task could never be woken (deadlock). */
+static int run_loop(lbt_rt *R, lbt_task *M) {
+  uv_loop_t *loop = bt_rt_loop(R->rt);
+  int deadlock = 0;
+  while (!bt_task_finished(&M->t)) {
+    int alive = uv_run(loop, UV_RUN_ONCE);
+    if (!alive && !bt_task_finished(&M->t) && bt_rt_ready(R->rt) == 0) {
+      deadlock = 1;
+      bt_task_abort(R->rt, &M->t);
+    }
+  }
+  lbt_abort_all(R);
+  while (R->live > 0 || bt_rt_procs(R->rt) > 0) {
+    int alive = uv_run(loop, UV_RUN_ONCE);
+    if (!alive && bt_rt_ready(R->rt) == 0) break;  /* tasks stuck with nothing to wake them */
+  }
+  return deadlock;
+}
+
+static int lbaton_run(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (R->running)
+    return luaL_error(L, "baton.run: already running (baton.run cannot nest); inside a task, "
+                      "call the function directly or use baton.spawn");
+  int nargs = lua_gettop(L) - 1;
+  lbt_task *M = lbt_task_new(L, R, 1, nargs, NULL, NULL, 0);
+  int mi = lua_gettop(L);
+  R->running = 1;
+  R->from = L;
+  R->main = M;
+  int deadlock = run_loop(R, M);
+  R->running = 0;
+  R->from = NULL;
+  R->main = NULL;
+  if (deadlock)
+    return luaL_error(L, "baton.run: deadlock: the main task is waiting for something that "
+                      "nothing left running can deliver");
+  int n = lbt_push_outcome(L, mi);
+  if (lua_toboolean(L, mi + 1)) return n - 1;
+  return lua_error(L);  /* the task's error value, traceback included */
+}
+
+static int lbaton_spawn(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lbt_task_new(L, R, 1, lua_gettop(L) - 1, R->root, NULL, 0);
+  return 1;
+}
+
+static int sleep_k(lua_State *L, int st, lua_KContext ctx) {
+  (void)st;
+  (void)ctx;
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
+  if (T->fib->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
+    return lbt_raise_cancelled(L);
+  return 0;
+}
+
+static int lbaton_sleep(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lua_Number ms = luaL_checknumber(L, 1);
+  luaL_argcheck(L, ms >= 0 && ms < 1e15, 1, "milliseconds must be >= 0");
+  lbt_task *T = lbt_await_begin(L, R, "baton.sleep");
+  uint64_t due = bt_now(R->rt) + (uint64_t)(ms + 0.999999);
+  bt_task_wait(R->rt, &T->t, &T->fib->wait, NULL, due);
+  return lbt_suspend(L, 0, sleep_k);
+}
+
+static int lbaton_yield(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = lbt_await_begin(L, R, "baton.yield");
+  bt_task_yield(R->rt, &T->t);
+  return lbt_suspend(L, 0, sleep_k);
+}
+
+static int lbaton_now(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lua_pushinteger(L, (lua_Integer)bt_now(R->rt));
+  return 1;
+}
+
+/* Sub-millisecond monotonic clock, in milliseconds as a float. */
+static int lbaton_clock(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e6);
+  return 1;
+}
+
+static int lbaton_current(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  bt_task_t *t = bt_rt_current(R->rt);
+  if (t == NULL) return 0;
+  lbt_push_task(L, R, (lbt_task *)t);
+  return 1;
+}
+
+static int lbaton_on_warning(lua_State *L) {
+  if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "baton.on_warning");
+  return 0;
+}
+
+/* Counters for tests and diagnostics: nothing left behind means all zero. */
+static int lbaton_stats(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, (lua_Integer)R->live);
+  lua_setfield(L, -2, "tasks");
+  lua_pushinteger(L, (lua_Integer)bt_rt_ready(R->rt));
+  lua_setfield(L, -2, "ready");
+  lua_pushinteger(L, (lua_Integer)bt_rt_timers(R->rt));
+  lua_setfield(L, -2, "timers");
+  lua_pushinteger(L, (lua_Integer)bt_rt_procs(R->rt));
+  lua_setfield(L, -2, "processes");
+  lua_pushinteger(L, R->npool);
+  lua_setfield(L, -2, "pooled_coroutines");
+  return 1;
+}
+
+/* The parts best written in Lua, compiled into the module so it needs no search path. */
+static const char *const lua_helpers =
+  "local baton = ...\n"
+  "local spawn = baton.spawn\n"
+  "local function finish(t, ok, ...)\n"
+  "  if ok then return ... end\n"
+  "  if ok == false then error((...), 0) end\n"
+  "  t:abort(); t:join()\n"
+  "  return nil, 'timeout'\n"
+  "end\n"
+  "-- fn's results, or nil, 'timeout' (fn's task aborted and finished); fn's error re-raised\n"
+  "function baton.timeout(ms, fn, ...)\n"
+  "  if type(ms) ~= 'number' or ms < 0 then\n"
+  "    error(\"bad argument #1 to 'baton.timeout' (milliseconds >= 0 expected)\", 2)\n"
+  "  end\n"
+  "  if type(fn) ~= 'function' then\n"
+  "    error(\"bad argument #2 to 'baton.timeout' (function expected, got \"..type(fn)..')', 2)\n"
+  "  end\n"
+  "  local t <close> = spawn(fn, ...)\n"
+  "  return finish(t, t:join(ms))\n"
+  "end\n";
+
+static int lrt_gc(lua_State *L) {
+  lbt_rt *R = lua_touserdata(L, 1);
+  if (R->closed) return 0;
+  R->closed = 1;
+  if (R->sigint) {
+    uv_close((uv_handle_t *)R->sigint, (uv_close_cb)free);
+    R->sigint = NULL;
+  }
+  bt_group_detach_all(R->root);
+  bt_group_free(R->root);
+  while (R->pool) {
+    lbt_fiber *f = R->pool;
+    R->pool = f->next_free;
+    free(f);
+  }
+  bt_rt_free(R->rt);
+  return 0;
+}
+
+static int lbaton_version(lua_State *L) {
+  lua_pushstring(L, BATON_VERSION);
+  return 1;
+}
+
+int lbt_open(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, "baton.module");
+  if (lua_istable(L, -1)) return 1;
+  lua_pop(L, 1);
+
+  lbt_rt *R = lua_newuserdatauv(L, sizeof *R, 0);
+  memset(R, 0, sizeof *R);
+  int rt_idx = lua_gettop(L);
+  luaL_newmetatable(L, BT_RT_MT);
+  lua_pushcfunction(L, lrt_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, rt_idx);
+  R->rt = bt_rt_new(NULL);
+  if (R->rt == NULL) return luaL_error(L, "baton: cannot create the runtime (out of memory)");
+  R->root = bt_group_new(R->rt);
+  if (R->root == NULL) return luaL_error(L, "baton: out of memory");
+  bt_rt_set_data(R->rt, R);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  R->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  lua_newtable(L);
+  R->anchors = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, rt_idx);
+  lua_setfield(L, LUA_REGISTRYINDEX, RT_KEY);
+  lua_newtable(L);  /* weak-keyed set of live groups */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, "baton.groups");
+
+  static const luaL_Reg funcs[] = {
+    {"run", lbaton_run}, {"spawn", lbaton_spawn}, {"sleep", lbaton_sleep},
+    {"yield", lbaton_yield}, {"now", lbaton_now}, {"clock", lbaton_clock},
+    {"current", lbaton_current}, {"on_warning", lbaton_on_warning},
+    {"stats", lbaton_stats}, {"version", lbaton_version}, {NULL, NULL}};
+  lua_newtable(L);
+  lbt_set_funcs(L, rt_idx, funcs);
+  lua_pushliteral(L, BATON_VERSION);
+  lua_setfield(L, -2, "_VERSION");
+  lbt_open_task(L, rt_idx);
+  lbt_open_group(L, rt_idx);
+  lbt_open_sem(L, rt_idx);
+  lbt_open_json(L, rt_idx);
+  lbt_open_proc(L, rt_idx);
+
+  if (luaL_loadbuffer(L, lua_helpers, strlen(lua_helpers), "=baton") != LUA_OK)
+    return lua_error(L);
+  lua_pushvalue(L, -2);
+  lua_call(L, 1, 0);
+
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "baton.module");
+  return 1;
+}

@@ -1,0 +1,111 @@
+/*
+ * lbaton.h — shared by the Lua bindings (src/lua/l*.c): the per-state runtime, tasks as
+ * userdata with lazily attached coroutines ("fibers"), and the await protocol.
+ *
+ * Await protocol. A binding that waits:
+ *   1. calls lbt_await_begin(L, R, "name") — raises unless the caller is a baton task on its
+ *      own coroutine and may yield, and raises the cancellation error if the task is already
+ *      cancelled (cancellation is level-triggered);
+ *   2. registers with a core source using the fiber's storage (fib->wait, fib->joiner, ...)
+ *      and bt_task_wait(), or calls bt_task_yield();
+ *   3. returns lbt_suspend(L, ctx, k). When the task is resumed, k runs with fib->status set
+ *      to what the wake delivered (0, BT_ETIMEDOUT, BT_ECANCELED, BT_ECLOSED, ...); k undoes
+ *      what it must (e.g. gives back a granted permit) before raising on cancellation.
+ */
+#ifndef BATON_LBATON_H
+#define BATON_LBATON_H
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "internal.h"
+
+#define BT_RT_MT     "baton.Runtime"
+#define BT_TASK_MT   "baton.Task"
+#define BT_GROUP_MT  "baton.Group"
+#define BT_SEM_MT    "baton.Semaphore"
+#define BT_PERMIT_MT "baton.Permit"
+#define BT_BUDGET_MT "baton.Budget"
+#define BT_PROC_MT   "baton.Process"
+#define BT_ERROR_MT  "baton.Error"
+
+typedef struct lbt_rt lbt_rt;
+typedef struct lbt_task lbt_task;
+
+/* A coroutine with the wait storage a running task needs. Taken from the runtime's pool when
+ * a task first runs and given back when it ends, so pending and finished tasks cost no
+ * coroutine. */
+typedef struct lbt_fiber {
+  struct lbt_fiber *next_free;
+  lua_State *co;
+  int co_ref;             /* the coroutine's slot in the anchor table */
+  lbt_task *task;
+  int status;             /* what the last wake delivered */
+  bt_wait_t wait;
+  bt_joiner_t joiner;
+  bt_sem_waiter_t semw;
+} lbt_fiber;
+
+struct lbt_task {
+  bt_task_t t;
+  lbt_fiber *fib;         /* NULL unless running or waiting */
+  int ref;                /* slot in the anchor table, LUA_NOREF when not anchored */
+  uint16_t nargs;         /* arguments kept in user values 2..nargs+1 until first run */
+  uint8_t gated;          /* last user value is the gate's semaphore */
+};
+
+struct lbt_rt {
+  bt_rt_t *rt;
+  lua_State *L;           /* the main thread */
+  lua_State *from;        /* the thread running the loop (inside baton.run) */
+  int anchors;            /* registry ref: table anchoring tasks and coroutines */
+  lbt_fiber *pool;        /* free fibers */
+  int npool;
+  int running;            /* inside baton.run */
+  lbt_task *main;         /* the current baton.run's main task */
+  bt_group_t *root;       /* tasks of baton.spawn */
+  size_t live;            /* tasks spawned and not finished */
+  uv_signal_t *sigint;    /* CLI: SIGINT aborts the main task */
+  int closed;
+};
+
+/* Every binding function has the runtime userdata as upvalue 1. */
+#define lbt_R(L) ((lbt_rt *)lua_touserdata((L), lua_upvalueindex(1)))
+
+/* ltask.c */
+void lbt_task_open(lua_State *L);
+lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_t *g,
+                       bt_gate_t *gate, int sem_idx);
+lbt_task *lbt_check_task(lua_State *L, int idx);
+void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T);
+void lbt_task_release(lbt_rt *R, lbt_task *T);  /* drop the anchor if nothing needs it */
+int lbt_push_outcome(lua_State *L, int idx);  /* task at idx: true, res... | false, err */
+lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname);
+int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k);
+int lbt_raise_cancelled(lua_State *L);
+void lbt_push_error(lua_State *L, const char *kind, const char *msg);
+int lbt_is_cancel_error(lua_State *L, int idx);
+uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx);  /* ms arg → absolute or UINT64_MAX */
+void lbt_warn(lbt_rt *R, const char *fmt, ...);
+int lbt_run_loop(lua_State *L, lbt_rt *R);  /* runs until the main task ends */
+void lbt_abort_all(lbt_rt *R);
+
+/* lbaton.c, per type opener: each sets its metatable and adds its functions to the module
+ * table at -1, with the runtime userdata at index `rt_idx` as upvalue. */
+void lbt_open_task(lua_State *L, int rt_idx);
+void lbt_open_group(lua_State *L, int rt_idx);
+void lbt_open_sem(lua_State *L, int rt_idx);
+void lbt_open_json(lua_State *L, int rt_idx);
+void lbt_open_proc(lua_State *L, int rt_idx);
+
+/* Helpers for option tables: reject unknown keys (a typo must not pass silently). */
+void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *const known[]);
+/* Registers `l` as methods under metatable `mt` (created), with the runtime as upvalue. */
+void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *methods,
+                   const luaL_Reg *meta);
+/* Sets functions from `l` into the table at -1, with the runtime at rt_idx as upvalue. */
+void lbt_set_funcs(lua_State *L, int rt_idx, const luaL_Reg *l);
+
+int lbt_open(lua_State *L);  /* the module table; one runtime per Lua state */
+
+#endif

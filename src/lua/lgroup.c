@@ -1,0 +1,302 @@
+/*
+ * lgroup.c — baton.group(): a JoinSet of tasks.
+ *
+ * The userdata holds the core group; its user value is a table that keeps alive the
+ * semaphores its gates use (bounded spawn). Finished tasks stay anchored while they sit in
+ * the group's finished list; popping one (join_next, drain, join_all, wait_within) hands it
+ * to Lua and drops the anchor. Closing or collecting the group aborts its live tasks,
+ * forgets them, and reports failures nobody joined.
+ *
+ * Waiting methods take ONE absolute deadline when called and keep it across re-waits, so
+ * a batch never waits N × timeout.
+ */
+#include <string.h>
+
+#include "lbaton.h"
+
+typedef struct lgroup {
+  bt_group_t *g;            /* first: lbt_abort_all() reads it from the registry set */
+  bt_gate_t *limit;         /* gate of the group's `limit`, or NULL */
+} lgroup;
+
+static lgroup *check_group(lua_State *L, int idx, const char *fname) {
+  lgroup *G = luaL_checkudata(L, idx, BT_GROUP_MT);
+  if (G->g == NULL) luaL_error(L, "%s: the group is closed", fname);
+  return G;
+}
+
+static bt_gate_t *gate_for(lua_State *L, lgroup *G, int sem_idx, const char *fname) {
+  bt_sem_t **ps = luaL_checkudata(L, sem_idx, BT_SEM_MT);
+  if (*ps == NULL) luaL_error(L, "%s: the semaphore is closed", fname);
+  bt_gate_t *gate = bt_group_gate(G->g, *ps);
+  if (gate == NULL) luaL_error(L, "%s: out of memory", fname);
+  return gate;
+}
+
+static int lgroup_new(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  int has_opts = !lua_isnoneornil(L, 1);
+  if (has_opts) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    static const char *const known[] = {"limit", NULL};
+    lbt_check_fields(L, 1, "baton.group", known);
+  }
+  lgroup *G = lua_newuserdatauv(L, sizeof *G, 1);
+  G->g = NULL;
+  G->limit = NULL;
+  luaL_setmetatable(L, BT_GROUP_MT);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 1);
+  G->g = bt_group_new(R->rt);
+  if (G->g == NULL) return luaL_error(L, "baton.group: out of memory");
+  lua_getfield(L, LUA_REGISTRYINDEX, "baton.groups");
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  if (has_opts) {
+    int gi = lua_gettop(L);
+    lua_getfield(L, 1, "limit");
+    if (lua_isinteger(L, -1)) {  /* a number: a semaphore of the group's own */
+      lua_Integer n = lua_tointeger(L, -1);
+      if (n < 1) return luaL_error(L, "baton.group: limit must be >= 1 (got %d)", (int)n);
+      lua_getfield(L, LUA_REGISTRYINDEX, "baton.module");
+      lua_getfield(L, -1, "semaphore");
+      lua_pushinteger(L, n);
+      lua_call(L, 1, 1);
+      lua_replace(L, -3);
+      lua_pop(L, 1);
+    } else if (!luaL_testudata(L, -1, BT_SEM_MT)) {
+      return luaL_error(L, "baton.group: limit must be an integer or a semaphore (got %s)",
+                        luaL_typename(L, -1));
+    }
+    G->limit = gate_for(L, G, lua_gettop(L), "baton.group");
+    lua_getiuservalue(L, gi, 1);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "limit");
+    lua_pop(L, 2);
+  }
+  return 1;
+}
+
+static int spawn_on(lua_State *L, lgroup *G, bt_gate_t *gate, int sem_idx, int fn_idx) {
+  lbt_rt *R = lbt_R(L);
+  luaL_checktype(L, fn_idx, LUA_TFUNCTION);
+  lbt_task_new(L, R, fn_idx, lua_gettop(L) - fn_idx, G->g, gate, sem_idx);
+  return 1;
+}
+
+static int lgroup_spawn(lua_State *L) {
+  lgroup *G = check_group(L, 1, "group:spawn");
+  if (G->limit == NULL) return spawn_on(L, G, NULL, 0, 2);
+  lua_getiuservalue(L, 1, 1);
+  lua_getfield(L, -1, "limit");
+  lua_replace(L, -2);
+  int si = lua_gettop(L);
+  lua_insert(L, 2);  /* keep the function's arguments contiguous at the top */
+  (void)si;
+  return spawn_on(L, G, G->limit, 2, 3);
+}
+
+/* group:spawn_bounded(sem, fn, ...): the task gets a coroutine only once it holds one
+ * permit of sem; the permit goes back when it ends, however it ends. */
+static int lgroup_spawn_bounded(lua_State *L) {
+  lgroup *G = check_group(L, 1, "group:spawn_bounded");
+  bt_gate_t *gate = gate_for(L, G, 2, "group:spawn_bounded");
+  lua_getiuservalue(L, 1, 1);  /* keep the semaphore alive as long as the group */
+  lua_pushvalue(L, 2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  return spawn_on(L, G, gate, 2, 3);
+}
+
+/* Pops the oldest finished task onto the stack; 0 if there is none. */
+static int pop_one(lua_State *L, lbt_rt *R, lgroup *G) {
+  lbt_task *T = (lbt_task *)bt_group_pop(G->g);
+  if (T == NULL) return 0;
+  T->t.flags |= BT_TASK_F_JOINED;  /* handed over: its outcome is the caller's now */
+  lbt_push_task(L, R, T);
+  lbt_task_release(R, T);
+  return 1;
+}
+
+static int drain_into(lua_State *L, lbt_rt *R, lgroup *G, int list) {
+  lua_Integer n = (lua_Integer)lua_rawlen(L, list);
+  while (pop_one(L, R, G)) lua_rawseti(L, list, ++n);
+  return (int)n;
+}
+
+static lbt_task *self_task(lbt_rt *R) { return (lbt_task *)bt_rt_current(R->rt); }
+
+/* The common continuation head: raise on cancellation, report a timeout. */
+static int woke_cancelled(lbt_task *T) {
+  return T->fib->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL);
+}
+
+static int join_next_k(lua_State *L, int st, lua_KContext due) {
+  (void)st;
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = self_task(R);
+  if (woke_cancelled(T)) return lbt_raise_cancelled(L);
+  lgroup *G = check_group(L, 1, "group:join_next");
+  if (pop_one(L, R, G)) return 1;
+  if (T->fib->status == BT_ETIMEDOUT) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "timeout");
+    return 2;
+  }
+  int rc = bt_group_wait(G->g, &T->t, &T->fib->joiner, &T->fib->wait, (uint64_t)due);
+  if (rc < 0) return 0;
+  return lbt_suspend(L, due, join_next_k);
+}
+
+static int lgroup_join_next(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lgroup *G = check_group(L, 1, "group:join_next");
+  uint64_t due = lbt_opt_due(L, R, 2);
+  lua_settop(L, 1);
+  if (pop_one(L, R, G)) return 1;
+  if (bt_group_len(G->g) == 0) return 0;
+  lbt_task *T = lbt_await_begin(L, R, "group:join_next");
+  T->fib->status = 0;
+  int rc = bt_group_wait(G->g, &T->t, &T->fib->joiner, &T->fib->wait, due);
+  if (rc < 0) return 0;
+  return lbt_suspend(L, (lua_KContext)due, join_next_k);
+}
+
+/* Shared by wait_within (a deadline) and join_all (none): list at index 2. */
+static int collect_k(lua_State *L, int st, lua_KContext due) {
+  (void)st;
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = self_task(R);
+  if (woke_cancelled(T)) return lbt_raise_cancelled(L);
+  lgroup *G = check_group(L, 1, "group:join_all");
+  drain_into(L, R, G, 2);
+  if (T->fib->status == BT_ETIMEDOUT || bt_group_live(G->g) == 0) {
+    lua_settop(L, 2);
+    return 1;
+  }
+  int rc = bt_group_wait(G->g, &T->t, &T->fib->joiner, &T->fib->wait, (uint64_t)due);
+  if (rc != 0) {
+    drain_into(L, R, G, 2);
+    lua_settop(L, 2);
+    return 1;
+  }
+  return lbt_suspend(L, due, collect_k);
+}
+
+static int collect(lua_State *L, uint64_t due, const char *fname) {
+  lbt_rt *R = lbt_R(L);
+  lgroup *G = check_group(L, 1, fname);
+  lua_settop(L, 1);
+  lua_createtable(L, (int)(bt_group_len(G->g) < 1u << 20 ? bt_group_len(G->g) : 1u << 20), 0);
+  drain_into(L, R, G, 2);
+  if (bt_group_live(G->g) == 0) return 1;
+  lbt_task *T = lbt_await_begin(L, R, fname);
+  T->fib->status = 0;
+  int rc = bt_group_wait(G->g, &T->t, &T->fib->joiner, &T->fib->wait, due);
+  if (rc != 0) {
+    drain_into(L, R, G, 2);
+    return 1;
+  }
+  return lbt_suspend(L, (lua_KContext)due, collect_k);
+}
+
+static int lgroup_wait_within(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  luaL_checknumber(L, 2);
+  uint64_t due = lbt_opt_due(L, R, 2);
+  return collect(L, due, "group:wait_within");
+}
+
+static int lgroup_join_all(lua_State *L) { return collect(L, UINT64_MAX, "group:join_all"); }
+
+static int lgroup_drain(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lgroup *G = check_group(L, 1, "group:drain");
+  lua_settop(L, 1);
+  lua_newtable(L);
+  drain_into(L, R, G, 2);
+  return 1;
+}
+
+static int lgroup_abort_all(lua_State *L) {
+  lgroup *G = check_group(L, 1, "group:abort_all");
+  bt_group_abort_all(G->g);
+  return 0;
+}
+
+/* Aborts the live tasks and forgets everything; reports failures nobody joined. */
+static void shutdown_group(lua_State *L, lbt_rt *R, lgroup *G) {
+  bt_task_t *t;
+  while ((t = bt_group_pop(G->g)) != NULL) {
+    lbt_task *T = (lbt_task *)t;
+    if (t->state == BT_TASK_FAILED && !(t->flags & BT_TASK_F_JOINED)) {
+      lbt_push_task(L, R, T);
+      lua_getiuservalue(L, -1, 1);
+      const char *msg = lua_tostring(L, -1);
+      lbt_warn(R, "task %u failed and nobody joined it: %s", (unsigned)t->id,
+               msg ? msg : luaL_typename(L, -1));
+      lua_pop(L, 2);
+      t->flags |= BT_TASK_F_JOINED;
+    }
+    lbt_task_release(R, T);
+  }
+  bt_group_detach_all(G->g);
+}
+
+static int lgroup_shutdown(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lgroup *G = check_group(L, 1, "group:shutdown");
+  shutdown_group(L, R, G);
+  return 0;
+}
+
+static int lgroup_close(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lgroup *G = luaL_checkudata(L, 1, BT_GROUP_MT);
+  if (G->g == NULL) return 0;
+  if (!R->closed) shutdown_group(L, R, G);
+  else bt_group_detach_all(G->g);
+  bt_group_free(G->g);
+  G->g = NULL;
+  G->limit = NULL;
+  return 0;
+}
+
+static int lgroup_len(lua_State *L) {
+  lgroup *G = luaL_checkudata(L, 1, BT_GROUP_MT);
+  lua_pushinteger(L, G->g ? (lua_Integer)bt_group_len(G->g) : 0);
+  return 1;
+}
+
+/* Live tasks (running, waiting or pending) — #g minus the finished ones. */
+static int lgroup_live(lua_State *L) {
+  lgroup *G = luaL_checkudata(L, 1, BT_GROUP_MT);
+  lua_pushinteger(L, G->g ? (lua_Integer)bt_group_live(G->g) : 0);
+  return 1;
+}
+
+static int lgroup_tostring(lua_State *L) {
+  lgroup *G = luaL_checkudata(L, 1, BT_GROUP_MT);
+  if (G->g == NULL) lua_pushliteral(L, "baton.Group (closed)");
+  else lua_pushfstring(L, "baton.Group (%d live, %d finished)", (int)bt_group_live(G->g),
+                       (int)(bt_group_len(G->g) - bt_group_live(G->g)));
+  return 1;
+}
+
+void lbt_open_group(lua_State *L, int rt_idx) {
+  static const luaL_Reg methods[] = {
+    {"spawn", lgroup_spawn}, {"spawn_bounded", lgroup_spawn_bounded},
+    {"join_next", lgroup_join_next}, {"wait_within", lgroup_wait_within},
+    {"drain", lgroup_drain}, {"join_all", lgroup_join_all}, {"abort_all", lgroup_abort_all},
+    {"shutdown", lgroup_shutdown}, {"live", lgroup_live}, {"close", lgroup_close},
+    {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+    {"__len", lgroup_len}, {"__close", lgroup_close}, {"__gc", lgroup_close},
+    {"__tostring", lgroup_tostring}, {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_GROUP_MT, methods, meta);
+  static const luaL_Reg funcs[] = {{"group", lgroup_new}, {NULL, NULL}};
+  lbt_set_funcs(L, rt_idx, funcs);
+}

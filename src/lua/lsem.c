@@ -1,0 +1,314 @@
+/*
+ * lsem.c — baton.semaphore, baton.budget and their permits.
+ *
+ * A permit is a closable userdata: release() (idempotent), <close>, or — as a last
+ * resort, with a warning — the garbage collector gives it back. Its user value keeps the
+ * semaphore or budget alive while it is held. Permit release is plain C and never waits,
+ * so it is safe from __close handlers and from a task being unwound by cancellation.
+ *
+ * acquire() is an await: it queues the task's fiber record on the semaphore (FIFO, direct
+ * hand-off) with an optional deadline; a task aborted while queued is unlinked and the grant
+ * loop re-runs, so the next waiter gets the permit. A permit granted to a task that was
+ * cancelled before it resumed goes straight back.
+ */
+#include <string.h>
+
+#include "lbaton.h"
+
+typedef struct lpermit {
+  bt_sem_t *sem;            /* semaphore permit, or NULL */
+  bt_budget_t *budget;      /* budget permit, or NULL */
+  bt_budget_key_t *key;
+  size_t k;
+  int held;
+} lpermit;
+
+typedef struct lbudget {
+  bt_budget_t *b;
+} lbudget;
+
+static bt_sem_t *check_sem(lua_State *L, int idx) {
+  bt_sem_t **ps = luaL_checkudata(L, idx, BT_SEM_MT);
+  if (*ps == NULL) luaL_error(L, "semaphore: already collected");
+  return *ps;
+}
+
+static size_t opt_k(lua_State *L, int idx, bt_sem_t *s, const char *fname) {
+  lua_Integer k = luaL_optinteger(L, idx, 1);
+  if (k < 1) luaL_error(L, "bad argument #%d to '%s' (permits must be >= 1)", idx - 1, fname);
+  if ((size_t)k > bt_sem_capacity(s))
+    luaL_error(L, "bad argument #%d to '%s' (%d permits asked of a semaphore of %d)", idx - 1,
+               fname, (int)k, (int)bt_sem_capacity(s));
+  return (size_t)k;
+}
+
+/* Pushes a permit for k permits of the semaphore at sem_idx, already taken. */
+static void push_sem_permit(lua_State *L, int sem_idx, bt_sem_t *s, size_t k) {
+  lpermit *p = lua_newuserdatauv(L, sizeof *p, 1);
+  memset(p, 0, sizeof *p);
+  luaL_setmetatable(L, BT_PERMIT_MT);
+  lua_pushvalue(L, sem_idx);
+  lua_setiuservalue(L, -2, 1);
+  p->sem = s;
+  p->k = k;
+  p->held = 1;
+}
+
+static int lsem_new(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 0, 1, "permits must be >= 0");
+  bt_sem_t **ps = lua_newuserdatauv(L, sizeof *ps, 0);
+  *ps = NULL;
+  luaL_setmetatable(L, BT_SEM_MT);
+  *ps = bt_sem_new((size_t)n);
+  if (*ps == NULL) return luaL_error(L, "baton.semaphore: out of memory");
+  return 1;
+}
+
+static int lsem_try_acquire(lua_State *L) {
+  bt_sem_t *s = check_sem(L, 1);
+  size_t k = opt_k(L, 2, s, "semaphore:try_acquire");
+  int rc = bt_sem_try_acquire(s, k);
+  if (rc == BT_ECLOSED) return luaL_error(L, "semaphore:try_acquire: the semaphore is closed");
+  if (rc != 0) return 0;
+  push_sem_permit(L, 1, s, k);
+  return 1;
+}
+
+static void on_sem_granted(bt_sem_waiter_t *w, int status) {
+  lbt_fiber *f = bt_container_of(w, lbt_fiber, semw);
+  bt_task_wake(f->wait.rt, f->wait.task, f->wait.token, status);
+}
+
+static void sem_wait_cancel(bt_wait_t *w) { bt_sem_cancel(w->src); }
+
+static int acquire_k(lua_State *L, int st, lua_KContext k) {
+  (void)st;
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
+  bt_sem_t *s = check_sem(L, 1);
+  int status = T->fib->status;
+  if (status == 0 && (T->t.flags & BT_TASK_F_CANCEL)) {
+    bt_sem_release(s, (size_t)k);  /* granted, but the task was aborted meanwhile */
+    status = BT_ECANCELED;
+  }
+  switch (status) {
+  case 0:
+    push_sem_permit(L, 1, s, (size_t)k);
+    return 1;
+  case BT_ETIMEDOUT:
+    lua_pushnil(L);
+    lua_pushliteral(L, "timeout");
+    return 2;
+  case BT_ECLOSED:
+    return luaL_error(L, "semaphore:acquire: the semaphore was closed while waiting");
+  default:
+    return lbt_raise_cancelled(L);
+  }
+}
+
+static int lsem_acquire(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  bt_sem_t *s = check_sem(L, 1);
+  size_t k = opt_k(L, 2, s, "semaphore:acquire");
+  uint64_t due = lbt_opt_due(L, R, 3);
+  lua_settop(L, 1);
+  int rc = bt_sem_try_acquire(s, k);
+  if (rc == BT_ECLOSED) return luaL_error(L, "semaphore:acquire: the semaphore is closed");
+  if (rc == 0) {
+    /* Uncontended: no wait, but still a cancellation point. */
+    bt_task_t *cur = bt_rt_current(R->rt);
+    if (cur && (cur->flags & BT_TASK_F_CANCEL)) {
+      bt_sem_release(s, k);
+      return lbt_raise_cancelled(L);
+    }
+    push_sem_permit(L, 1, s, k);
+    return 1;
+  }
+  lbt_task *T = lbt_await_begin(L, R, "semaphore:acquire");
+  lbt_fiber *f = T->fib;
+  bt_sem_acquire(s, &f->semw, k, on_sem_granted);
+  f->wait.src = &f->semw;
+  bt_task_wait(R->rt, &T->t, &f->wait, sem_wait_cancel, due);
+  return lbt_suspend(L, (lua_KContext)k, acquire_k);
+}
+
+static int lsem_available(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)bt_sem_available(check_sem(L, 1)));
+  return 1;
+}
+static int lsem_capacity(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)bt_sem_capacity(check_sem(L, 1)));
+  return 1;
+}
+static int lsem_waiting(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)bt_sem_waiting(check_sem(L, 1)));
+  return 1;
+}
+static int lsem_close(lua_State *L) {
+  bt_sem_close(check_sem(L, 1));
+  return 0;
+}
+static int lsem_closed(lua_State *L) {
+  lua_pushboolean(L, bt_sem_closed(check_sem(L, 1)));
+  return 1;
+}
+
+static int lsem_gc(lua_State *L) {
+  bt_sem_t **ps = lua_touserdata(L, 1);
+  bt_sem_free(*ps);
+  *ps = NULL;
+  return 0;
+}
+
+static int lsem_tostring(lua_State *L) {
+  bt_sem_t *s = check_sem(L, 1);
+  lua_pushfstring(L, "baton.Semaphore (%d/%d available, %d waiting%s)",
+                  (int)bt_sem_available(s), (int)bt_sem_capacity(s), (int)bt_sem_waiting(s),
+                  bt_sem_closed(s) ? ", closed" : "");
+  return 1;
+}
+
+/* ---- permits ------------------------------------------------------------------------ */
+
+static void permit_release(lpermit *p) {
+  if (!p->held) return;
+  p->held = 0;
+  if (p->sem != NULL) bt_sem_release(p->sem, p->k);
+  else if (p->budget != NULL) bt_budget_release(p->budget, p->key);
+}
+
+static int lpermit_release(lua_State *L) {
+  lpermit *p = luaL_checkudata(L, 1, BT_PERMIT_MT);
+  permit_release(p);
+  return 0;
+}
+
+static int lpermit_gc(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lpermit *p = lua_touserdata(L, 1);
+  if (p->held && !R->closed)
+    lbt_warn(R, "a permit was collected while still held; release it, or hold it in a "
+                "<close> variable (released now)");
+  permit_release(p);
+  return 0;
+}
+
+static int lpermit_held(lua_State *L) {
+  lpermit *p = luaL_checkudata(L, 1, BT_PERMIT_MT);
+  lua_pushboolean(L, p->held);
+  return 1;
+}
+
+static int lpermit_tostring(lua_State *L) {
+  lpermit *p = luaL_checkudata(L, 1, BT_PERMIT_MT);
+  if (p->budget) lua_pushfstring(L, "baton.Permit (budget '%s', %s)", p->key ? "" : "?",
+                                 p->held ? "held" : "released");
+  else lua_pushfstring(L, "baton.Permit (%d, %s)", (int)p->k, p->held ? "held" : "released");
+  return 1;
+}
+
+/* ---- budgets ------------------------------------------------------------------------ */
+
+static lbudget *check_budget(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, BT_BUDGET_MT);
+}
+
+static int lbudget_new(lua_State *L) {
+  lua_Integer cap = 4;
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    static const char *const known[] = {"cap", NULL};
+    lbt_check_fields(L, 1, "baton.budget", known);
+    lua_getfield(L, 1, "cap");
+    if (!lua_isnil(L, -1)) {
+      if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0)
+        return luaL_error(L, "baton.budget: cap must be an integer >= 0");
+      cap = lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+  }
+  lbudget *B = lua_newuserdatauv(L, sizeof *B, 0);
+  B->b = NULL;
+  luaL_setmetatable(L, BT_BUDGET_MT);
+  B->b = bt_budget_new((size_t)cap);
+  if (B->b == NULL) return luaL_error(L, "baton.budget: out of memory");
+  return 1;
+}
+
+static int lbudget_try_acquire(lua_State *L) {
+  lbudget *B = check_budget(L, 1);
+  size_t len;
+  const char *key = luaL_checklstring(L, 2, &len);
+  lua_Integer cap = luaL_optinteger(L, 3, (lua_Integer)bt_budget_default_cap(B->b));
+  luaL_argcheck(L, cap >= 0, 3, "cap must be >= 0");
+  int err = 0;
+  bt_budget_key_t *k = bt_budget_try_acquire(B->b, key, len, (size_t)cap, &err);
+  if (k == NULL) {
+    if (err == BT_ENOMEM) return luaL_error(L, "budget:try_acquire: out of memory");
+    return 0;
+  }
+  lpermit *p = lua_newuserdatauv(L, sizeof *p, 1);
+  memset(p, 0, sizeof *p);
+  luaL_setmetatable(L, BT_PERMIT_MT);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1);
+  p->budget = B->b;
+  p->key = k;
+  p->k = 1;
+  p->held = 1;
+  return 1;
+}
+
+static void snap_one(void *ud, const char *key, size_t len, size_t n) {
+  lua_State *L = ud;
+  lua_pushlstring(L, key, len);
+  lua_pushinteger(L, (lua_Integer)n);
+  lua_rawset(L, -3);
+}
+
+static int lbudget_snapshot(lua_State *L) {
+  lbudget *B = check_budget(L, 1);
+  lua_newtable(L);
+  bt_budget_foreach(B->b, snap_one, L);
+  return 1;
+}
+
+static int lbudget_count(lua_State *L) {
+  lbudget *B = check_budget(L, 1);
+  size_t len;
+  const char *key = luaL_checklstring(L, 2, &len);
+  lua_pushinteger(L, (lua_Integer)bt_budget_count(B->b, key, len));
+  return 1;
+}
+
+static int lbudget_gc(lua_State *L) {
+  lbudget *B = lua_touserdata(L, 1);
+  bt_budget_free(B->b);
+  B->b = NULL;
+  return 0;
+}
+
+void lbt_open_sem(lua_State *L, int rt_idx) {
+  static const luaL_Reg sem_methods[] = {
+    {"try_acquire", lsem_try_acquire}, {"acquire", lsem_acquire},
+    {"available", lsem_available}, {"capacity", lsem_capacity}, {"waiting", lsem_waiting},
+    {"close", lsem_close}, {"closed", lsem_closed}, {NULL, NULL}};
+  static const luaL_Reg sem_meta[] = {
+    {"__gc", lsem_gc}, {"__tostring", lsem_tostring}, {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_SEM_MT, sem_methods, sem_meta);
+  static const luaL_Reg permit_methods[] = {
+    {"release", lpermit_release}, {"held", lpermit_held}, {NULL, NULL}};
+  static const luaL_Reg permit_meta[] = {
+    {"__close", lpermit_release}, {"__gc", lpermit_gc}, {"__tostring", lpermit_tostring},
+    {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_PERMIT_MT, permit_methods, permit_meta);
+  static const luaL_Reg budget_methods[] = {
+    {"try_acquire", lbudget_try_acquire}, {"snapshot", lbudget_snapshot},
+    {"count", lbudget_count}, {NULL, NULL}};
+  static const luaL_Reg budget_meta[] = {{"__gc", lbudget_gc}, {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_BUDGET_MT, budget_methods, budget_meta);
+  static const luaL_Reg funcs[] = {
+    {"semaphore", lsem_new}, {"budget", lbudget_new}, {NULL, NULL}};
+  lbt_set_funcs(L, rt_idx, funcs);
+}

@@ -1,0 +1,481 @@
+/*
+ * ltask.c — tasks as Lua userdata: lazy coroutines, resume, results, errors, join, abort.
+ *
+ * A task userdata embeds a core bt_task_t. Until it first runs it holds only its function
+ * and arguments (user values 1..nargs+1); when the ready queue reaches it, it borrows a
+ * fiber (a coroutine plus wait storage) from the runtime's pool, and gives it back when it
+ * ends, so a million spawned tasks cost a million small userdata, not a million coroutines.
+ * When it ends, user value 1 holds its outcome: the results table ({n=, ...}, or nil for no
+ * results) or the error value (a string error carries its traceback).
+ *
+ * Anchoring: a task is referenced from the runtime's anchor table while it is unfinished
+ * or sits in a group's finished list; after that only Lua references keep it alive, so
+ * results outlive the coroutine and nothing is pinned forever.
+ *
+ * Errors inside a task never unwind through libuv: lua_resume() returns them. A cancelled
+ * task is resumed with BT_ECANCELED and its await raises the cancellation error; a task's
+ * status is "cancelled" whenever it was aborted, even if it caught that error with pcall.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lbaton.h"
+
+#define FIBER_POOL_MAX 64
+
+static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status);
+static void task_finished(bt_rt_t *rt, bt_task_t *bt);
+static const bt_task_vt task_vt = {task_resume, task_finished};
+
+static void push_anchors(lua_State *L, lbt_rt *R) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, R->anchors);
+}
+
+void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T) {
+  push_anchors(L, R);
+  lua_rawgeti(L, -1, T->ref);
+  lua_remove(L, -2);
+}
+
+void lbt_task_release(lbt_rt *R, lbt_task *T) {
+  if (T->ref == LUA_NOREF || !bt_task_finished(&T->t) || T->t.group != NULL) return;
+  lua_State *L = R->L;
+  push_anchors(L, R);
+  luaL_unref(L, -1, T->ref);
+  lua_pop(L, 1);
+  T->ref = LUA_NOREF;
+}
+
+/* ---- fibers ------------------------------------------------------------------------- */
+
+static lbt_fiber *fiber_get(lbt_rt *R) {
+  lbt_fiber *f = R->pool;
+  if (f != NULL) {
+    R->pool = f->next_free;
+    R->npool--;
+    return f;
+  }
+  f = calloc(1, sizeof *f);
+  if (f == NULL) return NULL;
+  lua_State *L = R->L;
+  push_anchors(L, R);
+  f->co = lua_newthread(L);
+  f->co_ref = luaL_ref(L, -2);
+  lua_pop(L, 1);
+  return f;
+}
+
+static void fiber_put(lbt_rt *R, lbt_fiber *f) {
+  f->task = NULL;
+  lua_settop(f->co, 0);
+  if (R->npool < FIBER_POOL_MAX) {
+    f->next_free = R->pool;
+    R->pool = f;
+    R->npool++;
+    return;
+  }
+  lua_State *L = R->L;
+  push_anchors(L, R);
+  luaL_unref(L, -1, f->co_ref);
+  lua_pop(L, 1);
+  free(f);
+}
+
+/* ---- errors ------------------------------------------------------------------------- */
+
+void lbt_push_error(lua_State *L, const char *kind, const char *msg) {
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, kind);
+  lua_setfield(L, -2, "kind");
+  lua_pushstring(L, msg);
+  lua_setfield(L, -2, "message");
+  luaL_setmetatable(L, BT_ERROR_MT);
+}
+
+int lbt_raise_cancelled(lua_State *L) {
+  lbt_push_error(L, "cancelled", "task cancelled");
+  return lua_error(L);
+}
+
+int lbt_is_cancel_error(lua_State *L, int idx) {
+  if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return 0;
+  luaL_getmetatable(L, BT_ERROR_MT);
+  int same = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  if (!same) return 0;
+  lua_getfield(L, idx, "kind");
+  const char *k = lua_tostring(L, -1);
+  int is = k != NULL && strcmp(k, "cancelled") == 0;
+  lua_pop(L, 1);
+  return is;
+}
+
+void lbt_warn(lbt_rt *R, const char *fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  lua_State *L = R->L;
+  lua_getfield(L, LUA_REGISTRYINDEX, "baton.on_warning");
+  if (lua_isfunction(L, -1)) {
+    lua_pushstring(L, buf);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      fprintf(stderr, "baton: warning handler failed: %s\n", lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+    return;
+  }
+  lua_pop(L, 1);
+  fprintf(stderr, "baton: warning: %s\n", buf);
+}
+
+/* ---- creating and running ----------------------------------------------------------- */
+
+lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_t *g,
+                       bt_gate_t *gate, int sem_idx) {
+  if (nargs > 250) luaL_error(L, "baton.spawn: too many arguments (%d, at most 250)", nargs);
+  lbt_task *T = lua_newuserdatauv(L, sizeof *T, 1 + nargs + (gate != NULL));
+  T->fib = NULL;
+  T->ref = LUA_NOREF;
+  T->nargs = (uint16_t)nargs;
+  T->gated = gate != NULL;
+  luaL_setmetatable(L, BT_TASK_MT);
+  for (int i = 0; i <= nargs; i++) {
+    lua_pushvalue(L, fn_idx + i);
+    lua_setiuservalue(L, -2, 1 + i);
+  }
+  if (gate != NULL) {
+    lua_pushvalue(L, sem_idx);
+    lua_setiuservalue(L, -2, 2 + nargs);
+  }
+  push_anchors(L, R);
+  lua_pushvalue(L, -2);
+  T->ref = luaL_ref(L, -2);
+  lua_pop(L, 1);
+  R->live++;
+  if (gate != NULL) bt_gate_spawn(R->rt, gate, &T->t, &task_vt);
+  else bt_task_spawn(R->rt, &T->t, &task_vt, g);
+  return T;
+}
+
+static void finish(lbt_rt *R, lbt_task *T, bt_task_state_t state) {
+  if (T->fib != NULL) {
+    fiber_put(R, T->fib);
+    T->fib = NULL;
+  }
+  if (T->t.flags & BT_TASK_F_CANCEL) state = BT_TASK_CANCELLED;
+  bt_task_finish(R->rt, &T->t, state);
+}
+
+/* Stores the value on top of L as the task's outcome (user value 1) and pops it. */
+static void set_outcome(lua_State *L, lbt_rt *R, lbt_task *T) {
+  lbt_push_task(L, R, T);
+  lua_insert(L, -2);
+  lua_setiuservalue(L, -2, 1);
+  for (int i = 0; i < T->nargs; i++) {  /* drop the arguments: they may be large */
+    lua_pushnil(L);
+    lua_setiuservalue(L, -2, 2 + i);
+  }
+  lua_pop(L, 1);
+}
+
+static void task_returned(lbt_rt *R, lbt_task *T, int nres) {
+  lua_State *co = T->fib->co, *L = R->L;
+  if (nres > 0 || T->nargs > 0) {
+    if (nres > 0) {
+      lua_createtable(L, nres, 1);
+      lua_xmove(co, L, nres);
+      for (int i = nres; i >= 1; i--) lua_rawseti(L, -1 - i, i);
+      lua_pushinteger(L, nres);
+      lua_setfield(L, -2, "n");
+    } else {
+      lua_pushnil(L);
+    }
+    set_outcome(L, R, T);
+  }
+  finish(R, T, BT_TASK_DONE);
+}
+
+static void task_failed(lbt_rt *R, lbt_task *T) {
+  lua_State *co = T->fib->co, *L = R->L;
+  int cancelled = lbt_is_cancel_error(co, -1);
+  lua_pushvalue(co, -1);  /* the error stays on co too: __close handlers receive it */
+  lua_xmove(co, L, 1);
+  lua_pushvalue(L, -1);   /* L: original, outcome */
+  if (!cancelled) {
+    int t = lua_type(L, -1);
+    const char *msg = (t == LUA_TSTRING || t == LUA_TNUMBER) ? lua_tostring(L, -1) : NULL;
+    luaL_traceback(L, co, msg, 0);
+    if (msg != NULL) lua_remove(L, -2);  /* a string error becomes message + traceback */
+    else if (t == LUA_TTABLE) lua_setfield(L, -2, "traceback");
+    else lua_pop(L, 1);
+  }
+  /* Close the coroutine's pending to-be-closed variables (permits go back) and make it
+   * reusable. lua_resetthread returns the coroutine's error status; a __close handler that
+   * raised leaves its own error in place of the original: report it, do not lose it. */
+  if (lua_resetthread(co) != LUA_OK) {
+    lua_xmove(co, L, 1);
+    if (!lua_rawequal(L, -1, -3))
+      lbt_warn(R, "task %u: a __close handler failed: %s", (unsigned)T->t.id,
+               lua_isstring(L, -1) ? lua_tostring(L, -1) : luaL_typename(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_remove(L, -2);
+  set_outcome(L, R, T);
+  finish(R, T, cancelled ? BT_TASK_CANCELLED : BT_TASK_FAILED);
+}
+
+/* A task that ends before it ever ran: aborted while pending, or its gate's semaphore
+ * was closed. */
+static void task_never_ran(lbt_rt *R, lbt_task *T, int status) {
+  lua_State *L = R->L;
+  if (status == BT_ECANCELED) lbt_push_error(L, "cancelled", "task cancelled");
+  else lbt_push_error(L, bt_err_name(status), bt_strerror(status));
+  set_outcome(L, R, T);
+  finish(R, T, status == BT_ECANCELED ? BT_TASK_CANCELLED : BT_TASK_FAILED);
+}
+
+static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
+  lbt_task *T = (lbt_task *)bt;
+  lbt_rt *R = bt_rt_data(rt);
+  lbt_fiber *f = T->fib;
+  int nargs = 0;
+  if (f == NULL) {
+    if (status == 0 && (bt->flags & BT_TASK_F_CANCEL)) status = BT_ECANCELED;
+    if (status != 0 || (f = fiber_get(R)) == NULL) {
+      task_never_ran(R, T, status ? status : BT_ENOMEM);
+      return;
+    }
+    T->fib = f;
+    f->task = T;
+    lua_State *L = R->L;
+    nargs = T->nargs;
+    lbt_push_task(L, R, T);
+    luaL_checkstack(f->co, nargs + 2, "baton: task arguments");
+    for (int i = 0; i <= nargs; i++) lua_getiuservalue(L, -1 - i, 1 + i);
+    lua_xmove(L, f->co, nargs + 1);
+    lua_pop(L, 1);
+  }
+  f->status = status;
+  int nres = 0;
+  int rc = lua_resume(f->co, R->from ? R->from : R->L, nargs, &nres);
+  if (rc == LUA_YIELD) {
+    /* A plain coroutine.yield() inside a task: treat it as baton.yield(). */
+    if (bt->state == BT_TASK_RUNNING) {
+      lua_pop(f->co, nres);
+      bt_task_yield(rt, bt);
+    }
+  } else if (rc == LUA_OK) {
+    task_returned(R, T, nres);
+  } else {
+    task_failed(R, T);
+  }
+}
+
+static void task_finished(bt_rt_t *rt, bt_task_t *bt) {
+  lbt_task *T = (lbt_task *)bt;
+  lbt_rt *R = bt_rt_data(rt);
+  R->live--;
+  if (bt->group == R->root) bt_group_remove(bt);
+  lbt_task_release(R, T);
+}
+
+/* ---- awaiting ----------------------------------------------------------------------- */
+
+lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname) {
+  bt_task_t *cur = bt_rt_current(R->rt);
+  if (cur == NULL)
+    luaL_error(L, "%s: not inside a baton task; run the code with baton.run(function() ... end) "
+               "(the baton executable does this for a script's main chunk)", fname);
+  lbt_task *T = (lbt_task *)cur;
+  if (T->fib->co != L)
+    luaL_error(L, "%s: cannot wait inside a coroutine that baton does not run "
+               "(coroutine.create/wrap inside a task); use baton.spawn for concurrency", fname);
+  if (!lua_isyieldable(L))
+    luaL_error(L, "%s: cannot wait here: a C call that cannot yield is in the way "
+               "(require, a metamethod such as __tostring/__gc/__close, a table.sort "
+               "comparator, a string.gsub callback, ...)", fname);
+  if (cur->flags & BT_TASK_F_CANCEL) lbt_raise_cancelled(L);
+  return T;
+}
+
+int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k) {
+  return lua_yieldk(L, 0, ctx, k);
+}
+
+uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx) {
+  if (lua_isnoneornil(L, idx)) return UINT64_MAX;
+  lua_Number ms = luaL_checknumber(L, idx);
+  luaL_argcheck(L, ms >= 0 && ms < 1e15, idx, "timeout must be a number of milliseconds >= 0");
+  return bt_now(R->rt) + (uint64_t)ceil(ms);
+}
+
+/* ---- task methods ------------------------------------------------------------------- */
+
+lbt_task *lbt_check_task(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, BT_TASK_MT);
+}
+
+static const char *status_name(const bt_task_t *t) {
+  switch (t->state) {
+  case BT_TASK_PENDING: return "pending";
+  case BT_TASK_READY:
+  case BT_TASK_RUNNING: return "running";
+  case BT_TASK_WAITING: return "waiting";
+  case BT_TASK_DONE: return "done";
+  case BT_TASK_FAILED: return "failed";
+  default: return "cancelled";
+  }
+}
+
+int lbt_push_outcome(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lbt_task *T = lua_touserdata(L, idx);
+  T->t.flags |= BT_TASK_F_JOINED;
+  lua_getiuservalue(L, idx, 1);
+  int ri = lua_gettop(L);
+  if (T->t.state != BT_TASK_DONE) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, ri);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  if (!lua_istable(L, ri)) {  /* no results: nil, or the function itself (never a table) */
+    lua_remove(L, ri);
+    return 1;
+  }
+  lua_getfield(L, ri, "n");
+  int n = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  luaL_checkstack(L, n, "too many results");
+  for (int i = 1; i <= n; i++) lua_rawgeti(L, ri, i);
+  lua_remove(L, ri);
+  return 1 + n;
+}
+
+static int join_k(lua_State *L, int st, lua_KContext ctx) {
+  (void)st;
+  (void)ctx;
+  lbt_rt *R = lbt_R(L);
+  lbt_task *self = (lbt_task *)bt_rt_current(R->rt);
+  int s = self->fib->status;
+  if (s == BT_ECANCELED || (self->t.flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
+  if (s == BT_ETIMEDOUT) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "timeout");
+    return 2;
+  }
+  return lbt_push_outcome(L, 1);
+}
+
+static int ltask_join(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = lbt_check_task(L, 1);
+  uint64_t due = lbt_opt_due(L, R, 2);
+  lua_settop(L, 1);
+  if (bt_task_finished(&T->t)) return lbt_push_outcome(L, 1);
+  lbt_task *self = lbt_await_begin(L, R, "task:join");
+  if (self == T) return luaL_error(L, "task:join: a task cannot join itself");
+  bt_task_join(R->rt, &self->t, &T->t, &self->fib->joiner, &self->fib->wait, due);
+  return lbt_suspend(L, 0, join_k);
+}
+
+static int ltask_abort(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = lbt_check_task(L, 1);
+  bt_task_abort(R->rt, &T->t);
+  return 0;
+}
+
+static int ltask_status(lua_State *L) {
+  lbt_task *T = lbt_check_task(L, 1);
+  lua_pushstring(L, status_name(&T->t));
+  return 1;
+}
+
+static int ltask_results(lua_State *L) {
+  lbt_task *T = lbt_check_task(L, 1);
+  lua_settop(L, 1);
+  if (!bt_task_finished(&T->t)) return luaL_error(L, "task:results: task %u has not finished",
+                                                  (unsigned)T->t.id);
+  if (T->t.state != BT_TASK_DONE) return 0;
+  int n = lbt_push_outcome(L, 1);
+  return n - 1;  /* drop the leading true */
+}
+
+static int ltask_index(lua_State *L) {
+  lbt_task *T = lbt_check_task(L, 1);
+  const char *k = luaL_checkstring(L, 2);
+  if (strcmp(k, "ok") == 0) {
+    lua_pushboolean(L, T->t.state == BT_TASK_DONE);
+  } else if (strcmp(k, "error") == 0) {
+    if (T->t.state == BT_TASK_FAILED || T->t.state == BT_TASK_CANCELLED) {
+      T->t.flags |= BT_TASK_F_JOINED;
+      lua_getiuservalue(L, 1, 1);
+    } else {
+      lua_pushnil(L);
+    }
+  } else if (strcmp(k, "id") == 0) {
+    lua_pushinteger(L, T->t.id);
+  } else {
+    lua_getmetatable(L, 1);
+    lua_getfield(L, -1, "__methods");
+    lua_getfield(L, -1, k);
+  }
+  return 1;
+}
+
+static int ltask_tostring(lua_State *L) {
+  lbt_task *T = lbt_check_task(L, 1);
+  lua_pushfstring(L, "baton.Task#%d (%s)", (int)T->t.id, status_name(&T->t));
+  return 1;
+}
+
+/* Collected: it has finished (or the state is closing). A failure nobody looked at is
+ * reported rather than lost. */
+static int ltask_gc(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = lua_touserdata(L, 1);
+  lbt_fiber *f = T->fib;
+  if (f != NULL) {  /* only when the whole state closes with the task suspended */
+    bt_wait_t *w = T->t.wait;
+    if (T->t.state == BT_TASK_WAITING && w != NULL) {
+      bt_timer_stop(R->rt, &w->timer);
+      if (w->cancel) w->cancel(w);
+      T->t.wait = NULL;
+    }
+    free(f);
+    T->fib = NULL;
+  }
+  if (T->t.state == BT_TASK_FAILED && !(T->t.flags & BT_TASK_F_JOINED)) {
+    lua_getiuservalue(L, 1, 1);
+    const char *msg = lua_tostring(L, -1);
+    lbt_warn(R, "task %u failed and nobody joined it: %s", (unsigned)T->t.id,
+             msg ? msg : luaL_typename(L, -1));
+  }
+  return 0;
+}
+
+static int lerror_tostring(lua_State *L) {
+  lua_getfield(L, 1, "message");
+  if (lua_isnil(L, -1)) lua_pushliteral(L, "error");
+  return 1;
+}
+
+void lbt_open_task(lua_State *L, int rt_idx) {
+  static const luaL_Reg methods[] = {
+    {"join", ltask_join}, {"abort", ltask_abort}, {"status", ltask_status},
+    {"results", ltask_results}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+    {"__index", ltask_index}, {"__tostring", ltask_tostring}, {"__gc", ltask_gc},
+    {"__close", ltask_abort}, {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_TASK_MT, methods, meta);
+  luaL_newmetatable(L, BT_ERROR_MT);
+  lua_pushcfunction(L, lerror_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+}
