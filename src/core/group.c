@@ -11,6 +11,7 @@
  * task holding one permit; the permit goes back in bt_task_finish(), however the task ends.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -32,12 +33,16 @@ static void tl_remove(bt_tlist *l, bt_task_t *t) {
   l->n--;
 }
 
-bt_group_t *bt_group_new(bt_rt_t *rt) {
-  bt_group_t *g = calloc(1, sizeof *g);
-  if (g == NULL) return NULL;
+void bt__group_init(bt_group_t *g, bt_rt_t *rt) {
+  memset(g, 0, sizeof *g);
   g->rt = rt;
   LIST_INIT(&g->waiters);
   LIST_INIT(&g->gates);
+}
+
+bt_group_t *bt_group_new(bt_rt_t *rt) {
+  bt_group_t *g = malloc(sizeof *g);
+  if (g != NULL) bt__group_init(g, rt);
   return g;
 }
 
@@ -137,6 +142,11 @@ void bt_group_detach_all(bt_group_t *g) {
 
 void bt_group_free(bt_group_t *g) {
   if (g == NULL) return;
+  bt__group_destroy(g);
+  free(g);
+}
+
+void bt__group_destroy(bt_group_t *g) {
   bt_gate_t *gate;
   while ((gate = LIST_FIRST(&g->gates)) != NULL) {
     LIST_REMOVE(gate, link);
@@ -156,7 +166,6 @@ void bt_group_free(bt_group_t *g) {
     if (gate->holders == 0) free(gate);
     else gate->group = NULL;
   }
-  free(g);
 }
 
 /* ---- gates -------------------------------------------------------------------------- */

@@ -60,6 +60,8 @@ struct bt_group {
 };
 
 /* group.c */
+void bt__group_init(bt_group_t *g, bt_rt_t *rt);   /* caller-owned storage */
+void bt__group_destroy(bt_group_t *g);             /* after bt_group_detach_all() */
 void bt__group_finished(bt_group_t *g, bt_task_t *t);
 void bt__gate_release(bt_rt_t *rt, bt_task_t *t);
 void bt__gate_unqueue(bt_rt_t *rt, bt_task_t *t);

@@ -19,7 +19,6 @@
 
 #define RT_KEY "baton.runtime"
 
-typedef struct lgroup_node lgroup_node;
 
 /* ---- shared helpers ----------------------------------------------------------------- */
 
@@ -75,16 +74,8 @@ void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *cons
 
 void lbt_abort_all(lbt_rt *R) {
   bt_group_abort_all(R->root);
-  lua_State *L = R->L;
-  /* Every group userdata registers its core group in this table (weak keys). */
-  lua_getfield(L, LUA_REGISTRYINDEX, "baton.groups");
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    bt_group_t **pg = lua_touserdata(L, -2);
-    if (pg != NULL && *pg != NULL) bt_group_abort_all(*pg);
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
+  struct lgroup *G;
+  LIST_FOREACH(G, &R->groups, link) bt_group_abort_all(G->g);
 }
 
 /* Runs the loop until the main task has finished, then until every other task and child
@@ -279,12 +270,7 @@ int lbt_open(lua_State *L) {
   R->anchors = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, rt_idx);
   lua_setfield(L, LUA_REGISTRYINDEX, RT_KEY);
-  lua_newtable(L);  /* weak-keyed set of live groups */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_setfield(L, LUA_REGISTRYINDEX, "baton.groups");
+  LIST_INIT(&R->groups);
 
   static const luaL_Reg funcs[] = {
     {"run", lbaton_run}, {"spawn", lbaton_spawn}, {"sleep", lbaton_sleep},

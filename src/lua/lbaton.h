@@ -30,6 +30,14 @@
 #define BT_ERROR_MT  "baton.Error"
 
 typedef struct lbt_rt lbt_rt;
+
+/* A group userdata (lgroup.c). */
+struct lgroup {
+  bt_group_t *g;            /* &storage while open, NULL once closed */
+  bt_gate_t *limit;         /* gate of the group's `limit`, or NULL */
+  LIST_ENTRY(lgroup) link;  /* in the runtime's list of open groups */
+  bt_group_t storage;
+};
 typedef struct lbt_task lbt_task;
 
 /* A coroutine with the wait storage a running task needs. Taken from the runtime's pool when
@@ -65,6 +73,7 @@ struct lbt_rt {
   lbt_task *main;         /* the current baton.run's main task */
   bt_group_t *root;       /* tasks of baton.spawn */
   size_t live;            /* tasks spawned and not finished */
+  LIST_HEAD(, lgroup) groups;  /* open groups, aborted when baton.run ends */
   uv_signal_t *sigint;    /* CLI: SIGINT aborts the main task */
   int closed;
 };

@@ -14,10 +14,17 @@
 
 #include "lbaton.h"
 
-typedef struct lgroup {
-  bt_group_t *g;            /* first: lbt_abort_all() reads it from the registry set */
-  bt_gate_t *limit;         /* gate of the group's `limit`, or NULL */
-} lgroup;
+typedef struct lgroup lgroup;
+
+/* The group's user value: a table of what it keeps alive (semaphores of its gates),
+ * created on first need. */
+static void push_keep(lua_State *L, int gi) {
+  if (lua_getiuservalue(L, gi, 1) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, gi, 1);
+}
 
 static lgroup *check_group(lua_State *L, int idx, const char *fname) {
   lgroup *G = luaL_checkudata(L, idx, BT_GROUP_MT);
@@ -42,18 +49,11 @@ static int lgroup_new(lua_State *L) {
     lbt_check_fields(L, 1, "baton.group", known);
   }
   lgroup *G = lua_newuserdatauv(L, sizeof *G, 1);
-  G->g = NULL;
   G->limit = NULL;
+  bt__group_init(&G->storage, R->rt);
+  G->g = &G->storage;
+  LIST_INSERT_HEAD(&R->groups, G, link);
   luaL_setmetatable(L, BT_GROUP_MT);
-  lua_newtable(L);
-  lua_setiuservalue(L, -2, 1);
-  G->g = bt_group_new(R->rt);
-  if (G->g == NULL) return luaL_error(L, "baton.group: out of memory");
-  lua_getfield(L, LUA_REGISTRYINDEX, "baton.groups");
-  lua_pushvalue(L, -2);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
   if (has_opts) {
     int gi = lua_gettop(L);
     lua_getfield(L, 1, "limit");
@@ -71,7 +71,7 @@ static int lgroup_new(lua_State *L) {
                         luaL_typename(L, -1));
     }
     G->limit = gate_for(L, G, lua_gettop(L), "baton.group");
-    lua_getiuservalue(L, gi, 1);
+    push_keep(L, gi);
     lua_pushvalue(L, -2);
     lua_setfield(L, -2, "limit");
     lua_pop(L, 2);
@@ -92,9 +92,7 @@ static int lgroup_spawn(lua_State *L) {
   lua_getiuservalue(L, 1, 1);
   lua_getfield(L, -1, "limit");
   lua_replace(L, -2);
-  int si = lua_gettop(L);
-  lua_insert(L, 2);  /* keep the function's arguments contiguous at the top */
-  (void)si;
+  lua_insert(L, 2);  /* the semaphore goes before the function and its arguments */
   return spawn_on(L, G, G->limit, 2, 3);
 }
 
@@ -103,7 +101,7 @@ static int lgroup_spawn(lua_State *L) {
 static int lgroup_spawn_bounded(lua_State *L) {
   lgroup *G = check_group(L, 1, "group:spawn_bounded");
   bt_gate_t *gate = gate_for(L, G, 2, "group:spawn_bounded");
-  lua_getiuservalue(L, 1, 1);  /* keep the semaphore alive as long as the group */
+  push_keep(L, 1);  /* keep the semaphore alive as long as the group */
   lua_pushvalue(L, 2);
   lua_pushboolean(L, 1);
   lua_rawset(L, -3);
@@ -259,7 +257,8 @@ static int lgroup_close(lua_State *L) {
   if (G->g == NULL) return 0;
   if (!R->closed) shutdown_group(L, R, G);
   else bt_group_detach_all(G->g);
-  bt_group_free(G->g);
+  bt__group_destroy(G->g);
+  LIST_REMOVE(G, link);
   G->g = NULL;
   G->limit = NULL;
   return 0;

@@ -1,0 +1,96 @@
+-- baton's side of the benchmark workloads (bench/README.md), same definitions as the
+-- peers in ../shared/peers. Not a test: it measures. Prints one JSON line like the peers.
+-- usage: baton bench/bench.lua <workload> <n>
+local baton = require "baton"
+
+local function noop() end
+
+-- W1: n no-op tasks spawned into one group, then all joined.
+local function spawn_join(n)
+  local g = baton.group()
+  for _ = 1, n do g:spawn(noop) end
+  return #g:join_all()
+end
+
+-- W2: n jobs, at most 8 at once (a semaphore of 8 via bounded spawn: a job gets its
+-- coroutine only once it holds a permit), each yields once, then releases.
+local function sem_contention(n)
+  local sem = baton.semaphore(8)
+  local g = baton.group { limit = sem }
+  local yield = baton.yield
+  for _ = 1, n do g:spawn(yield) end
+  local done = #g:join_all()
+  assert(sem:available() == 8)
+  return done
+end
+
+-- W2 the way Tokio writes it: every task spawned at once acquires inside its body.
+local function sem_contention_acquire(n)
+  local sem = baton.semaphore(8)
+  local g = baton.group()
+  local yield = baton.yield
+  local function worker()
+    local p <close> = sem:acquire()
+    yield()
+  end
+  for _ = 1, n do g:spawn(worker) end
+  local done = #g:join_all()
+  assert(sem:available() == 8)
+  return done
+end
+
+-- W3: n tasks each sleeping x mod 101 ms, x from the LCG seeded with 42; all joined.
+local function timers(n)
+  local x, total = 42, 0
+  local sleep = baton.sleep
+  local g = baton.group()
+  for _ = 1, n do
+    x = (x * 1103515245 + 12345) % 2147483648
+    local d = x % 101
+    total = total + d
+    g:spawn(sleep, d)
+  end
+  g:join_all()
+  return total
+end
+
+-- W4: rounds; each spawns 8 tasks (a yield, or a real 0 ms timer) collected under one
+-- 50 ms deadline.
+local function deadline_fanout(rounds, sleep0)
+  local child = baton.yield
+  if sleep0 then child = function() baton.sleep(0) end end
+  local timeouts = 0
+  for _ = 1, rounds do
+    local g = baton.group()
+    for _ = 1, 8 do g:spawn(child) end
+    if #g:wait_within(50) < 8 then
+      timeouts = timeouts + 1
+      g:shutdown()
+    end
+  end
+  return timeouts
+end
+
+local WORKLOADS = {
+  spawn_join = spawn_join,
+  sem_contention = sem_contention,
+  sem_contention_acquire = sem_contention_acquire,
+  timers = timers,
+  deadline_fanout = function(n) return deadline_fanout(n, false) end,
+  deadline_fanout_sleep0 = function(n) return deadline_fanout(n, true) end,
+}
+
+local workload, n = arg[1], math.tointeger(tonumber(arg[2] or ""))
+local fn = WORKLOADS[workload]
+if not fn or not n then
+  io.stderr:write("usage: baton bench/bench.lua <workload> <n>\nworkloads:")
+  for k in pairs(WORKLOADS) do io.stderr:write(" ", k) end
+  io.stderr:write("\n")
+  os.exit(2)
+end
+local t0 = baton.clock()
+local check = fn(n)
+local secs = (baton.clock() - t0) / 1000
+print(string.format(
+  '{"peer":"baton","workload":"%s","n":%d,"seconds":%.6f,"ops_per_s":%.1f,"check":%d}',
+  workload, n, secs, n / secs, check))

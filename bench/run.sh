@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds the peers from ../shared/peers in a scratch copy (Tokio offline from Debian's
+# crate registry) and runs bench/compare.py: baton beside them, medians and ratios from
+# the same go. usage: bench/run.sh [--reps N] [--only baton,tokio-ct]
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+peers_src="${PEERS_DIR:-$top/../shared/peers}"
+work="$top/build/peers"
+if [ ! -d "$work" ]; then
+  cp -r "$peers_src" "$work"
+  chmod -R u+w "$work"
+fi
+if command -v cargo >/dev/null && [ ! -x "$work/rust_tokio/target/release/tokio_bench" ]; then
+  (cd "$work/rust_tokio" && cargo build --release --offline -q) || echo "tokio peer not built" >&2
+fi
+python3 "$top/bench/compare.py" "$top/build/baton" "$work" "$@"
