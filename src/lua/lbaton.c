@@ -232,11 +232,16 @@ static int lrt_gc(lua_State *L) {
   }
   bt_group_detach_all(R->root);
   bt_group_free(R->root);
-  while (R->pool) {
-    lbt_fiber *f = R->pool;
-    R->pool = f->next_free;
+  free(R->free_slots);
+  R->free_slots = NULL;
+  /* Every fiber, pooled or still held by a task suspended when the state closed. The
+   * waits they held were unregistered by the finalizers of what they waited on. */
+  lbt_fiber *f;
+  while ((f = LIST_FIRST(&R->fibers)) != NULL) {
+    LIST_REMOVE(f, all);
     free(f);
   }
+  R->pool = NULL;
   bt_rt_free(R->rt);
   return 0;
 }
@@ -271,6 +276,7 @@ int lbt_open(lua_State *L) {
   lua_pushvalue(L, rt_idx);
   lua_setfield(L, LUA_REGISTRYINDEX, RT_KEY);
   LIST_INIT(&R->groups);
+  LIST_INIT(&R->fibers);
 
   static const luaL_Reg funcs[] = {
     {"run", lbaton_run}, {"spawn", lbaton_spawn}, {"sleep", lbaton_sleep},

@@ -22,6 +22,7 @@
 
 #define BT_RT_MT     "baton.Runtime"
 #define BT_TASK_MT   "baton.Task"
+#define BT_TASK_GC_MT "baton.Task.failed"
 #define BT_GROUP_MT  "baton.Group"
 #define BT_SEM_MT    "baton.Semaphore"
 #define BT_PERMIT_MT "baton.Permit"
@@ -45,6 +46,7 @@ typedef struct lbt_task lbt_task;
  * coroutine. */
 typedef struct lbt_fiber {
   struct lbt_fiber *next_free;
+  LIST_ENTRY(lbt_fiber) all;  /* every fiber of the runtime, freed when it closes */
   lua_State *co;
   int co_ref;             /* the coroutine's slot in the anchor table */
   lbt_task *task;
@@ -67,6 +69,11 @@ struct lbt_rt {
   lua_State *L;           /* the main thread */
   lua_State *from;        /* the thread running the loop (inside baton.run) */
   int anchors;            /* registry ref: table anchoring tasks and coroutines */
+  int task_mt;            /* registry ref: the task metatable */
+  int task_gc_mt;         /* registry ref: the same with __gc, for failed tasks */
+  LIST_HEAD(, lbt_fiber) fibers;
+  int *free_slots;        /* reusable anchor slots (a stack) */
+  int nfree, cap_free, top_slot;
   lbt_fiber *pool;        /* free fibers */
   int npool;
   int running;            /* inside baton.run */

@@ -34,6 +34,33 @@ static void push_anchors(lua_State *L, lbt_rt *R) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, R->anchors);
 }
 
+/* Anchor slots: the value on top of L goes into a free slot of the anchor table (at
+ * anchors_idx) and is popped. Freed slots are reused LIFO from a C stack, which is
+ * cheaper than luaL_ref's in-table free list on the spawn path. */
+static int anchor(lua_State *L, lbt_rt *R, int anchors_idx) {
+  int slot;
+  if (R->nfree > 0) {
+    slot = R->free_slots[--R->nfree];
+  } else {
+    slot = ++R->top_slot;
+  }
+  lua_rawseti(L, anchors_idx, slot);
+  return slot;
+}
+
+static void unanchor(lua_State *L, lbt_rt *R, int anchors_idx, int slot) {
+  lua_pushnil(L);
+  lua_rawseti(L, anchors_idx, slot);
+  if (R->nfree == R->cap_free) {
+    int cap = R->cap_free ? R->cap_free * 2 : 256;
+    int *fs = realloc(R->free_slots, (size_t)cap * sizeof *fs);
+    if (fs == NULL) return;  /* the slot is simply not reused */
+    R->free_slots = fs;
+    R->cap_free = cap;
+  }
+  R->free_slots[R->nfree++] = slot;
+}
+
 void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T) {
   push_anchors(L, R);
   lua_rawgeti(L, -1, T->ref);
@@ -44,7 +71,7 @@ void lbt_task_release(lbt_rt *R, lbt_task *T) {
   if (T->ref == LUA_NOREF || !bt_task_finished(&T->t) || T->t.group != NULL) return;
   lua_State *L = R->L;
   push_anchors(L, R);
-  luaL_unref(L, -1, T->ref);
+  unanchor(L, R, lua_gettop(L), T->ref);
   lua_pop(L, 1);
   T->ref = LUA_NOREF;
 }
@@ -60,10 +87,11 @@ static lbt_fiber *fiber_get(lbt_rt *R) {
   }
   f = calloc(1, sizeof *f);
   if (f == NULL) return NULL;
+  LIST_INSERT_HEAD(&R->fibers, f, all);
   lua_State *L = R->L;
   push_anchors(L, R);
   f->co = lua_newthread(L);
-  f->co_ref = luaL_ref(L, -2);
+  f->co_ref = anchor(L, R, lua_gettop(L) - 1);
   lua_pop(L, 1);
   return f;
 }
@@ -79,8 +107,9 @@ static void fiber_put(lbt_rt *R, lbt_fiber *f) {
   }
   lua_State *L = R->L;
   push_anchors(L, R);
-  luaL_unref(L, -1, f->co_ref);
+  unanchor(L, R, lua_gettop(L), f->co_ref);
   lua_pop(L, 1);
+  LIST_REMOVE(f, all);
   free(f);
 }
 
@@ -143,7 +172,8 @@ lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_
   T->ref = LUA_NOREF;
   T->nargs = (uint16_t)nargs;
   T->gated = gate != NULL;
-  luaL_setmetatable(L, BT_TASK_MT);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, R->task_mt);
+  lua_setmetatable(L, -2);
   for (int i = 0; i <= nargs; i++) {
     lua_pushvalue(L, fn_idx + i);
     lua_setiuservalue(L, -2, 1 + i);
@@ -154,7 +184,7 @@ lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_
   }
   push_anchors(L, R);
   lua_pushvalue(L, -2);
-  T->ref = luaL_ref(L, -2);
+  T->ref = anchor(L, R, lua_gettop(L) - 1);
   lua_pop(L, 1);
   R->live++;
   if (gate != NULL) bt_gate_spawn(R->rt, gate, &T->t, &task_vt);
@@ -226,6 +256,12 @@ static void task_failed(lbt_rt *R, lbt_task *T) {
   }
   lua_remove(L, -2);
   set_outcome(L, R, T);
+  if (!cancelled) {  /* report it at collection if nobody looks at it */
+    lbt_push_task(L, R, T);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, R->task_gc_mt);
+    lua_setmetatable(L, -2);
+    lua_pop(L, 1);
+  }
   finish(R, T, cancelled ? BT_TASK_CANCELLED : BT_TASK_FAILED);
 }
 
@@ -316,8 +352,26 @@ uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx) {
 
 /* ---- task methods ------------------------------------------------------------------- */
 
+/* Tasks carry one of two metatables: the plain one, without __gc, so the collector frees
+ * a finished task at no finalizer cost; and the same with __gc for a task that failed,
+ * which reports the failure if nobody ever looked at it. */
 lbt_task *lbt_check_task(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, BT_TASK_MT);
+  lbt_rt *R = lbt_R(L);
+  void *p = lua_touserdata(L, idx);
+  if (p != NULL && lua_getmetatable(L, idx)) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, R->task_mt);
+    int ok = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
+    if (!ok) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, R->task_gc_mt);
+      ok = lua_rawequal(L, -1, -2);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (ok) return p;
+  }
+  luaL_typeerror(L, idx, BT_TASK_MT);
+  return NULL;
 }
 
 static const char *status_name(const bt_task_t *t) {
@@ -440,17 +494,6 @@ static int ltask_tostring(lua_State *L) {
 static int ltask_gc(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lbt_task *T = lua_touserdata(L, 1);
-  lbt_fiber *f = T->fib;
-  if (f != NULL) {  /* only when the whole state closes with the task suspended */
-    bt_wait_t *w = T->t.wait;
-    if (T->t.state == BT_TASK_WAITING && w != NULL) {
-      bt_timer_stop(R->rt, &w->timer);
-      if (w->cancel) w->cancel(w);
-      T->t.wait = NULL;
-    }
-    free(f);
-    T->fib = NULL;
-  }
   if (T->t.state == BT_TASK_FAILED && !(T->t.flags & BT_TASK_F_JOINED)) {
     lua_getiuservalue(L, 1, 1);
     const char *msg = lua_tostring(L, -1);
@@ -471,9 +514,19 @@ void lbt_open_task(lua_State *L, int rt_idx) {
     {"join", ltask_join}, {"abort", ltask_abort}, {"status", ltask_status},
     {"results", ltask_results}, {NULL, NULL}};
   static const luaL_Reg meta[] = {
-    {"__index", ltask_index}, {"__tostring", ltask_tostring}, {"__gc", ltask_gc},
-    {"__close", ltask_abort}, {NULL, NULL}};
+    {"__index", ltask_index}, {"__tostring", ltask_tostring}, {"__close", ltask_abort},
+    {NULL, NULL}};
+  static const luaL_Reg gc[] = {{"__gc", ltask_gc}, {NULL, NULL}};
+  lbt_rt *R = lua_touserdata(L, rt_idx);
   lbt_new_class(L, rt_idx, BT_TASK_MT, methods, meta);
+  luaL_getmetatable(L, BT_TASK_MT);
+  R->task_mt = luaL_ref(L, LUA_REGISTRYINDEX);
+  lbt_new_class(L, rt_idx, BT_TASK_GC_MT, methods, meta);
+  luaL_getmetatable(L, BT_TASK_GC_MT);
+  lbt_set_funcs(L, rt_idx, gc);
+  lua_pushliteral(L, BT_TASK_MT);
+  lua_setfield(L, -2, "__name");
+  R->task_gc_mt = luaL_ref(L, LUA_REGISTRYINDEX);
   luaL_newmetatable(L, BT_ERROR_MT);
   lua_pushcfunction(L, lerror_tostring);
   lua_setfield(L, -2, "__tostring");
