@@ -1,0 +1,368 @@
+-- baton.json: encode (the array/object rule, numbers, strings, errors naming the path,
+-- options), decode (null sentinel, integers vs floats, escapes, malformed input as return
+-- values) and round trips. Malformed inputs are data: spec/fixtures/json/malformed_*.json.
+local baton = require "baton"
+local json = baton.json
+
+local FIXTURES = (os.getenv("BATON_SRC") or ".") .. "/spec/fixtures/json/"
+
+local function encode_error(v, opts)
+  local ok, err = pcall(json.encode, v, opts)
+  assert.is_false(ok, "expected encode to raise")
+  return err
+end
+
+local function nest(n)
+  local t = {}
+  for _ = 2, n do t = { t } end
+  return t
+end
+
+describe("baton.json", function()
+  describe("encode", function()
+    it("writes integers without a decimal point", function()
+      assert.equal("42", json.encode(42))
+      assert.equal("-7", json.encode(-7))
+      assert.equal(tostring(math.maxinteger), json.encode(math.maxinteger))
+      assert.equal(tostring(math.mininteger), json.encode(math.mininteger))
+    end)
+
+    it("writes floats that read back as the same float", function()
+      assert.equal("1.0", json.encode(1.0))
+      assert.equal("0.1", json.encode(0.1))
+      assert.equal("-2.5", json.encode(-2.5))
+      for _, x in ipairs { 1.0, 0.1, 1 / 3, -2.5, 1e300, 5e-324, 2 ^ 53 + 0.0, -0.0, 123.456 } do
+        local back = json.decode(json.encode(x))
+        assert.equal(x, back)
+        assert.equal("float", math.type(back))
+      end
+    end)
+
+    it("writes booleans and json.null", function()
+      assert.equal("true", json.encode(true))
+      assert.equal("false", json.encode(false))
+      assert.equal("null", json.encode(json.null))
+    end)
+
+    it("escapes quotes, backslashes and control characters in strings", function()
+      assert.equal([["a\"b\\c\n\t\r\b\f\u0000\u0001\u001f"]],
+                   json.encode('a"b\\c\n\t\r\b\f\0\1\31'))
+      assert.equal('"/ \127"', json.encode("/ \127"))
+    end)
+
+    it("passes UTF-8 through unchanged", function()
+      assert.equal('"é😀"', json.encode("é😀"))
+    end)
+
+    it("encodes a table with keys 1..n as an array", function()
+      assert.equal("[1,2,3]", json.encode { 1, 2, 3 })
+      assert.equal('[[],"x",{"a":true}]', json.encode { json.array {}, "x", { a = true } })
+    end)
+
+    it("encodes a table with only string keys as an object, keys in byte order", function()
+      assert.equal('{"A":3,"a":2,"b":1,"ba":4}', json.encode { b = 1, a = 2, A = 3, ba = 4 })
+    end)
+
+    it("encodes equal tables to equal strings whatever their insertion order", function()
+      local t1, t2 = {}, {}
+      for i = 1, 50 do t1["k" .. i] = i end
+      for i = 50, 1, -1 do t2["k" .. i] = i end
+      assert.equal(json.encode(t1), json.encode(t2))
+    end)
+
+    it("encodes an empty table as an object", function()
+      assert.equal("{}", json.encode {})
+    end)
+
+    it("encodes json.array(t) as an array, even when empty", function()
+      assert.equal("[]", json.encode(json.array {}))
+      assert.equal("[]", json.encode(json.array()))
+      assert.equal("[1,2]", json.encode(json.array { 1, 2 }))
+      local t = {}
+      assert.equal(t, json.array(t))
+    end)
+
+    it("encodes json.object(t) as an object", function()
+      assert.equal("{}", json.encode(json.object {}))
+      assert.equal('{"a":1}', json.encode(json.object { a = 1 }))
+    end)
+
+    it("rejects string keys in a table marked as an array", function()
+      assert.matches("table at %$ is marked as an array but has string keys",
+                     encode_error(json.array { 1, x = 2 }))
+    end)
+
+    it("rejects integer keys in a table marked as an object", function()
+      assert.matches("table at %$%.o is marked as an object but has integer keys",
+                     encode_error { o = json.object { 1 } })
+    end)
+
+    it("refuses to mark a table that has another metatable", function()
+      local ok, err = pcall(json.array, setmetatable({}, {}))
+      assert.is_false(ok)
+      assert.matches("baton.json.array", err, 1, true)
+      ok, err = pcall(json.object, 42)
+      assert.is_false(ok)
+      assert.matches("baton.json.object", err, 1, true)
+    end)
+
+    it("lets json.array and json.object re-mark each other's tables", function()
+      local t = json.object {}
+      assert.equal("[]", json.encode(json.array(t)))
+      assert.equal("{}", json.encode(json.object(t)))
+    end)
+
+    it("writes json.null as null, keeping positions in arrays", function()
+      assert.equal("[1,null,3,null]", json.encode { 1, json.null, 3, json.null })
+      assert.equal('{"a":null}', json.encode { a = json.null })
+    end)
+
+    it("rejects a table that mixes array and object keys, naming its path", function()
+      local err = encode_error { a = { 1, 2, { 1, x = 2 } } }
+      assert.matches("baton.json.encode: table at $.a[3] mixes array and object keys", err, 1, true)
+    end)
+
+    it("rejects arrays with holes or keys outside 1..n", function()
+      assert.matches("table at $ is a sparse array", encode_error { [1] = 1, [3] = 3 }, 1, true)
+      assert.matches("table at $ is a sparse array", encode_error { [0] = 1, [1] = 2 }, 1, true)
+      assert.matches("table at $.x is a sparse array", encode_error { x = { [2] = 1 } }, 1, true)
+    end)
+
+    it("rejects float, boolean and table keys", function()
+      assert.matches("table at $ has a float key", encode_error { [1.5] = 1 }, 1, true)
+      assert.matches("table at $[1] has a boolean key", encode_error { { [true] = 1 } }, 1, true)
+      assert.matches("has a table key", encode_error { [{}] = 1 }, 1, true)
+    end)
+
+    it("rejects NaN with a message naming the path", function()
+      assert.matches("baton.json.encode: cannot encode NaN/inf at $.x[2]",
+                     encode_error { x = { 1, 0 / 0 } }, 1, true)
+    end)
+
+    it("rejects infinities with a message naming the path", function()
+      assert.matches("cannot encode NaN/inf at $", encode_error(math.huge), 1, true)
+      assert.matches("cannot encode NaN/inf at $[1]", encode_error { -math.huge }, 1, true)
+    end)
+
+    it("names odd keys in paths with brackets and quotes", function()
+      assert.matches('at $["a b"][1]', encode_error { ["a b"] = { 0 / 0 } }, 1, true)
+    end)
+
+    it("rejects a cycle, naming where it closes", function()
+      local t = {}
+      t.a = { b = t }
+      assert.matches("baton.json.encode: cycle at $.a.b", encode_error(t), 1, true)
+      local arr = {}
+      arr[1] = arr
+      assert.matches("cycle at $[1]", encode_error(arr), 1, true)
+    end)
+
+    it("accepts the same table twice when it is not inside itself", function()
+      local shared = { 1 }
+      assert.equal("[[1],[1]]", json.encode { shared, shared })
+    end)
+
+    it("accepts 200 nested tables and rejects 201", function()
+      assert.equal(string.rep("[", 199) .. "{}" .. string.rep("]", 199), json.encode(nest(200)))
+      assert.matches("is nested deeper than 200", encode_error(nest(201)), 1, true)
+    end)
+
+    it("rejects a function value, naming the path", function()
+      assert.matches("baton.json.encode: cannot encode a function at $.tools[1].handler",
+                     encode_error { tools = { { handler = print } } }, 1, true)
+    end)
+
+    it("rejects threads and userdata other than json.null", function()
+      assert.matches("cannot encode a thread at $", encode_error(coroutine.create(print)), 1,
+                     true)
+      assert.matches("cannot encode a userdata at $.f", encode_error { f = io.stdout }, 1, true)
+    end)
+
+    it("raises on nil, pointing at json.null", function()
+      local ok, err = pcall(json.encode, nil)
+      assert.is_false(ok)
+      assert.matches("baton.json.encode", err, 1, true)
+      assert.matches("baton.json.null", err, 1, true)
+    end)
+
+    it("indents with two spaces under { pretty = true }", function()
+      local out = json.encode({ a = { 1, 2 }, b = {}, c = json.array {} }, { pretty = true })
+      assert.equal('{\n  "a": [\n    1,\n    2\n  ],\n  "b": {},\n  "c": []\n}', out)
+      assert.equal('{"a":1}', json.encode({ a = 1 }, { pretty = false }))
+    end)
+
+    it("rejects unknown options", function()
+      assert.matches("baton.json.encode: unknown option 'prety'",
+                     encode_error({}, { prety = true }), 1, true)
+      assert.matches("unknown option", encode_error({}, { true }), 1, true)
+    end)
+
+    it("rejects an options argument or pretty value of the wrong type", function()
+      assert.matches("bad argument #2 to 'baton.json.encode'", encode_error({}, "pretty"), 1,
+                     true)
+      assert.matches("pretty must be a boolean", encode_error({}, { pretty = 1 }), 1, true)
+    end)
+  end)
+
+  describe("decode", function()
+    it("decodes objects, arrays, strings and booleans", function()
+      local v = json.decode(' {"a": [true, false, "x"], "b": {"c": "d"}} ')
+      assert.same({ a = { true, false, "x" }, b = { c = "d" } }, v)
+    end)
+
+    it("decodes null to json.null, keeping positions in arrays", function()
+      local v = json.decode("[null, 1, null, null]")
+      assert.equal(4, #v)
+      assert.equal(json.null, v[1])
+      assert.equal(1, v[2])
+      assert.equal(json.null, v[4])
+      assert.equal(json.null, json.decode("null"))
+      assert.equal(json.null, json.decode('{"a":null}').a)
+      assert.equal("null", tostring(json.null))
+    end)
+
+    it("decodes numbers without fraction or exponent as integers", function()
+      assert.equal("integer", math.type(json.decode("42")))
+      assert.equal("integer", math.type(json.decode("-0")))
+      assert.equal(math.mininteger, json.decode(tostring(math.mininteger)))
+    end)
+
+    it("decodes numbers with a fraction or exponent as floats", function()
+      local v = json.decode("[2.0, 1e2, -1.5E-3]")
+      assert.equal("float", math.type(v[1]))
+      assert.equal(100.0, v[2])
+      assert.equal("float", math.type(v[2]))
+      assert.equal(-1.5e-3, v[3])
+    end)
+
+    it("keeps integers beyond 2^53 exact", function()
+      assert.equal(9007199254740993, json.decode("9007199254740993"))
+      assert.equal(math.maxinteger, json.decode("[9223372036854775807]")[1])
+    end)
+
+    it("decodes integers too big for Lua as floats", function()
+      local v = json.decode("18446744073709551616")
+      assert.equal("float", math.type(v))
+      assert.equal(2.0 ^ 64, v)
+    end)
+
+    it("turns \\u escapes into UTF-8, including surrogate pairs", function()
+      assert.equal("é", json.decode([["\u00e9"]]))
+      assert.equal("😀", json.decode([["\ud83d\ude00"]]))
+      assert.equal("aé😀b", json.decode([["a\u00E9\uD83D\uDE00b"]]))
+      assert.equal('"\\/\b\f\n\r\t', json.decode([["\"\\\/\b\f\n\r\t"]]))
+    end)
+
+    it("keeps zero bytes written as \\u0000, in values and keys", function()
+      local v = json.decode([[{"k\u0000ey": "a\u0000b\u0000", "n": 1}]])
+      assert.equal("a\0b\0", v["k\0ey"])
+      assert.equal(1, v.n)
+    end)
+
+    it("marks decoded arrays so that empty ones encode back as []", function()
+      assert.equal("[[],{},[[]]]", json.encode(json.decode("[[],{},[[]]]")))
+      local v = json.decode("[1]")
+      v[1] = nil
+      assert.equal("[]", json.encode(v))
+    end)
+
+    for _, case in ipairs {
+      { "malformed_trailing_garbage.json", 9 },
+      { "malformed_two_values.json", 5 },
+      { "malformed_trailing_comma.json", 13 },
+      { "malformed_object_trailing_comma.json", 8 },
+      { "malformed_bad_literal.json", 2 },
+      { "malformed_nan.json", 2 },
+      { "malformed_plus_sign.json", 2 },
+      { "malformed_hex.json", 3 },
+      { "malformed_missing_colon.json", 6 },
+      { "malformed_only_whitespace.json", 5 },
+      { "malformed_unclosed_array.json" },
+      { "malformed_single_quotes.json" },
+      { "malformed_unquoted_key.json" },
+      { "malformed_bad_escape.json" },
+      { "malformed_lone_surrogate.json" },
+      { "malformed_unterminated_string.json" },
+    } do
+      local file, byte = case[1], case[2]
+      it("returns nil and a message with the byte position for " .. file, function()
+        local f = assert(io.open(FIXTURES .. file, "rb"))
+        local text = f:read("a")
+        f:close()
+        local v, err, kind = json.decode(text)
+        assert.is_nil(v)
+        assert.equal("malformed", kind)
+        local at = assert(err:match("^baton%.json%.decode: malformed JSON at byte (%d+)"), err)
+        if byte then assert.equal(byte, tonumber(at)) end
+        assert.is_true(tonumber(at) >= 1 and tonumber(at) <= #text + 1)
+      end)
+    end
+
+    it("returns nil and a message for an empty string", function()
+      local v, err = json.decode("")
+      assert.is_nil(v)
+      assert.matches("malformed JSON at byte 1: unexpected end of input", err, 1, true)
+    end)
+
+    it("treats bytes after an embedded zero byte as trailing garbage", function()
+      local v, err = json.decode('{"a":1}\0{"b":2}')
+      assert.is_nil(v)
+      assert.matches("at byte 9", err, 1, true)
+    end)
+
+    it("accepts surrounding whitespace", function()
+      assert.same({ 1 }, json.decode(" \t\r\n[1] \n"))
+    end)
+
+    it("decodes 1000 nested arrays and returns nil beyond", function()
+      local v = json.decode(string.rep("[", 1000) .. string.rep("]", 1000))
+      assert.equal("table", type(v))
+      local none, err = json.decode(string.rep("[", 1001) .. string.rep("]", 1001))
+      assert.is_nil(none)
+      assert.matches("at byte 1001: nesting deeper than 1000", err, 1, true)
+    end)
+
+    it("raises when given a non-string, naming decode", function()
+      for _, bad in ipairs { {}, 42, true } do
+        local ok, err = pcall(json.decode, bad)
+        assert.is_false(ok)
+        assert.matches("bad argument #1 to 'baton.json.decode' (string expected", err, 1, true)
+      end
+      assert.has_error(function() json.decode() end)
+    end)
+  end)
+
+  describe("round trips", function()
+    it("decode(encode(v)) equals v for nested values", function()
+      local v = { name = "x", list = { 1, 2.5, "three", true, false, json.null },
+                  nested = { deep = { deeper = { n = -12 } } }, empty = {} }
+      assert.same(v, json.decode(json.encode(v)))
+      assert.same(v, json.decode(json.encode(v, { pretty = true })))
+    end)
+
+    it("round-trips every byte value in a string", function()
+      local bytes = {}
+      for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+      local s = table.concat(bytes)
+      assert.equal(s, json.decode(json.encode(s)))
+      assert.equal(s, json.decode(json.encode({ [s] = s }))[s])
+    end)
+
+    it("round-trips an array of 100000 numbers", function()
+      local t = {}
+      for i = 1, 100000 do t[i] = (i % 2 == 0) and i * 3 or i / 7 end
+      local back = json.decode(json.encode(t))
+      assert.equal(100000, #back)
+      for i = 1, 100000 do
+        if back[i] ~= t[i] or math.type(back[i]) ~= math.type(t[i]) then
+          error(("element %d: %s became %s"):format(i, t[i], back[i]))
+        end
+      end
+    end)
+
+    it("encode(decode(s)) reproduces canonical text", function()
+      local s = '{"a":[1,2.5,null,"x"],"b":{"c":[]},"d":9007199254740993}'
+      assert.equal(s, json.encode(json.decode(s)))
+    end)
+  end)
+end)

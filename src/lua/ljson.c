@@ -1,0 +1,612 @@
+/*
+ * ljson.c — baton.json: encode, decode, null, array, object. Decoding parses with cJSON;
+ * encoding is a direct writer (no cJSON tree).
+ *
+ * Tables encode by their raw contents (no __index, __pairs or __tojson), by this rule:
+ *  - a table whose metatable has __jsontype = "array" (set by json.array) encodes as an
+ *    array and must have keys exactly 1..n (n >= 0); __jsontype = "object" (json.object)
+ *    encodes as an object and must have only string keys;
+ *  - otherwise a table with keys exactly 1..n (n > 0) is an array, one with only string
+ *    keys is an object, and an empty table is {};
+ *  - anything else raises, naming the table's path: string and integer keys mixed, holes
+ *    or integer keys outside 1..n, keys of any other type (float, boolean, table, ...).
+ * Object keys are written in byte order, so equal tables encode to equal strings. Integers
+ * are written as integers; floats in the shortest form that reads back to the same double,
+ * with ".0" when that form looks integral; NaN and ±inf raise. Strings are written as their
+ * bytes with ", \ and control characters escaped; bytes >= 0x80 pass through unchanged
+ * (valid UTF-8 or not: that is the caller's to ensure).
+ * Also raised: nil as the value, functions, threads, userdata other than json.null, a table
+ * inside itself (cycle), tables nested deeper than 200. Paths read $.key, $["odd key"] and
+ * $[i], with i the Lua (1-based) index.
+ *
+ * Decoding never raises on bad input: it returns nil, message, "malformed". JSON null decodes
+ * to json.null (so arrays keep their positions). Arrays decode to tables marked as by
+ * json.array, so one that is or becomes empty encodes back as []. A number written without
+ * fraction or exponent that fits decodes to an integer, any other to a float (as tonumber).
+ * cJSON keeps only a double per number and C strings, so the decoder re-reads number and
+ * string tokens from the source text, in document order: big integers stay exact and strings
+ * keep their zero bytes. Nesting beyond cJSON's CJSON_NESTING_LIMIT (1000) is malformed.
+ *
+ * Memory: the encoder's buffers and the decoder's cJSON tree belong to a scratch userdata
+ * marked to-be-closed, so an error anywhere (ours or a memory error) frees them.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "lbaton.h"
+
+#define SCRATCH_MT "baton.json.Scratch"
+#define NULL_MT    "baton.json.null"
+#define NULL_KEY   "baton.json.null_value"  /* registry: the sentinel */
+#define MAX_DEPTH  200
+
+/* ---- scratch memory ------------------------------------------------------------------ */
+
+typedef struct keyent {
+  const char *s;   /* borrowed from the key string, anchored by the keys table */
+  size_t len;
+  lua_Integer i;   /* index of the key in the keys table */
+} keyent;
+
+typedef struct scratch {
+  lua_Alloc f;
+  void *ud;
+  char *buf;       /* encoder output */
+  size_t n, cap;
+  keyent *keys;    /* stack of sorted object keys, one slice per open object */
+  size_t nkeys, capkeys;
+  cJSON *tree;     /* decoder input tree */
+} scratch;
+
+static int scratch_close(lua_State *L) {
+  scratch *s = luaL_checkudata(L, 1, SCRATCH_MT);
+  if (s->buf != NULL) s->f(s->ud, s->buf, s->cap, 0);
+  if (s->keys != NULL) s->f(s->ud, s->keys, s->capkeys * sizeof(keyent), 0);
+  cJSON_Delete(s->tree);
+  s->buf = NULL, s->keys = NULL, s->tree = NULL;
+  s->n = s->cap = s->nkeys = s->capkeys = 0;
+  return 0;
+}
+
+/* Pushes an empty scratch, marked to-be-closed. */
+static scratch *new_scratch(lua_State *L) {
+  scratch *s = lua_newuserdatauv(L, sizeof(scratch), 0);
+  memset(s, 0, sizeof *s);
+  s->f = lua_getallocf(L, &s->ud);
+  luaL_setmetatable(L, SCRATCH_MT);
+  lua_toclose(L, -1);
+  return s;
+}
+
+/* Grows the block *p of *cap elements to hold at least `need`; raises on no memory. */
+static void grow(lua_State *L, scratch *s, void **p, size_t *cap, size_t need, size_t elem) {
+  size_t ncap = *cap ? *cap : 64;
+  while (ncap < need) ncap *= 2;
+  void *np = s->f(s->ud, *p, *cap * elem, ncap * elem);
+  if (np == NULL) luaL_error(L, "baton.json.encode: not enough memory");
+  *p = np, *cap = ncap;
+}
+
+/* ---- encode -------------------------------------------------------------------------- */
+
+typedef struct seg {
+  const char *key;   /* object key (borrowed), or NULL for an array index */
+  size_t len;
+  lua_Integer i;
+} seg;
+
+typedef struct enc {
+  lua_State *L;
+  scratch *s;
+  int pretty;
+  int null_idx;
+  const void *open[MAX_DEPTH];  /* tables being written, for cycle detection */
+  seg path[MAX_DEPTH];          /* path[d]: where the value at depth d+1 sits */
+} enc;
+
+static void put(enc *e, const char *p, size_t n) {
+  scratch *s = e->s;
+  if (n == 0) return;
+  if (s->cap - s->n < n) grow(e->L, s, (void **)&s->buf, &s->cap, s->n + n, 1);
+  memcpy(s->buf + s->n, p, n);
+  s->n += n;
+}
+
+#define put_lit(e, lit) put((e), (lit), sizeof(lit) - 1)
+
+static int is_ident(const char *k, size_t n) {
+  if (n == 0 || !(k[0] == '_' || (unsigned)((k[0] | 32) - 'a') < 26u)) return 0;
+  for (size_t i = 1; i < n; i++)
+    if (!(k[i] == '_' || (unsigned)((k[i] | 32) - 'a') < 26u || (unsigned)(k[i] - '0') < 10u))
+      return 0;
+  return 1;
+}
+
+/* Raises "baton.json.encode: <what> at <path of the value at depth><why>". */
+static void fail(enc *e, int depth, const char *what, const char *why) {
+  lua_State *L = e->L;
+  luaL_Buffer b;
+  luaL_checkstack(L, 4, NULL);
+  luaL_buffinit(L, &b);
+  luaL_addchar(&b, '$');
+  for (int d = 0; d < depth; d++) {
+    const seg *g = &e->path[d];
+    if (g->key == NULL) {
+      lua_pushfstring(L, "[%I]", (LUAI_UACINT)g->i);
+      luaL_addvalue(&b);
+    } else if (is_ident(g->key, g->len)) {
+      luaL_addchar(&b, '.');
+      luaL_addlstring(&b, g->key, g->len);
+    } else {
+      luaL_addstring(&b, "[\"");
+      for (size_t i = 0; i < g->len && i < 40; i++) {
+        unsigned char c = (unsigned char)g->key[i];
+        luaL_addchar(&b, (char)(c < 0x20 || c == '"' || c == '\\' || c == 0x7f ? '?' : c));
+      }
+      luaL_addstring(&b, g->len > 40 ? "...\"]" : "\"]");
+    }
+  }
+  luaL_pushresult(&b);
+  luaL_error(L, "baton.json.encode: %s at %s%s", what, lua_tostring(L, -1), why);
+}
+
+static void newline(enc *e, int depth) {
+  if (!e->pretty) return;
+  put_lit(e, "\n");
+  for (int i = 0; i < depth; i++) put_lit(e, "  ");
+}
+
+static void put_string(enc *e, const char *p, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  static const char short_esc[32] = {['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r',
+                                     ['\t'] = 't'};
+  put_lit(e, "\"");
+  size_t run = 0;  /* start of the pending run of bytes that need no escape */
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)p[i];
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    put(e, p + run, i - run);
+    run = i + 1;
+    char u[6] = {'\\', (char)c, 'u', '0', '0', '0'};
+    if (c >= 0x20) put(e, u, 2);
+    else if (short_esc[c]) u[1] = short_esc[c], put(e, u, 2);
+    else u[1] = 'u', u[2] = u[3] = '0', u[4] = hex[c >> 4], u[5] = hex[c & 15], put(e, u, 6);
+  }
+  put(e, p + run, n - run);
+  put_lit(e, "\"");
+}
+
+static void put_number(enc *e, int idx, int depth) {
+  lua_State *L = e->L;
+  char b[64];
+  int len;
+  if (lua_isinteger(L, idx)) {
+    len = snprintf(b, sizeof b, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
+  } else {
+    double d = (double)lua_tonumber(L, idx);
+    if (isnan(d) || isinf(d)) fail(e, depth, "cannot encode NaN/inf", "");
+    for (int prec = 15;; prec++) {
+      len = snprintf(b, sizeof b, "%.*g", prec, d);
+      if (prec == 17 || strtod(b, NULL) == d) break;
+    }
+    int integral = 1;
+    for (int i = 0; i < len; i++) {
+      if (b[i] == 'e') integral = 0;
+      else if (b[i] != '-' && b[i] != '+' && (unsigned char)(b[i] - '0') >= 10u)
+        b[i] = '.', integral = 0;  /* the locale's decimal point */
+    }
+    if (integral) b[len++] = '.', b[len++] = '0';
+  }
+  put(e, b, (size_t)len);
+}
+
+static void put_value(enc *e, int idx, int depth);
+
+/* Writes the table at idx (absolute) as an array of n elements. */
+static void put_array(enc *e, int idx, int depth, lua_Integer n) {
+  put_lit(e, "[");
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (i > 1) put_lit(e, ",");
+    newline(e, depth + 1);
+    e->path[depth] = (seg){NULL, 0, i};
+    lua_rawgeti(e->L, idx, i);
+    put_value(e, lua_gettop(e->L), depth + 1);
+    lua_pop(e->L, 1);
+  }
+  if (n > 0) newline(e, depth);
+  put_lit(e, "]");
+}
+
+static int keycmp(const void *a, const void *b) {
+  const keyent *x = a, *y = b;
+  int c = memcmp(x->s, y->s, x->len < y->len ? x->len : y->len);
+  return c != 0 ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* Writes the table at idx (absolute), whose n keys are all strings, as an object. */
+static void put_object(enc *e, int idx, int depth, size_t n) {
+  lua_State *L = e->L;
+  scratch *s = e->s;
+  size_t base = s->nkeys;
+  if (s->capkeys - base < n)
+    grow(L, s, (void **)&s->keys, &s->capkeys, base + n, sizeof(keyent));
+  lua_createtable(L, (int)n, 0);  /* anchors the keys while they are written */
+  int kt = lua_gettop(L);
+  lua_Integer j = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, kt, ++j);
+    keyent *k = &s->keys[base + (size_t)j - 1];
+    k->s = lua_tolstring(L, -1, &k->len);
+    k->i = j;
+  }
+  s->nkeys = base + n;
+  if (n > 1) qsort(s->keys + base, n, sizeof(keyent), keycmp);
+  put_lit(e, "{");
+  for (size_t i = 0; i < n; i++) {
+    keyent k = s->keys[base + i];  /* a copy: nested objects may move the array */
+    if (i > 0) put_lit(e, ",");
+    newline(e, depth + 1);
+    put_string(e, k.s, k.len);
+    if (e->pretty) put_lit(e, ": ");
+    else put_lit(e, ":");
+    e->path[depth] = (seg){k.s, k.len, 0};
+    lua_rawgeti(L, kt, k.i);
+    lua_rawget(L, idx);
+    put_value(e, lua_gettop(L), depth + 1);
+    lua_pop(L, 1);
+  }
+  if (n > 0) newline(e, depth);
+  put_lit(e, "}");
+  s->nkeys = base;
+  lua_pop(L, 1);
+}
+
+static void put_table(enc *e, int idx, int depth) {
+  lua_State *L = e->L;
+  const void *p = lua_topointer(L, idx);
+  for (int d = 0; d < depth; d++)
+    if (e->open[d] == p) fail(e, depth, "cycle", "");
+  if (depth >= MAX_DEPTH) fail(e, depth, "table", " is nested deeper than 200 tables");
+  e->open[depth] = p;
+  luaL_checkstack(L, 6, "baton.json.encode: nesting too deep");
+  int marked = 0;  /* 'a' or 'o' from __jsontype */
+  if (luaL_getmetafield(L, idx, "__jsontype") != LUA_TNIL) {
+    const char *t = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+    if (strcmp(t, "array") == 0) marked = 'a';
+    else if (strcmp(t, "object") == 0) marked = 'o';
+    else fail(e, depth, "table", " has a __jsontype other than \"array\" or \"object\"");
+    lua_pop(L, 1);
+  }
+  size_t nstr = 0;
+  lua_Integer nint = 0, lo = 1, hi = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      nstr++;
+    } else if (lua_isinteger(L, -1)) {
+      lua_Integer k = lua_tointeger(L, -1);
+      nint++;
+      if (k < lo) lo = k;
+      if (k > hi) hi = k;
+    } else {
+      char why[64];
+      snprintf(why, sizeof why, " has a %s key",
+               lua_type(L, -1) == LUA_TNUMBER ? "float" : luaL_typename(L, -1));
+      fail(e, depth, "table", why);
+    }
+  }
+  int dense = lo == 1 && hi == nint;
+  if (marked == 'o' && nint > 0)
+    fail(e, depth, "table", " is marked as an object but has integer keys");
+  if (marked == 'a' && nstr > 0)
+    fail(e, depth, "table", " is marked as an array but has string keys");
+  if (nint > 0 && nstr > 0) fail(e, depth, "table", " mixes array and object keys");
+  if (nint > 0 && !dense) fail(e, depth, "table", " is a sparse array (keys must be exactly 1..n)");
+  if (nint > 0 || marked == 'a') put_array(e, idx, depth, nint);
+  else put_object(e, idx, depth, nstr);
+}
+
+static void put_value(enc *e, int idx, int depth) {
+  lua_State *L = e->L;
+  switch (lua_type(L, idx)) {
+  case LUA_TBOOLEAN: lua_toboolean(L, idx) ? put_lit(e, "true") : put_lit(e, "false"); break;
+  case LUA_TNUMBER: put_number(e, idx, depth); break;
+  case LUA_TSTRING: {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    put_string(e, s, n);
+  } break;
+  case LUA_TTABLE: put_table(e, idx, depth); break;
+  default:
+    if (lua_rawequal(L, idx, e->null_idx)) {
+      put_lit(e, "null");
+    } else {
+      char what[64];
+      snprintf(what, sizeof what, "cannot encode a %s", luaL_typename(L, idx));
+      fail(e, depth, what, "");
+    }
+  }
+}
+
+/* encode(v [, { pretty = bool }]) -> string. Raises on any value it cannot encode. */
+static int ljson_encode(lua_State *L) {
+  enc e;
+  e.L = L;
+  e.pretty = 0;
+  e.null_idx = lua_upvalueindex(1);
+  if (lua_isnoneornil(L, 1))
+    return luaL_error(L, "bad argument #1 to 'baton.json.encode' "
+                         "(cannot encode nil; baton.json.null is JSON null)");
+  if (!lua_isnoneornil(L, 2)) {
+    if (!lua_istable(L, 2))
+      return luaL_error(L, "bad argument #2 to 'baton.json.encode' (table expected, got %s)",
+                        luaL_typename(L, 2));
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+      if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "pretty") != 0)
+        return luaL_error(L, "baton.json.encode: unknown option '%s'",
+                          luaL_tolstring(L, -2, NULL));
+      if (!lua_isboolean(L, -1))
+        return luaL_error(L, "bad argument #2 to 'baton.json.encode' "
+                             "(pretty must be a boolean, got %s)", luaL_typename(L, -1));
+      e.pretty = lua_toboolean(L, -1);
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, 1);
+  e.s = new_scratch(L);
+  put_value(&e, 1, 0);
+  lua_pushlstring(L, e.s->buf, e.s->n);
+  return 1;
+}
+
+/* ---- decode -------------------------------------------------------------------------- */
+
+typedef struct dec {
+  lua_State *L;
+  const char *p, *end;  /* the source text not yet tokenised */
+  int null_idx, array_mt;
+} dec;
+
+/* Next string or number token of the source, which cJSON has accepted. Returns '"' (tok and
+ * len span the string's contents, nuls counts the zero bytes it decodes to) or '0' (tok and
+ * len span the number), or 0 at the end. */
+static int lex(dec *d, const char **tok, size_t *len, size_t *nuls) {
+  const char *p = d->p, *e = d->end;
+  for (; p < e; p++) {
+    if (*p == '"') {
+      const char *q = ++p;
+      size_t z = 0;
+      while (p < e && *p != '"') {
+        if (*p == '\\') {
+          if (e - p > 5 && memcmp(p + 1, "u0000", 5) == 0) z++;
+          p += 2;
+        } else {
+          z += *p++ == '\0';
+        }
+      }
+      *tok = q, *len = (size_t)(p - q), *nuls = z;
+      d->p = p + 1;
+      return '"';
+    }
+    if (*p == '-' || (unsigned char)(*p - '0') < 10u) {
+      const char *q = p;
+      while (p < e && ((unsigned char)(*p - '0') < 10u || *p == '-' || *p == '+' ||
+                       *p == '.' || *p == 'e' || *p == 'E'))
+        p++;
+      *tok = q, *len = (size_t)(p - q);
+      d->p = p;
+      return '0';
+    }
+  }
+  d->p = e;
+  return 0;
+}
+
+/* Pushes a decoded string: cJSON's C string s, which holds `nuls` zero bytes of its own. */
+static void push_string(lua_State *L, const char *s, size_t nuls) {
+  size_t n = strlen(s);
+  while (nuls-- > 0) n += 1 + strlen(s + n + 1);
+  lua_pushlstring(L, s, n);
+}
+
+static void push_node(dec *d, const cJSON *node) {
+  lua_State *L = d->L;
+  const char *tok;
+  size_t len, nuls = 0;
+  luaL_checkstack(L, 4, "baton.json.decode: nesting too deep");
+  switch (node->type & 0xff) {
+  case cJSON_False: lua_pushboolean(L, 0); break;
+  case cJSON_True: lua_pushboolean(L, 1); break;
+  case cJSON_NULL: lua_pushvalue(L, d->null_idx); break;
+  case cJSON_Number: {
+    char b[64];
+    if (lex(d, &tok, &len, &nuls) == '0' && len < sizeof b) {
+      memcpy(b, tok, len);
+      b[len] = '\0';
+      if (lua_stringtonumber(L, b) != 0) break;
+    }
+    lua_pushnumber(L, (lua_Number)node->valuedouble);  /* not reached for cJSON's input */
+    break;
+  }
+  case cJSON_String:
+    if (lex(d, &tok, &len, &nuls) != '"') nuls = 0;
+    push_string(L, node->valuestring, nuls);
+    break;
+  case cJSON_Array: {
+    int n = 0;
+    for (const cJSON *c = node->child; c != NULL; c = c->next) n++;
+    lua_createtable(L, n, 0);
+    lua_pushvalue(L, d->array_mt);
+    lua_setmetatable(L, -2);
+    lua_Integer i = 0;
+    for (const cJSON *c = node->child; c != NULL; c = c->next) {
+      push_node(d, c);
+      lua_rawseti(L, -2, ++i);
+    }
+    break;
+  }
+  case cJSON_Object: {
+    int n = 0;
+    for (const cJSON *c = node->child; c != NULL; c = c->next) n++;
+    lua_createtable(L, 0, n);
+    for (const cJSON *c = node->child; c != NULL; c = c->next) {
+      if (lex(d, &tok, &len, &nuls) != '"') nuls = 0;
+      push_string(L, c->string, nuls);
+      push_node(d, c);
+      lua_rawset(L, -3);
+    }
+    break;
+  }
+  default: lua_pushvalue(L, d->null_idx); break;  /* cJSON_Raw is never parsed */
+  }
+}
+
+/* Returns nil, message, "malformed" for a failure at byte offset pos of s. */
+static int malformed(lua_State *L, const char *s, size_t len, size_t pos) {
+  int depth = 0;  /* nesting at pos, to tell cJSON's depth limit from bad syntax */
+  for (size_t i = 0; i < pos; i++) {
+    if (s[i] == '"') {
+      for (i++; i < pos && s[i] != '"'; i++) i += s[i] == '\\';
+    } else {
+      depth += (s[i] == '[' || s[i] == '{') - (s[i] == ']' || s[i] == '}');
+    }
+  }
+  size_t rest = pos;  /* cJSON reports running out of input at the last byte */
+  while (rest < len && (unsigned char)s[rest] <= 32) rest++;
+  lua_pushnil(L);
+  if (depth >= CJSON_NESTING_LIMIT && pos < len && (s[pos] == '[' || s[pos] == '{')) {
+    lua_pushfstring(L, "baton.json.decode: malformed JSON at byte %I: nesting deeper than %d",
+                    (LUAI_UACINT)(pos + 1), CJSON_NESTING_LIMIT);
+  } else if (rest >= len) {
+    lua_pushfstring(L, "baton.json.decode: malformed JSON at byte %I: unexpected end of input",
+                    (LUAI_UACINT)(len + 1));
+  } else {
+    char snip[24];
+    size_t n = 0;
+    for (; n < sizeof snip - 1 && pos + n < len; n++) {
+      unsigned char c = (unsigned char)s[pos + n];
+      snip[n] = (char)(c < 0x20 || c == 0x7f ? '?' : c);
+    }
+    snip[n] = '\0';
+    lua_pushfstring(L, "baton.json.decode: malformed JSON at byte %I: '%s%s'",
+                    (LUAI_UACINT)(pos + 1), snip, pos + n < len ? "..." : "");
+  }
+  lua_pushliteral(L, "malformed");
+  return 3;
+}
+
+/* decode(s) -> value | nil, message, "malformed". Raises only when s is not a string. */
+static int ljson_decode(lua_State *L) {
+  if (lua_type(L, 1) != LUA_TSTRING)
+    return luaL_error(L, "bad argument #1 to 'baton.json.decode' (string expected, got %s)",
+                      luaL_typename(L, 1));
+  size_t len;
+  const char *s = lua_tolstring(L, 1, &len);
+  lua_settop(L, 1);
+  scratch *sc = new_scratch(L);
+  const char *end = s;
+  sc->tree = cJSON_ParseWithLengthOpts(s, len, &end, 0);
+  size_t pos = (size_t)(end - s);
+  if (sc->tree == NULL) return malformed(L, s, len, pos);
+  while (pos < len && (unsigned char)s[pos] <= 32) pos++;  /* cJSON's idea of whitespace */
+  if (pos < len) return malformed(L, s, len, pos);
+  dec d = {L, s, s + len, lua_upvalueindex(1), lua_upvalueindex(2)};
+  push_node(&d, sc->tree);
+  return 1;
+}
+
+/* ---- markers and opening -------------------------------------------------------------- */
+
+/* array(t) / object(t): sets the marker metatable (upvalue 1) on t, or a new table; t must
+ * have no metatable but the other marker. */
+static int mark(lua_State *L, const char *fname) {
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  } else if (!lua_istable(L, 1)) {
+    return luaL_error(L, "bad argument #1 to '%s' (table expected, got %s)", fname,
+                      luaL_typename(L, 1));
+  }
+  lua_settop(L, 1);
+  if (lua_getmetatable(L, 1) && !lua_rawequal(L, -1, lua_upvalueindex(1)) &&
+      !lua_rawequal(L, -1, lua_upvalueindex(2)))
+    return luaL_error(L, "bad argument #1 to '%s' (table already has a metatable)", fname);
+  lua_settop(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_setmetatable(L, 1);
+  return 1;
+}
+
+static int ljson_array(lua_State *L) { return mark(L, "baton.json.array"); }
+static int ljson_object(lua_State *L) { return mark(L, "baton.json.object"); }
+
+static int null_tostring(lua_State *L) {
+  lua_pushliteral(L, "null");
+  return 1;
+}
+
+/* Pushes the marker metatable for `type`, one per state. */
+static void push_marker(lua_State *L, const char *type) {
+  lua_pushfstring(L, "baton.json.%s", type);
+  if (luaL_newmetatable(L, lua_tostring(L, -1))) {
+    lua_pushstring(L, type);
+    lua_setfield(L, -2, "__jsontype");
+  }
+  lua_remove(L, -2);
+}
+
+/* Adds `json` to the module table at -1. encode and decode hold json.null as upvalue 1,
+ * decode the array marker as 2; array and object hold their own marker as upvalue 1 and the
+ * other's as 2. */
+void lbt_open_json(lua_State *L, int rt_idx) {
+  BT_UNUSED(rt_idx);
+  static const luaL_Reg scratch_meta[] = {
+    {"__close", scratch_close}, {"__gc", scratch_close}, {NULL, NULL}};
+  luaL_newmetatable(L, SCRATCH_MT);
+  luaL_setfuncs(L, scratch_meta, 0);
+  lua_pop(L, 1);
+
+  lua_createtable(L, 0, 6);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, NULL_KEY) == LUA_TNIL) {  /* one null per state */
+    lua_pop(L, 1);
+    lua_newuserdatauv(L, 0, 0);
+    luaL_newmetatable(L, NULL_MT);
+    lua_pushcfunction(L, null_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, "locked");
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, NULL_KEY);
+  }
+  push_marker(L, "array");
+  push_marker(L, "object");  /* json, null, array mt, object mt */
+  lua_pushvalue(L, -3);
+  lua_setfield(L, -5, "null");
+  lua_pushvalue(L, -3);
+  lua_pushcclosure(L, ljson_encode, 1);
+  lua_setfield(L, -5, "encode");
+  lua_pushvalue(L, -3);
+  lua_pushvalue(L, -3);
+  lua_pushcclosure(L, ljson_decode, 2);
+  lua_setfield(L, -5, "decode");
+  lua_pushvalue(L, -2);
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, ljson_array, 2);
+  lua_setfield(L, -5, "array");
+  lua_pushvalue(L, -1);
+  lua_pushvalue(L, -3);
+  lua_pushcclosure(L, ljson_object, 2);
+  lua_setfield(L, -5, "object");
+  lua_pop(L, 3);
+  lua_setfield(L, -2, "json");
+}
