@@ -10,14 +10,14 @@ function H.leftovers()
   collectgarbage()
   local s = baton.stats()
   return { tasks = s.tasks - (baton.current() and 1 or 0), timers = s.timers,
-           processes = s.processes, ready = s.ready }
+           processes = s.processes, ready = s.ready, handles = s.handles }
 end
 
 function H.assert_clean()
   local l = H.leftovers()
-  assert(l.tasks == 0 and l.timers == 0 and l.processes == 0,
-         string.format("left behind: %d tasks, %d timers, %d processes",
-                       l.tasks, l.timers, l.processes))
+  assert(l.tasks == 0 and l.timers == 0 and l.processes == 0 and l.handles == 0,
+         string.format("left behind: %d tasks, %d timers, %d processes, %d handles",
+                       l.tasks, l.timers, l.processes, l.handles))
 end
 
 -- it("...", H.async(function() ... end)): the body runs inside baton.run and must clean up.
@@ -28,7 +28,8 @@ function H.async(fn)
       H.assert_clean()
     end)
     local s = baton.stats()
-    assert(s.tasks == 0 and s.timers == 0 and s.processes == 0, "runtime not empty after run")
+    assert(s.tasks == 0 and s.timers == 0 and s.processes == 0 and s.handles == 0,
+           "runtime not empty after run")
   end
 end
 

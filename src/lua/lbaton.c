@@ -183,6 +183,17 @@ static int lbaton_on_warning(lua_State *L) {
   return 0;
 }
 
+typedef struct { bt_rt_t *rt; lua_Integer n; } handle_count;
+
+static void count_handle(uv_handle_t *h, void *arg) {
+  handle_count *c = arg;
+  bt_rt_t *rt = c->rt;
+  if (h == (uv_handle_t *)&rt->check || h == (uv_handle_t *)&rt->idle ||
+      h == (uv_handle_t *)&rt->timer)
+    return;
+  c->n++;  /* open (not closed) handles of anything else: pipes, processes, signals */
+}
+
 /* Counters for tests and diagnostics: nothing left behind means all zero. */
 static int lbaton_stats(lua_State *L) {
   lbt_rt *R = lbt_R(L);
@@ -197,6 +208,11 @@ static int lbaton_stats(lua_State *L) {
   lua_setfield(L, -2, "processes");
   lua_pushinteger(L, R->npool);
   lua_setfield(L, -2, "pooled_coroutines");
+  handle_count c = {R->rt, 0};
+  uv_walk(bt_rt_loop(R->rt), count_handle, &c);
+  if (R->sigint) c.n--;  /* the CLI's own SIGINT watcher */
+  lua_pushinteger(L, c.n);
+  lua_setfield(L, -2, "handles");
   return 1;
 }
 
