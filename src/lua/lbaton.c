@@ -255,7 +255,7 @@ static int lrt_gc(lua_State *L) {
   lbt_fiber *f;
   while ((f = LIST_FIRST(&R->fibers)) != NULL) {
     LIST_REMOVE(f, all);
-    free(f);
+    lbt_fiber_free(R, f);
   }
   R->pool = NULL;
   bt_rt_free(R->rt);

@@ -89,7 +89,7 @@ struct lbt_rt {
 #define lbt_R(L) ((lbt_rt *)lua_touserdata((L), lua_upvalueindex(1)))
 
 /* ltask.c */
-void lbt_task_open(lua_State *L);
+void lbt_fiber_free(lbt_rt *R, lbt_fiber *f);
 lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_t *g,
                        bt_gate_t *gate, int sem_idx);
 lbt_task *lbt_check_task(lua_State *L, int idx);

@@ -78,6 +78,12 @@ void lbt_task_release(lbt_rt *R, lbt_task *T) {
 
 /* ---- fibers ------------------------------------------------------------------------- */
 
+void lbt_fiber_free(lbt_rt *R, lbt_fiber *f) {
+  void *ud;
+  lua_Alloc alloc = lua_getallocf(R->L, &ud);
+  alloc(ud, f, sizeof *f, 0);
+}
+
 static lbt_fiber *fiber_get(lbt_rt *R) {
   lbt_fiber *f = R->pool;
   if (f != NULL) {
@@ -85,8 +91,12 @@ static lbt_fiber *fiber_get(lbt_rt *R) {
     R->npool--;
     return f;
   }
-  f = calloc(1, sizeof *f);
+  /* From the state's allocator: the executable's arena serves it without a malloc header. */
+  void *ud;
+  lua_Alloc alloc = lua_getallocf(R->L, &ud);
+  f = alloc(ud, NULL, 0, sizeof *f);
   if (f == NULL) return NULL;
+  memset(f, 0, sizeof *f);
   LIST_INSERT_HEAD(&R->fibers, f, all);
   lua_State *L = R->L;
   push_anchors(L, R);
@@ -110,7 +120,7 @@ static void fiber_put(lbt_rt *R, lbt_fiber *f) {
   unanchor(L, R, lua_gettop(L), f->co_ref);
   lua_pop(L, 1);
   LIST_REMOVE(f, all);
-  free(f);
+  lbt_fiber_free(R, f);
 }
 
 /* ---- errors ------------------------------------------------------------------------- */
