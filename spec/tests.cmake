@@ -19,11 +19,14 @@ set(BATON_TEST_ENV
   "BATON_EXE=$<TARGET_FILE:baton>"
   "BATON_SRC=${CMAKE_SOURCE_DIR}"
   "BATON_HISTORY=")
-if(BATON_ASAN)
-  # The stock interpreter is not instrumented: preload the runtime for the module.
-  execute_process(COMMAND ${CMAKE_C_COMPILER} -print-file-name=libasan.so
-                  OUTPUT_VARIABLE ASAN_LIB OUTPUT_STRIP_TRAILING_WHITESPACE)
-  list(APPEND BATON_TEST_ENV "BATON_ASAN_PRELOAD=${ASAN_LIB}"
+if(BATON_ASAN OR BATON_UBSAN)
+  # The stock interpreter is not instrumented: the specs run on an instrumented copy of a
+  # minimal interpreter instead (children they start stay uninstrumented).
+  add_executable(lua_runner ${CMAKE_SOURCE_DIR}/spec/runner/lua_runner.c)
+  target_include_directories(lua_runner PRIVATE ${LUA_INCLUDE_DIRS})
+  target_link_libraries(lua_runner PRIVATE PkgConfig::LUA baton_warnings)
+  list(APPEND BATON_TEST_ENV "BATON_LUA=$<TARGET_FILE:lua_runner>"
+       "BATON_CFLAGS=-fsanitize=address,undefined"
        "ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1"
        "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/spec/lsan.supp:print_suppressions=0"
        "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
