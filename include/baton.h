@@ -342,6 +342,8 @@ BT_EXTERN void bt_proc_read_start(bt_proc_t *p);
  * `grace_ms`; handles close once it has exited, then on_close runs. Call exactly once. */
 BT_EXTERN void bt_proc_close(bt_proc_t *p, uint64_t grace_ms);
 BT_EXTERN int bt_proc_pid(const bt_proc_t *p);
+/* The `data` pointer given in bt_proc_events. */
+BT_EXTERN void *bt_proc_data(const bt_proc_t *p);
 BT_EXTERN int bt_proc_exited(const bt_proc_t *p);
 /* Live child processes started by this runtime and not yet closed. */
 BT_EXTERN size_t bt_rt_procs(bt_rt_t *rt);

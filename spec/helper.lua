@@ -13,8 +13,20 @@ function H.leftovers()
            processes = s.processes, ready = s.ready, handles = s.handles }
 end
 
-function H.assert_clean()
+-- Closing a process or a pipe is asynchronous (libuv): give the loop a bounded while to
+-- finish closes already under way, then require that nothing is left.
+function H.settle(ms)
+  local deadline = baton.now() + (ms or 3000)
   local l = H.leftovers()
+  while (l.processes > 0 or l.handles > 0 or l.timers > 0) and baton.now() < deadline do
+    baton.sleep(1)
+    l = H.leftovers()
+  end
+  return l
+end
+
+function H.assert_clean()
+  local l = baton.current() and H.settle() or H.leftovers()
   assert(l.tasks == 0 and l.timers == 0 and l.processes == 0 and l.handles == 0,
          string.format("left behind: %d tasks, %d timers, %d processes, %d handles",
                        l.tasks, l.timers, l.processes, l.handles))

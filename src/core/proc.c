@@ -7,7 +7,13 @@
  * let go, so an exit status is never lost and no handle outlives the child. Letting go of a
  * live child sends SIGTERM, then SIGKILL after a grace period. Memory is freed in the last
  * close callback, right after on_close runs (libuv's rule: close is asynchronous).
+ *
+ * SIGPIPE. Writing to the stdin pipe of a child that has exited raises SIGPIPE, whose default
+ * action kills the whole host. The first spawn with a stdin pipe therefore sets SIGPIPE to
+ * SIG_IGN if it is still SIG_DFL (a host's own handler is left alone), so such a write fails
+ * with UV_EPIPE instead; libuv resets every signal to its default in the child.
  */
+#include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,10 +24,12 @@ struct bt_proc {
   uv_process_t process;
   uv_pipe_t pipes[3];           /* 0 stdin, 1 stdout, 2 stderr */
   uv_timer_t kill_timer;
+  uv_shutdown_t shutdown;       /* close_stdin: pending writes drain first */
   bt_rt_t *rt;
   bt_proc_events ev;
   int has_pipe[3];              /* initialised (must be closed) */
   int reading[3];               /* stdout/stderr still open for reading */
+  int stdin_done;               /* close_stdin was called */
   int exited;
   int released;                 /* bt_proc_close() was called */
   int closing;                  /* handles are being closed */
@@ -34,6 +42,18 @@ typedef struct {
   uv_write_t req;
   char data[];
 } write_req;
+
+static void ignore_sigpipe(void) {
+  static int done;
+  if (done) return;
+  done = 1;
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) != 0 || sa.sa_handler != SIG_DFL) return;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_IGN;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGPIPE, &sa, NULL);
+}
 
 static void on_handle_closed(uv_handle_t *h) {
   bt_proc_t *p = h->data;
@@ -91,6 +111,7 @@ int bt_proc_spawn(bt_rt_t *rt, const bt_proc_opts *o, const bt_proc_events *ev,
                   bt_proc_t **out) {
   bt_proc_t *p = calloc(1, sizeof *p);
   if (p == NULL) return BT_ENOMEM;
+  if (o->pipe_stdin) ignore_sigpipe();
   p->rt = rt;
   p->ev = *ev;
   uv_stdio_container_t stdio[3];
@@ -141,8 +162,8 @@ static void on_written(uv_write_t *req, int status) {
 }
 
 int bt_proc_write(bt_proc_t *p, const char *data, size_t len) {
-  if (!p->has_pipe[0] || p->closing || uv_is_closing((uv_handle_t *)&p->pipes[0]))
-    return UV_EPIPE;
+  if (!p->has_pipe[0] || p->stdin_done || p->closing) return UV_EPIPE;
+  if (len > UINT_MAX) return BT_EINVAL;  /* a uv_buf_t holds at most UINT_MAX bytes */
   write_req *w = malloc(sizeof *w + len);
   if (w == NULL) return BT_ENOMEM;
   memcpy(w->data, data, len);
@@ -152,9 +173,19 @@ int bt_proc_write(bt_proc_t *p, const char *data, size_t len) {
   return rc;
 }
 
+static void on_stdin_shutdown(uv_shutdown_t *req, int status) {
+  BT_UNUSED(status);  /* ECANCELED when everything is being closed: close_handle copes */
+  close_handle((uv_handle_t *)req->handle);
+}
+
+/* Queued writes are delivered first (uv_shutdown), then the pipe is closed: the child reads
+ * all its input, then EOF. */
 void bt_proc_close_stdin(bt_proc_t *p) {
-  if (!p->has_pipe[0]) return;
-  close_handle((uv_handle_t *)&p->pipes[0]);
+  if (!p->has_pipe[0] || p->stdin_done) return;
+  p->stdin_done = 1;
+  uv_stream_t *s = (uv_stream_t *)&p->pipes[0];
+  if (uv_is_closing((uv_handle_t *)s) || uv_shutdown(&p->shutdown, s, on_stdin_shutdown) != 0)
+    close_handle((uv_handle_t *)s);
 }
 
 int bt_proc_kill(bt_proc_t *p, int signum) {
@@ -192,4 +223,7 @@ void bt_proc_close(bt_proc_t *p, uint64_t grace_ms) {
 }
 
 int bt_proc_pid(const bt_proc_t *p) { return p->process.pid; }
+/* The embedder's pointer given as bt_proc_events.data: the only way an event callback can
+ * find its own state. */
+void *bt_proc_data(const bt_proc_t *p) { return p->ev.data; }
 int bt_proc_exited(const bt_proc_t *p) { return p->exited; }

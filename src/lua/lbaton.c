@@ -91,6 +91,7 @@ static int run_loop(lbt_rt *R, lbt_task *M) {
     }
   }
   lbt_abort_all(R);
+  lbt_close_procs(R->L);
   while (R->live > 0 || bt_rt_procs(R->rt) > 0) {
     int alive = uv_run(loop, UV_RUN_ONCE);
     if (!alive && bt_rt_ready(R->rt) == 0) break;  /* tasks stuck with nothing to wake them */
@@ -224,7 +225,7 @@ static const char *const lua_helpers =
   "  if ok then return ... end\n"
   "  if ok == false then error((...), 0) end\n"
   "  t:abort(); t:join()\n"
-  "  return nil, 'timeout'\n"
+  "  return nil, 'timeout', 'timeout'\n"
   "end\n"
   "-- fn's results, or nil, 'timeout' (fn's task aborted and finished); fn's error re-raised\n"
   "function baton.timeout(ms, fn, ...)\n"

@@ -100,6 +100,7 @@ lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname);
 int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k);
 int lbt_raise_cancelled(lua_State *L);
 void lbt_push_error(lua_State *L, const char *kind, const char *msg);
+int lbt_push_timeout(lua_State *L);  /* nil, "timeout", "timeout"; returns 3 */
 int lbt_is_cancel_error(lua_State *L, int idx);
 uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx);  /* ms arg → absolute or UINT64_MAX */
 void lbt_warn(lbt_rt *R, const char *fmt, ...);
@@ -113,6 +114,7 @@ void lbt_open_group(lua_State *L, int rt_idx);
 void lbt_open_sem(lua_State *L, int rt_idx);
 void lbt_open_json(lua_State *L, int rt_idx);
 void lbt_open_proc(lua_State *L, int rt_idx);
+void lbt_close_procs(lua_State *L);  /* lproc.c: release every open process (never waits) */
 
 /* Helpers for option tables: reject unknown keys (a typo must not pass silently). */
 void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *const known[]);

@@ -140,9 +140,7 @@ static int join_next_k(lua_State *L, int st, lua_KContext due) {
   lgroup *G = check_group(L, 1, "group:join_next");
   if (pop_one(L, R, G)) return 1;
   if (T->fib->status == BT_ETIMEDOUT) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "timeout");
-    return 2;
+    return lbt_push_timeout(L);
   }
   int rc = bt_group_wait(G->g, &T->t, &T->fib->joiner, &T->fib->wait, (uint64_t)due);
   if (rc < 0) return 0;

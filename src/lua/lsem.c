@@ -97,9 +97,7 @@ static int acquire_k(lua_State *L, int st, lua_KContext k) {
     push_sem_permit(L, 1, s, (size_t)k);
     return 1;
   case BT_ETIMEDOUT:
-    lua_pushnil(L);
-    lua_pushliteral(L, "timeout");
-    return 2;
+    return lbt_push_timeout(L);
   case BT_ECLOSED:
     return luaL_error(L, "semaphore:acquire: the semaphore was closed while waiting");
   default:

@@ -134,6 +134,13 @@ void lbt_push_error(lua_State *L, const char *kind, const char *msg) {
   luaL_setmetatable(L, BT_ERROR_MT);
 }
 
+int lbt_push_timeout(lua_State *L) {
+  lua_pushnil(L);
+  lua_pushliteral(L, "timeout");
+  lua_pushliteral(L, "timeout");
+  return 3;
+}
+
 int lbt_raise_cancelled(lua_State *L) {
   lbt_push_error(L, "cancelled", "task cancelled");
   return lua_error(L);
@@ -429,9 +436,7 @@ static int join_k(lua_State *L, int st, lua_KContext ctx) {
   int s = self->fib->status;
   if (s == BT_ECANCELED || (self->t.flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
   if (s == BT_ETIMEDOUT) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "timeout");
-    return 2;
+    return lbt_push_timeout(L);
   }
   return lbt_push_outcome(L, 1);
 }
