@@ -34,7 +34,8 @@ static lgroup *check_group(lua_State *L, int idx, const char *fname) {
 
 static bt_gate_t *gate_for(lua_State *L, lgroup *G, int sem_idx, const char *fname) {
   bt_sem_t **ps = luaL_checkudata(L, sem_idx, BT_SEM_MT);
-  if (*ps == NULL) luaL_error(L, "%s: the semaphore is closed", fname);
+  if (*ps == NULL || bt_sem_closed(*ps)) luaL_error(L, "%s: the semaphore is closed", fname);
+  if (bt_sem_capacity(*ps) < 1) luaL_error(L, "%s: a semaphore of 0 permits can never start a task", fname);
   bt_gate_t *gate = bt_group_gate(G->g, *ps);
   if (gate == NULL) luaL_error(L, "%s: out of memory", fname);
   return gate;
