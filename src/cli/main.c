@@ -1,3 +1,496 @@
-#include "lbaton.h"
+/*
+ * main.c — the `baton` executable: a Lua 5.4 interpreter with the baton module preloaded,
+ * following the stock `lua` interpreter's habits (options, the `arg` table, LUA_INIT, exit
+ * statuses), except that everything it runs runs inside baton.run.
+ *
+ * How a run goes. The options are parsed into a list of steps, in command-line order:
+ * LUA_INIT (unless -E), each -e / -l / -W, then the script (a file, or stdin for `-` or a
+ * piped stdin). One C function runs the steps in order as the main task of a single
+ * baton.run, calling each chunk with lua_callk so that a chunk may await at top level and
+ * a task spawned by -e is still alive while the script runs. A chunk is loaded only when
+ * its turn comes, so an -e before a script with a syntax error has already run, as in lua.
+ *
+ * Invariants: one Lua state; the state is closed before exit on every path but os.exit,
+ * so finalisers run and the runtime closes its loop. SIGINT is watched only while the
+ * main task runs: the first one aborts the main task (its <close> handlers run) and puts
+ * back the default disposition, so a second one ends the process at once. The watcher
+ * handle is the runtime's (R->sigint): the runtime's __gc closes it and frees it.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
 #include <lualib.h>
-int main(int argc, char **argv) { (void)argc; (void)argv; return 0; }
+
+#include "arena.h"
+#include "lbaton.h"
+
+#define PROGNAME "baton"
+#define EXIT_INTERRUPTED 130  /* 128 + SIGINT, what a shell reports for a Ctrl-C'd job */
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
+
+enum {
+  OPT_EXEC = 1 << 0,     /* -e seen */
+  OPT_INTERACT = 1 << 1, /* -i */
+  OPT_VERSION = 1 << 2,  /* -v */
+  OPT_NOENV = 1 << 3,    /* -E */
+  OPT_HELP = 1 << 4      /* -h, --help */
+};
+
+typedef enum { STEP_INIT, STEP_EXEC, STEP_LIB, STEP_WARN, STEP_SCRIPT } step_kind;
+
+typedef struct {
+  step_kind kind;
+  const char *text;  /* borrowed from argv or the environment; NULL: the script is stdin */
+} cli_step;
+
+typedef struct cli {
+  int argc;
+  char **argv;
+  int script;        /* argv index of the script ("-" included), 0 when there is none */
+  unsigned opts;
+  const char *bad;   /* the offending option when parsing failed */
+  int bad_missing;   /* 1: it lacks its argument; 0: it is unknown */
+  cli_step *steps;   /* argc + 2 slots, owned, freed by main */
+  int nsteps, next;  /* steps to run, and the next one */
+  lbt_rt *R;         /* borrowed from the Lua state */
+  int interrupted;   /* SIGINT aborted the main task */
+  int status;        /* the exit status */
+} cli;
+
+/* ---- options ---------------------------------------------------------------------------- */
+
+static void print_usage(FILE *out) {
+  fputs("usage: " PROGNAME " [options] [script [args]]\n"
+        "Available options are:\n"
+        "  -e stat   execute string 'stat'\n"
+        "  -i        enter interactive mode after executing 'script' (not available yet)\n"
+        "  -l mod    require library 'mod' into global 'mod'\n"
+        "  -l g=mod  require library 'mod' into global 'g'\n"
+        "  -v        show version information\n"
+        "  -E        ignore environment variables (LUA_INIT, LUA_PATH, LUA_CPATH)\n"
+        "  -W        turn warnings on\n"
+        "  -h        show this help\n"
+        "  --        stop handling options\n"
+        "  -         stop handling options and execute stdin\n"
+        "The -e chunks and the script run in order as the main task of one baton.run, so\n"
+        "they may await at top level (baton.sleep, task:join, ...). The baton module is\n"
+        "preloaded: require \"baton\", or use the global 'baton'.\n",
+        out);
+}
+
+static void print_version(void) {
+  printf(PROGNAME " %s (%s, libuv %s)\n", BATON_VERSION, LUA_RELEASE, uv_version_string());
+  fflush(stdout);
+}
+
+static int parse_fail(cli *C, const char *opt, int missing) {
+  C->bad = opt;
+  C->bad_missing = missing;
+  return -1;
+}
+
+/* Fills C->opts, C->script and the steps for -e, -l and -W. Returns 0, or -1 with C->bad
+ * set. Like lua: options end at the first argument that does not start with '-', at "--",
+ * or at "-" (stdin as the script). */
+static int parse_args(cli *C) {
+  int i;
+  C->script = 0;
+  for (i = 1; i < C->argc; i++) {
+    const char *a = C->argv[i];
+    if (a[0] != '-') break;             /* the script */
+    if (a[1] == '\0') break;            /* "-": stdin is the script */
+    if (a[1] == '-') {
+      if (strcmp(a, "--help") == 0) {
+        C->opts |= OPT_HELP;
+        continue;
+      }
+      if (a[2] != '\0') return parse_fail(C, a, 0);
+      i++;                              /* "--": what follows is the script */
+      break;
+    }
+    if (a[1] == 'e' || a[1] == 'l') {  /* "-e stat" or "-estat" */
+      const char *val = a + 2;
+      if (*val == '\0') {
+        if (i + 1 >= C->argc) return parse_fail(C, a, 1);
+        val = C->argv[++i];
+      }
+      if (a[1] == 'e') C->opts |= OPT_EXEC;
+      C->steps[C->nsteps].kind = a[1] == 'e' ? STEP_EXEC : STEP_LIB;
+      C->steps[C->nsteps++].text = val;
+      continue;
+    }
+    if (a[2] != '\0') return parse_fail(C, a, 0);
+    switch (a[1]) {
+    case 'E': C->opts |= OPT_NOENV; break;
+    case 'i': C->opts |= OPT_INTERACT; break;
+    case 'v': C->opts |= OPT_VERSION; break;
+    case 'h': C->opts |= OPT_HELP; break;
+    case 'W':  /* in order: a warning from an earlier -e stays off */
+      C->steps[C->nsteps].kind = STEP_WARN;
+      C->steps[C->nsteps++].text = NULL;
+      break;
+    default:
+      return parse_fail(C, a, 0);
+    }
+  }
+  if (i < C->argc) C->script = i;
+  return 0;
+}
+
+/* ---- the Lua state -------------------------------------------------------------------- */
+
+static void *system_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  (void)osize;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  return realloc(ptr, nsize);
+}
+
+static int on_panic(lua_State *L) {
+  const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                   : "error object is not a string";
+  fprintf(stderr, PROGNAME ": PANIC: unprotected error in call to Lua API (%s)\n", msg);
+  return 0;  /* Lua aborts */
+}
+
+/* Lua's warning system, as luaL_newstate sets it up: off until "@on" (-W or warn("@on")),
+ * messages may come in pieces (tocont), control messages start with '@'. */
+typedef struct { int on, cont; } warn_state;
+
+static void on_warning(void *ud, const char *msg, int tocont) {
+  warn_state *w = ud;
+  if (!w->cont && !tocont && msg[0] == '@') {
+    if (strcmp(msg, "@on") == 0) w->on = 1;
+    else if (strcmp(msg, "@off") == 0) w->on = 0;
+    return;
+  }
+  if (w->on) {
+    if (!w->cont) fputs("Lua warning: ", stderr);
+    fputs(msg, stderr);
+    if (!tocont) fputc('\n', stderr);
+    fflush(stderr);
+  }
+  w->cont = tocont;
+}
+
+static int open_baton(lua_State *L) { return lbt_open(L); }
+
+/* Puts the repo's lua/ (when run from a build tree) and the install's Lua directory in
+ * front of package.path, so `require "baton.x"` finds the pure-Lua parts. */
+static void set_path(lua_State *L) {
+  static const char *const dirs[] = {BATON_LUA_DIR, BATON_SRC_LUA_DIR};  /* last goes first */
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+    const char *path = lua_tostring(L, -1);
+    lua_pushfstring(L, "%s/?.lua;", dirs[i]);
+    if (strstr(path, lua_tostring(L, -1)) != NULL) {  /* already searched (installed) */
+      lua_pop(L, 1);
+      continue;
+    }
+    lua_pushfstring(L, "%s/?/init.lua;", dirs[i]);
+    lua_rotate(L, -3, 2);
+    lua_concat(L, 3);
+  }
+  lua_setfield(L, -2, "path");
+  lua_pop(L, 1);
+}
+
+/* arg[0] is the script, its arguments are 1..n, the interpreter and the options are at
+ * negative indices. Without a script, argv lands at 0..argc-1, as in lua. */
+static void set_arg_table(lua_State *L, const cli *C) {
+  lua_createtable(L, C->argc - C->script - 1 > 0 ? C->argc - C->script - 1 : 0,
+                  C->script + 1);
+  for (int i = 0; i < C->argc; i++) {
+    lua_pushstring(L, C->argv[i]);
+    lua_rawseti(L, -2, (lua_Integer)i - C->script);
+  }
+  lua_setglobal(L, "arg");
+}
+
+/* LUA_INIT_5_4, else LUA_INIT: "@file" runs a file, anything else is a chunk. */
+static void add_init_step(cli *C) {
+  const char *init = getenv("LUA_INIT" LUA_VERSUFFIX);
+  if (init == NULL) init = getenv("LUA_INIT");
+  if (init == NULL) return;
+  memmove(C->steps + 1, C->steps, (size_t)C->nsteps * sizeof *C->steps);
+  C->steps[0].kind = STEP_INIT;
+  C->steps[0].text = init;
+  C->nsteps++;
+}
+
+/* Replaces the error value at the top with a printable message and returns it: a string
+ * as is (a task's string error already carries its traceback), else its __tostring, else
+ * its type; a table error from a task has its traceback in field `traceback`. May raise
+ * (in a __tostring). */
+static const char *error_text(lua_State *L) {
+  int err = lua_gettop(L);
+  int t = lua_type(L, err);
+  if (t == LUA_TSTRING || t == LUA_TNUMBER) return lua_tostring(L, err);
+  if (!luaL_callmeta(L, err, "__tostring") || lua_type(L, -1) != LUA_TSTRING) {
+    lua_settop(L, err);
+    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, err));
+  }
+  if (t == LUA_TTABLE) {
+    lua_pushliteral(L, "traceback");
+    if (lua_rawget(L, err) == LUA_TSTRING) {
+      lua_pushliteral(L, "\n");
+      lua_insert(L, -2);
+      lua_concat(L, 3);
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  lua_replace(L, err);
+  return lua_tostring(L, err);
+}
+
+static void report(const char *msg) {
+  fprintf(stderr, PROGNAME ": %s\n", msg);
+  fflush(stderr);
+}
+
+/* ---- the main task ---------------------------------------------------------------------- */
+
+static int lib_step(lua_State *L) {  /* (global name, module name) */
+  lua_getglobal(L, "require");
+  lua_pushvalue(L, 2);
+  lua_call(L, 1, 1);
+  lua_setglobal(L, lua_tostring(L, 1));
+  return 0;
+}
+
+static int warn_step(lua_State *L) {
+  lua_warning(L, "@on", 0);
+  return 0;
+}
+
+/* Pushes the step's function and arguments; returns how many arguments, or -1 with the
+ * load error message pushed. */
+static int push_step(lua_State *L, const cli *C, const cli_step *s) {
+  int rc = LUA_OK;
+  switch (s->kind) {
+  case STEP_INIT:
+    if (s->text[0] == '@') rc = luaL_loadfile(L, s->text + 1);
+    else rc = luaL_loadbuffer(L, s->text, strlen(s->text), "=LUA_INIT");
+    break;
+  case STEP_EXEC:
+    rc = luaL_loadbuffer(L, s->text, strlen(s->text), "=(command line)");
+    break;
+  case STEP_LIB: {
+    /* "g=mod" requires mod into global g; otherwise the global is the name up to a '-'
+     * (lua's LUA_IGMARK: -l mod-v2 sets global mod). */
+    const char *eq = strchr(s->text, '=');
+    lua_pushcfunction(L, lib_step);
+    if (eq != NULL) {
+      lua_pushlstring(L, s->text, (size_t)(eq - s->text));
+      lua_pushstring(L, eq + 1);
+    } else {
+      const char *mark = strchr(s->text, '-');
+      lua_pushlstring(L, s->text, mark ? (size_t)(mark - s->text) : strlen(s->text));
+      lua_pushstring(L, s->text);
+    }
+    return 2;
+  }
+  case STEP_WARN:
+    lua_pushcfunction(L, warn_step);
+    return 0;
+  case STEP_SCRIPT: {
+    rc = luaL_loadfile(L, s->text);
+    if (rc != LUA_OK) break;
+    if (s->text == NULL && C->script == 0) return 0;  /* piped stdin: no arguments */
+    if (lua_getglobal(L, "arg") != LUA_TTABLE) luaL_error(L, "'arg' is not a table");
+    int n = (int)luaL_len(L, -1);
+    luaL_checkstack(L, n + 3, "too many arguments to script");
+    for (int i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
+    lua_remove(L, -n - 1);
+    return n;
+  }
+  }
+  return rc == LUA_OK ? 0 : -1;
+}
+
+/* The main task: runs the steps in order. Returns nothing, or a load error message (not
+ * raised, so that it is reported without a traceback, as lua does). */
+static int run_steps_k(lua_State *L, int status, lua_KContext ctx) {
+  cli *C = (cli *)ctx;
+  (void)status;
+  while (C->next < C->nsteps) {
+    lua_settop(L, 0);
+    int n = push_step(L, C, &C->steps[C->next++]);
+    if (n < 0) return 1;
+    lua_callk(L, n, 0, ctx, run_steps_k);
+  }
+  return 0;
+}
+
+static int run_steps(lua_State *L) {
+  cli *C = lua_touserdata(L, lua_upvalueindex(1));
+  return run_steps_k(L, LUA_OK, (lua_KContext)C);
+}
+
+static void on_sigint(uv_signal_t *h, int signum) {
+  (void)signum;
+  cli *C = h->data;
+  lbt_rt *R = C->R;
+  /* Back to the default disposition: a second Ctrl-C ends the process even if a <close>
+   * handler hangs. */
+  uv_signal_stop(h);
+  C->interrupted = 1;
+  if (R->running && R->main != NULL) bt_task_abort(R->rt, &R->main->t);
+}
+
+/* Watches SIGINT on the runtime's loop without keeping it alive. Best effort: without the
+ * watcher, Ctrl-C simply ends the process. */
+static void watch_sigint(cli *C) {
+  lbt_rt *R = C->R;
+  if (R->sigint == NULL) {
+    uv_signal_t *h = malloc(sizeof *h);
+    if (h == NULL) return;
+    if (uv_signal_init(bt_rt_loop(R->rt), h) != 0) {
+      free(h);
+      return;
+    }
+    h->data = C;
+    R->sigint = h;  /* from here on the runtime's __gc closes and frees it */
+  }
+  if (uv_signal_start(R->sigint, on_sigint, SIGINT) == 0) uv_unref((uv_handle_t *)R->sigint);
+}
+
+/* Runs the steps as the main task of baton.run (the module table at index mod) and sets
+ * C->status. */
+static void run_main(lua_State *L, cli *C, int mod) {
+  int base = lua_gettop(L);
+  lua_getfield(L, mod, "run");
+  lua_pushlightuserdata(L, C);
+  lua_pushcclosure(L, run_steps, 1);
+  watch_sigint(C);
+  int rc = lua_pcall(L, 1, LUA_MULTRET, 0);
+  if (C->R->sigint != NULL) uv_signal_stop(C->R->sigint);
+  if (C->interrupted) {
+    report("interrupted");
+    C->status = EXIT_INTERRUPTED;
+  } else if (rc != LUA_OK || lua_gettop(L) > base) {
+    report(error_text(L));  /* a runtime error, or a chunk that did not load */
+    C->status = EXIT_FAILURE;
+  }
+  lua_settop(L, base);
+}
+
+/* Everything that touches Lua, under lua_pcall. */
+static int pmain(lua_State *L) {
+  cli *C = lua_touserdata(L, 1);
+  luaL_checkversion(L);
+  if (C->opts & OPT_NOENV) {  /* the package library reads this */
+    lua_pushboolean(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
+  }
+  luaL_openlibs(L);
+  luaL_requiref(L, "baton", open_baton, 1);  /* package.loaded.baton and global baton */
+  int mod = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, "baton.runtime");
+  C->R = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  set_path(L);
+  set_arg_table(L, C);
+  lua_gc(L, LUA_GCRESTART);
+  lua_gc(L, LUA_GCGEN, 0, 0);
+
+  if (C->opts & OPT_VERSION) print_version();
+  if (!(C->opts & OPT_NOENV)) add_init_step(C);
+  int plain = !(C->opts & (OPT_EXEC | OPT_VERSION | OPT_INTERACT));
+  int repl = (C->opts & OPT_INTERACT) || (C->script == 0 && plain && isatty(STDIN_FILENO));
+  if (C->script > 0) {
+    const char *name = C->argv[C->script];
+    int is_stdin = strcmp(name, "-") == 0 && strcmp(C->argv[C->script - 1], "--") != 0;
+    C->steps[C->nsteps].kind = STEP_SCRIPT;
+    C->steps[C->nsteps++].text = is_stdin ? NULL : name;
+  } else if (plain && !repl) {  /* `baton < file`: stdin is the script */
+    C->steps[C->nsteps].kind = STEP_SCRIPT;
+    C->steps[C->nsteps++].text = NULL;
+  }
+  if (C->nsteps > 0) run_main(L, C, mod);
+  if (C->status == 0 && repl) {
+    report("the interactive REPL is not available yet; run a script instead "
+           "(baton script.lua, baton -e 'stat', or baton < script.lua)");
+    C->status = EXIT_FAILURE;
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  static char *no_argv[] = {PROGNAME, NULL};
+  if (argc < 1 || argv[0] == NULL) {
+    argc = 1;
+    argv = no_argv;
+  }
+  cli C;
+  memset(&C, 0, sizeof C);
+  C.argc = argc;
+  C.argv = argv;
+  C.steps = calloc((size_t)argc + 2, sizeof *C.steps);
+  if (C.steps == NULL) {
+    report("not enough memory");
+    return EXIT_FAILURE;
+  }
+  if (parse_args(&C) != 0) {
+    if (C.bad_missing) fprintf(stderr, PROGNAME ": '%s' needs an argument\n", C.bad);
+    else fprintf(stderr, PROGNAME ": unrecognized option '%s'\n", C.bad);
+    print_usage(stderr);
+    free(C.steps);
+    return EXIT_FAILURE;
+  }
+  if (C.opts & OPT_HELP) {
+    print_usage(stdout);
+    free(C.steps);
+    return EXIT_SUCCESS;
+  }
+
+  /* The arena allocator, unless ASan must see every block or BATON_ALLOC=system. */
+  const char *alloc = getenv("BATON_ALLOC");
+  bt_arena *arena = NULL;
+  if (!UNDER_ASAN && !(alloc != NULL && strcmp(alloc, "system") == 0))
+    arena = bt_arena_new();
+  warn_state warn = {0, 0};
+  lua_State *L = arena ? lua_newstate(bt_arena_lalloc, arena)
+                       : lua_newstate(system_alloc, NULL);
+  if (L == NULL) {
+    report("cannot create the Lua state: not enough memory");
+    bt_arena_free(arena);
+    free(C.steps);
+    return EXIT_FAILURE;
+  }
+  lua_atpanic(L, on_panic);
+  lua_setwarnf(L, on_warning, &warn);
+  lua_gc(L, LUA_GCSTOP);  /* no collections while the libraries load */
+
+  lua_pushcfunction(L, pmain);
+  lua_pushlightuserdata(L, &C);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    report(msg ? msg : "(error object is not a string)");
+    C.status = EXIT_FAILURE;
+  }
+  lua_close(L);
+  bt_arena_free(arena);
+  free(C.steps);
+  return C.status;
+}

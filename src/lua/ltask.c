@@ -258,7 +258,11 @@ static void task_failed(lbt_rt *R, lbt_task *T) {
     const char *msg = (t == LUA_TSTRING || t == LUA_TNUMBER) ? lua_tostring(L, -1) : NULL;
     luaL_traceback(L, co, msg, 0);
     if (msg != NULL) lua_remove(L, -2);  /* a string error becomes message + traceback */
-    else if (t == LUA_TTABLE) lua_setfield(L, -2, "traceback");
+    else if (t == LUA_TTABLE) {  /* raw: a user __newindex must not run (or fail) here */
+      lua_pushliteral(L, "traceback");
+      lua_insert(L, -2);
+      lua_rawset(L, -3);
+    }
     else lua_pop(L, 1);
   }
   /* Close the coroutine's pending to-be-closed variables (permits go back) and make it
