@@ -165,7 +165,7 @@ struct bt_task {
   bt_task_t *g_prev, *g_next;         /* group lists (private) */
   bt_group_t *group;                  /* NULL when the task belongs to no group */
   const bt_task_vt *vt;
-  bt_wait_t *wait;                    /* the current wait record, or NULL */
+  bt_wait_t *wait;                    /* the wait record; read by the core only while WAITING */
   LIST_HEAD(, bt_joiner) joiners;     /* tasks waiting for this one (private) */
   bt_gate_t *gate;                    /* bounded spawn: the gate whose permit it holds */
   uint32_t id;

@@ -64,7 +64,6 @@ uint32_t bt_task_wait(bt_rt_t *rt, bt_task_t *t, bt_wait_t *w, bt_cancel_fn canc
     /* No memory for the heap slot: fail the wait at once rather than hang forever. */
     t->status = BT_ENOMEM;
     t->state = BT_TASK_READY;
-    t->wait = NULL;
     ++t->token;
     if (cancel) cancel(w);
     bt__enqueue(rt, t);
@@ -74,8 +73,7 @@ uint32_t bt_task_wait(bt_rt_t *rt, bt_task_t *t, bt_wait_t *w, bt_cancel_fn canc
 
 int bt_task_wake(bt_rt_t *rt, bt_task_t *t, uint32_t token, int status) {
   if (t->state != BT_TASK_WAITING || t->token != token) return 0;
-  bt_wait_t *w = t->wait;
-  t->wait = NULL;
+  bt_wait_t *w = t->wait;  /* stays set: an embedder may keep its storage there */
   t->token++;
   bt_timer_stop(rt, &w->timer);
   if (w->cancel) w->cancel(w);

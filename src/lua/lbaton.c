@@ -135,7 +135,7 @@ static int sleep_k(lua_State *L, int st, lua_KContext ctx) {
   (void)ctx;
   lbt_rt *R = lbt_R(L);
   lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  if (T->fib->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
+  if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
     return lbt_raise_cancelled(L);
   return 0;
 }
@@ -146,7 +146,7 @@ static int lbaton_sleep(lua_State *L) {
   luaL_argcheck(L, ms >= 0 && ms < 1e15, 1, "milliseconds must be >= 0");
   lbt_task *T = lbt_await_begin(L, R, "baton.sleep");
   uint64_t due = bt_now(R->rt) + (uint64_t)(ms + 0.999999);
-  bt_task_wait(R->rt, &T->t, &T->fib->wait, NULL, due);
+  bt_task_wait(R->rt, &T->t, &lbt_fib(T)->wait, NULL, due);
   return lbt_suspend(L, 0, sleep_k);
 }
 

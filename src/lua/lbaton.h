@@ -56,9 +56,13 @@ typedef struct lbt_fiber {
   bt_sem_waiter_t semw;
 } lbt_fiber;
 
+/* A task's fiber, NULL unless it is running or suspended. The Lua layer keeps t.wait
+ * pointing at its fiber's wait record for as long as it holds one; the core reads t.wait
+ * only while the task waits. This saves a pointer per task. */
+#define lbt_fib(T) ((T)->t.wait ? bt_container_of((T)->t.wait, lbt_fiber, wait) : NULL)
+
 struct lbt_task {
   bt_task_t t;
-  lbt_fiber *fib;         /* NULL unless running or waiting */
   int ref;                /* slot in the anchor table, LUA_NOREF when not anchored */
   uint16_t nargs;         /* arguments kept in user values 2..nargs+1 until first run */
   uint8_t gated;          /* last user value is the gate's semaphore */

@@ -130,7 +130,7 @@ static lbt_task *self_task(lbt_rt *R) { return (lbt_task *)bt_rt_current(R->rt);
 
 /* The common continuation head: raise on cancellation, report a timeout. */
 static int woke_cancelled(lbt_task *T) {
-  return T->fib->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL);
+  return lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL);
 }
 
 static int join_next_k(lua_State *L, int st, lua_KContext due) {
@@ -140,10 +140,10 @@ static int join_next_k(lua_State *L, int st, lua_KContext due) {
   if (woke_cancelled(T)) return lbt_raise_cancelled(L);
   lgroup *G = check_group(L, 1, "group:join_next");
   if (pop_one(L, R, G)) return 1;
-  if (T->fib->status == BT_ETIMEDOUT) {
+  if (lbt_fib(T)->status == BT_ETIMEDOUT) {
     return lbt_push_timeout(L);
   }
-  int rc = bt_group_wait(G->g, &T->t, &T->fib->joiner, &T->fib->wait, (uint64_t)due);
+  int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, (uint64_t)due);
   if (rc < 0) return 0;
   return lbt_suspend(L, due, join_next_k);
 }
@@ -156,8 +156,8 @@ static int lgroup_join_next(lua_State *L) {
   if (pop_one(L, R, G)) return 1;
   if (bt_group_len(G->g) == 0) return 0;
   lbt_task *T = lbt_await_begin(L, R, "group:join_next");
-  T->fib->status = 0;
-  int rc = bt_group_wait(G->g, &T->t, &T->fib->joiner, &T->fib->wait, due);
+  lbt_fib(T)->status = 0;
+  int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, due);
   if (rc < 0) return 0;
   return lbt_suspend(L, (lua_KContext)due, join_next_k);
 }
@@ -170,11 +170,11 @@ static int collect_k(lua_State *L, int st, lua_KContext due) {
   if (woke_cancelled(T)) return lbt_raise_cancelled(L);
   lgroup *G = check_group(L, 1, "group:join_all");
   drain_into(L, R, G, 2);
-  if (T->fib->status == BT_ETIMEDOUT || bt_group_live(G->g) == 0) {
+  if (lbt_fib(T)->status == BT_ETIMEDOUT || bt_group_live(G->g) == 0) {
     lua_settop(L, 2);
     return 1;
   }
-  int rc = bt_group_wait(G->g, &T->t, &T->fib->joiner, &T->fib->wait, (uint64_t)due);
+  int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, (uint64_t)due);
   if (rc != 0) {
     drain_into(L, R, G, 2);
     lua_settop(L, 2);
@@ -191,8 +191,8 @@ static int collect(lua_State *L, uint64_t due, const char *fname) {
   drain_into(L, R, G, 2);
   if (bt_group_live(G->g) == 0) return 1;
   lbt_task *T = lbt_await_begin(L, R, fname);
-  T->fib->status = 0;
-  int rc = bt_group_wait(G->g, &T->t, &T->fib->joiner, &T->fib->wait, due);
+  lbt_fib(T)->status = 0;
+  int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, due);
   if (rc != 0) {
     drain_into(L, R, G, 2);
     return 1;

@@ -200,7 +200,7 @@ static void proc_wait_cancel(bt_wait_t *w) {
 }
 
 static void await_on(lbt_rt *R, lbt_task *T, lproc *st, int want, uint64_t due) {
-  lbt_fiber *f = T->fib;
+  lbt_fiber *f = lbt_fib(T);
   st->waiter = &T->t;
   st->want = want;
   f->wait.src = st;
@@ -455,7 +455,7 @@ static int run_closed_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   lbt_rt *R = lbt_R(L);
   lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  if (T->fib->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
+  if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
     return lbt_raise_cancelled(L);
   return (int)ctx;
 }
@@ -467,7 +467,7 @@ static int run_done_k(lua_State *L, int status, lua_KContext ctx) {
   lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
   lproc_ud *ud = lua_touserdata(L, 2);
   lproc *st = ud->st;  /* only this task releases a run's child: still there */
-  int s = T->fib->status;
+  int s = lbt_fib(T)->status;
   if (s == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) {
     release(st, DEFAULT_GRACE_MS);
     return lbt_raise_cancelled(L);
@@ -518,7 +518,7 @@ static int lproc_run(lua_State *L) {
   if (ui == 0) {
     /* The failed spawn's handles close at the end of this loop iteration: return in the
      * next one, so that nothing of it is left when run returns. */
-    bt_task_wait(R->rt, &T->t, &T->fib->wait, NULL, bt_now(R->rt));
+    bt_task_wait(R->rt, &T->t, &lbt_fib(T)->wait, NULL, bt_now(R->rt));
     return lbt_suspend(L, 3, run_closed_k);
   }
   lua_copy(L, ui, 2);
@@ -628,7 +628,7 @@ static int op_k(lua_State *L, int status, lua_KContext ctx) {
   int op = (int)ctx;
   lbt_rt *R = lbt_R(L);
   lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  int s = T->fib->status;
+  int s = lbt_fib(T)->status;
   if (s == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
   lproc *st = check_ud(L, 1)->st;
   if (s == BT_ECLOSED || st == NULL || st->released) return push_fail(L, "closed", "closed");

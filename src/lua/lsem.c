@@ -87,7 +87,7 @@ static int acquire_k(lua_State *L, int st, lua_KContext k) {
   lbt_rt *R = lbt_R(L);
   lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
   bt_sem_t *s = check_sem(L, 1);
-  int status = T->fib->status;
+  int status = lbt_fib(T)->status;
   if (status == 0 && (T->t.flags & BT_TASK_F_CANCEL)) {
     bt_sem_release(s, (size_t)k);  /* granted, but the task was aborted meanwhile */
     status = BT_ECANCELED;
@@ -124,7 +124,7 @@ static int lsem_acquire(lua_State *L) {
     return 1;
   }
   lbt_task *T = lbt_await_begin(L, R, "semaphore:acquire");
-  lbt_fiber *f = T->fib;
+  lbt_fiber *f = lbt_fib(T);
   bt_sem_acquire(s, &f->semw, k, on_sem_granted);
   f->wait.src = &f->semw;
   bt_task_wait(R->rt, &T->t, &f->wait, sem_wait_cancel, due);

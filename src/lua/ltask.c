@@ -185,7 +185,7 @@ lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_
                        bt_gate_t *gate, int sem_idx) {
   if (nargs > 250) luaL_error(L, "baton.spawn: too many arguments (%d, at most 250)", nargs);
   lbt_task *T = lua_newuserdatauv(L, sizeof *T, 1 + nargs + (gate != NULL));
-  T->fib = NULL;
+  T->t.wait = NULL;
   T->ref = LUA_NOREF;
   T->nargs = (uint16_t)nargs;
   T->gated = gate != NULL;
@@ -210,9 +210,9 @@ lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_
 }
 
 static void finish(lbt_rt *R, lbt_task *T, bt_task_state_t state) {
-  if (T->fib != NULL) {
-    fiber_put(R, T->fib);
-    T->fib = NULL;
+  if (lbt_fib(T) != NULL) {
+    fiber_put(R, lbt_fib(T));
+    T->t.wait = NULL;
   }
   if (T->t.flags & BT_TASK_F_CANCEL) state = BT_TASK_CANCELLED;
   bt_task_finish(R->rt, &T->t, state);
@@ -231,7 +231,7 @@ static void set_outcome(lua_State *L, lbt_rt *R, lbt_task *T) {
 }
 
 static void task_returned(lbt_rt *R, lbt_task *T, int nres) {
-  lua_State *co = T->fib->co, *L = R->L;
+  lua_State *co = lbt_fib(T)->co, *L = R->L;
   if (nres > 0 || T->nargs > 0) {
     if (nres > 0) {
       lua_createtable(L, nres, 1);
@@ -248,7 +248,7 @@ static void task_returned(lbt_rt *R, lbt_task *T, int nres) {
 }
 
 static void task_failed(lbt_rt *R, lbt_task *T) {
-  lua_State *co = T->fib->co, *L = R->L;
+  lua_State *co = lbt_fib(T)->co, *L = R->L;
   int cancelled = lbt_is_cancel_error(co, -1);
   lua_pushvalue(co, -1);  /* the error stays on co too: __close handlers receive it */
   lua_xmove(co, L, 1);
@@ -299,7 +299,7 @@ static void task_never_ran(lbt_rt *R, lbt_task *T, int status) {
 static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
   lbt_task *T = (lbt_task *)bt;
   lbt_rt *R = bt_rt_data(rt);
-  lbt_fiber *f = T->fib;
+  lbt_fiber *f = lbt_fib(T);
   int nargs = 0;
   if (f == NULL) {
     if (status == 0 && (bt->flags & BT_TASK_F_CANCEL)) status = BT_ECANCELED;
@@ -307,7 +307,7 @@ static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
       task_never_ran(R, T, status ? status : BT_ENOMEM);
       return;
     }
-    T->fib = f;
+    T->t.wait = &f->wait;  /* the fiber rides on the wait pointer (lbt_fib) */
     f->task = T;
     lua_State *L = R->L;
     nargs = T->nargs;
@@ -349,7 +349,7 @@ lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname) {
     luaL_error(L, "%s: not inside a baton task; run the code with baton.run(function() ... end) "
                "(the baton executable does this for a script's main chunk)", fname);
   lbt_task *T = (lbt_task *)cur;
-  if (T->fib->co != L)
+  if (lbt_fib(T)->co != L)
     luaL_error(L, "%s: cannot wait inside a coroutine that baton does not run "
                "(coroutine.create/wrap inside a task); use baton.spawn for concurrency", fname);
   if (!lua_isyieldable(L))
@@ -437,7 +437,7 @@ static int join_k(lua_State *L, int st, lua_KContext ctx) {
   (void)ctx;
   lbt_rt *R = lbt_R(L);
   lbt_task *self = (lbt_task *)bt_rt_current(R->rt);
-  int s = self->fib->status;
+  int s = lbt_fib(self)->status;
   if (s == BT_ECANCELED || (self->t.flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
   if (s == BT_ETIMEDOUT) {
     return lbt_push_timeout(L);
@@ -453,7 +453,7 @@ static int ltask_join(lua_State *L) {
   if (bt_task_finished(&T->t)) return lbt_push_outcome(L, 1);
   lbt_task *self = lbt_await_begin(L, R, "task:join");
   if (self == T) return luaL_error(L, "task:join: a task cannot join itself");
-  bt_task_join(R->rt, &self->t, &T->t, &self->fib->joiner, &self->fib->wait, due);
+  bt_task_join(R->rt, &self->t, &T->t, &lbt_fib(self)->joiner, &lbt_fib(self)->wait, due);
   return lbt_suspend(L, 0, join_k);
 }
 
