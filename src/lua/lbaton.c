@@ -309,6 +309,8 @@ int lbt_open(lua_State *L) {
   lbt_open_sem(L, rt_idx);
   lbt_open_json(L, rt_idx);
   lbt_open_proc(L, rt_idx);
+  lbt_open_engine(L, rt_idx);
+  lbt_open_limiter(L, rt_idx);
 
   if (luaL_loadbuffer(L, lua_helpers, strlen(lua_helpers), "=baton") != LUA_OK)
     return lua_error(L);

@@ -118,7 +118,9 @@ void lbt_open_group(lua_State *L, int rt_idx);
 void lbt_open_sem(lua_State *L, int rt_idx);
 void lbt_open_json(lua_State *L, int rt_idx);
 void lbt_open_proc(lua_State *L, int rt_idx);
-void lbt_close_procs(lua_State *L);  /* lproc.c: release every open process (never waits) */
+void lbt_close_procs(lua_State *L);
+void lbt_open_engine(lua_State *L, int rt_idx);   /* lengine.c: baton.engine */
+void lbt_open_limiter(lua_State *L, int rt_idx);  /* llimiter.c: baton.limiter, parse_key, parse_chain */  /* lproc.c: release every open process (never waits) */
 
 /* Helpers for option tables: reject unknown keys (a typo must not pass silently). */
 void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *const known[]);
