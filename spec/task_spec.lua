@@ -304,3 +304,41 @@ describe("plain coroutine.yield inside a task", function()
     assert.same({ "a", "b" }, steps)
   end))
 end)
+
+describe("baton.coroutine.wrap", function()
+  it("passes baton's waits through a user coroutine", H.async(function()
+    local gen = baton.coroutine.wrap(function(n)
+      for i = 1, n do
+        baton.sleep(1)
+        coroutine.yield(i)
+      end
+      return "end"
+    end)
+    assert.same({ 1, 2, 3, "end" }, { gen(3), gen(), gen(), gen() })
+  end))
+
+  it("an abort while the wrapped coroutine waits unwinds it and runs its close handlers",
+    H.async(function()
+      local closed = false
+      local t = baton.spawn(function()
+        local w = baton.coroutine.wrap(function()
+          local _ <close> = setmetatable({}, { __close = function() closed = true end })
+          baton.sleep(60000)
+        end)
+        w()
+      end)
+      baton.sleep(5)
+      t:abort()
+      local ok, err = t:join()
+      assert.is_false(ok)
+      assert.equal("cancelled", err.kind)
+      assert.is_true(closed)
+    end))
+
+  it("re-raises the coroutine's error", H.async(function()
+    local w = baton.coroutine.wrap(function() baton.yield() error("inside") end)
+    local ok, err = pcall(w)
+    assert.is_false(ok)
+    assert.matches("inside", err)
+  end))
+end)

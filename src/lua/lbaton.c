@@ -237,6 +237,27 @@ static const char *const lua_helpers =
   "  end\n"
   "  local t <close> = spawn(fn, ...)\n"
   "  return finish(t, t:join(ms))\n"
+  "end\n"
+  "-- coroutines whose baton waits pass through to the task running them\n"
+  "local MARK, wrapped = select(2, ...)\n"
+  "local create, resume, yield, status, close ="
+  "  coroutine.create, coroutine.resume, coroutine.yield, coroutine.status, coroutine.close\n"
+  "local function step(co, ok, ...)\n"
+  "  if not ok then close(co); error((...), 0) end\n"
+  "  if status(co) == 'suspended' and select('#', ...) == 1 and (...) == MARK then\n"
+  "    yield(MARK)\n"
+  "    return step(co, resume(co))\n"
+  "  end\n"
+  "  return ...\n"
+  "end\n"
+  "baton.coroutine = {}\n"
+  "function baton.coroutine.wrap(f)\n"
+  "  if type(f) ~= 'function' then\n"
+  "    error(\"bad argument #1 to 'baton.coroutine.wrap' (function expected)\", 2)\n"
+  "  end\n"
+  "  local co = create(f)\n"
+  "  wrapped[co] = true\n"
+  "  return function(...) return step(co, resume(co, ...)) end\n"
   "end\n";
 
 static int lrt_gc(lua_State *L) {
@@ -315,7 +336,15 @@ int lbt_open(lua_State *L) {
   if (luaL_loadbuffer(L, lua_helpers, strlen(lua_helpers), "=baton") != LUA_OK)
     return lua_error(L);
   lua_pushvalue(L, -2);
-  lua_call(L, 1, 0);
+  lbt_push_wrap_marker(L);
+  lua_newtable(L);  /* the set of wrapped coroutines, weak keys */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "baton.wrapped");
+  lua_call(L, 3, 0);
 
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, "baton.module");

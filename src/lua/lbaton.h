@@ -102,6 +102,8 @@ void lbt_task_release(lbt_rt *R, lbt_task *T);  /* drop the anchor if nothing ne
 int lbt_push_outcome(lua_State *L, int idx);  /* task at idx: true, res... | false, err */
 lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname);
 int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k);
+int lbt_is_wrapped(lua_State *L);          /* L runs under baton.coroutine.wrap */
+void lbt_push_wrap_marker(lua_State *L);
 int lbt_raise_cancelled(lua_State *L);
 void lbt_push_error(lua_State *L, const char *kind, const char *msg);
 int lbt_push_timeout(lua_State *L);  /* nil, "timeout", "timeout"; returns 3 */

@@ -321,11 +321,9 @@ static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
   int nres = 0;
   int rc = lua_resume(f->co, R->from ? R->from : R->L, nargs, &nres);
   if (rc == LUA_YIELD) {
+    lua_pop(f->co, nres);  /* a resume must not find the yielded values on the stack */
     /* A plain coroutine.yield() inside a task: treat it as baton.yield(). */
-    if (bt->state == BT_TASK_RUNNING) {
-      lua_pop(f->co, nres);
-      bt_task_yield(rt, bt);
-    }
+    if (bt->state == BT_TASK_RUNNING) bt_task_yield(rt, bt);
   } else if (rc == LUA_OK) {
     task_returned(R, T, nres);
   } else {
@@ -349,9 +347,10 @@ lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname) {
     luaL_error(L, "%s: not inside a baton task; run the code with baton.run(function() ... end) "
                "(the baton executable does this for a script's main chunk)", fname);
   lbt_task *T = (lbt_task *)cur;
-  if (lbt_fib(T)->co != L)
+  if (lbt_fib(T)->co != L && !lbt_is_wrapped(L))
     luaL_error(L, "%s: cannot wait inside a coroutine that baton does not run "
-               "(coroutine.create/wrap inside a task); use baton.spawn for concurrency", fname);
+               "(coroutine.create/wrap inside a task); use baton.coroutine.wrap, which "
+               "passes baton's waits through, or baton.spawn", fname);
   if (!lua_isyieldable(L))
     luaL_error(L, "%s: cannot wait here: a C call that cannot yield is in the way "
                "(require, a metamethod such as __tostring/__gc/__close, a table.sort "
@@ -360,9 +359,27 @@ lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname) {
   return T;
 }
 
-int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k) {
-  return lua_yieldk(L, 0, ctx, k);
+/* The marker a wait yields from inside a baton.coroutine.wrap coroutine: the wrapper
+ * passes it outward until the task's own coroutine yields to the scheduler. */
+static char wrap_marker;
+
+int lbt_is_wrapped(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, "baton.wrapped");
+  lua_pushthread(L);
+  int wrapped = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 2);
+  return wrapped;
 }
+
+int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k) {
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
+  if (lbt_fib(T)->co == L) return lua_yieldk(L, 0, ctx, k);
+  lua_pushlightuserdata(L, &wrap_marker);
+  return lua_yieldk(L, 1, ctx, k);
+}
+
+void lbt_push_wrap_marker(lua_State *L) { lua_pushlightuserdata(L, &wrap_marker); }
 
 uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx) {
   if (lua_isnoneornil(L, idx)) return UINT64_MAX;
