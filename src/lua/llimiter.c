@@ -1,7 +1,755 @@
-/* llimiter.c — placeholder: baton.limiter is being written (issue 3). */
+/*
+ * llimiter.c — baton.limiter (callable, with .from_json), baton.parse_key, baton.parse_chain.
+ *
+ * The core limiter (src/core/limiter.c) holds the keys, the counts, the fallback search and
+ * the queue; this binding checks the configuration, resolves each key's profile and limit
+ * the first time the key is seen, and turns the queue wait into an await.
+ *
+ * A key's profile comes from `profiles` (a table by model name, or a function called with
+ * the model and the provider), else the default profile: standard tier, no tools. Its
+ * limit is models["provider/model"], else models["model"], else default_concurrency of its
+ * tier. Both are fixed from then on (a profiles function is called once per key). Provider
+ * models are resolved when the limiter is built, other keys on first use.
+ *
+ * Error channels: a bad configuration, a bad argument or a bad profile raises, naming the
+ * field; saturation returns nil, "queue_wait", "queue_wait" and a timeout nil, "timeout",
+ * "timeout"; from_json returns nil, message, "io" | "malformed" for a file it cannot read or
+ * parse, and raises naming the file and the field for a bad configuration in it.
+ *
+ * Permits: a closable userdata whose user value keeps the limiter alive; release() is
+ * idempotent, <close> and GC (with a warning) release too. A queued acquire creates its
+ * permit not held and links the waiter record embedded in it, so waiting allocates nothing
+ * more than the permit the grant needs anyway; the grant marks it held before the task
+ * resumes, so a task aborted in between gives it straight back.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
 #include "lbaton.h"
+#include "limiter.h"
+
+#define BT_LIMITER_MT    "baton.Limiter"
+#define BT_LIM_PERMIT_MT "baton.Limiter.Permit"
+#define BT_LIM_GRANT_MT  "baton.Limiter.Grant"
+#define CHAIN_ON_STACK   16
+
+static const char *const tier_names[] = {"premium", "standard", "cheap", NULL};
+static const char *const via_names[] = {"primary", "chain", "capability", "cli", "queue"};
+
+/* User values: 1 the limits (normalised key or bare model → limit), 2 the profiles. */
+typedef struct llim {
+  bt_limiter_t *lim;       /* NULL until built, and once collected */
+  size_t defcap[3];        /* default_concurrency by tier */
+} llim;
+
+typedef struct lperm {
+  llim *M;                 /* kept alive by user value 1 */
+  bt_lim_key_t *key;
+  lbt_fiber *fib;          /* the waiting task's fiber, while queued */
+  bt_lim_waiter_t w;
+  int held;
+} lperm;
+
+/* ---- keys --------------------------------------------------------------------------- */
+
+static int is_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+static void trim(const char **s, size_t *n) {
+  while (*n > 0 && is_space(**s)) (*s)++, (*n)--;
+  while (*n > 0 && is_space((*s)[*n - 1])) (*n)--;
+}
+
+/* Splits s at its first '/' and trims both parts; 1 if both are non-empty. */
+static int split_key(const char *s, size_t len, const char **p, size_t *pn, const char **m,
+                     size_t *mn) {
+  const char *slash = memchr(s, '/', len);
+  if (slash == NULL) return 0;
+  *p = s;
+  *pn = (size_t)(slash - s);
+  *m = slash + 1;
+  *mn = len - *pn - 1;
+  trim(p, pn);
+  trim(m, mn);
+  return *pn > 0 && *mn > 0;
+}
+
+static void push_pair(lua_State *L, const char *p, size_t pn, const char *m, size_t mn) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, p, pn);
+  luaL_addchar(&b, '/');
+  luaL_addlstring(&b, m, mn);
+  luaL_pushresult(&b);
+}
+
+/* Pushes the normalised "provider/model" of the string at idx and returns 1, or returns 0
+ * (nothing pushed) if it is not a string or not a key. */
+static int push_key(lua_State *L, int idx) {
+  const char *p, *m;
+  size_t len, pn, mn;
+  if (lua_type(L, idx) != LUA_TSTRING) return 0;
+  const char *s = lua_tolstring(L, idx, &len);
+  if (!split_key(s, len, &p, &pn, &m, &mn)) return 0;
+  if (p == s && pn + 1 + mn == len) lua_pushvalue(L, idx);  /* already normal */
+  else push_pair(L, p, pn, m, mn);
+  return 1;
+}
+
+/* parse_key(s) -> provider, model | nil */
+static int lparse_key(lua_State *L) {
+  const char *p, *m;
+  size_t len, pn, mn;
+  const char *s = luaL_checklstring(L, 1, &len);
+  if (!split_key(s, len, &p, &pn, &m, &mn)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushlstring(L, p, pn);
+  lua_pushlstring(L, m, mn);
+  return 2;
+}
+
+/* Pushes the list of normalised keys in the comma-separated s; bad entries are skipped. */
+static void push_chain(lua_State *L, const char *s, size_t len) {
+  const char *p, *m, *end = s + len;
+  size_t pn, mn;
+  lua_Integer n = 0;
+  lua_newtable(L);
+  while (s <= end) {
+    const char *comma = memchr(s, ',', (size_t)(end - s));
+    if (comma == NULL) comma = end;
+    if (split_key(s, (size_t)(comma - s), &p, &pn, &m, &mn)) {
+      push_pair(L, p, pn, m, mn);
+      lua_rawseti(L, -2, ++n);
+    }
+    s = comma + 1;
+  }
+}
+
+static int lparse_chain(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  push_chain(L, s, len);
+  return 1;
+}
+
+/* ---- configuration ------------------------------------------------------------------ */
+
+/* A short description of the value at idx for error messages (pushes it). */
+static const char *got(lua_State *L, int idx) {
+  int t = lua_type(L, idx);
+  if (t == LUA_TSTRING) return lua_pushfstring(L, "'%s'", lua_tostring(L, idx));
+  if (t == LUA_TNUMBER || t == LUA_TBOOLEAN || t == LUA_TUSERDATA)
+    return luaL_tolstring(L, idx, NULL);
+  return luaL_typename(L, idx);
+}
+
+/* Raises "<where>: <field> must be <expect> (got <the value at idx>)". */
+static int bad(lua_State *L, const char *where, const char *field, const char *expect, int idx) {
+  return luaL_error(L, "%s: %s must be %s (got %s)", where, field, expect, got(L, idx));
+}
+
+static void check_fields(lua_State *L, int idx, const char *where, const char *const known[]) {
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    int i = 0;
+    while (k != NULL && known[i] != NULL && strcmp(k, known[i]) != 0) i++;
+    if (k == NULL || known[i] == NULL)
+      luaL_error(L, "%s: unknown option '%s'", where, luaL_tolstring(L, -1, NULL));
+  }
+}
+
+/* The length of the list at idx; raises unless its keys are exactly 1..n. */
+static lua_Integer check_list(lua_State *L, int idx, const char *where, const char *field) {
+  idx = lua_absindex(L, idx);
+  if (!lua_istable(L, idx)) bad(L, where, field, "a list", idx);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    count++;
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > n)
+      luaL_error(L, "%s: %s must be a list (it has a key '%s')", where, field,
+                 luaL_tolstring(L, -1, NULL));
+  }
+  if (count != n) luaL_error(L, "%s: %s must be a list without holes", where, field);
+  return n;
+}
+
+static size_t check_count(lua_State *L, int idx, lua_Integer min, const char *where,
+                          const char *field) {
+  int ok = 0;
+  lua_Integer n = lua_type(L, idx) == LUA_TNUMBER ? lua_tointegerx(L, idx, &ok) : 0;
+  if (!ok || n < min) bad(L, where, field, min ? "an integer >= 1" : "an integer >= 0", idx);
+  return (size_t)n;
+}
+
+/* Reads the profile at idx; raises naming where and what. */
+static void read_profile(lua_State *L, int idx, const char *where, const char *what,
+                         bt_tier_t *tier, int *tools) {
+  static const char *const known[] = {"cost_tier", "tools", NULL};
+  idx = lua_absindex(L, idx);
+  if (!lua_istable(L, idx)) bad(L, where, what, "a table { cost_tier =, tools = }", idx);
+  check_fields(L, idx, lua_pushfstring(L, "%s: %s", where, what), known);
+  *tier = BT_TIER_STANDARD;
+  *tools = 0;
+  lua_getfield(L, idx, "cost_tier");
+  if (!lua_isnil(L, -1)) {
+    const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+    int i = 0;
+    while (tier_names[i] != NULL && strcmp(s, tier_names[i]) != 0) i++;
+    if (tier_names[i] == NULL)
+      bad(L, where, lua_pushfstring(L, "%s.cost_tier", what),
+          "\"premium\", \"standard\" or \"cheap\"", -2);
+    *tier = (bt_tier_t)i;
+  }
+  lua_getfield(L, idx, "tools");
+  if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+    bad(L, where, lua_pushfstring(L, "%s.tools", what), "a boolean", -2);
+  *tools = lua_toboolean(L, -1);
+  lua_pop(L, 3);
+}
+
+/* The core key for the normalised name at name_idx, added on first use (see the header
+ * comment). May call the profiles function; raises naming `where`. */
+static bt_lim_key_t *get_key(lua_State *L, int ud, llim *M, int name_idx, const char *where) {
+  size_t len;
+  const char *name = lua_tolstring(L, name_idx, &len);
+  bt_lim_key_t *k = bt_limiter_key(M->lim, name, len);
+  if (k != NULL) return k;
+  const char *model = (const char *)memchr(name, '/', len) + 1;
+  bt_tier_t tier = BT_TIER_STANDARD;
+  int tools = 0, top = lua_gettop(L);
+  if (lua_getiuservalue(L, ud, 2) == LUA_TFUNCTION) {
+    lua_pushstring(L, model);
+    lua_pushlstring(L, name, (size_t)(model - 1 - name));
+    lua_call(L, 2, 1);
+    int res = lua_gettop(L);
+    if (!lua_isnil(L, res))
+      read_profile(L, res, where, lua_pushfstring(L, "profiles(\"%s\") result", model), &tier,
+                   &tools);
+  } else if (lua_istable(L, -1)) {  /* checked when the limiter was built */
+    lua_pushstring(L, model);
+    if (lua_rawget(L, -2) != LUA_TNIL) read_profile(L, -1, where, model, &tier, &tools);
+  }
+  lua_settop(L, top);
+  size_t cap = M->defcap[tier];
+  lua_getiuservalue(L, ud, 1);
+  lua_pushvalue(L, name_idx);
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushstring(L, model);
+    lua_rawget(L, -2);
+  }
+  if (lua_isinteger(L, -1)) cap = (size_t)lua_tointeger(L, -1);
+  lua_settop(L, top);
+  k = bt_limiter_add_key(M->lim, name, len, cap, tier, tools);
+  if (k == NULL) luaL_error(L, "%s: out of memory", where);
+  return k;
+}
+
+static void configure_models(lua_State *L, int cfg, int ud, const char *where) {
+  char field[256];
+  lua_newtable(L);
+  int limits = lua_gettop(L);
+  if (lua_getfield(L, cfg, "models") != LUA_TNIL) {
+    if (!lua_istable(L, -1)) bad(L, where, "models", "a table of limits", -1);
+    lua_pushnil(L);
+    while (lua_next(L, limits + 1)) {
+      if (lua_type(L, -2) != LUA_TSTRING) bad(L, where, "a key of models", "a string", -2);
+      snprintf(field, sizeof field, "models[\"%s\"]", lua_tostring(L, -2));
+      size_t len;
+      const char *s = lua_tolstring(L, -2, &len);
+      if (memchr(s, '/', len) != NULL) {
+        if (!push_key(L, -2))
+          luaL_error(L, "%s: %s: a key with '/' must be 'provider/model', both non-empty", where,
+                     field);
+      } else {
+        trim(&s, &len);
+        if (len == 0) luaL_error(L, "%s: %s: an empty model name", where, field);
+        lua_pushlstring(L, s, len);
+      }
+      lua_pushinteger(L, (lua_Integer)check_count(L, -2, 0, where, field));
+      lua_pushvalue(L, -2);
+      if (lua_rawget(L, limits) != LUA_TNIL)
+        luaL_error(L, "%s: %s: the same key is given twice", where, field);
+      lua_pop(L, 1);
+      lua_rawset(L, limits);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  lua_setiuservalue(L, ud, 1);
+}
+
+static void configure_profiles(lua_State *L, int cfg, int ud, const char *where) {
+  char field[256];
+  bt_tier_t tier;
+  int tools;
+  int t = lua_getfield(L, cfg, "profiles");
+  if (t == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      if (lua_type(L, -2) != LUA_TSTRING) bad(L, where, "a key of profiles", "a string", -2);
+      snprintf(field, sizeof field, "profiles[\"%s\"]", lua_tostring(L, -2));
+      read_profile(L, -1, where, field, &tier, &tools);
+      lua_pop(L, 1);
+    }
+  } else if (t != LUA_TNIL && t != LUA_TFUNCTION) {
+    bad(L, where, "profiles", "a table or a function", -1);
+  }
+  lua_setiuservalue(L, ud, 2);
+}
+
+/* Adds one provider model as a candidate; the key's parts are trimmed strings. */
+static void add_candidate(lua_State *L, int ud, llim *M, const char *name, size_t nn,
+                          const char *model, size_t mn, int cli, const char *where) {
+  push_pair(L, name, nn, model, mn);
+  bt_lim_key_t *k = get_key(L, ud, M, lua_gettop(L), where);
+  if (bt_limiter_add_candidate(M->lim, k, cli) != 0) luaL_error(L, "%s: out of memory", where);
+  lua_pop(L, 1);
+}
+
+static void configure_providers(lua_State *L, int cfg, int ud, llim *M, const char *where) {
+  static const char *const known[] = {"name", "models", "cli", NULL};
+  char field[128];
+  if (lua_getfield(L, cfg, "providers") == LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  int list = lua_gettop(L);
+  lua_Integer n = check_list(L, list, where, "providers");
+  for (lua_Integer i = 1; i <= n; i++) {
+    snprintf(field, sizeof field, "providers[%d]", (int)i);
+    int e = lua_rawgeti(L, list, i) == LUA_TTABLE ? lua_gettop(L) : 0;
+    if (e == 0) bad(L, where, field, "a table { name =, models =, cli = }", -1);
+    check_fields(L, e, lua_pushfstring(L, "%s: %s", where, field), known);
+    lua_pop(L, 1);
+    size_t nn = 0, mn;
+    const char *name = lua_getfield(L, e, "name") == LUA_TSTRING ? lua_tolstring(L, -1, &nn) : "";
+    trim(&name, &nn);
+    if (nn == 0 || memchr(name, '/', nn) != NULL)
+      bad(L, where, lua_pushfstring(L, "%s.name", field), "a non-empty string without '/'", -2);
+    lua_getfield(L, e, "cli");
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+      bad(L, where, lua_pushfstring(L, "%s.cli", field), "a boolean", -2);
+    int cli = lua_toboolean(L, -1);
+    lua_Integer nm = 0;
+    if (lua_getfield(L, e, "models") != LUA_TNIL) {
+      size_t fl = strlen(field);
+      snprintf(field + fl, sizeof field - fl, ".models");
+      nm = check_list(L, -1, where, field);
+      field[fl] = '\0';
+    }
+    int models = lua_gettop(L);
+    for (lua_Integer j = 1; j <= nm; j++) {
+      const char *model = "";
+      mn = 0;
+      if (lua_rawgeti(L, models, j) == LUA_TSTRING) model = lua_tolstring(L, -1, &mn);
+      trim(&model, &mn);
+      if (mn == 0)
+        bad(L, where, lua_pushfstring(L, "%s.models[%d]", field, (int)j), "a model name", -2);
+      if (!cli || j == 1) add_candidate(L, ud, M, name, nn, model, mn, cli, where);
+      lua_pop(L, 1);
+    }
+    if (cli && nm == 0) add_candidate(L, ud, M, name, nn, name, nn, cli, where);  /* implicit */
+    lua_settop(L, list);
+  }
+  lua_pop(L, 1);
+}
+
+/* Builds the limiter userdata at ud from the configuration table at cfg. */
+static void configure(lua_State *L, int cfg, int ud, llim *M, const char *where) {
+  static const char *const known[] = {"max_agents", "models", "providers", "profiles",
+                                      "default_concurrency", NULL};
+  check_fields(L, cfg, where, known);
+  size_t max = SIZE_MAX;
+  if (lua_getfield(L, cfg, "max_agents") != LUA_TNIL) max = check_count(L, -1, 1, where, "max_agents");
+  lua_pop(L, 1);
+  if (lua_getfield(L, cfg, "default_concurrency") != LUA_TNIL) {
+    char field[64];
+    if (!lua_istable(L, -1)) bad(L, where, "default_concurrency", "a table", -1);
+    int dc = lua_gettop(L);
+    check_fields(L, dc, lua_pushfstring(L, "%s: default_concurrency", where), tier_names);
+    lua_pop(L, 1);
+    for (int i = 0; tier_names[i] != NULL; i++) {
+      if (lua_getfield(L, -1, tier_names[i]) != LUA_TNIL) {
+        snprintf(field, sizeof field, "default_concurrency.%s", tier_names[i]);
+        M->defcap[i] = check_count(L, -1, 0, where, field);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  configure_models(L, cfg, ud, where);
+  configure_profiles(L, cfg, ud, where);
+  M->lim = bt_limiter_new(max);
+  if (M->lim == NULL) luaL_error(L, "%s: out of memory", where);
+  configure_providers(L, cfg, ud, M, where);
+}
+
+static int construct(lua_State *L, int cfg, const char *where) {
+  llim *M = lua_newuserdatauv(L, sizeof *M, 2);
+  M->lim = NULL;
+  M->defcap[BT_TIER_PREMIUM] = 3;
+  M->defcap[BT_TIER_STANDARD] = 5;
+  M->defcap[BT_TIER_CHEAP] = 8;
+  luaL_setmetatable(L, BT_LIMITER_MT);
+  int ud = lua_gettop(L);
+  configure(L, cfg, ud, M, where);
+  lua_settop(L, ud);
+  return 1;
+}
+
+/* baton.limiter{...}: __call of the baton.limiter table, so argument 2 is the config. */
+static int llim_call(lua_State *L) {
+  if (!lua_istable(L, 2))
+    return luaL_error(L, "bad argument #1 to 'baton.limiter' (table expected, got %s)",
+                      luaL_typename(L, 2));
+  lua_settop(L, 2);
+  return construct(L, 2, "baton.limiter");
+}
+
+static int io_fail(lua_State *L, const char *path, const char *why) {
+  lua_pushnil(L);
+  lua_pushfstring(L, "baton.limiter.from_json: cannot read '%s': %s", path, why);
+  lua_pushliteral(L, "io");
+  return 3;
+}
+
+/* from_json(path) -> limiter | nil, message, "io" | "malformed". Upvalue 2: json.decode. */
+static int llim_from_json(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lua_settop(L, 1);
+  struct stat st;
+  if (stat(path, &st) != 0) return io_fail(L, path, strerror(errno));
+  if (!S_ISREG(st.st_mode)) return io_fail(L, path, "not a regular file");
+  size_t size = (size_t)st.st_size;
+  char *buf = lua_newuserdatauv(L, size + 1, 0);  /* before the file is open: no leak */
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return io_fail(L, path, strerror(errno));
+  size_t n = fread(buf, 1, size, f);
+  int err = ferror(f) ? errno : 0;
+  fclose(f);
+  if (err != 0) return io_fail(L, path, strerror(err));
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushlstring(L, buf, n);
+  lua_call(L, 1, 2);
+  if (lua_isnil(L, -2)) {
+    const char *msg = lua_tostring(L, -1);
+    const char *tail = strstr(msg, "malformed");
+    lua_pushnil(L);
+    lua_pushfstring(L, "baton.limiter.from_json: %s: %s", path, tail ? tail : msg);
+    lua_pushliteral(L, "malformed");
+    return 3;
+  }
+  lua_pop(L, 1);
+  int cfg = lua_gettop(L);
+  const char *where = lua_pushfstring(L, "baton.limiter.from_json: %s", path);
+  if (!lua_istable(L, cfg) || lua_rawlen(L, cfg) > 0)
+    return luaL_error(L, "%s: the configuration must be a JSON object", where);
+  return construct(L, cfg, where);
+}
+
+/* ---- permits and grants ------------------------------------------------------------- */
+
+static lperm *push_permit(lua_State *L, int lim_idx, llim *M, bt_lim_key_t *k, int held) {
+  lperm *p = lua_newuserdatauv(L, sizeof *p, 1);
+  memset(p, 0, sizeof *p);
+  luaL_setmetatable(L, BT_LIM_PERMIT_MT);
+  lua_pushvalue(L, lim_idx);
+  lua_setiuservalue(L, -2, 1);
+  p->M = M;
+  p->key = k;
+  p->held = held;
+  return p;
+}
+
+/* Pushes { key =, via =, permit = } with the permit at perm_idx. */
+static void push_grant(lua_State *L, bt_lim_key_t *k, bt_via_t via, int perm_idx) {
+  lua_createtable(L, 0, 3);
+  lua_pushlstring(L, k->name, k->len);
+  lua_setfield(L, -2, "key");
+  lua_pushstring(L, via_names[via]);
+  lua_setfield(L, -2, "via");
+  lua_pushvalue(L, perm_idx);
+  lua_setfield(L, -2, "permit");
+  luaL_setmetatable(L, BT_LIM_GRANT_MT);
+}
+
+/* The permit's key name; "?" once its limiter is gone (only while the state closes). */
+static const char *perm_key(const lperm *p) { return p->M->lim ? p->key->name : "?"; }
+
+static void perm_release(lperm *p) {
+  if (!p->held) return;
+  p->held = 0;
+  if (p->M->lim != NULL) bt_limiter_release(p->M->lim, p->key);
+}
+
+static int lperm_release(lua_State *L) {
+  perm_release(luaL_checkudata(L, 1, BT_LIM_PERMIT_MT));
+  return 0;
+}
+
+static int lperm_held(lua_State *L) {
+  lua_pushboolean(L, ((lperm *)luaL_checkudata(L, 1, BT_LIM_PERMIT_MT))->held);
+  return 1;
+}
+
+static void on_granted(bt_lim_waiter_t *w, int status) {
+  lperm *p = bt_container_of(w, lperm, w);
+  if (status == 0) p->held = 1;
+  bt_task_wake(p->fib->wait.rt, p->fib->wait.task, p->fib->wait.token, status);
+}
+
+static int lperm_gc(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lperm *p = lua_touserdata(L, 1);
+  if (p->w.key != NULL) {  /* still queued: only when the state closes under the waiter */
+    bt_limiter_cancel(&p->w);
+    on_granted(&p->w, BT_ECLOSED);
+  }
+  if (p->held && !R->closed)
+    lbt_warn(R, "a limiter permit (%s) was collected while still held; release it, or hold "
+                "it in a <close> variable (released now)", perm_key(p));
+  perm_release(p);
+  return 0;
+}
+
+static int lperm_tostring(lua_State *L) {
+  lperm *p = luaL_checkudata(L, 1, BT_LIM_PERMIT_MT);
+  lua_pushfstring(L, "baton.Limiter.Permit (%s, %s)", perm_key(p),
+                  p->held ? "held" : "released");
+  return 1;
+}
+
+/* grant:release() and <close> on a grant release its permit. */
+static int lgrant_release(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "permit");
+  lperm *p = luaL_testudata(L, -1, BT_LIM_PERMIT_MT);
+  if (p != NULL) perm_release(p);
+  return 0;
+}
+
+/* ---- the limiter -------------------------------------------------------------------- */
+
+static llim *check_lim(lua_State *L, int idx) {
+  llim *M = luaL_checkudata(L, idx, BT_LIMITER_MT);
+  if (M->lim == NULL) luaL_error(L, "limiter: not built (its configuration raised)");
+  return M;
+}
+
+/* Pushes the normalised key at idx or raises naming the function and the value: `what`
+ * NULL for argument #1, else the option's name. */
+static void check_key(lua_State *L, int idx, const char *fname, const char *what) {
+  if (push_key(L, idx)) return;
+  const char *v = got(L, idx);
+  if (what == NULL)
+    luaL_error(L, "bad argument #1 to '%s' ('provider/model' key expected, got %s)", fname, v);
+  luaL_error(L, "%s: %s must be a 'provider/model' key (got %s)", fname, what, v);
+}
+
+static void wait_cancel(bt_wait_t *w) { bt_limiter_cancel(w->src); }
+
+static int push_saturated(lua_State *L) {
+  lua_pushnil(L);
+  lua_pushliteral(L, "queue_wait");
+  lua_pushliteral(L, "queue_wait");
+  return 3;
+}
+
+static int acquire_k(lua_State *L, int st, lua_KContext ctx) {
+  (void)st;
+  (void)ctx;
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
+  lperm *p = lua_touserdata(L, 2);
+  int status = lbt_fib(T)->status;
+  p->fib = NULL;
+  if (status == 0 && (T->t.flags & BT_TASK_F_CANCEL)) {
+    perm_release(p);  /* granted, but the task was aborted meanwhile */
+    status = BT_ECANCELED;
+  }
+  switch (status) {
+  case 0:
+    push_grant(L, p->key, BT_VIA_QUEUE, 2);
+    return 1;
+  case BT_ETIMEDOUT:
+    return lbt_push_timeout(L);
+  case BT_ECLOSED:
+    return luaL_error(L, "limiter:acquire: the limiter was closed while waiting");
+  default:
+    return lbt_raise_cancelled(L);
+  }
+}
+
+/* acquire(primary, { chain =, wait =, timeout_ms = }) -> grant | nil, "queue_wait" | nil,
+ * "timeout" (see docs/api.md). */
+static int llim_acquire(lua_State *L) {
+  static const char *const known[] = {"chain", "wait", "timeout_ms", NULL};
+  lbt_rt *R = lbt_R(L);
+  llim *M = check_lim(L, 1);
+  bt_lim_key_t *on_stack[CHAIN_ON_STACK], **chain = on_stack, *primary;
+  size_t n = 0;
+  int wait = 0;
+  uint64_t due = UINT64_MAX;
+  lua_settop(L, 3);
+  check_key(L, 2, "limiter:acquire", NULL);
+  primary = get_key(L, 1, M, 4, "limiter:acquire");
+  if (!lua_isnil(L, 3)) {
+    if (!lua_istable(L, 3))
+      luaL_error(L, "bad argument #2 to 'limiter:acquire' (table of options expected, got %s)",
+                 luaL_typename(L, 3));
+    check_fields(L, 3, "limiter:acquire", known);
+    if (lua_getfield(L, 3, "wait") != LUA_TNIL && !lua_isboolean(L, -1))
+      bad(L, "limiter:acquire", "wait", "a boolean", -1);
+    wait = lua_toboolean(L, -1);
+    if (lua_getfield(L, 3, "timeout_ms") != LUA_TNIL) {
+      lua_Number ms = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1;
+      if (!(ms >= 0 && ms < 1e15))
+        bad(L, "limiter:acquire", "timeout_ms", "a number of milliseconds >= 0", -1);
+      due = bt_now(R->rt) + (uint64_t)ceil(ms);
+    }
+    int t = lua_getfield(L, 3, "chain");
+    if (t == LUA_TSTRING) {  /* parse_chain's rules: bad entries are skipped */
+      size_t len;
+      const char *s = lua_tolstring(L, -1, &len);
+      push_chain(L, s, len);
+    } else if (t == LUA_TTABLE) {
+      check_list(L, -1, "limiter:acquire", "chain");
+    } else if (t != LUA_TNIL) {
+      bad(L, "limiter:acquire", "chain", "a list of keys or a string \"a/b, c/d\"", -1);
+    }
+    int list = lua_gettop(L);
+    n = t == LUA_TNIL ? 0 : lua_rawlen(L, list);
+    if (n > CHAIN_ON_STACK) chain = lua_newuserdatauv(L, n * sizeof *chain, 0);
+    for (size_t i = 0; i < n; i++) {
+      lua_rawgeti(L, list, (lua_Integer)i + 1);
+      int e = lua_gettop(L);
+      check_key(L, e, "limiter:acquire", lua_pushfstring(L, "chain[%d]", (int)i + 1));
+      chain[i] = get_key(L, 1, M, e + 2, "limiter:acquire");
+      lua_pop(L, 3);
+    }
+  }
+  bt_via_t via;
+  bt_lim_key_t *k = bt_limiter_try(M->lim, primary, chain, n, &via);
+  if (k != NULL) {
+    bt_task_t *cur = bt_rt_current(R->rt);
+    if (cur != NULL && (cur->flags & BT_TASK_F_CANCEL)) {  /* still a cancellation point */
+      bt_limiter_release(M->lim, k);
+      return lbt_raise_cancelled(L);
+    }
+    push_permit(L, 1, M, k, 1);
+    push_grant(L, k, via, lua_gettop(L));
+    return 1;
+  }
+  if (!wait || primary->cap == 0) return push_saturated(L);
+  lbt_task *T = lbt_await_begin(L, R, "limiter:acquire");
+  lua_settop(L, 1);
+  lperm *p = push_permit(L, 1, M, primary, 0);
+  if (bt_limiter_wait(M->lim, primary, &p->w, on_granted) == 1) {  /* not after a failed try */
+    p->held = 1;
+    push_grant(L, primary, BT_VIA_QUEUE, 2);
+    return 1;
+  }
+  p->fib = lbt_fib(T);
+  p->fib->wait.src = &p->w;
+  bt_task_wait(R->rt, &T->t, &p->fib->wait, wait_cancel, due);
+  return lbt_suspend(L, 0, acquire_k);
+}
+
+/* limit(key) -> the key's limit (resolving it, as acquire would). */
+static int llim_limit(lua_State *L) {
+  llim *M = check_lim(L, 1);
+  lua_settop(L, 2);
+  check_key(L, 2, "limiter:limit", NULL);
+  lua_pushinteger(L, (lua_Integer)get_key(L, 1, M, 3, "limiter:limit")->cap);
+  return 1;
+}
+
+static void push_counts(lua_State *L, size_t cap, size_t in_use, size_t waiting) {
+  lua_createtable(L, 0, 3);
+  if (cap != SIZE_MAX) {
+    lua_pushinteger(L, (lua_Integer)cap);
+    lua_setfield(L, -2, "capacity");
+  }
+  lua_pushinteger(L, (lua_Integer)in_use);
+  lua_setfield(L, -2, "in_use");
+  lua_pushinteger(L, (lua_Integer)waiting);
+  lua_setfield(L, -2, "waiting");
+}
+
+/* snapshot() -> { keys = { [key] = counts }, global = counts } */
+static int llim_snapshot(lua_State *L) {
+  llim *M = check_lim(L, 1);
+  lua_createtable(L, 0, 2);
+  lua_newtable(L);
+  for (bt_lim_key_t *k = bt_limiter_next(M->lim, NULL); k; k = bt_limiter_next(M->lim, k)) {
+    lua_pushlstring(L, k->name, k->len);
+    push_counts(L, k->cap, k->in_use, k->nwaiting);
+    lua_rawset(L, -3);
+  }
+  lua_setfield(L, -2, "keys");
+  push_counts(L, M->lim->cap, M->lim->in_use, M->lim->nwaiting);
+  lua_setfield(L, -2, "global");
+  return 1;
+}
+
+static int llim_gc(lua_State *L) {
+  llim *M = lua_touserdata(L, 1);
+  bt_limiter_free(M->lim);
+  M->lim = NULL;
+  return 0;
+}
+
+static int llim_tostring(lua_State *L) {
+  llim *M = luaL_checkudata(L, 1, BT_LIMITER_MT);
+  if (M->lim == NULL) {
+    lua_pushliteral(L, "baton.Limiter (not built)");
+    return 1;
+  }
+  lua_pushfstring(L, "baton.Limiter (%d in use, %d waiting)", (int)M->lim->in_use,
+                  (int)M->lim->nwaiting);
+  return 1;
+}
 
 void lbt_open_limiter(lua_State *L, int rt_idx) {
-  (void)L;
-  (void)rt_idx;
+  static const luaL_Reg methods[] = {
+    {"acquire", llim_acquire}, {"snapshot", llim_snapshot}, {"limit", llim_limit}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+    {"__gc", llim_gc}, {"__tostring", llim_tostring}, {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_LIMITER_MT, methods, meta);
+  static const luaL_Reg perm_methods[] = {
+    {"release", lperm_release}, {"held", lperm_held}, {NULL, NULL}};
+  static const luaL_Reg perm_meta[] = {
+    {"__close", lperm_release}, {"__gc", lperm_gc}, {"__tostring", lperm_tostring},
+    {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_LIM_PERMIT_MT, perm_methods, perm_meta);
+  static const luaL_Reg grant_methods[] = {{"release", lgrant_release}, {NULL, NULL}};
+  static const luaL_Reg grant_meta[] = {{"__close", lgrant_release}, {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_LIM_GRANT_MT, grant_methods, grant_meta);
+
+  lua_newtable(L);  /* baton.limiter: callable, with from_json */
+  lua_pushvalue(L, rt_idx);
+  lua_getfield(L, -3, "json");
+  lua_getfield(L, -1, "decode");
+  lua_remove(L, -2);
+  lua_pushcclosure(L, llim_from_json, 2);
+  lua_setfield(L, -2, "from_json");
+  lua_createtable(L, 0, 1);
+  lua_pushvalue(L, rt_idx);
+  lua_pushcclosure(L, llim_call, 1);
+  lua_setfield(L, -2, "__call");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, -2, "limiter");
+  static const luaL_Reg funcs[] = {
+    {"parse_key", lparse_key}, {"parse_chain", lparse_chain}, {NULL, NULL}};
+  lbt_set_funcs(L, rt_idx, funcs);
 }
