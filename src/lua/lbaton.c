@@ -52,20 +52,18 @@ void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *met
 
 void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *const known[]) {
   idx = lua_absindex(L, idx);
+  int positional = known[0] != NULL && strcmp(known[0], LBT_POSITIONAL) == 0;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     lua_pop(L, 1);
-    int ok = 0;
     if (lua_type(L, -1) == LUA_TSTRING) {
       const char *k = lua_tostring(L, -1);
-      for (int i = 0; known[i] != NULL; i++)
+      int ok = 0;
+      for (int i = positional; known[i] != NULL; i++)
         if (strcmp(k, known[i]) == 0) ok = 1;
-    }
-    if (!ok) {
-      if (lua_type(L, -1) == LUA_TSTRING)
-        luaL_error(L, "%s: unknown option '%s'", fname, lua_tostring(L, -1));
-      else if (lua_type(L, -1) != LUA_TNUMBER)  /* positional entries are checked by callers */
-        luaL_error(L, "%s: unknown option of type %s", fname, luaL_typename(L, -1));
+      if (!ok) luaL_error(L, "%s: unknown option '%s'", fname, k);
+    } else if (!positional || !lua_isinteger(L, -1)) {
+      luaL_error(L, "%s: unexpected %s key in the options table", fname, luaL_typename(L, -1));
     }
   }
 }

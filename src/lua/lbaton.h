@@ -124,7 +124,10 @@ void lbt_close_procs(lua_State *L);
 void lbt_open_engine(lua_State *L, int rt_idx);   /* lengine.c: baton.engine */
 void lbt_open_limiter(lua_State *L, int rt_idx);  /* llimiter.c: baton.limiter, parse_key, parse_chain */  /* lproc.c: release every open process (never waits) */
 
-/* Helpers for option tables: reject unknown keys (a typo must not pass silently). */
+/* Helpers for option tables: reject unknown keys (a typo must not pass silently). A list
+ * that starts with LBT_POSITIONAL also accepts integer keys (argv-style tables), whose
+ * values the caller checks. */
+#define LBT_POSITIONAL "[positional]"
 void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *const known[]);
 /* Registers `l` as methods under metatable `mt` (created), with the runtime as upvalue. */
 void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *methods,

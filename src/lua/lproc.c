@@ -356,9 +356,10 @@ static void check_opts(lua_State *L, lbt_rt *R, int run, spawn_args *a) {
   if (lua_type(L, 1) != LUA_TTABLE)
     luaL_error(L, "bad argument #1 to '%s' (table { \"program\", \"arg\", ... } expected, "
                "got %s)", fname, luaL_typename(L, 1));
-  static const char *const run_known[] = {"stdin", "cwd", "env", "timeout_ms",
-                                          "max_output_bytes", NULL};
-  static const char *const spawn_known[] = {"stdin", "cwd", "env", "max_output_bytes", NULL};
+  static const char *const run_known[] = {LBT_POSITIONAL, "stdin", "cwd", "env",
+                                          "timeout_ms", "max_output_bytes", NULL};
+  static const char *const spawn_known[] = {LBT_POSITIONAL, "stdin", "cwd", "env",
+                                            "max_output_bytes", NULL};
   lbt_check_fields(L, 1, fname, run ? run_known : spawn_known);
   memset(a, 0, sizeof *a);
   a->due = UINT64_MAX;
