@@ -330,6 +330,12 @@ int lbt_open(lua_State *L) {
   lbt_open_proc(L, rt_idx);
   lbt_open_engine(L, rt_idx);
   lbt_open_limiter(L, rt_idx);
+  lbt_open_retry(L, rt_idx);
+  lbt_open_breaker(L, rt_idx);
+  lbt_open_dedup(L, rt_idx);
+  lbt_open_backpressure(L, rt_idx);
+  lbt_open_pipeline(L, rt_idx);
+  lbt_open_runner(L, rt_idx);
 
   if (luaL_loadbuffer(L, lua_helpers, strlen(lua_helpers), "=baton") != LUA_OK)
     return lua_error(L);

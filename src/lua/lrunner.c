@@ -1,0 +1,7 @@
+/* lrunner.c — placeholder: baton.runner is being written (issue 4). */
+#include "lbaton.h"
+
+void lbt_open_runner(lua_State *L, int rt_idx) {
+  (void)L;
+  (void)rt_idx;
+}
