@@ -241,6 +241,13 @@ BT_EXTERN void bt_group_remove(bt_task_t *t);
 /* Detaches every task (they finish with no group) after aborting the live ones; the
  * group can then be freed. Gated tasks still waiting for a permit start as cancelled. */
 BT_EXTERN void bt_group_detach_all(bt_group_t *g);
+/* Calls `cb(g, t, data)` each time a task of `g` finishes, however it ends (returned,
+ * failed, cancelled, or aborted before it ever ran): after the task has moved to the
+ * finished list and its joiners were woken, before its vtable's `finished`. The hook may
+ * take the task out of the group (bt_group_remove) and must not free it. Tasks detached by
+ * bt_group_detach_all() finish without it. One hook per group; `cb` NULL removes it. */
+typedef void (*bt_group_finish_cb)(bt_group_t *g, bt_task_t *t, void *data);
+BT_EXTERN void bt_group_on_finish(bt_group_t *g, bt_group_finish_cb cb, void *data);
 
 /* Bounded spawn. A gate queues tasks of group `g` behind one permit each of `sem`; a task
  * is started (enqueued) only once its permit is granted, and the permit is released when

@@ -4,7 +4,9 @@
  * A group keeps its live tasks and its finished-but-not-joined tasks on two doubly linked
  * lists threaded through bt_task_t.g_prev/g_next; `done` is in completion order, so popping
  * its head is join_next. Waiters (bt_group_wait) are all woken on every completion and
- * re-check; a woken waiter that was cancelled meanwhile leaves nothing behind.
+ * re-check; a woken waiter that was cancelled meanwhile leaves nothing behind. An owner that
+ * must account for every ending (the speculation engine gives back host slots) sets one
+ * finish hook, called for each task that finishes while in the group, however it ends.
  *
  * A gate puts one waiter on a semaphore on behalf of a FIFO of pending tasks (threaded
  * through rq_next, which a pending, unqueued task does not use). Each grant starts the head
@@ -53,6 +55,12 @@ void bt__group_finished(bt_group_t *g, bt_task_t *t) {
   tl_remove(&g->live, t);
   tl_push(&g->done, t);
   bt__wake_joiners(g->rt, &g->waiters);
+  if (g->on_finish) g->on_finish(g, t, g->on_finish_data);
+}
+
+void bt_group_on_finish(bt_group_t *g, bt_group_finish_cb cb, void *data) {
+  g->on_finish = cb;
+  g->on_finish_data = data;
 }
 
 bt_task_t *bt_group_pop(bt_group_t *g) {

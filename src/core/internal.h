@@ -57,6 +57,8 @@ struct bt_group {
   bt_tlist done;
   LIST_HEAD(, bt_joiner) waiters;  /* bt_group_wait() callers */
   LIST_HEAD(, bt_gate) gates;
+  bt_group_finish_cb on_finish;    /* bt_group_on_finish(), or NULL */
+  void *on_finish_data;
 };
 
 /* group.c */

@@ -1,7 +1,445 @@
-/* lengine.c — placeholder: baton.engine is being written (issue 3). */
+/*
+ * lengine.c — baton.engine: speculative prefetch of tool calls (the core is engine.c).
+ *
+ * The userdata embeds the engine's task group, registered with the runtime's open groups so
+ * that the end of baton.run aborts its tasks like any group's, and the core engine hooked on
+ * that group. dispatch() asks the core about each request and spawns every admitted one as
+ * a task running dispatcher(tool, args, request); the core gives back its host slot and
+ * in-flight count from the group's finish hook, whatever ends the task. Outcomes are built
+ * here, when a finished task is popped from the group: settled (a body), failed (an error
+ * { kind, message }), or failed with kind "cancelled" for a task aborted by anything but
+ * shutdown. The request of each task waits in user value 2, by task id, until then.
+ *
+ * Error channels: bad configuration, a bad request, and use after close raise, naming the
+ * key; skips and failures of dispatchers are outcomes. wait_within and shutdown await
+ * (shutdown only when it can: in __close or __gc it just aborts).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "engine.h"
 #include "lbaton.h"
 
+#define BT_ENGINE_MT "baton.Engine"
+#define TRACEBACK_SEP "\nstack traceback:"
+
+/* User values: 1 the dispatcher, 2 requests by task id, 3 the shared budget (or nil). */
+typedef struct lengine {
+  struct lgroup lg;  /* lg.g is NULL until the engine is open and once it is closed */
+  bt_engine_t e;
+} lengine;
+
+/* The layout of lsem.c's budget userdata (struct lbudget: the core budget, nothing else);
+ * the two must stay in step until lbaton.h exports a check_budget helper. */
+typedef struct { bt_budget_t *b; } lbudget_view;
+
+static lengine *check_engine(lua_State *L, const char *fname) {
+  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  if (E->lg.g == NULL) luaL_error(L, "%s: the engine is closed", fname);
+  return E;
+}
+
+/* ---- configuration and requests ----------------------------------------------------- */
+
+/* The integer field `key` of the table at idx, >= 0, or `def` when absent (-1: required). */
+static lua_Integer opt_count(lua_State *L, int idx, const char *fname, const char *key,
+                             lua_Integer def) {
+  int isint = 0;
+  lua_Integer v = def;
+  if (lua_getfield(L, idx, key) == LUA_TNIL) {
+    if (def < 0) luaL_error(L, "%s: %s is required (an integer >= 0)", fname, key);
+  } else {
+    if (lua_type(L, -1) == LUA_TNUMBER) v = lua_tointegerx(L, -1, &isint);
+    if (!isint || v < 0)
+      luaL_error(L, "%s: %s must be an integer >= 0 (got %s)", fname, key,
+                 luaL_tolstring(L, -1, NULL));
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static int opt_bool(lua_State *L, int idx, const char *fname, const char *key, int def) {
+  int t = lua_getfield(L, idx, key), v = def;
+  if (t == LUA_TBOOLEAN) v = lua_toboolean(L, -1);
+  else if (t != LUA_TNIL)
+    luaL_error(L, "%s: %s must be a boolean (got %s)", fname, key, luaL_typename(L, -1));
+  lua_pop(L, 1);
+  return v;
+}
+
+/* Raises unless the request at idx (#i of the list) is well formed. */
+static void check_request(lua_State *L, int idx, lua_Integer i) {
+  static const char *const known[] = {"tool", "args", "host", "cost_tokens", "speculate", NULL};
+  const char *fname = lua_pushfstring(L, "engine:dispatch: request #%d", (int)i);
+  if (!lua_istable(L, idx)) luaL_error(L, "%s is a %s, not a table", fname, luaL_typename(L, idx));
+  lbt_check_fields(L, idx, fname, known);
+  if (lua_getfield(L, idx, "tool") != LUA_TSTRING)
+    luaL_error(L, "%s: tool must be a string (got %s)", fname, luaL_typename(L, -1));
+  int t = lua_getfield(L, idx, "host");
+  if (t != LUA_TNIL && t != LUA_TSTRING)
+    luaL_error(L, "%s: host must be a string (got %s)", fname, luaL_typename(L, -1));
+  lua_pop(L, 2);
+  opt_count(L, idx, fname, "cost_tokens", 0);
+  opt_bool(L, idx, fname, "speculate", 1);
+  lua_pop(L, 1);
+}
+
+static int lengine_new(lua_State *L) {
+  static const char *const known[] = {"enabled", "max_parallel", "timeout_ms", "per_host_cap",
+                                      "respect_rate_limits", "dispatcher", "budget", NULL};
+  const char *fn = "baton.engine";
+  lbt_rt *R = lbt_R(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lbt_check_fields(L, 1, fn, known);
+  bt_engine_cfg cfg;
+  cfg.enabled = opt_bool(L, 1, fn, "enabled", 1);
+  cfg.respect_rate_limits = opt_bool(L, 1, fn, "respect_rate_limits", 1);
+  cfg.max_parallel = (size_t)opt_count(L, 1, fn, "max_parallel", -1);
+  cfg.per_host_cap = (size_t)opt_count(L, 1, fn, "per_host_cap", 4);
+  if (lua_getfield(L, 1, "timeout_ms") == LUA_TNIL)
+    return luaL_error(L, "%s: timeout_ms is required (milliseconds >= 0)", fn);
+  lua_Number ms = lua_tonumber(L, -1);
+  if (lua_type(L, -1) != LUA_TNUMBER || !(ms >= 0 && ms < 1e15))
+    return luaL_error(L, "%s: timeout_ms must be a number of milliseconds >= 0 (got %s)", fn,
+                      luaL_tolstring(L, -1, NULL));
+  cfg.timeout_ms = (uint64_t)ceil(ms);
+  if (lua_getfield(L, 1, "dispatcher") != LUA_TFUNCTION)  /* 3 */
+    return luaL_error(L, "%s: dispatcher must be a function (got %s)", fn, luaL_typename(L, -1));
+  bt_budget_t *shared = NULL;
+  if (lua_getfield(L, 1, "budget") != LUA_TNIL) {         /* 4 */
+    lbudget_view *B = luaL_testudata(L, -1, BT_BUDGET_MT);
+    if (B == NULL || B->b == NULL)
+      return luaL_error(L, "%s: budget must be a baton.budget (got %s)", fn, luaL_typename(L, -1));
+    shared = B->b;
+  }
+  lengine *E = lua_newuserdatauv(L, sizeof *E, 3);  /* created closed */
+  memset(E, 0, sizeof *E);
+  luaL_setmetatable(L, BT_ENGINE_MT);
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, -2, 1);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 2);
+  lua_pushvalue(L, 4);
+  lua_setiuservalue(L, -2, 3);
+  bt__group_init(&E->lg.storage, R->rt);
+  if (bt_engine_init(&E->e, &E->lg.storage, shared, &cfg) != 0)
+    return luaL_error(L, "%s: out of memory", fn);
+  E->lg.g = &E->lg.storage;
+  LIST_INSERT_HEAD(&R->groups, &E->lg, link);
+  return 1;
+}
+
+/* ---- outcomes ----------------------------------------------------------------------- */
+
+static void set_str(lua_State *L, const char *k, const char *v) {
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, k);
+}
+
+/* Copies tool, args, host and cost_tokens of the request at req into the table on top. */
+static void copy_request(lua_State *L, int req) {
+  static const char *const keys[] = {"tool", "args", "host", NULL};
+  if (!lua_istable(L, req)) return;
+  for (int i = 0; keys[i] != NULL; i++) {
+    lua_getfield(L, req, keys[i]);
+    lua_setfield(L, -2, keys[i]);
+  }
+  if (lua_getfield(L, req, "cost_tokens") == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushinteger(L, 0);
+  }
+  lua_setfield(L, -2, "cost_tokens");
+}
+
+/* Pushes the error table for the error value at idx: a table with a string `kind` as it
+ * is; a string as { kind = "error", message, traceback } (split where the task's traceback
+ * starts); anything else as { kind = "error", message, value }. */
+static void push_error(lua_State *L, int idx) {
+  int t = lua_type(L, idx);
+  if (t == LUA_TTABLE) {
+    lua_pushliteral(L, "kind");
+    int k = lua_rawget(L, idx);
+    lua_pop(L, 1);
+    if (k == LUA_TSTRING) {
+      lua_pushvalue(L, idx);
+      return;
+    }
+  }
+  lua_createtable(L, 0, 3);
+  set_str(L, "kind", "error");
+  if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+    size_t len;
+    const char *s = lua_tolstring(L, idx, &len);
+    const char *tb = strstr(s, TRACEBACK_SEP);
+    lua_pushlstring(L, s, tb ? (size_t)(tb - s) : len);
+    lua_setfield(L, -2, "message");
+    if (tb != NULL) set_str(L, "traceback", tb + 1);
+    return;
+  }
+  lua_pushfstring(L, "the dispatcher failed with a %s value%s", luaL_typename(L, idx),
+                  t == LUA_TTABLE ? " without a kind" : "");
+  lua_setfield(L, -2, "message");
+  lua_pushvalue(L, idx);
+  lua_setfield(L, -2, "value");
+}
+
+/* Pops the oldest finished task of the engine, pushes its outcome and counts it; 0 if no
+ * task has finished. The engine is at index 1. */
+static int pop_outcome(lua_State *L, lbt_rt *R, lengine *E, int in_wait) {
+  lbt_task *T = (lbt_task *)bt_group_pop(E->lg.g);
+  if (T == NULL) return 0;
+  T->t.flags |= BT_TASK_F_JOINED;
+  uint64_t elapsed = bt_engine_collect(&E->e, &T->t);
+  lua_createtable(L, 0, 8);
+  int o = lua_gettop(L);
+  lua_getiuservalue(L, 1, 2);             /* o+1: requests by id */
+  lua_rawgeti(L, o + 1, T->t.id);         /* o+2: this request */
+  lua_pushnil(L);
+  lua_rawseti(L, o + 1, T->t.id);
+  lua_pushvalue(L, o);
+  copy_request(L, o + 2);
+  lua_pushinteger(L, (lua_Integer)elapsed);
+  lua_setfield(L, -2, "elapsed_ms");
+  lbt_push_task(L, R, T);
+  lua_getiuservalue(L, -1, 1);            /* o+5: results {n=...}, nil, or the error */
+  int settled = 0;
+  if (T->t.state == BT_TASK_DONE) {
+    if (lua_istable(L, o + 5)) {
+      lua_rawgeti(L, o + 5, 1);
+      lua_rawgeti(L, o + 5, 2);
+    } else {                              /* no results at all */
+      lua_pushnil(L);
+      lua_pushnil(L);
+    }
+    if (lua_isnil(L, -2) && !lua_isnil(L, -1)) {  /* return nil, err */
+      push_error(L, lua_gettop(L));
+      lua_setfield(L, o, "error");
+    } else {
+      settled = 1;
+      lua_pushvalue(L, -2);
+      lua_setfield(L, o, "body");
+    }
+  } else {
+    push_error(L, o + 5);
+    lua_setfield(L, o, "error");
+  }
+  lua_settop(L, o);
+  set_str(L, "status", settled ? "settled" : "failed");
+  if (T->t.state != BT_TASK_CANCELLED) bt_engine_note(&E->e, settled, in_wait);
+  lbt_task_release(R, T);
+  return 1;
+}
+
+static int drain_into(lua_State *L, lbt_rt *R, lengine *E, int list, int in_wait) {
+  lua_Integer n = (lua_Integer)lua_rawlen(L, list);
+  while (pop_outcome(L, R, E, in_wait)) lua_rawseti(L, list, ++n);
+  return (int)n;
+}
+
+/* ---- methods ------------------------------------------------------------------------ */
+
+static int lengine_dispatch(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lengine *E = check_engine(L, "engine:dispatch");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+  for (lua_Integer i = 1; i <= n; i++) {  /* all checked before any is started */
+    lua_rawgeti(L, 2, i);
+    check_request(L, 3, i);
+    lua_pop(L, 1);
+  }
+  lua_newtable(L);                         /* 3: the skips */
+  lua_getiuservalue(L, 1, 2);              /* 4: requests by task id */
+  lua_Integer nskips = 0;
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, 2, i);                  /* 5: the request */
+    lua_getfield(L, 5, "host");
+    size_t hlen = 0;
+    const char *host = lua_tolstring(L, -1, &hlen);
+    lua_getfield(L, 5, "speculate");
+    int spec = lua_type(L, -1) != LUA_TBOOLEAN || lua_toboolean(L, -1);
+    int rc = bt_engine_admit(&E->e, host, hlen, spec);
+    lua_settop(L, 5);
+    if (rc < 0) return luaL_error(L, "engine:dispatch: out of memory");
+    if (rc > 0) {
+      lua_createtable(L, 0, 6);
+      set_str(L, "status", "skipped");
+      set_str(L, "reason", bt_engine_skip_name(rc));
+      copy_request(L, 5);
+      lua_rawseti(L, 3, ++nskips);
+    } else {
+      lua_getiuservalue(L, 1, 1);          /* dispatcher(tool, args, request) */
+      lua_getfield(L, 5, "tool");
+      lua_getfield(L, 5, "args");
+      lua_pushvalue(L, 5);
+      lbt_task *T = lbt_task_new(L, R, 6, 3, E->lg.g, NULL, 0);
+      bt_engine_attach(&E->e, &T->t);
+      lua_pushvalue(L, 5);
+      lua_rawseti(L, 4, T->t.id);
+    }
+    lua_settop(L, 4);
+  }
+  lua_settop(L, 3);
+  return 1;
+}
+
+static lbt_task *self_task(lbt_rt *R) { return (lbt_task *)bt_rt_current(R->rt); }
+
+/* Outcomes of tasks not forgotten by shutdown and not yet ended. */
+static size_t awaited(const lengine *E) { return E->e.live - E->e.forgotten; }
+
+/* One step of wait_within (engine at 1, list at 2): collects what has landed, then waits
+ * again unless everything is in or the deadline passed. st is LUA_OK on the first step. */
+static int wait_k(lua_State *L, int st, lua_KContext due) {
+  lbt_rt *R = lbt_R(L);
+  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  lbt_task *T = NULL;
+  lua_settop(L, 2);
+  if (st == LUA_YIELD) {
+    T = self_task(R);
+    if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
+      return lbt_raise_cancelled(L);
+    if (E->lg.g == NULL) return 1;  /* closed meanwhile by another task */
+  }
+  drain_into(L, R, E, 2, 1);
+  if ((T != NULL && lbt_fib(T)->status != 0) || awaited(E) == 0) return 1;
+  if (T == NULL) T = lbt_await_begin(L, R, "engine:wait_within");
+  lbt_fib(T)->status = 0;
+  if (bt_group_wait(E->lg.g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, (uint64_t)due))
+    return 1;
+  return lbt_suspend(L, due, wait_k);
+}
+
+/* engine:wait_within([ms]): outcomes that land before ONE deadline, timeout_ms (or ms) from
+ * now; tasks still running stay pending. */
+static int lengine_wait_within(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lengine *E = check_engine(L, "engine:wait_within");
+  uint64_t due = lua_isnoneornil(L, 2) ? bt_now(R->rt) + E->e.cfg.timeout_ms
+                                       : lbt_opt_due(L, R, 2);
+  lua_settop(L, 1);
+  lua_newtable(L);
+  return wait_k(L, LUA_OK, (lua_KContext)due);
+}
+
+static int lengine_drain_pending(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lengine *E = check_engine(L, "engine:drain_pending");
+  lua_settop(L, 1);
+  lua_newtable(L);
+  drain_into(L, R, E, 2, 0);
+  return 1;
+}
+
+static int lengine_pending(lua_State *L) {
+  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  lua_pushinteger(L, (lua_Integer)bt_engine_pending(&E->e));
+  return 1;
+}
+
+/* shutdown's wait (st LUA_OK on the first step): returns once the tasks it aborted have
+ * ended, which takes one turn of the ready queue unless one catches its cancellation. */
+static int shutdown_k(lua_State *L, int st, lua_KContext ctx) {
+  (void)ctx;
+  lbt_rt *R = lbt_R(L);
+  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  lbt_task *T = self_task(R);
+  if (st == LUA_YIELD && (T->t.flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
+  if (E->lg.g == NULL || E->e.forgotten == 0) return 0;
+  if (st == LUA_OK && (T == NULL || (T->t.flags & BT_TASK_F_CANCEL) || !lua_isyieldable(L) ||
+                       (lbt_fib(T)->co != L && !lbt_is_wrapped(L))))
+    return 0;  /* cannot wait here: the slots come back as the aborted tasks end */
+  bt_task_yield(R->rt, &T->t);
+  return lbt_suspend(L, 0, shutdown_k);
+}
+
+/* Aborts every task and drops every outcome; inside a task that may wait, returns once the
+ * aborted tasks have ended. */
+static int lengine_shutdown(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  if (E->lg.g == NULL) return 0;
+  lua_settop(L, 1);
+  while (pop_outcome(L, R, E, 0)) lua_pop(L, 1);
+  bt_engine_shutdown(&E->e);
+  lua_newtable(L);
+  lua_setiuservalue(L, 1, 2);
+  return shutdown_k(L, LUA_OK, 0);
+}
+
+/* __close, __gc and close(): aborts and lets go of everything, at once (never waits). */
+static int lengine_close(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  if (E->lg.g == NULL) return 0;
+  bt_task_t *t;
+  while ((t = bt_group_pop(E->lg.g)) != NULL) {
+    t->flags |= BT_TASK_F_JOINED;
+    if (!R->closed) lbt_task_release(R, (lbt_task *)t);
+  }
+  bt_engine_destroy(&E->e);
+  bt__group_destroy(E->lg.g);
+  LIST_REMOVE(&E->lg, link);
+  E->lg.g = NULL;
+  return 0;
+}
+
+static void set_count(lua_State *L, const char *k, uint64_t n) {
+  lua_pushinteger(L, (lua_Integer)n);
+  lua_setfield(L, -2, k);
+}
+
+static int lengine_stats(lua_State *L) {
+  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  const bt_engine_stats *s = &E->e.stats;
+  lua_createtable(L, 0, 9);
+  set_count(L, "dispatched", s->dispatched);
+  set_count(L, "settled", s->settled);
+  set_count(L, "failed", s->failed);
+  set_count(L, "aborted", s->aborted);
+  set_count(L, "wasted", s->failed + s->aborted);
+  set_count(L, "won_race", s->won_race);
+  set_count(L, "in_flight", E->e.live);
+  lua_createtable(L, 0, BT_SKIP__N - 1);
+  for (int i = 1; i < BT_SKIP__N; i++) set_count(L, bt_engine_skip_name(i), s->skipped[i]);
+  lua_setfield(L, -2, "skipped");
+  return 1;
+}
+
+static void snap_one(void *ud, const char *key, size_t len, size_t n) {
+  lua_State *L = ud;
+  lua_pushlstring(L, key, len);
+  lua_pushinteger(L, (lua_Integer)n);
+  lua_rawset(L, -3);
+}
+
+static int lengine_budget_snapshot(lua_State *L) {
+  lengine *E = check_engine(L, "engine:budget_snapshot");
+  lua_newtable(L);
+  bt_budget_foreach(E->e.budget, snap_one, L);
+  return 1;
+}
+
+static int lengine_tostring(lua_State *L) {
+  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  if (E->lg.g == NULL) lua_pushliteral(L, "baton.Engine (closed)");
+  else lua_pushfstring(L, "baton.Engine (%d in flight, %d pending%s)", (int)E->e.live,
+                       (int)bt_engine_pending(&E->e), E->e.cfg.enabled ? "" : ", disabled");
+  return 1;
+}
+
 void lbt_open_engine(lua_State *L, int rt_idx) {
-  (void)L;
-  (void)rt_idx;
+  static const luaL_Reg methods[] = {
+    {"dispatch", lengine_dispatch}, {"wait_within", lengine_wait_within},
+    {"drain_pending", lengine_drain_pending}, {"pending", lengine_pending},
+    {"shutdown", lengine_shutdown}, {"close", lengine_close}, {"stats", lengine_stats},
+    {"budget_snapshot", lengine_budget_snapshot}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+    {"__close", lengine_close}, {"__gc", lengine_close}, {"__tostring", lengine_tostring},
+    {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_ENGINE_MT, methods, meta);
+  static const luaL_Reg funcs[] = {{"engine", lengine_new}, {NULL, NULL}};
+  lbt_set_funcs(L, rt_idx, funcs);
 }
