@@ -32,6 +32,11 @@
 
 typedef struct lbt_rt lbt_rt;
 
+/* A budget userdata (lsem.c); other bindings may accept one (baton.engine{ budget = }). */
+typedef struct lbudget {
+  bt_budget_t *b;
+} lbudget;
+
 /* A group userdata (lgroup.c). */
 struct lgroup {
   bt_group_t *g;            /* &storage while open, NULL once closed */

@@ -29,10 +29,6 @@ typedef struct lengine {
   bt_engine_t e;
 } lengine;
 
-/* The layout of lsem.c's budget userdata (struct lbudget: the core budget, nothing else);
- * the two must stay in step until lbaton.h exports a check_budget helper. */
-typedef struct { bt_budget_t *b; } lbudget_view;
-
 static lengine *check_engine(lua_State *L, const char *fname) {
   lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
   if (E->lg.g == NULL) luaL_error(L, "%s: the engine is closed", fname);
@@ -108,7 +104,7 @@ static int lengine_new(lua_State *L) {
     return luaL_error(L, "%s: dispatcher must be a function (got %s)", fn, luaL_typename(L, -1));
   bt_budget_t *shared = NULL;
   if (lua_getfield(L, 1, "budget") != LUA_TNIL) {         /* 4 */
-    lbudget_view *B = luaL_testudata(L, -1, BT_BUDGET_MT);
+    lbudget *B = luaL_testudata(L, -1, BT_BUDGET_MT);
     if (B == NULL || B->b == NULL)
       return luaL_error(L, "%s: budget must be a baton.budget (got %s)", fn, luaL_typename(L, -1));
     shared = B->b;

@@ -23,10 +23,6 @@ typedef struct lpermit {
   int held;
 } lpermit;
 
-typedef struct lbudget {
-  bt_budget_t *b;
-} lbudget;
-
 static bt_sem_t *check_sem(lua_State *L, int idx) {
   bt_sem_t **ps = luaL_checkudata(L, idx, BT_SEM_MT);
   if (*ps == NULL) luaL_error(L, "semaphore: already collected");
