@@ -1,7 +1,169 @@
-/* lbackpressure.c — placeholder: baton.backpressure is being written (issue 4). */
+/*
+ * lbackpressure.c — baton.backpressure{ capacity =, soft = }: a load-shedding guard whose
+ * slots are permits.
+ *
+ * try_acquire() never waits: it returns a permit, or `nil, "shed", depth, capacity` when
+ * the guard is full (an outcome, not an error). A permit is a closable userdata, as in
+ * lsem.c: release() (idempotent), <close> — so an error or an abort between acquire and
+ * release cannot leak depth (seed defect 8) — or, with a warning, the collector gives the
+ * slot back. Its user value keeps the guard alive while it exists. The guard itself owns
+ * no memory but its userdata (the core struct is embedded), so it needs no __gc.
+ *
+ * Reaching the soft limit is reported through baton.on_warning once per crossing: the
+ * acquire that brings depth up to `soft` warns, and the next warning needs depth to have
+ * fallen below `soft` first.
+ */
+#include <string.h>
+
+#include "backpressure.h"
 #include "lbaton.h"
 
+#define BT_BP_MT        "baton.Backpressure"
+#define BT_BP_PERMIT_MT "baton.Backpressure.Permit"
+
+typedef struct lbp_permit {
+  bt_bp_t *bp;
+  int held;
+} lbp_permit;
+
+static bt_bp_t *check_bp(lua_State *L, int idx) { return luaL_checkudata(L, idx, BT_BP_MT); }
+
+/* Reads an optional integer option; raises naming the key unless it is an integer >= min. */
+static size_t opt_count(lua_State *L, int idx, const char *key, lua_Integer min, int required) {
+  lua_getfield(L, idx, key);
+  if (lua_isnil(L, -1) && !required) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < min)
+    luaL_error(L, "baton.backpressure: %s must be an integer >= %d (got %s)", key, (int)min,
+               lua_isnil(L, -1) ? "nil" : luaL_tolstring(L, -1, NULL));
+  size_t n = (size_t)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return n;
+}
+
+static int lbp_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  static const char *const known[] = {"capacity", "soft", NULL};
+  lbt_check_fields(L, 1, "baton.backpressure", known);
+  size_t cap = opt_count(L, 1, "capacity", 1, 1);
+  size_t soft = opt_count(L, 1, "soft", 1, 0);
+  if (soft >= cap)
+    return luaL_error(L, "baton.backpressure: soft must be less than capacity (soft %d, "
+                      "capacity %d)", (int)soft, (int)cap);
+  bt_bp_t *bp = lua_newuserdatauv(L, sizeof *bp, 0);
+  bt_bp_init(bp, cap, soft);
+  luaL_setmetatable(L, BT_BP_MT);
+  return 1;
+}
+
+static int lbp_try_acquire(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  bt_bp_t *bp = check_bp(L, 1);
+  lua_settop(L, 1);
+  if (bp->depth >= bp->capacity) {  /* shed: an outcome, returned */
+    lua_pushnil(L);
+    lua_pushliteral(L, "shed");
+    lua_pushinteger(L, (lua_Integer)bp->depth);
+    lua_pushinteger(L, (lua_Integer)bp->capacity);
+    return 4;
+  }
+  /* The permit exists (released) before the slot is taken: if allocating it fails, no
+   * depth has leaked. */
+  lbp_permit *p = lua_newuserdatauv(L, sizeof *p, 1);
+  p->bp = bp;
+  p->held = 0;
+  luaL_setmetatable(L, BT_BP_PERMIT_MT);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1);
+  int crossed = 0;
+  bt_bp_try_acquire(bp, &crossed);  /* cannot shed: depth < capacity was checked above */
+  p->held = 1;
+  if (crossed)
+    lbt_warn(R, "backpressure: depth %d reached the soft limit %d (capacity %d)",
+             (int)bp->depth, (int)bp->soft, (int)bp->capacity);
+  return 1;
+}
+
+static int lbp_depth(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)check_bp(L, 1)->depth);
+  return 1;
+}
+
+static int lbp_capacity(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)check_bp(L, 1)->capacity);
+  return 1;
+}
+
+/* The soft limit, or nil when none was set. */
+static int lbp_soft(lua_State *L) {
+  bt_bp_t *bp = check_bp(L, 1);
+  if (bp->soft == 0) return 0;
+  lua_pushinteger(L, (lua_Integer)bp->soft);
+  return 1;
+}
+
+static int lbp_soft_ratio(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)bt_bp_soft_ratio(check_bp(L, 1)));
+  return 1;
+}
+
+static int lbp_tostring(lua_State *L) {
+  bt_bp_t *bp = check_bp(L, 1);
+  if (bp->soft) lua_pushfstring(L, "baton.Backpressure (depth %d, soft %d, capacity %d)",
+                                (int)bp->depth, (int)bp->soft, (int)bp->capacity);
+  else lua_pushfstring(L, "baton.Backpressure (depth %d, capacity %d)", (int)bp->depth,
+                       (int)bp->capacity);
+  return 1;
+}
+
+/* ---- permits ------------------------------------------------------------------------ */
+
+static void permit_release(lbp_permit *p) {
+  if (!p->held) return;
+  p->held = 0;
+  bt_bp_release(p->bp);
+}
+
+static int lpermit_release(lua_State *L) {
+  permit_release(luaL_checkudata(L, 1, BT_BP_PERMIT_MT));
+  return 0;
+}
+
+static int lpermit_held(lua_State *L) {
+  lua_pushboolean(L, ((lbp_permit *)luaL_checkudata(L, 1, BT_BP_PERMIT_MT))->held);
+  return 1;
+}
+
+static int lpermit_gc(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lbp_permit *p = lua_touserdata(L, 1);
+  if (p->held && !R->closed)
+    lbt_warn(R, "a backpressure permit was collected while still held; release it, or hold "
+                "it in a <close> variable (released now)");
+  permit_release(p);
+  return 0;
+}
+
+static int lpermit_tostring(lua_State *L) {
+  lbp_permit *p = luaL_checkudata(L, 1, BT_BP_PERMIT_MT);
+  lua_pushfstring(L, "baton.Backpressure.Permit (%s)", p->held ? "held" : "released");
+  return 1;
+}
+
 void lbt_open_backpressure(lua_State *L, int rt_idx) {
-  (void)L;
-  (void)rt_idx;
+  static const luaL_Reg methods[] = {
+    {"try_acquire", lbp_try_acquire}, {"depth", lbp_depth}, {"capacity", lbp_capacity},
+    {"soft", lbp_soft}, {"soft_ratio", lbp_soft_ratio}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__tostring", lbp_tostring}, {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_BP_MT, methods, meta);
+  static const luaL_Reg permit_methods[] = {
+    {"release", lpermit_release}, {"held", lpermit_held}, {NULL, NULL}};
+  static const luaL_Reg permit_meta[] = {
+    {"__close", lpermit_release}, {"__gc", lpermit_gc}, {"__tostring", lpermit_tostring},
+    {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_BP_PERMIT_MT, permit_methods, permit_meta);
+  static const luaL_Reg funcs[] = {{"backpressure", lbp_new}, {NULL, NULL}};
+  lbt_set_funcs(L, rt_idx, funcs);
 }

@@ -125,7 +125,7 @@ void lbt_open_group(lua_State *L, int rt_idx);
 void lbt_open_sem(lua_State *L, int rt_idx);
 void lbt_open_json(lua_State *L, int rt_idx);
 void lbt_open_proc(lua_State *L, int rt_idx);
-void lbt_close_procs(lua_State *L);
+void lbt_close_procs(lua_State *L);  /* lproc.c: release every open process (never waits) */
 void lbt_open_engine(lua_State *L, int rt_idx);   /* lengine.c: baton.engine */
 void lbt_open_limiter(lua_State *L, int rt_idx);  /* llimiter.c: baton.limiter, parse_key, parse_chain */
 void lbt_open_retry(lua_State *L, int rt_idx);         /* lretry.c */
@@ -133,7 +133,7 @@ void lbt_open_breaker(lua_State *L, int rt_idx);       /* lbreaker.c */
 void lbt_open_dedup(lua_State *L, int rt_idx);         /* ldedup.c */
 void lbt_open_backpressure(lua_State *L, int rt_idx);  /* lbackpressure.c */
 void lbt_open_pipeline(lua_State *L, int rt_idx);      /* lpipeline.c */
-void lbt_open_runner(lua_State *L, int rt_idx);        /* lrunner.c */  /* lproc.c: release every open process (never waits) */
+void lbt_open_runner(lua_State *L, int rt_idx);        /* lrunner.c */
 
 /* Helpers for option tables: reject unknown keys (a typo must not pass silently). A list
  * that starts with LBT_POSITIONAL also accepts integer keys (argv-style tables), whose

@@ -1,7 +1,341 @@
-/* lrunner.c — placeholder: baton.runner is being written (issue 4). */
+/*
+ * lrunner.c — baton.runner{ handler =, poll_ms = }: the queued-work runner (seed 004).
+ *
+ * The decisions — what to drive, what to suppress, when to poll — are the core's
+ * (runner.c). This binding supplies the driver: one task, spawned by start(), that loops
+ * "take the next request, call handler(request), report the outcome", and parks on the
+ * core (a wait whose wake is the core's callback) when there is nothing to do. So the
+ * handler runs in a task and may await, drives are serial as in the seed, and the poll
+ * timer is armed only while the driver is parked.
+ *
+ * Lifetime. The driver task holds the runner userdata, so a started runner is not
+ * collected while it runs. stop() stops the core (timer off, queue and in-flight set
+ * dropped) and aborts the driver; called from another task it also waits for the driver
+ * to unwind, so nothing is left running when it returns. <close> and __gc do the same
+ * without waiting (they cannot). baton.run aborts the driver with every other task when
+ * its main task ends; a runner whose driver is gone counts as stopped.
+ *
+ * Handler outcomes: "idle" or nil (nothing to do), { submitted = id } (session id in
+ * flight until complete_session). Anything else is reported through baton.on_warning and
+ * taken as idle; an error is reported (with its traceback) and the runner goes on.
+ * Cancellation is not a handler error: it ends the driver.
+ *
+ * Driver stack: 1 runner; during a drive 2 message handler, 3 request, 4 handler result.
+ */
+#include <string.h>
+
 #include "lbaton.h"
+#include "runner.h"
+
+#define BT_RUNNER_MT "baton.Runner"
+
+typedef struct lrunner {
+  bt_runner_t *r;      /* NULL once closed */
+  lbt_task *driver;    /* the driver task (kept alive by user value 2), or NULL */
+} lrunner;
+
+static lrunner *check_runner(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, BT_RUNNER_MT);
+}
+
+static int driver_alive(const lrunner *U) {
+  return U->driver != NULL && !bt_task_finished(&U->driver->t);
+}
+
+static const char *state_name(const lrunner *U) {
+  if (U->r == NULL || bt_runner_state(U->r) == BT_RUNNER_STOPPED) return "stopped";
+  if (bt_runner_state(U->r) == BT_RUNNER_NEW) return "new";
+  return driver_alive(U) ? "running" : "stopped";
+}
+
+static int lrunner_new(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  static const char *const known[] = {"handler", "poll_ms", NULL};
+  lbt_check_fields(L, 1, "baton.runner", known);
+  lua_getfield(L, 1, "handler");
+  if (!lua_isfunction(L, -1))
+    return luaL_error(L, "baton.runner: handler must be a function (got %s)",
+                      luaL_typename(L, -1));
+  lua_Integer poll = 400;
+  lua_getfield(L, 1, "poll_ms");
+  if (!lua_isnil(L, -1)) {
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > 1000000000)
+      return luaL_error(L, "baton.runner: poll_ms must be an integer of milliseconds >= 1 "
+                        "(got %s)", luaL_tolstring(L, -1, NULL));
+    poll = lua_tointeger(L, -1);
+  }
+  lua_pop(L, 1);
+  lrunner *U = lua_newuserdatauv(L, sizeof *U, 2);
+  U->r = NULL;
+  U->driver = NULL;
+  luaL_setmetatable(L, BT_RUNNER_MT);
+  lua_insert(L, -2);
+  lua_setiuservalue(L, -2, 1);
+  U->r = bt_runner_new(R->rt, (uint64_t)poll);
+  if (U->r == NULL) return luaL_error(L, "baton.runner: out of memory");
+  return 1;
+}
+
+/* ---- the driver --------------------------------------------------------------------- */
+
+static int driver_loop(lua_State *L);
+
+/* The driver ends by cancellation: the runner is stopped for good, then the error goes on. */
+static int driver_unwind(lua_State *L, lrunner *U) {
+  if (U->r != NULL) bt_runner_stop(U->r);
+  return lua_error(L);
+}
+
+static int raise_cancelled(lua_State *L, lrunner *U) {
+  lbt_push_error(L, "cancelled", "task cancelled");
+  return driver_unwind(L, U);
+}
+
+static int msgh(lua_State *L) {
+  if (lua_type(L, 1) == LUA_TSTRING) luaL_traceback(L, L, lua_tostring(L, 1), 1);
+  return 1;
+}
+
+/* The handler returned (status LUA_OK/LUA_YIELD, its result at 4) or raised (error at 4). */
+static void after_handler(lua_State *L, lrunner *U, int status) {
+  lbt_rt *R = lbt_R(L);
+  const char *sid = NULL;
+  size_t len = 0;
+  if (status != LUA_OK && status != LUA_YIELD) {
+    if (status != LUA_ERRRUN || lbt_is_cancel_error(L, -1)) {
+      if (U->r != NULL) bt_runner_done(U->r, NULL, 0);
+      driver_unwind(L, U);
+    }
+    const char *msg = luaL_tolstring(L, 4, NULL);
+    lua_getfield(L, 3, "reason");
+    lbt_warn(R, "runner: the handler failed (reason '%s'): %s", lua_tostring(L, -1), msg);
+  } else if (lua_istable(L, 4)) {
+    lua_getfield(L, 4, "submitted");
+    if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
+      sid = lua_tolstring(L, -1, &len);  /* converts a number in place: it is a copy */
+    } else {
+      lbt_warn(R, "runner: the handler returned a table without a string 'submitted'; "
+                  "expected \"idle\" or { submitted = session_id } (taken as idle)");
+    }
+  } else if (!lua_isnil(L, 4) && !(lua_type(L, 4) == LUA_TSTRING &&
+                                   strcmp(lua_tostring(L, 4), "idle") == 0)) {
+    lbt_warn(R, "runner: the handler returned %s; expected \"idle\" or "
+                "{ submitted = session_id } (taken as idle)", luaL_tolstring(L, 4, NULL));
+  }
+  if (U->r != NULL && bt_runner_done(U->r, sid, len) != 0)
+    lbt_warn(R, "runner: out of memory recording session '%s' in flight", sid);
+  lua_settop(L, 1);
+}
+
+static int handler_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  after_handler(L, lua_touserdata(L, 1), status);
+  return driver_loop(L);
+}
+
+static void on_wake(bt_runner_t *r, void *data) {
+  (void)r;
+  bt_wait_t *w = data;
+  bt_task_wake(w->rt, w->task, w->token, 0);
+}
+
+static void park_cancel(bt_wait_t *w) { bt_runner_unpark(w->src); }
+
+static int park_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
+  if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
+    return raise_cancelled(L, lua_touserdata(L, 1));
+  return driver_loop(L);
+}
+
+static void push_request(lua_State *L, const bt_runner_req *q) {
+  lua_createtable(L, 0, 3);
+  if (q->session_id != NULL) {
+    lua_pushlstring(L, q->session_id, q->session_len);
+    lua_setfield(L, -2, "session_id");
+  }
+  lua_pushlstring(L, q->reason, q->reason_len);
+  lua_setfield(L, -2, "reason");
+  lua_pushboolean(L, q->trace_idle);
+  lua_setfield(L, -2, "trace_idle");
+}
+
+static int driver_loop(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lrunner *U = lua_touserdata(L, 1);
+  lua_settop(L, 1);
+  for (;;) {
+    bt_task_t *self = bt_rt_current(R->rt);
+    if (self->flags & BT_TASK_F_CANCEL) return raise_cancelled(L, U);
+    if (U->r == NULL) return 0;
+    bt_runner_req q;
+    if (bt_runner_next(U->r, &q)) {
+      lua_pushcfunction(L, msgh);
+      push_request(L, &q);
+      lua_getiuservalue(L, 1, 1);
+      lua_pushvalue(L, 3);
+      after_handler(L, U, lua_pcallk(L, 1, 1, 2, 0, handler_k));
+      continue;
+    }
+    lbt_task *T = lbt_await_begin(L, R, "baton.runner");
+    lbt_fiber *f = lbt_fib(T);
+    int rc = bt_runner_park(U->r, on_wake, &f->wait);
+    if (rc == 1) continue;
+    if (rc == BT_ECLOSED) return 0;
+    if (rc != 0) return luaL_error(L, "baton.runner: %s", bt_strerror(rc));
+    f->wait.src = U->r;
+    bt_task_wait(R->rt, &T->t, &f->wait, park_cancel, UINT64_MAX);
+    return lbt_suspend(L, 0, park_k);
+  }
+}
+
+static int driver_main(lua_State *L) { return driver_loop(L); }
+
+/* ---- methods ------------------------------------------------------------------------ */
+
+static int lrunner_start(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lrunner *U = check_runner(L, 1);
+  lua_settop(L, 1);
+  if (U->r == NULL || bt_runner_state(U->r) != BT_RUNNER_NEW)
+    return luaL_error(L, "runner:start: the runner is %s (start it once)", state_name(U));
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushcclosure(L, driver_main, 1);
+  lua_pushvalue(L, 1);
+  U->driver = lbt_task_new(L, R, 2, 1, R->root, NULL, 0);
+  lua_setiuservalue(L, 1, 2);
+  if (bt_runner_start(U->r) != 0) {
+    bt_task_abort(R->rt, &U->driver->t);
+    return luaL_error(L, "runner:start: out of memory");
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* Pokes return true when queued, false when the runner is stopped (dropped, as the seed's
+ * send to a runner that is gone). */
+static int queued(lua_State *L, int rc, const char *fname) {
+  if (rc == BT_ENOMEM) return luaL_error(L, "%s: out of memory", fname);
+  lua_pushboolean(L, rc == 0);
+  return 1;
+}
+
+/* Not closed, and either not started yet or its driver is still there. */
+static int usable(lrunner *U) {
+  return U->r != NULL && (bt_runner_state(U->r) == BT_RUNNER_NEW || driver_alive(U));
+}
+
+static int lrunner_poke(lua_State *L) {
+  lrunner *U = check_runner(L, 1);
+  size_t rl;
+  const char *reason = luaL_checklstring(L, 2, &rl);
+  if (!usable(U)) return queued(L, BT_ECLOSED, "runner:poke");
+  return queued(L, bt_runner_poke(U->r, NULL, 0, reason, rl), "runner:poke");
+}
+
+static int lrunner_poke_session(lua_State *L) {
+  lrunner *U = check_runner(L, 1);
+  size_t sl, rl;
+  const char *sid = luaL_checklstring(L, 2, &sl);
+  const char *reason = luaL_checklstring(L, 3, &rl);
+  if (!usable(U)) return queued(L, BT_ECLOSED, "runner:poke_session");
+  return queued(L, bt_runner_poke(U->r, sid, sl, reason, rl), "runner:poke_session");
+}
+
+static int lrunner_complete_session(lua_State *L) {
+  lrunner *U = check_runner(L, 1);
+  size_t sl, rl;
+  const char *sid = luaL_checklstring(L, 2, &sl);
+  const char *reason = luaL_checklstring(L, 3, &rl);
+  if (!usable(U)) return queued(L, BT_ECLOSED, "runner:complete_session");
+  return queued(L, bt_runner_complete(U->r, sid, sl, reason, rl),
+                "runner:complete_session");
+}
+
+/* Stops the core and aborts the driver; never waits. */
+static void stop_now(lbt_rt *R, lrunner *U) {
+  if (U->r != NULL) bt_runner_stop(U->r);
+  if (driver_alive(U) && !R->closed) bt_task_abort(R->rt, &U->driver->t);
+}
+
+static int stop_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)L;
+  (void)status;
+  (void)ctx;
+  return 0;
+}
+
+static int lrunner_stop(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lrunner *U = check_runner(L, 1);
+  lua_settop(L, 1);
+  stop_now(R, U);
+  bt_task_t *cur = bt_rt_current(R->rt);
+  if (!driver_alive(U) || cur == NULL || cur == &U->driver->t || !lua_isyieldable(L) ||
+      (lbt_fib((lbt_task *)cur)->co != L && !lbt_is_wrapped(L)))
+    return 0;
+  lua_getiuservalue(L, 1, 2);  /* wait for the driver to unwind: driver:join() */
+  lua_getfield(L, -1, "join");
+  lua_insert(L, -2);
+  lua_callk(L, 1, 0, 0, stop_k);
+  return 0;
+}
+
+static int lrunner_close(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lrunner *U = check_runner(L, 1);
+  stop_now(R, U);
+  bt_runner_free(U->r);
+  U->r = NULL;
+  return 0;
+}
+
+static int lrunner_status(lua_State *L) {
+  lua_pushstring(L, state_name(check_runner(L, 1)));
+  return 1;
+}
+
+static void push_id(void *ud, const char *id, size_t len) {
+  lua_State *L = ud;
+  lua_pushlstring(L, id, len);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+static int lrunner_inflight(lua_State *L) {
+  lrunner *U = check_runner(L, 1);
+  lua_newtable(L);
+  if (U->r != NULL) bt_runner_foreach_inflight(U->r, push_id, L);
+  return 1;
+}
+
+static int lrunner_pending(lua_State *L) {
+  lrunner *U = check_runner(L, 1);
+  lua_pushinteger(L, U->r ? (lua_Integer)bt_runner_pending(U->r) : 0);
+  return 1;
+}
+
+static int lrunner_tostring(lua_State *L) {
+  lrunner *U = check_runner(L, 1);
+  lua_pushfstring(L, "baton.Runner (%s, %d in flight, %d pending)", state_name(U),
+                  U->r ? (int)bt_runner_inflight(U->r) : 0,
+                  U->r ? (int)bt_runner_pending(U->r) : 0);
+  return 1;
+}
 
 void lbt_open_runner(lua_State *L, int rt_idx) {
-  (void)L;
-  (void)rt_idx;
+  static const luaL_Reg methods[] = {
+    {"start", lrunner_start}, {"poke", lrunner_poke}, {"poke_session", lrunner_poke_session},
+    {"complete_session", lrunner_complete_session}, {"stop", lrunner_stop},
+    {"status", lrunner_status}, {"inflight", lrunner_inflight}, {"pending", lrunner_pending},
+    {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+    {"__close", lrunner_close}, {"__gc", lrunner_close}, {"__tostring", lrunner_tostring},
+    {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_RUNNER_MT, methods, meta);
+  static const luaL_Reg funcs[] = {{"runner", lrunner_new}, {NULL, NULL}};
+  lbt_set_funcs(L, rt_idx, funcs);
 }
