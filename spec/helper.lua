@@ -13,12 +13,14 @@ function H.leftovers()
            processes = s.processes, ready = s.ready, handles = s.handles }
 end
 
--- Closing a process or a pipe is asynchronous (libuv): give the loop a bounded while to
--- finish closes already under way, then require that nothing is left.
+-- Closing a process or a pipe is asynchronous (libuv), and an aborted task unwinds on its
+-- next turn: give the loop a bounded while to finish what is already under way, then
+-- require that nothing is left.
 function H.settle(ms)
   local deadline = baton.now() + (ms or 3000)
   local l = H.leftovers()
-  while (l.processes > 0 or l.handles > 0 or l.timers > 0) and baton.now() < deadline do
+  while (l.processes > 0 or l.handles > 0 or l.timers > 0 or l.tasks > 0)
+    and baton.now() < deadline do
     baton.sleep(1)
     l = H.leftovers()
   end
