@@ -1,7 +1,402 @@
-/* ldedup.c — placeholder: baton.dedup is being written (issue 4). */
+/*
+ * ldedup.c — baton.dedup{ ttl_ms =, clock = }: request de-duplication by key, and
+ * single-flight execution.
+ *
+ *   d:check(key)      -> "new" (now in progress: the caller does the work)
+ *                        | "in_progress" | "cached", value...
+ *   d:complete(key, v)   caches v for ttl_ms        d:fail(key)  forgets an in-progress key
+ *   d:run(key, fn, ...)  -> fn's results, shared: see below
+ *   d:size()             entries held (expired ones not yet swept included)
+ *
+ * run is single-flight. A cached key returns its values at once without running fn. The
+ * first caller of a key not in progress starts fn(...) as a task of its own; every caller
+ * of that key, the first included, waits for it, and all get what fn returned — or the
+ * error it raised, raised again in each caller: run behaves like calling fn, once. A
+ * successful result (not a raise, not `nil, err`) is cached for ttl_ms. A caller that is
+ * cancelled stops waiting (and raises the cancellation error); the execution goes on for
+ * the others, and is aborted only when its last waiter has gone — the key is then
+ * forgotten at once, so a new caller starts afresh. A key put in progress by check() has
+ * no execution to share: run returns `nil, "in_progress", "in_progress"` for it.
+ *
+ * The table, its states, the TTL expiry and the waiter counts are the core's (dedup.c).
+ * This file keeps the Lua side: user value 1 maps keys to cached values (packed result
+ * tables), 2 maps keys in flight to their execution task, 3 is the clock. Invariant: a
+ * key is in the flights table iff the core has it in flight — except after an execution
+ * died without settling (it never ran: its runtime ended first), which lookups detect and
+ * repair.
+ */
+#include <string.h>
+
+#include "dedup.h"
 #include "lbaton.h"
 
+#define BT_DEDUP_MT  "baton.Dedup"
+#define BT_TICKET_MT "baton.Dedup.Waiter"
+
+enum { UV_VALUES = 1, UV_FLIGHTS, UV_CLOCK };
+
+typedef struct ldedup {
+  bt_dedup_t *d;
+} ldedup;
+
+/* One waiting caller of run (to-be-closed): closing it leaves the flight, and aborts the
+ * execution when it was the last waiter. User values: 1 the dedup, 2 the key, 3 the task. */
+typedef struct lwaiter {
+  uint64_t gen;
+  int joined;
+} lwaiter;
+
+static ldedup *check_dedup(lua_State *L, int idx) {
+  ldedup *D = luaL_checkudata(L, idx, BT_DEDUP_MT);
+  if (D->d == NULL) luaL_error(L, "dedup: already collected");
+  return D;
+}
+
+static int ldedup_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  static const char *const known[] = {"ttl_ms", "clock", NULL};
+  lbt_check_fields(L, 1, "baton.dedup", known);
+  lua_getfield(L, 1, "ttl_ms");
+  int isint = 0;
+  lua_Integer ttl = lua_tointegerx(L, -1, &isint);
+  if (lua_type(L, -1) != LUA_TNUMBER || !isint || ttl < 0 || ttl > (lua_Integer)1e15)
+    luaL_error(L, "baton.dedup: ttl_ms must be an integer >= 0 (got %s)",
+               luaL_tolstring(L, -1, NULL));
+  int t = lua_getfield(L, 1, "clock");
+  if (t != LUA_TNIL && t != LUA_TFUNCTION)
+    luaL_error(L, "baton.dedup: clock must be a function (got %s)", luaL_typename(L, -1));
+  ldedup *D = lua_newuserdatauv(L, sizeof *D, 3);
+  D->d = NULL;
+  luaL_setmetatable(L, BT_DEDUP_MT);
+  lua_insert(L, -2);
+  lua_setiuservalue(L, -2, UV_CLOCK);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, UV_VALUES);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, UV_FLIGHTS);
+  if ((D->d = bt_dedup_new((uint64_t)ttl)) == NULL)
+    return luaL_error(L, "baton.dedup: out of memory");
+  return 1;
+}
+
+static int64_t now_ms(lua_State *L) {
+  if (lua_getiuservalue(L, 1, UV_CLOCK) == LUA_TNIL) {
+    lua_pop(L, 1);
+    return (int64_t)bt_now(lbt_R(L)->rt);
+  }
+  lua_call(L, 0, 1);
+  int isnum = 0;
+  lua_Number v = lua_tonumberx(L, -1, &isnum);
+  if (!isnum || !(v > -9e18 && v < 9e18))
+    luaL_error(L, "dedup: clock() returned %s (a number expected)", luaL_typename(L, -1));
+  lua_pop(L, 1);
+  return (int64_t)v;
+}
+
+/* Sets user value `uv`[key] = value on top (popped); key at key_idx. */
+static void set_field(lua_State *L, int uv, int key_idx) {
+  lua_getiuservalue(L, 1, uv);
+  lua_pushvalue(L, key_idx);
+  lua_rotate(L, -3, -1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+typedef struct dropctx {
+  lua_State *L;
+  int values;
+} dropctx;
+
+static void drop_value(void *ud, const char *key, size_t len) {
+  dropctx *c = ud;
+  lua_pushlstring(c->L, key, len);
+  lua_pushnil(c->L);
+  lua_rawset(c->L, c->values);
+}
+
+/* The key's state (bounded sweep and lazy expiry first). A flight whose execution died
+ * without settling is forgotten, and reads as absent. */
+static bt_dedup_state_t lookup(lua_State *L, ldedup *D, int key_idx, int64_t now,
+                               uint64_t *gen) {
+  size_t len;
+  const char *key = lua_tolstring(L, key_idx, &len);
+  lua_getiuservalue(L, 1, UV_VALUES);
+  dropctx c = {L, lua_gettop(L)};
+  bt_dedup_expire(D->d, now, BT_DEDUP_SWEEP, drop_value, &c);
+  bt_dedup_state_t st = bt_dedup_get(D->d, key, len, now, gen, drop_value, &c);
+  lua_pop(L, 1);
+  if (st == BT_DEDUP_FLIGHT) {
+    lua_getiuservalue(L, 1, UV_FLIGHTS);
+    lua_pushvalue(L, key_idx);
+    lua_rawget(L, -2);
+    lbt_task *T = lua_isnil(L, -1) ? NULL : lbt_check_task(L, -1);
+    lua_pop(L, 2);
+    if (T == NULL || bt_task_finished(&T->t)) {
+      bt_dedup_fail(D->d, key, len);
+      lua_pushnil(L);
+      set_field(L, UV_FLIGHTS, key_idx);
+      st = BT_DEDUP_ABSENT;
+    }
+  }
+  return st;
+}
+
+/* Pushes the cached values of the key at key_idx; returns how many. */
+static int push_cached(lua_State *L, int key_idx) {
+  lua_getiuservalue(L, 1, UV_VALUES);
+  lua_pushvalue(L, key_idx);
+  if (lua_rawget(L, -2) != LUA_TTABLE) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  lua_getfield(L, -1, "n");
+  int n = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  luaL_checkstack(L, n, "dedup: too many cached values");
+  int t = lua_gettop(L);
+  for (int i = 1; i <= n; i++) lua_rawgeti(L, t, i);
+  lua_remove(L, t);
+  lua_remove(L, t - 1);
+  return n;
+}
+
+/* Caches values first..top (packed) under the key at key_idx. */
+static void store_values(lua_State *L, int key_idx, int first) {
+  int n = lua_gettop(L) - first + 1;
+  lua_createtable(L, n, 1);
+  for (int i = 0; i < n; i++) {
+    lua_pushvalue(L, first + i);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "n");
+  set_field(L, UV_VALUES, key_idx);
+}
+
+static int ldedup_check(lua_State *L) {
+  ldedup *D = check_dedup(L, 1);
+  size_t len;
+  const char *key = luaL_checklstring(L, 2, &len);
+  lua_settop(L, 2);
+  int64_t now = now_ms(L);
+  switch (lookup(L, D, 2, now, NULL)) {
+  case BT_DEDUP_ABSENT:
+    if (bt_dedup_register(D->d, key, len, now) != 0)
+      return luaL_error(L, "dedup:check: out of memory");
+    lua_pushliteral(L, "new");
+    return 1;
+  case BT_DEDUP_CACHED:
+    lua_pushliteral(L, "cached");
+    return 1 + push_cached(L, 2);
+  default:
+    lua_pushliteral(L, "in_progress");
+    return 1;
+  }
+}
+
+static int ldedup_complete(lua_State *L) {
+  ldedup *D = check_dedup(L, 1);
+  size_t len;
+  const char *key = luaL_checklstring(L, 2, &len);
+  lua_settop(L, 3);
+  int64_t now = now_ms(L);
+  lookup(L, D, 2, now, NULL);  /* sweeps; a stale flight is repaired */
+  int prev = bt_dedup_complete(D->d, key, len, now);
+  if (prev < 0) return luaL_error(L, "dedup:complete: out of memory");
+  if (prev == BT_DEDUP_FLIGHT) {  /* the execution goes on for its waiters, uncached */
+    lua_pushnil(L);
+    set_field(L, UV_FLIGHTS, 2);
+  }
+  store_values(L, 2, 3);
+  return 0;
+}
+
+static int ldedup_fail(lua_State *L) {
+  ldedup *D = check_dedup(L, 1);
+  size_t len;
+  const char *key = luaL_checklstring(L, 2, &len);
+  lua_settop(L, 2);
+  if (bt_dedup_fail(D->d, key, len) == BT_DEDUP_FLIGHT) {
+    lua_pushnil(L);
+    set_field(L, UV_FLIGHTS, 2);
+  }
+  return 0;
+}
+
+static int ldedup_size(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)bt_dedup_size(check_dedup(L, 1)->d));
+  return 1;
+}
+
+static int ldedup_tostring(lua_State *L) {
+  ldedup *D = check_dedup(L, 1);
+  lua_pushfstring(L, "baton.Dedup (ttl %I ms, %I entries)", (lua_Integer)bt_dedup_ttl(D->d),
+                  (lua_Integer)bt_dedup_size(D->d));
+  return 1;
+}
+
+static int ldedup_gc(lua_State *L) {
+  ldedup *D = lua_touserdata(L, 1);
+  bt_dedup_free(D->d);
+  D->d = NULL;
+  return 0;
+}
+
+/* ---- run: the shared execution ------------------------------------------------------ */
+
+/* The execution's task body: 1 dedup  2 key  3 generation  4 fn  5.. arguments. It returns
+ * true, fn's results | false, fn's error; a cancellation propagates. */
+static int exec_after(lua_State *L, int status) {
+  ldedup *D = lua_touserdata(L, 1);
+  size_t len;
+  const char *key = lua_tolstring(L, 2, &len);
+  uint64_t gen = (uint64_t)lua_tointeger(L, 3);
+  if (status == LUA_OK || status == LUA_YIELD) {
+    int n = lua_gettop(L) - 3;
+    int ok = !(n >= 2 && lua_isnil(L, 4) && !lua_isnil(L, 5));
+    if (D->d != NULL && bt_dedup_settle(D->d, key, len, gen, ok, now_ms(L))) {
+      lua_pushnil(L);
+      set_field(L, UV_FLIGHTS, 2);
+      if (ok) store_values(L, 2, 4);
+    }
+    lua_pushboolean(L, 1);
+    lua_insert(L, 4);
+    return n + 1;
+  }
+  if (D->d != NULL && bt_dedup_settle(D->d, key, len, gen, 0, 0)) {
+    lua_pushnil(L);
+    set_field(L, UV_FLIGHTS, 2);
+  }
+  if (status != LUA_ERRRUN || lbt_is_cancel_error(L, -1)) return lua_error(L);
+  lua_pushboolean(L, 0);
+  lua_insert(L, -2);
+  return 2;
+}
+
+static int exec_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  return exec_after(L, status);
+}
+
+static int exec_body(lua_State *L) {
+  return exec_after(L, lua_pcallk(L, lua_gettop(L) - 4, LUA_MULTRET, 0, 0, exec_k));
+}
+
+static int lwaiter_close(lua_State *L) {
+  lwaiter *w = lua_touserdata(L, 1);
+  lbt_rt *R = lbt_R(L);
+  if (!w->joined) return 0;
+  w->joined = 0;
+  lua_getiuservalue(L, 1, 1);
+  ldedup *D = lua_touserdata(L, -1);
+  lua_getiuservalue(L, 1, 2);
+  size_t len;
+  const char *key = lua_tolstring(L, -1, &len);
+  if (D->d == NULL || !bt_dedup_leave(D->d, key, len, w->gen)) return 0;
+  /* The last waiter left a running execution: nobody wants it any more. */
+  lua_getiuservalue(L, -2, UV_FLIGHTS);
+  lua_pushvalue(L, -2);
+  lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_getiuservalue(L, 1, 3);
+  lbt_task *E = lua_touserdata(L, -1);
+  bt_task_abort(R->rt, &E->t);
+  return 0;
+}
+
+/* The execution (index 3) has finished: hand its outcome to this caller. */
+static int deliver(lua_State *L) {
+  int n = lbt_push_outcome(L, 3);
+  if (!lua_toboolean(L, -n)) return lua_error(L);  /* it died: its error is on top */
+  if (lua_toboolean(L, -n + 1)) return n - 2;      /* fn's results */
+  lua_pushvalue(L, -n + 2);                        /* fn's error, raised again here */
+  return lua_error(L);
+}
+
+static int join_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  lbt_task *self = (lbt_task *)bt_rt_current(lbt_R(L)->rt);
+  if (lbt_fib(self)->status == BT_ECANCELED || (self->t.flags & BT_TASK_F_CANCEL))
+    return lbt_raise_cancelled(L);  /* closing the waiter leaves the flight */
+  return deliver(L);
+}
+
+static int ldedup_run(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  ldedup *D = check_dedup(L, 1);
+  size_t len;
+  const char *key = luaL_checklstring(L, 2, &len);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  int nargs = lua_gettop(L) - 3;
+  if (nargs > 240) return luaL_error(L, "dedup:run: too many arguments (%d)", nargs);
+  uint64_t gen = 0;
+  lbt_task *self = NULL;
+  switch (lookup(L, D, 2, now_ms(L), &gen)) {
+  case BT_DEDUP_CACHED:
+    return push_cached(L, 2);
+  case BT_DEDUP_PENDING:
+    lua_pushnil(L);
+    lua_pushliteral(L, "in_progress");
+    lua_pushliteral(L, "in_progress");
+    return 3;
+  case BT_DEDUP_FLIGHT:
+    self = lbt_await_begin(L, R, "dedup:run");
+    lua_getiuservalue(L, 1, UV_FLIGHTS);
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
+    break;
+  default:  /* absent: this caller starts the execution */
+    self = lbt_await_begin(L, R, "dedup:run");
+    if ((gen = bt_dedup_begin_flight(D->d, key, len)) == 0)
+      return luaL_error(L, "dedup:run: out of memory");
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushcclosure(L, exec_body, 1);
+    int fi = lua_gettop(L);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushinteger(L, (lua_Integer)gen);
+    for (int i = 0; i <= nargs; i++) lua_pushvalue(L, 3 + i);
+    lbt_task_new(L, R, fi, 4 + nargs, R->root, NULL, 0);
+    lua_pushvalue(L, -1);
+    set_field(L, UV_FLIGHTS, 2);
+    break;
+  }
+  lua_replace(L, 3);  /* 1 dedup  2 key  3 execution  4 waiter */
+  lua_settop(L, 3);
+  lbt_task *E = lua_touserdata(L, 3);
+  if (E == self)
+    return luaL_error(L, "dedup:run: the execution for key '%s' called dedup:run for that "
+                      "same key (it would wait for itself)", key);
+  lwaiter *w = lua_newuserdatauv(L, sizeof *w, 3);
+  w->gen = gen;
+  w->joined = 0;
+  luaL_setmetatable(L, BT_TICKET_MT);
+  for (int i = 1; i <= 3; i++) {
+    lua_pushvalue(L, i);
+    lua_setiuservalue(L, 4, i);
+  }
+  lua_toclose(L, 4);
+  bt_dedup_join(D->d, key, len, gen);
+  w->joined = 1;
+  lbt_fiber *f = lbt_fib(self);
+  if (bt_task_join(R->rt, &self->t, &E->t, &f->joiner, &f->wait, UINT64_MAX)) return deliver(L);
+  return lbt_suspend(L, 0, join_k);
+}
+
 void lbt_open_dedup(lua_State *L, int rt_idx) {
-  (void)L;
-  (void)rt_idx;
+  static const luaL_Reg methods[] = {
+    {"check", ldedup_check}, {"complete", ldedup_complete}, {"fail", ldedup_fail},
+    {"run", ldedup_run}, {"size", ldedup_size}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+    {"__gc", ldedup_gc}, {"__tostring", ldedup_tostring}, {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_DEDUP_MT, methods, meta);
+  static const luaL_Reg none[] = {{NULL, NULL}};
+  /* No __gc: a waiter's coroutine is always closed (its task finishes through
+   * lua_resetthread, a wrapped coroutine is closed on error), except when the whole state
+   * closes, and then there is nothing left to abort. */
+  static const luaL_Reg waiter_meta[] = {{"__close", lwaiter_close}, {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_TICKET_MT, none, waiter_meta);
+  static const luaL_Reg funcs[] = {{"dedup", ldedup_new}, {NULL, NULL}};
+  lbt_set_funcs(L, rt_idx, funcs);
 }
