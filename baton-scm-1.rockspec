@@ -12,6 +12,7 @@ dependencies = { "lua >= 5.4, < 5.5" }
 external_dependencies = {
   LIBUV = { header = "uv.h" },
   CJSON = { header = "cjson/cJSON.h" },
+  READLINE = { header = "readline/readline.h" },  -- for the baton executable's REPL
 }
 build = {
   type = "cmake",

@@ -5,15 +5,17 @@
  *
  * How a run goes. The options are parsed into a list of steps, in command-line order:
  * LUA_INIT (unless -E), each -e / -l / -W, then the script (a file, or stdin for `-` or a
- * piped stdin). One C function runs the steps in order as the main task of a single
- * baton.run, calling each chunk with lua_callk so that a chunk may await at top level and
- * a task spawned by -e is still alive while the script runs. A chunk is loaded only when
+ * piped stdin), then the REPL (repl.c) for -i or a terminal with nothing else to run. One
+ * C function runs the steps in order as the main task of a single baton.run, calling each
+ * chunk with lua_callk so that a chunk may await at top level and a task spawned by -e is
+ * still alive while the script (or the REPL) runs. A chunk is loaded only when
  * its turn comes, so an -e before a script with a syntax error has already run, as in lua.
  *
  * Invariants: one Lua state; the state is closed before exit on every path but os.exit,
  * so finalisers run and the runtime closes its loop. SIGINT is watched only while the
  * main task runs: the first one aborts the main task (its <close> handlers run) and puts
- * back the default disposition, so a second one ends the process at once. The watcher
+ * back the default disposition, so a second one ends the process at once; while the REPL
+ * runs, it goes to the REPL instead (it aborts the line that runs). The watcher
  * handle is the runtime's (R->sigint): the runtime's __gc closes it and frees it.
  */
 #include <signal.h>
@@ -28,6 +30,7 @@
 
 #include "arena.h"
 #include "lbaton.h"
+#include "repl.h"
 
 #define PROGNAME "baton"
 #define EXIT_INTERRUPTED 130  /* 128 + SIGINT, what a shell reports for a Ctrl-C'd job */
@@ -51,7 +54,7 @@ enum {
   OPT_HELP = 1 << 4      /* -h, --help */
 };
 
-typedef enum { STEP_INIT, STEP_EXEC, STEP_LIB, STEP_WARN, STEP_SCRIPT } step_kind;
+typedef enum { STEP_INIT, STEP_EXEC, STEP_LIB, STEP_WARN, STEP_SCRIPT, STEP_REPL } step_kind;
 
 typedef struct {
   step_kind kind;
@@ -78,7 +81,7 @@ static void print_usage(FILE *out) {
   fputs("usage: " PROGNAME " [options] [script [args]]\n"
         "Available options are:\n"
         "  -e stat   execute string 'stat'\n"
-        "  -i        enter interactive mode after executing 'script' (not available yet)\n"
+        "  -i        enter interactive mode after executing 'script'\n"
         "  -l mod    require library 'mod' into global 'mod'\n"
         "  -l g=mod  require library 'mod' into global 'g'\n"
         "  -v        show version information\n"
@@ -89,7 +92,9 @@ static void print_usage(FILE *out) {
         "  -         stop handling options and execute stdin\n"
         "The -e chunks and the script run in order as the main task of one baton.run, so\n"
         "they may await at top level (baton.sleep, task:join, ...). The baton module is\n"
-        "preloaded: require \"baton\", or use the global 'baton'.\n",
+        "preloaded: require \"baton\", or use the global 'baton'. Without a script on a\n"
+        "terminal (or with -i) the REPL follows, in the same main task: the event loop runs\n"
+        "while it waits for a line, and each line runs as a task of its own.\n",
         out);
 }
 
@@ -183,6 +188,7 @@ static void on_warning(void *ud, const char *msg, int tocont) {
     return;
   }
   if (w->on) {
+    bt_repl_before_output();
     if (!w->cont) fputs("Lua warning: ", stderr);
     fputs(msg, stderr);
     if (!tocont) fputc('\n', stderr);
@@ -313,6 +319,8 @@ static int push_step(lua_State *L, const cli *C, const cli_step *s) {
   case STEP_WARN:
     lua_pushcfunction(L, warn_step);
     return 0;
+  case STEP_REPL:
+    return bt_repl_push(L, !(C->opts & OPT_VERSION));
   case STEP_SCRIPT: {
     rc = luaL_loadfile(L, s->text);
     if (rc != LUA_OK) break;
@@ -351,6 +359,7 @@ static void on_sigint(uv_signal_t *h, int signum) {
   (void)signum;
   cli *C = h->data;
   lbt_rt *R = C->R;
+  if (bt_repl_sigint()) return;
   /* Back to the default disposition: a second Ctrl-C ends the process even if a <close>
    * handler hangs. */
   uv_signal_stop(h);
@@ -427,12 +436,11 @@ static int pmain(lua_State *L) {
     C->steps[C->nsteps].kind = STEP_SCRIPT;
     C->steps[C->nsteps++].text = NULL;
   }
-  if (C->nsteps > 0) run_main(L, C, mod);
-  if (C->status == 0 && repl) {
-    report("the interactive REPL is not available yet; run a script instead "
-           "(baton script.lua, baton -e 'stat', or baton < script.lua)");
-    C->status = EXIT_FAILURE;
+  if (repl) {  /* last, in the same main task: what the script spawned is still running */
+    C->steps[C->nsteps].kind = STEP_REPL;
+    C->steps[C->nsteps++].text = NULL;
   }
+  if (C->nsteps > 0) run_main(L, C, mod);
   return 0;
 }
 
