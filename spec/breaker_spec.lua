@@ -4,11 +4,7 @@
 local baton = require "baton"
 local H = require "spec.helper"
 
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok)
-  assert.matches(pattern, tostring(err))
-end
+local raises = H.raises
 
 local function fail() error("fail") end
 local function ok(v) return v end

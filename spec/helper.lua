@@ -47,6 +47,13 @@ function H.async(fn)
   end
 end
 
+-- Asserts that fn(...) raises an error whose text matches `pattern`.
+function H.raises(pattern, fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert(not ok, "expected an error matching " .. pattern)
+  assert(tostring(err):match(pattern), ("error %q does not match %q"):format(tostring(err), pattern))
+end
+
 -- Elapsed milliseconds of fn(), with its results.
 function H.timed(fn, ...)
   local t0 = baton.clock()

@@ -4,11 +4,7 @@
 local baton = require "baton"
 local H = require "spec.helper"
 
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok)
-  assert.matches(pattern, tostring(err))
-end
+local raises = H.raises
 
 describe("baton.retry configuration", function()
   it("rejects max_attempts = 0, naming the key", function()

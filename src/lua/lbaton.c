@@ -68,6 +68,26 @@ void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *cons
   }
 }
 
+lua_Integer lbt_opt_int(lua_State *L, const char *fname, const char *key, lua_Integer min,
+                        lua_Integer def) {
+  lua_getfield(L, 1, key);
+  int isint = 0;
+  lua_Integer v = lua_tointegerx(L, -1, &isint);
+  if (lua_isnil(L, -1) && def >= 0) v = def;
+  else if (lua_type(L, -1) != LUA_TNUMBER || !isint || v < min || (lua_Number)v > 1e15)
+    luaL_error(L, "%s: %s must be an integer >= %d (got %s)", fname, key, (int)min,
+               luaL_tolstring(L, -1, NULL));
+  lua_pop(L, 1);
+  return v;
+}
+
+void lbt_opt_func(lua_State *L, const char *fname, const char *key, int uv) {
+  int t = lua_getfield(L, 1, key);
+  if (t != LUA_TNIL && t != LUA_TFUNCTION)
+    luaL_error(L, "%s: %s must be a function (got %s)", fname, key, luaL_typename(L, -1));
+  lua_setiuservalue(L, -2, uv);
+}
+
 /* ---- running ------------------------------------------------------------------------ */
 
 void lbt_abort_all(lbt_rt *R) {

@@ -140,6 +140,12 @@ void lbt_open_runner(lua_State *L, int rt_idx);        /* lrunner.c */
  * values the caller checks. */
 #define LBT_POSITIONAL "[positional]"
 void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *const known[]);
+/* Option-table fields of the table at index 1: an integer in [min, 1e15], or `def` when
+ * absent (def < 0: required), raising "fname: key must be ..."; and an optional function
+ * stored as user value `uv` of the userdata on top of the stack. */
+lua_Integer lbt_opt_int(lua_State *L, const char *fname, const char *key, lua_Integer min,
+                        lua_Integer def);
+void lbt_opt_func(lua_State *L, const char *fname, const char *key, int uv);
 /* Registers `l` as methods under metatable `mt` (created), with the runtime as upvalue. */
 void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *methods,
                    const luaL_Reg *meta);

@@ -155,25 +155,6 @@ static lbreaker *check_breaker(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, BT_BREAKER_MT);
 }
 
-static lua_Integer opt_int(lua_State *L, const char *key, lua_Integer min, lua_Integer def) {
-  lua_getfield(L, 1, key);
-  int isint = 0;
-  lua_Integer v = lua_tointegerx(L, -1, &isint);
-  if (lua_isnil(L, -1) && def >= 0) v = def;
-  else if (lua_type(L, -1) != LUA_TNUMBER || !isint || v < min || v > (lua_Integer)1e15)
-    luaL_error(L, "baton.breaker: %s must be an integer >= %d (got %s)", key, (int)min,
-               luaL_tolstring(L, -1, NULL));
-  lua_pop(L, 1);
-  return v;
-}
-
-static void opt_func(lua_State *L, const char *key, int uv) {
-  int t = lua_getfield(L, 1, key);
-  if (t != LUA_TNIL && t != LUA_TFUNCTION)
-    luaL_error(L, "baton.breaker: %s must be a function (got %s)", key, luaL_typename(L, -1));
-  lua_setiuservalue(L, -2, uv);
-}
-
 static int lbreaker_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   static const char *const known[] = {"service", "threshold", "recovery_ms", "half_open_max",
@@ -183,10 +164,10 @@ static int lbreaker_new(lua_State *L) {
     luaL_error(L, "baton.breaker: service must be a non-empty string (got %s)",
                luaL_typename(L, -1));
   lua_pop(L, 1);
-  lua_Integer threshold = opt_int(L, "threshold", 1, -1);
+  lua_Integer threshold = lbt_opt_int(L, "baton.breaker", "threshold", 1, -1);
   if (threshold > UINT32_MAX) luaL_error(L, "baton.breaker: threshold is too large");
-  lua_Integer recovery = opt_int(L, "recovery_ms", 0, -1);
-  lua_Integer probes = opt_int(L, "half_open_max", 1, 1);
+  lua_Integer recovery = lbt_opt_int(L, "baton.breaker", "recovery_ms", 0, -1);
+  lua_Integer probes = lbt_opt_int(L, "baton.breaker", "half_open_max", 1, 1);
   if (probes > UINT32_MAX) luaL_error(L, "baton.breaker: half_open_max is too large");
   int t = lua_getfield(L, 1, "backend");
   if (t != LUA_TNIL && t != LUA_TTABLE && t != LUA_TUSERDATA)
@@ -205,8 +186,8 @@ static int lbreaker_new(lua_State *L) {
   lbreaker *B = lua_newuserdatauv(L, sizeof *B, 4);
   memset(B, 0, sizeof *B);
   luaL_setmetatable(L, BT_BREAKER_MT);
-  opt_func(L, "counts", UV_COUNTS);
-  opt_func(L, "clock", UV_CLOCK);
+  lbt_opt_func(L, "baton.breaker", "counts", UV_COUNTS);
+  lbt_opt_func(L, "baton.breaker", "clock", UV_CLOCK);
   lua_getfield(L, 1, "service");
   B->svc = lua_tolstring(L, -1, &B->len);
   lua_setiuservalue(L, -2, UV_SERVICE);

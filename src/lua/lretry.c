@@ -25,7 +25,6 @@
 #include "retry.h"
 
 #define BT_RETRY_MT "baton.Retry"
-#define MS_MAX 1e15  /* the longest delay an option may name (about 31 000 years) */
 
 enum { S_SELF = 1, S_RUN, S_ERR, S_FN };
 
@@ -40,35 +39,15 @@ static bt_retry_t *check_retry(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, BT_RETRY_MT);
 }
 
-/* An integer option in [min, MS_MAX], or `def` when absent (def < 0: required). */
-static lua_Integer opt_int(lua_State *L, const char *key, lua_Integer min, lua_Integer def) {
-  lua_getfield(L, 1, key);
-  int isint = 0;
-  lua_Integer v = lua_tointegerx(L, -1, &isint);
-  if (lua_isnil(L, -1) && def >= 0) v = def;
-  else if (lua_type(L, -1) != LUA_TNUMBER || !isint || v < min || (lua_Number)v > MS_MAX)
-    luaL_error(L, "baton.retry: %s must be an integer >= %d (got %s)", key, (int)min,
-               luaL_tolstring(L, -1, NULL));
-  lua_pop(L, 1);
-  return v;
-}
-
-static void opt_func(lua_State *L, const char *key, int uv) {
-  int t = lua_getfield(L, 1, key);
-  if (t != LUA_TNIL && t != LUA_TFUNCTION)
-    luaL_error(L, "baton.retry: %s must be a function (got %s)", key, luaL_typename(L, -1));
-  lua_setiuservalue(L, -2, uv);
-}
-
 static int lretry_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   static const char *const known[] = {"max_attempts", "base_ms", "max_delay_ms", "jitter",
                                       "retry_on", "on_retry", NULL};
   lbt_check_fields(L, 1, "baton.retry", known);
-  lua_Integer attempts = opt_int(L, "max_attempts", 1, -1);
+  lua_Integer attempts = lbt_opt_int(L, "baton.retry", "max_attempts", 1, -1);
   if (attempts > UINT32_MAX) luaL_error(L, "baton.retry: max_attempts is too large");
-  lua_Integer base = opt_int(L, "base_ms", 1, -1);
-  lua_Integer max = opt_int(L, "max_delay_ms", 1, 60000);
+  lua_Integer base = lbt_opt_int(L, "baton.retry", "base_ms", 1, -1);
+  lua_Integer max = lbt_opt_int(L, "baton.retry", "max_delay_ms", 1, 60000);
   if (max < base)
     luaL_error(L, "baton.retry: max_delay_ms (%I) must be >= base_ms (%I)", max, base);
   lua_getfield(L, 1, "jitter");
@@ -86,8 +65,8 @@ static int lretry_new(lua_State *L) {
   luaL_setmetatable(L, BT_RETRY_MT);
   bt_retry_init(r, (uint32_t)attempts, (uint64_t)base, (uint64_t)max, (bt_jitter_t)jitter,
                 uv_hrtime() ^ (uint64_t)(uintptr_t)r);
-  opt_func(L, "retry_on", 1);
-  opt_func(L, "on_retry", 2);
+  lbt_opt_func(L, "baton.retry", "retry_on", 1);
+  lbt_opt_func(L, "baton.retry", "on_retry", 2);
   return 1;
 }
 
