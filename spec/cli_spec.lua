@@ -274,6 +274,13 @@ describe("baton executable", function()
       assert.equal("baton: interrupted\n", r.err)
     end)
 
+    it("interrupts a main chunk that never yields, running its close handlers", function()
+      local r = interrupt("busy_loop.lua", 1)
+      assert.equal(130, r.code)
+      assert.matches("busy main closed\n", r.out, 1, true)
+      assert.equal("baton: interrupted\n", r.err)
+    end)
+
     it("ends the process at once on a second SIGINT while the abort hangs", function()
       local r = interrupt("hang_on_close.lua", 2)
       assert.equal(130, r.code)

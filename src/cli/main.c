@@ -33,6 +33,11 @@
 #include "repl.h"
 
 #define PROGNAME "baton"
+/* SIGINT over code that holds the loop (see hook_sigint): the runtime to interrupt, NULL
+ * when none (or while the REPL, which does this per line, runs), and whether it fired. */
+static lbt_rt *hooked_rt;
+static volatile sig_atomic_t hooked;
+
 #define EXIT_INTERRUPTED 130  /* 128 + SIGINT, what a shell reports for a Ctrl-C'd job */
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -320,6 +325,7 @@ static int push_step(lua_State *L, const cli *C, const cli_step *s) {
     lua_pushcfunction(L, warn_step);
     return 0;
   case STEP_REPL:
+    hooked_rt = NULL;  /* the REPL interrupts stuck lines itself, per line */
     return bt_repl_push(L, !(C->opts & OPT_VERSION));
   case STEP_SCRIPT: {
     rc = luaL_loadfile(L, s->text);
@@ -367,6 +373,52 @@ static void on_sigint(uv_signal_t *h, int signum) {
   if (R->running && R->main != NULL) bt_task_abort(R->rt, &R->main->t);
 }
 
+/* Code that never yields (`while true do end`) holds the loop, so the watcher above never
+ * runs. Like lua.c, a signal handler of ours sits over libuv's: it hooks the coroutine of
+ * the task that is running, whose hook aborts that task and the main task from there, and
+ * passes every signal on to libuv's handler. Once the watcher has run it stops itself, which
+ * puts SIGINT back to the default: a second Ctrl-C ends the process. */
+static struct sigaction uv_sigint_action;
+
+static void interrupt_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  lbt_rt *R = hooked_rt;
+  bt_task_t *t = bt_rt_current(R->rt);
+  if (R->main != NULL) bt_task_abort(R->rt, &R->main->t);
+  if (t == NULL) return;
+  bt_task_abort(R->rt, t);
+  lbt_raise_cancelled(L);
+}
+
+static void on_sigint_signal(int signum, siginfo_t *info, void *uctx) {
+  if (!hooked && hooked_rt != NULL) {
+    bt_task_t *t = bt_rt_current(hooked_rt->rt);
+    lbt_fiber *f = t != NULL ? lbt_fib((lbt_task *)t) : NULL;
+    if (f != NULL) {
+      lua_sethook(f->co, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+      hooked = 1;
+    }
+  }
+  if (uv_sigint_action.sa_flags & SA_SIGINFO) uv_sigint_action.sa_sigaction(signum, info, uctx);
+  else if (uv_sigint_action.sa_handler != SIG_IGN && uv_sigint_action.sa_handler != SIG_DFL)
+    uv_sigint_action.sa_handler(signum);
+}
+
+static void hook_sigint(lbt_rt *R) {
+  struct sigaction sa;
+  if (sigaction(SIGINT, NULL, &uv_sigint_action) != 0) return;
+  if (!(uv_sigint_action.sa_flags & SA_SIGINFO) &&
+      (uv_sigint_action.sa_handler == SIG_DFL || uv_sigint_action.sa_handler == SIG_IGN))
+    return;  /* no watcher to pass signals to */
+  hooked_rt = R;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_sigint_signal;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigfillset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+}
+
 /* Watches SIGINT on the runtime's loop without keeping it alive. Best effort: without the
  * watcher, Ctrl-C simply ends the process. */
 static void watch_sigint(cli *C) {
@@ -381,7 +433,10 @@ static void watch_sigint(cli *C) {
     h->data = C;
     R->sigint = h;  /* from here on the runtime's __gc closes and frees it */
   }
-  if (uv_signal_start(R->sigint, on_sigint, SIGINT) == 0) uv_unref((uv_handle_t *)R->sigint);
+  if (uv_signal_start(R->sigint, on_sigint, SIGINT) == 0) {
+    uv_unref((uv_handle_t *)R->sigint);
+    hook_sigint(R);
+  }
 }
 
 /* Runs the steps as the main task of baton.run (the module table at index mod) and sets
@@ -393,8 +448,9 @@ static void run_main(lua_State *L, cli *C, int mod) {
   lua_pushcclosure(L, run_steps, 1);
   watch_sigint(C);
   int rc = lua_pcall(L, 1, LUA_MULTRET, 0);
-  if (C->R->sigint != NULL) uv_signal_stop(C->R->sigint);
-  if (C->interrupted) {
+  if (C->R->sigint != NULL) uv_signal_stop(C->R->sigint);  /* SIGINT back to the default */
+  hooked_rt = NULL;
+  if (C->interrupted || hooked) {
     report("interrupted");
     C->status = EXIT_INTERRUPTED;
   } else if (rc != LUA_OK || lua_gettop(L) > base) {
