@@ -3,7 +3,7 @@
 # already present are skipped, so a second run does no network work.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libuv1-dev libcjson-dev
-      uthash-dev libreadline-dev lua-busted python3)
+      uthash-dev libreadline-dev libcurl4-openssl-dev lua-busted python3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -20,4 +20,16 @@ if [ -x /usr/bin/lua5.4 ] && command -v update-alternatives >/dev/null; then
   if [ "$cur" != "/usr/bin/lua5.4" ]; then
     ${SUDO:-} update-alternatives --set lua-interpreter /usr/bin/lua5.4 >/dev/null 2>&1 || true
   fi
+fi
+# Node.js runs the real MCP servers the MCP specs talk to (Debian's nodejs + npm, unless a
+# node is already installed); their versions are pinned in spec/fixtures/mcp/package-lock.json.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends nodejs npm || echo "deps.sh: node not installed; MCP specs will be skipped" >&2
+fi
+mcp="$(cd "$(dirname "$0")/.." && pwd)/spec/fixtures/mcp"
+if [ -f "$mcp/package-lock.json" ] && command -v npm >/dev/null && [ ! -d "$mcp/node_modules" ]; then
+  (cd "$mcp" && npm ci --no-audit --no-fund --loglevel=error) || echo "deps.sh: npm ci failed in $mcp" >&2
 fi
