@@ -5,13 +5,14 @@ package = "baton"
 version = "scm-1"
 source = { url = "git+file://." }
 description = {
-  summary = "Lua-scriptable orchestration runtime: tasks, groups, semaphores, timers, processes on libuv",
+  summary = "Lua-scriptable orchestration runtime: tasks, groups, semaphores, timers, processes, HTTP on libuv",
   license = "MIT",
 }
 dependencies = { "lua >= 5.4, < 5.5" }
 external_dependencies = {
   LIBUV = { header = "uv.h" },
   CJSON = { header = "cjson/cJSON.h" },
+  CURL = { header = "curl/curl.h" },
   READLINE = { header = "readline/readline.h" },  -- for the baton executable's REPL
 }
 build = {

@@ -2,7 +2,7 @@
  * baton.h — the public C API of baton's core: a runtime on a libuv loop with tasks, task
  * groups, counting semaphores, per-key budgets, timers and subprocesses. It knows nothing
  * of Lua; the Lua module and the `baton` executable are built on it, and a C host can embed
- * it the same way.
+ * it the same way. HTTP transfers run on libcurl's multi interface on the same loop.
  *
  * The model, in one paragraph. A runtime owns a ready queue of tasks and a timer heap on one
  * uv_loop_t. A task is a resumable unit with a vtable (`resume`); whoever embeds the core
@@ -354,6 +354,55 @@ BT_EXTERN void *bt_proc_data(const bt_proc_t *p);
 BT_EXTERN int bt_proc_exited(const bt_proc_t *p);
 /* Live child processes started by this runtime and not yet closed. */
 BT_EXTERN size_t bt_rt_procs(bt_rt_t *rt);
+
+/* ---- HTTP: libcurl's multi interface driven by the runtime's loop ------------------- */
+
+typedef struct bt_http_req bt_http_req_t;
+
+typedef struct bt_http_opts {
+  const char *url;                  /* absolute http:// or https:// URL; copied */
+  const char *method;               /* NULL: GET, or POST when there is a body; copied */
+  const char *const *headers;       /* "Name: value" lines, NULL-terminated, or NULL; copied */
+  const char *body;                 /* NULL: no body; copied */
+  size_t body_len;
+  uint64_t connect_timeout_ms;      /* 0: libcurl's default */
+  size_t max_body_bytes;            /* 0: no limit; more fails the transfer as too large */
+  size_t max_header_bytes;          /* 0: no limit */
+  long max_redirects;               /* 0: redirects are not followed */
+} bt_http_opts;
+
+/* The transfer ended (success or failure): called once, from the loop, never from inside
+ * bt_http_start() or bt_http_free(). Read the outcome with the accessors below. */
+typedef void (*bt_http_cb)(bt_http_req_t *r, void *data);
+
+/* Starts a transfer on the runtime's multi handle (created on first use; connections are
+ * kept and reused across transfers). On success *out is the transfer, owned by the caller
+ * until bt_http_free(). Returns 0, BT_EINVAL (the URL or an option was refused: no callback,
+ * no transfer) or BT_ENOMEM. */
+BT_EXTERN int bt_http_start(bt_rt_t *rt, const bt_http_opts *o, bt_http_cb done, void *data,
+                            bt_http_req_t **out);
+/* Removes a transfer still running (no callback follows) and frees it. Accepts NULL. Not to
+ * be called from inside the done callback of another transfer's bt_http_* call chain; any
+ * other time is fine (it is never called from inside libcurl). */
+BT_EXTERN void bt_http_free(bt_http_req_t *r);
+/* After the callback: 0 when a response was received (any status), else a negative code;
+ * bt_http_error() then names it: `kind` is one of "connect", "timeout", "too_large", "tls",
+ * "protocol", "io", "nomem", and the message (static or the transfer's own storage) says
+ * what happened. */
+BT_EXTERN int bt_http_result(const bt_http_req_t *r);
+BT_EXTERN const char *bt_http_error(const bt_http_req_t *r, const char **kind);
+BT_EXTERN long bt_http_status(const bt_http_req_t *r);
+/* The final response's body and its raw header lines ("Name: value\r\n", status line
+ * excluded), both NUL-terminated, borrowed until bt_http_free(). */
+BT_EXTERN const char *bt_http_body(const bt_http_req_t *r, size_t *len);
+BT_EXTERN const char *bt_http_headers(const bt_http_req_t *r, size_t *len);
+/* The URL of the final response (after redirects), borrowed until bt_http_free(). */
+BT_EXTERN const char *bt_http_url(const bt_http_req_t *r);
+/* Transfers started and not yet freed; poll handles watching sockets now. */
+BT_EXTERN size_t bt_rt_transfers(bt_rt_t *rt);
+BT_EXTERN size_t bt_rt_http_sockets(bt_rt_t *rt);
+/* Parses an HTTP date (Retry-After); returns seconds since the epoch, or -1. */
+BT_EXTERN int64_t bt_http_parse_date(const char *s);
 
 #ifdef __cplusplus
 }

@@ -35,6 +35,7 @@ struct bt_rt {
   uint64_t timer_seq;
   uint64_t armed_due;           /* due of the uv timer when armed, else UINT64_MAX */
   size_t nprocs;
+  struct bt_http *http;         /* libcurl multi state, created on first use */
   void *data;
 };
 
@@ -78,5 +79,9 @@ struct bt_sem {
 
 /* rt.c */
 void bt__enqueue(bt_rt_t *rt, bt_task_t *t);
+
+/* http.c: removes what is still running and closes the multi handle and its sockets'
+ * poll handles (their close callbacks run on the loop's next turn). */
+void bt__http_free(bt_rt_t *rt);
 
 #endif

@@ -56,6 +56,7 @@ static void close_foreign(uv_handle_t *h, void *arg) {
 int bt_rt_free(bt_rt_t *rt) {
   if (rt == NULL) return 0;
   int pending = 3, rc = 0;
+  bt__http_free(rt);
   uv_handle_t *hs[3] = {(uv_handle_t *)&rt->check, (uv_handle_t *)&rt->idle,
                         (uv_handle_t *)&rt->timer};
   for (int i = 0; i < 3; i++) {

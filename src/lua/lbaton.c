@@ -232,6 +232,8 @@ static int lbaton_stats(lua_State *L) {
   if (R->sigint) c.n--;  /* the CLI's own SIGINT watcher */
   lua_pushinteger(L, c.n);
   lua_setfield(L, -2, "handles");
+  lua_pushinteger(L, (lua_Integer)bt_rt_transfers(R->rt));
+  lua_setfield(L, -2, "transfers");
   return 1;
 }
 
@@ -356,6 +358,7 @@ int lbt_open(lua_State *L) {
   lbt_open_backpressure(L, rt_idx);
   lbt_open_pipeline(L, rt_idx);
   lbt_open_runner(L, rt_idx);
+  lbt_open_http(L, rt_idx);
 
   if (luaL_loadbuffer(L, lua_helpers, strlen(lua_helpers), "=baton") != LUA_OK)
     return lua_error(L);

@@ -1,0 +1,333 @@
+-- baton.http against a real local server (spec/fixtures/http/server.py on 127.0.0.1):
+-- responses, limits on what the peer sends, deadlines, aborts that leave no transfer,
+-- socket or poll handle behind, Retry-After for baton.retry, and the JSON convenience.
+local baton = require "baton"
+local H = require "spec.helper"
+
+local http = baton.http
+local server = {}
+
+local function url(path) return ("http://127.0.0.1:%d%s"):format(server.port, path) end
+
+-- Open file descriptors of this process (sockets included).
+local function open_fds()
+  local ok, lfs = pcall(require, "lfs")
+  if not ok then return nil end
+  local n = 0
+  for _ in lfs.dir("/proc/self/fd") do n = n + 1 end
+  return n
+end
+
+local function server_stats()
+  local r = assert(http.json { url = url("/stats") })
+  return r.body
+end
+
+-- H.async, plus: no transfer left in the multi handle.
+local function async(fn)
+  return H.async(function()
+    fn()
+    assert.equal(0, baton.stats().transfers)
+  end)
+end
+
+describe("baton.http", function()
+  lazy_setup(function()
+    local src = os.getenv("BATON_SRC") or "."
+    server.pipe = assert(io.popen("exec python3 " .. src .. "/spec/fixtures/http/server.py"))
+    local line = assert(server.pipe:read("l"), "the fixture server did not start")
+    server.port, server.pid = line:match("^PORT (%d+) PID (%d+)$")
+    server.port = assert(tonumber(server.port), line)
+  end)
+
+  lazy_teardown(function()
+    if server.pid then os.execute("kill " .. server.pid) end
+    if server.pipe then server.pipe:close() end
+  end)
+
+  describe("responses", function()
+    it("returns status, lowercase headers and body of a GET", async(function()
+      local r = assert(http.request { url = url("/json") })
+      assert.equal(200, r.status)
+      assert.equal("application/json", r.headers["content-type"])
+      assert.equal('{"ok": true, "items": [1, 2, 3]}', r.body)
+      assert.equal(url("/json"), r.url)
+    end))
+
+    it("sends the method, headers and body it is given", async(function()
+      local r = assert(http.request { url = url("/echo"), method = "put", body = "a\0b",
+                                      headers = { ["X-Trace"] = "t-1", Accept = "text/plain" } })
+      local doc = baton.json.decode(r.body)
+      assert.equal("PUT", doc.method)
+      assert.equal("a\0b", doc.body)
+      assert.equal("t-1", doc.headers["x-trace"])
+      assert.equal("text/plain", doc.headers.accept)
+      assert.is_nil(doc.headers.expect)
+    end))
+
+    it("defaults to POST when there is a body, and sends HEAD without one", async(function()
+      local doc = baton.json.decode(http.request { url = url("/echo"), body = "x" }.body)
+      assert.equal("POST", doc.method)
+      local r = assert(http.request { url = url("/json"), method = "HEAD" })
+      assert.equal(200, r.status)
+      assert.equal("", r.body)
+    end))
+
+    it("treats an error status as a response, not a failure", async(function()
+      local r, err = http.request { url = url("/status?code=500") }
+      assert.is_nil(err)
+      assert.equal(500, r.status)
+      assert.equal("status", r.body)
+    end))
+
+    it("does not follow redirects unless asked to", async(function()
+      local r = assert(http.request { url = url("/redirect") })
+      assert.equal(302, r.status)
+      assert.equal("/echo", r.headers.location)
+      r = assert(http.request { url = url("/redirect"), follow_redirects = true })
+      assert.equal(200, r.status)
+      assert.equal(url("/echo"), r.url)
+    end))
+
+    it("receives a large and a chunked body whole", async(function()
+      local r = assert(http.request { url = url("/big?bytes=5000000") })
+      assert.equal(5000000, #r.body)
+      assert.equal(("x"):rep(5000000), r.body)
+      r = assert(http.request { url = url("/chunked?bytes=300000") })
+      assert.equal(("y"):rep(300000), r.body)
+    end))
+  end)
+
+  describe("concurrency", function()
+    it("completes 50 concurrent requests, each with its own answer", async(function()
+      local g <close> = baton.group()
+      for i = 1, 50 do
+        g:spawn(function()
+          local r = assert(http.request { url = url("/delay?ms=300"), timeout_ms = 20000 })
+          assert.equal("late", r.body)
+          local e = assert(http.request { url = url("/echo?i=" .. i) })
+          return baton.json.decode(e.body).path
+        end)
+      end
+      local elapsed, done = H.timed(function() return g:join_all() end)
+      assert.equal(50, #done)
+      local seen = {}
+      for _, t in ipairs(done) do
+        assert.is_true(t.ok, tostring(t.error))
+        seen[t:results()] = true
+      end
+      for i = 1, 50 do assert.is_true(seen["/echo?i=" .. i]) end
+      -- one after another these would take 15 s; in flight together, well under that
+      assert.is_true(elapsed < 10000, "took " .. elapsed .. " ms")
+    end))
+
+    it("reuses connections for requests one after another", async(function()
+      http.request { url = url("/echo") }
+      local before = server_stats().connections
+      for _ = 1, 20 do assert(http.request { url = url("/echo") }) end
+      local opened = server_stats().connections - before
+      assert.is_true(opened <= 2, opened .. " connections for 20 sequential requests")
+    end))
+  end)
+
+  describe("deadlines and aborts", function()
+    it("returns nil, 'timeout', 'timeout' when timeout_ms passes first", async(function()
+      local elapsed, r, err, kind = H.timed(http.request,
+                                            { url = url("/delay?ms=3000"), timeout_ms = 100 })
+      assert.is_nil(r)
+      assert.equal("timeout", err)
+      assert.equal("timeout", kind)
+      assert.is_true(elapsed >= 90 and elapsed < 2500, "took " .. elapsed .. " ms")
+    end))
+
+    it("holds an engine's one deadline and aborts the transfers on shutdown", async(function()
+      local e <close> = baton.engine {
+        max_parallel = 8, timeout_ms = 150,
+        dispatcher = function(_, args)
+          return http.request { url = url("/delay?ms=" .. args.ms) }.body
+        end,
+      }
+      e:dispatch { { tool = "fast", args = { ms = 10 } }, { tool = "slow", args = { ms = 4000 } },
+                   { tool = "slow2", args = { ms = 4000 } } }
+      local elapsed, outcomes = H.timed(e.wait_within, e)
+      assert.is_true(elapsed < 2000, "wait_within took " .. elapsed .. " ms")
+      assert.equal(1, #outcomes)
+      assert.equal("settled", outcomes[1].status)
+      assert.equal("late", outcomes[1].body)
+      assert.equal(2, e:pending())
+      assert.equal(2, baton.stats().transfers)
+      e:shutdown()
+      assert.equal(0, baton.stats().transfers)
+    end))
+
+    it("leaves no transfer, poll handle or socket behind when aborted mid-transfer", async(function()
+      http.request { url = url("/echo") }  -- the multi handle exists before counting
+      local fds, gone = open_fds(), server_stats().gone
+      local t = baton.spawn(function()
+        return http.request { url = url("/trickle?ms=50&n=200") }
+      end)
+      baton.sleep(300)
+      assert.equal(1, baton.stats().transfers)
+      assert.is_true(baton.stats().handles >= 1)
+      t:abort()
+      local ok, err = t:join()
+      assert.is_false(ok)
+      assert.equal("cancelled", err.kind)
+      assert.equal("cancelled", t:status())
+      assert.equal(0, baton.stats().transfers)
+      H.settle()
+      assert.equal(0, baton.stats().handles)
+      if fds then assert.is_true(open_fds() <= fds, "a socket was left open") end
+      -- the server sees the connection go away
+      local deadline = baton.now() + 5000
+      while server_stats().gone == gone and baton.now() < deadline do baton.sleep(20) end
+      assert.equal(gone + 1, server_stats().gone)
+    end))
+
+    it("is cancelled by baton.timeout around it", async(function()
+      local elapsed, r, err = H.timed(baton.timeout, 100, http.request, { url = url("/delay?ms=3000") })
+      assert.is_nil(r)
+      assert.equal("timeout", err)
+      assert.is_true(elapsed < 2500)
+    end))
+
+    it("releases the transfer of a task whose group is closed", async(function()
+      do
+        local g <close> = baton.group()
+        for _ = 1, 5 do g:spawn(http.request, { url = url("/delay?ms=3000") }) end
+        baton.sleep(100)
+        assert.equal(5, baton.stats().transfers)
+      end
+      H.settle()
+    end))
+  end)
+
+  describe("limits and failures of the world", function()
+    it("refuses a body over max_body_bytes, announced or chunked", async(function()
+      local r, err, kind = http.request { url = url("/big?bytes=2000000"), max_body_bytes = 1000000 }
+      assert.is_nil(r)
+      assert.equal("too_large", kind)
+      assert.matches("max_body_bytes", err)
+      r, err, kind = http.request { url = url("/chunked?bytes=2000000"), max_body_bytes = 1000000 }
+      assert.is_nil(r)
+      assert.equal("too_large", kind)
+      r = assert(http.request { url = url("/big?bytes=1000"), max_body_bytes = 1000 })
+      assert.equal(1000, #r.body)
+    end))
+
+    it("refuses headers over max_header_bytes", async(function()
+      local r, err, kind = http.request { url = url("/bigheaders?n=40"), max_header_bytes = 16384 }
+      assert.is_nil(r)
+      assert.equal("too_large", kind)
+      assert.matches("headers", err)
+    end))
+
+    it("reports a body cut short as an io failure", async(function()
+      local r, err, kind = http.request { url = url("/cut") }
+      assert.is_nil(r)
+      assert.equal("io", kind)
+      assert.matches("cut short", err)
+    end))
+
+    it("reports an answer that is not HTTP as a protocol failure", async(function()
+      local r, err, kind = http.request { url = url("/garbage") }
+      assert.is_nil(r)
+      assert.equal("protocol", kind)
+      assert.matches("^baton.http.request: ", err)
+    end))
+
+    it("reports a refused connection as a connect failure", async(function()
+      -- nothing listens on port 1
+      local r, err, kind = http.request { url = "http://127.0.0.1:1/" }
+      assert.is_nil(r)
+      assert.equal("connect", kind)
+      assert.matches("connect", err)
+    end))
+
+    it("keeps working after every kind of failure", async(function()
+      for _, p in ipairs { "/cut", "/garbage", "/big?bytes=5000" } do
+        http.request { url = url(p), max_body_bytes = 100 }
+      end
+      assert.equal(200, http.request { url = url("/json") }.status)
+    end))
+  end)
+
+  describe("Retry-After", function()
+    it("surfaces retry_after_ms from seconds and from an HTTP date", async(function()
+      local r = assert(http.request { url = url("/status?code=429&retry_after=3") })
+      assert.equal(429, r.status)
+      assert.equal(3000, r.retry_after_ms)
+      local when = os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + 30)
+      r = assert(http.request { url = url("/status?code=503&retry_after=" .. when:gsub(" ", "%%20")) })
+      assert.equal(503, r.status)
+      assert.is_true(r.retry_after_ms >= 25000 and r.retry_after_ms <= 31000, r.retry_after_ms)
+      r = assert(http.request { url = url("/status?code=200") })
+      assert.is_nil(r.retry_after_ms)
+    end))
+
+    it("lets baton.retry wait as long as the server asks", async(function()
+      local policy = baton.retry { max_attempts = 3, base_ms = 20000, max_delay_ms = 60000 }
+      local attempts = 0
+      local elapsed, v = H.timed(policy.call, policy, function()
+        attempts = attempts + 1
+        local path = attempts == 1 and "/status?code=429&retry_after=0" or "/json"
+        local r = assert(http.request { url = url(path) })
+        if r.status == 429 then
+          error({ kind = "rate_limited", retry_after_ms = r.retry_after_ms })
+        end
+        return r.status
+      end)
+      assert.equal(200, v)
+      assert.equal(2, attempts)
+      assert.is_true(elapsed < 5000, "waited " .. elapsed .. " ms instead of Retry-After")
+    end))
+  end)
+
+  describe("baton.http.json", function()
+    it("encodes the body, sets the JSON headers and decodes the reply", async(function()
+      local r = assert(http.json { url = url("/echo"), body = { model = "m", n = 2 } })
+      assert.equal(200, r.status)
+      assert.equal("POST", r.body.method)
+      assert.equal("application/json", r.body.headers["content-type"])
+      assert.equal("application/json", r.body.headers.accept)
+      assert.same({ model = "m", n = 2 }, baton.json.decode(r.body.body))
+      assert.is_string(r.text)
+    end))
+
+    it("returns nil, message, 'malformed', response for a reply that is not JSON", async(function()
+      local r, err, kind, resp = http.json { url = url("/notjson") }
+      assert.is_nil(r)
+      assert.equal("malformed", kind)
+      assert.matches("status 500", err)
+      assert.equal(500, resp.status)
+      assert.equal("<html>oops</html>", resp.text)
+    end))
+
+    it("rejects a body JSON cannot encode", async(function()
+      H.raises("encode", http.json, { url = url("/echo"), body = { f = print } })
+    end))
+  end)
+
+  describe("misuse", function()
+    it("raises on bad options, naming them", function()
+      baton.run(function()
+        H.raises("url must be a string", http.request, {})
+        H.raises("is not an absolute http", http.request, { url = "ftp://x/" })
+        H.raises("is not an absolute http", http.request, { url = "not a url" })
+        H.raises("unknown option 'timeout'", http.request, { url = url("/"), timeout = 1 })
+        H.raises("method", http.request, { url = url("/"), method = "GE T" })
+        H.raises("CR, LF", http.request, { url = url("/"), headers = { X = "a\r\nB: c" } })
+        H.raises("valid HTTP token", http.request, { url = url("/"), headers = { ["A B"] = "x" } })
+        H.raises("body must be a string", http.request, { url = url("/"), body = {} })
+        H.raises("timeout_ms must be", http.request, { url = url("/"), timeout_ms = -1 })
+        H.raises("max_body_bytes", http.request, { url = url("/"), max_body_bytes = "x" })
+        H.raises("follow_redirects", http.request, { url = url("/"), follow_redirects = "yes" })
+        H.raises("table expected", http.request, "http://x/")
+      end)
+    end)
+
+    it("raises outside a task", function()
+      H.raises("not inside a baton task", http.request, { url = url("/") })
+    end)
+  end)
+end)

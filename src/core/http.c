@@ -1,0 +1,482 @@
+/*
+ * http.c — HTTP transfers on libcurl's multi interface, driven by the runtime's loop.
+ *
+ * One multi handle per runtime, created on first use and closed with the runtime; its
+ * connection cache lets later transfers to a host reuse connections. libcurl says which
+ * sockets to watch (socket callback: one uv_poll_t per socket, hung on the socket with
+ * curl_multi_assign) and when to call it back (timer callback: one bt_timer_t on the
+ * runtime's heap). Each event calls curl_multi_socket_action() and then collects finished
+ * transfers with curl_multi_info_read(), calling their done callbacks — from the loop, never
+ * from inside a libcurl callback, so a done callback may free any transfer.
+ *
+ * Invariants:
+ *  - A transfer is on h->reqs from bt_http_start() until bt_http_free() (or until the
+ *    runtime's HTTP state goes away first: r->h is then NULL); its easy handle is in the
+ *    multi while r->running.
+ *  - A socket's poll handle is freed only in its close callback; when libcurl says REMOVE,
+ *    the context is detached from the socket at once, because the fd may be reused next.
+ *  - Limits on what a peer sends (body, headers) are enforced in the write callbacks, so a
+ *    response over a limit stops being read as soon as it crosses it.
+ */
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define POOL_MAX 16  /* easy handles kept for reuse */
+
+typedef struct hbuf {
+  char *p;
+  size_t len, cap;
+} hbuf;
+
+typedef struct hsock {
+  uv_poll_t poll;
+  LIST_ENTRY(hsock) link;
+  struct bt_http *h;
+  curl_socket_t fd;
+} hsock;
+
+struct bt_http {
+  bt_rt_t *rt;
+  CURLM *multi;
+  bt_timer_t timer;
+  LIST_HEAD(, bt_http_req) reqs;
+  LIST_HEAD(, hsock) socks;
+  size_t nreqs, nsocks;
+  CURL *pool[POOL_MAX];
+  int npool;
+};
+
+struct bt_http_req {
+  LIST_ENTRY(bt_http_req) link;
+  struct bt_http *h;          /* NULL once the runtime's HTTP state is gone */
+  CURL *easy;
+  struct curl_slist *hdrs;
+  bt_http_cb done;
+  void *data;
+  hbuf body, head;
+  size_t max_body, max_head;
+  int running;
+  int result;
+  int over;                   /* 1: body over max_body, 2: headers over max_head, 3: no memory */
+  long status;
+  const char *kind;
+  char errbuf[CURL_ERROR_SIZE];
+  char msg[CURL_ERROR_SIZE + 96];
+};
+
+/* Appends and keeps the buffer NUL-terminated. */
+static int buf_append(hbuf *b, const char *data, size_t n) {
+  if (n > SIZE_MAX / 2 - b->len - 1) return -1;
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + n + 1) cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (p == NULL) return -1;
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, data, n);
+  b->len += n;
+  b->p[b->len] = '\0';
+  return 0;
+}
+
+/* ---- sockets and the timer (libcurl callbacks: no calls back into libcurl) ----------- */
+
+static void collect(struct bt_http *h);
+
+static void on_sock_closed(uv_handle_t *hd) { free(hd->data); }
+
+static void sock_close(struct bt_http *h, hsock *s) {
+  LIST_REMOVE(s, link);
+  h->nsocks--;
+  uv_close((uv_handle_t *)&s->poll, on_sock_closed);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+  hsock *s = p->data;
+  struct bt_http *h = s->h;
+  int flags = 0;
+  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  int running;
+  curl_multi_socket_action(h->multi, s->fd, flags, &running);
+  collect(h);
+}
+
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
+  BT_UNUSED(easy);
+  struct bt_http *h = userp;
+  hsock *s = socketp;
+  if (what == CURL_POLL_REMOVE) {
+    if (s != NULL) {
+      curl_multi_assign(h->multi, fd, NULL);
+      sock_close(h, s);
+    }
+    return 0;
+  }
+  if (s == NULL) {
+    s = calloc(1, sizeof *s);
+    if (s == NULL) return -1;
+    if (uv_poll_init_socket(h->rt->loop, &s->poll, fd) != 0) {
+      free(s);
+      return -1;
+    }
+    s->h = h;
+    s->poll.data = s;
+    s->fd = fd;
+    LIST_INSERT_HEAD(&h->socks, s, link);
+    h->nsocks++;
+    curl_multi_assign(h->multi, fd, s);
+  }
+  int ev = ((what & CURL_POLL_IN) ? UV_READABLE : 0) | ((what & CURL_POLL_OUT) ? UV_WRITABLE : 0);
+  uv_poll_start(&s->poll, ev, on_poll);
+  return 0;
+}
+
+static void on_timeout(bt_timer_t *t) {
+  struct bt_http *h = bt_container_of(t, struct bt_http, timer);
+  int running;
+  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  collect(h);
+}
+
+static int on_timer(CURLM *multi, long ms, void *userp) {
+  BT_UNUSED(multi);
+  struct bt_http *h = userp;
+  if (ms < 0) {
+    bt_timer_stop(h->rt, &h->timer);
+    return 0;
+  }
+  /* ms == 0 fires on the loop's next turn, outside this callback. */
+  return bt_timer_start(h->rt, &h->timer, uv_now(h->rt->loop) + (uint64_t)ms, on_timeout)
+         ? -1 : 0;
+}
+
+/* ---- the multi handle --------------------------------------------------------------- */
+
+static struct bt_http *http_get(bt_rt_t *rt) {
+  static int global_done;
+  if (rt->http != NULL) return rt->http;
+  if (!global_done) {
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return NULL;
+    global_done = 1;
+  }
+  struct bt_http *h = calloc(1, sizeof *h);
+  if (h == NULL) return NULL;
+  h->rt = rt;
+  h->multi = curl_multi_init();
+  if (h->multi == NULL) goto fail;
+  LIST_INIT(&h->reqs);
+  LIST_INIT(&h->socks);
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+  rt->http = h;
+  return h;
+fail:
+  free(h);
+  return NULL;
+}
+
+void bt__http_free(bt_rt_t *rt) {
+  struct bt_http *h = rt->http;
+  if (h == NULL) return;
+  bt_http_req_t *r;
+  while ((r = LIST_FIRST(&h->reqs)) != NULL) {
+    if (r->running) curl_multi_remove_handle(h->multi, r->easy);
+    r->running = 0;
+    r->h = NULL;
+    LIST_REMOVE(r, link);
+  }
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, NULL);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, NULL);
+  bt_timer_stop(rt, &h->timer);
+  hsock *s;
+  while ((s = LIST_FIRST(&h->socks)) != NULL) sock_close(h, s);
+  curl_multi_cleanup(h->multi);
+  for (int i = 0; i < h->npool; i++) curl_easy_cleanup(h->pool[i]);
+  free(h);
+  rt->http = NULL;
+}
+
+size_t bt_rt_transfers(bt_rt_t *rt) { return rt->http ? rt->http->nreqs : 0; }
+size_t bt_rt_http_sockets(bt_rt_t *rt) { return rt->http ? rt->http->nsocks : 0; }
+
+/* ---- transfers ---------------------------------------------------------------------- */
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud) {
+  bt_http_req_t *r = ud;
+  size_t len = size * n;
+  if (r->max_body && len > r->max_body - r->body.len) {
+    r->over = 1;
+    return 0;
+  }
+  if (buf_append(&r->body, p, len) != 0) {
+    r->over = 3;
+    return 0;
+  }
+  return len;
+}
+
+/* Keeps the header lines of the latest response only (redirects and 1xx answers come
+ * first), without its status line and the blank line that ends them. */
+static size_t on_header(char *p, size_t size, size_t n, void *ud) {
+  bt_http_req_t *r = ud;
+  size_t len = size * n;
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+    r->head.len = r->body.len = 0;
+    if (r->head.p) r->head.p[0] = '\0';
+    return len;
+  }
+  if (len <= 2 && (len == 0 || p[0] == '\r' || p[0] == '\n')) return len;
+  if (r->max_head && len > r->max_head - r->head.len) {
+    r->over = 2;
+    return 0;
+  }
+  if (buf_append(&r->head, p, len) != 0) {
+    r->over = 3;
+    return 0;
+  }
+  return len;
+}
+
+static void set_error(bt_http_req_t *r, int result, const char *kind, const char *fmt,
+                      const char *detail) {
+  r->result = result;
+  r->kind = kind;
+  snprintf(r->msg, sizeof r->msg, fmt, detail);
+}
+
+static void finish(bt_http_req_t *r, CURLcode cc) {
+  curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
+  const char *detail = r->errbuf[0] ? r->errbuf : curl_easy_strerror(cc);
+  if (r->over == 1 || cc == CURLE_FILESIZE_EXCEEDED) {
+    char lim[64];
+    snprintf(lim, sizeof lim, "%zu", r->max_body);
+    set_error(r, UV_E2BIG, "too_large", "response body exceeds %s bytes (max_body_bytes)", lim);
+  } else if (r->over == 2) {
+    char lim[64];
+    snprintf(lim, sizeof lim, "%zu", r->max_head);
+    set_error(r, UV_E2BIG, "too_large", "response headers exceed %s bytes", lim);
+  } else if (r->over == 3 || cc == CURLE_OUT_OF_MEMORY) {
+    set_error(r, BT_ENOMEM, "nomem", "%s", "out of memory buffering the response");
+  } else if (cc == CURLE_OK) {
+    r->result = 0;
+  } else {
+    switch (cc) {
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_CONNECT:
+      set_error(r, UV_ECONNREFUSED, "connect", "cannot connect: %s", detail);
+      break;
+    case CURLE_OPERATION_TIMEDOUT: {
+      curl_off_t connected = 0;
+      curl_easy_getinfo(r->easy, CURLINFO_CONNECT_TIME_T, &connected);
+      if (connected == 0) set_error(r, UV_ETIMEDOUT, "connect", "cannot connect: %s", detail);
+      else set_error(r, BT_ETIMEDOUT, "timeout", "%s", detail);
+      break;
+    }
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CLIENTCERT:
+    case CURLE_USE_SSL_FAILED:
+      set_error(r, UV_EPROTO, "tls", "TLS: %s", detail);
+      break;
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_BAD_CONTENT_ENCODING:
+    case CURLE_TOO_MANY_REDIRECTS:
+      set_error(r, UV_EPROTO, "protocol", "bad response: %s", detail);
+      break;
+    case CURLE_PARTIAL_FILE:
+      set_error(r, UV_EIO, "io", "response cut short: %s", detail);
+      break;
+    default:
+      set_error(r, UV_EIO, "io", "%s", detail);
+      break;
+    }
+  }
+}
+
+static void collect(struct bt_http *h) {
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(h->multi, &left)) != NULL) {
+    if (m->msg != CURLMSG_DONE) continue;
+    CURL *easy = m->easy_handle;
+    CURLcode cc = m->data.result;  /* m is invalid once the handle is removed */
+    bt_http_req_t *r = NULL;
+    curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&r);
+    curl_multi_remove_handle(h->multi, easy);
+    r->running = 0;
+    finish(r, cc);
+    r->done(r, r->data);
+  }
+}
+
+static int method_is(const char *m, const char *name) { return m && strcmp(m, name) == 0; }
+
+/* Sets the options of one transfer; returns 0 or a negative code. */
+static int setup(bt_http_req_t *r, const bt_http_opts *o) {
+  CURL *e = r->easy;
+  CURLcode cc = CURLE_OK;
+#define SET(opt, val) do { if (cc == CURLE_OK) cc = curl_easy_setopt(e, opt, val); } while (0)
+  SET(CURLOPT_PRIVATE, (char *)r);
+  SET(CURLOPT_NOSIGNAL, 1L);
+  SET(CURLOPT_ERRORBUFFER, r->errbuf);
+  SET(CURLOPT_WRITEFUNCTION, on_body);
+  SET(CURLOPT_WRITEDATA, r);
+  SET(CURLOPT_HEADERFUNCTION, on_header);
+  SET(CURLOPT_HEADERDATA, r);
+  SET(CURLOPT_PROTOCOLS_STR, "http,https");
+  SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  SET(CURLOPT_ACCEPT_ENCODING, "");
+  SET(CURLOPT_USERAGENT, "baton/" BT_VERSION_STRING);
+  SET(CURLOPT_URL, o->url);
+  if (o->connect_timeout_ms) SET(CURLOPT_CONNECTTIMEOUT_MS, (long)o->connect_timeout_ms);
+  if (o->max_body_bytes) SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body_bytes);
+  if (o->max_redirects > 0) {
+    SET(CURLOPT_FOLLOWLOCATION, 1L);
+    SET(CURLOPT_MAXREDIRS, o->max_redirects);
+  }
+  const char *m = o->method;
+  if (method_is(m, "HEAD")) {
+    SET(CURLOPT_NOBODY, 1L);
+  } else if (o->body != NULL || method_is(m, "POST")) {
+    SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(o->body ? o->body_len : 0));
+    SET(CURLOPT_COPYPOSTFIELDS, o->body ? o->body : "");
+    if (m && !method_is(m, "POST")) SET(CURLOPT_CUSTOMREQUEST, m);
+  } else if (m && !method_is(m, "GET")) {
+    SET(CURLOPT_CUSTOMREQUEST, m);
+  }
+  /* libcurl would send "Expect: 100-continue" for large bodies and wait for an answer many
+   * servers never give; the user's own Expect header still wins. */
+  struct curl_slist *l = curl_slist_append(NULL, "Expect:");
+  for (const char *const *hp = o->headers; l != NULL && hp && *hp; hp++) {
+    struct curl_slist *n = curl_slist_append(l, *hp);
+    if (n == NULL) {
+      curl_slist_free_all(l);
+      l = NULL;
+    } else {
+      l = n;
+    }
+  }
+  if (l == NULL) return BT_ENOMEM;
+  r->hdrs = l;
+  SET(CURLOPT_HTTPHEADER, l);
+#undef SET
+  if (cc == CURLE_OUT_OF_MEMORY) return BT_ENOMEM;
+  return cc == CURLE_OK ? 0 : BT_EINVAL;
+}
+
+/* 1 if `url` is an absolute http(s) URL with a host. */
+static int url_ok(const char *url) {
+  CURLU *u = curl_url();
+  if (u == NULL) return 0;
+  char *scheme = NULL, *host = NULL;
+  int ok = curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+           curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+           curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+           (strcmp(scheme, "http") == 0 || strcmp(scheme, "https") == 0) && host[0] != '\0';
+  curl_free(scheme);
+  curl_free(host);
+  curl_url_cleanup(u);
+  return ok;
+}
+
+int bt_http_start(bt_rt_t *rt, const bt_http_opts *o, bt_http_cb done, void *data,
+                  bt_http_req_t **out) {
+  if (o->url == NULL || !url_ok(o->url)) return BT_EINVAL;
+  struct bt_http *h = http_get(rt);
+  if (h == NULL) return BT_ENOMEM;
+  bt_http_req_t *r = calloc(1, sizeof *r);
+  if (r == NULL) return BT_ENOMEM;
+  int rc = BT_ENOMEM;
+  r->easy = h->npool > 0 ? h->pool[--h->npool] : curl_easy_init();
+  if (r->easy == NULL) goto fail;
+  r->done = done;
+  r->data = data;
+  r->max_body = o->max_body_bytes;
+  r->max_head = o->max_header_bytes;
+  if ((rc = setup(r, o)) != 0) goto fail;
+  if (curl_multi_add_handle(h->multi, r->easy) != CURLM_OK) {
+    rc = BT_ENOMEM;
+    goto fail;
+  }
+  r->h = h;
+  r->running = 1;
+  LIST_INSERT_HEAD(&h->reqs, r, link);
+  h->nreqs++;
+  *out = r;
+  return 0;
+fail:
+  if (r->easy) curl_easy_cleanup(r->easy);
+  curl_slist_free_all(r->hdrs);
+  free(r);
+  return rc;
+}
+
+void bt_http_free(bt_http_req_t *r) {
+  if (r == NULL) return;
+  struct bt_http *h = r->h;
+  if (h != NULL) {
+    if (r->running) curl_multi_remove_handle(h->multi, r->easy);
+    LIST_REMOVE(r, link);
+    h->nreqs--;
+  }
+  if (h != NULL && h->npool < POOL_MAX) {
+    curl_easy_reset(r->easy);
+    h->pool[h->npool++] = r->easy;
+  } else {
+    curl_easy_cleanup(r->easy);
+  }
+  curl_slist_free_all(r->hdrs);
+  free(r->body.p);
+  free(r->head.p);
+  free(r);
+}
+
+int bt_http_result(const bt_http_req_t *r) { return r->result; }
+
+const char *bt_http_error(const bt_http_req_t *r, const char **kind) {
+  if (kind) *kind = r->result ? r->kind : NULL;
+  return r->result ? r->msg : NULL;
+}
+
+long bt_http_status(const bt_http_req_t *r) { return r->status; }
+
+const char *bt_http_body(const bt_http_req_t *r, size_t *len) {
+  *len = r->body.len;
+  return r->body.p ? r->body.p : "";
+}
+
+const char *bt_http_headers(const bt_http_req_t *r, size_t *len) {
+  *len = r->head.len;
+  return r->head.p ? r->head.p : "";
+}
+
+const char *bt_http_url(const bt_http_req_t *r) {
+  char *u = NULL;
+  curl_easy_getinfo(r->easy, CURLINFO_EFFECTIVE_URL, &u);
+  return u ? u : "";
+}
+
+int64_t bt_http_parse_date(const char *s) {
+  time_t t = curl_getdate(s, NULL);
+  return t < 0 ? -1 : (int64_t)t;
+}
