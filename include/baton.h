@@ -369,6 +369,7 @@ typedef struct bt_http_opts {
   size_t max_body_bytes;            /* 0: no limit; more fails the transfer as too large */
   size_t max_header_bytes;          /* 0: no limit */
   long max_redirects;               /* 0: redirects are not followed */
+  const char *ca_file;              /* PEM bundle of trusted CAs; NULL: the system's; copied */
 } bt_http_opts;
 
 /* The transfer ended (success or failure): called once, from the loop, never from inside

@@ -3,7 +3,7 @@
 # already present are skipped, so a second run does no network work.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libuv1-dev libcjson-dev
-      uthash-dev libreadline-dev libcurl4-openssl-dev lua-busted python3)
+      uthash-dev libreadline-dev libcurl4-openssl-dev lua-busted python3 openssl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

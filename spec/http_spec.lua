@@ -41,8 +41,11 @@ describe("baton.http", function()
   end)
 
   lazy_teardown(function()
-    if server.pid then os.execute("kill " .. server.pid) end
-    if server.pipe then server.pipe:close() end
+    for _, s in ipairs { server, server.tls or {} } do
+      if s.pid then os.execute("kill " .. s.pid) end
+      if s.pipe then s.pipe:close() end
+    end
+    if server.dir then os.execute("rm -rf " .. server.dir) end
   end)
 
   describe("responses", function()
@@ -308,6 +311,46 @@ describe("baton.http", function()
     end))
   end)
 
+  describe("TLS", function()
+    -- An HTTPS server with a self-signed certificate made for this run.
+    local function tls_server()
+      if server.tls then return server.tls end
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir -p " .. dir))
+      server.dir = dir
+      local cert, key = dir .. "/cert.pem", dir .. "/key.pem"
+      assert(os.execute(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s -out %s -days 1 "
+        .. "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 2>/dev/null"):format(key, cert)),
+        "openssl could not make a certificate")
+      local src = os.getenv("BATON_SRC") or "."
+      local pipe = assert(io.popen(("exec python3 %s/spec/fixtures/http/server.py --tls %s %s")
+                                   :format(src, cert, key)))
+      local port, pid = pipe:read("l"):match("^PORT (%d+) PID (%d+)$")
+      server.tls = { pipe = pipe, port = tonumber(port), pid = pid, cert = cert }
+      return server.tls
+    end
+
+    it("refuses a certificate it cannot verify, as a tls failure", async(function()
+      local s = tls_server()
+      local r, err, kind = http.request { url = ("https://127.0.0.1:%d/json"):format(s.port) }
+      assert.is_nil(r)
+      assert.equal("tls", kind)
+      assert.matches("^baton.http.request: TLS: ", err)
+    end))
+
+    it("talks HTTPS to a server whose CA is given in ca_file", async(function()
+      local s = tls_server()
+      local r = assert(http.json { url = ("https://127.0.0.1:%d/json"):format(s.port),
+                                   ca_file = s.cert })
+      assert.equal(200, r.status)
+      assert.same({ 1, 2, 3 }, r.body.items)
+      local _, _, kind = http.request { url = ("https://127.0.0.1:%d/json"):format(s.port),
+                                        ca_file = "/nonexistent/ca.pem" }
+      assert.equal("tls", kind)
+    end))
+  end)
+
   describe("misuse", function()
     it("raises on bad options, naming them", function()
       baton.run(function()
@@ -322,6 +365,7 @@ describe("baton.http", function()
         H.raises("timeout_ms must be", http.request, { url = url("/"), timeout_ms = -1 })
         H.raises("max_body_bytes", http.request, { url = url("/"), max_body_bytes = "x" })
         H.raises("follow_redirects", http.request, { url = url("/"), follow_redirects = "yes" })
+        H.raises("ca_file must be a path", http.request, { url = url("/"), ca_file = 1 })
         H.raises("table expected", http.request, "http://x/")
       end)
     end)

@@ -348,6 +348,7 @@ static int setup(bt_http_req_t *r, const bt_http_opts *o) {
   SET(CURLOPT_ACCEPT_ENCODING, "");
   SET(CURLOPT_USERAGENT, "baton/" BT_VERSION_STRING);
   SET(CURLOPT_URL, o->url);
+  if (o->ca_file) SET(CURLOPT_CAINFO, o->ca_file);
   if (o->connect_timeout_ms) SET(CURLOPT_CONNECTTIMEOUT_MS, (long)o->connect_timeout_ms);
   if (o->max_body_bytes) SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body_bytes);
   if (o->max_redirects > 0) {

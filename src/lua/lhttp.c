@@ -12,7 +12,8 @@
  * API:
  *   baton.http.request{ url =, method =, headers = { Name = value }, body = string,
  *                       timeout_ms =, connect_timeout_ms =, max_body_bytes = (64 MiB),
- *                       max_header_bytes = (1 MiB), follow_redirects = false | true | n }
+ *                       max_header_bytes = (1 MiB), follow_redirects = false | true | n,
+ *                       ca_file = path }
  *     → { status =, headers = { [lowercase name] = value }, body =, url =, retry_after_ms = }
  *     | nil, message, kind   ("timeout", "connect", "too_large", "tls", "protocol", "io",
  *                             "nomem")
@@ -305,7 +306,8 @@ static int do_request(lua_State *L, int json) {
   luaL_checktype(L, 1, LUA_TTABLE);
   static const char *const known[] = {"url", "method", "headers", "body", "timeout_ms",
                                       "connect_timeout_ms", "max_body_bytes",
-                                      "max_header_bytes", "follow_redirects", NULL};
+                                      "max_header_bytes", "follow_redirects", "ca_file",
+                                      NULL};
   lbt_check_fields(L, 1, fname, known);
   lua_settop(L, 1);
   bt_http_opts o;
@@ -340,6 +342,11 @@ static int do_request(lua_State *L, int json) {
   else if (ft != LUA_TNIL)
     luaL_error(L, "%s: follow_redirects must be a boolean or a count of redirects 0..1000 "
                "(got %s)", fname, luaL_tolstring(L, -1, NULL));
+  lua_pop(L, 1);
+  int ct = lua_getfield(L, 1, "ca_file");
+  if (ct == LUA_TSTRING) o.ca_file = lua_tostring(L, -1);  /* the options table anchors it */
+  else if (ct != LUA_TNIL)
+    luaL_error(L, "%s: ca_file must be a path (got %s)", fname, luaL_typename(L, -1));
   lua_pop(L, 1);
 
   lbt_task *T = lbt_await_begin(L, R, fname);
