@@ -27,11 +27,6 @@
 
 #define POOL_MAX 16  /* easy handles kept for reuse */
 
-typedef struct hbuf {
-  char *p;
-  size_t len, cap;
-} hbuf;
-
 typedef struct hsock {
   uv_poll_t poll;
   LIST_ENTRY(hsock) link;
@@ -57,7 +52,7 @@ struct bt_http_req {
   struct curl_slist *hdrs;
   bt_http_cb done;
   void *data;
-  hbuf body, head;
+  bt_buf body, head;
   size_t max_body, max_head;
   int running;
   int result;
@@ -67,23 +62,6 @@ struct bt_http_req {
   char errbuf[CURL_ERROR_SIZE];
   char msg[CURL_ERROR_SIZE + 96];
 };
-
-/* Appends and keeps the buffer NUL-terminated. */
-static int buf_append(hbuf *b, const char *data, size_t n) {
-  if (n > SIZE_MAX / 2 - b->len - 1) return -1;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->len + n + 1) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (p == NULL) return -1;
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, data, n);
-  b->len += n;
-  b->p[b->len] = '\0';
-  return 0;
-}
 
 /* ---- sockets and the timer (libcurl callbacks: no calls back into libcurl) ----------- */
 
@@ -218,7 +196,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud) {
     r->over = 1;
     return 0;
   }
-  if (buf_append(&r->body, p, len) != 0) {
+  if (bt__buf_append(&r->body, p, len) != 0) {
     r->over = 3;
     return 0;
   }
@@ -240,7 +218,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
     r->over = 2;
     return 0;
   }
-  if (buf_append(&r->head, p, len) != 0) {
+  if (bt__buf_append(&r->head, p, len) != 0) {
     r->over = 3;
     return 0;
   }
@@ -447,8 +425,8 @@ void bt_http_free(bt_http_req_t *r) {
     curl_easy_cleanup(r->easy);
   }
   curl_slist_free_all(r->hdrs);
-  free(r->body.p);
-  free(r->head.p);
+  bt__buf_free(&r->body);
+  bt__buf_free(&r->head);
   free(r);
 }
 

@@ -77,6 +77,12 @@ struct bt_sem {
   TAILQ_HEAD(, bt_sem_waiter) waiters;
 };
 
+/* buf.c: a growable byte buffer, NUL-terminated after its bytes. Append returns 0, or -1
+ * when memory runs out (the buffer is then unchanged). */
+typedef struct bt_buf { char *p; size_t len, cap; } bt_buf;
+int bt__buf_append(bt_buf *b, const char *data, size_t n);
+void bt__buf_free(bt_buf *b);
+
 /* rt.c */
 void bt__enqueue(bt_rt_t *rt, bt_task_t *t);
 

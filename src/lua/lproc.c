@@ -64,11 +64,6 @@
 enum { W_NONE, W_LINE, W_DATA, W_DONE, W_CLOSED };
 enum { OP_LINE, OP_READ, OP_WAIT };
 
-typedef struct lbuf {
-  char *p;
-  size_t len, cap;
-} lbuf;
-
 typedef struct lproc_ud lproc_ud;
 
 typedef struct lproc {
@@ -78,7 +73,7 @@ typedef struct lproc {
   bt_task_t *waiter;      /* the task waiting on this process, or NULL */
   uint32_t token;
   int want;               /* W_*: what the waiter waits for */
-  lbuf out, err;
+  bt_buf out, err;
   size_t out_pos;         /* out[0, out_pos) has been consumed */
   size_t out_scan;        /* out[out_pos, out_scan) holds no '\n' */
   size_t max;             /* max_output_bytes */
@@ -110,27 +105,6 @@ typedef struct spawn_args {
 
 /* ---- buffers ------------------------------------------------------------------------ */
 
-static int buf_append(lbuf *b, const char *data, size_t n) {
-  if (n > SIZE_MAX / 2 - b->len) return -1;
-  if (b->len + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + n) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (p == NULL) return -1;
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, data, n);
-  b->len += n;
-  return 0;
-}
-
-static void buf_free(lbuf *b) {
-  free(b->p);
-  b->p = NULL;
-  b->len = b->cap = 0;
-}
-
 static size_t unread(const lproc *st) { return st->out.len - st->out_pos; }
 
 /* Offset of the first '\n' in unread stdout, or SIZE_MAX; remembers how far it looked. */
@@ -148,14 +122,14 @@ static size_t find_nl(lproc *st) {
 
 /* Appends to stdout, first dropping the consumed prefix when the buffer would grow. */
 static int out_append(lproc *st, const char *data, size_t n) {
-  lbuf *b = &st->out;
+  bt_buf *b = &st->out;
   if (st->out_pos > 0 && b->len + n > b->cap) {
     memmove(b->p, b->p + st->out_pos, b->len - st->out_pos);
     b->len -= st->out_pos;
     st->out_scan = st->out_scan > st->out_pos ? st->out_scan - st->out_pos : 0;
     st->out_pos = 0;
   }
-  return buf_append(b, data, n);
+  return bt__buf_append(b, data, n);
 }
 
 static size_t out_limit(const lproc *st) {
@@ -169,7 +143,7 @@ static void push_out(lua_State *L, lproc *st, size_t n, size_t skip) {
   st->out_pos += n + skip;
   if (st->out_pos == st->out.len) {
     st->out_pos = st->out_scan = st->out.len = 0;
-    if (st->out.cap > 2 * BACKLOG) buf_free(&st->out);
+    if (st->out.cap > 2 * BACKLOG) bt__buf_free(&st->out);
   }
   if (st->stopped && !st->fail && unread(st) < out_limit(st)) {
     bt_proc_read_start(st->p);
@@ -244,7 +218,7 @@ static void on_proc_data(bt_proc_t *p, int fd, const char *data, size_t len) {
     if (st->run && keep < len) {
       st->too_large = 1;
       stop_reading(st);
-    } else if (buf_append(&st->err, data, keep) != 0) {
+    } else if (bt__buf_append(&st->err, data, keep) != 0) {
       st->fail = 1;
       stop_reading(st);
     }
@@ -265,8 +239,8 @@ static void on_proc_close(bt_proc_t *p) {
   lproc *st = bt_proc_data(p);
   if (st->waiter != NULL) bt_task_wake(st->rt, st->waiter, st->token, 0);
   if (st->ud != NULL) st->ud->st = NULL;
-  buf_free(&st->out);
-  buf_free(&st->err);
+  bt__buf_free(&st->out);
+  bt__buf_free(&st->err);
   free(st);
 }
 
