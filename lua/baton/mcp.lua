@@ -1,0 +1,836 @@
+-- baton.mcp — a Model Context Protocol client over stdio, in pure Lua on baton.process.
+--
+-- A client owns one server process, started from an argv (never a shell), and talks
+-- JSON-RPC 2.0 to it, one JSON message per "\n"-terminated line. Calls are issued by any
+-- number of tasks; one reader task per client reads the server's stdout, splits it into
+-- lines (in Lua: proc:read_line caps lines at 1 MiB and MCP results can be far larger),
+-- decodes them and routes each message: a reply to the task waiting for its id, a
+-- notification to its handlers (progress to the call that asked for it), a server request
+-- to a handler that answers it.
+--
+-- Invariants.
+-- * Only the reader task ever waits on the process (one waiter per process is the rule of
+--   baton.process); callers wait on a one-shot slot (below) that the reader fills.
+-- * Every request has a deadline (request_timeout_ms, 60 s by default, or the call's
+--   timeout_ms): servers drop what they cannot parse without a word.
+-- * A pending request is in `pending` from the moment it is written until it is answered,
+--   times out, its task is aborted (then the server hears notifications/cancelled), or the
+--   client dies; whichever comes first removes it, so a late reply is counted and dropped.
+-- * The reader and the state it uses never reference the client object, so a client that
+--   is dropped can be collected: its __gc releases the process (TERM, then KILL) and aborts
+--   the reader. baton.run releases open processes when it ends anyway.
+-- * Handlers (notifications, progress) run in the reader task, under pcall: an error is a
+--   warning, never the reader's death. Server requests with a user handler run in tasks of
+--   the client's group, so a handler that waits (sampling, elicitation) holds up nothing.
+--
+-- Errors: misuse raises (bad arguments, unknown option keys, use after close, waiting for
+-- a reply inside the reader); the world's outcomes return nil, message, kind with kind one
+-- of "io" (cannot start), "timeout", "closed", "protocol", "rpc", "tool_error", "too_large".
+local baton = require "baton"
+
+local json = baton.json
+local encode, decode, null = json.encode, json.decode, json.null
+local find, sub, format = string.find, string.sub, string.format
+local concat = table.concat
+local type, pairs, ipairs, tostring, pcall, error = type, pairs, ipairs, tostring, pcall, error
+local now, current = baton.now, baton.current
+
+local M = {}
+
+-- The protocol versions this client speaks, newest first; the first is the one it asks for.
+M.SUPPORTED_VERSIONS = { "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05" }
+M.VERSION = "0.1.0"
+
+local DEFAULT_HANDSHAKE_MS = 30000
+local DEFAULT_REQUEST_MS = 60000
+local DEFAULT_GRACE_MS = 2000
+local DEFAULT_MAX_LINE = 64 << 20
+
+-- ---- misuse ----------------------------------------------------------------------------
+
+local function misuse(fname, fmt, ...)
+  error(fname .. ": " .. format(fmt, ...), 3)
+end
+
+local function check_fields(fname, t, known)
+  for k in pairs(t) do
+    if not known[k] then
+      misuse(fname, "unknown option '%s'", tostring(k))
+    end
+  end
+end
+
+local function opt_type(fname, t, key, ty)
+  local v = t[key]
+  if v ~= nil and type(v) ~= ty then
+    misuse(fname, "%s must be a %s (got %s)", key, ty, type(v))
+  end
+  return v
+end
+
+local function opt_ms(fname, t, key, def, allow_zero)
+  local v = t[key]
+  if v == nil then return def end
+  if math.type(v) ~= "integer" and not (type(v) == "number" and v == v // 1) then
+    misuse(fname, "%s must be an integer number of milliseconds (got %s)", key, tostring(v))
+  end
+  if v < 0 or (v == 0 and not allow_zero) then
+    misuse(fname, "%s must be %s 0 (got %s)", key, allow_zero and ">=" or ">", tostring(v))
+  end
+  return math.tointeger(v)
+end
+
+-- ---- one-shot reply slots --------------------------------------------------------------
+-- A slot is waited on by one task and filled once by another. Built on a semaphore of one
+-- permit that the slot holds until it is filled; kept in these three functions so that it
+-- can become a C primitive without touching the rest.
+
+local semaphore = baton.semaphore
+
+local function slot_new()
+  local s = semaphore(1)
+  return { sem = s, hold = s:try_acquire() }
+end
+
+local function slot_fill(w, msg)
+  w.msg = msg
+  w.hold:release()
+end
+
+-- true once filled | nil, "timeout", "timeout"; raises the cancellation error when the
+-- waiting task is aborted.
+local function slot_wait(w, ms)
+  local p, err, kind = w.sem:acquire(1, ms)
+  if p then
+    p:release()
+    return true
+  end
+  return nil, err, kind
+end
+
+-- ---- state shared by the client and its reader ------------------------------------------
+
+local function warn(st, msg)
+  st.stats.warnings = st.stats.warnings + 1
+  local fn = st.on_warning
+  if fn == nil and debug and debug.getregistry then
+    fn = debug.getregistry()["baton.on_warning"]
+  end
+  msg = "baton.mcp: " .. msg
+  if type(fn) == "function" then
+    local ok, e = pcall(fn, msg)
+    if ok then return end
+    msg = msg .. " (and the warning handler failed: " .. tostring(e) .. ")"
+  end
+  io.stderr:write("baton: warning: ", msg, "\n")
+end
+
+-- Writes one message; false when the pipe is gone.
+local function send(st, msg)
+  if st.closed or st.dead then return false end
+  local ok = st.proc:write(encode(msg) .. "\n")
+  if ok then st.stats.sent = st.stats.sent + 1 end
+  return ok and true or false
+end
+
+local function reply(st, id, result)
+  send(st, { jsonrpc = "2.0", id = id, result = result })
+end
+
+local function reply_error(st, id, code, message, data)
+  send(st, { jsonrpc = "2.0", id = id, error = { code = code, message = message, data = data } })
+end
+
+-- One line of the server's stderr for messages about its death: the last line that names
+-- an error (Node ends a crash with its version line), else the last non-empty one.
+local function stderr_tail(st)
+  local ok, s = pcall(st.proc.stderr, st.proc)
+  if not ok or s == nil or s == "" then return nil end
+  local last, err
+  for line in s:gmatch("[^\n]+") do
+    if line:find("%S") then
+      last = line
+      if line:find("[Ee]rror") then err = line end
+    end
+  end
+  local pick = err or last
+  if pick and #pick > 300 then pick = sub(pick, 1, 300) .. "..." end
+  return pick and (pick:gsub("^%s+", ""))
+end
+
+-- Fails every pending request with (message, kind).
+local function fail_pending(st, message, kind)
+  local pending = st.pending
+  st.pending = {}
+  st.progress = {}
+  st.in_flight = 0
+  local err = { message = message, kind = kind }
+  for _, w in pairs(pending) do slot_fill(w, err) end
+end
+
+-- The server is gone (or its stream is unusable): every call from now on fails so.
+local function die(st, message, kind)
+  if st.dead then return end
+  st.dead = { message = message, kind = kind }
+  fail_pending(st, message, kind)
+end
+
+-- ---- routing what the server sends ------------------------------------------------------
+
+local function run_handler(st, h, id, method, params)
+  local ok, res, emsg, ecode = pcall(h, params)
+  st.inbound[id] = nil
+  if st.closed or st.dead then return end
+  if not ok then
+    if type(res) == "table" and res.kind == "cancelled" then return end  -- aborted
+    if type(res) == "table" and math.type(res.code) == "integer" then
+      return reply_error(st, id, res.code, tostring(res.message or "error"), res.data)
+    end
+    warn(st, format("handler for %s failed: %s", method, tostring(res)))
+    return reply_error(st, id, -32603, "Internal error: " .. tostring(res))
+  end
+  if res == nil then
+    return reply_error(st, id, math.type(ecode) == "integer" and ecode or -32603,
+                       emsg and tostring(emsg) or "Internal error")
+  end
+  reply(st, id, res)
+end
+
+local function on_server_request(st, m)
+  local method, id = m.method, m.id
+  st.stats.server_requests = st.stats.server_requests + 1
+  local h = st.handlers[method]
+  if h then
+    if #st.group > 32 then st.group:drain() end  -- forget finished handler tasks
+    st.inbound[id] = st.group:spawn(run_handler, st, h, id, method, m.params)
+  elseif method == "ping" then
+    reply(st, id, json.object({}))
+  elseif method == "roots/list" and st.roots then
+    reply(st, id, { roots = json.array(st.roots) })
+  else
+    reply_error(st, id, -32601, "Method not found: " .. tostring(method))
+  end
+end
+
+local function call_handler(st, what, fn, ...)
+  local ok, e = pcall(fn, ...)
+  if not ok then
+    st.stats.handler_errors = st.stats.handler_errors + 1
+    warn(st, format("%s handler failed: %s", what, tostring(e)))
+  end
+end
+
+local function on_notification(st, m)
+  local method, params = m.method, m.params
+  st.stats.notifications = st.stats.notifications + 1
+  if method == "notifications/progress" then
+    local fn = type(params) == "table" and st.progress[params.progressToken]
+    if fn then
+      local total, message = params.total, params.message
+      if total == null then total = nil end
+      if message == null then message = nil end
+      return call_handler(st, "on_progress", fn, params.progress, total, message)
+    end
+  elseif method == "notifications/cancelled" then
+    local t = type(params) == "table" and st.inbound[params.requestId]
+    if t then
+      st.inbound[params.requestId] = nil
+      t:abort()
+    end
+  end
+  local hs = st.on[method]
+  if hs then
+    for i = 1, #hs do call_handler(st, method, hs[i], params) end
+  elseif st.on_notification then
+    call_handler(st, "on_notification", st.on_notification, method, params)
+  end
+end
+
+local function route(st, m)
+  if type(m) ~= "table" then
+    return warn(st, "ignored a message that is not an object: " .. sub(tostring(m), 1, 100))
+  end
+  if m[1] ~= nil then  -- a batch (protocol 2025-03-26)
+    for _, x in ipairs(m) do route(st, x) end
+    return
+  end
+  local method, id = m.method, m.id
+  if method == nil then
+    local w = id ~= nil and st.pending[id]
+    if w then
+      st.pending[id] = nil
+      st.in_flight = st.in_flight - 1
+      st.progress[id] = nil
+      slot_fill(w, m)
+    elseif m.error ~= nil and (id == nil or id == null) then
+      local e = type(m.error) == "table" and m.error or {}
+      warn(st, format("the server reported an error: %s (%s)", tostring(e.message),
+                      tostring(e.code)))
+    else
+      st.stats.late = st.stats.late + 1  -- timed out or cancelled before the reply came
+    end
+  elseif type(method) ~= "string" then
+    warn(st, "ignored a message whose method is not a string")
+  elseif id == nil then
+    on_notification(st, m)
+  else
+    on_server_request(st, m)
+  end
+end
+
+local function handle_line(st, line)
+  st.stats.received = st.stats.received + 1
+  local m, err = decode(line)
+  if m == nil then
+    st.stats.malformed = st.stats.malformed + 1
+    return warn(st, format("skipped a line that is not JSON (%s): %s", tostring(err),
+                           sub(line, 1, 100)))
+  end
+  route(st, m)
+end
+
+-- Splits chunks into lines. A partial line waits in st.parts (st.nparts pieces,
+-- st.plen bytes); lines end at "\n" only (JSON text escapes every control character, so a
+-- raw U+2028 or "\r" is never an end of line; JSON's whitespace rules absorb "\r\n").
+local function too_long(st)
+  st.nparts, st.plen = 0, 0
+  local parts = st.parts
+  for i = #parts, 1, -1 do parts[i] = nil end
+  die(st, format("baton.mcp: the server sent a line longer than max_line_bytes (%d)",
+                 st.max_line), "too_large")
+end
+
+local function feed(st, chunk)
+  local pos, n = 1, #chunk
+  local parts = st.parts
+  while true do
+    local nl = find(chunk, "\n", pos, true)
+    if not nl then break end
+    if st.plen + (nl - pos) > st.max_line then return too_long(st) end
+    local line
+    if st.nparts > 0 then
+      local k = st.nparts + 1
+      parts[k] = sub(chunk, pos, nl - 1)
+      line = concat(parts, "", 1, k)
+      for i = 1, k do parts[i] = nil end
+      st.nparts, st.plen = 0, 0
+    elseif pos == 1 and nl == n then
+      line = chunk  -- the common case: one whole message (its "\n" is JSON whitespace)
+    else
+      line = sub(chunk, pos, nl - 1)
+    end
+    pos = nl + 1
+    if find(line, "[^ \t\r\n]") then handle_line(st, line) end
+    if st.dead then return end
+  end
+  if pos <= n then
+    local rest = pos == 1 and chunk or sub(chunk, pos)
+    st.plen = st.plen + #rest
+    if st.plen > st.max_line then return too_long(st) end
+    st.nparts = st.nparts + 1
+    parts[st.nparts] = rest
+  end
+end
+
+local function reader(st)
+  local proc = st.proc
+  local ok, err = pcall(function()
+    while not st.dead do
+      local chunk = proc:read()
+      if not chunk then break end  -- EOF, or the process was closed
+      feed(st, chunk)
+    end
+  end)
+  if st.dead then
+    if st.dead.kind == "too_large" then pcall(proc.close_stdin, proc) end
+    return
+  end
+  if not ok then
+    if type(err) == "table" and err.kind == "cancelled" then
+      return die(st, "baton.mcp: the client was closed", "closed")
+    end
+    warn(st, "the reader failed: " .. tostring(err))
+    return die(st, "baton.mcp: the reader failed: " .. tostring(err), "closed")
+  end
+  if st.closed then return die(st, "baton.mcp: the client was closed", "closed") end
+  -- EOF: the server closed its stdout, which it does when it exits.
+  local how = ""
+  local wok, code, sig = pcall(proc.wait, proc, 250)
+  if wok and code then
+    how = sig ~= 0 and format(" (killed by signal %d)", sig) or format(" (exit code %d)", code)
+  end
+  local tail = stderr_tail(st)
+  die(st, "baton.mcp: the server exited" .. how .. (tail and (": " .. tail) or ""), "closed")
+end
+
+-- ---- the client ----------------------------------------------------------------------
+
+local Client = {}
+Client.__index = Client
+
+local function check_client(self, fname)
+  local st = type(self) == "table" and rawget(self, "_s")
+  if not st then misuse(fname, "expected a client (use client:%s)", fname:match("[%w_]+$")) end
+  if st.closed then misuse(fname, "the client is closed") end
+  return st
+end
+
+-- Sends a request and waits for its reply. Returns the result | nil, message, kind, err
+-- where err is the JSON-RPC error object for kind "rpc".
+local function request(st, fname, method, params, timeout_ms, on_progress)
+  if st.dead then return nil, st.dead.message, st.dead.kind end
+  local me = current()
+  if me == nil then misuse(fname, "must be called in a task (inside baton.run)") end
+  if me == st.reader_task then
+    misuse(fname, "cannot wait for a reply inside a notification handler (it runs in the "
+                  .. "reader task, which delivers the reply): spawn a task")
+  end
+  local id = st.next_id
+  st.next_id = id + 1
+  if on_progress then  -- a copy: the caller's params stay as they were
+    local p, meta = {}, {}
+    for k, v in pairs(params or {}) do p[k] = v end
+    for k, v in pairs(type(p._meta) == "table" and p._meta or {}) do meta[k] = v end
+    meta.progressToken = id
+    p._meta = meta
+    params = p
+  end
+  local line = encode({ jsonrpc = "2.0", id = id, method = method, params = params }) .. "\n"
+  local w = slot_new()
+  if not st.proc:write(line) then
+    w.hold:release()
+    return nil, "baton.mcp: cannot write to the server", "closed"
+  end
+  st.stats.sent = st.stats.sent + 1
+  st.pending[id] = w
+  st.in_flight = st.in_flight + 1
+  if on_progress then st.progress[id] = on_progress end
+  local ok, got, e2, e3 = pcall(slot_wait, w, timeout_ms)
+  if not (ok and got) then
+    -- Aborted or timed out: forget the request and tell the server.
+    if st.pending[id] == w then
+      st.pending[id] = nil
+      st.in_flight = st.in_flight - 1
+    end
+    st.progress[id] = nil
+    w.hold:release()
+    send(st, { jsonrpc = "2.0", method = "notifications/cancelled",
+               params = { requestId = id, reason = ok and "timeout" or "cancelled" } })
+    if not ok then error(got, 0) end
+    return nil, e2, e3
+  end
+  local m = w.msg
+  if m.kind then return nil, m.message, m.kind end  -- failed by die() or close()
+  local e = m.error
+  if e ~= nil then
+    if type(e) ~= "table" then e = { code = -32603, message = tostring(e) } end
+    return nil, format("%s: %s (JSON-RPC error %s)", method, tostring(e.message),
+                       tostring(e.code)), "rpc", e
+  end
+  local r = m.result
+  if r == nil or r == null then
+    return nil, method .. ": the reply has neither result nor error", "protocol"
+  end
+  return r
+end
+
+local REQUEST_OPTS = { timeout_ms = true, on_progress = true }
+
+local function call_opts(fname, st, opts)
+  if opts == nil then return st.request_timeout, nil end
+  if type(opts) ~= "table" then misuse(fname, "opts must be a table (got %s)", type(opts)) end
+  check_fields(fname, opts, REQUEST_OPTS)
+  return opt_ms(fname, opts, "timeout_ms", st.request_timeout),
+         opt_type(fname, opts, "on_progress", "function")
+end
+
+-- client:request(method, [params], [opts]) -> result | nil, message, kind[, error]
+function Client:request(method, params, opts)
+  local st = check_client(self, "client:request")
+  if type(method) ~= "string" then
+    misuse("client:request", "method must be a string (got %s)", type(method))
+  end
+  if params ~= nil and type(params) ~= "table" then
+    misuse("client:request", "params must be a table (got %s)", type(params))
+  end
+  local ms, on_progress = call_opts("client:request", st, opts)
+  return request(st, "client:request", method, params, ms, on_progress)
+end
+
+-- client:notify(method, [params]) -> true | nil, message, "closed"
+function Client:notify(method, params)
+  local st = check_client(self, "client:notify")
+  if type(method) ~= "string" then
+    misuse("client:notify", "method must be a string (got %s)", type(method))
+  end
+  if params ~= nil and type(params) ~= "table" then
+    misuse("client:notify", "params must be a table (got %s)", type(params))
+  end
+  if st.dead then return nil, st.dead.message, st.dead.kind end
+  if not send(st, { jsonrpc = "2.0", method = method, params = params }) then
+    return nil, "baton.mcp: cannot write to the server", "closed"
+  end
+  return true
+end
+
+function Client:ping(opts)
+  local st = check_client(self, "client:ping")
+  local ms = call_opts("client:ping", st, opts)
+  local r, e, k = request(st, "client:ping", "ping", nil, ms)
+  if r == nil then return nil, e, k end
+  return true
+end
+
+-- Follows nextCursor through every page of a list method; returns the concatenated items.
+local function list_all(self, fname, method, key, opts)
+  local st = check_client(self, fname)
+  local ms = call_opts(fname, st, opts)
+  local out, seen, cursor = {}, {}, nil
+  repeat
+    local r, e, k, x = request(st, fname, method, cursor and { cursor = cursor } or nil, ms)
+    if r == nil then return nil, e, k, x end
+    local items = r[key]
+    if type(items) ~= "table" then
+      return nil, format("%s: the reply has no %s list", method, key), "protocol"
+    end
+    for i = 1, #items do out[#out + 1] = items[i] end
+    cursor = r.nextCursor
+    if cursor == null or cursor == "" then cursor = nil end
+    if cursor ~= nil then
+      if type(cursor) ~= "string" or seen[cursor] then
+        return nil, format("%s: the server repeats or garbles nextCursor", method), "protocol"
+      end
+      seen[cursor] = true
+    end
+  until cursor == nil
+  return out
+end
+
+function Client:list_tools(opts) return list_all(self, "client:list_tools", "tools/list", "tools", opts) end
+function Client:list_resources(opts)
+  return list_all(self, "client:list_resources", "resources/list", "resources", opts)
+end
+function Client:list_prompts(opts)
+  return list_all(self, "client:list_prompts", "prompts/list", "prompts", opts)
+end
+
+-- The text of a result's text content blocks, joined by newlines.
+function M.text(result)
+  local out = {}
+  if type(result) == "table" and type(result.content) == "table" then
+    for _, c in ipairs(result.content) do
+      if type(c) == "table" and c.type == "text" and type(c.text) == "string" then
+        out[#out + 1] = c.text
+      end
+    end
+  end
+  return concat(out, "\n")
+end
+
+-- client:call(tool, [args], [opts]) -> result
+--   | nil, message, "tool_error", result      (the tool failed: isError = true)
+--   | nil, message, "tool_error", error       (JSON-RPC error: unknown tool, bad arguments;
+--                                              error = { code, message, data })
+--   | nil, message, "timeout" | "closed" | "protocol" | "too_large"
+function Client:call(tool, args, opts)
+  local st = check_client(self, "client:call")
+  if type(tool) ~= "string" then
+    misuse("client:call", "tool must be a string (got %s)", type(tool))
+  end
+  if args ~= nil and type(args) ~= "table" then
+    misuse("client:call", "args must be a table (got %s)", type(args))
+  end
+  local ms, on_progress = call_opts("client:call", st, opts)
+  local r, e, k, x = request(st, "client:call", "tools/call",
+                             { name = tool, arguments = args or json.object({}) }, ms,
+                             on_progress)
+  if r == nil then
+    if k == "rpc" then
+      return nil, format("tool '%s': %s (JSON-RPC error %s)", tool, tostring(x.message),
+                         tostring(x.code)), "tool_error", x
+    end
+    return nil, e, k, x
+  end
+  if type(r) ~= "table" then
+    return nil, "tools/call: the result is not an object", "protocol"
+  end
+  if r.isError == true then
+    local text = M.text(r)
+    return nil, format("tool '%s' failed: %s", tool, text ~= "" and text or "(no text)"),
+           "tool_error", r
+  end
+  return r
+end
+
+function Client:read_resource(uri, opts)
+  local st = check_client(self, "client:read_resource")
+  if type(uri) ~= "string" then
+    misuse("client:read_resource", "uri must be a string (got %s)", type(uri))
+  end
+  local ms = call_opts("client:read_resource", st, opts)
+  return request(st, "client:read_resource", "resources/read", { uri = uri }, ms)
+end
+
+function Client:get_prompt(name, args, opts)
+  local st = check_client(self, "client:get_prompt")
+  if type(name) ~= "string" then
+    misuse("client:get_prompt", "name must be a string (got %s)", type(name))
+  end
+  local ms = call_opts("client:get_prompt", st, opts)
+  return request(st, "client:get_prompt", "prompts/get",
+                 { name = name, arguments = args or json.object({}) }, ms)
+end
+
+-- client:on(method, fn): fn(params) for each notification `method` (several may be added).
+function Client:on(method, fn)
+  local st = check_client(self, "client:on")
+  if type(method) ~= "string" then misuse("client:on", "method must be a string") end
+  if type(fn) ~= "function" then misuse("client:on", "fn must be a function") end
+  local hs = st.on[method] or {}
+  hs[#hs + 1] = fn
+  st.on[method] = hs
+  return self
+end
+
+-- client:handle(method, fn|nil): answers the server's requests `method` with fn(params) ->
+-- result | nil, message[, code] (or raise { code =, message =, data = }); in its own task.
+function Client:handle(method, fn)
+  local st = check_client(self, "client:handle")
+  if type(method) ~= "string" then misuse("client:handle", "method must be a string") end
+  if fn ~= nil and type(fn) ~= "function" then
+    misuse("client:handle", "fn must be a function or nil")
+  end
+  st.handlers[method] = fn
+  return self
+end
+
+-- client:set_roots(roots): replaces the roots and tells the server (roots/list_changed).
+local function check_roots(fname, roots)
+  if type(roots) ~= "table" then misuse(fname, "roots must be a list of { uri =, name = }") end
+  local out = {}
+  for i, r in ipairs(roots) do
+    if type(r) ~= "table" or type(r.uri) ~= "string" then
+      misuse(fname, "roots[%d] must be a table with a string uri", i)
+    end
+    if r.name ~= nil and type(r.name) ~= "string" then
+      misuse(fname, "roots[%d].name must be a string", i)
+    end
+    out[i] = { uri = r.uri, name = r.name }
+  end
+  return out
+end
+
+function Client:set_roots(roots)
+  local st = check_client(self, "client:set_roots")
+  if not st.roots then
+    misuse("client:set_roots", "the client was connected without roots (roots capability)")
+  end
+  st.roots = check_roots("client:set_roots", roots)
+  return self:notify("notifications/roots/list_changed")
+end
+
+function Client:stats()
+  local st = rawget(self, "_s")
+  local s = {}
+  for k, v in pairs(st.stats) do s[k] = v end
+  s.in_flight = st.in_flight
+  s.closed = st.closed or st.dead ~= nil
+  return s
+end
+
+function Client:pid() return rawget(self, "_s").pid end
+
+function Client:stderr()
+  local st = rawget(self, "_s")
+  local ok, s = pcall(st.proc.stderr, st.proc)
+  return ok and s or ""
+end
+
+-- Lets go of everything without waiting (for __close, __gc, and close() outside a task).
+local function release_now(st, grace)
+  st.closed = true
+  fail_pending(st, "baton.mcp: the client was closed", "closed")
+  pcall(st.proc.close, st.proc, grace)
+  if st.reader_task and st.reader_task ~= current() then pcall(st.reader_task.abort, st.reader_task) end
+  pcall(st.group.close, st.group)
+end
+
+-- client:close([grace_ms]) -> true. Closes the server's stdin and gives it grace_ms to
+-- exit, then SIGTERM and another grace_ms, then SIGKILL; returns once it is gone. Pending
+-- calls fail with "closed". Idempotent.
+function Client:close(grace_ms)
+  local st = rawget(self, "_s")
+  if not st then misuse("client:close", "expected a client (use client:close)") end
+  if grace_ms ~= nil then grace_ms = opt_ms("client:close", { grace_ms = grace_ms }, "grace_ms", 0, true) end
+  local grace = grace_ms or DEFAULT_GRACE_MS
+  if st.closed then return true end
+  local me = current()
+  if me == nil or me == st.reader_task then
+    release_now(st, grace)
+    return true
+  end
+  st.closed = true
+  fail_pending(st, "baton.mcp: the client was closed", "closed")
+  local proc = st.proc
+  st.group:close()  -- handler tasks
+  local deadline = now() + grace
+  pcall(proc.close_stdin, proc)
+  local reader = st.reader_task
+  local done = reader:join(grace)
+  if done == nil then  -- still reading: stop it, so that this task may wait on the process
+    reader:abort()
+    reader:join()
+  end
+  local left = deadline - now()
+  local code = proc:wait(left > 0 and left or 0)
+  if not code then
+    proc:kill("TERM")
+    code = proc:wait(grace)
+    if not code then
+      proc:kill("KILL")
+      proc:wait(5000)
+    end
+  end
+  proc:close(0)
+  return true
+end
+
+Client.__close = function(self) local st = rawget(self, "_s"); if not st.closed then release_now(st, DEFAULT_GRACE_MS) end end
+Client.__gc = Client.__close
+Client.__tostring = function(self)
+  local st = rawget(self, "_s")
+  local state = st.closed and "closed" or st.dead and "dead" or "open"
+  local name = type(self.server_info) == "table" and self.server_info.name or "?"
+  return format("baton.mcp.Client (%s, pid %d, %s)", tostring(name), st.pid or -1, state)
+end
+
+-- ---- connect ---------------------------------------------------------------------------
+
+local CONNECT_OPTS = {
+  command = true, env = true, cwd = true, protocol_version = true, supported_versions = true,
+  capabilities = true, roots = true, client_info = true, max_line_bytes = true,
+  timeout_ms = true, request_timeout_ms = true, on_notification = true, on_log = true,
+  on_warning = true,
+}
+
+local function contains(list, v)
+  for _, x in ipairs(list) do if x == v then return true end end
+  return false
+end
+
+-- mcp.connect(opts) -> client | nil, message, kind
+function M.connect(opts)
+  local F = "baton.mcp.connect"
+  if type(opts) ~= "table" then misuse(F, "options must be a table (got %s)", type(opts)) end
+  check_fields(F, opts, CONNECT_OPTS)
+  local cmd = opts.command
+  if type(cmd) ~= "table" or #cmd == 0 then misuse(F, "command must be a table of strings") end
+  for i = 1, #cmd do
+    if type(cmd[i]) ~= "string" then misuse(F, "command must be a table of strings") end
+  end
+  opt_type(F, opts, "env", "table")
+  opt_type(F, opts, "cwd", "string")
+  opt_type(F, opts, "capabilities", "table")
+  opt_type(F, opts, "client_info", "table")
+  opt_type(F, opts, "on_notification", "function")
+  opt_type(F, opts, "on_log", "function")
+  opt_type(F, opts, "on_warning", "function")
+  local supported = opt_type(F, opts, "supported_versions", "table") or M.SUPPORTED_VERSIONS
+  for i = 1, #supported do
+    if type(supported[i]) ~= "string" then misuse(F, "supported_versions must be a list of strings") end
+  end
+  if #supported == 0 then misuse(F, "supported_versions must not be empty") end
+  local version = opt_type(F, opts, "protocol_version", "string") or supported[1]
+  local roots = opts.roots ~= nil and check_roots(F, opts.roots) or nil
+  local max_line = opts.max_line_bytes
+  if max_line ~= nil and (math.type(max_line) ~= "integer" or max_line <= 0) then
+    misuse(F, "max_line_bytes must be a positive integer (got %s)", tostring(max_line))
+  end
+  local handshake_ms = opt_ms(F, opts, "timeout_ms", DEFAULT_HANDSHAKE_MS)
+  local request_ms = opt_ms(F, opts, "request_timeout_ms", DEFAULT_REQUEST_MS)
+  if current() == nil then misuse(F, "must be called in a task (inside baton.run)") end
+
+  local argv = { stdin = true, cwd = opts.cwd, env = opts.env }
+  for i = 1, #cmd do argv[i] = cmd[i] end
+  local proc, perr, pkind = baton.process.spawn(argv)
+  if not proc then return nil, "baton.mcp.connect: " .. tostring(perr), pkind or "io" end
+
+  local st = {
+    proc = proc, pid = proc:pid(), pending = {}, progress = {}, inbound = {}, on = {},
+    handlers = {}, next_id = 1, in_flight = 0, parts = {}, nparts = 0, plen = 0,
+    max_line = max_line or DEFAULT_MAX_LINE, request_timeout = request_ms, roots = roots,
+    on_notification = opts.on_notification, on_warning = opts.on_warning,
+    group = baton.group(),
+    stats = { sent = 0, received = 0, notifications = 0, server_requests = 0, late = 0,
+              malformed = 0, warnings = 0, handler_errors = 0 },
+  }
+  if opts.on_log then st.on["notifications/message"] = { opts.on_log } end
+  st.reader_task = baton.spawn(reader, st)
+  local client = setmetatable({ _s = st }, Client)
+
+  local caps = {}
+  for k, v in pairs(opts.capabilities or {}) do caps[k] = v end
+  if roots and caps.roots == nil then caps.roots = { listChanged = true } end
+  local info = opts.client_info or { name = "baton", version = M.VERSION }
+  local hok, r, e, k = pcall(request, st, F, "initialize", {
+    protocolVersion = version, capabilities = json.object(caps), clientInfo = info,
+  }, handshake_ms)
+  if not hok then  -- aborted (or bad client_info): let go of the server, then unwind
+    release_now(st, 200)
+    error(r, 0)
+  end
+  local function fail(msg, kind)
+    client:close(200)
+    return nil, msg, kind
+  end
+  if r == nil then
+    return fail("baton.mcp.connect: initialize failed: " .. tostring(e), k == "rpc" and "protocol" or k)
+  end
+  if type(r) ~= "table" or type(r.protocolVersion) ~= "string" then
+    return fail("baton.mcp.connect: the initialize reply has no protocolVersion", "protocol")
+  end
+  local v = r.protocolVersion
+  if v ~= version and not contains(supported, v) then
+    return fail(format("baton.mcp.connect: the server speaks protocol %s; this client "
+                       .. "supports %s", v, concat(supported, ", ")), "protocol")
+  end
+  client.protocol_version = v
+  client.server_info = type(r.serverInfo) == "table" and r.serverInfo or {}
+  client.server_capabilities = type(r.capabilities) == "table" and r.capabilities or {}
+  client.instructions = type(r.instructions) == "string" and r.instructions or nil
+  send(st, { jsonrpc = "2.0", method = "notifications/initialized" })
+  return client
+end
+
+-- ---- the engine's dispatcher -----------------------------------------------------------
+
+local DISPATCH_OPTS = { timeout_ms = true, body = true }
+
+-- mcp.dispatcher(client, [{ timeout_ms =, body = fn(result, tool, args) }]) -> a dispatcher
+-- for baton.engine: calls the tool; returns the result (or body(result, ...)); raises
+-- { kind =, message =, code =, result = } on failure, so the outcome is "failed".
+function M.dispatcher(client, opts)
+  local F = "baton.mcp.dispatcher"
+  if getmetatable(client) ~= Client then misuse(F, "client must be a baton.mcp client") end
+  opts = opts or {}
+  if type(opts) ~= "table" then misuse(F, "opts must be a table") end
+  check_fields(F, opts, DISPATCH_OPTS)
+  local ms = opt_ms(F, opts, "timeout_ms", nil)
+  local body = opt_type(F, opts, "body", "function")
+  local copts = ms and { timeout_ms = ms } or nil
+  return function(tool, args)
+    local r, msg, kind, x = client:call(tool, args, copts)
+    if r == nil then
+      local err = { kind = kind, message = msg }
+      if type(x) == "table" then
+        if x.code ~= nil then err.code, err.data = x.code, x.data else err.result = x end
+      end
+      error(setmetatable(err, { __tostring = function(t) return t.message end }), 0)
+    end
+    if body then return body(r, tool, args) end
+    return r
+  end
+end
+
+M.Client = Client
+return M

@@ -1,0 +1,653 @@
+-- baton.mcp: the MCP client against the real reference servers from npm (server-everything,
+-- server-filesystem, versions pinned in spec/fixtures/mcp/package-lock.json) and against a
+-- scripted fake server (spec/fixtures/mcp/fake_server.py) for what real servers never do:
+-- out-of-order replies, garbage, split writes, dying mid-call, never answering.
+local baton = require "baton"
+local H = require "spec.helper"
+local mcp = require "baton.mcp"
+
+local SRC = os.getenv("BATON_SRC") or "."
+local FIX = SRC .. "/spec/fixtures/mcp"
+local NM = FIX .. "/node_modules/@modelcontextprotocol"
+local EVERYTHING = NM .. "/server-everything/dist/index.js"
+local FILESYSTEM = NM .. "/server-filesystem/dist/index.js"
+local FAKE = FIX .. "/fake_server.py"
+
+local function exists(path)
+  local f = io.open(path)
+  if f then f:close() end
+  return f ~= nil
+end
+
+local function have(prog)
+  return os.execute("command -v " .. prog .. " >/dev/null 2>&1") == true
+end
+
+local function loud(msg)
+  io.stderr:write(("\n" .. ("!"):rep(78) .. "\n!!! mcp_spec: %s\n" .. ("!"):rep(78) .. "\n")
+                  :format(msg))
+end
+
+-- The real servers need node and the pinned packages; install them when npm can.
+local real_reason
+if not have("node") then
+  real_reason = "node is not installed: the specs against the real MCP servers are SKIPPED"
+elseif not (exists(EVERYTHING) and exists(FILESYSTEM)) then
+  if have("npm") then
+    os.execute("cd '" .. FIX .. "' && npm ci --no-audit --no-fund --loglevel=error >&2")
+  end
+  if not (exists(EVERYTHING) and exists(FILESYSTEM)) then
+    real_reason = "the MCP servers are not installed (npm ci in spec/fixtures/mcp failed): "
+                  .. "the specs against them are SKIPPED"
+  end
+end
+if real_reason then loud(real_reason) end
+local fake_reason = not have("python3") and "python3 is missing: the fake-server specs are SKIPPED"
+if fake_reason then loud(fake_reason) end
+
+local function gated(reason)
+  if not reason then return it end
+  return function(name) pending(name .. " -- " .. reason) end
+end
+local real_it, fake_it = gated(real_reason), gated(fake_reason)
+
+local function alive(pid)
+  return os.execute("kill -0 " .. math.tointeger(pid) .. " 2>/dev/null") == true
+end
+
+local function everything(opts)
+  opts = opts or {}
+  opts.command = { "node", EVERYTHING, "stdio" }
+  return assert(mcp.connect(opts))
+end
+
+local function filesystem(dir, opts)
+  opts = opts or {}
+  opts.command = { "node", FILESYSTEM, dir }
+  return assert(mcp.connect(opts))
+end
+
+local function fake(args, opts)
+  opts = opts or {}
+  opts.command = { "python3", FAKE, table.unpack(args or {}) }
+  return mcp.connect(opts)
+end
+
+local function tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  assert(os.execute("mkdir -p '" .. p .. "'"))
+  -- the server resolves symlinks in its allowed directories; so do we
+  local h = io.popen("realpath '" .. p .. "'")
+  local real = h:read("l")
+  h:close()
+  return real
+end
+
+local function rmdir(p) os.execute("rm -rf '" .. p .. "'") end
+
+local function write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+-- The tools of the pinned server-everything when the client declares no capabilities.
+local EVERYTHING_TOOLS = {
+  "echo", "get-annotated-message", "get-env", "get-resource-links", "get-resource-reference",
+  "get-structured-content", "get-sum", "get-tiny-image", "gzip-file-as-resource",
+  "simulate-research-query", "toggle-simulated-logging", "toggle-subscriber-updates",
+  "trigger-long-running-operation",
+}
+
+local function names(tools)
+  local out = {}
+  for i, t in ipairs(tools) do out[i] = t.name end
+  table.sort(out)
+  return out
+end
+
+describe("baton.mcp against server-everything", function()
+  real_it("connects: server_info, capabilities, instructions, the newest protocol version",
+    H.async(function()
+      local c = everything()
+      assert.equal("mcp-servers/everything", c.server_info.name)
+      assert.equal(mcp.SUPPORTED_VERSIONS[1], c.protocol_version)
+      assert.is_table(c.server_capabilities.tools)
+      assert.is_string(c.instructions)
+      c:close()
+    end))
+
+  real_it("negotiates an older protocol version when asked for it", H.async(function()
+    local c = everything { protocol_version = "2024-11-05" }
+    assert.equal("2024-11-05", c.protocol_version)
+    assert.equal("Echo: old", mcp.text(assert(c:call("echo", { message = "old" }))))
+    c:close()
+  end))
+
+  real_it("accepts the server's own version when it does not know the one asked for",
+    H.async(function()
+      local c = everything { protocol_version = "2099-01-01" }
+      assert.is_true(c.protocol_version ~= "2099-01-01")
+      local ok = false
+      for _, v in ipairs(mcp.SUPPORTED_VERSIONS) do ok = ok or v == c.protocol_version end
+      assert.is_true(ok)
+      c:close()
+    end))
+
+  real_it("refuses a server version it does not support, clearly, and stops the server",
+    H.async(function()
+      local c, msg, kind = mcp.connect { command = { "node", EVERYTHING, "stdio" },
+                                         protocol_version = "2099-01-01",
+                                         supported_versions = { "2099-01-01" } }
+      assert.is_nil(c)
+      assert.equal("protocol", kind)
+      assert.matches("the server speaks protocol 2025%-11%-25; this client supports 2099%-01%-01", msg)
+      assert.equal(0, H.settle().processes)
+    end))
+
+  real_it("list_tools returns every tool the server has", H.async(function()
+    local c = everything()
+    local tools = assert(c:list_tools())
+    local raw = assert(c:request("tools/list"))
+    assert.equal(#raw.tools, #tools)
+    assert.same(EVERYTHING_TOOLS, names(tools))
+    for _, t in ipairs(tools) do assert.is_table(t.inputSchema) end
+    c:close()
+  end))
+
+  real_it("lists resources and prompts, reads a resource, gets a prompt", H.async(function()
+    local c = everything()
+    local resources = assert(c:list_resources())
+    assert.equal(#assert(c:request("resources/list")).resources, #resources)
+    local r = assert(c:read_resource(resources[1].uri))
+    assert.equal(resources[1].uri, r.contents[1].uri)
+    local prompts = assert(c:list_prompts())
+    assert.is_true(#prompts > 0)
+    local simple
+    for _, p in ipairs(prompts) do if p.name == "simple-prompt" then simple = p end end
+    assert.is_table(simple)
+    assert.is_true(#assert(c:get_prompt("simple-prompt")).messages > 0)
+    c:close()
+  end))
+
+  real_it("calls echo and get-sum", H.async(function()
+    local c = everything()
+    local r = assert(c:call("echo", { message = "hello, \u{2028} world" }))
+    assert.equal("text", r.content[1].type)
+    assert.equal("Echo: hello, \u{2028} world", r.content[1].text)
+    r = assert(c:call("get-sum", { a = 2, b = 40 }))
+    assert.equal("The sum of 2 and 40 is 42.", mcp.text(r))
+    c:close()
+  end))
+
+  real_it("an unknown tool and bad arguments come back as tool_error", H.async(function()
+    local c = everything()
+    local r, msg, kind, res = c:call("no-such-tool", {})
+    assert.is_nil(r)
+    assert.equal("tool_error", kind)
+    assert.matches("no%-such%-tool", msg)
+    assert.is_true(res.isError)
+    r, msg, kind = c:call("get-sum", { a = "two" })
+    assert.is_nil(r)
+    assert.equal("tool_error", kind)
+    assert.matches("get%-sum", msg)
+    -- the client stays usable
+    assert.equal("Echo: still", mcp.text(assert(c:call("echo", { message = "still" }))))
+    c:close()
+  end))
+
+  real_it("delivers the progress of a long-running tool to on_progress", H.async(function()
+    local c = everything()
+    local seen = {}
+    local r = assert(c:call("trigger-long-running-operation", { duration = 0.5, steps = 5 }, {
+      on_progress = function(progress, total) seen[#seen + 1] = { progress, total } end }))
+    assert.matches("Long running operation completed", mcp.text(r))
+    assert.same({ { 1, 5 }, { 2, 5 }, { 3, 5 }, { 4, 5 }, { 5, 5 } }, seen)
+    c:close()
+  end))
+
+  real_it("cancelling a long-running call mid-way returns at once", H.async(function()
+    local c = everything()
+    local progressed = 0
+    local t0 = baton.clock()
+    local r, msg, kind = baton.timeout(1200, c.call, c, "trigger-long-running-operation",
+      { duration = 30, steps = 60 },
+      { on_progress = function() progressed = progressed + 1 end })
+    local elapsed = baton.clock() - t0
+    assert.is_nil(r)
+    assert.equal("timeout", msg)
+    assert.equal("timeout", kind)
+    assert.is_true(progressed >= 1, "no progress before the cancel")
+    assert.is_true(elapsed < 5000, "took " .. elapsed .. " ms")
+    assert.equal(0, c:stats().in_flight)
+    assert.equal("Echo: after", mcp.text(assert(c:call("echo", { message = "after" }))))
+    c:close()
+  end))
+
+  real_it("16 calls in flight each come back to their own caller", H.async(function()
+    local c = everything()
+    local g <close> = baton.group()
+    for i = 1, 16 do
+      g:spawn(function()
+        local r = assert(c:call("echo", { message = "caller " .. i }))
+        return i, mcp.text(r)
+      end)
+    end
+    baton.yield()  -- every caller runs up to its wait: 16 requests written, none answered
+    local most = c:stats().in_flight
+    local got = 0
+    for _, t in ipairs(g:join_all()) do
+      assert.is_true(t.ok, t.error)
+      local i, text = t:results()
+      assert.equal("Echo: caller " .. i, text)
+      got = got + 1
+    end
+    assert.equal(16, got)
+    assert.is_true(most >= 8, "only " .. most .. " calls were in flight together")
+    c:close()
+  end))
+
+  real_it("close() leaves no process behind", H.async(function()
+    local c = everything()
+    local pid = c:pid()
+    assert.is_true(alive(pid))
+    assert.is_true(c:close())
+    assert.is_true(c:close())  -- idempotent
+    assert.equal(0, H.settle().processes)
+    assert.is_false(alive(pid))
+    H.raises("client:call: the client is closed", c.call, c, "echo", { message = "x" })
+  end))
+end)
+
+describe("baton.mcp against server-filesystem", function()
+  local dir
+  before_each(function() dir = tmpdir() end)
+  after_each(function() rmdir(dir) end)
+
+  real_it("list_directory and read_text_file on a temp dir", H.async(function()
+    write_file(dir .. "/a.txt", "alpha\nbeta\n")
+    assert(os.execute("mkdir '" .. dir .. "/sub'"))
+    local c = filesystem(dir)
+    assert.equal("secure-filesystem-server", c.server_info.name)
+    local r = assert(c:call("list_directory", { path = dir }))
+    local listing = mcp.text(r)
+    assert.matches("%[FILE%] a%.txt", listing)
+    assert.matches("%[DIR%] sub", listing)
+    r = assert(c:call("read_text_file", { path = dir .. "/a.txt" }))
+    assert.equal("alpha\nbeta\n", mcp.text(r))
+    c:close()
+  end))
+
+  real_it("a 1 MB file read arrives whole", H.async(function()
+    local pieces, n = {}, 0
+    while n < 1000000 do  -- varied text, with characters JSON escapes and raw U+2028
+      local line = ("%06d \"quoted\" \\ tab\t é ✓ \u{2028} %s\n"):format(#pieces, ("z"):rep(#pieces % 50))
+      pieces[#pieces + 1] = line
+      n = n + #line
+    end
+    local content = table.concat(pieces)
+    write_file(dir .. "/big.txt", content)
+    local c = filesystem(dir)
+    local r = assert(c:call("read_text_file", { path = dir .. "/big.txt" }))
+    local text = mcp.text(r)
+    assert.equal(#content, #text)
+    assert.is_true(text == content)
+    c:close()
+  end))
+
+  real_it("bad arguments and a path outside the allowed directories are tool_error",
+    H.async(function()
+      local c = filesystem(dir)
+      local r, _, kind = c:call("read_text_file", {})
+      assert.is_nil(r)
+      assert.equal("tool_error", kind)
+      r, _, kind = c:call("read_text_file", { path = "/etc/hostname" })
+      assert.is_nil(r)
+      assert.equal("tool_error", kind)
+      c:close()
+    end))
+
+  real_it("answers the server's roots/list with the configured roots", H.async(function()
+    local other = tmpdir()
+    local c = filesystem(dir, { roots = { { uri = "file://" .. other, name = "other" } } })
+    local text
+    local deadline = baton.now() + 5000
+    repeat  -- the server asks for the roots after initialized, concurrently with this call
+      text = mcp.text(assert(c:call("list_allowed_directories")))
+      if text:find(other, 1, true) then break end
+      baton.sleep(20)
+    until baton.now() > deadline
+    assert.matches(other, text, 1, true)
+    assert.is_true(c:stats().server_requests >= 1)
+    c:close()
+    rmdir(other)
+  end))
+end)
+
+describe("baton.mcp against a scripted server", function()
+  fake_it("matches replies that come back out of order", H.async(function()
+    local c = assert(fake())
+    local g <close> = baton.group()
+    local order = {}
+    for i, ms in ipairs { 300, 150, 0 } do
+      g:spawn(function()
+        local r = assert(c:call("slow", { ms = ms, text = "t" .. i }))
+        order[#order + 1] = i
+        return i, mcp.text(r)
+      end)
+    end
+    for _, t in ipairs(g:join_all()) do
+      local i, text = t:results()
+      assert.equal("slow: t" .. i, text)
+    end
+    assert.same({ 3, 2, 1 }, order)
+    c:close()
+  end))
+
+  fake_it("skips a line that is not JSON, with a warning", H.async(function()
+    local warnings = {}
+    local c = assert(fake({}, { on_warning = function(m) warnings[#warnings + 1] = m end }))
+    assert.equal("garbage: x", mcp.text(assert(c:call("garbage", { text = "x" }))))
+    assert.equal(1, c:stats().malformed)
+    assert.equal(1, #warnings)
+    assert.matches("not JSON", warnings[1])
+    c:close()
+  end))
+
+  fake_it("reassembles a reply split across several writes, and a \\r\\n line end",
+    H.async(function()
+      local c = assert(fake())
+      assert.equal("split: a b c", mcp.text(assert(c:call("split", { text = "a b c" }))))
+      assert.equal("crlf: y", mcp.text(assert(c:call("crlf", { text = "y" }))))
+      c:close()
+    end))
+
+  fake_it("a server that exits mid-call fails the call with 'closed' at once", H.async(function()
+    local c = assert(fake())
+    local elapsed, r, msg, kind = H.timed(c.call, c, "exit", {}, { timeout_ms = 20000 })
+    assert.is_nil(r)
+    assert.equal("closed", kind)
+    assert.matches("the server exited %(exit code 3%)", msg)
+    assert.is_true(elapsed < 2000, "took " .. elapsed .. " ms")
+    r, msg, kind = c:call("echo", { text = "again" })
+    assert.is_nil(r)
+    assert.equal("closed", kind)
+    c:close()
+  end))
+
+  fake_it("a server that never answers: 'timeout', and the server hears cancelled",
+    H.async(function()
+      local c = assert(fake())
+      local elapsed, r, msg, kind = H.timed(c.call, c, "never", {}, { timeout_ms = 200 })
+      assert.is_nil(r)
+      assert.equal("timeout", msg)
+      assert.equal("timeout", kind)
+      assert.is_true(elapsed >= 190 and elapsed < 3000, "took " .. elapsed .. " ms")
+      local cancels = baton.json.decode(mcp.text(assert(c:call("cancels"))))
+      assert.same({ { requestId = 2, reason = "timeout" } }, cancels)  -- id 1 was initialize
+      c:close()
+    end))
+
+  fake_it("aborting the calling task sends notifications/cancelled and stops waiting",
+    H.async(function()
+      local c = assert(fake())
+      local t = baton.spawn(function() return c:call("never") end)
+      baton.sleep(50)
+      local t0 = baton.clock()
+      t:abort()
+      t:join()
+      assert.is_true(baton.clock() - t0 < 1000)
+      assert.equal("cancelled", t:status())
+      assert.equal(0, c:stats().in_flight)
+      local cancels = baton.json.decode(mcp.text(assert(c:call("cancels"))))
+      assert.same({ { requestId = 2, reason = "cancelled" } }, cancels)
+      c:close()
+    end))
+
+  fake_it("answers the server's roots/list with the roots, an unknown request with -32601",
+    H.async(function()
+      local roots = { { uri = "file:///tmp/a", name = "a" }, { uri = "file:///tmp/b" } }
+      local c = assert(fake({}, { roots = roots }))
+      local got = baton.json.decode(mcp.text(assert(c:call("ask"))))
+      assert.same({ jsonrpc = "2.0", id = 1000, result = { roots = roots } }, got.roots)
+      assert.equal(-32601, got.unknown.error.code)
+      assert.equal(1001, got.unknown.id)
+      c:close()
+    end))
+
+  fake_it("client:handle answers the server's requests from a task", H.async(function()
+    local c = assert(fake())
+    c:handle("roots/list", function()
+      baton.sleep(10)  -- a handler may wait
+      return { roots = { { uri = "file:///h" } } }
+    end)
+    c:handle("frobnicate/now", function(params) return nil, "no frobs: " .. params.x, -32000 end)
+    local got = baton.json.decode(mcp.text(assert(c:call("ask"))))
+    assert.equal("file:///h", got.roots.result.roots[1].uri)
+    assert.same({ code = -32000, message = "no frobs: 1" }, got.unknown.error)
+    c:close()
+  end))
+
+  fake_it("delivers notifications to on_log, client:on and on_notification", H.async(function()
+    local log, custom, other = {}, {}, {}
+    local c = assert(fake({}, {
+      on_log = function(p) log[#log + 1] = p end,
+      on_notification = function(method, p) other[#other + 1] = method end }))
+    c:on("notifications/custom", function(p) custom[#custom + 1] = p.n end)
+    assert.equal("notified", mcp.text(assert(c:call("notify"))))
+    assert.same({ { level = "info", logger = "fake", data = "hello" } }, log)
+    assert.same({ 42 }, custom)
+    assert.same({}, other)
+    c:close()
+  end))
+
+  fake_it("a handler that raises is a warning; the reader goes on", H.async(function()
+    local warnings = {}
+    local c = assert(fake({}, { on_warning = function(m) warnings[#warnings + 1] = m end }))
+    c:on("notifications/custom", function() error("boom") end)
+    assert.equal("notified", mcp.text(assert(c:call("notify"))))
+    assert.equal("echo: on", mcp.text(assert(c:call("echo", { text = "on" }))))
+    assert.equal(1, c:stats().handler_errors)
+    assert.matches("boom", warnings[1])
+    c:close()
+  end))
+
+  fake_it("routes progress to on_progress with total and message", H.async(function()
+    local c = assert(fake())
+    local seen = {}
+    assert(c:call("progress", { steps = 3, ms = 5 }, {
+      on_progress = function(p, total, message) seen[#seen + 1] = { p, total, message } end }))
+    assert.same({ { 1, 3, "step 1" }, { 2, 3, "step 2" }, { 3, 3, "step 3" } }, seen)
+    c:close()
+  end))
+
+  fake_it("list_tools follows nextCursor through every page", H.async(function()
+    local c = assert(fake { "--pages", "7" })
+    local tools = assert(c:list_tools())
+    assert.equal(14, #tools)
+    assert.equal("echo", tools[1].name)
+    assert.equal("rpcfail", tools[14].name)
+    c:close()
+  end))
+
+  fake_it("isError and a JSON-RPC error of tools/call are tool_error; other requests 'rpc'",
+    H.async(function()
+      local c = assert(fake())
+      local r, msg, kind, res = c:call("fail")
+      assert.is_nil(r)
+      assert.equal("tool_error", kind)
+      assert.equal("tool 'fail' failed: it broke", msg)
+      assert.is_true(res.isError)
+      r, msg, kind, res = c:call("rpcfail")
+      assert.equal("tool_error", kind)
+      assert.equal("tool 'rpcfail': Unknown tool: nope (JSON-RPC error -32602)", msg)
+      assert.same({ code = -32602, message = "Unknown tool: nope", data = { x = 1 } }, res)
+      r, msg, kind, res = c:request("no/such/method")
+      assert.is_nil(r)
+      assert.equal("rpc", kind)
+      assert.equal(-32601, res.code)
+      assert.is_true(c:ping())
+      c:close()
+    end))
+
+  fake_it("refuses a bogus protocol version in the reply", H.async(function()
+    local c, msg, kind = fake { "--version", "1.0-bogus" }
+    assert.is_nil(c)
+    assert.equal("protocol", kind)
+    assert.matches("speaks protocol 1.0-bogus", msg, 1, true)
+    assert.equal(0, H.settle().processes)
+  end))
+
+  fake_it("a handshake that is never answered times out", H.async(function()
+    local elapsed, c, msg, kind = H.timed(fake, { "--no-init" }, { timeout_ms = 300 })
+    assert.is_nil(c)
+    assert.equal("timeout", kind)
+    assert.matches("initialize", msg)
+    assert.is_true(elapsed < 3000)
+  end))
+
+  fake_it("aborting a task inside connect leaves no process", H.async(function()
+    local t = baton.spawn(fake, { "--no-init" })
+    baton.sleep(100)
+    t:abort()
+    t:join()
+    assert.equal("cancelled", t:status())
+    assert.equal(0, H.settle(5000).processes)
+  end))
+
+  fake_it("a line over max_line_bytes fails the client with 'too_large'", H.async(function()
+    local c = assert(fake({}, { max_line_bytes = 4096 }))
+    assert.equal("x", mcp.text(assert(c:call("big", { bytes = 1 }))))
+    local r, msg, kind = c:call("big", { bytes = 100000 })
+    assert.is_nil(r)
+    assert.equal("too_large", kind)
+    assert.matches("max_line_bytes %(4096%)", msg)
+    c:close()
+  end))
+
+  fake_it("close() ends a server that ignores EOF with SIGTERM", H.async(function()
+    local c = assert(fake { "--ignore-eof" })
+    local pid = c:pid()
+    local elapsed = H.timed(c.close, c, 200)
+    assert.is_true(elapsed >= 190 and elapsed < 3000, "took " .. elapsed .. " ms")
+    assert.equal(0, H.settle().processes)
+    assert.is_false(alive(pid))
+  end))
+
+  fake_it("close() kills a server that ignores EOF and SIGTERM", H.async(function()
+    local c = assert(fake { "--ignore-eof", "--ignore-term" })
+    local pid = c:pid()
+    local elapsed = H.timed(c.close, c, 150)
+    assert.is_true(elapsed >= 290 and elapsed < 3000, "took " .. elapsed .. " ms")
+    assert.equal(0, H.settle().processes)
+    assert.is_false(alive(pid))
+  end))
+
+  fake_it("close() fails the calls in flight with 'closed'", H.async(function()
+    local c = assert(fake())
+    local t = baton.spawn(function() return c:call("never") end)
+    baton.sleep(20)
+    c:close()
+    local ok, r, msg, kind = t:join()
+    assert.is_true(ok)
+    assert.is_nil(r)
+    assert.equal("closed", kind)
+    assert.matches("closed", msg)
+  end))
+
+  fake_it("a client in a <close> variable or dropped and collected leaves no process",
+    H.async(function()
+      local pid1, pid2
+      do
+        local c <close> = assert(fake())
+        pid1 = c:pid()
+      end
+      do
+        local c = assert(fake())
+        pid2 = c:pid()
+      end
+      collectgarbage()
+      collectgarbage()
+      assert.equal(0, H.settle(5000).processes)
+      assert.is_false(alive(pid1))
+      assert.is_false(alive(pid2))
+    end))
+
+  fake_it("the dispatcher turns calls into engine outcomes", H.async(function()
+    local c = assert(fake())
+    local e <close> = baton.engine { max_parallel = 4, timeout_ms = 2000,
+                                     dispatcher = mcp.dispatcher(c, { body = mcp.text }) }
+    e:dispatch { { tool = "echo", args = { text = "a" } }, { tool = "fail" },
+                 { tool = "slow", args = { ms = 50, text = "b" } } }
+    local by = {}
+    for _, o in ipairs(e:wait_within()) do by[o.tool] = o end
+    assert.equal("settled", by.echo.status)
+    assert.equal("echo: a", by.echo.body)
+    assert.equal("slow: b", by.slow.body)
+    assert.equal("failed", by.fail.status)
+    assert.equal("tool_error", by.fail.error.kind)
+    assert.equal("tool 'fail' failed: it broke", by.fail.error.message)
+    e:shutdown()
+    c:close()
+  end))
+end)
+
+describe("baton.mcp misuse", function()
+  it("raises for bad options", H.async(function()
+    H.raises("baton.mcp.connect: options must be a table", mcp.connect)
+    H.raises("baton.mcp.connect: command must be a table of strings", mcp.connect, {})
+    H.raises("baton.mcp.connect: command must be a table of strings", mcp.connect,
+             { command = "node server.js" })
+    H.raises("baton.mcp.connect: command must be a table of strings", mcp.connect,
+             { command = { "node", 3 } })
+    H.raises("baton.mcp.connect: unknown option 'timout_ms'", mcp.connect,
+             { command = { "true" }, timout_ms = 10 })
+    H.raises("baton.mcp.connect: timeout_ms must be an integer number of milliseconds",
+             mcp.connect, { command = { "true" }, timeout_ms = "soon" })
+    H.raises("baton.mcp.connect: on_log must be a function", mcp.connect,
+             { command = { "true" }, on_log = true })
+    H.raises("baton.mcp.connect: roots%[1%] must be a table with a string uri", mcp.connect,
+             { command = { "true" }, roots = { { name = "x" } } })
+    H.raises("baton.mcp.dispatcher: client must be a baton.mcp client", mcp.dispatcher, {})
+  end))
+
+  it("returns nil, message, 'io' for a program that does not exist", H.async(function()
+    local c, msg, kind = mcp.connect { command = { "nosuchprog-baton-mcp" } }
+    assert.is_nil(c)
+    assert.equal("io", kind)
+    assert.matches("nosuchprog%-baton%-mcp", msg)
+  end))
+
+  it("a server that exits at once fails the handshake with 'closed' and its stderr",
+    H.async(function()
+      local c, msg, kind = mcp.connect { command = { "sh", "-c", "echo 'cannot start' >&2; exit 2" } }
+      assert.is_nil(c)
+      assert.equal("closed", kind)
+      assert.matches("exit code 2%): cannot start", msg)
+    end))
+
+  fake_it("raises for bad call arguments and for use after close", H.async(function()
+    local c = assert(fake())
+    H.raises("client:call: tool must be a string", c.call, c, 42)
+    H.raises("client:call: args must be a table", c.call, c, "echo", "text")
+    H.raises("client:call: unknown option 'timeout'", c.call, c, "echo", {}, { timeout = 1 })
+    H.raises("client:call: timeout_ms must be > 0", c.call, c, "echo", {}, { timeout_ms = -1 })
+    H.raises("client:call: on_progress must be a function", c.call, c, "echo", {},
+             { on_progress = 1 })
+    c:close()
+    H.raises("client:call: the client is closed", c.call, c, "echo", {})
+    H.raises("client:list_tools: the client is closed", c.list_tools, c)
+    H.raises("client:notify: the client is closed", c.notify, c, "x")
+    assert.is_true(c:close())
+  end))
+
+  fake_it("a handler that waits for a reply is told why it cannot", H.async(function()
+    local warnings = {}
+    local c = assert(fake({}, { on_warning = function(m) warnings[#warnings + 1] = m end }))
+    c:on("notifications/custom", function() c:call("echo", { text = "inside" }) end)
+    assert(c:call("notify"))
+    assert.matches("cannot wait for a reply inside a notification handler", warnings[1])
+    c:close()
+  end))
+end)
