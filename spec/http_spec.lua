@@ -68,6 +68,16 @@ describe("baton.http", function()
       assert.is_nil(doc.headers.expect)
     end))
 
+    it("sends no Expect header unless given one, which is then honoured", async(function()
+      local doc = baton.json.decode(http.request { url = url("/echo"), body = ("b"):rep(2e6) }.body)
+      assert.is_nil(doc.headers.expect)
+      assert.equal(2e6, #doc.body)
+      doc = baton.json.decode(http.request { url = url("/echo"), body = "x",
+                                             headers = { Expect = "100-continue" } }.body)
+      assert.equal("100-continue", doc.headers.expect)
+      assert.equal("x", doc.body)
+    end))
+
     it("defaults to POST when there is a body, and sends HEAD without one", async(function()
       local doc = baton.json.decode(http.request { url = url("/echo"), body = "x" }.body)
       assert.equal("POST", doc.method)
@@ -218,11 +228,26 @@ describe("baton.http", function()
       assert.equal(1000, #r.body)
     end))
 
-    it("refuses headers over max_header_bytes", async(function()
+    it("refuses headers over max_header_bytes, or over libcurl's own caps", async(function()
       local r, err, kind = http.request { url = url("/bigheaders?n=40"), max_header_bytes = 16384 }
       assert.is_nil(r)
       assert.equal("too_large", kind)
       assert.matches("headers", err)
+      r, err, kind = http.request { url = url("/bigheader?bytes=150000"),
+                                    max_header_bytes = 1000000 }
+      assert.is_nil(r)
+      assert.equal("too_large", kind)
+      assert.matches("headers", err)
+      r = assert(http.request { url = url("/bigheaders?n=40") })
+      assert.equal(("p"):rep(1024), r.headers["x-pad-39"])
+    end))
+
+    it("does not count an announced length against max_body_bytes when no body is read",
+       async(function()
+      local r = assert(http.request { url = url("/big?bytes=5000"), method = "HEAD",
+                                      max_body_bytes = 1000 })
+      assert.equal(200, r.status)
+      assert.equal("5000", r.headers["content-length"])
     end))
 
     it("reports a body cut short as an io failure", async(function()
@@ -361,6 +386,7 @@ describe("baton.http", function()
         H.raises("method", http.request, { url = url("/"), method = "GE T" })
         H.raises("CR, LF", http.request, { url = url("/"), headers = { X = "a\r\nB: c" } })
         H.raises("valid HTTP token", http.request, { url = url("/"), headers = { ["A B"] = "x" } })
+        H.raises("valid HTTP token", http.request, { url = url("/"), headers = { ["X-A\0B"] = "x" } })
         H.raises("body must be a string", http.request, { url = url("/"), body = {} })
         H.raises("timeout_ms must be", http.request, { url = url("/"), timeout_ms = -1 })
         H.raises("max_body_bytes", http.request, { url = url("/"), max_body_bytes = "x" })
@@ -369,6 +395,15 @@ describe("baton.http", function()
         H.raises("table expected", http.request, "http://x/")
       end)
     end)
+
+    it("keeps options that an __index supplies alive while it uses them", async(function()
+      local opts = setmetatable({}, { __index = function(_, k)
+        collectgarbage()
+        if k == "url" then return url("/json") .. "?" .. ("q"):rep(100) end
+      end })
+      local r = assert(http.request(opts))
+      assert.equal(200, r.status)
+    end))
 
     it("raises outside a task", function()
       H.raises("not inside a baton task", http.request, { url = url("/") })

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "internal.h"
 
@@ -243,8 +244,12 @@ static void finish(bt_http_req_t *r, CURLcode cc) {
     char lim[64];
     snprintf(lim, sizeof lim, "%zu", r->max_head);
     set_error(r, UV_E2BIG, "too_large", "response headers exceed %s bytes", lim);
-  } else if (r->over == 3 || cc == CURLE_OUT_OF_MEMORY) {
+  } else if (r->over == 3) {
     set_error(r, BT_ENOMEM, "nomem", "%s", "out of memory buffering the response");
+  } else if (cc == CURLE_OUT_OF_MEMORY || (cc != CURLE_OK && strstr(detail, "Too large"))) {
+    /* libcurl's own caps: one header line over 100 KiB reads as out of memory, all of
+     * them over 300 KiB as "Too large response headers". */
+    set_error(r, UV_E2BIG, "too_large", "response headers too large: %s", detail);
   } else if (cc == CURLE_OK) {
     r->result = 0;
   } else {
@@ -328,7 +333,11 @@ static int setup(bt_http_req_t *r, const bt_http_opts *o) {
   SET(CURLOPT_URL, o->url);
   if (o->ca_file) SET(CURLOPT_CAINFO, o->ca_file);
   if (o->connect_timeout_ms) SET(CURLOPT_CONNECTTIMEOUT_MS, (long)o->connect_timeout_ms);
-  if (o->max_body_bytes) SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body_bytes);
+#ifdef CURLOPT_QUICK_EXIT
+  /* Removing a transfer that is still resolving a name must not wait for the resolver's
+   * thread: that would stall the loop for as long as the lookup takes. */
+  SET(CURLOPT_QUICK_EXIT, 1L);
+#endif
   if (o->max_redirects > 0) {
     SET(CURLOPT_FOLLOWLOCATION, 1L);
     SET(CURLOPT_MAXREDIRS, o->max_redirects);
@@ -344,18 +353,24 @@ static int setup(bt_http_req_t *r, const bt_http_opts *o) {
     SET(CURLOPT_CUSTOMREQUEST, m);
   }
   /* libcurl would send "Expect: 100-continue" for large bodies and wait for an answer many
-   * servers never give; the user's own Expect header still wins. */
-  struct curl_slist *l = curl_slist_append(NULL, "Expect:");
-  for (const char *const *hp = o->headers; l != NULL && hp && *hp; hp++) {
+   * servers never give: turned off unless the caller sends an Expect header itself. */
+  struct curl_slist *l = NULL;
+  int expect = 0, nomem = 0;
+  for (const char *const *hp = o->headers; !nomem && hp && *hp; hp++) {
+    if (strncasecmp(*hp, "expect", 6) == 0 && ((*hp)[6] == ':' || (*hp)[6] == ';')) expect = 1;
     struct curl_slist *n = curl_slist_append(l, *hp);
-    if (n == NULL) {
-      curl_slist_free_all(l);
-      l = NULL;
-    } else {
-      l = n;
-    }
+    if (n == NULL) nomem = 1;
+    else l = n;
   }
-  if (l == NULL) return BT_ENOMEM;
+  if (!nomem && !expect) {
+    struct curl_slist *n = curl_slist_append(l, "Expect:");
+    if (n == NULL) nomem = 1;
+    else l = n;
+  }
+  if (nomem) {
+    curl_slist_free_all(l);
+    return BT_ENOMEM;
+  }
   r->hdrs = l;
   SET(CURLOPT_HTTPHEADER, l);
 #undef SET

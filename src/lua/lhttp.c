@@ -12,7 +12,7 @@
  * API:
  *   baton.http.request{ url =, method =, headers = { Name = value }, body = string,
  *                       timeout_ms =, connect_timeout_ms =, max_body_bytes = (64 MiB),
- *                       max_header_bytes = (1 MiB), follow_redirects = false | true | n,
+ *                       max_header_bytes = (256 KiB), follow_redirects = false | true | n,
  *                       ca_file = path }
  *     → { status =, headers = { [lowercase name] = value }, body =, url =, retry_after_ms = }
  *     | nil, message, kind   ("timeout", "connect", "too_large", "tls", "protocol", "io",
@@ -33,7 +33,7 @@
 
 #define BT_XFER_MT "baton.HttpTransfer"
 #define DEFAULT_MAX_BODY ((lua_Integer)64 << 20)
-#define DEFAULT_MAX_HEADER ((lua_Integer)1 << 20)
+#define DEFAULT_MAX_HEADER ((lua_Integer)256 << 10)  /* libcurl's own cap is 300 KiB */
 #define DEFAULT_REDIRECTS 10
 
 typedef struct lxfer {
@@ -68,7 +68,7 @@ static void xfer_wait_cancel(bt_wait_t *w) {
 /* ---- options ------------------------------------------------------------------------ */
 
 static int is_token_char(unsigned char c) {
-  return isalnum(c) || strchr("!#$%&'*+-.^_`|~", c) != NULL;
+  return isalnum(c) || (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
 }
 
 /* Pushes the header lines ("Name: value") of options.headers into a scratch userdata of
@@ -243,6 +243,14 @@ static int request_k(lua_State *L, int status, lua_KContext json) {
     xfer_free(x);
     return lbt_push_timeout(L);
   }
+  if (s != 0) {  /* the wait itself failed (no memory for its deadline) */
+    xfer_free(x);
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", json ? "baton.http.json" : "baton.http.request",
+                    bt_strerror(s));
+    lua_pushstring(L, s == BT_ENOMEM ? "nomem" : bt_err_name(s));
+    return 3;
+  }
   const char *fname = json ? "baton.http.json" : "baton.http.request";
   bt_http_req_t *r = x->r;
   if (bt_http_result(r) != 0) {
@@ -315,8 +323,7 @@ static int do_request(lua_State *L, int json) {
   if (lua_getfield(L, 1, "url") != LUA_TSTRING)
     luaL_error(L, "%s: url must be a string (got %s)", fname, luaL_typename(L, -1));
   size_t ulen;
-  o.url = lua_tolstring(L, -1, &ulen);  /* the options table anchors it */
-  lua_pop(L, 1);
+  o.url = lua_tolstring(L, -1, &ulen);  /* stays on the stack until the start */
   if (strlen(o.url) != ulen) luaL_error(L, "%s: url contains a NUL byte", fname);
   o.method = check_method(L, fname);
   int bt = lua_getfield(L, 1, "body");
@@ -344,10 +351,9 @@ static int do_request(lua_State *L, int json) {
                "(got %s)", fname, luaL_tolstring(L, -1, NULL));
   lua_pop(L, 1);
   int ct = lua_getfield(L, 1, "ca_file");
-  if (ct == LUA_TSTRING) o.ca_file = lua_tostring(L, -1);  /* the options table anchors it */
+  if (ct == LUA_TSTRING) o.ca_file = lua_tostring(L, -1);  /* stays on the stack */
   else if (ct != LUA_TNIL)
     luaL_error(L, "%s: ca_file must be a path (got %s)", fname, luaL_typename(L, -1));
-  lua_pop(L, 1);
 
   lbt_task *T = lbt_await_begin(L, R, fname);
   lxfer *x = lua_newuserdatauv(L, sizeof *x, 0);
