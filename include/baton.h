@@ -359,7 +359,8 @@ BT_EXTERN size_t bt_rt_procs(bt_rt_t *rt);
 
 typedef struct bt_http_req bt_http_req_t;
 
-typedef struct bt_http_opts {
+typedef struct bt_http_opts bt_http_opts;
+struct bt_http_opts {
   const char *url;                  /* absolute http:// or https:// URL; copied */
   const char *method;               /* NULL: GET, or POST when there is a body; copied */
   const char *const *headers;       /* "Name: value" lines, NULL-terminated, or NULL; copied */
@@ -370,7 +371,13 @@ typedef struct bt_http_opts {
   size_t max_header_bytes;          /* 0: no limit */
   long max_redirects;               /* 0: redirects are not followed */
   const char *ca_file;              /* PEM bundle of trusted CAs; NULL: the system's; copied */
-} bt_http_opts;
+  int stream;                       /* 1: the body is handed over as it arrives (below) */
+  size_t stream_buffer;             /* stream: unread bytes at which reading pauses; 0: 1 MiB */
+  /* stream: called when the response head is complete and each time body bytes arrive,
+   * possibly from inside libcurl: it may record or wake a task, and must not call any
+   * bt_http_* function. Required with `stream`. */
+  void (*on_event)(bt_http_req_t *r, void *data);
+};
 
 /* The transfer ended (success or failure): called once, from the loop, never from inside
  * bt_http_start() or bt_http_free(). Read the outcome with the accessors below. */
@@ -399,6 +406,16 @@ BT_EXTERN const char *bt_http_body(const bt_http_req_t *r, size_t *len);
 BT_EXTERN const char *bt_http_headers(const bt_http_req_t *r, size_t *len);
 /* The URL of the final response (after redirects), borrowed until bt_http_free(). */
 BT_EXTERN const char *bt_http_url(const bt_http_req_t *r);
+/* Streaming. The head (status, headers) is complete once bt_http_head_done() (a transfer
+ * may also finish without one: a failure, or a response with no end of headers); the body's
+ * unread bytes are bt_http_peek() (borrowed until the next bt_http_* call on `r`) and
+ * bt_http_consume() hands them over, resuming a transfer paused on a full buffer (it may
+ * call on_event before it returns). bt_http_finished(): the done callback has run;
+ * bt_http_status() is valid from the head on. */
+BT_EXTERN int bt_http_head_done(const bt_http_req_t *r);
+BT_EXTERN int bt_http_finished(const bt_http_req_t *r);
+BT_EXTERN const char *bt_http_peek(const bt_http_req_t *r, size_t *len);
+BT_EXTERN void bt_http_consume(bt_http_req_t *r, size_t n);
 /* Transfers started and not yet freed; poll handles watching sockets now. */
 BT_EXTERN size_t bt_rt_transfers(bt_rt_t *rt);
 BT_EXTERN size_t bt_rt_http_sockets(bt_rt_t *rt);

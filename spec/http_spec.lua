@@ -311,6 +311,130 @@ describe("baton.http", function()
     end))
   end)
 
+  describe("baton.http.stream", function()
+    it("returns the head at once, then server-sent events as they arrive", async(function()
+      local t0 = baton.clock()
+      local s <close> = assert(http.stream { url = url("/sse?n=4&ms=150"), timeout_ms = 5000 })
+      assert.equal(200, s.status)
+      assert.equal("text/event-stream", s.headers["content-type"])
+      assert.is_true(baton.clock() - t0 < 500, "the head waited for the body")
+      local first = assert(s:read_event(5000))
+      -- the comment and the retry-only block carry no data: they are not events
+      assert.equal(1500, s.retry_ms)
+      assert.equal("tick", first.event)
+      assert.equal("0\nsecond", first.data)
+      assert.equal("0", first.id)
+      assert.is_true(baton.clock() - t0 < 500, "the first event waited for the others")
+      for i = 1, 3 do
+        local ev = assert(s:read_event(5000))
+        assert.same({ event = "tick", id = tostring(i), data = i .. "\nsecond" },
+                    { event = ev.event, id = ev.id, data = ev.data })
+      end
+      local last = assert(s:read_event(5000))
+      assert.same({ event = "message", data = "done" }, last)
+      assert.is_nil(s:read_event(5000))
+      assert.is_true(baton.clock() - t0 >= 500, "events came faster than the server sent them")
+    end))
+
+    it("reads lines, the last one without a newline, then nil", async(function()
+      local s <close> = assert(http.stream { url = url("/lines?n=5") })
+      for i = 0, 4 do assert.equal("line " .. i, s:read_line(5000)) end
+      assert.is_nil(s:read_line(5000))
+    end))
+
+    it("pauses the transfer while the reader lags, and loses nothing", async(function()
+      local s <close> = assert(http.stream { url = url("/chunked?bytes=6000000") })
+      baton.sleep(300)
+      assert.is_true(s:buffered() <= (1 << 20) + (256 << 10), "buffered " .. s:buffered())
+      local parts, n = {}, 0
+      while true do
+        local chunk, err = s:read(5000)
+        if not chunk then assert.is_nil(err) break end
+        n = n + #chunk
+        parts[#parts + 1] = chunk
+      end
+      assert.equal(6000000, n)
+      assert.equal(("y"):rep(6000000), table.concat(parts))
+    end))
+
+    it("times out one read and goes on with the next", async(function()
+      local s <close> = assert(http.stream { url = url("/sse?n=2&ms=1500") })
+      assert(s:read_event(5000))
+      local ev, err, kind = s:read_event(100)
+      assert.is_nil(ev)
+      assert.equal("timeout", err)
+      assert.equal("timeout", kind)
+      ev = assert(s:read_event(5000))
+      assert.equal("1", ev.id)
+    end))
+
+    it("times out waiting for the head and leaves no transfer", async(function()
+      local s, err, kind = http.stream { url = url("/delay?ms=3000"), timeout_ms = 100 }
+      assert.is_nil(s)
+      assert.equal("timeout", err)
+      assert.equal("timeout", kind)
+      assert.equal(0, baton.stats().transfers)
+    end))
+
+    it("reports failures before the head and in the middle of the body", async(function()
+      local s, err, kind = http.stream { url = "http://127.0.0.1:1/" }
+      assert.is_nil(s)
+      assert.equal("connect", kind)
+      assert.matches("^baton.http.stream: ", err)
+      s = assert(http.stream { url = url("/cut") })
+      assert.equal(("z"):rep(100), s:read(5000))
+      local chunk
+      chunk, err, kind = s:read(5000)
+      assert.is_nil(chunk)
+      assert.equal("io", kind)
+      assert.matches("cut short", err)
+      s:close()
+    end))
+
+    it("closes with <close> when its task is aborted, and the server sees it", async(function()
+      local gone = server_stats().gone
+      local t = baton.spawn(function()
+        local s <close> = assert(http.stream { url = url("/sse?n=1000&ms=20") })
+        while s:read_event() do end
+      end)
+      baton.sleep(200)
+      assert.equal(1, baton.stats().transfers)
+      t:abort()
+      assert.is_false((t:join()))
+      assert.equal(0, baton.stats().transfers)
+      local deadline = baton.now() + 5000
+      while server_stats().gone == gone and baton.now() < deadline do baton.sleep(20) end
+      assert.equal(gone + 1, server_stats().gone)
+    end))
+
+    it("is closed by baton.run when the main task leaves it open", function()
+      local kept
+      baton.run(function() kept = assert(http.stream { url = url("/sse?n=1000&ms=20") }) end)
+      assert.equal(0, baton.stats().transfers)
+      assert.matches("closed", tostring(kept))
+      H.raises("the stream is closed", kept.read, kept)
+    end)
+
+    it("refuses a second reader and use after close", async(function()
+      local s = assert(http.stream { url = url("/sse?n=2&ms=1000") })
+      local t = baton.spawn(function()
+        while true do
+          local ev, err, kind = s:read_event()
+          if not ev then return ev, err, kind end
+        end
+      end)
+      baton.sleep(100)
+      H.raises("another task is already waiting", s.read_event, s)
+      s:close()
+      local ok, ev, err, kind = t:join()
+      assert.is_true(ok)
+      assert.is_nil(ev)
+      assert.equal("closed", kind)
+      H.raises("the stream is closed", s.read, s)
+      s:close()  -- idempotent
+    end))
+  end)
+
   describe("baton.http.json", function()
     it("encodes the body, sets the JSON headers and decodes the reply", async(function()
       local r = assert(http.json { url = url("/echo"), body = { model = "m", n = 2 } })

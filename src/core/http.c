@@ -17,6 +17,10 @@
  *    the context is detached from the socket at once, because the fd may be reused next.
  *  - Limits on what a peer sends (body, headers) are enforced in the write callbacks, so a
  *    response over a limit stops being read as soon as it crosses it.
+ *  - A streamed transfer hands its body over as it arrives: body[consumed, len) is unread,
+ *    and once `stream_buffer` bytes are unread the write callback pauses the transfer
+ *    (without taking the bytes: libcurl delivers them again) until bt_http_consume()
+ *    brings it below, outside any libcurl callback.
  */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -52,10 +56,16 @@ struct bt_http_req {
   CURL *easy;
   struct curl_slist *hdrs;
   bt_http_cb done;
+  bt_http_cb on_event;        /* stream: head complete or body bytes arrived */
   void *data;
   bt_buf body, head;
   size_t max_body, max_head;
-  int running;
+  size_t consumed;            /* stream: body bytes already handed over */
+  size_t total;               /* body bytes received, for max_body */
+  size_t highwater;           /* stream: unread bytes at which the transfer pauses */
+  int stream, paused, head_done, follow;
+  int final;                  /* the latest status line: final 1, not 0, a redirect -1 */
+  int running, finished;
   int result;
   int over;                   /* 1: body over max_body, 2: headers over max_head, 3: no memory */
   long status;
@@ -190,18 +200,55 @@ size_t bt_rt_http_sockets(bt_rt_t *rt) { return rt->http ? rt->http->nsocks : 0;
 
 /* ---- transfers ---------------------------------------------------------------------- */
 
+static void head_complete(bt_http_req_t *r) {
+  if (r->head_done) return;
+  r->head_done = 1;
+  if (r->on_event) r->on_event(r, r->data);
+}
+
 static size_t on_body(char *p, size_t size, size_t n, void *ud) {
   bt_http_req_t *r = ud;
   size_t len = size * n;
-  if (r->max_body && len > r->max_body - r->body.len) {
+  if (r->max_body && len > r->max_body - r->total) {
     r->over = 1;
     return 0;
+  }
+  if (r->stream && r->body.len - r->consumed >= r->highwater) {
+    r->paused = 1;
+    return CURL_WRITEFUNC_PAUSE;
   }
   if (bt__buf_append(&r->body, p, len) != 0) {
     r->over = 3;
     return 0;
   }
+  r->total += len;
+  if (r->stream) {
+    head_complete(r);
+    r->on_event(r, r->data);
+  }
   return len;
+}
+
+/* 1 if the header lines kept so far have a Location. */
+static int has_location(const bt_http_req_t *r) {
+  const char *h = r->head.p;
+  if (h == NULL) return 0;
+  if (strncasecmp(h, "location:", 9) == 0) return 1;
+  for (const char *nl = strchr(h, '\n'); nl; nl = strchr(nl + 1, '\n'))
+    if (strncasecmp(nl + 1, "location:", 9) == 0) return 1;
+  return 0;
+}
+
+/* 1 if the status line `p` starts a response that is the final one: not 1xx, and not a
+ * redirect that libcurl is about to follow. */
+static int final_status(bt_http_req_t *r, const char *p, size_t len) {
+  const char *sp = memchr(p, ' ', len);
+  if (sp == NULL || (size_t)(sp - p) + 4 > len) return 1;
+  int code = (sp[1] - '0') * 100 + (sp[2] - '0') * 10 + (sp[3] - '0');
+  if (code >= 100 && code < 200) return 0;
+  if (r->follow && (code == 301 || code == 302 || code == 303 || code == 307 || code == 308))
+    return -1;  /* final unless it has no Location: decided at the end of the headers */
+  return 1;
 }
 
 /* Keeps the header lines of the latest response only (redirects and 1xx answers come
@@ -210,11 +257,15 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   bt_http_req_t *r = ud;
   size_t len = size * n;
   if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
-    r->head.len = r->body.len = 0;
+    r->head.len = r->body.len = r->total = r->consumed = 0;
     if (r->head.p) r->head.p[0] = '\0';
+    r->final = final_status(r, p, len);
     return len;
   }
-  if (len <= 2 && (len == 0 || p[0] == '\r' || p[0] == '\n')) return len;
+  if (len <= 2 && (len == 0 || p[0] == '\r' || p[0] == '\n')) {
+    if (r->stream && (r->final == 1 || (r->final == -1 && !has_location(r)))) head_complete(r);
+    return len;
+  }
   if (r->max_head && len > r->max_head - r->head.len) {
     r->over = 2;
     return 0;
@@ -308,6 +359,7 @@ static void collect(struct bt_http *h) {
     curl_multi_remove_handle(h->multi, easy);
     r->running = 0;
     finish(r, cc);
+    r->finished = 1;
     r->done(r, r->data);
   }
 }
@@ -407,6 +459,16 @@ int bt_http_start(bt_rt_t *rt, const bt_http_opts *o, bt_http_cb done, void *dat
   r->data = data;
   r->max_body = o->max_body_bytes;
   r->max_head = o->max_header_bytes;
+  r->follow = o->max_redirects > 0;
+  if (o->stream) {
+    if (o->on_event == NULL) {
+      rc = BT_EINVAL;
+      goto fail;
+    }
+    r->stream = 1;
+    r->on_event = o->on_event;
+    r->highwater = o->stream_buffer ? o->stream_buffer : (size_t)1 << 20;
+  }
   if ((rc = setup(r, o)) != 0) goto fail;
   if (curl_multi_add_handle(h->multi, r->easy) != CURLM_OK) {
     rc = BT_ENOMEM;
@@ -452,7 +514,35 @@ const char *bt_http_error(const bt_http_req_t *r, const char **kind) {
   return r->result ? r->msg : NULL;
 }
 
-long bt_http_status(const bt_http_req_t *r) { return r->status; }
+long bt_http_status(const bt_http_req_t *r) {
+  long code = r->status;
+  if (!r->finished) curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
+  return code;
+}
+
+int bt_http_finished(const bt_http_req_t *r) { return r->finished; }
+int bt_http_head_done(const bt_http_req_t *r) { return r->head_done; }
+
+const char *bt_http_peek(const bt_http_req_t *r, size_t *len) {
+  *len = r->body.len - r->consumed;
+  return r->body.p ? r->body.p + r->consumed : "";
+}
+
+void bt_http_consume(bt_http_req_t *r, size_t n) {
+  size_t unread = r->body.len - r->consumed;
+  r->consumed += n < unread ? n : unread;
+  if (r->consumed == r->body.len) {
+    r->consumed = r->body.len = 0;
+  } else if (r->consumed >= r->highwater) {  /* keep the buffer from creeping */
+    memmove(r->body.p, r->body.p + r->consumed, r->body.len - r->consumed);
+    r->body.len -= r->consumed;
+    r->consumed = 0;
+  }
+  if (r->paused && r->running && r->body.len - r->consumed < r->highwater) {
+    r->paused = 0;
+    curl_easy_pause(r->easy, CURLPAUSE_CONT);  /* may deliver bytes right here */
+  }
+}
 
 const char *bt_http_body(const bt_http_req_t *r, size_t *len) {
   *len = r->body.len;

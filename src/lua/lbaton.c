@@ -110,6 +110,7 @@ static int run_loop(lbt_rt *R, lbt_task *M) {
   }
   lbt_abort_all(R);
   lbt_close_procs(R->L);
+  lbt_close_streams(R->L);
   while (R->live > 0 || bt_rt_procs(R->rt) > 0) {
     int alive = uv_run(loop, UV_RUN_ONCE);
     if (!alive && bt_rt_ready(R->rt) == 0) break;  /* tasks stuck with nothing to wake them */
