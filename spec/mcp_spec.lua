@@ -591,6 +591,149 @@ describe("baton.mcp against a scripted server", function()
     e:shutdown()
     c:close()
   end))
+
+  -- Review fixes: close() aborted, from a handler, twice at once; pagination bounds; no
+  -- cancel of initialize; the dispatcher of a closed client; requests during close; error: null.
+  fake_it("an aborted close() still releases the server and stops the reader", H.async(function()
+    local c = assert(fake { "--ignore-eof", "--ignore-term" })
+    local pid = c:pid()
+    local r, msg = baton.timeout(100, c.close, c, 300)  -- aborted in its first grace period
+    assert.is_nil(r)
+    assert.equal("timeout", msg)
+    assert.is_true(c:close())
+    assert.equal(0, H.settle(2500).processes)  -- SIGKILL 300 ms after the abort
+    assert.is_false(alive(pid))
+  end))
+
+  fake_it("aborting connect while it stops a refused server leaves no process",
+    H.async(function()
+      local spawn, proc = baton.process.spawn, nil
+      baton.process.spawn = function(argv)
+        baton.process.spawn = spawn
+        local p, e, k = spawn(argv)
+        proc = p
+        return p, e, k
+      end
+      local t = baton.spawn(fake, { "--version", "1.0-bogus", "--ignore-eof", "--ignore-term" })
+      local function eof_seen()  -- connect's close(200) has closed the server's stdin
+        local ok, s = pcall(function() return proc:stderr() end)
+        return ok and s and s:find("stdin closed", 1, true)
+      end
+      local deadline = baton.now() + 10000
+      while not (proc and eof_seen()) and baton.now() < deadline do baton.sleep(2) end
+      baton.process.spawn = spawn
+      assert.is_truthy(proc and eof_seen(), "connect never began to stop the server")
+      local pid = proc:pid()
+      t:abort()
+      t:join()
+      assert.equal("cancelled", t:status())
+      assert.equal(0, H.settle(2500).processes)
+      assert.is_false(alive(pid))
+    end))
+
+  fake_it("close() from a client:handle handler closes the client and returns true",
+    H.async(function()
+      local c = assert(fake())
+      local pid = c:pid()
+      local res
+      c:handle("roots/list", function()
+        res = table.pack(pcall(c.close, c, 200))
+        return { roots = {} }
+      end)
+      local r, _, kind = c:call("ask", {}, { timeout_ms = 5000 })
+      assert.is_nil(r)
+      assert.equal("closed", kind)
+      local deadline = baton.now() + 3000
+      while not res and baton.now() < deadline do baton.sleep(5) end
+      assert.same({ n = 2, true, true }, res)
+      assert.equal(0, H.settle().processes)
+      assert.is_false(alive(pid))
+    end))
+
+  fake_it("a second close() at the same time returns once the server is gone",
+    H.async(function()
+      local c = assert(fake { "--ignore-eof" })
+      local pid = c:pid()
+      local first = baton.spawn(c.close, c, 200)
+      baton.yield()  -- the first close() is waiting for the server
+      local elapsed, ok = H.timed(c.close, c, 200)
+      assert.is_true(ok)
+      assert.is_false(alive(pid))
+      assert.is_true(elapsed >= 150, "returned after " .. elapsed .. " ms")
+      assert.same({ true, true }, { first:join() })
+      assert.equal(0, H.settle().processes)
+    end))
+
+  fake_it("list_tools has one deadline for all its pages", H.async(function()
+    local c = assert(fake { "--endless-pages", "50" })
+    local elapsed, r, msg, kind = H.timed(baton.timeout, 3000, c.list_tools, c,
+                                          { timeout_ms = 300 })
+    assert.is_nil(r)
+    assert.equal("timeout", msg)
+    assert.equal("timeout", kind)
+    assert.is_true(elapsed >= 290 and elapsed < 1500, "took " .. elapsed .. " ms")
+    c:close()
+  end))
+
+  fake_it("list_tools gives up on a server that hands out cursors forever", H.async(function()
+    local c = assert(fake { "--endless-pages", "0" })
+    local r, msg, kind = baton.timeout(10000, c.list_tools, c)
+    assert.is_nil(r)
+    assert.equal("protocol", kind)
+    assert.matches("more than 1000 pages", msg)
+    c:close()
+  end))
+
+  fake_it("a handshake timeout does not cancel initialize", H.async(function()
+    local got
+    -- The server must have started and read what was sent before it is stopped: on a
+    -- loaded machine a 200 ms handshake may end first, so try again with more time.
+    for _, ms in ipairs { 200, 1000, 3000 } do
+      local log = os.tmpname()
+      local c, _, kind = fake({ "--no-init", "--ignore-term", "--log", log }, { timeout_ms = ms })
+      assert.is_nil(c)
+      assert.equal("timeout", kind)
+      local f = assert(io.open(log))
+      got = f:read("a")
+      f:close()
+      os.remove(log)
+      if got:find('"initialize"', 1, true) then break end
+    end
+    assert.matches('"initialize"', got)
+    assert.is_nil(got:find("notifications/cancelled", 1, true))
+  end))
+
+  fake_it("the dispatcher of a closed client fails with kind 'closed'", H.async(function()
+    local c = assert(fake())
+    local e <close> = baton.engine { max_parallel = 2, timeout_ms = 2000,
+                                     dispatcher = mcp.dispatcher(c) }
+    c:close()
+    e:dispatch { { tool = "echo", args = { text = "a" } } }
+    local out = e:wait_within()
+    assert.equal(1, #out)
+    assert.equal("failed", out[1].status)
+    assert.equal("closed", out[1].error.kind)
+    assert.matches("the client is closed", out[1].error.message)
+    e:shutdown()
+  end))
+
+  fake_it("a server request that comes while close() waits reaches no handler",
+    H.async(function()
+      local warnings, called = {}, 0
+      local c = assert(fake({ "--ask-on-eof" },
+                            { on_warning = function(m) warnings[#warnings + 1] = m end }))
+      c:handle("roots/list", function() called = called + 1; return { roots = {} } end)
+      assert.is_true(c:close(1000))  -- the server asks, then exits: close() returns then
+      assert.equal(1, c:stats().server_requests)
+      assert.equal(0, called)
+      assert.same({}, warnings)
+    end))
+
+  fake_it("a reply with \"error\": null beside its result is a result", H.async(function()
+    local c = assert(fake())
+    assert.equal("errnull: ok", mcp.text(assert(c:call("errnull"))))
+    c:close()
+  end))
 end)
 
 describe("baton.mcp misuse", function()

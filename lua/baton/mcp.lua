@@ -18,7 +18,12 @@
 --   client dies; whichever comes first removes it, so a late reply is counted and dropped.
 -- * The reader and the state it uses never reference the client object, so a client that
 --   is dropped can be collected: its __gc releases the process (TERM, then KILL) and aborts
---   the reader. baton.run releases open processes when it ends anyway.
+--   the reader. baton.run releases open processes when it ends anyway. A handler closure
+--   that captures the client keeps it alive (the reader holds the handlers): close it.
+-- * close() sets st.closed (no new requests, no server request handled), then waits under
+--   pcall; whatever way it ends, release_now() lets go of the process, stops the reader,
+--   wakes concurrent close() calls (st.closing) and aborts the handler tasks, last, and sets
+--   st.released, which is what __close and __gc test.
 -- * Handlers (notifications, progress) run in the reader task, under pcall: an error is a
 --   warning, never the reader's death. Server requests with a user handler run in tasks of
 --   the client's group, so a handler that waits (sampling, elicitation) holds up nothing.
@@ -199,6 +204,7 @@ end
 local function on_server_request(st, m)
   local method, id = m.method, m.id
   st.stats.server_requests = st.stats.server_requests + 1
+  if st.closed then return end  -- close() is under way: nothing more is sent or started
   local h = st.handlers[method]
   if h then
     if #st.group > 32 then st.group:drain() end  -- forget finished handler tasks
@@ -414,15 +420,17 @@ local function request(st, fname, method, params, timeout_ms, on_progress)
     end
     st.progress[id] = nil
     w.hold:release()
-    send(st, { jsonrpc = "2.0", method = "notifications/cancelled",
-               params = { requestId = id, reason = ok and "timeout" or "cancelled" } })
+    if method ~= "initialize" then  -- the MCP spec: the client MUST NOT cancel initialize
+      send(st, { jsonrpc = "2.0", method = "notifications/cancelled",
+                 params = { requestId = id, reason = ok and "timeout" or "cancelled" } })
+    end
     if not ok then error(got, 0) end
     return nil, e2, e3
   end
   local m = w.msg
   if m.kind then return nil, m.message, m.kind end  -- failed by die() or close()
   local e = m.error
-  if e ~= nil then
+  if e ~= nil and e ~= null then  -- "error": null beside a result is no error
     if type(e) ~= "table" then e = { code = -32603, message = tostring(e) } end
     return nil, format("%s: %s (JSON-RPC error %s)", method, tostring(e.message),
                        tostring(e.code)), "rpc", e
@@ -482,12 +490,23 @@ function Client:ping(opts)
 end
 
 -- Follows nextCursor through every page of a list method; returns the concatenated items.
+-- One deadline for the whole walk (each page gets what is left of it), and at most
+-- MAX_PAGES pages: a server that hands out new cursors forever is a protocol error.
+local MAX_PAGES = 1000
+
 local function list_all(self, fname, method, key, opts)
   local st = check_client(self, fname)
   local ms = call_opts(fname, st, opts)
-  local out, seen, cursor = {}, {}, nil
+  local deadline = now() + ms
+  local out, seen, cursor, pages = {}, {}, nil, 0
   repeat
-    local r, e, k, x = request(st, fname, method, cursor and { cursor = cursor } or nil, ms)
+    if pages == MAX_PAGES then
+      return nil, format("%s: more than %d pages", method, MAX_PAGES), "protocol"
+    end
+    pages = pages + 1
+    local left = deadline - now()
+    if left <= 0 then return nil, "timeout", "timeout" end
+    local r, e, k, x = request(st, fname, method, cursor and { cursor = cursor } or nil, left)
     if r == nil then return nil, e, k, x end
     local items = r[key]
     if type(items) ~= "table" then
@@ -646,56 +665,74 @@ function Client:stderr()
   return ok and s or ""
 end
 
--- Lets go of everything without waiting (for __close, __gc, and close() outside a task).
+-- Lets go of everything without waiting (for __close, __gc, close() outside a task, and
+-- the end of every close()): pending calls fail, the process is released (SIGTERM, SIGKILL
+-- after grace ms), the reader stopped, the handler tasks aborted (last: the task running
+-- this may be one of them; it is only flagged, and close() itself waits no more), and the
+-- tasks waiting in a concurrent close() are woken. Idempotent.
 local function release_now(st, grace)
   st.closed = true
   fail_pending(st, "baton.mcp: the client was closed", "closed")
   pcall(st.proc.close, st.proc, grace)
   if st.reader_task and st.reader_task ~= current() then pcall(st.reader_task.abort, st.reader_task) end
+  st.released = true
+  if st.closing then slot_fill(st.closing, true) end
   pcall(st.group.close, st.group)
+end
+
+-- The waits of close(): EOF, grace ms; SIGTERM, grace ms; SIGKILL. Stops early when the
+-- client is released meanwhile (by __close, say): the process is then no longer ours.
+local function stop_server(st, grace)
+  local proc, reader = st.proc, st.reader_task
+  local deadline = now() + grace
+  pcall(proc.close_stdin, proc)
+  if reader:join(grace) == nil and not st.released then
+    reader:abort()  -- still reading: stop it, so that this task may wait on the process
+    reader:join()
+  end
+  if st.released then return end
+  local left = deadline - now()
+  if proc:wait(left > 0 and left or 0) or st.released then return end
+  proc:kill("TERM")
+  if proc:wait(grace) or st.released then return end
+  proc:kill("KILL")
+  proc:wait(5000)
 end
 
 -- client:close([grace_ms]) -> true. Closes the server's stdin and gives it grace_ms to
 -- exit, then SIGTERM and another grace_ms, then SIGKILL; returns once it is gone. Pending
--- calls fail with "closed". Idempotent.
+-- calls fail with "closed". Idempotent; a close() while another runs waits for that one.
+-- Aborted while it waits (baton.timeout, an engine's shutdown), it releases the process at
+-- once (SIGTERM, SIGKILL after grace_ms) and stops the reader, then unwinds.
 function Client:close(grace_ms)
   local st = rawget(self, "_s")
   if not st then misuse("client:close", "expected a client (use client:close)") end
   if grace_ms ~= nil then grace_ms = opt_ms("client:close", { grace_ms = grace_ms }, "grace_ms", 0, true) end
   local grace = grace_ms or DEFAULT_GRACE_MS
-  if st.closed then return true end
+  if st.released then return true end
   local me = current()
+  if st.closing then  -- another task is closing it: wait (bounded) until it has finished
+    if me ~= nil and me ~= st.reader_task then
+      local left = st.close_due - now()
+      if left > 0 then slot_wait(st.closing, left) end
+    end
+    return true
+  end
   if me == nil or me == st.reader_task then
     release_now(st, grace)
     return true
   end
   st.closed = true
+  st.closing = slot_new()
+  st.close_due = now() + 2 * grace + 6000  -- stop_server's longest run, and a margin
   fail_pending(st, "baton.mcp: the client was closed", "closed")
-  local proc = st.proc
-  st.group:close()  -- handler tasks
-  local deadline = now() + grace
-  pcall(proc.close_stdin, proc)
-  local reader = st.reader_task
-  local done = reader:join(grace)
-  if done == nil then  -- still reading: stop it, so that this task may wait on the process
-    reader:abort()
-    reader:join()
-  end
-  local left = deadline - now()
-  local code = proc:wait(left > 0 and left or 0)
-  if not code then
-    proc:kill("TERM")
-    code = proc:wait(grace)
-    if not code then
-      proc:kill("KILL")
-      proc:wait(5000)
-    end
-  end
-  proc:close(0)
+  local ok, err = pcall(stop_server, st, grace)
+  release_now(st, ok and 0 or grace)
+  if not ok then error(err, 0) end
   return true
 end
 
-Client.__close = function(self) local st = rawget(self, "_s"); if not st.closed then release_now(st, DEFAULT_GRACE_MS) end end
+Client.__close = function(self) local st = rawget(self, "_s"); if not st.released then release_now(st, DEFAULT_GRACE_MS) end end
 Client.__gc = Client.__close
 Client.__tostring = function(self)
   local st = rawget(self, "_s")
@@ -805,6 +842,7 @@ end
 -- ---- the engine's dispatcher -----------------------------------------------------------
 
 local DISPATCH_OPTS = { timeout_ms = true, body = true }
+local ERR_MT = { __tostring = function(t) return t.message end }
 
 -- mcp.dispatcher(client, [{ timeout_ms =, body = fn(result, tool, args) }]) -> a dispatcher
 -- for baton.engine: calls the tool; returns the result (or body(result, ...)); raises
@@ -818,14 +856,18 @@ function M.dispatcher(client, opts)
   local ms = opt_ms(F, opts, "timeout_ms", nil)
   local body = opt_type(F, opts, "body", "function")
   local copts = ms and { timeout_ms = ms } or nil
+  local function raise(err) error(setmetatable(err, ERR_MT), 0) end
   return function(tool, args)
+    if rawget(client, "_s").closed then  -- an outcome of the world here, not a misuse
+      raise { kind = "closed", message = "baton.mcp.dispatcher: the client is closed" }
+    end
     local r, msg, kind, x = client:call(tool, args, copts)
     if r == nil then
       local err = { kind = kind, message = msg }
       if type(x) == "table" then
         if x.code ~= nil then err.code, err.data = x.code, x.data else err.result = x end
       end
-      error(setmetatable(err, { __tostring = function(t) return t.message end }), 0)
+      raise(err)
     end
     if body then return body(r, tool, args) end
     return r
