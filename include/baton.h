@@ -259,6 +259,24 @@ BT_EXTERN void bt_gate_spawn(bt_rt_t *rt, bt_gate_t *gate, bt_task_t *t, const b
 /* Tasks queued on the gate, not yet granted. */
 BT_EXTERN size_t bt_gate_queued(const bt_gate_t *gate);
 
+/* ---- one-shot events ----------------------------------------------------------------- */
+
+/* Set once; every task waiting on it is then woken. Caller-owned storage. */
+typedef struct bt_event {
+  LIST_HEAD(, bt_joiner) waiters;
+  int set;
+} bt_event_t;
+
+BT_EXTERN void bt_event_init(bt_event_t *ev);
+/* Waits (from inside resume of `self`) until `ev` is set, with a deadline `due` (UINT64_MAX:
+ * none). Returns 1 if it is already set (no wait registered), else 0 after calling
+ * bt_task_wait() on `w`. `j` and `w` are caller-owned, valid until the wake. */
+BT_EXTERN int bt_event_wait(bt_rt_t *rt, bt_event_t *ev, bt_task_t *self, bt_joiner_t *j,
+                            bt_wait_t *w, uint64_t due);
+/* Sets `ev` and wakes its waiters; returns 1, or 0 if it was already set. */
+BT_EXTERN int bt_event_set(bt_rt_t *rt, bt_event_t *ev);
+BT_EXTERN size_t bt_event_waiting(const bt_event_t *ev);
+
 /* ---- counting semaphore: FIFO with direct hand-off ---------------------------------- */
 
 typedef void (*bt_sem_cb)(bt_sem_waiter_t *w, int status);

@@ -86,32 +86,15 @@ local function opt_ms(fname, t, key, def, allow_zero)
 end
 
 -- ---- one-shot reply slots --------------------------------------------------------------
--- A slot is waited on by one task and filled once by another. Built on a semaphore of one
--- permit that the slot holds until it is filled; kept in these three functions so that it
--- can become a C primitive without touching the rest.
+-- A slot is waited on by one task and filled once by another: a baton.future.
 
-local semaphore = baton.semaphore
+local slot_new = baton.future
 
-local function slot_new()
-  local s = semaphore(1)
-  return { sem = s, hold = s:try_acquire() }
-end
+local function slot_fill(w, msg) w:set(msg) end
 
-local function slot_fill(w, msg)
-  w.msg = msg
-  w.hold:release()
-end
-
--- true once filled | nil, "timeout", "timeout"; raises the cancellation error when the
--- waiting task is aborted.
-local function slot_wait(w, ms)
-  local p, err, kind = w.sem:acquire(1, ms)
-  if p then
-    p:release()
-    return true
-  end
-  return nil, err, kind
-end
+-- the message once filled | nil, "timeout", "timeout"; raises the cancellation error when
+-- the waiting task is aborted.
+local function slot_wait(w, ms) return w:wait(ms) end
 
 -- ---- state shared by the client and its reader ------------------------------------------
 
@@ -404,7 +387,6 @@ local function request(st, fname, method, params, timeout_ms, on_progress)
   local line = encode({ jsonrpc = "2.0", id = id, method = method, params = params }) .. "\n"
   local w = slot_new()
   if not st.proc:write(line) then
-    w.hold:release()
     return nil, "baton.mcp: cannot write to the server", "closed"
   end
   st.stats.sent = st.stats.sent + 1
@@ -419,7 +401,6 @@ local function request(st, fname, method, params, timeout_ms, on_progress)
       st.in_flight = st.in_flight - 1
     end
     st.progress[id] = nil
-    w.hold:release()
     if method ~= "initialize" then  -- the MCP spec: the client MUST NOT cancel initialize
       send(st, { jsonrpc = "2.0", method = "notifications/cancelled",
                  params = { requestId = id, reason = ok and "timeout" or "cancelled" } })
@@ -427,7 +408,7 @@ local function request(st, fname, method, params, timeout_ms, on_progress)
     if not ok then error(got, 0) end
     return nil, e2, e3
   end
-  local m = w.msg
+  local m = got
   if m.kind then return nil, m.message, m.kind end  -- failed by die() or close()
   local e = m.error
   if e ~= nil and e ~= null then  -- "error": null beside a result is no error

@@ -360,6 +360,7 @@ int lbt_open(lua_State *L) {
   lbt_open_pipeline(L, rt_idx);
   lbt_open_runner(L, rt_idx);
   lbt_open_http(L, rt_idx);
+  lbt_open_future(L, rt_idx);
 
   if (luaL_loadbuffer(L, lua_helpers, strlen(lua_helpers), "=baton") != LUA_OK)
     return lua_error(L);

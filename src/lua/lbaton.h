@@ -135,6 +135,7 @@ void lbt_open_backpressure(lua_State *L, int rt_idx);  /* lbackpressure.c */
 void lbt_open_pipeline(lua_State *L, int rt_idx);      /* lpipeline.c */
 void lbt_open_runner(lua_State *L, int rt_idx);        /* lrunner.c */
 void lbt_open_http(lua_State *L, int rt_idx);          /* lhttp.c: baton.http */
+void lbt_open_future(lua_State *L, int rt_idx);        /* lfuture.c: baton.future */
 void lbt_close_streams(lua_State *L);  /* lhttp.c: close every open HTTP stream (never waits) */
 
 /* Helpers for option tables: reject unknown keys (a typo must not pass silently). A list

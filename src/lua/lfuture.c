@@ -1,0 +1,134 @@
+/*
+ * lfuture.c — baton.future: values delivered once, by any task (or none), to any number of
+ * tasks waiting for them (the core's one-shot event, event.c). A reply slot for a request
+ * answered by another task (the MCP client's), a result many tasks wait on, a start signal.
+ *
+ *   local f = baton.future()
+ *   f:set(...)     -> true | false (already set: the first values stay)   never waits
+ *   f:wait([ms])   -> the values given to set | nil, "timeout", "timeout"  an await
+ *   f:done()       -> whether it is set ; f:waiting() -> tasks waiting now
+ *
+ * The values live in user value 1, a table packed with their count. A waiter aborted or
+ * timed out unlinks itself; a future collected (the state closing) unlinks what still
+ * waits, so no wait record points into freed memory.
+ */
+#include <string.h>
+
+#include "lbaton.h"
+
+#define BT_FUTURE_MT "baton.Future"
+
+typedef struct lfuture {
+  bt_event_t ev;
+} lfuture;
+
+static lfuture *check_future(lua_State *L) { return luaL_checkudata(L, 1, BT_FUTURE_MT); }
+
+static int lfuture_new(lua_State *L) {
+  lfuture *f = lua_newuserdatauv(L, sizeof *f, 1);
+  bt_event_init(&f->ev);
+  luaL_setmetatable(L, BT_FUTURE_MT);
+  return 1;
+}
+
+static int lfuture_set(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lfuture *f = check_future(L);
+  if (f->ev.set) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  int n = lua_gettop(L) - 1;
+  lua_createtable(L, n, 1);
+  lua_insert(L, 2);
+  for (int i = n; i >= 1; i--) lua_rawseti(L, 2, i);
+  lua_pushinteger(L, n);
+  lua_setfield(L, 2, "n");
+  lua_setiuservalue(L, 1, 1);
+  bt_event_set(R->rt, &f->ev);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Pushes the values of the set future at 1. */
+static int push_values(lua_State *L) {
+  lua_getiuservalue(L, 1, 1);
+  int t = lua_gettop(L);
+  lua_getfield(L, t, "n");
+  int n = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  luaL_checkstack(L, n, "baton.future: too many values");
+  for (int i = 1; i <= n; i++) lua_rawgeti(L, t, i);
+  return n;
+}
+
+static int wait_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
+  int s = lbt_fib(T)->status;
+  if (s == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
+  if (s == BT_ETIMEDOUT) return lbt_push_timeout(L);
+  if (s != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "future:wait: %s", bt_strerror(s));
+    lua_pushstring(L, bt_err_name(s));
+    return 3;
+  }
+  return push_values(L);
+}
+
+static int lfuture_wait(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lfuture *f = check_future(L);
+  uint64_t due = lbt_opt_due(L, R, 2);
+  lua_settop(L, 1);
+  if (f->ev.set) {
+    bt_task_t *cur = bt_rt_current(R->rt);  /* still a cancellation point */
+    if (cur != NULL && (cur->flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
+    return push_values(L);
+  }
+  lbt_task *T = lbt_await_begin(L, R, "future:wait");
+  lbt_fiber *fib = lbt_fib(T);
+  bt_event_wait(R->rt, &f->ev, &T->t, &fib->joiner, &fib->wait, due);
+  return lbt_suspend(L, 0, wait_k);
+}
+
+static int lfuture_done(lua_State *L) {
+  lua_pushboolean(L, check_future(L)->ev.set);
+  return 1;
+}
+
+static int lfuture_waiting(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)bt_event_waiting(&check_future(L)->ev));
+  return 1;
+}
+
+static int lfuture_gc(lua_State *L) {
+  lfuture *f = lua_touserdata(L, 1);
+  bt_joiner_t *j;
+  while ((j = LIST_FIRST(&f->ev.waiters)) != NULL) {
+    LIST_REMOVE(j, link);
+    j->wait = NULL;
+  }
+  return 0;
+}
+
+static int lfuture_tostring(lua_State *L) {
+  lfuture *f = check_future(L);
+  if (f->ev.set) lua_pushliteral(L, "baton.Future (set)");
+  else lua_pushfstring(L, "baton.Future (pending, %d waiting)", (int)bt_event_waiting(&f->ev));
+  return 1;
+}
+
+void lbt_open_future(lua_State *L, int rt_idx) {
+  static const luaL_Reg methods[] = {{"set", lfuture_set}, {"wait", lfuture_wait},
+                                     {"done", lfuture_done}, {"waiting", lfuture_waiting},
+                                     {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__gc", lfuture_gc}, {"__tostring", lfuture_tostring},
+                                  {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_FUTURE_MT, methods, meta);
+  static const luaL_Reg funcs[] = {{"future", lfuture_new}, {NULL, NULL}};
+  lbt_set_funcs(L, rt_idx, funcs);
+}
