@@ -218,6 +218,20 @@ describe("baton executable", function()
       assert.equal("", r.err)
     end)
 
+    it("runs a script written for a stock lua5.4, its baton.run called in the main task",
+       function()
+      local r = run(q(FIX .. "stock_run.lua"))
+      assert.equal("", r.err)
+      assert.equal(0, r.code)
+      assert.equal("42\tchild\nfalse\tinner failure\n", r.out)
+      -- the same script, on the stock interpreter
+      local lua = os.getenv("BATON_LUA") or "lua5.4"  -- the sanitizer build's interpreter
+      local out = io.popen(("LUA_CPATH=%s %s %s 2>&1"):format(
+        q((os.getenv("BATON_BUILD") or SRC .. "/build") .. "/?.so;;"), q(lua),
+        q(FIX .. "stock_run.lua"))):read("a")
+      assert.equal("42\tchild\nfalse\tinner failure\n", out)
+    end)
+
     it("preloads the module: require 'baton' is the global baton", function()
       local r = run("-e 'print(require(\"baton\") == baton, package.loaded.baton == baton)'")
       assert.equal("true\ttrue\n", r.out)

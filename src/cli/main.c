@@ -473,6 +473,7 @@ static int pmain(lua_State *L) {
   int mod = lua_gettop(L);
   lua_getfield(L, LUA_REGISTRYINDEX, "baton.runtime");
   C->R = lua_touserdata(L, -1);
+  C->R->cli = 1;
   lua_pop(L, 1);
   set_path(L);
   set_arg_table(L, C);

@@ -118,9 +118,21 @@ static int run_loop(lbt_rt *R, lbt_task *M) {
   return deadlock;
 }
 
+static int run_in_task_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
 static int lbaton_run(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (R->running && R->cli && bt_rt_current(R->rt) != NULL) {
+    /* The baton executable already runs the script as the main task: a script written for
+     * a stock lua5.4 (`baton.run(main)`) runs unchanged, fn called right here. */
+    lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, run_in_task_k);
+    return run_in_task_k(L, LUA_OK, 0);
+  }
   if (R->running)
     return luaL_error(L, "baton.run: already running (baton.run cannot nest); inside a task, "
                       "call the function directly or use baton.spawn");

@@ -91,6 +91,7 @@ struct lbt_rt {
   size_t live;            /* tasks spawned and not finished */
   LIST_HEAD(, lgroup) groups;  /* open groups, aborted when baton.run ends */
   uv_signal_t *sigint;    /* CLI: SIGINT aborts the main task */
+  int cli;                /* inside the baton executable: baton.run in a task calls fn */
   int closed;
 };
 
