@@ -331,9 +331,64 @@ describe("baton.http", function()
                     { event = ev.event, id = ev.id, data = ev.data })
       end
       local last = assert(s:read_event(5000))
-      assert.same({ event = "message", data = "done" }, last)
+      assert.same({ event = "message", data = "done", id = "3" }, last)  -- the id carries over
       assert.is_nil(s:read_event(5000))
       assert.is_true(baton.clock() - t0 >= 500, "events came faster than the server sent them")
+    end))
+
+    -- A reference reading of server-sent events, the rules EventSource follows: lines end
+    -- at "\n" (a "\r" before it dropped); "field: value" with one space after the colon
+    -- dropped; a line without a colon is a field with an empty value; ':' starts a comment;
+    -- a blank line dispatches the event if it has data; the last event id carries over.
+    local function reference(text)
+      local events, data, etype, id = {}, nil, nil, nil
+      for line in text:gmatch("([^\n]*)\n") do
+        line = line:gsub("\r$", "")
+        if line == "" then
+          if data then events[#events + 1] = { event = etype or "message", data = data, id = id } end
+          data, etype = nil, nil
+        elseif line:sub(1, 1) ~= ":" then
+          local f, v = line:match("^([^:]*):? ?(.*)$")
+          if f == "data" then data = data and (data .. "\n" .. v) or v
+          elseif f == "event" then etype = v
+          elseif f == "id" and not v:find("\0", 1, true) then id = v end
+        end
+      end
+      return events
+    end
+
+    local function random_stream(seed)
+      local rnd = math.random
+      math.randomseed(seed)
+      local words = { "x", "hello world", "é", "\u{2028}", "{\"a\":1}", "", " lead", "a:b" }
+      local kinds = { "data: %s", "data:%s", "data", "event: %s", "id: %s", ": %s",
+                      "retry: 25", "other: %s", "", "", "" }
+      local out = {}
+      for _ = 1, 400 do
+        local line = kinds[rnd(#kinds)]:format(words[rnd(#words)])
+        out[#out + 1] = line .. (rnd(3) == 1 and "\r\n" or "\n")
+      end
+      return table.concat(out) .. "\n"
+    end
+
+    it("parses server-sent events as EventSource does, however the bytes are cut",
+       async(function()
+      for seed = 1, 6 do
+        local text = random_stream(seed)
+        local want = reference(text)
+        assert.is_true(#want > 10)
+        local s <close> = assert(http.stream {
+          url = url(("/replay?seed=%d&max=%d"):format(seed, seed % 2 == 1 and 7 or 300)),
+          body = text })
+        local got = {}
+        while true do
+          local ev, err = s:read_event(5000)
+          if not ev then assert.is_nil(err) break end
+          got[#got + 1] = { event = ev.event, data = ev.data, id = ev.id }
+        end
+        assert.same(want, got)
+        s:close()
+      end
     end))
 
     it("reads lines, the last one without a newline, then nil", async(function()

@@ -476,16 +476,19 @@ static int take_line(lua_State *L, lstream *st) {
 /* Adds one line to the event in user value 2 of the stream at 1. Returns 1 when the line
  * completed an event, which is then on top of the stack, else 0. Server-sent events:
  * "field: value" lines, a blank line ends an event, "data" lines are joined with "\n",
- * lines starting with ':' are comments, an event without data is dropped; "retry" sets
- * the stream's retry_ms. */
+ * lines starting with ':' are comments, an event without data is dropped; "id" is the
+ * last event id, kept for the events after it (as EventSource does); "retry" sets the
+ * stream's retry_ms. */
 static int event_line(lua_State *L, const char *line, size_t len) {
   lua_getiuservalue(L, 1, 2);
   int ev = lua_gettop(L);
   if (len == 0) {
     int has_data = lua_getfield(L, ev, "data") != LUA_TNIL;
     lua_pop(L, 1);
-    lua_newtable(L);
-    lua_setiuservalue(L, 1, 2);  /* the next event starts empty */
+    lua_newtable(L);  /* the next event starts empty but for the last event id */
+    if (lua_getfield(L, ev, "id") != LUA_TNIL) lua_setfield(L, -2, "id");
+    else lua_pop(L, 1);
+    lua_setiuservalue(L, 1, 2);
     if (!has_data) {
       lua_pop(L, 1);
       return 0;
@@ -513,10 +516,12 @@ static int event_line(lua_State *L, const char *line, size_t len) {
         lua_pushlstring(L, v, vlen);
       }
       lua_setfield(L, ev, "data");
-    } else if ((flen == 5 && memcmp(line, "event", 5) == 0) ||
-               (flen == 2 && memcmp(line, "id", 2) == 0)) {
+    } else if (flen == 5 && memcmp(line, "event", 5) == 0) {
       lua_pushlstring(L, v, vlen);
-      lua_setfield(L, ev, flen == 2 ? "id" : "event");
+      lua_setfield(L, ev, "event");
+    } else if (flen == 2 && memcmp(line, "id", 2) == 0 && memchr(v, '\0', vlen) == NULL) {
+      lua_pushlstring(L, v, vlen);  /* the last event id: it stays for the events after */
+      lua_setfield(L, ev, "id");
     } else if (flen == 5 && memcmp(line, "retry", 5) == 0 && vlen > 0 && vlen < 16) {
       char digits[16];
       memcpy(digits, v, vlen);
