@@ -337,20 +337,20 @@ describe("baton.http", function()
     end))
 
     -- A reference reading of server-sent events, the rules EventSource follows: lines end
-    -- at "\n" (a "\r" before it dropped); "field: value" with one space after the colon
+    -- at "\r\n", "\n" or "\r"; "field: value" with one space after the colon
     -- dropped; a line without a colon is a field with an empty value; ':' starts a comment;
     -- a blank line dispatches the event if it has data; the last event id carries over.
     local function reference(text)
       local events, data, etype, id = {}, nil, nil, nil
+      text = text:gsub("\r\n", "\n"):gsub("\r", "\n")
       for line in text:gmatch("([^\n]*)\n") do
-        line = line:gsub("\r$", "")
         if line == "" then
           if data then events[#events + 1] = { event = etype or "message", data = data, id = id } end
           data, etype = nil, nil
         elseif line:sub(1, 1) ~= ":" then
           local f, v = line:match("^([^:]*):? ?(.*)$")
           if f == "data" then data = data and (data .. "\n" .. v) or v
-          elseif f == "event" then etype = v
+          elseif f == "event" then etype = v ~= "" and v or nil
           elseif f == "id" and not v:find("\0", 1, true) then id = v end
         end
       end
@@ -366,7 +366,8 @@ describe("baton.http", function()
       local out = {}
       for _ = 1, 400 do
         local line = kinds[rnd(#kinds)]:format(words[rnd(#words)])
-        out[#out + 1] = line .. (rnd(3) == 1 and "\r\n" or "\n")
+        local r = rnd(4)
+        out[#out + 1] = line .. (r == 1 and "\r\n" or r == 2 and "\r" or "\n")
       end
       return table.concat(out) .. "\n"
     end
@@ -389,6 +390,33 @@ describe("baton.http", function()
         assert.same(want, got)
         s:close()
       end
+    end))
+
+    it("follows EventSource on a byte-order mark, CR line ends, empty types, retry",
+       async(function()
+      local s <close> = assert(http.stream { url = url("/sse_edge") })
+      local got = {}
+      while true do
+        local ev = s:read_event(5000)
+        if not ev then break end
+        got[#got + 1] = ev.event .. "=" .. ev.data
+      end
+      assert.same({ "message=first", "message=second", "message=third", "message=fourth" }, got)
+      assert.equal(250, s.retry_ms)
+    end))
+
+    it("returns the head of the response a redirect leads to, for any 3xx followed",
+       async(function()
+      for _, code in ipairs { 300, 301, 302, 303, 305, 307, 308 } do
+        local s <close> = assert(http.stream { url = url("/redirect_to?code=" .. code),
+                                               follow_redirects = true })
+        assert.equal(200, s.status, "after a " .. code)
+        assert.equal(url("/echo"), s.url)
+        assert.equal("application/json", s.headers["content-type"])
+        s:close()
+      end
+      local s <close> = assert(http.stream { url = url("/redirect_to?code=305") })
+      assert.equal(305, s.status)
     end))
 
     it("reads lines, the last one without a newline, then nil", async(function()

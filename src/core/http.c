@@ -246,8 +246,8 @@ static int final_status(bt_http_req_t *r, const char *p, size_t len) {
   if (sp == NULL || (size_t)(sp - p) + 4 > len) return 1;
   int code = (sp[1] - '0') * 100 + (sp[2] - '0') * 10 + (sp[3] - '0');
   if (code >= 100 && code < 200) return 0;
-  if (r->follow && (code == 301 || code == 302 || code == 303 || code == 307 || code == 308))
-    return -1;  /* final unless it has no Location: decided at the end of the headers */
+  if (r->follow && code >= 300 && code < 400)
+    return -1;  /* libcurl follows any 3xx with a Location: decided at the end of the head */
   return 1;
 }
 
@@ -382,6 +382,9 @@ static int setup(bt_http_req_t *r, const bt_http_opts *o) {
   SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   SET(CURLOPT_ACCEPT_ENCODING, "");
   SET(CURLOPT_USERAGENT, "baton/" BT_VERSION_STRING);
+  /* A proxy's "200 Connection established" is not the response (libcurl would pass its
+   * head to on_header as if it were). */
+  SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
   SET(CURLOPT_URL, o->url);
   if (o->ca_file) SET(CURLOPT_CAINFO, o->ca_file);
   if (o->connect_timeout_ms) SET(CURLOPT_CONNECTTIMEOUT_MS, (long)o->connect_timeout_ms);

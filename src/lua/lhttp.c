@@ -413,6 +413,7 @@ typedef struct lstream {
   bt_rt_t *rt;
   bt_task_t *waiter;
   uint32_t token;
+  int bom_done;           /* read_event: a leading byte-order mark was looked for */
 } lstream;
 
 enum { OP_HEAD, OP_READ, OP_LINE, OP_EVENT };
@@ -461,15 +462,37 @@ static int push_too_long(lua_State *L, const char *fname) {
   return 3;
 }
 
-/* Takes one line (without "\n" or "\r\n") from the unread body; 0 if none is whole yet. */
-static int take_line(lua_State *L, lstream *st) {
+/* Takes one line from the unread body, without its end: "\n" or "\r\n", and with `cr`
+ * also a lone "\r" (server-sent events allow all three). Returns 0 if none is whole yet. */
+static int take_line(lua_State *L, lstream *st, int cr) {
   size_t len;
   const char *p = bt_http_peek(st->r, &len);
-  const char *nl = len ? memchr(p, '\n', len) : NULL;
-  if (nl == NULL) return 0;
-  size_t n = (size_t)(nl - p);
-  lua_pushlstring(L, p, n > 0 && p[n - 1] == '\r' ? n - 1 : n);
-  bt_http_consume(st->r, n + 1);
+  for (size_t i = 0; i < len; i++) {
+    if (p[i] != '\n' && p[i] != '\r') continue;
+    size_t end = i, next = i + 1;
+    if (p[i] == '\r') {
+      if (i + 1 == len && !bt_http_finished(st->r)) return 0;  /* "\r\n" may be coming */
+      if (i + 1 < len && p[i + 1] == '\n') next = i + 2;
+      else if (!cr) continue;
+    }
+    lua_pushlstring(L, p, end);
+    bt_http_consume(st->r, next);
+    return 1;
+  }
+  return 0;
+}
+
+/* Drops a UTF-8 byte-order mark at the start of an event stream. Returns 0 while the first
+ * bytes could still be one. */
+static int skip_bom(lstream *st) {
+  if (st->bom_done) return 1;
+  size_t len;
+  const char *p = bt_http_peek(st->r, &len);
+  static const char bom[3] = {'\xEF', '\xBB', '\xBF'};
+  size_t n = len < 3 ? len : 3;
+  if (memcmp(p, bom, n) == 0 && n < 3 && !bt_http_finished(st->r)) return 0;
+  if (n == 3 && memcmp(p, bom, 3) == 0) bt_http_consume(st->r, 3);
+  st->bom_done = 1;
   return 1;
 }
 
@@ -517,18 +540,17 @@ static int event_line(lua_State *L, const char *line, size_t len) {
       }
       lua_setfield(L, ev, "data");
     } else if (flen == 5 && memcmp(line, "event", 5) == 0) {
-      lua_pushlstring(L, v, vlen);
+      if (vlen > 0) lua_pushlstring(L, v, vlen);
+      else lua_pushnil(L);  /* an empty type is "message" */
       lua_setfield(L, ev, "event");
     } else if (flen == 2 && memcmp(line, "id", 2) == 0 && memchr(v, '\0', vlen) == NULL) {
       lua_pushlstring(L, v, vlen);  /* the last event id: it stays for the events after */
       lua_setfield(L, ev, "id");
     } else if (flen == 5 && memcmp(line, "retry", 5) == 0 && vlen > 0 && vlen < 16) {
-      char digits[16];
-      memcpy(digits, v, vlen);
-      digits[vlen] = '\0';
-      char *end;
-      long long ms = strtoll(digits, &end, 10);
-      if (*end == '\0' && ms >= 0) {  /* the stream's reconnection delay, not the event's */
+      long long ms = 0;
+      size_t i = 0;
+      while (i < vlen && isdigit((unsigned char)v[i])) ms = ms * 10 + (v[i++] - '0');
+      if (i == vlen) {  /* ASCII digits only: the stream's reconnection delay */
         if (lua_getiuservalue(L, 1, 1) == LUA_TTABLE) {
           lua_pushinteger(L, (lua_Integer)ms);
           lua_setfield(L, -2, "retry_ms");
@@ -590,7 +612,7 @@ static int stream_try(lua_State *L, lstream *st, int op) {
     }
     return bt_http_finished(st->r) ? push_end(L, st, fname) : -1;
   case OP_LINE:
-    if (take_line(L, st)) return 1;
+    if (take_line(L, st, 0)) return 1;
     p = bt_http_peek(st->r, &len);
     if (bt_http_finished(st->r)) {
       if (len == 0) return push_end(L, st, fname);
@@ -600,7 +622,8 @@ static int stream_try(lua_State *L, lstream *st, int op) {
     }
     return len >= MAX_LINE ? push_too_long(L, fname) : -1;
   default:  /* OP_EVENT */
-    while (take_line(L, st)) {
+    if (!skip_bom(st)) return -1;
+    while (take_line(L, st, 1)) {
       size_t n;
       const char *line = lua_tolstring(L, -1, &n);
       if (event_line(L, line, n)) return 1;  /* the event, above the line */
