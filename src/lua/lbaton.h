@@ -137,7 +137,13 @@ void lbt_open_pipeline(lua_State *L, int rt_idx);      /* lpipeline.c */
 void lbt_open_runner(lua_State *L, int rt_idx);        /* lrunner.c */
 void lbt_open_http(lua_State *L, int rt_idx);          /* lhttp.c: baton.http */
 void lbt_open_future(lua_State *L, int rt_idx);        /* lfuture.c: baton.future */
-void lbt_close_streams(lua_State *L);  /* lhttp.c: close every open HTTP stream (never waits) */
+/* lhttp.c and lhttpstream.c: response heads as tables, and the stream half of
+ * baton.http (options checked by lhttp.c; strings in `o` anchored on the stack). */
+void lbt_http_push_headers(lua_State *L, const char *p, size_t len);  /* raw lines -> table */
+lua_Integer lbt_http_retry_after(lua_State *L);  /* of the headers table at -1, in ms, or -1 */
+int lbt_http_stream_start(lua_State *L, lbt_rt *R, bt_http_opts *o, lua_Integer timeout);
+void lbt_open_http_stream(lua_State *L, int rt_idx);
+void lbt_close_streams(lua_State *L);  /* close every open HTTP stream (never waits) */
 
 /* Helpers for option tables: reject unknown keys (a typo must not pass silently). A list
  * that starts with LBT_POSITIONAL also accepts integer keys (argv-style tables), whose
