@@ -11,21 +11,13 @@ void bt_event_init(bt_event_t *ev) {
   ev->set = 0;
 }
 
-static void event_wait_cancel(bt_wait_t *w) {
-  bt_joiner_t *j = w->src;
-  if (j->wait != NULL) {
-    LIST_REMOVE(j, link);
-    j->wait = NULL;
-  }
-}
-
 int bt_event_wait(bt_rt_t *rt, bt_event_t *ev, bt_task_t *self, bt_joiner_t *j, bt_wait_t *w,
                   uint64_t due) {
   if (ev->set) return 1;
   j->wait = w;
   LIST_INSERT_HEAD(&ev->waiters, j, link);
   w->src = j;
-  bt_task_wait(rt, self, w, event_wait_cancel, due);
+  bt_task_wait(rt, self, w, bt__joiner_cancel, due);
   return 0;
 }
 

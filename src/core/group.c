@@ -79,21 +79,13 @@ void bt_group_remove(bt_task_t *t) {
   if (g->live.n == 0 && g->done.n == 0) bt__wake_joiners(g->rt, &g->waiters);
 }
 
-static void group_wait_cancel(bt_wait_t *w) {
-  bt_joiner_t *j = w->src;
-  if (j->wait != NULL) {
-    LIST_REMOVE(j, link);
-    j->wait = NULL;
-  }
-}
-
 int bt_group_wait(bt_group_t *g, bt_task_t *self, bt_joiner_t *j, bt_wait_t *w, uint64_t due) {
   if (g->done.n > 0) return 1;
   if (g->live.n == 0) return -1;
   j->wait = w;
   LIST_INSERT_HEAD(&g->waiters, j, link);
   w->src = j;
-  bt_task_wait(g->rt, self, w, group_wait_cancel, due);
+  bt_task_wait(g->rt, self, w, bt__joiner_cancel, due);
   return 0;
 }
 

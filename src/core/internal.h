@@ -69,6 +69,8 @@ void bt__group_finished(bt_group_t *g, bt_task_t *t);
 void bt__gate_release(bt_rt_t *rt, bt_task_t *t);
 void bt__gate_unqueue(bt_rt_t *rt, bt_task_t *t);
 void bt__wake_joiners(bt_rt_t *rt, void *list_head);
+/* The cancel of a wait whose src is a bt_joiner_t on some list: unlinks it. */
+void bt__joiner_cancel(bt_wait_t *w);
 
 struct bt_sem {
   size_t avail, cap;

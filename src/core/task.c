@@ -124,7 +124,7 @@ void bt_task_abort(bt_rt_t *rt, bt_task_t *t) {
   }
 }
 
-static void join_cancel(bt_wait_t *w) {
+void bt__joiner_cancel(bt_wait_t *w) {
   bt_joiner_t *j = w->src;
   if (j->wait != NULL) {
     LIST_REMOVE(j, link);
@@ -138,6 +138,6 @@ int bt_task_join(bt_rt_t *rt, bt_task_t *self, bt_task_t *t, bt_joiner_t *j, bt_
   j->wait = w;
   LIST_INSERT_HEAD(&t->joiners, j, link);
   w->src = j;
-  bt_task_wait(rt, self, w, join_cancel, due);
+  bt_task_wait(rt, self, w, bt__joiner_cancel, due);
   return 0;
 }

@@ -50,6 +50,39 @@ void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *met
   lua_pop(L, 1);
 }
 
+void lbt_weak_set_new(lua_State *L, const char *key) {
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, key);
+}
+
+void lbt_weak_set_add(lua_State *L, const char *key, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_getfield(L, LUA_REGISTRYINDEX, key);
+  lua_pushvalue(L, idx);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+void lbt_weak_set_each(lua_State *L, const char *key, void (*fn)(void *ud)) {
+  lua_getfield(L, LUA_REGISTRYINDEX, key);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pop(L, 1);
+    void *ud = lua_touserdata(L, -1);
+    if (ud != NULL) fn(ud);
+  }
+  lua_pop(L, 1);
+}
+
 void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *const known[]) {
   idx = lua_absindex(L, idx);
   int positional = known[0] != NULL && strcmp(known[0], LBT_POSITIONAL) == 0;

@@ -156,6 +156,12 @@ void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *cons
 lua_Integer lbt_opt_int(lua_State *L, const char *fname, const char *key, lua_Integer min,
                         lua_Integer def);
 void lbt_opt_func(lua_State *L, const char *fname, const char *key, int uv);
+/* Weak-keyed sets of userdata in the registry under `key`, for what baton.run must close
+ * when it ends (processes, HTTP streams): create, add the userdata at idx, visit each. `fn`
+ * must not raise or touch the Lua stack. */
+void lbt_weak_set_new(lua_State *L, const char *key);
+void lbt_weak_set_add(lua_State *L, const char *key, int idx);
+void lbt_weak_set_each(lua_State *L, const char *key, void (*fn)(void *ud));
 /* Registers `l` as methods under metatable `mt` (created), with the runtime as upvalue. */
 void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *methods,
                    const luaL_Reg *meta);

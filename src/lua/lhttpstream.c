@@ -314,11 +314,7 @@ int lbt_http_stream_start(lua_State *L, lbt_rt *R, bt_http_opts *o, lua_Integer 
     lua_pushliteral(L, "nomem");
     return 3;
   }
-  lua_getfield(L, LUA_REGISTRYINDEX, STREAMS_KEY);
-  lua_pushvalue(L, -2);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
+  lbt_weak_set_add(L, STREAMS_KEY, -1);
   lua_replace(L, 1);
   lua_settop(L, 1);
   lua_pushinteger(L, timeout < 0 ? -1 : (lua_Integer)(bt_now(R->rt) + (uint64_t)timeout));
@@ -388,22 +384,14 @@ static int lstream_tostring(lua_State *L) {
   return 1;
 }
 
+static void close_one(void *ud) {
+  lstream *st = ud;
+  if (st->r != NULL) stream_close(st);
+}
+
 /* Closes every stream still open, for baton.run once its main task has ended. Never waits,
  * never raises. */
-void lbt_close_streams(lua_State *L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, STREAMS_KEY);
-  if (!lua_istable(L, -1)) {
-    lua_pop(L, 1);
-    return;
-  }
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    lua_pop(L, 1);
-    lstream *st = lua_touserdata(L, -1);
-    if (st != NULL && st->r != NULL) stream_close(st);
-  }
-  lua_pop(L, 1);
-}
+void lbt_close_streams(lua_State *L) { lbt_weak_set_each(L, STREAMS_KEY, close_one); }
 
 void lbt_open_http_stream(lua_State *L, int rt_idx) {
   static const luaL_Reg methods[] = {
@@ -414,10 +402,5 @@ void lbt_open_http_stream(lua_State *L, int rt_idx) {
     {"__index", lstream_index}, {"__gc", lstream_gc}, {"__close", lstream_gc},
     {"__tostring", lstream_tostring}, {NULL, NULL}};
   lbt_new_class(L, rt_idx, BT_STREAM_MT, methods, meta);
-  lua_newtable(L);  /* weak-keyed set of streams, for lbt_close_streams */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_setfield(L, LUA_REGISTRYINDEX, STREAMS_KEY);
+  lbt_weak_set_new(L, STREAMS_KEY);  /* every stream, for lbt_close_streams */
 }

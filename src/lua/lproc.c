@@ -393,11 +393,7 @@ static int start(lua_State *L, lbt_rt *R, spawn_args *a, int run, const char *fn
   ud->has_stdin = a->o.pipe_stdin;
   luaL_setmetatable(L, BT_PROC_MT);
   int ui = lua_gettop(L);
-  lua_getfield(L, LUA_REGISTRYINDEX, PROCS_KEY);
-  lua_pushvalue(L, ui);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
+  lbt_weak_set_add(L, PROCS_KEY, ui);
   lproc *st = calloc(1, sizeof *st);
   if (st == NULL) luaL_error(L, "%s: out of memory", fname);
   st->rt = R->rt;
@@ -763,30 +759,17 @@ static int lproc_tostring(lua_State *L) {
   return 1;
 }
 
-/* Releases every open process of this Lua state, as close() does; for baton.run once its
- * main task has ended, so that no child outlives it. Never waits, never raises. */
-void lbt_close_procs(lua_State *L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, PROCS_KEY);
-  if (!lua_istable(L, -1)) {
-    lua_pop(L, 1);
-    return;
-  }
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    lua_pop(L, 1);
-    lproc_ud *ud = lua_touserdata(L, -1);
-    if (ud != NULL && ud->st != NULL) release(ud->st, DEFAULT_GRACE_MS);
-  }
-  lua_pop(L, 1);
+static void close_proc(void *p) {
+  lproc_ud *ud = p;
+  if (ud->st != NULL) release(ud->st, DEFAULT_GRACE_MS);
 }
 
+/* Releases every open process of this Lua state, as close() does; for baton.run once its
+ * main task has ended, so that no child outlives it. Never waits, never raises. */
+void lbt_close_procs(lua_State *L) { lbt_weak_set_each(L, PROCS_KEY, close_proc); }
+
 void lbt_open_proc(lua_State *L, int rt_idx) {
-  lua_newtable(L);  /* weak-keyed set of every Process userdata, for lbt_close_procs */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_setfield(L, LUA_REGISTRYINDEX, PROCS_KEY);
+  lbt_weak_set_new(L, PROCS_KEY);  /* every Process userdata, for lbt_close_procs */
 
   static const luaL_Reg methods[] = {
     {"write", lproc_write}, {"close_stdin", lproc_close_stdin},
