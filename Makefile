@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build run test asan bench install clean
+.PHONY: all deps build run test asan bench fuzz install clean
 
 all: build
 
@@ -30,8 +30,18 @@ asan: deps
 bench: build
 	bash bench/run.sh
 
+# libFuzzer on the parsers of peer input, FUZZ_SECONDS long (clang, ASan+UBSan).
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DBATON_FUZZ=ON -DBATON_TESTS=OFF \
+	  -DBATON_ASAN=ON -DBATON_UBSAN=ON
+	cmake --build build-fuzz -j $(JOBS) --target fuzz_parsers
+	mkdir -p build-fuzz/corpus
+	./build-fuzz/fuzz_parsers -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	  build-fuzz/corpus spec/fuzz/corpus
+
 install: build
 	cmake --install $(BUILD)
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-fuzz

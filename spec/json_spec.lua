@@ -283,6 +283,11 @@ describe("baton.json", function()
       { "malformed_bad_escape.json" },
       { "malformed_lone_surrogate.json" },
       { "malformed_unterminated_string.json" },
+      -- cJSON lets these through; baton refuses them (the last was found by spec/fuzz)
+      { "malformed_bad_unicode_hex.json", 10 },
+      { "malformed_short_unicode_escape.json", 4 },
+      { "malformed_raw_control_char.json", 11 },
+      { "malformed_fuzz_nul_escape.json", 6 },
     } do
       local file, byte = case[1], case[2]
       it("returns nil and a message with the byte position for " .. file, function()

@@ -30,6 +30,7 @@
  * Memory: the encoder's buffers and the decoder's cJSON tree belong to a scratch userdata
  * marked to-be-closed, so an error anywhere (ours or a memory error) frees them.
  */
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -504,6 +505,32 @@ static int malformed(lua_State *L, const char *s, size_t len, size_t pos) {
   return 3;
 }
 
+/* What cJSON lets through in strings but JSON forbids: a raw control character, an escape
+ * that is not one of \" \\ \/ \b \f \n \r \t \uXXXX, and \u with fewer than four hex
+ * digits (cJSON reads "\uZZZZ" as U+0000, which would also break the count of the NULs a
+ * string decodes to). `s` is text cJSON accepted. Returns the offset of the first such
+ * byte, or SIZE_MAX. */
+static size_t bad_string_byte(const char *s, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    if (s[i] != '"') continue;
+    for (i++; i < len && s[i] != '"'; i++) {
+      unsigned char c = (unsigned char)s[i];
+      if (c < 0x20) return i;
+      if (c != '\\') continue;
+      if (++i >= len) return i;
+      if (s[i] == 'u') {
+        for (int k = 1; k <= 4; k++)
+          if (i + (size_t)k >= len || !isxdigit((unsigned char)s[i + (size_t)k]))
+            return i + (size_t)k < len ? i + (size_t)k : len;
+        i += 4;
+      } else if (strchr("\"\\/bfnrt", s[i]) == NULL || s[i] == '\0') {
+        return i;
+      }
+    }
+  }
+  return SIZE_MAX;
+}
+
 /* decode(s) -> value | nil, message, "malformed". Raises only when s is not a string. */
 static int ljson_decode(lua_State *L) {
   if (lua_type(L, 1) != LUA_TSTRING)
@@ -519,6 +546,7 @@ static int ljson_decode(lua_State *L) {
   if (sc->tree == NULL) return malformed(L, s, len, pos);
   while (pos < len && (unsigned char)s[pos] <= 32) pos++;  /* cJSON's idea of whitespace */
   if (pos < len) return malformed(L, s, len, pos);
+  if ((pos = bad_string_byte(s, len)) != SIZE_MAX) return malformed(L, s, len, pos);
   dec d = {L, s, s + len, lua_upvalueindex(1), lua_upvalueindex(2)};
   push_node(&d, sc->tree);
   return 1;
