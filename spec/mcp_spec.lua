@@ -794,3 +794,261 @@ describe("baton.mcp misuse", function()
     c:close()
   end))
 end)
+
+-- server-everything in its Streamable HTTP mode, on a free port (PORT; a taken port makes
+-- it exit at once, and another is tried). Returns the process and the endpoint's URL once
+-- it answers (a GET without a session id is a 400).
+local function http_server()
+  for _ = 1, 5 do
+    local port = math.random(20000, 60000)
+    local proc = assert(baton.process.spawn { "node", EVERYTHING, "streamableHttp",
+      env = { PORT = tostring(port), PATH = os.getenv("PATH"), HOME = os.getenv("HOME") } })
+    local url = ("http://127.0.0.1:%d/mcp"):format(port)
+    local deadline = baton.now() + 15000
+    while baton.now() < deadline do
+      local r = baton.http.request { url = url, timeout_ms = 1000 }
+      if r and r.status == 400 then return proc, url end
+      if proc:wait(50) then break end  -- it exited: the port was taken
+    end
+    proc:close(0)
+  end
+  error("server-everything (streamableHttp) did not start")
+end
+
+-- fn(url, proc) with a server running; the server is stopped however fn ends.
+local function with_http_server(fn)
+  return H.async(function()
+    local proc, url = http_server()
+    local ok, err = pcall(fn, url, proc)
+    proc:kill("TERM")
+    if not proc:wait(3000) then proc:kill("KILL"); proc:wait(3000) end
+    proc:close()
+    assert(ok, err)
+  end)
+end
+
+local function json_object() return baton.json.object({}) end
+
+describe("baton.mcp over Streamable HTTP against server-everything", function()
+  real_it("handshakes with a session id, lists tools, calls echo and get-sum",
+    with_http_server(function(url)
+      local c = assert(mcp.connect { url = url, headers = { ["X-Test"] = "baton" } })
+      assert.equal("mcp-servers/everything", c.server_info.name)
+      assert.equal(mcp.SUPPORTED_VERSIONS[1], c.protocol_version)
+      assert.is_string(c.session_id)
+      assert.is_true(#c.session_id > 0)
+      assert.is_nil(c:pid())
+      assert.matches(url:gsub("%p", "%%%0"), tostring(c))
+      assert.same(EVERYTHING_TOOLS, names(assert(c:list_tools())))
+      assert.equal("Echo: hello, \u{2028} world",
+                   mcp.text(assert(c:call("echo", { message = "hello, \u{2028} world" }))))
+      assert.equal("The sum of 2 and 40 is 42.", mcp.text(assert(c:call("get-sum", { a = 2, b = 40 }))))
+      assert.is_true(c:ping())
+      assert.is_true(c:notify("notifications/roots/list_changed"))
+      -- an unknown tool and bad arguments are tool_error; an unknown method is rpc
+      local r, msg, kind = c:call("no-such-tool", {})
+      assert.is_nil(r)
+      assert.equal("tool_error", kind)
+      assert.matches("no%-such%-tool", msg)
+      r, msg, kind = c:call("get-sum", { a = "two" })
+      assert.is_nil(r)
+      assert.equal("tool_error", kind)
+      local _, _, k2, err = c:request("no/such/method")
+      assert.equal("rpc", k2)
+      assert.equal(-32601, err.code)
+      assert.equal("Echo: still", mcp.text(assert(c:call("echo", { message = "still" }))))
+      -- a second client, a session of its own, an older protocol version
+      local old = assert(mcp.connect { url = url, protocol_version = "2025-03-26" })
+      assert.equal("2025-03-26", old.protocol_version)
+      assert.is_true(old.session_id ~= c.session_id)
+      assert.equal("Echo: old", mcp.text(assert(old:call("echo", { message = "old" }))))
+      old:close()
+      c:close()
+    end))
+
+  real_it("answers the server's requests (sampling, roots/list) that come over an SSE answer",
+    with_http_server(function(url)
+      local c = assert(mcp.connect { url = url, capabilities = { sampling = json_object() },
+                                     roots = { { uri = "file:///srv/data", name = "data" } } })
+      local asked
+      c:handle("sampling/createMessage", function(params)
+        asked = params.messages[1].content.text
+        return { role = "assistant", model = "baton-test",
+                 content = { type = "text", text = "hi from baton" } }
+      end)
+      local r = assert(c:call("trigger-sampling-request", { prompt = "ping" }))
+      assert.matches("hi from baton", mcp.text(r))
+      assert.matches("ping", asked)
+      r = assert(c:call("get-roots-list", {}))
+      assert.matches("file:///srv/data", mcp.text(r), 1, true)
+      assert.is_true(c:stats().server_requests >= 2)
+      c:close()
+    end))
+
+  real_it("16 calls in flight (16 POSTs) each come back to their own caller",
+    with_http_server(function(url)
+      local c = assert(mcp.connect { url = url })
+      local g <close> = baton.group()
+      for i = 1, 16 do
+        g:spawn(function()
+          return i, mcp.text(assert(c:call("echo", { message = "caller " .. i })))
+        end)
+      end
+      baton.yield()
+      local most = c:stats().in_flight
+      for _, t in ipairs(g:join_all()) do
+        assert.is_true(t.ok, t.error)
+        local i, text = t:results()
+        assert.equal("Echo: caller " .. i, text)
+      end
+      assert.equal(16, most)
+      assert.equal(0, c:stats().in_flight)
+      c:close()
+    end))
+
+  real_it("delivers progress over the SSE answer; a cancelled call returns at once",
+    with_http_server(function(url)
+      local c = assert(mcp.connect { url = url })
+      local seen = {}
+      local r = assert(c:call("trigger-long-running-operation", { duration = 0.5, steps = 5 }, {
+        on_progress = function(progress, total) seen[#seen + 1] = { progress, total } end }))
+      assert.matches("Long running operation completed", mcp.text(r))
+      assert.same({ { 1, 5 }, { 2, 5 }, { 3, 5 }, { 4, 5 }, { 5, 5 } }, seen)
+
+      local progressed = 0
+      local t0 = baton.clock()
+      local r2, msg, kind = baton.timeout(1200, c.call, c, "trigger-long-running-operation",
+        { duration = 30, steps = 60 },
+        { on_progress = function() progressed = progressed + 1 end })
+      assert.is_nil(r2)
+      assert.equal("timeout", msg)
+      assert.equal("timeout", kind)
+      assert.is_true(progressed >= 1, "no progress before the cancel")
+      assert.is_true(baton.clock() - t0 < 3000)
+      assert.equal(0, c:stats().in_flight)
+
+      -- a call's own deadline: the same, through the client's timeout
+      t0 = baton.clock()
+      local r3, _, kind3 = c:call("trigger-long-running-operation", { duration = 30, steps = 60 },
+                                  { timeout_ms = 300 })
+      assert.is_nil(r3)
+      assert.equal("timeout", kind3)
+      assert.is_true(baton.clock() - t0 < 2000)
+      baton.sleep(50)
+      assert.equal(1, baton.stats().transfers)  -- only the GET stream is left
+      assert.equal("Echo: after", mcp.text(assert(c:call("echo", { message = "after" }))))
+      c:close()
+    end))
+
+  real_it("close() ends the session and leaves no transfer and no task",
+    with_http_server(function(url)
+      local c = assert(mcp.connect { url = url })
+      local sid = c.session_id
+      local g <close> = baton.group()
+      local slow = g:spawn(c.call, c, "trigger-long-running-operation", { duration = 30, steps = 30 })
+      baton.sleep(100)
+      assert.is_true(baton.stats().transfers >= 2)  -- the slow POST and the GET stream
+      assert.is_true(c:close())
+      assert.is_true(c:close())
+      assert.equal(0, baton.stats().transfers)
+      local ok, r, msg, kind = slow:join(1000)
+      assert.is_true(ok)
+      assert.is_nil(r)
+      assert.equal("closed", kind, msg)
+      assert.equal(0, H.settle().tasks)
+      H.raises("client:call: the client is closed", c.call, c, "echo", { message = "x" })
+      -- the session is gone on the server: its id is refused
+      local resp = assert(baton.http.request { url = url, method = "POST", timeout_ms = 5000,
+        headers = { ["Content-Type"] = "application/json", Accept = "application/json, text/event-stream",
+                    ["Mcp-Session-Id"] = sid },
+        body = '{"jsonrpc":"2.0","id":1,"method":"ping"}' })
+      assert.is_true(resp.status == 404 or resp.status == 400, "status " .. resp.status)
+
+      -- a session the server ended (here by a DELETE of our own): the calls fail
+      local c2 = assert(mcp.connect { url = url, listen = false })
+      resp = assert(baton.http.request { url = url, method = "DELETE", timeout_ms = 5000,
+        headers = { ["Mcp-Session-Id"] = c2.session_id, ["MCP-Protocol-Version"] = c2.protocol_version } })
+      assert.equal(200, resp.status)
+      local r2, msg2, kind2, detail = c2:call("echo", { message = "gone" })
+      assert.is_nil(r2)
+      -- the MCP spec says 404 ("closed"); server-everything answers 400 ("protocol")
+      assert.is_true(kind2 == "closed" or kind2 == "protocol", kind2 .. ": " .. msg2)
+      if kind2 == "protocol" then assert.equal(400, detail.status) end
+      c2:close()
+      assert.equal(0, baton.stats().transfers)
+    end))
+
+  it("an endpoint that does not answer: 'io' at once; misuse raises", H.async(function()
+    local c, msg, kind = mcp.connect { url = "http://127.0.0.1:1/mcp", timeout_ms = 2000 }
+    assert.is_nil(c)
+    assert.equal("io", kind)
+    assert.matches("initialize", msg)
+    assert.equal(0, baton.stats().transfers)
+    H.raises("give only one of command", mcp.connect, { url = "http://x/mcp", command = { "x" } })
+    H.raises("url must be an http:// or https:// URL", mcp.connect, { url = "ftp://x" })
+    H.raises("cwd is for command", mcp.connect, { url = "http://x/mcp", cwd = "/" })
+    H.raises("headers is for url", mcp.connect, { command = { "x" }, headers = {} })
+    H.raises("headers must map strings to strings", mcp.connect,
+             { url = "http://x/mcp", headers = { A = 1 } })
+  end))
+end)
+
+local FAKE_HTTP = FIX .. "/fake_http_server.py"
+
+describe("baton.mcp over Streamable HTTP against a scripted server", function()
+  local function with_fake_http(fn)
+    return H.async(function()
+      local proc = assert(baton.process.spawn { "python3", FAKE_HTTP })
+      local port = assert(proc:read_line(10000))
+      local ok, err = pcall(fn, "http://127.0.0.1:" .. port .. "/mcp")
+      proc:close(0)
+      assert(ok, err)
+    end)
+  end
+
+  fake_it("JSON answers, extra headers, SSE answers; failures have clear kinds",
+    with_fake_http(function(url)
+      local logs = {}
+      local c = assert(mcp.connect { url = url, headers = { Authorization = "Bearer t0k" },
+                                     on_log = function(p) logs[#logs + 1] = p.data end })
+      assert.equal("fake-session-1", c.session_id)
+      assert.equal("Echo", mcp.text(assert(c:call("echo", { text = "Echo" }))))
+      assert.equal("Bearer t0k", mcp.text(assert(c:call("header", { name = "Authorization" }))))
+      assert.equal("fake-session-1", mcp.text(assert(c:call("header", { name = "Mcp-Session-Id" }))))
+      assert.equal(c.protocol_version,
+                   mcp.text(assert(c:call("header", { name = "MCP-Protocol-Version" }))))
+      local seen = {}
+      assert.equal("streamed", mcp.text(assert(c:call("sse", {}, {
+        on_progress = function(p, t) seen[#seen + 1] = { p, t } end }))))
+      assert.same({ { 1, 2 } }, seen)
+      assert.same({ "on the way" }, logs)
+
+      local r, msg, kind = c:call("garbage")
+      assert.is_nil(r)
+      assert.equal("protocol", kind)
+      assert.matches("not JSON", msg)
+      r, msg, kind = c:call("fail500")
+      assert.equal("io", kind)
+      assert.matches("HTTP 500: boom", msg)
+      r, msg, kind = c:call("text")
+      assert.equal("protocol", kind)
+      assert.matches("content%-type 'text/html'", msg)
+      r, msg, kind = c:call("sse_cut")
+      assert.equal("io", kind)
+      assert.matches("ended before the response", msg)
+      r, msg, kind = c:call("nope")
+      assert.equal("tool_error", kind)
+      assert.matches("Unknown tool nope", msg)
+      assert.equal(0, c:stats().in_flight)
+      assert.equal("still", mcp.text(assert(c:call("echo", { text = "still" }))))
+
+      -- a 404 to a request with the session id: the session is over, the client with it
+      r, msg, kind = c:call("expire")
+      assert.equal("closed", kind)
+      assert.matches("ended the session", msg)
+      r, msg, kind = c:call("echo", { text = "x" })
+      assert.equal("closed", kind)
+      c:close()
+      assert.equal(0, baton.stats().transfers)
+    end))
+end)

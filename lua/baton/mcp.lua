@@ -1,7 +1,14 @@
--- baton.mcp — a Model Context Protocol client over stdio, in pure Lua on baton.process.
+-- baton.mcp — a Model Context Protocol client over stdio (baton.process) or Streamable
+-- HTTP (baton.http), in pure Lua.
 --
--- A client owns one server process, started from an argv (never a shell), and talks
--- JSON-RPC 2.0 to it, one JSON message per "\n"-terminated line. Calls are issued by any
+-- The JSON-RPC core (pending ids, routing, handlers, progress, deadlines, cancellation,
+-- stats) is shared; the transports differ only in how a message is sent (send() and the
+-- write in request()) and where incoming messages come from. Over HTTP (connect{ url = })
+-- there is no process and no reader task: each message is a POST from a task of its own
+-- and a request's POST routes its answer (see "the Streamable HTTP transport" below).
+--
+-- Over stdio a client owns one server process, started from an argv (never a shell), and
+-- talks JSON-RPC 2.0 to it, one JSON message per "\n"-terminated line. Calls are issued by any
 -- number of tasks; one reader task per client reads the server's stdout, splits it into
 -- lines (in Lua: proc:read_line caps lines at 1 MiB and MCP results can be far larger),
 -- decodes them and routes each message: a reply to the task waiting for its id, a
@@ -30,7 +37,8 @@
 --
 -- Errors: misuse raises (bad arguments, unknown option keys, use after close, waiting for
 -- a reply inside the reader); the world's outcomes return nil, message, kind with kind one
--- of "io" (cannot start), "timeout", "closed", "protocol", "rpc", "tool_error", "too_large".
+-- of "io" (cannot start; over HTTP also a failed transfer or a 5xx), "timeout", "closed",
+-- "protocol", "rpc", "tool_error", "too_large".
 local baton = require "baton"
 
 local json = baton.json
@@ -113,9 +121,15 @@ local function warn(st, msg)
   io.stderr:write("baton: warning: ", msg, "\n")
 end
 
--- Writes one message; false when the pipe is gone.
-local function send(st, msg)
+-- The Streamable HTTP transport's POST of a message that is not a request (below).
+local http_send
+
+-- Writes one message; false when the pipe is gone. Over HTTP the message is POSTed from a
+-- task of its own (the answer to a server request, notifications/cancelled), or, with
+-- `wait`, from the calling task, which then gets the outcome (connect, client:notify).
+local function send(st, msg, wait)
   if st.closed or st.dead then return false end
+  if st.http then return http_send(st, encode(msg), wait) end
   local ok = st.proc:write(encode(msg) .. "\n")
   if ok then st.stats.sent = st.stats.sent + 1 end
   return ok and true or false
@@ -352,6 +366,240 @@ local function reader(st)
   die(st, "baton.mcp: the server exited" .. how .. (tail and (": " .. tail) or ""), "closed")
 end
 
+-- ---- the Streamable HTTP transport -------------------------------------------------------
+-- Every message the client sends is one POST to st.url from a task of its own, kept in
+-- st.tasks (task -> true) until it ends, so that a timeout, a cancellation or close() can
+-- abort it: the transfer leaves libcurl at once and the stream (a <close> variable) is
+-- closed as the task unwinds. A request's POST routes what comes back as the stdio reader
+-- routes a line: a JSON body, or the data of each event of a text/event-stream body until
+-- the request is answered (notifications and server requests may come first). Other
+-- messages expect 202 Accepted. The GET stream of server-initiated messages, when the
+-- server offers one, is one more such task. No task holds the client, only st.
+
+local function http_kind(k)
+  if k == "timeout" or k == "too_large" or k == "protocol" then return k end
+  return "io"  -- connect, tls, io, nomem
+end
+
+local OWN_HEADERS = { accept = true, ["content-type"] = true, ["mcp-session-id"] = true,
+                      ["mcp-protocol-version"] = true }
+
+local function http_headers(st, accept, with_body)
+  local h = {}
+  for k, v in pairs(st.headers) do
+    if not OWN_HEADERS[k:lower()] then h[k] = v end
+  end
+  h["Accept"] = accept
+  if with_body then h["Content-Type"] = "application/json" end
+  if st.session then h["Mcp-Session-Id"] = st.session end
+  if st.http_version then h["MCP-Protocol-Version"] = st.http_version end
+  return h
+end
+
+-- Fails request `id` (if it is still pending) with message, kind[, detail].
+local function fail_one(st, id, message, kind, detail)
+  local w = st.pending[id]
+  if not w then return end
+  st.pending[id] = nil
+  st.in_flight = st.in_flight - 1
+  st.progress[id] = nil
+  slot_fill(w, { message = message, kind = kind, detail = detail })
+end
+
+-- The body's text (its first `cap` bytes or so when given) | nil, message, kind.
+local function read_body(s, cap)
+  local parts, n = {}, 0
+  while true do
+    local chunk, e, k = s:read()
+    if chunk == nil then
+      if e then return nil, e, k end
+      break
+    end
+    parts[#parts + 1] = chunk
+    n = n + #chunk
+    if cap and n >= cap then break end
+  end
+  return concat(parts)
+end
+
+-- Decodes and routes one message (a JSON body, an event's data): true | nil, error.
+local function route_text(st, text)
+  st.stats.received = st.stats.received + 1
+  local m, err = decode(text)
+  if m == nil then
+    st.stats.malformed = st.stats.malformed + 1
+    return nil, err
+  end
+  route(st, m)
+  return true
+end
+
+local function snippet(s)
+  s = tostring(s or ""):gsub("%s+", " ")
+  if #s > 200 then s = sub(s, 1, 200) .. "..." end
+  return s
+end
+
+-- Fails request `id`, if any; returns nil, message, kind.
+local function http_fail(st, id, message, kind, detail)
+  if id ~= nil then fail_one(st, id, message, kind, detail) end
+  return nil, message, kind
+end
+
+-- One POST of `body`, a JSON-RPC message: request `id` (with `method`) | nil for a
+-- notification or a response. true | nil, message, kind.
+local function http_post(st, body, id, method, head_ms)
+  local sent_session = st.session
+  local s <close>, e, k = baton.http.stream {
+    url = st.url, method = "POST", body = body, timeout_ms = head_ms or st.request_timeout,
+    headers = http_headers(st, "application/json, text/event-stream", true),
+    max_body_bytes = st.max_line,
+  }
+  local what = "baton.mcp: POST " .. (method or "message")
+  if not s then return http_fail(st, id, format("%s: %s", what, tostring(e)), http_kind(k)) end
+  local status, headers = s.status, s.headers
+  if method == "initialize" and status >= 200 and status < 300 then
+    st.session = headers["mcp-session-id"]
+  end
+  if status == 404 and sent_session then  -- the MCP spec: the session has ended
+    local msg = "baton.mcp: the server ended the session (HTTP 404)"
+    die(st, msg, "closed")
+    return nil, msg, "closed"
+  end
+  if status < 200 or status > 299 then
+    local text = read_body(s, 65536) or ""
+    local m = decode(text)
+    local rpc = type(m) == "table" and type(m.error) == "table" and m.error or nil
+    local msg = format("%s: HTTP %d: %s", what, status,
+                       rpc and tostring(rpc.message) or snippet(text))
+    return http_fail(st, id, msg, status >= 500 and "io" or "protocol",
+                     { status = status, body = text, error = rpc })
+  end
+  if id == nil then return true end  -- 202 Accepted (whatever else came with it is dropped)
+  if status == 202 or status == 204 then
+    return http_fail(st, id, format("%s: the server accepted the request without an answer "
+                                    .. "(HTTP %d)", what, status), "protocol")
+  end
+  local ctype = headers["content-type"] or ""
+  if find(ctype, "text/event-stream", 1, true) then
+    while st.pending[id] do
+      local ev, re, rk = s:read_event()
+      if not ev then
+        if re then return http_fail(st, id, format("%s: %s", what, tostring(re)), http_kind(rk)) end
+        return http_fail(st, id, what .. ": the event stream ended before the response", "io")
+      end
+      local data = ev.data
+      if find(data, "[^ \t\r\n]") then
+        local ok, derr = route_text(st, data)
+        if not ok then
+          return http_fail(st, id, format("%s: an event that is not JSON (%s): %s", what,
+                                          tostring(derr), snippet(data)), "protocol")
+        end
+      end
+    end
+    return true
+  elseif find(ctype, "application/json", 1, true) then
+    local text, re, rk = read_body(s)
+    if not text then return http_fail(st, id, format("%s: %s", what, tostring(re)), http_kind(rk)) end
+    local ok, derr = route_text(st, text)
+    if not ok then
+      return http_fail(st, id, format("%s: a body that is not JSON (%s): %s", what,
+                                      tostring(derr), snippet(text)), "protocol")
+    end
+    if st.pending[id] then
+      return http_fail(st, id, what .. ": the response does not answer the request", "protocol")
+    end
+    return true
+  end
+  return http_fail(st, id, format("%s: unexpected content-type '%s' (HTTP %d)", what, ctype,
+                                  status), "protocol")
+end
+
+local function is_cancel(e) return type(e) == "table" and e.kind == "cancelled" end
+
+local function post_task(st, body, id, method, head_ms)
+  local me = current()
+  local ok, r, e = pcall(http_post, st, body, id, method, head_ms)
+  st.tasks[me] = nil
+  if not ok then
+    if is_cancel(r) then return end
+    warn(st, "the POST failed: " .. tostring(r))
+    if id ~= nil then fail_one(st, id, "baton.mcp: the POST failed: " .. tostring(r), "io") end
+  elseif r == nil and id == nil and not (st.closed or st.dead) then
+    warn(st, tostring(e))
+  end
+end
+
+local function spawn_io(st, fn, ...)
+  local t = baton.spawn(fn, st, ...)
+  st.tasks[t] = true
+  return t
+end
+
+-- A message that is not a request: true | nil, message, kind (with wait) | false (gone).
+http_send = function(st, body, wait)
+  st.stats.sent = st.stats.sent + 1
+  if wait and current() then return http_post(st, body, nil, nil) end
+  spawn_io(st, post_task, body, nil, nil)
+  return true
+end
+
+-- The GET stream of messages the server sends outside any request, if it offers one
+-- (405: it does not).
+local function listen_task(st)
+  local me = current()
+  local ok, err = pcall(function()
+    local s <close>, e = baton.http.stream {
+      url = st.url, method = "GET", timeout_ms = st.request_timeout,
+      headers = http_headers(st, "text/event-stream"),
+    }
+    if not s then return warn(st, "the GET stream for server messages failed: " .. tostring(e)) end
+    if s.status == 405 then return end
+    if s.status == 404 and st.session then
+      return die(st, "baton.mcp: the server ended the session (HTTP 404)", "closed")
+    end
+    if s.status < 200 or s.status > 299
+       or not find(s.headers["content-type"] or "", "text/event-stream", 1, true) then
+      return warn(st, format("the server refused the GET stream for its messages (HTTP %d)",
+                             s.status))
+    end
+    while not (st.closed or st.dead) do
+      local ev, re = s:read_event()
+      if not ev then
+        if re then warn(st, "the GET stream for server messages failed: " .. tostring(re)) end
+        break
+      end
+      if find(ev.data, "[^ \t\r\n]") then
+        local rok, derr = route_text(st, ev.data)
+        if not rok then
+          warn(st, format("skipped an event that is not JSON (%s): %s", tostring(derr),
+                          snippet(ev.data)))
+        end
+      end
+    end
+  end)
+  st.tasks[me] = nil
+  if not ok and not is_cancel(err) then warn(st, "the GET stream failed: " .. tostring(err)) end
+end
+
+-- Aborts every transport task but the caller's own.
+local function abort_io(st)
+  local me = current()
+  for t in pairs(st.tasks) do
+    st.tasks[t] = nil
+    if t ~= me then pcall(t.abort, t) end
+  end
+end
+
+-- Ends the session (the MCP spec: DELETE with its id); a 405 (the server does not let
+-- clients end sessions) or any failure is ignored.
+local function http_delete(st, grace)
+  if not st.session then return end
+  local ms = grace < 200 and 200 or grace > 2000 and 2000 or grace
+  baton.http.request { url = st.url, method = "DELETE", timeout_ms = ms,
+                       headers = http_headers(st, "application/json, text/event-stream") }
+end
+
 -- ---- the client ----------------------------------------------------------------------
 
 local Client = {}
@@ -370,7 +618,7 @@ local function request(st, fname, method, params, timeout_ms, on_progress)
   if st.dead then return nil, st.dead.message, st.dead.kind end
   local me = current()
   if me == nil then misuse(fname, "must be called in a task (inside baton.run)") end
-  if me == st.reader_task then
+  if me == st.reader_task and not st.http then
     misuse(fname, "cannot wait for a reply inside a notification handler (it runs in the "
                   .. "reader task, which delivers the reply): spawn a task")
   end
@@ -384,9 +632,12 @@ local function request(st, fname, method, params, timeout_ms, on_progress)
     p._meta = meta
     params = p
   end
-  local line = encode({ jsonrpc = "2.0", id = id, method = method, params = params }) .. "\n"
+  local text = encode({ jsonrpc = "2.0", id = id, method = method, params = params })
   local w = slot_new()
-  if not st.proc:write(line) then
+  local post  -- over HTTP: the task POSTing the request and routing its answer
+  if st.http then
+    post = spawn_io(st, post_task, text, id, method, timeout_ms)
+  elseif not st.proc:write(text .. "\n") then
     return nil, "baton.mcp: cannot write to the server", "closed"
   end
   st.stats.sent = st.stats.sent + 1
@@ -396,6 +647,10 @@ local function request(st, fname, method, params, timeout_ms, on_progress)
   local ok, got, e2, e3 = pcall(slot_wait, w, timeout_ms)
   if not (ok and got) then
     -- Aborted or timed out: forget the request and tell the server.
+    if post and st.tasks[post] then  -- stop the POST: its transfer ends, its stream closes
+      st.tasks[post] = nil
+      post:abort()
+    end
     if st.pending[id] == w then
       st.pending[id] = nil
       st.in_flight = st.in_flight - 1
@@ -409,7 +664,7 @@ local function request(st, fname, method, params, timeout_ms, on_progress)
     return nil, e2, e3
   end
   local m = got
-  if m.kind then return nil, m.message, m.kind end  -- failed by die() or close()
+  if m.kind then return nil, m.message, m.kind, m.detail end  -- die(), close(), a failed POST
   local e = m.error
   if e ~= nil and e ~= null then  -- "error": null beside a result is no error
     if type(e) ~= "table" then e = { code = -32603, message = tostring(e) } end
@@ -456,8 +711,9 @@ function Client:notify(method, params)
     misuse("client:notify", "params must be a table (got %s)", type(params))
   end
   if st.dead then return nil, st.dead.message, st.dead.kind end
-  if not send(st, { jsonrpc = "2.0", method = method, params = params }) then
-    return nil, "baton.mcp: cannot write to the server", "closed"
+  local ok, e, k = send(st, { jsonrpc = "2.0", method = method, params = params }, true)
+  if not ok then
+    return nil, e or "baton.mcp: cannot write to the server", k or "closed"
   end
   return true
 end
@@ -642,6 +898,7 @@ function Client:pid() return rawget(self, "_s").pid end
 
 function Client:stderr()
   local st = rawget(self, "_s")
+  if not st.proc then return "" end
   local ok, s = pcall(st.proc.stderr, st.proc)
   return ok and s or ""
 end
@@ -654,7 +911,8 @@ end
 local function release_now(st, grace)
   st.closed = true
   fail_pending(st, "baton.mcp: the client was closed", "closed")
-  pcall(st.proc.close, st.proc, grace)
+  if st.proc then pcall(st.proc.close, st.proc, grace) end
+  if st.http then abort_io(st) end
   if st.reader_task and st.reader_task ~= current() then pcall(st.reader_task.abort, st.reader_task) end
   st.released = true
   if st.closing then slot_fill(st.closing, true) end
@@ -707,7 +965,13 @@ function Client:close(grace_ms)
   st.closing = slot_new()
   st.close_due = now() + 2 * grace + 6000  -- stop_server's longest run, and a margin
   fail_pending(st, "baton.mcp: the client was closed", "closed")
-  local ok, err = pcall(stop_server, st, grace)
+  local ok, err
+  if st.http then  -- abort the POSTs and the GET stream, then end the session
+    abort_io(st)
+    ok, err = pcall(http_delete, st, grace)
+  else
+    ok, err = pcall(stop_server, st, grace)
+  end
   release_now(st, ok and 0 or grace)
   if not ok then error(err, 0) end
   return true
@@ -719,6 +983,7 @@ Client.__tostring = function(self)
   local st = rawget(self, "_s")
   local state = st.closed and "closed" or st.dead and "dead" or "open"
   local name = type(self.server_info) == "table" and self.server_info.name or "?"
+  if st.http then return format("baton.mcp.Client (%s, %s, %s)", tostring(name), st.url, state) end
   return format("baton.mcp.Client (%s, pid %d, %s)", tostring(name), st.pid or -1, state)
 end
 
@@ -728,7 +993,7 @@ local CONNECT_OPTS = {
   command = true, env = true, cwd = true, protocol_version = true, supported_versions = true,
   capabilities = true, roots = true, client_info = true, max_line_bytes = true,
   timeout_ms = true, request_timeout_ms = true, on_notification = true, on_log = true,
-  on_warning = true,
+  on_warning = true, url = true, headers = true, listen = true,
 }
 
 local function contains(list, v)
@@ -741,10 +1006,35 @@ function M.connect(opts)
   local F = "baton.mcp.connect"
   if type(opts) ~= "table" then misuse(F, "options must be a table (got %s)", type(opts)) end
   check_fields(F, opts, CONNECT_OPTS)
-  local cmd = opts.command
-  if type(cmd) ~= "table" or #cmd == 0 then misuse(F, "command must be a table of strings") end
-  for i = 1, #cmd do
-    if type(cmd[i]) ~= "string" then misuse(F, "command must be a table of strings") end
+  local cmd, url = opts.command, opts.url
+  if cmd == nil and url == nil then
+    misuse(F, "command must be a table of strings (or url an http(s) URL: Streamable HTTP)")
+  elseif cmd ~= nil and url ~= nil then
+    misuse(F, "give only one of command (a server over stdio) and url (Streamable HTTP)")
+  end
+  local headers = {}
+  if url ~= nil then
+    if type(url) ~= "string" or not url:match("^[Hh][Tt][Tt][Pp][Ss]?://") then
+      misuse(F, "url must be an http:// or https:// URL (got %s)", tostring(url))
+    end
+    for _, k in ipairs { "env", "cwd" } do
+      if opts[k] ~= nil then misuse(F, "%s is for command (a server over stdio), not url", k) end
+    end
+    for k, v in pairs(opt_type(F, opts, "headers", "table") or {}) do
+      if type(k) ~= "string" or type(v) ~= "string" then
+        misuse(F, "headers must map strings to strings")
+      end
+      headers[k] = v
+    end
+    opt_type(F, opts, "listen", "boolean")
+  else
+    if type(cmd) ~= "table" or #cmd == 0 then misuse(F, "command must be a table of strings") end
+    for i = 1, #cmd do
+      if type(cmd[i]) ~= "string" then misuse(F, "command must be a table of strings") end
+    end
+    for _, k in ipairs { "headers", "listen" } do
+      if opts[k] ~= nil then misuse(F, "%s is for url (Streamable HTTP), not command", k) end
+    end
   end
   opt_type(F, opts, "env", "table")
   opt_type(F, opts, "cwd", "string")
@@ -768,13 +1058,18 @@ function M.connect(opts)
   local request_ms = opt_ms(F, opts, "request_timeout_ms", DEFAULT_REQUEST_MS)
   if current() == nil then misuse(F, "must be called in a task (inside baton.run)") end
 
-  local argv = { stdin = true, cwd = opts.cwd, env = opts.env }
-  for i = 1, #cmd do argv[i] = cmd[i] end
-  local proc, perr, pkind = baton.process.spawn(argv)
-  if not proc then return nil, "baton.mcp.connect: " .. tostring(perr), pkind or "io" end
+  local proc
+  if cmd then
+    local argv = { stdin = true, cwd = opts.cwd, env = opts.env }
+    for i = 1, #cmd do argv[i] = cmd[i] end
+    local perr, pkind
+    proc, perr, pkind = baton.process.spawn(argv)
+    if not proc then return nil, "baton.mcp.connect: " .. tostring(perr), pkind or "io" end
+  end
 
   local st = {
-    proc = proc, pid = proc:pid(), pending = {}, progress = {}, inbound = {}, on = {},
+    proc = proc, pid = proc and proc:pid(), http = url ~= nil, url = url, headers = headers,
+    tasks = {}, pending = {}, progress = {}, inbound = {}, on = {},
     handlers = {}, next_id = 1, in_flight = 0, parts = {}, nparts = 0, plen = 0,
     max_line = max_line or DEFAULT_MAX_LINE, request_timeout = request_ms, roots = roots,
     on_notification = opts.on_notification, on_warning = opts.on_warning,
@@ -783,7 +1078,7 @@ function M.connect(opts)
               malformed = 0, warnings = 0, handler_errors = 0 },
   }
   if opts.on_log then st.on["notifications/message"] = { opts.on_log } end
-  st.reader_task = baton.spawn(reader, st)
+  if proc then st.reader_task = baton.spawn(reader, st) end
   local client = setmetatable({ _s = st }, Client)
 
   local caps = {}
@@ -816,7 +1111,21 @@ function M.connect(opts)
   client.server_info = type(r.serverInfo) == "table" and r.serverInfo or {}
   client.server_capabilities = type(r.capabilities) == "table" and r.capabilities or {}
   client.instructions = type(r.instructions) == "string" and r.instructions or nil
-  send(st, { jsonrpc = "2.0", method = "notifications/initialized" })
+  if not st.http then
+    send(st, { jsonrpc = "2.0", method = "notifications/initialized" })
+    return client
+  end
+  st.http_version = v
+  client.session_id = st.session
+  -- Over HTTP the handshake ends once the server has accepted notifications/initialized.
+  local sok, ok, e2, k2 = pcall(send, st, { jsonrpc = "2.0", method = "notifications/initialized" },
+                                true)
+  if not sok then
+    release_now(st, 0)
+    error(ok, 0)
+  end
+  if not ok then return fail("baton.mcp.connect: " .. tostring(e2), k2 or "closed") end
+  if opts.listen ~= false then spawn_io(st, listen_task) end
   return client
 end
 
