@@ -342,3 +342,16 @@ describe("baton.coroutine.wrap", function()
     assert.matches("inside", err)
   end))
 end)
+
+describe("baton.warn", function()
+  it("reports through the baton.on_warning handler, and survives a failing one", function()
+    local seen = {}
+    baton.on_warning(function(msg) seen[#seen + 1] = msg end)
+    baton.warn("disk nearly full")
+    baton.on_warning(function() error("handler broke") end)
+    baton.warn("still reported")  -- the failure goes to stderr; nothing raises
+    baton.on_warning(nil)
+    assert.same({ "disk nearly full" }, seen)
+    H.raises("string expected", baton.warn, {})
+  end)
+end)

@@ -108,17 +108,13 @@ local function slot_wait(w, ms) return w:wait(ms) end
 
 local function warn(st, msg)
   st.stats.warnings = st.stats.warnings + 1
-  local fn = st.on_warning
-  if fn == nil and debug and debug.getregistry then
-    fn = debug.getregistry()["baton.on_warning"]
-  end
   msg = "baton.mcp: " .. msg
-  if type(fn) == "function" then
-    local ok, e = pcall(fn, msg)
+  if st.on_warning then
+    local ok, e = pcall(st.on_warning, msg)
     if ok then return end
     msg = msg .. " (and the warning handler failed: " .. tostring(e) .. ")"
   end
-  io.stderr:write("baton: warning: ", msg, "\n")
+  baton.warn(msg)  -- baton.on_warning's handler, else stderr
 end
 
 -- The Streamable HTTP transport's POST of a message that is not a request (below).

@@ -241,6 +241,12 @@ static int lbaton_current(lua_State *L) {
   return 1;
 }
 
+/* baton.warn(msg): reports through the baton.on_warning handler, else stderr. */
+static int lbaton_warn(lua_State *L) {
+  lbt_warn_on(L, luaL_checkstring(L, 1));
+  return 0;
+}
+
 static int lbaton_on_warning(lua_State *L) {
   if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
   lua_settop(L, 1);
@@ -385,7 +391,7 @@ int lbt_open(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"run", lbaton_run}, {"spawn", lbaton_spawn}, {"sleep", lbaton_sleep},
     {"yield", lbaton_yield}, {"now", lbaton_now}, {"clock", lbaton_clock},
-    {"current", lbaton_current}, {"on_warning", lbaton_on_warning},
+    {"current", lbaton_current}, {"on_warning", lbaton_on_warning}, {"warn", lbaton_warn},
     {"stats", lbaton_stats}, {"version", lbaton_version}, {NULL, NULL}};
   lua_newtable(L);
   lbt_set_funcs(L, rt_idx, funcs);

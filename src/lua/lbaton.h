@@ -116,6 +116,7 @@ int lbt_push_timeout(lua_State *L);  /* nil, "timeout", "timeout"; returns 3 */
 int lbt_is_cancel_error(lua_State *L, int idx);
 uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx);  /* ms arg → absolute or UINT64_MAX */
 void lbt_warn(lbt_rt *R, const char *fmt, ...);
+void lbt_warn_on(lua_State *L, const char *msg);  /* the same, on L's stack, unformatted */
 int lbt_run_loop(lua_State *L, lbt_rt *R);  /* runs until the main task ends */
 void lbt_abort_all(lbt_rt *R);
 

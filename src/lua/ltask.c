@@ -165,7 +165,10 @@ void lbt_warn(lbt_rt *R, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  lua_State *L = R->L;
+  lbt_warn_on(R->L, buf);
+}
+
+void lbt_warn_on(lua_State *L, const char *buf) {
   lua_getfield(L, LUA_REGISTRYINDEX, "baton.on_warning");
   if (lua_isfunction(L, -1)) {
     lua_pushstring(L, buf);
