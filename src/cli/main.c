@@ -11,12 +11,15 @@
  * still alive while the script (or the REPL) runs. A chunk is loaded only when
  * its turn comes, so an -e before a script with a syntax error has already run, as in lua.
  *
- * Invariants: one Lua state; the state is closed before exit on every path but os.exit,
- * so finalisers run and the runtime closes its loop. SIGINT is watched only while the
- * main task runs: the first one aborts the main task (its <close> handlers run) and puts
- * back the default disposition, so a second one ends the process at once; while the REPL
- * runs, it goes to the REPL instead (it aborts the line that runs). The watcher
- * handle is the runtime's (R->sigint): the runtime's __gc closes it and frees it.
+ * Signals and exit statuses. baton.run watches SIGINT, SIGTERM and SIGHUP while it runs
+ * (lsignal.c): the first aborts the main task (its <close> handlers run, then every other
+ * task, and child processes are released) and the status becomes 128 + the signal; a second
+ * ends the process at once. While the REPL runs, SIGINT goes to the REPL first (it aborts
+ * the line that runs). os.exit is baton.exit here: from a task it ends the run the same way,
+ * with the status given.
+ *
+ * Invariants: one Lua state; the state is closed before exit on every path (os.exit called
+ * from a task included), so finalisers run and the runtime closes its loop.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -33,12 +36,6 @@
 #include "repl.h"
 
 #define PROGNAME "baton"
-/* SIGINT over code that holds the loop (see hook_sigint): the runtime to interrupt, NULL
- * when none (or while the REPL, which does this per line, runs), and whether it fired. */
-static lbt_rt *hooked_rt;
-static volatile sig_atomic_t hooked;
-
-#define EXIT_INTERRUPTED 130  /* 128 + SIGINT, what a shell reports for a Ctrl-C'd job */
 
 #if defined(__SANITIZE_ADDRESS__)
 #define UNDER_ASAN 1
@@ -76,7 +73,6 @@ typedef struct cli {
   cli_step *steps;   /* argc + 2 slots, owned, freed by main */
   int nsteps, next;  /* steps to run, and the next one */
   lbt_rt *R;         /* borrowed from the Lua state */
-  int interrupted;   /* SIGINT aborted the main task */
   int status;        /* the exit status */
 } cli;
 
@@ -99,7 +95,10 @@ static void print_usage(FILE *out) {
         "they may await at top level (baton.sleep, task:join, ...). The baton module is\n"
         "preloaded: require \"baton\", or use the global 'baton'. Without a script on a\n"
         "terminal (or with -i) the REPL follows, in the same main task: the event loop runs\n"
-        "while it waits for a line, and each line runs as a task of its own.\n",
+        "while it waits for a line, and each line runs as a task of its own.\n"
+        "SIGINT, SIGTERM and SIGHUP abort the main task, run its <close> handlers, release\n"
+        "child processes and exit 128 + the signal; os.exit(code) from a task does the same\n"
+        "with its code. baton.on_signal(name, fn) replaces a signal's default action.\n",
         out);
 }
 
@@ -325,7 +324,7 @@ static int push_step(lua_State *L, const cli *C, const cli_step *s) {
     lua_pushcfunction(L, warn_step);
     return 0;
   case STEP_REPL:
-    hooked_rt = NULL;  /* the REPL interrupts stuck lines itself, per line */
+    C->R->take_sigint = bt_repl_sigint;  /* SIGINT goes to the REPL first from now on */
     return bt_repl_push(L, !(C->opts & OPT_VERSION));
   case STEP_SCRIPT: {
     rc = luaL_loadfile(L, s->text);
@@ -361,81 +360,13 @@ static int run_steps(lua_State *L) {
   return run_steps_k(L, LUA_OK, (lua_KContext)C);
 }
 
-static void on_sigint(uv_signal_t *h, int signum) {
-  (void)signum;
-  cli *C = h->data;
-  lbt_rt *R = C->R;
-  if (bt_repl_sigint()) return;
-  /* Back to the default disposition: a second Ctrl-C ends the process even if a <close>
-   * handler hangs. */
-  uv_signal_stop(h);
-  C->interrupted = 1;
-  if (R->running && R->main != NULL) bt_task_abort(R->rt, &R->main->t);
-}
-
-/* Code that never yields (`while true do end`) holds the loop, so the watcher above never
- * runs. Like lua.c, a signal handler of ours sits over libuv's: it hooks the coroutine of
- * the task that is running, whose hook aborts that task and the main task from there, and
- * passes every signal on to libuv's handler. Once the watcher has run it stops itself, which
- * puts SIGINT back to the default: a second Ctrl-C ends the process. */
-static struct sigaction uv_sigint_action;
-
-static void interrupt_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  lua_sethook(L, NULL, 0, 0);
-  lbt_rt *R = hooked_rt;
-  bt_task_t *t = bt_rt_current(R->rt);
-  if (R->main != NULL) bt_task_abort(R->rt, &R->main->t);
-  if (t == NULL) return;
-  bt_task_abort(R->rt, t);
-  lbt_raise_cancelled(L);
-}
-
-static void on_sigint_signal(int signum, siginfo_t *info, void *uctx) {
-  if (!hooked && hooked_rt != NULL) {
-    bt_task_t *t = bt_rt_current(hooked_rt->rt);
-    lbt_fiber *f = t != NULL ? lbt_fib((lbt_task *)t) : NULL;
-    if (f != NULL) {
-      lua_sethook(f->co, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
-      hooked = 1;
-    }
-  }
-  if (uv_sigint_action.sa_flags & SA_SIGINFO) uv_sigint_action.sa_sigaction(signum, info, uctx);
-  else if (uv_sigint_action.sa_handler != SIG_IGN && uv_sigint_action.sa_handler != SIG_DFL)
-    uv_sigint_action.sa_handler(signum);
-}
-
-static void hook_sigint(lbt_rt *R) {
-  struct sigaction sa;
-  if (sigaction(SIGINT, NULL, &uv_sigint_action) != 0) return;
-  if (!(uv_sigint_action.sa_flags & SA_SIGINFO) &&
-      (uv_sigint_action.sa_handler == SIG_DFL || uv_sigint_action.sa_handler == SIG_IGN))
-    return;  /* no watcher to pass signals to */
-  hooked_rt = R;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = on_sigint_signal;
-  sa.sa_flags = SA_SIGINFO | SA_RESTART;
-  sigfillset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, NULL);
-}
-
-/* Watches SIGINT on the runtime's loop without keeping it alive. Best effort: without the
- * watcher, Ctrl-C simply ends the process. */
-static void watch_sigint(cli *C) {
-  lbt_rt *R = C->R;
-  if (R->sigint == NULL) {
-    uv_signal_t *h = malloc(sizeof *h);
-    if (h == NULL) return;
-    if (uv_signal_init(bt_rt_loop(R->rt), h) != 0) {
-      free(h);
-      return;
-    }
-    h->data = C;
-    R->sigint = h;  /* from here on the runtime's __gc closes and frees it */
-  }
-  if (uv_signal_start(R->sigint, on_sigint, SIGINT) == 0) {
-    uv_unref((uv_handle_t *)R->sigint);
-    hook_sigint(R);
+/* What the executable reports for a run a signal ended. */
+static const char *signal_text(int signum) {
+  switch (signum) {
+  case SIGINT: return "interrupted";
+  case SIGTERM: return "terminated by SIGTERM";
+  case SIGHUP: return "terminated by SIGHUP";
+  default: return "terminated by a signal";
   }
 }
 
@@ -446,13 +377,12 @@ static void run_main(lua_State *L, cli *C, int mod) {
   lua_getfield(L, mod, "run");
   lua_pushlightuserdata(L, C);
   lua_pushcclosure(L, run_steps, 1);
-  watch_sigint(C);
   int rc = lua_pcall(L, 1, LUA_MULTRET, 0);
-  if (C->R->sigint != NULL) uv_signal_stop(C->R->sigint);  /* SIGINT back to the default */
-  hooked_rt = NULL;
-  if (C->interrupted || hooked) {
-    report("interrupted");
-    C->status = EXIT_INTERRUPTED;
+  lbt_rt *R = C->R;
+  R->take_sigint = NULL;
+  if (R->exit_status >= 0) {  /* a signal's default action, or baton.exit (os.exit) */
+    if (R->exit_signal != 0) report(signal_text(R->exit_signal));
+    C->status = R->exit_status;
   } else if (rc != LUA_OK || lua_gettop(L) > base) {
     report(error_text(L));  /* a runtime error, or a chunk that did not load */
     C->status = EXIT_FAILURE;
@@ -474,6 +404,12 @@ static int pmain(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, "baton.runtime");
   C->R = lua_touserdata(L, -1);
   C->R->cli = 1;
+  lua_pop(L, 1);
+  /* os.exit from a task leaves as a signal does: closers run, children released */
+  if (lua_getglobal(L, "os") == LUA_TTABLE) {
+    lua_getfield(L, mod, "exit");
+    lua_setfield(L, -2, "exit");
+  }
   lua_pop(L, 1);
   set_path(L);
   set_arg_table(L, C);

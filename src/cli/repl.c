@@ -11,9 +11,9 @@
  * the handler is installed (the prompt shown) only while the main task waits in `read`, and
  * removed as soon as a line is accepted, so a running line sees the terminal in its normal
  * mode and Ctrl-C there raises SIGINT. readline never handles signals (rl_catch_signals = 0):
- * SIGINT reaches bt_repl_sigint() through the CLI's libuv watcher (and, when Lua code holds
- * the loop, a signal handler of ours hooks that code; see SIGINT below), SIGWINCH a watcher
- * of our own. Not on a
+ * SIGINT reaches bt_repl_sigint() through baton.run's libuv watcher (R->take_sigint, set by
+ * the CLI; and, when Lua code holds the loop, a signal handler of ours hooks that code; see
+ * SIGINT below), SIGWINCH a watcher of our own. Not on a
  * terminal, lines are read plainly (polled when stdin is a pipe, read at once when it is a
  * file) and nothing but results and errors is printed.
  *

@@ -10,7 +10,9 @@
  *
  * baton.run(fn, ...) makes fn the main task and runs the loop until it ends; then it aborts
  * every other task, keeps the loop running until they and their child processes are gone,
- * and returns the main task's results or raises its error.
+ * and returns the main task's results or raises its error. While it runs it watches signals
+ * (lsignal.c); a run that a signal or baton.exit ended ends the process once that cleanup is
+ * done (the executable does it itself, after closing the state).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -175,10 +177,15 @@ static int lbaton_run(lua_State *L) {
   R->running = 1;
   R->from = L;
   R->main = M;
+  lbt_signals_start(R);
   int deadlock = run_loop(R, M);
+  lbt_signals_stop(R);
   R->running = 0;
   R->from = NULL;
   R->main = NULL;
+  /* Ended by baton.exit or a signal's default action: the executable takes the status from
+   * R->exit_status; anywhere else the process ends here, the cleanup above done. */
+  if (R->exit_status >= 0 && !R->cli) return lbt_exit_run(L, R);
   if (deadlock)
     return luaL_error(L, "baton.run: deadlock: the main task is waiting for something that "
                       "nothing left running can deliver");
@@ -254,14 +261,14 @@ static int lbaton_on_warning(lua_State *L) {
   return 0;
 }
 
-typedef struct { bt_rt_t *rt; lua_Integer n; } handle_count;
+typedef struct { lbt_rt *R; lua_Integer n; } handle_count;
 
 static void count_handle(uv_handle_t *h, void *arg) {
   handle_count *c = arg;
-  bt_rt_t *rt = c->rt;
+  bt_rt_t *rt = c->R->rt;
   if (h == (uv_handle_t *)&rt->check || h == (uv_handle_t *)&rt->idle ||
-      h == (uv_handle_t *)&rt->timer)
-    return;
+      h == (uv_handle_t *)&rt->timer || lbt_signals_own(c->R, h))
+    return;  /* the runtime's own */
   c->n++;  /* open (not closed) handles of anything else: pipes, processes, signals */
 }
 
@@ -279,9 +286,8 @@ static int lbaton_stats(lua_State *L) {
   lua_setfield(L, -2, "processes");
   lua_pushinteger(L, R->npool);
   lua_setfield(L, -2, "pooled_coroutines");
-  handle_count c = {R->rt, 0};
+  handle_count c = {R, 0};
   uv_walk(bt_rt_loop(R->rt), count_handle, &c);
-  if (R->sigint) c.n--;  /* the CLI's own SIGINT watcher */
   lua_pushinteger(L, c.n);
   lua_setfield(L, -2, "handles");
   lua_pushinteger(L, (lua_Integer)bt_rt_transfers(R->rt));
@@ -336,10 +342,7 @@ static int lrt_gc(lua_State *L) {
   lbt_rt *R = lua_touserdata(L, 1);
   if (R->closed) return 0;
   R->closed = 1;
-  if (R->sigint) {
-    uv_close((uv_handle_t *)R->sigint, (uv_close_cb)free);
-    R->sigint = NULL;
-  }
+  lbt_signals_close(R);
   bt_group_detach_all(R->root);
   bt_group_free(R->root);
   free(R->free_slots);
@@ -353,6 +356,7 @@ static int lrt_gc(lua_State *L) {
   }
   R->pool = NULL;
   bt_rt_free(R->rt);
+  lbt_signals_free(R);  /* its handles were closed by the loop's last run, in bt_rt_free */
   return 0;
 }
 
@@ -412,6 +416,7 @@ int lbt_open(lua_State *L) {
   lbt_open_runner(L, rt_idx);
   lbt_open_http(L, rt_idx);
   lbt_open_future(L, rt_idx);
+  lbt_open_signal(L, rt_idx);
 
   if (luaL_loadbuffer(L, lua_helpers, strlen(lua_helpers), "=baton") != LUA_OK)
     return lua_error(L);

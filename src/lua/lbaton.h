@@ -31,6 +31,7 @@
 #define BT_ERROR_MT  "baton.Error"
 
 typedef struct lbt_rt lbt_rt;
+typedef struct lbt_signals lbt_signals;
 
 /* A budget userdata (lsem.c); other bindings may accept one (baton.engine{ budget = }). */
 typedef struct lbudget {
@@ -90,7 +91,11 @@ struct lbt_rt {
   bt_group_t *root;       /* tasks of baton.spawn */
   size_t live;            /* tasks spawned and not finished */
   LIST_HEAD(, lgroup) groups;  /* open groups, aborted when baton.run ends */
-  uv_signal_t *sigint;    /* CLI: SIGINT aborts the main task */
+  lbt_signals *sig;          /* lsignal.c: watchers and handlers, NULL until first needed */
+  int (*take_sigint)(void);  /* CLI, while the REPL runs: SIGINT goes to it first (1: taken) */
+  int exit_status;        /* -1, or the status the run ends the process with (lsignal.c) */
+  int exit_signal;        /* the signal whose default action ended the run, or 0 */
+  int exit_close;         /* baton.exit(code, true): close the state before exiting */
   int cli;                /* inside the baton executable: baton.run in a task calls fn */
   int closed;
 };
@@ -168,6 +173,17 @@ void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *met
                    const luaL_Reg *meta);
 /* Sets functions from `l` into the table at -1, with the runtime at rt_idx as upvalue. */
 void lbt_set_funcs(lua_State *L, int rt_idx, const luaL_Reg *l);
+
+/* lsignal.c: baton.on_signal and baton.exit; the signals watched while baton.run runs. */
+void lbt_open_signal(lua_State *L, int rt_idx);
+void lbt_signals_start(lbt_rt *R);  /* baton.run starts: watch INT, TERM, HUP, handled ones */
+void lbt_signals_stop(lbt_rt *R);   /* baton.run ends: every disposition put back */
+void lbt_signals_close(lbt_rt *R);  /* the runtime closes: before bt_rt_free */
+void lbt_signals_free(lbt_rt *R);   /* after bt_rt_free */
+int lbt_signals_own(lbt_rt *R, const uv_handle_t *h);  /* one of the watchers' handles */
+/* baton.run from a stock interpreter, once a run ended by baton.exit or a signal is over:
+ * exits the process with R->exit_status. Never returns. */
+int lbt_exit_run(lua_State *L, lbt_rt *R);
 
 int lbt_open(lua_State *L);  /* the module table; one runtime per Lua state */
 
