@@ -1,7 +1,8 @@
 -- Signals and the ways out of a run, with real processes: SIGTERM, SIGHUP and SIGINT end a
 -- run cleanly (<close> handlers run, child processes are released, status 128 + signal)
 -- under the `baton` executable and from a stock lua5.4 inside baton.run; baton.on_signal
--- replaces the default action; os.exit and baton.exit from a task leave the same way.
+-- replaces the default action; os.exit and baton.exit from a task leave the same way;
+-- --strict turns an unjoined failure into exit 1.
 local baton = require "baton"
 local H = require "spec.helper"
 
@@ -195,5 +196,38 @@ describe("signals", function()
       baton.on_signal("usr1", nil)
       assert.same({ { name = "usr1", task = true }, { name = "usr1", task = true } }, got)
     end))
+  end)
+
+  describe("--strict", function()
+    local function run(args, env)
+      local out, err = os.tmpname(), os.tmpname()
+      local _, how, code = os.execute(string.format("%s %s %s </dev/null >%s 2>%s",
+        env or "", q(EXE), args, q(out), q(err)))
+      local r = { code = how == "exit" and code or 128 + code, out = slurp(out),
+                  err = slurp(err) }
+      os.remove(out)
+      os.remove(err)
+      return r
+    end
+    local script = q(FIX .. "unjoined.lua")
+    local warning = "baton: warning: task %d+ failed and nobody joined it: [^\n]*" ..
+                    "nobody looks at this"
+
+    it("makes an unjoined failed task exit 1 (--strict or BATON_STRICT=1); the warning " ..
+       "is printed either way", function()
+      for _, c in ipairs({ { "", "", 0 }, { "--strict", "", 1 }, { "", "BATON_STRICT=1", 1 },
+                           { "", "BATON_STRICT=0", 0 } }) do
+        local r = run(c[1] .. " " .. script, c[2])
+        assert.equal(c[3], r.code, c[1] .. " " .. c[2])
+        assert.equal("done\n", r.out)
+        assert.matches(warning, r.err)
+      end
+      local r = run("--strict " .. script .. " group")  -- reported when its group closes
+      assert.equal(1, r.code)
+      assert.matches(warning, r.err)
+      r = run("--strict " .. script .. " joined")
+      assert.equal(0, r.code)
+      assert.equal("", r.err)
+    end)
   end)
 end)

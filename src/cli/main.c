@@ -16,7 +16,8 @@
  * task, and child processes are released) and the status becomes 128 + the signal; a second
  * ends the process at once. While the REPL runs, SIGINT goes to the REPL first (it aborts
  * the line that runs). os.exit is baton.exit here: from a task it ends the run the same way,
- * with the status given.
+ * with the status given. --strict (or BATON_STRICT=1) makes a run that would exit 0 exit 1
+ * when a failed task was never joined (each is reported as a warning either way).
  *
  * Invariants: one Lua state; the state is closed before exit on every path (os.exit called
  * from a task included), so finalisers run and the runtime closes its loop.
@@ -53,7 +54,8 @@ enum {
   OPT_INTERACT = 1 << 1, /* -i */
   OPT_VERSION = 1 << 2,  /* -v */
   OPT_NOENV = 1 << 3,    /* -E */
-  OPT_HELP = 1 << 4      /* -h, --help */
+  OPT_HELP = 1 << 4,     /* -h, --help */
+  OPT_STRICT = 1 << 5    /* --strict, or BATON_STRICT set to anything but "" and "0" */
 };
 
 typedef enum { STEP_INIT, STEP_EXEC, STEP_LIB, STEP_WARN, STEP_SCRIPT, STEP_REPL } step_kind;
@@ -73,6 +75,7 @@ typedef struct cli {
   cli_step *steps;   /* argc + 2 slots, owned, freed by main */
   int nsteps, next;  /* steps to run, and the next one */
   lbt_rt *R;         /* borrowed from the Lua state */
+  size_t unjoined;   /* failed tasks reported as never joined (R->unjoined points here) */
   int status;        /* the exit status */
 } cli;
 
@@ -89,6 +92,7 @@ static void print_usage(FILE *out) {
         "  -E        ignore environment variables (LUA_INIT, LUA_PATH, LUA_CPATH)\n"
         "  -W        turn warnings on\n"
         "  -h        show this help\n"
+        "  --strict  exit 1 if a task failed and nobody joined it (or BATON_STRICT=1)\n"
         "  --        stop handling options\n"
         "  -         stop handling options and execute stdin\n"
         "The -e chunks and the script run in order as the main task of one baton.run, so\n"
@@ -126,6 +130,10 @@ static int parse_args(cli *C) {
     if (a[1] == '-') {
       if (strcmp(a, "--help") == 0) {
         C->opts |= OPT_HELP;
+        continue;
+      }
+      if (strcmp(a, "--strict") == 0) {
+        C->opts |= OPT_STRICT;
         continue;
       }
       if (a[2] != '\0') return parse_fail(C, a, 0);
@@ -404,6 +412,7 @@ static int pmain(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, "baton.runtime");
   C->R = lua_touserdata(L, -1);
   C->R->cli = 1;
+  C->R->unjoined = &C->unjoined;
   lua_pop(L, 1);
   /* os.exit from a task leaves as a signal does: closers run, children released */
   if (lua_getglobal(L, "os") == LUA_TTABLE) {
@@ -490,7 +499,14 @@ int main(int argc, char **argv) {
     report(msg ? msg : "(error object is not a string)");
     C.status = EXIT_FAILURE;
   }
-  lua_close(L);
+  lua_close(L);  /* failed tasks never joined are reported by now */
+  const char *strict = getenv("BATON_STRICT");
+  if (strict != NULL && strict[0] != '\0' && strcmp(strict, "0") != 0) C.opts |= OPT_STRICT;
+  if ((C.opts & OPT_STRICT) && C.unjoined > 0 && C.status == EXIT_SUCCESS) {
+    fprintf(stderr, PROGNAME ": --strict: %zu failed task%s never joined\n", C.unjoined,
+            C.unjoined == 1 ? " was" : "s were");
+    C.status = EXIT_FAILURE;
+  }
   bt_arena_free(arena);
   free(C.steps);
   return C.status;

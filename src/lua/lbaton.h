@@ -96,6 +96,7 @@ struct lbt_rt {
   int exit_status;        /* -1, or the status the run ends the process with (lsignal.c) */
   int exit_signal;        /* the signal whose default action ended the run, or 0 */
   int exit_close;         /* baton.exit(code, true): close the state before exiting */
+  size_t *unjoined;       /* CLI: counts failed tasks reported as never joined, or NULL */
   int cli;                /* inside the baton executable: baton.run in a task calls fn */
   int closed;
 };
@@ -122,6 +123,7 @@ int lbt_is_cancel_error(lua_State *L, int idx);
 uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx);  /* ms arg → absolute or UINT64_MAX */
 void lbt_warn(lbt_rt *R, const char *fmt, ...);
 void lbt_warn_on(lua_State *L, const char *msg);  /* the same, on L's stack, unformatted */
+void lbt_warn_unjoined(lbt_rt *R, lbt_task *T, const char *msg);  /* failed, never joined */
 int lbt_run_loop(lua_State *L, lbt_rt *R);  /* runs until the main task ends */
 void lbt_abort_all(lbt_rt *R);
 

@@ -233,8 +233,7 @@ static void shutdown_group(lua_State *L, lbt_rt *R, lgroup *G) {
       lbt_push_task(L, R, T);
       lua_getiuservalue(L, -1, 1);
       const char *msg = lua_tostring(L, -1);
-      lbt_warn(R, "task %u failed and nobody joined it: %s", (unsigned)t->id,
-               msg ? msg : luaL_typename(L, -1));
+      lbt_warn_unjoined(R, T, msg ? msg : luaL_typename(L, -1));
       lua_pop(L, 2);
       t->flags |= BT_TASK_F_JOINED;
     }

@@ -182,6 +182,12 @@ void lbt_warn_on(lua_State *L, const char *buf) {
   fprintf(stderr, "baton: warning: %s\n", buf);
 }
 
+/* The executable's --strict counts these: such a run exits 1. */
+void lbt_warn_unjoined(lbt_rt *R, lbt_task *T, const char *msg) {
+  if (R->unjoined != NULL) (*R->unjoined)++;
+  lbt_warn(R, "task %u failed and nobody joined it: %s", (unsigned)T->t.id, msg);
+}
+
 /* ---- creating and running ----------------------------------------------------------- */
 
 lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_t *g,
@@ -536,8 +542,7 @@ static int ltask_gc(lua_State *L) {
   if (T->t.state == BT_TASK_FAILED && !(T->t.flags & BT_TASK_F_JOINED)) {
     lua_getiuservalue(L, 1, 1);
     const char *msg = lua_tostring(L, -1);
-    lbt_warn(R, "task %u failed and nobody joined it: %s", (unsigned)T->t.id,
-             msg ? msg : luaL_typename(L, -1));
+    lbt_warn_unjoined(R, T, msg ? msg : luaL_typename(L, -1));
   }
   return 0;
 }
