@@ -12,6 +12,7 @@
  * every other task, keeps the loop running until they and their child processes are gone,
  * and returns the main task's results or raises its error.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,23 @@
 
 
 /* ---- shared helpers ----------------------------------------------------------------- */
+
+lua_Number lbt_check_ms(lua_State *L, int idx, const char *fname) {
+  int isnum = 0;
+  lua_Number ms = lua_tonumberx(L, idx, &isnum);
+  if (isnum && ms >= 0 && ms < 1e15) return ms;  /* NaN fails both comparisons */
+  const char *got = !isnum ? luaL_typename(L, idx)
+                  : ms != ms ? "NaN"
+                  : luaL_tolstring(L, idx, NULL);
+  const char *msg = lua_pushfstring(L, "a number of milliseconds >= 0 expected, got %s", got);
+  if (fname == NULL) return (lua_Number)luaL_argerror(L, idx, msg);
+  return (lua_Number)luaL_error(L, "bad argument #%d to '%s' (%s)", idx, fname, msg);
+}
+
+uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx) {
+  if (lua_isnoneornil(L, idx)) return UINT64_MAX;
+  return bt_now(R->rt) + (uint64_t)ceil(lbt_check_ms(L, idx, NULL));
+}
 
 void lbt_set_funcs(lua_State *L, int rt_idx, const luaL_Reg *l) {
   for (; l->name != NULL; l++) {
@@ -206,8 +224,7 @@ static int sleep_k(lua_State *L, int st, lua_KContext ctx) {
 
 static int lbaton_sleep(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lua_Number ms = luaL_checknumber(L, 1);
-  luaL_argcheck(L, ms >= 0 && ms < 1e15, 1, "milliseconds must be >= 0");
+  lua_Number ms = lbt_check_ms(L, 1, NULL);
   lbt_task *T = lbt_await_begin(L, R, "baton.sleep");
   uint64_t due = bt_now(R->rt) + (uint64_t)(ms + 0.999999);
   bt_task_wait(R->rt, &T->t, &lbt_fib(T)->wait, NULL, due);
@@ -219,6 +236,25 @@ static int lbaton_yield(lua_State *L) {
   lbt_task *T = lbt_await_begin(L, R, "baton.yield");
   bt_task_yield(R->rt, &T->t);
   return lbt_suspend(L, 0, sleep_k);
+}
+
+static int timeout_k(lua_State *L, int st, lua_KContext ctx) {
+  (void)st;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
+/* baton.timeout(ms, fn, ...): the arguments are checked here, by the shared readers, so
+ * that a bad one is blamed on baton.timeout; the Lua part (upvalue 2) does the rest. */
+static int lbaton_timeout(lua_State *L) {
+  lbt_check_ms(L, 1, "baton.timeout");
+  if (lua_type(L, 2) != LUA_TFUNCTION)
+    return luaL_error(L, "bad argument #2 to 'baton.timeout' (function expected, got %s)",
+                      luaL_typename(L, 2));
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_insert(L, 1);
+  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, timeout_k);
+  return timeout_k(L, LUA_OK, 0);
 }
 
 static int lbaton_now(lua_State *L) {
@@ -299,14 +335,9 @@ static const char *const lua_helpers =
   "  t:abort(); t:join()\n"
   "  return nil, 'timeout', 'timeout'\n"
   "end\n"
-  "-- fn's results, or nil, 'timeout' (fn's task aborted and finished); fn's error re-raised\n"
+  "-- fn's results, or nil, 'timeout' (fn's task aborted and finished); fn's error re-raised;\n"
+  "-- the arguments checked by lbaton_timeout, which calls this\n"
   "function baton.timeout(ms, fn, ...)\n"
-  "  if type(ms) ~= 'number' or ms < 0 then\n"
-  "    error(\"bad argument #1 to 'baton.timeout' (milliseconds >= 0 expected)\", 2)\n"
-  "  end\n"
-  "  if type(fn) ~= 'function' then\n"
-  "    error(\"bad argument #2 to 'baton.timeout' (function expected, got \"..type(fn)..')', 2)\n"
-  "  end\n"
   "  local t <close> = spawn(fn, ...)\n"
   "  return finish(t, t:join(ms))\n"
   "end\n"
@@ -425,6 +456,10 @@ int lbt_open(lua_State *L) {
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, "baton.wrapped");
   lua_call(L, 3, 0);
+  lua_pushvalue(L, rt_idx);
+  lua_getfield(L, -2, "timeout");
+  lua_pushcclosure(L, lbaton_timeout, 2);
+  lua_setfield(L, -2, "timeout");
 
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, "baton.module");

@@ -114,7 +114,6 @@ int lbt_raise_cancelled(lua_State *L);
 void lbt_push_error(lua_State *L, const char *kind, const char *msg);
 int lbt_push_timeout(lua_State *L);  /* nil, "timeout", "timeout"; returns 3 */
 int lbt_is_cancel_error(lua_State *L, int idx);
-uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx);  /* ms arg → absolute or UINT64_MAX */
 void lbt_warn(lbt_rt *R, const char *fmt, ...);
 void lbt_warn_on(lua_State *L, const char *msg);  /* the same, on L's stack, unformatted */
 int lbt_run_loop(lua_State *L, lbt_rt *R);  /* runs until the main task ends */
@@ -166,6 +165,12 @@ void lbt_weak_set_each(lua_State *L, const char *key, void (*fn)(void *ud));
 /* Registers `l` as methods under metatable `mt` (created), with the runtime as upvalue. */
 void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *methods,
                    const luaL_Reg *meta);
+/* Milliseconds arguments: a number in [0, 1e15) — negative, NaN and inf refused, raising
+ * "bad argument #idx to 'fname' (a number of milliseconds >= 0 expected, got ...)" (fname
+ * NULL: the running function's name, as luaL_argerror finds it). lbt_opt_due reads an
+ * optional timeout and returns its absolute due time, or UINT64_MAX when absent. */
+lua_Number lbt_check_ms(lua_State *L, int idx, const char *fname);
+uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx);
 /* Sets functions from `l` into the table at -1, with the runtime at rt_idx as upvalue. */
 void lbt_set_funcs(lua_State *L, int rt_idx, const luaL_Reg *l);
 

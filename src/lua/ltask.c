@@ -16,7 +16,6 @@
  * task is resumed with BT_ECANCELED and its await raises the cancellation error; a task's
  * status is "cancelled" whenever it was aborted, even if it caught that error with pcall.
  */
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -383,13 +382,6 @@ int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k) {
 }
 
 void lbt_push_wrap_marker(lua_State *L) { lua_pushlightuserdata(L, &wrap_marker); }
-
-uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx) {
-  if (lua_isnoneornil(L, idx)) return UINT64_MAX;
-  lua_Number ms = luaL_checknumber(L, idx);
-  luaL_argcheck(L, ms >= 0 && ms < 1e15, idx, "timeout must be a number of milliseconds >= 0");
-  return bt_now(R->rt) + (uint64_t)ceil(ms);
-}
 
 /* ---- task methods ------------------------------------------------------------------- */
 
