@@ -23,6 +23,52 @@
 
 /* ---- shared helpers ----------------------------------------------------------------- */
 
+/* The metatable names of the classes (lbt_class), also their __name and the X in messages:
+ * "baton.X expected", "baton.X: used after it was closed". */
+static const char *const class_names[LBT_NCLASSES] = {
+  [LBT_TASK] = BT_TASK_MT, [LBT_TASK_GC] = BT_TASK_GC_MT, [LBT_GROUP] = BT_GROUP_MT,
+  [LBT_SEM] = BT_SEM_MT, [LBT_PERMIT] = BT_PERMIT_MT, [LBT_BUDGET] = BT_BUDGET_MT,
+  [LBT_PROC] = BT_PROC_MT, [LBT_FUTURE] = "baton.Future", [LBT_ENGINE] = "baton.Engine",
+  [LBT_LIMITER] = "baton.Limiter", [LBT_LIM_PERMIT] = "baton.Limiter.Permit",
+  [LBT_LIM_GRANT] = "baton.Limiter.Grant", [LBT_RETRY] = "baton.Retry",
+  [LBT_BREAKER] = "baton.Breaker", [LBT_BRK_BACKEND] = "baton.BreakerBackend",
+  [LBT_BRK_CALL] = "baton.Breaker.Call", [LBT_DEDUP] = "baton.Dedup",
+  [LBT_DEDUP_WAITER] = "baton.Dedup.Waiter", [LBT_BP] = "baton.Backpressure",
+  [LBT_BP_PERMIT] = "baton.Backpressure.Permit", [LBT_PIPELINE] = "baton.Pipeline",
+  [LBT_RUNNER] = "baton.Runner", [LBT_HTTP_STREAM] = "baton.HttpStream",
+  [LBT_HTTP_XFER] = "baton.HttpTransfer"};
+
+void *lbt_test_type(lua_State *L, int idx, lbt_class cls) {
+  /* Userdata only (a table given a class's metatable is not one), but for the grant */
+  void *p = cls == LBT_LIM_GRANT ? (lua_istable(L, idx) ? (void *)lua_topointer(L, idx) : NULL)
+                                 : lua_touserdata(L, idx);
+  if (p == NULL || !lua_getmetatable(L, idx)) return NULL;
+  const void *mt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  return mt == lbt_R(L)->classes[cls] ? p : NULL;
+}
+
+void *lbt_check_type(lua_State *L, int idx, lbt_class cls) {
+  void *p = lbt_test_type(L, idx, cls);
+  if (p == NULL) luaL_typeerror(L, idx, class_names[cls == LBT_TASK_GC ? LBT_TASK : cls]);
+  return p;
+}
+
+int lbt_closed_error(lua_State *L, lbt_class cls) {
+  return luaL_error(L, "%s: used after it was closed", class_names[cls]);
+}
+
+void *lbt_check_handle(lua_State *L, int idx, lbt_class cls) {
+  void **p = lbt_check_type(L, idx, cls);
+  if (*p != NULL) return p;
+  lua_Debug ar;  /* self of a method call: name the method too */
+  if (idx == 1 && lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name != NULL &&
+      strcmp(ar.namewhat, "method") == 0)
+    luaL_error(L, "%s:%s: used after it was closed", class_names[cls], ar.name);
+  lbt_closed_error(L, cls);
+  return NULL;
+}
+
 lua_Number lbt_check_ms(lua_State *L, int idx, const char *fname) {
   int isnum = 0;
   lua_Number ms = lua_tonumberx(L, idx, &isnum);
@@ -50,7 +96,11 @@ void lbt_set_funcs(lua_State *L, int rt_idx, const luaL_Reg *l) {
 
 void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *methods,
                    const luaL_Reg *meta) {
+  int cls = 0;
+  while (cls < LBT_NCLASSES && strcmp(class_names[cls], mt) != 0) cls++;
+  if (cls == LBT_NCLASSES) luaL_error(L, "baton: %s is not a class of lbt_class", mt);
   luaL_newmetatable(L, mt);
+  ((lbt_rt *)lua_touserdata(L, rt_idx))->classes[cls] = lua_topointer(L, -1);
   lbt_set_funcs(L, rt_idx, meta);
   lua_newtable(L);
   lbt_set_funcs(L, rt_idx, methods);

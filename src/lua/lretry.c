@@ -36,7 +36,7 @@ typedef struct lrun {
 static const char *const jitter_names[] = {"none", "full", "equal", NULL};
 
 static bt_retry_t *check_retry(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, BT_RETRY_MT);
+  return lbt_check_type(L, idx, LBT_RETRY);  /* never closed: no __gc, nothing owned */
 }
 
 static int lretry_new(lua_State *L) {

@@ -34,8 +34,10 @@ typedef struct lrunner {
   lbt_task *driver;    /* the driver task (kept alive by user value 2), or NULL */
 } lrunner;
 
+/* A closed runner (r NULL) is a stopped one: its methods answer as for a runner whose
+ * driver is gone (pokes return false), so they check the type only. */
 static lrunner *check_runner(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, BT_RUNNER_MT);
+  return lbt_check_type(L, idx, LBT_RUNNER);
 }
 
 static int driver_alive(const lrunner *U) {

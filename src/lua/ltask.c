@@ -389,22 +389,8 @@ void lbt_push_wrap_marker(lua_State *L) { lua_pushlightuserdata(L, &wrap_marker)
  * a finished task at no finalizer cost; and the same with __gc for a task that failed,
  * which reports the failure if nobody ever looked at it. */
 lbt_task *lbt_check_task(lua_State *L, int idx) {
-  lbt_rt *R = lbt_R(L);
-  void *p = lua_touserdata(L, idx);
-  if (p != NULL && lua_getmetatable(L, idx)) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, R->task_mt);
-    int ok = lua_rawequal(L, -1, -2);
-    lua_pop(L, 1);
-    if (!ok) {
-      lua_rawgeti(L, LUA_REGISTRYINDEX, R->task_gc_mt);
-      ok = lua_rawequal(L, -1, -2);
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-    if (ok) return p;
-  }
-  luaL_typeerror(L, idx, BT_TASK_MT);
-  return NULL;
+  lbt_task *T = lbt_test_type(L, idx, LBT_TASK);
+  return T != NULL ? T : lbt_check_type(L, idx, LBT_TASK_GC);
 }
 
 static const char *status_name(const bt_task_t *t) {
@@ -524,12 +510,13 @@ static int ltask_tostring(lua_State *L) {
  * reported rather than lost. */
 static int ltask_gc(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lbt_task *T = lua_touserdata(L, 1);
+  lbt_task *T = lbt_check_task(L, 1);
   if (T->t.state == BT_TASK_FAILED && !(T->t.flags & BT_TASK_F_JOINED)) {
     lua_getiuservalue(L, 1, 1);
     const char *msg = lua_tostring(L, -1);
     lbt_warn(R, "task %u failed and nobody joined it: %s", (unsigned)T->t.id,
              msg ? msg : luaL_typename(L, -1));
+    T->t.flags |= BT_TASK_F_JOINED;  /* reported once, even if __gc is called again */
   }
   return 0;
 }
