@@ -50,8 +50,8 @@ static int lbp_new(lua_State *L) {
   size_t cap = opt_count(L, 1, "capacity", 1, 1);
   size_t soft = opt_count(L, 1, "soft", 1, 0);
   if (soft >= cap)
-    return luaL_error(L, "baton.backpressure: soft must be less than capacity (soft %d, "
-                      "capacity %d)", (int)soft, (int)cap);
+    return luaL_error(L, "baton.backpressure: soft must be less than capacity (soft %I, "
+                      "capacity %I)", (LUAI_UACINT)soft, (LUAI_UACINT)cap);
   bt_bp_t *bp = lua_newuserdatauv(L, sizeof *bp, 0);
   bt_bp_init(bp, cap, soft);
   luaL_setmetatable(L, BT_BP_MT);
@@ -111,10 +111,11 @@ static int lbp_soft_ratio(lua_State *L) {
 
 static int lbp_tostring(lua_State *L) {
   bt_bp_t *bp = check_bp(L, 1);
-  if (bp->soft) lua_pushfstring(L, "baton.Backpressure (depth %d, soft %d, capacity %d)",
-                                (int)bp->depth, (int)bp->soft, (int)bp->capacity);
-  else lua_pushfstring(L, "baton.Backpressure (depth %d, capacity %d)", (int)bp->depth,
-                       (int)bp->capacity);
+  if (bp->soft) lua_pushfstring(L, "baton.Backpressure (depth %I, soft %I, capacity %I)",
+                                (LUAI_UACINT)bp->depth, (LUAI_UACINT)bp->soft,
+                                (LUAI_UACINT)bp->capacity);
+  else lua_pushfstring(L, "baton.Backpressure (depth %I, capacity %I)",
+                       (LUAI_UACINT)bp->depth, (LUAI_UACINT)bp->capacity);
   return 1;
 }
 

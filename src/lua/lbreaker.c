@@ -417,9 +417,9 @@ static int lbreaker_failures(lua_State *L) {
 
 static int lbreaker_tostring(lua_State *L) {
   lbreaker *B = check_breaker(L, 1);
-  lua_pushfstring(L, "baton.Breaker ('%s', threshold %d, recovery %I ms, %d/%d probes)",
-                  B->svc, (int)B->b.threshold, (lua_Integer)B->b.recovery_ms,
-                  (int)B->b.probes, (int)B->b.half_open_max);
+  lua_pushfstring(L, "baton.Breaker ('%s', threshold %I, recovery %I ms, %I/%I probes)",
+                  B->svc, (LUAI_UACINT)B->b.threshold, (LUAI_UACINT)B->b.recovery_ms,
+                  (LUAI_UACINT)B->b.probes, (LUAI_UACINT)B->b.half_open_max);
   return 1;
 }
 

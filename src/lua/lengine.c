@@ -421,8 +421,8 @@ static int lengine_budget_snapshot(lua_State *L) {
 static int lengine_tostring(lua_State *L) {
   lengine *E = lbt_check_type(L, 1, LBT_ENGINE);
   if (E->lg.g == NULL) lua_pushliteral(L, "baton.Engine (closed)");
-  else lua_pushfstring(L, "baton.Engine (%d in flight, %d pending%s)", (int)E->e.live,
-                       (int)bt_engine_pending(&E->e), E->e.cfg.enabled ? "" : ", disabled");
+  else lua_pushfstring(L, "baton.Engine (%I in flight, %I pending%s)", (LUAI_UACINT)E->e.live,
+                       (LUAI_UACINT)bt_engine_pending(&E->e), E->e.cfg.enabled ? "" : ", disabled");
   return 1;
 }
 

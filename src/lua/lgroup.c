@@ -64,7 +64,7 @@ static int lgroup_new(lua_State *L) {
     lua_getfield(L, 1, "limit");
     if (lua_isinteger(L, -1)) {  /* a number: a semaphore of the group's own */
       lua_Integer n = lua_tointeger(L, -1);
-      if (n < 1) return luaL_error(L, "baton.group: limit must be >= 1 (got %d)", (int)n);
+      if (n < 1) return luaL_error(L, "baton.group: limit must be >= 1 (got %I)", (LUAI_UACINT)n);
       lua_getfield(L, LUA_REGISTRYINDEX, "baton.module");
       lua_getfield(L, -1, "semaphore");
       lua_pushinteger(L, n);
@@ -283,8 +283,9 @@ static int lgroup_live(lua_State *L) {
 static int lgroup_tostring(lua_State *L) {
   lgroup *G = lbt_check_type(L, 1, LBT_GROUP);
   if (G->g == NULL) lua_pushliteral(L, "baton.Group (closed)");
-  else lua_pushfstring(L, "baton.Group (%d live, %d finished)", (int)bt_group_live(G->g),
-                       (int)(bt_group_len(G->g) - bt_group_live(G->g)));
+  else lua_pushfstring(L, "baton.Group (%I live, %I finished)",
+                       (LUAI_UACINT)bt_group_live(G->g),
+                       (LUAI_UACINT)(bt_group_len(G->g) - bt_group_live(G->g)));
   return 1;
 }
 

@@ -322,9 +322,9 @@ static int lrunner_pending(lua_State *L) {
 
 static int lrunner_tostring(lua_State *L) {
   lrunner *U = check_runner(L, 1);
-  lua_pushfstring(L, "baton.Runner (%s, %d in flight, %d pending)", state_name(U),
-                  U->r ? (int)bt_runner_inflight(U->r) : 0,
-                  U->r ? (int)bt_runner_pending(U->r) : 0);
+  lua_pushfstring(L, "baton.Runner (%s, %I in flight, %I pending)", state_name(U),
+                  (LUAI_UACINT)(U->r ? bt_runner_inflight(U->r) : 0),
+                  (LUAI_UACINT)(U->r ? bt_runner_pending(U->r) : 0));
   return 1;
 }
 

@@ -40,8 +40,8 @@ static size_t opt_k(lua_State *L, int idx, bt_sem_t *s, const char *fname) {
   lua_Integer k = luaL_optinteger(L, idx, 1);
   if (k < 1) luaL_error(L, "bad argument #%d to '%s' (permits must be >= 1)", idx - 1, fname);
   if ((size_t)k > bt_sem_capacity(s))
-    luaL_error(L, "bad argument #%d to '%s' (%d permits asked of a semaphore of %d)", idx - 1,
-               fname, (int)k, (int)bt_sem_capacity(s));
+    luaL_error(L, "bad argument #%d to '%s' (%I permits asked of a semaphore of %I)", idx - 1,
+               fname, (LUAI_UACINT)k, (LUAI_UACINT)bt_sem_capacity(s));
   return (size_t)k;
 }
 
@@ -167,9 +167,9 @@ static int lsem_tostring(lua_State *L) {
   lsem *S = lbt_check_type(L, 1, LBT_SEM);
   bt_sem_t *s = &S->storage;
   if (S->s == NULL) lua_pushliteral(L, "baton.Semaphore (finalized)");
-  else lua_pushfstring(L, "baton.Semaphore (%d/%d available, %d waiting%s)",
-                       (int)bt_sem_available(s), (int)bt_sem_capacity(s),
-                       (int)bt_sem_waiting(s), bt_sem_closed(s) ? ", closed" : "");
+  else lua_pushfstring(L, "baton.Semaphore (%I/%I available, %I waiting%s)",
+                       (LUAI_UACINT)bt_sem_available(s), (LUAI_UACINT)bt_sem_capacity(s),
+                       (LUAI_UACINT)bt_sem_waiting(s), bt_sem_closed(s) ? ", closed" : "");
   return 1;
 }
 
@@ -209,7 +209,8 @@ static int lpermit_tostring(lua_State *L) {
   if (p->budget && p->held)
     lua_pushfstring(L, "baton.Permit (budget key '%s', held)", bt__budget_key_name(p->key));
   else if (p->budget) lua_pushliteral(L, "baton.Permit (budget, released)");
-  else lua_pushfstring(L, "baton.Permit (%d, %s)", (int)p->k, p->held ? "held" : "released");
+  else lua_pushfstring(L, "baton.Permit (%I, %s)", (LUAI_UACINT)p->k,
+                       p->held ? "held" : "released");
   return 1;
 }
 

@@ -502,7 +502,7 @@ static int ltask_index(lua_State *L) {
 
 static int ltask_tostring(lua_State *L) {
   lbt_task *T = lbt_check_task(L, 1);
-  lua_pushfstring(L, "baton.Task#%d (%s)", (int)T->t.id, status_name(&T->t));
+  lua_pushfstring(L, "baton.Task#%I (%s)", (LUAI_UACINT)T->t.id, status_name(&T->t));
   return 1;
 }
 
