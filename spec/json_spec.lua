@@ -52,6 +52,34 @@ describe("baton.json", function()
 
     it("passes UTF-8 through unchanged", function()
       assert.equal('"é😀"', json.encode("é😀"))
+      assert.equal('"\u{7f}\u{80}\u{7ff}\u{800}\u{ffff}\u{10000}\u{10ffff}"',
+                   json.encode("\u{7f}\u{80}\u{7ff}\u{800}\u{ffff}\u{10000}\u{10ffff}"))
+    end)
+
+    it("refuses a string that is not UTF-8, naming the path and the byte", function()
+      assert.matches("baton.json.encode: invalid UTF-8 at $ (byte 1 of the string",
+                     encode_error("\xff"), 1, true)
+      assert.matches("invalid UTF-8 at $.a[2] (byte 3 of the string",
+                     encode_error { a = { "ok", "ab\x80" } }, 1, true)
+      assert.matches('invalid UTF-8 at $["k?"] (byte 2 of the key',
+                     encode_error { ["k\xff"] = 1 }, 1, true)
+      for _, bad in ipairs {
+        "\xc0\xaf",          -- overlong '/'
+        "\xe0\x80\xaf",      -- overlong, three bytes
+        "\xed\xa0\x80",      -- a UTF-16 surrogate (U+D800)
+        "\xf4\x90\x80\x80",  -- above U+10FFFF
+        "\xe2\x82",          -- truncated
+        "\xbf",              -- a lone continuation byte
+        "\xf8\x88\x80\x80\x80",  -- five bytes
+      } do
+        assert.matches("invalid UTF-8", encode_error("a" .. bad .. "z"), 1, true)
+      end
+    end)
+
+    it("writes the bytes as they are under { raw_bytes = true }", function()
+      assert.equal('"\xff\xc0\xaf"', json.encode("\xff\xc0\xaf", { raw_bytes = true }))
+      assert.equal('{"k\xff":"\\n"}', json.encode({ ["k\xff"] = "\n" }, { raw_bytes = true }))
+      assert.matches("raw_bytes must be a boolean", encode_error("x", { raw_bytes = 1 }), 1, true)
     end)
 
     it("encodes a table with keys 1..n as an array", function()
@@ -240,6 +268,21 @@ describe("baton.json", function()
       assert.equal(math.maxinteger, json.decode("[9223372036854775807]")[1])
     end)
 
+    it("refuses numbers too large for a double rather than returning inf", function()
+      for text, byte in pairs { ["1e400"] = 1, ["[1, -1e400]"] = 5, ['{"a": 2e308}'] = 7,
+                                ["1" .. ("0"):rep(400)] = false } do
+        local v, err, kind = json.decode(text)
+        assert.is_nil(v, text)
+        assert.equal("malformed", kind)
+        if byte then
+          assert.matches(("malformed JSON at byte %d: number out of range '"):format(byte), err,
+                         1, true)
+        end
+      end
+      assert.equal(0.0, json.decode("1e-400"))
+      assert.equal(1.7976931348623157e308, json.decode("1.7976931348623157e308"))
+    end)
+
     it("decodes integers too big for Lua as floats", function()
       local v = json.decode("18446744073709551616")
       assert.equal("float", math.type(v))
@@ -345,12 +388,15 @@ describe("baton.json", function()
       assert.same(v, json.decode(json.encode(v, { pretty = true })))
     end)
 
-    it("round-trips every byte value in a string", function()
+    it("round-trips every byte value in a string (raw_bytes for those >= 0x80)", function()
       local bytes = {}
       for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
       local s = table.concat(bytes)
-      assert.equal(s, json.decode(json.encode(s)))
-      assert.equal(s, json.decode(json.encode({ [s] = s }))[s])
+      local raw = { raw_bytes = true }
+      assert.equal(s, json.decode(json.encode(s, raw)))
+      assert.equal(s, json.decode(json.encode({ [s] = s }, raw))[s])
+      local ascii = s:sub(1, 128) .. "é😀"
+      assert.equal(ascii, json.decode(json.encode(ascii)))
     end)
 
     it("round-trips an array of 100000 numbers", function()

@@ -152,6 +152,21 @@ describe("baton.semaphore", function()
     assert.has_error(function() s:acquire(1, -1) end)
   end))
 
+  it("shows large counts in full in tostring", H.async(function()
+    local s = baton.semaphore(2 ^ 53)
+    assert.equal("baton.Semaphore (9007199254740992/9007199254740992 available, 0 waiting)",
+                 tostring(s))
+    local p = s:try_acquire(1 << 40)
+    assert.equal("baton.Permit (1099511627776, held)", tostring(p))
+    p:release()
+    local g = baton.group { limit = 1 << 40 }
+    assert.equal("baton.Group (0 live, 0 finished)", tostring(g))
+    assert.matches("depth 0, capacity 4294967296%)",
+                   tostring(baton.backpressure { capacity = 1 << 32 }))
+    assert.matches("%(4294967295 attempts",
+                   tostring(baton.retry { max_attempts = (1 << 32) - 1, base_ms = 1 }))
+  end))
+
   it("a permit collected while held is released with a warning", H.async(function()
     local warnings = {}
     baton.on_warning(function(m) warnings[#warnings + 1] = m end)

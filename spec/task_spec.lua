@@ -288,6 +288,35 @@ describe("baton.timeout", function()
     assert.is_false(ok)
     assert.matches("baton.timeout", err)
   end))
+
+  it("refuses NaN, negative and infinite milliseconds, naming itself and the argument",
+     H.async(function()
+    for _, ms in ipairs { 0 / 0, -1, math.huge } do
+      local ok, err = pcall(baton.timeout, ms, function() end)
+      assert.is_false(ok)
+      assert.matches("bad argument #1 to 'baton.timeout' (a number of milliseconds >= 0 expected",
+                     err, 1, true)
+    end
+    H.raises("bad argument #2 to 'baton.timeout' %(function expected, got number%)",
+             baton.timeout, 1, 2)
+  end))
+
+  it("has every milliseconds argument refuse NaN, naming its function", H.async(function()
+    local t = baton.spawn(function() end)
+    local nan = 0 / 0
+    for _, case in ipairs {
+      { "sleep'", baton.sleep, nan },
+      { "'join'", function() return t:join(nan) end },
+      { "'acquire'", function() return baton.semaphore(1):acquire(1, nan) end },
+      { "'wait'", function() return baton.future():wait(nan) end },
+      { "'join_next'", function() return baton.group():join_next(nan) end },
+      { "'wait_within'", function() return baton.group():wait_within(nan) end },
+    } do
+      local ok, err = pcall(case[2], case[3])
+      assert.is_false(ok)
+      assert.matches(case[1] .. " %(a number of milliseconds >= 0 expected, got NaN%)", err)
+    end
+  end))
 end)
 
 describe("plain coroutine.yield inside a task", function()

@@ -19,24 +19,30 @@ struct bt_budget_key {
   char key[];
 };
 
-struct bt_budget {
-  bt_budget_key_t *keys;
-  size_t default_cap;
-};
+const char *bt__budget_key_name(const bt_budget_key_t *k) { return k->key; }
 
-bt_budget_t *bt_budget_new(size_t default_cap) {
-  bt_budget_t *b = calloc(1, sizeof *b);
-  if (b) b->default_cap = default_cap;
-  return b;
+void bt__budget_init(bt_budget_t *b, size_t default_cap) {
+  b->keys = NULL;
+  b->default_cap = default_cap;
 }
 
-void bt_budget_free(bt_budget_t *b) {
-  if (b == NULL) return;
+void bt__budget_destroy(bt_budget_t *b) {
   bt_budget_key_t *e, *tmp;
   HASH_ITER(hh, b->keys, e, tmp) {
     HASH_DEL(b->keys, e);
     free(e);
   }
+}
+
+bt_budget_t *bt_budget_new(size_t default_cap) {
+  bt_budget_t *b = malloc(sizeof *b);
+  if (b) bt__budget_init(b, default_cap);
+  return b;
+}
+
+void bt_budget_free(bt_budget_t *b) {
+  if (b == NULL) return;
+  bt__budget_destroy(b);
   free(b);
 }
 

@@ -79,6 +79,22 @@ struct bt_sem {
   TAILQ_HEAD(, bt_sem_waiter) waiters;
 };
 
+/* sem.c: a semaphore in caller-owned storage (the Lua binding embeds it in its userdata).
+ * It needs no destroy: close it to fail its waiters. */
+void bt__sem_init(bt_sem_t *s, size_t permits);
+
+struct bt_budget {
+  bt_budget_key_t *keys;        /* uthash of the keys with a count above zero */
+  size_t default_cap;
+};
+
+/* budget.c: a budget in caller-owned storage (the Lua binding embeds it). It owns only the
+ * keys held, each freed by its last release, so a budget nobody holds a key of needs no
+ * destroy; bt__budget_destroy drops the keys still held (what bt_budget_free does). */
+void bt__budget_init(bt_budget_t *b, size_t default_cap);
+void bt__budget_destroy(bt_budget_t *b);
+const char *bt__budget_key_name(const bt_budget_key_t *k);  /* NUL-terminated */
+
 /* buf.c: a growable byte buffer, NUL-terminated after its bytes. Append returns 0, or -1
  * when memory runs out (the buffer is then unchanged). */
 typedef struct bt_buf { char *p; size_t len, cap; } bt_buf;

@@ -11,11 +11,17 @@
 
 #include "internal.h"
 
-bt_sem_t *bt_sem_new(size_t permits) {
-  bt_sem_t *s = calloc(1, sizeof *s);
-  if (s == NULL) return NULL;
+void bt__sem_init(bt_sem_t *s, size_t permits) {
   s->avail = s->cap = permits;
+  s->closed = 0;
+  s->nwaiting = 0;
   TAILQ_INIT(&s->waiters);
+}
+
+bt_sem_t *bt_sem_new(size_t permits) {
+  bt_sem_t *s = malloc(sizeof *s);
+  if (s == NULL) return NULL;
+  bt__sem_init(s, permits);
   return s;
 }
 

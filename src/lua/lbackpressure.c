@@ -26,7 +26,7 @@ typedef struct lbp_permit {
   int held;
 } lbp_permit;
 
-static bt_bp_t *check_bp(lua_State *L, int idx) { return luaL_checkudata(L, idx, BT_BP_MT); }
+static bt_bp_t *check_bp(lua_State *L, int idx) { return lbt_check_type(L, idx, LBT_BP); }
 
 /* Reads an optional integer option; raises naming the key unless it is an integer >= min. */
 static size_t opt_count(lua_State *L, int idx, const char *key, lua_Integer min, int required) {
@@ -50,8 +50,8 @@ static int lbp_new(lua_State *L) {
   size_t cap = opt_count(L, 1, "capacity", 1, 1);
   size_t soft = opt_count(L, 1, "soft", 1, 0);
   if (soft >= cap)
-    return luaL_error(L, "baton.backpressure: soft must be less than capacity (soft %d, "
-                      "capacity %d)", (int)soft, (int)cap);
+    return luaL_error(L, "baton.backpressure: soft must be less than capacity (soft %I, "
+                      "capacity %I)", (LUAI_UACINT)soft, (LUAI_UACINT)cap);
   bt_bp_t *bp = lua_newuserdatauv(L, sizeof *bp, 0);
   bt_bp_init(bp, cap, soft);
   luaL_setmetatable(L, BT_BP_MT);
@@ -111,10 +111,11 @@ static int lbp_soft_ratio(lua_State *L) {
 
 static int lbp_tostring(lua_State *L) {
   bt_bp_t *bp = check_bp(L, 1);
-  if (bp->soft) lua_pushfstring(L, "baton.Backpressure (depth %d, soft %d, capacity %d)",
-                                (int)bp->depth, (int)bp->soft, (int)bp->capacity);
-  else lua_pushfstring(L, "baton.Backpressure (depth %d, capacity %d)", (int)bp->depth,
-                       (int)bp->capacity);
+  if (bp->soft) lua_pushfstring(L, "baton.Backpressure (depth %I, soft %I, capacity %I)",
+                                (LUAI_UACINT)bp->depth, (LUAI_UACINT)bp->soft,
+                                (LUAI_UACINT)bp->capacity);
+  else lua_pushfstring(L, "baton.Backpressure (depth %I, capacity %I)",
+                       (LUAI_UACINT)bp->depth, (LUAI_UACINT)bp->capacity);
   return 1;
 }
 
@@ -127,18 +128,18 @@ static void permit_release(lbp_permit *p) {
 }
 
 static int lpermit_release(lua_State *L) {
-  permit_release(luaL_checkudata(L, 1, BT_BP_PERMIT_MT));
+  permit_release(lbt_check_type(L, 1, LBT_BP_PERMIT));
   return 0;
 }
 
 static int lpermit_held(lua_State *L) {
-  lua_pushboolean(L, ((lbp_permit *)luaL_checkudata(L, 1, BT_BP_PERMIT_MT))->held);
+  lua_pushboolean(L, ((lbp_permit *)lbt_check_type(L, 1, LBT_BP_PERMIT))->held);
   return 1;
 }
 
 static int lpermit_gc(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lbp_permit *p = lua_touserdata(L, 1);
+  lbp_permit *p = lbt_check_type(L, 1, LBT_BP_PERMIT);
   if (p->held && !R->closed)
     lbt_warn(R, "a backpressure permit was collected while still held; release it, or hold "
                 "it in a <close> variable (released now)");
@@ -147,7 +148,7 @@ static int lpermit_gc(lua_State *L) {
 }
 
 static int lpermit_tostring(lua_State *L) {
-  lbp_permit *p = luaL_checkudata(L, 1, BT_BP_PERMIT_MT);
+  lbp_permit *p = lbt_check_type(L, 1, LBT_BP_PERMIT);
   lua_pushfstring(L, "baton.Backpressure.Permit (%s)", p->held ? "held" : "released");
   return 1;
 }

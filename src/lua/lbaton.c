@@ -14,6 +14,7 @@
  * (lsignal.c); a run that a signal or baton.exit ended ends the process once that cleanup is
  * done (the executable does it itself, after closing the state).
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +24,69 @@
 
 
 /* ---- shared helpers ----------------------------------------------------------------- */
+
+/* The metatable names of the classes (lbt_class), also their __name and the X in messages:
+ * "baton.X expected", "baton.X: used after it was closed". */
+static const char *const class_names[LBT_NCLASSES] = {
+  [LBT_TASK] = BT_TASK_MT, [LBT_TASK_GC] = BT_TASK_GC_MT, [LBT_GROUP] = BT_GROUP_MT,
+  [LBT_SEM] = BT_SEM_MT, [LBT_PERMIT] = BT_PERMIT_MT, [LBT_BUDGET] = BT_BUDGET_MT,
+  [LBT_PROC] = BT_PROC_MT, [LBT_FUTURE] = "baton.Future", [LBT_ENGINE] = "baton.Engine",
+  [LBT_LIMITER] = "baton.Limiter", [LBT_LIM_PERMIT] = "baton.Limiter.Permit",
+  [LBT_LIM_GRANT] = "baton.Limiter.Grant", [LBT_RETRY] = "baton.Retry",
+  [LBT_BREAKER] = "baton.Breaker", [LBT_BRK_BACKEND] = "baton.BreakerBackend",
+  [LBT_BRK_CALL] = "baton.Breaker.Call", [LBT_DEDUP] = "baton.Dedup",
+  [LBT_DEDUP_WAITER] = "baton.Dedup.Waiter", [LBT_BP] = "baton.Backpressure",
+  [LBT_BP_PERMIT] = "baton.Backpressure.Permit", [LBT_PIPELINE] = "baton.Pipeline",
+  [LBT_RUNNER] = "baton.Runner", [LBT_HTTP_STREAM] = "baton.HttpStream",
+  [LBT_HTTP_XFER] = "baton.HttpTransfer"};
+
+void *lbt_test_type(lua_State *L, int idx, lbt_class cls) {
+  /* Userdata only (a table given a class's metatable is not one), but for the grant */
+  void *p = cls == LBT_LIM_GRANT ? (lua_istable(L, idx) ? (void *)lua_topointer(L, idx) : NULL)
+                                 : lua_touserdata(L, idx);
+  if (p == NULL || !lua_getmetatable(L, idx)) return NULL;
+  const void *mt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  return mt == lbt_R(L)->classes[cls] ? p : NULL;
+}
+
+void *lbt_check_type(lua_State *L, int idx, lbt_class cls) {
+  void *p = lbt_test_type(L, idx, cls);
+  if (p == NULL) luaL_typeerror(L, idx, class_names[cls == LBT_TASK_GC ? LBT_TASK : cls]);
+  return p;
+}
+
+int lbt_closed_error(lua_State *L, lbt_class cls) {
+  return luaL_error(L, "%s: used after it was closed", class_names[cls]);
+}
+
+void *lbt_check_handle(lua_State *L, int idx, lbt_class cls) {
+  void **p = lbt_check_type(L, idx, cls);
+  if (*p != NULL) return p;
+  lua_Debug ar;  /* self of a method call: name the method too */
+  if (idx == 1 && lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name != NULL &&
+      strcmp(ar.namewhat, "method") == 0)
+    luaL_error(L, "%s:%s: used after it was closed", class_names[cls], ar.name);
+  lbt_closed_error(L, cls);
+  return NULL;
+}
+
+lua_Number lbt_check_ms(lua_State *L, int idx, const char *fname) {
+  int isnum = 0;
+  lua_Number ms = lua_tonumberx(L, idx, &isnum);
+  if (isnum && ms >= 0 && ms < 1e15) return ms;  /* NaN fails both comparisons */
+  const char *got = !isnum ? luaL_typename(L, idx)
+                  : ms != ms ? "NaN"
+                  : luaL_tolstring(L, idx, NULL);
+  const char *msg = lua_pushfstring(L, "a number of milliseconds >= 0 expected, got %s", got);
+  if (fname == NULL) return (lua_Number)luaL_argerror(L, idx, msg);
+  return (lua_Number)luaL_error(L, "bad argument #%d to '%s' (%s)", idx, fname, msg);
+}
+
+uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx) {
+  if (lua_isnoneornil(L, idx)) return UINT64_MAX;
+  return bt_now(R->rt) + (uint64_t)ceil(lbt_check_ms(L, idx, NULL));
+}
 
 void lbt_set_funcs(lua_State *L, int rt_idx, const luaL_Reg *l) {
   for (; l->name != NULL; l++) {
@@ -34,7 +98,11 @@ void lbt_set_funcs(lua_State *L, int rt_idx, const luaL_Reg *l) {
 
 void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *methods,
                    const luaL_Reg *meta) {
+  int cls = 0;
+  while (cls < LBT_NCLASSES && strcmp(class_names[cls], mt) != 0) cls++;
+  if (cls == LBT_NCLASSES) luaL_error(L, "baton: %s is not a class of lbt_class", mt);
   luaL_newmetatable(L, mt);
+  ((lbt_rt *)lua_touserdata(L, rt_idx))->classes[cls] = lua_topointer(L, -1);
   lbt_set_funcs(L, rt_idx, meta);
   lua_newtable(L);
   lbt_set_funcs(L, rt_idx, methods);
@@ -213,8 +281,7 @@ static int sleep_k(lua_State *L, int st, lua_KContext ctx) {
 
 static int lbaton_sleep(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lua_Number ms = luaL_checknumber(L, 1);
-  luaL_argcheck(L, ms >= 0 && ms < 1e15, 1, "milliseconds must be >= 0");
+  lua_Number ms = lbt_check_ms(L, 1, NULL);
   lbt_task *T = lbt_await_begin(L, R, "baton.sleep");
   uint64_t due = bt_now(R->rt) + (uint64_t)(ms + 0.999999);
   bt_task_wait(R->rt, &T->t, &lbt_fib(T)->wait, NULL, due);
@@ -226,6 +293,25 @@ static int lbaton_yield(lua_State *L) {
   lbt_task *T = lbt_await_begin(L, R, "baton.yield");
   bt_task_yield(R->rt, &T->t);
   return lbt_suspend(L, 0, sleep_k);
+}
+
+static int timeout_k(lua_State *L, int st, lua_KContext ctx) {
+  (void)st;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
+/* baton.timeout(ms, fn, ...): the arguments are checked here, by the shared readers, so
+ * that a bad one is blamed on baton.timeout; the Lua part (upvalue 2) does the rest. */
+static int lbaton_timeout(lua_State *L) {
+  lbt_check_ms(L, 1, "baton.timeout");
+  if (lua_type(L, 2) != LUA_TFUNCTION)
+    return luaL_error(L, "bad argument #2 to 'baton.timeout' (function expected, got %s)",
+                      luaL_typename(L, 2));
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_insert(L, 1);
+  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, timeout_k);
+  return timeout_k(L, LUA_OK, 0);
 }
 
 static int lbaton_now(lua_State *L) {
@@ -305,14 +391,9 @@ static const char *const lua_helpers =
   "  t:abort(); t:join()\n"
   "  return nil, 'timeout', 'timeout'\n"
   "end\n"
-  "-- fn's results, or nil, 'timeout' (fn's task aborted and finished); fn's error re-raised\n"
+  "-- fn's results, or nil, 'timeout' (fn's task aborted and finished); fn's error re-raised;\n"
+  "-- the arguments checked by lbaton_timeout, which calls this\n"
   "function baton.timeout(ms, fn, ...)\n"
-  "  if type(ms) ~= 'number' or ms < 0 then\n"
-  "    error(\"bad argument #1 to 'baton.timeout' (milliseconds >= 0 expected)\", 2)\n"
-  "  end\n"
-  "  if type(fn) ~= 'function' then\n"
-  "    error(\"bad argument #2 to 'baton.timeout' (function expected, got \"..type(fn)..')', 2)\n"
-  "  end\n"
   "  local t <close> = spawn(fn, ...)\n"
   "  return finish(t, t:join(ms))\n"
   "end\n"
@@ -430,6 +511,10 @@ int lbt_open(lua_State *L) {
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, "baton.wrapped");
   lua_call(L, 3, 0);
+  lua_pushvalue(L, rt_idx);
+  lua_getfield(L, -2, "timeout");
+  lua_pushcclosure(L, lbaton_timeout, 2);
+  lua_setfield(L, -2, "timeout");
 
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, "baton.module");

@@ -33,9 +33,39 @@
 typedef struct lbt_rt lbt_rt;
 typedef struct lbt_signals lbt_signals;
 
-/* A budget userdata (lsem.c); other bindings may accept one (baton.engine{ budget = }). */
+/* The classes of baton userdata (and of the one table class, the limiter's grant). Each has
+ * a metatable made once per state by lbt_new_class, whose address the runtime caches: a
+ * type check is then a metatable fetch and a pointer comparison, not a registry lookup by
+ * name. Keep in step with the names in lbaton.c. */
+typedef enum lbt_class {
+  LBT_TASK, LBT_TASK_GC, LBT_GROUP, LBT_SEM, LBT_PERMIT, LBT_BUDGET, LBT_PROC, LBT_FUTURE,
+  LBT_ENGINE, LBT_LIMITER, LBT_LIM_PERMIT, LBT_LIM_GRANT, LBT_RETRY, LBT_BREAKER,
+  LBT_BRK_BACKEND, LBT_BRK_CALL, LBT_DEDUP, LBT_DEDUP_WAITER, LBT_BP, LBT_BP_PERMIT,
+  LBT_PIPELINE, LBT_RUNNER, LBT_HTTP_STREAM, LBT_HTTP_XFER, LBT_NCLASSES
+} lbt_class;
+
+/* A closable class's userdata opens with its handle: a pointer to what it owns (or to its
+ * own embedded storage) that is NULL once the object is closed or finalized. Its __gc may
+ * be called by hand (getmetatable(x).__gc(x)), and the collector finalizes an object before
+ * the finalizer of an older object that still uses it, so every method checks the handle
+ * (lbt_check_handle) before it touches what the handle points to. */
+#define LBT_HANDLE_FIRST(type, field) \
+  _Static_assert(offsetof(type, field) == 0, #type ": the handle must come first")
+
+/* A semaphore userdata (lsem.c). The semaphore lives in the userdata itself, so that
+ * whatever holds the userdata (a permit's or a task's user value, a group's keep table)
+ * keeps the semaphore's memory valid after it was finalized: a permit released late, or a
+ * bounded task ending, gives back to a closed semaphore, never to freed memory. */
+typedef struct lsem {
+  bt_sem_t *s;              /* &storage while open, NULL once finalized */
+  bt_sem_t storage;
+} lsem;
+
+/* A budget userdata (lsem.c); other bindings may accept one (baton.engine{ budget = }).
+ * Embedded for the same reason: a permit or an engine holding a key keeps the budget. */
 typedef struct lbudget {
-  bt_budget_t *b;
+  bt_budget_t *b;           /* &storage while open, NULL once finalized */
+  bt_budget_t storage;
 } lbudget;
 
 /* A group userdata (lgroup.c). */
@@ -99,6 +129,7 @@ struct lbt_rt {
   size_t *unjoined;       /* CLI: counts failed tasks reported as never joined, or NULL */
   int cli;                /* inside the baton executable: baton.run in a task calls fn */
   int closed;
+  const void *classes[LBT_NCLASSES];  /* each class's metatable (lbt_check_type) */
 };
 
 /* Every binding function has the runtime userdata as upvalue 1. */
@@ -120,7 +151,6 @@ int lbt_raise_cancelled(lua_State *L);
 void lbt_push_error(lua_State *L, const char *kind, const char *msg);
 int lbt_push_timeout(lua_State *L);  /* nil, "timeout", "timeout"; returns 3 */
 int lbt_is_cancel_error(lua_State *L, int idx);
-uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx);  /* ms arg → absolute or UINT64_MAX */
 void lbt_warn(lbt_rt *R, const char *fmt, ...);
 void lbt_warn_on(lua_State *L, const char *msg);  /* the same, on L's stack, unformatted */
 void lbt_warn_unjoined(lbt_rt *R, lbt_task *T, const char *msg);  /* failed, never joined */
@@ -170,9 +200,27 @@ void lbt_opt_func(lua_State *L, const char *fname, const char *key, int uv);
 void lbt_weak_set_new(lua_State *L, const char *key);
 void lbt_weak_set_add(lua_State *L, const char *key, int idx);
 void lbt_weak_set_each(lua_State *L, const char *key, void (*fn)(void *ud));
-/* Registers `l` as methods under metatable `mt` (created), with the runtime as upvalue. */
+/* Registers `l` as methods under metatable `mt` (created), with the runtime as upvalue.
+ * `mt` must be the name of one of the classes (lbt_class). */
 void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *methods,
                    const luaL_Reg *meta);
+/* Type checks, for functions that have the runtime as upvalue 1. lbt_check_type returns
+ * the userdata at idx, or raises "bad argument #idx to 'f' (baton.X expected, got ...)";
+ * lbt_test_type returns NULL instead. lbt_check_handle also refuses a closed object of a
+ * class whose userdata opens with its handle (LBT_HANDLE_FIRST), raising
+ * "baton.X: used after it was closed" (lbt_closed_error), or "baton.X:method: ..." for the
+ * self of a method call. Methods that stay meaningful on a closed object (close, release,
+ * closed, held, __tostring) use lbt_check_type. */
+void *lbt_check_type(lua_State *L, int idx, lbt_class cls);
+void *lbt_test_type(lua_State *L, int idx, lbt_class cls);
+void *lbt_check_handle(lua_State *L, int idx, lbt_class cls);
+int lbt_closed_error(lua_State *L, lbt_class cls);
+/* Milliseconds arguments: a number in [0, 1e15) — negative, NaN and inf refused, raising
+ * "bad argument #idx to 'fname' (a number of milliseconds >= 0 expected, got ...)" (fname
+ * NULL: the running function's name, as luaL_argerror finds it). lbt_opt_due reads an
+ * optional timeout and returns its absolute due time, or UINT64_MAX when absent. */
+lua_Number lbt_check_ms(lua_State *L, int idx, const char *fname);
+uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx);
 /* Sets functions from `l` into the table at -1, with the runtime at rt_idx as upvalue. */
 void lbt_set_funcs(lua_State *L, int rt_idx, const luaL_Reg *l);
 

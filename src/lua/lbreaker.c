@@ -41,7 +41,9 @@ enum { MODE_CALL = 0, MODE_STATE };
 
 typedef struct lbreaker {
   bt_breaker_t b;
-  bt_brk_mem_t *mem;   /* the backend when it is an in-memory one (user value 1 owns it) */
+  bt_brk_mem_t **mem;  /* the handle of the backend's userdata (user value 1) when it is an
+                        * in-memory one, or NULL: read through mem_of, since the backend may
+                        * be finalized while the breaker still holds it */
   const char *svc;     /* the service name, user value 4 */
   size_t len;
 } lbreaker;
@@ -61,8 +63,13 @@ static const char *const state_names[] = {"closed", "open", "half_open"};
 /* ---- the in-memory backend ---------------------------------------------------------- */
 
 static bt_brk_mem_t *check_mem(lua_State *L, int idx) {
-  bt_brk_mem_t **pm = luaL_checkudata(L, idx, BT_BRKMEM_MT);
-  return *pm;
+  return *(bt_brk_mem_t **)lbt_check_handle(L, idx, LBT_BRK_BACKEND);
+}
+
+/* The breaker's in-memory backend; raises once it was finalized. */
+static bt_brk_mem_t *mem_of(lua_State *L, const lbreaker *B) {
+  if (*B->mem == NULL) lbt_closed_error(L, LBT_BRK_BACKEND);
+  return *B->mem;
 }
 
 static void push_mem(lua_State *L) {
@@ -78,7 +85,7 @@ static int lmem_new(lua_State *L) {
 }
 
 static int lmem_gc(lua_State *L) {
-  bt_brk_mem_t **pm = lua_touserdata(L, 1);
+  bt_brk_mem_t **pm = lbt_check_type(L, 1, LBT_BRK_BACKEND);
   bt_brk_mem_free(*pm);
   *pm = NULL;
   return 0;
@@ -111,16 +118,18 @@ static int lmem_increment(lua_State *L) {
 }
 
 static int lmem_reset(lua_State *L) {
+  bt_brk_mem_t *m = check_mem(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
-  bt_brk_mem_reset(check_mem(L, 1), s, len);
+  bt_brk_mem_reset(m, s, len);
   return 0;
 }
 
 static int lmem_failures(lua_State *L) {
+  bt_brk_mem_t *m = check_mem(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
-  lua_pushinteger(L, (lua_Integer)bt_brk_mem_failures(check_mem(L, 1), s, len));
+  lua_pushinteger(L, (lua_Integer)bt_brk_mem_failures(m, s, len));
   return 1;
 }
 
@@ -134,17 +143,19 @@ static int lmem_set_open_at(lua_State *L) {
 }
 
 static int lmem_clear_open_at(lua_State *L) {
+  bt_brk_mem_t *m = check_mem(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
-  bt_brk_mem_clear_open_at(check_mem(L, 1), s, len);
+  bt_brk_mem_clear_open_at(m, s, len);
   return 0;
 }
 
 static int lmem_open_at(lua_State *L) {
+  bt_brk_mem_t *m = check_mem(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   int64_t at;
-  if (!bt_brk_mem_open_at(check_mem(L, 1), s, len, &at)) return 0;
+  if (!bt_brk_mem_open_at(m, s, len, &at)) return 0;
   lua_pushinteger(L, (lua_Integer)at);
   return 1;
 }
@@ -152,7 +163,7 @@ static int lmem_open_at(lua_State *L) {
 /* ---- the breaker -------------------------------------------------------------------- */
 
 static lbreaker *check_breaker(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, BT_BREAKER_MT);
+  return lbt_check_type(L, idx, LBT_BREAKER);
 }
 
 static int lbreaker_new(lua_State *L) {
@@ -173,7 +184,9 @@ static int lbreaker_new(lua_State *L) {
   if (t != LUA_TNIL && t != LUA_TTABLE && t != LUA_TUSERDATA)
     luaL_error(L, "baton.breaker: backend must be a table or an object (got %s)",
                luaL_typename(L, -1));
-  if (t != LUA_TNIL && !luaL_testudata(L, -1, BT_BRKMEM_MT)) {
+  if (t == LUA_TUSERDATA && lbt_test_type(L, -1, LBT_BRK_BACKEND)) {
+    check_mem(L, lua_gettop(L));  /* refuses a finalized one */
+  } else if (t != LUA_TNIL) {
     for (int op = BT_BRK_GET_OPEN_AT; op <= BT_BRK_CLEAR_OPEN_AT; op++) {
       if (op_names[op] == NULL) continue;
       if (lua_getfield(L, -1, op_names[op]) != LUA_TFUNCTION)
@@ -195,8 +208,7 @@ static int lbreaker_new(lua_State *L) {
     lua_pop(L, 1);
     push_mem(L);
   }
-  bt_brk_mem_t **pm = luaL_testudata(L, -1, BT_BRKMEM_MT);
-  B->mem = pm ? *pm : NULL;
+  B->mem = lbt_test_type(L, -1, LBT_BRK_BACKEND);
   lua_setiuservalue(L, -2, UV_BACKEND);
   lua_getiuservalue(L, -1, UV_COUNTS);
   bt_breaker_init(&B->b, (uint32_t)threshold, recovery, (uint32_t)probes, !lua_isnil(L, -1));
@@ -225,26 +237,29 @@ static void backend_op(lua_State *L, int op, lua_KFunction k) {
     uint32_t n;
     switch (op) {
     case BT_BRK_GET_OPEN_AT:
-      if (bt_brk_mem_open_at(B->mem, B->svc, B->len, &at)) lua_pushinteger(L, (lua_Integer)at);
+      if (bt_brk_mem_open_at(mem_of(L, B), B->svc, B->len, &at))
+        lua_pushinteger(L, (lua_Integer)at);
       else lua_pushnil(L);
       return;
     case BT_BRK_GET_FAILURES:
-      lua_pushinteger(L, (lua_Integer)bt_brk_mem_failures(B->mem, B->svc, B->len));
+      lua_pushinteger(L, (lua_Integer)bt_brk_mem_failures(mem_of(L, B), B->svc, B->len));
       return;
     case BT_BRK_INCREMENT:
-      if (bt_brk_mem_increment(B->mem, B->svc, B->len, &n) != 0)
+      if (bt_brk_mem_increment(mem_of(L, B), B->svc, B->len, &n) != 0)
         luaL_error(L, "breaker:call: out of memory");
       lua_pushinteger(L, (lua_Integer)n);
       return;
-    case BT_BRK_SET_OPEN_AT:
-      if (bt_brk_mem_set_open_at(B->mem, B->svc, B->len, now_ms(L, 1)) != 0)
+    case BT_BRK_SET_OPEN_AT: {
+      int64_t now = now_ms(L, 1);  /* clock() first: it may finalize the backend */
+      if (bt_brk_mem_set_open_at(mem_of(L, B), B->svc, B->len, now) != 0)
         luaL_error(L, "breaker:call: out of memory");
       break;
+    }
     case BT_BRK_RESET:
-      bt_brk_mem_reset(B->mem, B->svc, B->len);
+      bt_brk_mem_reset(mem_of(L, B), B->svc, B->len);
       break;
     default:
-      bt_brk_mem_clear_open_at(B->mem, B->svc, B->len);
+      bt_brk_mem_clear_open_at(mem_of(L, B), B->svc, B->len);
       break;
     }
     lua_pushnil(L);
@@ -351,7 +366,7 @@ static int drive(lua_State *L, int step) {
 }
 
 static int lcall_close(lua_State *L) {
-  lcall *c = lua_touserdata(L, 1);
+  lcall *c = lbt_check_type(L, 1, LBT_BRK_CALL);
   if (c->b != NULL) bt_brk_end(c->b, &c->c);
   c->b = NULL;
   return 0;
@@ -402,9 +417,9 @@ static int lbreaker_failures(lua_State *L) {
 
 static int lbreaker_tostring(lua_State *L) {
   lbreaker *B = check_breaker(L, 1);
-  lua_pushfstring(L, "baton.Breaker ('%s', threshold %d, recovery %I ms, %d/%d probes)",
-                  B->svc, (int)B->b.threshold, (lua_Integer)B->b.recovery_ms,
-                  (int)B->b.probes, (int)B->b.half_open_max);
+  lua_pushfstring(L, "baton.Breaker ('%s', threshold %I, recovery %I ms, %I/%I probes)",
+                  B->svc, (LUAI_UACINT)B->b.threshold, (LUAI_UACINT)B->b.recovery_ms,
+                  (LUAI_UACINT)B->b.probes, (LUAI_UACINT)B->b.half_open_max);
   return 1;
 }
 

@@ -46,11 +46,9 @@ typedef struct lwaiter {
   int joined;
 } lwaiter;
 
-static ldedup *check_dedup(lua_State *L, int idx) {
-  ldedup *D = luaL_checkudata(L, idx, BT_DEDUP_MT);
-  if (D->d == NULL) luaL_error(L, "dedup: already collected");
-  return D;
-}
+LBT_HANDLE_FIRST(ldedup, d);
+
+static ldedup *check_dedup(lua_State *L, int idx) { return lbt_check_handle(L, idx, LBT_DEDUP); }
 
 static int ldedup_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -90,6 +88,8 @@ static int64_t now_ms(lua_State *L) {
   if (!isnum || !(v > -9e18 && v < 9e18))
     luaL_error(L, "dedup: clock() returned %s (a number expected)", luaL_typename(L, -1));
   lua_pop(L, 1);
+  if (((ldedup *)lua_touserdata(L, 1))->d == NULL)  /* the clock finalized it */
+    lbt_closed_error(L, LBT_DEDUP);
   return (int64_t)v;
 }
 
@@ -229,14 +229,15 @@ static int ldedup_size(lua_State *L) {
 }
 
 static int ldedup_tostring(lua_State *L) {
-  ldedup *D = check_dedup(L, 1);
-  lua_pushfstring(L, "baton.Dedup (ttl %I ms, %I entries)", (lua_Integer)bt_dedup_ttl(D->d),
-                  (lua_Integer)bt_dedup_size(D->d));
+  ldedup *D = lbt_check_type(L, 1, LBT_DEDUP);
+  if (D->d == NULL) lua_pushliteral(L, "baton.Dedup (finalized)");
+  else lua_pushfstring(L, "baton.Dedup (ttl %I ms, %I entries)",
+                       (LUAI_UACINT)bt_dedup_ttl(D->d), (LUAI_UACINT)bt_dedup_size(D->d));
   return 1;
 }
 
 static int ldedup_gc(lua_State *L) {
-  ldedup *D = lua_touserdata(L, 1);
+  ldedup *D = lbt_check_type(L, 1, LBT_DEDUP);
   bt_dedup_free(D->d);
   D->d = NULL;
   return 0;
@@ -254,7 +255,8 @@ static int exec_after(lua_State *L, int status) {
   if (status == LUA_OK || status == LUA_YIELD) {
     int n = lua_gettop(L) - 3;
     int ok = !(n >= 2 && lua_isnil(L, 4) && !lua_isnil(L, 5));
-    if (D->d != NULL && bt_dedup_settle(D->d, key, len, gen, ok, now_ms(L))) {
+    int64_t now = D->d != NULL ? now_ms(L) : 0;
+    if (D->d != NULL && bt_dedup_settle(D->d, key, len, gen, ok, now)) {
       lua_pushnil(L);
       set_field(L, UV_FLIGHTS, 2);
       if (ok) store_values(L, 2, 4);
@@ -283,7 +285,7 @@ static int exec_body(lua_State *L) {
 }
 
 static int lwaiter_close(lua_State *L) {
-  lwaiter *w = lua_touserdata(L, 1);
+  lwaiter *w = lbt_check_type(L, 1, LBT_DEDUP_WAITER);
   lbt_rt *R = lbt_R(L);
   if (!w->joined) return 0;
   w->joined = 0;

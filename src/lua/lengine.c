@@ -10,8 +10,9 @@
  * { kind, message }), or failed with kind "cancelled" for a task aborted by anything but
  * shutdown. The request of each task waits in user value 2, by task id, until then.
  *
- * Error channels: bad configuration, a bad request, and use after close raise, naming the
- * key; skips and failures of dispatchers are outcomes. wait_within and shutdown await
+ * Error channels: bad configuration and a bad request raise, naming the key, and use after
+ * close raises "baton.Engine: used after it was closed"; skips and failures of dispatchers
+ * are outcomes. wait_within and shutdown await
  * (shutdown only when it can: in __close or __gc it just aborts).
  */
 #include <math.h>
@@ -29,11 +30,9 @@ typedef struct lengine {
   bt_engine_t e;
 } lengine;
 
-static lengine *check_engine(lua_State *L, const char *fname) {
-  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
-  if (E->lg.g == NULL) luaL_error(L, "%s: the engine is closed", fname);
-  return E;
-}
+LBT_HANDLE_FIRST(lengine, lg.g);
+
+static lengine *check_engine(lua_State *L) { return lbt_check_handle(L, 1, LBT_ENGINE); }
 
 /* ---- configuration and requests ----------------------------------------------------- */
 
@@ -104,10 +103,11 @@ static int lengine_new(lua_State *L) {
     return luaL_error(L, "%s: dispatcher must be a function (got %s)", fn, luaL_typename(L, -1));
   bt_budget_t *shared = NULL;
   if (lua_getfield(L, 1, "budget") != LUA_TNIL) {         /* 4 */
-    lbudget *B = luaL_testudata(L, -1, BT_BUDGET_MT);
-    if (B == NULL || B->b == NULL)
+    lbudget *B = lbt_test_type(L, -1, LBT_BUDGET);
+    if (B == NULL)
       return luaL_error(L, "%s: budget must be a baton.budget (got %s)", fn, luaL_typename(L, -1));
-    shared = B->b;
+    if (B->b == NULL) return lbt_closed_error(L, LBT_BUDGET);
+    shared = B->b;  /* in the budget's userdata, which user value 3 keeps */
   }
   lengine *E = lua_newuserdatauv(L, sizeof *E, 3);  /* created closed */
   memset(E, 0, sizeof *E);
@@ -237,7 +237,7 @@ static int drain_into(lua_State *L, lbt_rt *R, lengine *E, int list, int in_wait
 
 static int lengine_dispatch(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lengine *E = check_engine(L, "engine:dispatch");
+  lengine *E = check_engine(L);
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
@@ -290,7 +290,7 @@ static size_t awaited(const lengine *E) { return E->e.live - E->e.forgotten; }
  * again unless everything is in or the deadline passed. st is LUA_OK on the first step. */
 static int wait_k(lua_State *L, int st, lua_KContext due) {
   lbt_rt *R = lbt_R(L);
-  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  lengine *E = lbt_check_type(L, 1, LBT_ENGINE);
   lbt_task *T = NULL;
   lua_settop(L, 2);
   if (st == LUA_YIELD) {
@@ -312,7 +312,7 @@ static int wait_k(lua_State *L, int st, lua_KContext due) {
  * now; tasks still running stay pending. */
 static int lengine_wait_within(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lengine *E = check_engine(L, "engine:wait_within");
+  lengine *E = check_engine(L);
   uint64_t due = lua_isnoneornil(L, 2) ? bt_now(R->rt) + E->e.cfg.timeout_ms
                                        : lbt_opt_due(L, R, 2);
   lua_settop(L, 1);
@@ -322,7 +322,7 @@ static int lengine_wait_within(lua_State *L) {
 
 static int lengine_drain_pending(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lengine *E = check_engine(L, "engine:drain_pending");
+  lengine *E = check_engine(L);
   lua_settop(L, 1);
   lua_newtable(L);
   drain_into(L, R, E, 2, 0);
@@ -330,7 +330,7 @@ static int lengine_drain_pending(lua_State *L) {
 }
 
 static int lengine_pending(lua_State *L) {
-  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  lengine *E = lbt_check_type(L, 1, LBT_ENGINE);
   lua_pushinteger(L, (lua_Integer)bt_engine_pending(&E->e));
   return 1;
 }
@@ -340,7 +340,7 @@ static int lengine_pending(lua_State *L) {
 static int shutdown_k(lua_State *L, int st, lua_KContext ctx) {
   (void)ctx;
   lbt_rt *R = lbt_R(L);
-  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  lengine *E = lbt_check_type(L, 1, LBT_ENGINE);
   lbt_task *T = self_task(R);
   if (st == LUA_YIELD && (T->t.flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
   if (E->lg.g == NULL || E->e.forgotten == 0) return 0;
@@ -355,7 +355,7 @@ static int shutdown_k(lua_State *L, int st, lua_KContext ctx) {
  * aborted tasks have ended. */
 static int lengine_shutdown(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  lengine *E = lbt_check_type(L, 1, LBT_ENGINE);
   if (E->lg.g == NULL) return 0;
   lua_settop(L, 1);
   while (pop_outcome(L, R, E, 0)) lua_pop(L, 1);
@@ -368,7 +368,7 @@ static int lengine_shutdown(lua_State *L) {
 /* __close, __gc and close(): aborts and lets go of everything, at once (never waits). */
 static int lengine_close(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  lengine *E = lbt_check_type(L, 1, LBT_ENGINE);
   if (E->lg.g == NULL) return 0;
   bt_task_t *t;
   while ((t = bt_group_pop(E->lg.g)) != NULL) {
@@ -388,7 +388,7 @@ static void set_count(lua_State *L, const char *k, uint64_t n) {
 }
 
 static int lengine_stats(lua_State *L) {
-  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  lengine *E = lbt_check_type(L, 1, LBT_ENGINE);
   const bt_engine_stats *s = &E->e.stats;
   lua_createtable(L, 0, 9);
   set_count(L, "dispatched", s->dispatched);
@@ -412,17 +412,17 @@ static void snap_one(void *ud, const char *key, size_t len, size_t n) {
 }
 
 static int lengine_budget_snapshot(lua_State *L) {
-  lengine *E = check_engine(L, "engine:budget_snapshot");
+  lengine *E = check_engine(L);
   lua_newtable(L);
   bt_budget_foreach(E->e.budget, snap_one, L);
   return 1;
 }
 
 static int lengine_tostring(lua_State *L) {
-  lengine *E = luaL_checkudata(L, 1, BT_ENGINE_MT);
+  lengine *E = lbt_check_type(L, 1, LBT_ENGINE);
   if (E->lg.g == NULL) lua_pushliteral(L, "baton.Engine (closed)");
-  else lua_pushfstring(L, "baton.Engine (%d in flight, %d pending%s)", (int)E->e.live,
-                       (int)bt_engine_pending(&E->e), E->e.cfg.enabled ? "" : ", disabled");
+  else lua_pushfstring(L, "baton.Engine (%I in flight, %I pending%s)", (LUAI_UACINT)E->e.live,
+                       (LUAI_UACINT)bt_engine_pending(&E->e), E->e.cfg.enabled ? "" : ", disabled");
   return 1;
 }
 

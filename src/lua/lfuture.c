@@ -9,8 +9,9 @@
  *   f:done()       -> whether it is set ; f:waiting() -> tasks waiting now
  *
  * The values live in user value 1, a table packed with their count. A waiter aborted or
- * timed out unlinks itself; a future collected (the state closing) unlinks what still
- * waits, so no wait record points into freed memory.
+ * timed out unlinks itself; a future finalized (the state closing, or __gc called by hand)
+ * fails what still waits with "closed" (nil, message, "closed"), so no wait record points
+ * into it, and its methods raise "used after it was closed".
  */
 #include <string.h>
 
@@ -19,22 +20,27 @@
 #define BT_FUTURE_MT "baton.Future"
 
 typedef struct lfuture {
-  bt_event_t ev;
+  bt_event_t *ev;           /* &storage until finalized, then NULL */
+  bt_event_t storage;
 } lfuture;
+LBT_HANDLE_FIRST(lfuture, ev);
 
-static lfuture *check_future(lua_State *L) { return luaL_checkudata(L, 1, BT_FUTURE_MT); }
+static bt_event_t *check_future(lua_State *L) {
+  return ((lfuture *)lbt_check_handle(L, 1, LBT_FUTURE))->ev;
+}
 
 static int lfuture_new(lua_State *L) {
   lfuture *f = lua_newuserdatauv(L, sizeof *f, 1);
-  bt_event_init(&f->ev);
+  bt_event_init(&f->storage);
+  f->ev = &f->storage;
   luaL_setmetatable(L, BT_FUTURE_MT);
   return 1;
 }
 
 static int lfuture_set(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lfuture *f = check_future(L);
-  if (f->ev.set) {
+  bt_event_t *ev = check_future(L);
+  if (ev->set) {
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -45,7 +51,7 @@ static int lfuture_set(lua_State *L) {
   lua_pushinteger(L, n);
   lua_setfield(L, 2, "n");
   lua_setiuservalue(L, 1, 1);
-  bt_event_set(R->rt, &f->ev);
+  bt_event_set(R->rt, ev);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -81,44 +87,50 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int lfuture_wait(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lfuture *f = check_future(L);
+  bt_event_t *ev = check_future(L);
   uint64_t due = lbt_opt_due(L, R, 2);
   lua_settop(L, 1);
-  if (f->ev.set) {
+  if (ev->set) {
     bt_task_t *cur = bt_rt_current(R->rt);  /* still a cancellation point */
     if (cur != NULL && (cur->flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
     return push_values(L);
   }
   lbt_task *T = lbt_await_begin(L, R, "future:wait");
   lbt_fiber *fib = lbt_fib(T);
-  bt_event_wait(R->rt, &f->ev, &T->t, &fib->joiner, &fib->wait, due);
+  bt_event_wait(R->rt, ev, &T->t, &fib->joiner, &fib->wait, due);
   return lbt_suspend(L, 0, wait_k);
 }
 
 static int lfuture_done(lua_State *L) {
-  lua_pushboolean(L, check_future(L)->ev.set);
+  lua_pushboolean(L, check_future(L)->set);
   return 1;
 }
 
 static int lfuture_waiting(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)bt_event_waiting(&check_future(L)->ev));
+  lua_pushinteger(L, (lua_Integer)bt_event_waiting(check_future(L)));
   return 1;
 }
 
 static int lfuture_gc(lua_State *L) {
-  lfuture *f = lua_touserdata(L, 1);
+  lbt_rt *R = lbt_R(L);
+  lfuture *f = lbt_check_type(L, 1, LBT_FUTURE);
   bt_joiner_t *j;
-  while ((j = LIST_FIRST(&f->ev.waiters)) != NULL) {
+  while ((j = LIST_FIRST(&f->storage.waiters)) != NULL) {
+    bt_wait_t *w = j->wait;
     LIST_REMOVE(j, link);
     j->wait = NULL;
+    if (!R->closed) bt_task_wake(R->rt, w->task, w->token, BT_ECLOSED);
   }
+  f->ev = NULL;
   return 0;
 }
 
 static int lfuture_tostring(lua_State *L) {
-  lfuture *f = check_future(L);
-  if (f->ev.set) lua_pushliteral(L, "baton.Future (set)");
-  else lua_pushfstring(L, "baton.Future (pending, %d waiting)", (int)bt_event_waiting(&f->ev));
+  lfuture *f = lbt_check_type(L, 1, LBT_FUTURE);
+  if (f->ev == NULL) lua_pushliteral(L, "baton.Future (finalized)");
+  else if (f->ev->set) lua_pushliteral(L, "baton.Future (set)");
+  else lua_pushfstring(L, "baton.Future (pending, %I waiting)",
+                       (LUAI_UACINT)bt_event_waiting(f->ev));
   return 1;
 }
 

@@ -5,11 +5,13 @@
  * semaphores its gates use (bounded spawn). Finished tasks stay anchored while they sit in
  * the group's finished list; popping one (join_next, drain, join_all, wait_within) hands it
  * to Lua and drops the anchor. Closing or collecting the group aborts its live tasks,
- * forgets them, and reports failures nobody joined.
+ * forgets them, and reports failures nobody joined; its methods then raise "used after it
+ * was closed", but close, live and #g (0).
  *
  * Waiting methods take ONE absolute deadline when called and keep it across re-waits, so
  * a batch never waits N × timeout.
  */
+#include <math.h>
 #include <string.h>
 
 #include "lbaton.h"
@@ -26,17 +28,19 @@ static void push_keep(lua_State *L, int gi) {
   lua_setiuservalue(L, gi, 1);
 }
 
-static lgroup *check_group(lua_State *L, int idx, const char *fname) {
-  lgroup *G = luaL_checkudata(L, idx, BT_GROUP_MT);
-  if (G->g == NULL) luaL_error(L, "%s: the group is closed", fname);
-  return G;
+LBT_HANDLE_FIRST(lgroup, g);
+
+static lgroup *check_group(lua_State *L, int idx) {
+  return lbt_check_handle(L, idx, LBT_GROUP);
 }
 
+/* The semaphore at sem_idx stays alive as long as what gates on it: the group's keep table
+ * and each task's user value hold it (and its memory is its userdata's, lbaton.h). */
 static bt_gate_t *gate_for(lua_State *L, lgroup *G, int sem_idx, const char *fname) {
-  bt_sem_t **ps = luaL_checkudata(L, sem_idx, BT_SEM_MT);
-  if (*ps == NULL || bt_sem_closed(*ps)) luaL_error(L, "%s: the semaphore is closed", fname);
-  if (bt_sem_capacity(*ps) < 1) luaL_error(L, "%s: a semaphore of 0 permits can never start a task", fname);
-  bt_gate_t *gate = bt_group_gate(G->g, *ps);
+  bt_sem_t *s = ((lsem *)lbt_check_handle(L, sem_idx, LBT_SEM))->s;
+  if (bt_sem_closed(s)) luaL_error(L, "%s: the semaphore is closed", fname);
+  if (bt_sem_capacity(s) < 1) luaL_error(L, "%s: a semaphore of 0 permits can never start a task", fname);
+  bt_gate_t *gate = bt_group_gate(G->g, s);
   if (gate == NULL) luaL_error(L, "%s: out of memory", fname);
   return gate;
 }
@@ -60,14 +64,14 @@ static int lgroup_new(lua_State *L) {
     lua_getfield(L, 1, "limit");
     if (lua_isinteger(L, -1)) {  /* a number: a semaphore of the group's own */
       lua_Integer n = lua_tointeger(L, -1);
-      if (n < 1) return luaL_error(L, "baton.group: limit must be >= 1 (got %d)", (int)n);
+      if (n < 1) return luaL_error(L, "baton.group: limit must be >= 1 (got %I)", (LUAI_UACINT)n);
       lua_getfield(L, LUA_REGISTRYINDEX, "baton.module");
       lua_getfield(L, -1, "semaphore");
       lua_pushinteger(L, n);
       lua_call(L, 1, 1);
       lua_replace(L, -3);
       lua_pop(L, 1);
-    } else if (!luaL_testudata(L, -1, BT_SEM_MT)) {
+    } else if (!lbt_test_type(L, -1, LBT_SEM)) {
       return luaL_error(L, "baton.group: limit must be an integer or a semaphore (got %s)",
                         luaL_typename(L, -1));
     }
@@ -88,7 +92,7 @@ static int spawn_on(lua_State *L, lgroup *G, bt_gate_t *gate, int sem_idx, int f
 }
 
 static int lgroup_spawn(lua_State *L) {
-  lgroup *G = check_group(L, 1, "group:spawn");
+  lgroup *G = check_group(L, 1);
   if (G->limit == NULL) return spawn_on(L, G, NULL, 0, 2);
   lua_getiuservalue(L, 1, 1);
   lua_getfield(L, -1, "limit");
@@ -100,7 +104,7 @@ static int lgroup_spawn(lua_State *L) {
 /* group:spawn_bounded(sem, fn, ...): the task gets a coroutine only once it holds one
  * permit of sem; the permit goes back when it ends, however it ends. */
 static int lgroup_spawn_bounded(lua_State *L) {
-  lgroup *G = check_group(L, 1, "group:spawn_bounded");
+  lgroup *G = check_group(L, 1);
   bt_gate_t *gate = gate_for(L, G, 2, "group:spawn_bounded");
   push_keep(L, 1);  /* keep the semaphore alive as long as the group */
   lua_pushvalue(L, 2);
@@ -138,7 +142,7 @@ static int join_next_k(lua_State *L, int st, lua_KContext due) {
   lbt_rt *R = lbt_R(L);
   lbt_task *T = self_task(R);
   if (woke_cancelled(T)) return lbt_raise_cancelled(L);
-  lgroup *G = check_group(L, 1, "group:join_next");
+  lgroup *G = check_group(L, 1);
   if (pop_one(L, R, G)) return 1;
   if (lbt_fib(T)->status == BT_ETIMEDOUT) {
     return lbt_push_timeout(L);
@@ -150,7 +154,7 @@ static int join_next_k(lua_State *L, int st, lua_KContext due) {
 
 static int lgroup_join_next(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lgroup *G = check_group(L, 1, "group:join_next");
+  lgroup *G = check_group(L, 1);
   uint64_t due = lbt_opt_due(L, R, 2);
   lua_settop(L, 1);
   if (pop_one(L, R, G)) return 1;
@@ -168,7 +172,7 @@ static int collect_k(lua_State *L, int st, lua_KContext due) {
   lbt_rt *R = lbt_R(L);
   lbt_task *T = self_task(R);
   if (woke_cancelled(T)) return lbt_raise_cancelled(L);
-  lgroup *G = check_group(L, 1, "group:join_all");
+  lgroup *G = check_group(L, 1);
   drain_into(L, R, G, 2);
   if (lbt_fib(T)->status == BT_ETIMEDOUT || bt_group_live(G->g) == 0) {
     lua_settop(L, 2);
@@ -185,7 +189,7 @@ static int collect_k(lua_State *L, int st, lua_KContext due) {
 
 static int collect(lua_State *L, uint64_t due, const char *fname) {
   lbt_rt *R = lbt_R(L);
-  lgroup *G = check_group(L, 1, fname);
+  lgroup *G = check_group(L, 1);
   lua_settop(L, 1);
   lua_createtable(L, (int)(bt_group_len(G->g) < 1u << 20 ? bt_group_len(G->g) : 1u << 20), 0);
   drain_into(L, R, G, 2);
@@ -202,8 +206,8 @@ static int collect(lua_State *L, uint64_t due, const char *fname) {
 
 static int lgroup_wait_within(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  luaL_checknumber(L, 2);
-  uint64_t due = lbt_opt_due(L, R, 2);
+  check_group(L, 1);
+  uint64_t due = bt_now(R->rt) + (uint64_t)ceil(lbt_check_ms(L, 2, NULL));
   return collect(L, due, "group:wait_within");
 }
 
@@ -211,7 +215,7 @@ static int lgroup_join_all(lua_State *L) { return collect(L, UINT64_MAX, "group:
 
 static int lgroup_drain(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lgroup *G = check_group(L, 1, "group:drain");
+  lgroup *G = check_group(L, 1);
   lua_settop(L, 1);
   lua_newtable(L);
   drain_into(L, R, G, 2);
@@ -219,7 +223,7 @@ static int lgroup_drain(lua_State *L) {
 }
 
 static int lgroup_abort_all(lua_State *L) {
-  lgroup *G = check_group(L, 1, "group:abort_all");
+  lgroup *G = check_group(L, 1);
   bt_group_abort_all(G->g);
   return 0;
 }
@@ -244,14 +248,14 @@ static void shutdown_group(lua_State *L, lbt_rt *R, lgroup *G) {
 
 static int lgroup_shutdown(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lgroup *G = check_group(L, 1, "group:shutdown");
+  lgroup *G = check_group(L, 1);
   shutdown_group(L, R, G);
   return 0;
 }
 
 static int lgroup_close(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lgroup *G = luaL_checkudata(L, 1, BT_GROUP_MT);
+  lgroup *G = lbt_check_type(L, 1, LBT_GROUP);
   if (G->g == NULL) return 0;
   if (!R->closed) shutdown_group(L, R, G);
   else bt_group_detach_all(G->g);
@@ -263,23 +267,24 @@ static int lgroup_close(lua_State *L) {
 }
 
 static int lgroup_len(lua_State *L) {
-  lgroup *G = luaL_checkudata(L, 1, BT_GROUP_MT);
+  lgroup *G = lbt_check_type(L, 1, LBT_GROUP);
   lua_pushinteger(L, G->g ? (lua_Integer)bt_group_len(G->g) : 0);
   return 1;
 }
 
 /* Live tasks (running, waiting or pending) — #g minus the finished ones. */
 static int lgroup_live(lua_State *L) {
-  lgroup *G = luaL_checkudata(L, 1, BT_GROUP_MT);
+  lgroup *G = lbt_check_type(L, 1, LBT_GROUP);
   lua_pushinteger(L, G->g ? (lua_Integer)bt_group_live(G->g) : 0);
   return 1;
 }
 
 static int lgroup_tostring(lua_State *L) {
-  lgroup *G = luaL_checkudata(L, 1, BT_GROUP_MT);
+  lgroup *G = lbt_check_type(L, 1, LBT_GROUP);
   if (G->g == NULL) lua_pushliteral(L, "baton.Group (closed)");
-  else lua_pushfstring(L, "baton.Group (%d live, %d finished)", (int)bt_group_live(G->g),
-                       (int)(bt_group_len(G->g) - bt_group_live(G->g)));
+  else lua_pushfstring(L, "baton.Group (%I live, %I finished)",
+                       (LUAI_UACINT)bt_group_live(G->g),
+                       (LUAI_UACINT)(bt_group_len(G->g) - bt_group_live(G->g)));
   return 1;
 }
 

@@ -51,8 +51,13 @@ static void xfer_free(lxfer *x) {
   x->r = NULL;
 }
 
+/* __gc and __close. A request still waiting on it (the transfer finalized by hand) is
+ * woken with BT_ECLOSED and returns nil, message, "closed". */
 static int lxfer_gc(lua_State *L) {
-  xfer_free(lua_touserdata(L, 1));
+  lxfer *x = lbt_check_type(L, 1, LBT_HTTP_XFER);
+  if (x->waiter != NULL && x->r != NULL && !lbt_R(L)->closed)
+    bt_task_wake(x->rt, x->waiter, x->token, BT_ECLOSED);
+  xfer_free(x);
   return 0;
 }
 

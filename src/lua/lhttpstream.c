@@ -50,7 +50,7 @@ static void stream_wait_cancel(bt_wait_t *w) {
 }
 
 static lstream *check_stream(lua_State *L, const char *fname) {
-  lstream *st = luaL_checkudata(L, 1, BT_STREAM_MT);
+  lstream *st = lbt_check_type(L, 1, LBT_HTTP_STREAM);
   if (st->r == NULL) luaL_error(L, "%s: the stream is closed", fname);
   return st;
 }
@@ -344,7 +344,7 @@ static int lstream_read_event(lua_State *L) { return stream_op(L, OP_EVENT); }
 
 /* Unread body bytes held for the reader (at most about 1 MiB: then the transfer pauses). */
 static int lstream_buffered(lua_State *L) {
-  lstream *st = luaL_checkudata(L, 1, BT_STREAM_MT);
+  lstream *st = lbt_check_type(L, 1, LBT_HTTP_STREAM);
   size_t len = 0;
   if (st->r != NULL) bt_http_peek(st->r, &len);
   lua_pushinteger(L, (lua_Integer)len);
@@ -352,17 +352,18 @@ static int lstream_buffered(lua_State *L) {
 }
 
 static int lstream_close(lua_State *L) {
-  stream_close(luaL_checkudata(L, 1, BT_STREAM_MT));
+  stream_close(lbt_check_type(L, 1, LBT_HTTP_STREAM));
   return 0;
 }
 
 static int lstream_gc(lua_State *L) {
-  stream_close(lua_touserdata(L, 1));
+  stream_close(lbt_check_type(L, 1, LBT_HTTP_STREAM));
   return 0;
 }
 
 /* Methods first, then the fields of the response head. */
 static int lstream_index(lua_State *L) {
+  lbt_check_type(L, 1, LBT_HTTP_STREAM);
   lua_getmetatable(L, 1);
   lua_getfield(L, -1, "__methods");
   lua_pushvalue(L, 2);
@@ -375,7 +376,7 @@ static int lstream_index(lua_State *L) {
 }
 
 static int lstream_tostring(lua_State *L) {
-  lstream *st = luaL_checkudata(L, 1, BT_STREAM_MT);
+  lstream *st = lbt_check_type(L, 1, LBT_HTTP_STREAM);
   if (st->r == NULL) lua_pushliteral(L, "baton.HttpStream (closed)");
   else if (bt_http_finished(st->r))
     lua_pushfstring(L, "baton.HttpStream (status %d, ended)", (int)bt_http_status(st->r));

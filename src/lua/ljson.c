@@ -12,9 +12,11 @@
  *    or integer keys outside 1..n, keys of any other type (float, boolean, table, ...).
  * Object keys are written in byte order, so equal tables encode to equal strings. Integers
  * are written as integers; floats in the shortest form that reads back to the same double,
- * with ".0" when that form looks integral; NaN and ±inf raise. Strings are written as their
- * bytes with ", \ and control characters escaped; bytes >= 0x80 pass through unchanged
- * (valid UTF-8 or not: that is the caller's to ensure).
+ * with ".0" when that form looks integral; NaN and ±inf raise. Strings (values and keys)
+ * are written as their bytes with ", \ and control characters escaped; they must be valid
+ * UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF), else encode
+ * raises naming the path and the byte — unless { raw_bytes = true }, which writes every
+ * byte >= 0x80 unchanged (the output is then JSON only if the caller's bytes are UTF-8).
  * Also raised: nil as the value, functions, threads, userdata other than json.null, a table
  * inside itself (cycle), tables nested deeper than 200. Paths read $.key, $["odd key"] and
  * $[i], with i the Lua (1-based) index.
@@ -22,7 +24,8 @@
  * Decoding never raises on bad input: it returns nil, message, "malformed". JSON null decodes
  * to json.null (so arrays keep their positions). Arrays decode to tables marked as by
  * json.array, so one that is or becomes empty encodes back as []. A number written without
- * fraction or exponent that fits decodes to an integer, any other to a float (as tonumber).
+ * fraction or exponent that fits decodes to an integer, any other to a float (as tonumber);
+ * one too large for a double (1e400) is malformed, never ±inf.
  * cJSON keeps only a double per number and C strings, so the decoder re-reads number and
  * string tokens from the source text, in document order: big integers stay exact and strings
  * keep their zero bytes. Nesting beyond cJSON's CJSON_NESTING_LIMIT (1000) is malformed.
@@ -104,6 +107,7 @@ typedef struct enc {
   lua_State *L;
   scratch *s;
   int pretty;
+  int raw;                      /* raw_bytes: no UTF-8 check */
   int null_idx;
   const void *open[MAX_DEPTH];  /* tables being written, for cycle detection */
   seg path[MAX_DEPTH];          /* path[d]: where the value at depth d+1 sits */
@@ -127,6 +131,20 @@ static int is_ident(const char *k, size_t n) {
   return 1;
 }
 
+/* The length of the valid UTF-8 sequence at p (n > 0 bytes left, p[0] >= 0x80), or 0. */
+static size_t utf8_len(const unsigned char *p, size_t n) {
+  unsigned char c = p[0], lo = 0x80, hi = 0xbf;
+  size_t len;
+  if (c >= 0xc2 && c <= 0xdf) len = 2;
+  else if (c >= 0xe0 && c <= 0xef) len = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+  else if (c >= 0xf0 && c <= 0xf4) len = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+  else return 0;
+  if (n < len || p[1] < lo || p[1] > hi) return 0;
+  for (size_t i = 2; i < len; i++)
+    if (p[i] < 0x80 || p[i] > 0xbf) return 0;
+  return len;
+}
+
 /* Raises "baton.json.encode: <what> at <path of the value at depth><why>". */
 static void fail(enc *e, int depth, const char *what, const char *why) {
   lua_State *L = e->L;
@@ -145,8 +163,15 @@ static void fail(enc *e, int depth, const char *what, const char *why) {
     } else {
       luaL_addstring(&b, "[\"");
       for (size_t i = 0; i < g->len && i < 40; i++) {
-        unsigned char c = (unsigned char)g->key[i];
-        luaL_addchar(&b, (char)(c < 0x20 || c == '"' || c == '\\' || c == 0x7f ? '?' : c));
+        const unsigned char *k = (const unsigned char *)g->key;
+        size_t u = k[i] >= 0x80 ? utf8_len(k + i, g->len - i) : 1;
+        if (u > 1) {  /* whole characters only; invalid bytes show as '?' */
+          luaL_addlstring(&b, g->key + i, u);
+          i += u - 1;
+          continue;
+        }
+        unsigned char c = k[i];
+        luaL_addchar(&b, (char)(c < 0x20 || c == '"' || c == '\\' || c >= 0x7f ? '?' : c));
       }
       luaL_addstring(&b, g->len > 40 ? "...\"]" : "\"]");
     }
@@ -161,7 +186,8 @@ static void newline(enc *e, int depth) {
   for (int i = 0; i < depth; i++) put_lit(e, "  ");
 }
 
-static void put_string(enc *e, const char *p, size_t n) {
+/* Writes the string p (n bytes), the value at `depth` or (key) a key of the object there. */
+static void put_string(enc *e, const char *p, size_t n, int depth, int key) {
   static const char hex[] = "0123456789abcdef";
   static const char short_esc[32] = {['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r',
                                      ['\t'] = 't'};
@@ -169,6 +195,17 @@ static void put_string(enc *e, const char *p, size_t n) {
   size_t run = 0;  /* start of the pending run of bytes that need no escape */
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)p[i];
+    if (c >= 0x80) {
+      size_t len = e->raw ? 1 : utf8_len((const unsigned char *)p + i, n - i);
+      if (len == 0) {
+        char why[96];
+        snprintf(why, sizeof why, " (byte %zu of the %s; { raw_bytes = true } writes bytes "
+                 "as they are)", i + 1, key ? "key" : "string");
+        fail(e, depth + key, "invalid UTF-8", why);
+      }
+      i += len - 1;
+      continue;
+    }
     if (c >= 0x20 && c != '"' && c != '\\') continue;
     put(e, p + run, i - run);
     run = i + 1;
@@ -254,10 +291,10 @@ static void put_object(enc *e, int idx, int depth, size_t n) {
     keyent k = s->keys[base + i];  /* a copy: nested objects may move the array */
     if (i > 0) put_lit(e, ",");
     newline(e, depth + 1);
-    put_string(e, k.s, k.len);
+    e->path[depth] = (seg){k.s, k.len, 0};
+    put_string(e, k.s, k.len, depth, 1);
     if (e->pretty) put_lit(e, ": ");
     else put_lit(e, ":");
-    e->path[depth] = (seg){k.s, k.len, 0};
     lua_rawgeti(L, kt, k.i);
     lua_rawget(L, idx);
     put_value(e, lua_gettop(L), depth + 1);
@@ -323,7 +360,7 @@ static void put_value(enc *e, int idx, int depth) {
   case LUA_TSTRING: {
     size_t n;
     const char *s = lua_tolstring(L, idx, &n);
-    put_string(e, s, n);
+    put_string(e, s, n, depth, 0);
   } break;
   case LUA_TTABLE: put_table(e, idx, depth); break;
   default:
@@ -337,11 +374,13 @@ static void put_value(enc *e, int idx, int depth) {
   }
 }
 
-/* encode(v [, { pretty = bool }]) -> string. Raises on any value it cannot encode. */
+/* encode(v [, { pretty = bool, raw_bytes = bool }]) -> string. Raises on any value it
+ * cannot encode. */
 static int ljson_encode(lua_State *L) {
   enc e;
   e.L = L;
   e.pretty = 0;
+  e.raw = 0;
   e.null_idx = lua_upvalueindex(1);
   if (lua_isnoneornil(L, 1))
     return luaL_error(L, "bad argument #1 to 'baton.json.encode' "
@@ -352,13 +391,15 @@ static int ljson_encode(lua_State *L) {
                         luaL_typename(L, 2));
     lua_pushnil(L);
     while (lua_next(L, 2)) {
-      if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "pretty") != 0)
+      const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+      int *opt = strcmp(k, "pretty") == 0 ? &e.pretty : strcmp(k, "raw_bytes") == 0 ? &e.raw : NULL;
+      if (opt == NULL)
         return luaL_error(L, "baton.json.encode: unknown option '%s'",
                           luaL_tolstring(L, -2, NULL));
       if (!lua_isboolean(L, -1))
         return luaL_error(L, "bad argument #2 to 'baton.json.encode' "
-                             "(pretty must be a boolean, got %s)", luaL_typename(L, -1));
-      e.pretty = lua_toboolean(L, -1);
+                             "(%s must be a boolean, got %s)", k, luaL_typename(L, -1));
+      *opt = lua_toboolean(L, -1);
       lua_pop(L, 1);
     }
   }
@@ -375,6 +416,7 @@ typedef struct dec {
   lua_State *L;
   const char *p, *end;  /* the source text not yet tokenised */
   int null_idx, array_mt;
+  const char *inf;      /* the first number too large for a double, or NULL */
 } dec;
 
 /* Next string or number token of the source, which cJSON has accepted. Returns '"' (tok and
@@ -430,12 +472,15 @@ static void push_node(dec *d, const cJSON *node) {
   case cJSON_NULL: lua_pushvalue(L, d->null_idx); break;
   case cJSON_Number: {
     char b[64];
-    if (lex(d, &tok, &len, &nuls) == '0' && len < sizeof b) {
+    int found = lex(d, &tok, &len, &nuls) == '0', ok = 0;
+    if (found && len < sizeof b) {
       memcpy(b, tok, len);
       b[len] = '\0';
-      if (lua_stringtonumber(L, b) != 0) break;
+      ok = lua_stringtonumber(L, b) != 0;
     }
-    lua_pushnumber(L, (lua_Number)node->valuedouble);  /* not reached for cJSON's input */
+    if (!ok) lua_pushnumber(L, (lua_Number)node->valuedouble);  /* not reached for cJSON's input */
+    if (!lua_isinteger(L, -1) && isinf(lua_tonumber(L, -1)) && d->inf == NULL)
+      d->inf = found ? tok : d->p;
     break;
   }
   case cJSON_String:
@@ -471,8 +516,9 @@ static void push_node(dec *d, const cJSON *node) {
   }
 }
 
-/* Returns nil, message, "malformed" for a failure at byte offset pos of s. */
-static int malformed(lua_State *L, const char *s, size_t len, size_t pos) {
+/* Returns nil, message, "malformed" for a failure at byte offset pos of s; `why`, when not
+ * NULL, says what is wrong with the text shown there. */
+static int malformed(lua_State *L, const char *s, size_t len, size_t pos, const char *why) {
   int depth = 0;  /* nesting at pos, to tell cJSON's depth limit from bad syntax */
   for (size_t i = 0; i < pos; i++) {
     if (s[i] == '"') {
@@ -498,8 +544,9 @@ static int malformed(lua_State *L, const char *s, size_t len, size_t pos) {
       snip[n] = (char)(c < 0x20 || c == 0x7f ? '?' : c);
     }
     snip[n] = '\0';
-    lua_pushfstring(L, "baton.json.decode: malformed JSON at byte %I: '%s%s'",
-                    (LUAI_UACINT)(pos + 1), snip, pos + n < len ? "..." : "");
+    lua_pushfstring(L, "baton.json.decode: malformed JSON at byte %I: %s%s'%s%s'",
+                    (LUAI_UACINT)(pos + 1), why ? why : "", why ? " " : "", snip,
+                    pos + n < len ? "..." : "");
   }
   lua_pushliteral(L, "malformed");
   return 3;
@@ -543,12 +590,14 @@ static int ljson_decode(lua_State *L) {
   const char *end = s;
   sc->tree = cJSON_ParseWithLengthOpts(s, len, &end, 0);
   size_t pos = (size_t)(end - s);
-  if (sc->tree == NULL) return malformed(L, s, len, pos);
+  if (sc->tree == NULL) return malformed(L, s, len, pos, NULL);
   while (pos < len && (unsigned char)s[pos] <= 32) pos++;  /* cJSON's idea of whitespace */
-  if (pos < len) return malformed(L, s, len, pos);
-  if ((pos = bad_string_byte(s, len)) != SIZE_MAX) return malformed(L, s, len, pos);
-  dec d = {L, s, s + len, lua_upvalueindex(1), lua_upvalueindex(2)};
+  if (pos < len) return malformed(L, s, len, pos, NULL);
+  if ((pos = bad_string_byte(s, len)) != SIZE_MAX) return malformed(L, s, len, pos, NULL);
+  dec d = {L, s, s + len, lua_upvalueindex(1), lua_upvalueindex(2), NULL};
   push_node(&d, sc->tree);
+  if (d.inf != NULL)
+    return malformed(L, s, len, (size_t)(d.inf - s), "number out of range");
   return 1;
 }
 

@@ -41,9 +41,10 @@ static const char *const via_names[] = {"primary", "chain", "capability", "cli",
 
 /* User values: 1 the limits (normalised key or bare model → limit), 2 the profiles. */
 typedef struct llim {
-  bt_limiter_t *lim;       /* NULL until built, and once collected */
+  bt_limiter_t *lim;       /* NULL until built, and once finalized */
   size_t defcap[3];        /* default_concurrency by tier */
 } llim;
+LBT_HANDLE_FIRST(llim, lim);
 
 typedef struct lperm {
   llim *M;                 /* kept alive by user value 1 */
@@ -239,6 +240,7 @@ static bt_lim_key_t *get_key(lua_State *L, int ud, llim *M, int name_idx, const 
     if (lua_rawget(L, -2) != LUA_TNIL) read_profile(L, -1, where, model, &tier, &tools);
   }
   lua_settop(L, top);
+  if (M->lim == NULL) lbt_closed_error(L, LBT_LIMITER);  /* by the profiles function */
   size_t cap = M->defcap[tier];
   lua_getiuservalue(L, ud, 1);
   lua_pushvalue(L, name_idx);
@@ -483,7 +485,7 @@ static void push_grant(lua_State *L, bt_lim_key_t *k, bt_via_t via, int perm_idx
   luaL_setmetatable(L, BT_LIM_GRANT_MT);
 }
 
-/* The permit's key name; "?" once its limiter is gone (only while the state closes). */
+/* The permit's key name; "?" once its limiter is gone (finalized). */
 static const char *perm_key(const lperm *p) { return p->M->lim ? p->key->name : "?"; }
 
 static void perm_release(lperm *p) {
@@ -493,12 +495,12 @@ static void perm_release(lperm *p) {
 }
 
 static int lperm_release(lua_State *L) {
-  perm_release(luaL_checkudata(L, 1, BT_LIM_PERMIT_MT));
+  perm_release(lbt_check_type(L, 1, LBT_LIM_PERMIT));
   return 0;
 }
 
 static int lperm_held(lua_State *L) {
-  lua_pushboolean(L, ((lperm *)luaL_checkudata(L, 1, BT_LIM_PERMIT_MT))->held);
+  lua_pushboolean(L, ((lperm *)lbt_check_type(L, 1, LBT_LIM_PERMIT))->held);
   return 1;
 }
 
@@ -510,7 +512,7 @@ static void on_granted(bt_lim_waiter_t *w, int status) {
 
 static int lperm_gc(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lperm *p = lua_touserdata(L, 1);
+  lperm *p = lbt_check_type(L, 1, LBT_LIM_PERMIT);
   if (p->w.key != NULL) {  /* still queued: only when the state closes under the waiter */
     bt_limiter_cancel(&p->w);
     on_granted(&p->w, BT_ECLOSED);
@@ -523,7 +525,7 @@ static int lperm_gc(lua_State *L) {
 }
 
 static int lperm_tostring(lua_State *L) {
-  lperm *p = luaL_checkudata(L, 1, BT_LIM_PERMIT_MT);
+  lperm *p = lbt_check_type(L, 1, LBT_LIM_PERMIT);
   lua_pushfstring(L, "baton.Limiter.Permit (%s, %s)", perm_key(p),
                   p->held ? "held" : "released");
   return 1;
@@ -531,20 +533,16 @@ static int lperm_tostring(lua_State *L) {
 
 /* grant:release() and <close> on a grant release its permit. */
 static int lgrant_release(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
+  lbt_check_type(L, 1, LBT_LIM_GRANT);
   lua_getfield(L, 1, "permit");
-  lperm *p = luaL_testudata(L, -1, BT_LIM_PERMIT_MT);
+  lperm *p = lbt_test_type(L, -1, LBT_LIM_PERMIT);
   if (p != NULL) perm_release(p);
   return 0;
 }
 
 /* ---- the limiter -------------------------------------------------------------------- */
 
-static llim *check_lim(lua_State *L, int idx) {
-  llim *M = luaL_checkudata(L, idx, BT_LIMITER_MT);
-  if (M->lim == NULL) luaL_error(L, "limiter: not built (its configuration raised)");
-  return M;
-}
+static llim *check_lim(lua_State *L, int idx) { return lbt_check_handle(L, idx, LBT_LIMITER); }
 
 /* Pushes the normalised key at idx or raises naming the function and the value: `what`
  * NULL for argument #1, else the option's name. */
@@ -638,6 +636,7 @@ static int llim_acquire(lua_State *L) {
       lua_pop(L, 3);
     }
   }
+  if (M->lim == NULL) return lbt_closed_error(L, LBT_LIMITER);  /* by an options metamethod */
   bt_via_t via;
   bt_lim_key_t *k = bt_limiter_try(M->lim, primary, chain, n, &via);
   if (k != NULL) {
@@ -702,21 +701,24 @@ static int llim_snapshot(lua_State *L) {
   return 1;
 }
 
+/* Fails queued waiters (their acquire raises) and frees the keys: permits still held
+ * know it through p->M->lim. */
 static int llim_gc(lua_State *L) {
-  llim *M = lua_touserdata(L, 1);
-  bt_limiter_free(M->lim);
+  llim *M = lbt_check_type(L, 1, LBT_LIMITER);
+  bt_limiter_t *lim = M->lim;
   M->lim = NULL;
+  bt_limiter_free(lim);
   return 0;
 }
 
 static int llim_tostring(lua_State *L) {
-  llim *M = luaL_checkudata(L, 1, BT_LIMITER_MT);
+  llim *M = lbt_check_type(L, 1, LBT_LIMITER);
   if (M->lim == NULL) {
-    lua_pushliteral(L, "baton.Limiter (not built)");
+    lua_pushliteral(L, "baton.Limiter (finalized)");
     return 1;
   }
-  lua_pushfstring(L, "baton.Limiter (%d in use, %d waiting)", (int)M->lim->in_use,
-                  (int)M->lim->nwaiting);
+  lua_pushfstring(L, "baton.Limiter (%I in use, %I waiting)", (LUAI_UACINT)M->lim->in_use,
+                  (LUAI_UACINT)M->lim->nwaiting);
   return 1;
 }
 

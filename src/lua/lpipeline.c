@@ -30,13 +30,21 @@
 
 enum { S_PIPE = 1, S_VALUE, S_RUN, S_FNS, S_HANDLER, S_ERR };
 
+typedef struct lpipe {
+  bt_pipeline_t *p;         /* &storage until finalized, then NULL */
+  bt_pipeline_t storage;
+} lpipe;
+LBT_HANDLE_FIRST(lpipe, p);
+
+/* Raises once the pipeline is finalized, a run in progress included (its next stage). */
 static bt_pipeline_t *check_pipe(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, BT_PIPELINE_MT);
+  return ((lpipe *)lbt_check_handle(L, idx, LBT_PIPELINE))->p;
 }
 
 static int lpipe_new(lua_State *L) {
-  bt_pipeline_t *p = lua_newuserdatauv(L, sizeof *p, 2);
-  bt_pipeline_init(p);
+  lpipe *P = lua_newuserdatauv(L, sizeof *P, 2);
+  bt_pipeline_init(&P->storage);
+  P->p = &P->storage;
   luaL_setmetatable(L, BT_PIPELINE_MT);
   lua_newtable(L);
   lua_setiuservalue(L, -2, 1);
@@ -70,16 +78,23 @@ static int lpipe_on_error(lua_State *L) {
   return 1;
 }
 
+/* #p, and __tostring: 0 stages and "finalized" once it is. */
 static int lpipe_len(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)check_pipe(L, 1)->n);
+  lpipe *P = lbt_check_type(L, 1, LBT_PIPELINE);
+  lua_pushinteger(L, P->p ? (lua_Integer)P->p->n : 0);
   return 1;
 }
 
 static int lpipe_tostring(lua_State *L) {
-  bt_pipeline_t *p = check_pipe(L, 1);
+  lpipe *P = lbt_check_type(L, 1, LBT_PIPELINE);
+  bt_pipeline_t *p = P->p;
+  if (p == NULL) {
+    lua_pushliteral(L, "baton.Pipeline (finalized)");
+    return 1;
+  }
   luaL_Buffer b;
   luaL_buffinit(L, &b);
-  lua_pushfstring(L, "baton.Pipeline (%d stage%s", (int)p->n, p->n == 1 ? "" : "s");
+  lua_pushfstring(L, "baton.Pipeline (%I stage%s", (LUAI_UACINT)p->n, p->n == 1 ? "" : "s");
   luaL_addvalue(&b);
   for (size_t i = 0; i < p->n; i++) {
     luaL_addstring(&b, i ? " -> " : ": ");
@@ -91,7 +106,9 @@ static int lpipe_tostring(lua_State *L) {
 }
 
 static int lpipe_gc(lua_State *L) {
-  bt_pipeline_destroy(lua_touserdata(L, 1));
+  lpipe *P = lbt_check_type(L, 1, LBT_PIPELINE);
+  bt_pipeline_destroy(&P->storage);
+  P->p = NULL;
   return 0;
 }
 

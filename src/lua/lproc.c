@@ -533,7 +533,7 @@ static int lproc_spawn(lua_State *L) {
 }
 
 static lproc_ud *check_ud(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, BT_PROC_MT);
+  return lbt_check_type(L, idx, LBT_PROC);
 }
 
 /* The state of an open process; raises on use after close. */
@@ -729,14 +729,14 @@ static int lproc_close(lua_State *L) {
 
 /* __close: close() with the default grace period (argument 2 is the error, if any). */
 static int lproc_close_scope(lua_State *L) {
-  lproc_ud *ud = lua_touserdata(L, 1);
+  lproc_ud *ud = check_ud(L, 1);
   if (ud->st != NULL) release(ud->st, DEFAULT_GRACE_MS);
   return 0;
 }
 
 /* __gc: the state outlives the userdata until on_close, so unlink the two first. */
 static int lproc_collect(lua_State *L) {
-  lproc_ud *ud = lua_touserdata(L, 1);
+  lproc_ud *ud = check_ud(L, 1);
   lproc *st = ud->st;
   if (st == NULL) return 0;
   ud->st = NULL;

@@ -36,7 +36,7 @@ typedef struct lrun {
 static const char *const jitter_names[] = {"none", "full", "equal", NULL};
 
 static bt_retry_t *check_retry(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, BT_RETRY_MT);
+  return lbt_check_type(L, idx, LBT_RETRY);  /* never closed: no __gc, nothing owned */
 }
 
 static int lretry_new(lua_State *L) {
@@ -80,9 +80,9 @@ static int lretry_delay_for(lua_State *L) {
 
 static int lretry_tostring(lua_State *L) {
   bt_retry_t *r = check_retry(L, 1);
-  lua_pushfstring(L, "baton.Retry (%d attempts, base %I ms, max %I ms, jitter %s)",
-                  (int)r->max_attempts, (lua_Integer)r->base_ms, (lua_Integer)r->max_delay_ms,
-                  jitter_names[r->jitter]);
+  lua_pushfstring(L, "baton.Retry (%I attempts, base %I ms, max %I ms, jitter %s)",
+                  (LUAI_UACINT)r->max_attempts, (LUAI_UACINT)r->base_ms,
+                  (LUAI_UACINT)r->max_delay_ms, jitter_names[r->jitter]);
   return 1;
 }
 

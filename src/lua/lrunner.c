@@ -34,8 +34,10 @@ typedef struct lrunner {
   lbt_task *driver;    /* the driver task (kept alive by user value 2), or NULL */
 } lrunner;
 
+/* A closed runner (r NULL) is a stopped one: its methods answer as for a runner whose
+ * driver is gone (pokes return false), so they check the type only. */
 static lrunner *check_runner(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, BT_RUNNER_MT);
+  return lbt_check_type(L, idx, LBT_RUNNER);
 }
 
 static int driver_alive(const lrunner *U) {
@@ -320,9 +322,9 @@ static int lrunner_pending(lua_State *L) {
 
 static int lrunner_tostring(lua_State *L) {
   lrunner *U = check_runner(L, 1);
-  lua_pushfstring(L, "baton.Runner (%s, %d in flight, %d pending)", state_name(U),
-                  U->r ? (int)bt_runner_inflight(U->r) : 0,
-                  U->r ? (int)bt_runner_pending(U->r) : 0);
+  lua_pushfstring(L, "baton.Runner (%s, %I in flight, %I pending)", state_name(U),
+                  (LUAI_UACINT)(U->r ? bt_runner_inflight(U->r) : 0),
+                  (LUAI_UACINT)(U->r ? bt_runner_pending(U->r) : 0));
   return 1;
 }
 

@@ -3,8 +3,13 @@
  *
  * A permit is a closable userdata: release() (idempotent), <close>, or — as a last
  * resort, with a warning — the garbage collector gives it back. Its user value keeps the
- * semaphore or budget alive while it is held. Permit release is plain C and never waits,
- * so it is safe from __close handlers and from a task being unwound by cancellation.
+ * semaphore or budget userdata alive, and with it the core semaphore or budget, which live
+ * inside the userdata (lbaton.h): a semaphore or budget finalized first (by hand, or by the
+ * collector in the same cycle) is closed, not freed, so a permit released after that gives
+ * back to a closed semaphore, or to a key that only it still holds. Methods of a finalized
+ * semaphore or budget raise "used after it was closed". Permit release is plain C and
+ * never waits, so it is safe from __close handlers and from a task being unwound by
+ * cancellation.
  *
  * acquire() is an await: it queues the task's fiber record on the semaphore (FIFO, direct
  * hand-off) with an optional deadline; a task aborted while queued is unlinked and the grant
@@ -15,6 +20,7 @@
 
 #include "lbaton.h"
 
+/* Points into the user value's storage: valid as long as the permit. */
 typedef struct lpermit {
   bt_sem_t *sem;            /* semaphore permit, or NULL */
   bt_budget_t *budget;      /* budget permit, or NULL */
@@ -23,18 +29,19 @@ typedef struct lpermit {
   int held;
 } lpermit;
 
+LBT_HANDLE_FIRST(lsem, s);
+LBT_HANDLE_FIRST(lbudget, b);
+
 static bt_sem_t *check_sem(lua_State *L, int idx) {
-  bt_sem_t **ps = luaL_checkudata(L, idx, BT_SEM_MT);
-  if (*ps == NULL) luaL_error(L, "semaphore: already collected");
-  return *ps;
+  return ((lsem *)lbt_check_handle(L, idx, LBT_SEM))->s;
 }
 
 static size_t opt_k(lua_State *L, int idx, bt_sem_t *s, const char *fname) {
   lua_Integer k = luaL_optinteger(L, idx, 1);
   if (k < 1) luaL_error(L, "bad argument #%d to '%s' (permits must be >= 1)", idx - 1, fname);
   if ((size_t)k > bt_sem_capacity(s))
-    luaL_error(L, "bad argument #%d to '%s' (%d permits asked of a semaphore of %d)", idx - 1,
-               fname, (int)k, (int)bt_sem_capacity(s));
+    luaL_error(L, "bad argument #%d to '%s' (%I permits asked of a semaphore of %I)", idx - 1,
+               fname, (LUAI_UACINT)k, (LUAI_UACINT)bt_sem_capacity(s));
   return (size_t)k;
 }
 
@@ -53,11 +60,10 @@ static void push_sem_permit(lua_State *L, int sem_idx, bt_sem_t *s, size_t k) {
 static int lsem_new(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 0, 1, "permits must be >= 0");
-  bt_sem_t **ps = lua_newuserdatauv(L, sizeof *ps, 0);
-  *ps = NULL;
+  lsem *S = lua_newuserdatauv(L, sizeof *S, 0);
+  bt__sem_init(&S->storage, (size_t)n);
+  S->s = &S->storage;
   luaL_setmetatable(L, BT_SEM_MT);
-  *ps = bt_sem_new((size_t)n);
-  if (*ps == NULL) return luaL_error(L, "baton.semaphore: out of memory");
   return 1;
 }
 
@@ -82,7 +88,7 @@ static int acquire_k(lua_State *L, int st, lua_KContext k) {
   (void)st;
   lbt_rt *R = lbt_R(L);
   lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  bt_sem_t *s = check_sem(L, 1);
+  bt_sem_t *s = &((lsem *)lua_touserdata(L, 1))->storage;  /* finalized meanwhile: closed */
   int status = lbt_fib(T)->status;
   if (status == 0 && (T->t.flags & BT_TASK_F_CANCEL)) {
     bt_sem_release(s, (size_t)k);  /* granted, but the task was aborted meanwhile */
@@ -139,27 +145,31 @@ static int lsem_waiting(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)bt_sem_waiting(check_sem(L, 1)));
   return 1;
 }
+/* close() and closed() also work on a finalized semaphore: it is closed. */
 static int lsem_close(lua_State *L) {
-  bt_sem_close(check_sem(L, 1));
+  bt_sem_close(&((lsem *)lbt_check_type(L, 1, LBT_SEM))->storage);
   return 0;
 }
 static int lsem_closed(lua_State *L) {
-  lua_pushboolean(L, bt_sem_closed(check_sem(L, 1)));
+  lua_pushboolean(L, bt_sem_closed(&((lsem *)lbt_check_type(L, 1, LBT_SEM))->storage));
   return 1;
 }
 
+/* Fails the waiters; the memory stays with the userdata for the permits that point at it. */
 static int lsem_gc(lua_State *L) {
-  bt_sem_t **ps = lua_touserdata(L, 1);
-  bt_sem_free(*ps);
-  *ps = NULL;
+  lsem *S = lbt_check_type(L, 1, LBT_SEM);
+  bt_sem_close(&S->storage);
+  S->s = NULL;
   return 0;
 }
 
 static int lsem_tostring(lua_State *L) {
-  bt_sem_t *s = check_sem(L, 1);
-  lua_pushfstring(L, "baton.Semaphore (%d/%d available, %d waiting%s)",
-                  (int)bt_sem_available(s), (int)bt_sem_capacity(s), (int)bt_sem_waiting(s),
-                  bt_sem_closed(s) ? ", closed" : "");
+  lsem *S = lbt_check_type(L, 1, LBT_SEM);
+  bt_sem_t *s = &S->storage;
+  if (S->s == NULL) lua_pushliteral(L, "baton.Semaphore (finalized)");
+  else lua_pushfstring(L, "baton.Semaphore (%I/%I available, %I waiting%s)",
+                       (LUAI_UACINT)bt_sem_available(s), (LUAI_UACINT)bt_sem_capacity(s),
+                       (LUAI_UACINT)bt_sem_waiting(s), bt_sem_closed(s) ? ", closed" : "");
   return 1;
 }
 
@@ -173,14 +183,14 @@ static void permit_release(lpermit *p) {
 }
 
 static int lpermit_release(lua_State *L) {
-  lpermit *p = luaL_checkudata(L, 1, BT_PERMIT_MT);
+  lpermit *p = lbt_check_type(L, 1, LBT_PERMIT);
   permit_release(p);
   return 0;
 }
 
 static int lpermit_gc(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lpermit *p = lua_touserdata(L, 1);
+  lpermit *p = lbt_check_type(L, 1, LBT_PERMIT);
   if (p->held && !R->closed)
     lbt_warn(R, "a permit was collected while still held; release it, or hold it in a "
                 "<close> variable (released now)");
@@ -189,23 +199,25 @@ static int lpermit_gc(lua_State *L) {
 }
 
 static int lpermit_held(lua_State *L) {
-  lpermit *p = luaL_checkudata(L, 1, BT_PERMIT_MT);
+  lpermit *p = lbt_check_type(L, 1, LBT_PERMIT);
   lua_pushboolean(L, p->held);
   return 1;
 }
 
 static int lpermit_tostring(lua_State *L) {
-  lpermit *p = luaL_checkudata(L, 1, BT_PERMIT_MT);
-  if (p->budget) lua_pushfstring(L, "baton.Permit (budget '%s', %s)", p->key ? "" : "?",
-                                 p->held ? "held" : "released");
-  else lua_pushfstring(L, "baton.Permit (%d, %s)", (int)p->k, p->held ? "held" : "released");
+  lpermit *p = lbt_check_type(L, 1, LBT_PERMIT);
+  if (p->budget && p->held)
+    lua_pushfstring(L, "baton.Permit (budget key '%s', held)", bt__budget_key_name(p->key));
+  else if (p->budget) lua_pushliteral(L, "baton.Permit (budget, released)");
+  else lua_pushfstring(L, "baton.Permit (%I, %s)", (LUAI_UACINT)p->k,
+                       p->held ? "held" : "released");
   return 1;
 }
 
 /* ---- budgets ------------------------------------------------------------------------ */
 
 static lbudget *check_budget(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, BT_BUDGET_MT);
+  return lbt_check_handle(L, idx, LBT_BUDGET);
 }
 
 static int lbudget_new(lua_State *L) {
@@ -223,10 +235,9 @@ static int lbudget_new(lua_State *L) {
     lua_pop(L, 1);
   }
   lbudget *B = lua_newuserdatauv(L, sizeof *B, 0);
-  B->b = NULL;
+  bt__budget_init(&B->storage, (size_t)cap);
+  B->b = &B->storage;
   luaL_setmetatable(L, BT_BUDGET_MT);
-  B->b = bt_budget_new((size_t)cap);
-  if (B->b == NULL) return luaL_error(L, "baton.budget: out of memory");
   return 1;
 }
 
@@ -276,9 +287,10 @@ static int lbudget_count(lua_State *L) {
   return 1;
 }
 
+/* Keys still held are freed by their holders' releases (permits, engines), which keep the
+ * userdata and so the budget's memory. */
 static int lbudget_gc(lua_State *L) {
-  lbudget *B = lua_touserdata(L, 1);
-  bt_budget_free(B->b);
+  lbudget *B = lbt_check_type(L, 1, LBT_BUDGET);
   B->b = NULL;
   return 0;
 }

@@ -16,7 +16,6 @@
  * task is resumed with BT_ECANCELED and its await raises the cancellation error; a task's
  * status is "cancelled" whenever it was aborted, even if it caught that error with pcall.
  */
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -390,35 +389,14 @@ int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k) {
 
 void lbt_push_wrap_marker(lua_State *L) { lua_pushlightuserdata(L, &wrap_marker); }
 
-uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx) {
-  if (lua_isnoneornil(L, idx)) return UINT64_MAX;
-  lua_Number ms = luaL_checknumber(L, idx);
-  luaL_argcheck(L, ms >= 0 && ms < 1e15, idx, "timeout must be a number of milliseconds >= 0");
-  return bt_now(R->rt) + (uint64_t)ceil(ms);
-}
-
 /* ---- task methods ------------------------------------------------------------------- */
 
 /* Tasks carry one of two metatables: the plain one, without __gc, so the collector frees
  * a finished task at no finalizer cost; and the same with __gc for a task that failed,
  * which reports the failure if nobody ever looked at it. */
 lbt_task *lbt_check_task(lua_State *L, int idx) {
-  lbt_rt *R = lbt_R(L);
-  void *p = lua_touserdata(L, idx);
-  if (p != NULL && lua_getmetatable(L, idx)) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, R->task_mt);
-    int ok = lua_rawequal(L, -1, -2);
-    lua_pop(L, 1);
-    if (!ok) {
-      lua_rawgeti(L, LUA_REGISTRYINDEX, R->task_gc_mt);
-      ok = lua_rawequal(L, -1, -2);
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-    if (ok) return p;
-  }
-  luaL_typeerror(L, idx, BT_TASK_MT);
-  return NULL;
+  lbt_task *T = lbt_test_type(L, idx, LBT_TASK);
+  return T != NULL ? T : lbt_check_type(L, idx, LBT_TASK_GC);
 }
 
 static const char *status_name(const bt_task_t *t) {
@@ -530,7 +508,7 @@ static int ltask_index(lua_State *L) {
 
 static int ltask_tostring(lua_State *L) {
   lbt_task *T = lbt_check_task(L, 1);
-  lua_pushfstring(L, "baton.Task#%d (%s)", (int)T->t.id, status_name(&T->t));
+  lua_pushfstring(L, "baton.Task#%I (%s)", (LUAI_UACINT)T->t.id, status_name(&T->t));
   return 1;
 }
 
@@ -538,11 +516,12 @@ static int ltask_tostring(lua_State *L) {
  * reported rather than lost. */
 static int ltask_gc(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lbt_task *T = lua_touserdata(L, 1);
+  lbt_task *T = lbt_check_task(L, 1);
   if (T->t.state == BT_TASK_FAILED && !(T->t.flags & BT_TASK_F_JOINED)) {
     lua_getiuservalue(L, 1, 1);
     const char *msg = lua_tostring(L, -1);
     lbt_warn_unjoined(R, T, msg ? msg : luaL_typename(L, -1));
+    T->t.flags |= BT_TASK_F_JOINED;  /* reported once, even if __gc is called again */
   }
   return 0;
 }
