@@ -16,7 +16,7 @@
  *                       ca_file = path }
  *     → { status =, headers = { [lowercase name] = value }, body =, url =, retry_after_ms = }
  *     | nil, message, kind   ("timeout", "connect", "too_large", "tls", "protocol", "io",
- *                             "nomem")
+ *                             "resource": out of descriptors, "nomem")
  *   baton.http.json{ ..., body = value }  — encodes body as JSON (Content-Type and Accept
  *     default to application/json) and decodes a non-empty reply into resp.body, the raw text
  *     in resp.text; a reply that is not JSON → nil, message, "malformed", resp.
