@@ -1,7 +1,8 @@
 -- baton.http against peers that misbehave, and a world that runs short, with the real local
--- server (spec/fixtures/http/server.py): servers that drop or reset connections, a header
--- flood cut by a reset, a trailer that looks like a status line, children that must not
--- inherit baton's sockets, a process out of descriptors.
+-- server (spec/fixtures/http/server.py): an event stream that never ends an event, servers
+-- that drop or reset connections, a header flood cut by a reset, a trailer that looks like
+-- a status line, children that must not inherit baton's sockets, a process out of
+-- descriptors.
 local baton = require "baton"
 local H = require "spec.helper"
 
@@ -38,6 +39,64 @@ describe("baton.http against hostile peers", function()
   lazy_teardown(function()
     if server.pid then os.execute("kill " .. server.pid) end
     if server.pipe then server.pipe:close() end
+  end)
+
+  describe("event streams", function()
+    it("reads 320k data lines of one event in linear time, the loop running meanwhile",
+       async(function()
+      local ticks, stop = 0, false
+      local ticker = baton.spawn(function()
+        while not stop do
+          baton.sleep(50)
+          ticks = ticks + 1
+        end
+      end)
+      local t0 = baton.now()
+      local s <close> = assert(http.stream { url = url("/sse_flood?lines=320000"),
+                                             timeout_ms = 10000 })
+      local ev = assert(s:read_event(30000))
+      local elapsed = baton.now() - t0
+      stop = true
+      ticker:join()
+      local n = select(2, ev.data:gsub("\n", "")) + 1
+      assert.equal(320000, n)
+      assert.equal("0\n1\n2\n", ev.data:sub(1, 6))
+      assert.equal("\n319999", ev.data:sub(-7))
+      assert.is_true(elapsed < 3000, "320k lines took " .. elapsed .. " ms")
+      -- a 50 ms ticker got at least half its turns while the event was read
+      assert.is_true(ticks >= elapsed / 50 / 2,
+                     ("%d ticks in %d ms: the loop stalled"):format(ticks, elapsed))
+      assert.equal("after", assert(s:read_event(5000)).data)
+      assert.is_nil(s:read_event(5000))
+    end))
+
+    it("refuses an event over max_event_bytes as too_large, skips it and goes on",
+       async(function()
+      local s <close> = assert(http.stream { url = url("/sse_flood?lines=5000"),
+                                             max_event_bytes = 1000 })
+      local ev, err, kind = s:read_event(5000)
+      assert.is_nil(ev)
+      assert.equal("too_large", kind)
+      assert.matches("^stream:read_event: an event exceeds 1000 bytes %(max_event_bytes%)", err)
+      ev = assert(s:read_event(5000))
+      assert.same({ event = "message", data = "after" }, ev)
+      assert.is_nil(s:read_event(5000))
+      -- an event of exactly the limit passes
+      local exact <close> = assert(http.stream { url = url("/sse_flood?lines=1"),
+                                                 max_event_bytes = 1 })
+      assert.equal("0", assert(exact:read_event(5000)).data)
+    end))
+
+    it("takes max_event_bytes on streams only", function()
+      baton.run(function()
+        H.raises("unknown option 'max_event_bytes'", http.request,
+                 { url = url("/json"), max_event_bytes = 10 })
+        H.raises("max_event_bytes must be an integer >= 0", http.stream,
+                 { url = url("/json"), max_event_bytes = -1 })
+        H.raises("max_event_bytes must be an integer", http.stream,
+                 { url = url("/json"), max_event_bytes = "big" })
+      end)
+    end)
   end)
 
   describe("connections", function()
