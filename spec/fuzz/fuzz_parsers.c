@@ -1,44 +1,198 @@
 /*
  * fuzz_parsers.c — a libFuzzer target for the parsers of what peers send: baton.json.decode
- * (cJSON plus baton's conversion to Lua values, integers, depth limit, error positions) and
- * the HTTP response-head reader (header lines to a table, Retry-After). The first byte of
- * an input picks the parser; the rest is the peer's bytes. Built by `make fuzz` (clang,
- * -DBATON_FUZZ=ON); not a test.
+ * (cJSON plus baton's conversion to Lua values, integers, depth limit, error positions),
+ * the HTTP response-head reader (header lines to a table, Retry-After) and the server-sent
+ * events parser (src/core/sse.c). Built by `make fuzz` (clang, -DBATON_FUZZ=ON); not a test.
+ *
+ * The first byte of an input, modulo the number of targets, picks the parser (the index in
+ * `targets`); the rest is the peer's bytes. Corpus files (spec/fuzz/corpus) start with their
+ * target's index, so a new target goes at the end of the table and the corpus stays valid.
  */
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "lbaton.h"
+#include "sse.h"
 
 static lua_State *L;
+
+static void need_lua(void) {
+  if (L != NULL) return;
+  L = luaL_newstate();
+  luaL_openlibs(L);
+  luaL_requiref(L, "baton", lbt_open, 1);
+  lua_getfield(L, -1, "json");
+  lua_getfield(L, -1, "decode");
+  lua_setfield(L, LUA_REGISTRYINDEX, "fuzz.decode");
+  lua_settop(L, 0);
+}
+
+/* ---- 0: baton.json.decode ----------------------------------------------------------- */
+
+static void fuzz_json(const char *p, size_t n) {
+  need_lua();
+  lua_getfield(L, LUA_REGISTRYINDEX, "fuzz.decode");
+  lua_pushlstring(L, p, n);
+  if (lua_pcall(L, 1, 2, 0) != LUA_OK) abort();  /* decode returns failures, never raises */
+  lua_settop(L, 0);
+  lua_gc(L, LUA_GCSTEP, 0);
+}
+
+/* ---- 1: response heads -------------------------------------------------------------- */
+
+static void fuzz_head(const char *p, size_t n) {
+  need_lua();
+  lbt_http_push_headers(L, p, n);
+  lbt_http_retry_after(L);
+  lua_settop(L, 0);
+  lua_gc(L, LUA_GCSTEP, 0);
+}
+
+/* ---- 2: server-sent events -----------------------------------------------------------
+ * Input: one byte choosing the event limit (0: none, else a small one), then the stream.
+ * The stream is parsed whole and in pieces of 1..8 bytes; both must read the same events,
+ * and with no limit they must be those of a plain reading (lines first, then fields) that
+ * follows the rules in sse.h. Every event must fit the limit. */
+
+static void out_add(bt_buf *o, const char *p, size_t n) {
+  if (n > 0 && bt__buf_append(o, p, n) != 0) abort();
+}
+
+static void out_event(bt_buf *o, const char *type, size_t tlen, const char *data, size_t dlen,
+                      const char *id, size_t idlen, int has_id) {
+  char hdr[64];
+  snprintf(hdr, sizeof hdr, "E%zu,%zu,%lld:", tlen, dlen, has_id ? (long long)idlen : -1LL);
+  out_add(o, hdr, strlen(hdr));
+  out_add(o, type, tlen);
+  out_add(o, data, dlen);
+  if (has_id) out_add(o, id, idlen);
+}
+
+/* Parses p[0, n) in pieces of at most `step` bytes (0: all at once, else a cycle of sizes
+ * from 1 to step), writing what it reads to `o`. */
+static void sse_run(const char *p, size_t n, size_t max_event, size_t step, bt_buf *o) {
+  bt_sse s;
+  bt_sse_init(&s, max_event);
+  size_t i = 0, k = 0;
+  while (i < n) {
+    size_t piece = step ? 1 + (k++ % step) : n - i;
+    if (piece > n - i) piece = n - i;
+    int res;
+    size_t used = bt_sse_feed(&s, p + i, piece, &res);
+    if (used == 0 || used > piece) abort();
+    if (res == BT_SSE_MORE && used != piece) abort();
+    i += used;
+    if (res == BT_SSE_EVENT) {
+      if (max_event && s.data.len + s.type.len > max_event) abort();
+      if (s.data.p && s.data.p[s.data.len] != '\0') abort();
+      out_event(o, s.type.p, s.type.len, s.data.p, s.data.len, s.id.p, s.id.len, s.has_id);
+    } else if (res == BT_SSE_TOO_LARGE) {
+      out_add(o, "T", 1);
+    } else if (res != BT_SSE_MORE) {
+      abort();
+    }
+  }
+  char tail[32];
+  snprintf(tail, sizeof tail, "R%lld", s.retry_ms);
+  out_add(o, tail, strlen(tail));
+  bt_sse_free(&s);
+}
+
+/* The rules read plainly: the stream cut into lines first, each line then taken apart. */
+static void sse_reference(const char *p, size_t n, bt_buf *o) {
+  bt_buf data = {0}, type = {0}, id = {0};
+  int has_data = 0, has_id = 0;
+  long long retry = -1;
+  size_t i = 0;
+  if (n >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) i = 3;
+  while (i < n) {
+    size_t e = i;
+    while (e < n && p[e] != '\r' && p[e] != '\n') e++;
+    if (e == n) break;  /* no line end: not a line (yet) */
+    size_t next = e + 1;
+    if (p[e] == '\r' && next < n && p[next] == '\n') next++;
+    const char *line = p + i;
+    size_t len = e - i;
+    i = next;
+    if (len == 0) {
+      if (has_data) out_event(o, type.p, type.len, data.p, data.len, id.p, id.len, has_id);
+      data.len = type.len = 0;
+      has_data = 0;
+      continue;
+    }
+    if (line[0] == ':') continue;
+    const char *colon = memchr(line, ':', len);
+    size_t flen = colon ? (size_t)(colon - line) : len;
+    const char *v = colon ? colon + 1 : line + len;
+    if (v < line + len && *v == ' ') v++;
+    size_t vlen = (size_t)(line + len - v);
+    if (flen == 4 && memcmp(line, "data", 4) == 0) {
+      if (has_data) out_add(&data, "\n", 1);
+      out_add(&data, v, vlen);
+      has_data = 1;
+    } else if (flen == 5 && memcmp(line, "event", 5) == 0) {
+      type.len = 0;
+      out_add(&type, v, vlen);
+    } else if (flen == 2 && memcmp(line, "id", 2) == 0 && memchr(v, '\0', vlen) == NULL) {
+      id.len = 0;
+      out_add(&id, v, vlen);
+      has_id = 1;
+    } else if (flen == 5 && memcmp(line, "retry", 5) == 0 && vlen > 0 && vlen < 16) {
+      long long ms = 0;
+      size_t d = 0;
+      while (d < vlen && v[d] >= '0' && v[d] <= '9') ms = ms * 10 + (v[d++] - '0');
+      if (d == vlen) retry = ms;
+    }
+  }
+  char tail[32];
+  snprintf(tail, sizeof tail, "R%lld", retry);
+  out_add(o, tail, strlen(tail));
+  bt__buf_free(&data);
+  bt__buf_free(&type);
+  bt__buf_free(&id);
+}
+
+static int same(const bt_buf *a, const bt_buf *b) {
+  return a->len == b->len && (a->len == 0 || memcmp(a->p, b->p, a->len) == 0);
+}
+
+static void fuzz_sse(const char *p, size_t n) {
+  if (n == 0) return;
+  size_t max_event = (unsigned char)p[0] == 0 ? 0 : (size_t)(unsigned char)p[0] % 64 + 1;
+  p++, n--;
+  bt_buf whole = {0}, bytes = {0}, pieces = {0}, ref = {0};
+  sse_run(p, n, max_event, 0, &whole);
+  sse_run(p, n, max_event, 1, &bytes);
+  sse_run(p, n, max_event, 8, &pieces);
+  if (!same(&whole, &bytes) || !same(&whole, &pieces)) abort();
+  if (max_event == 0) {
+    sse_reference(p, n, &ref);
+    if (!same(&whole, &ref)) abort();
+  }
+  bt__buf_free(&whole);
+  bt__buf_free(&bytes);
+  bt__buf_free(&pieces);
+  bt__buf_free(&ref);
+}
+
+/* ---- dispatch ----------------------------------------------------------------------- */
+
+static void (*const targets[])(const char *p, size_t n) = {
+  fuzz_json,  /* 0 */
+  fuzz_head,  /* 1 */
+  fuzz_sse,   /* 2 */
+};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  if (L == NULL) {
-    L = luaL_newstate();
-    luaL_openlibs(L);
-    luaL_requiref(L, "baton", lbt_open, 1);
-    lua_getfield(L, -1, "json");
-    lua_getfield(L, -1, "decode");
-    lua_setfield(L, LUA_REGISTRYINDEX, "fuzz.decode");
-    lua_settop(L, 0);
-  }
   if (size == 0) return 0;
-  const char *p = (const char *)data + 1;
-  size_t n = size - 1;
-  if (data[0] & 1) {
-    lbt_http_push_headers(L, p, n);
-    lbt_http_retry_after(L);
-  } else {
-    lua_getfield(L, LUA_REGISTRYINDEX, "fuzz.decode");
-    lua_pushlstring(L, p, n);
-    if (lua_pcall(L, 1, 2, 0) != LUA_OK) abort();  /* decode returns failures, never raises */
-  }
-  lua_settop(L, 0);
-  lua_gc(L, LUA_GCSTEP, 0);
+  size_t ntargets = sizeof targets / sizeof targets[0];
+  targets[data[0] % ntargets]((const char *)data + 1, size - 1);
   return 0;
 }

@@ -21,12 +21,22 @@
  *    and once `stream_buffer` bytes are unread the write callback pauses the transfer
  *    (without taking the bytes: libcurl delivers them again) until bt_http_consume()
  *    brings it below, outside any libcurl callback.
+ *  - Every socket libcurl opens is made here (open-socket callback), close-on-exec, so a
+ *    child process never holds one of baton's connections; a failure to make one is
+ *    remembered (its errno) to tell "out of descriptors" from a host that refuses.
+ *  - Only a status line at the start of a response head starts a new response (after a
+ *    1xx or a redirect being followed); lines after the final head are trailers.
  */
 #include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -37,6 +47,7 @@ typedef struct hsock {
   LIST_ENTRY(hsock) link;
   struct bt_http *h;
   curl_socket_t fd;
+  int events;                 /* UV_READABLE | UV_WRITABLE: what libcurl asked to watch */
 } hsock;
 
 struct bt_http {
@@ -65,6 +76,9 @@ struct bt_http_req {
   size_t highwater;           /* stream: unread bytes at which the transfer pauses */
   int stream, paused, head_done, follow;
   int final;                  /* the latest status line: final 1, not 0, a redirect -1 */
+  int in_head;                /* header lines: 0 a head may start, 1 in one, 2 trailers */
+  int sock_errno;             /* the last socket could not be made for want of descriptors
+                                 or memory: its errno, else 0 */
   int running, finished;
   int result;
   int over;                   /* 1: body over max_body, 2: headers over max_head, 3: no memory */
@@ -86,15 +100,27 @@ static void sock_close(struct bt_http *h, hsock *s) {
   uv_close((uv_handle_t *)&s->poll, on_sock_closed);
 }
 
+/* An error or hang-up on a socket comes as status < 0 with no events, and libuv has stopped
+ * the handle. libcurl is told the socket is ready for what it watches (reading, writing)
+ * as well as in error, as its own poll() wrapper says: it then reads or writes and learns
+ * what happened — data that arrived before a reset, a reset, or a reused connection the
+ * server had closed, which it retries on a new one. The error bit alone would fail the
+ * transfer with "select/poll returned error" without looking. The handle is restarted
+ * unless libcurl let go of the socket meanwhile. */
 static void on_poll(uv_poll_t *p, int status, int events) {
   hsock *s = p->data;
   struct bt_http *h = s->h;
   int flags = 0;
-  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (status < 0) {
+    events = s->events;
+    flags = CURL_CSELECT_ERR;
+  }
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   int running;
   curl_multi_socket_action(h->multi, s->fd, flags, &running);
+  if (status < 0 && !uv_is_closing((uv_handle_t *)&s->poll))
+    uv_poll_start(&s->poll, s->events, on_poll);
   collect(h);
 }
 
@@ -123,9 +149,35 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     h->nsocks++;
     curl_multi_assign(h->multi, fd, s);
   }
-  int ev = ((what & CURL_POLL_IN) ? UV_READABLE : 0) | ((what & CURL_POLL_OUT) ? UV_WRITABLE : 0);
-  uv_poll_start(&s->poll, ev, on_poll);
+  s->events = ((what & CURL_POLL_IN) ? UV_READABLE : 0) |
+              ((what & CURL_POLL_OUT) ? UV_WRITABLE : 0);
+  uv_poll_start(&s->poll, s->events, on_poll);
   return 0;
+}
+
+/* libcurl's sockets, made close-on-exec from the start (no window where a concurrent
+ * spawn could inherit one); libcurl sets them non-blocking itself and closes them. */
+static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
+  BT_UNUSED(purpose);
+  bt_http_req_t *r = ud;
+#ifdef SOCK_CLOEXEC
+  int fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+#else
+  int fd = socket(a->family, a->socktype, a->protocol);
+  if (fd >= 0 && fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+    int e = errno;
+    close(fd);
+    fd = -1;
+    errno = e;
+  }
+#endif
+  if (fd < 0) {
+    int e = errno;
+    if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) r->sock_errno = e;
+    return CURL_SOCKET_BAD;  /* libcurl tries the next address, or fails to connect */
+  }
+  r->sock_errno = 0;
+  return fd;
 }
 
 static void on_timeout(bt_timer_t *t) {
@@ -149,6 +201,27 @@ static int on_timer(CURLM *multi, long ms, void *userp) {
 
 /* ---- the multi handle --------------------------------------------------------------- */
 
+/* curl_multi_init() makes a socket pair for curl_multi_wakeup() without close-on-exec
+ * (libcurl 7.x), which every child would inherit. Descriptors are handed out lowest
+ * first, so the pair lands on the lowest ones free before the call: those that are
+ * sockets afterwards are marked close-on-exec. */
+#define NPROBE 4
+static int free_fds(int *fds) {
+  int n = 0;
+  for (int fd = 0; n < NPROBE && fd < 65536; fd++)
+    if (fcntl(fd, F_GETFD) == -1 && errno == EBADF) fds[n++] = fd;
+  return n;
+}
+
+static void cloexec_new_sockets(const int *fds, int n) {
+  struct stat st;
+  for (int i = 0; i < n; i++) {
+    int fl = fcntl(fds[i], F_GETFD);
+    if (fl >= 0 && !(fl & FD_CLOEXEC) && fstat(fds[i], &st) == 0 && S_ISSOCK(st.st_mode))
+      fcntl(fds[i], F_SETFD, fl | FD_CLOEXEC);
+  }
+}
+
 static struct bt_http *http_get(bt_rt_t *rt) {
   static int global_done;
   if (rt->http != NULL) return rt->http;
@@ -159,8 +232,11 @@ static struct bt_http *http_get(bt_rt_t *rt) {
   struct bt_http *h = calloc(1, sizeof *h);
   if (h == NULL) return NULL;
   h->rt = rt;
+  int fds[NPROBE];
+  int nfds = free_fds(fds);
   h->multi = curl_multi_init();
   if (h->multi == NULL) goto fail;
+  cloexec_new_sockets(fds, nfds);
   LIST_INIT(&h->reqs);
   LIST_INIT(&h->socks);
   curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
@@ -256,14 +332,20 @@ static int final_status(bt_http_req_t *r, const char *p, size_t len) {
 static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   bt_http_req_t *r = ud;
   size_t len = size * n;
-  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+  if (r->in_head == 0 && len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
     r->head.len = r->body.len = r->total = r->consumed = 0;
     if (r->head.p) r->head.p[0] = '\0';
     r->final = final_status(r, p, len);
+    r->in_head = 1;
     return len;
   }
+  if (r->in_head == 0) r->in_head = 1;
   if (len <= 2 && (len == 0 || p[0] == '\r' || p[0] == '\n')) {
-    if (r->stream && (r->final == 1 || (r->final == -1 && !has_location(r)))) head_complete(r);
+    if (r->in_head == 1) {
+      int last = r->final == 1 || (r->final == -1 && !has_location(r));
+      r->in_head = last ? 2 : 0;  /* after the final head, only trailers come */
+      if (last && r->stream) head_complete(r);
+    }
     return len;
   }
   if (r->max_head && len > r->max_head - r->head.len) {
@@ -284,10 +366,25 @@ static void set_error(bt_http_req_t *r, int result, const char *kind, const char
   snprintf(r->msg, sizeof r->msg, fmt, detail);
 }
 
+/* 1 if the connection was established (the failure is then not the connect's). */
+static int connected(bt_http_req_t *r) {
+  curl_off_t t = 0;
+  curl_easy_getinfo(r->easy, CURLINFO_CONNECT_TIME_T, &t);
+  return t != 0;
+}
+
 static void finish(bt_http_req_t *r, CURLcode cc) {
   curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
   const char *detail = r->errbuf[0] ? r->errbuf : curl_easy_strerror(cc);
-  if (r->over == 1 || cc == CURLE_FILESIZE_EXCEEDED) {
+  long os_errno = 0;
+  curl_easy_getinfo(r->easy, CURLINFO_OS_ERRNO, &os_errno);
+  if (cc != CURLE_OK && r->over == 0 && r->sock_errno != 0) {
+    /* No socket could be made: this process is out of descriptors (or memory), which no
+     * other host or a retry soon would fix; not the remote host's failure. */
+    set_error(r, r->sock_errno == ENFILE ? UV_ENFILE : r->sock_errno == EMFILE ? UV_EMFILE
+                                                                               : UV_ENOBUFS,
+              "resource", "cannot open a socket: %s", strerror(r->sock_errno));
+  } else if (r->over == 1 || cc == CURLE_FILESIZE_EXCEEDED) {
     char lim[64];
     snprintf(lim, sizeof lim, "%zu", r->max_body);
     set_error(r, UV_E2BIG, "too_large", "response body exceeds %s bytes (max_body_bytes)", lim);
@@ -310,13 +407,10 @@ static void finish(bt_http_req_t *r, CURLcode cc) {
     case CURLE_COULDNT_CONNECT:
       set_error(r, UV_ECONNREFUSED, "connect", "cannot connect: %s", detail);
       break;
-    case CURLE_OPERATION_TIMEDOUT: {
-      curl_off_t connected = 0;
-      curl_easy_getinfo(r->easy, CURLINFO_CONNECT_TIME_T, &connected);
-      if (connected == 0) set_error(r, UV_ETIMEDOUT, "connect", "cannot connect: %s", detail);
+    case CURLE_OPERATION_TIMEDOUT:
+      if (!connected(r)) set_error(r, UV_ETIMEDOUT, "connect", "cannot connect: %s", detail);
       else set_error(r, BT_ETIMEDOUT, "timeout", "%s", detail);
       break;
-    }
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
@@ -339,6 +433,16 @@ static void finish(bt_http_req_t *r, CURLcode cc) {
       break;
     case CURLE_PARTIAL_FILE:
       set_error(r, UV_EIO, "io", "response cut short: %s", detail);
+      break;
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+      if (os_errno == ECONNRESET || strstr(detail, "reset by peer") != NULL) {
+        int up = connected(r);
+        set_error(r, UV_ECONNRESET, up ? "io" : "connect", "%s",
+                  up ? "connection reset by peer" : "cannot connect: connection reset by peer");
+      } else {
+        set_error(r, UV_EIO, "io", "%s", detail);
+      }
       break;
     default:
       set_error(r, UV_EIO, "io", "%s", detail);
@@ -378,6 +482,8 @@ static int setup(bt_http_req_t *r, const bt_http_opts *o) {
   SET(CURLOPT_WRITEDATA, r);
   SET(CURLOPT_HEADERFUNCTION, on_header);
   SET(CURLOPT_HEADERDATA, r);
+  SET(CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+  SET(CURLOPT_OPENSOCKETDATA, r);
   SET(CURLOPT_PROTOCOLS_STR, "http,https");
   SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   SET(CURLOPT_ACCEPT_ENCODING, "");

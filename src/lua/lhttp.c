@@ -16,13 +16,14 @@
  *                       ca_file = path }
  *     → { status =, headers = { [lowercase name] = value }, body =, url =, retry_after_ms = }
  *     | nil, message, kind   ("timeout", "connect", "too_large", "tls", "protocol", "io",
- *                             "nomem")
+ *                             "resource": out of descriptors, "nomem")
  *   baton.http.json{ ..., body = value }  — encodes body as JSON (Content-Type and Accept
  *     default to application/json) and decodes a non-empty reply into resp.body, the raw text
  *     in resp.text; a reply that is not JSON → nil, message, "malformed", resp.
- *   baton.http.stream{ ... } → stream | nil, message, kind: returns once the head is in;
- *     stream.status/.headers/.url; stream:read/read_line/read_event([ms]) hand the body
- *     over as it arrives (lhttpstream.c).
+ *   baton.http.stream{ ..., max_event_bytes = (max_body_bytes) } → stream | nil, message,
+ *     kind: returns once the head is in; stream.status/.headers/.url;
+ *     stream:read/read_line/read_event([ms]) hand the body over as it arrives
+ *     (lhttpstream.c).
  * Any status is a response (a 500 is not an error); retry_after_ms is set when the response
  * carries a Retry-After header (seconds or an HTTP date). Misuse raises: a bad option, a URL
  * that is not absolute http(s), a header with CR/LF, a call outside a task.
@@ -329,7 +330,11 @@ static int do_request(lua_State *L, int mode) {
                                       "connect_timeout_ms", "max_body_bytes",
                                       "max_header_bytes", "follow_redirects", "ca_file",
                                       NULL};
-  lbt_check_fields(L, 1, fname, known);
+  static const char *const known_stream[] = {"url", "method", "headers", "body", "timeout_ms",
+                                             "connect_timeout_ms", "max_body_bytes",
+                                             "max_header_bytes", "follow_redirects",
+                                             "ca_file", "max_event_bytes", NULL};
+  lbt_check_fields(L, 1, fname, mode == M_STREAM ? known_stream : known);
   lua_settop(L, 1);
   bt_http_opts o;
   memset(&o, 0, sizeof o);

@@ -4,27 +4,35 @@
  *
  * A Stream userdata embeds its state (lstream); the core transfer's events point at it and
  * are stopped (bt_http_free) before the userdata can go. User value 1 is the response head
- * table (status, headers, url, retry_after_ms) read through __index; user value 2 is the
- * server-sent event being assembled by read_event, kept across waits. At most one task waits
- * on a stream; an aborted read leaves the stream open (close it, or let <close> do it).
- * baton.run closes the streams still open when it ends.
+ * table (status, headers, url, retry_after_ms, retry_ms) read through __index. read_event
+ * parses with the core's server-sent events parser (src/core/sse.c), whose state — the
+ * event being assembled, the last id — lives in the lstream across waits and is freed when
+ * the stream closes. At most one task waits on a stream; an aborted read leaves the stream
+ * open (close it, or let <close> do it). baton.run closes the streams still open when it
+ * ends.
+ *
+ * A read does a bounded amount of work per resume: read_event parses at most READ_BUDGET
+ * bytes, then lets the loop turn (a wait due at once) before going on, so a peer sending a
+ * long event in a hurry cannot hold timers and other tasks back.
  */
 
-#include <ctype.h>
 #include <string.h>
 
 #include "lbaton.h"
+#include "sse.h"
 
 #define BT_STREAM_MT "baton.HttpStream"
 #define STREAMS_KEY "baton.http.streams"  /* registry: weak set of open streams */
-#define MAX_LINE ((size_t)1 << 20)        /* read_line and read_event; also the buffer */
+#define MAX_LINE ((size_t)1 << 20)        /* read_line; also the buffer */
+#define READ_BUDGET ((size_t)256 << 10)   /* read_event: bytes parsed per resume */
 
 typedef struct lstream {
   bt_http_req_t *r;       /* NULL once closed */
   bt_rt_t *rt;
   bt_task_t *waiter;
   uint32_t token;
-  int bom_done;           /* read_event: a leading byte-order mark was looked for */
+  int yielded;            /* the waiter only lets the loop turn (read_event's budget) */
+  bt_sse sse;             /* read_event's parser */
 } lstream;
 
 enum { OP_HEAD, OP_READ, OP_LINE, OP_EVENT };
@@ -35,6 +43,7 @@ static void stream_close(lstream *st) {
   if (st->waiter != NULL) bt_task_wake(st->rt, st->waiter, st->token, BT_ECLOSED);
   bt_http_free(st->r);
   st->r = NULL;
+  bt_sse_free(&st->sse);
 }
 
 /* Core events (the head, bytes, the end), possibly from inside libcurl: wake only. */
@@ -73,105 +82,78 @@ static int push_too_long(lua_State *L, const char *fname) {
   return 3;
 }
 
-/* Takes one line from the unread body, without its end: "\n" or "\r\n", and with `cr`
- * also a lone "\r" (server-sent events allow all three). Returns 0 if none is whole yet. */
-static int take_line(lua_State *L, lstream *st, int cr) {
+/* Takes one line from the unread body, without its end ("\n" or "\r\n"). Returns 0 if
+ * none is whole yet. */
+static int take_line(lua_State *L, lstream *st) {
   size_t len;
   const char *p = bt_http_peek(st->r, &len);
-  for (size_t i = 0; i < len; i++) {
-    if (p[i] != '\n' && p[i] != '\r') continue;
-    size_t end = i, next = i + 1;
-    if (p[i] == '\r') {
-      if (i + 1 == len && !bt_http_finished(st->r)) return 0;  /* "\r\n" may be coming */
-      if (i + 1 < len && p[i + 1] == '\n') next = i + 2;
-      else if (!cr) continue;
-    }
-    lua_pushlstring(L, p, end);
-    bt_http_consume(st->r, next);
-    return 1;
-  }
-  return 0;
-}
-
-/* Drops a UTF-8 byte-order mark at the start of an event stream. Returns 0 while the first
- * bytes could still be one. */
-static int skip_bom(lstream *st) {
-  if (st->bom_done) return 1;
-  size_t len;
-  const char *p = bt_http_peek(st->r, &len);
-  static const char bom[3] = {'\xEF', '\xBB', '\xBF'};
-  size_t n = len < 3 ? len : 3;
-  if (memcmp(p, bom, n) == 0 && n < 3 && !bt_http_finished(st->r)) return 0;
-  if (n == 3 && memcmp(p, bom, 3) == 0) bt_http_consume(st->r, 3);
-  st->bom_done = 1;
+  const char *nl = memchr(p, '\n', len);
+  if (nl == NULL) return 0;
+  size_t end = (size_t)(nl - p);
+  lua_pushlstring(L, p, end > 0 && p[end - 1] == '\r' ? end - 1 : end);
+  bt_http_consume(st->r, end + 1);
   return 1;
 }
 
-/* Adds one line to the event in user value 2 of the stream at 1. Returns 1 when the line
- * completed an event, which is then on top of the stack, else 0. Server-sent events:
- * "field: value" lines, a blank line ends an event, "data" lines are joined with "\n",
- * lines starting with ':' are comments, an event without data is dropped; "id" is the
- * last event id, kept for the events after it (as EventSource does); "retry" sets the
- * stream's retry_ms. */
-static int event_line(lua_State *L, const char *line, size_t len) {
-  lua_getiuservalue(L, 1, 2);
-  int ev = lua_gettop(L);
-  if (len == 0) {
-    int has_data = lua_getfield(L, ev, "data") != LUA_TNIL;
-    lua_pop(L, 1);
-    lua_newtable(L);  /* the next event starts empty but for the last event id */
-    if (lua_getfield(L, ev, "id") != LUA_TNIL) lua_setfield(L, -2, "id");
-    else lua_pop(L, 1);
-    lua_setiuservalue(L, 1, 2);
-    if (!has_data) {
-      lua_pop(L, 1);
-      return 0;
-    }
-    if (lua_getfield(L, ev, "event") == LUA_TNIL) {
-      lua_pushliteral(L, "message");
-      lua_setfield(L, ev, "event");
-    }
-    lua_pop(L, 1);
-    return 1;
+/* Pushes the event the parser completed: { event =, data =, id = }. */
+static void push_event(lua_State *L, const bt_sse *e) {
+  lua_createtable(L, 0, 3);
+  if (e->type.len > 0) lua_pushlstring(L, e->type.p, e->type.len);
+  else lua_pushliteral(L, "message");
+  lua_setfield(L, -2, "event");
+  lua_pushlstring(L, e->data.p ? e->data.p : "", e->data.len);
+  lua_setfield(L, -2, "data");
+  if (e->has_id) {
+    lua_pushlstring(L, e->id.p ? e->id.p : "", e->id.len);
+    lua_setfield(L, -2, "id");
   }
-  if (line[0] != ':') {
-    const char *colon = memchr(line, ':', len);
-    size_t flen = colon ? (size_t)(colon - line) : len;
-    const char *v = colon ? colon + 1 : line + len;
-    if (v < line + len && *v == ' ') v++;
-    size_t vlen = (size_t)(line + len - v);
-    if (flen == 4 && memcmp(line, "data", 4) == 0) {
-      if (lua_getfield(L, ev, "data") == LUA_TSTRING) {
-        lua_pushliteral(L, "\n");
-        lua_pushlstring(L, v, vlen);
-        lua_concat(L, 3);
-      } else {
-        lua_pop(L, 1);
-        lua_pushlstring(L, v, vlen);
-      }
-      lua_setfield(L, ev, "data");
-    } else if (flen == 5 && memcmp(line, "event", 5) == 0) {
-      if (vlen > 0) lua_pushlstring(L, v, vlen);
-      else lua_pushnil(L);  /* an empty type is "message" */
-      lua_setfield(L, ev, "event");
-    } else if (flen == 2 && memcmp(line, "id", 2) == 0 && memchr(v, '\0', vlen) == NULL) {
-      lua_pushlstring(L, v, vlen);  /* the last event id: it stays for the events after */
-      lua_setfield(L, ev, "id");
-    } else if (flen == 5 && memcmp(line, "retry", 5) == 0 && vlen > 0 && vlen < 16) {
-      long long ms = 0;
-      size_t i = 0;
-      while (i < vlen && isdigit((unsigned char)v[i])) ms = ms * 10 + (v[i++] - '0');
-      if (i == vlen) {  /* ASCII digits only: the stream's reconnection delay */
-        if (lua_getiuservalue(L, 1, 1) == LUA_TTABLE) {
-          lua_pushinteger(L, (lua_Integer)ms);
-          lua_setfield(L, -2, "retry_ms");
-        }
-        lua_pop(L, 1);
-      }
-    }
+}
+
+/* A "retry" field read: the stream's retry_ms, in the head table (user value 1). */
+static void note_retry(lua_State *L, lstream *st) {
+  st->sse.retry_new = 0;
+  if (lua_getiuservalue(L, 1, 1) == LUA_TTABLE) {
+    lua_pushinteger(L, (lua_Integer)st->sse.retry_ms);
+    lua_setfield(L, -2, "retry_ms");
   }
   lua_pop(L, 1);
-  return 0;
+}
+
+/* Parses the unread body, at most READ_BUDGET bytes. Pushes the results and returns their
+ * count when read_event can answer, else -1 (wait for bytes) or -2 (the budget is spent:
+ * let the loop turn, then go on). */
+static int next_event(lua_State *L, lstream *st, const char *fname) {
+  size_t budget = READ_BUDGET;
+  for (;;) {
+    size_t len;
+    const char *p = bt_http_peek(st->r, &len);
+    if (len == 0) break;
+    if (budget == 0) return -2;
+    int res;
+    size_t used = bt_sse_feed(&st->sse, p, len < budget ? len : budget, &res);
+    budget -= used;
+    bt_http_consume(st->r, used);  /* may resume the transfer, adding bytes */
+    if (st->sse.retry_new) note_retry(L, st);
+    if (res == BT_SSE_EVENT) {
+      push_event(L, &st->sse);
+      return 1;
+    }
+    if (res == BT_SSE_TOO_LARGE) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "%s: an event exceeds %I bytes (max_event_bytes); it is skipped",
+                      fname, (lua_Integer)st->sse.max_event);
+      lua_pushliteral(L, "too_large");
+      return 3;
+    }
+    if (res == BT_SSE_NOMEM) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "%s: out of memory for an event; it is skipped", fname);
+      lua_pushliteral(L, "nomem");
+      return 3;
+    }
+  }
+  /* A partial event at the end is dropped, as the SSE spec says. */
+  return bt_http_finished(st->r) ? push_end(L, st, fname) : -1;
 }
 
 static void push_head(lua_State *L, lstream *st) {
@@ -192,8 +174,8 @@ static void push_head(lua_State *L, lstream *st) {
   lua_setfield(L, t, "url");
 }
 
-/* Pushes the results of `op` if it can complete now and returns their count, else -1.
- * Stack: 1 = the stream. */
+/* Pushes the results of `op` if it can complete now and returns their count, else -1 (or
+ * -2: a read_event to go on after the loop turns). Stack: 1 = the stream. */
 static int stream_try(lua_State *L, lstream *st, int op) {
   const char *fname = op_names[op];
   size_t len;
@@ -223,7 +205,7 @@ static int stream_try(lua_State *L, lstream *st, int op) {
     }
     return bt_http_finished(st->r) ? push_end(L, st, fname) : -1;
   case OP_LINE:
-    if (take_line(L, st, 0)) return 1;
+    if (take_line(L, st)) return 1;
     p = bt_http_peek(st->r, &len);
     if (bt_http_finished(st->r)) {
       if (len == 0) return push_end(L, st, fname);
@@ -233,20 +215,12 @@ static int stream_try(lua_State *L, lstream *st, int op) {
     }
     return len >= MAX_LINE ? push_too_long(L, fname) : -1;
   default:  /* OP_EVENT */
-    if (!skip_bom(st)) return -1;
-    while (take_line(L, st, 1)) {
-      size_t n;
-      const char *line = lua_tolstring(L, -1, &n);
-      if (event_line(L, line, n)) return 1;  /* the event, above the line */
-      lua_pop(L, 1);
-    }
-    bt_http_peek(st->r, &len);
-    if (bt_http_finished(st->r)) return push_end(L, st, fname);  /* a partial event is dropped */
-    return len >= MAX_LINE ? push_too_long(L, fname) : -1;
+    return next_event(L, st, fname);
   }
 }
 
-static int stream_suspend(lua_State *L, lbt_rt *R, lbt_task *T, lstream *st, int op);
+static int stream_suspend(lua_State *L, lbt_rt *R, lbt_task *T, lstream *st, int op,
+                          int yield);
 
 /* Stack: 1 = the stream, 2 = the deadline (an integer, -1 for none). */
 static int stream_k(lua_State *L, int status, lua_KContext ctx) {
@@ -256,6 +230,11 @@ static int stream_k(lua_State *L, int status, lua_KContext ctx) {
   lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
   lstream *st = lua_touserdata(L, 1);
   int s = lbt_fib(T)->status;
+  if (st->yielded) {  /* the loop had its turn: go on unless the read's deadline passed */
+    st->yielded = 0;
+    lua_Integer d = lua_tointeger(L, 2);
+    if (s == BT_ETIMEDOUT && (d < 0 || bt_now(R->rt) < (uint64_t)d)) s = 0;
+  }
   if (s == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) {
     if (op == OP_HEAD) stream_close(st);
     return lbt_raise_cancelled(L);
@@ -279,27 +258,34 @@ static int stream_k(lua_State *L, int status, lua_KContext ctx) {
   if (n >= 0) return n;
   if (st->waiter != NULL)
     return luaL_error(L, "%s: another task is already waiting on this stream", op_names[op]);
-  return stream_suspend(L, R, T, st, op);  /* woken by bytes that end no line yet */
+  return stream_suspend(L, R, T, st, op, n == -2);  /* -1: bytes that end no event yet */
 }
 
-static int stream_suspend(lua_State *L, lbt_rt *R, lbt_task *T, lstream *st, int op) {
+/* Waits for the stream's next event (bytes, the end, a close) until the deadline in slot
+ * 2; with `yield`, only until the loop has turned (the wait is due at once). */
+static int stream_suspend(lua_State *L, lbt_rt *R, lbt_task *T, lstream *st, int op,
+                          int yield) {
   lua_Integer d = lua_tointeger(L, 2);
   lbt_fiber *f = lbt_fib(T);
   f->wait.src = st;
   st->waiter = &T->t;
-  st->token = bt_task_wait(R->rt, &T->t, &f->wait, stream_wait_cancel,
-                           d < 0 ? UINT64_MAX : (uint64_t)d);
+  st->yielded = yield;
+  uint64_t due = d < 0 ? UINT64_MAX : (uint64_t)d;
+  if (yield && due > bt_now(R->rt)) due = bt_now(R->rt);
+  st->token = bt_task_wait(R->rt, &T->t, &f->wait, stream_wait_cancel, due);
   return lbt_suspend(L, op, stream_k);
 }
 
 int lbt_http_stream_start(lua_State *L, lbt_rt *R, bt_http_opts *o, lua_Integer timeout) {
   const char *fname = op_names[OP_HEAD];
+  /* An event is bounded like the body it comes in, unless the caller says otherwise. */
+  lua_Integer max_event = lbt_opt_int(L, fname, "max_event_bytes", 0,
+                                      (lua_Integer)o->max_body_bytes);
   lbt_task *T = lbt_await_begin(L, R, fname);
-  lstream *st = lua_newuserdatauv(L, sizeof *st, 2);
+  lstream *st = lua_newuserdatauv(L, sizeof *st, 1);
   memset(st, 0, sizeof *st);
   luaL_setmetatable(L, BT_STREAM_MT);
-  lua_newtable(L);
-  lua_setiuservalue(L, -2, 2);
+  bt_sse_init(&st->sse, (size_t)max_event);
   st->rt = R->rt;
   o->stream = 1;
   o->stream_buffer = MAX_LINE;
@@ -318,7 +304,7 @@ int lbt_http_stream_start(lua_State *L, lbt_rt *R, bt_http_opts *o, lua_Integer 
   lua_replace(L, 1);
   lua_settop(L, 1);
   lua_pushinteger(L, timeout < 0 ? -1 : (lua_Integer)(bt_now(R->rt) + (uint64_t)timeout));
-  return stream_suspend(L, R, T, st, OP_HEAD);
+  return stream_suspend(L, R, T, st, OP_HEAD, 0);
 }
 
 static int stream_op(lua_State *L, int op) {
@@ -335,7 +321,7 @@ static int stream_op(lua_State *L, int op) {
   if (n >= 0) return n;
   lbt_task *T = lbt_await_begin(L, R, fname);
   lua_pushinteger(L, due == UINT64_MAX ? -1 : (lua_Integer)due);
-  return stream_suspend(L, R, T, st, op);
+  return stream_suspend(L, R, T, st, op, n == -2);
 }
 
 static int lstream_read(lua_State *L) { return stream_op(L, OP_READ); }
