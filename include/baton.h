@@ -336,6 +336,10 @@ typedef struct bt_proc_opts {
   char **env;                 /* NULL = inherit; borrowed for the call */
   const char *cwd;            /* NULL = inherit */
   int pipe_stdin;             /* 1: a pipe (bt_proc_write / bt_proc_close_stdin); 0: /dev/null */
+  /* 0 (the default): the child leads a new session and process group (setsid), has no
+   * controlling terminal, and every signal of bt_proc_kill and bt_proc_close goes to its
+   * whole group. 1: it stays in the host's group and only it is signalled. */
+  int no_process_group;
 } bt_proc_opts;
 
 typedef struct bt_proc_events {
@@ -346,25 +350,35 @@ typedef struct bt_proc_events {
   void (*on_exit)(bt_proc_t *p, int64_t code, int signal);
   /* Everything is closed; `p` is freed right after this returns. */
   void (*on_close)(bt_proc_t *p);
+  /* Optional: one write to stdin completed (status 0) or failed; bt_proc_write_queue() has
+   * shrunk. Not called after bt_proc_close(). */
+  void (*on_written)(bt_proc_t *p, int status);
   void *data;
 } bt_proc_events;
 
 /* Spawns a child with argv (never a shell). On success *out is the process, owned by the
  * runtime until on_close; the caller must eventually call bt_proc_close(). Returns 0 or a
- * libuv error (UV_ENOENT for a missing program, ...); on failure no event is delivered. */
+ * libuv error (UV_ENOENT for a missing program, UV_EMFILE when out of descriptors, ...); on
+ * failure no event is delivered. */
 BT_EXTERN int bt_proc_spawn(bt_rt_t *rt, const bt_proc_opts *opts, const bt_proc_events *ev,
                             bt_proc_t **out);
-/* Writes to the child's stdin; `data` is copied. Returns 0 or a libuv error (UV_EPIPE after
- * close_stdin or exit). */
+/* Queues a write to the child's stdin; `data` is copied. Never waits: bound what is queued
+ * with bt_proc_write_queue() and on_written. Returns 0 or a libuv error (UV_EPIPE after
+ * close_stdin; once a write has failed, that error). */
 BT_EXTERN int bt_proc_write(bt_proc_t *p, const char *data, size_t len);
+/* Bytes queued for stdin and not yet taken by the pipe. */
+BT_EXTERN size_t bt_proc_write_queue(const bt_proc_t *p);
 BT_EXTERN void bt_proc_close_stdin(bt_proc_t *p);
-/* Sends a signal; a no-op (0) once the child has exited. */
+/* Sends a signal to the child's process group (to the child alone with no_process_group);
+ * 0 when nothing is left to signal after the child has exited. */
 BT_EXTERN int bt_proc_kill(bt_proc_t *p, int signum);
 /* Stops reading stdout/stderr until bt_proc_read_start(). */
 BT_EXTERN void bt_proc_read_stop(bt_proc_t *p);
 BT_EXTERN void bt_proc_read_start(bt_proc_t *p);
-/* Releases the caller's hold: if the child still runs it gets SIGTERM, then SIGKILL after
- * `grace_ms`; handles close once it has exited, then on_close runs. Call exactly once. */
+/* Releases the caller's hold: if the child or (with a process group) another member of its
+ * group still runs, the group gets SIGTERM, then SIGKILL after `grace_ms`; handles close once
+ * the child has exited and its group has no live member left (or has been KILLed), then
+ * on_close runs. Call exactly once. */
 BT_EXTERN void bt_proc_close(bt_proc_t *p, uint64_t grace_ms);
 BT_EXTERN int bt_proc_pid(const bt_proc_t *p);
 /* The `data` pointer given in bt_proc_events. */

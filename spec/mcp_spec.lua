@@ -734,6 +734,64 @@ describe("baton.mcp against a scripted server", function()
     assert.equal("errnull: ok", mcp.text(assert(c:call("errnull"))))
     c:close()
   end))
+
+  fake_it("survives what MCP does not allow (ids 1e400, tables, 1.5, null, huge; replies to "
+          .. "nothing; junk), skipping each with a warning", H.async(function()
+    local warnings, handled = {}, 0
+    local c = assert(fake({}, { on_warning = function(m) warnings[#warnings + 1] = m end }))
+    c:handle("sampling/createMessage", function() handled = handled + 1; return {} end)
+    assert.equal("weird: survived", mcp.text(assert(c:call("weird"))))
+    assert.is_true(c:ping())  -- the next calls work
+    assert.equal("echo: still here", mcp.text(assert(c:call("echo", { text = "still here" }))))
+    local s = c:stats()
+    assert.is_false(s.closed)
+    -- Every message the fixture's WEIRD list holds but three harmless notifications, each
+    -- element of a batch on its own (so 29), is counted and reported; a notification with
+    -- 1e400 in its params is not JSON baton accepts (no number is infinite), so it counts.
+    assert.equal(29, s.malformed, table.concat(warnings, "\n"))
+    assert.equal(29, #warnings)
+    assert.equal(0, handled)  -- a request with a table for id reaches no handler
+    local text = table.concat(warnings, "\n")
+    assert.matches("not a string or an integer", text, 1, true)
+    assert.matches("a response to no request of this client", text, 1, true)
+    assert.matches("not JSON", text, 1, true)
+    c:close()
+  end))
+
+  fake_it("a handler result JSON cannot hold is answered -32603, with a warning",
+    H.async(function()
+      local warnings = {}
+      local c = assert(fake({}, { on_warning = function(m) warnings[#warnings + 1] = m end }))
+      c:handle("roots/list", function() return { roots = { x = math.huge } } end)
+      local r = assert(c:call("ask", {}, { timeout_ms = 5000 }))
+      local got = baton.json.decode(mcp.text(r))
+      assert.equal(-32603, got.roots.error.code)
+      assert.matches("cannot be encoded", warnings[1], 1, true)
+      assert.is_true(c:ping())
+      c:close()
+    end))
+
+  fake_it("close() returns once the server is reaped: stats().processes is 0 at once",
+    H.async(function()
+      local c = assert(fake())
+      assert.equal(1, baton.stats().processes)
+      assert.is_true(c:close())
+      assert.equal(0, baton.stats().processes)
+    end))
+
+  fake_it("close() ends what the server started too (its process group)", H.async(function()
+    local m = string.format("47.%06d", math.random(1, 999999))
+    local c = assert(mcp.connect { command = { "sh", "-c", "sleep " .. m .. " & exec python3 '"
+                                                           .. FAKE .. "'" } })
+    local function count()
+      local r = assert(baton.process.run{ "pgrep", "-f", "sleep " .. m })
+      return select(2, r.stdout:gsub("%d+", ""))
+    end
+    assert.equal(1, count())
+    local elapsed = H.timed(c.close, c, 300)
+    assert.equal(0, count())
+    assert.is_true(elapsed < 3000, "took " .. elapsed .. " ms")
+  end))
 end)
 
 describe("baton.mcp misuse", function()

@@ -44,6 +44,48 @@ local function async(fn)
   end)
 end
 
+-- A number no other process on the machine has in its command line, for `sleep`: the
+-- base, then random fractional digits ("41.123456").
+local function marker(base)
+  return string.format("%d.%06d", base, math.random(1, 999999))
+end
+
+-- The pids of live processes whose command line contains `s` (pgrep -f; a zombie has no
+-- command line, so it does not count).
+local function running(s)
+  local r = assert(process.run{ "pgrep", "-f", s })
+  local pids = {}
+  for pid in r.stdout:gmatch("%d+") do pids[#pids + 1] = tonumber(pid) end
+  return pids
+end
+
+-- Polls (up to 10 s) until at least n processes match `s`.
+local function wait_running(s, n)
+  local deadline = baton.now() + 10000
+  while #running(s) < n do
+    if baton.now() > deadline then error("never saw " .. n .. " processes matching " .. s) end
+    baton.sleep(10)
+  end
+end
+
+-- Polls (up to `ms`, 5 s by default) until no process matches `s`; whether none does.
+local function gone(s, ms)
+  local deadline = baton.now() + (ms or 5000)
+  while #running(s) > 0 do
+    if baton.now() > deadline then return false end
+    baton.sleep(20)
+  end
+  return true
+end
+
+-- A field of /proc/self/status in kB ("VmRSS", "VmHWM").
+local function status_kb(field)
+  local f = assert(io.open("/proc/self/status"))
+  local s = f:read("a")
+  f:close()
+  return tonumber(s:match(field .. ":%s*(%d+)"))
+end
+
 -- Reads stdout to EOF; returns the number of bytes.
 local function drain(p)
   local total = 0
@@ -517,5 +559,234 @@ describe("baton.process.spawn", function()
     ok, err = pcall(process.spawn, { {} })
     assert.is_false(ok)
     assert.matches("baton.process.spawn: argv[1] must be a string", err, 1, true)
+  end))
+end)
+
+describe("baton.process: process groups", function()
+  it("a child leads a process group and session of its own; process_group = false opts out",
+    H.async(function()
+      local r = assert(process.run{ "sh", "-c", "echo $$; ps -o pgid=,sid= -p $$" })
+      local pid, pgid, sid = r.stdout:match("(%d+)%s+(%d+)%s+(%d+)")
+      assert.equal(pid, pgid)
+      assert.equal(pid, sid)
+      local f = assert(io.open("/proc/self/stat"))
+      local own_pgid = f:read("a"):match("%)%s+%S+%s+%d+%s+(%d+)")
+      f:close()
+      r = assert(process.run{ "sh", "-c", "echo $$; ps -o pgid= -p $$", process_group = false })
+      pid, pgid = r.stdout:match("(%d+)%s+(%d+)")
+      assert.equal(own_pgid, pgid)
+      assert.is_true(pid ~= pgid)
+    end))
+
+  it("a timed-out run leaves none of the processes its child started", H.async(function()
+    local m1, m2 = marker(40), marker(41)
+    local elapsed, r, _, kind = H.timed(process.run,
+      { "/bin/sh", "-c", "sleep " .. m1 .. " & sleep " .. m2, timeout_ms = 300 })
+    assert.is_nil(r)
+    assert.equal("timeout", kind)
+    assert.same({}, running(m1))  -- TERM went to the whole group, and run waited for it
+    assert.same({}, running(m2))
+    assert.is_true(elapsed < 1900, "took " .. elapsed .. " ms")  -- not the grace period
+  end))
+
+  it("an aborted run of a pipeline leaves no process", H.async(function()
+    local m = marker(42)
+    local t = baton.spawn(process.run, { "sh", "-c", "sleep " .. m .. " | cat" })
+    wait_running(m, 2)  -- the shell and the sleep
+    t:abort()
+    assert.equal("cancelled", select(2, t:join()).kind)
+    settle()
+    assert.is_true(gone(m, 0))
+  end))
+
+  it("a closed spawn leaves no process of its group, the child's or its children's",
+    async(function()
+      local m = marker(43)
+      local p = process.spawn{ "sh", "-c", "sleep " .. m .. " & sleep " .. m .. " | cat; wait" }
+      wait_running(m, 3)
+      p:close()
+      settle()
+      assert.is_true(gone(m, 0))
+    end))
+
+  it("what is left of the group after the child exited is released too, KILLed if it must",
+    H.async(function()
+      local m = marker(44)
+      -- The child exits at once; its background sleep ignores TERM and holds stdout open.
+      local elapsed, r, _, kind = H.timed(process.run,
+        { "sh", "-c", "trap '' TERM; sleep " .. m .. " & exit 0", timeout_ms = 500 })
+      assert.is_nil(r)
+      assert.equal("timeout", kind)
+      assert.is_true(elapsed >= 1900 and elapsed < 10000, "took " .. elapsed .. " ms")
+      assert.is_true(gone(m))
+    end))
+
+  it("proc:kill signals the whole group", async(function()
+    local m = marker(45)
+    local p <close> = process.spawn{ "sh", "-c", "sleep " .. m .. " | cat" }
+    wait_running(m, 2)
+    assert.is_true(p:kill("TERM"))
+    assert.same({ 143, 15 }, { p:wait(5000) })  -- EOF: the sleep and cat are gone too
+    assert.is_true(gone(m))
+  end))
+
+  it("with process_group = false only the child is signalled: its children survive it",
+    async(function()
+      local m = marker(46)
+      local p = process.spawn{ "sh", "-c", "sleep " .. m .. " >/dev/null & wait",
+                               process_group = false }
+      wait_running(m, 2)
+      p:close()
+      settle()
+      local left = running(m)
+      for _, pid in ipairs(left) do process.run{ "kill", tostring(pid) } end
+      assert.equal(1, #left)  -- the sleep: not in a group of the child's, not signalled
+    end))
+
+  it("close(grace_ms, true) returns once the child is reaped", async(function()
+    local p = process.spawn{ "cat" }
+    assert.equal(1, baton.stats().processes)
+    p:close(0, true)
+    assert.equal(0, baton.stats().processes)
+    p:close(0, true)  -- idempotent
+    local q = process.spawn{ "sh", "-c", "trap '' TERM; echo ready; exec sleep 30" }
+    assert.equal("ready", q:read_line())
+    local elapsed = H.timed(q.close, q, 150, true)
+    assert.equal(0, baton.stats().processes)
+    assert.is_true(elapsed >= 140 and elapsed < 5000, "took " .. elapsed .. " ms")
+  end))
+end)
+
+describe("baton.process.spawn: write backpressure", function()
+  it("write waits while the child does not read (max_write_queue_bytes), and can be aborted",
+    async(function()
+      local p <close> = process.spawn{ "sleep", "5" }
+      local big = string.rep("x", 50 * 1000 * 1000)
+      local rss0 = status_kb("VmRSS")
+      local t = baton.spawn(p.write, p, big)
+      baton.sleep(200)
+      assert.equal("waiting", t:status())  -- not queued whole: the writer waits
+      local grown = status_kb("VmRSS") - rss0
+      assert.is_true(grown < 20000, "RSS grew by " .. grown .. " kB")
+      t:abort()
+      local ok, err = t:join()
+      assert.is_false(ok)
+      assert.equal("cancelled", err.kind)
+      assert.is_true(alive(p:pid()))
+    end))
+
+  it("a large write reaches a slow reader whole; concurrent writers are not interleaved",
+    async(function()
+      local p <close> = process.spawn{ "sh", "-c", "sleep 0.2; exec cat",
+                                       max_write_queue_bytes = 65536 }
+      local a, b = string.rep("a", 3000000), string.rep("b", 3000000)
+      local ta = baton.spawn(p.write, p, a)
+      local tb = baton.spawn(p.write, p, b)
+      baton.spawn(function()
+        assert(ta:join())
+        assert(tb:join())
+        p:close_stdin()
+      end)
+      local parts = {}
+      while true do
+        local s = p:read()
+        if not s then break end
+        parts[#parts + 1] = s
+      end
+      local out = table.concat(parts)
+      assert.equal(6000000, #out)
+      assert.is_true(out == a .. b)
+      assert.same({ true, true }, { ta:join() })
+      assert.equal(0, p:wait())
+    end))
+
+  it("close and close_stdin wake a waiting writer with nil, 'closed'", async(function()
+    local p = process.spawn{ "sleep", "5" }
+    local t = baton.spawn(p.write, p, string.rep("x", 10000000))
+    local u = baton.spawn(p.write, p, "queued behind t")
+    baton.sleep(50)
+    assert.equal("waiting", u:status())
+    p:close_stdin()
+    local ok, r, _, kind = t:join()
+    assert.is_true(ok)
+    assert.is_nil(r)
+    assert.equal("closed", kind)
+    assert.equal("closed", select(4, u:join()))
+    local q = process.spawn{ "sleep", "5" }
+    t = baton.spawn(q.write, q, string.rep("x", 10000000))
+    baton.sleep(50)
+    q:close()
+    assert.equal("closed", select(4, t:join()))
+    p:close()
+    settle()
+  end))
+
+  it("write(s, ms) gives up after ms with nil, 'timeout', what it queued staying queued",
+    async(function()
+      local p <close> = process.spawn{ "sleep", "5", max_write_queue_bytes = 1000 }
+      local elapsed, r, msg, kind = H.timed(p.write, p, string.rep("x", 1000000), 100)
+      assert.same({ nil, "timeout", "timeout" }, { r, msg, kind })
+      assert.is_true(elapsed >= 90 and elapsed < 5000, "took " .. elapsed .. " ms")
+      assert.same({ nil, "timeout", "timeout" }, { p:write(string.rep("y", 1000), 50) })
+    end))
+
+  it("a writer waiting on a child that exits gets nil, message, 'io'", async(function()
+    local p <close> = process.spawn{ "sh", "-c", "sleep 0.2" }
+    local r, msg, kind = p:write(string.rep("x", 10000000))
+    assert.is_nil(r)
+    assert.equal("io", kind)
+    assert.matches("proc:write", msg, 1, true)
+    assert.equal(0, p:wait())
+  end))
+
+  it("raises for a bad max_write_queue_bytes or max_line_bytes", async(function()
+    H.raises("max_write_queue_bytes must be an integer >= 1", process.spawn,
+             { "cat", max_write_queue_bytes = 0 })
+    H.raises("max_line_bytes must be an integer >= 1", process.spawn,
+             { "cat", max_line_bytes = 1.5 })
+    H.raises("process_group must be a boolean", process.spawn, { "cat", process_group = 1 })
+    H.raises("unknown option 'max_line_bytes'", process.run, { "cat", max_line_bytes = 10 })
+  end))
+end)
+
+describe("baton.process.spawn: max_line_bytes", function()
+  it("read_line takes lines up to max_line_bytes, over 1 MiB too", async(function()
+    local cmd = { "sh", "-c", "head -c 2000000 /dev/zero | tr '\\0' a; echo; echo next" }
+    local p <close> = process.spawn{ cmd[1], cmd[2], cmd[3], max_line_bytes = 2000000 }
+    local line = p:read_line()
+    assert.equal(2000000, #line)
+    assert.equal("next", p:read_line())
+    local q <close> = process.spawn{ cmd[1], cmd[2], cmd[3], max_line_bytes = 1999999 }
+    local none, _, kind = q:read_line()
+    assert.is_nil(none)
+    assert.equal("too_large", kind)
+    assert.equal(2000000 + 6, drain(q))
+  end))
+end)
+
+describe("baton.process: out of resources", function()
+  local EXE = os.getenv("BATON_EXE") or "build/baton"
+
+  it("spawn and run fail with kind 'resource' when descriptors run out", H.async(function()
+    local code = [[
+      local files = {}
+      while true do
+        local f = io.open("/dev/null")
+        if not f then break end
+        files[#files + 1] = f
+      end
+      local _, m1, k1 = baton.process.spawn{ "true" }
+      local _, m2, k2 = baton.process.run{ "true" }
+      for _, f in ipairs(files) do f:close() end
+      local ok = baton.process.run{ "true" }
+      print(k1, k2, ok and ok.code, m1)
+    ]]
+    local r = assert(process.run{ "sh", "-c", 'ulimit -n 32 && exec "$0" -e "$1"', EXE, code })
+    assert.equal("", r.stderr)
+    local k1, k2, ok, msg = r.stdout:match("^(%S+)\t(%S+)\t(%S+)\t([^\n]*)")
+    assert.equal("resource", k1)
+    assert.equal("resource", k2)
+    assert.equal("0", ok)  -- with descriptors back, spawning works again
+    assert.matches("cannot start 'true': too many open files", msg, 1, true)
   end))
 end)

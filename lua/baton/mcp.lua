@@ -9,15 +9,25 @@
 --
 -- Over stdio a client owns one server process, started from an argv (never a shell), and
 -- talks JSON-RPC 2.0 to it, one JSON message per "\n"-terminated line. Calls are issued by any
--- number of tasks; one reader task per client reads the server's stdout, splits it into
--- lines (in Lua: proc:read_line caps lines at 1 MiB and MCP results can be far larger),
--- decodes them and routes each message: a reply to the task waiting for its id, a
--- notification to its handlers (progress to the call that asked for it), a server request
--- to a handler that answers it.
+-- number of tasks; one reader task per client reads the server's stdout line by line
+-- (proc:read_line, the process's max_line_bytes set to the client's), decodes each line
+-- and routes the message: a reply to the task waiting for its id, a notification to its
+-- handlers (progress to the call that asked for it), a server request to a handler that
+-- answers it.
 --
 -- Invariants.
--- * Only the reader task ever waits on the process (one waiter per process is the rule of
---   baton.process); callers wait on a one-shot slot (below) that the reader fills.
+-- * Only the reader task ever waits to read from the process (one reader per process is the
+--   rule of baton.process); callers wait on a one-shot slot (below) that the reader fills.
+--   Any task may wait in proc:write while the server is not reading (backpressure: at most
+--   max_write_queue_bytes queued); the reader too, answering a server request, so a server
+--   that sends requests and never reads its stdin stops being read, and cannot grow
+--   baton's memory.
+-- * Nothing a peer sends can kill the client: a line that is not JSON, a message that is
+--   not JSON-RPC, an id MCP does not allow (not a string or an integer: 1e400, 1.5, a
+--   table), a reply nobody asked for, is counted in stats().malformed, reported through
+--   warn() and skipped. A server request with a user handler runs in a task of its own, at
+--   most MAX_HANDLERS at once; beyond that it is answered with an error at once
+--   (stats().rejected).
 -- * Every request has a deadline (request_timeout_ms, 60 s by default, or the call's
 --   timeout_ms): servers drop what they cannot parse without a word.
 -- * A pending request is in `pending` from the moment it is written until it is answered,
@@ -58,6 +68,8 @@ local DEFAULT_HANDSHAKE_MS = 30000
 local DEFAULT_REQUEST_MS = 60000
 local DEFAULT_GRACE_MS = 2000
 local DEFAULT_MAX_LINE = 64 << 20
+local MAX_HANDLERS = 64  -- server requests handled at once by client:handle functions
+local ARRAY_MT = getmetatable(json.array({}))  -- what json.decode gives a JSON array
 
 -- ---- misuse ----------------------------------------------------------------------------
 
@@ -120,23 +132,39 @@ end
 -- The Streamable HTTP transport's POST of a message that is not a request (below).
 local http_send
 
--- Writes one message; false when the pipe is gone. Over HTTP the message is POSTed from a
--- task of its own (the answer to a server request, notifications/cancelled), or, with
--- `wait`, from the calling task, which then gets the outcome (connect, client:notify).
-local function send(st, msg, wait)
+-- Writes one message, as JSON text; false when the pipe is gone. Over HTTP the message is
+-- POSTed from a task of its own (the answer to a server request, notifications/cancelled),
+-- or, with `wait`, from the calling task, which then gets the outcome (connect,
+-- client:notify). Over stdio it waits while the server does not read (proc:write's
+-- backpressure).
+local function send_text(st, text, wait)
   if st.closed or st.dead then return false end
-  if st.http then return http_send(st, encode(msg), wait) end
-  local ok = st.proc:write(encode(msg) .. "\n")
+  if st.http then return http_send(st, text, wait) end
+  local ok = st.proc:write(text .. "\n")
   if ok then st.stats.sent = st.stats.sent + 1 end
   return ok and true or false
 end
 
-local function reply(st, id, result)
-  send(st, { jsonrpc = "2.0", id = id, result = result })
+-- The same for a message; a message JSON cannot hold (a function, NaN) is a warning.
+local function send(st, msg, wait)
+  local ok, text = pcall(encode, msg)
+  if ok then return send_text(st, text, wait) end
+  warn(st, format("cannot encode a message (%s): %s", tostring(msg.method or "reply"),
+                  tostring(text)))
+  return false
 end
 
 local function reply_error(st, id, code, message, data)
   send(st, { jsonrpc = "2.0", id = id, error = { code = code, message = message, data = data } })
+end
+
+local function reply(st, id, result)
+  local ok, text = pcall(encode, { jsonrpc = "2.0", id = id, result = result })
+  if ok then return send_text(st, text) end
+  -- Tell the server, which would otherwise wait for an answer forever.
+  warn(st, format("the result for request %s cannot be encoded as JSON: %s", tostring(id),
+                  tostring(text)))
+  reply_error(st, id, -32603, "Internal error: the result cannot be encoded as JSON")
 end
 
 -- One line of the server's stderr for messages about its death: the last line that names
@@ -176,6 +204,7 @@ end
 -- ---- routing what the server sends ------------------------------------------------------
 
 local function run_handler(st, h, id, method, params)
+  local _ <close> = setmetatable({}, { __close = function() st.handling = st.handling - 1 end })
   local ok, res, emsg, ecode = pcall(h, params)
   st.inbound[id] = nil
   if st.closed or st.dead then return end
@@ -200,14 +229,24 @@ local function on_server_request(st, m)
   if st.closed then return end  -- close() is under way: nothing more is sent or started
   local h = st.handlers[method]
   if h then
+    if st.handling >= MAX_HANDLERS then  -- a flood: answer at once rather than pile up tasks
+      st.stats.rejected = st.stats.rejected + 1
+      if st.stats.rejected == 1 then
+        warn(st, format("more than %d server requests at once: refusing %s (and more, "
+                        .. "counted in stats().rejected)", MAX_HANDLERS, method))
+      end
+      return reply_error(st, id, -32000, format("baton.mcp: more than %d requests in progress",
+                                                MAX_HANDLERS))
+    end
     if #st.group > 32 then st.group:drain() end  -- forget finished handler tasks
+    st.handling = st.handling + 1
     st.inbound[id] = st.group:spawn(run_handler, st, h, id, method, m.params)
   elseif method == "ping" then
     reply(st, id, json.object({}))
   elseif method == "roots/list" and st.roots then
     reply(st, id, { roots = json.array(st.roots) })
   else
-    reply_error(st, id, -32601, "Method not found: " .. tostring(method))
+    reply_error(st, id, -32601, "Method not found: " .. method)
   end
 end
 
@@ -245,89 +284,102 @@ local function on_notification(st, m)
   end
 end
 
-local function route(st, m)
-  if type(m) ~= "table" then
-    return warn(st, "ignored a message that is not an object: " .. sub(tostring(m), 1, 100))
+-- What MCP allows as a request id: a string (valid UTF-8: it is echoed in the answer) or an
+-- integer. Not a float (1e400 decodes to inf, 1.5, a huge integer to a float), not null.
+local function valid_id(id)
+  if math.type(id) == "integer" then return true end
+  return type(id) == "string" and utf8.len(id) ~= nil
+end
+
+-- A short rendering of a peer's value for a warning: JSON, or one level of it when JSON
+-- cannot hold something inside (inf).
+local function show(v)
+  local ok, s = pcall(encode, v)
+  if not ok and type(v) == "table" then
+    local parts = {}
+    for k, x in pairs(v) do
+      local xok, xs = pcall(encode, x)
+      parts[#parts + 1] = format("%s=%s", tostring(k), xok and xs or tostring(x))
+    end
+    table.sort(parts)
+    s = "{" .. concat(parts, ",") .. "}"
+  elseif not ok then
+    s = tostring(v)
   end
-  if m[1] ~= nil then  -- a batch (protocol 2025-03-26)
+  if #s > 100 then s = sub(s, 1, 100) .. "..." end
+  return s
+end
+
+-- Counts and reports a message that cannot be used, which is then dropped.
+local function skip(st, why, m)
+  st.stats.malformed = st.stats.malformed + 1
+  warn(st, format("skipped %s: %s", why, show(m)))
+end
+
+local function route(st, m)
+  if type(m) ~= "table" then return skip(st, "a message that is not an object", m) end
+  if getmetatable(m) == ARRAY_MT or m[1] ~= nil then  -- a batch (protocol 2025-03-26)
+    if #m == 0 then return skip(st, "an empty batch", m) end
     for _, x in ipairs(m) do route(st, x) end
     return
   end
   local method, id = m.method, m.id
-  if method == nil then
-    local w = id ~= nil and st.pending[id]
+  if method == nil then  -- a response
+    local w = valid_id(id) and st.pending[id]
     if w then
       st.pending[id] = nil
       st.in_flight = st.in_flight - 1
       st.progress[id] = nil
       slot_fill(w, m)
-    elseif m.error ~= nil and (id == nil or id == null) then
+    elseif m.result == nil and m.error == nil then
+      skip(st, "a message with neither method nor result nor error", m)
+    elseif id == nil or id == null then
+      if m.error == nil then return skip(st, "a result without an id", m) end
       local e = type(m.error) == "table" and m.error or {}
       warn(st, format("the server reported an error: %s (%s)", tostring(e.message),
                       tostring(e.code)))
-    else
+    elseif math.type(id) == "integer" and id >= 1 and id < st.next_id then
       st.stats.late = st.stats.late + 1  -- timed out or cancelled before the reply came
+    else
+      skip(st, "a response to no request of this client", m)
     end
-  elseif type(method) ~= "string" then
-    warn(st, "ignored a message whose method is not a string")
+  elseif type(method) ~= "string" or utf8.len(method) == nil then
+    skip(st, "a message whose method is not a UTF-8 string", m)
   elseif id == nil then
     on_notification(st, m)
+  elseif not valid_id(id) then  -- cannot be answered: the answer would carry another id
+    skip(st, "a request whose id is not a string or an integer", m)
   else
     on_server_request(st, m)
   end
 end
 
-local function handle_line(st, line)
+local function is_cancel(e) return type(e) == "table" and e.kind == "cancelled" end
+
+-- Decodes and routes one message (a line, a JSON body, an event's data): true | nil, error.
+-- Whatever the message holds, the client lives: an error while routing it (a bug, a value
+-- nothing expected) is a warning; only the reader's own cancellation goes through.
+local function route_text(st, text)
   st.stats.received = st.stats.received + 1
-  local m, err = decode(line)
-  if m == nil then
+  local ok, m, err = pcall(decode, text)
+  if not ok or m == nil then
     st.stats.malformed = st.stats.malformed + 1
-    return warn(st, format("skipped a line that is not JSON (%s): %s", tostring(err),
-                           sub(line, 1, 100)))
+    return nil, ok and err or m
   end
-  route(st, m)
+  local rok, rerr = pcall(route, st, m)
+  if not rok then
+    if is_cancel(rerr) then error(rerr, 0) end
+    st.stats.malformed = st.stats.malformed + 1
+    warn(st, format("failed to handle a message (%s): %s", tostring(rerr), show(m)))
+  end
+  return true
 end
 
--- Splits chunks into lines. A partial line waits in st.parts (st.nparts pieces,
--- st.plen bytes); lines end at "\n" only (JSON text escapes every control character, so a
--- raw U+2028 or "\r" is never an end of line; JSON's whitespace rules absorb "\r\n").
-local function too_long(st)
-  st.nparts, st.plen = 0, 0
-  local parts = st.parts
-  for i = #parts, 1, -1 do parts[i] = nil end
-  die(st, format("baton.mcp: the server sent a line longer than max_line_bytes (%d)",
-                 st.max_line), "too_large")
-end
-
-local function feed(st, chunk)
-  local pos, n = 1, #chunk
-  local parts = st.parts
-  while true do
-    local nl = find(chunk, "\n", pos, true)
-    if not nl then break end
-    if st.plen + (nl - pos) > st.max_line then return too_long(st) end
-    local line
-    if st.nparts > 0 then
-      local k = st.nparts + 1
-      parts[k] = sub(chunk, pos, nl - 1)
-      line = concat(parts, "", 1, k)
-      for i = 1, k do parts[i] = nil end
-      st.nparts, st.plen = 0, 0
-    elseif pos == 1 and nl == n then
-      line = chunk  -- the common case: one whole message (its "\n" is JSON whitespace)
-    else
-      line = sub(chunk, pos, nl - 1)
-    end
-    pos = nl + 1
-    if find(line, "[^ \t\r\n]") then handle_line(st, line) end
-    if st.dead then return end
-  end
-  if pos <= n then
-    local rest = pos == 1 and chunk or sub(chunk, pos)
-    st.plen = st.plen + #rest
-    if st.plen > st.max_line then return too_long(st) end
-    st.nparts = st.nparts + 1
-    parts[st.nparts] = rest
+local function handle_line(st, line)
+  local ok, err = route_text(st, line)
+  if not ok then
+    warn(st, format("skipped a line that is not JSON (%s): %s", tostring(err),
+                    sub(line, 1, 100)))
   end
 end
 
@@ -335,9 +387,17 @@ local function reader(st)
   local proc = st.proc
   local ok, err = pcall(function()
     while not st.dead do
-      local chunk = proc:read()
-      if not chunk then break end  -- EOF, or the process was closed
-      feed(st, chunk)
+      -- A line: "\n" ends it (JSON text escapes every control character, so a raw U+2028
+      -- or "\r" never does; JSON's whitespace rules absorb "\r\n").
+      local line, _, kind = proc:read_line()
+      if not line then  -- EOF, the process was closed, or too long a line
+        if kind == "too_large" then
+          die(st, format("baton.mcp: the server sent a line longer than max_line_bytes (%d)",
+                         st.max_line), "too_large")
+        end
+        break
+      end
+      if find(line, "[^ \t\r\n]") then handle_line(st, line) end
     end
   end)
   if st.dead then
@@ -345,7 +405,7 @@ local function reader(st)
     return
   end
   if not ok then
-    if type(err) == "table" and err.kind == "cancelled" then
+    if is_cancel(err) then
       return die(st, "baton.mcp: the client was closed", "closed")
     end
     warn(st, "the reader failed: " .. tostring(err))
@@ -416,18 +476,6 @@ local function read_body(s, cap)
     if cap and n >= cap then break end
   end
   return concat(parts)
-end
-
--- Decodes and routes one message (a JSON body, an event's data): true | nil, error.
-local function route_text(st, text)
-  st.stats.received = st.stats.received + 1
-  local m, err = decode(text)
-  if m == nil then
-    st.stats.malformed = st.stats.malformed + 1
-    return nil, err
-  end
-  route(st, m)
-  return true
 end
 
 local function snippet(s)
@@ -510,8 +558,6 @@ local function http_post(st, body, id, method, head_ms)
   return http_fail(st, id, format("%s: unexpected content-type '%s' (HTTP %d)", what, ctype,
                                   status), "protocol")
 end
-
-local function is_cancel(e) return type(e) == "table" and e.kind == "cancelled" end
 
 local function post_task(st, body, id, method, head_ms)
   local me = current()
@@ -633,8 +679,15 @@ local function request(st, fname, method, params, timeout_ms, on_progress)
   local post  -- over HTTP: the task POSTing the request and routing its answer
   if st.http then
     post = spawn_io(st, post_task, text, id, method, timeout_ms)
-  elseif not st.proc:write(text .. "\n") then
-    return nil, "baton.mcp: cannot write to the server", "closed"
+  else
+    -- Waits while the server does not read (backpressure), within the request's deadline.
+    local t0 = now()
+    local ok, _, k = st.proc:write(text .. "\n", timeout_ms)
+    if not ok then
+      if k == "timeout" then return nil, "timeout", "timeout" end
+      return nil, "baton.mcp: cannot write to the server", "closed"
+    end
+    timeout_ms = math.max(timeout_ms - (now() - t0), 0)
   end
   st.stats.sent = st.stats.sent + 1
   st.pending[id] = w
@@ -968,6 +1021,10 @@ function Client:close(grace_ms)
   else
     ok, err = pcall(stop_server, st, grace)
   end
+  if ok and st.proc then  -- return once the process is reaped: stats().processes is 0
+    local wok, werr = pcall(st.proc.close, st.proc, 0, true)
+    if not wok then ok, err = false, werr end
+  end
   release_now(st, ok and 0 or grace)
   if not ok then error(err, 0) end
   return true
@@ -989,7 +1046,7 @@ local CONNECT_OPTS = {
   command = true, env = true, cwd = true, protocol_version = true, supported_versions = true,
   capabilities = true, roots = true, client_info = true, max_line_bytes = true,
   timeout_ms = true, request_timeout_ms = true, on_notification = true, on_log = true,
-  on_warning = true, url = true, headers = true, listen = true,
+  on_warning = true, url = true, headers = true, listen = true, process_group = true,
 }
 
 local function contains(list, v)
@@ -1013,7 +1070,7 @@ function M.connect(opts)
     if type(url) ~= "string" or not url:match("^[Hh][Tt][Tt][Pp][Ss]?://") then
       misuse(F, "url must be an http:// or https:// URL (got %s)", tostring(url))
     end
-    for _, k in ipairs { "env", "cwd" } do
+    for _, k in ipairs { "env", "cwd", "process_group" } do
       if opts[k] ~= nil then misuse(F, "%s is for command (a server over stdio), not url", k) end
     end
     for k, v in pairs(opt_type(F, opts, "headers", "table") or {}) do
@@ -1039,6 +1096,7 @@ function M.connect(opts)
   opt_type(F, opts, "on_notification", "function")
   opt_type(F, opts, "on_log", "function")
   opt_type(F, opts, "on_warning", "function")
+  opt_type(F, opts, "process_group", "boolean")
   local supported = opt_type(F, opts, "supported_versions", "table") or M.SUPPORTED_VERSIONS
   for i = 1, #supported do
     if type(supported[i]) ~= "string" then misuse(F, "supported_versions must be a list of strings") end
@@ -1056,7 +1114,9 @@ function M.connect(opts)
 
   local proc
   if cmd then
-    local argv = { stdin = true, cwd = opts.cwd, env = opts.env }
+    local argv = { stdin = true, cwd = opts.cwd, env = opts.env,
+                   max_line_bytes = max_line or DEFAULT_MAX_LINE,
+                   process_group = opts.process_group }
     for i = 1, #cmd do argv[i] = cmd[i] end
     local perr, pkind
     proc, perr, pkind = baton.process.spawn(argv)
@@ -1066,12 +1126,12 @@ function M.connect(opts)
   local st = {
     proc = proc, pid = proc and proc:pid(), http = url ~= nil, url = url, headers = headers,
     tasks = {}, pending = {}, progress = {}, inbound = {}, on = {},
-    handlers = {}, next_id = 1, in_flight = 0, parts = {}, nparts = 0, plen = 0,
+    handlers = {}, next_id = 1, in_flight = 0, handling = 0,
     max_line = max_line or DEFAULT_MAX_LINE, request_timeout = request_ms, roots = roots,
     on_notification = opts.on_notification, on_warning = opts.on_warning,
     group = baton.group(),
     stats = { sent = 0, received = 0, notifications = 0, server_requests = 0, late = 0,
-              malformed = 0, warnings = 0, handler_errors = 0 },
+              malformed = 0, warnings = 0, handler_errors = 0, rejected = 0 },
   }
   if opts.on_log then st.on["notifications/message"] = { opts.on_log } end
   if proc then st.reader_task = baton.spawn(reader, st) end

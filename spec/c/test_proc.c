@@ -1,14 +1,18 @@
 /* Core subprocesses: output and exit status arrive; releasing a live child sends TERM and
- * its handles close only after it exited; a missing program fails with no event; the loop
- * closes clean afterwards. */
+ * its handles close only after it exited; releasing it reaches what it started (its process
+ * group) unless no_process_group; writes report their queue; a missing program, or no
+ * descriptors left, fails with no event; the loop closes clean afterwards. */
 #include <signal.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "test.h"
 
 typedef struct {
   char out[256];
   size_t n;
-  int eof_out, eof_err, exited, closed, sig;
+  int eof_out, eof_err, exited, closed, sig, written, write_status;
   int64_t code;
 } seen;
 
@@ -34,15 +38,43 @@ static void on_close_ev(bt_proc_t *p) {
   seen *s = bt_proc_data(p);
   s->closed = 1;
 }
+static void on_written_ev(bt_proc_t *p, int status) {
+  seen *s = bt_proc_data(p);
+  s->written++;
+  if (status != 0) s->write_status = status;
+}
 
 static bt_rt_t *rt;
 
-static bt_proc_t *start(seen *s, char **argv, int *rc) {
-  bt_proc_opts o = {.argv = argv};
-  bt_proc_events ev = {on_data, on_exit_ev, on_close_ev, s};
+static bt_proc_t *start_opts(seen *s, bt_proc_opts o, int *rc) {
+  bt_proc_events ev = {on_data, on_exit_ev, on_close_ev, on_written_ev, s};
   bt_proc_t *p = NULL;
   *rc = bt_proc_spawn(rt, &o, &ev, &p);
   return p;
+}
+
+static bt_proc_t *start(seen *s, char **argv, int *rc) {
+  bt_proc_opts o = {.argv = argv};
+  return start_opts(s, o, rc);
+}
+
+/* Whether pid is a process other than a zombie (an orphan's zombie may stay unreaped). */
+static int alive(int pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  char *rp = strrchr(buf, ')');
+  return rp != NULL && rp[1] == ' ' && rp[2] != 'Z';
+}
+
+/* Runs the loop until the child has printed a line; returns it as a number. */
+static int read_number(seen *s) {
+  while (memchr(s->out, '\n', s->n) == NULL) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
+  return atoi(s->out);
 }
 
 static void test_output_and_exit_code(void) {
@@ -83,11 +115,90 @@ static void test_missing_program(void) {
   CHECK(!s.exited && !s.closed && bt_rt_procs(rt) == 0);
 }
 
+/* The child's background job gets the TERM too; with no_process_group it does not. */
+static void test_release_reaches_the_group(void) {
+  for (int no_group = 0; no_group <= 1; no_group++) {
+    seen s = {0};
+    char *argv[] = {"sh", "-c", "sleep 30 & echo $!; wait", NULL};
+    int rc;
+    bt_proc_t *p = start_opts(&s, (bt_proc_opts){.argv = argv, .no_process_group = no_group},
+                              &rc);
+    CHECK(rc == 0);
+    int bg = read_number(&s);
+    CHECK(bg > 0 && alive(bg));
+    bt_proc_close(p, 2000);
+    while (!s.closed) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
+    CHECK(alive(bg) == no_group);
+    if (no_group) kill(bg, SIGKILL);
+  }
+}
+
+/* A kill reaches the whole group: the pipeline's processes hold stdout until they die. */
+static void test_kill_signals_the_group(void) {
+  seen s = {0};
+  char *argv[] = {"sh", "-c", "sleep 30 | cat", NULL};
+  int rc;
+  bt_proc_t *p = start(&s, argv, &rc);
+  CHECK(rc == 0);
+  usleep(100000);  /* the shell starts its pipeline */
+  CHECK(bt_proc_kill(p, SIGTERM) == 0);
+  while (!(s.exited && s.eof_out)) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
+  CHECK(s.sig == SIGTERM);
+  bt_proc_close(p, 0);
+  while (!s.closed) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
+}
+
+/* What the pipe has not taken is reported, and on_written comes as it drains. */
+static void test_write_queue(void) {
+  seen s = {0};
+  char *argv[] = {"sh", "-c", "sleep 0.2; exec cat >/dev/null", NULL};
+  int rc;
+  bt_proc_t *p = start_opts(&s, (bt_proc_opts){.argv = argv, .pipe_stdin = 1}, &rc);
+  CHECK(rc == 0);
+  size_t len = (size_t)1 << 20;
+  char *big = calloc(1, len);
+  CHECK(big != NULL && bt_proc_write(p, big, len) == 0);
+  free(big);  /* copied */
+  CHECK(bt_proc_write_queue(p) > 0 && bt_proc_write_queue(p) <= len);
+  CHECK(s.written == 0);
+  while (bt_proc_write_queue(p) > 0) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
+  CHECK(s.written == 1 && s.write_status == 0);
+  bt_proc_close_stdin(p);
+  while (!(s.exited && s.eof_out && s.eof_err)) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
+  CHECK(s.code == 0);
+  bt_proc_close(p, 1000);
+  while (!s.closed) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
+}
+
+/* No descriptor left for the pipes: UV_EMFILE, no event, nothing left open. */
+static void test_out_of_descriptors(void) {
+  struct rlimit old, lim;
+  CHECK(getrlimit(RLIMIT_NOFILE, &old) == 0);
+  lim = old;
+  lim.rlim_cur = 64;
+  CHECK(setrlimit(RLIMIT_NOFILE, &lim) == 0);
+  int fds[64], n = 0;
+  while (n < 64 && (fds[n] = dup(0)) >= 0) n++;
+  seen s = {0};
+  char *argv[] = {"true", NULL};
+  int rc;
+  start(&s, argv, &rc);
+  while (n > 0) close(fds[--n]);
+  CHECK(setrlimit(RLIMIT_NOFILE, &old) == 0);
+  CHECK(rc == UV_EMFILE);
+  uv_run(bt_rt_loop(rt), UV_RUN_DEFAULT);
+  CHECK(!s.exited && !s.closed && bt_rt_procs(rt) == 0);
+}
+
 int main(void) {
   rt = bt_rt_new(NULL);
   RUN(test_output_and_exit_code);
   RUN(test_release_kills_live_child);
   RUN(test_missing_program);
+  RUN(test_release_reaches_the_group);
+  RUN(test_kill_signals_the_group);
+  RUN(test_write_queue);
+  RUN(test_out_of_descriptors);
   CHECK(bt_rt_free(rt) == 0);
   return 0;
 }

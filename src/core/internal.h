@@ -101,6 +101,29 @@ typedef struct bt_buf { char *p; size_t len, cap; } bt_buf;
 int bt__buf_append(bt_buf *b, const char *data, size_t n);
 void bt__buf_free(bt_buf *b);
 
+/* lines.c: a byte stream cut into lines at "\n" (process stdout: proc:read_line, the MCP
+ * client's messages). Zero-initialise; bt__lines_free when done. No I/O: a fuzzer drives it
+ * with bytes cut at arbitrary points. */
+typedef struct bt_lines {
+  bt_buf buf;
+  size_t pos;   /* buf.p[0, pos) consumed */
+  size_t scan;  /* buf.p[pos, scan) holds no '\n' */
+} bt_lines;
+enum { BT_LINE_TOO_LONG = -1, BT_LINE_NONE = 0, BT_LINE_OK = 1 };
+/* Appends bytes: 0, or -1 when memory runs out (nothing appended). */
+int bt__lines_append(bt_lines *l, const char *data, size_t n);
+/* The next whole line, without its "\n", consumed: BT_LINE_OK with *line (valid until the
+ * next append or free) and *len <= max; BT_LINE_NONE when no "\n" has come yet and at most
+ * max bytes are unread; BT_LINE_TOO_LONG when the unread bytes start with a line longer
+ * than max (nothing is consumed: the caller decides, e.g. takes bytes raw). */
+int bt__lines_next(bt_lines *l, size_t max, const char **line, size_t *len);
+/* The same without consuming: *len is the line's length when BT_LINE_OK. */
+int bt__lines_scan(bt_lines *l, size_t max, size_t *len);
+size_t bt__lines_unread(const bt_lines *l);
+const char *bt__lines_peek(const bt_lines *l);     /* the first unread byte */
+void bt__lines_consume(bt_lines *l, size_t n);     /* drops n unread bytes (at most all) */
+void bt__lines_free(bt_lines *l);
+
 /* rt.c */
 void bt__enqueue(bt_rt_t *rt, bt_task_t *t);
 

@@ -12,41 +12,58 @@
  * userdata on the running coroutine's stack, so a task that disappears still releases its
  * child through __gc.
  *
- * Waiting. At most one task waits on a process at a time (a second waiter is misuse). The
- * lproc records the waiter (task, token) and what it waits for; every event re-checks that
- * condition and wakes the task with bt_task_wake() once it holds. The wait's cancel only
- * unregisters the waiter: cancelling a read leaves the child running (process.run is the
- * exception: its continuation releases the child before raising the cancellation error).
- * Continuations re-fetch the lproc from the userdata, since another task may have closed
- * the process between the wake and the resume.
+ * Waiting. At most one task waits to read from a process at a time (a second reader is
+ * misuse). The lproc records the waiter (task, token) and what it waits for; every event
+ * re-checks that condition and wakes the task with bt_task_wake() once it holds. The wait's
+ * cancel only unregisters the waiter: cancelling a read leaves the child running
+ * (process.run is the exception: its continuation releases the child before raising the
+ * cancellation error). Continuations re-fetch the lproc from the userdata, since another
+ * task may have closed the process between the wake and the resume.
+ *
+ * Writing (spawn). At most max_write_queue_bytes wait in the stdin pipe's queue: a write
+ * that does not fit waits for the child to read (backpressure), in a FIFO of writers (a
+ * `wnode` userdata on each writer's stack). Only the head of the FIFO writes, so the pieces
+ * of a write larger than the bound are never interleaved with another task's; the head is
+ * woken (`granted`) when on_written leaves room for its next piece, and leaves the FIFO
+ * when its last piece is queued. A writer aborted while it waits leaves the FIFO; what it
+ * had queued stays queued. Release and close_stdin wake every writer with "closed".
  *
  * Output. process.run buffers each stream up to max_output_bytes and kills the child
  * beyond that. A spawned process keeps stdout until read; when more than 1 MiB is unread it
  * stops reading the pipes (the child blocks) until read/read_line consume below that. While
- * a task is in wait(), the limit rises to max_output_bytes so that a child writing more than
- * 1 MiB before exiting can finish. stderr is kept up to max_output_bytes; the rest is dropped.
+ * a task is in wait(), the limit rises to max_output_bytes, and in read_line() to
+ * max_line_bytes, so that a child writing more before exiting, or a longer line, gets
+ * through. stderr is kept up to max_output_bytes; the rest is dropped. Lines are cut by the
+ * core's line splitter (bt_lines, core/lines.c).
  *
- * Errors: misuse raises (bad options, use after close, a second waiter, waiting outside a
- * task); the world's outcomes return nil, message, kind ("io", "timeout", "too_large",
- * "closed", "nomem"). A nonzero exit or a signal is not an error: it is in the results.
+ * Errors: misuse raises (bad options, use after close, a second reader, waiting outside a
+ * task); the world's outcomes return nil, message, kind ("io", "resource", "timeout",
+ * "too_large", "closed", "nomem"). A nonzero exit or a signal is not an error: it is in
+ * the results.
  *
  * API (options: argv as the positional entries; cwd = string; env = { NAME = "value" }
- * replacing the whole environment, PATH included; max_output_bytes = integer, 64 MiB):
+ * replacing the whole environment, PATH included; max_output_bytes = integer, 64 MiB;
+ * process_group = boolean, true: the child leads a process group (and session) of its own,
+ * and every signal below goes to that group):
  *   process.run{ argv..., stdin = string, timeout_ms = ms, ... }
- *       → { code, signal, stdout, stderr } | nil, msg, "io" | "timeout" | "too_large"
+ *       → { code, signal, stdout, stderr }
+ *       | nil, msg, "io" | "resource" | "timeout" | "too_large"
  *       stdin defaults to /dev/null. code is 128 + signal for a child killed by a signal.
  *       Returns only once the child has exited and its handles are closed.
- *   process.spawn{ argv..., stdin = boolean (true: a pipe; false: /dev/null), ... }
- *       → proc | nil, msg, "io"
- *   proc:write(s) → true | nil, msg, "io"   (queued and copied; never waits)
+ *   process.spawn{ argv..., stdin = boolean (true: a pipe; false: /dev/null),
+ *                  max_write_queue_bytes = n (1 MiB), max_line_bytes = n (1 MiB), ... }
+ *       → proc | nil, msg, "io" | "resource"
+ *   proc:write(s, [ms]) → true | nil, msg, "io" | "closed" | "timeout"
+ *       (waits while the queue is full; on a timeout, pieces already queued stay queued)
  *   proc:close_stdin()                      (after the queued writes: EOF for the child)
  *   proc:read_line([ms]) → line | nil (EOF) | nil, msg, "timeout"|"too_large"|"closed"
  *   proc:read([ms]) → bytes | nil (EOF) | nil, msg, "timeout"|"closed"
  *   proc:wait([ms]) → code, signal | nil, msg, "timeout"|"closed"   (exit and both EOFs)
  *   proc:stderr() → what the child wrote to stderr so far
  *   proc:kill([sig]) → true | nil, msg, "io"   (number or "TERM", "KILL", "INT", ...)
- *   proc:pid() ; proc:close([grace_ms]) (idempotent; SIGTERM, SIGKILL after grace_ms,
- *   2000 by default; never waits) ; <close> and __gc close ; __tostring shows pid and state
+ *   proc:pid() ; proc:close([grace_ms], [wait]) (idempotent; SIGTERM, SIGKILL after
+ *   grace_ms, 2000 by default; with wait, in a task, returns once the child is reaped) ;
+ *   <close> and __gc close ; __tostring shows pid and state
  */
 #include <signal.h>
 #include <stdio.h>
@@ -57,6 +74,8 @@
 
 #define DEFAULT_MAX_OUTPUT ((size_t)64 << 20)  /* per stream */
 #define BACKLOG ((size_t)1 << 20)              /* unread stdout of a spawned process */
+#define DEFAULT_MAX_LINE BACKLOG               /* read_line */
+#define DEFAULT_MAX_WQUEUE ((size_t)1 << 20)   /* max_write_queue_bytes */
 #define DEFAULT_GRACE_MS 2000                  /* SIGTERM → SIGKILL */
 #define WRITE_CHUNK ((size_t)1 << 30)
 #define PROCS_KEY "baton.procs"                /* registry: weak set of Process userdata */
@@ -66,17 +85,30 @@ enum { OP_LINE, OP_READ, OP_WAIT };
 
 typedef struct lproc_ud lproc_ud;
 
+/* A task waiting in proc:write: a userdata on its stack, linked in the lproc's FIFO. */
+typedef struct wnode {
+  TAILQ_ENTRY(wnode) link;
+  struct lproc *st;
+  bt_task_t *task;
+  uint32_t token;
+  size_t left;            /* bytes of its string still to queue */
+  int in_fifo;
+  int granted;            /* woken to write its next piece (stays the head) */
+} wnode;
+
 typedef struct lproc {
   bt_proc_t *p;           /* the core process; not to be touched once released */
   bt_rt_t *rt;
   lproc_ud *ud;           /* the userdata, NULL once collected */
-  bt_task_t *waiter;      /* the task waiting on this process, or NULL */
+  bt_task_t *waiter;      /* the task waiting to read from this process, or NULL */
   uint32_t token;
   int want;               /* W_*: what the waiter waits for */
-  bt_buf out, err;
-  size_t out_pos;         /* out[0, out_pos) has been consumed */
-  size_t out_scan;        /* out[out_pos, out_scan) holds no '\n' */
+  bt_lines out;           /* unread stdout */
+  bt_buf err;
   size_t max;             /* max_output_bytes */
+  size_t line_max;        /* max_line_bytes */
+  size_t wmax;            /* max_write_queue_bytes */
+  TAILQ_HEAD(, wnode) writers;
   int64_t code;
   int signal;
   int run;                /* started by process.run */
@@ -100,55 +132,35 @@ typedef struct spawn_args {
   const char *input;      /* run: stdin = string */
   size_t input_len;
   uint64_t due;           /* run: absolute deadline, or UINT64_MAX */
-  size_t max;
+  size_t max, line_max, wmax;
 } spawn_args;
 
 /* ---- buffers ------------------------------------------------------------------------ */
 
-static size_t unread(const lproc *st) { return st->out.len - st->out_pos; }
-
-/* Offset of the first '\n' in unread stdout, or SIZE_MAX; remembers how far it looked. */
-static size_t find_nl(lproc *st) {
-  if (st->out_scan < st->out_pos) st->out_scan = st->out_pos;
-  size_t n = st->out.len - st->out_scan;
-  const char *nl = n ? memchr(st->out.p + st->out_scan, '\n', n) : NULL;
-  if (nl == NULL) {
-    st->out_scan = st->out.len;
-    return SIZE_MAX;
-  }
-  st->out_scan = (size_t)(nl - st->out.p);
-  return st->out_scan;
-}
-
-/* Appends to stdout, first dropping the consumed prefix when the buffer would grow. */
-static int out_append(lproc *st, const char *data, size_t n) {
-  bt_buf *b = &st->out;
-  if (st->out_pos > 0 && b->len + n > b->cap) {
-    memmove(b->p, b->p + st->out_pos, b->len - st->out_pos);
-    b->len -= st->out_pos;
-    st->out_scan = st->out_scan > st->out_pos ? st->out_scan - st->out_pos : 0;
-    st->out_pos = 0;
-  }
-  return bt__buf_append(b, data, n);
-}
+static size_t unread(const lproc *st) { return bt__lines_unread(&st->out); }
 
 static size_t out_limit(const lproc *st) {
   if (st->run) return st->max;
-  return (st->waiter != NULL && st->want == W_DONE) ? st->max : BACKLOG;
+  if (st->waiter == NULL) return BACKLOG;
+  if (st->want == W_DONE) return st->max;
+  if (st->want == W_LINE && st->line_max >= BACKLOG) return st->line_max + 1;
+  return BACKLOG;
 }
 
-/* Pushes n unread stdout bytes and consumes them (plus `skip` more, the newline). */
-static void push_out(lua_State *L, lproc *st, size_t n, size_t skip) {
-  lua_pushlstring(L, st->out.p + st->out_pos, n);
-  st->out_pos += n + skip;
-  if (st->out_pos == st->out.len) {
-    st->out_pos = st->out_scan = st->out.len = 0;
-    if (st->out.cap > 2 * BACKLOG) bt__buf_free(&st->out);
-  }
+/* Reading stopped for backpressure: start again once below the current limit. */
+static void maybe_resume(lproc *st) {
   if (st->stopped && !st->fail && unread(st) < out_limit(st)) {
     bt_proc_read_start(st->p);
     st->stopped = 0;
   }
+}
+
+/* Pushes n unread stdout bytes and consumes them (plus `skip` more, the newline). */
+static void push_out(lua_State *L, lproc *st, size_t n, size_t skip) {
+  lua_pushlstring(L, bt__lines_peek(&st->out), n);
+  bt__lines_consume(&st->out, n + skip);
+  if (unread(st) == 0 && st->out.buf.cap > 2 * BACKLOG) bt__lines_free(&st->out);
+  maybe_resume(st);
 }
 
 /* ---- waiting ------------------------------------------------------------------------ */
@@ -156,7 +168,10 @@ static void push_out(lua_State *L, lproc *st, size_t n, size_t skip) {
 static int satisfied(lproc *st) {
   if (st->fail) return st->want != W_CLOSED;
   switch (st->want) {
-  case W_LINE: return st->out_eof || find_nl(st) != SIZE_MAX || unread(st) >= BACKLOG;
+  case W_LINE: {
+    size_t n;
+    return st->out_eof || bt__lines_scan(&st->out, st->line_max, &n) != BT_LINE_NONE;
+  }
   case W_DATA: return st->out_eof || unread(st) > 0;
   case W_DONE: return st->too_large || (st->exited && st->out_eof && st->err_eof);
   default: return 0;  /* W_CLOSED: on_close wakes it */
@@ -181,12 +196,57 @@ static void await_on(lbt_rt *R, lbt_task *T, lproc *st, int want, uint64_t due) 
   st->token = bt_task_wait(R->rt, &T->t, &f->wait, proc_wait_cancel, due);
 }
 
+/* ---- writers ------------------------------------------------------------------------ */
+
+/* Whether the queue has room for the next piece of a write with `left` bytes to go: a piece
+ * is at most wmax bytes, and goes in when it fits under wmax or the queue is empty. */
+static int has_room(const lproc *st, size_t left) {
+  size_t q = bt_proc_write_queue(st->p);
+  size_t piece = left < st->wmax ? left : st->wmax;
+  return q == 0 || q + piece <= st->wmax;
+}
+
+static void unlink_writer(lproc *st, wnode *n) {
+  if (!n->in_fifo) return;
+  TAILQ_REMOVE(&st->writers, n, link);
+  n->in_fifo = 0;
+}
+
+/* Wakes the head of the FIFO if its next piece fits. */
+static void poke_writers(lproc *st) {
+  wnode *n = TAILQ_FIRST(&st->writers);
+  if (n == NULL || n->granted || !has_room(st, n->left)) return;
+  n->granted = 1;
+  bt_task_wake(st->rt, n->task, n->token, 0);
+}
+
+/* Wakes every writer with `status` (BT_ECLOSED: release, close_stdin) and empties the FIFO. */
+static void fail_writers(lproc *st, int status) {
+  wnode *n;
+  while ((n = TAILQ_FIRST(&st->writers)) != NULL) {
+    unlink_writer(st, n);
+    bt_task_wake(st->rt, n->task, n->token, status);
+  }
+}
+
+/* The cancel of a write wait. A granted head stays the head until its continuation runs
+ * (it writes on, or leaves the FIFO if it was aborted meanwhile); any other writer leaves. */
+static void write_wait_cancel(bt_wait_t *w) {
+  wnode *n = w->src;
+  if (n->granted) return;
+  lproc *st = n->st;
+  int was_head = TAILQ_FIRST(&st->writers) == n;
+  unlink_writer(st, n);
+  if (was_head) poke_writers(st);
+}
+
 /* Lets go of the child: a waiter hears BT_ECLOSED, the child gets SIGTERM then SIGKILL
  * after grace_ms; the lproc is freed in on_close. */
 static void release(lproc *st, uint64_t grace_ms) {
   if (st->released) return;
   st->released = 1;
   if (st->waiter != NULL) bt_task_wake(st->rt, st->waiter, st->token, BT_ECLOSED);
+  fail_writers(st, BT_ECLOSED);
   bt_proc_close(st->p, grace_ms);
 }
 
@@ -207,7 +267,7 @@ static void on_proc_data(bt_proc_t *p, int fd, const char *data, size_t len) {
     if (st->run && len > st->max - unread(st)) {
       st->too_large = 1;
       stop_reading(st);
-    } else if (out_append(st, data, len) != 0) {
+    } else if (bt__lines_append(&st->out, data, len) != 0) {
       st->fail = 1;
       stop_reading(st);
     } else if (!st->run && unread(st) >= out_limit(st)) {
@@ -235,11 +295,16 @@ static void on_proc_exit(bt_proc_t *p, int64_t code, int sig) {
   poke(st);
 }
 
+static void on_proc_written(bt_proc_t *p, int status) {
+  BT_UNUSED(status);  /* a failure is kept by the core: the next bt_proc_write returns it */
+  poke_writers(bt_proc_data(p));
+}
+
 static void on_proc_close(bt_proc_t *p) {
   lproc *st = bt_proc_data(p);
   if (st->waiter != NULL) bt_task_wake(st->rt, st->waiter, st->token, 0);
   if (st->ud != NULL) st->ud->st = NULL;
-  bt__buf_free(&st->out);
+  bt__lines_free(&st->out);
   bt__buf_free(&st->err);
   free(st);
 }
@@ -325,19 +390,38 @@ static int get_opt(lua_State *L, const char *name) {
   return lua_rawget(L, 1);
 }
 
+/* An integer option >= min (a byte count), or `def` when absent. */
+static size_t opt_size(lua_State *L, const char *fname, const char *name, lua_Integer min,
+                       size_t def) {
+  size_t v = def;
+  if (get_opt(L, name) != LUA_TNIL) {
+    int isint;
+    lua_Integer m = lua_tointegerx(L, -1, &isint);
+    if (!isint || m < min)
+      luaL_error(L, "%s: %s must be an integer >= %d", fname, name, (int)min);
+    v = (size_t)m;
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
 static void check_opts(lua_State *L, lbt_rt *R, int run, spawn_args *a) {
   const char *fname = run ? "baton.process.run" : "baton.process.spawn";
   if (lua_type(L, 1) != LUA_TTABLE)
     luaL_error(L, "bad argument #1 to '%s' (table { \"program\", \"arg\", ... } expected, "
                "got %s)", fname, luaL_typename(L, 1));
   static const char *const run_known[] = {LBT_POSITIONAL, "stdin", "cwd", "env",
-                                          "timeout_ms", "max_output_bytes", NULL};
+                                          "timeout_ms", "max_output_bytes", "process_group",
+                                          NULL};
   static const char *const spawn_known[] = {LBT_POSITIONAL, "stdin", "cwd", "env",
-                                            "max_output_bytes", NULL};
+                                            "max_output_bytes", "process_group",
+                                            "max_write_queue_bytes", "max_line_bytes", NULL};
   lbt_check_fields(L, 1, fname, run ? run_known : spawn_known);
   memset(a, 0, sizeof *a);
   a->due = UINT64_MAX;
   a->max = DEFAULT_MAX_OUTPUT;
+  a->line_max = DEFAULT_MAX_LINE;
+  a->wmax = DEFAULT_MAX_WQUEUE;
   check_argv(L, fname, a);
 
   if (get_opt(L, "cwd") != LUA_TNIL) a->o.cwd = check_string(L, -1, fname, "cwd");
@@ -365,13 +449,15 @@ static void check_opts(lua_State *L, lbt_rt *R, int run, spawn_args *a) {
   }
   lua_pop(L, 1);
 
-  if (get_opt(L, "max_output_bytes") != LUA_TNIL) {
-    int isint;
-    lua_Integer m = lua_tointegerx(L, -1, &isint);
-    if (!isint || m < 0)
-      luaL_error(L, "%s: max_output_bytes must be an integer >= 0", fname);
-    a->max = (size_t)m;
+  a->max = opt_size(L, fname, "max_output_bytes", 0, a->max);
+  if (!run) {
+    a->wmax = opt_size(L, fname, "max_write_queue_bytes", 1, a->wmax);
+    a->line_max = opt_size(L, fname, "max_line_bytes", 1, a->line_max);
   }
+  t = get_opt(L, "process_group");
+  if (t == LUA_TBOOLEAN) a->o.no_process_group = !lua_toboolean(L, -1);
+  else if (t != LUA_TNIL)
+    luaL_error(L, "%s: process_group must be a boolean (got %s)", fname, luaL_typename(L, -1));
   lua_pop(L, 1);
 
   if (run && get_opt(L, "timeout_ms") != LUA_TNIL) {
@@ -382,6 +468,17 @@ static void check_opts(lua_State *L, lbt_rt *R, int run, spawn_args *a) {
     a->due = bt_now(R->rt) + (uint64_t)(ms + 0.999999);
   }
   if (run) lua_pop(L, 1);
+}
+
+/* The kind of a failed spawn: "resource" when the system ran out of something (descriptors,
+ * processes, memory for the fork), "nomem" when baton did, else "io" (no such program, no
+ * permission, a bad cwd, ...). */
+static const char *spawn_kind(int rc) {
+  switch (rc) {
+  case UV_EMFILE: case UV_ENFILE: case UV_EAGAIN: case UV_ENOMEM: return "resource";
+  case BT_ENOMEM: return "nomem";
+  default: return "io";
+  }
 }
 
 /* Creates the Process userdata (closed), then its state, and spawns. Returns the userdata's
@@ -399,7 +496,10 @@ static int start(lua_State *L, lbt_rt *R, spawn_args *a, int run, const char *fn
   st->rt = R->rt;
   st->max = a->max;
   st->run = run;
-  bt_proc_events ev = {on_proc_data, on_proc_exit, on_proc_close, st};
+  TAILQ_INIT(&st->writers);
+  st->line_max = a->line_max;
+  st->wmax = a->wmax;
+  bt_proc_events ev = {on_proc_data, on_proc_exit, on_proc_close, on_proc_written, st};
   int rc = bt_proc_spawn(R->rt, &a->o, &ev, &st->p);
   if (rc != 0) {
     free(st);
@@ -409,7 +509,7 @@ static int start(lua_State *L, lbt_rt *R, spawn_args *a, int run, const char *fn
                       a->o.cwd, bt_strerror(rc));
     else
       lua_pushfstring(L, "%s: cannot start '%s': %s", fname, a->o.argv[0], bt_strerror(rc));
-    lua_pushstring(L, rc == BT_ENOMEM ? "nomem" : "io");
+    lua_pushstring(L, spawn_kind(rc));
     return 0;
   }
   ud->st = st;
@@ -468,7 +568,7 @@ static int run_done_k(lua_State *L, int status, lua_KContext ctx) {
     lua_setfield(L, -2, "code");
     lua_pushinteger(L, st->signal);
     lua_setfield(L, -2, "signal");
-    lua_pushlstring(L, st->out.p + st->out_pos, unread(st));
+    lua_pushlstring(L, bt__lines_peek(&st->out), unread(st));
     lua_setfield(L, -2, "stdout");
     lua_pushlstring(L, st->err.p, st->err.len);
     lua_setfield(L, -2, "stderr");
@@ -558,15 +658,16 @@ static const int op_wants[] = {W_LINE, W_DATA, W_DONE};
 static int try_op(lua_State *L, lproc *st, int op) {
   if (st->fail) return push_fail(L, "out of memory buffering the output", "nomem");
   if (op == OP_LINE) {
-    size_t nl = find_nl(st);
-    if (nl != SIZE_MAX) {
-      push_out(L, st, nl - st->out_pos, 1);
+    size_t n;
+    int rc = bt__lines_scan(&st->out, st->line_max, &n);
+    if (rc == BT_LINE_OK) {
+      push_out(L, st, n, 1);
       return 1;
     }
-    if (unread(st) >= BACKLOG) {
+    if (rc == BT_LINE_TOO_LONG) {
       lua_pushnil(L);
-      lua_pushfstring(L, "proc:read_line: a line exceeds %d bytes (use proc:read)",
-                      (int)BACKLOG);
+      lua_pushfstring(L, "proc:read_line: a line exceeds %I bytes (max_line_bytes; or use "
+                      "proc:read)", (lua_Integer)st->line_max);
       lua_pushliteral(L, "too_large");
       return 3;
     }
@@ -616,10 +717,7 @@ static int op_k(lua_State *L, int status, lua_KContext ctx) {
 static int op_suspend(lua_State *L, lbt_rt *R, lbt_task *T, lproc *st, int op) {
   lua_Integer d = lua_tointeger(L, 2);
   await_on(R, T, st, op_wants[op], d < 0 ? UINT64_MAX : (uint64_t)d);
-  if (op == OP_WAIT && st->stopped && !st->fail && unread(st) < out_limit(st)) {
-    bt_proc_read_start(st->p);  /* wait() lifts the 1 MiB backlog limit */
-    st->stopped = 0;
-  }
+  maybe_resume(st);  /* wait() and read_line() may lift the 1 MiB backlog limit */
   return lbt_suspend(L, op, op_k);
 }
 
@@ -644,28 +742,126 @@ static int lproc_read_line(lua_State *L) { return op_entry(L, OP_LINE); }
 static int lproc_read(lua_State *L) { return op_entry(L, OP_READ); }
 static int lproc_wait(lua_State *L) { return op_entry(L, OP_WAIT); }
 
+static int write_fail(lua_State *L, int rc) {
+  lua_pushnil(L);
+  lua_pushfstring(L, "proc:write: %s", bt_strerror(rc));
+  lua_pushstring(L, rc == BT_ENOMEM ? "nomem" : "io");
+  return 3;
+}
+
+/* Queues pieces of s[*off, len) while they fit; 0 or the error of bt_proc_write. */
+static int write_some(lproc *st, const char *s, size_t len, size_t *off) {
+  while (*off < len && has_room(st, len - *off)) {
+    size_t piece = len - *off;
+    if (piece > st->wmax) piece = st->wmax;
+    if (piece > WRITE_CHUNK) piece = WRITE_CHUNK;
+    int rc = bt_proc_write(st->p, s + *off, piece);
+    if (rc != 0) return rc;
+    *off += piece;
+  }
+  return 0;
+}
+
+/* The writer leaves the FIFO; the next one may write. */
+static void writer_done(lproc *st, wnode *n) {
+  if (!n->in_fifo) return;
+  unlink_writer(st, n);
+  poke_writers(st);
+}
+
+/* Stack in the write continuation: 1 = the userdata, 2 = the string, 3 = the deadline (an
+ * integer, -1 for none), 4 = the offset reached, 5 = the wnode. */
+static int write_k(lua_State *L, int status, lua_KContext ctx);
+
+static int write_wait(lua_State *L, lbt_rt *R, lbt_task *T, lproc *st, wnode *n) {
+  lbt_fiber *f = lbt_fib(T);
+  lua_Integer d = lua_tointeger(L, 3);
+  f->wait.src = n;
+  n->granted = 0;
+  n->token = bt_task_wait(R->rt, &T->t, &f->wait, write_wait_cancel,
+                          d < 0 ? UINT64_MAX : (uint64_t)d);
+  poke_writers(st);  /* the head with room already (nothing else would wake it) */
+  return lbt_suspend(L, 0, write_k);
+}
+
+static int write_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
+  wnode *n = lua_touserdata(L, 5);
+  lproc *st = n->st;  /* alive while n is in the FIFO: release empties it */
+  int s = lbt_fib(T)->status;
+  if (s == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) {
+    writer_done(st, n);
+    return lbt_raise_cancelled(L);
+  }
+  if (s == BT_ETIMEDOUT) {
+    writer_done(st, n);
+    return lbt_push_timeout(L);
+  }
+  if (!n->in_fifo || s == BT_ECLOSED) {  /* out of the FIFO: released, or stdin closed */
+    writer_done(st, n);
+    return push_fail(L, "proc:write: the process or its stdin was closed", "closed");
+  }
+  if (s != 0) {
+    writer_done(st, n);
+    return push_fail(L, bt_strerror(s), bt_err_name(s));
+  }
+  size_t len, off = (size_t)lua_tointeger(L, 4);
+  const char *str = lua_tolstring(L, 2, &len);
+  int rc = write_some(st, str, len, &off);
+  if (rc != 0 || off == len) {
+    writer_done(st, n);
+    if (rc != 0) return write_fail(L, rc);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushinteger(L, (lua_Integer)off);
+  lua_replace(L, 4);
+  n->left = len - off;
+  return write_wait(L, R, T, st, n);
+}
+
+/* Queues s; waits (in a task, until the deadline) while the queue holds
+ * max_write_queue_bytes, behind the writers already waiting. */
 static int lproc_write(lua_State *L) {
   lproc *st = check_open(L, 1, "proc:write");
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
+  lbt_rt *R = lbt_R(L);
+  uint64_t due = lbt_opt_due(L, R, 3);
   if (!check_ud(L, 1)->has_stdin)
     return luaL_error(L, "proc:write: stdin is not a pipe (spawned with stdin = false)");
-  int rc = 0;
-  for (size_t off = 0; rc == 0 && off < len; off += WRITE_CHUNK)
-    rc = bt_proc_write(st->p, s + off, len - off < WRITE_CHUNK ? len - off : WRITE_CHUNK);
-  if (rc != 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "proc:write: %s", bt_strerror(rc));
-    lua_pushstring(L, rc == BT_ENOMEM ? "nomem" : "io");
-    return 3;
+  lua_settop(L, 2);
+  size_t off = 0;
+  if (TAILQ_EMPTY(&st->writers)) {
+    int rc = write_some(st, s, len, &off);
+    if (rc != 0) return write_fail(L, rc);
+    if (off == len) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
   }
-  lua_pushboolean(L, 1);
-  return 1;
+  lbt_task *T = lbt_await_begin(L, R, "proc:write");
+  lua_pushinteger(L, due == UINT64_MAX ? -1 : (lua_Integer)due);
+  lua_pushinteger(L, (lua_Integer)off);
+  wnode *n = lua_newuserdatauv(L, sizeof *n, 0);
+  memset(n, 0, sizeof *n);
+  n->st = st;
+  n->task = &T->t;
+  n->left = len - off;
+  n->in_fifo = 1;
+  TAILQ_INSERT_TAIL(&st->writers, n, link);
+  return write_wait(L, R, T, st, n);
 }
 
 static int lproc_close_stdin(lua_State *L) {
   lproc *st = check_open(L, 1, "proc:close_stdin");
-  if (check_ud(L, 1)->has_stdin) bt_proc_close_stdin(st->p);
+  if (check_ud(L, 1)->has_stdin) {
+    fail_writers(st, BT_ECLOSED);
+    bt_proc_close_stdin(st->p);
+  }
   return 0;
 }
 
@@ -717,14 +913,35 @@ static int lproc_stderr(lua_State *L) {
   return 1;
 }
 
-/* Idempotent; never waits: the child gets SIGTERM now and SIGKILL after the grace period,
- * and is reaped by the loop (baton.run does not return before that). */
+static int close_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
+  if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
+    return lbt_raise_cancelled(L);
+  return 0;
+}
+
+/* Idempotent: the child (its group) gets SIGTERM now and SIGKILL after the grace period,
+ * and is reaped by the loop (baton.run does not return before that). Never waits, unless
+ * `wait` is true: then (in a task) it returns once the child is reaped and its handles are
+ * closed, which takes at most about grace_ms more than the child's own exit. */
 static int lproc_close(lua_State *L) {
   lproc_ud *ud = check_ud(L, 1);
   lua_Integer grace = luaL_optinteger(L, 2, DEFAULT_GRACE_MS);
   luaL_argcheck(L, grace >= 0, 2, "grace period must be >= 0 milliseconds");
+  int wait = lua_toboolean(L, 3);
+  lua_settop(L, 1);
   if (ud->st != NULL) release(ud->st, (uint64_t)grace);
-  return 0;
+  if (!wait || ud->st == NULL) return 0;
+  lbt_rt *R = lbt_R(L);
+  lbt_task *T = lbt_await_begin(L, R, "proc:close");
+  if (ud->st->waiter != NULL)
+    return luaL_error(L, "proc:close: another task is already waiting for this process to "
+                      "close");
+  await_on(R, T, ud->st, W_CLOSED, UINT64_MAX);
+  return lbt_suspend(L, 0, close_k);
 }
 
 /* __close: close() with the default grace period (argument 2 is the error, if any). */
