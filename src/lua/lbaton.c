@@ -218,6 +218,12 @@ static int run_loop(lbt_rt *R, lbt_task *M) {
     int alive = uv_run(loop, UV_RUN_ONCE);
     if (!alive && bt_rt_ready(R->rt) == 0) break;  /* tasks stuck with nothing to wake them */
   }
+  /* Nothing is in flight: close the pooled HTTP connections too, so a run leaves no
+   * descriptor behind (the next request makes a new multi handle). */
+  if (bt_rt_transfers(R->rt) == 0) {
+    bt__http_free(R->rt);
+    uv_run(loop, UV_RUN_NOWAIT);  /* the poll handles' close callbacks */
+  }
   return deadlock;
 }
 
