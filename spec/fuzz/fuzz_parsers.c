@@ -1,8 +1,9 @@
 /*
  * fuzz_parsers.c — a libFuzzer target for the parsers of what peers send: baton.json.decode
  * (cJSON plus baton's conversion to Lua values, integers, depth limit, error positions),
- * the HTTP response-head reader (header lines to a table, Retry-After) and the server-sent
- * events parser (src/core/sse.c). Built by `make fuzz` (clang, -DBATON_FUZZ=ON); not a test.
+ * the HTTP response-head reader (header lines to a table, Retry-After), the server-sent
+ * events parser (src/core/sse.c) and the line splitter of process output (src/core/lines.c,
+ * which the MCP client's stdio transport reads through). Built by `make fuzz` (clang, -DBATON_FUZZ=ON); not a test.
  *
  * The first byte of an input, modulo the number of targets, picks the parser (the index in
  * `targets`); the rest is the peer's bytes. Corpus files (spec/fuzz/corpus) start with their
@@ -180,12 +181,52 @@ static void fuzz_sse(const char *p, size_t n) {
   bt__buf_free(&ref);
 }
 
+/* ---- the line splitter (process stdout: proc:read_line, the MCP client over stdio) --- */
+
+/* Bytes fed in pieces whose sizes the input picks, with a line limit it picks too: every
+ * line handed out must be exactly the bytes before the next "\n", none longer than the
+ * limit, and what stays unread must hold no "\n" and be too long exactly when the splitter
+ * says so. */
+static void fuzz_lines(const char *s, size_t n) {
+  const uint8_t *p = (const uint8_t *)s;
+  if (n == 0) return;
+  size_t max = (size_t)(p[0] & 0x0f) * 8 + 1;
+  p++, n--;
+  bt_lines l = {0};
+  const char *line;
+  size_t off = 0, got = 0, len;
+  while (off < n) {
+    size_t k = (size_t)p[off] % 23 + 1, unread;
+    if (k > n - off) k = n - off;
+    if (bt__lines_append(&l, (const char *)p + off, k) != 0) abort();
+    off += k;
+    int rc;
+    while ((rc = bt__lines_next(&l, max, &line, &len)) == BT_LINE_OK) {
+      if (len > max || got + len >= off || p[got + len] != '\n' ||
+          memcmp(line, p + got, len) != 0)
+        abort();
+      got += len + 1;
+    }
+    unread = off - got;
+    if (bt__lines_unread(&l) != unread ||
+        memchr(p + got, '\n', unread < max + 1 ? unread : max + 1) != NULL ||
+        (rc == BT_LINE_TOO_LONG) != (unread > max))
+      abort();
+    if (rc == BT_LINE_TOO_LONG) {
+      bt__lines_consume(&l, unread);
+      got = off;
+    }
+  }
+  bt__lines_free(&l);
+}
+
 /* ---- dispatch ----------------------------------------------------------------------- */
 
 static void (*const targets[])(const char *p, size_t n) = {
   fuzz_json,  /* 0 */
   fuzz_head,  /* 1 */
   fuzz_sse,   /* 2 */
+  fuzz_lines, /* 3 */
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
