@@ -12,7 +12,7 @@
 #include "backpressure.h"
 #include "internal.h"
 
-int bt_bp_init(bt_bp_t *bp, size_t capacity, size_t soft) {
+int bt__backpressure_init(bt_backpressure_t *bp, size_t capacity, size_t soft) {
   if (capacity == 0 || soft >= capacity) return BT_EINVAL;
   bp->capacity = capacity;
   bp->soft = soft;
@@ -21,7 +21,7 @@ int bt_bp_init(bt_bp_t *bp, size_t capacity, size_t soft) {
   return 0;
 }
 
-int bt_bp_try_acquire(bt_bp_t *bp, int *crossed) {
+int bt__backpressure_try_acquire(bt_backpressure_t *bp, int *crossed) {
   int c = 0;
   if (bp->depth >= bp->capacity) {
     if (crossed) *crossed = 0;
@@ -36,12 +36,12 @@ int bt_bp_try_acquire(bt_bp_t *bp, int *crossed) {
   return 0;
 }
 
-void bt_bp_release(bt_bp_t *bp) {
+void bt__backpressure_release(bt_backpressure_t *bp) {
   if (bp->depth == 0) return;
   bp->depth--;
   if (bp->depth < bp->soft) bp->over_soft = 0;
 }
 
-double bt_bp_soft_ratio(const bt_bp_t *bp) {
+double bt__backpressure_soft_ratio(const bt_backpressure_t *bp) {
   return bp->soft ? (double)bp->depth / (double)bp->soft : 0.0;
 }

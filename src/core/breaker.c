@@ -23,7 +23,7 @@
 #include "baton.h"
 #include "breaker.h"
 
-int bt_breaker_init(bt_breaker_t *b, uint32_t threshold, int64_t recovery_ms,
+int bt__breaker_init(bt_breaker_t *b, uint32_t threshold, int64_t recovery_ms,
                     uint32_t half_open_max, int has_counts) {
   if (threshold == 0 || half_open_max == 0 || recovery_ms < 0) return BT_EINVAL;
   b->threshold = threshold;
@@ -34,81 +34,81 @@ int bt_breaker_init(bt_breaker_t *b, uint32_t threshold, int64_t recovery_ms,
   return 0;
 }
 
-bt_brk_state_t bt_breaker_state(const bt_breaker_t *b, int has_open, int64_t open_at,
+bt_breaker_state_t bt__breaker_state(const bt_breaker_t *b, int has_open, int64_t open_at,
                                 uint32_t failures, int64_t now) {
   if (has_open) {
     /* now < open_at: another clock (a shared backend) is ahead of ours; still open. */
     if (now < open_at || (uint64_t)now - (uint64_t)open_at < (uint64_t)b->recovery_ms)
-      return BT_BRK_OPEN;
-    return BT_BRK_HALF_OPEN;
+      return BT_BREAKER_OPEN;
+    return BT_BREAKER_HALF_OPEN;
   }
-  return failures >= b->threshold ? BT_BRK_HALF_OPEN : BT_BRK_CLOSED;
+  return failures >= b->threshold ? BT_BREAKER_HALF_OPEN : BT_BREAKER_CLOSED;
 }
 
-void bt_brk_end(bt_breaker_t *b, bt_brk_call_t *c) {
+void bt__breaker_end(bt_breaker_t *b, bt_breaker_call_t *c) {
   if (c->probe) {
     c->probe = 0;
     b->probes--;
   }
 }
 
-static bt_brk_step_t to(bt_breaker_t *b, bt_brk_call_t *c, bt_brk_step_t step) {
-  if (step == BT_BRK_DONE || step == BT_BRK_REJECT) bt_brk_end(b, c);
+static bt_breaker_step_t to(bt_breaker_t *b, bt_breaker_call_t *c, bt_breaker_step_t step) {
+  if (step == BT_BREAKER_DONE || step == BT_BREAKER_REJECT) bt__breaker_end(b, c);
   c->step = (uint8_t)step;
   return step;
 }
 
 /* The state is known: admit the call, or not. */
-static bt_brk_step_t admit(bt_breaker_t *b, bt_brk_call_t *c) {
-  c->state = (uint8_t)bt_breaker_state(b, c->has_open, c->open_at, c->failures, c->now);
-  if (c->peek) return to(b, c, BT_BRK_DONE);
+static bt_breaker_step_t admit(bt_breaker_t *b, bt_breaker_call_t *c) {
+  c->state = (uint8_t)bt__breaker_state(b, c->has_open, c->open_at, c->failures, c->now);
+  if (c->peek) return to(b, c, BT_BREAKER_DONE);
   switch (c->state) {
-  case BT_BRK_CLOSED:
-    return to(b, c, BT_BRK_RUN);
-  case BT_BRK_HALF_OPEN:
-    if (b->probes >= b->half_open_max) return to(b, c, BT_BRK_REJECT);
+  case BT_BREAKER_CLOSED:
+    return to(b, c, BT_BREAKER_RUN);
+  case BT_BREAKER_HALF_OPEN:
+    if (b->probes >= b->half_open_max) return to(b, c, BT_BREAKER_REJECT);
     b->probes++;
     c->probe = 1;
-    return to(b, c, BT_BRK_RUN);
+    return to(b, c, BT_BREAKER_RUN);
   default:
-    return to(b, c, BT_BRK_REJECT);
+    return to(b, c, BT_BREAKER_REJECT);
   }
 }
 
-bt_brk_step_t bt_brk_begin(bt_breaker_t *b, bt_brk_call_t *c, int64_t now, int peek) {
+bt_breaker_step_t bt__breaker_begin(bt_breaker_t *b, bt_breaker_call_t *c, int64_t now, int peek) {
   memset(c, 0, sizeof *c);
   c->now = now;
   c->peek = peek != 0;
-  return to(b, c, BT_BRK_GET_OPEN_AT);
+  return to(b, c, BT_BREAKER_GET_OPEN_AT);
 }
 
-bt_brk_step_t bt_brk_report(bt_breaker_t *b, bt_brk_call_t *c, int has, int64_t value) {
+bt_breaker_step_t bt__breaker_report(bt_breaker_t *b, bt_breaker_call_t *c, int has, int64_t value) {
   switch (c->step) {
-  case BT_BRK_GET_OPEN_AT:
+  case BT_BREAKER_GET_OPEN_AT:
     c->has_open = has != 0;
     c->open_at = value;
     /* An open time decides alone; the count matters only without one. */
-    return c->has_open ? admit(b, c) : to(b, c, BT_BRK_GET_FAILURES);
-  case BT_BRK_GET_FAILURES:
+    return c->has_open ? admit(b, c) : to(b, c, BT_BREAKER_GET_FAILURES);
+  case BT_BREAKER_GET_FAILURES:
     c->failures = value < 0 ? 0 : value > UINT32_MAX ? UINT32_MAX : (uint32_t)value;
     return admit(b, c);
-  case BT_BRK_RUN:
-    switch ((bt_brk_outcome_t)value) {
-    case BT_BRK_OK: return to(b, c, BT_BRK_RESET);
-    case BT_BRK_FAILED: return to(b, c, b->has_counts ? BT_BRK_COUNTS : BT_BRK_INCREMENT);
-    default: return to(b, c, BT_BRK_DONE);
+  case BT_BREAKER_RUN:
+    switch ((bt_breaker_outcome_t)value) {
+    case BT_BREAKER_OK: return to(b, c, BT_BREAKER_RESET);
+    case BT_BREAKER_FAILED: return to(b, c, b->has_counts ? BT_BREAKER_COUNTS : BT_BREAKER_INCREMENT);
+    default: return to(b, c, BT_BREAKER_DONE);
     }
-  case BT_BRK_COUNTS:
-    return to(b, c, value ? BT_BRK_INCREMENT : BT_BRK_DONE);
-  case BT_BRK_INCREMENT:
+  case BT_BREAKER_COUNTS:
+    return to(b, c, value ? BT_BREAKER_INCREMENT : BT_BREAKER_DONE);
+  case BT_BREAKER_INCREMENT:
     c->failures = value < 0 ? 0 : value > UINT32_MAX ? UINT32_MAX : (uint32_t)value;
-    return to(b, c, c->probe || c->failures >= b->threshold ? BT_BRK_SET_OPEN_AT : BT_BRK_DONE);
-  case BT_BRK_RESET:
-    return to(b, c, BT_BRK_CLEAR_OPEN_AT);
-  case BT_BRK_SET_OPEN_AT:
-  case BT_BRK_CLEAR_OPEN_AT:
+    return to(b, c, c->probe || c->failures >= b->threshold ? BT_BREAKER_SET_OPEN_AT : BT_BREAKER_DONE);
+  case BT_BREAKER_RESET:
+    return to(b, c, BT_BREAKER_CLEAR_OPEN_AT);
+  case BT_BREAKER_SET_OPEN_AT:
+  case BT_BREAKER_CLEAR_OPEN_AT:
   default:
-    return to(b, c, BT_BRK_DONE);
+    return to(b, c, BT_BREAKER_DONE);
   }
 }
 
@@ -123,13 +123,13 @@ typedef struct svc {
   char name[];
 } svc;
 
-struct bt_brk_mem {
+struct bt_breaker_mem {
   svc *services;  /* uthash; a record lives as long as the backend (services are few) */
 };
 
-bt_brk_mem_t *bt_brk_mem_new(void) { return calloc(1, sizeof(bt_brk_mem_t)); }
+bt_breaker_mem_t *bt__breaker_mem_new(void) { return calloc(1, sizeof(bt_breaker_mem_t)); }
 
-void bt_brk_mem_free(bt_brk_mem_t *m) {
+void bt__breaker_mem_free(bt_breaker_mem_t *m) {
   if (m == NULL) return;
   svc *s, *tmp;
   HASH_ITER(hh, m->services, s, tmp) {
@@ -139,13 +139,13 @@ void bt_brk_mem_free(bt_brk_mem_t *m) {
   free(m);
 }
 
-static svc *find(bt_brk_mem_t *m, const char *name, size_t len) {
+static svc *find(bt_breaker_mem_t *m, const char *name, size_t len) {
   svc *s;
   HASH_FIND(hh, m->services, name, len, s);
   return s;
 }
 
-static svc *find_or_add(bt_brk_mem_t *m, const char *name, size_t len) {
+static svc *find_or_add(bt_breaker_mem_t *m, const char *name, size_t len) {
   svc *s = find(m, name, len);
   if (s != NULL) return s;
   s = calloc(1, sizeof *s + len + 1);
@@ -156,7 +156,7 @@ static svc *find_or_add(bt_brk_mem_t *m, const char *name, size_t len) {
   return s;
 }
 
-int bt_brk_mem_increment(bt_brk_mem_t *m, const char *name, size_t len, uint32_t *count) {
+int bt__breaker_mem_increment(bt_breaker_mem_t *m, const char *name, size_t len, uint32_t *count) {
   svc *s = find_or_add(m, name, len);
   if (s == NULL) return BT_ENOMEM;
   if (s->failures < UINT32_MAX) s->failures++;
@@ -164,17 +164,17 @@ int bt_brk_mem_increment(bt_brk_mem_t *m, const char *name, size_t len, uint32_t
   return 0;
 }
 
-void bt_brk_mem_reset(bt_brk_mem_t *m, const char *name, size_t len) {
+void bt__breaker_mem_reset(bt_breaker_mem_t *m, const char *name, size_t len) {
   svc *s = find(m, name, len);
   if (s) s->failures = 0;
 }
 
-uint32_t bt_brk_mem_failures(bt_brk_mem_t *m, const char *name, size_t len) {
+uint32_t bt__breaker_mem_failures(bt_breaker_mem_t *m, const char *name, size_t len) {
   svc *s = find(m, name, len);
   return s ? s->failures : 0;
 }
 
-int bt_brk_mem_set_open_at(bt_brk_mem_t *m, const char *name, size_t len, int64_t at) {
+int bt__breaker_mem_set_open_at(bt_breaker_mem_t *m, const char *name, size_t len, int64_t at) {
   svc *s = find_or_add(m, name, len);
   if (s == NULL) return BT_ENOMEM;
   s->has_open = 1;
@@ -182,12 +182,12 @@ int bt_brk_mem_set_open_at(bt_brk_mem_t *m, const char *name, size_t len, int64_
   return 0;
 }
 
-void bt_brk_mem_clear_open_at(bt_brk_mem_t *m, const char *name, size_t len) {
+void bt__breaker_mem_clear_open_at(bt_breaker_mem_t *m, const char *name, size_t len) {
   svc *s = find(m, name, len);
   if (s) s->has_open = 0;
 }
 
-int bt_brk_mem_open_at(bt_brk_mem_t *m, const char *name, size_t len, int64_t *at) {
+int bt__breaker_mem_open_at(bt_breaker_mem_t *m, const char *name, size_t len, int64_t *at) {
   svc *s = find(m, name, len);
   if (s == NULL || !s->has_open) return 0;
   *at = s->open_at;

@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { BT_BRK_CLOSED = 0, BT_BRK_OPEN, BT_BRK_HALF_OPEN } bt_brk_state_t;
+typedef enum { BT_BREAKER_CLOSED = 0, BT_BREAKER_OPEN, BT_BREAKER_HALF_OPEN } bt_breaker_state_t;
 
 typedef struct bt_breaker {
   uint32_t threshold;      /* >= 1 consecutive counted failures open the circuit */
@@ -26,65 +26,65 @@ typedef struct bt_breaker {
 } bt_breaker_t;
 
 /* Checks and stores the configuration. Returns 0 or BT_EINVAL. */
-int bt_breaker_init(bt_breaker_t *b, uint32_t threshold, int64_t recovery_ms,
+int bt__breaker_init(bt_breaker_t *b, uint32_t threshold, int64_t recovery_ms,
                     uint32_t half_open_max, int has_counts);
 /* The state the backend's values mean at time `now`: open while `now` is within
  * recovery_ms of `open_at`, half-open after that; with no open time, half-open when the
  * count has reached the threshold (the seed's encoding of a half-open circuit), else
  * closed. */
-bt_brk_state_t bt_breaker_state(const bt_breaker_t *b, int has_open, int64_t open_at,
+bt_breaker_state_t bt__breaker_state(const bt_breaker_t *b, int has_open, int64_t open_at,
                                 uint32_t failures, int64_t now);
 
 /* What a guarded call (or a state query) does next. Backend steps are reported with
- * bt_brk_report(); the value is noted per step. */
+ * bt__breaker_report(); the value is noted per step. */
 typedef enum {
-  BT_BRK_GET_OPEN_AT = 0,  /* report has + the open time */
-  BT_BRK_GET_FAILURES,     /* report the count */
-  BT_BRK_RUN,              /* run the call; report a bt_brk_outcome_t */
-  BT_BRK_COUNTS,           /* ask the predicate; report 1 if the failure counts */
-  BT_BRK_INCREMENT,        /* increment the count; report the new count */
-  BT_BRK_SET_OPEN_AT,      /* record the current time as the open time; report nothing */
-  BT_BRK_RESET,            /* reset the count; report nothing */
-  BT_BRK_CLEAR_OPEN_AT,    /* clear the open time; report nothing */
-  BT_BRK_REJECT,           /* end: fast-fail, the circuit is open (or the probes are busy) */
-  BT_BRK_DONE              /* end: the call's outcome (or the state) is the result */
-} bt_brk_step_t;
+  BT_BREAKER_GET_OPEN_AT = 0,  /* report has + the open time */
+  BT_BREAKER_GET_FAILURES,     /* report the count */
+  BT_BREAKER_RUN,              /* run the call; report a bt_breaker_outcome_t */
+  BT_BREAKER_COUNTS,           /* ask the predicate; report 1 if the failure counts */
+  BT_BREAKER_INCREMENT,        /* increment the count; report the new count */
+  BT_BREAKER_SET_OPEN_AT,      /* record the current time as the open time; report nothing */
+  BT_BREAKER_RESET,            /* reset the count; report nothing */
+  BT_BREAKER_CLEAR_OPEN_AT,    /* clear the open time; report nothing */
+  BT_BREAKER_REJECT,           /* end: fast-fail, the circuit is open (or the probes are busy) */
+  BT_BREAKER_DONE              /* end: the call's outcome (or the state) is the result */
+} bt_breaker_step_t;
 
-typedef enum { BT_BRK_OK = 0, BT_BRK_FAILED, BT_BRK_ABANDONED } bt_brk_outcome_t;
+typedef enum { BT_BREAKER_OK = 0, BT_BREAKER_FAILED, BT_BREAKER_ABANDONED } bt_breaker_outcome_t;
 
-typedef struct bt_brk_call {
-  uint8_t step;      /* bt_brk_step_t */
-  uint8_t state;     /* bt_brk_state_t seen when the call began */
+typedef struct bt_breaker_call {
+  uint8_t step;      /* bt_breaker_step_t */
+  uint8_t state;     /* bt_breaker_state_t seen when the call began */
   uint8_t probe;     /* holds one of the breaker's probe slots */
   uint8_t peek;      /* a state query: decide the state, admit nothing */
   uint8_t has_open;
   uint32_t failures;
   int64_t open_at, now;
-} bt_brk_call_t;
+} bt_breaker_call_t;
 
 /* Begins a call (peek 0) or a state query (peek 1) at time `now`. */
-bt_brk_step_t bt_brk_begin(bt_breaker_t *b, bt_brk_call_t *c, int64_t now, int peek);
+bt_breaker_step_t bt__breaker_begin(bt_breaker_t *b, bt_breaker_call_t *c, int64_t now, int peek);
 /* Reports the result of the current step and returns the next one. */
-bt_brk_step_t bt_brk_report(bt_breaker_t *b, bt_brk_call_t *c, int has, int64_t value);
+bt_breaker_step_t bt__breaker_report(bt_breaker_t *b, bt_breaker_call_t *c, int has, int64_t value);
 /* Gives back the call's probe slot, if it holds one. Idempotent; called by the cursor at
  * REJECT/DONE, and by the embedder when a call is torn down midway (an error, a cancel). */
-void bt_brk_end(bt_breaker_t *b, bt_brk_call_t *c);
+void bt__breaker_end(bt_breaker_t *b, bt_breaker_call_t *c);
 
 /* ---- the in-memory backend: per service, a count and an optional open time ---------- */
 
-typedef struct bt_brk_mem bt_brk_mem_t;
+typedef struct bt_breaker_mem bt_breaker_mem_t;
 
-/* Returns NULL on allocation failure. bt_brk_mem_free() accepts NULL. */
-bt_brk_mem_t *bt_brk_mem_new(void);
-void bt_brk_mem_free(bt_brk_mem_t *m);
+/* Returns NULL on allocation failure. bt__breaker_mem_free() accepts NULL. */
+bt_breaker_mem_t *bt__breaker_mem_new(void);
+void bt__breaker_mem_free(bt_breaker_mem_t *m);
 /* Services are `len` bytes (copied). Writers that create a service's record return
  * BT_ENOMEM when they cannot; the increment returns the new count (saturating). */
-int bt_brk_mem_increment(bt_brk_mem_t *m, const char *svc, size_t len, uint32_t *count);
-void bt_brk_mem_reset(bt_brk_mem_t *m, const char *svc, size_t len);
-uint32_t bt_brk_mem_failures(bt_brk_mem_t *m, const char *svc, size_t len);
-int bt_brk_mem_set_open_at(bt_brk_mem_t *m, const char *svc, size_t len, int64_t at);
-void bt_brk_mem_clear_open_at(bt_brk_mem_t *m, const char *svc, size_t len);
+int bt__breaker_mem_increment(bt_breaker_mem_t *m, const char *svc, size_t len, uint32_t *count);
+void bt__breaker_mem_reset(bt_breaker_mem_t *m, const char *svc, size_t len);
+uint32_t bt__breaker_mem_failures(bt_breaker_mem_t *m, const char *svc, size_t len);
+int bt__breaker_mem_set_open_at(bt_breaker_mem_t *m, const char *svc, size_t len, int64_t at);
+void bt__breaker_mem_clear_open_at(bt_breaker_mem_t *m, const char *svc, size_t len);
 /* 1 and *at when the service has an open time, else 0. */
-int bt_brk_mem_open_at(bt_brk_mem_t *m, const char *svc, size_t len, int64_t *at);
+int bt__breaker_mem_open_at(bt_breaker_mem_t *m, const char *svc, size_t len, int64_t *at);
 
 #endif

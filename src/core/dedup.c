@@ -42,7 +42,7 @@ struct bt_dedup {
   size_t n;
 };
 
-bt_dedup_t *bt_dedup_new(uint64_t ttl_ms) {
+bt_dedup_t *bt__dedup_new(uint64_t ttl_ms) {
   bt_dedup_t *d = calloc(1, sizeof *d);
   if (d == NULL) return NULL;
   TAILQ_INIT(&d->fifo);
@@ -57,15 +57,15 @@ static void drop_entry(bt_dedup_t *d, entry *e) {
   free(e);
 }
 
-void bt_dedup_free(bt_dedup_t *d) {
+void bt__dedup_free(bt_dedup_t *d) {
   if (d == NULL) return;
   entry *e, *tmp;
   HASH_ITER(hh, d->map, e, tmp) drop_entry(d, e);
   free(d);
 }
 
-uint64_t bt_dedup_ttl(const bt_dedup_t *d) { return d->ttl; }
-size_t bt_dedup_size(const bt_dedup_t *d) { return d->n; }
+uint64_t bt__dedup_ttl(const bt_dedup_t *d) { return d->ttl; }
+size_t bt__dedup_size(const bt_dedup_t *d) { return d->n; }
 
 static entry *find(bt_dedup_t *d, const char *key, size_t len) {
   entry *e;
@@ -109,7 +109,7 @@ static void expire_one(bt_dedup_t *d, entry *e, bt_dedup_drop_cb drop, void *ud)
   free(e);
 }
 
-size_t bt_dedup_expire(bt_dedup_t *d, int64_t now, size_t max, bt_dedup_drop_cb drop,
+size_t bt__dedup_expire(bt_dedup_t *d, int64_t now, size_t max, bt_dedup_drop_cb drop,
                        void *ud) {
   size_t k = 0;
   entry *e;
@@ -120,7 +120,7 @@ size_t bt_dedup_expire(bt_dedup_t *d, int64_t now, size_t max, bt_dedup_drop_cb 
   return k;
 }
 
-bt_dedup_state_t bt_dedup_get(bt_dedup_t *d, const char *key, size_t len, int64_t now,
+bt_dedup_state_t bt__dedup_get(bt_dedup_t *d, const char *key, size_t len, int64_t now,
                               uint64_t *gen, bt_dedup_drop_cb drop, void *ud) {
   entry *e = find(d, key, len);
   if (e == NULL) return BT_DEDUP_ABSENT;
@@ -132,14 +132,14 @@ bt_dedup_state_t bt_dedup_get(bt_dedup_t *d, const char *key, size_t len, int64_
   return (bt_dedup_state_t)e->state;
 }
 
-int bt_dedup_register(bt_dedup_t *d, const char *key, size_t len, int64_t now) {
+int bt__dedup_register(bt_dedup_t *d, const char *key, size_t len, int64_t now) {
   entry *e = find(d, key, len);
   if (e == NULL && (e = add(d, key, len)) == NULL) return BT_ENOMEM;
   set_state(d, e, BT_DEDUP_PENDING, now);
   return 0;
 }
 
-uint64_t bt_dedup_begin_flight(bt_dedup_t *d, const char *key, size_t len) {
+uint64_t bt__dedup_begin_flight(bt_dedup_t *d, const char *key, size_t len) {
   entry *e = find(d, key, len);
   if (e == NULL && (e = add(d, key, len)) == NULL) return 0;
   set_state(d, e, BT_DEDUP_FLIGHT, 0);
@@ -147,7 +147,7 @@ uint64_t bt_dedup_begin_flight(bt_dedup_t *d, const char *key, size_t len) {
   return e->gen;
 }
 
-int bt_dedup_complete(bt_dedup_t *d, const char *key, size_t len, int64_t now) {
+int bt__dedup_complete(bt_dedup_t *d, const char *key, size_t len, int64_t now) {
   entry *e = find(d, key, len);
   if (e == NULL && (e = add(d, key, len)) == NULL) return BT_ENOMEM;
   int prev = e->state;
@@ -155,7 +155,7 @@ int bt_dedup_complete(bt_dedup_t *d, const char *key, size_t len, int64_t now) {
   return prev;
 }
 
-bt_dedup_state_t bt_dedup_fail(bt_dedup_t *d, const char *key, size_t len) {
+bt_dedup_state_t bt__dedup_fail(bt_dedup_t *d, const char *key, size_t len) {
   entry *e = find(d, key, len);
   if (e == NULL) return BT_DEDUP_ABSENT;
   bt_dedup_state_t prev = (bt_dedup_state_t)e->state;
@@ -168,7 +168,7 @@ static entry *flight(bt_dedup_t *d, const char *key, size_t len, uint64_t gen) {
   return e != NULL && e->state == BT_DEDUP_FLIGHT && e->gen == gen ? e : NULL;
 }
 
-int bt_dedup_settle(bt_dedup_t *d, const char *key, size_t len, uint64_t gen, int ok,
+int bt__dedup_settle(bt_dedup_t *d, const char *key, size_t len, uint64_t gen, int ok,
                     int64_t now) {
   entry *e = flight(d, key, len, gen);
   if (e == NULL) return 0;
@@ -177,12 +177,12 @@ int bt_dedup_settle(bt_dedup_t *d, const char *key, size_t len, uint64_t gen, in
   return 1;
 }
 
-void bt_dedup_join(bt_dedup_t *d, const char *key, size_t len, uint64_t gen) {
+void bt__dedup_join(bt_dedup_t *d, const char *key, size_t len, uint64_t gen) {
   entry *e = flight(d, key, len, gen);
   if (e) e->waiters++;
 }
 
-int bt_dedup_leave(bt_dedup_t *d, const char *key, size_t len, uint64_t gen) {
+int bt__dedup_leave(bt_dedup_t *d, const char *key, size_t len, uint64_t gen) {
   entry *e = flight(d, key, len, gen);
   if (e == NULL || e->waiters == 0 || --e->waiters > 0) return 0;
   drop_entry(d, e);

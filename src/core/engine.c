@@ -14,7 +14,7 @@
  *    record, and only such a record, holds its host slot.
  *  - Slot and `live` are given back by the group's finish hook, however the task ended: it
  *    returned, raised, was cancelled while waiting, or was aborted before it ever ran. No
- *    Lua code has to run for it. bt_engine_destroy() gives back the slots of tasks that have
+ *    Lua code has to run for it. bt__engine_destroy() gives back the slots of tasks that have
  *    not ended: it aborts them, which cancels their waits (timer stopped, child signalled)
  *    at once, and detaches them, since the engine no longer exists to be told of their end.
  *  - Every task in the group has a record until the binding collects its outcome, except
@@ -37,11 +37,11 @@ struct bt_engine_rec {
   uint8_t forgotten;
 };
 
-static const char *const skip_names[BT_SKIP__N] = {
+static const char *const skip_names[BT_ENGINE_SKIP__N] = {
   NULL, "disabled", "not_speculatable", "max_parallel", "host_saturated"};
 
-const char *bt_engine_skip_name(int reason) {
-  return reason > 0 && reason < BT_SKIP__N ? skip_names[reason] : "?";
+const char *bt__engine_skip_name(int reason) {
+  return reason > 0 && reason < BT_ENGINE_SKIP__N ? skip_names[reason] : "?";
 }
 
 /* The task of `r` has ended (or is being let go): give back what it holds. Idempotent. */
@@ -84,7 +84,7 @@ static void drop_staged(bt_engine_t *e) {
   free(r);
 }
 
-int bt_engine_init(bt_engine_t *e, bt_group_t *g, bt_budget_t *shared,
+int bt__engine_init(bt_engine_t *e, bt_group_t *g, bt_budget_t *shared,
                    const bt_engine_cfg *cfg) {
   memset(e, 0, sizeof *e);
   e->budget = shared != NULL ? shared : bt_budget_new(cfg->per_host_cap);
@@ -96,7 +96,7 @@ int bt_engine_init(bt_engine_t *e, bt_group_t *g, bt_budget_t *shared,
   return 0;
 }
 
-void bt_engine_destroy(bt_engine_t *e) {
+void bt__engine_destroy(bt_engine_t *e) {
   if (e->group == NULL) return;
   bt_group_t *g = e->group;
   bt_group_on_finish(g, NULL, NULL);
@@ -117,11 +117,11 @@ void bt_engine_destroy(bt_engine_t *e) {
   e->group = NULL;
 }
 
-int bt_engine_admit(bt_engine_t *e, const char *host, size_t len, int speculate) {
+int bt__engine_admit(bt_engine_t *e, const char *host, size_t len, int speculate) {
   drop_staged(e);
-  int why = !e->cfg.enabled ? BT_SKIP_DISABLED
-          : !speculate ? BT_SKIP_NOT_SPECULATABLE
-          : e->live >= e->cfg.max_parallel ? BT_SKIP_MAX_PARALLEL : 0;
+  int why = !e->cfg.enabled ? BT_ENGINE_SKIP_DISABLED
+          : !speculate ? BT_ENGINE_SKIP_NOT_SPECULATABLE
+          : e->live >= e->cfg.max_parallel ? BT_ENGINE_SKIP_MAX_PARALLEL : 0;
   bt_engine_rec_t *r = NULL;
   if (why == 0) {
     r = calloc(1, sizeof *r);
@@ -132,7 +132,7 @@ int bt_engine_admit(bt_engine_t *e, const char *host, size_t len, int speculate)
       if (r->slot == NULL) {
         free(r);
         if (err == BT_ENOMEM) return BT_ENOMEM;
-        why = BT_SKIP_HOST_SATURATED;
+        why = BT_ENGINE_SKIP_HOST_SATURATED;
       }
     }
   }
@@ -147,14 +147,14 @@ int bt_engine_admit(bt_engine_t *e, const char *host, size_t len, int speculate)
   return 0;
 }
 
-void bt_engine_attach(bt_engine_t *e, bt_task_t *t) {
+void bt__engine_attach(bt_engine_t *e, bt_task_t *t) {
   bt_engine_rec_t *r = e->staged;
   e->staged = NULL;
   r->task = t;
   HASH_ADD_PTR(e->recs, task, r);
 }
 
-uint64_t bt_engine_collect(bt_engine_t *e, bt_task_t *t) {
+uint64_t bt__engine_collect(bt_engine_t *e, bt_task_t *t) {
   bt_engine_rec_t *r;
   HASH_FIND_PTR(e->recs, &t, r);
   if (r == NULL) return 0;
@@ -165,7 +165,7 @@ uint64_t bt_engine_collect(bt_engine_t *e, bt_task_t *t) {
   return elapsed;
 }
 
-void bt_engine_note(bt_engine_t *e, int settled, int in_wait) {
+void bt__engine_note(bt_engine_t *e, int settled, int in_wait) {
   if (!settled) {
     e->stats.failed++;
     return;
@@ -174,7 +174,7 @@ void bt_engine_note(bt_engine_t *e, int settled, int in_wait) {
   if (in_wait) e->stats.won_race++;
 }
 
-void bt_engine_shutdown(bt_engine_t *e) {
+void bt__engine_shutdown(bt_engine_t *e) {
   bt_engine_rec_t *r, *tmp;
   HASH_ITER(hh, e->recs, r, tmp) {
     if (r->ended_flag || r->forgotten) continue;
@@ -184,6 +184,6 @@ void bt_engine_shutdown(bt_engine_t *e) {
   bt_group_abort_all(e->group);
 }
 
-size_t bt_engine_pending(const bt_engine_t *e) {
+size_t bt__engine_pending(const bt_engine_t *e) {
   return e->group ? bt_group_len(e->group) - e->forgotten : 0;
 }

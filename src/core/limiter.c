@@ -6,7 +6,7 @@
  * gives both back: a holder keeps its global slot for as long as it holds the key, on the
  * search path and on the queue path alike, so max_agents bounds concurrent holders.
  *
- * The search (bt_limiter_try) tries, in order: the primary; the explicit chain, skipping the
+ * The search (bt__limiter_try) tries, in order: the primary; the explicit chain, skipping the
  * primary; capability matches among the non-CLI provider models in configuration order (same
  * cost tier or one tier cheaper; a tool-using primary needs a tool-using model); the CLI
  * providers (a tool-using primary needs a tool-using one). Nothing is taken when the global
@@ -32,7 +32,7 @@
 
 #include "limiter.h"
 
-bt_limiter_t *bt_limiter_new(size_t max_agents) {
+bt_limiter_t *bt__limiter_new(size_t max_agents) {
   bt_limiter_t *l = calloc(1, sizeof *l);
   if (l == NULL) return NULL;
   l->cap = max_agents;
@@ -40,21 +40,21 @@ bt_limiter_t *bt_limiter_new(size_t max_agents) {
   return l;
 }
 
-static void unlink_waiter(bt_limiter_t *l, bt_lim_waiter_t *w) {
+static void unlink_waiter(bt_limiter_t *l, bt_limiter_waiter_t *w) {
   TAILQ_REMOVE(&l->waiters, w, link);
   l->nwaiting--;
   w->key->nwaiting--;
   w->key = NULL;
 }
 
-void bt_limiter_free(bt_limiter_t *l) {
+void bt__limiter_free(bt_limiter_t *l) {
   if (l == NULL) return;
-  bt_lim_waiter_t *w;
+  bt_limiter_waiter_t *w;
   while ((w = TAILQ_FIRST(&l->waiters)) != NULL) {
     unlink_waiter(l, w);
     w->cb(w, BT_ECLOSED);
   }
-  bt_lim_key_t *k, *tmp;
+  bt_limiter_key_t *k, *tmp;
   HASH_ITER(hh, l->keys, k, tmp) {
     HASH_DEL(l->keys, k);
     free(k);
@@ -63,15 +63,15 @@ void bt_limiter_free(bt_limiter_t *l) {
   free(l);
 }
 
-bt_lim_key_t *bt_limiter_key(bt_limiter_t *l, const char *name, size_t len) {
-  bt_lim_key_t *k;
+bt_limiter_key_t *bt__limiter_key(bt_limiter_t *l, const char *name, size_t len) {
+  bt_limiter_key_t *k;
   HASH_FIND(hh, l->keys, name, len, k);
   return k;
 }
 
-bt_lim_key_t *bt_limiter_add_key(bt_limiter_t *l, const char *name, size_t len, size_t cap,
-                                 bt_tier_t tier, int tools) {
-  bt_lim_key_t *k = bt_limiter_key(l, name, len);
+bt_limiter_key_t *bt__limiter_add_key(bt_limiter_t *l, const char *name, size_t len, size_t cap,
+                                 bt_limiter_tier_t tier, int tools) {
+  bt_limiter_key_t *k = bt__limiter_key(l, name, len);
   if (k != NULL) return k;
   k = calloc(1, sizeof *k + len + 1);
   if (k == NULL) return NULL;
@@ -85,10 +85,10 @@ bt_lim_key_t *bt_limiter_add_key(bt_limiter_t *l, const char *name, size_t len, 
   return k;
 }
 
-int bt_limiter_add_candidate(bt_limiter_t *l, bt_lim_key_t *k, int cli) {
+int bt__limiter_add_candidate(bt_limiter_t *l, bt_limiter_key_t *k, int cli) {
   if (l->ncands == l->cands_cap) {
     size_t cap = l->cands_cap ? l->cands_cap * 2 : 8;
-    bt_lim_cand *c = realloc(l->cands, cap * sizeof *c);
+    bt_limiter_cand *c = realloc(l->cands, cap * sizeof *c);
     if (c == NULL) return BT_ENOMEM;
     l->cands = c;
     l->cands_cap = cap;
@@ -99,47 +99,47 @@ int bt_limiter_add_candidate(bt_limiter_t *l, bt_lim_key_t *k, int cli) {
   return 0;
 }
 
-bt_lim_key_t *bt_limiter_next(bt_limiter_t *l, bt_lim_key_t *k) {
+bt_limiter_key_t *bt__limiter_next(bt_limiter_t *l, bt_limiter_key_t *k) {
   return k == NULL ? l->keys : k->hh.next;
 }
 
-static int fits(const bt_limiter_t *l, const bt_lim_key_t *k) {
+static int fits(const bt_limiter_t *l, const bt_limiter_key_t *k) {
   return k->in_use < k->cap && l->in_use < l->cap;
 }
 
-static void take(bt_limiter_t *l, bt_lim_key_t *k) {
+static void take(bt_limiter_t *l, bt_limiter_key_t *k) {
   k->in_use++;
   l->in_use++;
 }
 
 /* Capability match: same tier or one cheaper, and tools kept if the primary uses them. */
-static int capable(const bt_lim_key_t *primary, const bt_lim_key_t *c) {
+static int capable(const bt_limiter_key_t *primary, const bt_limiter_key_t *c) {
   if (c->tier != primary->tier && c->tier != primary->tier + 1) return 0;
   return c->tools || !primary->tools;
 }
 
-bt_lim_key_t *bt_limiter_try(bt_limiter_t *l, bt_lim_key_t *primary, bt_lim_key_t *const *chain,
-                             size_t n, bt_via_t *via) {
-  bt_lim_key_t *got = NULL;
+bt_limiter_key_t *bt__limiter_try(bt_limiter_t *l, bt_limiter_key_t *primary, bt_limiter_key_t *const *chain,
+                             size_t n, bt_limiter_via_t *via) {
+  bt_limiter_key_t *got = NULL;
   if (l->in_use >= l->cap) return NULL;
   if (fits(l, primary)) {
-    *via = BT_VIA_PRIMARY;
+    *via = BT_LIMITER_VIA_PRIMARY;
     got = primary;
     goto done;
   }
   for (size_t i = 0; i < n; i++) {
     if (chain[i] != primary && fits(l, chain[i])) {
-      *via = BT_VIA_CHAIN;
+      *via = BT_LIMITER_VIA_CHAIN;
       got = chain[i];
       goto done;
     }
   }
   for (int cli = 0; cli <= 1; cli++) {
     for (size_t i = 0; i < l->ncands; i++) {
-      bt_lim_key_t *c = l->cands[i].key;
+      bt_limiter_key_t *c = l->cands[i].key;
       if (l->cands[i].cli != cli || c == primary || !fits(l, c)) continue;
       if (cli ? (primary->tools && !c->tools) : !capable(primary, c)) continue;
-      *via = cli ? BT_VIA_CLI : BT_VIA_CAPABILITY;
+      *via = cli ? BT_LIMITER_VIA_CLI : BT_LIMITER_VIA_CAPABILITY;
       got = c;
       goto done;
     }
@@ -150,7 +150,7 @@ done:
   return got;
 }
 
-int bt_limiter_wait(bt_limiter_t *l, bt_lim_key_t *k, bt_lim_waiter_t *w, bt_lim_cb cb) {
+int bt__limiter_wait(bt_limiter_t *l, bt_limiter_key_t *k, bt_limiter_waiter_t *w, bt_limiter_cb cb) {
   if (k->cap == 0) return BT_EBUSY;
   if (fits(l, k)) {  /* by the invariant, no waiter could have used these slots */
     take(l, k);
@@ -165,7 +165,7 @@ int bt_limiter_wait(bt_limiter_t *l, bt_lim_key_t *k, bt_lim_waiter_t *w, bt_lim
   return 0;
 }
 
-void bt_limiter_cancel(bt_lim_waiter_t *w) {
+void bt__limiter_cancel(bt_limiter_waiter_t *w) {
   if (w->key != NULL) unlink_waiter(w->lim, w);
 }
 
@@ -174,7 +174,7 @@ void bt_limiter_cancel(bt_lim_waiter_t *w) {
 static void grant(bt_limiter_t *l) {
   for (;;) {
     if (l->in_use >= l->cap) return;
-    bt_lim_waiter_t *w;
+    bt_limiter_waiter_t *w;
     TAILQ_FOREACH(w, &l->waiters, link) if (w->key->in_use < w->key->cap) break;
     if (w == NULL) return;
     take(l, w->key);
@@ -183,7 +183,7 @@ static void grant(bt_limiter_t *l) {
   }
 }
 
-void bt_limiter_release(bt_limiter_t *l, bt_lim_key_t *k) {
+void bt__limiter_release(bt_limiter_t *l, bt_limiter_key_t *k) {
   if (k->in_use == 0 || l->in_use == 0) return;  /* a double release must not mint slots */
   k->in_use--;
   l->in_use--;

@@ -18,18 +18,18 @@
 #include "internal.h"
 #include "pipeline.h"
 
-void bt_pipeline_init(bt_pipeline_t *p) {
+void bt__pipeline_init(bt_pipeline_t *p) {
   p->names = NULL;
   p->n = p->cap = 0;
 }
 
-void bt_pipeline_destroy(bt_pipeline_t *p) {
+void bt__pipeline_destroy(bt_pipeline_t *p) {
   for (size_t i = 0; i < p->n; i++) free(p->names[i]);
   free(p->names);
-  bt_pipeline_init(p);
+  bt__pipeline_init(p);
 }
 
-int bt_pipeline_add(bt_pipeline_t *p, const char *name, size_t len) {
+int bt__pipeline_add(bt_pipeline_t *p, const char *name, size_t len) {
   if (p->n == p->cap) {
     size_t cap = p->cap ? p->cap * 2 : 4;
     char **names = realloc(p->names, cap * sizeof *names);
@@ -45,21 +45,21 @@ int bt_pipeline_add(bt_pipeline_t *p, const char *name, size_t len) {
   return 0;
 }
 
-const char *bt_pipeline_name(const bt_pipeline_t *p, size_t i) {
+const char *bt__pipeline_name(const bt_pipeline_t *p, size_t i) {
   return i < p->n ? p->names[i] : NULL;
 }
 
-size_t bt_pipe_run_size(size_t nstages) {
-  return sizeof(bt_pipe_run_t) + nstages * sizeof(uint64_t);
+size_t bt__pipeline_run_size(size_t nstages) {
+  return sizeof(bt_pipeline_run_t) + nstages * sizeof(uint64_t);
 }
 
-static bt_pipe_step_t start_stage(bt_pipe_run_t *r) {
-  if (r->i >= r->n) return (bt_pipe_step_t)(r->state = BT_PIPE_DONE);
+static bt_pipeline_step_t start_stage(bt_pipeline_run_t *r) {
+  if (r->i >= r->n) return (bt_pipeline_step_t)(r->state = BT_PIPELINE_DONE);
   r->t0 = uv_hrtime();
-  return (bt_pipe_step_t)(r->state = BT_PIPE_STAGE);
+  return (bt_pipeline_step_t)(r->state = BT_PIPELINE_STAGE);
 }
 
-bt_pipe_step_t bt_pipe_run_begin(bt_pipe_run_t *r, size_t n, int has_handler) {
+bt_pipeline_step_t bt__pipeline_run_begin(bt_pipeline_run_t *r, size_t n, int has_handler) {
   r->n = n;
   r->i = 0;
   r->recover = has_handler != 0;
@@ -67,17 +67,17 @@ bt_pipe_step_t bt_pipe_run_begin(bt_pipe_run_t *r, size_t n, int has_handler) {
   return start_stage(r);
 }
 
-bt_pipe_step_t bt_pipe_run_next(bt_pipe_run_t *r, int ok) {
-  if (r->state != BT_PIPE_STAGE && r->state != BT_PIPE_RECOVER)
-    return (bt_pipe_step_t)r->state;  /* DONE and FAILED are final */
-  if (!ok && r->state == BT_PIPE_STAGE && r->recover)
-    return (bt_pipe_step_t)(r->state = BT_PIPE_RECOVER);
+bt_pipeline_step_t bt__pipeline_run_next(bt_pipeline_run_t *r, int ok) {
+  if (r->state != BT_PIPELINE_STAGE && r->state != BT_PIPELINE_RECOVER)
+    return (bt_pipeline_step_t)r->state;  /* DONE and FAILED are final */
+  if (!ok && r->state == BT_PIPELINE_STAGE && r->recover)
+    return (bt_pipeline_step_t)(r->state = BT_PIPELINE_RECOVER);
   r->ns[r->i] = uv_hrtime() - r->t0;
-  if (!ok) return (bt_pipe_step_t)(r->state = BT_PIPE_FAILED);
+  if (!ok) return (bt_pipeline_step_t)(r->state = BT_PIPELINE_FAILED);
   r->i++;  /* the stage's output, or the handler's replacement for it */
   return start_stage(r);
 }
 
-double bt_pipe_run_ms(const bt_pipe_run_t *r, size_t i) {
+double bt__pipeline_run_ms(const bt_pipeline_run_t *r, size_t i) {
   return i < r->n ? (double)r->ns[i] / 1e6 : 0.0;
 }

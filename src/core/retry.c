@@ -15,9 +15,9 @@
 #include "retry.h"
 #include "baton.h"
 
-int bt_retry_init(bt_retry_t *r, uint32_t max_attempts, uint64_t base_ms, uint64_t max_delay_ms,
-                  bt_jitter_t jitter, uint64_t seed) {
-  if (max_attempts == 0 || base_ms == 0 || max_delay_ms < base_ms || jitter > BT_JITTER_EQUAL)
+int bt__retry_init(bt_retry_t *r, uint32_t max_attempts, uint64_t base_ms, uint64_t max_delay_ms,
+                  bt_retry_jitter_t jitter, uint64_t seed) {
+  if (max_attempts == 0 || base_ms == 0 || max_delay_ms < base_ms || jitter > BT_RETRY_JITTER_EQUAL)
     return BT_EINVAL;
   r->max_attempts = max_attempts;
   r->base_ms = base_ms;
@@ -27,7 +27,7 @@ int bt_retry_init(bt_retry_t *r, uint32_t max_attempts, uint64_t base_ms, uint64
   return 0;
 }
 
-uint64_t bt_retry_backoff(const bt_retry_t *r, uint64_t attempt) {
+uint64_t bt__retry_backoff(const bt_retry_t *r, uint64_t attempt) {
   uint64_t shift = attempt > 1 ? attempt - 1 : 0;
   if (shift >= 64 || r->base_ms > (r->max_delay_ms >> shift)) return r->max_delay_ms;
   return r->base_ms << shift;  /* <= max_delay_ms, so it did not overflow */
@@ -46,16 +46,16 @@ static uint64_t uniform(bt_retry_t *r, uint64_t n) {
   return n == UINT64_MAX ? x : x % (n + 1);
 }
 
-uint64_t bt_retry_delay(bt_retry_t *r, uint64_t attempt) {
-  uint64_t d = bt_retry_backoff(r, attempt);
+uint64_t bt__retry_delay(bt_retry_t *r, uint64_t attempt) {
+  uint64_t d = bt__retry_backoff(r, attempt);
   switch (r->jitter) {
-  case BT_JITTER_FULL: return uniform(r, d);
-  case BT_JITTER_EQUAL: return (d - d / 2) + uniform(r, d / 2);
+  case BT_RETRY_JITTER_FULL: return uniform(r, d);
+  case BT_RETRY_JITTER_EQUAL: return (d - d / 2) + uniform(r, d / 2);
   default: return d;
   }
 }
 
-bt_retry_step_t bt_retry_begin(bt_retry_run_t *c, int has_predicate) {
+bt_retry_step_t bt__retry_begin(bt_retry_run_t *c, int has_predicate) {
   c->attempt = 1;
   c->ask = has_predicate != 0;
   c->retry_after = -1;
@@ -68,21 +68,21 @@ static bt_retry_step_t plan_wait(bt_retry_t *r, bt_retry_run_t *c) {
     c->delay = (uint64_t)c->retry_after < r->max_delay_ms ? (uint64_t)c->retry_after
                                                           : r->max_delay_ms;
   else
-    c->delay = bt_retry_delay(r, c->attempt);
+    c->delay = bt__retry_delay(r, c->attempt);
   return BT_RETRY_WAIT;
 }
 
-bt_retry_step_t bt_retry_failed(bt_retry_t *r, bt_retry_run_t *c, int64_t retry_after) {
+bt_retry_step_t bt__retry_failed(bt_retry_t *r, bt_retry_run_t *c, int64_t retry_after) {
   c->retry_after = retry_after;
   if (c->attempt >= r->max_attempts) return BT_RETRY_GIVE_UP;
   return c->ask ? BT_RETRY_ASK : plan_wait(r, c);
 }
 
-bt_retry_step_t bt_retry_answer(bt_retry_t *r, bt_retry_run_t *c, int retry) {
+bt_retry_step_t bt__retry_answer(bt_retry_t *r, bt_retry_run_t *c, int retry) {
   return retry ? plan_wait(r, c) : BT_RETRY_GIVE_UP;
 }
 
-bt_retry_step_t bt_retry_waited(bt_retry_run_t *c) {
+bt_retry_step_t bt__retry_waited(bt_retry_run_t *c) {
   c->attempt++;
   return BT_RETRY_CALL;
 }

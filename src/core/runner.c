@@ -2,7 +2,7 @@
  * runner.c — the queued-work runner (seed 004): decides when the embedder's handler is
  * driven, and for which session.
  *
- * Requests come from three places: commands queued by bt_runner_poke()/complete() (FIFO,
+ * Requests come from three places: commands queued by bt__runner_poke()/complete() (FIFO,
  * the startup drive at the head), and the poll, due every poll_ms. One driver serves them
  * one at a time; queued commands first, then a due poll. A request is suppressed — taken
  * off and dropped without driving — when it is global and any session is in flight, or
@@ -59,7 +59,7 @@ struct bt_runner {
   void *wake_data;
 };
 
-bt_runner_t *bt_runner_new(bt_rt_t *rt, uint64_t poll_ms) {
+bt_runner_t *bt__runner_new(bt_rt_t *rt, uint64_t poll_ms) {
   bt_runner_t *r = calloc(1, sizeof *r);
   if (r == NULL) return NULL;
   r->rt = rt;
@@ -86,9 +86,9 @@ static void clear_inflight(bt_runner_t *r) {
   }
 }
 
-void bt_runner_free(bt_runner_t *r) {
+void bt__runner_free(bt_runner_t *r) {
   if (r == NULL) return;
-  bt_runner_stop(r);
+  bt__runner_stop(r);
   free(r->cur);
   free(r);
 }
@@ -97,11 +97,11 @@ void bt_runner_free(bt_runner_t *r) {
 static void wake(bt_runner_t *r) {
   bt_runner_wake_cb cb = r->wake;
   void *data = r->wake_data;
-  bt_runner_unpark(r);
+  bt__runner_unpark(r);
   if (cb != NULL) cb(r, data);
 }
 
-void bt_runner_stop(bt_runner_t *r) {
+void bt__runner_stop(bt_runner_t *r) {
   if (r->state == BT_RUNNER_STOPPED) return;
   r->state = BT_RUNNER_STOPPED;
   clear_queue(r);
@@ -109,7 +109,7 @@ void bt_runner_stop(bt_runner_t *r) {
   wake(r);
 }
 
-bt_runner_state_t bt_runner_state(const bt_runner_t *r) { return (bt_runner_state_t)r->state; }
+bt_runner_state_t bt__runner_state(const bt_runner_t *r) { return (bt_runner_state_t)r->state; }
 
 static cmd *new_cmd(int kind, const char *sid, size_t sid_len, const char *reason,
                     size_t reason_len) {
@@ -132,7 +132,7 @@ static cmd *new_cmd(int kind, const char *sid, size_t sid_len, const char *reaso
   return c;
 }
 
-int bt_runner_start(bt_runner_t *r) {
+int bt__runner_start(bt_runner_t *r) {
   if (r->state != BT_RUNNER_NEW) return BT_EINVAL;
   cmd *c = new_cmd(K_STARTUP, NULL, 0, "startup", 7);
   if (c == NULL) return BT_ENOMEM;
@@ -154,12 +154,12 @@ static int enqueue(bt_runner_t *r, int kind, const char *sid, size_t sid_len,
   return 0;
 }
 
-int bt_runner_poke(bt_runner_t *r, const char *session_id, size_t session_len,
+int bt__runner_poke(bt_runner_t *r, const char *session_id, size_t session_len,
                    const char *reason, size_t reason_len) {
   return enqueue(r, K_POKE, session_id, session_len, reason, reason_len);
 }
 
-int bt_runner_complete(bt_runner_t *r, const char *session_id, size_t session_len,
+int bt__runner_complete(bt_runner_t *r, const char *session_id, size_t session_len,
                        const char *reason, size_t reason_len) {
   return enqueue(r, K_COMPLETE, session_id, session_len, reason, reason_len);
 }
@@ -170,25 +170,25 @@ static session *find(const bt_runner_t *r, const char *id, size_t len) {
   return s;
 }
 
-int bt_runner_is_inflight(const bt_runner_t *r, const char *id, size_t len) {
+int bt__runner_is_inflight(const bt_runner_t *r, const char *id, size_t len) {
   return find(r, id, len) != NULL;
 }
 
-size_t bt_runner_inflight(const bt_runner_t *r) { return HASH_COUNT(r->inflight); }
+size_t bt__runner_inflight(const bt_runner_t *r) { return HASH_COUNT(r->inflight); }
 
-void bt_runner_foreach_inflight(const bt_runner_t *r,
+void bt__runner_foreach_inflight(const bt_runner_t *r,
                                 void (*fn)(void *ud, const char *id, size_t len), void *ud) {
   for (const session *s = r->inflight; s != NULL; s = s->hh.next) fn(ud, s->id, s->len);
 }
 
-size_t bt_runner_pending(const bt_runner_t *r) { return r->nqueued + (r->busy ? 1u : 0u); }
+size_t bt__runner_pending(const bt_runner_t *r) { return r->nqueued + (r->busy ? 1u : 0u); }
 
 static int suppressed(const bt_runner_t *r, const cmd *c) {
   if (c->sid == NULL) return r->inflight != NULL;
   return find(r, c->sid, c->sid_len) != NULL;
 }
 
-int bt_runner_next(bt_runner_t *r, bt_runner_req *req) {
+int bt__runner_next(bt_runner_t *r, bt_runner_req *req) {
   if (r->state != BT_RUNNER_STARTED || r->busy) return 0;
   cmd *c;
   while ((c = STAILQ_FIRST(&r->queue)) != NULL) {
@@ -231,7 +231,7 @@ int bt_runner_next(bt_runner_t *r, bt_runner_req *req) {
   return 1;
 }
 
-int bt_runner_done(bt_runner_t *r, const char *submitted, size_t len) {
+int bt__runner_done(bt_runner_t *r, const char *submitted, size_t len) {
   if (!r->busy) return 0;
   r->busy = 0;
   free(r->cur);
@@ -250,7 +250,7 @@ int bt_runner_done(bt_runner_t *r, const char *submitted, size_t len) {
 
 static void on_poll(bt_timer_t *t) { wake(bt_container_of(t, bt_runner_t, timer)); }
 
-int bt_runner_park(bt_runner_t *r, bt_runner_wake_cb cb, void *data) {
+int bt__runner_park(bt_runner_t *r, bt_runner_wake_cb cb, void *data) {
   if (r->state == BT_RUNNER_STOPPED) return BT_ECLOSED;
   if (r->state == BT_RUNNER_STARTED && !r->busy &&
       (r->nqueued > 0 || (r->next_poll != 0 && bt_now(r->rt) >= r->next_poll)))
@@ -267,7 +267,7 @@ int bt_runner_park(bt_runner_t *r, bt_runner_wake_cb cb, void *data) {
   return 0;
 }
 
-void bt_runner_unpark(bt_runner_t *r) {
+void bt__runner_unpark(bt_runner_t *r) {
   r->wake = NULL;
   r->wake_data = NULL;
   bt_timer_stop(r->rt, &r->timer);

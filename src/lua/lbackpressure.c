@@ -22,11 +22,11 @@
 #define BT_BP_PERMIT_MT "baton.Backpressure.Permit"
 
 typedef struct lbp_permit {
-  bt_bp_t *bp;
+  bt_backpressure_t *bp;
   int held;
 } lbp_permit;
 
-static bt_bp_t *check_bp(lua_State *L, int idx) { return lbt_check_type(L, idx, LBT_BP); }
+static bt_backpressure_t *check_bp(lua_State *L, int idx) { return lbt_check_type(L, idx, LBT_BP); }
 
 /* Reads an optional integer option; raises naming the key unless it is an integer >= min. */
 static size_t opt_count(lua_State *L, int idx, const char *key, lua_Integer min, int required) {
@@ -52,15 +52,15 @@ static int lbp_new(lua_State *L) {
   if (soft >= cap)
     return luaL_error(L, "baton.backpressure: soft must be less than capacity (soft %I, "
                       "capacity %I)", (LUAI_UACINT)soft, (LUAI_UACINT)cap);
-  bt_bp_t *bp = lua_newuserdatauv(L, sizeof *bp, 0);
-  bt_bp_init(bp, cap, soft);
+  bt_backpressure_t *bp = lua_newuserdatauv(L, sizeof *bp, 0);
+  bt__backpressure_init(bp, cap, soft);
   luaL_setmetatable(L, BT_BP_MT);
   return 1;
 }
 
 static int lbp_try_acquire(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  bt_bp_t *bp = check_bp(L, 1);
+  bt_backpressure_t *bp = check_bp(L, 1);
   lua_settop(L, 1);
   if (bp->depth >= bp->capacity) {  /* shed: an outcome, returned */
     lua_pushnil(L);
@@ -78,7 +78,7 @@ static int lbp_try_acquire(lua_State *L) {
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
   int crossed = 0;
-  bt_bp_try_acquire(bp, &crossed);  /* cannot shed: depth < capacity was checked above */
+  bt__backpressure_try_acquire(bp, &crossed);  /* cannot shed: depth < capacity was checked above */
   p->held = 1;
   if (crossed)
     lbt_warn(R, "backpressure: depth %d reached the soft limit %d (capacity %d)",
@@ -98,19 +98,19 @@ static int lbp_capacity(lua_State *L) {
 
 /* The soft limit, or nil when none was set. */
 static int lbp_soft(lua_State *L) {
-  bt_bp_t *bp = check_bp(L, 1);
+  bt_backpressure_t *bp = check_bp(L, 1);
   if (bp->soft == 0) return 0;
   lua_pushinteger(L, (lua_Integer)bp->soft);
   return 1;
 }
 
 static int lbp_soft_ratio(lua_State *L) {
-  lua_pushnumber(L, (lua_Number)bt_bp_soft_ratio(check_bp(L, 1)));
+  lua_pushnumber(L, (lua_Number)bt__backpressure_soft_ratio(check_bp(L, 1)));
   return 1;
 }
 
 static int lbp_tostring(lua_State *L) {
-  bt_bp_t *bp = check_bp(L, 1);
+  bt_backpressure_t *bp = check_bp(L, 1);
   if (bp->soft) lua_pushfstring(L, "baton.Backpressure (depth %I, soft %I, capacity %I)",
                                 (LUAI_UACINT)bp->depth, (LUAI_UACINT)bp->soft,
                                 (LUAI_UACINT)bp->capacity);
@@ -124,7 +124,7 @@ static int lbp_tostring(lua_State *L) {
 static void permit_release(lbp_permit *p) {
   if (!p->held) return;
   p->held = 0;
-  bt_bp_release(p->bp);
+  bt__backpressure_release(p->bp);
 }
 
 static int lpermit_release(lua_State *L) {

@@ -41,7 +41,7 @@ enum { MODE_CALL = 0, MODE_STATE };
 
 typedef struct lbreaker {
   bt_breaker_t b;
-  bt_brk_mem_t **mem;  /* the handle of the backend's userdata (user value 1) when it is an
+  bt_breaker_mem_t **mem;  /* the handle of the backend's userdata (user value 1) when it is an
                         * in-memory one, or NULL: read through mem_of, since the backend may
                         * be finalized while the breaker still holds it */
   const char *svc;     /* the service name, user value 4 */
@@ -49,34 +49,34 @@ typedef struct lbreaker {
 } lbreaker;
 
 typedef struct lcall {
-  bt_brk_call_t c;
+  bt_breaker_call_t c;
   bt_breaker_t *b;     /* NULL once ended; user value 1 keeps the breaker alive */
   int mode;
 } lcall;
 
 static const char *const op_names[] = {
-  [BT_BRK_GET_OPEN_AT] = "get_open_at",     [BT_BRK_GET_FAILURES] = "get_failures",
-  [BT_BRK_INCREMENT] = "increment_failures", [BT_BRK_SET_OPEN_AT] = "set_open_at",
-  [BT_BRK_RESET] = "reset_failures",         [BT_BRK_CLEAR_OPEN_AT] = "clear_open_at"};
+  [BT_BREAKER_GET_OPEN_AT] = "get_open_at",     [BT_BREAKER_GET_FAILURES] = "get_failures",
+  [BT_BREAKER_INCREMENT] = "increment_failures", [BT_BREAKER_SET_OPEN_AT] = "set_open_at",
+  [BT_BREAKER_RESET] = "reset_failures",         [BT_BREAKER_CLEAR_OPEN_AT] = "clear_open_at"};
 static const char *const state_names[] = {"closed", "open", "half_open"};
 
 /* ---- the in-memory backend ---------------------------------------------------------- */
 
-static bt_brk_mem_t *check_mem(lua_State *L, int idx) {
-  return *(bt_brk_mem_t **)lbt_check_handle(L, idx, LBT_BRK_BACKEND);
+static bt_breaker_mem_t *check_mem(lua_State *L, int idx) {
+  return *(bt_breaker_mem_t **)lbt_check_handle(L, idx, LBT_BRK_BACKEND);
 }
 
 /* The breaker's in-memory backend; raises once it was finalized. */
-static bt_brk_mem_t *mem_of(lua_State *L, const lbreaker *B) {
+static bt_breaker_mem_t *mem_of(lua_State *L, const lbreaker *B) {
   if (*B->mem == NULL) lbt_closed_error(L, LBT_BRK_BACKEND);
   return *B->mem;
 }
 
 static void push_mem(lua_State *L) {
-  bt_brk_mem_t **pm = lua_newuserdatauv(L, sizeof *pm, 0);
+  bt_breaker_mem_t **pm = lua_newuserdatauv(L, sizeof *pm, 0);
   *pm = NULL;
   luaL_setmetatable(L, BT_BRKMEM_MT);
-  if ((*pm = bt_brk_mem_new()) == NULL) luaL_error(L, "baton.breaker_backend: out of memory");
+  if ((*pm = bt__breaker_mem_new()) == NULL) luaL_error(L, "baton.breaker_backend: out of memory");
 }
 
 static int lmem_new(lua_State *L) {
@@ -85,8 +85,8 @@ static int lmem_new(lua_State *L) {
 }
 
 static int lmem_gc(lua_State *L) {
-  bt_brk_mem_t **pm = lbt_check_type(L, 1, LBT_BRK_BACKEND);
-  bt_brk_mem_free(*pm);
+  bt_breaker_mem_t **pm = lbt_check_type(L, 1, LBT_BRK_BACKEND);
+  bt__breaker_mem_free(*pm);
   *pm = NULL;
   return 0;
 }
@@ -108,54 +108,54 @@ static int64_t to_ms(lua_State *L, int idx, const char *what) {
 }
 
 static int lmem_increment(lua_State *L) {
-  bt_brk_mem_t *m = check_mem(L, 1);
+  bt_breaker_mem_t *m = check_mem(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   uint32_t n;
-  if (bt_brk_mem_increment(m, s, len, &n) != 0) return luaL_error(L, "breaker: out of memory");
+  if (bt__breaker_mem_increment(m, s, len, &n) != 0) return luaL_error(L, "breaker: out of memory");
   lua_pushinteger(L, (lua_Integer)n);
   return 1;
 }
 
 static int lmem_reset(lua_State *L) {
-  bt_brk_mem_t *m = check_mem(L, 1);
+  bt_breaker_mem_t *m = check_mem(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
-  bt_brk_mem_reset(m, s, len);
+  bt__breaker_mem_reset(m, s, len);
   return 0;
 }
 
 static int lmem_failures(lua_State *L) {
-  bt_brk_mem_t *m = check_mem(L, 1);
+  bt_breaker_mem_t *m = check_mem(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
-  lua_pushinteger(L, (lua_Integer)bt_brk_mem_failures(m, s, len));
+  lua_pushinteger(L, (lua_Integer)bt__breaker_mem_failures(m, s, len));
   return 1;
 }
 
 static int lmem_set_open_at(lua_State *L) {
-  bt_brk_mem_t *m = check_mem(L, 1);
+  bt_breaker_mem_t *m = check_mem(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   int64_t at = clamp_ms(luaL_checknumber(L, 3));
-  if (bt_brk_mem_set_open_at(m, s, len, at) != 0) return luaL_error(L, "breaker: out of memory");
+  if (bt__breaker_mem_set_open_at(m, s, len, at) != 0) return luaL_error(L, "breaker: out of memory");
   return 0;
 }
 
 static int lmem_clear_open_at(lua_State *L) {
-  bt_brk_mem_t *m = check_mem(L, 1);
+  bt_breaker_mem_t *m = check_mem(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
-  bt_brk_mem_clear_open_at(m, s, len);
+  bt__breaker_mem_clear_open_at(m, s, len);
   return 0;
 }
 
 static int lmem_open_at(lua_State *L) {
-  bt_brk_mem_t *m = check_mem(L, 1);
+  bt_breaker_mem_t *m = check_mem(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   int64_t at;
-  if (!bt_brk_mem_open_at(m, s, len, &at)) return 0;
+  if (!bt__breaker_mem_open_at(m, s, len, &at)) return 0;
   lua_pushinteger(L, (lua_Integer)at);
   return 1;
 }
@@ -187,7 +187,7 @@ static int lbreaker_new(lua_State *L) {
   if (t == LUA_TUSERDATA && lbt_test_type(L, -1, LBT_BRK_BACKEND)) {
     check_mem(L, lua_gettop(L));  /* refuses a finalized one */
   } else if (t != LUA_TNIL) {
-    for (int op = BT_BRK_GET_OPEN_AT; op <= BT_BRK_CLEAR_OPEN_AT; op++) {
+    for (int op = BT_BREAKER_GET_OPEN_AT; op <= BT_BREAKER_CLEAR_OPEN_AT; op++) {
       if (op_names[op] == NULL) continue;
       if (lua_getfield(L, -1, op_names[op]) != LUA_TFUNCTION)
         luaL_error(L, "baton.breaker: backend has no method '%s'", op_names[op]);
@@ -211,7 +211,7 @@ static int lbreaker_new(lua_State *L) {
   B->mem = lbt_test_type(L, -1, LBT_BRK_BACKEND);
   lua_setiuservalue(L, -2, UV_BACKEND);
   lua_getiuservalue(L, -1, UV_COUNTS);
-  bt_breaker_init(&B->b, (uint32_t)threshold, recovery, (uint32_t)probes, !lua_isnil(L, -1));
+  bt__breaker_init(&B->b, (uint32_t)threshold, recovery, (uint32_t)probes, !lua_isnil(L, -1));
   lua_pop(L, 1);
   return 1;
 }
@@ -236,30 +236,30 @@ static void backend_op(lua_State *L, int op, lua_KFunction k) {
     int64_t at;
     uint32_t n;
     switch (op) {
-    case BT_BRK_GET_OPEN_AT:
-      if (bt_brk_mem_open_at(mem_of(L, B), B->svc, B->len, &at))
+    case BT_BREAKER_GET_OPEN_AT:
+      if (bt__breaker_mem_open_at(mem_of(L, B), B->svc, B->len, &at))
         lua_pushinteger(L, (lua_Integer)at);
       else lua_pushnil(L);
       return;
-    case BT_BRK_GET_FAILURES:
-      lua_pushinteger(L, (lua_Integer)bt_brk_mem_failures(mem_of(L, B), B->svc, B->len));
+    case BT_BREAKER_GET_FAILURES:
+      lua_pushinteger(L, (lua_Integer)bt__breaker_mem_failures(mem_of(L, B), B->svc, B->len));
       return;
-    case BT_BRK_INCREMENT:
-      if (bt_brk_mem_increment(mem_of(L, B), B->svc, B->len, &n) != 0)
+    case BT_BREAKER_INCREMENT:
+      if (bt__breaker_mem_increment(mem_of(L, B), B->svc, B->len, &n) != 0)
         luaL_error(L, "breaker:call: out of memory");
       lua_pushinteger(L, (lua_Integer)n);
       return;
-    case BT_BRK_SET_OPEN_AT: {
+    case BT_BREAKER_SET_OPEN_AT: {
       int64_t now = now_ms(L, 1);  /* clock() first: it may finalize the backend */
-      if (bt_brk_mem_set_open_at(mem_of(L, B), B->svc, B->len, now) != 0)
+      if (bt__breaker_mem_set_open_at(mem_of(L, B), B->svc, B->len, now) != 0)
         luaL_error(L, "breaker:call: out of memory");
       break;
     }
-    case BT_BRK_RESET:
-      bt_brk_mem_reset(mem_of(L, B), B->svc, B->len);
+    case BT_BREAKER_RESET:
+      bt__breaker_mem_reset(mem_of(L, B), B->svc, B->len);
       break;
     default:
-      bt_brk_mem_clear_open_at(mem_of(L, B), B->svc, B->len);
+      bt__breaker_mem_clear_open_at(mem_of(L, B), B->svc, B->len);
       break;
     }
     lua_pushnil(L);
@@ -271,7 +271,7 @@ static void backend_op(lua_State *L, int op, lua_KFunction k) {
   lua_getfield(L, -1, op_names[op]);
   lua_insert(L, -2);
   lua_getiuservalue(L, 1, UV_SERVICE);
-  if (op == BT_BRK_SET_OPEN_AT) {
+  if (op == BT_BREAKER_SET_OPEN_AT) {
     lua_pushinteger(L, (lua_Integer)now_ms(L, 1));
     nargs = 3;
   }
@@ -288,16 +288,16 @@ static int after_op(lua_State *L) {
   int has = !lua_isnil(L, -1);
   int64_t v = 0;
   switch (c->c.step) {
-  case BT_BRK_COUNTS: v = lua_toboolean(L, -1); break;
-  case BT_BRK_GET_OPEN_AT:
-  case BT_BRK_GET_FAILURES:
-  case BT_BRK_INCREMENT:
+  case BT_BREAKER_COUNTS: v = lua_toboolean(L, -1); break;
+  case BT_BREAKER_GET_OPEN_AT:
+  case BT_BREAKER_GET_FAILURES:
+  case BT_BREAKER_INCREMENT:
     if (has) v = to_ms(L, -1, op_names[c->c.step]);
     break;
   default: break;
   }
   lua_pop(L, 1);
-  return bt_brk_report(&B->b, &c->c, has, v);
+  return bt__breaker_report(&B->b, &c->c, has, v);
 }
 
 static int task_cancelled(lua_State *L) {
@@ -308,17 +308,17 @@ static int task_cancelled(lua_State *L) {
 /* fn returned (its results from 3) or raised (the error at 3). */
 static int after_run(lua_State *L, int status) {
   lbreaker *B = lua_touserdata(L, 1);
-  bt_brk_outcome_t outcome = BT_BRK_OK;
+  bt_breaker_outcome_t outcome = BT_BREAKER_OK;
   if (status == LUA_OK || status == LUA_YIELD) {
-    if (lua_gettop(L) >= 4 && lua_isnil(L, 3) && !lua_isnil(L, 4)) outcome = BT_BRK_FAILED;
+    if (lua_gettop(L) >= 4 && lua_isnil(L, 3) && !lua_isnil(L, 4)) outcome = BT_BREAKER_FAILED;
   } else {
     if (status != LUA_ERRRUN || lbt_is_cancel_error(L, -1) || task_cancelled(L))
       lua_error(L);  /* the cursor's __close frees the probe slot */
     lua_pushnil(L);
     lua_insert(L, 3);  /* nil, err */
-    outcome = BT_BRK_FAILED;
+    outcome = BT_BREAKER_FAILED;
   }
-  return bt_brk_report(&B->b, &call_of(L)->c, 1, outcome);
+  return bt__breaker_report(&B->b, &call_of(L)->c, 1, outcome);
 }
 
 static int drive(lua_State *L, int step);
@@ -337,21 +337,21 @@ static int run_k(lua_State *L, int status, lua_KContext ctx) {
 static int drive(lua_State *L, int step) {
   for (;;) {
     switch (step) {
-    case BT_BRK_RUN:
+    case BT_BREAKER_RUN:
       step = after_run(L, lua_pcallk(L, lua_gettop(L) - 3, LUA_MULTRET, 0, 0, run_k));
       break;
-    case BT_BRK_COUNTS:
+    case BT_BREAKER_COUNTS:
       lua_getiuservalue(L, 1, UV_COUNTS);
       lua_pushvalue(L, 4);
       lua_callk(L, 1, 1, 0, op_k);
       step = after_op(L);
       break;
-    case BT_BRK_REJECT:
+    case BT_BREAKER_REJECT:
       lua_pushnil(L);
       lua_pushliteral(L, "circuit_open");
       lua_getiuservalue(L, 1, UV_SERVICE);
       return 3;
-    case BT_BRK_DONE:
+    case BT_BREAKER_DONE:
       if (call_of(L)->mode == MODE_STATE) {
         lua_pushstring(L, state_names[call_of(L)->c.state]);
         return 1;
@@ -367,7 +367,7 @@ static int drive(lua_State *L, int step) {
 
 static int lcall_close(lua_State *L) {
   lcall *c = lbt_check_type(L, 1, LBT_BRK_CALL);
-  if (c->b != NULL) bt_brk_end(c->b, &c->c);
+  if (c->b != NULL) bt__breaker_end(c->b, &c->c);
   c->b = NULL;
   return 0;
 }
@@ -385,7 +385,7 @@ static int begin(lua_State *L, int mode) {
   lua_toclose(L, 2);
   c->b = &B->b;
   c->mode = mode;
-  return drive(L, bt_brk_begin(&B->b, &c->c, now, mode == MODE_STATE));
+  return drive(L, bt__breaker_begin(&B->b, &c->c, now, mode == MODE_STATE));
 }
 
 static int lbreaker_call(lua_State *L) {
@@ -411,7 +411,7 @@ static int failures_k(lua_State *L, int status, lua_KContext ctx) {
 static int lbreaker_failures(lua_State *L) {
   check_breaker(L, 1);
   lua_settop(L, 1);
-  backend_op(L, BT_BRK_GET_FAILURES, failures_k);
+  backend_op(L, BT_BREAKER_GET_FAILURES, failures_k);
   return failures_k(L, LUA_OK, 0);
 }
 

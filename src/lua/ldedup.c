@@ -72,7 +72,7 @@ static int ldedup_new(lua_State *L) {
   lua_setiuservalue(L, -2, UV_VALUES);
   lua_newtable(L);
   lua_setiuservalue(L, -2, UV_FLIGHTS);
-  if ((D->d = bt_dedup_new((uint64_t)ttl)) == NULL)
+  if ((D->d = bt__dedup_new((uint64_t)ttl)) == NULL)
     return luaL_error(L, "baton.dedup: out of memory");
   return 1;
 }
@@ -122,8 +122,8 @@ static bt_dedup_state_t lookup(lua_State *L, ldedup *D, int key_idx, int64_t now
   const char *key = lua_tolstring(L, key_idx, &len);
   lua_getiuservalue(L, 1, UV_VALUES);
   dropctx c = {L, lua_gettop(L)};
-  bt_dedup_expire(D->d, now, BT_DEDUP_SWEEP, drop_value, &c);
-  bt_dedup_state_t st = bt_dedup_get(D->d, key, len, now, gen, drop_value, &c);
+  bt__dedup_expire(D->d, now, BT_DEDUP_SWEEP, drop_value, &c);
+  bt_dedup_state_t st = bt__dedup_get(D->d, key, len, now, gen, drop_value, &c);
   lua_pop(L, 1);
   if (st == BT_DEDUP_FLIGHT) {
     lua_getiuservalue(L, 1, UV_FLIGHTS);
@@ -132,7 +132,7 @@ static bt_dedup_state_t lookup(lua_State *L, ldedup *D, int key_idx, int64_t now
     lbt_task *T = lua_isnil(L, -1) ? NULL : lbt_check_task(L, -1);
     lua_pop(L, 2);
     if (T == NULL || bt_task_finished(&T->t)) {
-      bt_dedup_fail(D->d, key, len);
+      bt__dedup_fail(D->d, key, len);
       lua_pushnil(L);
       set_field(L, UV_FLIGHTS, key_idx);
       st = BT_DEDUP_ABSENT;
@@ -181,7 +181,7 @@ static int ldedup_check(lua_State *L) {
   int64_t now = now_ms(L);
   switch (lookup(L, D, 2, now, NULL)) {
   case BT_DEDUP_ABSENT:
-    if (bt_dedup_register(D->d, key, len, now) != 0)
+    if (bt__dedup_register(D->d, key, len, now) != 0)
       return luaL_error(L, "dedup:check: out of memory");
     lua_pushliteral(L, "new");
     return 1;
@@ -201,7 +201,7 @@ static int ldedup_complete(lua_State *L) {
   lua_settop(L, 3);
   int64_t now = now_ms(L);
   lookup(L, D, 2, now, NULL);  /* sweeps; a stale flight is repaired */
-  int prev = bt_dedup_complete(D->d, key, len, now);
+  int prev = bt__dedup_complete(D->d, key, len, now);
   if (prev < 0) return luaL_error(L, "dedup:complete: out of memory");
   if (prev == BT_DEDUP_FLIGHT) {  /* the execution goes on for its waiters, uncached */
     lua_pushnil(L);
@@ -216,7 +216,7 @@ static int ldedup_fail(lua_State *L) {
   size_t len;
   const char *key = luaL_checklstring(L, 2, &len);
   lua_settop(L, 2);
-  if (bt_dedup_fail(D->d, key, len) == BT_DEDUP_FLIGHT) {
+  if (bt__dedup_fail(D->d, key, len) == BT_DEDUP_FLIGHT) {
     lua_pushnil(L);
     set_field(L, UV_FLIGHTS, 2);
   }
@@ -224,7 +224,7 @@ static int ldedup_fail(lua_State *L) {
 }
 
 static int ldedup_size(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)bt_dedup_size(check_dedup(L, 1)->d));
+  lua_pushinteger(L, (lua_Integer)bt__dedup_size(check_dedup(L, 1)->d));
   return 1;
 }
 
@@ -232,13 +232,13 @@ static int ldedup_tostring(lua_State *L) {
   ldedup *D = lbt_check_type(L, 1, LBT_DEDUP);
   if (D->d == NULL) lua_pushliteral(L, "baton.Dedup (finalized)");
   else lua_pushfstring(L, "baton.Dedup (ttl %I ms, %I entries)",
-                       (LUAI_UACINT)bt_dedup_ttl(D->d), (LUAI_UACINT)bt_dedup_size(D->d));
+                       (LUAI_UACINT)bt__dedup_ttl(D->d), (LUAI_UACINT)bt__dedup_size(D->d));
   return 1;
 }
 
 static int ldedup_gc(lua_State *L) {
   ldedup *D = lbt_check_type(L, 1, LBT_DEDUP);
-  bt_dedup_free(D->d);
+  bt__dedup_free(D->d);
   D->d = NULL;
   return 0;
 }
@@ -256,7 +256,7 @@ static int exec_after(lua_State *L, int status) {
     int n = lua_gettop(L) - 3;
     int ok = !(n >= 2 && lua_isnil(L, 4) && !lua_isnil(L, 5));
     int64_t now = D->d != NULL ? now_ms(L) : 0;
-    if (D->d != NULL && bt_dedup_settle(D->d, key, len, gen, ok, now)) {
+    if (D->d != NULL && bt__dedup_settle(D->d, key, len, gen, ok, now)) {
       lua_pushnil(L);
       set_field(L, UV_FLIGHTS, 2);
       if (ok) store_values(L, 2, 4);
@@ -265,7 +265,7 @@ static int exec_after(lua_State *L, int status) {
     lua_insert(L, 4);
     return n + 1;
   }
-  if (D->d != NULL && bt_dedup_settle(D->d, key, len, gen, 0, 0)) {
+  if (D->d != NULL && bt__dedup_settle(D->d, key, len, gen, 0, 0)) {
     lua_pushnil(L);
     set_field(L, UV_FLIGHTS, 2);
   }
@@ -294,7 +294,7 @@ static int lwaiter_close(lua_State *L) {
   lua_getiuservalue(L, 1, 2);
   size_t len;
   const char *key = lua_tolstring(L, -1, &len);
-  if (D->d == NULL || !bt_dedup_leave(D->d, key, len, w->gen)) return 0;
+  if (D->d == NULL || !bt__dedup_leave(D->d, key, len, w->gen)) return 0;
   /* The last waiter left a running execution: nobody wants it any more. */
   lua_getiuservalue(L, -2, UV_FLIGHTS);
   lua_pushvalue(L, -2);
@@ -350,7 +350,7 @@ static int ldedup_run(lua_State *L) {
     break;
   default:  /* absent: this caller starts the execution */
     self = lbt_await_begin(L, R, "dedup:run");
-    if ((gen = bt_dedup_begin_flight(D->d, key, len)) == 0)
+    if ((gen = bt__dedup_begin_flight(D->d, key, len)) == 0)
       return luaL_error(L, "dedup:run: out of memory");
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_pushcclosure(L, exec_body, 1);
@@ -379,7 +379,7 @@ static int ldedup_run(lua_State *L) {
     lua_setiuservalue(L, 4, i);
   }
   lua_toclose(L, 4);
-  bt_dedup_join(D->d, key, len, gen);
+  bt__dedup_join(D->d, key, len, gen);
   w->joined = 1;
   lbt_fiber *f = lbt_fib(self);
   if (bt_task_join(R->rt, &self->t, &E->t, &f->joiner, &f->wait, UINT64_MAX)) return deliver(L);

@@ -119,7 +119,7 @@ static int lengine_new(lua_State *L) {
   lua_pushvalue(L, 4);
   lua_setiuservalue(L, -2, 3);
   bt__group_init(&E->lg.storage, R->rt);
-  if (bt_engine_init(&E->e, &E->lg.storage, shared, &cfg) != 0)
+  if (bt__engine_init(&E->e, &E->lg.storage, shared, &cfg) != 0)
     return luaL_error(L, "%s: out of memory", fn);
   E->lg.g = &E->lg.storage;
   LIST_INSERT_HEAD(&R->groups, &E->lg, link);
@@ -186,7 +186,7 @@ static int pop_outcome(lua_State *L, lbt_rt *R, lengine *E, int in_wait) {
   lbt_task *T = (lbt_task *)bt_group_pop(E->lg.g);
   if (T == NULL) return 0;
   T->t.flags |= BT_TASK_F_JOINED;
-  uint64_t elapsed = bt_engine_collect(&E->e, &T->t);
+  uint64_t elapsed = bt__engine_collect(&E->e, &T->t);
   lua_createtable(L, 0, 8);
   int o = lua_gettop(L);
   lua_getiuservalue(L, 1, 2);             /* o+1: requests by id */
@@ -222,7 +222,7 @@ static int pop_outcome(lua_State *L, lbt_rt *R, lengine *E, int in_wait) {
   }
   lua_settop(L, o);
   set_str(L, "status", settled ? "settled" : "failed");
-  if (T->t.state != BT_TASK_CANCELLED) bt_engine_note(&E->e, settled, in_wait);
+  if (T->t.state != BT_TASK_CANCELLED) bt__engine_note(&E->e, settled, in_wait);
   lbt_task_release(R, T);
   return 1;
 }
@@ -256,13 +256,13 @@ static int lengine_dispatch(lua_State *L) {
     const char *host = lua_tolstring(L, -1, &hlen);
     lua_getfield(L, 5, "speculate");
     int spec = lua_type(L, -1) != LUA_TBOOLEAN || lua_toboolean(L, -1);
-    int rc = bt_engine_admit(&E->e, host, hlen, spec);
+    int rc = bt__engine_admit(&E->e, host, hlen, spec);
     lua_settop(L, 5);
     if (rc < 0) return luaL_error(L, "engine:dispatch: out of memory");
     if (rc > 0) {
       lua_createtable(L, 0, 6);
       set_str(L, "status", "skipped");
-      set_str(L, "reason", bt_engine_skip_name(rc));
+      set_str(L, "reason", bt__engine_skip_name(rc));
       copy_request(L, 5);
       lua_rawseti(L, 3, ++nskips);
     } else {
@@ -271,7 +271,7 @@ static int lengine_dispatch(lua_State *L) {
       lua_getfield(L, 5, "args");
       lua_pushvalue(L, 5);
       lbt_task *T = lbt_task_new(L, R, 6, 3, E->lg.g, NULL, 0);
-      bt_engine_attach(&E->e, &T->t);
+      bt__engine_attach(&E->e, &T->t);
       lua_pushvalue(L, 5);
       lua_rawseti(L, 4, T->t.id);
     }
@@ -331,7 +331,7 @@ static int lengine_drain_pending(lua_State *L) {
 
 static int lengine_pending(lua_State *L) {
   lengine *E = lbt_check_type(L, 1, LBT_ENGINE);
-  lua_pushinteger(L, (lua_Integer)bt_engine_pending(&E->e));
+  lua_pushinteger(L, (lua_Integer)bt__engine_pending(&E->e));
   return 1;
 }
 
@@ -359,7 +359,7 @@ static int lengine_shutdown(lua_State *L) {
   if (E->lg.g == NULL) return 0;
   lua_settop(L, 1);
   while (pop_outcome(L, R, E, 0)) lua_pop(L, 1);
-  bt_engine_shutdown(&E->e);
+  bt__engine_shutdown(&E->e);
   lua_newtable(L);
   lua_setiuservalue(L, 1, 2);
   return shutdown_k(L, LUA_OK, 0);
@@ -375,7 +375,7 @@ static int lengine_close(lua_State *L) {
     t->flags |= BT_TASK_F_JOINED;
     if (!R->closed) lbt_task_release(R, (lbt_task *)t);
   }
-  bt_engine_destroy(&E->e);
+  bt__engine_destroy(&E->e);
   bt__group_destroy(E->lg.g);
   LIST_REMOVE(&E->lg, link);
   E->lg.g = NULL;
@@ -398,8 +398,8 @@ static int lengine_stats(lua_State *L) {
   set_count(L, "wasted", s->failed + s->aborted);
   set_count(L, "won_race", s->won_race);
   set_count(L, "in_flight", E->e.live);
-  lua_createtable(L, 0, BT_SKIP__N - 1);
-  for (int i = 1; i < BT_SKIP__N; i++) set_count(L, bt_engine_skip_name(i), s->skipped[i]);
+  lua_createtable(L, 0, BT_ENGINE_SKIP__N - 1);
+  for (int i = 1; i < BT_ENGINE_SKIP__N; i++) set_count(L, bt__engine_skip_name(i), s->skipped[i]);
   lua_setfield(L, -2, "skipped");
   return 1;
 }
@@ -422,7 +422,7 @@ static int lengine_tostring(lua_State *L) {
   lengine *E = lbt_check_type(L, 1, LBT_ENGINE);
   if (E->lg.g == NULL) lua_pushliteral(L, "baton.Engine (closed)");
   else lua_pushfstring(L, "baton.Engine (%I in flight, %I pending%s)", (LUAI_UACINT)E->e.live,
-                       (LUAI_UACINT)bt_engine_pending(&E->e), E->e.cfg.enabled ? "" : ", disabled");
+                       (LUAI_UACINT)bt__engine_pending(&E->e), E->e.cfg.enabled ? "" : ", disabled");
   return 1;
 }
 

@@ -48,9 +48,9 @@ LBT_HANDLE_FIRST(llim, lim);
 
 typedef struct lperm {
   llim *M;                 /* kept alive by user value 1 */
-  bt_lim_key_t *key;
+  bt_limiter_key_t *key;
   lbt_fiber *fib;          /* the waiting task's fiber, while queued */
-  bt_lim_waiter_t w;
+  bt_limiter_waiter_t w;
   int held;
 } lperm;
 
@@ -193,12 +193,12 @@ static size_t check_count(lua_State *L, int idx, lua_Integer min, const char *wh
 
 /* Reads the profile at idx; raises naming where and what. */
 static void read_profile(lua_State *L, int idx, const char *where, const char *what,
-                         bt_tier_t *tier, int *tools) {
+                         bt_limiter_tier_t *tier, int *tools) {
   static const char *const known[] = {"cost_tier", "tools", NULL};
   idx = lua_absindex(L, idx);
   if (!lua_istable(L, idx)) bad(L, where, what, "a table { cost_tier =, tools = }", idx);
   check_fields(L, idx, lua_pushfstring(L, "%s: %s", where, what), known);
-  *tier = BT_TIER_STANDARD;
+  *tier = BT_LIMITER_TIER_STANDARD;
   *tools = 0;
   lua_getfield(L, idx, "cost_tier");
   if (!lua_isnil(L, -1)) {
@@ -208,7 +208,7 @@ static void read_profile(lua_State *L, int idx, const char *where, const char *w
     if (tier_names[i] == NULL)
       bad(L, where, lua_pushfstring(L, "%s.cost_tier", what),
           "\"premium\", \"standard\" or \"cheap\"", -2);
-    *tier = (bt_tier_t)i;
+    *tier = (bt_limiter_tier_t)i;
   }
   lua_getfield(L, idx, "tools");
   if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
@@ -219,13 +219,13 @@ static void read_profile(lua_State *L, int idx, const char *where, const char *w
 
 /* The core key for the normalised name at name_idx, added on first use (see the header
  * comment). May call the profiles function; raises naming `where`. */
-static bt_lim_key_t *get_key(lua_State *L, int ud, llim *M, int name_idx, const char *where) {
+static bt_limiter_key_t *get_key(lua_State *L, int ud, llim *M, int name_idx, const char *where) {
   size_t len;
   const char *name = lua_tolstring(L, name_idx, &len);
-  bt_lim_key_t *k = bt_limiter_key(M->lim, name, len);
+  bt_limiter_key_t *k = bt__limiter_key(M->lim, name, len);
   if (k != NULL) return k;
   const char *model = (const char *)memchr(name, '/', len) + 1;
-  bt_tier_t tier = BT_TIER_STANDARD;
+  bt_limiter_tier_t tier = BT_LIMITER_TIER_STANDARD;
   int tools = 0, top = lua_gettop(L);
   if (lua_getiuservalue(L, ud, 2) == LUA_TFUNCTION) {
     lua_pushstring(L, model);
@@ -251,7 +251,7 @@ static bt_lim_key_t *get_key(lua_State *L, int ud, llim *M, int name_idx, const 
   }
   if (lua_isinteger(L, -1)) cap = (size_t)lua_tointeger(L, -1);
   lua_settop(L, top);
-  k = bt_limiter_add_key(M->lim, name, len, cap, tier, tools);
+  k = bt__limiter_add_key(M->lim, name, len, cap, tier, tools);
   if (k == NULL) luaL_error(L, "%s: out of memory", where);
   return k;
 }
@@ -292,7 +292,7 @@ static void configure_models(lua_State *L, int cfg, int ud, const char *where) {
 
 static void configure_profiles(lua_State *L, int cfg, int ud, const char *where) {
   char field[256];
-  bt_tier_t tier;
+  bt_limiter_tier_t tier;
   int tools;
   int t = lua_getfield(L, cfg, "profiles");
   if (t == LUA_TTABLE) {
@@ -313,8 +313,8 @@ static void configure_profiles(lua_State *L, int cfg, int ud, const char *where)
 static void add_candidate(lua_State *L, int ud, llim *M, const char *name, size_t nn,
                           const char *model, size_t mn, int cli, const char *where) {
   push_pair(L, name, nn, model, mn);
-  bt_lim_key_t *k = get_key(L, ud, M, lua_gettop(L), where);
-  if (bt_limiter_add_candidate(M->lim, k, cli) != 0) luaL_error(L, "%s: out of memory", where);
+  bt_limiter_key_t *k = get_key(L, ud, M, lua_gettop(L), where);
+  if (bt__limiter_add_candidate(M->lim, k, cli) != 0) luaL_error(L, "%s: out of memory", where);
   lua_pop(L, 1);
 }
 
@@ -391,7 +391,7 @@ static void configure(lua_State *L, int cfg, int ud, llim *M, const char *where)
   lua_pop(L, 1);
   configure_models(L, cfg, ud, where);
   configure_profiles(L, cfg, ud, where);
-  M->lim = bt_limiter_new(max);
+  M->lim = bt__limiter_new(max);
   if (M->lim == NULL) luaL_error(L, "%s: out of memory", where);
   configure_providers(L, cfg, ud, M, where);
 }
@@ -399,9 +399,9 @@ static void configure(lua_State *L, int cfg, int ud, llim *M, const char *where)
 static int construct(lua_State *L, int cfg, const char *where) {
   llim *M = lua_newuserdatauv(L, sizeof *M, 2);
   M->lim = NULL;
-  M->defcap[BT_TIER_PREMIUM] = 3;
-  M->defcap[BT_TIER_STANDARD] = 5;
-  M->defcap[BT_TIER_CHEAP] = 8;
+  M->defcap[BT_LIMITER_TIER_PREMIUM] = 3;
+  M->defcap[BT_LIMITER_TIER_STANDARD] = 5;
+  M->defcap[BT_LIMITER_TIER_CHEAP] = 8;
   luaL_setmetatable(L, BT_LIMITER_MT);
   int ud = lua_gettop(L);
   configure(L, cfg, ud, M, where);
@@ -461,7 +461,7 @@ static int llim_from_json(lua_State *L) {
 
 /* ---- permits and grants ------------------------------------------------------------- */
 
-static lperm *push_permit(lua_State *L, int lim_idx, llim *M, bt_lim_key_t *k, int held) {
+static lperm *push_permit(lua_State *L, int lim_idx, llim *M, bt_limiter_key_t *k, int held) {
   lperm *p = lua_newuserdatauv(L, sizeof *p, 1);
   memset(p, 0, sizeof *p);
   luaL_setmetatable(L, BT_LIM_PERMIT_MT);
@@ -474,7 +474,7 @@ static lperm *push_permit(lua_State *L, int lim_idx, llim *M, bt_lim_key_t *k, i
 }
 
 /* Pushes { key =, via =, permit = } with the permit at perm_idx. */
-static void push_grant(lua_State *L, bt_lim_key_t *k, bt_via_t via, int perm_idx) {
+static void push_grant(lua_State *L, bt_limiter_key_t *k, bt_limiter_via_t via, int perm_idx) {
   lua_createtable(L, 0, 3);
   lua_pushlstring(L, k->name, k->len);
   lua_setfield(L, -2, "key");
@@ -491,7 +491,7 @@ static const char *perm_key(const lperm *p) { return p->M->lim ? p->key->name : 
 static void perm_release(lperm *p) {
   if (!p->held) return;
   p->held = 0;
-  if (p->M->lim != NULL) bt_limiter_release(p->M->lim, p->key);
+  if (p->M->lim != NULL) bt__limiter_release(p->M->lim, p->key);
 }
 
 static int lperm_release(lua_State *L) {
@@ -504,7 +504,7 @@ static int lperm_held(lua_State *L) {
   return 1;
 }
 
-static void on_granted(bt_lim_waiter_t *w, int status) {
+static void on_granted(bt_limiter_waiter_t *w, int status) {
   lperm *p = bt_container_of(w, lperm, w);
   if (status == 0) p->held = 1;
   bt_task_wake(p->fib->wait.rt, p->fib->wait.task, p->fib->wait.token, status);
@@ -514,7 +514,7 @@ static int lperm_gc(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lperm *p = lbt_check_type(L, 1, LBT_LIM_PERMIT);
   if (p->w.key != NULL) {  /* still queued: only when the state closes under the waiter */
-    bt_limiter_cancel(&p->w);
+    bt__limiter_cancel(&p->w);
     on_granted(&p->w, BT_ECLOSED);
   }
   if (p->held && !R->closed)
@@ -554,7 +554,7 @@ static void check_key(lua_State *L, int idx, const char *fname, const char *what
   luaL_error(L, "%s: %s must be a 'provider/model' key (got %s)", fname, what, v);
 }
 
-static void wait_cancel(bt_wait_t *w) { bt_limiter_cancel(w->src); }
+static void wait_cancel(bt_wait_t *w) { bt__limiter_cancel(w->src); }
 
 static int push_saturated(lua_State *L) {
   lua_pushnil(L);
@@ -577,7 +577,7 @@ static int acquire_k(lua_State *L, int st, lua_KContext ctx) {
   }
   switch (status) {
   case 0:
-    push_grant(L, p->key, BT_VIA_QUEUE, 2);
+    push_grant(L, p->key, BT_LIMITER_VIA_QUEUE, 2);
     return 1;
   case BT_ETIMEDOUT:
     return lbt_push_timeout(L);
@@ -594,7 +594,7 @@ static int llim_acquire(lua_State *L) {
   static const char *const known[] = {"chain", "wait", "timeout_ms", NULL};
   lbt_rt *R = lbt_R(L);
   llim *M = check_lim(L, 1);
-  bt_lim_key_t *on_stack[CHAIN_ON_STACK], **chain = on_stack, *primary;
+  bt_limiter_key_t *on_stack[CHAIN_ON_STACK], **chain = on_stack, *primary;
   size_t n = 0;
   int wait = 0;
   uint64_t due = UINT64_MAX;
@@ -637,12 +637,12 @@ static int llim_acquire(lua_State *L) {
     }
   }
   if (M->lim == NULL) return lbt_closed_error(L, LBT_LIMITER);  /* by an options metamethod */
-  bt_via_t via;
-  bt_lim_key_t *k = bt_limiter_try(M->lim, primary, chain, n, &via);
+  bt_limiter_via_t via;
+  bt_limiter_key_t *k = bt__limiter_try(M->lim, primary, chain, n, &via);
   if (k != NULL) {
     bt_task_t *cur = bt_rt_current(R->rt);
     if (cur != NULL && (cur->flags & BT_TASK_F_CANCEL)) {  /* still a cancellation point */
-      bt_limiter_release(M->lim, k);
+      bt__limiter_release(M->lim, k);
       return lbt_raise_cancelled(L);
     }
     push_permit(L, 1, M, k, 1);
@@ -653,9 +653,9 @@ static int llim_acquire(lua_State *L) {
   lbt_task *T = lbt_await_begin(L, R, "limiter:acquire");
   lua_settop(L, 1);
   lperm *p = push_permit(L, 1, M, primary, 0);
-  if (bt_limiter_wait(M->lim, primary, &p->w, on_granted) == 1) {  /* not after a failed try */
+  if (bt__limiter_wait(M->lim, primary, &p->w, on_granted) == 1) {  /* not after a failed try */
     p->held = 1;
-    push_grant(L, primary, BT_VIA_QUEUE, 2);
+    push_grant(L, primary, BT_LIMITER_VIA_QUEUE, 2);
     return 1;
   }
   p->fib = lbt_fib(T);
@@ -690,7 +690,7 @@ static int llim_snapshot(lua_State *L) {
   llim *M = check_lim(L, 1);
   lua_createtable(L, 0, 2);
   lua_newtable(L);
-  for (bt_lim_key_t *k = bt_limiter_next(M->lim, NULL); k; k = bt_limiter_next(M->lim, k)) {
+  for (bt_limiter_key_t *k = bt__limiter_next(M->lim, NULL); k; k = bt__limiter_next(M->lim, k)) {
     lua_pushlstring(L, k->name, k->len);
     push_counts(L, k->cap, k->in_use, k->nwaiting);
     lua_rawset(L, -3);
@@ -707,7 +707,7 @@ static int llim_gc(lua_State *L) {
   llim *M = lbt_check_type(L, 1, LBT_LIMITER);
   bt_limiter_t *lim = M->lim;
   M->lim = NULL;
-  bt_limiter_free(lim);
+  bt__limiter_free(lim);
   return 0;
 }
 

@@ -43,7 +43,7 @@ static bt_pipeline_t *check_pipe(lua_State *L, int idx) {
 
 static int lpipe_new(lua_State *L) {
   lpipe *P = lua_newuserdatauv(L, sizeof *P, 2);
-  bt_pipeline_init(&P->storage);
+  bt__pipeline_init(&P->storage);
   P->p = &P->storage;
   luaL_setmetatable(L, BT_PIPELINE_MT);
   lua_newtable(L);
@@ -61,7 +61,7 @@ static int lpipe_stage(lua_State *L) {
   lua_getiuservalue(L, 1, 1);
   lua_pushvalue(L, 3);
   lua_rawseti(L, -2, (lua_Integer)p->n + 1);  /* before the name: may raise, then no harm */
-  if (bt_pipeline_add(p, name, len) != 0) {
+  if (bt__pipeline_add(p, name, len) != 0) {
     lua_pushnil(L);
     lua_rawseti(L, -2, (lua_Integer)p->n + 1);
     return luaL_error(L, "pipeline:stage: out of memory");
@@ -107,18 +107,18 @@ static int lpipe_tostring(lua_State *L) {
 
 static int lpipe_gc(lua_State *L) {
   lpipe *P = lbt_check_type(L, 1, LBT_PIPELINE);
-  bt_pipeline_destroy(&P->storage);
+  bt__pipeline_destroy(&P->storage);
   P->p = NULL;
   return 0;
 }
 
 /* ---- running ------------------------------------------------------------------------ */
 
-static bt_pipe_run_t *run_of(lua_State *L) { return lua_touserdata(L, S_RUN); }
+static bt_pipeline_run_t *run_of(lua_State *L) { return lua_touserdata(L, S_RUN); }
 
 /* A stage returned (status LUA_OK, or LUA_YIELD in its continuation: two results on top) or
  * raised (the error on top). Re-raises cancellation and errors pcall must not hide. */
-static bt_pipe_step_t after_stage(lua_State *L, int status) {
+static bt_pipeline_step_t after_stage(lua_State *L, int status) {
   int ok;
   if (status == LUA_OK || status == LUA_YIELD) {
     ok = !(lua_isnil(L, -2) && !lua_isnil(L, -1));
@@ -134,11 +134,11 @@ static bt_pipe_step_t after_stage(lua_State *L, int status) {
     ok = 0;
     lua_replace(L, S_ERR);
   }
-  return bt_pipe_run_next(run_of(L), ok);
+  return bt__pipeline_run_next(run_of(L), ok);
 }
 
 /* The handler returned: a replacement (two results on top), or `nil, err` to decline. */
-static bt_pipe_step_t after_recover(lua_State *L) {
+static bt_pipeline_step_t after_recover(lua_State *L) {
   int ok = !(lua_isnil(L, -2) && !lua_isnil(L, -1));
   if (ok) {
     lua_pop(L, 1);
@@ -147,15 +147,15 @@ static bt_pipe_step_t after_recover(lua_State *L) {
     lua_replace(L, S_ERR);
     lua_pop(L, 1);
   }
-  return bt_pipe_run_next(run_of(L), ok);
+  return bt__pipeline_run_next(run_of(L), ok);
 }
 
 static void push_name(lua_State *L, size_t i) {
-  lua_pushstring(L, bt_pipeline_name(check_pipe(L, S_PIPE), i));
+  lua_pushstring(L, bt__pipeline_name(check_pipe(L, S_PIPE), i));
 }
 
 static int finish(lua_State *L, int timed) {
-  bt_pipe_run_t *r = run_of(L);
+  bt_pipeline_run_t *r = run_of(L);
   if (!timed) {
     lua_pushvalue(L, S_VALUE);
     return 1;
@@ -170,7 +170,7 @@ static int finish(lua_State *L, int timed) {
     lua_pushvalue(L, -1);
     lua_rawseti(L, -3, 1);
     lua_setfield(L, -2, "name");
-    lua_pushnumber(L, (lua_Number)bt_pipe_run_ms(r, i));
+    lua_pushnumber(L, (lua_Number)bt__pipeline_run_ms(r, i));
     lua_pushvalue(L, -1);
     lua_rawseti(L, -3, 2);
     lua_setfield(L, -2, "ms");
@@ -180,7 +180,7 @@ static int finish(lua_State *L, int timed) {
   return 1;
 }
 
-static int drive(lua_State *L, bt_pipe_step_t step, lua_KContext timed);
+static int drive(lua_State *L, bt_pipeline_step_t step, lua_KContext timed);
 
 static int stage_k(lua_State *L, int status, lua_KContext timed) {
   return drive(L, after_stage(L, status), timed);
@@ -191,25 +191,25 @@ static int recover_k(lua_State *L, int status, lua_KContext timed) {
   return drive(L, after_recover(L), timed);
 }
 
-static int drive(lua_State *L, bt_pipe_step_t step, lua_KContext timed) {
+static int drive(lua_State *L, bt_pipeline_step_t step, lua_KContext timed) {
   for (;;) {
-    bt_pipe_run_t *r = run_of(L);
+    bt_pipeline_run_t *r = run_of(L);
     switch (step) {
-    case BT_PIPE_STAGE:
+    case BT_PIPELINE_STAGE:
       lua_rawgeti(L, S_FNS, (lua_Integer)r->i + 1);
       lua_pushvalue(L, S_VALUE);
       step = after_stage(L, lua_pcallk(L, 1, 2, 0, timed, stage_k));
       break;
-    case BT_PIPE_RECOVER:
+    case BT_PIPELINE_RECOVER:
       lua_pushvalue(L, S_HANDLER);
       push_name(L, r->i);
       lua_pushvalue(L, S_ERR);
       lua_callk(L, 2, 2, timed, recover_k);
       step = after_recover(L);
       break;
-    case BT_PIPE_DONE:
+    case BT_PIPELINE_DONE:
       return finish(L, (int)timed);
-    default:  /* BT_PIPE_FAILED */
+    default:  /* BT_PIPELINE_FAILED */
       lua_pushnil(L);
       lua_pushvalue(L, S_ERR);
       push_name(L, r->i);
@@ -221,11 +221,11 @@ static int drive(lua_State *L, bt_pipe_step_t step, lua_KContext timed) {
 static int run(lua_State *L, int timed) {
   bt_pipeline_t *p = check_pipe(L, 1);
   lua_settop(L, 2);
-  bt_pipe_run_t *r = lua_newuserdatauv(L, bt_pipe_run_size(p->n), 0);
+  bt_pipeline_run_t *r = lua_newuserdatauv(L, bt__pipeline_run_size(p->n), 0);
   lua_getiuservalue(L, 1, 1);
   lua_getiuservalue(L, 1, 2);
   lua_pushnil(L);
-  return drive(L, bt_pipe_run_begin(r, p->n, !lua_isnil(L, S_HANDLER)), timed);
+  return drive(L, bt__pipeline_run_begin(r, p->n, !lua_isnil(L, S_HANDLER)), timed);
 }
 
 static int lpipe_run(lua_State *L) { return run(L, 0); }

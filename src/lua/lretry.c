@@ -63,7 +63,7 @@ static int lretry_new(lua_State *L) {
   lua_pop(L, 1);
   bt_retry_t *r = lua_newuserdatauv(L, sizeof *r, 2);
   luaL_setmetatable(L, BT_RETRY_MT);
-  bt_retry_init(r, (uint32_t)attempts, (uint64_t)base, (uint64_t)max, (bt_jitter_t)jitter,
+  bt__retry_init(r, (uint32_t)attempts, (uint64_t)base, (uint64_t)max, (bt_retry_jitter_t)jitter,
                 uv_hrtime() ^ (uint64_t)(uintptr_t)r);
   lbt_opt_func(L, "baton.retry", "retry_on", 1);
   lbt_opt_func(L, "baton.retry", "on_retry", 2);
@@ -74,7 +74,7 @@ static int lretry_delay_for(lua_State *L) {
   bt_retry_t *r = check_retry(L, 1);
   lua_Integer n = luaL_checkinteger(L, 2);
   luaL_argcheck(L, n >= 1, 2, "attempt numbers start at 1");
-  lua_pushinteger(L, (lua_Integer)bt_retry_delay(r, (uint64_t)n));
+  lua_pushinteger(L, (lua_Integer)bt__retry_delay(r, (uint64_t)n));
   return 1;
 }
 
@@ -120,7 +120,7 @@ static int after_call(lua_State *L, int status) {
   }
   lua_replace(L, S_ERR);
   lua_settop(L, base - 1);
-  return bt_retry_failed(check_retry(L, S_SELF), &c->c, retry_after(L, S_ERR));
+  return bt__retry_failed(check_retry(L, S_SELF), &c->c, retry_after(L, S_ERR));
 }
 
 static int drive(lua_State *L, int step);
@@ -135,7 +135,7 @@ static int ask_k(lua_State *L, int status, lua_KContext ctx) {
   (void)ctx;
   int yes = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  return drive(L, bt_retry_answer(check_retry(L, S_SELF), &run_of(L)->c, yes));
+  return drive(L, bt__retry_answer(check_retry(L, S_SELF), &run_of(L)->c, yes));
 }
 
 static int slept_k(lua_State *L, int status, lua_KContext ctx) {
@@ -144,7 +144,7 @@ static int slept_k(lua_State *L, int status, lua_KContext ctx) {
   lbt_task *T = (lbt_task *)bt_rt_current(lbt_R(L)->rt);
   if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
     return lbt_raise_cancelled(L);
-  return drive(L, bt_retry_waited(&run_of(L)->c));
+  return drive(L, bt__retry_waited(&run_of(L)->c));
 }
 
 static int sleep_between(lua_State *L) {
@@ -207,7 +207,7 @@ static int lretry_call(lua_State *L) {
   lua_insert(L, S_ERR);
   int has_pred = lua_getiuservalue(L, S_SELF, 1) == LUA_TFUNCTION;
   lua_pop(L, 1);
-  return drive(L, bt_retry_begin(&c->c, has_pred));
+  return drive(L, bt__retry_begin(&c->c, has_pred));
 }
 
 void lbt_open_retry(lua_State *L, int rt_idx) {

@@ -45,8 +45,8 @@ static int driver_alive(const lrunner *U) {
 }
 
 static const char *state_name(const lrunner *U) {
-  if (U->r == NULL || bt_runner_state(U->r) == BT_RUNNER_STOPPED) return "stopped";
-  if (bt_runner_state(U->r) == BT_RUNNER_NEW) return "new";
+  if (U->r == NULL || bt__runner_state(U->r) == BT_RUNNER_STOPPED) return "stopped";
+  if (bt__runner_state(U->r) == BT_RUNNER_NEW) return "new";
   return driver_alive(U) ? "running" : "stopped";
 }
 
@@ -74,7 +74,7 @@ static int lrunner_new(lua_State *L) {
   luaL_setmetatable(L, BT_RUNNER_MT);
   lua_insert(L, -2);
   lua_setiuservalue(L, -2, 1);
-  U->r = bt_runner_new(R->rt, (uint64_t)poll);
+  U->r = bt__runner_new(R->rt, (uint64_t)poll);
   if (U->r == NULL) return luaL_error(L, "baton.runner: out of memory");
   return 1;
 }
@@ -85,7 +85,7 @@ static int driver_loop(lua_State *L);
 
 /* The driver ends by cancellation: the runner is stopped for good, then the error goes on. */
 static int driver_unwind(lua_State *L, lrunner *U) {
-  if (U->r != NULL) bt_runner_stop(U->r);
+  if (U->r != NULL) bt__runner_stop(U->r);
   return lua_error(L);
 }
 
@@ -106,7 +106,7 @@ static void after_handler(lua_State *L, lrunner *U, int status) {
   size_t len = 0;
   if (status != LUA_OK && status != LUA_YIELD) {
     if (status != LUA_ERRRUN || lbt_is_cancel_error(L, -1)) {
-      if (U->r != NULL) bt_runner_done(U->r, NULL, 0);
+      if (U->r != NULL) bt__runner_done(U->r, NULL, 0);
       driver_unwind(L, U);
     }
     const char *msg = luaL_tolstring(L, 4, NULL);
@@ -125,7 +125,7 @@ static void after_handler(lua_State *L, lrunner *U, int status) {
     lbt_warn(R, "runner: the handler returned %s; expected \"idle\" or "
                 "{ submitted = session_id } (taken as idle)", luaL_tolstring(L, 4, NULL));
   }
-  if (U->r != NULL && bt_runner_done(U->r, sid, len) != 0)
+  if (U->r != NULL && bt__runner_done(U->r, sid, len) != 0)
     lbt_warn(R, "runner: out of memory recording session '%s' in flight", sid);
   lua_settop(L, 1);
 }
@@ -142,7 +142,7 @@ static void on_wake(bt_runner_t *r, void *data) {
   bt_task_wake(w->rt, w->task, w->token, 0);
 }
 
-static void park_cancel(bt_wait_t *w) { bt_runner_unpark(w->src); }
+static void park_cancel(bt_wait_t *w) { bt__runner_unpark(w->src); }
 
 static int park_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
@@ -175,7 +175,7 @@ static int driver_loop(lua_State *L) {
     if (self->flags & BT_TASK_F_CANCEL) return raise_cancelled(L, U);
     if (U->r == NULL) return 0;
     bt_runner_req q;
-    if (bt_runner_next(U->r, &q)) {
+    if (bt__runner_next(U->r, &q)) {
       lua_pushcfunction(L, msgh);
       push_request(L, &q);
       lua_getiuservalue(L, 1, 1);
@@ -185,7 +185,7 @@ static int driver_loop(lua_State *L) {
     }
     lbt_task *T = lbt_await_begin(L, R, "baton.runner");
     lbt_fiber *f = lbt_fib(T);
-    int rc = bt_runner_park(U->r, on_wake, &f->wait);
+    int rc = bt__runner_park(U->r, on_wake, &f->wait);
     if (rc == 1) continue;
     if (rc == BT_ECLOSED) return 0;
     if (rc != 0) return luaL_error(L, "baton.runner: %s", bt_strerror(rc));
@@ -203,14 +203,14 @@ static int lrunner_start(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lrunner *U = check_runner(L, 1);
   lua_settop(L, 1);
-  if (U->r == NULL || bt_runner_state(U->r) != BT_RUNNER_NEW)
+  if (U->r == NULL || bt__runner_state(U->r) != BT_RUNNER_NEW)
     return luaL_error(L, "runner:start: the runner is %s (start it once)", state_name(U));
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushcclosure(L, driver_main, 1);
   lua_pushvalue(L, 1);
   U->driver = lbt_task_new(L, R, 2, 1, R->root, NULL, 0);
   lua_setiuservalue(L, 1, 2);
-  if (bt_runner_start(U->r) != 0) {
+  if (bt__runner_start(U->r) != 0) {
     bt_task_abort(R->rt, &U->driver->t);
     return luaL_error(L, "runner:start: out of memory");
   }
@@ -228,7 +228,7 @@ static int queued(lua_State *L, int rc, const char *fname) {
 
 /* Not closed, and either not started yet or its driver is still there. */
 static int usable(lrunner *U) {
-  return U->r != NULL && (bt_runner_state(U->r) == BT_RUNNER_NEW || driver_alive(U));
+  return U->r != NULL && (bt__runner_state(U->r) == BT_RUNNER_NEW || driver_alive(U));
 }
 
 static int lrunner_poke(lua_State *L) {
@@ -236,7 +236,7 @@ static int lrunner_poke(lua_State *L) {
   size_t rl;
   const char *reason = luaL_checklstring(L, 2, &rl);
   if (!usable(U)) return queued(L, BT_ECLOSED, "runner:poke");
-  return queued(L, bt_runner_poke(U->r, NULL, 0, reason, rl), "runner:poke");
+  return queued(L, bt__runner_poke(U->r, NULL, 0, reason, rl), "runner:poke");
 }
 
 static int lrunner_poke_session(lua_State *L) {
@@ -245,7 +245,7 @@ static int lrunner_poke_session(lua_State *L) {
   const char *sid = luaL_checklstring(L, 2, &sl);
   const char *reason = luaL_checklstring(L, 3, &rl);
   if (!usable(U)) return queued(L, BT_ECLOSED, "runner:poke_session");
-  return queued(L, bt_runner_poke(U->r, sid, sl, reason, rl), "runner:poke_session");
+  return queued(L, bt__runner_poke(U->r, sid, sl, reason, rl), "runner:poke_session");
 }
 
 static int lrunner_complete_session(lua_State *L) {
@@ -254,13 +254,13 @@ static int lrunner_complete_session(lua_State *L) {
   const char *sid = luaL_checklstring(L, 2, &sl);
   const char *reason = luaL_checklstring(L, 3, &rl);
   if (!usable(U)) return queued(L, BT_ECLOSED, "runner:complete_session");
-  return queued(L, bt_runner_complete(U->r, sid, sl, reason, rl),
+  return queued(L, bt__runner_complete(U->r, sid, sl, reason, rl),
                 "runner:complete_session");
 }
 
 /* Stops the core and aborts the driver; never waits. */
 static void stop_now(lbt_rt *R, lrunner *U) {
-  if (U->r != NULL) bt_runner_stop(U->r);
+  if (U->r != NULL) bt__runner_stop(U->r);
   if (driver_alive(U) && !R->closed) bt_task_abort(R->rt, &U->driver->t);
 }
 
@@ -291,7 +291,7 @@ static int lrunner_close(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lrunner *U = check_runner(L, 1);
   stop_now(R, U);
-  bt_runner_free(U->r);
+  bt__runner_free(U->r);
   U->r = NULL;
   return 0;
 }
@@ -310,21 +310,21 @@ static void push_id(void *ud, const char *id, size_t len) {
 static int lrunner_inflight(lua_State *L) {
   lrunner *U = check_runner(L, 1);
   lua_newtable(L);
-  if (U->r != NULL) bt_runner_foreach_inflight(U->r, push_id, L);
+  if (U->r != NULL) bt__runner_foreach_inflight(U->r, push_id, L);
   return 1;
 }
 
 static int lrunner_pending(lua_State *L) {
   lrunner *U = check_runner(L, 1);
-  lua_pushinteger(L, U->r ? (lua_Integer)bt_runner_pending(U->r) : 0);
+  lua_pushinteger(L, U->r ? (lua_Integer)bt__runner_pending(U->r) : 0);
   return 1;
 }
 
 static int lrunner_tostring(lua_State *L) {
   lrunner *U = check_runner(L, 1);
   lua_pushfstring(L, "baton.Runner (%s, %I in flight, %I pending)", state_name(U),
-                  (LUAI_UACINT)(U->r ? bt_runner_inflight(U->r) : 0),
-                  (LUAI_UACINT)(U->r ? bt_runner_pending(U->r) : 0));
+                  (LUAI_UACINT)(U->r ? bt__runner_inflight(U->r) : 0),
+                  (LUAI_UACINT)(U->r ? bt__runner_pending(U->r) : 0));
   return 1;
 }
 
