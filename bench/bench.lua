@@ -1,5 +1,5 @@
 -- baton's side of the benchmark workloads (bench/README.md), same definitions as the
--- peers in ../shared/peers. Not a test: it measures. Prints one JSON line like the peers.
+-- peers' (copied in by bench/run.sh from PEERS_DIR). Not a test: it measures. Prints one JSON line like the peers.
 -- usage: baton bench/bench.lua <workload> <n>
 local baton = require "baton"
 

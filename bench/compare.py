@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs baton's workloads beside the peers' (../shared/peers), REPS times each, one at a
+"""Runs baton's workloads beside the peers' (in PEERS_DIR), REPS times each, one at a
 time, and prints medians with ratios against Tokio current-thread from the same go.
 Peak RSS comes from /usr/bin/time. usage: compare.py BATON_EXE PEERS_DIR [--reps 3]
 [--only baton,tokio-ct,...]"""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the peers from ../shared/peers in a scratch copy (Tokio offline from Debian's
-# crate registry) and runs bench/compare.py: baton beside them, medians and ratios from
-# the same go. usage: bench/run.sh [--reps N] [--only baton,tokio-ct]
+# Copies the peers' workloads from PEERS_DIR (default: ../shared/peers beside the
+# checkout) into a scratch directory, builds them (Tokio offline from Debian's crate
+# registry) and runs bench/compare.py: baton beside them, medians and ratios from the same go. usage: bench/run.sh [--reps N] [--only baton,tokio-ct]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 peers_src="${PEERS_DIR:-$top/../shared/peers}"
