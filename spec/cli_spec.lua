@@ -1,43 +1,13 @@
 -- The `baton` executable, driven for real through the shell: options like lua's, the arg
 -- table, stdin scripts, exit statuses, errors with tracebacks, top-level awaits and SIGINT.
 -- BATON_EXE names the executable (ctest sets it); the fixtures live in spec/fixtures/cli.
-local EXE = os.getenv("BATON_EXE") or "build/baton"
-local SRC = os.getenv("BATON_SRC") or "."
+local H = require "spec.helper"
+
+local EXE, SRC = H.EXE, H.SRC
 local FIX = SRC .. "/spec/fixtures/cli/"
-
-local function q(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_temp(text)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  return path
-end
-
--- Runs `baton <args>` (args already quoted as needed) with stdin from opts.stdin (a file;
--- /dev/null by default, so a terminal never makes it interactive) and opts.env prefixed.
--- Returns { code =, out =, err = }.
-local function run(args, opts)
-  opts = opts or {}
-  local out, err = os.tmpname(), os.tmpname()
-  local cmd = string.format("%s%s %s <%s >%s 2>%s", opts.env and (opts.env .. " ") or "",
-                            q(EXE), args, q(opts.stdin or "/dev/null"), q(out), q(err))
-  local _, how, code = os.execute(cmd)
-  local r = { code = how == "exit" and code or 128 + code, out = slurp(out), err = slurp(err) }
-  os.remove(out)
-  os.remove(err)
-  return r
-end
+-- run(args, opts): `baton <args>` with stdin /dev/null (opts.stdin a file), opts.env prefixed;
+-- -> { code =, out =, err = }.
+local q, slurp, write_temp, run = H.q, H.slurp, H.write_temp, H.run
 
 -- Starts a fixture in the background, waits until it printed "ready", sends SIGINT
 -- (`signals` times, 0.5 s apart) and returns { code =, out =, err = }.

@@ -1,32 +1,15 @@
 -- Every example runs as its header says (`baton examples/<name>.lua` from the repository's
 -- root), exits 0 with nothing on stderr, and prints the line that shows it did its job.
 -- BATON_EXE names the executable (ctest sets it).
-local EXE = os.getenv("BATON_EXE") or "build/baton"
-local SRC = os.getenv("BATON_SRC") or "."
+local H = require "spec.helper"
 
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  os.remove(path)
-  return s
-end
+local SRC = H.SRC
 
 local function run(name)
-  local out, err = os.tmpname(), os.tmpname()
-  local cmd = ("cd %s && timeout 120 %s examples/%s.lua </dev/null >%s 2>%s")
-              :format(q(SRC), q(EXE), name, q(out), q(err))
-  local _, how, code = os.execute(cmd)
-  return { code = how == "exit" and code or 128 + code, out = slurp(out), err = slurp(err) }
+  return H.run("examples/" .. name .. ".lua", { cwd = SRC, timeout = 120 })
 end
 
-local function have(path)
-  local f = io.open(SRC .. "/" .. path)
-  if f then f:close() end
-  return f ~= nil
-end
+local function have(path) return H.exists(SRC .. "/" .. path) end
 
 local cases = {
   { "fanout", "summary: %d+ settled, %d+ failed, %d+ still pending at the deadline" },

@@ -7,18 +7,12 @@ local baton = require "baton"
 local H = require "spec.helper"
 
 local http = baton.http
-local server = {}
-
-local function url(path) return ("http://127.0.0.1:%d%s"):format(server.port, path) end
+local server = H.http_server()  -- spec/fixtures/http/server.py
+local url = function(path) return server:url(path) end
 
 local function server_stats() return assert(http.json { url = url("/stats") }).body end
 
-local function async(fn)
-  return H.async(function()
-    fn()
-    assert.equal(0, baton.stats().transfers)
-  end)
-end
+local async = H.http_async  -- H.async, plus: no transfer left in the multi handle
 
 -- Waits (bounded) for the server to count one more client gone from `gone`.
 local function server_sees_gone(gone, ms)
@@ -28,18 +22,8 @@ local function server_sees_gone(gone, ms)
 end
 
 describe("baton.http against hostile peers", function()
-  lazy_setup(function()
-    local src = os.getenv("BATON_SRC") or "."
-    server.pipe = assert(io.popen("exec python3 " .. src .. "/spec/fixtures/http/server.py"))
-    local line = assert(server.pipe:read("l"), "the fixture server did not start")
-    server.port, server.pid = line:match("^PORT (%d+) PID (%d+)$")
-    server.port = assert(tonumber(server.port), line)
-  end)
-
-  lazy_teardown(function()
-    if server.pid then os.execute("kill " .. server.pid) end
-    if server.pipe then server.pipe:close() end
-  end)
+  lazy_setup(function() server:start() end)
+  lazy_teardown(function() server:stop() end)
 
   describe("event streams", function()
     it("reads 320k data lines of one event in linear time, the loop running meanwhile",

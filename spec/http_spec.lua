@@ -5,47 +5,22 @@ local baton = require "baton"
 local H = require "spec.helper"
 
 local http = baton.http
-local server = {}
-
-local function url(path) return ("http://127.0.0.1:%d%s"):format(server.port, path) end
-
--- Open file descriptors of this process (sockets included).
-local function open_fds()
-  local ok, lfs = pcall(require, "lfs")
-  if not ok then return nil end
-  local n = 0
-  for _ in lfs.dir("/proc/self/fd") do n = n + 1 end
-  return n
-end
+local server = H.http_server()  -- spec/fixtures/http/server.py
+local url = function(path) return server:url(path) end
+local open_fds = H.open_fds
 
 local function server_stats()
   local r = assert(http.json { url = url("/stats") })
   return r.body
 end
 
--- H.async, plus: no transfer left in the multi handle.
-local function async(fn)
-  return H.async(function()
-    fn()
-    assert.equal(0, baton.stats().transfers)
-  end)
-end
+local async = H.http_async  -- H.async, plus: no transfer left in the multi handle
 
 describe("baton.http", function()
-  lazy_setup(function()
-    local src = os.getenv("BATON_SRC") or "."
-    server.pipe = assert(io.popen("exec python3 " .. src .. "/spec/fixtures/http/server.py"))
-    local line = assert(server.pipe:read("l"), "the fixture server did not start")
-    server.port, server.pid = line:match("^PORT (%d+) PID (%d+)$")
-    server.port = assert(tonumber(server.port), line)
-  end)
-
+  lazy_setup(function() server:start() end)
   lazy_teardown(function()
-    for _, s in ipairs { server, server.tls or {} } do
-      if s.pid then os.execute("kill " .. s.pid) end
-      if s.pipe then s.pipe:close() end
-    end
-    if server.dir then os.execute("rm -rf " .. server.dir) end
+    server:stop()
+    if server.tls then server.tls:stop() end
   end)
 
   describe("responses", function()
@@ -546,20 +521,7 @@ describe("baton.http", function()
   describe("TLS", function()
     -- An HTTPS server with a self-signed certificate made for this run.
     local function tls_server()
-      if server.tls then return server.tls end
-      local dir = os.tmpname()
-      os.remove(dir)
-      assert(os.execute("mkdir -p " .. dir))
-      server.dir = dir
-      local cert, key = dir .. "/cert.pem", dir .. "/key.pem"
-      assert(os.execute(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s -out %s -days 1 "
-        .. "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 2>/dev/null"):format(key, cert)),
-        "openssl could not make a certificate")
-      local src = os.getenv("BATON_SRC") or "."
-      local pipe = assert(io.popen(("exec python3 %s/spec/fixtures/http/server.py --tls %s %s")
-                                   :format(src, cert, key)))
-      local port, pid = pipe:read("l"):match("^PORT (%d+) PID (%d+)$")
-      server.tls = { pipe = pipe, port = tonumber(port), pid = pid, cert = cert }
+      server.tls = server.tls or H.http_server { tls = true }:start()
       return server.tls
     end
 

@@ -11,8 +11,8 @@ local H = require "spec.helper"
 
 local CLOSED = "used after it was closed"
 
-local server = {}
-local function url(path) return ("http://127.0.0.1:%d%s"):format(server.port, path) end
+local server = H.http_server()  -- spec/fixtures/http/server.py
+local url = function(path) return server:url(path) end
 
 -- Warnings (a permit collected while held, ...) are expected here: keep them, and let a
 -- spec look at those it caused.
@@ -379,18 +379,8 @@ describe("lifetimes:", function()
 end)
 
 describe("lifetimes over HTTP:", function()
-  lazy_setup(function()
-    local src = os.getenv("BATON_SRC") or "."
-    server.pipe = assert(io.popen("exec python3 " .. src .. "/spec/fixtures/http/server.py"))
-    local line = assert(server.pipe:read("l"), "the fixture server did not start")
-    server.port, server.pid = line:match("^PORT (%d+) PID (%d+)$")
-    server.port = assert(tonumber(server.port), line)
-  end)
-
-  lazy_teardown(function()
-    if server.pid then os.execute("kill " .. server.pid) end
-    if server.pipe then server.pipe:close() end
-  end)
+  lazy_setup(function() server:start() end)
+  lazy_teardown(function() server:stop() end)
 
   suite(true)
 

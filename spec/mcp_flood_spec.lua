@@ -7,12 +7,11 @@ local baton = require "baton"
 local H = require "spec.helper"
 local mcp = require "baton.mcp"
 
-local FAKE = (os.getenv("BATON_SRC") or ".") .. "/spec/fixtures/mcp/fake_server.py"
-local have_python = os.execute("command -v python3 >/dev/null 2>&1") == true
-local fake_it = have_python and it or function(name) pending(name .. " -- python3 is missing") end
+local FAKE = H.mcp.FAKE
+local fake_it = H.gated(not H.have("python3") and "python3 is missing")
 
 -- Sanitizers keep freed memory in quarantine and shadow every byte: a looser bound there.
-local LIMIT_KB = (os.getenv("BATON_CFLAGS") or ""):find("sanitize") and 400 * 1024 or 100 * 1024
+local LIMIT_KB = H.SANITIZED and 400 * 1024 or 100 * 1024
 
 local function status_kb(field)
   local f = assert(io.open("/proc/self/status"))

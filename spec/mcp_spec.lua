@@ -6,91 +6,15 @@ local baton = require "baton"
 local H = require "spec.helper"
 local mcp = require "baton.mcp"
 
-local SRC = os.getenv("BATON_SRC") or "."
-local FIX = SRC .. "/spec/fixtures/mcp"
-local NM = FIX .. "/node_modules/@modelcontextprotocol"
-local EVERYTHING = NM .. "/server-everything/dist/index.js"
-local FILESYSTEM = NM .. "/server-filesystem/dist/index.js"
-local FAKE = FIX .. "/fake_server.py"
-
-local function exists(path)
-  local f = io.open(path)
-  if f then f:close() end
-  return f ~= nil
-end
-
-local function have(prog)
-  return os.execute("command -v " .. prog .. " >/dev/null 2>&1") == true
-end
-
-local function loud(msg)
-  io.stderr:write(("\n" .. ("!"):rep(78) .. "\n!!! mcp_spec: %s\n" .. ("!"):rep(78) .. "\n")
-                  :format(msg))
-end
-
--- The real servers need node and the pinned packages; install them when npm can.
-local real_reason
-if not have("node") then
-  real_reason = "node is not installed: the specs against the real MCP servers are SKIPPED"
-elseif not (exists(EVERYTHING) and exists(FILESYSTEM)) then
-  if have("npm") then
-    os.execute("cd '" .. FIX .. "' && npm ci --no-audit --no-fund --loglevel=error >&2")
-  end
-  if not (exists(EVERYTHING) and exists(FILESYSTEM)) then
-    real_reason = "the MCP servers are not installed (npm ci in spec/fixtures/mcp failed): "
-                  .. "the specs against them are SKIPPED"
-  end
-end
-if real_reason then loud(real_reason) end
-local fake_reason = not have("python3") and "python3 is missing: the fake-server specs are SKIPPED"
-if fake_reason then loud(fake_reason) end
-
-local function gated(reason)
-  if not reason then return it end
-  return function(name) pending(name .. " -- " .. reason) end
-end
-local real_it, fake_it = gated(real_reason), gated(fake_reason)
-
-local function alive(pid)
-  return os.execute("kill -0 " .. math.tointeger(pid) .. " 2>/dev/null") == true
-end
-
-local function everything(opts)
-  opts = opts or {}
-  opts.command = { "node", EVERYTHING, "stdio" }
-  return assert(mcp.connect(opts))
-end
-
-local function filesystem(dir, opts)
-  opts = opts or {}
-  opts.command = { "node", FILESYSTEM, dir }
-  return assert(mcp.connect(opts))
-end
-
-local function fake(args, opts)
-  opts = opts or {}
-  opts.command = { "python3", FAKE, table.unpack(args or {}) }
-  return mcp.connect(opts)
-end
-
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  assert(os.execute("mkdir -p '" .. p .. "'"))
-  -- the server resolves symlinks in its allowed directories; so do we
-  local h = io.popen("realpath '" .. p .. "'")
-  local real = h:read("l")
-  h:close()
-  return real
-end
-
-local function rmdir(p) os.execute("rm -rf '" .. p .. "'") end
-
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local FIX, EVERYTHING, FAKE = H.mcp.FIX, H.mcp.EVERYTHING, H.mcp.FAKE
+-- `it` for the specs against the real servers and the fake one; pending (and said loudly)
+-- when node and the pinned npm packages, or python3, are missing.
+local real_it, fake_it = H.mcp.gates("mcp_spec")
+-- everything(opts), filesystem(dir, opts): connected clients (asserted);
+-- fake(args, opts): mcp.connect's results for the fake server run with `args`.
+local everything, filesystem, fake = H.mcp.everything, H.mcp.filesystem, H.mcp.fake
+local alive, write_file = H.alive, H.write_file
+local tmpdir, rmdir = H.temp_dir, H.remove_dir
 
 -- The tools of the pinned server-everything when the client declares no capabilities.
 local EVERYTHING_TOOLS = {

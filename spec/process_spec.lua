@@ -5,10 +5,7 @@ local H = require "spec.helper"
 
 local process = baton.process
 
--- Whether a process with this pid exists (kill -0).
-local function alive(pid)
-  return os.execute("kill -0 " .. math.tointeger(pid) .. " 2>/dev/null") == true
-end
+local alive = H.alive  -- whether a process with this pid exists (kill -0)
 
 -- Waits (up to 10 s) until the runtime has no child process and no handle left.
 local function settle()

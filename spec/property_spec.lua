@@ -20,14 +20,10 @@ local MARKV = SEED .. "." .. math.random(1e9)
 local MARK = "BATON_PROP_MARK=" .. MARKV
 local ENV = { PATH = os.getenv("PATH"), BATON_PROP_MARK = MARKV }
 
-local server = {}
-local function url(path) return ("http://127.0.0.1:%d%s"):format(server.port, path) end
+local server = H.http_server()  -- spec/fixtures/http/server.py
+local url = function(path) return server:url(path) end
 
-local function open_fds()
-  local n = 0
-  for _ in require("lfs").dir("/proc/self/fd") do n = n + 1 end
-  return n
-end
+local open_fds = H.open_fds
 
 -- Processes (children, grandchildren, orphans alike) whose environment carries `mark`.
 local function marked(mark)
@@ -44,18 +40,8 @@ local function marked(mark)
 end
 
 describe("baton under random operations", function()
-  lazy_setup(function()
-    local src = os.getenv("BATON_SRC") or "."
-    server.pipe = assert(io.popen("exec python3 " .. src .. "/spec/fixtures/http/server.py"))
-    local line = assert(server.pipe:read("l"), "the fixture server did not start")
-    server.port, server.pid = line:match("^PORT (%d+) PID (%d+)$")
-    server.port = assert(tonumber(server.port), line)
-  end)
-
-  lazy_teardown(function()
-    if server.pid then os.execute("kill " .. server.pid) end
-    if server.pipe then server.pipe:close() end
-  end)
+  lazy_setup(function() server:start() end)
+  lazy_teardown(function() server:stop() end)
 
   it(("leaves nothing behind after %d operations (seed %d)"):format(OPS, SEED), function()
     -- libuv opens /dev/null once (close-on-exec) at the first spawn and keeps it: a warm-up

@@ -3,10 +3,10 @@
 -- completes), and the assertions are on what appears: the output as a log, and the screen
 -- as a terminal shows it. With stdin a pipe or a file it must behave like `lua`.
 local baton = require "baton"
+local H = require "spec.helper"
 local json = baton.json
 
-local EXE = os.getenv("BATON_EXE") or "build/baton"
-local SRC = os.getenv("BATON_SRC") or "."
+local EXE, SRC = H.EXE, H.SRC
 local DRIVER = SRC .. "/spec/pty/ptydrive.py"
 
 local CTRL_C, CTRL_D, TAB, UP = "\3", "\4", "\t", "\27[A"
@@ -18,36 +18,8 @@ local function lit(s)
   return (s:gsub("[%^%$%(%)%.%[%]%*%+%-%?{}|\\]", "\\%0"))
 end
 
-local function q(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_temp(text)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  return path
-end
-
-local function temp_dir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(os.execute("mkdir -p " .. q(d)))
-  return d
-end
-
-local function remove_dir(d)
-  os.execute("rm -rf " .. q(d))
-end
+local q, slurp, write_temp, temp_dir, remove_dir =
+  H.q, H.slurp, H.write_temp, H.temp_dir, H.remove_dir
 
 -- Runs `baton <args>` on a terminal through the steps (see ptydrive.py) and returns the
 -- report: { ok, error, exit, steps = { { t, match, screen, cursor }... }, output, screen }.

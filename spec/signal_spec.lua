@@ -6,23 +6,9 @@
 local baton = require "baton"
 local H = require "spec.helper"
 
-local EXE = os.getenv("BATON_EXE") or "build/baton"
-local SRC = os.getenv("BATON_SRC") or "."
-local BUILD = os.getenv("BATON_BUILD") or SRC .. "/build"
-local LUA = os.getenv("BATON_LUA") or "lua5.4"  -- the sanitizer build's interpreter
+local EXE, SRC, BUILD, LUA = H.EXE, H.SRC, H.BUILD, H.LUA  -- LUA: the sanitizer build's interpreter
 local FIX = SRC .. "/spec/fixtures/signal/"
-
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local q, slurp = H.q, H.slurp
 
 -- The command line of `baton fixture args...` or of the stock interpreter running it.
 local function baton_cmd(fixture, ...)
