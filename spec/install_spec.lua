@@ -47,6 +47,26 @@ describe("cmake --install", function()
     assert.equal("42\n", out)
   end)
 
+  it("installs every module of lua/baton, and they load from there under a stock lua5.4",
+    function()
+      local src = os.getenv("BATON_SRC") or "."
+      local _, mine = sh(("cd %q/lua && find baton -name '*.lua' | sort"):format(src))
+      local _, installed = sh(("cd %q/share/lua/5.4 && find baton -name '*.lua' | sort")
+                              :format(prefix))
+      assert.matches("baton/mcp/session.lua", mine, 1, true)
+      assert.equal(mine, installed)
+      local modules = {}
+      for path in mine:gmatch("[^\n]+") do
+        modules[#modules + 1] = ("require %q"):format(path:gsub("%.lua$", ""):gsub("/", "."))
+      end
+      local ok, out = sh(("cd / && LUA_CPATH=$(dirname $(find %q -name baton.so))/?.so "
+        .. "LUA_PATH=%q %s -e %q -e 'print(package.searchpath(\"baton.mcp.http\", package.path))'")
+        :format(prefix, prefix .. "/share/lua/5.4/?.lua", os.getenv("BATON_LUA") or "lua5.4",
+                table.concat(modules, " ")))
+      assert.is_true(ok, out)
+      assert.equal(prefix .. "/share/lua/5.4/baton/mcp/http.lua\n", out)
+    end)
+
   it("baton.pc lets a C program build against the core", function()
     local src = os.tmpname() .. ".c"
     local f = assert(io.open(src, "w"))

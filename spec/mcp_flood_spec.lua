@@ -64,7 +64,8 @@ describe("baton.mcp against a server that floods requests and never reads", func
       local s = c:stats()
       assert.is_true(s.server_requests < n / 4, s.server_requests .. " requests were read")
       -- A call waits in its write, within its deadline.
-      assert.same({ nil, "timeout", "timeout" }, { c:ping { timeout_ms = 200 } })
+      assert.same({ nil, "baton.mcp.client:ping: timed out after 200 ms", "timeout",
+                    { timeout_ms = 200 } }, { c:ping { timeout_ms = 200 } })
       local elapsed = H.timed(c.close, c, 500)
       assert.is_true(elapsed < 5000, "close took " .. elapsed .. " ms")
       assert.equal(0, baton.stats().processes)

@@ -107,11 +107,12 @@ describe("baton.mcp against server-everything", function()
 
   real_it("an unknown tool and bad arguments come back as tool_error", H.async(function()
     local c = everything()
-    local r, msg, kind, res = c:call("no-such-tool", {})
+    local r, msg, kind, detail = c:call("no-such-tool", {})
     assert.is_nil(r)
     assert.equal("tool_error", kind)
-    assert.matches("no%-such%-tool", msg)
-    assert.is_true(res.isError)
+    assert.matches("^baton%.mcp%.client:call: tool 'no%-such%-tool' failed", msg)
+    assert.equal("no-such-tool", detail.tool)
+    assert.is_true(detail.result.isError)
     r, msg, kind = c:call("get-sum", { a = "two" })
     assert.is_nil(r)
     assert.equal("tool_error", kind)
@@ -140,7 +141,7 @@ describe("baton.mcp against server-everything", function()
       { on_progress = function() progressed = progressed + 1 end })
     local elapsed = baton.clock() - t0
     assert.is_nil(r)
-    assert.equal("timeout", msg)
+    assert.matches("timeout", msg)
     assert.equal("timeout", kind)
     assert.is_true(progressed >= 1, "no progress before the cancel")
     assert.is_true(elapsed < 5000, "took " .. elapsed .. " ms")
@@ -180,7 +181,8 @@ describe("baton.mcp against server-everything", function()
     assert.is_true(c:close())  -- idempotent
     assert.equal(0, H.settle().processes)
     assert.is_false(alive(pid))
-    H.raises("client:call: the client is closed", c.call, c, "echo", { message = "x" })
+    H.raises("^baton%.mcp%.client:call: used after it was closed", c.call, c, "echo",
+             { message = "x" })
   end))
 end)
 
@@ -303,10 +305,11 @@ describe("baton.mcp against a scripted server", function()
   fake_it("a server that never answers: 'timeout', and the server hears cancelled",
     H.async(function()
       local c = assert(fake())
-      local elapsed, r, msg, kind = H.timed(c.call, c, "never", {}, { timeout_ms = 200 })
+      local elapsed, r, msg, kind, detail = H.timed(c.call, c, "never", {}, { timeout_ms = 200 })
       assert.is_nil(r)
-      assert.equal("timeout", msg)
+      assert.equal("baton.mcp.client:call: timed out after 200 ms", msg)
       assert.equal("timeout", kind)
+      assert.same({ timeout_ms = 200 }, detail)
       assert.is_true(elapsed >= 190 and elapsed < 3000, "took " .. elapsed .. " ms")
       local cancels = baton.json.decode(mcp.text(assert(c:call("cancels"))))
       assert.same({ { requestId = 2, reason = "timeout" } }, cancels)  -- id 1 was initialize
@@ -395,22 +398,27 @@ describe("baton.mcp against a scripted server", function()
     c:close()
   end))
 
-  fake_it("isError and a JSON-RPC error of tools/call are tool_error; other requests 'rpc'",
+  fake_it("isError and a JSON-RPC error of tools/call are tool_error; other requests rpc_error",
     H.async(function()
       local c = assert(fake())
-      local r, msg, kind, res = c:call("fail")
+      local r, msg, kind, detail = c:call("fail")
       assert.is_nil(r)
       assert.equal("tool_error", kind)
-      assert.equal("tool 'fail' failed: it broke", msg)
-      assert.is_true(res.isError)
-      r, msg, kind, res = c:call("rpcfail")
+      assert.equal("baton.mcp.client:call: tool 'fail' failed: it broke", msg)
+      assert.equal("fail", detail.tool)
+      assert.is_true(detail.result.isError)
+      r, msg, kind, detail = c:call("rpcfail")
       assert.equal("tool_error", kind)
-      assert.equal("tool 'rpcfail': Unknown tool: nope (JSON-RPC error -32602)", msg)
-      assert.same({ code = -32602, message = "Unknown tool: nope", data = { x = 1 } }, res)
-      r, msg, kind, res = c:request("no/such/method")
+      assert.equal("baton.mcp.client:call: tool 'rpcfail': Unknown tool: nope "
+                   .. "(JSON-RPC error -32602)", msg)
+      assert.same({ tool = "rpcfail", code = -32602, message = "Unknown tool: nope",
+                    data = { x = 1 } }, detail)
+      r, msg, kind, detail = c:request("no/such/method")
       assert.is_nil(r)
-      assert.equal("rpc", kind)
-      assert.equal(-32601, res.code)
+      assert.equal("rpc_error", kind)
+      assert.matches("^baton%.mcp%.client:request: no/such/method: ", msg)
+      assert.equal(-32601, detail.code)
+      assert.equal("no/such/method", detail.method)
       assert.is_true(c:ping())
       c:close()
     end))
@@ -511,7 +519,9 @@ describe("baton.mcp against a scripted server", function()
     assert.equal("slow: b", by.slow.body)
     assert.equal("failed", by.fail.status)
     assert.equal("tool_error", by.fail.error.kind)
-    assert.equal("tool 'fail' failed: it broke", by.fail.error.message)
+    assert.equal("baton.mcp.client:call: tool 'fail' failed: it broke", by.fail.error.message)
+    assert.equal("fail", by.fail.error.detail.tool)
+    assert.is_true(by.fail.error.detail.result.isError)
     e:shutdown()
     c:close()
   end))
@@ -523,7 +533,7 @@ describe("baton.mcp against a scripted server", function()
     local pid = c:pid()
     local r, msg = baton.timeout(100, c.close, c, 300)  -- aborted in its first grace period
     assert.is_nil(r)
-    assert.equal("timeout", msg)
+    assert.matches("timeout", msg)
     assert.is_true(c:close())
     assert.equal(0, H.settle(2500).processes)  -- SIGKILL 300 ms after the abort
     assert.is_false(alive(pid))
@@ -590,11 +600,12 @@ describe("baton.mcp against a scripted server", function()
 
   fake_it("list_tools has one deadline for all its pages", H.async(function()
     local c = assert(fake { "--endless-pages", "50" })
-    local elapsed, r, msg, kind = H.timed(baton.timeout, 3000, c.list_tools, c,
-                                          { timeout_ms = 300 })
+    local elapsed, r, msg, kind, detail = H.timed(baton.timeout, 3000, c.list_tools, c,
+                                                  { timeout_ms = 300 })
     assert.is_nil(r)
-    assert.equal("timeout", msg)
+    assert.equal("baton.mcp.client:list_tools: timed out after 300 ms", msg)
     assert.equal("timeout", kind)
+    assert.same({ timeout_ms = 300 }, detail)
     assert.is_true(elapsed >= 290 and elapsed < 1500, "took " .. elapsed .. " ms")
     c:close()
   end))
@@ -720,21 +731,30 @@ end)
 
 describe("baton.mcp misuse", function()
   it("raises for bad options", H.async(function()
-    H.raises("baton.mcp.connect: options must be a table", mcp.connect)
-    H.raises("baton.mcp.connect: command must be a table of strings", mcp.connect, {})
-    H.raises("baton.mcp.connect: command must be a table of strings", mcp.connect,
-             { command = "node server.js" })
-    H.raises("baton.mcp.connect: command must be a table of strings", mcp.connect,
+    local F = "^baton%.mcp%.connect: bad argument #1 "
+    H.raises(F .. "'opts' %(expected table, got nil%)", mcp.connect)
+    H.raises(F .. "'command' %(expected a table of strings %(or url: an http%(s%) URL%), "
+             .. "got nil%)", mcp.connect, {})
+    H.raises(F .. "'command' %(expected a table of strings, got 'node server.js'%)",
+             mcp.connect, { command = "node server.js" })
+    H.raises(F .. "'command%[2%]' %(expected string, got 3%)", mcp.connect,
              { command = { "node", 3 } })
-    H.raises("baton.mcp.connect: unknown option 'timout_ms'", mcp.connect,
+    H.raises(F .. "'timout_ms' %(unknown option%)", mcp.connect,
              { command = { "true" }, timout_ms = 10 })
-    H.raises("baton.mcp.connect: timeout_ms must be an integer number of milliseconds",
+    -- a typo is named before what is missing
+    H.raises(F .. "'timout_ms' %(unknown option%)", mcp.connect, { timout_ms = 10 })
+    H.raises(F .. "'timeout_ms' %(expected an integer number of milliseconds > 0, got 'soon'%)",
              mcp.connect, { command = { "true" }, timeout_ms = "soon" })
-    H.raises("baton.mcp.connect: on_log must be a function", mcp.connect,
+    H.raises(F .. "'on_log' %(expected function, got true%)", mcp.connect,
              { command = { "true" }, on_log = true })
-    H.raises("baton.mcp.connect: roots%[1%] must be a table with a string uri", mcp.connect,
+    H.raises(F .. "'roots%[1%]' %(expected a table with a string uri, got table%)", mcp.connect,
              { command = { "true" }, roots = { { name = "x" } } })
-    H.raises("baton.mcp.dispatcher: client must be a baton.mcp client", mcp.dispatcher, {})
+    H.raises("^baton%.mcp%.dispatcher: bad argument #1 'client' %(expected baton%.mcp%.Client, "
+             .. "got table%)", mcp.dispatcher, {})
+    -- the position is the caller's, not a line of baton.mcp
+    local ok, err = pcall(function() mcp.connect { command = { "true" }, timout_ms = 10 } end)
+    assert.is_false(ok)
+    assert.matches("^[^:]*mcp_spec%.lua:%d+: baton%.mcp%.connect: ", err)
   end))
 
   it("returns nil, message, 'io' for a program that does not exist", H.async(function()
@@ -746,24 +766,37 @@ describe("baton.mcp misuse", function()
 
   it("a server that exits at once fails the handshake with 'closed' and its stderr",
     H.async(function()
-      local c, msg, kind = mcp.connect { command = { "sh", "-c", "echo 'cannot start' >&2; exit 2" } }
+      local c, msg, kind, detail = mcp.connect { command = { "sh", "-c",
+                                                             "echo 'cannot start' >&2; exit 2" } }
       assert.is_nil(c)
       assert.equal("closed", kind)
-      assert.matches("exit code 2%): cannot start", msg)
+      assert.matches("^baton%.mcp%.connect: initialize failed: the server exited %(exit code 2%): "
+                     .. "cannot start", msg)
+      assert.equal(2, detail.code)
+      assert.equal("cannot start", detail.stderr_tail)
     end))
 
   fake_it("raises for bad call arguments and for use after close", H.async(function()
     local c = assert(fake())
-    H.raises("client:call: tool must be a string", c.call, c, 42)
-    H.raises("client:call: args must be a table", c.call, c, "echo", "text")
-    H.raises("client:call: unknown option 'timeout'", c.call, c, "echo", {}, { timeout = 1 })
-    H.raises("client:call: timeout_ms must be > 0", c.call, c, "echo", {}, { timeout_ms = -1 })
-    H.raises("client:call: on_progress must be a function", c.call, c, "echo", {},
-             { on_progress = 1 })
+    local F = "^baton%.mcp%.client:call: "
+    H.raises(F .. "bad argument #1 'tool' %(expected string, got 42%)", c.call, c, 42)
+    H.raises(F .. "bad argument #2 'args' %(expected table or nil, got 'text'%)", c.call, c,
+             "echo", "text")
+    H.raises(F .. "bad argument #3 'timeout' %(unknown option%)", c.call, c, "echo", {},
+             { timeout = 1 })
+    H.raises(F .. "bad argument #3 'timeout_ms' %(expected an integer number of milliseconds "
+             .. "> 0, got %-1%)", c.call, c, "echo", {}, { timeout_ms = -1 })
+    H.raises(F .. "bad argument #3 'on_progress' %(expected function, got 1%)", c.call, c,
+             "echo", {}, { on_progress = 1 })
+    H.raises(F .. "bad argument #0 'self' %(expected baton%.mcp%.Client, got nil%)", c.call)
+    H.raises("^baton%.mcp%.client:list_tools: bad argument #1 'opts' %(expected table, got 5%)",
+             c.list_tools, c, 5)
+    H.raises("^baton%.mcp%.client:close: bad argument #1 'grace_ms' %(expected an integer "
+             .. "number of milliseconds >= 0, got 1%.5%)", c.close, c, 1.5)
     c:close()
-    H.raises("client:call: the client is closed", c.call, c, "echo", {})
-    H.raises("client:list_tools: the client is closed", c.list_tools, c)
-    H.raises("client:notify: the client is closed", c.notify, c, "x")
+    H.raises(F .. "used after it was closed", c.call, c, "echo", {})
+    H.raises("^baton%.mcp%.client:list_tools: used after it was closed", c.list_tools, c)
+    H.raises("^baton%.mcp%.client:notify: used after it was closed", c.notify, c, "x")
     assert.is_true(c:close())
   end))
 
@@ -827,7 +860,7 @@ describe("baton.mcp over Streamable HTTP against server-everything", function()
       assert.equal("The sum of 2 and 40 is 42.", mcp.text(assert(c:call("get-sum", { a = 2, b = 40 }))))
       assert.is_true(c:ping())
       assert.is_true(c:notify("notifications/roots/list_changed"))
-      -- an unknown tool and bad arguments are tool_error; an unknown method is rpc
+      -- an unknown tool and bad arguments are tool_error; an unknown method is rpc_error
       local r, msg, kind = c:call("no-such-tool", {})
       assert.is_nil(r)
       assert.equal("tool_error", kind)
@@ -836,7 +869,7 @@ describe("baton.mcp over Streamable HTTP against server-everything", function()
       assert.is_nil(r)
       assert.equal("tool_error", kind)
       local _, _, k2, err = c:request("no/such/method")
-      assert.equal("rpc", k2)
+      assert.equal("rpc_error", k2)
       assert.equal(-32601, err.code)
       assert.equal("Echo: still", mcp.text(assert(c:call("echo", { message = "still" }))))
       -- a second client, a session of its own, an older protocol version
@@ -903,7 +936,7 @@ describe("baton.mcp over Streamable HTTP against server-everything", function()
         { duration = 30, steps = 60 },
         { on_progress = function() progressed = progressed + 1 end })
       assert.is_nil(r2)
-      assert.equal("timeout", msg)
+      assert.matches("timeout", msg)
       assert.equal("timeout", kind)
       assert.is_true(progressed >= 1, "no progress before the cancel")
       assert.is_true(baton.clock() - t0 < 3000)
@@ -938,7 +971,8 @@ describe("baton.mcp over Streamable HTTP against server-everything", function()
       assert.is_nil(r)
       assert.equal("closed", kind, msg)
       assert.equal(0, H.settle().tasks)
-      H.raises("client:call: the client is closed", c.call, c, "echo", { message = "x" })
+      H.raises("^baton%.mcp%.client:call: used after it was closed", c.call, c, "echo",
+               { message = "x" })
       -- the session is gone on the server: its id is refused
       local resp = assert(baton.http.request { url = url, method = "POST", timeout_ms = 5000,
         headers = { ["Content-Type"] = "application/json", Accept = "application/json, text/event-stream",
@@ -960,17 +994,22 @@ describe("baton.mcp over Streamable HTTP against server-everything", function()
       assert.equal(0, baton.stats().transfers)
     end))
 
-  it("an endpoint that does not answer: 'io' at once; misuse raises", H.async(function()
+  it("an endpoint that refuses: baton.http's 'connect' at once; misuse raises", H.async(function()
     local c, msg, kind = mcp.connect { url = "http://127.0.0.1:1/mcp", timeout_ms = 2000 }
     assert.is_nil(c)
-    assert.equal("io", kind)
-    assert.matches("initialize", msg)
+    assert.equal("connect", kind)
+    assert.matches("^baton%.mcp%.connect: initialize failed: POST initialize: ", msg)
     assert.equal(0, baton.stats().transfers)
-    H.raises("give only one of command", mcp.connect, { url = "http://x/mcp", command = { "x" } })
-    H.raises("url must be an http:// or https:// URL", mcp.connect, { url = "ftp://x" })
-    H.raises("cwd is for command", mcp.connect, { url = "http://x/mcp", cwd = "/" })
-    H.raises("headers is for url", mcp.connect, { command = { "x" }, headers = {} })
-    H.raises("headers must map strings to strings", mcp.connect,
+    local F = "^baton%.mcp%.connect: bad argument #1 "
+    H.raises(F .. "'url' %(expected only one of command and url, got both%)", mcp.connect,
+             { url = "http://x/mcp", command = { "x" } })
+    H.raises(F .. "'url' %(expected an http:// or https:// URL, got 'ftp://x'%)", mcp.connect,
+             { url = "ftp://x" })
+    H.raises(F .. "'cwd' %(expected nil with url %(it is for command%), got '/'%)", mcp.connect,
+             { url = "http://x/mcp", cwd = "/" })
+    H.raises(F .. "'headers' %(expected nil with command %(it is for url%), got table%)",
+             mcp.connect, { command = { "x" }, headers = {} })
+    H.raises(F .. "'headers' %(expected a table of strings to strings, got 1%)", mcp.connect,
              { url = "http://x/mcp", headers = { A = 1 } })
   end))
 end)
