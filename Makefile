@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build run test asan bench fuzz install clean
+.PHONY: all deps build run test lint asan bench fuzz install clean
 
 all: build
 
@@ -21,6 +21,10 @@ run: build
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# The luacheck part of `make test` alone (.luacheckrc): fails on any warning.
+lint: deps
+	luacheck --no-color lua spec examples bench
 
 asan: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DBATON_ASAN=ON -DBATON_UBSAN=ON $(CMAKE_FLAGS)

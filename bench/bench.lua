@@ -30,7 +30,7 @@ local function sem_contention_acquire(n)
   local g = baton.group()
   local yield = baton.yield
   local function worker()
-    local p <close> = sem:acquire()
+    local _ <close> = sem:acquire()  -- held until the worker ends
     yield()
   end
   for _ = 1, n do g:spawn(worker) end

@@ -70,7 +70,8 @@ for _, t in ipairs(finished) do
   else
     failed = failed + 1
     local e = type(a) == "table" and a or { kind = "error", message = tostring(a) }
-    print(("  failed   %-16s %-28s %5s ms"):format(tool.name, e.kind .. ": " .. (e.message or ""):sub(1, 40), e.ms or "?"))
+    print(("  failed   %-16s %-28s %5s ms"):format(tool.name,
+          e.kind .. ": " .. (e.message or ""):sub(1, 40), e.ms or "?"))
   end
 end
 local pending = g:live()

@@ -59,7 +59,7 @@ end
 
 local function ask(path)
   for _, p in ipairs(providers) do
-    local r, err = retry:call(function()
+    local r = retry:call(function()
       local r, err = fetch(p, path)
       if not r then count(p, err) end
       return r, err

@@ -3,7 +3,7 @@
 # already present are skipped, so a second run does no network work.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libuv1-dev libcjson-dev
-      uthash-dev libreadline-dev libcurl4-openssl-dev lua-busted python3 openssl)
+      uthash-dev libreadline-dev libcurl4-openssl-dev lua-busted lua-check python3 openssl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -14,7 +14,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# busted's launcher runs on /usr/bin/lua; keep that on 5.4 even if luarocks pulled in 5.1.
+# busted's launcher runs on /usr/bin/lua; keep that on 5.4 even if luarocks or lua-check
+# (luacheck runs on its own lua5.1) pulled in 5.1.
 if [ -x /usr/bin/lua5.4 ] && command -v update-alternatives >/dev/null; then
   cur=$(readlink -f /usr/bin/lua 2>/dev/null || true)
   if [ "$cur" != "/usr/bin/lua5.4" ]; then

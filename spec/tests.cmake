@@ -1,4 +1,4 @@
-# Registers every suite with ctest: C unit tests of the core (spec/c/test_*.c) and the
+# Registers every suite with ctest: C unit tests of the core (spec/c/test_*.c), luacheck and the
 # busted specs (spec/*_spec.lua, each its own ctest test so they run in parallel), run on
 # the stock lua5.4 interpreter against the freshly built module and executable.
 find_program(BUSTED busted REQUIRED)
@@ -44,3 +44,16 @@ foreach(spec ${SPECS})
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(${name} PROPERTIES ENVIRONMENT "${BATON_TEST_ENV}" TIMEOUT 180)
 endforeach()
+
+# luacheck (Debian's lua-check, installed by scripts/deps.sh) over the Lua of the tree, with
+# .luacheckrc: any warning fails the suite. Without luacheck the test fails and says so.
+find_program(LUACHECK luacheck)
+if(LUACHECK)
+  add_test(NAME luacheck
+           COMMAND ${LUACHECK} --no-color lua spec examples bench
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+else()
+  add_test(NAME luacheck
+           COMMAND sh -c "echo 'luacheck is missing: install lua-check (bash scripts/deps.sh)' >&2; exit 1")
+endif()
+set_tests_properties(luacheck PROPERTIES TIMEOUT 120)
