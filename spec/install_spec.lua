@@ -55,14 +55,17 @@ describe("cmake --install", function()
                               :format(prefix))
       assert.matches("baton/mcp/session.lua", mine, 1, true)
       assert.equal(mine, installed)
-      local modules = {}
+      local script = os.tmpname()
+      local f = assert(io.open(script, "w"))
       for path in mine:gmatch("[^\n]+") do
-        modules[#modules + 1] = ("require %q"):format(path:gsub("%.lua$", ""):gsub("/", "."))
+        f:write(("require %q\n"):format(path:gsub("%.lua$", ""):gsub("/", ".")))
       end
+      f:write('print(package.searchpath("baton.mcp.http", package.path))\n')
+      f:close()
       local ok, out = sh(("cd / && LUA_CPATH=$(dirname $(find %q -name baton.so))/?.so "
-        .. "LUA_PATH=%q %s -e %q -e 'print(package.searchpath(\"baton.mcp.http\", package.path))'")
-        :format(prefix, prefix .. "/share/lua/5.4/?.lua", os.getenv("BATON_LUA") or "lua5.4",
-                table.concat(modules, " ")))
+        .. "LUA_PATH=%q %s %q"):format(prefix, prefix .. "/share/lua/5.4/?.lua",
+                                       os.getenv("BATON_LUA") or "lua5.4", script))
+      os.remove(script)
       assert.is_true(ok, out)
       assert.equal(prefix .. "/share/lua/5.4/baton/mcp/http.lua\n", out)
     end)
