@@ -130,6 +130,9 @@ const char *bt__lines_peek(const bt_lines *l);     /* the first unread byte */
 void bt__lines_consume(bt_lines *l, size_t n);     /* drops n unread bytes (at most all) */
 void bt__lines_free(bt_lines *l);
 
+/* task.c: bt_task_spawn() without the enqueue (a gated task waits for its permit). */
+void bt__task_init(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt, bt_group_t *g);
+
 /* rt.c */
 void bt__enqueue(bt_rt_t *rt, bt_task_t *t);
 
