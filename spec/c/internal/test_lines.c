@@ -5,6 +5,8 @@
  * excluded, and a line over max is reported, never cut). */
 #include "test.h"
 
+#include "internal.h"  /* on purpose: the splitter is the core's, not public */
+
 static void test_chunks(void) {
   bt_lines l = {0};
   const char *line;
