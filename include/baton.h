@@ -185,11 +185,6 @@ struct bt_task {
  * Never fails. */
 BT_EXTERN void bt_task_spawn(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt,
                              bt_group_t *group);
-/* Initialises `t` like bt_task_spawn() but does not enqueue it: bt_task_start() does. Used
- * for tasks that must first obtain a permit. */
-BT_EXTERN void bt_task_init(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt,
-                            bt_group_t *group);
-BT_EXTERN void bt_task_start(bt_rt_t *rt, bt_task_t *t);
 
 /* Called from inside resume: suspends `t` on `w` (caller-owned storage valid until the wake),
  * with a deadline at absolute time `due` unless `due` is UINT64_MAX. Returns the token. */
@@ -203,8 +198,11 @@ BT_EXTERN void bt_task_yield(bt_rt_t *rt, bt_task_t *t);
 /* Called from inside resume: `t` ended with `state` (DONE, FAILED or CANCELLED). Wakes its
  * joiners and moves it to its group's finished list. */
 BT_EXTERN void bt_task_finish(bt_rt_t *rt, bt_task_t *t, bt_task_state_t state);
-/* Requests cancellation. A waiting task is woken with BT_ECANCELED; a pending one finishes
- * as CANCELLED when drained; the running one sees it at its next wait. Idempotent. */
+/* Requests cancellation: sets BT_TASK_F_CANCEL (level-triggered). A waiting task is woken
+ * with BT_ECANCELED; a pending one is resumed with BT_ECANCELED when drained, before it
+ * ever ran (a gated one leaves its gate without a permit); the running one is not
+ * disturbed: the embedder checks the flag before its next wait. A finished task is left
+ * alone. Idempotent. */
 BT_EXTERN void bt_task_abort(bt_rt_t *rt, bt_task_t *t);
 /* 1 if the task has finished (DONE, FAILED, CANCELLED). */
 BT_EXTERN int bt_task_finished(const bt_task_t *t);
@@ -254,7 +252,8 @@ BT_EXTERN void bt_group_on_finish(bt_group_t *g, bt_group_finish_cb cb, void *da
  * it finishes, however it ends. The gate is owned by the group; `sem` must outlive it.
  * Returns NULL on allocation failure. */
 BT_EXTERN bt_gate_t *bt_group_gate(bt_group_t *g, bt_sem_t *sem);
-/* Initialises `t` like bt_task_init() into g and queues it on `gate`. */
+/* Initialises `t` like bt_task_spawn() into the gate's group, but queues it on `gate`
+ * instead of the ready queue: it first runs once its permit is granted. Never fails. */
 BT_EXTERN void bt_gate_spawn(bt_rt_t *rt, bt_gate_t *gate, bt_task_t *t, const bt_task_vt *vt);
 /* Tasks queued on the gate, not yet granted. */
 BT_EXTERN size_t bt_gate_queued(const bt_gate_t *gate);

@@ -400,6 +400,28 @@ describe("baton.http", function()
       assert.is_nil(s:read_line(5000))
     end))
 
+    it("reads lines ending in LF or CRLF, up to 1 MiB with the newline; longer is too_large",
+       async(function()
+      local max = 1 << 20
+      local edge = ("x"):rep(max - 2) .. "\r\n"  -- the longest line, CRLF included
+      local body = "a\r\nb\n\r\n\n" .. edge .. ("z"):rep(max - 1) .. "\nc\r"
+      local s <close> = assert(http.stream { url = url("/replay?seed=5&max=40000"),
+                                             body = body })
+      for _, want in ipairs { "a", "b", "", "", ("x"):rep(max - 2), ("z"):rep(max - 1) } do
+        local line, err = s:read_line(5000)
+        assert.equal(want, line, err)
+      end
+      assert.equal("c\r", s:read_line(5000))  -- the last line is taken as it is
+      assert.is_nil(s:read_line(5000))
+      -- A line of 1 MiB with no end in sight: too_large, and its bytes stay for read.
+      local big <close> = assert(http.stream { url = url("/chunked?bytes=1200000") })
+      local line, err, kind = big:read_line(5000)
+      assert.is_nil(line)
+      assert.equal("too_large", kind)
+      assert.matches("read_line", err)
+      assert.matches("^y+$", big:read(5000))
+    end))
+
     it("pauses the transfer while the reader lags, and loses nothing", async(function()
       local s <close> = assert(http.stream { url = url("/chunked?bytes=6000000") })
       baton.sleep(300)

@@ -1,14 +1,26 @@
-# Registers every suite with ctest: C unit tests of the core (spec/c/test_*.c), luacheck and the
-# busted specs (spec/*_spec.lua, each its own ctest test so they run in parallel), run on
-# the stock lua5.4 interpreter against the freshly built module and executable.
+# Registers every suite with ctest: C unit tests of the core (spec/c/test_*.c and
+# spec/c/internal/test_*.c), the busted specs (spec/*_spec.lua, each its own ctest test so
+# they run in parallel), run on the stock lua5.4 interpreter against the freshly built
+# module and executable, and luacheck.
 find_program(BUSTED busted REQUIRED)
 find_program(LUA54 lua5.4 REQUIRED)
 
+# spec/c/test_*.c see only the public header (include/baton.h, through baton_core), as a C
+# host does; spec/c/internal/test_*.c test the core's internal parsers and may include its
+# private headers (src/core).
 file(GLOB C_TESTS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/spec/c/test_*.c)
-foreach(src ${C_TESTS})
+file(GLOB C_INTERNAL_TESTS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/spec/c/internal/test_*.c)
+foreach(src ${C_TESTS} ${C_INTERNAL_TESTS})
   get_filename_component(name ${src} NAME_WE)
+  get_filename_component(dir ${src} DIRECTORY)
+  if(dir STREQUAL "${CMAKE_SOURCE_DIR}/spec/c/internal")
+    set(name internal_${name})
+  endif()
   add_executable(${name} ${src})
-  target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/src/core)
+  target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/spec/c)
+  if(name MATCHES "^internal_")
+    target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/src/core)
+  endif()
   target_link_libraries(${name} PRIVATE baton_core baton_warnings)
   add_test(NAME c_${name} COMMAND ${name})
   set_tests_properties(c_${name} PROPERTIES TIMEOUT 60)

@@ -1,7 +1,8 @@
 /* Core subprocesses: output and exit status arrive; releasing a live child sends TERM and
  * its handles close only after it exited; releasing it reaches what it started (its process
- * group) unless no_process_group; writes report their queue; a missing program, or no
- * descriptors left, fails with no event; the loop closes clean afterwards. */
+ * group) unless no_process_group; writes report their queue; reading stops and starts
+ * again with nothing lost; a missing program, or no descriptors left, fails with no event;
+ * the loop closes clean afterwards. */
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -44,6 +45,7 @@ static void on_written_ev(bt_proc_t *p, int status) {
   if (status != 0) s->write_status = status;
 }
 
+static uv_loop_t loop;
 static bt_rt_t *rt;
 
 static bt_proc_t *start_opts(seen *s, bt_proc_opts o, int *rc) {
@@ -82,9 +84,9 @@ static void test_output_and_exit_code(void) {
   char *argv[] = {"sh", "-c", "echo hello; exit 3", NULL};
   int rc;
   bt_proc_t *p = start(&s, argv, &rc);
-  CHECK(rc == 0 && p != NULL && bt_rt_procs(rt) == 1);
+  CHECK(rc == 0 && p != NULL && bt_rt_procs(rt) == 1 && !bt_proc_exited(p));
   while (!(s.exited && s.eof_out && s.eof_err)) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
-  CHECK(s.code == 3 && s.sig == 0);
+  CHECK(s.code == 3 && s.sig == 0 && bt_proc_exited(p));
   CHECK(s.n == 6 && memcmp(s.out, "hello\n", 6) == 0);
   bt_proc_close(p, 1000);
   while (!s.closed) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
@@ -170,6 +172,25 @@ static void test_write_queue(void) {
   while (!s.closed) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
 }
 
+/* Reading stopped: the output waits in the pipe, even after the child exited; started
+ * again, all of it arrives. */
+static void test_read_stop_start(void) {
+  seen s = {0};
+  char *argv[] = {"sh", "-c", "echo one; echo two", NULL};
+  int rc;
+  bt_proc_t *p = start(&s, argv, &rc);
+  CHECK(rc == 0);
+  bt_proc_read_stop(p);
+  while (!s.exited) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
+  for (int i = 0; i < 5; i++) uv_run(bt_rt_loop(rt), UV_RUN_NOWAIT);
+  CHECK(bt_proc_exited(p) && s.n == 0 && !s.eof_out);
+  bt_proc_read_start(p);
+  while (!(s.eof_out && s.eof_err)) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
+  CHECK(s.n == 8 && memcmp(s.out, "one\ntwo\n", 8) == 0);
+  bt_proc_close(p, 1000);
+  while (!s.closed) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
+}
+
 /* No descriptor left for the pipes: UV_EMFILE, no event, nothing left open. */
 static void test_out_of_descriptors(void) {
   struct rlimit old, lim;
@@ -191,14 +212,15 @@ static void test_out_of_descriptors(void) {
 }
 
 int main(void) {
-  rt = bt_rt_new(NULL);
+  rt = test_rt_new(&loop);
   RUN(test_output_and_exit_code);
   RUN(test_release_kills_live_child);
   RUN(test_missing_program);
   RUN(test_release_reaches_the_group);
   RUN(test_kill_signals_the_group);
   RUN(test_write_queue);
+  RUN(test_read_stop_start);
   RUN(test_out_of_descriptors);
-  CHECK(bt_rt_free(rt) == 0);
+  test_rt_end(rt, &loop);
   return 0;
 }

@@ -1,4 +1,6 @@
-/* Core semaphore: FIFO hand-off, fairness, cancel re-running the grant loop, close. */
+/* Core semaphore: FIFO hand-off, fairness, cancel re-running the grant loop, close, and
+ * free failing the waiters still queued. No loop: a semaphore's callbacks run from the
+ * releasing call. */
 #include "test.h"
 
 static int granted[8], closed_n;
@@ -49,34 +51,30 @@ static void test_close_fails_waiters(void) {
   closed_n = 0;
   for (int i = 0; i < 3; i++) CHECK(bt_sem_acquire(s, &ws[i], 1, on_grant_idx) == 0);
   bt_sem_close(s);
-  CHECK(closed_n == 3);
+  CHECK(closed_n == 3 && bt_sem_closed(s));
+  bt_sem_close(s);  /* idempotent */
   CHECK(bt_sem_waiting(s) == 0);
   CHECK(bt_sem_try_acquire(s, 1) == BT_ECLOSED);
   CHECK(bt_sem_acquire(s, &ws[0], 1, on_grant_idx) == BT_ECLOSED);
   bt_sem_free(s);
 }
 
-static void test_budget(void) {
-  bt_budget_t *b = bt_budget_new(2);
-  int err = 0;
-  bt_budget_key_t *a1 = bt_budget_try_acquire(b, "a", 1, 2, &err);
-  bt_budget_key_t *a2 = bt_budget_try_acquire(b, "a", 1, 2, &err);
-  CHECK(a1 && a2 && a1 == a2);
-  CHECK(bt_budget_try_acquire(b, "a", 1, 2, &err) == NULL && err == BT_EBUSY);
-  CHECK(bt_budget_try_acquire(b, "z", 1, 0, &err) == NULL && err == BT_EBUSY);
-  CHECK(bt_budget_count(b, "a", 1) == 2);
-  bt_budget_release(b, a1);
-  bt_budget_release(b, a2);
-  CHECK(bt_budget_count(b, "a", 1) == 0);
-  bt_budget_key_t *c = bt_budget_try_acquire(b, "c", 1, 1, &err);
-  CHECK(c != NULL);
-  bt_budget_free(b);  /* keys still held are dropped */
+/* Freeing a semaphore fails its queued waiters, as closing does. */
+static void test_free_fails_waiters(void) {
+  bt_sem_t *s = bt_sem_new(1);
+  CHECK(bt_sem_capacity(s) == 1 && !bt_sem_closed(s));
+  CHECK(bt_sem_try_acquire(s, 1) == 0);
+  closed_n = 0;
+  CHECK(bt_sem_acquire(s, &ws[0], 1, on_grant_idx) == 0);
+  bt_sem_free(s);
+  CHECK(closed_n == 1 && ws[0].sem == NULL);
+  bt_sem_free(NULL);
 }
 
 int main(void) {
   RUN(test_fifo_and_fairness);
   RUN(test_cancel_head_regrants);
   RUN(test_close_fails_waiters);
-  RUN(test_budget);
+  RUN(test_free_fails_waiters);
   return 0;
 }

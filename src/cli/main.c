@@ -19,6 +19,10 @@
  * with the status given. --strict (or BATON_STRICT=1) makes a run that would exit 0 exit 1
  * when a failed task was never joined (each is reported as a warning either way).
  *
+ * The bindings. The executable reaches them only through baton_cli.h (lbt_cli_open opens
+ * the module its way, lbt_cli_exit_status reads how a run ended, lbt_cli_take_sigint hands
+ * SIGINT to the REPL) and the module's Lua API; never lbaton.h or the core's internals.
+ *
  * Invariants: one Lua state; the state is closed before exit on every path (os.exit called
  * from a task included), so finalisers run and the runtime closes its loop.
  */
@@ -33,7 +37,7 @@
 #include <lualib.h>
 
 #include "arena.h"
-#include "lbaton.h"
+#include "baton_cli.h"
 #include "repl.h"
 
 #define PROGNAME "baton"
@@ -74,8 +78,8 @@ typedef struct cli {
   int bad_missing;   /* 1: it lacks its argument; 0: it is unknown */
   cli_step *steps;   /* argc + 2 slots, owned, freed by main */
   int nsteps, next;  /* steps to run, and the next one */
-  lbt_rt *R;         /* borrowed from the Lua state */
-  size_t unjoined;   /* failed tasks reported as never joined (R->unjoined points here) */
+  lbt_cli *cli;      /* the bindings' handle, owned by the Lua state */
+  size_t unjoined;   /* failed tasks reported as never joined (counted by the bindings) */
   int status;        /* the exit status */
 } cli;
 
@@ -209,8 +213,6 @@ static void on_warning(void *ud, const char *msg, int tocont) {
   w->cont = tocont;
 }
 
-static int open_baton(lua_State *L) { return lbt_open(L); }
-
 /* Puts the repo's lua/ (when run from a build tree) and the install's Lua directory in
  * front of package.path, so `require "baton.x"` finds the pure-Lua parts. */
 static void set_path(lua_State *L) {
@@ -332,8 +334,8 @@ static int push_step(lua_State *L, const cli *C, const cli_step *s) {
     lua_pushcfunction(L, warn_step);
     return 0;
   case STEP_REPL:
-    C->R->take_sigint = bt_repl_sigint;  /* SIGINT goes to the REPL first from now on */
-    return bt_repl_push(L, !(C->opts & OPT_VERSION));
+    lbt_cli_take_sigint(C->cli, bt_repl_sigint);  /* SIGINT goes to the REPL first now */
+    return bt_repl_push(L, C->cli, !(C->opts & OPT_VERSION));
   case STEP_SCRIPT: {
     rc = luaL_loadfile(L, s->text);
     if (rc != LUA_OK) break;
@@ -386,11 +388,11 @@ static void run_main(lua_State *L, cli *C, int mod) {
   lua_pushlightuserdata(L, C);
   lua_pushcclosure(L, run_steps, 1);
   int rc = lua_pcall(L, 1, LUA_MULTRET, 0);
-  lbt_rt *R = C->R;
-  R->take_sigint = NULL;
-  if (R->exit_status >= 0) {  /* a signal's default action, or baton.exit (os.exit) */
-    if (R->exit_signal != 0) report(signal_text(R->exit_signal));
-    C->status = R->exit_status;
+  lbt_cli_take_sigint(C->cli, NULL);
+  int signum, exit_status = lbt_cli_exit_status(C->cli, &signum);
+  if (exit_status >= 0) {  /* a signal's default action, or baton.exit (os.exit) */
+    if (signum != 0) report(signal_text(signum));
+    C->status = exit_status;
   } else if (rc != LUA_OK || lua_gettop(L) > base) {
     report(error_text(L));  /* a runtime error, or a chunk that did not load */
     C->status = EXIT_FAILURE;
@@ -407,13 +409,8 @@ static int pmain(lua_State *L) {
     lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
   }
   luaL_openlibs(L);
-  luaL_requiref(L, "baton", open_baton, 1);  /* package.loaded.baton and global baton */
+  C->cli = lbt_cli_open(L, &C->unjoined);  /* package.loaded.baton and global baton */
   int mod = lua_gettop(L);
-  lua_getfield(L, LUA_REGISTRYINDEX, "baton.runtime");
-  C->R = lua_touserdata(L, -1);
-  C->R->cli = 1;
-  C->R->unjoined = &C->unjoined;
-  lua_pop(L, 1);
   /* os.exit from a task leaves as a signal does: closers run, children released */
   if (lua_getglobal(L, "os") == LUA_TTABLE) {
     lua_getfield(L, mod, "exit");

@@ -11,21 +11,25 @@
  * the handler is installed (the prompt shown) only while the main task waits in `read`, and
  * removed as soon as a line is accepted, so a running line sees the terminal in its normal
  * mode and Ctrl-C there raises SIGINT. readline never handles signals (rl_catch_signals = 0):
- * SIGINT reaches bt_repl_sigint() through baton.run's libuv watcher (R->take_sigint, set by
- * the CLI; and, when Lua code holds the loop, a signal handler of ours hooks that code; see
- * SIGINT below), SIGWINCH a watcher of our own. Not on a
- * terminal, lines are read plainly (polled when stdin is a pipe, read at once when it is a
- * file) and nothing but results and errors is printed.
+ * SIGINT reaches bt_repl_sigint() through baton.run's libuv watcher (lbt_cli_take_sigint,
+ * set by main.c; and, when Lua code holds the loop, a signal handler of ours hooks that
+ * code; see SIGINT below), SIGWINCH a watcher of our own. Not on a terminal, lines are read
+ * plainly (polled when stdin is a pipe, read at once when it is a file) and nothing but
+ * results and errors is printed.
  *
  * Output above the prompt. While the prompt is shown, Lua's print, io.write and writes to
  * io.stdout/io.stderr first clear the prompt's lines (bt_repl_before_output); a prepare
  * handle draws the prompt and the typed line again before the loop next blocks (or after
  * 50 ms of continuous output), so background output never mixes with the line being typed.
  *
+ * Tasks. The REPL sees the bindings only through baton_cli.h: `read` waits with
+ * lbt_cli_await (woken by lbt_cli_wake when a line is in), `run` is lbt_cli_foreground, and
+ * Ctrl-C goes to lbt_cli_interrupt.
+ *
  * Invariants: one REPL per process (readline is process-global), so its state is static.
- * `prompt_on` iff readline's handler is installed; `hidden` only while prompt_on. `reader` is
- * the main task iff it waits in `read`; `fg` the foreground task iff the main task waits in
- * `run`. Handles are started in `start` and closed in `stop` (the to-be-closed guard of the
+ * `prompt_on` iff readline's handler is installed; `hidden` only while prompt_on; input is
+ * watched only while the main task waits in `read` (reader_end stops it however the wait
+ * ends). Handles are started in `start` and closed in `stop` (the to-be-closed guard of the
  * Lua loop), so they are closed on every way out of the loop, errors included.
  */
 #include <errno.h>
@@ -43,18 +47,17 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include "lbaton.h"
 #include "repl.h"
 
 #define HISTORY_MAX 1000
 #define REDRAW_MS 50         /* longest a busy loop keeps the prompt hidden */
-#define RUN_DETACHED 1       /* wake status: the user gave up waiting for the foreground */
 #define STUCK_NS 100000000u  /* the loop has not turned for this long: Lua code holds it */
 
 enum { GOT_NONE, GOT_LINE, GOT_EOF, GOT_INTERRUPT };
 
 typedef struct repl {
-  lbt_rt *R;
+  lbt_cli *cli;            /* the bindings' handle (baton_cli.h) */
+  lua_State *main;         /* the state's main thread: completion runs Lua on it */
   uv_loop_t *loop;
   int active;              /* between start and stop */
   int tty;                 /* stdin is a terminal: readline, prompts, banner */
@@ -64,7 +67,6 @@ typedef struct repl {
   uv_poll_t poll;          /* stdin; initialised iff poll_ok */
   int poll_ok, polling;
   int in_flags;            /* stdin's file status flags before, put back by stop; or -1 */
-  lbt_task *reader;        /* the main task waiting in `read`, or NULL */
   int got;                 /* GOT_*: what the terminal delivered for `read` */
   char *line;              /* owned: the accepted line (from readline's malloc) */
   char *buf;               /* owned: plain input not yet returned */
@@ -77,10 +79,6 @@ typedef struct repl {
   uint64_t last_tick;      /* when the loop last turned (monotonic ns) */
   uv_signal_t winch;
   char *histfile;          /* owned; NULL: no history file */
-  /* the foreground task */
-  lbt_task *fg;            /* the line that runs, or NULL */
-  lbt_task *fg_waiter;     /* the main task waiting for it */
-  int fg_aborted;          /* Ctrl-C aborted it */
 } repl;
 
 static repl S;
@@ -150,11 +148,7 @@ static void stop_input(void) {
 }
 
 /* Wakes the main task waiting in `read`. */
-static void deliver(void) {
-  lbt_task *T = S.reader;
-  if (T == NULL) return;
-  bt_task_wake(S.R->rt, &T->t, T->t.token, 0);  /* runs reader_cancel */
-}
+static void deliver(void) { lbt_cli_wake(S.cli, 0); /* runs reader_end */ }
 
 static void on_line(char *line) {  /* readline: a line accepted, or NULL at end of input */
   /* At the end of input, leave the shell a clean line: readline ends it itself when it
@@ -240,19 +234,15 @@ static void on_readable(uv_poll_t *h, int status, int events) {
 
 /* ---- `read`: the main task awaits a line ---------------------------------------------- */
 
-static void reader_cancel(bt_wait_t *w) {
-  (void)w;
-  S.reader = NULL;
+static void reader_end(void *ud) {  /* the wait ended: delivered, or the task aborted */
+  (void)ud;
   stop_input();
 }
 
 static int lread_k(lua_State *L, int st, lua_KContext ctx) {
   (void)st;
   (void)ctx;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
-    return lbt_raise_cancelled(L);
+  lbt_cli_resumed(L, S.cli);  /* raises if the main task was aborted */
   if (!S.tty) {
     if (plain_take(L)) return 1;
     lua_pushnil(L);  /* woken without a line: only at the end of input */
@@ -278,11 +268,9 @@ static int lread_k(lua_State *L, int st, lua_KContext ctx) {
 /* read(prompt) -> the next line | false (Ctrl-C at the prompt) | nil (end of input).
  * Awaits; raises the cancellation error if the main task is aborted meanwhile. */
 static int lread(lua_State *L) {
-  lbt_rt *R = lbt_R(L);
   const char *prompt = luaL_checkstring(L, 1);
   if (!S.active) return luaL_error(L, "repl: not started");
   if (!S.tty && plain_take(L)) return 1;
-  lbt_task *T = lbt_await_begin(L, R, "repl.read");
   S.got = GOT_NONE;
   if (S.tty) {
     rl_callback_handler_install(prompt, on_line);
@@ -297,91 +285,36 @@ static int lread(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
-  S.reader = T;
-  bt_task_wait(R->rt, &T->t, &lbt_fib(T)->wait, reader_cancel, UINT64_MAX);
-  return lbt_suspend(L, 0, lread_k);
+  return lbt_cli_await(L, S.cli, "repl.read", reader_end, NULL, lread_k);
 }
 
 /* ---- `run`: the main task runs a chunk as the foreground task and awaits it ------------- */
 
-static int lrun_k(lua_State *L, int st, lua_KContext ctx) {
-  (void)st;
-  (void)ctx;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *self = (lbt_task *)bt_rt_current(R->rt);
-  int status = lbt_fib(self)->status;
-  int aborted = S.fg_aborted;
-  S.fg = S.fg_waiter = NULL;
-  S.fg_aborted = 0;
-  if (status == BT_ECANCELED || (self->t.flags & BT_TASK_F_CANCEL))
-    return lbt_raise_cancelled(L);
-  if (status == RUN_DETACHED) {
-    lua_pushnil(L);
-    lua_pushvalue(L, 2);
-    return 2;
-  }
-  lbt_task *T = lua_touserdata(L, 2);
-  int n = lbt_push_outcome(L, 2);
-  if (aborted && T->t.state == BT_TASK_CANCELLED && !lua_toboolean(L, -n)) {
-    lua_pop(L, 1);
-    lua_pushliteral(L, "interrupted");
-  }
-  return n;
-}
-
 /* run(fn) -> true, results... | false, error | nil, task (left running by a second Ctrl-C).
  * An error string carries its traceback; a Ctrl-C abort gives the error "interrupted". */
-static int lrun(lua_State *L) {
-  lbt_rt *R = lbt_R(L);
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  lua_settop(L, 1);
-  lbt_task *self = lbt_await_begin(L, R, "repl.run");
-  lbt_task *T = lbt_task_new(L, R, 1, 0, R->root, NULL, 0);  /* at index 2 */
-  S.fg = T;
-  S.fg_waiter = self;
-  S.fg_aborted = 0;
-  lbt_fiber *f = lbt_fib(self);
-  if (bt_task_join(R->rt, &self->t, &T->t, &f->joiner, &f->wait, UINT64_MAX))
-    return lrun_k(L, LUA_OK, 0);
-  return lbt_suspend(L, 0, lrun_k);
-}
+static int lrun(lua_State *L) { return lbt_cli_foreground(L, S.cli, "repl.run"); }
 
 /* ---- SIGINT --------------------------------------------------------------------------- */
 
 /* Lua code that never yields (`while true do end`) holds the loop, so the libuv watcher that
- * calls bt_repl_sigint never runs. Like lua.c, a signal handler of our own then sets a hook
- * on the coroutine that runs, which aborts its task from there; it is installed over
- * libuv's handler while the REPL runs, and passes every signal on to it. `sig_taken` tells
- * bt_repl_sigint that the handler already acted on the signal it is called for. */
+ * calls bt_repl_sigint never runs. Like lua.c, a signal handler of our own then has the
+ * task that runs aborted from a hook on its coroutine (lbt_cli_interrupt_running); it is
+ * installed over libuv's handler while the REPL runs, and passes every signal on to it.
+ * `sig_taken` tells bt_repl_sigint that the handler already acted on the signal it is
+ * called for. */
 static struct sigaction libuv_sigint;
 static int sigint_installed;
 static volatile sig_atomic_t sig_taken;
-
-/* Runs in the coroutine the handler hooked, as the task that held the loop: aborts it, as
- * Ctrl-C would have had the loop been free to notice. */
-static void interrupt_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  lua_sethook(L, NULL, 0, 0);
-  bt_task_t *t = bt_rt_current(S.R->rt);
-  if (t == NULL) return;
-  if (S.fg != NULL && t == &S.fg->t) S.fg_aborted = 1;
-  bt_task_abort(S.R->rt, t);
-  lbt_raise_cancelled(L);
-}
 
 /* A signal handler: touches only what lua_sethook and plain loads allow. S.last_tick is
  * an aligned 64-bit word written by this thread only, so it is never seen torn. */
 static void on_sigint_signal(int signum, siginfo_t *info, void *uctx) {
   int saved = errno;
-  if (S.active && S.R != NULL && mono_ns() - S.last_tick > STUCK_NS) {
-    bt_task_t *t = bt_rt_current(S.R->rt);
-    lbt_fiber *f = t != NULL ? lbt_fib((lbt_task *)t) : NULL;
-    if (f != NULL) {
-      lua_sethook(f->co, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
-      sig_taken = 1;
-      if (S.tty && !S.prompt_on && write(STDOUT_FILENO, "\n", 1) < 0) {
-        /* after the ^C the terminal echoed; nothing to do if it cannot be written */
-      }
+  if (S.active && S.cli != NULL && mono_ns() - S.last_tick > STUCK_NS &&
+      lbt_cli_interrupt_running(S.cli)) {
+    sig_taken = 1;
+    if (S.tty && !S.prompt_on && write(STDOUT_FILENO, "\n", 1) < 0) {
+      /* after the ^C the terminal echoed; nothing to do if it cannot be written */
     }
   }
   if (libuv_sigint.sa_flags & SA_SIGINFO) libuv_sigint.sa_sigaction(signum, info, uctx);
@@ -408,24 +341,14 @@ static void uninstall_sigint(void) {
   sig_taken = 0;
 }
 
-/* Ctrl-C for the foreground task: the first aborts it (its <close> handlers run; the prompt
- * comes back when it ends), the next stops waiting for it and leaves it to finish. */
-static void interrupt_fg(void) {
-  if (S.fg == NULL || bt_task_finished(&S.fg->t)) return;
-  if (!S.fg_aborted) {
-    S.fg_aborted = 1;
-    bt_task_abort(S.R->rt, &S.fg->t);
-  } else {
-    lbt_task *W = S.fg_waiter;
-    bt_task_wake(S.R->rt, &W->t, W->t.token, RUN_DETACHED);
-  }
-}
-
+/* Ctrl-C for the foreground task (lbt_cli_interrupt): the first aborts it (its <close>
+ * handlers run; the prompt comes back when it ends), the next stops waiting for it and
+ * leaves it to finish. */
 int bt_repl_sigint(void) {
   if (!S.active) return 0;
   if (sig_taken) {  /* the handler interrupted code that held the loop */
     sig_taken = 0;
-    if (S.fg != NULL && !S.fg_aborted) interrupt_fg();
+    lbt_cli_interrupt(S.cli, 0);  /* the foreground too, if that code was not its own */
     return 1;
   }
   if (S.prompt_on) {  /* drop the line (and any unfinished chunk) for a fresh prompt */
@@ -441,14 +364,12 @@ int bt_repl_sigint(void) {
     deliver();
     return 1;
   }
-  if (S.fg != NULL && !bt_task_finished(&S.fg->t)) {
-    if (S.tty && !S.fg_aborted) {
-      fputc('\n', stdout);  /* after the ^C the terminal echoed */
-      fflush(stdout);
-    }
-    interrupt_fg();
-    return 1;
+  int done = lbt_cli_interrupt(S.cli, 1);
+  if (done == LBT_CLI_ABORTED && S.tty) {
+    fputc('\n', stdout);  /* after the ^C the terminal echoed */
+    fflush(stdout);
   }
+  if (done != LBT_CLI_NO_TASK) return 1;
   return S.tty;  /* between lines on a terminal: nothing to abort */
 }
 
@@ -530,10 +451,7 @@ static void wrap_output(lua_State *L) {
   if (luaL_getmetatable(L, LUA_FILEHANDLE) == LUA_TTABLE &&
       lua_getfield(L, -1, "__index") == LUA_TTABLE)
     wrap_field(L, -1, "write", lfile_write);
-  if (lua_getfield(L, LUA_REGISTRYINDEX, "baton.on_warning") == LUA_TNIL) {
-    lua_pushcfunction(L, lwarning);
-    lua_setfield(L, LUA_REGISTRYINDEX, "baton.on_warning");
-  }
+  lbt_cli_default_warning(L, lwarning);
   lua_settop(L, top);
 }
 
@@ -580,7 +498,7 @@ static char **complete(const char *text, int start, int end) {
   (void)end;
   rl_attempted_completion_over = 1;  /* no file names */
   rl_completion_append_character = '\0';
-  lua_State *L = S.R->L;
+  lua_State *L = S.main;
   int top = lua_gettop(L);
   free_cands();
   if (lua_checkstack(L, 4)) {
@@ -649,13 +567,14 @@ static void print_banner(void) {
 /* start(complete) -> a to-be-closed guard whose closing calls stop. `complete` is the Lua
  * completion collector: text -> sorted list of candidates. */
 static int lstart(lua_State *L) {
-  lbt_rt *R = lbt_R(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   if (S.active) return luaL_error(L, "repl: already running");
   lua_pushvalue(L, 1);
   lua_setfield(L, LUA_REGISTRYINDEX, "baton.repl.complete");
-  S.R = R;
-  S.loop = bt_rt_loop(R->rt);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  S.main = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  S.loop = lbt_cli_loop(S.cli);
   S.active = 1;
   S.got = GOT_NONE;
   S.eof = 0;
@@ -692,7 +611,7 @@ static int lstart(lua_State *L) {
     if (!S.at_exit) S.at_exit = atexit(repl_atexit) == 0;
     print_banner();
   }
-  lua_getfield(L, lua_upvalueindex(2), "guard");
+  lua_getfield(L, lua_upvalueindex(1), "guard");
   return 1;
 }
 
@@ -714,7 +633,6 @@ static int lstop(lua_State *L) {
   }
   S.poll_ok = 0;
   S.active = 0;
-  S.reader = NULL;
   free(S.histfile);
   free(S.line);
   free(S.buf);
@@ -840,7 +758,8 @@ static const char repl_lua[] =
   "  end\n"
   "end\n";
 
-int bt_repl_push(lua_State *L, int show_version) {
+int bt_repl_push(lua_State *L, lbt_cli *cli, int show_version) {
+  S.cli = cli;
   S.tty = isatty(STDIN_FILENO);
   S.show_version = show_version;
   if (luaL_loadbuffer(L, repl_lua, sizeof repl_lua - 1, "=repl") != LUA_OK) lua_error(L);
@@ -857,9 +776,8 @@ int bt_repl_push(lua_State *L, int show_version) {
     {"read", lread}, {"run", lrun}, {"history", lhistory}, {"start", lstart},
     {"stop", lstop}, {NULL, NULL}};
   for (const luaL_Reg *f = fns; f->name != NULL; f++) {
-    lua_getfield(L, LUA_REGISTRYINDEX, "baton.runtime");
     lua_pushvalue(L, C);
-    lua_pushcclosure(L, f->func, 2);  /* upvalues: the runtime (lbt_R), this table */
+    lua_pushcclosure(L, f->func, 1);  /* upvalue: this table */
     lua_setfield(L, C, f->name);
   }
   return 1;

@@ -231,7 +231,7 @@ bt_gate_t *bt_group_gate(bt_group_t *g, bt_sem_t *sem) {
 size_t bt_gate_queued(const bt_gate_t *gate) { return gate->n; }
 
 void bt_gate_spawn(bt_rt_t *rt, bt_gate_t *gate, bt_task_t *t, const bt_task_vt *vt) {
-  bt_task_init(rt, t, vt, gate->group);
+  bt__task_init(rt, t, vt, gate->group);
   t->gate = gate;
   t->rq_next = NULL;
   if (gate->tail) gate->tail->rq_next = t;

@@ -102,8 +102,9 @@ int bt__buf_append(bt_buf *b, const char *data, size_t n);
 void bt__buf_free(bt_buf *b);
 
 /* lines.c: a byte stream cut into lines at "\n" (process stdout: proc:read_line, the MCP
- * client's messages). Zero-initialise; bt__lines_free when done. No I/O: a fuzzer drives it
- * with bytes cut at arbitrary points. */
+ * client's messages; HTTP bodies: stream:read_line, through bt__lines_find).
+ * Zero-initialise; bt__lines_free when done. No I/O: a fuzzer drives it with bytes cut at
+ * arbitrary points. */
 typedef struct bt_lines {
   bt_buf buf;
   size_t pos;   /* buf.p[0, pos) consumed */
@@ -119,10 +120,18 @@ int bt__lines_append(bt_lines *l, const char *data, size_t n);
 int bt__lines_next(bt_lines *l, size_t max, const char **line, size_t *len);
 /* The same without consuming: *len is the line's length when BT_LINE_OK. */
 int bt__lines_scan(bt_lines *l, size_t max, size_t *len);
+/* The splitter itself, on bytes p[0, n) that belong to someone else (an HTTP transfer's
+ * unread body): where the first line ends, with the results of bt__lines_scan. *seen
+ * (in/out, 0 the first time) counts the leading bytes known to hold no '\n', so a caller
+ * that keeps it while bytes are only appended searches a long line once. */
+int bt__lines_find(const char *p, size_t n, size_t max, size_t *seen, size_t *len);
 size_t bt__lines_unread(const bt_lines *l);
 const char *bt__lines_peek(const bt_lines *l);     /* the first unread byte */
 void bt__lines_consume(bt_lines *l, size_t n);     /* drops n unread bytes (at most all) */
 void bt__lines_free(bt_lines *l);
+
+/* task.c: bt_task_spawn() without the enqueue (a gated task waits for its permit). */
+void bt__task_init(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt, bt_group_t *g);
 
 /* rt.c */
 void bt__enqueue(bt_rt_t *rt, bt_task_t *t);

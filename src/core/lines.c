@@ -7,6 +7,10 @@
  * buf.p[pos, scan) holds no '\n', so a long line arriving in small pieces is searched once
  * (linear, not quadratic). Consumed bytes are dropped only when an append would otherwise
  * grow the buffer, so a line handed out stays valid until the next append.
+ *
+ * The splitting itself is bt__lines_find, on bytes the caller may not own: the HTTP
+ * stream's read_line (lhttpstream.c) cuts the transfer's unread body with it in place, so
+ * process output and HTTP bodies are cut by the same code.
  */
 #include <string.h>
 
@@ -33,17 +37,25 @@ void bt__lines_consume(bt_lines *l, size_t n) {
   if (l->pos == l->buf.len) l->pos = l->scan = l->buf.len = 0;
 }
 
+int bt__lines_find(const char *p, size_t n, size_t max, size_t *seen, size_t *len) {
+  /* Only the first max + 1 bytes matter: a '\n' beyond them ends a line that is too long. */
+  size_t end = n <= max ? n : max + 1;
+  if (*seen < end) {
+    const char *nl = memchr(p + *seen, '\n', end - *seen);
+    *seen = nl != NULL ? (size_t)(nl - p) : end;
+  }
+  if (*seen >= end) return n > max ? BT_LINE_TOO_LONG : BT_LINE_NONE;
+  *len = *seen;  /* < end <= max + 1 */
+  return BT_LINE_OK;
+}
+
 int bt__lines_scan(bt_lines *l, size_t max, size_t *len) {
   size_t unread = bt__lines_unread(l);
-  /* Only the first max + 1 bytes matter: a '\n' beyond them ends a line that is too long. */
-  size_t end = l->pos + (unread <= max ? unread : max + 1);
-  if (l->scan < end) {
-    const char *nl = memchr(l->buf.p + l->scan, '\n', end - l->scan);
-    l->scan = nl != NULL ? (size_t)(nl - l->buf.p) : end;
-  }
-  if (l->scan >= end) return unread > max ? BT_LINE_TOO_LONG : BT_LINE_NONE;
-  *len = l->scan - l->pos;  /* < end - pos <= max + 1 */
-  return BT_LINE_OK;
+  if (unread == 0) return BT_LINE_NONE;  /* (the buffer may not exist yet) */
+  size_t seen = l->scan - l->pos;
+  int rc = bt__lines_find(bt__lines_peek(l), unread, max, &seen, len);
+  l->scan = l->pos + seen;
+  return rc;
 }
 
 int bt__lines_next(bt_lines *l, size_t max, const char **line, size_t *len) {

@@ -33,11 +33,9 @@ static void init(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt, bt_group_t *g)
   }
 }
 
-void bt_task_init(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt, bt_group_t *g) {
+void bt__task_init(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt, bt_group_t *g) {
   init(rt, t, vt, g);
 }
-
-void bt_task_start(bt_rt_t *rt, bt_task_t *t) { bt__enqueue(rt, t); }
 
 void bt_task_spawn(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt, bt_group_t *g) {
   init(rt, t, vt, g);

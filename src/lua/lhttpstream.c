@@ -82,16 +82,26 @@ static int push_too_long(lua_State *L, const char *fname) {
   return 3;
 }
 
-/* Takes one line from the unread body, without its end ("\n" or "\r\n"). Returns 0 if
- * none is whole yet. */
-static int take_line(lua_State *L, lstream *st) {
-  size_t len;
+/* read_line: one line of the unread body, cut by the core's line splitter in the
+ * transfer's own buffer, pushed without its end ("\n" or "\r\n") and consumed. A line
+ * must fit the buffer with its "\n" (the transfer pauses once MAX_LINE bytes are unread):
+ * a longer one is too_large, however much of it has come. When the transfer has ended,
+ * the bytes after the last "\n" are the last line. Returns the results' count, or -1 to
+ * wait for bytes. */
+static int take_line(lua_State *L, lstream *st, const char *fname) {
+  size_t len, n, seen = 0;
   const char *p = bt_http_peek(st->r, &len);
-  const char *nl = memchr(p, '\n', len);
-  if (nl == NULL) return 0;
-  size_t end = (size_t)(nl - p);
-  lua_pushlstring(L, p, end > 0 && p[end - 1] == '\r' ? end - 1 : end);
-  bt_http_consume(st->r, end + 1);
+  int rc = bt__lines_find(p, len, MAX_LINE - 1, &seen, &n);
+  if (rc == BT_LINE_TOO_LONG) return push_too_long(L, fname);
+  if (rc == BT_LINE_OK) {
+    lua_pushlstring(L, p, n > 0 && p[n - 1] == '\r' ? n - 1 : n);
+    bt_http_consume(st->r, n + 1);
+    return 1;
+  }
+  if (!bt_http_finished(st->r)) return -1;
+  if (len == 0) return push_end(L, st, fname);
+  lua_pushlstring(L, p, len);  /* the last line, with no "\n" after it */
+  bt_http_consume(st->r, len);
   return 1;
 }
 
@@ -205,15 +215,7 @@ static int stream_try(lua_State *L, lstream *st, int op) {
     }
     return bt_http_finished(st->r) ? push_end(L, st, fname) : -1;
   case OP_LINE:
-    if (take_line(L, st)) return 1;
-    p = bt_http_peek(st->r, &len);
-    if (bt_http_finished(st->r)) {
-      if (len == 0) return push_end(L, st, fname);
-      lua_pushlstring(L, p, len);  /* the last line, with no "\n" after it */
-      bt_http_consume(st->r, len);
-      return 1;
-    }
-    return len >= MAX_LINE ? push_too_long(L, fname) : -1;
+    return take_line(L, st, fname);
   default:  /* OP_EVENT */
     return next_event(L, st, fname);
   }

@@ -1,8 +1,11 @@
-/* The line splitter of process stdout (core/lines.c): lines across chunk boundaries, the
- * max length at its edge, scan without consuming, and a randomized check against the
- * obvious splitter (the property the libFuzzer entry checks too: every line handed out is
- * the input's next line, "\n" excluded, and a line over max is reported, never cut). */
+/* The line splitter of process stdout and HTTP bodies (core/lines.c): lines across chunk
+ * boundaries, the max length at its edge, scan without consuming, the splitter on a buffer
+ * it does not own, and a randomized check against the obvious splitter (the property the
+ * libFuzzer entry checks too: every line handed out is the input's next line, "\n"
+ * excluded, and a line over max is reported, never cut). */
 #include "test.h"
+
+#include "internal.h"  /* on purpose: the splitter is the core's, not public */
 
 static void test_chunks(void) {
   bt_lines l = {0};
@@ -41,6 +44,23 @@ static void test_max(void) {
   CHECK(bt__lines_next(&l, 5, &line, &len) == BT_LINE_OK && len == 5);  /* a larger max */
   CHECK(bt__lines_next(&l, 4, &line, &len) == BT_LINE_OK && len == 2);
   bt__lines_free(&l);
+}
+
+/* The splitter on a buffer it does not own (stream:read_line cuts an HTTP transfer's body
+ * in place): the same answers, and `seen` carried over while bytes are only appended. */
+static void test_find_borrowed(void) {
+  const char body[] = "abc\r\nlonger line\n";
+  size_t seen = 0, len = 0;
+  CHECK(bt__lines_find(body, 3, 10, &seen, &len) == BT_LINE_NONE && seen == 3);
+  CHECK(bt__lines_find(body, 5, 10, &seen, &len) == BT_LINE_OK && len == 4);  /* "abc\r" */
+  seen = 0;
+  CHECK(bt__lines_find(body + 5, 11, 10, &seen, &len) == BT_LINE_TOO_LONG);
+  CHECK(seen == 11);  /* max + 1 bytes looked at, no more */
+  seen = 0;
+  CHECK(bt__lines_find(body + 5, 12, 11, &seen, &len) == BT_LINE_OK && len == 11);
+  seen = 0;
+  CHECK(bt__lines_find("", 0, 0, &seen, &len) == BT_LINE_NONE);
+  CHECK(bt__lines_find("\n", 1, 0, &seen, &len) == BT_LINE_OK && len == 0);
 }
 
 static uint32_t rng = 12345;
@@ -89,6 +109,7 @@ static void test_random(void) {
 int main(void) {
   RUN(test_chunks);
   RUN(test_max);
+  RUN(test_find_borrowed);
   RUN(test_random);
   return 0;
 }

@@ -1,0 +1,149 @@
+/* The runtime and its timers: a runtime on the caller's loop or on its own, the clock and
+ * the embedder's pointer; timers fire in (due, start order), re-arming moves one, stopping
+ * is idempotent; the ready queue runs FIFO, at most `budget` resumes a loop turn, with
+ * bt_rt_current naming the task being resumed; error names and messages; and each ends
+ * with nothing left on the loop. */
+#include "test.h"
+
+static uv_loop_t loop;
+
+/* ---- timers ---------------------------------------------------------------------------- */
+
+typedef struct ttimer {
+  bt_timer_t t;  /* first: the callback's pointer is the record's */
+  int id;
+} ttimer;
+
+static int fired[16], nfired;
+
+static void on_fire(bt_timer_t *t) {
+  ttimer *x = (ttimer *)t;
+  CHECK(nfired < 16);
+  fired[nfired++] = x->id;
+}
+
+static void test_timers(void) {
+  bt_rt_t *rt = test_rt_new(&loop);
+  uint64_t now = bt_now(rt);
+  static const uint64_t after[6] = {20, 5, 20, 5, 0, 40};
+  ttimer t[6];
+  memset(t, 0, sizeof t);
+  nfired = 0;
+  for (int i = 0; i < 6; i++) {
+    t[i].id = i;
+    CHECK(bt_timer_start(rt, &t[i].t, now + after[i], on_fire) == 0);
+  }
+  CHECK(bt_rt_timers(rt) == 6);
+  CHECK(bt_timer_start(rt, &t[5].t, now + 1, on_fire) == 0);  /* re-armed: moved, not added */
+  CHECK(bt_rt_timers(rt) == 6);
+  bt_timer_stop(rt, &t[2].t);
+  bt_timer_stop(rt, &t[2].t);  /* not armed any more: a no-op */
+  CHECK(bt_rt_timers(rt) == 5);
+  uv_run(&loop, UV_RUN_DEFAULT);  /* returns once no timer is armed */
+  static const int want[5] = {4, 5, 1, 3, 0};  /* by due time, ties in start order */
+  CHECK(nfired == 5);
+  for (int i = 0; i < 5; i++) CHECK(fired[i] == want[i]);
+  CHECK(bt_now(rt) >= now + 20);
+  bt_timer_stop(rt, &t[0].t);  /* fired: a no-op */
+  /* Many ties, started in an order the heap must keep. */
+  ttimer same[12];
+  memset(same, 0, sizeof same);
+  nfired = 0;
+  now = bt_now(rt);
+  for (int i = 0; i < 12; i++) {
+    same[i].id = i;
+    CHECK(bt_timer_start(rt, &same[i].t, now + (i % 3 == 0 ? 1 : 2), on_fire) == 0);
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  static const int ties[12] = {0, 3, 6, 9, 1, 2, 4, 5, 7, 8, 10, 11};
+  CHECK(nfired == 12);
+  for (int i = 0; i < 12; i++) CHECK(fired[i] == ties[i]);
+  test_rt_end(rt, &loop);
+}
+
+/* ---- the ready queue -------------------------------------------------------------------- */
+
+typedef struct ytask {
+  bt_task_t t;
+  int id, left;  /* resumes left: yields until the last, then finishes */
+} ytask;
+
+static int resumed[32], nresumed;
+
+static void yield_resume(bt_rt_t *rt, bt_task_t *t, int status) {
+  ytask *y = (ytask *)t;
+  CHECK(status == 0 && bt_rt_current(rt) == t && t->state == BT_TASK_RUNNING);
+  CHECK(nresumed < 32);
+  resumed[nresumed++] = y->id;
+  if (--y->left > 0) bt_task_yield(rt, t);
+  else bt_task_finish(rt, t, BT_TASK_DONE);
+}
+static const bt_task_vt yield_vt = {yield_resume, NULL};
+
+static void test_budget_and_fifo(void) {
+  bt_rt_t *rt = test_rt_new(&loop);
+  ytask y[3];
+  memset(y, 0, sizeof y);
+  bt_rt_set_budget(rt, 2);
+  nresumed = 0;
+  for (int i = 0; i < 3; i++) {
+    y[i].id = i;
+    y[i].left = 2;
+    bt_task_spawn(rt, &y[i].t, &yield_vt, NULL);
+    CHECK(y[i].t.state == BT_TASK_PENDING);
+  }
+  CHECK(bt_rt_ready(rt) == 3 && bt_rt_current(rt) == NULL && nresumed == 0);
+  uv_run(&loop, UV_RUN_NOWAIT);  /* one turn: two resumes; the yielders go to the back */
+  CHECK(nresumed == 2 && resumed[0] == 0 && resumed[1] == 1);
+  CHECK(bt_rt_ready(rt) == 3 && bt_rt_current(rt) == NULL);
+  uv_run(&loop, UV_RUN_NOWAIT);  /* C yields, A finishes */
+  CHECK(nresumed == 4 && resumed[2] == 2 && resumed[3] == 0);
+  CHECK(y[0].t.state == BT_TASK_DONE && bt_task_finished(&y[0].t) && bt_rt_ready(rt) == 2);
+  bt_rt_set_budget(rt, 0);  /* 0 means 1: the queue always moves */
+  uv_run(&loop, UV_RUN_NOWAIT);
+  CHECK(nresumed == 5 && resumed[4] == 1 && bt_rt_ready(rt) == 1);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(nresumed == 6 && resumed[5] == 2);
+  for (int i = 0; i < 3; i++) CHECK(y[i].t.state == BT_TASK_DONE);
+  test_rt_end(rt, &loop);
+}
+
+/* ---- the runtime itself ----------------------------------------------------------------- */
+
+static void test_own_loop_and_data(void) {
+  bt_rt_t *rt = bt_rt_new(NULL);
+  CHECK(rt != NULL && bt_rt_loop(rt) != NULL && bt_rt_data(rt) == NULL);
+  int x;
+  bt_rt_set_data(rt, &x);
+  CHECK(bt_rt_data(rt) == &x);
+  uint64_t a = bt_now(rt), b = bt_now(rt);
+  CHECK(b >= a);
+  CHECK(bt_rt_free(rt) == 0);  /* its own loop, closed clean */
+  CHECK(bt_rt_free(NULL) == 0);
+  /* A handle of the embedder's left on the runtime's own loop: closed, freed, reported. */
+  rt = bt_rt_new(NULL);
+  CHECK(rt != NULL);
+  uv_timer_t left;
+  CHECK(uv_timer_init(bt_rt_loop(rt), &left) == 0);
+  CHECK(bt_rt_free(rt) == UV_EBUSY);
+}
+
+static void test_error_names(void) {
+  CHECK(strcmp(bt_err_name(BT_ETIMEDOUT), "timeout") == 0);
+  CHECK(strcmp(bt_err_name(BT_ECANCELED), "cancelled") == 0);
+  CHECK(strcmp(bt_err_name(BT_ECLOSED), "closed") == 0);
+  CHECK(strcmp(bt_err_name(BT_EBUSY), "busy") == 0);
+  CHECK(strcmp(bt_err_name(UV_ENOENT), "ENOENT") == 0);  /* libuv's, passed through */
+  CHECK(strcmp(bt_err_name(0), "ok") == 0);
+  CHECK(strcmp(bt_strerror(BT_ECLOSED), "object is closed") == 0);
+  CHECK(strcmp(bt_strerror(UV_ENOENT), uv_strerror(UV_ENOENT)) == 0);
+  CHECK(strcmp(bt_strerror(0), "success") == 0);
+}
+
+int main(void) {
+  RUN(test_timers);
+  RUN(test_budget_and_fifo);
+  RUN(test_own_loop_and_data);
+  RUN(test_error_names);
+  return 0;
+}
