@@ -255,9 +255,7 @@ describe("baton.process.run", function()
     end))
 
   it("baton.timeout around run kills the child", H.async(function()
-    local r, msg = baton.timeout(100, process.run, { "sleep", "30" })
-    assert.is_nil(r)
-    assert.equal("timeout", msg)
+    H.assert_failure("baton.timeout", "timeout", baton.timeout(100, process.run, { "sleep", "30" }))
     settle()
   end))
 

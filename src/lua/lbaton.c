@@ -13,6 +13,11 @@
  * and returns the main task's results or raises its error. While it runs it watches signals
  * (lsignal.c); a run that a signal or baton.exit ended ends the process once that cleanup is
  * done (the executable does it itself, after closing the state).
+ *
+ * Errors (docs/errors.md). Raise: misuse (bad arguments, nesting baton.run), a deadlock
+ * (baton.run), and the main task's error (baton.run re-raises it). Return `nil, msg, kind,
+ * detail`: baton.timeout (timeout, { timeout_ms = }), baton.sleep (resource: no memory for
+ * its timer). The shared helpers below raise in the misuse form of lfail.c.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -331,7 +336,7 @@ static int run_in_task_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int lbaton_run(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lbt_arg_function(L, "baton.run", 1, "fn");
   if (R->running && R->cli && bt_rt_current(R->rt) != NULL) {
     /* The baton executable already runs the script as the main task: a script written for
      * a stock lua5.4 (`baton.run(main)`) runs unchanged, fn called right here. */
@@ -366,35 +371,35 @@ static int lbaton_run(lua_State *L) {
 
 static int lbaton_spawn(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lbt_arg_function(L, "baton.spawn", 1, "fn");
   lbt_task_new(L, R, 1, lua_gettop(L) - 1, R->root, NULL, 0);
   return 1;
 }
 
+/* ctx: the function's name. A deadline wait that could not arm its timer (no memory)
+ * wakes at once: a failure, not a silent early return. */
 static int sleep_k(lua_State *L, int st, lua_KContext ctx) {
   (void)st;
-  (void)ctx;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
-    return lbt_raise_cancelled(L);
-  return 0;
+  int s = lbt_resumed(L, NULL, NULL, NULL);
+  return s == 0 || s == BT_ETIMEDOUT ? 0 : lbt_fail_status(L, (const char *)ctx, s);
 }
 
 static int lbaton_sleep(lua_State *L) {
+  static const char fname[] = "baton.sleep";
   lbt_rt *R = lbt_R(L);
-  lua_Number ms = lbt_check_ms(L, 1, NULL);
-  lbt_task *T = lbt_await_begin(L, R, "baton.sleep");
+  lua_Number ms = lbt_arg_ms(L, fname, 1, "ms", -1);
+  lbt_task *T = lbt_await_begin(L, R, fname);
   uint64_t due = bt_now(R->rt) + (uint64_t)(ms + 0.999999);
   bt_task_wait(R->rt, &T->t, &lbt_fib(T)->wait, NULL, due);
-  return lbt_suspend(L, 0, sleep_k);
+  return lbt_suspend(L, (lua_KContext)fname, sleep_k);
 }
 
 static int lbaton_yield(lua_State *L) {
+  static const char fname[] = "baton.yield";
   lbt_rt *R = lbt_R(L);
-  lbt_task *T = lbt_await_begin(L, R, "baton.yield");
+  lbt_task *T = lbt_await_begin(L, R, fname);
   bt_task_yield(R->rt, &T->t);
-  return lbt_suspend(L, 0, sleep_k);
+  return lbt_suspend(L, (lua_KContext)fname, sleep_k);
 }
 
 static int timeout_k(lua_State *L, int st, lua_KContext ctx) {
@@ -406,10 +411,8 @@ static int timeout_k(lua_State *L, int st, lua_KContext ctx) {
 /* baton.timeout(ms, fn, ...): the arguments are checked here, by the shared readers, so
  * that a bad one is blamed on baton.timeout; the Lua part (upvalue 2) does the rest. */
 static int lbaton_timeout(lua_State *L) {
-  lbt_check_ms(L, 1, "baton.timeout");
-  if (lua_type(L, 2) != LUA_TFUNCTION)
-    return luaL_error(L, "bad argument #2 to 'baton.timeout' (function expected, got %s)",
-                      luaL_typename(L, 2));
+  lbt_arg_ms(L, "baton.timeout", 1, "ms", -1);
+  lbt_arg_function(L, "baton.timeout", 2, "fn");
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_insert(L, 1);
   lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, timeout_k);
@@ -438,12 +441,14 @@ static int lbaton_current(lua_State *L) {
 
 /* baton.warn(msg): reports through the baton.on_warning handler, else stderr. */
 static int lbaton_warn(lua_State *L) {
-  lbt_warn_on(L, luaL_checkstring(L, 1));
+  if (lua_type(L, 1) != LUA_TNUMBER) lbt_arg_string(L, "baton.warn", 1, "msg", NULL);
+  lbt_warn_on(L, lua_tostring(L, 1));
   return 0;
 }
 
 static int lbaton_on_warning(lua_State *L) {
-  if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (!lua_isnil(L, 1) && !lua_isfunction(L, 1))
+    lbt_argerror(L, "baton.on_warning", 1, "fn", "function or nil");
   lua_settop(L, 1);
   lua_setfield(L, LUA_REGISTRYINDEX, "baton.on_warning");
   return 0;
@@ -487,17 +492,18 @@ static int lbaton_stats(lua_State *L) {
 static const char *const lua_helpers =
   "local baton = ...\n"
   "local spawn = baton.spawn\n"
-  "local function finish(t, ok, ...)\n"
+  "local function finish(t, ms, ok, ...)\n"
   "  if ok then return ... end\n"
   "  if ok == false then error((...), 0) end\n"
   "  t:abort(); t:join()\n"
-  "  return nil, 'timeout', 'timeout'\n"
+  "  return nil, ('baton.timeout: fn did not finish within %.15g ms'):format(ms),\n"
+  "         'timeout', { timeout_ms = ms }\n"
   "end\n"
-  "-- fn's results, or nil, 'timeout' (fn's task aborted and finished); fn's error re-raised;\n"
-  "-- the arguments checked by lbaton_timeout, which calls this\n"
+  "-- fn's results, or nil, msg, 'timeout', detail (fn's task aborted and finished); fn's\n"
+  "-- error re-raised; the arguments checked by lbaton_timeout, which calls this\n"
   "function baton.timeout(ms, fn, ...)\n"
   "  local t <close> = spawn(fn, ...)\n"
-  "  return finish(t, t:join(ms))\n"
+  "  return finish(t, ms, t:join(ms))\n"
   "end\n"
   "-- coroutines whose baton waits pass through to the task running them\n"
   "local MARK, wrapped = select(2, ...)\n"
@@ -514,7 +520,8 @@ static const char *const lua_helpers =
   "baton.coroutine = {}\n"
   "function baton.coroutine.wrap(f)\n"
   "  if type(f) ~= 'function' then\n"
-  "    error(\"bad argument #1 to 'baton.coroutine.wrap' (function expected)\", 2)\n"
+  "    error(\"baton.coroutine.wrap: bad argument #1 'f' (expected function, got \" ..\n"
+  "          type(f) .. ')', 2)\n"
   "  end\n"
   "  local co = create(f)\n"
   "  wrapped[co] = true\n"

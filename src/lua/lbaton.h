@@ -277,7 +277,7 @@ const char *lbt_class_name(lbt_class cls);  /* "baton.Semaphore" */
  * else is read: a typo names the typo); then the lbt_opt_* read field `key` of the table
  * at tidx. Arguments: lbt_arg_* read the argument at stack index idx. Every reader raises
  * in the form above.
- *   count: an integer in [min, 1e15]; `def` when absent (def < 0: required).
+ *   count: an integer in [min, 2^53]; `def` when absent (def < 0: required).
  *   ms:    milliseconds, a number in [0, 1e15) (NaN and inf refused); `def` when absent
  *          (lbt_opt_ms: def < 0 is returned as is, meaning none; lbt_arg_ms: required).
  *   due:   an optional timeout argument "timeout_ms" -> its absolute due time, or

@@ -186,11 +186,11 @@ void lbt_check_opts(lua_State *L, const char *fname, int idx, const char *name,
   }
 }
 
-/* Integers in [min, 1e15]: what every count and size option accepts. */
+/* Integers in [min, 2^53] (exact as floats too): what every count and size accepts. */
 static int count_ok(lua_State *L, int idx, lua_Integer min, lua_Integer *v) {
   int isint = 0;
   *v = lua_tointegerx(L, idx, &isint);
-  return lua_type(L, idx) == LUA_TNUMBER && isint && *v >= min && (lua_Number)*v <= 1e15;
+  return lua_type(L, idx) == LUA_TNUMBER && isint && *v >= min && *v <= ((lua_Integer)1 << 53);
 }
 
 static const char *count_expected(lua_State *L, lua_Integer min) {
