@@ -179,6 +179,9 @@ void lbt_open_future(lua_State *L, int rt_idx);        /* lfuture.c: baton.futur
  * baton.http (options checked by lhttp.c; strings in `o` anchored on the stack). */
 void lbt_http_push_headers(lua_State *L, const char *p, size_t len);  /* raw lines -> table */
 lua_Integer lbt_http_retry_after(lua_State *L);  /* of the headers table at -1, in ms, or -1 */
+/* nil, "<fname>: <the transfer's error>", its kind, { url = }; and a timeout's failure. */
+int lbt_http_fail(lua_State *L, const char *fname, const bt_http_req_t *r);
+int lbt_http_timeout(lua_State *L, const char *fname, const char *url, lua_Number ms);
 int lbt_http_stream_start(lua_State *L, lbt_rt *R, bt_http_opts *o, lua_Integer timeout);
 void lbt_open_http_stream(lua_State *L, int rt_idx);
 void lbt_close_streams(lua_State *L);  /* close every open HTTP stream (never waits) */
@@ -282,7 +285,8 @@ const char *lbt_class_name(lbt_class cls);  /* "baton.Semaphore" */
  *          (lbt_opt_ms: def < 0 is returned as is, meaning none; lbt_arg_ms: required).
  *   due:   an optional timeout argument "timeout_ms" -> its absolute due time, or
  *          UINT64_MAX when absent.
- *   bool, string (def NULL: required; the pointer lives as long as the table), enum (the
+ *   bool, string (def NULL: required; the pointer is valid while the table holds the
+ *   string: not for a value an __index makes up, which the caller must keep), enum (the
  *   index in the NULL-terminated `names`; def < 0: required).
  *   function: lbt_opt_function pushes the field (a function or nil) and returns whether it
  *   is a function; lbt_arg_function checks a required function argument.
@@ -317,6 +321,9 @@ void *lbt_check_udata(lua_State *L, const char *fname, int idx, const char *name
  * BT_ENOMEM, ...) and sets *Tp (if not NULL) to the running task. lbt_cancel_point is the
  * same for a call that did not wait (still a cancellation point); lbt_cancelled tests. */
 int lbt_resumed(lua_State *L, lbt_task **Tp, void (*undo)(void *arg), void *arg);
+/* The same for a wait that owns something whatever the wake delivered (a transfer, a
+ * stream being opened): release(arg) runs before the cancellation error is raised. */
+int lbt_resumed_free(lua_State *L, lbt_task **Tp, void (*release)(void *arg), void *arg);
 void lbt_cancel_point(lua_State *L, void (*undo)(void *arg), void *arg);
 int lbt_cancelled(lbt_rt *R);
 

@@ -271,7 +271,7 @@ const char *lbt_opt_string(lua_State *L, const char *fname, int tidx, const char
   int t = lua_getfield(L, tidx, key);
   const char *s = def;
   if (len != NULL) *len = def != NULL ? strlen(def) : 0;
-  if (t == LUA_TSTRING) s = lua_tolstring(L, -1, len);  /* the table keeps it alive */
+  if (t == LUA_TSTRING) s = lua_tolstring(L, -1, len);  /* a raw field: the table keeps it */
   else if (t != LUA_TNIL || def == NULL) field_error(L, fname, tidx, key, "string");
   lua_pop(L, 1);
   return s;
@@ -347,6 +347,12 @@ int lbt_resumed(lua_State *L, lbt_task **Tp, void (*undo)(void *arg), void *arg)
   }
   if (Tp != NULL) *Tp = T;
   return status;
+}
+
+int lbt_resumed_free(lua_State *L, lbt_task **Tp, void (*release)(void *arg), void *arg) {
+  lbt_task *T = (lbt_task *)bt_rt_current(lbt_R(L)->rt);
+  if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) release(arg);
+  return lbt_resumed(L, Tp, NULL, NULL);
 }
 
 /* ---- outcomes of user functions ----------------------------------------------------- */

@@ -14,6 +14,13 @@
  * A read does a bounded amount of work per resume: read_event parses at most READ_BUDGET
  * bytes, then lets the loop turn (a wait due at once) before going on, so a peer sending a
  * long event in a hurry cannot hold timers and other tasks back.
+ *
+ * Errors (docs/errors.md). Raise: misuse (a bad timeout, a read on a closed stream, a second
+ * reader). Return `nil, msg, kind, detail`: baton.http.stream as baton.http.request does
+ * (lbt_http_fail); the reads: the transfer's failure (lbt_http_fail: io, too_large, ...),
+ * timeout ({ url =, timeout_ms = }: the stream goes on), closed (closed while waiting),
+ * too_large (a line or an event over its limit: { limit = }), resource. The end of the body
+ * is a plain nil.
  */
 
 #include <string.h>
@@ -36,10 +43,12 @@ typedef struct lstream {
 } lstream;
 
 enum { OP_HEAD, OP_READ, OP_LINE, OP_EVENT };
-static const char *const op_names[] = {"baton.http.stream", "stream:read", "stream:read_line",
-                                       "stream:read_event"};
+static const char *const op_names[] = {"baton.http.stream", "baton.http.stream:read",
+                                       "baton.http.stream:read_line",
+                                       "baton.http.stream:read_event"};
 
-static void stream_close(lstream *st) {
+static void stream_close(void *arg) {
+  lstream *st = arg;
   if (st->waiter != NULL) bt_task_wake(st->rt, st->waiter, st->token, BT_ECLOSED);
   bt_http_free(st->r);
   st->r = NULL;
@@ -64,22 +73,20 @@ static lstream *check_stream(lua_State *L, const char *fname) {
   return st;
 }
 
-/* The end of a finished transfer: pushes nil (the body is complete) or nil, message, kind. */
+/* The end of a finished transfer: pushes nil (the body is complete) or its failure. */
 static int push_end(lua_State *L, lstream *st, const char *fname) {
+  if (bt_http_result(st->r) != 0) return lbt_http_fail(L, fname, st->r);
   lua_pushnil(L);
-  if (bt_http_result(st->r) == 0) return 1;
-  const char *kind;
-  const char *msg = bt_http_error(st->r, &kind);
-  lua_pushfstring(L, "%s: %s", fname, msg);
-  lua_pushstring(L, kind);
-  return 3;
+  return 1;
 }
 
-static int push_too_long(lua_State *L, const char *fname) {
-  lua_pushnil(L);
-  lua_pushfstring(L, "%s: a line exceeds %d bytes (use stream:read)", fname, (int)MAX_LINE);
-  lua_pushliteral(L, "too_large");
-  return 3;
+/* nil, msg, "too_large", { limit = }: a line or an event over its limit. */
+static int fail_too_large(lua_State *L, const char *fname, size_t limit, const char *what,
+                          const char *then) {
+  lua_createtable(L, 0, 1);
+  lua_pushinteger(L, (lua_Integer)limit);
+  lua_setfield(L, -2, "limit");
+  return lbt_fail_detail(L, fname, "too_large", -1, "%s exceeds %zu bytes%s", what, limit, then);
 }
 
 /* Takes one line from the unread body, without its end ("\n" or "\r\n"). Returns 0 if
@@ -138,19 +145,10 @@ static int next_event(lua_State *L, lstream *st, const char *fname) {
       push_event(L, &st->sse);
       return 1;
     }
-    if (res == BT_SSE_TOO_LARGE) {
-      lua_pushnil(L);
-      lua_pushfstring(L, "%s: an event exceeds %I bytes (max_event_bytes); it is skipped",
-                      fname, (lua_Integer)st->sse.max_event);
-      lua_pushliteral(L, "too_large");
-      return 3;
-    }
-    if (res == BT_SSE_NOMEM) {
-      lua_pushnil(L);
-      lua_pushfstring(L, "%s: out of memory for an event; it is skipped", fname);
-      lua_pushliteral(L, "nomem");
-      return 3;
-    }
+    if (res == BT_SSE_TOO_LARGE) return fail_too_large(L, fname, st->sse.max_event, "an event",
+                                                   " (max_event_bytes); it is skipped");
+    if (res == BT_SSE_NOMEM)
+      return lbt_fail(L, fname, "out of memory for an event; it is skipped", "resource");
   }
   /* A partial event at the end is dropped, as the SSE spec says. */
   return bt_http_finished(st->r) ? push_end(L, st, fname) : -1;
@@ -175,7 +173,7 @@ static void push_head(lua_State *L, lstream *st) {
 }
 
 /* Pushes the results of `op` if it can complete now and returns their count, else -1 (or
- * -2: a read_event to go on after the loop turns). Stack: 1 = the stream. */
+ * -2: a read_event to go on after the loop turns), pushing nothing. Stack: 1 = the stream. */
 static int stream_try(lua_State *L, lstream *st, int op) {
   const char *fname = op_names[op];
   size_t len;
@@ -213,7 +211,7 @@ static int stream_try(lua_State *L, lstream *st, int op) {
       bt_http_consume(st->r, len);
       return 1;
     }
-    return len >= MAX_LINE ? push_too_long(L, fname) : -1;
+    return len >= MAX_LINE ? fail_too_large(L, fname, MAX_LINE, "a line", " (use stream:read)") : -1;
   default:  /* OP_EVENT */
     return next_event(L, st, fname);
   }
@@ -222,38 +220,31 @@ static int stream_try(lua_State *L, lstream *st, int op) {
 static int stream_suspend(lua_State *L, lbt_rt *R, lbt_task *T, lstream *st, int op,
                           int yield);
 
-/* Stack: 1 = the stream, 2 = the deadline (an integer, -1 for none). */
+static void no_release(void *arg) { (void)arg; }
+
+/* Stack: 1 = the stream, 2 = the deadline (an integer, -1 for none), 3 = the timeout in ms
+ * (nil for none). */
 static int stream_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   int op = (int)ctx;
   lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
   lstream *st = lua_touserdata(L, 1);
-  int s = lbt_fib(T)->status;
+  lbt_task *T;  /* a head being waited for is closed with the task */
+  int s = lbt_resumed_free(L, &T, op == OP_HEAD ? stream_close : no_release, st);
   if (st->yielded) {  /* the loop had its turn: go on unless the read's deadline passed */
     st->yielded = 0;
     lua_Integer d = lua_tointeger(L, 2);
     if (s == BT_ETIMEDOUT && (d < 0 || bt_now(R->rt) < (uint64_t)d)) s = 0;
   }
-  if (s == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) {
-    if (op == OP_HEAD) stream_close(st);
-    return lbt_raise_cancelled(L);
-  }
-  if (st->r == NULL) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: the stream was closed while waiting", op_names[op]);
-    lua_pushliteral(L, "closed");
-    return 3;
-  }
+  const char *fname = op_names[op];
+  if (st->r == NULL) return lbt_fail(L, fname, "the stream was closed while waiting", "closed");
   if (s != 0) {
+    int n = s != BT_ETIMEDOUT ? lbt_fail_status(L, fname, s)
+          : lbt_http_timeout(L, fname, bt_http_url(st->r), lua_tonumber(L, 3));
     if (op == OP_HEAD) stream_close(st);
-    if (s == BT_ETIMEDOUT) return lbt_push_timeout(L);
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", op_names[op], bt_strerror(s));
-    lua_pushstring(L, bt_err_name(s));
-    return 3;
+    return n;
   }
-  lua_settop(L, 2);
+  lua_settop(L, 3);
   int n = stream_try(L, st, op);
   if (n >= 0) return n;
   if (st->waiter != NULL)
@@ -279,8 +270,8 @@ static int stream_suspend(lua_State *L, lbt_rt *R, lbt_task *T, lstream *st, int
 int lbt_http_stream_start(lua_State *L, lbt_rt *R, bt_http_opts *o, lua_Integer timeout) {
   const char *fname = op_names[OP_HEAD];
   /* An event is bounded like the body it comes in, unless the caller says otherwise. */
-  lua_Integer max_event = lbt_opt_int(L, fname, "max_event_bytes", 0,
-                                      (lua_Integer)o->max_body_bytes);
+  lua_Integer max_event = lbt_opt_count(L, fname, 1, "max_event_bytes", 0,
+                                       (lua_Integer)o->max_body_bytes);
   lbt_task *T = lbt_await_begin(L, R, fname);
   lstream *st = lua_newuserdatauv(L, sizeof *st, 1);
   memset(st, 0, sizeof *st);
@@ -292,18 +283,14 @@ int lbt_http_stream_start(lua_State *L, lbt_rt *R, bt_http_opts *o, lua_Integer 
   o->on_event = on_stream_event;
   int rc = bt_http_start(R->rt, o, on_stream_event, st, &st->r);
   if (rc == BT_EINVAL)
-    return luaL_error(L, "%s: url '%s' is not an absolute http:// or https:// URL", fname,
-                      o->url);
-  if (rc != 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", fname, bt_strerror(rc));
-    lua_pushliteral(L, "nomem");
-    return 3;
-  }
+    return lbt_field_error(L, fname, 1, "url", "an absolute http:// or https:// URL");
+  if (rc != 0) return lbt_fail_status(L, fname, rc);
   lbt_weak_set_add(L, STREAMS_KEY, -1);
   lua_replace(L, 1);
   lua_settop(L, 1);
   lua_pushinteger(L, timeout < 0 ? -1 : (lua_Integer)(bt_now(R->rt) + (uint64_t)timeout));
+  if (timeout >= 0) lua_pushinteger(L, timeout);
+  else lua_pushnil(L);
   return stream_suspend(L, R, T, st, OP_HEAD, 0);
 }
 
@@ -311,16 +298,16 @@ static int stream_op(lua_State *L, int op) {
   lbt_rt *R = lbt_R(L);
   const char *fname = op_names[op];
   lstream *st = check_stream(L, fname);
-  uint64_t due = lbt_opt_due(L, R, 2);
-  lua_settop(L, 1);
+  uint64_t due = lbt_arg_due(L, R, fname, 2);
+  lua_settop(L, 2);
   if (st->waiter != NULL)
     return luaL_error(L, "%s: another task is already waiting on this stream", fname);
-  bt_task_t *cur = bt_rt_current(R->rt);
-  if (cur != NULL && (cur->flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
+  lbt_cancel_point(L, NULL, NULL);
   int n = stream_try(L, st, op);
   if (n >= 0) return n;
   lbt_task *T = lbt_await_begin(L, R, fname);
   lua_pushinteger(L, due == UINT64_MAX ? -1 : (lua_Integer)due);
+  lua_insert(L, 2);  /* 2: the deadline, 3: the timeout */
   return stream_suspend(L, R, T, st, op, n == -2);
 }
 
