@@ -179,6 +179,18 @@ void lbt_open_future(lua_State *L, int rt_idx);        /* lfuture.c: baton.futur
  * baton.http (options checked by lhttp.c; strings in `o` anchored on the stack). */
 void lbt_http_push_headers(lua_State *L, const char *p, size_t len);  /* raw lines -> table */
 lua_Integer lbt_http_retry_after(lua_State *L);  /* of the headers table at -1, in ms, or -1 */
+void lbt_http_push_head(lua_State *L, const bt_http_req_t *r);  /* { status, headers, url, ... } */
+/* A transfer and the task waiting on it (the head of a request's and a stream's state): the
+ * transfer's events wake the task (lbt_http_wake, data = the struct), a wait's cancel
+ * forgets it (lbt_http_wait_cancel, w->src = the struct). */
+typedef struct lbt_http_wait {
+  bt_http_req_t *r;       /* NULL until started and once freed */
+  bt_rt_t *rt;
+  bt_task_t *waiter;      /* the task waiting on it, or NULL */
+  uint32_t token;
+} lbt_http_wait;
+void lbt_http_wake(bt_http_req_t *r, void *data);
+void lbt_http_wait_cancel(bt_wait_t *w);
 /* nil, "<fname>: <the transfer's error>", its kind, { url = }; and a timeout's failure. */
 int lbt_http_fail(lua_State *L, const char *fname, const bt_http_req_t *r);
 int lbt_http_timeout(lua_State *L, const char *fname, const char *url, lua_Number ms);
@@ -326,6 +338,12 @@ int lbt_resumed(lua_State *L, lbt_task **Tp, void (*undo)(void *arg), void *arg)
 int lbt_resumed_free(lua_State *L, lbt_task **Tp, void (*release)(void *arg), void *arg);
 void lbt_cancel_point(lua_State *L, void (*undo)(void *arg), void *arg);
 int lbt_cancelled(lbt_rt *R);
+/* Objects read by one task at a time (a process, a stream): raises "<fname>: another task
+ * is already waiting on this <what>" when `busy`; else a cancellation point. */
+void lbt_sole_waiter(lua_State *L, const char *fname, int busy, const char *what);
+/* Inserts the absolute deadline `due` at stack index idx as an integer, -1 for none
+ * (UINT64_MAX), for a continuation that may wait again. */
+void lbt_insert_due(lua_State *L, int idx, uint64_t due);
 
 /* Returned or raised: one rule. After a user function ran under pcall (status LUA_OK or
  * LUA_YIELD: its results are base..top; else its error is on top): returns 1 if it

@@ -45,12 +45,7 @@
 #define DEFAULT_MAX_HEADER ((lua_Integer)256 << 10)  /* libcurl's own cap is 300 KiB */
 #define DEFAULT_REDIRECTS 10
 
-typedef struct lxfer {
-  bt_http_req_t *r;       /* NULL until started and once freed */
-  bt_rt_t *rt;
-  bt_task_t *waiter;      /* the task waiting for it, or NULL */
-  uint32_t token;
-} lxfer;
+typedef lbt_http_wait lxfer;
 
 static void xfer_free(void *arg) {
   lxfer *x = arg;
@@ -88,15 +83,15 @@ static int lxfer_gc(lua_State *L) {
   return 0;
 }
 
-/* Core callback, from the loop: wake the waiter (it only enqueues). */
-static void on_done(bt_http_req_t *r, void *data) {
+/* Core callback, from the loop (or inside libcurl): wake the waiter (it only enqueues). */
+void lbt_http_wake(bt_http_req_t *r, void *data) {
   (void)r;
-  lxfer *x = data;
+  lbt_http_wait *x = data;
   if (x->waiter != NULL) bt_task_wake(x->rt, x->waiter, x->token, 0);
 }
 
-static void xfer_wait_cancel(bt_wait_t *w) {
-  lxfer *x = w->src;
+void lbt_http_wait_cancel(bt_wait_t *w) {
+  lbt_http_wait *x = w->src;
   x->waiter = NULL;
 }
 
@@ -253,6 +248,24 @@ lua_Integer lbt_http_retry_after(lua_State *L) {
   return ms;
 }
 
+void lbt_http_push_head(lua_State *L, const bt_http_req_t *r) {
+  lua_createtable(L, 0, 6);
+  int t = lua_gettop(L);
+  lua_pushinteger(L, bt_http_status(r));
+  lua_setfield(L, t, "status");
+  size_t len;
+  const char *p = bt_http_headers(r, &len);
+  lbt_http_push_headers(L, p, len);
+  lua_Integer ra = lbt_http_retry_after(L);
+  lua_setfield(L, t, "headers");
+  if (ra >= 0) {
+    lua_pushinteger(L, ra);
+    lua_setfield(L, t, "retry_after_ms");
+  }
+  lua_pushstring(L, bt_http_url(r));
+  lua_setfield(L, t, "url");
+}
+
 /* Stack in the continuation: 1 = options, 2 = the Transfer userdata, 3 = timeout_ms. */
 static int request_k(lua_State *L, int status, lua_KContext json) {
   (void)status;
@@ -272,22 +285,10 @@ static int request_k(lua_State *L, int status, lua_KContext json) {
     xfer_free(x);
     return n;
   }
-  lua_createtable(L, 0, 6);
+  lbt_http_push_head(L, r);
   int resp = lua_gettop(L);
-  lua_pushinteger(L, bt_http_status(r));
-  lua_setfield(L, resp, "status");
   size_t len;
-  const char *p = bt_http_headers(r, &len);
-  lbt_http_push_headers(L, p, len);
-  lua_Integer ra = lbt_http_retry_after(L);
-  lua_setfield(L, resp, "headers");
-  if (ra >= 0) {
-    lua_pushinteger(L, ra);
-    lua_setfield(L, resp, "retry_after_ms");
-  }
-  lua_pushstring(L, bt_http_url(r));
-  lua_setfield(L, resp, "url");
-  p = bt_http_body(r, &len);
+  const char *p = bt_http_body(r, &len);
   lua_pushlstring(L, p, len);
   xfer_free(x);
   if (!json) {
@@ -377,7 +378,7 @@ static int do_request(lua_State *L, int mode) {
   memset(x, 0, sizeof *x);
   luaL_setmetatable(L, BT_XFER_MT);
   x->rt = R->rt;
-  int rc = bt_http_start(R->rt, &o, on_done, x, &x->r);
+  int rc = bt_http_start(R->rt, &o, lbt_http_wake, x, &x->r);
   if (rc == BT_EINVAL)
     return lbt_field_error(L, fname, 1, "url", "an absolute http:// or https:// URL");
   if (rc != 0) return lbt_fail_status(L, fname, rc);
@@ -387,7 +388,7 @@ static int do_request(lua_State *L, int mode) {
   lbt_fiber *f = lbt_fib(T);
   f->wait.src = x;
   x->waiter = &T->t;
-  x->token = bt_task_wait(R->rt, &T->t, &f->wait, xfer_wait_cancel,
+  x->token = bt_task_wait(R->rt, &T->t, &f->wait, lbt_http_wait_cancel,
                           timeout < 0 ? UINT64_MAX : bt_now(R->rt) + (uint64_t)timeout);
   return lbt_suspend(L, json, request_k);
 }

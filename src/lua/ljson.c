@@ -635,6 +635,15 @@ static void push_marker(lua_State *L, const char *type) {
   lua_remove(L, -2);
 }
 
+/* t[name] = fn with the values at up1 and up2 (0: none) as upvalues. */
+static void set_closure(lua_State *L, int t, const char *name, lua_CFunction fn, int up1,
+                        int up2) {
+  lua_pushvalue(L, up1);
+  if (up2 != 0) lua_pushvalue(L, up2);
+  lua_pushcclosure(L, fn, up2 != 0 ? 2 : 1);
+  lua_setfield(L, t, name);
+}
+
 /* Adds `json` to the module table at -1. encode and decode hold json.null as upvalue 1,
  * decode the array marker as 2; array and object hold their own marker as upvalue 1 and the
  * other's as 2. */
@@ -660,24 +669,14 @@ void lbt_open_json(lua_State *L, int rt_idx) {
     lua_setfield(L, LUA_REGISTRYINDEX, NULL_KEY);
   }
   push_marker(L, "array");
-  push_marker(L, "object");  /* json, null, array mt, object mt */
-  lua_pushvalue(L, -3);
-  lua_setfield(L, -5, "null");
-  lua_pushvalue(L, -3);
-  lua_pushcclosure(L, ljson_encode, 1);
-  lua_setfield(L, -5, "encode");
-  lua_pushvalue(L, -3);
-  lua_pushvalue(L, -3);
-  lua_pushcclosure(L, ljson_decode, 2);
-  lua_setfield(L, -5, "decode");
-  lua_pushvalue(L, -2);
-  lua_pushvalue(L, -2);
-  lua_pushcclosure(L, ljson_array, 2);
-  lua_setfield(L, -5, "array");
-  lua_pushvalue(L, -1);
-  lua_pushvalue(L, -3);
-  lua_pushcclosure(L, ljson_object, 2);
-  lua_setfield(L, -5, "object");
-  lua_pop(L, 3);
+  push_marker(L, "object");
+  int json = lua_gettop(L) - 3, null = json + 1, array = json + 2, object = json + 3;
+  lua_pushvalue(L, null);
+  lua_setfield(L, json, "null");
+  set_closure(L, json, "encode", ljson_encode, null, 0);
+  set_closure(L, json, "decode", ljson_decode, null, array);
+  set_closure(L, json, "array", ljson_array, array, object);
+  set_closure(L, json, "object", ljson_object, object, array);
+  lua_settop(L, json);
   lua_setfield(L, -2, "json");
 }

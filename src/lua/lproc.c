@@ -713,8 +713,7 @@ static int op_k(lua_State *L, int status, lua_KContext ctx) {
   int n = try_op(L, st, op);
   if (n >= 0) return n;
   /* Another task took what woke us (it read without waiting): wait again. */
-  if (st->waiter != NULL)
-    return luaL_error(L, "%s: another task is already waiting on this process", op_names[op]);
+  lbt_sole_waiter(L, fname, st->waiter != NULL, "process");
   return op_suspend(L, R, T, st, op);
 }
 
@@ -731,14 +730,11 @@ static int op_entry(lua_State *L, int op) {
   lproc *st = check_open(L, 1, fname);
   uint64_t due = lbt_arg_due(L, R, fname, 2);
   lua_settop(L, 2);
-  if (st->waiter != NULL)
-    return luaL_error(L, "%s: another task is already waiting on this process", fname);
-  lbt_cancel_point(L, NULL, NULL);
+  lbt_sole_waiter(L, fname, st->waiter != NULL, "process");
   int n = try_op(L, st, op);
   if (n >= 0) return n;
   lbt_task *T = lbt_await_begin(L, R, fname);
-  lua_pushinteger(L, due == UINT64_MAX ? -1 : (lua_Integer)due);
-  lua_insert(L, 2);  /* 2: the deadline, 3: the timeout */
+  lbt_insert_due(L, 2, due);  /* 2: the deadline, 3: the timeout */
   return op_suspend(L, R, T, st, op);
 }
 
