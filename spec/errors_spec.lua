@@ -112,22 +112,22 @@ local CORE = {
     end, detail = function(d) assert.same({}, d.finished) end },
   { "baton.semaphore:try_acquire", "busy", function()
       local s = baton.semaphore(1)
-      local p <close> = s:try_acquire()
+      local _ <close> = s:try_acquire()
       return s:try_acquire()
     end, detail = { available = 0, capacity = 1 } },
   { "baton.semaphore:acquire", "timeout", function()
       local s = baton.semaphore(1)
-      local p <close> = s:try_acquire()
+      local _ <close> = s:try_acquire()
       return s:acquire(1, 10)
     end, detail = { timeout_ms = 10 } },
   { "baton.semaphore:acquire", "closed", function()
       local s = baton.semaphore(1)
-      local p <close> = s:try_acquire()
+      local _ <close> = s:try_acquire()
       return closed_while_waiting(function() s:close() end, s.acquire, s)
     end },
   { "baton.budget:try_acquire", "busy", function()
       local b = baton.budget { cap = 1 }
-      local p <close> = b:try_acquire("host")
+      local _ <close> = b:try_acquire("host")
       return b:try_acquire("host")
     end, detail = { available = 0, capacity = 1 } },
   { "baton.future:wait", "timeout", function() return baton.future():wait(10) end,

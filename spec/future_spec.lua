@@ -87,7 +87,11 @@ describe("baton.future", function()
   it("raises when waited on outside a task, and on a bad timeout", function()
     local f = baton.future()
     H.raises("not inside a baton task", f.wait, f)
-    baton.run(function() H.raises("baton.future:wait: bad argument #1 'timeout_ms' %(expected milliseconds >= 0, got %-1%)", f.wait, f, -1) end)
-    H.raises("baton.future:wait: bad argument #0 'self' %(expected baton.Future, got table%)", baton.future().wait, {})
+    baton.run(function()
+      H.raises_misuse("baton.future:wait", 1, "timeout_ms", "expected milliseconds >= 0, got %-1",
+                      f.wait, f, -1)
+    end)
+    H.raises_misuse("baton.future:wait", 0, "self", "expected baton.Future, got table",
+                    baton.future().wait, {})
   end)
 end)
