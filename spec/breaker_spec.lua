@@ -239,7 +239,7 @@ describe("seed defect 6", function()
     local probes = 0
     local probe = baton.spawn(b.call, b, function()
       probes = probes + 1
-      local p <close> = gate:acquire()
+      local p <close> = assert(gate:acquire())
       return "recovered"
     end)
     baton.sleep(1)
@@ -249,7 +249,7 @@ describe("seed defect 6", function()
       assert.same({ nil, "circuit_open", "svc" }, { v, err, svc })
     end
     assert.equal(1, probes)
-    gate:close()  -- the probe's acquire raises: a failed probe reopens the circuit
+    gate:close()  -- the probe's acquire fails ("closed"): a failed probe reopens the circuit
     probe:join()
     assert.equal("open", b:state())
   end))

@@ -63,6 +63,129 @@ function H.raises(pattern, fn, ...)
   assert(tostring(err):match(pattern), ("error %q does not match %q"):format(tostring(err), pattern))
 end
 
+-- The error convention (docs/errors.md). A failure of the world is `nil, message, kind`
+-- and optionally a detail table: H.assert_failure(fname, kind, f(...)) checks that shape
+-- (the message starts with "<fname>: ", kind is `kind` and one of baton.kinds; kind nil:
+-- any kind of the table) and returns the message, the kind and the detail.
+function H.is_kind(k)
+  for _, w in ipairs(baton.kinds) do
+    if k == w then return true end
+  end
+  return false
+end
+
+function H.assert_failure(fname, kind, ...)
+  local n, v, msg, k, detail = select("#", ...), ...
+  local what = ("%s: %s"):format(fname, tostring(msg))
+  assert(n == 3 or n == 4, ("%s: expected nil, message, kind[, detail], got %d values")
+         :format(what, n))
+  assert(v == nil, what .. ": the first value is not nil but " .. tostring(v))
+  assert(type(msg) == "string", what .. ": the message is a " .. type(msg))
+  assert(msg:sub(1, #fname + 2) == fname .. ": ",
+         ("message %q does not start with %q"):format(msg, fname .. ": "))
+  assert(H.is_kind(k), what .. ": kind " .. tostring(k) .. " is not in baton.kinds")
+  assert(kind == nil or k == kind, ("%s: kind %s, expected %s"):format(what, tostring(k), kind))
+  assert(n == 3 or detail == nil or type(detail) == "table",
+         what .. ": the detail is a " .. type(detail))
+  return msg, k, detail
+end
+
+-- Asserts that fn(...) raises the misuse error "<fname>: bad argument #n 'name' (expected
+-- ..." (and, if given, that the text in parentheses matches `rest`); returns the message.
+function H.raises_misuse(fname, n, name, rest, fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert(not ok, ("expected %s to raise bad argument #%d '%s'"):format(fname, n, name))
+  err = tostring(err)
+  local head = ("%s: bad argument #%d '%s' ("):format(fname, n, name)
+  assert(err:find(head, 1, true), ("error %q does not contain %q"):format(err, head))
+  if rest then
+    assert(err:match(rest), ("error %q does not match %q"):format(err, rest))
+  end
+  return err
+end
+
+-- docs/errors.md, read once: `kinds`, the words of its "Kinds" table in order, and
+-- `sections[title]`, for each "## title" section holding a table of functions, the kinds
+-- that table lists for each function (a set; "as `other`" rows inherit other's kinds).
+local errors_doc
+function H.errors_doc()
+  if errors_doc then return errors_doc end
+  local path = (os.getenv("BATON_SRC") or ".") .. "/docs/errors.md"
+  local f = assert(io.open(path))
+  local text = f:read("a")
+  f:close()
+  local doc = { kinds = {}, sections = {} }
+  local section, iskind = nil, {}
+  for line in text:gmatch("[^\n]*") do
+    local title = line:match("^## (.+)$")
+    if title then section = title end
+    if section == "Kinds" then
+      local k = line:match("^| `([%w_]+)` |")
+      if k then
+        doc.kinds[#doc.kinds + 1] = k
+        iskind[k] = true
+      end
+    elseif section and line:match("^| `baton") then
+      local names, rest = line:match("^| (.-) | (.*) |$")
+      local kinds = {}
+      local like = rest:match("^as `([%w_.:]+)`")
+      if like then
+        for k in pairs(doc.sections[section][like] or {}) do kinds[k] = true end
+      end
+      for w in rest:gmatch("`([%w_]+)`") do
+        if iskind[w] then kinds[w] = true end
+      end
+      doc.sections[section] = doc.sections[section] or {}
+      for name in names:gmatch("`([%w_.:]+)`") do doc.sections[section][name] = kinds end
+    end
+  end
+  errors_doc = doc
+  return doc
+end
+
+-- Table-driven checks of a section of docs/errors.md, made with busted's `it` (passed in:
+-- busted gives it to spec files only). rows: { fname, kind, fn, detail = t
+-- | function(detail) } — an `it` each: fn runs inside a task (H.async: it must leave
+-- nothing behind) and must return a failure of that shape (H.assert_failure), whose detail
+-- has every field of t (or passes the function). Then one `it` checks that every
+-- (function, kind) the section lists has a row, or a reason in `exempt["fname kind"]`.
+function H.failure_rows(it, section, rows, exempt)
+  for _, row in ipairs(rows) do
+    local fname, kind, fn, want = row[1], row[2], row[3], row.detail
+    it(("%s returns %s"):format(fname, kind), H.async(function()
+      local _, _, detail = H.assert_failure(fname, kind, fn())
+      if type(want) == "function" then
+        want(detail)
+      elseif want ~= nil then
+        assert(type(detail) == "table", fname .. " " .. kind .. ": no detail table")
+        for k, v in pairs(want) do
+          assert(detail[k] == v, ("%s %s: detail.%s is %s, expected %s")
+                 :format(fname, kind, k, tostring(detail[k]), tostring(v)))
+        end
+      end
+    end))
+  end
+  it("covers every failure docs/errors.md lists under '" .. section .. "'", function()
+    local listed = assert(H.errors_doc().sections[section], "no section " .. section)
+    local covered = {}
+    for _, row in ipairs(rows) do covered[row[1] .. " " .. row[2]] = true end
+    local missing = {}
+    for fname, kinds in pairs(listed) do
+      for kind in pairs(kinds) do
+        local key = fname .. " " .. kind
+        if not covered[key] and not (exempt or {})[key] then missing[#missing + 1] = key end
+      end
+    end
+    table.sort(missing)
+    assert(#missing == 0, "no row provokes: " .. table.concat(missing, ", "))
+    for key in pairs(covered) do
+      local fname, kind = key:match("^(%S+) (%S+)$")
+      assert(listed[fname] and listed[fname][kind],
+             key .. " is provoked but docs/errors.md does not list it")
+    end
+  end)
+end
+
 -- Elapsed milliseconds of fn(), with its results.
 function H.timed(fn, ...)
   local t0 = baton.clock()

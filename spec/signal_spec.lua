@@ -161,10 +161,11 @@ describe("signals", function()
 
   describe("baton.on_signal", function()
     it("rejects unknown names and non-functions", function()
-      H.raises("baton.on_signal.*unknown signal 'SIGTERM' %(expected \"int\", \"term\", " ..
-               "\"hup\", \"usr1\" or \"usr2\"%)", baton.on_signal, "SIGTERM", print)
-      H.raises("baton.on_signal.*unknown signal 'kill'", baton.on_signal, "kill", print)
-      H.raises("function or nil expected", baton.on_signal, "usr1", 42)
+      H.raises_misuse("baton.on_signal", 1, "signal", "%(expected one of 'int', 'term', " ..
+                      "'hup', 'usr1', 'usr2', got 'SIGTERM'%)", baton.on_signal, "SIGTERM", print)
+      H.raises_misuse("baton.on_signal", 1, "signal", "got 'kill'", baton.on_signal, "kill", print)
+      H.raises_misuse("baton.on_signal", 2, "fn", "expected function or nil, got 42",
+                      baton.on_signal, "usr1", 42)
     end)
 
     it("runs the handler for a real SIGUSR1, with no handle left behind", H.async(function()

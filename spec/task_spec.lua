@@ -174,11 +174,12 @@ describe("task:join", function()
     assert.same({ true, "late" }, { t:join() })
   end))
 
-  it("returns nil, 'timeout' and leaves the task running", H.async(function()
+  it("returns nil, msg, 'timeout', { task, timeout_ms } and leaves the task running",
+     H.async(function()
     local t = baton.spawn(function() baton.sleep(200) return 1 end)
-    local a, b = t:join(10)
-    assert.is_nil(a)
-    assert.equal("timeout", b)
+    local msg, _, d = H.assert_failure("baton.task:join", "timeout", t:join(10))
+    assert.equal(("baton.task:join: task %d still running after 10 ms"):format(t.id), msg)
+    assert.same({ task = t.id, timeout_ms = 10 }, d)
     assert.equal("waiting", t:status())
     assert.same({ true, 1 }, { t:join() })
   end))
@@ -265,14 +266,16 @@ describe("baton.timeout", function()
     assert.same({ 1, 2 }, { baton.timeout(1000, function(a) return a, 2 end, 1) })
   end))
 
-  it("returns nil, 'timeout' and aborts the inner task", H.async(function()
+  it("returns nil, msg, 'timeout', { timeout_ms } and aborts the inner task", H.async(function()
     local closed = false
-    local elapsed, a, b = H.timed(baton.timeout, 30, function()
+    local r = table.pack(H.timed(baton.timeout, 30, function()
       local _ <close> = setmetatable({}, { __close = function() closed = true end })
       baton.sleep(60000)
-    end)
-    assert.is_nil(a)
-    assert.equal("timeout", b)
+    end))
+    local elapsed = r[1]
+    local msg, _, d = H.assert_failure("baton.timeout", "timeout", table.unpack(r, 2, r.n))
+    assert.equal("baton.timeout: fn did not finish within 30 ms", msg)
+    assert.same({ timeout_ms = 30 }, d)
     assert.is_true(closed)
     assert.is_true(elapsed >= 29 and elapsed < 5000)
   end))
@@ -294,27 +297,28 @@ describe("baton.timeout", function()
     for _, ms in ipairs { 0 / 0, -1, math.huge } do
       local ok, err = pcall(baton.timeout, ms, function() end)
       assert.is_false(ok)
-      assert.matches("bad argument #1 to 'baton.timeout' (a number of milliseconds >= 0 expected",
-                     err, 1, true)
+      assert.matches("baton.timeout: bad argument #1 'ms' %(expected milliseconds >= 0, got", err)
     end
-    H.raises("bad argument #2 to 'baton.timeout' %(function expected, got number%)",
-             baton.timeout, 1, 2)
+    H.raises_misuse("baton.timeout", 2, "fn", "%(expected function, got 2%)", baton.timeout, 1, 2)
   end))
 
   it("has every milliseconds argument refuse NaN, naming its function", H.async(function()
     local t = baton.spawn(function() end)
     local nan = 0 / 0
     for _, case in ipairs {
-      { "sleep'", baton.sleep, nan },
-      { "'join'", function() return t:join(nan) end },
-      { "'acquire'", function() return baton.semaphore(1):acquire(1, nan) end },
-      { "'wait'", function() return baton.future():wait(nan) end },
-      { "'join_next'", function() return baton.group():join_next(nan) end },
-      { "'wait_within'", function() return baton.group():wait_within(nan) end },
+      { "baton.sleep: bad argument #1", baton.sleep, nan },
+      { "baton.task:join: bad argument #1", function() return t:join(nan) end },
+      { "baton.semaphore:acquire: bad argument #2",
+        function() return baton.semaphore(1):acquire(1, nan) end },
+      { "baton.future:wait: bad argument #1", function() return baton.future():wait(nan) end },
+      { "baton.group:join_next: bad argument #1",
+        function() return baton.group():join_next(nan) end },
+      { "baton.group:wait_within: bad argument #1",
+        function() return baton.group():wait_within(nan) end },
     } do
       local ok, err = pcall(case[2], case[3])
       assert.is_false(ok)
-      assert.matches(case[1] .. " %(a number of milliseconds >= 0 expected, got NaN%)", err)
+      assert.matches(case[1] .. " '[%w_]+' %(expected milliseconds >= 0, got NaN%)", err)
     end
   end))
 end)
@@ -381,6 +385,6 @@ describe("baton.warn", function()
     baton.warn("still reported")  -- the failure goes to stderr; nothing raises
     baton.on_warning(nil)
     assert.same({ "disk nearly full" }, seen)
-    H.raises("string expected", baton.warn, {})
+    H.raises_misuse("baton.warn", 1, "msg", "expected string, got table", baton.warn, {})
   end)
 end)

@@ -13,6 +13,11 @@
  * and returns the main task's results or raises its error. While it runs it watches signals
  * (lsignal.c); a run that a signal or baton.exit ended ends the process once that cleanup is
  * done (the executable does it itself, after closing the state).
+ *
+ * Errors (docs/errors.md). Raise: misuse (bad arguments, nesting baton.run), a deadlock
+ * (baton.run), and the main task's error (baton.run re-raises it). Return `nil, msg, kind,
+ * detail`: baton.timeout (timeout, { timeout_ms = }), baton.sleep (resource: no memory for
+ * its timer). The shared helpers below raise in the misuse form of lfail.c.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -25,20 +30,31 @@
 
 /* ---- shared helpers ----------------------------------------------------------------- */
 
-/* The metatable names of the classes (lbt_class), also their __name and the X in messages:
- * "baton.X expected", "baton.X: used after it was closed". */
-static const char *const class_names[LBT_NCLASSES] = {
-  [LBT_TASK] = BT_TASK_MT, [LBT_TASK_GC] = BT_TASK_GC_MT, [LBT_GROUP] = BT_GROUP_MT,
-  [LBT_SEM] = BT_SEM_MT, [LBT_PERMIT] = BT_PERMIT_MT, [LBT_BUDGET] = BT_BUDGET_MT,
-  [LBT_PROC] = BT_PROC_MT, [LBT_FUTURE] = "baton.Future", [LBT_ENGINE] = "baton.Engine",
-  [LBT_LIMITER] = "baton.Limiter", [LBT_LIM_PERMIT] = "baton.Limiter.Permit",
-  [LBT_LIM_GRANT] = "baton.Limiter.Grant", [LBT_RETRY] = "baton.Retry",
-  [LBT_BREAKER] = "baton.Breaker", [LBT_BRK_BACKEND] = "baton.BreakerBackend",
-  [LBT_BRK_CALL] = "baton.Breaker.Call", [LBT_DEDUP] = "baton.Dedup",
-  [LBT_DEDUP_WAITER] = "baton.Dedup.Waiter", [LBT_BP] = "baton.Backpressure",
-  [LBT_BP_PERMIT] = "baton.Backpressure.Permit", [LBT_PIPELINE] = "baton.Pipeline",
-  [LBT_RUNNER] = "baton.Runner", [LBT_HTTP_STREAM] = "baton.HttpStream",
-  [LBT_HTTP_XFER] = "baton.HttpTransfer"};
+/* Each class (lbt_class): its metatable name, also its __name and the X in "expected
+ * baton.X"; and the path the user calls its methods by ("baton.group" of
+ * "baton.group:spawn"), the prefix of messages (docs/errors.md). */
+static const struct { const char *name, *path; } classes[LBT_NCLASSES] = {
+  [LBT_TASK] = {BT_TASK_MT, "baton.task"}, [LBT_TASK_GC] = {BT_TASK_GC_MT, "baton.task"},
+  [LBT_GROUP] = {BT_GROUP_MT, "baton.group"}, [LBT_SEM] = {BT_SEM_MT, "baton.semaphore"},
+  [LBT_PERMIT] = {BT_PERMIT_MT, "baton.permit"}, [LBT_BUDGET] = {BT_BUDGET_MT, "baton.budget"},
+  [LBT_PROC] = {BT_PROC_MT, "baton.process"}, [LBT_FUTURE] = {"baton.Future", "baton.future"},
+  [LBT_ENGINE] = {"baton.Engine", "baton.engine"},
+  [LBT_LIMITER] = {"baton.Limiter", "baton.limiter"},
+  [LBT_LIM_PERMIT] = {"baton.Limiter.Permit", "baton.limiter.permit"},
+  [LBT_LIM_GRANT] = {"baton.Limiter.Grant", "baton.limiter.grant"},
+  [LBT_RETRY] = {"baton.Retry", "baton.retry"}, [LBT_BREAKER] = {"baton.Breaker", "baton.breaker"},
+  [LBT_BRK_BACKEND] = {"baton.BreakerBackend", "baton.breaker_backend"},
+  [LBT_BRK_CALL] = {"baton.Breaker.Call", "baton.breaker.call"},
+  [LBT_DEDUP] = {"baton.Dedup", "baton.dedup"},
+  [LBT_DEDUP_WAITER] = {"baton.Dedup.Waiter", "baton.dedup.waiter"},
+  [LBT_BP] = {"baton.Backpressure", "baton.backpressure"},
+  [LBT_BP_PERMIT] = {"baton.Backpressure.Permit", "baton.backpressure.permit"},
+  [LBT_PIPELINE] = {"baton.Pipeline", "baton.pipeline"},
+  [LBT_RUNNER] = {"baton.Runner", "baton.runner"},
+  [LBT_HTTP_STREAM] = {"baton.HttpStream", "baton.http.stream"},
+  [LBT_HTTP_XFER] = {"baton.HttpTransfer", "baton.http.transfer"}};
+
+const char *lbt_class_name(lbt_class cls) { return classes[cls == LBT_TASK_GC ? LBT_TASK : cls].name; }
 
 void *lbt_test_type(lua_State *L, int idx, lbt_class cls) {
   /* Userdata only (a table given a class's metatable is not one), but for the grant */
@@ -50,24 +66,108 @@ void *lbt_test_type(lua_State *L, int idx, lbt_class cls) {
   return mt == lbt_R(L)->classes[cls] ? p : NULL;
 }
 
+/* The string key under which the table at t holds the value at v, or NULL. */
+static const char *key_of(lua_State *L, int t, int v) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (lua_rawequal(L, -1, v) && lua_type(L, -2) == LUA_TSTRING) {
+      const char *k = lua_tostring(L, -2);  /* the table keeps it */
+      lua_pop(L, 2);
+      return k;
+    }
+    lua_pop(L, 1);
+  }
+  return NULL;
+}
+
+/* The name at the top replaces the function at fn, and is returned. */
+static const char *found(lua_State *L, int fn) {
+  lua_replace(L, fn);
+  lua_settop(L, fn);
+  return lua_tostring(L, fn);
+}
+
+/* Found by identity: among the methods (and metamethods) of the classes, then among the
+ * module's functions and those of its sub-tables (baton.http.request). Sets *cls to the
+ * class of a method, or -1. The name is pushed (on error paths only: it costs a walk). */
+static const char *find_fname(lua_State *L, int *cls) {
+  *cls = -1;
+  lua_Debug ar;
+  if (!lua_getstack(L, 0, &ar) || !lua_getinfo(L, "f", &ar)) return lua_pushliteral(L, "baton");
+  int fn = lua_gettop(L);
+  for (int c = 0; c < LBT_NCLASSES; c++) {
+    if (luaL_getmetatable(L, classes[c].name) == LUA_TTABLE) {
+      const char *k = NULL;
+      if (lua_getfield(L, fn + 1, "__methods") == LUA_TTABLE) k = key_of(L, fn + 2, fn);
+      if (k == NULL) k = key_of(L, fn + 1, fn);
+      if (k != NULL) {
+        *cls = c;
+        lua_pushfstring(L, "%s:%s", classes[c].path, k);
+        return found(L, fn);
+      }
+    }
+    lua_settop(L, fn);
+  }
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "baton.module") == LUA_TTABLE) {
+    const char *k = key_of(L, fn + 1, fn);
+    if (k != NULL) {
+      lua_pushfstring(L, "baton.%s", k);
+      return found(L, fn);
+    }
+    lua_pushnil(L);
+    while (lua_next(L, fn + 1)) {  /* key at fn + 2, value at fn + 3 */
+      if (lua_istable(L, fn + 3) && lua_type(L, fn + 2) == LUA_TSTRING) {
+        const char *k2 = key_of(L, fn + 3, fn);
+        if (k2 != NULL) {
+          lua_pushfstring(L, "baton.%s.%s", lua_tostring(L, fn + 2), k2);
+          return found(L, fn);
+        }
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, fn - 1);
+  if (!lua_getinfo(L, "n", &ar) || ar.name == NULL) return lua_pushliteral(L, "baton");
+  return lua_pushfstring(L, "baton.%s", ar.name);
+}
+
+const char *lbt_fname(lua_State *L) {
+  int cls;
+  return find_fname(L, &cls);
+}
+
+/* "semaphore" for an argument of class baton.semaphore. */
+static const char *arg_name(lbt_class cls) {
+  const char *p = strrchr(classes[cls].path, '.');
+  return p != NULL ? p + 1 : classes[cls].path;
+}
+
 void *lbt_check_type(lua_State *L, int idx, lbt_class cls) {
   void *p = lbt_test_type(L, idx, cls);
-  if (p == NULL) luaL_typeerror(L, idx, class_names[cls == LBT_TASK_GC ? LBT_TASK : cls]);
-  return p;
+  if (p != NULL) return p;
+  const char *fname = lbt_fname(L);
+  int n = lbt_argn(fname, idx);
+  const char *got = lbt_push_got(L, idx);
+  lbt_argerror_got(L, fname, n, n == 0 ? "self" : arg_name(cls), lbt_class_name(cls), got);
+  return NULL;
 }
 
 int lbt_closed_error(lua_State *L, lbt_class cls) {
-  return luaL_error(L, "%s: used after it was closed", class_names[cls]);
+  int c;
+  const char *fname = find_fname(L, &c);
+  if (c == (int)cls || (c == LBT_TASK_GC && cls == LBT_TASK))
+    return luaL_error(L, "%s: used after it was closed", fname);
+  return luaL_error(L, "%s: %s used after it was closed", fname, classes[cls].path);
 }
 
 void *lbt_check_handle(lua_State *L, int idx, lbt_class cls) {
   void **p = lbt_check_type(L, idx, cls);
   if (*p != NULL) return p;
-  lua_Debug ar;  /* self of a method call: name the method too */
-  if (idx == 1 && lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name != NULL &&
-      strcmp(ar.namewhat, "method") == 0)
-    luaL_error(L, "%s:%s: used after it was closed", class_names[cls], ar.name);
-  lbt_closed_error(L, cls);
+  int c;
+  const char *fname = find_fname(L, &c);
+  if (c == (int)cls && idx == 1) luaL_error(L, "%s: used after it was closed", fname);
+  luaL_error(L, "%s: bad argument #%d '%s' (%s used after it was closed)", fname,
+             lbt_argn(fname, idx), arg_name(cls), classes[cls].path);
   return NULL;
 }
 
@@ -75,12 +175,7 @@ lua_Number lbt_check_ms(lua_State *L, int idx, const char *fname) {
   int isnum = 0;
   lua_Number ms = lua_tonumberx(L, idx, &isnum);
   if (isnum && ms >= 0 && ms < 1e15) return ms;  /* NaN fails both comparisons */
-  const char *got = !isnum ? luaL_typename(L, idx)
-                  : ms != ms ? "NaN"
-                  : luaL_tolstring(L, idx, NULL);
-  const char *msg = lua_pushfstring(L, "a number of milliseconds >= 0 expected, got %s", got);
-  if (fname == NULL) return (lua_Number)luaL_argerror(L, idx, msg);
-  return (lua_Number)luaL_error(L, "bad argument #%d to '%s' (%s)", idx, fname, msg);
+  return lbt_arg_ms(L, fname != NULL ? fname : lbt_fname(L), idx, "ms", -1);
 }
 
 uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx) {
@@ -99,7 +194,7 @@ void lbt_set_funcs(lua_State *L, int rt_idx, const luaL_Reg *l) {
 void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *methods,
                    const luaL_Reg *meta) {
   int cls = 0;
-  while (cls < LBT_NCLASSES && strcmp(class_names[cls], mt) != 0) cls++;
+  while (cls < LBT_NCLASSES && strcmp(classes[cls].name, mt) != 0) cls++;
   if (cls == LBT_NCLASSES) luaL_error(L, "baton: %s is not a class of lbt_class", mt);
   luaL_newmetatable(L, mt);
   ((lbt_rt *)lua_touserdata(L, rt_idx))->classes[cls] = lua_topointer(L, -1);
@@ -151,24 +246,6 @@ void lbt_weak_set_each(lua_State *L, const char *key, void (*fn)(void *ud)) {
     if (ud != NULL) fn(ud);
   }
   lua_pop(L, 1);
-}
-
-void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *const known[]) {
-  idx = lua_absindex(L, idx);
-  int positional = known[0] != NULL && strcmp(known[0], LBT_POSITIONAL) == 0;
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    lua_pop(L, 1);
-    if (lua_type(L, -1) == LUA_TSTRING) {
-      const char *k = lua_tostring(L, -1);
-      int ok = 0;
-      for (int i = positional; known[i] != NULL; i++)
-        if (strcmp(k, known[i]) == 0) ok = 1;
-      if (!ok) luaL_error(L, "%s: unknown option '%s'", fname, k);
-    } else if (!positional || !lua_isinteger(L, -1)) {
-      luaL_error(L, "%s: unexpected %s key in the options table", fname, luaL_typename(L, -1));
-    }
-  }
 }
 
 lua_Integer lbt_opt_int(lua_State *L, const char *fname, const char *key, lua_Integer min,
@@ -235,7 +312,7 @@ static int run_in_task_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int lbaton_run(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lbt_arg_function(L, "baton.run", 1, "fn");
   if (R->running && R->cli && bt_rt_current(R->rt) != NULL) {
     /* The baton executable already runs the script as the main task: a script written for
      * a stock lua5.4 (`baton.run(main)`) runs unchanged, fn called right here. */
@@ -270,35 +347,35 @@ static int lbaton_run(lua_State *L) {
 
 static int lbaton_spawn(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lbt_arg_function(L, "baton.spawn", 1, "fn");
   lbt_task_new(L, R, 1, lua_gettop(L) - 1, R->root, NULL, 0);
   return 1;
 }
 
+/* ctx: the function's name. A deadline wait that could not arm its timer (no memory)
+ * wakes at once: a failure, not a silent early return. */
 static int sleep_k(lua_State *L, int st, lua_KContext ctx) {
   (void)st;
-  (void)ctx;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
-    return lbt_raise_cancelled(L);
-  return 0;
+  int s = lbt_resumed(L, NULL, NULL, NULL);
+  return s == 0 || s == BT_ETIMEDOUT ? 0 : lbt_fail_status(L, (const char *)ctx, s);
 }
 
 static int lbaton_sleep(lua_State *L) {
+  static const char fname[] = "baton.sleep";
   lbt_rt *R = lbt_R(L);
-  lua_Number ms = lbt_check_ms(L, 1, NULL);
-  lbt_task *T = lbt_await_begin(L, R, "baton.sleep");
+  lua_Number ms = lbt_arg_ms(L, fname, 1, "ms", -1);
+  lbt_task *T = lbt_await_begin(L, R, fname);
   uint64_t due = bt_now(R->rt) + (uint64_t)(ms + 0.999999);
   bt_task_wait(R->rt, &T->t, &lbt_fib(T)->wait, NULL, due);
-  return lbt_suspend(L, 0, sleep_k);
+  return lbt_suspend(L, (lua_KContext)fname, sleep_k);
 }
 
 static int lbaton_yield(lua_State *L) {
+  static const char fname[] = "baton.yield";
   lbt_rt *R = lbt_R(L);
-  lbt_task *T = lbt_await_begin(L, R, "baton.yield");
+  lbt_task *T = lbt_await_begin(L, R, fname);
   bt_task_yield(R->rt, &T->t);
-  return lbt_suspend(L, 0, sleep_k);
+  return lbt_suspend(L, (lua_KContext)fname, sleep_k);
 }
 
 static int timeout_k(lua_State *L, int st, lua_KContext ctx) {
@@ -310,10 +387,8 @@ static int timeout_k(lua_State *L, int st, lua_KContext ctx) {
 /* baton.timeout(ms, fn, ...): the arguments are checked here, by the shared readers, so
  * that a bad one is blamed on baton.timeout; the Lua part (upvalue 2) does the rest. */
 static int lbaton_timeout(lua_State *L) {
-  lbt_check_ms(L, 1, "baton.timeout");
-  if (lua_type(L, 2) != LUA_TFUNCTION)
-    return luaL_error(L, "bad argument #2 to 'baton.timeout' (function expected, got %s)",
-                      luaL_typename(L, 2));
+  lbt_arg_ms(L, "baton.timeout", 1, "ms", -1);
+  lbt_arg_function(L, "baton.timeout", 2, "fn");
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_insert(L, 1);
   lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, timeout_k);
@@ -342,12 +417,14 @@ static int lbaton_current(lua_State *L) {
 
 /* baton.warn(msg): reports through the baton.on_warning handler, else stderr. */
 static int lbaton_warn(lua_State *L) {
-  lbt_warn_on(L, luaL_checkstring(L, 1));
+  if (lua_type(L, 1) != LUA_TNUMBER) lbt_arg_string(L, "baton.warn", 1, "msg", NULL);
+  lbt_warn_on(L, lua_tostring(L, 1));
   return 0;
 }
 
 static int lbaton_on_warning(lua_State *L) {
-  if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (!lua_isnil(L, 1) && !lua_isfunction(L, 1))
+    lbt_argerror(L, "baton.on_warning", 1, "fn", "function or nil");
   lua_settop(L, 1);
   lua_setfield(L, LUA_REGISTRYINDEX, "baton.on_warning");
   return 0;
@@ -391,17 +468,18 @@ static int lbaton_stats(lua_State *L) {
 static const char *const lua_helpers =
   "local baton = ...\n"
   "local spawn = baton.spawn\n"
-  "local function finish(t, ok, ...)\n"
+  "local function finish(t, ms, ok, ...)\n"
   "  if ok then return ... end\n"
   "  if ok == false then error((...), 0) end\n"
   "  t:abort(); t:join()\n"
-  "  return nil, 'timeout', 'timeout'\n"
+  "  return nil, ('baton.timeout: fn did not finish within %.15g ms'):format(ms),\n"
+  "         'timeout', { timeout_ms = ms }\n"
   "end\n"
-  "-- fn's results, or nil, 'timeout' (fn's task aborted and finished); fn's error re-raised;\n"
-  "-- the arguments checked by lbaton_timeout, which calls this\n"
+  "-- fn's results, or nil, msg, 'timeout', detail (fn's task aborted and finished); fn's\n"
+  "-- error re-raised; the arguments checked by lbaton_timeout, which calls this\n"
   "function baton.timeout(ms, fn, ...)\n"
   "  local t <close> = spawn(fn, ...)\n"
-  "  return finish(t, t:join(ms))\n"
+  "  return finish(t, ms, t:join(ms))\n"
   "end\n"
   "-- coroutines whose baton waits pass through to the task running them\n"
   "local MARK, wrapped = select(2, ...)\n"
@@ -418,7 +496,8 @@ static const char *const lua_helpers =
   "baton.coroutine = {}\n"
   "function baton.coroutine.wrap(f)\n"
   "  if type(f) ~= 'function' then\n"
-  "    error(\"bad argument #1 to 'baton.coroutine.wrap' (function expected)\", 2)\n"
+  "    error(\"baton.coroutine.wrap: bad argument #1 'f' (expected function, got \" ..\n"
+  "          type(f) .. ')', 2)\n"
   "  end\n"
   "  local co = create(f)\n"
   "  wrapped[co] = true\n"
@@ -504,6 +583,7 @@ int lbt_open(lua_State *L) {
   lbt_open_http(L, rt_idx);
   lbt_open_future(L, rt_idx);
   lbt_open_signal(L, rt_idx);
+  lbt_open_errors(L, rt_idx);
 
   if (luaL_loadbuffer(L, lua_helpers, strlen(lua_helpers), "=baton") != LUA_OK)
     return lua_error(L);

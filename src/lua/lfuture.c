@@ -5,13 +5,17 @@
  *
  *   local f = baton.future()
  *   f:set(...)     -> true | false (already set: the first values stay)   never waits
- *   f:wait([ms])   -> the values given to set | nil, "timeout", "timeout"  an await
+ *   f:wait([ms])   -> the values given to set | nil, msg, kind, detail     an await
  *   f:done()       -> whether it is set ; f:waiting() -> tasks waiting now
  *
  * The values live in user value 1, a table packed with their count. A waiter aborted or
  * timed out unlinks itself; a future finalized (the state closing, or __gc called by hand)
  * fails what still waits with "closed" (nil, message, "closed"), so no wait record points
  * into it, and its methods raise "used after it was closed".
+ *
+ * Errors (docs/errors.md). Raise: misuse (a bad timeout, a finalized future, waiting
+ * outside a task). Return `nil, msg, kind, detail`: wait (timeout, with { timeout_ms = };
+ * closed when the future is finalized while it waits; resource).
  */
 #include <string.h>
 
@@ -68,34 +72,29 @@ static int push_values(lua_State *L) {
   return n;
 }
 
+static const char WAIT[] = "baton.future:wait";
+
+/* Stack: future, timeout. */
 static int wait_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  int s = lbt_fib(T)->status;
-  if (s == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
-  if (s == BT_ETIMEDOUT) return lbt_push_timeout(L);
-  if (s != 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "future:wait: %s", bt_strerror(s));
-    lua_pushstring(L, bt_err_name(s));
-    return 3;
-  }
+  int s = lbt_resumed(L, NULL, NULL, NULL);
+  if (s == BT_ETIMEDOUT) return lbt_fail_timeout(L, WAIT, lua_tonumber(L, 2));
+  if (s == BT_ECLOSED) return lbt_fail(L, WAIT, "the future was finalized while waiting", "closed");
+  if (s != 0) return lbt_fail_status(L, WAIT, s);
   return push_values(L);
 }
 
 static int lfuture_wait(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   bt_event_t *ev = check_future(L);
-  uint64_t due = lbt_opt_due(L, R, 2);
-  lua_settop(L, 1);
+  uint64_t due = lbt_arg_due(L, R, WAIT, 2);
+  lua_settop(L, 2);
   if (ev->set) {
-    bt_task_t *cur = bt_rt_current(R->rt);  /* still a cancellation point */
-    if (cur != NULL && (cur->flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
+    lbt_cancel_point(L, NULL, NULL);
     return push_values(L);
   }
-  lbt_task *T = lbt_await_begin(L, R, "future:wait");
+  lbt_task *T = lbt_await_begin(L, R, WAIT);
   lbt_fiber *fib = lbt_fib(T);
   bt_event_wait(R->rt, ev, &T->t, &fib->joiner, &fib->wait, due);
   return lbt_suspend(L, 0, wait_k);

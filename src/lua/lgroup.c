@@ -10,6 +10,12 @@
  *
  * Waiting methods take ONE absolute deadline when called and keep it across re-waits, so
  * a batch never waits N × timeout.
+ *
+ * Errors (docs/errors.md). Raise: misuse (a bad argument, a closed semaphore given to
+ * spawn_bounded or limit, a closed group at entry). Return `nil, msg, kind, detail`:
+ * join_next (timeout; closed when the group is closed while it waits; resource), and
+ * wait_within/join_all (closed, resource; detail.finished holds the tasks collected).
+ * A wait_within deadline is not a failure: the list is partial.
  */
 #include <math.h>
 #include <string.h>
@@ -34,24 +40,31 @@ static lgroup *check_group(lua_State *L, int idx) {
   return lbt_check_handle(L, idx, LBT_GROUP);
 }
 
-/* The semaphore at sem_idx stays alive as long as what gates on it: the group's keep table
- * and each task's user value hold it (and its memory is its userdata's, lbaton.h). */
-static bt_gate_t *gate_for(lua_State *L, lgroup *G, int sem_idx, const char *fname) {
-  bt_sem_t *s = ((lsem *)lbt_check_handle(L, sem_idx, LBT_SEM))->s;
-  if (bt_sem_closed(s)) luaL_error(L, "%s: the semaphore is closed", fname);
-  if (bt_sem_capacity(s) < 1) luaL_error(L, "%s: a semaphore of 0 permits can never start a task", fname);
-  bt_gate_t *gate = bt_group_gate(G->g, s);
+/* The semaphore at sem_idx (argument #n `name` of fname) stays alive as long as what
+ * gates on it: the group's keep table and each task's user value hold it (and its memory
+ * is its userdata's, lbaton.h). */
+static bt_gate_t *gate_for(lua_State *L, lgroup *G, int sem_idx, const char *fname, int n,
+                           const char *name) {
+  lsem *S = lbt_test_type(L, sem_idx, LBT_SEM);
+  if (S == NULL)
+    lbt_argerror_got(L, fname, n, name, "integer >= 1 or baton.Semaphore",
+                     lbt_push_got(L, sem_idx));
+  if (S->s == NULL || bt_sem_closed(S->s))
+    lbt_argerror_got(L, fname, n, name, "an open semaphore", "a closed one");
+  if (bt_sem_capacity(S->s) < 1)
+    lbt_argerror_got(L, fname, n, name, "a semaphore of >= 1 permits", "0 permits");
+  bt_gate_t *gate = bt_group_gate(G->g, S->s);
   if (gate == NULL) luaL_error(L, "%s: out of memory", fname);
   return gate;
 }
 
 static int lgroup_new(lua_State *L) {
+  static const char *const fname = "baton.group";
   lbt_rt *R = lbt_R(L);
   int has_opts = !lua_isnoneornil(L, 1);
   if (has_opts) {
-    luaL_checktype(L, 1, LUA_TTABLE);
     static const char *const known[] = {"limit", NULL};
-    lbt_check_fields(L, 1, "baton.group", known);
+    lbt_check_opts(L, fname, 1, "opts", known);
   }
   lgroup *G = lua_newuserdatauv(L, sizeof *G, 1);
   G->limit = NULL;
@@ -61,38 +74,36 @@ static int lgroup_new(lua_State *L) {
   luaL_setmetatable(L, BT_GROUP_MT);
   if (has_opts) {
     int gi = lua_gettop(L);
-    lua_getfield(L, 1, "limit");
-    if (lua_isinteger(L, -1)) {  /* a number: a semaphore of the group's own */
-      lua_Integer n = lua_tointeger(L, -1);
-      if (n < 1) return luaL_error(L, "baton.group: limit must be >= 1 (got %I)", (LUAI_UACINT)n);
+    if (lua_getfield(L, 1, "limit") == LUA_TNUMBER) {  /* a semaphore of the group's own */
+      lua_Integer n = lbt_opt_count(L, fname, 1, "limit", 1, -1);
       lua_getfield(L, LUA_REGISTRYINDEX, "baton.module");
       lua_getfield(L, -1, "semaphore");
       lua_pushinteger(L, n);
       lua_call(L, 1, 1);
       lua_replace(L, -3);
       lua_pop(L, 1);
-    } else if (!lbt_test_type(L, -1, LBT_SEM)) {
-      return luaL_error(L, "baton.group: limit must be an integer or a semaphore (got %s)",
-                        luaL_typename(L, -1));
     }
-    G->limit = gate_for(L, G, lua_gettop(L), "baton.group");
-    push_keep(L, gi);
-    lua_pushvalue(L, -2);
-    lua_setfield(L, -2, "limit");
-    lua_pop(L, 2);
+    if (!lua_isnil(L, -1)) {
+      G->limit = gate_for(L, G, lua_gettop(L), fname, 1, "limit");
+      push_keep(L, gi);
+      lua_pushvalue(L, -2);
+      lua_setfield(L, -2, "limit");
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
   }
   return 1;
 }
 
+/* The function at fn_idx and its arguments, gated (sem_idx: its semaphore) or not. */
 static int spawn_on(lua_State *L, lgroup *G, bt_gate_t *gate, int sem_idx, int fn_idx) {
-  lbt_rt *R = lbt_R(L);
-  luaL_checktype(L, fn_idx, LUA_TFUNCTION);
-  lbt_task_new(L, R, fn_idx, lua_gettop(L) - fn_idx, G->g, gate, sem_idx);
+  lbt_task_new(L, lbt_R(L), fn_idx, lua_gettop(L) - fn_idx, G->g, gate, sem_idx);
   return 1;
 }
 
 static int lgroup_spawn(lua_State *L) {
   lgroup *G = check_group(L, 1);
+  lbt_arg_function(L, "baton.group:spawn", 2, "fn");
   if (G->limit == NULL) return spawn_on(L, G, NULL, 0, 2);
   lua_getiuservalue(L, 1, 1);
   lua_getfield(L, -1, "limit");
@@ -104,8 +115,10 @@ static int lgroup_spawn(lua_State *L) {
 /* group:spawn_bounded(sem, fn, ...): the task gets a coroutine only once it holds one
  * permit of sem; the permit goes back when it ends, however it ends. */
 static int lgroup_spawn_bounded(lua_State *L) {
+  static const char *const fname = "baton.group:spawn_bounded";
   lgroup *G = check_group(L, 1);
-  bt_gate_t *gate = gate_for(L, G, 2, "group:spawn_bounded");
+  lbt_arg_function(L, fname, 3, "fn");
+  bt_gate_t *gate = gate_for(L, G, 2, fname, 1, "sem");
   push_keep(L, 1);  /* keep the semaphore alive as long as the group */
   lua_pushvalue(L, 2);
   lua_pushboolean(L, 1);
@@ -130,23 +143,24 @@ static int drain_into(lua_State *L, lbt_rt *R, lgroup *G, int list) {
   return (int)n;
 }
 
-static lbt_task *self_task(lbt_rt *R) { return (lbt_task *)bt_rt_current(R->rt); }
-
-/* The common continuation head: raise on cancellation, report a timeout. */
-static int woke_cancelled(lbt_task *T) {
-  return lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL);
+/* The group at 1 after a wait, or NULL if it was closed meanwhile. */
+static lgroup *group_after_wait(lua_State *L) {
+  lgroup *G = lbt_check_type(L, 1, LBT_GROUP);
+  return G->g != NULL ? G : NULL;
 }
 
+static const char JOIN_NEXT[] = "baton.group:join_next";
+
+/* Stack: group, timeout (ms or nil). */
 static int join_next_k(lua_State *L, int st, lua_KContext due) {
   (void)st;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = self_task(R);
-  if (woke_cancelled(T)) return lbt_raise_cancelled(L);
-  lgroup *G = check_group(L, 1);
-  if (pop_one(L, R, G)) return 1;
-  if (lbt_fib(T)->status == BT_ETIMEDOUT) {
-    return lbt_push_timeout(L);
-  }
+  lbt_task *T;
+  int status = lbt_resumed(L, &T, NULL, NULL);
+  lgroup *G = group_after_wait(L);
+  if (G == NULL) return lbt_fail(L, JOIN_NEXT, "the group was closed while waiting", "closed");
+  if (pop_one(L, lbt_R(L), G)) return 1;
+  if (status == BT_ETIMEDOUT) return lbt_fail_timeout(L, JOIN_NEXT, lua_tonumber(L, 2));
+  if (status != 0) return lbt_fail_status(L, JOIN_NEXT, status);
   int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, (uint64_t)due);
   if (rc < 0) return 0;
   return lbt_suspend(L, due, join_next_k);
@@ -155,33 +169,45 @@ static int join_next_k(lua_State *L, int st, lua_KContext due) {
 static int lgroup_join_next(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lgroup *G = check_group(L, 1);
-  uint64_t due = lbt_opt_due(L, R, 2);
-  lua_settop(L, 1);
+  uint64_t due = lbt_arg_due(L, R, JOIN_NEXT, 2);
+  lua_settop(L, 2);
   if (pop_one(L, R, G)) return 1;
   if (bt_group_len(G->g) == 0) return 0;
-  lbt_task *T = lbt_await_begin(L, R, "group:join_next");
+  lbt_task *T = lbt_await_begin(L, R, JOIN_NEXT);
   lbt_fib(T)->status = 0;
   int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, due);
   if (rc < 0) return 0;
   return lbt_suspend(L, (lua_KContext)due, join_next_k);
 }
 
-/* Shared by wait_within (a deadline) and join_all (none): list at index 2. */
+/* Shared by wait_within (a deadline) and join_all (none). Stack: group, fname (a light
+ * userdata: the string), the list. A failure carries the list as detail.finished. */
+static int collect_fail(lua_State *L, int status, const char *msg) {
+  const char *fname = lua_touserdata(L, 2);
+  lua_createtable(L, 0, 1);
+  lua_pushvalue(L, 3);
+  lua_setfield(L, -2, "finished");
+  if (msg != NULL) return lbt_fail_detail(L, fname, "closed", -1, "%s", msg);
+  return lbt_fail_detail(L, fname, lbt_kind_of(status), -1, "%s", bt_strerror(status));
+}
+
 static int collect_k(lua_State *L, int st, lua_KContext due) {
   (void)st;
   lbt_rt *R = lbt_R(L);
-  lbt_task *T = self_task(R);
-  if (woke_cancelled(T)) return lbt_raise_cancelled(L);
-  lgroup *G = check_group(L, 1);
-  drain_into(L, R, G, 2);
-  if (lbt_fib(T)->status == BT_ETIMEDOUT || bt_group_live(G->g) == 0) {
-    lua_settop(L, 2);
+  lbt_task *T;
+  int status = lbt_resumed(L, &T, NULL, NULL);
+  lgroup *G = group_after_wait(L);
+  if (G == NULL) return collect_fail(L, 0, "the group was closed while waiting");
+  drain_into(L, R, G, 3);
+  if (status == BT_ETIMEDOUT || bt_group_live(G->g) == 0) {
+    lua_settop(L, 3);
     return 1;
   }
+  if (status != 0) return collect_fail(L, status, NULL);
   int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, (uint64_t)due);
   if (rc != 0) {
-    drain_into(L, R, G, 2);
-    lua_settop(L, 2);
+    drain_into(L, R, G, 3);
+    lua_settop(L, 3);
     return 1;
   }
   return lbt_suspend(L, due, collect_k);
@@ -191,27 +217,31 @@ static int collect(lua_State *L, uint64_t due, const char *fname) {
   lbt_rt *R = lbt_R(L);
   lgroup *G = check_group(L, 1);
   lua_settop(L, 1);
+  lua_pushlightuserdata(L, (void *)fname);
   lua_createtable(L, (int)(bt_group_len(G->g) < 1u << 20 ? bt_group_len(G->g) : 1u << 20), 0);
-  drain_into(L, R, G, 2);
+  drain_into(L, R, G, 3);
   if (bt_group_live(G->g) == 0) return 1;
   lbt_task *T = lbt_await_begin(L, R, fname);
   lbt_fib(T)->status = 0;
   int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, due);
   if (rc != 0) {
-    drain_into(L, R, G, 2);
+    drain_into(L, R, G, 3);
     return 1;
   }
   return lbt_suspend(L, (lua_KContext)due, collect_k);
 }
 
 static int lgroup_wait_within(lua_State *L) {
+  static const char fname[] = "baton.group:wait_within";
   lbt_rt *R = lbt_R(L);
   check_group(L, 1);
-  uint64_t due = bt_now(R->rt) + (uint64_t)ceil(lbt_check_ms(L, 2, NULL));
-  return collect(L, due, "group:wait_within");
+  uint64_t due = bt_now(R->rt) + (uint64_t)ceil(lbt_arg_ms(L, fname, 2, "ms", -1));
+  return collect(L, due, fname);
 }
 
-static int lgroup_join_all(lua_State *L) { return collect(L, UINT64_MAX, "group:join_all"); }
+static int lgroup_join_all(lua_State *L) {
+  return collect(L, UINT64_MAX, "baton.group:join_all");
+}
 
 static int lgroup_drain(lua_State *L) {
   lbt_rt *R = lbt_R(L);

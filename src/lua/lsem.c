@@ -15,6 +15,12 @@
  * hand-off) with an optional deadline; a task aborted while queued is unlinked and the grant
  * loop re-runs, so the next waiter gets the permit. A permit granted to a task that was
  * cancelled before it resumed goes straight back.
+ *
+ * Errors (docs/errors.md). Raise: misuse (bad arguments, more permits than the capacity,
+ * a semaphore closed (s:close()) or finalized before the call). Return `nil, msg, kind,
+ * detail`: try_acquire when nothing is free ("busy", { available =, capacity = }: still
+ * falsy), acquire (timeout; closed when the semaphore is closed while it waits; resource),
+ * budget:try_acquire ("busy" at the key's cap; resource).
  */
 #include <string.h>
 
@@ -36,12 +42,13 @@ static bt_sem_t *check_sem(lua_State *L, int idx) {
   return ((lsem *)lbt_check_handle(L, idx, LBT_SEM))->s;
 }
 
+/* The permit count argument at idx: 1 by default, at most the capacity. */
 static size_t opt_k(lua_State *L, int idx, bt_sem_t *s, const char *fname) {
-  lua_Integer k = luaL_optinteger(L, idx, 1);
-  if (k < 1) luaL_error(L, "bad argument #%d to '%s' (permits must be >= 1)", idx - 1, fname);
-  if ((size_t)k > bt_sem_capacity(s))
-    luaL_error(L, "bad argument #%d to '%s' (%I permits asked of a semaphore of %I)", idx - 1,
-               fname, (LUAI_UACINT)k, (LUAI_UACINT)bt_sem_capacity(s));
+  lua_Integer k = lbt_arg_count(L, fname, idx, "permits", 1, 1);
+  if ((size_t)k > bt_sem_capacity(s)) {
+    lua_pushfstring(L, "permits <= %I (the capacity)", (LUAI_UACINT)bt_sem_capacity(s));
+    lbt_argerror(L, fname, idx, "permits", lua_tostring(L, -1));
+  }
   return (size_t)k;
 }
 
@@ -58,8 +65,7 @@ static void push_sem_permit(lua_State *L, int sem_idx, bt_sem_t *s, size_t k) {
 }
 
 static int lsem_new(lua_State *L) {
-  lua_Integer n = luaL_checkinteger(L, 1);
-  luaL_argcheck(L, n >= 0, 1, "permits must be >= 0");
+  lua_Integer n = lbt_arg_count(L, "baton.semaphore", 1, "permits", 0, -1);
   lsem *S = lua_newuserdatauv(L, sizeof *S, 0);
   bt__sem_init(&S->storage, (size_t)n);
   S->s = &S->storage;
@@ -67,12 +73,24 @@ static int lsem_new(lua_State *L) {
   return 1;
 }
 
+/* Nothing free: nil, msg, "busy", { available =, capacity = }. */
+static int fail_busy(lua_State *L, const char *fname, size_t available, size_t capacity,
+                     const char *what) {
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, (lua_Integer)available);
+  lua_setfield(L, -2, "available");
+  lua_pushinteger(L, (lua_Integer)capacity);
+  lua_setfield(L, -2, "capacity");
+  return lbt_fail_detail(L, fname, "busy", -1, "no permit free%s", what);
+}
+
 static int lsem_try_acquire(lua_State *L) {
+  static const char fname[] = "baton.semaphore:try_acquire";
   bt_sem_t *s = check_sem(L, 1);
-  size_t k = opt_k(L, 2, s, "semaphore:try_acquire");
+  size_t k = opt_k(L, 2, s, fname);
   int rc = bt_sem_try_acquire(s, k);
-  if (rc == BT_ECLOSED) return luaL_error(L, "semaphore:try_acquire: the semaphore is closed");
-  if (rc != 0) return 0;
+  if (rc == BT_ECLOSED) return luaL_error(L, "%s: the semaphore is closed", fname);
+  if (rc != 0) return fail_busy(L, fname, bt_sem_available(s), bt_sem_capacity(s), "");
   push_sem_permit(L, 1, s, k);
   return 1;
 }
@@ -84,48 +102,45 @@ static void on_sem_granted(bt_sem_waiter_t *w, int status) {
 
 static void sem_wait_cancel(bt_wait_t *w) { bt_sem_cancel(w->src); }
 
+static const char ACQUIRE[] = "baton.semaphore:acquire";
+
+/* Permits granted to a task cancelled before it could use them go back. */
+typedef struct { bt_sem_t *s; size_t k; } grant;
+static void give_back(void *arg) { bt_sem_release(((grant *)arg)->s, ((grant *)arg)->k); }
+
+/* Stack: semaphore, permits, timeout. */
 static int acquire_k(lua_State *L, int st, lua_KContext k) {
   (void)st;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  bt_sem_t *s = &((lsem *)lua_touserdata(L, 1))->storage;  /* finalized meanwhile: closed */
-  int status = lbt_fib(T)->status;
-  if (status == 0 && (T->t.flags & BT_TASK_F_CANCEL)) {
-    bt_sem_release(s, (size_t)k);  /* granted, but the task was aborted meanwhile */
-    status = BT_ECANCELED;
-  }
+  grant g = {&((lsem *)lua_touserdata(L, 1))->storage, (size_t)k};  /* finalized: closed */
+  int status = lbt_resumed(L, NULL, give_back, &g);
   switch (status) {
   case 0:
-    push_sem_permit(L, 1, s, (size_t)k);
+    push_sem_permit(L, 1, g.s, g.k);
     return 1;
   case BT_ETIMEDOUT:
-    return lbt_push_timeout(L);
+    return lbt_fail_timeout(L, ACQUIRE, lua_tonumber(L, 3));
   case BT_ECLOSED:
-    return luaL_error(L, "semaphore:acquire: the semaphore was closed while waiting");
+    return lbt_fail(L, ACQUIRE, "the semaphore was closed while waiting", "closed");
   default:
-    return lbt_raise_cancelled(L);
+    return lbt_fail_status(L, ACQUIRE, status);
   }
 }
 
 static int lsem_acquire(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   bt_sem_t *s = check_sem(L, 1);
-  size_t k = opt_k(L, 2, s, "semaphore:acquire");
-  uint64_t due = lbt_opt_due(L, R, 3);
-  lua_settop(L, 1);
+  size_t k = opt_k(L, 2, s, ACQUIRE);
+  uint64_t due = lbt_arg_due(L, R, ACQUIRE, 3);
+  lua_settop(L, 3);
   int rc = bt_sem_try_acquire(s, k);
-  if (rc == BT_ECLOSED) return luaL_error(L, "semaphore:acquire: the semaphore is closed");
+  if (rc == BT_ECLOSED) return luaL_error(L, "%s: the semaphore is closed", ACQUIRE);
   if (rc == 0) {
-    /* Uncontended: no wait, but still a cancellation point. */
-    bt_task_t *cur = bt_rt_current(R->rt);
-    if (cur && (cur->flags & BT_TASK_F_CANCEL)) {
-      bt_sem_release(s, k);
-      return lbt_raise_cancelled(L);
-    }
+    grant g = {s, k};
+    lbt_cancel_point(L, give_back, &g);  /* uncontended: no wait, but a cancellation point */
     push_sem_permit(L, 1, s, k);
     return 1;
   }
-  lbt_task *T = lbt_await_begin(L, R, "semaphore:acquire");
+  lbt_task *T = lbt_await_begin(L, R, ACQUIRE);
   lbt_fiber *f = lbt_fib(T);
   bt_sem_acquire(s, &f->semw, k, on_sem_granted);
   f->wait.src = &f->semw;
@@ -221,18 +236,12 @@ static lbudget *check_budget(lua_State *L, int idx) {
 }
 
 static int lbudget_new(lua_State *L) {
+  static const char fname[] = "baton.budget";
   lua_Integer cap = 4;
   if (!lua_isnoneornil(L, 1)) {
-    luaL_checktype(L, 1, LUA_TTABLE);
     static const char *const known[] = {"cap", NULL};
-    lbt_check_fields(L, 1, "baton.budget", known);
-    lua_getfield(L, 1, "cap");
-    if (!lua_isnil(L, -1)) {
-      if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0)
-        return luaL_error(L, "baton.budget: cap must be an integer >= 0");
-      cap = lua_tointeger(L, -1);
-    }
-    lua_pop(L, 1);
+    lbt_check_opts(L, fname, 1, "opts", known);
+    cap = lbt_opt_count(L, fname, 1, "cap", 0, 4);
   }
   lbudget *B = lua_newuserdatauv(L, sizeof *B, 0);
   bt__budget_init(&B->storage, (size_t)cap);
@@ -242,16 +251,20 @@ static int lbudget_new(lua_State *L) {
 }
 
 static int lbudget_try_acquire(lua_State *L) {
+  static const char fname[] = "baton.budget:try_acquire";
   lbudget *B = check_budget(L, 1);
   size_t len;
-  const char *key = luaL_checklstring(L, 2, &len);
-  lua_Integer cap = luaL_optinteger(L, 3, (lua_Integer)bt_budget_default_cap(B->b));
-  luaL_argcheck(L, cap >= 0, 3, "cap must be >= 0");
+  const char *key = lbt_arg_string(L, fname, 2, "key", &len);
+  lua_Integer cap = lbt_arg_count(L, fname, 3, "cap", 0,
+                                  (lua_Integer)bt_budget_default_cap(B->b));
   int err = 0;
   bt_budget_key_t *k = bt_budget_try_acquire(B->b, key, len, (size_t)cap, &err);
   if (k == NULL) {
-    if (err == BT_ENOMEM) return luaL_error(L, "budget:try_acquire: out of memory");
-    return 0;
+    if (err == BT_ENOMEM) return lbt_fail_status(L, fname, err);
+    size_t n = bt_budget_count(B->b, key, len);
+    lua_pushfstring(L, " for key '%s'", key);
+    return fail_busy(L, fname, n < (size_t)cap ? (size_t)cap - n : 0, (size_t)cap,
+                     lua_tostring(L, -1));
   }
   lpermit *p = lua_newuserdatauv(L, sizeof *p, 1);
   memset(p, 0, sizeof *p);
@@ -282,7 +295,7 @@ static int lbudget_snapshot(lua_State *L) {
 static int lbudget_count(lua_State *L) {
   lbudget *B = check_budget(L, 1);
   size_t len;
-  const char *key = luaL_checklstring(L, 2, &len);
+  const char *key = lbt_arg_string(L, "baton.budget:count", 2, "key", &len);
   lua_pushinteger(L, (lua_Integer)bt_budget_count(B->b, key, len));
   return 1;
 }

@@ -32,8 +32,12 @@
  * keeps the loop alive), not counted by baton.stats(), stopped when baton.run ends and
  * closed when the runtime closes (lbt_signals_close, before bt_rt_free runs the loop for
  * the last time).
+ *
+ * Errors (docs/errors.md): baton.on_signal and baton.exit raise on misuse and return no
+ * failures; baton.exit inside a task raises the cancellation error (the task is aborted).
  */
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -291,14 +295,14 @@ int lbt_signals_own(lbt_rt *R, const uv_handle_t *h) {
 
 static int lbaton_on_signal(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  const char *name = luaL_checkstring(L, 1);
+  static const char fname[] = "baton.on_signal";
+  const char *name = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1) : NULL;
   int i = 0;
-  while (i < NSIGS && strcmp(name, sigs[i].name) != 0) i++;
-  if (i == NSIGS)
-    return luaL_argerror(L, 1, lua_pushfstring(L, "unknown signal '%s' (expected \"int\", "
-                         "\"term\", \"hup\", \"usr1\" or \"usr2\")", name));
+  while (name != NULL && i < NSIGS && strcmp(name, sigs[i].name) != 0) i++;
+  if (name == NULL || i == NSIGS)
+    return lbt_argerror(L, fname, 1, "signal", "one of 'int', 'term', 'hup', 'usr1', 'usr2'");
   if (!lua_isnoneornil(L, 2) && !lua_isfunction(L, 2))
-    return luaL_typeerror(L, 2, "function or nil");
+    return lbt_argerror(L, fname, 2, "fn", "function or nil");
   lbt_signals *S = signals_of(L, R);
   lua_settop(L, 2);
   lua_getfield(L, LUA_REGISTRYINDEX, HANDLERS_KEY);
@@ -315,7 +319,9 @@ static int lbaton_on_signal(lua_State *L) {
 static int exit_code(lua_State *L, int idx) {
   if (lua_isnoneornil(L, idx)) return EXIT_SUCCESS;
   if (lua_isboolean(L, idx)) return lua_toboolean(L, idx) ? EXIT_SUCCESS : EXIT_FAILURE;
-  return (int)luaL_checkinteger(L, idx);
+  if (!lua_isinteger(L, idx) || lua_tointeger(L, idx) < INT_MIN || lua_tointeger(L, idx) > INT_MAX)
+    lbt_argerror(L, "baton.exit", idx, "code", "boolean or integer");
+  return (int)lua_tointeger(L, idx);
 }
 
 /* Leaves the process with `status` the way os.exit does (closing the state first if

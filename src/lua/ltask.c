@@ -15,6 +15,13 @@
  * Errors inside a task never unwind through libuv: lua_resume() returns them. A cancelled
  * task is resumed with BT_ECANCELED and its await raises the cancellation error; a task's
  * status is "cancelled" whenever it was aborted, even if it caught that error with pcall.
+ *
+ * Errors (docs/errors.md). Raise: misuse (a bad argument, a task joining itself, results of
+ * an unfinished task). Return `nil, msg, kind, detail`: join (timeout, with { task =,
+ * timeout_ms = }; resource). A task's own failure is not join's: join returns false and
+ * the error value, which is a baton.Error { kind =, message = } for a task cancelled or
+ * never started, whatever the task raised otherwise (a table keeps its identity and gains
+ * a traceback; a string gains the traceback).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -133,6 +140,8 @@ void lbt_push_error(lua_State *L, const char *kind, const char *msg) {
   luaL_setmetatable(L, BT_ERROR_MT);
 }
 
+/* The old timeout shape (nil, "timeout", "timeout"), kept for the policy bindings until
+ * they move to lbt_fail_timeout. */
 int lbt_push_timeout(lua_State *L) {
   lua_pushnil(L);
   lua_pushliteral(L, "timeout");
@@ -191,7 +200,7 @@ void lbt_warn_unjoined(lbt_rt *R, lbt_task *T, const char *msg) {
 
 lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_t *g,
                        bt_gate_t *gate, int sem_idx) {
-  if (nargs > 250) luaL_error(L, "baton.spawn: too many arguments (%d, at most 250)", nargs);
+  if (nargs > 250) luaL_error(L, "%s: too many arguments (%d, at most 250)", lbt_fname(L), nargs);
   lbt_task *T = lua_newuserdatauv(L, sizeof *T, 1 + nargs + (gate != NULL));
   T->t.wait = NULL;
   T->ref = LUA_NOREF;
@@ -294,12 +303,19 @@ static void task_failed(lbt_rt *R, lbt_task *T) {
   finish(R, T, cancelled ? BT_TASK_CANCELLED : BT_TASK_FAILED);
 }
 
-/* A task that ends before it ever ran: aborted while pending, or its gate's semaphore
- * was closed. */
+/* A task that ends before it ever ran: aborted while pending, its gate's semaphore was
+ * closed, or no memory for its coroutine. */
 static void task_never_ran(lbt_rt *R, lbt_task *T, int status) {
   lua_State *L = R->L;
-  if (status == BT_ECANCELED) lbt_push_error(L, "cancelled", "task cancelled");
-  else lbt_push_error(L, bt_err_name(status), bt_strerror(status));
+  if (status == BT_ECANCELED) {
+    lbt_push_error(L, "cancelled", "task cancelled");
+  } else {
+    lua_pushfstring(L, "task %I never ran: %s", (LUAI_UACINT)T->t.id,
+                    status == BT_ECLOSED ? "the semaphore gating it was closed"
+                                         : bt_strerror(status));
+    lbt_push_error(L, lbt_kind_of(status), lua_tostring(L, -1));
+    lua_remove(L, -2);
+  }
   set_outcome(L, R, T);
   finish(R, T, status == BT_ECANCELED ? BT_TASK_CANCELLED : BT_TASK_FAILED);
 }
@@ -436,27 +452,35 @@ int lbt_push_outcome(lua_State *L, int idx) {
   return 1 + n;
 }
 
+static const char JOIN[] = "baton.task:join";
+
+/* Stack: task, timeout. */
 static int join_k(lua_State *L, int st, lua_KContext ctx) {
   (void)st;
   (void)ctx;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *self = (lbt_task *)bt_rt_current(R->rt);
-  int s = lbt_fib(self)->status;
-  if (s == BT_ECANCELED || (self->t.flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
+  int s = lbt_resumed(L, NULL, NULL, NULL);
   if (s == BT_ETIMEDOUT) {
-    return lbt_push_timeout(L);
+    lbt_task *T = lua_touserdata(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, (lua_Integer)T->t.id);
+    lua_setfield(L, -2, "task");
+    lua_pushvalue(L, 2);
+    lua_setfield(L, -2, "timeout_ms");
+    return lbt_fail_detail(L, JOIN, "timeout", -1, "task %u still running after %.15g ms",
+                           (unsigned)T->t.id, (double)lua_tonumber(L, 2));
   }
+  if (s != 0) return lbt_fail_status(L, JOIN, s);
   return lbt_push_outcome(L, 1);
 }
 
 static int ltask_join(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lbt_task *T = lbt_check_task(L, 1);
-  uint64_t due = lbt_opt_due(L, R, 2);
-  lua_settop(L, 1);
+  uint64_t due = lbt_arg_due(L, R, JOIN, 2);
+  lua_settop(L, 2);
   if (bt_task_finished(&T->t)) return lbt_push_outcome(L, 1);
-  lbt_task *self = lbt_await_begin(L, R, "task:join");
-  if (self == T) return luaL_error(L, "task:join: a task cannot join itself");
+  lbt_task *self = lbt_await_begin(L, R, JOIN);
+  if (self == T) return luaL_error(L, "%s: a task cannot join itself", JOIN);
   bt_task_join(R->rt, &self->t, &T->t, &lbt_fib(self)->joiner, &lbt_fib(self)->wait, due);
   return lbt_suspend(L, 0, join_k);
 }
@@ -477,8 +501,8 @@ static int ltask_status(lua_State *L) {
 static int ltask_results(lua_State *L) {
   lbt_task *T = lbt_check_task(L, 1);
   lua_settop(L, 1);
-  if (!bt_task_finished(&T->t)) return luaL_error(L, "task:results: task %u has not finished",
-                                                  (unsigned)T->t.id);
+  if (!bt_task_finished(&T->t))
+    return luaL_error(L, "baton.task:results: task %u has not finished", (unsigned)T->t.id);
   if (T->t.state != BT_TASK_DONE) return 0;
   int n = lbt_push_outcome(L, 1);
   return n - 1;  /* drop the leading true */
@@ -486,7 +510,8 @@ static int ltask_results(lua_State *L) {
 
 static int ltask_index(lua_State *L) {
   lbt_task *T = lbt_check_task(L, 1);
-  const char *k = luaL_checkstring(L, 2);
+  if (lua_type(L, 2) != LUA_TSTRING) return 0;  /* t[1]: nil, as for any absent key */
+  const char *k = lua_tostring(L, 2);
   if (strcmp(k, "ok") == 0) {
     lua_pushboolean(L, T->t.state == BT_TASK_DONE);
   } else if (strcmp(k, "error") == 0) {
