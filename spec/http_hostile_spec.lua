@@ -74,10 +74,12 @@ describe("baton.http against hostile peers", function()
        async(function()
       local s <close> = assert(http.stream { url = url("/sse_flood?lines=5000"),
                                              max_event_bytes = 1000 })
-      local ev, err, kind = s:read_event(5000)
-      assert.is_nil(ev)
-      assert.equal("too_large", kind)
-      assert.matches("^stream:read_event: an event exceeds 1000 bytes %(max_event_bytes%)", err)
+      local err, _, detail = H.assert_failure("baton.http.stream:read_event", "too_large",
+                                              s:read_event(5000))
+      assert.matches("^baton%.http%.stream:read_event: an event exceeds 1000 bytes " ..
+                     "%(max_event_bytes%)", err)
+      assert.same({ limit = 1000 }, detail)
+      local ev
       ev = assert(s:read_event(5000))
       assert.same({ event = "message", data = "after" }, ev)
       assert.is_nil(s:read_event(5000))
@@ -89,12 +91,12 @@ describe("baton.http against hostile peers", function()
 
     it("takes max_event_bytes on streams only", function()
       baton.run(function()
-        H.raises("unknown option 'max_event_bytes'", http.request,
-                 { url = url("/json"), max_event_bytes = 10 })
-        H.raises("max_event_bytes must be an integer >= 0", http.stream,
-                 { url = url("/json"), max_event_bytes = -1 })
-        H.raises("max_event_bytes must be an integer", http.stream,
-                 { url = url("/json"), max_event_bytes = "big" })
+        H.raises_misuse("baton.http.request", 1, "max_event_bytes", "%(unknown option%)",
+                        http.request, { url = url("/json"), max_event_bytes = 10 })
+        H.raises_misuse("baton.http.stream", 1, "max_event_bytes", "expected integer >= 0, got %-1",
+                        http.stream, { url = url("/json"), max_event_bytes = -1 })
+        H.raises_misuse("baton.http.stream", 1, "max_event_bytes", "got 'big'", http.stream,
+                        { url = url("/json"), max_event_bytes = "big" })
       end)
     end)
   end)

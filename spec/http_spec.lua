@@ -144,12 +144,13 @@ describe("baton.http", function()
   end)
 
   describe("deadlines and aborts", function()
-    it("returns nil, 'timeout', 'timeout' when timeout_ms passes first", async(function()
-      local elapsed, r, err, kind = H.timed(http.request,
-                                            { url = url("/delay?ms=3000"), timeout_ms = 100 })
-      assert.is_nil(r)
-      assert.equal("timeout", err)
-      assert.equal("timeout", kind)
+    it("returns nil, msg, 'timeout', { url, timeout_ms } when timeout_ms passes first",
+       async(function()
+      local r = table.pack(H.timed(http.request, { url = url("/delay?ms=3000"), timeout_ms = 100 }))
+      local elapsed = r[1]
+      local msg, _, d = H.assert_failure("baton.http.request", "timeout", table.unpack(r, 2, r.n))
+      assert.equal("baton.http.request: timed out after 100 ms", msg)
+      assert.same({ url = url("/delay?ms=3000"), timeout_ms = 100 }, d)
       assert.is_true(elapsed >= 90 and elapsed < 2500, "took " .. elapsed .. " ms")
     end))
 
@@ -443,19 +444,14 @@ describe("baton.http", function()
     it("times out one read and goes on with the next", async(function()
       local s <close> = assert(http.stream { url = url("/sse?n=2&ms=1500") })
       assert(s:read_event(5000))
-      local ev, err, kind = s:read_event(100)
-      assert.is_nil(ev)
-      assert.equal("timeout", err)
-      assert.equal("timeout", kind)
-      ev = assert(s:read_event(5000))
+      H.assert_failure("baton.http.stream:read_event", "timeout", s:read_event(100))
+      local ev = assert(s:read_event(5000))
       assert.equal("1", ev.id)
     end))
 
     it("times out waiting for the head and leaves no transfer", async(function()
-      local s, err, kind = http.stream { url = url("/delay?ms=3000"), timeout_ms = 100 }
-      assert.is_nil(s)
-      assert.equal("timeout", err)
-      assert.equal("timeout", kind)
+      H.assert_failure("baton.http.stream", "timeout",
+                       http.stream { url = url("/delay?ms=3000"), timeout_ms = 100 })
       assert.equal(0, baton.stats().transfers)
     end))
 
@@ -586,20 +582,31 @@ describe("baton.http", function()
   describe("misuse", function()
     it("raises on bad options, naming them", function()
       baton.run(function()
-        H.raises("url must be a string", http.request, {})
-        H.raises("is not an absolute http", http.request, { url = "ftp://x/" })
-        H.raises("is not an absolute http", http.request, { url = "not a url" })
-        H.raises("unknown option 'timeout'", http.request, { url = url("/"), timeout = 1 })
-        H.raises("method", http.request, { url = url("/"), method = "GE T" })
-        H.raises("CR, LF", http.request, { url = url("/"), headers = { X = "a\r\nB: c" } })
-        H.raises("valid HTTP token", http.request, { url = url("/"), headers = { ["A B"] = "x" } })
-        H.raises("valid HTTP token", http.request, { url = url("/"), headers = { ["X-A\0B"] = "x" } })
-        H.raises("body must be a string", http.request, { url = url("/"), body = {} })
-        H.raises("timeout_ms must be", http.request, { url = url("/"), timeout_ms = -1 })
-        H.raises("max_body_bytes", http.request, { url = url("/"), max_body_bytes = "x" })
-        H.raises("follow_redirects", http.request, { url = url("/"), follow_redirects = "yes" })
-        H.raises("ca_file must be a path", http.request, { url = url("/"), ca_file = 1 })
-        H.raises("table expected", http.request, "http://x/")
+        local function misuse(name, rest, opts)
+          H.raises_misuse("baton.http.request", 1, name, rest, http.request, opts)
+        end
+        misuse("url", "expected string, got nil", {})
+        misuse("url", "expected an absolute http:// or https:// URL, got 'ftp://x/'",
+               { url = "ftp://x/" })
+        misuse("url", "got 'not a url'", { url = "not a url" })
+        misuse("timeout", "%(unknown option%)", { url = url("/"), timeout = 1 })
+        misuse("method", "expected an HTTP method, got 'GE T'", { url = url("/"), method = "GE T" })
+        misuse("headers.X", "expected a value without CR, LF or NUL",
+               { url = url("/"), headers = { X = "a\r\nB: c" } })
+        misuse("headers", "expected names that are HTTP tokens, got 'A B'",
+               { url = url("/"), headers = { ["A B"] = "x" } })
+        misuse("headers", "HTTP tokens", { url = url("/"), headers = { ["X-A\0B"] = "x" } })
+        misuse("body", "expected string, got table", { url = url("/"), body = {} })
+        misuse("timeout_ms", "expected milliseconds >= 0, got %-1",
+               { url = url("/"), timeout_ms = -1 })
+        misuse("max_body_bytes", "expected integer >= 0, got 'x'",
+               { url = url("/"), max_body_bytes = "x" })
+        misuse("follow_redirects", "expected boolean or integer 0..1000, got 'yes'",
+               { url = url("/"), follow_redirects = "yes" })
+        misuse("ca_file", "expected a path, got 1", { url = url("/"), ca_file = 1 })
+        misuse("opts", "expected table, got 'http://x/'", "http://x/")
+        H.raises_misuse("baton.http.json", 1, "body", "expected a value JSON can encode, got " ..
+                        "a function at %$%.f%)", http.json, { url = url("/"), body = { f = print } })
       end)
     end)
 

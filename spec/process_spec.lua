@@ -158,14 +158,17 @@ describe("baton.process.run", function()
     assert.equal("io", kind)
   end))
 
-  it("kills the child on timeout_ms, returns nil, 'timeout' and leaves no child",
+  it("kills the child on timeout_ms, returns nil, msg, 'timeout', detail and leaves no child",
     H.async(function()
       local path = os.tmpname()
-      local elapsed, r, msg, kind = H.timed(process.run,
-        { "sh", "-c", 'echo $$ > "$1"; exec sleep 30', "sh", path, timeout_ms = 200 })
-      assert.is_nil(r)
-      assert.equal("timeout", msg)
-      assert.equal("timeout", kind)
+      local r = table.pack(H.timed(process.run,
+        { "sh", "-c", 'echo $$ > "$1"; exec sleep 30', "sh", path, timeout_ms = 200 }))
+      local elapsed = r[1]
+      local msg, _, d = H.assert_failure("baton.process.run", "timeout", table.unpack(r, 2, r.n))
+      assert.equal("baton.process.run: 'sh' did not exit within 200 ms", msg)
+      assert.equal("sh", d.argv0)
+      assert.equal(200, d.timeout_ms)
+      assert.is_number(d.pid)
       assert.is_true(elapsed < 10000)
       assert.equal(0, baton.stats().processes)  -- reaped before run returned
       local pid = read_pid(path)
@@ -175,10 +178,10 @@ describe("baton.process.run", function()
 
   it("kills a child that ignores SIGTERM with SIGKILL after the grace period",
     H.async(function()
-      local elapsed, r, msg = H.timed(process.run,
-        { "sh", "-c", 'trap "" TERM; exec sleep 30', timeout_ms = 100 })
-      assert.is_nil(r)
-      assert.equal("timeout", msg)
+      local r = table.pack(H.timed(process.run,
+        { "sh", "-c", 'trap "" TERM; exec sleep 30', timeout_ms = 100 }))
+      local elapsed = r[1]
+      H.assert_failure("baton.process.run", "timeout", table.unpack(r, 2, r.n))
       assert.is_true(elapsed >= 1900, "returned after " .. elapsed .. " ms")
       assert.is_true(elapsed < 15000)
       assert.equal(0, baton.stats().processes)
@@ -285,16 +288,18 @@ describe("baton.process.run", function()
         assert.matches(pattern, tostring(err), 1, true)
       end)
     end
-    it("an unknown option", raises({ "true", timeout = 5 }, "unknown option 'timeout'"))
-    it("a non-string argv entry", raises({ "echo", 42 }, "argv[2] must be a string"))
-    it("an empty argv", raises({ cwd = "/" }, "argv is empty"))
-    it("argv with a hole", raises({ "echo", nil, "x" }, "argv"))
-    it("a non-table argument", raises("ls", "table"))
-    it("a non-string cwd", raises({ "true", cwd = 1 }, "cwd must be a string"))
-    it("a non-table env", raises({ "true", env = "X=1" }, "env must be a table"))
+    it("an unknown option", raises({ "true", timeout = 5 },
+                                   "bad argument #1 'timeout' (unknown option)"))
+    it("a non-string argv entry", raises({ "echo", 42 },
+                                         "bad argument #1 'argv[2]' (expected string, got 42)"))
+    it("an empty argv", raises({ cwd = "/" }, "bad argument #1 'cmd' (expected the program"))
+    it("argv with a hole", raises({ "echo", nil, "x" }, "'argv[2]' (expected string, got nil)"))
+    it("a non-table argument", raises("ls", "bad argument #1 'cmd' (expected table, got 'ls')"))
+    it("a non-string cwd", raises({ "true", cwd = 1 }, "'cwd' (expected string, got 1)"))
+    it("a non-table env", raises({ "true", env = "X=1" }, "'env' (expected a table"))
     it("an env value that is not a string", raises({ "true", env = { X = {} } },
-                                                   "env.X must be a string"))
-    it("a non-string stdin", raises({ "cat", stdin = true }, "stdin must be a string"))
+                                                   "'env.X' (expected string, got table)"))
+    it("a non-string stdin", raises({ "cat", stdin = true }, "'stdin' (expected string, got true)"))
     it("a negative timeout_ms", raises({ "true", timeout_ms = -1 }, "timeout_ms"))
     it("a fractional max_output_bytes", raises({ "true", max_output_bytes = 1.5 },
                                                "max_output_bytes"))
@@ -349,12 +354,11 @@ describe("baton.process.spawn", function()
   it("read_line and wait with a timeout return nil, 'timeout' and leave the child running",
     async(function()
       local p <close> = process.spawn{ "sleep", "30" }
-      local line, msg, kind = p:read_line(100)
-      assert.is_nil(line)
-      assert.equal("timeout", msg)
-      assert.equal("timeout", kind)
-      assert.same({ nil, "timeout", "timeout" }, { p:wait(50) })
-      assert.same({ nil, "timeout", "timeout" }, { p:read(50) })
+      local msg = H.assert_failure("baton.process:read_line", "timeout", p:read_line(100))
+      assert.equal("baton.process:read_line: timed out after 100 ms", msg)
+      assert.same({ nil, "baton.process:wait: timed out after 50 ms", "timeout",
+                    { timeout_ms = 50 } }, { p:wait(50) })
+      H.assert_failure("baton.process:read", "timeout", p:read(50))
       assert.is_true(alive(p:pid()))
       p:close()
       settle()
@@ -398,7 +402,7 @@ describe("baton.process.spawn", function()
     p:close()
     local ok, err = pcall(p.read_line, p)
     assert.is_false(ok)
-    assert.matches("proc:read_line: the process is closed", err, 1, true)
+    assert.matches("baton.process:read_line: the process is closed", err, 1, true)
     assert.has_error(function() p:write("x") end)
     assert.has_error(function() p:wait() end)
     settle()
@@ -433,10 +437,8 @@ describe("baton.process.spawn", function()
   it("write after close_stdin returns nil, message, 'io'", async(function()
     local p <close> = process.spawn{ "cat" }
     p:close_stdin()
-    local ok, msg, kind = p:write("late")
-    assert.is_nil(ok)
-    assert.matches("proc:write", msg, 1, true)
-    assert.equal("io", kind)
+    local _, _, d = H.assert_failure("baton.process:write", "io", p:write("late"))
+    assert.equal(p:pid(), d.pid)
     assert.equal(0, p:wait())
   end))
 
@@ -520,7 +522,8 @@ describe("baton.process.spawn", function()
     local t = baton.spawn(function() return p:read_line() end)
     baton.yield()
     p:close()
-    assert.same({ true, nil, "closed", "closed" }, { t:join() })
+    assert.same({ true, nil, "baton.process:read_line: the process was closed while waiting",
+                  "closed", { pid = p:pid() } }, { t:join() })
     settle()
   end))
 
@@ -547,16 +550,20 @@ describe("baton.process.spawn", function()
   it("raises on misuse, naming the function and the field", async(function()
     local ok, err = pcall(process.spawn, { "cat", timeout_ms = 100 })
     assert.is_false(ok)
-    assert.matches("baton.process.spawn: unknown option 'timeout_ms'", err, 1, true)
+    assert.matches("baton.process.spawn: bad argument #1 'timeout_ms' (unknown option)", err, 1,
+                   true)
     ok, err = pcall(process.spawn, { "cat", stdin = "text" })
     assert.is_false(ok)
-    assert.matches("baton.process.spawn: stdin must be a boolean", err, 1, true)
+    assert.matches("baton.process.spawn: bad argument #1 'stdin' (expected boolean, got 'text')",
+                   err, 1, true)
     ok, err = pcall(process.spawn, {})
     assert.is_false(ok)
-    assert.matches("baton.process.spawn: argv is empty", err, 1, true)
+    assert.matches("baton.process.spawn: bad argument #1 'cmd' (expected the program", err, 1,
+                   true)
     ok, err = pcall(process.spawn, { {} })
     assert.is_false(ok)
-    assert.matches("baton.process.spawn: argv[1] must be a string", err, 1, true)
+    assert.matches("baton.process.spawn: bad argument #1 'argv[1]' (expected string, got table)",
+                   err, 1, true)
   end))
 end)
 
@@ -722,28 +729,29 @@ describe("baton.process.spawn: write backpressure", function()
   it("write(s, ms) gives up after ms with nil, 'timeout', what it queued staying queued",
     async(function()
       local p <close> = process.spawn{ "sleep", "5", max_write_queue_bytes = 1000 }
-      local elapsed, r, msg, kind = H.timed(p.write, p, string.rep("x", 1000000), 100)
-      assert.same({ nil, "timeout", "timeout" }, { r, msg, kind })
+      local r = table.pack(H.timed(p.write, p, string.rep("x", 1000000), 100))
+      local elapsed = r[1]
+      assert.same({ nil, "baton.process:write: timed out after 100 ms", "timeout",
+                    { timeout_ms = 100 } }, { table.unpack(r, 2, r.n) })
       assert.is_true(elapsed >= 90 and elapsed < 5000, "took " .. elapsed .. " ms")
-      assert.same({ nil, "timeout", "timeout" }, { p:write(string.rep("y", 1000), 50) })
+      H.assert_failure("baton.process:write", "timeout", p:write(string.rep("y", 1000), 50))
     end))
 
   it("a writer waiting on a child that exits gets nil, message, 'io'", async(function()
     local p <close> = process.spawn{ "sh", "-c", "sleep 0.2" }
-    local r, msg, kind = p:write(string.rep("x", 10000000))
-    assert.is_nil(r)
-    assert.equal("io", kind)
-    assert.matches("proc:write", msg, 1, true)
+    H.assert_failure("baton.process:write", "io", p:write(string.rep("x", 10000000)))
     assert.equal(0, p:wait())
   end))
 
   it("raises for a bad max_write_queue_bytes or max_line_bytes", async(function()
-    H.raises("max_write_queue_bytes must be an integer >= 1", process.spawn,
-             { "cat", max_write_queue_bytes = 0 })
-    H.raises("max_line_bytes must be an integer >= 1", process.spawn,
-             { "cat", max_line_bytes = 1.5 })
-    H.raises("process_group must be a boolean", process.spawn, { "cat", process_group = 1 })
-    H.raises("unknown option 'max_line_bytes'", process.run, { "cat", max_line_bytes = 10 })
+    H.raises_misuse("baton.process.spawn", 1, "max_write_queue_bytes", "expected integer >= 1, " ..
+                    "got 0", process.spawn, { "cat", max_write_queue_bytes = 0 })
+    H.raises_misuse("baton.process.spawn", 1, "max_line_bytes", "got 1.5", process.spawn,
+                    { "cat", max_line_bytes = 1.5 })
+    H.raises_misuse("baton.process.spawn", 1, "process_group", "expected boolean, got 1",
+                    process.spawn, { "cat", process_group = 1 })
+    H.raises_misuse("baton.process.run", 1, "max_line_bytes", "unknown option", process.run,
+                    { "cat", max_line_bytes = 10 })
   end))
 end)
 

@@ -30,37 +30,31 @@
 
 /* ---- shared helpers ----------------------------------------------------------------- */
 
-/* The metatable names of the classes (lbt_class), also their __name and the X in messages:
- * "baton.X expected", "baton.X: used after it was closed". */
-static const char *const class_names[LBT_NCLASSES] = {
-  [LBT_TASK] = BT_TASK_MT, [LBT_TASK_GC] = BT_TASK_GC_MT, [LBT_GROUP] = BT_GROUP_MT,
-  [LBT_SEM] = BT_SEM_MT, [LBT_PERMIT] = BT_PERMIT_MT, [LBT_BUDGET] = BT_BUDGET_MT,
-  [LBT_PROC] = BT_PROC_MT, [LBT_FUTURE] = "baton.Future", [LBT_ENGINE] = "baton.Engine",
-  [LBT_LIMITER] = "baton.Limiter", [LBT_LIM_PERMIT] = "baton.Limiter.Permit",
-  [LBT_LIM_GRANT] = "baton.Limiter.Grant", [LBT_RETRY] = "baton.Retry",
-  [LBT_BREAKER] = "baton.Breaker", [LBT_BRK_BACKEND] = "baton.BreakerBackend",
-  [LBT_BRK_CALL] = "baton.Breaker.Call", [LBT_DEDUP] = "baton.Dedup",
-  [LBT_DEDUP_WAITER] = "baton.Dedup.Waiter", [LBT_BP] = "baton.Backpressure",
-  [LBT_BP_PERMIT] = "baton.Backpressure.Permit", [LBT_PIPELINE] = "baton.Pipeline",
-  [LBT_RUNNER] = "baton.Runner", [LBT_HTTP_STREAM] = "baton.HttpStream",
-  [LBT_HTTP_XFER] = "baton.HttpTransfer"};
+/* Each class (lbt_class): its metatable name, also its __name and the X in "expected
+ * baton.X"; and the path the user calls its methods by ("baton.group" of
+ * "baton.group:spawn"), the prefix of messages (docs/errors.md). */
+static const struct { const char *name, *path; } classes[LBT_NCLASSES] = {
+  [LBT_TASK] = {BT_TASK_MT, "baton.task"}, [LBT_TASK_GC] = {BT_TASK_GC_MT, "baton.task"},
+  [LBT_GROUP] = {BT_GROUP_MT, "baton.group"}, [LBT_SEM] = {BT_SEM_MT, "baton.semaphore"},
+  [LBT_PERMIT] = {BT_PERMIT_MT, "baton.permit"}, [LBT_BUDGET] = {BT_BUDGET_MT, "baton.budget"},
+  [LBT_PROC] = {BT_PROC_MT, "baton.process"}, [LBT_FUTURE] = {"baton.Future", "baton.future"},
+  [LBT_ENGINE] = {"baton.Engine", "baton.engine"},
+  [LBT_LIMITER] = {"baton.Limiter", "baton.limiter"},
+  [LBT_LIM_PERMIT] = {"baton.Limiter.Permit", "baton.limiter.permit"},
+  [LBT_LIM_GRANT] = {"baton.Limiter.Grant", "baton.limiter.grant"},
+  [LBT_RETRY] = {"baton.Retry", "baton.retry"}, [LBT_BREAKER] = {"baton.Breaker", "baton.breaker"},
+  [LBT_BRK_BACKEND] = {"baton.BreakerBackend", "baton.breaker_backend"},
+  [LBT_BRK_CALL] = {"baton.Breaker.Call", "baton.breaker.call"},
+  [LBT_DEDUP] = {"baton.Dedup", "baton.dedup"},
+  [LBT_DEDUP_WAITER] = {"baton.Dedup.Waiter", "baton.dedup.waiter"},
+  [LBT_BP] = {"baton.Backpressure", "baton.backpressure"},
+  [LBT_BP_PERMIT] = {"baton.Backpressure.Permit", "baton.backpressure.permit"},
+  [LBT_PIPELINE] = {"baton.Pipeline", "baton.pipeline"},
+  [LBT_RUNNER] = {"baton.Runner", "baton.runner"},
+  [LBT_HTTP_STREAM] = {"baton.HttpStream", "baton.http.stream"},
+  [LBT_HTTP_XFER] = {"baton.HttpTransfer", "baton.http.transfer"}};
 
-/* The paths the user calls each class's methods by ("baton.group:spawn"): the prefix of
- * messages (docs/errors.md). */
-static const char *const class_paths[LBT_NCLASSES] = {
-  [LBT_TASK] = "baton.task", [LBT_TASK_GC] = "baton.task", [LBT_GROUP] = "baton.group",
-  [LBT_SEM] = "baton.semaphore", [LBT_PERMIT] = "baton.permit", [LBT_BUDGET] = "baton.budget",
-  [LBT_PROC] = "baton.process", [LBT_FUTURE] = "baton.future", [LBT_ENGINE] = "baton.engine",
-  [LBT_LIMITER] = "baton.limiter", [LBT_LIM_PERMIT] = "baton.limiter.permit",
-  [LBT_LIM_GRANT] = "baton.limiter.grant", [LBT_RETRY] = "baton.retry",
-  [LBT_BREAKER] = "baton.breaker", [LBT_BRK_BACKEND] = "baton.breaker_backend",
-  [LBT_BRK_CALL] = "baton.breaker.call", [LBT_DEDUP] = "baton.dedup",
-  [LBT_DEDUP_WAITER] = "baton.dedup.waiter", [LBT_BP] = "baton.backpressure",
-  [LBT_BP_PERMIT] = "baton.backpressure.permit", [LBT_PIPELINE] = "baton.pipeline",
-  [LBT_RUNNER] = "baton.runner", [LBT_HTTP_STREAM] = "baton.http.stream",
-  [LBT_HTTP_XFER] = "baton.http.transfer"};
-
-const char *lbt_class_name(lbt_class cls) { return class_names[cls == LBT_TASK_GC ? LBT_TASK : cls]; }
+const char *lbt_class_name(lbt_class cls) { return classes[cls == LBT_TASK_GC ? LBT_TASK : cls].name; }
 
 void *lbt_test_type(lua_State *L, int idx, lbt_class cls) {
   /* Userdata only (a table given a class's metatable is not one), but for the grant */
@@ -102,13 +96,13 @@ static const char *find_fname(lua_State *L, int *cls) {
   if (!lua_getstack(L, 0, &ar) || !lua_getinfo(L, "f", &ar)) return lua_pushliteral(L, "baton");
   int fn = lua_gettop(L);
   for (int c = 0; c < LBT_NCLASSES; c++) {
-    if (luaL_getmetatable(L, class_names[c]) == LUA_TTABLE) {
+    if (luaL_getmetatable(L, classes[c].name) == LUA_TTABLE) {
       const char *k = NULL;
       if (lua_getfield(L, fn + 1, "__methods") == LUA_TTABLE) k = key_of(L, fn + 2, fn);
       if (k == NULL) k = key_of(L, fn + 1, fn);
       if (k != NULL) {
         *cls = c;
-        lua_pushfstring(L, "%s:%s", class_paths[c], k);
+        lua_pushfstring(L, "%s:%s", classes[c].path, k);
         return found(L, fn);
       }
     }
@@ -144,8 +138,8 @@ const char *lbt_fname(lua_State *L) {
 
 /* "semaphore" for an argument of class baton.semaphore. */
 static const char *arg_name(lbt_class cls) {
-  const char *p = strrchr(class_paths[cls], '.');
-  return p != NULL ? p + 1 : class_paths[cls];
+  const char *p = strrchr(classes[cls].path, '.');
+  return p != NULL ? p + 1 : classes[cls].path;
 }
 
 void *lbt_check_type(lua_State *L, int idx, lbt_class cls) {
@@ -163,7 +157,7 @@ int lbt_closed_error(lua_State *L, lbt_class cls) {
   const char *fname = find_fname(L, &c);
   if (c == (int)cls || (c == LBT_TASK_GC && cls == LBT_TASK))
     return luaL_error(L, "%s: used after it was closed", fname);
-  return luaL_error(L, "%s: %s used after it was closed", fname, class_paths[cls]);
+  return luaL_error(L, "%s: %s used after it was closed", fname, classes[cls].path);
 }
 
 void *lbt_check_handle(lua_State *L, int idx, lbt_class cls) {
@@ -173,7 +167,7 @@ void *lbt_check_handle(lua_State *L, int idx, lbt_class cls) {
   const char *fname = find_fname(L, &c);
   if (c == (int)cls && idx == 1) luaL_error(L, "%s: used after it was closed", fname);
   luaL_error(L, "%s: bad argument #%d '%s' (%s used after it was closed)", fname,
-             lbt_argn(fname, idx), arg_name(cls), class_paths[cls]);
+             lbt_argn(fname, idx), arg_name(cls), classes[cls].path);
   return NULL;
 }
 
@@ -200,7 +194,7 @@ void lbt_set_funcs(lua_State *L, int rt_idx, const luaL_Reg *l) {
 void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *methods,
                    const luaL_Reg *meta) {
   int cls = 0;
-  while (cls < LBT_NCLASSES && strcmp(class_names[cls], mt) != 0) cls++;
+  while (cls < LBT_NCLASSES && strcmp(classes[cls].name, mt) != 0) cls++;
   if (cls == LBT_NCLASSES) luaL_error(L, "baton: %s is not a class of lbt_class", mt);
   luaL_newmetatable(L, mt);
   ((lbt_rt *)lua_touserdata(L, rt_idx))->classes[cls] = lua_topointer(L, -1);
@@ -252,24 +246,6 @@ void lbt_weak_set_each(lua_State *L, const char *key, void (*fn)(void *ud)) {
     if (ud != NULL) fn(ud);
   }
   lua_pop(L, 1);
-}
-
-void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *const known[]) {
-  idx = lua_absindex(L, idx);
-  int positional = known[0] != NULL && strcmp(known[0], LBT_POSITIONAL) == 0;
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    lua_pop(L, 1);
-    if (lua_type(L, -1) == LUA_TSTRING) {
-      const char *k = lua_tostring(L, -1);
-      int ok = 0;
-      for (int i = positional; known[i] != NULL; i++)
-        if (strcmp(k, known[i]) == 0) ok = 1;
-      if (!ok) luaL_error(L, "%s: unknown option '%s'", fname, k);
-    } else if (!positional || !lua_isinteger(L, -1)) {
-      luaL_error(L, "%s: unexpected %s key in the options table", fname, luaL_typename(L, -1));
-    }
-  }
 }
 
 lua_Integer lbt_opt_int(lua_State *L, const char *fname, const char *key, lua_Integer min,

@@ -179,6 +179,21 @@ void lbt_open_future(lua_State *L, int rt_idx);        /* lfuture.c: baton.futur
  * baton.http (options checked by lhttp.c; strings in `o` anchored on the stack). */
 void lbt_http_push_headers(lua_State *L, const char *p, size_t len);  /* raw lines -> table */
 lua_Integer lbt_http_retry_after(lua_State *L);  /* of the headers table at -1, in ms, or -1 */
+void lbt_http_push_head(lua_State *L, const bt_http_req_t *r);  /* { status, headers, url, ... } */
+/* A transfer and the task waiting on it (the head of a request's and a stream's state): the
+ * transfer's events wake the task (lbt_http_wake, data = the struct), a wait's cancel
+ * forgets it (lbt_http_wait_cancel, w->src = the struct). */
+typedef struct lbt_http_wait {
+  bt_http_req_t *r;       /* NULL until started and once freed */
+  bt_rt_t *rt;
+  bt_task_t *waiter;      /* the task waiting on it, or NULL */
+  uint32_t token;
+} lbt_http_wait;
+void lbt_http_wake(bt_http_req_t *r, void *data);
+void lbt_http_wait_cancel(bt_wait_t *w);
+/* nil, "<fname>: <the transfer's error>", its kind, { url = }; and a timeout's failure. */
+int lbt_http_fail(lua_State *L, const char *fname, const bt_http_req_t *r);
+int lbt_http_timeout(lua_State *L, const char *fname, const char *url, lua_Number ms);
 int lbt_http_stream_start(lua_State *L, lbt_rt *R, bt_http_opts *o, lua_Integer timeout);
 void lbt_open_http_stream(lua_State *L, int rt_idx);
 void lbt_close_streams(lua_State *L);  /* close every open HTTP stream (never waits) */
@@ -282,7 +297,8 @@ const char *lbt_class_name(lbt_class cls);  /* "baton.Semaphore" */
  *          (lbt_opt_ms: def < 0 is returned as is, meaning none; lbt_arg_ms: required).
  *   due:   an optional timeout argument "timeout_ms" -> its absolute due time, or
  *          UINT64_MAX when absent.
- *   bool, string (def NULL: required; the pointer lives as long as the table), enum (the
+ *   bool, string (def NULL: required; the pointer is valid while the table holds the
+ *   string: not for a value an __index makes up, which the caller must keep), enum (the
  *   index in the NULL-terminated `names`; def < 0: required).
  *   function: lbt_opt_function pushes the field (a function or nil) and returns whether it
  *   is a function; lbt_arg_function checks a required function argument.
@@ -317,8 +333,17 @@ void *lbt_check_udata(lua_State *L, const char *fname, int idx, const char *name
  * BT_ENOMEM, ...) and sets *Tp (if not NULL) to the running task. lbt_cancel_point is the
  * same for a call that did not wait (still a cancellation point); lbt_cancelled tests. */
 int lbt_resumed(lua_State *L, lbt_task **Tp, void (*undo)(void *arg), void *arg);
+/* The same for a wait that owns something whatever the wake delivered (a transfer, a
+ * stream being opened): release(arg) runs before the cancellation error is raised. */
+int lbt_resumed_free(lua_State *L, lbt_task **Tp, void (*release)(void *arg), void *arg);
 void lbt_cancel_point(lua_State *L, void (*undo)(void *arg), void *arg);
 int lbt_cancelled(lbt_rt *R);
+/* Objects read by one task at a time (a process, a stream): raises "<fname>: another task
+ * is already waiting on this <what>" when `busy`; else a cancellation point. */
+void lbt_sole_waiter(lua_State *L, const char *fname, int busy, const char *what);
+/* Inserts the absolute deadline `due` at stack index idx as an integer, -1 for none
+ * (UINT64_MAX), for a continuation that may wait again. */
+void lbt_insert_due(lua_State *L, int idx, uint64_t due);
 
 /* Returned or raised: one rule. After a user function ran under pcall (status LUA_OK or
  * LUA_YIELD: its results are base..top; else its error is on top): returns 1 if it

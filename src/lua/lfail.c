@@ -164,11 +164,12 @@ int lbt_field_error(lua_State *L, const char *fname, int tidx, const char *key,
   return field_error(L, fname, tidx, key, expected);
 }
 
-void lbt_check_opts(lua_State *L, const char *fname, int idx, const char *name,
-                    const char *const known[]) {
-  idx = lua_absindex(L, idx);
-  if (!lua_istable(L, idx)) lbt_argerror(L, fname, idx, name, "table");
+/* Raises unless every key of the table at idx is a string in `known` (or, after
+ * LBT_POSITIONAL, an integer). `name` NULL: the old wording of lbt_check_fields. */
+static void check_keys(lua_State *L, const char *fname, int idx, const char *name,
+                       const char *const known[]) {
   int positional = known[0] != NULL && strcmp(known[0], LBT_POSITIONAL) == 0;
+  int n = lbt_argn(fname, idx);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     lua_pop(L, 1);
@@ -176,14 +177,26 @@ void lbt_check_opts(lua_State *L, const char *fname, int idx, const char *name,
       const char *k = lua_tostring(L, -1);
       int ok = 0;
       for (int i = positional; known[i] != NULL && !ok; i++) ok = strcmp(k, known[i]) == 0;
-      if (!ok)
-        luaL_error(L, "%s: bad argument #%d '%s' (unknown option)", fname,
-                   lbt_argn(fname, idx), k);
+      if (ok) continue;
+      if (name == NULL) luaL_error(L, "%s: unknown option '%s'", fname, k);
+      luaL_error(L, "%s: bad argument #%d '%s' (unknown option)", fname, n, k);
     } else if (!positional || !lua_isinteger(L, -1)) {
-      const char *got = lbt_push_got(L, -1);
-      lbt_argerror_got(L, fname, lbt_argn(fname, idx), name, "string keys", got);
+      if (name == NULL)
+        luaL_error(L, "%s: unexpected %s key in the options table", fname, luaL_typename(L, -1));
+      lbt_argerror_got(L, fname, n, name, "string keys", lbt_push_got(L, -1));
     }
   }
+}
+
+void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *const known[]) {
+  check_keys(L, fname, lua_absindex(L, idx), NULL, known);
+}
+
+void lbt_check_opts(lua_State *L, const char *fname, int idx, const char *name,
+                    const char *const known[]) {
+  idx = lua_absindex(L, idx);
+  if (!lua_istable(L, idx)) lbt_argerror(L, fname, idx, name, "table");
+  check_keys(L, fname, idx, name, known);
 }
 
 /* Integers in [min, 2^53] (exact as floats too): what every count and size accepts. */
@@ -271,7 +284,7 @@ const char *lbt_opt_string(lua_State *L, const char *fname, int tidx, const char
   int t = lua_getfield(L, tidx, key);
   const char *s = def;
   if (len != NULL) *len = def != NULL ? strlen(def) : 0;
-  if (t == LUA_TSTRING) s = lua_tolstring(L, -1, len);  /* the table keeps it alive */
+  if (t == LUA_TSTRING) s = lua_tolstring(L, -1, len);  /* a raw field: the table keeps it */
   else if (t != LUA_TNIL || def == NULL) field_error(L, fname, tidx, key, "string");
   lua_pop(L, 1);
   return s;
@@ -338,6 +351,16 @@ void lbt_cancel_point(lua_State *L, void (*undo)(void *arg), void *arg) {
   lbt_raise_cancelled(L);
 }
 
+void lbt_sole_waiter(lua_State *L, const char *fname, int busy, const char *what) {
+  if (busy) luaL_error(L, "%s: another task is already waiting on this %s", fname, what);
+  lbt_cancel_point(L, NULL, NULL);
+}
+
+void lbt_insert_due(lua_State *L, int idx, uint64_t due) {
+  lua_pushinteger(L, due == UINT64_MAX ? -1 : (lua_Integer)due);
+  lua_insert(L, idx);
+}
+
 int lbt_resumed(lua_State *L, lbt_task **Tp, void (*undo)(void *arg), void *arg) {
   lbt_task *T = (lbt_task *)bt_rt_current(lbt_R(L)->rt);
   int status = lbt_fib(T)->status;
@@ -347,6 +370,12 @@ int lbt_resumed(lua_State *L, lbt_task **Tp, void (*undo)(void *arg), void *arg)
   }
   if (Tp != NULL) *Tp = T;
   return status;
+}
+
+int lbt_resumed_free(lua_State *L, lbt_task **Tp, void (*release)(void *arg), void *arg) {
+  lbt_task *T = (lbt_task *)bt_rt_current(lbt_R(L)->rt);
+  if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) release(arg);
+  return lbt_resumed(L, Tp, NULL, NULL);
 }
 
 /* ---- outcomes of user functions ----------------------------------------------------- */

@@ -15,20 +15,25 @@
  *                       max_header_bytes = (256 KiB), follow_redirects = false | true | n,
  *                       ca_file = path }
  *     → { status =, headers = { [lowercase name] = value }, body =, url =, retry_after_ms = }
- *     | nil, message, kind   ("timeout", "connect", "too_large", "tls", "protocol", "io",
- *                             "resource": out of descriptors, "nomem")
+ *     | nil, message, kind, { url = [, timeout_ms =] }   ("timeout", "connect", "too_large",
+ *       "tls", "protocol", "io", "resource": out of descriptors or memory)
  *   baton.http.json{ ..., body = value }  — encodes body as JSON (Content-Type and Accept
  *     default to application/json) and decodes a non-empty reply into resp.body, the raw text
- *     in resp.text; a reply that is not JSON → nil, message, "malformed", resp.
+ *     in resp.text; a reply that is not JSON → nil, message, "malformed", resp (the detail).
  *   baton.http.stream{ ..., max_event_bytes = (max_body_bytes) } → stream | nil, message,
  *     kind: returns once the head is in; stream.status/.headers/.url;
  *     stream:read/read_line/read_event([ms]) hand the body over as it arrives
  *     (lhttpstream.c).
  * Any status is a response (a 500 is not an error); retry_after_ms is set when the response
- * carries a Retry-After header (seconds or an HTTP date). Misuse raises: a bad option, a URL
- * that is not absolute http(s), a header with CR/LF, a call outside a task.
+ * carries a Retry-After header (seconds or an HTTP date).
+ *
+ * Errors (docs/errors.md). Raise, as "baton.http.request: bad argument #1 'name' (expected
+ * X, got Y)": a bad option, a URL that is not absolute http(s), a header with CR/LF, a JSON
+ * body json.encode refuses; and a call outside a task. Return `nil, msg, kind, detail`: the
+ * failures above (lbt_http_fail, shared with lhttpstream.c).
  */
 #include <ctype.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -40,16 +45,32 @@
 #define DEFAULT_MAX_HEADER ((lua_Integer)256 << 10)  /* libcurl's own cap is 300 KiB */
 #define DEFAULT_REDIRECTS 10
 
-typedef struct lxfer {
-  bt_http_req_t *r;       /* NULL until started and once freed */
-  bt_rt_t *rt;
-  bt_task_t *waiter;      /* the task waiting for it, or NULL */
-  uint32_t token;
-} lxfer;
+typedef lbt_http_wait lxfer;
 
-static void xfer_free(lxfer *x) {
+static void xfer_free(void *arg) {
+  lxfer *x = arg;
   bt_http_free(x->r);
   x->r = NULL;
+}
+
+int lbt_http_fail(lua_State *L, const char *fname, const bt_http_req_t *r) {
+  const char *kind;
+  const char *msg = bt_http_error(r, &kind);
+  if (strcmp(kind, "nomem") == 0) kind = "resource";  /* the core's name for it */
+  if (!lbt_is_kind(kind)) kind = "io";
+  lua_createtable(L, 0, 1);
+  lua_pushstring(L, bt_http_url(r));
+  lua_setfield(L, -2, "url");
+  return lbt_fail_detail(L, fname, kind, -1, "%s", msg);
+}
+
+int lbt_http_timeout(lua_State *L, const char *fname, const char *url, lua_Number ms) {
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, url);
+  lua_setfield(L, -2, "url");
+  lua_pushinteger(L, (lua_Integer)ms);
+  lua_setfield(L, -2, "timeout_ms");
+  return lbt_fail_detail(L, fname, "timeout", -1, "timed out after %.15g ms", (double)ms);
 }
 
 /* __gc and __close. A request still waiting on it (the transfer finalized by hand) is
@@ -62,15 +83,15 @@ static int lxfer_gc(lua_State *L) {
   return 0;
 }
 
-/* Core callback, from the loop: wake the waiter (it only enqueues). */
-static void on_done(bt_http_req_t *r, void *data) {
+/* Core callback, from the loop (or inside libcurl): wake the waiter (it only enqueues). */
+void lbt_http_wake(bt_http_req_t *r, void *data) {
   (void)r;
-  lxfer *x = data;
+  lbt_http_wait *x = data;
   if (x->waiter != NULL) bt_task_wake(x->rt, x->waiter, x->token, 0);
 }
 
-static void xfer_wait_cancel(bt_wait_t *w) {
-  lxfer *x = w->src;
+void lbt_http_wait_cancel(bt_wait_t *w) {
+  lbt_http_wait *x = w->src;
   x->waiter = NULL;
 }
 
@@ -89,29 +110,31 @@ static const char **check_headers(lua_State *L, const char *fname, int json, int
   int n = 0, has_ct = 0, has_accept = 0;
   int t = lua_getfield(L, 1, "headers");
   if (t != LUA_TNIL && t != LUA_TTABLE)
-    luaL_error(L, "%s: headers must be a table { Name = value } (got %s)", fname,
-               luaL_typename(L, -1));
+    lbt_field_error(L, fname, 1, "headers", "a table { Name = value }");
   if (t == LUA_TTABLE) {
     int hi = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, hi)) {
-      if (lua_type(L, -2) != LUA_TSTRING)
-        luaL_error(L, "%s: header names must be strings (got %s)", fname,
-                   luaL_typename(L, -2));
-      size_t klen, vlen;
-      const char *k = lua_tolstring(L, -2, &klen);
-      for (size_t i = 0; i < klen; i++)
-        if (!is_token_char((unsigned char)k[i]))
-          luaL_error(L, "%s: header name '%s' is not a valid HTTP token", fname, k);
-      if (klen == 0) luaL_error(L, "%s: a header name is empty", fname);
+      size_t klen = 0, vlen;
+      const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &klen) : NULL;
+      int ok = k != NULL && klen > 0;
+      for (size_t i = 0; ok && i < klen; i++) ok = is_token_char((unsigned char)k[i]);
+      if (!ok)
+        lbt_argerror_got(L, fname, 1, "headers", "names that are HTTP tokens",
+                         lbt_push_got(L, -2));
       int vt = lua_type(L, -1);
+      lua_pushfstring(L, "headers.%s", k);
+      const char *name = lua_tostring(L, -1);
       if (vt != LUA_TSTRING && vt != LUA_TNUMBER)
-        luaL_error(L, "%s: headers['%s'] must be a string (got %s)", fname, k,
-                   luaL_typename(L, -1));
+        lbt_argerror_got(L, fname, 1, name, "string", lbt_push_got(L, -2));
+      lua_pop(L, 1);
       lua_pushvalue(L, -1);
       const char *v = lua_tolstring(L, -1, &vlen);
-      if (strlen(v) != vlen || strpbrk(v, "\r\n") != NULL)
-        luaL_error(L, "%s: headers['%s'] contains CR, LF or NUL", fname, k);
+      if (strlen(v) != vlen || strpbrk(v, "\r\n") != NULL) {
+        lua_pushfstring(L, "headers.%s", k);
+        const char *got = lbt_push_got(L, -2);
+        lbt_argerror_got(L, fname, 1, lua_tostring(L, -2), "a value without CR, LF or NUL", got);
+      }
       if (strcasecmp(k, "content-type") == 0) has_ct = 1;
       if (strcasecmp(k, "accept") == 0) has_accept = 1;
       /* "Name:" with nothing after it would remove a header libcurl adds; "Name;" sends
@@ -146,36 +169,24 @@ static const char *check_method(lua_State *L, const char *fname) {
     lua_pop(L, 1);
     return NULL;
   }
-  if (lua_type(L, -1) != LUA_TSTRING)
-    luaL_error(L, "%s: method must be a string (got %s)", fname, luaL_typename(L, -1));
-  size_t len;
-  const char *m = lua_tolstring(L, -1, &len);
-  if (len == 0 || len > 32) luaL_error(L, "%s: method '%s' is not an HTTP method", fname, m);
+  size_t len = 0;
+  const char *m = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+  int ok = m != NULL && len > 0 && len <= 32;
   char up[33];
-  for (size_t i = 0; i < len; i++) {
-    if (!isalpha((unsigned char)m[i]))
-      luaL_error(L, "%s: method '%s' is not an HTTP method", fname, m);
+  for (size_t i = 0; ok && i < len; i++) {
+    ok = isalpha((unsigned char)m[i]);
     up[i] = (char)toupper((unsigned char)m[i]);
   }
+  if (!ok) lbt_argerror_got(L, fname, 1, "method", "an HTTP method", lbt_push_got(L, -1));
   up[len] = '\0';
   lua_pop(L, 1);
   lua_pushstring(L, up);  /* stays on the stack until the start */
   return lua_tostring(L, -1);
 }
 
-/* An optional non-negative number of milliseconds; -1 when absent. */
+/* An optional number of milliseconds, rounded up; -1 when absent. */
 static lua_Integer opt_ms(lua_State *L, const char *fname, const char *key) {
-  if (lua_getfield(L, 1, key) == LUA_TNIL) {
-    lua_pop(L, 1);
-    return -1;
-  }
-  lua_Number ms = lua_tonumber(L, -1);
-  if (lua_type(L, -1) != LUA_TNUMBER || !(ms >= 0 && ms < 1e15))
-    luaL_error(L, "%s: %s must be a number of milliseconds >= 0 (got %s)", fname, key,
-               luaL_tolstring(L, -1, NULL));
-  lua_pop(L, 1);
-  lua_Integer v = (lua_Integer)ms;
-  return (lua_Number)v < ms ? v + 1 : v;
+  return (lua_Integer)ceil(lbt_opt_ms(L, fname, 1, key, -1));
 }
 
 /* ---- the response ------------------------------------------------------------------- */
@@ -237,56 +248,47 @@ lua_Integer lbt_http_retry_after(lua_State *L) {
   return ms;
 }
 
-/* Stack in the continuation: 1 = options, 2 = the Transfer userdata. */
-static int request_k(lua_State *L, int status, lua_KContext json) {
-  (void)status;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  lxfer *x = lua_touserdata(L, 2);
-  int s = lbt_fib(T)->status;
-  if (s == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) {
-    xfer_free(x);
-    return lbt_raise_cancelled(L);
-  }
-  if (s == BT_ETIMEDOUT) {
-    xfer_free(x);
-    return lbt_push_timeout(L);
-  }
-  if (s != 0) {  /* the wait itself failed (no memory for its deadline) */
-    xfer_free(x);
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", json ? "baton.http.json" : "baton.http.request",
-                    bt_strerror(s));
-    lua_pushstring(L, s == BT_ENOMEM ? "nomem" : bt_err_name(s));
-    return 3;
-  }
-  const char *fname = json ? "baton.http.json" : "baton.http.request";
-  bt_http_req_t *r = x->r;
-  if (bt_http_result(r) != 0) {
-    const char *kind;
-    const char *msg = bt_http_error(r, &kind);
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", fname, msg);
-    lua_pushstring(L, kind);
-    xfer_free(x);
-    return 3;
-  }
+void lbt_http_push_head(lua_State *L, const bt_http_req_t *r) {
   lua_createtable(L, 0, 6);
-  int resp = lua_gettop(L);
+  int t = lua_gettop(L);
   lua_pushinteger(L, bt_http_status(r));
-  lua_setfield(L, resp, "status");
+  lua_setfield(L, t, "status");
   size_t len;
   const char *p = bt_http_headers(r, &len);
   lbt_http_push_headers(L, p, len);
   lua_Integer ra = lbt_http_retry_after(L);
-  lua_setfield(L, resp, "headers");
+  lua_setfield(L, t, "headers");
   if (ra >= 0) {
     lua_pushinteger(L, ra);
-    lua_setfield(L, resp, "retry_after_ms");
+    lua_setfield(L, t, "retry_after_ms");
   }
   lua_pushstring(L, bt_http_url(r));
-  lua_setfield(L, resp, "url");
-  p = bt_http_body(r, &len);
+  lua_setfield(L, t, "url");
+}
+
+/* Stack in the continuation: 1 = options, 2 = the Transfer userdata, 3 = timeout_ms. */
+static int request_k(lua_State *L, int status, lua_KContext json) {
+  (void)status;
+  const char *fname = json ? "baton.http.json" : "baton.http.request";
+  lxfer *x = lua_touserdata(L, 2);
+  int s = lbt_resumed_free(L, NULL, xfer_free, x);
+  if (s != 0) {  /* the deadline, or the wait itself failed (no memory for its timer) */
+    lua_getfield(L, 1, "url");
+    int n = s == BT_ETIMEDOUT ? lbt_http_timeout(L, fname, lua_tostring(L, -1), lua_tonumber(L, 3))
+                              : lbt_fail_status(L, fname, s);
+    xfer_free(x);
+    return n;
+  }
+  bt_http_req_t *r = x->r;
+  if (bt_http_result(r) != 0) {
+    int n = lbt_http_fail(L, fname, r);
+    xfer_free(x);
+    return n;
+  }
+  lbt_http_push_head(L, r);
+  int resp = lua_gettop(L);
+  size_t len;
+  const char *p = bt_http_body(r, &len);
   lua_pushlstring(L, p, len);
   xfer_free(x);
   if (!json) {
@@ -304,13 +306,10 @@ static int request_k(lua_State *L, int status, lua_KContext json) {
   lua_call(L, 1, 2);
   if (lua_isnil(L, -2)) {
     lua_getfield(L, resp, "status");
-    lua_Integer code = lua_tointeger(L, -1);
-    lua_pushnil(L);
-    lua_pushfstring(L, "baton.http.json: the reply (status %I) is not JSON: %s", code,
-                    lua_tostring(L, -3));
-    lua_pushliteral(L, "malformed");
-    lua_pushvalue(L, resp);
-    return 4;
+    const char *why = lua_tostring(L, -2);
+    if (strncmp(why, "baton.json.decode: ", 19) == 0) why += 19;
+    return lbt_fail_detail(L, fname, "malformed", resp, "the reply (status %d) is not JSON: %s",
+                           (int)lua_tointeger(L, -1), why);
   }
   lua_pop(L, 1);
   lua_setfield(L, resp, "body");
@@ -325,7 +324,6 @@ static int do_request(lua_State *L, int mode) {
   lbt_rt *R = lbt_R(L);
   const char *fname = mode_names[mode];
   int json = mode == M_JSON;
-  luaL_checktype(L, 1, LUA_TTABLE);
   static const char *const known[] = {"url", "method", "headers", "body", "timeout_ms",
                                       "connect_timeout_ms", "max_body_bytes",
                                       "max_header_bytes", "follow_redirects", "ca_file",
@@ -334,44 +332,45 @@ static int do_request(lua_State *L, int mode) {
                                              "connect_timeout_ms", "max_body_bytes",
                                              "max_header_bytes", "follow_redirects",
                                              "ca_file", "max_event_bytes", NULL};
-  lbt_check_fields(L, 1, fname, mode == M_STREAM ? known_stream : known);
+  lbt_check_opts(L, fname, 1, "opts", mode == M_STREAM ? known_stream : known);
   lua_settop(L, 1);
   bt_http_opts o;
   memset(&o, 0, sizeof o);
-  if (lua_getfield(L, 1, "url") != LUA_TSTRING)
-    luaL_error(L, "%s: url must be a string (got %s)", fname, luaL_typename(L, -1));
   size_t ulen;
-  o.url = lua_tolstring(L, -1, &ulen);  /* stays on the stack until the start */
-  if (strlen(o.url) != ulen) luaL_error(L, "%s: url contains a NUL byte", fname);
+  if (lua_getfield(L, 1, "url") != LUA_TSTRING) lbt_field_error(L, fname, 1, "url", "string");
+  o.url = lua_tolstring(L, -1, &ulen);  /* stays on the stack: an __index may have made it */
+  if (strlen(o.url) != ulen) lbt_field_error(L, fname, 1, "url", "a URL without NUL bytes");
   o.method = check_method(L, fname);
   int bt = lua_getfield(L, 1, "body");
   if (json && bt != LUA_TNIL) {
     lua_pushvalue(L, lua_upvalueindex(3));  /* baton.json.encode */
     lua_insert(L, -2);
-    lua_call(L, 1, 1);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {  /* blamed on the body option */
+      const char *e = lua_tostring(L, -1), *p = e ? strstr(e, "bad argument #1 'v' (") : NULL;
+      if (p == NULL) return lua_error(L);
+      return luaL_error(L, "%s: bad argument #1 'body' (%s", fname, p + 21);
+    }
     bt = LUA_TSTRING;
   }
-  if (bt != LUA_TNIL && bt != LUA_TSTRING)
-    luaL_error(L, "%s: body must be a string (got %s)", fname, luaL_typename(L, -1));
+  if (bt != LUA_TNIL && bt != LUA_TSTRING) lbt_field_error(L, fname, 1, "body", "string");
   if (bt == LUA_TSTRING) o.body = lua_tolstring(L, -1, &o.body_len);  /* stays on the stack */
   o.headers = check_headers(L, fname, json, o.body != NULL);
   lua_Integer timeout = opt_ms(L, fname, "timeout_ms");
   lua_Integer connect = opt_ms(L, fname, "connect_timeout_ms");
   o.connect_timeout_ms = connect < 0 ? 0 : (connect == 0 ? 1 : (uint64_t)connect);
-  o.max_body_bytes = (size_t)lbt_opt_int(L, fname, "max_body_bytes", 0, DEFAULT_MAX_BODY);
-  o.max_header_bytes = (size_t)lbt_opt_int(L, fname, "max_header_bytes", 0, DEFAULT_MAX_HEADER);
+  o.max_body_bytes = (size_t)lbt_opt_count(L, fname, 1, "max_body_bytes", 0, DEFAULT_MAX_BODY);
+  o.max_header_bytes =
+    (size_t)lbt_opt_count(L, fname, 1, "max_header_bytes", 0, DEFAULT_MAX_HEADER);
   int ft = lua_getfield(L, 1, "follow_redirects");
+  lua_Integer hops = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : -1;
   if (ft == LUA_TBOOLEAN) o.max_redirects = lua_toboolean(L, -1) ? DEFAULT_REDIRECTS : 0;
-  else if (ft == LUA_TNUMBER && lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 0 &&
-           lua_tointeger(L, -1) <= 1000) o.max_redirects = (long)lua_tointeger(L, -1);
+  else if (hops >= 0 && hops <= 1000) o.max_redirects = (long)hops;
   else if (ft != LUA_TNIL)
-    luaL_error(L, "%s: follow_redirects must be a boolean or a count of redirects 0..1000 "
-               "(got %s)", fname, luaL_tolstring(L, -1, NULL));
+    lbt_field_error(L, fname, 1, "follow_redirects", "boolean or integer 0..1000");
   lua_pop(L, 1);
   int ct = lua_getfield(L, 1, "ca_file");
   if (ct == LUA_TSTRING) o.ca_file = lua_tostring(L, -1);  /* stays on the stack */
-  else if (ct != LUA_TNIL)
-    luaL_error(L, "%s: ca_file must be a path (got %s)", fname, luaL_typename(L, -1));
+  else if (ct != LUA_TNIL) lbt_field_error(L, fname, 1, "ca_file", "a path");
   if (mode == M_STREAM) return lbt_http_stream_start(L, R, &o, timeout);
 
   lbt_task *T = lbt_await_begin(L, R, fname);
@@ -379,22 +378,17 @@ static int do_request(lua_State *L, int mode) {
   memset(x, 0, sizeof *x);
   luaL_setmetatable(L, BT_XFER_MT);
   x->rt = R->rt;
-  int rc = bt_http_start(R->rt, &o, on_done, x, &x->r);
+  int rc = bt_http_start(R->rt, &o, lbt_http_wake, x, &x->r);
   if (rc == BT_EINVAL)
-    return luaL_error(L, "%s: url '%s' is not an absolute http:// or https:// URL", fname,
-                      o.url);
-  if (rc != 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", fname, bt_strerror(rc));
-    lua_pushliteral(L, "nomem");
-    return 3;
-  }
+    return lbt_field_error(L, fname, 1, "url", "an absolute http:// or https:// URL");
+  if (rc != 0) return lbt_fail_status(L, fname, rc);
   lua_copy(L, -1, 2);
   lua_settop(L, 2);
+  if (timeout >= 0) lua_pushinteger(L, timeout);  /* 3: for the timeout's message */
   lbt_fiber *f = lbt_fib(T);
   f->wait.src = x;
   x->waiter = &T->t;
-  x->token = bt_task_wait(R->rt, &T->t, &f->wait, xfer_wait_cancel,
+  x->token = bt_task_wait(R->rt, &T->t, &f->wait, lbt_http_wait_cancel,
                           timeout < 0 ? UINT64_MAX : bt_now(R->rt) + (uint64_t)timeout);
   return lbt_suspend(L, json, request_k);
 }

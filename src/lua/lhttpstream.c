@@ -14,6 +14,13 @@
  * A read does a bounded amount of work per resume: read_event parses at most READ_BUDGET
  * bytes, then lets the loop turn (a wait due at once) before going on, so a peer sending a
  * long event in a hurry cannot hold timers and other tasks back.
+ *
+ * Errors (docs/errors.md). Raise: misuse (a bad timeout, a read on a closed stream, a second
+ * reader). Return `nil, msg, kind, detail`: baton.http.stream as baton.http.request does
+ * (lbt_http_fail); the reads: the transfer's failure (lbt_http_fail: io, too_large, ...),
+ * timeout ({ url =, timeout_ms = }: the stream goes on), closed (closed while waiting),
+ * too_large (a line or an event over its limit: { limit = }), resource. The end of the body
+ * is a plain nil.
  */
 
 #include <string.h>
@@ -27,71 +34,56 @@
 #define READ_BUDGET ((size_t)256 << 10)   /* read_event: bytes parsed per resume */
 
 typedef struct lstream {
-  bt_http_req_t *r;       /* NULL once closed */
-  bt_rt_t *rt;
-  bt_task_t *waiter;
-  uint32_t token;
+  lbt_http_wait h;        /* first: the transfer's events and waits point at the lstream */
   int yielded;            /* the waiter only lets the loop turn (read_event's budget) */
   bt_sse sse;             /* read_event's parser */
 } lstream;
 
 enum { OP_HEAD, OP_READ, OP_LINE, OP_EVENT };
-static const char *const op_names[] = {"baton.http.stream", "stream:read", "stream:read_line",
-                                       "stream:read_event"};
+static const char *const op_names[] = {"baton.http.stream", "baton.http.stream:read",
+                                       "baton.http.stream:read_line",
+                                       "baton.http.stream:read_event"};
 
-static void stream_close(lstream *st) {
-  if (st->waiter != NULL) bt_task_wake(st->rt, st->waiter, st->token, BT_ECLOSED);
-  bt_http_free(st->r);
-  st->r = NULL;
+static void stream_close(void *arg) {
+  lstream *st = arg;
+  if (st->h.waiter != NULL) bt_task_wake(st->h.rt, st->h.waiter, st->h.token, BT_ECLOSED);
+  bt_http_free(st->h.r);
+  st->h.r = NULL;
   bt_sse_free(&st->sse);
-}
-
-/* Core events (the head, bytes, the end), possibly from inside libcurl: wake only. */
-static void on_stream_event(bt_http_req_t *r, void *data) {
-  (void)r;
-  lstream *st = data;
-  if (st->waiter != NULL) bt_task_wake(st->rt, st->waiter, st->token, 0);
-}
-
-static void stream_wait_cancel(bt_wait_t *w) {
-  lstream *st = w->src;
-  st->waiter = NULL;
 }
 
 static lstream *check_stream(lua_State *L, const char *fname) {
   lstream *st = lbt_check_type(L, 1, LBT_HTTP_STREAM);
-  if (st->r == NULL) luaL_error(L, "%s: the stream is closed", fname);
+  if (st->h.r == NULL) luaL_error(L, "%s: the stream is closed", fname);
   return st;
 }
 
-/* The end of a finished transfer: pushes nil (the body is complete) or nil, message, kind. */
+/* The end of a finished transfer: pushes nil (the body is complete) or its failure. */
 static int push_end(lua_State *L, lstream *st, const char *fname) {
+  if (bt_http_result(st->h.r) != 0) return lbt_http_fail(L, fname, st->h.r);
   lua_pushnil(L);
-  if (bt_http_result(st->r) == 0) return 1;
-  const char *kind;
-  const char *msg = bt_http_error(st->r, &kind);
-  lua_pushfstring(L, "%s: %s", fname, msg);
-  lua_pushstring(L, kind);
-  return 3;
+  return 1;
 }
 
-static int push_too_long(lua_State *L, const char *fname) {
-  lua_pushnil(L);
-  lua_pushfstring(L, "%s: a line exceeds %d bytes (use stream:read)", fname, (int)MAX_LINE);
-  lua_pushliteral(L, "too_large");
-  return 3;
+/* nil, msg, "too_large", { limit = }: a line or an event over its limit. */
+static int fail_too_large(lua_State *L, const char *fname, size_t limit, const char *what,
+                          const char *then) {
+  lua_createtable(L, 0, 1);
+  lua_pushinteger(L, (lua_Integer)limit);
+  lua_setfield(L, -2, "limit");
+  return lbt_fail_detail(L, fname, "too_large", -1, "%s exceeds %zu bytes%s", what, limit, then);
 }
 
 /* Takes one line from the unread body, without its end ("\n" or "\r\n"). Returns 0 if
  * none is whole yet. */
 static int take_line(lua_State *L, lstream *st) {
   size_t len;
-  const char *p = bt_http_peek(st->r, &len);
+  const char *p = bt_http_peek(st->h.r, &len);
   const char *nl = memchr(p, '\n', len);
   if (nl == NULL) return 0;
   size_t end = (size_t)(nl - p);
   lua_pushlstring(L, p, end > 0 && p[end - 1] == '\r' ? end - 1 : end);
-  bt_http_consume(st->r, end + 1);
+  bt_http_consume(st->h.r, end + 1);
   return 1;
 }
 
@@ -126,56 +118,29 @@ static int next_event(lua_State *L, lstream *st, const char *fname) {
   size_t budget = READ_BUDGET;
   for (;;) {
     size_t len;
-    const char *p = bt_http_peek(st->r, &len);
+    const char *p = bt_http_peek(st->h.r, &len);
     if (len == 0) break;
     if (budget == 0) return -2;
     int res;
     size_t used = bt_sse_feed(&st->sse, p, len < budget ? len : budget, &res);
     budget -= used;
-    bt_http_consume(st->r, used);  /* may resume the transfer, adding bytes */
+    bt_http_consume(st->h.r, used);  /* may resume the transfer, adding bytes */
     if (st->sse.retry_new) note_retry(L, st);
     if (res == BT_SSE_EVENT) {
       push_event(L, &st->sse);
       return 1;
     }
-    if (res == BT_SSE_TOO_LARGE) {
-      lua_pushnil(L);
-      lua_pushfstring(L, "%s: an event exceeds %I bytes (max_event_bytes); it is skipped",
-                      fname, (lua_Integer)st->sse.max_event);
-      lua_pushliteral(L, "too_large");
-      return 3;
-    }
-    if (res == BT_SSE_NOMEM) {
-      lua_pushnil(L);
-      lua_pushfstring(L, "%s: out of memory for an event; it is skipped", fname);
-      lua_pushliteral(L, "nomem");
-      return 3;
-    }
+    if (res == BT_SSE_TOO_LARGE) return fail_too_large(L, fname, st->sse.max_event, "an event",
+                                                   " (max_event_bytes); it is skipped");
+    if (res == BT_SSE_NOMEM)
+      return lbt_fail(L, fname, "out of memory for an event; it is skipped", "resource");
   }
   /* A partial event at the end is dropped, as the SSE spec says. */
-  return bt_http_finished(st->r) ? push_end(L, st, fname) : -1;
-}
-
-static void push_head(lua_State *L, lstream *st) {
-  lua_createtable(L, 0, 4);
-  int t = lua_gettop(L);
-  lua_pushinteger(L, bt_http_status(st->r));
-  lua_setfield(L, t, "status");
-  size_t len;
-  const char *p = bt_http_headers(st->r, &len);
-  lbt_http_push_headers(L, p, len);
-  lua_Integer ra = lbt_http_retry_after(L);
-  lua_setfield(L, t, "headers");
-  if (ra >= 0) {
-    lua_pushinteger(L, ra);
-    lua_setfield(L, t, "retry_after_ms");
-  }
-  lua_pushstring(L, bt_http_url(st->r));
-  lua_setfield(L, t, "url");
+  return bt_http_finished(st->h.r) ? push_end(L, st, fname) : -1;
 }
 
 /* Pushes the results of `op` if it can complete now and returns their count, else -1 (or
- * -2: a read_event to go on after the loop turns). Stack: 1 = the stream. */
+ * -2: a read_event to go on after the loop turns), pushing nothing. Stack: 1 = the stream. */
 static int stream_try(lua_State *L, lstream *st, int op) {
   const char *fname = op_names[op];
   size_t len;
@@ -184,36 +149,36 @@ static int stream_try(lua_State *L, lstream *st, int op) {
   case OP_HEAD:
     /* Once the head is in, a failure later (even one already there) is the reads' to
      * report; before it, the failure is the request's. */
-    if (!bt_http_head_done(st->r)) {
-      if (!bt_http_finished(st->r)) return -1;
-      if (bt_http_result(st->r) != 0) {
+    if (!bt_http_head_done(st->h.r)) {
+      if (!bt_http_finished(st->h.r)) return -1;
+      if (bt_http_result(st->h.r) != 0) {
         int n = push_end(L, st, fname);
         stream_close(st);
         return n;
       }
     }
-    push_head(L, st);
+    lbt_http_push_head(L, st->h.r);
     lua_setiuservalue(L, 1, 1);
     lua_pushvalue(L, 1);
     return 1;
   case OP_READ:
-    p = bt_http_peek(st->r, &len);
+    p = bt_http_peek(st->h.r, &len);
     if (len > 0) {
       lua_pushlstring(L, p, len);
-      bt_http_consume(st->r, len);
+      bt_http_consume(st->h.r, len);
       return 1;
     }
-    return bt_http_finished(st->r) ? push_end(L, st, fname) : -1;
+    return bt_http_finished(st->h.r) ? push_end(L, st, fname) : -1;
   case OP_LINE:
     if (take_line(L, st)) return 1;
-    p = bt_http_peek(st->r, &len);
-    if (bt_http_finished(st->r)) {
+    p = bt_http_peek(st->h.r, &len);
+    if (bt_http_finished(st->h.r)) {
       if (len == 0) return push_end(L, st, fname);
       lua_pushlstring(L, p, len);  /* the last line, with no "\n" after it */
-      bt_http_consume(st->r, len);
+      bt_http_consume(st->h.r, len);
       return 1;
     }
-    return len >= MAX_LINE ? push_too_long(L, fname) : -1;
+    return len >= MAX_LINE ? fail_too_large(L, fname, MAX_LINE, "a line", " (use stream:read)") : -1;
   default:  /* OP_EVENT */
     return next_event(L, st, fname);
   }
@@ -222,42 +187,34 @@ static int stream_try(lua_State *L, lstream *st, int op) {
 static int stream_suspend(lua_State *L, lbt_rt *R, lbt_task *T, lstream *st, int op,
                           int yield);
 
-/* Stack: 1 = the stream, 2 = the deadline (an integer, -1 for none). */
+static void no_release(void *arg) { (void)arg; }
+
+/* Stack: 1 = the stream, 2 = the deadline (an integer, -1 for none), 3 = the timeout in ms
+ * (nil for none). */
 static int stream_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   int op = (int)ctx;
   lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
   lstream *st = lua_touserdata(L, 1);
-  int s = lbt_fib(T)->status;
+  lbt_task *T;  /* a head being waited for is closed with the task */
+  int s = lbt_resumed_free(L, &T, op == OP_HEAD ? stream_close : no_release, st);
   if (st->yielded) {  /* the loop had its turn: go on unless the read's deadline passed */
     st->yielded = 0;
     lua_Integer d = lua_tointeger(L, 2);
     if (s == BT_ETIMEDOUT && (d < 0 || bt_now(R->rt) < (uint64_t)d)) s = 0;
   }
-  if (s == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) {
-    if (op == OP_HEAD) stream_close(st);
-    return lbt_raise_cancelled(L);
-  }
-  if (st->r == NULL) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: the stream was closed while waiting", op_names[op]);
-    lua_pushliteral(L, "closed");
-    return 3;
-  }
+  const char *fname = op_names[op];
+  if (st->h.r == NULL) return lbt_fail(L, fname, "the stream was closed while waiting", "closed");
   if (s != 0) {
+    int n = s != BT_ETIMEDOUT ? lbt_fail_status(L, fname, s)
+          : lbt_http_timeout(L, fname, bt_http_url(st->h.r), lua_tonumber(L, 3));
     if (op == OP_HEAD) stream_close(st);
-    if (s == BT_ETIMEDOUT) return lbt_push_timeout(L);
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", op_names[op], bt_strerror(s));
-    lua_pushstring(L, bt_err_name(s));
-    return 3;
+    return n;
   }
-  lua_settop(L, 2);
+  lua_settop(L, 3);
   int n = stream_try(L, st, op);
   if (n >= 0) return n;
-  if (st->waiter != NULL)
-    return luaL_error(L, "%s: another task is already waiting on this stream", op_names[op]);
+  lbt_sole_waiter(L, fname, st->h.waiter != NULL, "stream");
   return stream_suspend(L, R, T, st, op, n == -2);  /* -1: bytes that end no event yet */
 }
 
@@ -268,42 +225,38 @@ static int stream_suspend(lua_State *L, lbt_rt *R, lbt_task *T, lstream *st, int
   lua_Integer d = lua_tointeger(L, 2);
   lbt_fiber *f = lbt_fib(T);
   f->wait.src = st;
-  st->waiter = &T->t;
+  st->h.waiter = &T->t;
   st->yielded = yield;
   uint64_t due = d < 0 ? UINT64_MAX : (uint64_t)d;
   if (yield && due > bt_now(R->rt)) due = bt_now(R->rt);
-  st->token = bt_task_wait(R->rt, &T->t, &f->wait, stream_wait_cancel, due);
+  st->h.token = bt_task_wait(R->rt, &T->t, &f->wait, lbt_http_wait_cancel, due);
   return lbt_suspend(L, op, stream_k);
 }
 
 int lbt_http_stream_start(lua_State *L, lbt_rt *R, bt_http_opts *o, lua_Integer timeout) {
   const char *fname = op_names[OP_HEAD];
   /* An event is bounded like the body it comes in, unless the caller says otherwise. */
-  lua_Integer max_event = lbt_opt_int(L, fname, "max_event_bytes", 0,
-                                      (lua_Integer)o->max_body_bytes);
+  lua_Integer max_event = lbt_opt_count(L, fname, 1, "max_event_bytes", 0,
+                                       (lua_Integer)o->max_body_bytes);
   lbt_task *T = lbt_await_begin(L, R, fname);
   lstream *st = lua_newuserdatauv(L, sizeof *st, 1);
   memset(st, 0, sizeof *st);
   luaL_setmetatable(L, BT_STREAM_MT);
   bt_sse_init(&st->sse, (size_t)max_event);
-  st->rt = R->rt;
+  st->h.rt = R->rt;
   o->stream = 1;
   o->stream_buffer = MAX_LINE;
-  o->on_event = on_stream_event;
-  int rc = bt_http_start(R->rt, o, on_stream_event, st, &st->r);
+  o->on_event = lbt_http_wake;
+  int rc = bt_http_start(R->rt, o, lbt_http_wake, st, &st->h.r);
   if (rc == BT_EINVAL)
-    return luaL_error(L, "%s: url '%s' is not an absolute http:// or https:// URL", fname,
-                      o->url);
-  if (rc != 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", fname, bt_strerror(rc));
-    lua_pushliteral(L, "nomem");
-    return 3;
-  }
+    return lbt_field_error(L, fname, 1, "url", "an absolute http:// or https:// URL");
+  if (rc != 0) return lbt_fail_status(L, fname, rc);
   lbt_weak_set_add(L, STREAMS_KEY, -1);
   lua_replace(L, 1);
   lua_settop(L, 1);
   lua_pushinteger(L, timeout < 0 ? -1 : (lua_Integer)(bt_now(R->rt) + (uint64_t)timeout));
+  if (timeout >= 0) lua_pushinteger(L, timeout);
+  else lua_pushnil(L);
   return stream_suspend(L, R, T, st, OP_HEAD, 0);
 }
 
@@ -311,16 +264,13 @@ static int stream_op(lua_State *L, int op) {
   lbt_rt *R = lbt_R(L);
   const char *fname = op_names[op];
   lstream *st = check_stream(L, fname);
-  uint64_t due = lbt_opt_due(L, R, 2);
-  lua_settop(L, 1);
-  if (st->waiter != NULL)
-    return luaL_error(L, "%s: another task is already waiting on this stream", fname);
-  bt_task_t *cur = bt_rt_current(R->rt);
-  if (cur != NULL && (cur->flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
+  uint64_t due = lbt_arg_due(L, R, fname, 2);
+  lua_settop(L, 2);
+  lbt_sole_waiter(L, fname, st->h.waiter != NULL, "stream");
   int n = stream_try(L, st, op);
   if (n >= 0) return n;
   lbt_task *T = lbt_await_begin(L, R, fname);
-  lua_pushinteger(L, due == UINT64_MAX ? -1 : (lua_Integer)due);
+  lbt_insert_due(L, 2, due);  /* 2: the deadline, 3: the timeout */
   return stream_suspend(L, R, T, st, op, n == -2);
 }
 
@@ -332,7 +282,7 @@ static int lstream_read_event(lua_State *L) { return stream_op(L, OP_EVENT); }
 static int lstream_buffered(lua_State *L) {
   lstream *st = lbt_check_type(L, 1, LBT_HTTP_STREAM);
   size_t len = 0;
-  if (st->r != NULL) bt_http_peek(st->r, &len);
+  if (st->h.r != NULL) bt_http_peek(st->h.r, &len);
   lua_pushinteger(L, (lua_Integer)len);
   return 1;
 }
@@ -363,17 +313,17 @@ static int lstream_index(lua_State *L) {
 
 static int lstream_tostring(lua_State *L) {
   lstream *st = lbt_check_type(L, 1, LBT_HTTP_STREAM);
-  if (st->r == NULL) lua_pushliteral(L, "baton.HttpStream (closed)");
-  else if (bt_http_finished(st->r))
-    lua_pushfstring(L, "baton.HttpStream (status %d, ended)", (int)bt_http_status(st->r));
+  if (st->h.r == NULL) lua_pushliteral(L, "baton.HttpStream (closed)");
+  else if (bt_http_finished(st->h.r))
+    lua_pushfstring(L, "baton.HttpStream (status %d, ended)", (int)bt_http_status(st->h.r));
   else
-    lua_pushfstring(L, "baton.HttpStream (status %d, open)", (int)bt_http_status(st->r));
+    lua_pushfstring(L, "baton.HttpStream (status %d, open)", (int)bt_http_status(st->h.r));
   return 1;
 }
 
 static void close_one(void *ud) {
   lstream *st = ud;
-  if (st->r != NULL) stream_close(st);
+  if (st->h.r != NULL) stream_close(st);
 }
 
 /* Closes every stream still open, for baton.run once its main task has ended. Never waits,

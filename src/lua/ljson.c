@@ -21,6 +21,12 @@
  * inside itself (cycle), tables nested deeper than 200. Paths read $.key, $["odd key"] and
  * $[i], with i the Lua (1-based) index.
  *
+ * Errors (docs/errors.md). encode raises on anything it cannot encode, as misuse of its
+ * argument: "baton.json.encode: bad argument #1 'v' (expected a value JSON can encode, got
+ * a function at $.a)". decode raises only when s is not a string; bad text is a failure:
+ * nil, "baton.json.decode: malformed JSON at byte N: ...", "malformed", { byte = N }.
+ * array and object raise on misuse.
+ *
  * Decoding never raises on bad input: it returns nil, message, "malformed". JSON null decodes
  * to json.null (so arrays keep their positions). Arrays decode to tables marked as by
  * json.array, so one that is or becomes empty encodes back as []. A number written without
@@ -145,7 +151,8 @@ static size_t utf8_len(const unsigned char *p, size_t n) {
   return len;
 }
 
-/* Raises "baton.json.encode: <what> at <path of the value at depth><why>". */
+/* Raises "baton.json.encode: bad argument #1 'v' (expected a value JSON can encode, got
+ * <what> at <path of the value at depth><why>)". */
 static void fail(enc *e, int depth, const char *what, const char *why) {
   lua_State *L = e->L;
   luaL_Buffer b;
@@ -177,7 +184,8 @@ static void fail(enc *e, int depth, const char *what, const char *why) {
     }
   }
   luaL_pushresult(&b);
-  luaL_error(L, "baton.json.encode: %s at %s%s", what, lua_tostring(L, -1), why);
+  luaL_error(L, "baton.json.encode: bad argument #1 'v' (expected a value JSON can encode, "
+             "got %s at %s%s)", what, lua_tostring(L, -1), why);
 }
 
 static void newline(enc *e, int depth) {
@@ -199,8 +207,8 @@ static void put_string(enc *e, const char *p, size_t n, int depth, int key) {
       size_t len = e->raw ? 1 : utf8_len((const unsigned char *)p + i, n - i);
       if (len == 0) {
         char why[96];
-        snprintf(why, sizeof why, " (byte %zu of the %s; { raw_bytes = true } writes bytes "
-                 "as they are)", i + 1, key ? "key" : "string");
+        snprintf(why, sizeof why, ", byte %zu of the %s; { raw_bytes = true } writes bytes "
+                 "as they are", i + 1, key ? "key" : "string");
         fail(e, depth + key, "invalid UTF-8", why);
       }
       i += len - 1;
@@ -226,7 +234,7 @@ static void put_number(enc *e, int idx, int depth) {
     len = snprintf(b, sizeof b, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
   } else {
     double d = (double)lua_tonumber(L, idx);
-    if (isnan(d) || isinf(d)) fail(e, depth, "cannot encode NaN/inf", "");
+    if (isnan(d) || isinf(d)) fail(e, depth, "NaN/inf", "");
     for (int prec = 15;; prec++) {
       len = snprintf(b, sizeof b, "%.*g", prec, d);
       if (prec == 17 || strtod(b, NULL) == d) break;
@@ -310,8 +318,8 @@ static void put_table(enc *e, int idx, int depth) {
   lua_State *L = e->L;
   const void *p = lua_topointer(L, idx);
   for (int d = 0; d < depth; d++)
-    if (e->open[d] == p) fail(e, depth, "cycle", "");
-  if (depth >= MAX_DEPTH) fail(e, depth, "table", " is nested deeper than 200 tables");
+    if (e->open[d] == p) fail(e, depth, "a cycle", "");
+  if (depth >= MAX_DEPTH) fail(e, depth, "a table", " nested deeper than 200 tables");
   e->open[depth] = p;
   luaL_checkstack(L, 6, "baton.json.encode: nesting too deep");
   int marked = 0;  /* 'a' or 'o' from __jsontype */
@@ -319,7 +327,7 @@ static void put_table(enc *e, int idx, int depth) {
     const char *t = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
     if (strcmp(t, "array") == 0) marked = 'a';
     else if (strcmp(t, "object") == 0) marked = 'o';
-    else fail(e, depth, "table", " has a __jsontype other than \"array\" or \"object\"");
+    else fail(e, depth, "a table", " with a __jsontype other than \"array\" or \"object\"");
     lua_pop(L, 1);
   }
   size_t nstr = 0;
@@ -336,18 +344,18 @@ static void put_table(enc *e, int idx, int depth) {
       if (k > hi) hi = k;
     } else {
       char why[64];
-      snprintf(why, sizeof why, " has a %s key",
+      snprintf(why, sizeof why, " with a %s key",
                lua_type(L, -1) == LUA_TNUMBER ? "float" : luaL_typename(L, -1));
-      fail(e, depth, "table", why);
+      fail(e, depth, "a table", why);
     }
   }
   int dense = lo == 1 && hi == nint;
   if (marked == 'o' && nint > 0)
-    fail(e, depth, "table", " is marked as an object but has integer keys");
+    fail(e, depth, "a table", " marked as an object but with integer keys");
   if (marked == 'a' && nstr > 0)
-    fail(e, depth, "table", " is marked as an array but has string keys");
-  if (nint > 0 && nstr > 0) fail(e, depth, "table", " mixes array and object keys");
-  if (nint > 0 && !dense) fail(e, depth, "table", " is a sparse array (keys must be exactly 1..n)");
+    fail(e, depth, "a table", " marked as an array but with string keys");
+  if (nint > 0 && nstr > 0) fail(e, depth, "a table", " mixing array and object keys");
+  if (nint > 0 && !dense) fail(e, depth, "a table", " that is a sparse array (keys must be 1..n)");
   if (nint > 0 || marked == 'a') put_array(e, idx, depth, nint);
   else put_object(e, idx, depth, nstr);
 }
@@ -368,7 +376,7 @@ static void put_value(enc *e, int idx, int depth) {
       put_lit(e, "null");
     } else {
       char what[64];
-      snprintf(what, sizeof what, "cannot encode a %s", luaL_typename(L, idx));
+      snprintf(what, sizeof what, "a %s", luaL_typename(L, idx));
       fail(e, depth, what, "");
     }
   }
@@ -382,26 +390,14 @@ static int ljson_encode(lua_State *L) {
   e.pretty = 0;
   e.raw = 0;
   e.null_idx = lua_upvalueindex(1);
+  static const char fname[] = "baton.json.encode";
   if (lua_isnoneornil(L, 1))
-    return luaL_error(L, "bad argument #1 to 'baton.json.encode' "
-                         "(cannot encode nil; baton.json.null is JSON null)");
+    return lbt_argerror(L, fname, 1, "v", "a value JSON can encode (baton.json.null is null)");
   if (!lua_isnoneornil(L, 2)) {
-    if (!lua_istable(L, 2))
-      return luaL_error(L, "bad argument #2 to 'baton.json.encode' (table expected, got %s)",
-                        luaL_typename(L, 2));
-    lua_pushnil(L);
-    while (lua_next(L, 2)) {
-      const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-      int *opt = strcmp(k, "pretty") == 0 ? &e.pretty : strcmp(k, "raw_bytes") == 0 ? &e.raw : NULL;
-      if (opt == NULL)
-        return luaL_error(L, "baton.json.encode: unknown option '%s'",
-                          luaL_tolstring(L, -2, NULL));
-      if (!lua_isboolean(L, -1))
-        return luaL_error(L, "bad argument #2 to 'baton.json.encode' "
-                             "(%s must be a boolean, got %s)", k, luaL_typename(L, -1));
-      *opt = lua_toboolean(L, -1);
-      lua_pop(L, 1);
-    }
+    static const char *const known[] = {"pretty", "raw_bytes", NULL};
+    lbt_check_opts(L, fname, 2, "opts", known);
+    e.pretty = lbt_opt_bool(L, fname, 2, "pretty", 0);
+    e.raw = lbt_opt_bool(L, fname, 2, "raw_bytes", 0);
   }
   lua_settop(L, 1);
   e.s = new_scratch(L);
@@ -516,8 +512,8 @@ static void push_node(dec *d, const cJSON *node) {
   }
 }
 
-/* Returns nil, message, "malformed" for a failure at byte offset pos of s; `why`, when not
- * NULL, says what is wrong with the text shown there. */
+/* Returns nil, message, "malformed", { byte = } for a failure at byte offset pos of s;
+ * `why`, when not NULL, says what is wrong with the text shown there. */
 static int malformed(lua_State *L, const char *s, size_t len, size_t pos, const char *why) {
   int depth = 0;  /* nesting at pos, to tell cJSON's depth limit from bad syntax */
   for (size_t i = 0; i < pos; i++) {
@@ -529,13 +525,12 @@ static int malformed(lua_State *L, const char *s, size_t len, size_t pos, const 
   }
   size_t rest = pos;  /* cJSON reports running out of input at the last byte */
   while (rest < len && (unsigned char)s[rest] <= 32) rest++;
-  lua_pushnil(L);
+  size_t byte = rest >= len ? len + 1 : pos + 1;
   if (depth >= CJSON_NESTING_LIMIT && pos < len && (s[pos] == '[' || s[pos] == '{')) {
-    lua_pushfstring(L, "baton.json.decode: malformed JSON at byte %I: nesting deeper than %d",
-                    (LUAI_UACINT)(pos + 1), CJSON_NESTING_LIMIT);
+    byte = pos + 1;
+    lua_pushfstring(L, "nesting deeper than %d", CJSON_NESTING_LIMIT);
   } else if (rest >= len) {
-    lua_pushfstring(L, "baton.json.decode: malformed JSON at byte %I: unexpected end of input",
-                    (LUAI_UACINT)(len + 1));
+    lua_pushliteral(L, "unexpected end of input");
   } else {
     char snip[24];
     size_t n = 0;
@@ -544,12 +539,14 @@ static int malformed(lua_State *L, const char *s, size_t len, size_t pos, const 
       snip[n] = (char)(c < 0x20 || c == 0x7f ? '?' : c);
     }
     snip[n] = '\0';
-    lua_pushfstring(L, "baton.json.decode: malformed JSON at byte %I: %s%s'%s%s'",
-                    (LUAI_UACINT)(pos + 1), why ? why : "", why ? " " : "", snip,
+    lua_pushfstring(L, "%s%s'%s%s'", why ? why : "", why ? " " : "", snip,
                     pos + n < len ? "..." : "");
   }
-  lua_pushliteral(L, "malformed");
-  return 3;
+  lua_createtable(L, 0, 1);
+  lua_pushinteger(L, (lua_Integer)byte);
+  lua_setfield(L, -2, "byte");
+  return lbt_fail_detail(L, "baton.json.decode", "malformed", -1, "malformed JSON at byte %zu: %s",
+                         byte, lua_tostring(L, -2));
 }
 
 /* What cJSON lets through in strings but JSON forbids: a raw control character, an escape
@@ -580,11 +577,8 @@ static size_t bad_string_byte(const char *s, size_t len) {
 
 /* decode(s) -> value | nil, message, "malformed". Raises only when s is not a string. */
 static int ljson_decode(lua_State *L) {
-  if (lua_type(L, 1) != LUA_TSTRING)
-    return luaL_error(L, "bad argument #1 to 'baton.json.decode' (string expected, got %s)",
-                      luaL_typename(L, 1));
   size_t len;
-  const char *s = lua_tolstring(L, 1, &len);
+  const char *s = lbt_arg_string(L, "baton.json.decode", 1, "s", &len);
   lua_settop(L, 1);
   scratch *sc = new_scratch(L);
   const char *end = s;
@@ -610,13 +604,13 @@ static int mark(lua_State *L, const char *fname) {
     lua_settop(L, 0);
     lua_newtable(L);
   } else if (!lua_istable(L, 1)) {
-    return luaL_error(L, "bad argument #1 to '%s' (table expected, got %s)", fname,
-                      luaL_typename(L, 1));
+    return lbt_argerror(L, fname, 1, "t", "table or nil");
   }
   lua_settop(L, 1);
   if (lua_getmetatable(L, 1) && !lua_rawequal(L, -1, lua_upvalueindex(1)) &&
       !lua_rawequal(L, -1, lua_upvalueindex(2)))
-    return luaL_error(L, "bad argument #1 to '%s' (table already has a metatable)", fname);
+    return lbt_argerror_got(L, fname, 1, "t", "a table without a metatable",
+                            "a table with one");
   lua_settop(L, 1);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_setmetatable(L, 1);
@@ -639,6 +633,15 @@ static void push_marker(lua_State *L, const char *type) {
     lua_setfield(L, -2, "__jsontype");
   }
   lua_remove(L, -2);
+}
+
+/* t[name] = fn with the values at up1 and up2 (0: none) as upvalues. */
+static void set_closure(lua_State *L, int t, const char *name, lua_CFunction fn, int up1,
+                        int up2) {
+  lua_pushvalue(L, up1);
+  if (up2 != 0) lua_pushvalue(L, up2);
+  lua_pushcclosure(L, fn, up2 != 0 ? 2 : 1);
+  lua_setfield(L, t, name);
 }
 
 /* Adds `json` to the module table at -1. encode and decode hold json.null as upvalue 1,
@@ -666,24 +669,14 @@ void lbt_open_json(lua_State *L, int rt_idx) {
     lua_setfield(L, LUA_REGISTRYINDEX, NULL_KEY);
   }
   push_marker(L, "array");
-  push_marker(L, "object");  /* json, null, array mt, object mt */
-  lua_pushvalue(L, -3);
-  lua_setfield(L, -5, "null");
-  lua_pushvalue(L, -3);
-  lua_pushcclosure(L, ljson_encode, 1);
-  lua_setfield(L, -5, "encode");
-  lua_pushvalue(L, -3);
-  lua_pushvalue(L, -3);
-  lua_pushcclosure(L, ljson_decode, 2);
-  lua_setfield(L, -5, "decode");
-  lua_pushvalue(L, -2);
-  lua_pushvalue(L, -2);
-  lua_pushcclosure(L, ljson_array, 2);
-  lua_setfield(L, -5, "array");
-  lua_pushvalue(L, -1);
-  lua_pushvalue(L, -3);
-  lua_pushcclosure(L, ljson_object, 2);
-  lua_setfield(L, -5, "object");
-  lua_pop(L, 3);
+  push_marker(L, "object");
+  int json = lua_gettop(L) - 3, null = json + 1, array = json + 2, object = json + 3;
+  lua_pushvalue(L, null);
+  lua_setfield(L, json, "null");
+  set_closure(L, json, "encode", ljson_encode, null, 0);
+  set_closure(L, json, "decode", ljson_decode, null, array);
+  set_closure(L, json, "array", ljson_array, array, object);
+  set_closure(L, json, "object", ljson_object, object, array);
+  lua_settop(L, json);
   lua_setfield(L, -2, "json");
 }

@@ -36,10 +36,14 @@
  * through. stderr is kept up to max_output_bytes; the rest is dropped. Lines are cut by the
  * core's line splitter (bt_lines, core/lines.c).
  *
- * Errors: misuse raises (bad options, use after close, a second reader, waiting outside a
- * task); the world's outcomes return nil, message, kind ("io", "resource", "timeout",
- * "too_large", "closed", "nomem"). A nonzero exit or a signal is not an error: it is in
- * the results.
+ * Errors (docs/errors.md): misuse raises, as "baton.process.run: bad argument #1 'cwd'
+ * (expected string, got 1)" (bad options, use after close, a second reader, waiting outside
+ * a task); the world's outcomes return nil, message, kind, detail ("io", "resource",
+ * "timeout", "too_large", "closed"; detail { argv0 =, cwd =, errno = } when a program cannot
+ * start, { argv0 =, pid =, timeout_ms = } for run's timeout, { limit =, stream = } for
+ * too_large, { pid = } for the methods'). The prefix is the function as called:
+ * baton.process.run, baton.process.spawn, baton.process:read_line, ... A nonzero exit or a
+ * signal is not an error: it is in the results.
  *
  * API (options: argv as the positional entries; cwd = string; env = { NAME = "value" }
  * replacing the whole environment, PATH included; max_output_bytes = integer, 64 MiB;
@@ -47,12 +51,12 @@
  * and every signal below goes to that group):
  *   process.run{ argv..., stdin = string, timeout_ms = ms, ... }
  *       → { code, signal, stdout, stderr }
- *       | nil, msg, "io" | "resource" | "timeout" | "too_large"
+ *       | nil, msg, "io" | "resource" | "timeout" | "too_large", detail
  *       stdin defaults to /dev/null. code is 128 + signal for a child killed by a signal.
  *       Returns only once the child has exited and its handles are closed.
  *   process.spawn{ argv..., stdin = boolean (true: a pipe; false: /dev/null),
  *                  max_write_queue_bytes = n (1 MiB), max_line_bytes = n (1 MiB), ... }
- *       → proc | nil, msg, "io" | "resource"
+ *       → proc | nil, msg, "io" | "resource", detail
  *   proc:write(s, [ms]) → true | nil, msg, "io" | "closed" | "timeout"
  *       (waits while the queue is full; on a timeout, pieces already queued stay queued)
  *   proc:close_stdin()                      (after the queued writes: EOF for the child)
@@ -115,7 +119,7 @@ typedef struct lproc {
   int exited, out_eof, err_eof;
   int released;           /* bt_proc_close() was called */
   int stopped;            /* reading stopped (backpressure, too_large or fail) */
-  int too_large;          /* process.run: a stream went over max */
+  int too_large;          /* process.run: the stream (1, 2) that went over max, or 0 */
   int fail;               /* a buffer could not grow (out of memory) */
 } lproc;
 
@@ -265,7 +269,7 @@ static void on_proc_data(bt_proc_t *p, int fd, const char *data, size_t len) {
     else st->err_eof = 1;
   } else if (fd == 1) {
     if (st->run && len > st->max - unread(st)) {
-      st->too_large = 1;
+      st->too_large = 1;  /* stdout */
       stop_reading(st);
     } else if (bt__lines_append(&st->out, data, len) != 0) {
       st->fail = 1;
@@ -276,7 +280,7 @@ static void on_proc_data(bt_proc_t *p, int fd, const char *data, size_t len) {
   } else {
     size_t room = st->max - st->err.len, keep = len < room ? len : room;
     if (st->run && keep < len) {
-      st->too_large = 1;
+      st->too_large = 2;  /* stderr */
       stop_reading(st);
     } else if (bt__buf_append(&st->err, data, keep) != 0) {
       st->fail = 1;
@@ -311,12 +315,18 @@ static void on_proc_close(bt_proc_t *p) {
 
 /* ---- options ------------------------------------------------------------------------ */
 
+/* Misuse of the field `what` of the options (argument #1), whose value is at idx. */
+static int bad_opt(lua_State *L, const char *fname, const char *what, const char *expected,
+                   int idx) {
+  return lbt_argerror_got(L, fname, 1, what, expected, lbt_push_got(L, idx));
+}
+
 static const char *check_string(lua_State *L, int idx, const char *fname, const char *what) {
-  if (lua_type(L, idx) != LUA_TSTRING)
-    luaL_error(L, "%s: %s must be a string (got %s)", fname, what, luaL_typename(L, idx));
+  if (lua_type(L, idx) != LUA_TSTRING) bad_opt(L, fname, what, "string", idx);
   size_t len;
   const char *s = lua_tolstring(L, idx, &len);
-  if (strlen(s) != len) luaL_error(L, "%s: %s contains a NUL byte", fname, what);
+  if (strlen(s) != len)
+    lbt_argerror_got(L, fname, 1, what, "a string without NUL bytes", "a string with one");
   return s;
 }
 
@@ -325,18 +335,21 @@ static const char *check_string(lua_State *L, int idx, const char *fname, const 
 static void check_argv(lua_State *L, const char *fname, spawn_args *a) {
   size_t n = lua_rawlen(L, 1);
   if (n == 0)
-    luaL_error(L, "%s: argv is empty: give the program as the first entry, "
-               "e.g. { \"ls\", \"-l\" }", fname);
+    lbt_argerror_got(L, fname, 1, "cmd", "the program as the first entry, e.g. "
+                     "{ \"ls\", \"-l\" }", "no entries");
   lua_pushnil(L);
   while (lua_next(L, 1)) {
     lua_pop(L, 1);
     if (lua_type(L, -1) != LUA_TNUMBER) continue;  /* named options: checked elsewhere */
     lua_Integer i = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
     if (i < 1 || (lua_Unsigned)i > n)
-      luaL_error(L, "%s: argv must be a sequence (found key %s next to %d entries)", fname,
-                 lua_tostring(L, -1), (int)n);
+      lbt_argerror_got(L, fname, 1, "cmd", "a sequence of arguments",
+                       lua_pushfstring(L, "key %s next to %d entries", lua_tostring(L, -1),
+                                       (int)n));
   }
-  if (n > 100000) luaL_error(L, "%s: argv has too many entries (%d)", fname, (int)n);
+  if (n > 100000)
+    lbt_argerror_got(L, fname, 1, "cmd", "at most 100000 arguments",
+                     lua_pushfstring(L, "%d", (int)n));
   char **argv = lua_newuserdatauv(L, (n + 1) * sizeof *argv, 0);
   for (size_t i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, (lua_Integer)i);
@@ -356,19 +369,19 @@ static void check_env(lua_State *L, int env_idx, const char *fname, spawn_args *
   lua_Integer count = 0;
   lua_pushnil(L);
   while (lua_next(L, env_idx)) {
-    if (lua_type(L, -2) != LUA_TSTRING)
-      luaL_error(L, "%s: env keys must be strings (got %s)", fname, luaL_typename(L, -2));
-    size_t klen;
-    const char *k = lua_tolstring(L, -2, &klen);
-    if (klen == 0 || strlen(k) != klen || memchr(k, '=', klen) != NULL)
-      luaL_error(L, "%s: env key '%s' is not a valid variable name", fname, k);
+    size_t klen = 0;
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &klen) : NULL;
+    if (k == NULL || klen == 0 || strlen(k) != klen || memchr(k, '=', klen) != NULL)
+      bad_opt(L, fname, "env", "variable names as keys", -2);
     int vt = lua_type(L, -1);
     if (vt != LUA_TSTRING && vt != LUA_TNUMBER)
-      luaL_error(L, "%s: env.%s must be a string (got %s)", fname, k, luaL_typename(L, -1));
+      bad_opt(L, fname, lua_pushfstring(L, "env.%s", k), "string", -2);
     lua_pushvalue(L, -1);
     size_t vlen;
     const char *v = lua_tolstring(L, -1, &vlen);  /* converts the copy, not the table's */
-    if (strlen(v) != vlen) luaL_error(L, "%s: env.%s contains a NUL byte", fname, k);
+    if (strlen(v) != vlen)
+      lbt_argerror_got(L, fname, 1, lua_pushfstring(L, "env.%s", k),
+                       "a string without NUL bytes", "a string with one");
     lua_pushfstring(L, "%s=%s", k, v);
     lua_rawseti(L, keep, ++count);
     lua_pop(L, 2);
@@ -393,30 +406,18 @@ static int get_opt(lua_State *L, const char *name) {
 /* An integer option >= min (a byte count), or `def` when absent. */
 static size_t opt_size(lua_State *L, const char *fname, const char *name, lua_Integer min,
                        size_t def) {
-  size_t v = def;
-  if (get_opt(L, name) != LUA_TNIL) {
-    int isint;
-    lua_Integer m = lua_tointegerx(L, -1, &isint);
-    if (!isint || m < min)
-      luaL_error(L, "%s: %s must be an integer >= %d", fname, name, (int)min);
-    v = (size_t)m;
-  }
-  lua_pop(L, 1);
-  return v;
+  return (size_t)lbt_opt_count(L, fname, 1, name, min, (lua_Integer)def);
 }
 
 static void check_opts(lua_State *L, lbt_rt *R, int run, spawn_args *a) {
   const char *fname = run ? "baton.process.run" : "baton.process.spawn";
-  if (lua_type(L, 1) != LUA_TTABLE)
-    luaL_error(L, "bad argument #1 to '%s' (table { \"program\", \"arg\", ... } expected, "
-               "got %s)", fname, luaL_typename(L, 1));
   static const char *const run_known[] = {LBT_POSITIONAL, "stdin", "cwd", "env",
                                           "timeout_ms", "max_output_bytes", "process_group",
                                           NULL};
   static const char *const spawn_known[] = {LBT_POSITIONAL, "stdin", "cwd", "env",
                                             "max_output_bytes", "process_group",
                                             "max_write_queue_bytes", "max_line_bytes", NULL};
-  lbt_check_fields(L, 1, fname, run ? run_known : spawn_known);
+  lbt_check_opts(L, fname, 1, "cmd", run ? run_known : spawn_known);
   memset(a, 0, sizeof *a);
   a->due = UINT64_MAX;
   a->max = DEFAULT_MAX_OUTPUT;
@@ -429,9 +430,7 @@ static void check_opts(lua_State *L, lbt_rt *R, int run, spawn_args *a) {
 
   int t = get_opt(L, "env");
   if (t == LUA_TTABLE) check_env(L, -1, fname, a);
-  else if (t != LUA_TNIL)
-    luaL_error(L, "%s: env must be a table { NAME = \"value\" } (got %s)", fname,
-               luaL_typename(L, -1));
+  else if (t != LUA_TNIL) bad_opt(L, fname, "env", "a table { NAME = \"value\" }", -1);
   /* The env table, its "K=V" strings and their array stay on the stack until the spawn. */
 
   t = get_opt(L, "stdin");
@@ -440,12 +439,12 @@ static void check_opts(lua_State *L, lbt_rt *R, int run, spawn_args *a) {
       a->input = lua_tolstring(L, -1, &a->input_len);
       a->o.pipe_stdin = 1;
     } else if (t != LUA_TNIL) {
-      luaL_error(L, "%s: stdin must be a string (got %s)", fname, luaL_typename(L, -1));
+      bad_opt(L, fname, "stdin", "string", -1);
     }
   } else {
     if (t == LUA_TNIL) a->o.pipe_stdin = 1;
     else if (t == LUA_TBOOLEAN) a->o.pipe_stdin = lua_toboolean(L, -1);
-    else luaL_error(L, "%s: stdin must be a boolean (got %s)", fname, luaL_typename(L, -1));
+    else bad_opt(L, fname, "stdin", "boolean", -1);
   }
   lua_pop(L, 1);
 
@@ -454,31 +453,23 @@ static void check_opts(lua_State *L, lbt_rt *R, int run, spawn_args *a) {
     a->wmax = opt_size(L, fname, "max_write_queue_bytes", 1, a->wmax);
     a->line_max = opt_size(L, fname, "max_line_bytes", 1, a->line_max);
   }
-  t = get_opt(L, "process_group");
-  if (t == LUA_TBOOLEAN) a->o.no_process_group = !lua_toboolean(L, -1);
-  else if (t != LUA_TNIL)
-    luaL_error(L, "%s: process_group must be a boolean (got %s)", fname, luaL_typename(L, -1));
-  lua_pop(L, 1);
-
-  if (run && get_opt(L, "timeout_ms") != LUA_TNIL) {
-    int isnum;
-    lua_Number ms = lua_tonumberx(L, -1, &isnum);
-    if (!isnum || !(ms >= 0 && ms < 1e15))
-      luaL_error(L, "%s: timeout_ms must be a number of milliseconds >= 0", fname);
-    a->due = bt_now(R->rt) + (uint64_t)(ms + 0.999999);
-  }
-  if (run) lua_pop(L, 1);
+  a->o.no_process_group = !lbt_opt_bool(L, fname, 1, "process_group", 1);
+  lua_Number ms = run ? lbt_opt_ms(L, fname, 1, "timeout_ms", -1) : -1;
+  if (ms >= 0) a->due = bt_now(R->rt) + (uint64_t)(ms + 0.999999);
 }
 
-/* The kind of a failed spawn: "resource" when the system ran out of something (descriptors,
- * processes, memory for the fork), "nomem" when baton did, else "io" (no such program, no
- * permission, a bad cwd, ...). */
+/* The kind of a failed spawn: "resource" when the system or baton ran out of something
+ * (descriptors, processes, memory), else "io" (no such program, no permission, a bad cwd,
+ * ...). */
 static const char *spawn_kind(int rc) {
-  switch (rc) {
-  case UV_EMFILE: case UV_ENFILE: case UV_EAGAIN: case UV_ENOMEM: return "resource";
-  case BT_ENOMEM: return "nomem";
-  default: return "io";
-  }
+  return strcmp(lbt_kind_of(rc), "resource") == 0 ? "resource" : "io";
+}
+
+/* { pid = } of the process whose userdata is at idx, pushed. */
+static void push_pid_detail(lua_State *L, int idx) {
+  lua_createtable(L, 0, 1);
+  lua_pushinteger(L, ((lproc_ud *)lua_touserdata(L, idx))->pid);
+  lua_setfield(L, -2, "pid");
 }
 
 /* Creates the Process userdata (closed), then its state, and spawns. Returns the userdata's
@@ -503,13 +494,18 @@ static int start(lua_State *L, lbt_rt *R, spawn_args *a, int run, const char *fn
   int rc = bt_proc_spawn(R->rt, &a->o, &ev, &st->p);
   if (rc != 0) {
     free(st);
-    lua_pushnil(L);
-    if (a->o.cwd != NULL)
-      lua_pushfstring(L, "%s: cannot start '%s' (in '%s'): %s", fname, a->o.argv[0],
-                      a->o.cwd, bt_strerror(rc));
-    else
-      lua_pushfstring(L, "%s: cannot start '%s': %s", fname, a->o.argv[0], bt_strerror(rc));
-    lua_pushstring(L, spawn_kind(rc));
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, a->o.argv[0]);
+    lua_setfield(L, -2, "argv0");
+    if (a->o.cwd != NULL) {
+      lua_pushstring(L, a->o.cwd);
+      lua_setfield(L, -2, "cwd");
+    }
+    lua_pushstring(L, rc < 0 ? uv_err_name(rc) : "ENOMEM");
+    lua_setfield(L, -2, "errno");
+    lua_pushfstring(L, " (in '%s')", a->o.cwd);
+    lbt_fail_detail(L, fname, spawn_kind(rc), -2, "cannot start '%s'%s: %s", a->o.argv[0],
+                    a->o.cwd != NULL ? lua_tostring(L, -1) : "", bt_strerror(rc));
     return 0;
   }
   ud->st = st;
@@ -524,44 +520,54 @@ static int start(lua_State *L, lbt_rt *R, spawn_args *a, int run, const char *fn
 
 static int run_closed_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
-    return lbt_raise_cancelled(L);
+  lbt_resumed(L, NULL, NULL, NULL);
   return (int)ctx;
+}
+
+static void release_run(void *st) { release(st, DEFAULT_GRACE_MS); }
+
+/* nil, msg, "timeout", { argv0 =, pid =, timeout_ms = } for the run of options 1, ud 2. */
+static int run_timeout(lua_State *L, const char *fname) {
+  lua_createtable(L, 0, 3);
+  lua_rawgeti(L, 1, 1);
+  const char *argv0 = lua_tostring(L, -1);
+  lua_setfield(L, -2, "argv0");
+  lua_pushinteger(L, ((lproc_ud *)lua_touserdata(L, 2))->pid);
+  lua_setfield(L, -2, "pid");
+  lua_pushliteral(L, "timeout_ms");
+  lua_rawget(L, 1);
+  lua_Number ms = lua_tonumber(L, -1);
+  lua_setfield(L, -2, "timeout_ms");
+  return lbt_fail_detail(L, fname, "timeout", -1, "'%s' did not exit within %.15g ms", argv0,
+                         (double)ms);
 }
 
 static int run_done_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
+  static const char fname[] = "baton.process.run";
   lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
   lproc_ud *ud = lua_touserdata(L, 2);
   lproc *st = ud->st;  /* only this task releases a run's child: still there */
-  int s = lbt_fib(T)->status;
-  if (s == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) {
-    release(st, DEFAULT_GRACE_MS);
-    return lbt_raise_cancelled(L);
-  }
+  lbt_task *T;
+  int s = lbt_resumed_free(L, &T, release_run, st);
   lua_settop(L, 2);
-  int n = 3;
+  int n;
   if (s == BT_ETIMEDOUT) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "timeout");
-    lua_pushliteral(L, "timeout");
+    n = run_timeout(L, fname);
   } else if (s != 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "baton.process.run: %s", bt_strerror(s));
-    lua_pushstring(L, bt_err_name(s));
+    n = lbt_fail_status(L, fname, s);
   } else if (st->fail) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "baton.process.run: out of memory buffering the output");
-    lua_pushliteral(L, "nomem");
+    n = lbt_fail(L, fname, "out of memory buffering the output", "resource");
   } else if (st->too_large) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "baton.process.run: output exceeds %I bytes (max_output_bytes)",
-                    (lua_Integer)st->max);
-    lua_pushliteral(L, "too_large");
+    const char *stream = st->too_large == 2 ? "stderr" : "stdout";
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, (lua_Integer)st->max);
+    lua_setfield(L, -2, "limit");
+    lua_pushstring(L, stream);
+    lua_setfield(L, -2, "stream");
+    n = lbt_fail_detail(L, fname, "too_large", -1, "%s exceeds %zu bytes (max_output_bytes)",
+                        stream, st->max);
   } else {
     lua_createtable(L, 0, 4);
     lua_pushinteger(L, (lua_Integer)st->code);
@@ -590,7 +596,7 @@ static int lproc_run(lua_State *L) {
     /* The failed spawn's handles close at the end of this loop iteration: return in the
      * next one, so that nothing of it is left when run returns. */
     bt_task_wait(R->rt, &T->t, &lbt_fib(T)->wait, NULL, bt_now(R->rt));
-    return lbt_suspend(L, 3, run_closed_k);
+    return lbt_suspend(L, 4, run_closed_k);
   }
   lua_copy(L, ui, 2);
   lua_settop(L, 2);
@@ -603,12 +609,11 @@ static int lproc_run(lua_State *L) {
     }
     bt_proc_close_stdin(st->p);
     if (rc != 0 && rc != UV_EPIPE) {  /* EPIPE: the child did not read its input */
-      lua_pushnil(L);
-      lua_pushfstring(L, "baton.process.run: cannot write stdin: %s", bt_strerror(rc));
-      lua_pushstring(L, rc == BT_ENOMEM ? "nomem" : "io");
+      int n = lbt_fail_detail(L, "baton.process.run", spawn_kind(rc), 0,
+                              "cannot write stdin: %s", bt_strerror(rc));
       release(st, DEFAULT_GRACE_MS);
       await_on(R, T, st, W_CLOSED, UINT64_MAX);
-      return lbt_suspend(L, 3, run_closed_k);
+      return lbt_suspend(L, n, run_closed_k);
     }
   }
   await_on(R, T, st, W_DONE, a.due);
@@ -627,7 +632,7 @@ static int lproc_spawn(lua_State *L) {
     return luaL_error(L, "baton.process.spawn: not inside a baton task; run the code with "
                       "baton.run(function() ... end)");
   int ui = start(L, R, &a, 0, "baton.process.spawn");
-  if (ui == 0) return 3;
+  if (ui == 0) return 4;
   lua_pushvalue(L, ui);
   return 1;
 }
@@ -644,19 +649,13 @@ static lproc *check_open(lua_State *L, int idx, const char *fname) {
   return ud->st;
 }
 
-static int push_fail(lua_State *L, const char *msg, const char *kind) {
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  lua_pushstring(L, kind);
-  return 3;
-}
-
-static const char *const op_names[] = {"proc:read_line", "proc:read", "proc:wait"};
+static const char *const op_names[] = {"baton.process:read_line", "baton.process:read",
+                                       "baton.process:wait"};
 static const int op_wants[] = {W_LINE, W_DATA, W_DONE};
 
 /* Pushes the results of `op` if it can complete now and returns their count, else -1. */
 static int try_op(lua_State *L, lproc *st, int op) {
-  if (st->fail) return push_fail(L, "out of memory buffering the output", "nomem");
+  if (st->fail) return lbt_fail(L, op_names[op], "out of memory buffering the output", "resource");
   if (op == OP_LINE) {
     size_t n;
     int rc = bt__lines_scan(&st->out, st->line_max, &n);
@@ -665,11 +664,11 @@ static int try_op(lua_State *L, lproc *st, int op) {
       return 1;
     }
     if (rc == BT_LINE_TOO_LONG) {
-      lua_pushnil(L);
-      lua_pushfstring(L, "proc:read_line: a line exceeds %I bytes (max_line_bytes; or use "
-                      "proc:read)", (lua_Integer)st->line_max);
-      lua_pushliteral(L, "too_large");
-      return 3;
+      lua_createtable(L, 0, 1);
+      lua_pushinteger(L, (lua_Integer)st->line_max);
+      lua_setfield(L, -2, "limit");
+      return lbt_fail_detail(L, op_names[op], "too_large", -1, "a line exceeds %zu bytes "
+                             "(max_line_bytes; or use proc:read)", st->line_max);
     }
   }
   if (op == OP_LINE || op == OP_READ) {
@@ -692,25 +691,29 @@ static int try_op(lua_State *L, lproc *st, int op) {
 }
 
 /* Registers the current task as the waiter for `op` and suspends. Stack: 1 = the userdata,
- * 2 = the deadline (an integer, -1 for none), kept for re-waits. */
+ * 2 = the deadline (an integer, -1 for none), kept for re-waits, 3 = the timeout (ms or
+ * nil). */
 static int op_suspend(lua_State *L, lbt_rt *R, lbt_task *T, lproc *st, int op);
 
 static int op_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   int op = (int)ctx;
   lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  int s = lbt_fib(T)->status;
-  if (s == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
+  lbt_task *T;
+  int s = lbt_resumed(L, &T, NULL, NULL);
   lproc *st = check_ud(L, 1)->st;
-  if (s == BT_ECLOSED || st == NULL || st->released) return push_fail(L, "closed", "closed");
-  if (s == BT_ETIMEDOUT) return push_fail(L, "timeout", "timeout");
-  if (s != 0) return push_fail(L, bt_strerror(s), bt_err_name(s));
+  const char *fname = op_names[op];
+  if (s == BT_ECLOSED || st == NULL || st->released) {
+    push_pid_detail(L, 1);
+    return lbt_fail_detail(L, fname, "closed", -1, "the process was closed while waiting");
+  }
+  if (s == BT_ETIMEDOUT) return lbt_fail_timeout(L, fname, lua_tonumber(L, 3));
+  if (s != 0) return lbt_fail_status(L, fname, s);
+  lua_settop(L, 3);
   int n = try_op(L, st, op);
   if (n >= 0) return n;
   /* Another task took what woke us (it read without waiting): wait again. */
-  if (st->waiter != NULL)
-    return luaL_error(L, "%s: another task is already waiting on this process", op_names[op]);
+  lbt_sole_waiter(L, fname, st->waiter != NULL, "process");
   return op_suspend(L, R, T, st, op);
 }
 
@@ -725,16 +728,13 @@ static int op_entry(lua_State *L, int op) {
   lbt_rt *R = lbt_R(L);
   const char *fname = op_names[op];
   lproc *st = check_open(L, 1, fname);
-  uint64_t due = lbt_opt_due(L, R, 2);
-  lua_settop(L, 1);
-  if (st->waiter != NULL)
-    return luaL_error(L, "%s: another task is already waiting on this process", fname);
-  bt_task_t *cur = bt_rt_current(R->rt);
-  if (cur != NULL && (cur->flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
+  uint64_t due = lbt_arg_due(L, R, fname, 2);
+  lua_settop(L, 2);
+  lbt_sole_waiter(L, fname, st->waiter != NULL, "process");
   int n = try_op(L, st, op);
   if (n >= 0) return n;
   lbt_task *T = lbt_await_begin(L, R, fname);
-  lua_pushinteger(L, due == UINT64_MAX ? -1 : (lua_Integer)due);
+  lbt_insert_due(L, 2, due);  /* 2: the deadline, 3: the timeout */
   return op_suspend(L, R, T, st, op);
 }
 
@@ -742,11 +742,12 @@ static int lproc_read_line(lua_State *L) { return op_entry(L, OP_LINE); }
 static int lproc_read(lua_State *L) { return op_entry(L, OP_READ); }
 static int lproc_wait(lua_State *L) { return op_entry(L, OP_WAIT); }
 
+static const char WRITE[] = "baton.process:write";
+
+/* Broken pipe and the like: "io" (the child closed its stdin or exited), or "resource". */
 static int write_fail(lua_State *L, int rc) {
-  lua_pushnil(L);
-  lua_pushfstring(L, "proc:write: %s", bt_strerror(rc));
-  lua_pushstring(L, rc == BT_ENOMEM ? "nomem" : "io");
-  return 3;
+  push_pid_detail(L, 1);
+  return lbt_fail_detail(L, WRITE, spawn_kind(rc), -1, "%s", bt_strerror(rc));
 }
 
 /* Queues pieces of s[*off, len) while they fit; 0 or the error of bt_proc_write. */
@@ -769,8 +770,11 @@ static void writer_done(lproc *st, wnode *n) {
   poke_writers(st);
 }
 
+static void leave_fifo(void *n) { writer_done(((wnode *)n)->st, n); }
+
 /* Stack in the write continuation: 1 = the userdata, 2 = the string, 3 = the deadline (an
- * integer, -1 for none), 4 = the offset reached, 5 = the wnode. */
+ * integer, -1 for none), 4 = the offset reached, 5 = the wnode, 6 = the timeout (ms or
+ * nil). */
 static int write_k(lua_State *L, int status, lua_KContext ctx);
 
 static int write_wait(lua_State *L, lbt_rt *R, lbt_task *T, lproc *st, wnode *n) {
@@ -788,25 +792,18 @@ static int write_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
   wnode *n = lua_touserdata(L, 5);
   lproc *st = n->st;  /* alive while n is in the FIFO: release empties it */
-  int s = lbt_fib(T)->status;
-  if (s == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) {
+  lbt_task *T;
+  int s = lbt_resumed_free(L, &T, leave_fifo, n);
+  if (s != 0 || !n->in_fifo) {
     writer_done(st, n);
-    return lbt_raise_cancelled(L);
-  }
-  if (s == BT_ETIMEDOUT) {
-    writer_done(st, n);
-    return lbt_push_timeout(L);
-  }
-  if (!n->in_fifo || s == BT_ECLOSED) {  /* out of the FIFO: released, or stdin closed */
-    writer_done(st, n);
-    return push_fail(L, "proc:write: the process or its stdin was closed", "closed");
-  }
-  if (s != 0) {
-    writer_done(st, n);
-    return push_fail(L, bt_strerror(s), bt_err_name(s));
+    if (s == BT_ETIMEDOUT) return lbt_fail_timeout(L, WRITE, lua_tonumber(L, 6));
+    if (s == 0 || s == BT_ECLOSED) {  /* out of the FIFO: released, or stdin closed */
+      push_pid_detail(L, 1);
+      return lbt_fail_detail(L, WRITE, "closed", -1, "the process or its stdin was closed");
+    }
+    return lbt_fail_status(L, WRITE, s);
   }
   size_t len, off = (size_t)lua_tointeger(L, 4);
   const char *str = lua_tolstring(L, 2, &len);
@@ -826,13 +823,15 @@ static int write_k(lua_State *L, int status, lua_KContext ctx) {
 /* Queues s; waits (in a task, until the deadline) while the queue holds
  * max_write_queue_bytes, behind the writers already waiting. */
 static int lproc_write(lua_State *L) {
-  lproc *st = check_open(L, 1, "proc:write");
+  lproc *st = check_open(L, 1, WRITE);
   size_t len;
-  const char *s = luaL_checklstring(L, 2, &len);
+  const char *s = lbt_arg_string(L, WRITE, 2, "s", &len);
   lbt_rt *R = lbt_R(L);
-  uint64_t due = lbt_opt_due(L, R, 3);
+  uint64_t due = lbt_arg_due(L, R, WRITE, 3);
   if (!check_ud(L, 1)->has_stdin)
-    return luaL_error(L, "proc:write: stdin is not a pipe (spawned with stdin = false)");
+    return luaL_error(L, "%s: stdin is not a pipe (spawned with stdin = false)", WRITE);
+  lua_settop(L, 3);
+  lua_Number ms = lua_tonumber(L, 3);
   lua_settop(L, 2);
   size_t off = 0;
   if (TAILQ_EMPTY(&st->writers)) {
@@ -843,7 +842,7 @@ static int lproc_write(lua_State *L) {
       return 1;
     }
   }
-  lbt_task *T = lbt_await_begin(L, R, "proc:write");
+  lbt_task *T = lbt_await_begin(L, R, WRITE);
   lua_pushinteger(L, due == UINT64_MAX ? -1 : (lua_Integer)due);
   lua_pushinteger(L, (lua_Integer)off);
   wnode *n = lua_newuserdatauv(L, sizeof *n, 0);
@@ -853,11 +852,12 @@ static int lproc_write(lua_State *L) {
   n->left = len - off;
   n->in_fifo = 1;
   TAILQ_INSERT_TAIL(&st->writers, n, link);
+  lua_pushnumber(L, ms);  /* 6: for the timeout's message */
   return write_wait(L, R, T, st, n);
 }
 
 static int lproc_close_stdin(lua_State *L) {
-  lproc *st = check_open(L, 1, "proc:close_stdin");
+  lproc *st = check_open(L, 1, "baton.process:close_stdin");
   if (check_ud(L, 1)->has_stdin) {
     fail_writers(st, BT_ECLOSED);
     bt_proc_close_stdin(st->p);
@@ -872,31 +872,30 @@ static const struct {
                 {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"TERM", SIGTERM}, {"STOP", SIGSTOP},
                 {"CONT", SIGCONT}, {NULL, 0}};
 
+static const char KILL[] = "baton.process:kill";
+
 static int check_signal(lua_State *L, int idx) {
   if (lua_isnoneornil(L, idx)) return SIGTERM;
   if (lua_type(L, idx) == LUA_TNUMBER) {
-    lua_Integer n = luaL_checkinteger(L, idx);
-    luaL_argcheck(L, n >= 0 && n < 65, idx, "signal number out of range");
+    lua_Integer n = lbt_arg_count(L, KILL, idx, "sig", 0, -1);
+    if (n > 64) lbt_argerror(L, KILL, idx, "sig", "a signal number 0..64");
     return (int)n;
   }
-  const char *name = luaL_checkstring(L, idx);
+  const char *name = lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : "";
   if (strncmp(name, "SIG", 3) == 0) name += 3;
   for (int i = 0; signames[i].name != NULL; i++)
     if (strcmp(name, signames[i].name) == 0) return signames[i].sig;
-  return luaL_argerror(L, idx, lua_pushfstring(L, "unknown signal '%s' (use a number or "
-                       "TERM, KILL, INT, HUP, QUIT, USR1, USR2, STOP, CONT)",
-                       lua_tostring(L, idx)));
+  return lbt_argerror(L, KILL, idx, "sig", "a signal number or one of TERM, KILL, INT, HUP, "
+                      "QUIT, USR1, USR2, STOP, CONT");
 }
 
 static int lproc_kill(lua_State *L) {
-  lproc *st = check_open(L, 1, "proc:kill");
+  lproc *st = check_open(L, 1, KILL);
   int sig = check_signal(L, 2);
   int rc = bt_proc_kill(st->p, sig);
   if (rc != 0 && rc != UV_ESRCH) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "proc:kill: %s", bt_strerror(rc));
-    lua_pushliteral(L, "io");
-    return 3;
+    push_pid_detail(L, 1);
+    return lbt_fail_detail(L, KILL, "io", -1, "%s", bt_strerror(rc));
   }
   lua_pushboolean(L, 1);
   return 1;
@@ -908,7 +907,7 @@ static int lproc_pid(lua_State *L) {
 }
 
 static int lproc_stderr(lua_State *L) {
-  lproc *st = check_open(L, 1, "proc:stderr");
+  lproc *st = check_open(L, 1, "baton.process:stderr");
   lua_pushlstring(L, st->err.p, st->err.len);
   return 1;
 }
@@ -916,10 +915,7 @@ static int lproc_stderr(lua_State *L) {
 static int close_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
-    return lbt_raise_cancelled(L);
+  lbt_resumed(L, NULL, NULL, NULL);
   return 0;
 }
 
@@ -928,18 +924,18 @@ static int close_k(lua_State *L, int status, lua_KContext ctx) {
  * `wait` is true: then (in a task) it returns once the child is reaped and its handles are
  * closed, which takes at most about grace_ms more than the child's own exit. */
 static int lproc_close(lua_State *L) {
+  static const char fname[] = "baton.process:close";
   lproc_ud *ud = check_ud(L, 1);
-  lua_Integer grace = luaL_optinteger(L, 2, DEFAULT_GRACE_MS);
-  luaL_argcheck(L, grace >= 0, 2, "grace period must be >= 0 milliseconds");
+  lua_Integer grace = lbt_arg_count(L, fname, 2, "grace_ms", 0, DEFAULT_GRACE_MS);
   int wait = lua_toboolean(L, 3);
   lua_settop(L, 1);
   if (ud->st != NULL) release(ud->st, (uint64_t)grace);
   if (!wait || ud->st == NULL) return 0;
   lbt_rt *R = lbt_R(L);
-  lbt_task *T = lbt_await_begin(L, R, "proc:close");
+  lbt_task *T = lbt_await_begin(L, R, fname);
   if (ud->st->waiter != NULL)
-    return luaL_error(L, "proc:close: another task is already waiting for this process to "
-                      "close");
+    return luaL_error(L, "%s: another task is already waiting for this process to close",
+                      fname);
   await_on(R, T, ud->st, W_CLOSED, UINT64_MAX);
   return lbt_suspend(L, 0, close_k);
 }
