@@ -58,13 +58,13 @@ end
 local function ask(path)
   local msg, kind, detail
   for _, p in ipairs(providers) do
-    local r
-    r, msg, kind, detail = retry:call(function()
+    local resp
+    resp, msg, kind, detail = retry:call(function()
       local r, m, k, d = fetch(p, path)
       if not r then count(p, m, k) end
       return r, m, k, d
     end)
-    if r then return { provider = p.name, status = r.status, bytes = #r.body } end
+    if resp then return { provider = p.name, status = resp.status, bytes = #resp.body } end
   end
   return nil, "ask: every provider failed for " .. path .. ": " .. msg, kind, detail
 end

@@ -80,7 +80,7 @@ describe("baton.breaker configuration", function()
                              clock = function() return "later" end }
     raises("baton.breaker:state: clock%(%) returned 'later' %(expected a number%)", b.state, b)
     local be = lua_backend()
-    function be:get_failures() return {} end
+    be.get_failures = function() return {} end
     local b2 = baton.breaker{ service = "s", threshold = 1, recovery_ms = 1, backend = be }
     raises("baton.breaker:failures: the backend's get_failures returned table", b2.failures, b2)
   end))
