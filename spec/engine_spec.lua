@@ -263,7 +263,7 @@ describe("engine outcomes", function()
       if tool == "plain" then error("plain trouble") end
       if tool == "raised" then error(raised_error) end
       if tool == "returned" then return nil, "slow host", "timeout", { host = "h" } end
-      if tool == "table" then error({ kind = "io", message = "reset" }) end
+      if tool == "table" then error({ kind = "io", message = "reset", code = 104 }) end
       if tool == "string" then return nil, "just a message" end
       return "ok"
     end)
@@ -289,6 +289,8 @@ describe("engine outcomes", function()
     end
     assert.equal(raised_error, out.raised.error)  -- a raised baton.Error keeps its identity
     assert.same({ "io", "reset" }, { out.table.error.kind, out.table.error.message })
+    assert.equal(104, out.table.error.code)  -- a raised table's other fields are kept
+    assert.matches("stack traceback", out.table.error.traceback)
     assert.same({ "error", "just a message" }, { out.string.error.kind, out.string.error.message })
     assert.equal("settled", out.fine.status)
     assert.equal("ok", out.fine.body)

@@ -147,8 +147,9 @@ static void copy_request(lua_State *L, int req) {
 
 /* Pushes outcome.error for the failure message, kind, detail at base..base+2 (what
  * lbt_outcome left): a baton.Error { kind, message, detail }, with the traceback of a
- * raised string split off the message into `traceback`, or the one the task added to a
- * raised table (`raised`, its stack index, or 0). */
+ * raised string split off the message into `traceback`. A raised table (`raised`, its stack
+ * index, or 0) keeps its other fields too: the traceback the task added, an MCP error's
+ * code, data or result. */
 static void push_error(lua_State *L, int base, int raised) {
   size_t len;
   const char *msg = lua_tolstring(L, base, &len);
@@ -156,11 +157,20 @@ static void push_error(lua_State *L, int base, int raised) {
   lua_pushlstring(L, msg, tb ? (size_t)(tb - msg) : len);
   lbt_push_error_detail(L, lua_tostring(L, base + 1), lua_tostring(L, -1),
                         lua_istable(L, base + 2) ? base + 2 : 0);
-  if (tb != NULL) {
-    set_str(L, "traceback", tb + 1);
-  } else if (raised != 0 && lua_istable(L, raised)) {
-    lua_getfield(L, raised, "traceback");
-    lua_setfield(L, -2, "traceback");
+  if (tb != NULL) set_str(L, "traceback", tb + 1);
+  if (raised == 0 || !lua_istable(L, raised)) return;
+  int e = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, raised)) {  /* fields the error does not have yet */
+    lua_pushvalue(L, -2);
+    if (lua_type(L, -1) == LUA_TSTRING && lua_rawget(L, e) == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, e);  /* error[key] = value; the key stays for lua_next */
+    } else {
+      lua_pop(L, 2);
+    }
   }
 }
 
