@@ -55,8 +55,10 @@ local snap = lim:snapshot()
 log("in use %d of %d, %d queued for opus", snap.global.in_use, snap.global.capacity,
     snap.keys["anthropic/opus"].waiting)
 
--- Without wait = true a saturated request is told so at once instead of queueing.
-log("one more without waiting: %s", select(2, lim:acquire("anthropic/opus")))
+-- Without wait = true a saturated request is told so at once instead of queueing: the
+-- failure `nil, message, "queue_wait", { key, capacity, in_use, waiting }`.
+local _, why, kind, detail = lim:acquire("anthropic/opus")
+log("one more without waiting: %s, %d of %d in use (%s)", kind, detail.in_use, detail.capacity, why)
 
 g:join_all()
 snap = lim:snapshot()

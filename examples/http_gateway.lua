@@ -30,43 +30,43 @@ for _, p in ipairs(providers) do
 end
 local retry = baton.retry { max_attempts = 2, base_ms = 10 }
 
--- One attempt at one provider: a failure of the world is `nil, { kind, message }`.
+-- One attempt at one provider. A failure of the world is baton's one shape,
+-- `nil, message, kind, detail`, whoever reports it: http.request, the breaker, or us.
 local function fetch(p, path)
   return breakers[p.name]:call(function()
-    local r, err, kind = http.request { url = p.base .. path, timeout_ms = 2000,
-                                        connect_timeout_ms = 200 }
-    if not r then return nil, { kind = kind, message = err } end
+    local r, err, kind, detail = http.request { url = p.base .. path, timeout_ms = 2000,
+                                                connect_timeout_ms = 200 }
+    if not r then return nil, err, kind, detail end
     if r.status == 429 or r.status >= 500 then   -- the provider is saturated or failing
-      return nil, { kind = "status", message = "status " .. r.status,
-                    retry_after_ms = r.retry_after_ms }
+      return nil, ("fetch: %s answered %d"):format(p.name, r.status),
+             (r.status == 429 or r.retry_after_ms) and "rate_limited" or "io",
+             { status = r.status, retry_after_ms = r.retry_after_ms }  -- retry honours it
     end
     return r
   end)
 end
 
 -- The fallback chain: each provider in turn, each with its retries. Failures are counted
--- by what they were: "connect" from the dead primary, "circuit_open" once its breaker
--- fast-fails it.
+-- by kind: "connect" from the dead primary, "circuit_open" once its breaker fast-fails it.
 local failures = {}
-local function count(p, err)
-  local why = type(err) == "table" and err.kind or tostring(err)
-  local key = p.name .. " " .. why
+local function count(p, msg, kind)
+  local key = p.name .. " " .. kind
   failures[key] = (failures[key] or 0) + 1
-  if failures[key] == 1 then
-    say("first %s failure: %s", key, type(err) == "table" and err.message or why)
-  end
+  if failures[key] == 1 then say("first %s failure: %s", key, msg) end
 end
 
 local function ask(path)
+  local msg, kind, detail
   for _, p in ipairs(providers) do
-    local r = retry:call(function()
-      local r, err = fetch(p, path)
-      if not r then count(p, err) end
-      return r, err
+    local resp
+    resp, msg, kind, detail = retry:call(function()
+      local r, m, k, d = fetch(p, path)
+      if not r then count(p, m, k) end
+      return r, m, k, d
     end)
-    if r then return { provider = p.name, status = r.status, bytes = #r.body } end
+    if resp then return { provider = p.name, status = resp.status, bytes = #resp.body } end
   end
-  error({ kind = "exhausted", message = "every provider failed for " .. path })
+  return nil, "ask: every provider failed for " .. path .. ": " .. msg, kind, detail
 end
 
 local e <close> = baton.engine {

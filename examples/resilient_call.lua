@@ -1,7 +1,9 @@
 -- resilient_call.lua — a flaky tool (a real local command that fails on some runs) wrapped
 -- in dedup -> breaker -> retry, inside a two-stage pipeline; every decision is printed:
 -- retries and their waits, identical concurrent requests sharing one execution, cached
--- answers, the breaker opening on an outage, fast-failing, then probing and closing.
+-- answers, the breaker opening on an outage, fast-failing, then probing and closing. Every
+-- failure is baton's one shape, `nil, message, kind, detail`, through every layer: the
+-- pipeline names the stage, retry the attempts, the breaker says when to come back.
 --
 --   baton examples/resilient_call.lua
 local baton = require "baton"
@@ -15,10 +17,10 @@ local function flaky_tool(query)
     "sh", "-c", [[
       if [ "$2" = outage ] || [ $(( $1 % 3 )) -eq 1 ]; then echo "upstream busy" >&2; exit 75; fi
       echo "answer($2)"]], "sh", tostring(runs), query }
-  if not r then return nil, { kind = kind, message = err } end
+  if not r then return nil, err, kind end
   if r.code ~= 0 then
     print(("    run #%d %-8s -> exit %d: %s"):format(runs, query, r.code, r.stderr:gsub("\n", "")))
-    return nil, { kind = "io", message = "exit " .. r.code }
+    return nil, "flaky_tool: exit " .. r.code, "io", { code = r.code }
   end
   print(("    run #%d %-8s -> ok"):format(runs, query))
   return (r.stdout:gsub("\n", ""))
@@ -26,8 +28,8 @@ end
 
 local retry = baton.retry {
   max_attempts = 3, base_ms = 20,
-  on_retry = function(attempt, delay, err)
-    print(("    retry: attempt %d failed (%s), next in %d ms"):format(attempt, err.message, delay))
+  on_retry = function(attempt, delay, msg, kind)
+    print(("    retry: attempt %d failed (%s: %s), next in %d ms"):format(attempt, kind, msg, delay))
   end,
 }
 local breaker = baton.breaker { service = "flaky-tool", threshold = 2, recovery_ms = 300 }
@@ -44,12 +46,16 @@ local pipeline = baton.pipeline()
   :stage("format", function(answer) return ("<%s>"):format(answer) end)
 
 local function ask(query)
-  local out, err, stage = pipeline:run(query)
+  local out, msg, kind, detail = pipeline:run(query)
   if out then
     print(("  %-8s => %s   [breaker %s]"):format(query, out, breaker:state()))
   else
-    local msg = type(err) == "table" and (err.message or err.kind) or tostring(err)
-    print(("  %-8s => failed in %s: %s   [breaker %s]"):format(query, stage, msg, breaker:state()))
+    local why = detail.detail or {}  -- the failed stage's own facts
+    print(("  %-8s => %s in stage %s%s   [breaker %s]"):format(query, kind, detail.stage,
+      why.attempts and (" after %d attempts"):format(why.attempts)
+        or why.retry_after_ms and (", retry after %d ms"):format(why.retry_after_ms) or "",
+      breaker:state()))
+    print(("             %s"):format(msg))
   end
 end
 

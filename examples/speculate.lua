@@ -34,7 +34,9 @@ local engine <close> = baton.engine {
       return (r.stdout:gsub("%s+$", ""))
     end
     baton.sleep(TOOLS[tool].ms)
-    if tool == "flaky_metrics" then return nil, { kind = "rejected", message = "429 from host" } end
+    if tool == "flaky_metrics" then  -- a failure of the world: nil, message, kind, detail
+      return nil, "flaky_metrics: 429 from host", "rate_limited", { status = 429 }
+    end
     return ("%s(%s): ok"):format(tool, args and args.id or "")
   end,
 }

@@ -1,6 +1,6 @@
--- baton.backpressure: the seed's guard tests (capacity, shedding, release, the soft limit),
--- the soft-limit warning once per crossing, configuration errors, and permits that cannot
--- leak depth (seed defect 8).
+-- baton.backpressure: capacity, shedding (the "shed" failure and its facts), release, the
+-- soft limit and its warning once per crossing, configuration errors, and permits that
+-- cannot leak depth.
 local baton = require "baton"
 local H = require "spec.helper"
 
@@ -18,25 +18,27 @@ describe("baton.backpressure", function()
   describe("configuration", function()
     it("rejects a zero capacity, naming the key", function()
       assert.has_error(function() baton.backpressure { capacity = 0 } end,
-                       "baton.backpressure: capacity must be an integer >= 1 (got 0)")
+        "baton.backpressure: bad argument #1 'capacity' (expected integer >= 1, got 0)")
       assert.has_error(function() baton.backpressure {} end,
-                       "baton.backpressure: capacity must be an integer >= 1 (got nil)")
+        "baton.backpressure: bad argument #1 'capacity' (expected integer >= 1, got nil)")
     end)
 
     it("rejects a soft limit at or above capacity", function()
       assert.has_error(function() baton.backpressure { capacity = 5, soft = 5 } end,
-                       "baton.backpressure: soft must be less than capacity (soft 5, capacity 5)")
+        "baton.backpressure: bad argument #1 'soft' (expected integer below the capacity 5, got 5)")
       assert.has_error(function() baton.backpressure { capacity = 5, soft = 6 } end,
-                       "baton.backpressure: soft must be less than capacity (soft 6, capacity 5)")
+        "baton.backpressure: bad argument #1 'soft' (expected integer below the capacity 5, got 6)")
       assert.has_error(function() baton.backpressure { capacity = 5, soft = 0 } end,
-                       "baton.backpressure: soft must be an integer >= 1 (got 0)")
+        "baton.backpressure: bad argument #1 'soft' (expected integer >= 1, got 0)")
     end)
 
-    it("rejects unknown keys and non-integers, naming them", function()
-      assert.has_error(function() baton.backpressure { capacity = 2, sofft = 1 } end,
-                       "baton.backpressure: unknown option 'sofft'")
+    it("rejects unknown keys (before missing ones) and non-integers, naming them", function()
+      assert.has_error(function() baton.backpressure { sofft = 1 } end,
+        "baton.backpressure: bad argument #1 'sofft' (unknown option)")
       assert.has_error(function() baton.backpressure { capacity = 2.5 } end,
-                       "baton.backpressure: capacity must be an integer >= 1 (got 2.5)")
+        "baton.backpressure: bad argument #1 'capacity' (expected integer >= 1, got 2.5)")
+      assert.has_error(function() baton.backpressure() end,
+        "baton.backpressure: bad argument #1 'options' (expected table, got no value)")
     end)
 
     it("reports the capacity it was built with", function()
@@ -55,14 +57,13 @@ describe("baton.backpressure", function()
     p:release()
   end)
 
-  it("sheds when full, returning depth and capacity", function()
+  it("sheds when full: nil, msg, \"shed\", { depth, capacity }", function()
     local bp = baton.backpressure { capacity = 2 }
     local a, b = bp:try_acquire(), bp:try_acquire()
-    local p, why, depth, cap = bp:try_acquire()
-    assert.is_nil(p)
-    assert.equal("shed", why)
-    assert.equal(2, depth)
-    assert.equal(2, cap)
+    local msg, _, detail = H.assert_failure("baton.backpressure:try_acquire", "shed",
+                                            bp:try_acquire())
+    assert.equal("baton.backpressure:try_acquire: at capacity (2 of 2 in use)", msg)
+    assert.same({ depth = 2, capacity = 2 }, detail)
     assert.equal(2, bp:depth())  -- a shed changes nothing
     a:release(); b:release()
   end)
@@ -126,9 +127,9 @@ describe("baton.backpressure", function()
       warnings_of(function()
         for i = 1, 3 do ps[i] = assert(bp:try_acquire()) end
       end)
-      local p, why = bp:try_acquire()
-      assert.is_nil(p)
-      assert.equal("shed", why)
+      local _, _, detail = H.assert_failure("baton.backpressure:try_acquire", "shed",
+                                            bp:try_acquire())
+      assert.same({ depth = 3, capacity = 3, soft = 2 }, detail)
       for _, q in ipairs(ps) do q:release() end
     end)
 
@@ -164,7 +165,7 @@ describe("baton.backpressure", function()
     assert.equal(0, bp:depth())
   end))
 
-  describe("seed defect 8: a permit cannot leak depth", function()
+  describe("a permit cannot leak depth", function()
     it("comes back when an error is raised between acquire and release (<close>)",
        function()
       local bp = baton.backpressure { capacity = 1 }

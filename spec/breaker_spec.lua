@@ -1,10 +1,11 @@
--- baton.breaker: configuration, transitions (seed 003's CircuitBreaker tests) on a
--- controllable clock, the in-memory and Lua backends shared between breakers, per-service
--- independence, failure reporting, cancellation; seed defect 6.
+-- baton.breaker: configuration, transitions on a controllable clock, the in-memory and Lua
+-- backends shared between breakers, per-service independence, failure reporting (the error
+-- convention), cancellation, half-open probes.
 local baton = require "baton"
 local H = require "spec.helper"
 
 local raises = H.raises
+local misuse = H.raises_misuse
 
 local function fail() error("fail") end
 local function ok(v) return v end
@@ -16,7 +17,7 @@ local function manual_clock(t)
   return c
 end
 
--- The seed's backend trait as a plain Lua table; each method awaits, as a remote store's
+-- The backend's six methods as a plain Lua table; each method awaits, as a remote store's
 -- would. `log` records the calls.
 local function lua_backend()
   local failures, open_at, log = {}, {}, {}
@@ -37,27 +38,52 @@ end
 
 describe("baton.breaker configuration", function()
   it("rejects threshold = 0, naming the key", function()
-    raises("threshold must be an integer >= 1", baton.breaker,
+    misuse("baton.breaker", 1, "threshold", "expected integer >= 1, got 0", baton.breaker,
            { service = "svc", threshold = 0, recovery_ms = 1000 })
   end)
 
   it("rejects a missing service, a bad half_open_max, an unknown key", function()
-    raises("service must be a non%-empty string", baton.breaker, { threshold = 1, recovery_ms = 1 })
-    raises("half_open_max must be an integer >= 1", baton.breaker,
+    misuse("baton.breaker", 1, "service", "expected string, got nil", baton.breaker,
+           { threshold = 1, recovery_ms = 1 })
+    misuse("baton.breaker", 1, "service", "expected non%-empty string, got ''", baton.breaker,
+           { service = "", threshold = 1, recovery_ms = 1 })
+    misuse("baton.breaker", 1, "half_open_max", "expected integer >= 1, got 0", baton.breaker,
            { service = "s", threshold = 1, recovery_ms = 1, half_open_max = 0 })
-    raises("recovery_ms", baton.breaker, { service = "s", threshold = 1, recovery_ms = -1 })
-    raises("unknown option 'treshold'", baton.breaker,
+    misuse("baton.breaker", 1, "recovery_ms", "got %-1", baton.breaker,
+           { service = "s", threshold = 1, recovery_ms = -1 })
+    raises("baton.breaker: bad argument #1 'treshold' %(unknown option%)", baton.breaker,
            { service = "s", treshold = 1, recovery_ms = 1 })
-    raises("counts must be a function", baton.breaker,
+    misuse("baton.breaker", 1, "counts", "expected function, got 'yes'", baton.breaker,
            { service = "s", threshold = 1, recovery_ms = 1, counts = "yes" })
   end)
 
   it("rejects a backend that lacks a method, naming it", function()
     local be = lua_backend()
     be.get_open_at = nil
-    raises("backend has no method 'get_open_at'", baton.breaker,
-           { service = "s", threshold = 1, recovery_ms = 1, backend = be })
+    misuse("baton.breaker", 1, "backend", "expected object with a method 'get_open_at'",
+           baton.breaker, { service = "s", threshold = 1, recovery_ms = 1, backend = be })
   end)
+
+  it("rejects a call without a function, and a bad in-memory backend argument", function()
+    local b = baton.breaker{ service = "s", threshold = 1, recovery_ms = 1 }
+    misuse("baton.breaker:call", 1, "fn", "expected function, got 'f'", b.call, b, "f")
+    local be = baton.breaker_backend()
+    misuse("baton.breaker_backend:get_failures", 1, "service", "expected string, got no value",
+           be.get_failures, be)
+    misuse("baton.breaker_backend:set_open_at", 2, "ms", "expected number, got 'soon'",
+           be.set_open_at, be, "s", "soon")
+  end)
+
+  it("raises, naming the method, when the clock or a Lua backend answers a non-number",
+     H.async(function()
+    local b = baton.breaker{ service = "s", threshold = 1, recovery_ms = 1,
+                             clock = function() return "later" end }
+    raises("baton.breaker:state: clock%(%) returned 'later' %(expected a number%)", b.state, b)
+    local be = lua_backend()
+    be.get_failures = function() return {} end
+    local b2 = baton.breaker{ service = "s", threshold = 1, recovery_ms = 1, backend = be }
+    raises("baton.breaker:failures: the backend's get_failures returned table", b2.failures, b2)
+  end))
 end)
 
 describe("breaker transitions", function()
@@ -77,14 +103,18 @@ describe("breaker transitions", function()
     assert.equal(3, b:failures())
   end))
 
-  it("fast-fails while open, without running fn", H.async(function()
-    local b = baton.breaker{ service = "svc", threshold = 1, recovery_ms = 3600 * 1000 }
+  it("fast-fails while open, without running fn: circuit_open and the facts", H.async(function()
+    local clock = manual_clock()
+    local b = baton.breaker{ service = "svc", threshold = 1, recovery_ms = 3600 * 1000,
+                             clock = clock.now }
     b:call(fail)
+    clock.t = clock.t + 1000
     local ran = false
-    local v, err, svc = b:call(function() ran = true end)
-    assert.is_nil(v)
-    assert.equal("circuit_open", err)
-    assert.equal("svc", svc)
+    local msg, _, detail = H.assert_failure("baton.breaker:call", "circuit_open",
+                                            b:call(function() ran = true end))
+    assert.equal("baton.breaker:call: circuit 'svc' is open", msg)
+    assert.same({ service = "svc", state = "open", failures = 1,
+                  retry_after_ms = 3600 * 1000 - 1000 }, detail)
     assert.is_false(ran)
   end))
 
@@ -110,7 +140,7 @@ describe("breaker transitions", function()
     assert.equal("open", b:state())
     clock.t = clock.t + 499
     assert.equal("open", b:state())
-    assert.equal("circuit_open", select(2, b:call(ok, 1)))
+    assert.equal("circuit_open", select(3, b:call(ok, 1)))
     clock.t = clock.t + 1
     assert.equal("half_open", b:state())
     assert.equal("fail", select(2, b:call(fail)):match("fail$"))  -- the probe failed
@@ -137,26 +167,41 @@ describe("breaker transitions", function()
 end)
 
 describe("breaker:call outcomes", function()
-  it("returns a raised error as nil, err and passes a returned failure through",
+  it("returns fn's failure, raised or returned, the same way: nil, msg, kind, detail",
      H.async(function()
     local b = baton.breaker{ service = "svc", threshold = 10, recovery_ms = 1 }
-    local v, err = b:call(function() error({ code = 503 }) end)
-    assert.is_nil(v)
-    assert.equal(503, err.code)
-    local a, e, kind = b:call(function() return nil, "timeout", "timeout" end)
-    assert.same({ nil, "timeout", "timeout" }, { a, e, kind })
-    assert.equal(2, b:failures())
+    local _, _, d1 = H.assert_failure("baton.http.request", "timeout", b:call(function()
+      return nil, "baton.http.request: timed out after 5 ms", "timeout", { timeout_ms = 5 }
+    end))
+    assert.same({ timeout_ms = 5 }, d1)
+    local _, _, d2 = H.assert_failure("baton.http.request", "timeout", b:call(function()
+      error(baton.error("timeout", "baton.http.request: timed out after 5 ms", { timeout_ms = 5 }))
+    end))
+    assert.same({ timeout_ms = 5 }, d2)
+    local v, e, kind = b:call(function() error("plain", 0) end)
+    assert.same({ nil, "plain", "error" }, { v, e, kind })
+    local _, _, _, d3 = b:call(function() error({ code = 503 }) end)
+    assert.equal(503, d3.value.code)  -- a raised table without a kind, kept
+    assert.same({ nil, "down", "error" }, { b:call(function() return nil, "down" end) })
+    assert.equal(5, b:failures())
     assert.same({ 1, 2 }, { b:call(function() return 1, 2 end) })
   end))
 
-  it("counts only the failures the predicate approves", H.async(function()
+  it("counts only the failures the predicate approves: counts(msg, kind, detail)",
+     H.async(function()
+    local seen
     local b = baton.breaker{ service = "svc", threshold = 2, recovery_ms = 60000,
-                             counts = function(err) return err ~= "not_found" end }
-    for _ = 1, 5 do b:call(function() return nil, "not_found" end) end
+                             counts = function(msg, kind, detail)
+                               seen = { msg, kind, detail }
+                               return kind ~= "protocol"
+                             end }
+    for _ = 1, 5 do b:call(function() return nil, "not found", "protocol", { status = 404 } end) end
+    assert.same({ "not found", "protocol", { status = 404 } }, seen)
     assert.equal(0, b:failures())
     assert.equal("closed", b:state())
-    b:call(function() return nil, "unavailable" end)
-    b:call(function() return nil, "unavailable" end)
+    b:call(function() return nil, "unavailable", "io" end)
+    b:call(function() error("crashed") end)
+    assert.equal("error", seen[2])
     assert.equal("open", b:state())
   end))
 
@@ -167,7 +212,7 @@ describe("breaker:call outcomes", function()
     clock.t = clock.t + 10
     local t = baton.spawn(b.call, b, function() baton.sleep(60000) end)
     baton.sleep(1)
-    assert.equal("circuit_open", select(2, b:call(ok, 1)))  -- the probe slot is taken
+    assert.equal("circuit_open", select(3, b:call(ok, 1)))  -- the probe slot is taken
     t:abort()
     local okj, err = t:join()
     assert.is_false(okj)
@@ -201,7 +246,7 @@ describe("breaker backends", function()
     assert.equal(1, b2:failures())
     b1:call(fail)
     assert.equal("open", b2:state())
-    assert.equal("circuit_open", select(2, b2:call(ok, 1)))
+    assert.equal("circuit_open", select(3, b2:call(ok, 1)))
   end))
 
   it("two breakers over one Lua backend see each other's state; services are independent",
@@ -228,7 +273,7 @@ describe("breaker backends", function()
   end))
 end)
 
-describe("seed defect 6", function()
+describe("half-open probes", function()
   it("half-open admits one probe at a time and fast-fails the rest", H.async(function()
     local clock = manual_clock()
     local b = baton.breaker{ service = "svc", threshold = 1, recovery_ms = 50, clock = clock.now }
@@ -245,8 +290,10 @@ describe("seed defect 6", function()
     baton.sleep(1)
     assert.equal("waiting", probe:status())
     for _ = 1, 10 do
-      local v, err, svc = b:call(function() probes = probes + 1 end)
-      assert.same({ nil, "circuit_open", "svc" }, { v, err, svc })
+      local msg, _, detail = H.assert_failure("baton.breaker:call", "circuit_open",
+                                              b:call(function() probes = probes + 1 end))
+      assert.equal("baton.breaker:call: circuit 'svc' is half-open and its probes are busy", msg)
+      assert.same({ service = "svc", state = "half_open", failures = 1 }, detail)
     end
     assert.equal(1, probes)
     gate:close()  -- the probe's acquire fails ("closed"): a failed probe reopens the circuit
@@ -267,7 +314,7 @@ describe("seed defect 6", function()
       g:spawn(b.call, b, function() local p <close> = gate:acquire(); return i end)
     end
     baton.sleep(1)
-    assert.equal("circuit_open", select(2, b:call(ok, 3)))
+    assert.equal("circuit_open", select(3, b:call(ok, 3)))
     for _, p in ipairs(held) do p:release() end
     local got = {}
     for _, t in ipairs(g:join_all()) do got[#got + 1] = select(2, t:join()) end

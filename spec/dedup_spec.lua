@@ -1,10 +1,10 @@
--- baton.dedup: configuration, check/complete/fail and TTL expiry (seed 003's Deduplicator
--- tests) on a controllable clock, single-flight run with its cancellation rules; seed
--- defect 7.
+-- baton.dedup: configuration, check/complete/fail and TTL expiry on a controllable clock,
+-- bounded expiry, single-flight run with its cancellation rules, and its failures.
 local baton = require "baton"
 local H = require "spec.helper"
 
 local raises = H.raises
+local misuse = H.raises_misuse
 
 local function manual_clock(t)
   local c = { t = t or 0 }
@@ -23,11 +23,23 @@ end
 
 describe("baton.dedup configuration", function()
   it("rejects a missing or negative ttl_ms and an unknown key, naming them", function()
-    raises("ttl_ms must be an integer >= 0", baton.dedup, {})
-    raises("ttl_ms must be an integer >= 0", baton.dedup, { ttl_ms = -1 })
-    raises("unknown option 'ttl'", baton.dedup, { ttl = 10 })
-    raises("clock must be a function", baton.dedup, { ttl_ms = 1, clock = 5 })
+    misuse("baton.dedup", 1, "ttl_ms", "expected integer >= 0, got nil", baton.dedup, {})
+    misuse("baton.dedup", 1, "ttl_ms", "expected integer >= 0, got %-1", baton.dedup, { ttl_ms = -1 })
+    raises("baton.dedup: bad argument #1 'ttl' %(unknown option%)", baton.dedup, { ttl = 10 })
+    misuse("baton.dedup", 1, "clock", "expected function, got 5", baton.dedup,
+           { ttl_ms = 1, clock = 5 })
   end)
+
+  it("rejects a key that is not a string or a number, and a clock that is not a clock",
+     H.async(function()
+    local d = baton.dedup{ ttl_ms = 1 }
+    misuse("baton.dedup:run", 1, "key", "expected string, got table", d.run, d, {}, print)
+    misuse("baton.dedup:check", 1, "key", "expected string, got no value", d.check, d)
+    misuse("baton.dedup:run", 2, "fn", "expected function, got 'f'", d.run, d, "k", "f")
+    assert.equal("new", d:check(42))  -- numbers are keys ("42")
+    local bad = baton.dedup{ ttl_ms = 1, clock = function() return "noon" end }
+    raises("baton.dedup:check: clock%(%) returned 'noon' %(expected a number%)", bad.check, bad, "k")
+  end))
 end)
 
 describe("dedup:check", function()
@@ -89,7 +101,7 @@ describe("dedup:check", function()
   end)
 end)
 
-describe("seed defect 7", function()
+describe("bounded expiry and waiting", function()
   it("expires entries without sweeping the whole table on each call", function()
     local clock = manual_clock(0)
     local d = baton.dedup{ ttl_ms = 10, clock = clock.now }
@@ -169,12 +181,13 @@ describe("dedup:run", function()
     local d = baton.dedup{ ttl_ms = 60000 }
     local a = baton.spawn(d.run, d, "k", function()
       baton.sleep(1)
-      return nil, "busy", "rejected"
+      return nil, "fn: refused", "protocol", { status = 403 }
     end)
     baton.yield()  -- a starts the execution
-    local v, err, kind = d:run("k", function() error("not run") end)
-    assert.same({ nil, "busy", "rejected" }, { v, err, kind })
-    assert.same({ true, nil, "busy", "rejected" }, { a:join() })
+    local _, _, detail = H.assert_failure("fn", "protocol",
+                                          d:run("k", function() error("not run") end))
+    assert.same({ status = 403 }, detail)
+    assert.same({ true, nil, "fn: refused", "protocol", { status = 403 } }, { a:join() })
     assert.equal("again", d:run("k", function() return "again" end))
   end))
 
@@ -222,15 +235,20 @@ describe("dedup:run", function()
     assert.equal("fresh", d:run("k", function() return "fresh" end))
   end))
 
-  it("returns nil, \"in_progress\" for a key check() put in progress", H.async(function()
+  it("returns a \"busy\" failure for a key check() put in progress", H.async(function()
     local d = baton.dedup{ ttl_ms = 60000 }
     d:check("k")
-    assert.same({ nil, "in_progress", "in_progress" }, { d:run("k", function() return 1 end) })
+    local ran = false
+    local msg, _, detail = H.assert_failure("baton.dedup:run", "busy",
+                                            d:run("k", function() ran = true end))
+    assert.equal("baton.dedup:run: key 'k' is in progress (claimed by check)", msg)
+    assert.same({ key = "k" }, detail)
+    assert.is_false(ran)
   end))
 
   it("needs a task to wait, but not to return a cached value", function()
     local d = baton.dedup{ ttl_ms = 60000 }
-    raises("dedup:run: not inside a baton task", d.run, d, "k", function() return 1 end)
+    raises("baton.dedup:run: not inside a baton task", d.run, d, "k", function() return 1 end)
     assert.equal("new", d:check("k"))  -- the failed run left nothing behind
     d:complete("k", "v")
     assert.equal("v", d:run("k", function() return "other" end))

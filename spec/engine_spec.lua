@@ -1,6 +1,7 @@
--- baton.engine: speculative prefetch. The seed's ten tests (by intent), one spec per fixed
--- seed defect (1-3), outcomes and error kinds, the one-deadline wait, lifetime (shutdown,
--- <close>, collection, the end of baton.run), stats and configuration errors.
+-- baton.engine: speculative prefetch. Budgets per host, skips, host slots that always come
+-- back, max_parallel across dispatches, outcomes and their errors (one rule for returned and
+-- raised failures), the one-deadline wait, lifetime (shutdown, <close>, collection, the end
+-- of baton.run), stats and configuration errors.
 local baton = require "baton"
 local H = require "spec.helper"
 
@@ -12,7 +13,7 @@ local function mock(delay_ms, fail_for)
     calls.n = calls.n + 1
     local _ <close> = setmetatable({}, { __close = function() calls.closed = calls.closed + 1 end })
     baton.sleep(type(args) == "table" and args.ms or delay_ms)
-    if tool == fail_for then error({ kind = "io", message = "simulated failure" }) end
+    if tool == fail_for then error(baton.error("io", "simulated failure")) end
     return "mock-body for " .. tool
   end
   return dispatcher, calls
@@ -45,7 +46,7 @@ local function by_tool(list)
   return t
 end
 
-describe("baton.engine (the seed's tests)", function()
+describe("baton.engine", function()
   it("returns settled outcomes for prefetches that land within the timeout", H.async(function()
     local d, calls = mock(10)
     local e = engine({ timeout_ms = 500, max_parallel = 5 }, d)
@@ -156,8 +157,8 @@ describe("baton.engine (the seed's tests)", function()
   end))
 end)
 
-describe("baton.engine fixes the seed's defects", function()
-  it("defect 1: shutdown releases the host slot of a task aborted while it ran",
+describe("baton.engine slots and outcomes", function()
+  it("shutdown releases the host slot of a task aborted while it ran",
      H.async(function()
     local d, calls = mock(10000)
     local e = engine({ per_host_cap = 2 }, d)
@@ -172,7 +173,7 @@ describe("baton.engine fixes the seed's defects", function()
     e:shutdown()
   end))
 
-  it("defect 1: shutdown releases the host slot of a task aborted before it ever ran",
+  it("shutdown releases the host slot of a task aborted before it ever ran",
      H.async(function()
     local d, calls = mock(10000)
     local e = engine({ per_host_cap = 1 }, d)
@@ -183,7 +184,7 @@ describe("baton.engine fixes the seed's defects", function()
     assert.equal(1, e:stats().aborted)
   end))
 
-  it("defect 1: a task aborted from inside its dispatcher gives its slot back",
+  it("a task aborted from inside its dispatcher gives its slot back",
      H.async(function()
     local e = engine({ per_host_cap = 1 }, function()
       baton.current():abort()
@@ -196,7 +197,7 @@ describe("baton.engine fixes the seed's defects", function()
     assert.same({}, e:budget_snapshot())
   end))
 
-  it("defect 2: max_parallel counts the prefetches still in flight from earlier dispatches",
+  it("max_parallel counts the prefetches still in flight from earlier dispatches",
      H.async(function()
     local e = engine({ timeout_ms = 50, max_parallel = 2 }, mock())
     assert.same({}, e:dispatch { req("A", nil, { args = { ms = 100 } }),
@@ -212,18 +213,18 @@ describe("baton.engine fixes the seed's defects", function()
     assert.equal(1, #e:wait_within(2000))
   end))
 
-  it("defect 3: a failed or cancelled outcome keeps its tool name", H.async(function()
+  it("a failed or cancelled outcome keeps its tool name", H.async(function()
     local e = engine({}, function(tool)
       if tool == "Panics" then error("boom") end
       if tool == "Aborted" then baton.current():abort() end
       baton.sleep(1)
-      return nil, { kind = "rejected", message = "not today" }
+      return nil, "not today", "rate_limited"
     end)
     e:dispatch { req("Panics"), req("Aborted"), req("Rejects") }
     local out = by_tool(e:wait_within())
     assert.equal("error", out.Panics.error.kind)
     assert.equal("cancelled", out.Aborted.error.kind)
-    assert.equal("rejected", out.Rejects.error.kind)
+    assert.equal("rate_limited", out.Rejects.error.kind)
     for _, tool in ipairs { "Panics", "Aborted", "Rejects" } do
       assert.equal("failed", out[tool].status)
       assert.equal(tool, out[tool].tool)
@@ -254,23 +255,42 @@ describe("engine outcomes", function()
     assert.is_nil(o.error)
   end))
 
-  it("maps what a dispatcher raises or returns to an error kind", H.async(function()
+  it("reads what a dispatcher raises or returns by one rule: a baton.Error each time",
+     H.async(function()
+    local raised_error = baton.error("timeout", "slow host", { host = "h" })
     local e = engine({}, function(tool)
       baton.yield()
       if tool == "plain" then error("plain trouble") end
-      if tool == "raised" then error({ kind = "host_timeout", message = "slow host" }) end
-      if tool == "returned" then return nil, { kind = "rejected", message = "refused" } end
+      if tool == "raised" then error(raised_error) end
+      if tool == "returned" then return nil, "slow host", "timeout", { host = "h" } end
+      if tool == "table" then error({ kind = "io", message = "reset", code = 104 }) end
       if tool == "string" then return nil, "just a message" end
       return "ok"
     end)
-    e:dispatch { req("plain"), req("raised"), req("returned"), req("string"), req("fine") }
+    e:dispatch { req("plain"), req("raised"), req("returned"), req("table"), req("string"),
+                 req("fine") }
     local out = by_tool(e:wait_within())
+    for _, tool in ipairs { "plain", "raised", "returned", "table", "string" } do
+      local err = out[tool].error
+      assert.equal("failed", out[tool].status, tool)
+      assert.equal("baton.Error", getmetatable(err).__name, tool)
+      assert.is_true(H.is_kind(err.kind), tool)
+      assert.is_string(err.message, tool)
+      assert.matches(err.message, tostring(err), 1, true)
+    end
     assert.equal("error", out.plain.error.kind)
     assert.matches("plain trouble", out.plain.error.message)
     assert.not_matches("stack traceback", out.plain.error.message)
     assert.matches("stack traceback", out.plain.error.traceback)
-    assert.same({ "host_timeout", "slow host" }, { out.raised.error.kind, out.raised.error.message })
-    assert.same({ "rejected", "refused" }, { out.returned.error.kind, out.returned.error.message })
+    -- Returned or raised: the same kind, message and detail (the returned kind is kept).
+    for _, tool in ipairs { "raised", "returned" } do
+      local err = out[tool].error
+      assert.same({ "timeout", "slow host", { host = "h" } }, { err.kind, err.message, err.detail })
+    end
+    assert.equal(raised_error, out.raised.error)  -- a raised baton.Error keeps its identity
+    assert.same({ "io", "reset" }, { out.table.error.kind, out.table.error.message })
+    assert.equal(104, out.table.error.code)  -- a raised table's other fields are kept
+    assert.matches("stack traceback", out.table.error.traceback)
     assert.same({ "error", "just a message" }, { out.string.error.kind, out.string.error.message })
     assert.equal("settled", out.fine.status)
     assert.equal("ok", out.fine.body)
@@ -299,7 +319,7 @@ describe("engine outcomes", function()
       assert.equal("error", out[tool].error.kind, tool)
       assert.is_string(out[tool].error.message, tool)
     end
-    assert.equal(7, out.table.error.value.code)  -- the raised table itself
+    assert.equal(7, out.table.error.detail.value.code)  -- the raised table, kept as detail.value
     assert.matches("index", out.deep.error.message)
     assert.equal("settled", out.ok.status)
     assert.same({}, e:dispatch { req("again") })   -- still usable
@@ -470,44 +490,57 @@ end)
 describe("baton.engine configuration", function()
   local d = function() end
   local cases = {
-    { { max_parallel = 1, timeout_ms = 1, dispatcher = d, max_paralel = 2 }, "unknown option 'max_paralel'" },
-    { { timeout_ms = 1, dispatcher = d }, "max_parallel is required" },
-    { { max_parallel = -1, timeout_ms = 1, dispatcher = d }, "max_parallel must be an integer >= 0" },
-    { { max_parallel = 1.5, timeout_ms = 1, dispatcher = d }, "max_parallel must be an integer >= 0" },
-    { { max_parallel = 1, dispatcher = d }, "timeout_ms is required" },
-    { { max_parallel = 1, timeout_ms = "soon", dispatcher = d }, "timeout_ms must be a number" },
-    { { max_parallel = 1, timeout_ms = -5, dispatcher = d }, "timeout_ms must be a number" },
-    { { max_parallel = 1, timeout_ms = 1 }, "dispatcher must be a function" },
-    { { max_parallel = 1, timeout_ms = 1, dispatcher = d, per_host_cap = "4" }, "per_host_cap must be an integer" },
-    { { max_parallel = 1, timeout_ms = 1, dispatcher = d, enabled = 1 }, "enabled must be a boolean" },
-    { { max_parallel = 1, timeout_ms = 1, dispatcher = d, respect_rate_limits = "no" }, "respect_rate_limits must be a boolean" },
-    { { max_parallel = 1, timeout_ms = 1, dispatcher = d, budget = {} }, "budget must be a baton.budget" },
-    { { 1, max_parallel = 1, timeout_ms = 1, dispatcher = d }, "unexpected number key" },
+    { { max_parallel = 1, timeout_ms = 1, dispatcher = d, max_paralel = 2 },
+      "'max_paralel' (unknown option)" },
+    { { max_paralel = 2 }, "'max_paralel' (unknown option)" },  -- the typo, before the missing keys
+    { { timeout_ms = 1, dispatcher = d }, "'max_parallel' (expected integer >= 0, got nil)" },
+    { { max_parallel = -1, timeout_ms = 1, dispatcher = d },
+      "'max_parallel' (expected integer >= 0, got -1)" },
+    { { max_parallel = 1.5, timeout_ms = 1, dispatcher = d },
+      "'max_parallel' (expected integer >= 0, got 1.5)" },
+    { { max_parallel = 1, dispatcher = d }, "'timeout_ms' (expected milliseconds >= 0, got nil)" },
+    { { max_parallel = 1, timeout_ms = "soon", dispatcher = d },
+      "'timeout_ms' (expected milliseconds >= 0, got 'soon')" },
+    { { max_parallel = 1, timeout_ms = -5, dispatcher = d },
+      "'timeout_ms' (expected milliseconds >= 0, got -5)" },
+    { { max_parallel = 1, timeout_ms = 1 }, "'dispatcher' (expected function, got nil)" },
+    { { max_parallel = 1, timeout_ms = 1, dispatcher = d, per_host_cap = "4" },
+      "'per_host_cap' (expected integer >= 0, got '4')" },
+    { { max_parallel = 1, timeout_ms = 1, dispatcher = d, enabled = 1 },
+      "'enabled' (expected boolean, got 1)" },
+    { { max_parallel = 1, timeout_ms = 1, dispatcher = d, respect_rate_limits = "no" },
+      "'respect_rate_limits' (expected boolean, got 'no')" },
+    { { max_parallel = 1, timeout_ms = 1, dispatcher = d, budget = {} },
+      "'budget' (expected baton.budget, got table)" },
+    { { 1, max_parallel = 1, timeout_ms = 1, dispatcher = d },
+      "'options' (expected string keys, got 1)" },
   }
   it("raises on unknown keys and bad values, naming the key", function()
     for _, c in ipairs(cases) do
       local ok, err = pcall(baton.engine, c[1])
       assert.is_false(ok)
-      assert.matches("baton.engine: " .. c[2], err, 1, true)
+      assert.matches("baton.engine: bad argument #1 " .. c[2], err, 1, true)
     end
-    assert.has_error(function() baton.engine() end)
+    H.raises_misuse("baton.engine", 1, "options", "expected table, got no value", baton.engine)
   end)
 
   it("raises on a bad request before starting any", H.async(function()
     local d2, calls = mock(1)
     local e = engine({}, d2)
     local bad = {
-      { { { tool = "A" }, { tool = 5 } }, "request #2: tool must be a string" },
-      { { { tool = "A", hots = "h" } }, "request #1: unknown option 'hots'" },
-      { { { tool = "A", host = 1 } }, "request #1: host must be a string" },
-      { { { tool = "A", cost_tokens = -1 } }, "request #1: cost_tokens must be an integer >= 0" },
-      { { { tool = "A", speculate = "no" } }, "request #1: speculate must be a boolean" },
-      { { "A" }, "request #1 is a string, not a table" },
+      { { { tool = "A" }, { tool = 5 } }, "'requests[2].tool' (expected string, got 5)" },
+      { { { tool = "A", hots = "h" } }, "'requests[1].hots' (unknown option)" },
+      { { { hots = "h" } }, "'requests[1].hots' (unknown option)" },  -- before the missing tool
+      { { { tool = "A", host = 1 } }, "'requests[1].host' (expected string or nil, got 1)" },
+      { { { tool = "A", cost_tokens = -1 } }, "'requests[1].cost_tokens' (expected integer >= 0, got -1)" },
+      { { { tool = "A", speculate = "no" } }, "'requests[1].speculate' (expected boolean, got 'no')" },
+      { { "A" }, "'requests[1]' (expected table, got 'A')" },
+      { "A", "'requests' (expected table, got 'A')" },
     }
     for _, c in ipairs(bad) do
       local ok, err = pcall(e.dispatch, e, c[1])
       assert.is_false(ok)
-      assert.matches("engine:dispatch: " .. c[2], err, 1, true)
+      assert.matches("baton.engine:dispatch: bad argument #1 " .. c[2], err, 1, true)
     end
     assert.equal(0, e:stats().dispatched)
     assert.equal(0, e:pending())

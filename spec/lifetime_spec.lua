@@ -262,15 +262,14 @@ describe("lifetimes:", function()
                     "closed" }, { t:join(1000) })
     end))
 
-    it("limiter:acquire raises", H.async(function()
+    it("limiter:acquire returns nil, message, \"closed\"", H.async(function()
       local l = baton.limiter { models = { ["p/m"] = 1 } }
       local g = l:acquire("p/m")
       local t = baton.spawn(function() return l:acquire("p/m", { wait = true }) end)
       baton.yield()
       getmetatable(l).__gc(l)
-      local ok, err = t:join()
-      assert.is_false(ok)
-      assert.matches("closed while waiting", tostring(err))
+      assert.same({ true, nil, "baton.limiter:acquire: the limiter was finalized while waiting",
+                    "closed" }, { t:join() })
       g:release()
     end))
 

@@ -1,6 +1,6 @@
--- baton.limiter: provider/model keys and chains (the seed's tests), limits by key and by
--- tier, the fallback order (one spec per `via` step), the queue with its timeout and
--- cancellation, max_agents as a real bound (seed defects 4 and 5), configuration errors,
+-- baton.limiter: provider/model keys and chains, limits by key and by tier (the most specific
+-- key wins), the fallback order (one spec per `via` step), the queue with its timeout and
+-- cancellation, max_agents as a real bound, failures and configuration errors,
 -- and configurations loaded from JSON (spec/fixtures/limiter/*.json).
 local baton = require "baton"
 local H = require "spec.helper"
@@ -101,7 +101,7 @@ describe("baton.limiter limits", function()
     assert.equal(20, lim:limit("p/small"))
   end)
 
-  it("seed defect 5: a provider/model limit wins over a bare model name limit", H.async(function()
+  it("a provider/model limit wins over a bare model name limit", H.async(function()
     local lim = baton.limiter { models = { ["glm-5"] = 1, ["zai-coding/glm-5"] = 4 } }
     assert.equal(4, lim:limit("zai-coding/glm-5"))
     assert.equal(1, lim:limit("other/glm-5"))
@@ -111,7 +111,10 @@ describe("baton.limiter limits", function()
       assert.equal("primary", g.via)
       grants[#grants + 1] = g
     end
-    assert.same({ nil, "queue_wait", "queue_wait" }, { lim:acquire("zai-coding/glm-5") })
+    local msg, _, detail = H.assert_failure("baton.limiter:acquire", "queue_wait",
+                                            lim:acquire("zai-coding/glm-5"))
+    assert.equal("baton.limiter:acquire: 'zai-coding/glm-5' is at its limit (4 of 4 in use)", msg)
+    assert.same({ key = "zai-coding/glm-5", capacity = 4, in_use = 4, waiting = 0 }, detail)
     release_all(grants)
   end))
 
@@ -149,7 +152,7 @@ describe("baton.limiter:acquire fallback order", function()
     end
     assert.same({ "primary anthropic/opus", "chain openai/gpt-4o",
                   "capability anthropic/sonnet", "cli claude-cli/claude-code" }, got)
-    assert.same({ nil, "queue_wait", "queue_wait" }, { lim:acquire("anthropic/opus", opts) })
+    H.assert_failure("baton.limiter:acquire", "queue_wait", lim:acquire("anthropic/opus", opts))
     local waiter = baton.spawn(function()
       local g <close> = lim:acquire("anthropic/opus", { chain = opts.chain, wait = true })
       return g.via, g.key
@@ -290,12 +293,16 @@ describe("baton.limiter:acquire queue", function()
     assert.same({ capacity = 4, in_use = 0, waiting = 0 }, lim:snapshot().global)
   end))
 
-  it("seed defect 4: a permit holds its global slot until released, on every path",
+  it("a permit holds its global slot until released, on every path",
     H.async(function()
       local lim = baton.limiter { max_agents = 1, models = { ["p/a"] = 5, ["p/b"] = 5 } }
       local a = lim:acquire("p/a")
       assert.same({ capacity = 1, in_use = 1, waiting = 0 }, lim:snapshot().global)
-      assert.same({ nil, "queue_wait", "queue_wait" }, { lim:acquire("p/b") })
+      local msg, _, detail = H.assert_failure("baton.limiter:acquire", "queue_wait",
+                                              lim:acquire("p/b"))
+      assert.equal("baton.limiter:acquire: no slot for 'p/b': max_agents is reached (1 in use)",
+                   msg)
+      assert.same({ key = "p/b", capacity = 5, in_use = 0, waiting = 0 }, detail)
       -- the queue path waits for the global slot too, though p/b itself is free
       local t = baton.spawn(function()
         local g <close> = lim:acquire("p/b", { wait = true })
@@ -354,13 +361,14 @@ describe("baton.limiter:acquire queue", function()
     assert.same({ capacity = 1, in_use = 0, waiting = 0 }, lim:snapshot().keys["p/m"])
   end))
 
-  it("timeout returns nil, 'timeout' and leaves the queue clean", H.async(function()
+  it("a timeout is the standard timeout failure and leaves the queue clean", H.async(function()
     local lim = baton.limiter { models = { ["p/m"] = 1 } }
     local held = lim:acquire("p/m")
-    local elapsed, g, err, kind = H.timed(lim.acquire, lim, "p/m", { wait = true, timeout_ms = 30 })
-    assert.is_nil(g)
-    assert.equal("timeout", err)
-    assert.equal("timeout", kind)
+    local elapsed, g, err, kind, detail = H.timed(lim.acquire, lim, "p/m",
+                                                  { wait = true, timeout_ms = 30 })
+    local msg = H.assert_failure("baton.limiter:acquire", "timeout", g, err, kind, detail)
+    assert.equal("baton.limiter:acquire: timed out after 30 ms", msg)
+    assert.same({ key = "p/m", timeout_ms = 30 }, detail)
     assert.is_true(elapsed >= 29, "elapsed " .. elapsed)
     assert.equal(0, lim:snapshot().global.waiting)
     held:release()
@@ -369,14 +377,18 @@ describe("baton.limiter:acquire queue", function()
 
   it("waiting on a model with limit 0 returns queue_wait at once", H.async(function()
     local lim = baton.limiter { models = { ["p/off"] = 0 } }
-    assert.same({ nil, "queue_wait", "queue_wait" }, { lim:acquire("p/off", { wait = true }) })
+    local msg, _, detail = H.assert_failure("baton.limiter:acquire", "queue_wait",
+                                            lim:acquire("p/off", { wait = true }))
+    assert.equal("baton.limiter:acquire: 'p/off' is disabled (its limit is 0)", msg)
+    assert.equal(0, detail.capacity)
   end))
 
   it("only a queue wait needs a task; the search works anywhere", function()
     local lim = baton.limiter { models = { ["p/m"] = 1 } }
     local g = lim:acquire("p/m")
     assert.equal("primary", g.via)
-    assert.has_error(function() lim:acquire("p/m", { wait = true }) end)
+    H.raises("baton.limiter:acquire: not inside a baton task",
+             function() lim:acquire("p/m", { wait = true }) end)
     g:release()
   end)
 end)
@@ -425,32 +437,36 @@ describe("baton.limiter permits", function()
 end)
 
 describe("baton.limiter configuration", function()
+  -- Each raises "baton.limiter: bad argument #1 '<field>' (...)": the field, then the text.
   local bad = {
-    { { max_agents = 0 }, "max_agents must be an integer >= 1" },
-    { { max_agents = 2.5 }, "max_agents" },
-    { { max_agnets = 2 }, "unknown option 'max_agnets'" },
-    { { models = { ["p/m"] = -1 } }, 'models%["p/m"%] must be an integer >= 0' },
-    { { models = { ["/m"] = 1 } }, 'models%["/m"%]' },
-    { { models = { ["p/m"] = 1, [" p/m"] = 2 } }, "twice" },
-    { { models = { 3 } }, "a key of models must be a string" },
-    { { providers = { name = "p" } }, "providers must be a list" },
-    { { providers = { { name = "a/b" } } }, "providers%[1%]%.name" },
-    { { providers = { { name = "p", modles = {} } } }, "providers%[1%]: unknown option 'modles'" },
-    { { providers = { { name = "p", models = { "m", "" } } } }, "providers%[1%]%.models%[2%]" },
-    { { providers = { { name = "p", cli = "yes" } } }, "providers%[1%]%.cli must be a boolean" },
-    { { profiles = 3 }, "profiles must be a table or a function" },
-    { { profiles = { m = { cost_tier = "luxury" } } }, 'profiles%["m"%]%.cost_tier' },
-    { { profiles = { m = { tools = 1 } } }, 'profiles%["m"%]%.tools must be a boolean' },
-    { { profiles = { m = { tier = "cheap" } } }, "unknown option 'tier'" },
-    { { default_concurrency = { premium = -1 } }, "default_concurrency%.premium" },
-    { { default_concurrency = { luxury = 1 } }, "default_concurrency: unknown option 'luxury'" },
+    { { max_agents = 0 }, "max_agents", "expected integer >= 1, got 0" },
+    { { max_agents = 2.5 }, "max_agents", "got 2.5" },
+    { { max_agnets = 2 }, "max_agnets", "unknown option" },
+    { { max_agnets = 2, models = 5 }, "max_agnets", "unknown option" },  -- typos first
+    { { models = { ["p/m"] = -1 } }, 'models["p/m"]', "expected integer >= 0, got -1" },
+    { { models = { ["/m"] = 1 } }, 'models["/m"]', "expected 'provider/model' key" },
+    { { models = { ["p/m"] = 1, [" p/m"] = 2 } }, 'models["', "the same key twice" },
+    { { models = { 3 } }, "models", "expected string keys, got 1" },
+    { { providers = { name = "p" } }, "providers", "expected list, got a table with a key 'name'" },
+    { { providers = { { name = "a/b" } } }, "providers[1].name", "got 'a/b'" },
+    { { providers = { { name = "p", modles = {} } } }, "providers[1].modles", "unknown option" },
+    { { providers = { { name = "p", models = { "m", "" } } } }, "providers[1].models[2]",
+      "expected model name, got ''" },
+    { { providers = { { name = "p", cli = "yes" } } }, "providers[1].cli", "expected boolean, got 'yes'" },
+    { { profiles = 3 }, "profiles", "expected table or function, got 3" },
+    { { profiles = { m = { cost_tier = "luxury" } } }, 'profiles["m"].cost_tier',
+      "expected one of 'premium', 'standard', 'cheap', got 'luxury'" },
+    { { profiles = { m = { tools = 1 } } }, 'profiles["m"].tools', "expected boolean, got 1" },
+    { { profiles = { m = { tier = "cheap" } } }, 'profiles["m"].tier', "unknown option" },
+    { { default_concurrency = { premium = -1 } }, "default_concurrency.premium", "got -1" },
+    { { default_concurrency = { luxury = 1 } }, "default_concurrency.luxury", "unknown option" },
   }
   for i, case in ipairs(bad) do
     it("bad config raises naming the key (" .. i .. ": " .. case[2] .. ")", function()
       local ok, err = pcall(baton.limiter, case[1])
       assert.is_false(ok)
-      assert.matches("baton.limiter", err)
-      assert.matches(case[2], err)
+      assert.matches("baton.limiter: bad argument #1 '" .. case[2], err, 1, true)
+      assert.matches(case[3], err, 1, true)
     end)
   end
 
@@ -458,26 +474,31 @@ describe("baton.limiter configuration", function()
     local lim = baton.limiter { profiles = function() return { cost_tier = "gold" } end }
     local ok, err = pcall(lim.limit, lim, "p/m")
     assert.is_false(ok)
-    assert.matches('profiles%("m"%) result%.cost_tier', err)
+    assert.matches("baton.limiter:limit: bad argument #0 'profiles(\"m\") result.cost_tier' " ..
+                   "(expected one of 'premium', 'standard', 'cheap', got 'gold')", err, 1, true)
   end)
 
   it("acquire rejects bad arguments naming them", function()
     local lim = baton.limiter {}
     local cases = {
-      { { "no-slash" }, "bad argument #1 to 'limiter:acquire'" },
-      { { 42 }, "bad argument #1" },
-      { { "p/m", { wiat = true } }, "unknown option 'wiat'" },
-      { { "p/m", { chain = { "ok/k", "bad" } } }, "chain%[2%]" },
-      { { "p/m", { chain = 5 } }, "chain must be" },
-      { { "p/m", { wait = "yes" } }, "wait must be a boolean" },
-      { { "p/m", { wait = true, timeout_ms = -1 } }, "timeout_ms" },
+      { { "no-slash" }, "#1 'primary' (expected 'provider/model' key, got 'no-slash')" },
+      { { 42 }, "#1 'primary' (expected 'provider/model' key, got 42)" },
+      { { "p/m", { wiat = true } }, "#2 'wiat' (unknown option)" },
+      { { "p/m", 5 }, "#2 'options' (expected table, got 5)" },
+      { { "p/m", { chain = { "ok/k", "bad" } } }, "#2 'chain[2]' (expected 'provider/model' key, got 'bad')" },
+      { { "p/m", { chain = 5 } }, "#2 'chain' (expected list of keys" },
+      { { "p/m", { wait = "yes" } }, "#2 'wait' (expected boolean, got 'yes')" },
+      { { "p/m", { wait = true, timeout_ms = -1 } }, "#2 'timeout_ms' (expected milliseconds >= 0, got -1)" },
     }
     for _, c in ipairs(cases) do
       local ok, err = pcall(lim.acquire, lim, table.unpack(c[1]))
       assert.is_false(ok)
-      assert.matches(c[2], err)
+      assert.matches("baton.limiter:acquire: bad argument " .. c[2], err, 1, true)
     end
     assert.equal(0, lim:snapshot().global.in_use)
+    H.raises_misuse("baton.limiter:limit", 1, "key", "got 'x'", lim.limit, lim, "x")
+    H.raises_misuse("baton.parse_key", 1, "s", "expected string, got nil", baton.parse_key, nil)
+    H.raises_misuse("baton.limiter", 1, "config", "expected table, got 5", baton.limiter, 5)
   end)
 end)
 
@@ -492,40 +513,40 @@ describe("baton.limiter.from_json", function()
     local b = lim:acquire("anthropic/opus")
     local c = lim:acquire("anthropic/opus")
     assert.same({ "primary", "capability", "capability" }, { a.via, b.via, c.via })
-    assert.same({ nil, "queue_wait", "queue_wait" }, { lim:acquire("anthropic/opus") })  -- max_agents 3
+    H.assert_failure("baton.limiter:acquire", "queue_wait", lim:acquire("anthropic/opus"))  -- max_agents 3
     assert.same({ capacity = 3, in_use = 3, waiting = 0 }, lim:snapshot().global)
     a:release(); b:release(); c:release()
   end))
 
   local bad = {
-    { "bad_unknown_key.json", "unknown option 'max_agent'" },
-    { "bad_provider_model.json", "providers%[1%]%.models%[2%]" },
-    { "bad_tier.json", 'profiles%["opus"%]%.cost_tier' },
-    { "bad_limit.json", 'models%["openai/gpt%-4o"%]' },
-    { "bad_null.json", "max_agents must be an integer >= 1 %(got null%)" },
-    { "not_object.json", "must be a JSON object" },
+    { "bad_unknown_key.json", "'max_agent' (unknown option)" },
+    { "bad_provider_model.json", "'providers[1].models[2]'" },
+    { "bad_tier.json", "'profiles[\"opus\"].cost_tier'" },
+    { "bad_limit.json", "'models[\"openai/gpt-4o\"]'" },
+    { "bad_null.json", "'max_agents' (expected integer >= 1, got baton.json.null)" },
+    { "not_object.json", "'path' (expected a file holding a JSON object, got baton.json.array)" },
   }
   for _, case in ipairs(bad) do
     it("raises naming the file and the field: " .. case[1], function()
       local ok, err = pcall(baton.limiter.from_json, FIXTURES .. case[1])
       assert.is_false(ok)
-      assert.matches(case[1], err, 1, true)
-      assert.matches(case[2], err)
+      assert.matches("baton.limiter.from_json: " .. FIXTURES .. case[1] .. ": bad argument #1 " ..
+                     case[2], err, 1, true)
     end)
   end
 
   it("returns nil, message, 'malformed' for a file that is not JSON", function()
-    local lim, msg, kind = baton.limiter.from_json(FIXTURES .. "malformed.json")
-    assert.is_nil(lim)
-    assert.equal("malformed", kind)
+    local msg, _, detail = H.assert_failure("baton.limiter.from_json", "malformed",
+                                            baton.limiter.from_json(FIXTURES .. "malformed.json"))
     assert.matches("malformed.json: malformed JSON at byte", msg, 1, true)
+    assert.equal(FIXTURES .. "malformed.json", detail.path)
   end)
 
   it("returns nil, message, 'io' for a missing file", function()
-    local lim, msg, kind = baton.limiter.from_json(FIXTURES .. "missing.json")
-    assert.is_nil(lim)
-    assert.equal("io", kind)
+    local msg, _, detail = H.assert_failure("baton.limiter.from_json", "io",
+                                            baton.limiter.from_json(FIXTURES .. "missing.json"))
     assert.matches("missing.json", msg, 1, true)
-    assert.equal("io", select(3, baton.limiter.from_json(FIXTURES)))  -- a directory
+    assert.same({ path = FIXTURES .. "missing.json" }, detail)
+    H.assert_failure("baton.limiter.from_json", "io", baton.limiter.from_json(FIXTURES))  -- a directory
   end)
 end)

@@ -1,6 +1,6 @@
--- baton.pipeline: the seed's tests (order, empty, short-circuit, stage count, timings, the
--- error handler), plus stages that await, `nil, err` returns, timings with sub-millisecond
--- resolution, cancellation passing through, and misuse.
+-- baton.pipeline: order, empty, short-circuit (the failure names the stage and keeps its
+-- kind), stage count, timings, the error handler, stages that await, `nil, msg, kind`
+-- returns, timings with sub-millisecond resolution, cancellation passing through, misuse.
 local baton = require "baton"
 local H = require "spec.helper"
 
@@ -16,30 +16,38 @@ describe("baton.pipeline", function()
     assert.equal("test", baton.pipeline():run("test"))
   end)
 
-  it("short-circuits at the first failing stage: nil, err, stage name", function()
+  it("short-circuits at the first failing stage: nil, msg, kind, { stage }", function()
     local ran = false
     local p = baton.pipeline()
       :stage("fail", function() error("boom", 0) end)
       :stage("never", function(s) ran = true; return s end)
-    local out, err, stage = p:run("input")
-    assert.is_nil(out)
-    assert.equal("boom", err)
-    assert.equal("fail", stage)
+    local msg, _, detail = H.assert_failure("baton.pipeline:run", "error", p:run("input"))
+    assert.equal("baton.pipeline:run: stage 'fail' failed: boom", msg)
+    assert.same({ stage = "fail" }, detail)
     assert.is_false(ran)
   end)
 
-  it("treats a stage's `nil, err` return as a failure, and a bare nil as a value", function()
-    local p = baton.pipeline():stage("io", function() return nil, "unreachable" end)
-    assert.same({ nil, "unreachable", "io" }, { p:run(1) })
+  it("treats a stage's `nil, msg, kind, detail` return as a failure, keeping the kind",
+     function()
+    local p = baton.pipeline():stage("fetch", function()
+      return nil, "baton.http.request: no route", "connect", { url = "http://x" }
+    end)
+    local msg, _, detail = H.assert_failure("baton.pipeline:run", "connect", p:run(1))
+    assert.equal("baton.pipeline:run: stage 'fetch' failed: baton.http.request: no route", msg)
+    assert.same({ stage = "fetch", detail = { url = "http://x" } }, detail)
+    H.assert_failure("baton.pipeline:run", "error",
+                     baton.pipeline():stage("io", function() return nil, "unreachable" end):run(1))
     local q = baton.pipeline():stage("nothing", function() return nil end)
       :stage("default", function(v) return v == nil and "none" or v end)
     assert.equal("none", q:run(1))
   end)
 
-  it("keeps an error value's identity", function()
-    local e = { kind = "rejected" }
-    local _, err = baton.pipeline():stage("s", function() error(e) end):run()
-    assert.equal(e, err)
+  it("reads a raised baton.error like a returned failure", function()
+    local _, _, detail = H.assert_failure("baton.pipeline:run", "rate_limited",
+      baton.pipeline():stage("s", function()
+        error(baton.error("rate_limited", "slow down", { retry_after_ms = 5 }))
+      end):run())
+    assert.same({ stage = "s", detail = { retry_after_ms = 5 } }, detail)
   end)
 
   it("counts its stages with #", function()
@@ -88,24 +96,27 @@ describe("baton.pipeline", function()
       assert.equal("recovered_from_fail_stage-recovered", p:run("input"))
     end)
 
-    it("receives the stage name and the error", function()
+    it("receives the stage name and the failure: msg, kind, detail", function()
       local seen
       local p = baton.pipeline()
         :stage("ok", function(s) return s end)
-        :stage("bad", function() return nil, "no route" end)
-        :on_error(function(stage, err) seen = { stage, err }; return "fallback" end)
+        :stage("bad", function() return nil, "no route", "connect", { host = "h" } end)
+        :on_error(function(...) seen = { ... }; return "fallback" end)
       local r = p:run_timed("x")
-      assert.same({ "bad", "no route" }, seen)
+      assert.same({ "bad", "no route", "connect", { host = "h" } }, seen)
       assert.equal("fallback", r.output)
       assert.equal(2, #r.timings)
     end)
 
-    it("may decline with `nil, err`: the run then fails at that stage", function()
+    it("may decline with a failure: the run then fails at that stage with it", function()
       local p = baton.pipeline()
         :stage("a", function() error("first", 0) end)
         :stage("b", function() error("never reached") end)
-        :on_error(function(_, err) return nil, "gave up: " .. err end)
-      assert.same({ nil, "gave up: first", "a" }, { p:run(0) })
+        :on_error(function(_, msg) return nil, "gave up: " .. msg, "protocol", { why = 1 } end)
+      local msg, _, detail = H.assert_failure("baton.pipeline:run_timed", "protocol",
+                                              p:run_timed(0))
+      assert.equal("baton.pipeline:run_timed: stage 'a' failed: gave up: first", msg)
+      assert.same({ stage = "a", detail = { why = 1 } }, detail)
     end)
 
     it("may await", H.async(function()
@@ -140,11 +151,16 @@ describe("baton.pipeline", function()
 
   it("raises on misuse, naming the argument", function()
     local p = baton.pipeline()
-    assert.has_error(function() p:stage({}, tostring) end)
+    H.raises_misuse("baton.pipeline:stage", 1, "name", "expected string, got table",
+                    p.stage, p, {}, tostring)
     assert.has_error(function() p:stage("", tostring) end,
-                     "bad argument #1 to 'stage' (a stage name must not be empty)")
-    assert.has_error(function() p:stage("s", "not a function") end)
-    assert.has_error(function() p:on_error(42) end)
+      "baton.pipeline:stage: bad argument #1 'name' (expected non-empty string, got '')")
+    H.raises_misuse("baton.pipeline:stage", 2, "fn", "expected function, got 'not a function'",
+                    p.stage, p, "s", "not a function")
+    H.raises_misuse("baton.pipeline:on_error", 1, "fn", "expected function or nil, got 42",
+                    p.on_error, p, 42)
+    H.raises_misuse("baton.pipeline:run", 0, "self", "expected baton.Pipeline, got 5",
+                    p.run, 5)
     assert.equal(0, #p)
   end)
 end)

@@ -1,37 +1,41 @@
--- baton.retry: configuration, the backoff delays (seed 003's RetryPolicy tests), jitter,
--- and call — which runs the function, waits between attempts and honours retry_after_ms —
--- with cancellation semantics; seed defect 9.
+-- baton.retry: configuration, the backoff delays, jitter, and call — which runs the
+-- function, waits between attempts, honours retry_after_ms and gives up with the last
+-- failure's kind (the error convention) — with cancellation semantics.
 local baton = require "baton"
 local H = require "spec.helper"
 
 local raises = H.raises
+local misuse = H.raises_misuse
 
 describe("baton.retry configuration", function()
   it("rejects max_attempts = 0, naming the key", function()
-    raises("max_attempts must be an integer >= 1", baton.retry, { max_attempts = 0, base_ms = 100 })
+    misuse("baton.retry", 1, "max_attempts", "expected integer >= 1, got 0", baton.retry,
+           { max_attempts = 0, base_ms = 100 })
   end)
 
   it("rejects base_ms = 0 (a busy loop), naming the key", function()
-    raises("base_ms must be an integer >= 1", baton.retry, { max_attempts = 3, base_ms = 0 })
+    misuse("baton.retry", 1, "base_ms", "expected integer >= 1, got 0", baton.retry,
+           { max_attempts = 3, base_ms = 0 })
   end)
 
   it("rejects a missing required key, a non-integer and a bad jitter", function()
-    raises("max_attempts", baton.retry, { base_ms = 1 })
-    raises("base_ms", baton.retry, { max_attempts = 1, base_ms = 1.5 })
-    raises("base_ms", baton.retry, { max_attempts = 1, base_ms = "10" })
-    raises('jitter must be "none", "full" or "equal"', baton.retry,
-           { max_attempts = 1, base_ms = 1, jitter = "half" })
-    raises("retry_on must be a function", baton.retry,
+    misuse("baton.retry", 1, "max_attempts", "got nil", baton.retry, { base_ms = 1 })
+    misuse("baton.retry", 1, "base_ms", "got 1.5", baton.retry, { max_attempts = 1, base_ms = 1.5 })
+    misuse("baton.retry", 1, "base_ms", "got '10'", baton.retry, { max_attempts = 1, base_ms = "10" })
+    misuse("baton.retry", 1, "jitter", "expected one of 'none', 'full', 'equal', got 'half'",
+           baton.retry, { max_attempts = 1, base_ms = 1, jitter = "half" })
+    misuse("baton.retry", 1, "retry_on", "expected function, got true", baton.retry,
            { max_attempts = 1, base_ms = 1, retry_on = true })
   end)
 
   it("rejects max_delay_ms below base_ms", function()
-    raises("max_delay_ms %(5%) must be >= base_ms %(10%)", baton.retry,
+    misuse("baton.retry", 1, "max_delay_ms", "expected integer >= base_ms 10, got 5", baton.retry,
            { max_attempts = 2, base_ms = 10, max_delay_ms = 5 })
   end)
 
-  it("rejects an unknown key, naming it", function()
-    raises("unknown option 'max_attempt'", baton.retry, { max_attempt = 3, base_ms = 1 })
+  it("rejects an unknown key, naming it, before a missing one", function()
+    raises("baton.retry: bad argument #1 'max_attempt' %(unknown option%)", baton.retry,
+           { max_attempt = 3, base_ms = 1 })
   end)
 end)
 
@@ -65,8 +69,8 @@ describe("retry:delay_for", function()
 
   it("rejects attempt numbers below 1", function()
     local r = baton.retry{ max_attempts = 3, base_ms = 7 }
-    raises("attempt numbers start at 1", r.delay_for, r, 0)
-    raises("number", r.delay_for, r, 1.5)
+    misuse("baton.retry:delay_for", 1, "n", "expected integer >= 1, got 0", r.delay_for, r, 0)
+    misuse("baton.retry:delay_for", 1, "n", "got 1.5", r.delay_for, r, 1.5)
   end)
 
   it("applies full jitter: uniform in [0, d]", function()
@@ -112,37 +116,64 @@ describe("retry:call", function()
     assert.equal(3, n)
   end))
 
-  it("gives up after max_attempts with nil, the last error and the attempt count",
+  it("gives up after max_attempts: the last failure's message and kind, and the attempts",
      H.async(function()
     local r = baton.retry{ max_attempts = 3, base_ms = 1 }
     local n = 0
-    local v, err, attempts = r:call(function()
+    local msg, kind, detail = H.assert_failure("baton.retry:call", "timeout", r:call(function()
       n = n + 1
-      return nil, "down " .. n  -- a failure of the world, by return value
-    end)
-    assert.is_nil(v)
-    assert.equal("down 3", err)
-    assert.equal(3, attempts)
-    local _, raised, k = r:call(function() error({ code = 500 }) end)
-    assert.equal(500, raised.code)
-    assert.equal(3, k)
+      return nil, "down " .. n, "timeout", { try = n }  -- a failure of the world, returned
+    end))
+    assert.equal("baton.retry:call: gave up after 3 attempts: down 3", msg)
+    assert.equal("timeout", kind)       -- fn's kind is kept
+    assert.same({ attempts = 3, last = { try = 3 } }, detail)
+    -- A returned failure without a kind, and a raised string, have kind "error".
+    local _, k1, d1 = H.assert_failure("baton.retry:call", "error",
+                                       r:call(function() return nil, "no kind" end))
+    assert.equal("error", k1)
+    assert.equal(3, d1.attempts)
+    local m2 = H.assert_failure("baton.retry:call", "error", r:call(function() error("x", 0) end))
+    assert.matches("gave up after 3 attempts: x$", m2)
+    -- A raised table without a kind is kept in the detail.
+    local _, _, d3 = H.assert_failure("baton.retry:call", "error",
+                                      r:call(function() error({ code = 500 }) end))
+    assert.equal(500, d3.last.value.code)
+    -- A raised baton.error gives its kind and detail.
+    local _, k4, d4 = H.assert_failure("baton.retry:call", "rate_limited", r:call(function()
+      error(baton.error("rate_limited", "slow down", { status = 429 }))
+    end))
+    assert.equal("rate_limited", k4)
+    assert.same({ attempts = 3, last = { status = 429 } }, d4)
   end))
 
-  it("asks retry_on about each error and stops when it says no", H.async(function()
+  it("asks retry_on(msg, kind, detail) about each failure and stops when it says no",
+     H.async(function()
     local seen = {}
-    local r = baton.retry{ max_attempts = 5, base_ms = 1, retry_on = function(err)
-      seen[#seen + 1] = err
-      return err ~= "fatal"
+    local r = baton.retry{ max_attempts = 5, base_ms = 1, retry_on = function(msg, kind, detail)
+      seen[#seen + 1] = { msg, kind, detail and detail.n }
+      return kind ~= "protocol"
     end }
     local n = 0
-    local v, err, attempts = r:call(function()
+    local msg, kind, detail = H.assert_failure("baton.retry:call", "protocol", r:call(function()
       n = n + 1
-      return nil, n == 1 and "flaky" or "fatal"
-    end)
-    assert.is_nil(v)
-    assert.equal("fatal", err)
-    assert.equal(2, attempts)
-    assert.same({ "flaky", "fatal" }, seen)
+      if n == 1 then return nil, "flaky" end
+      return nil, "fatal", "protocol", { n = n }
+    end))
+    assert.matches("gave up after 2 attempts: fatal$", msg)
+    assert.equal("protocol", kind)
+    assert.equal(2, detail.attempts)
+    assert.same({ { "flaky", "error" }, { "fatal", "protocol", 2 } }, seen)
+  end))
+
+  it("keeps a string predicate written for retry_on(err) working", H.async(function()
+    local r = baton.retry{ max_attempts = 5, base_ms = 1,
+                           retry_on = function(err) return err ~= "fatal" end }
+    local n = 0
+    local _, _, detail = H.assert_failure("baton.retry:call", "error", r:call(function()
+      n = n + 1
+      return nil, n < 2 and "flaky" or "fatal"
+    end))
+    assert.equal(2, detail.attempts)
   end))
 
   it("waits the backoff between attempts", H.async(function()
@@ -156,18 +187,39 @@ describe("retry:call", function()
 
   it("honours retry_after_ms from the error, capped by max_delay_ms", H.async(function()
     local delays = {}
+    local kinds = {}
     local r = baton.retry{ max_attempts = 3, base_ms = 1, max_delay_ms = 40,
-                           on_retry = function(_, ms) delays[#delays + 1] = ms end }
+                           on_retry = function(_, ms, _, kind)
+                             delays[#delays + 1] = ms
+                             kinds[#kinds + 1] = kind
+                           end }
     local n = 0
     local elapsed, v = H.timed(r.call, r, function()
       n = n + 1
-      if n == 1 then return nil, { status = 429, retry_after_ms = 25 } end
-      if n == 2 then error({ status = 429, retry_after_ms = 10^9 }) end
+      if n == 1 then return nil, "429", "rate_limited", { retry_after_ms = 25 } end
+      if n == 2 then error(baton.error("rate_limited", "429", { retry_after_ms = 10^9 })) end
       return "served"
     end)
+    assert.same({ "rate_limited", "rate_limited" }, kinds)
     assert.equal("served", v)
     assert.same({ 25, 40 }, delays)
     assert.is_true(elapsed >= 25 + 40 - 2, "waited only " .. elapsed .. " ms")
+  end))
+
+  it("still reads retry_after_ms from an error table raised or returned as before",
+     H.async(function()
+    local delays = {}
+    local r = baton.retry{ max_attempts = 3, base_ms = 1, max_delay_ms = 1000,
+                           on_retry = function(_, ms) delays[#delays + 1] = ms end }
+    local n = 0
+    local v = r:call(function()
+      n = n + 1
+      if n == 1 then return nil, { status = 429, retry_after_ms = 7 } end
+      if n == 2 then error({ kind = "rate_limited", retry_after_ms = 9 }) end
+      return "served"
+    end)
+    assert.equal("served", v)
+    assert.same({ 7, 9 }, delays)
   end))
 
   it("raises the cancellation error when aborted while waiting", H.async(function()
@@ -199,25 +251,27 @@ describe("retry:call", function()
   it("explains that waiting needs a task", function()
     local r = baton.retry{ max_attempts = 2, base_ms = 1 }
     assert.equal(7, r:call(function() return 7 end))  -- no wait: fine anywhere
-    raises("retry:call: not inside a baton task", r.call, r, function() error("x") end)
+    raises("baton.retry:call: not inside a baton task", r.call, r, function() error("x") end)
+    misuse("baton.retry:call", 1, "fn", "expected function, got 42", r.call, r, 42)
   end)
 
-  it("fixes seed defect 9: jitter, a predicate, and a helper that actually waits",
+  it("jitter, a predicate on the kind, and waits that actually wait",
      H.async(function()
     local waits = {}
     local r = baton.retry{ max_attempts = 6, base_ms = 2, jitter = "equal",
-                           retry_on = function(err) return err.transient end,
+                           retry_on = function(_, kind) return kind == "io" end,
                            on_retry = function(_, ms) waits[#waits + 1] = ms end }
     local n = 0
-    local elapsed, v, err, attempts = H.timed(r.call, r, function()
+    local elapsed, v, err, kind, detail = H.timed(r.call, r, function()
       n = n + 1
       baton.yield()  -- attempts may await
-      if n <= 3 then return nil, { transient = true } end
-      return nil, { transient = false, message = "bad request" }
+      if n <= 3 then return nil, "connection reset", "io" end
+      return nil, "bad request", "protocol", { status = 400 }
     end)
     assert.is_nil(v)
-    assert.equal("bad request", err.message)
-    assert.equal(4, attempts)
+    H.assert_failure("baton.retry:call", "protocol", v, err, kind, detail)
+    assert.matches("gave up after 4 attempts: bad request$", err)
+    assert.same({ attempts = 4, last = { status = 400 } }, detail)
     assert.equal(3, #waits)
     local total = 0
     for i, ms in ipairs(waits) do

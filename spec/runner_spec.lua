@@ -1,8 +1,9 @@
--- baton.runner: the seed's test (a submitted session is held in flight until its
--- completion re-drives it; duplicates and global pokes are suppressed meanwhile), the
--- startup drive, the poll (recovers a lost poke, is suppressed while work is in flight,
--- delays missed ticks instead of bunching them), handler errors, stop/<close>/the end of
--- baton.run leaving nothing running, and configuration errors.
+-- baton.runner: a submitted session is held in flight until its completion re-drives it
+-- (duplicates and global pokes are suppressed meanwhile), the startup drive, the poll
+-- (recovers a lost poke, is suppressed while work is in flight, delays missed ticks instead
+-- of bunching them), handler failures (raised or returned), stop/<close>/the end of
+-- baton.run leaving nothing running, pokes to a stopped runner ("closed"), configuration
+-- errors.
 local baton = require "baton"
 local H = require "spec.helper"
 
@@ -211,9 +212,31 @@ describe("baton.runner", function()
       end)
       assert.equal(2, calls)
       assert.equal("running", r:status())
-      assert.matches("runner: the handler failed %(reason 'startup'%)", w[1])
+      assert.matches("baton.runner: the handler failed %(reason 'startup', kind 'error'%)", w[1])
       assert.matches("handler exploded", w[1])
       assert.matches("stack traceback", w[1])
+      r:stop()
+    end))
+
+    it("a returned failure (nil, msg, kind) is reported like a raised one, not taken as idle",
+       H.async(function()
+      local r = baton.runner { poll_ms = QUIET, handler = function(req)
+        if req.reason == "startup" then return "idle" end
+        if req.reason == "io" then return nil, "baton.process.run: cannot start 'x'", "io" end
+        error(baton.error("timeout", "the queue did not answer", { timeout_ms = 5 }))
+      end }
+      local w = with_warnings(function()
+        r:start()
+        r:poke("io")
+        r:poke("raise")
+        settle(r)
+      end)
+      assert.equal(2, #w)
+      assert.equal("baton.runner: the handler failed (reason 'io', kind 'io'): " ..
+                   "baton.process.run: cannot start 'x'", w[1])
+      assert.equal("baton.runner: the handler failed (reason 'raise', kind 'timeout'): " ..
+                   "the queue did not answer", w[2])
+      assert.equal("running", r:status())
       r:stop()
     end))
 
@@ -249,8 +272,12 @@ describe("baton.runner", function()
       assert.equal(0, left.tasks)
       assert.equal(0, left.timers)
       assert.equal("stopped", r:status())
-      assert.is_false(r:poke("late"))  -- dropped, as the seed drops a send to a gone runner
-      assert.is_false(r:complete_session("s", "late"))
+      -- Dropped: a failure of the world ("closed"), not an error (a worker completing a
+      -- session during shutdown must not crash).
+      local msg = H.assert_failure("baton.runner:poke", "closed", r:poke("late"))
+      assert.equal("baton.runner:poke: the runner is stopped", msg)
+      H.assert_failure("baton.runner:complete_session", "closed", r:complete_session("s", "late"))
+      H.assert_failure("baton.runner:poke_session", "closed", r:poke_session("s", "late"))
     end))
 
     it("stop() cancels a handler that is awaiting and waits for it to unwind",
@@ -317,7 +344,7 @@ describe("baton.runner", function()
       local s = baton.stats()
       assert.equal(0, s.tasks)
       assert.equal(0, s.timers)
-      assert.is_false(r:poke("after"))
+      assert.is_nil(r:poke("after"))
     end)
   end)
 
@@ -325,26 +352,33 @@ describe("baton.runner", function()
     it("raises on bad config, naming the key", function()
       local f = function() return "idle" end
       assert.has_error(function() baton.runner { handler = f, pol_ms = 5 } end,
-                       "baton.runner: unknown option 'pol_ms'")
+                       "baton.runner: bad argument #1 'pol_ms' (unknown option)")
+      assert.has_error(function() baton.runner { pol_ms = 5 } end,  -- the typo first
+                       "baton.runner: bad argument #1 'pol_ms' (unknown option)")
       assert.has_error(function() baton.runner { poll_ms = 5 } end,
-                       "baton.runner: handler must be a function (got nil)")
+                       "baton.runner: bad argument #1 'handler' (expected function, got nil)")
       assert.has_error(function() baton.runner { handler = f, poll_ms = 0 } end,
-                       "baton.runner: poll_ms must be an integer of milliseconds >= 1 (got 0)")
+                       "baton.runner: bad argument #1 'poll_ms' (expected integer >= 1, got 0)")
       assert.has_error(function() baton.runner { handler = f, poll_ms = 2.5 } end,
-                       "baton.runner: poll_ms must be an integer of milliseconds >= 1 (got 2.5)")
-      assert.has_error(function() baton.runner() end)
+                       "baton.runner: bad argument #1 'poll_ms' (expected integer >= 1, got 2.5)")
+      assert.has_error(function() baton.runner() end,
+                       "baton.runner: bad argument #1 'options' (expected table, got no value)")
     end)
 
     it("raises on misuse: a second start, a missing reason", H.async(function()
       local r = baton.runner { handler = function() return "idle" end, poll_ms = QUIET }
-      assert.has_error(function() r:poke() end)
-      assert.has_error(function() r:poke_session("s") end)
+      H.raises_misuse("baton.runner:poke", 1, "reason", "expected string, got no value", r.poke, r)
+      H.raises_misuse("baton.runner:poke_session", 2, "reason", "expected string, got no value",
+                      r.poke_session, r, "s")
+      H.raises_misuse("baton.runner:complete_session", 1, "session_id",
+                      "expected string, got true", r.complete_session, r, true, "done")
+      assert.is_true(r:complete_session(5, "done"))  -- a number is a session id too
       r:start()
       assert.has_error(function() r:start() end,
-                       "runner:start: the runner is running (start it once)")
+                       "baton.runner:start: the runner is running (start it once)")
       r:stop()
       assert.has_error(function() r:start() end,
-                       "runner:start: the runner is stopped (start it once)")
+                       "baton.runner:start: the runner is stopped (start it once)")
     end))
   end)
 end)

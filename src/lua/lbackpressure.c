@@ -2,12 +2,15 @@
  * lbackpressure.c — baton.backpressure{ capacity =, soft = }: a load-shedding guard whose
  * slots are permits.
  *
- * try_acquire() never waits: it returns a permit, or `nil, "shed", depth, capacity` when
- * the guard is full (an outcome, not an error). A permit is a closable userdata, as in
- * lsem.c: release() (idempotent), <close> — so an error or an abort between acquire and
- * release cannot leak depth (seed defect 8) — or, with a warning, the collector gives the
- * slot back. Its user value keeps the guard alive while it exists. The guard itself owns
- * no memory but its userdata (the core struct is embedded), so it needs no __gc.
+ * try_acquire() never waits: it returns a permit, or, when the guard is full, the failure
+ * `nil, "baton.backpressure:try_acquire: at capacity (N of N in use)", "shed",
+ * { depth =, capacity =, soft = }` (an outcome for the policy, not an error). Everything
+ * else that goes wrong raises: a bad configuration (baton.backpressure, naming the key),
+ * a bad self. A permit is a closable userdata, as in lsem.c: release() (idempotent),
+ * <close> — so an error or an abort between acquire and release cannot leak depth — or,
+ * with a warning, the collector gives the slot back. Its user value keeps the guard alive
+ * while it exists. The guard itself owns no memory but its userdata (the core struct is
+ * embedded), so it needs no __gc.
  *
  * Reaching the soft limit is reported through baton.on_warning once per crossing: the
  * acquire that brings depth up to `soft` warns, and the next warning needs depth to have
@@ -28,30 +31,16 @@ typedef struct lbp_permit {
 
 static bt_backpressure_t *check_bp(lua_State *L, int idx) { return lbt_check_type(L, idx, LBT_BP); }
 
-/* Reads an optional integer option; raises naming the key unless it is an integer >= min. */
-static size_t opt_count(lua_State *L, int idx, const char *key, lua_Integer min, int required) {
-  lua_getfield(L, idx, key);
-  if (lua_isnil(L, -1) && !required) {
-    lua_pop(L, 1);
-    return 0;
-  }
-  if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < min)
-    luaL_error(L, "baton.backpressure: %s must be an integer >= %d (got %s)", key, (int)min,
-               lua_isnil(L, -1) ? "nil" : luaL_tolstring(L, -1, NULL));
-  size_t n = (size_t)lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  return n;
-}
-
 static int lbp_new(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
+  static const char *const F = "baton.backpressure";
   static const char *const known[] = {"capacity", "soft", NULL};
-  lbt_check_fields(L, 1, "baton.backpressure", known);
-  size_t cap = opt_count(L, 1, "capacity", 1, 1);
-  size_t soft = opt_count(L, 1, "soft", 1, 0);
+  lbt_check_opts(L, F, 1, "options", known);
+  lua_settop(L, 1);
+  size_t cap = (size_t)lbt_opt_count(L, F, 1, "capacity", 1, -1);
+  size_t soft = (size_t)lbt_opt_count(L, F, 1, "soft", 1, 0);  /* 0: none */
   if (soft >= cap)
-    return luaL_error(L, "baton.backpressure: soft must be less than capacity (soft %I, "
-                      "capacity %I)", (LUAI_UACINT)soft, (LUAI_UACINT)cap);
+    lbt_field_error(L, F, 1, "soft",
+                    lua_pushfstring(L, "integer below the capacity %I", (LUAI_UACINT)cap));
   bt_backpressure_t *bp = lua_newuserdatauv(L, sizeof *bp, 0);
   bt__backpressure_init(bp, cap, soft);
   luaL_setmetatable(L, BT_BP_MT);
@@ -63,11 +52,17 @@ static int lbp_try_acquire(lua_State *L) {
   bt_backpressure_t *bp = check_bp(L, 1);
   lua_settop(L, 1);
   if (bp->depth >= bp->capacity) {  /* shed: an outcome, returned */
-    lua_pushnil(L);
-    lua_pushliteral(L, "shed");
+    lua_createtable(L, 0, 3);
     lua_pushinteger(L, (lua_Integer)bp->depth);
+    lua_setfield(L, -2, "depth");
     lua_pushinteger(L, (lua_Integer)bp->capacity);
-    return 4;
+    lua_setfield(L, -2, "capacity");
+    if (bp->soft != 0) {
+      lua_pushinteger(L, (lua_Integer)bp->soft);
+      lua_setfield(L, -2, "soft");
+    }
+    return lbt_fail_detail(L, "baton.backpressure:try_acquire", "shed", -1,
+                           "at capacity (%d of %d in use)", (int)bp->depth, (int)bp->capacity);
   }
   /* The permit exists (released) before the slot is taken: if allocating it fails, no
    * depth has leaked. */
@@ -81,7 +76,7 @@ static int lbp_try_acquire(lua_State *L) {
   bt__backpressure_try_acquire(bp, &crossed);  /* cannot shed: depth < capacity was checked above */
   p->held = 1;
   if (crossed)
-    lbt_warn(R, "backpressure: depth %d reached the soft limit %d (capacity %d)",
+    lbt_warn(R, "baton.backpressure: depth %d reached the soft limit %d (capacity %d)",
              (int)bp->depth, (int)bp->soft, (int)bp->capacity);
   return 1;
 }

@@ -2,20 +2,27 @@
  * lbreaker.c — baton.breaker{ service =, threshold =, recovery_ms =, half_open_max =,
  * counts =, backend =, clock = } and baton.breaker_backend(), the in-memory backend.
  *
- *   b:call(fn, ...)  -> fn's results | nil, err (fn failed) | nil, "circuit_open", service
+ *   b:call(fn, ...)  -> fn's results | nil, msg, kind, detail (fn failed)
+ *                       | nil, "baton.breaker:call: circuit 's' is open", "circuit_open",
+ *                         { service =, state =, failures =, retry_after_ms = }
  *   b:state()        -> "closed" | "open" | "half_open"
  *   b:failures()     -> the consecutive failure count
  *
- * A call fails when fn raises, or returns `nil, err` (err not nil). Failures are outcomes,
- * not misuse, so call never re-raises fn's error: a raised error comes back as `nil, err`,
- * a returned failure comes back as fn returned it. Counted failures (all of them, or those
- * counts(err) approves) move the breaker; see breaker.c for the transitions. While open,
- * and while half_open_max probes are already running, calls fast-fail without running fn.
- * Cancellation is not a failure: it propagates, counts nothing and frees the probe slot.
+ * Errors (docs/errors.md). Raise: misuse (bad options, fn not a function, a backend
+ * without one of the six methods, bad arguments to the in-memory backend's methods), a
+ * backend that raises or answers something other than a number, a clock that does, and
+ * the cancellation error. Return failures: call only — fn's failure, and circuit_open.
+ * A call fails when fn raises or returns `nil, msg[, kind[, detail]]`, both read by
+ * lbt_outcome (the one rule; kind "error" when fn gave none): call never re-raises fn's
+ * error, it returns `nil, msg, kind, detail`. Counted failures (all of them, or those
+ * counts(msg, kind, detail) approves) move the breaker; see breaker.c for the transitions.
+ * While open, and while half_open_max probes are already running, calls fast-fail without
+ * running fn (kind "circuit_open", the facts the call saw in the detail). Cancellation is
+ * not a failure: it propagates, counts nothing and frees the probe slot.
  *
  * The backend holds the state per service: the default is a private in-memory one (C);
  * `backend` may be one from baton.breaker_backend() (shareable), or any table or object
- * with the seed's six methods, called as methods with the service name:
+ * with these six methods, called as methods with the service name:
  *   increment_failures(s) -> n ; reset_failures(s) ; get_failures(s) -> n
  *   set_open_at(s, ms) ; clear_open_at(s) ; get_open_at(s) -> ms | nil
  * A Lua backend's methods may await (a remote store). Times come from `clock()` (integer
@@ -24,7 +31,8 @@
  * The decisions are the core's cursor (breaker.c); this file performs the steps it asks
  * for, through lua_callk/lua_pcallk so that fn, counts and backend methods may yield. Stack
  * of a call:  1 breaker  2 cursor (to-be-closed: an error or a closed coroutine gives its
- * probe slot back)  3 fn  4.. arguments, then fn's results from 3.
+ * probe slot back)  3 fn  4.. arguments, then fn's results from 3 (a failure: 3 nil
+ * 4 message 5 kind 6 detail).
  */
 #include <math.h>
 #include <string.h>
@@ -35,6 +43,9 @@
 #define BT_BREAKER_MT "baton.Breaker"
 #define BT_BRKMEM_MT  "baton.BreakerBackend"
 #define BT_BRKCALL_MT "baton.Breaker.Call"
+
+static const char *const F_NEW = "baton.breaker";
+static const char *const F_CALL = "baton.breaker:call";
 
 enum { UV_BACKEND = 1, UV_COUNTS, UV_CLOCK, UV_SERVICE };
 enum { MODE_CALL = 0, MODE_STATE };
@@ -97,68 +108,73 @@ static int64_t clamp_ms(lua_Number v) {
   return (int64_t)floor(v);
 }
 
-/* A number a backend method or the clock returned (numeric strings too: a remote store
- * may answer in text). */
-static int64_t to_ms(lua_State *L, int idx, const char *what) {
+/* A number the backend method `op` (NULL: the clock) returned (numeric strings too: a
+ * remote store may answer in text); anything else raises, naming the method the user
+ * called. */
+static int64_t to_ms(lua_State *L, int idx, const char *op) {
   int isnum = 0;
   lua_Number v = lua_tonumberx(L, idx, &isnum);
-  if (!isnum || v != v)
-    luaL_error(L, "breaker: %s returned %s (a number expected)", what, luaL_typename(L, idx));
+  if (!isnum || v != v) {
+    const char *got = lbt_push_got(L, idx);
+    luaL_error(L, "%s: %s%s returned %s (expected a number)", lbt_fname(L),
+               op ? "the backend's " : "clock()", op ? op : "", got);
+  }
   return clamp_ms(v);
 }
 
-static int lmem_increment(lua_State *L) {
-  bt_breaker_mem_t *m = check_mem(L, 1);
-  size_t len;
-  const char *s = luaL_checklstring(L, 2, &len);
-  uint32_t n;
-  if (bt__breaker_mem_increment(m, s, len, &n) != 0) return luaL_error(L, "breaker: out of memory");
-  lua_pushinteger(L, (lua_Integer)n);
-  return 1;
+/* Runs operation `op` on the in-memory backend m for service s and pushes its one result
+ * (nil for the operations that answer nothing, and for no open time); `at` is the time of
+ * SET_OPEN_AT. Raises naming fname when memory runs out. The Lua methods below and the
+ * breaker's own steps (backend_op) both come here. */
+static void mem_op(lua_State *L, bt_breaker_mem_t *m, const char *s, size_t len, int op,
+                   int64_t at, const char *fname) {
+  int rc = 0;
+  uint32_t n = 0;
+  switch (op) {
+  case BT_BREAKER_GET_OPEN_AT:
+    if (bt__breaker_mem_open_at(m, s, len, &at)) lua_pushinteger(L, (lua_Integer)at);
+    else lua_pushnil(L);
+    return;
+  case BT_BREAKER_GET_FAILURES:
+    lua_pushinteger(L, (lua_Integer)bt__breaker_mem_failures(m, s, len));
+    return;
+  case BT_BREAKER_INCREMENT:
+    if (bt__breaker_mem_increment(m, s, len, &n) != 0) luaL_error(L, "%s: out of memory", fname);
+    lua_pushinteger(L, (lua_Integer)n);
+    return;
+  case BT_BREAKER_SET_OPEN_AT: rc = bt__breaker_mem_set_open_at(m, s, len, at); break;
+  case BT_BREAKER_RESET: bt__breaker_mem_reset(m, s, len); break;
+  default: bt__breaker_mem_clear_open_at(m, s, len); break;
+  }
+  if (rc != 0) luaL_error(L, "%s: out of memory", fname);
+  lua_pushnil(L);
 }
 
-static int lmem_reset(lua_State *L) {
+/* backend:<op>(service [, ms]): the in-memory backend's six methods. */
+static int mem_method(lua_State *L, int op) {
+  static const char *const fnames[] = {
+    [BT_BREAKER_GET_OPEN_AT] = "baton.breaker_backend:get_open_at",
+    [BT_BREAKER_GET_FAILURES] = "baton.breaker_backend:get_failures",
+    [BT_BREAKER_INCREMENT] = "baton.breaker_backend:increment_failures",
+    [BT_BREAKER_SET_OPEN_AT] = "baton.breaker_backend:set_open_at",
+    [BT_BREAKER_RESET] = "baton.breaker_backend:reset_failures",
+    [BT_BREAKER_CLEAR_OPEN_AT] = "baton.breaker_backend:clear_open_at"};
   bt_breaker_mem_t *m = check_mem(L, 1);
   size_t len;
-  const char *s = luaL_checklstring(L, 2, &len);
-  bt__breaker_mem_reset(m, s, len);
-  return 0;
+  const char *s = lbt_arg_string(L, fnames[op], 2, "service", &len);
+  if (op == BT_BREAKER_SET_OPEN_AT && lua_type(L, 3) != LUA_TNUMBER)
+    lbt_argerror(L, fnames[op], 3, "ms", "number");
+  int64_t at = op == BT_BREAKER_SET_OPEN_AT ? clamp_ms(lua_tonumber(L, 3)) : 0;
+  mem_op(L, m, s, len, op, at, fnames[op]);
+  return lua_isnil(L, -1) ? 0 : 1;
 }
 
-static int lmem_failures(lua_State *L) {
-  bt_breaker_mem_t *m = check_mem(L, 1);
-  size_t len;
-  const char *s = luaL_checklstring(L, 2, &len);
-  lua_pushinteger(L, (lua_Integer)bt__breaker_mem_failures(m, s, len));
-  return 1;
-}
-
-static int lmem_set_open_at(lua_State *L) {
-  bt_breaker_mem_t *m = check_mem(L, 1);
-  size_t len;
-  const char *s = luaL_checklstring(L, 2, &len);
-  int64_t at = clamp_ms(luaL_checknumber(L, 3));
-  if (bt__breaker_mem_set_open_at(m, s, len, at) != 0) return luaL_error(L, "breaker: out of memory");
-  return 0;
-}
-
-static int lmem_clear_open_at(lua_State *L) {
-  bt_breaker_mem_t *m = check_mem(L, 1);
-  size_t len;
-  const char *s = luaL_checklstring(L, 2, &len);
-  bt__breaker_mem_clear_open_at(m, s, len);
-  return 0;
-}
-
-static int lmem_open_at(lua_State *L) {
-  bt_breaker_mem_t *m = check_mem(L, 1);
-  size_t len;
-  const char *s = luaL_checklstring(L, 2, &len);
-  int64_t at;
-  if (!bt__breaker_mem_open_at(m, s, len, &at)) return 0;
-  lua_pushinteger(L, (lua_Integer)at);
-  return 1;
-}
+static int lmem_increment(lua_State *L) { return mem_method(L, BT_BREAKER_INCREMENT); }
+static int lmem_reset(lua_State *L) { return mem_method(L, BT_BREAKER_RESET); }
+static int lmem_failures(lua_State *L) { return mem_method(L, BT_BREAKER_GET_FAILURES); }
+static int lmem_set_open_at(lua_State *L) { return mem_method(L, BT_BREAKER_SET_OPEN_AT); }
+static int lmem_clear_open_at(lua_State *L) { return mem_method(L, BT_BREAKER_CLEAR_OPEN_AT); }
+static int lmem_open_at(lua_State *L) { return mem_method(L, BT_BREAKER_GET_OPEN_AT); }
 
 /* ---- the breaker -------------------------------------------------------------------- */
 
@@ -166,31 +182,35 @@ static lbreaker *check_breaker(lua_State *L, int idx) {
   return lbt_check_type(L, idx, LBT_BREAKER);
 }
 
+/* A count option of the table at 1 that must also fit a uint32_t. */
+static uint32_t opt_u32(lua_State *L, const char *key, lua_Integer min, lua_Integer def) {
+  lua_Integer v = lbt_opt_count(L, F_NEW, 1, key, min, def);
+  if (v > UINT32_MAX) lbt_field_error(L, F_NEW, 1, key, "integer <= 2^32-1");
+  return (uint32_t)v;
+}
+
 static int lbreaker_new(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
   static const char *const known[] = {"service", "threshold", "recovery_ms", "half_open_max",
                                       "counts", "backend", "clock", NULL};
-  lbt_check_fields(L, 1, "baton.breaker", known);
-  if (lua_getfield(L, 1, "service") != LUA_TSTRING || lua_rawlen(L, -1) == 0)
-    luaL_error(L, "baton.breaker: service must be a non-empty string (got %s)",
-               luaL_typename(L, -1));
-  lua_pop(L, 1);
-  lua_Integer threshold = lbt_opt_int(L, "baton.breaker", "threshold", 1, -1);
-  if (threshold > UINT32_MAX) luaL_error(L, "baton.breaker: threshold is too large");
-  lua_Integer recovery = lbt_opt_int(L, "baton.breaker", "recovery_ms", 0, -1);
-  lua_Integer probes = lbt_opt_int(L, "baton.breaker", "half_open_max", 1, 1);
-  if (probes > UINT32_MAX) luaL_error(L, "baton.breaker: half_open_max is too large");
+  lbt_check_opts(L, F_NEW, 1, "options", known);
+  lua_settop(L, 1);
+  size_t svclen;
+  lbt_opt_string(L, F_NEW, 1, "service", NULL, &svclen);
+  if (svclen == 0) lbt_field_error(L, F_NEW, 1, "service", "non-empty string");
+  uint32_t threshold = opt_u32(L, "threshold", 1, -1);
+  lua_Integer recovery = lbt_opt_count(L, F_NEW, 1, "recovery_ms", 0, -1);
+  uint32_t probes = opt_u32(L, "half_open_max", 1, 1);
   int t = lua_getfield(L, 1, "backend");
   if (t != LUA_TNIL && t != LUA_TTABLE && t != LUA_TUSERDATA)
-    luaL_error(L, "baton.breaker: backend must be a table or an object (got %s)",
-               luaL_typename(L, -1));
+    lbt_field_error(L, F_NEW, 1, "backend", "table or object");
   if (t == LUA_TUSERDATA && lbt_test_type(L, -1, LBT_BRK_BACKEND)) {
     check_mem(L, lua_gettop(L));  /* refuses a finalized one */
   } else if (t != LUA_TNIL) {
     for (int op = BT_BREAKER_GET_OPEN_AT; op <= BT_BREAKER_CLEAR_OPEN_AT; op++) {
       if (op_names[op] == NULL) continue;
       if (lua_getfield(L, -1, op_names[op]) != LUA_TFUNCTION)
-        luaL_error(L, "baton.breaker: backend has no method '%s'", op_names[op]);
+        lbt_field_error(L, F_NEW, 1, "backend",
+                        lua_pushfstring(L, "object with a method '%s'", op_names[op]));
       lua_pop(L, 1);
     }
   }
@@ -199,8 +219,10 @@ static int lbreaker_new(lua_State *L) {
   lbreaker *B = lua_newuserdatauv(L, sizeof *B, 4);
   memset(B, 0, sizeof *B);
   luaL_setmetatable(L, BT_BREAKER_MT);
-  lbt_opt_func(L, "baton.breaker", "counts", UV_COUNTS);
-  lbt_opt_func(L, "baton.breaker", "clock", UV_CLOCK);
+  lbt_opt_function(L, F_NEW, 1, "counts");
+  lua_setiuservalue(L, -2, UV_COUNTS);
+  lbt_opt_function(L, F_NEW, 1, "clock");
+  lua_setiuservalue(L, -2, UV_CLOCK);
   lua_getfield(L, 1, "service");
   B->svc = lua_tolstring(L, -1, &B->len);
   lua_setiuservalue(L, -2, UV_SERVICE);
@@ -211,7 +233,7 @@ static int lbreaker_new(lua_State *L) {
   B->mem = lbt_test_type(L, -1, LBT_BRK_BACKEND);
   lua_setiuservalue(L, -2, UV_BACKEND);
   lua_getiuservalue(L, -1, UV_COUNTS);
-  bt__breaker_init(&B->b, (uint32_t)threshold, recovery, (uint32_t)probes, !lua_isnil(L, -1));
+  bt__breaker_init(&B->b, threshold, recovery, probes, !lua_isnil(L, -1));
   lua_pop(L, 1);
   return 1;
 }
@@ -222,7 +244,7 @@ static int64_t now_ms(lua_State *L, int self) {
     return (int64_t)bt_now(lbt_R(L)->rt);
   }
   lua_call(L, 0, 1);
-  int64_t now = to_ms(L, -1, "clock()");
+  int64_t now = to_ms(L, -1, NULL);
   lua_pop(L, 1);
   return now;
 }
@@ -233,40 +255,13 @@ static int64_t now_ms(lua_State *L, int self) {
 static void backend_op(lua_State *L, int op, lua_KFunction k) {
   lbreaker *B = lua_touserdata(L, 1);
   if (B->mem != NULL) {
-    int64_t at;
-    uint32_t n;
-    switch (op) {
-    case BT_BREAKER_GET_OPEN_AT:
-      if (bt__breaker_mem_open_at(mem_of(L, B), B->svc, B->len, &at))
-        lua_pushinteger(L, (lua_Integer)at);
-      else lua_pushnil(L);
-      return;
-    case BT_BREAKER_GET_FAILURES:
-      lua_pushinteger(L, (lua_Integer)bt__breaker_mem_failures(mem_of(L, B), B->svc, B->len));
-      return;
-    case BT_BREAKER_INCREMENT:
-      if (bt__breaker_mem_increment(mem_of(L, B), B->svc, B->len, &n) != 0)
-        luaL_error(L, "breaker:call: out of memory");
-      lua_pushinteger(L, (lua_Integer)n);
-      return;
-    case BT_BREAKER_SET_OPEN_AT: {
-      int64_t now = now_ms(L, 1);  /* clock() first: it may finalize the backend */
-      if (bt__breaker_mem_set_open_at(mem_of(L, B), B->svc, B->len, now) != 0)
-        luaL_error(L, "breaker:call: out of memory");
-      break;
-    }
-    case BT_BREAKER_RESET:
-      bt__breaker_mem_reset(mem_of(L, B), B->svc, B->len);
-      break;
-    default:
-      bt__breaker_mem_clear_open_at(mem_of(L, B), B->svc, B->len);
-      break;
-    }
-    lua_pushnil(L);
+    /* clock() first, before the backend is read: it may finalize the backend */
+    int64_t now = op == BT_BREAKER_SET_OPEN_AT ? now_ms(L, 1) : 0;
+    mem_op(L, mem_of(L, B), B->svc, B->len, op, now, F_CALL);
     return;
   }
   int nargs = 2;
-  luaL_checkstack(L, 4, "breaker");
+  luaL_checkstack(L, 4, F_CALL);
   lua_getiuservalue(L, 1, UV_BACKEND);
   lua_getfield(L, -1, op_names[op]);
   lua_insert(L, -2);
@@ -300,25 +295,48 @@ static int after_op(lua_State *L) {
   return bt__breaker_report(&B->b, &c->c, has, v);
 }
 
-static int task_cancelled(lua_State *L) {
-  bt_task_t *t = bt_rt_current(lbt_R(L)->rt);
-  return t != NULL && (t->flags & BT_TASK_F_CANCEL);
-}
-
-/* fn returned (its results from 3) or raised (the error at 3). */
+/* fn returned (its results from 3) or raised (the error at 3). A failure, either way, is
+ * left as nil, message, kind, detail from 3 (a cancellation is re-raised: the cursor's
+ * __close frees the probe slot). */
 static int after_run(lua_State *L, int status) {
   lbreaker *B = lua_touserdata(L, 1);
   bt_breaker_outcome_t outcome = BT_BREAKER_OK;
-  if (status == LUA_OK || status == LUA_YIELD) {
-    if (lua_gettop(L) >= 4 && lua_isnil(L, 3) && !lua_isnil(L, 4)) outcome = BT_BREAKER_FAILED;
-  } else {
-    if (status != LUA_ERRRUN || lbt_is_cancel_error(L, -1) || task_cancelled(L))
-      lua_error(L);  /* the cursor's __close frees the probe slot */
+  if (!lbt_outcome(L, status, 3)) {
     lua_pushnil(L);
-    lua_insert(L, 3);  /* nil, err */
+    lua_insert(L, 3);
     outcome = BT_BREAKER_FAILED;
   }
   return bt__breaker_report(&B->b, &call_of(L)->c, 1, outcome);
+}
+
+/* The fast-fail: nil, message, "circuit_open", detail (what the call saw). */
+static int reject(lua_State *L) {
+  lbreaker *B = lua_touserdata(L, 1);
+  const bt_breaker_call_t *c = &call_of(L)->c;
+  int open = c->state == BT_BREAKER_OPEN;
+  lua_createtable(L, 0, 4);
+  lua_getiuservalue(L, 1, UV_SERVICE);
+  lua_setfield(L, -2, "service");
+  lua_pushstring(L, state_names[c->state]);
+  lua_setfield(L, -2, "state");
+  /* The count is known when the cursor read it (no open time), or cheaply from memory. */
+  int64_t failures = -1;
+  if (!c->has_open) failures = c->failures;
+  else if (B->mem != NULL && *B->mem != NULL)
+    failures = bt__breaker_mem_failures(*B->mem, B->svc, B->len);
+  if (failures >= 0) {
+    lua_pushinteger(L, (lua_Integer)failures);
+    lua_setfield(L, -2, "failures");
+  }
+  if (open && c->has_open) {  /* what is left of the recovery window */
+    int64_t left = c->now < c->open_at ? B->b.recovery_ms + (c->open_at - c->now)
+                                       : B->b.recovery_ms - (c->now - c->open_at);
+    lua_pushinteger(L, (lua_Integer)(left > 0 ? left : 0));
+    lua_setfield(L, -2, "retry_after_ms");
+  }
+  if (open) return lbt_fail_detail(L, F_CALL, "circuit_open", -1, "circuit '%s' is open", B->svc);
+  return lbt_fail_detail(L, F_CALL, "circuit_open", -1,
+                         "circuit '%s' is half-open and its probes are busy", B->svc);
 }
 
 static int drive(lua_State *L, int step);
@@ -340,17 +358,14 @@ static int drive(lua_State *L, int step) {
     case BT_BREAKER_RUN:
       step = after_run(L, lua_pcallk(L, lua_gettop(L) - 3, LUA_MULTRET, 0, 0, run_k));
       break;
-    case BT_BREAKER_COUNTS:
+    case BT_BREAKER_COUNTS:  /* counts(msg, kind, detail) */
       lua_getiuservalue(L, 1, UV_COUNTS);
-      lua_pushvalue(L, 4);
-      lua_callk(L, 1, 1, 0, op_k);
+      for (int i = 4; i <= 6; i++) lua_pushvalue(L, i);
+      lua_callk(L, 3, 1, 0, op_k);
       step = after_op(L);
       break;
     case BT_BREAKER_REJECT:
-      lua_pushnil(L);
-      lua_pushliteral(L, "circuit_open");
-      lua_getiuservalue(L, 1, UV_SERVICE);
-      return 3;
+      return reject(L);
     case BT_BREAKER_DONE:
       if (call_of(L)->mode == MODE_STATE) {
         lua_pushstring(L, state_names[call_of(L)->c.state]);
@@ -390,7 +405,7 @@ static int begin(lua_State *L, int mode) {
 
 static int lbreaker_call(lua_State *L) {
   check_breaker(L, 1);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lbt_arg_function(L, F_CALL, 2, "fn");
   return begin(L, MODE_CALL);
 }
 

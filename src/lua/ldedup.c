@@ -15,8 +15,15 @@
  * successful result (not a raise, not `nil, err`) is cached for ttl_ms. A caller that is
  * cancelled stops waiting (and raises the cancellation error); the execution goes on for
  * the others, and is aborted only when its last waiter has gone — the key is then
- * forgotten at once, so a new caller starts afresh. A key put in progress by check() has
- * no execution to share: run returns `nil, "in_progress", "in_progress"` for it.
+ * forgotten at once, so a new caller starts afresh.
+ *
+ * Errors (docs/errors.md). Raise: misuse (bad options, a key that is not a string or a
+ * number, fn not a function, run outside a task when it would wait, an execution running
+ * run for its own key), a clock() that does not return a number, and the cancellation
+ * error. Return failures: run only — what fn returned, passed through unchanged, and, for a
+ * key put in progress by check() (no execution to share),
+ * `nil, "baton.dedup:run: key 'k' is in progress (claimed by check)", "busy", { key = "k" }`.
+ * check's "new" / "in_progress" / "cached" are answers, not failures.
  *
  * The table, its states, the TTL expiry and the waiter counts are the core's (dedup.c).
  * This file keeps the Lua side: user value 1 maps keys to cached values (packed result
@@ -35,6 +42,8 @@
 
 enum { UV_VALUES = 1, UV_FLIGHTS, UV_CLOCK };
 
+static const char *const F_RUN = "baton.dedup:run";
+
 typedef struct ldedup {
   bt_dedup_t *d;
 } ldedup;
@@ -50,19 +59,19 @@ LBT_HANDLE_FIRST(ldedup, d);
 
 static ldedup *check_dedup(lua_State *L, int idx) { return lbt_check_handle(L, idx, LBT_DEDUP); }
 
+/* The method's key argument (index 2): a string, or a number (converted in place). */
+static const char *check_key(lua_State *L, const char *fname, size_t *len) {
+  if (lua_type(L, 2) != LUA_TNUMBER) return lbt_arg_string(L, fname, 2, "key", len);
+  return lua_tolstring(L, 2, len);
+}
+
 static int ldedup_new(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
+  static const char *const F = "baton.dedup";
   static const char *const known[] = {"ttl_ms", "clock", NULL};
-  lbt_check_fields(L, 1, "baton.dedup", known);
-  lua_getfield(L, 1, "ttl_ms");
-  int isint = 0;
-  lua_Integer ttl = lua_tointegerx(L, -1, &isint);
-  if (lua_type(L, -1) != LUA_TNUMBER || !isint || ttl < 0 || ttl > (lua_Integer)1e15)
-    luaL_error(L, "baton.dedup: ttl_ms must be an integer >= 0 (got %s)",
-               luaL_tolstring(L, -1, NULL));
-  int t = lua_getfield(L, 1, "clock");
-  if (t != LUA_TNIL && t != LUA_TFUNCTION)
-    luaL_error(L, "baton.dedup: clock must be a function (got %s)", luaL_typename(L, -1));
+  lbt_check_opts(L, F, 1, "options", known);
+  lua_settop(L, 1);
+  lua_Integer ttl = lbt_opt_count(L, F, 1, "ttl_ms", 0, -1);
+  lbt_opt_function(L, F, 1, "clock");
   ldedup *D = lua_newuserdatauv(L, sizeof *D, 3);
   D->d = NULL;
   luaL_setmetatable(L, BT_DEDUP_MT);
@@ -73,11 +82,12 @@ static int ldedup_new(lua_State *L) {
   lua_newtable(L);
   lua_setiuservalue(L, -2, UV_FLIGHTS);
   if ((D->d = bt__dedup_new((uint64_t)ttl)) == NULL)
-    return luaL_error(L, "baton.dedup: out of memory");
+    return luaL_error(L, "%s: out of memory", F);
   return 1;
 }
 
-static int64_t now_ms(lua_State *L) {
+/* The time; fname names the method that asked, for a clock() that misbehaves. */
+static int64_t now_ms(lua_State *L, const char *fname) {
   if (lua_getiuservalue(L, 1, UV_CLOCK) == LUA_TNIL) {
     lua_pop(L, 1);
     return (int64_t)bt_now(lbt_R(L)->rt);
@@ -86,7 +96,7 @@ static int64_t now_ms(lua_State *L) {
   int isnum = 0;
   lua_Number v = lua_tonumberx(L, -1, &isnum);
   if (!isnum || !(v > -9e18 && v < 9e18))
-    luaL_error(L, "dedup: clock() returned %s (a number expected)", luaL_typename(L, -1));
+    luaL_error(L, "%s: clock() returned %s (expected a number)", fname, lbt_push_got(L, -1));
   lua_pop(L, 1);
   if (((ldedup *)lua_touserdata(L, 1))->d == NULL)  /* the clock finalized it */
     lbt_closed_error(L, LBT_DEDUP);
@@ -152,7 +162,7 @@ static int push_cached(lua_State *L, int key_idx) {
   lua_getfield(L, -1, "n");
   int n = (int)lua_tointeger(L, -1);
   lua_pop(L, 1);
-  luaL_checkstack(L, n, "dedup: too many cached values");
+  luaL_checkstack(L, n, "baton.dedup: too many cached values");
   int t = lua_gettop(L);
   for (int i = 1; i <= n; i++) lua_rawgeti(L, t, i);
   lua_remove(L, t);
@@ -173,16 +183,33 @@ static void store_values(lua_State *L, int key_idx, int first) {
   set_field(L, UV_VALUES, key_idx);
 }
 
-static int ldedup_check(lua_State *L) {
-  ldedup *D = check_dedup(L, 1);
+/* What check and complete start from: self, the key (index 2; the stack cut to `top`), the
+ * time, and the key's state (a sweep first; a stale flight repaired). */
+typedef struct dcall {
+  ldedup *D;
+  const char *key;
   size_t len;
-  const char *key = luaL_checklstring(L, 2, &len);
-  lua_settop(L, 2);
-  int64_t now = now_ms(L);
-  switch (lookup(L, D, 2, now, NULL)) {
+  int64_t now;
+  bt_dedup_state_t st;
+} dcall;
+
+static dcall begin(lua_State *L, const char *fname, int top) {
+  dcall c;
+  c.D = check_dedup(L, 1);
+  c.key = check_key(L, fname, &c.len);
+  lua_settop(L, top);
+  c.now = now_ms(L, fname);
+  c.st = lookup(L, c.D, 2, c.now, NULL);
+  return c;
+}
+
+static int ldedup_check(lua_State *L) {
+  static const char *const F = "baton.dedup:check";
+  dcall c = begin(L, F, 2);
+  switch (c.st) {
   case BT_DEDUP_ABSENT:
-    if (bt__dedup_register(D->d, key, len, now) != 0)
-      return luaL_error(L, "dedup:check: out of memory");
+    if (bt__dedup_register(c.D->d, c.key, c.len, c.now) != 0)
+      return luaL_error(L, "%s: out of memory", F);
     lua_pushliteral(L, "new");
     return 1;
   case BT_DEDUP_CACHED:
@@ -195,14 +222,10 @@ static int ldedup_check(lua_State *L) {
 }
 
 static int ldedup_complete(lua_State *L) {
-  ldedup *D = check_dedup(L, 1);
-  size_t len;
-  const char *key = luaL_checklstring(L, 2, &len);
-  lua_settop(L, 3);
-  int64_t now = now_ms(L);
-  lookup(L, D, 2, now, NULL);  /* sweeps; a stale flight is repaired */
-  int prev = bt__dedup_complete(D->d, key, len, now);
-  if (prev < 0) return luaL_error(L, "dedup:complete: out of memory");
+  static const char *const F = "baton.dedup:complete";
+  dcall c = begin(L, F, 3);
+  int prev = bt__dedup_complete(c.D->d, c.key, c.len, c.now);
+  if (prev < 0) return luaL_error(L, "%s: out of memory", F);
   if (prev == BT_DEDUP_FLIGHT) {  /* the execution goes on for its waiters, uncached */
     lua_pushnil(L);
     set_field(L, UV_FLIGHTS, 2);
@@ -214,7 +237,7 @@ static int ldedup_complete(lua_State *L) {
 static int ldedup_fail(lua_State *L) {
   ldedup *D = check_dedup(L, 1);
   size_t len;
-  const char *key = luaL_checklstring(L, 2, &len);
+  const char *key = check_key(L, "baton.dedup:fail", &len);
   lua_settop(L, 2);
   if (bt__dedup_fail(D->d, key, len) == BT_DEDUP_FLIGHT) {
     lua_pushnil(L);
@@ -255,7 +278,7 @@ static int exec_after(lua_State *L, int status) {
   if (status == LUA_OK || status == LUA_YIELD) {
     int n = lua_gettop(L) - 3;
     int ok = !(n >= 2 && lua_isnil(L, 4) && !lua_isnil(L, 5));
-    int64_t now = D->d != NULL ? now_ms(L) : 0;
+    int64_t now = D->d != NULL ? now_ms(L, F_RUN) : 0;
     if (D->d != NULL && bt__dedup_settle(D->d, key, len, gen, ok, now)) {
       lua_pushnil(L);
       set_field(L, UV_FLIGHTS, 2);
@@ -318,9 +341,7 @@ static int deliver(lua_State *L) {
 static int join_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  lbt_task *self = (lbt_task *)bt_rt_current(lbt_R(L)->rt);
-  if (lbt_fib(self)->status == BT_ECANCELED || (self->t.flags & BT_TASK_F_CANCEL))
-    return lbt_raise_cancelled(L);  /* closing the waiter leaves the flight */
+  lbt_resumed(L, NULL, NULL, NULL);  /* cancelled: closing the waiter leaves the flight */
   return deliver(L);
 }
 
@@ -328,30 +349,32 @@ static int ldedup_run(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   ldedup *D = check_dedup(L, 1);
   size_t len;
-  const char *key = luaL_checklstring(L, 2, &len);
-  luaL_checktype(L, 3, LUA_TFUNCTION);
+  const char *key = check_key(L, F_RUN, &len);
+  lbt_arg_function(L, F_RUN, 3, "fn");
   int nargs = lua_gettop(L) - 3;
-  if (nargs > 240) return luaL_error(L, "dedup:run: too many arguments (%d)", nargs);
+  if (nargs > 240) return luaL_error(L, "%s: too many arguments (%d)", F_RUN, nargs);
   uint64_t gen = 0;
   lbt_task *self = NULL;
-  switch (lookup(L, D, 2, now_ms(L), &gen)) {
+  switch (lookup(L, D, 2, now_ms(L, F_RUN), &gen)) {
   case BT_DEDUP_CACHED:
     return push_cached(L, 2);
-  case BT_DEDUP_PENDING:
-    lua_pushnil(L);
-    lua_pushliteral(L, "in_progress");
-    lua_pushliteral(L, "in_progress");
-    return 3;
+  case BT_DEDUP_PENDING:  /* claimed by check(): nothing to wait for */
+    lua_settop(L, 2);
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, 2);
+    lua_setfield(L, -2, "key");
+    return lbt_fail_detail(L, F_RUN, "busy", -1, "key '%s' is in progress (claimed by check)",
+                           key);
   case BT_DEDUP_FLIGHT:
-    self = lbt_await_begin(L, R, "dedup:run");
+    self = lbt_await_begin(L, R, F_RUN);
     lua_getiuservalue(L, 1, UV_FLIGHTS);
     lua_pushvalue(L, 2);
     lua_rawget(L, -2);
     break;
   default:  /* absent: this caller starts the execution */
-    self = lbt_await_begin(L, R, "dedup:run");
+    self = lbt_await_begin(L, R, F_RUN);
     if ((gen = bt__dedup_begin_flight(D->d, key, len)) == 0)
-      return luaL_error(L, "dedup:run: out of memory");
+      return luaL_error(L, "%s: out of memory", F_RUN);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_pushcclosure(L, exec_body, 1);
     int fi = lua_gettop(L);
@@ -368,8 +391,8 @@ static int ldedup_run(lua_State *L) {
   lua_settop(L, 3);
   lbt_task *E = lua_touserdata(L, 3);
   if (E == self)
-    return luaL_error(L, "dedup:run: the execution for key '%s' called dedup:run for that "
-                      "same key (it would wait for itself)", key);
+    return luaL_error(L, "%s: the execution for key '%s' called %s for that same key (it "
+                      "would wait for itself)", F_RUN, key, F_RUN);
   lwaiter *w = lua_newuserdatauv(L, sizeof *w, 3);
   w->gen = gen;
   w->joined = 0;

@@ -6,13 +6,18 @@
  * that group. dispatch() asks the core about each request and spawns every admitted one as
  * a task running dispatcher(tool, args, request); the core gives back its host slot and
  * in-flight count from the group's finish hook, whatever ends the task. Outcomes are built
- * here, when a finished task is popped from the group: settled (a body), failed (an error
- * { kind, message }), or failed with kind "cancelled" for a task aborted by anything but
- * shutdown. The request of each task waits in user value 2, by task id, until then.
+ * here, when a finished task is popped from the group: settled (a body), failed (an error,
+ * a baton.Error { kind, message, detail }), or failed with kind "cancelled" for a task
+ * aborted by anything but shutdown. The request of each task waits in user value 2, by
+ * task id, until then.
  *
- * Error channels: bad configuration and a bad request raise, naming the key, and use after
- * close raises "baton.Engine: used after it was closed"; skips and failures of dispatchers
- * are outcomes. wait_within and shutdown await
+ * Errors (docs/errors.md). Raise: a bad configuration (baton.engine, naming the key), a bad
+ * request (baton.engine:dispatch: bad argument #1 'requests[2].tool' ...; none is started),
+ * use after close (baton.engine:dispatch: used after it was closed), a wait outside a task,
+ * and the cancellation error of the caller. Return failures: none — skips and the failures
+ * of dispatchers are outcomes, in the lists the methods return. A dispatcher fails when it
+ * raises or returns `nil, msg[, kind[, detail]]`, both read by lbt_outcome (the one rule:
+ * a returned kind is kept; kind "error" when it gave none). wait_within and shutdown await
  * (shutdown only when it can: in __close or __gc it just aborts).
  */
 #include <math.h>
@@ -23,6 +28,9 @@
 
 #define BT_ENGINE_MT "baton.Engine"
 #define TRACEBACK_SEP "\nstack traceback:"
+
+static const char *const F_NEW = "baton.engine";
+static const char *const F_DISPATCH = "baton.engine:dispatch";
 
 /* User values: 1 the dispatcher, 2 requests by task id, 3 the shared budget (or nil). */
 typedef struct lengine {
@@ -36,91 +44,80 @@ static lengine *check_engine(lua_State *L) { return lbt_check_handle(L, 1, LBT_E
 
 /* ---- configuration and requests ----------------------------------------------------- */
 
-/* The integer field `key` of the table at idx, >= 0, or `def` when absent (-1: required). */
-static lua_Integer opt_count(lua_State *L, int idx, const char *fname, const char *key,
-                             lua_Integer def) {
-  int isint = 0;
-  lua_Integer v = def;
-  if (lua_getfield(L, idx, key) == LUA_TNIL) {
-    if (def < 0) luaL_error(L, "%s: %s is required (an integer >= 0)", fname, key);
-  } else {
-    if (lua_type(L, -1) == LUA_TNUMBER) v = lua_tointegerx(L, -1, &isint);
-    if (!isint || v < 0)
-      luaL_error(L, "%s: %s must be an integer >= 0 (got %s)", fname, key,
-                 luaL_tolstring(L, -1, NULL));
-  }
-  lua_pop(L, 1);
-  return v;
+/* Raises "baton.engine:dispatch: bad argument #1 'requests[i].<field>' (expected X, got
+ * <the value at idx>)"; field NULL names the request itself. */
+static int bad_request(lua_State *L, lua_Integer i, const char *field, const char *expected,
+                       int idx) {
+  const char *got = lbt_push_got(L, idx);
+  const char *name = field ? lua_pushfstring(L, "requests[%I].%s", (LUAI_UACINT)i, field)
+                           : lua_pushfstring(L, "requests[%I]", (LUAI_UACINT)i);
+  return lbt_argerror_got(L, F_DISPATCH, 1, name, expected, got);
 }
 
-static int opt_bool(lua_State *L, int idx, const char *fname, const char *key, int def) {
-  int t = lua_getfield(L, idx, key), v = def;
-  if (t == LUA_TBOOLEAN) v = lua_toboolean(L, -1);
-  else if (t != LUA_TNIL)
-    luaL_error(L, "%s: %s must be a boolean (got %s)", fname, key, luaL_typename(L, -1));
-  lua_pop(L, 1);
-  return v;
-}
-
-/* Raises unless the request at idx (#i of the list) is well formed. */
+/* Raises unless the request at idx (requests[i]) is well formed; unknown keys first. */
 static void check_request(lua_State *L, int idx, lua_Integer i) {
   static const char *const known[] = {"tool", "args", "host", "cost_tokens", "speculate", NULL};
-  const char *fname = lua_pushfstring(L, "engine:dispatch: request #%d", (int)i);
-  if (!lua_istable(L, idx)) luaL_error(L, "%s is a %s, not a table", fname, luaL_typename(L, idx));
-  lbt_check_fields(L, idx, fname, known);
-  if (lua_getfield(L, idx, "tool") != LUA_TSTRING)
-    luaL_error(L, "%s: tool must be a string (got %s)", fname, luaL_typename(L, -1));
+  if (!lua_istable(L, idx)) bad_request(L, i, NULL, "table", idx);
+  int top = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+    int n = 0;
+    while (k != NULL && known[n] != NULL && strcmp(k, known[n]) != 0) n++;
+    if (k == NULL) bad_request(L, i, NULL, "string keys", -2);
+    if (known[n] == NULL)
+      luaL_error(L, "%s: bad argument #1 'requests[%I].%s' (unknown option)", F_DISPATCH,
+                 (LUAI_UACINT)i, k);
+    lua_pop(L, 1);
+  }
+  if (lua_getfield(L, idx, "tool") != LUA_TSTRING) bad_request(L, i, "tool", "string", -1);
   int t = lua_getfield(L, idx, "host");
-  if (t != LUA_TNIL && t != LUA_TSTRING)
-    luaL_error(L, "%s: host must be a string (got %s)", fname, luaL_typename(L, -1));
-  lua_pop(L, 2);
-  opt_count(L, idx, fname, "cost_tokens", 0);
-  opt_bool(L, idx, fname, "speculate", 1);
-  lua_pop(L, 1);
+  if (t != LUA_TNIL && t != LUA_TSTRING) bad_request(L, i, "host", "string or nil", -1);
+  int isint = 0;
+  t = lua_getfield(L, idx, "cost_tokens");
+  lua_Integer cost = lua_tointegerx(L, -1, &isint);
+  if (t != LUA_TNIL && (t != LUA_TNUMBER || !isint || cost < 0))
+    bad_request(L, i, "cost_tokens", "integer >= 0", -1);
+  t = lua_getfield(L, idx, "speculate");
+  if (t != LUA_TNIL && t != LUA_TBOOLEAN) bad_request(L, i, "speculate", "boolean", -1);
+  lua_settop(L, top);
 }
 
 static int lengine_new(lua_State *L) {
   static const char *const known[] = {"enabled", "max_parallel", "timeout_ms", "per_host_cap",
                                       "respect_rate_limits", "dispatcher", "budget", NULL};
-  const char *fn = "baton.engine";
   lbt_rt *R = lbt_R(L);
-  luaL_checktype(L, 1, LUA_TTABLE);
+  lbt_check_opts(L, F_NEW, 1, "options", known);
   lua_settop(L, 1);
-  lbt_check_fields(L, 1, fn, known);
   bt_engine_cfg cfg;
-  cfg.enabled = opt_bool(L, 1, fn, "enabled", 1);
-  cfg.respect_rate_limits = opt_bool(L, 1, fn, "respect_rate_limits", 1);
-  cfg.max_parallel = (size_t)opt_count(L, 1, fn, "max_parallel", -1);
-  cfg.per_host_cap = (size_t)opt_count(L, 1, fn, "per_host_cap", 4);
-  if (lua_getfield(L, 1, "timeout_ms") == LUA_TNIL)
-    return luaL_error(L, "%s: timeout_ms is required (milliseconds >= 0)", fn);
-  lua_Number ms = lua_tonumber(L, -1);
-  if (lua_type(L, -1) != LUA_TNUMBER || !(ms >= 0 && ms < 1e15))
-    return luaL_error(L, "%s: timeout_ms must be a number of milliseconds >= 0 (got %s)", fn,
-                      luaL_tolstring(L, -1, NULL));
+  cfg.enabled = lbt_opt_bool(L, F_NEW, 1, "enabled", 1);
+  cfg.respect_rate_limits = lbt_opt_bool(L, F_NEW, 1, "respect_rate_limits", 1);
+  cfg.max_parallel = (size_t)lbt_opt_count(L, F_NEW, 1, "max_parallel", 0, -1);
+  cfg.per_host_cap = (size_t)lbt_opt_count(L, F_NEW, 1, "per_host_cap", 0, 4);
+  lua_Number ms = lbt_opt_ms(L, F_NEW, 1, "timeout_ms", -1);
+  if (ms < 0) lbt_field_error(L, F_NEW, 1, "timeout_ms", "milliseconds >= 0");
   cfg.timeout_ms = (uint64_t)ceil(ms);
-  if (lua_getfield(L, 1, "dispatcher") != LUA_TFUNCTION)  /* 3 */
-    return luaL_error(L, "%s: dispatcher must be a function (got %s)", fn, luaL_typename(L, -1));
+  if (!lbt_opt_function(L, F_NEW, 1, "dispatcher"))  /* 2 */
+    lbt_field_error(L, F_NEW, 1, "dispatcher", "function");
   bt_budget_t *shared = NULL;
-  if (lua_getfield(L, 1, "budget") != LUA_TNIL) {         /* 4 */
+  if (lua_getfield(L, 1, "budget") != LUA_TNIL) {   /* 3 */
     lbudget *B = lbt_test_type(L, -1, LBT_BUDGET);
-    if (B == NULL)
-      return luaL_error(L, "%s: budget must be a baton.budget (got %s)", fn, luaL_typename(L, -1));
+    if (B == NULL) lbt_field_error(L, F_NEW, 1, "budget", "baton.budget");
     if (B->b == NULL) return lbt_closed_error(L, LBT_BUDGET);
     shared = B->b;  /* in the budget's userdata, which user value 3 keeps */
   }
   lengine *E = lua_newuserdatauv(L, sizeof *E, 3);  /* created closed */
   memset(E, 0, sizeof *E);
   luaL_setmetatable(L, BT_ENGINE_MT);
-  lua_pushvalue(L, 3);
+  lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, 1);
   lua_newtable(L);
   lua_setiuservalue(L, -2, 2);
-  lua_pushvalue(L, 4);
+  lua_pushvalue(L, 3);
   lua_setiuservalue(L, -2, 3);
   bt__group_init(&E->lg.storage, R->rt);
   if (bt__engine_init(&E->e, &E->lg.storage, shared, &cfg) != 0)
-    return luaL_error(L, "%s: out of memory", fn);
+    return luaL_error(L, "%s: out of memory", F_NEW);
   E->lg.g = &E->lg.storage;
   LIST_INSERT_HEAD(&R->groups, &E->lg, link);
   return 1;
@@ -148,40 +145,39 @@ static void copy_request(lua_State *L, int req) {
   lua_setfield(L, -2, "cost_tokens");
 }
 
-/* Pushes the error table for the error value at idx: a table with a string `kind` as it
- * is; a string as { kind = "error", message, traceback } (split where the task's traceback
- * starts); anything else as { kind = "error", message, value }. */
-static void push_error(lua_State *L, int idx) {
-  int t = lua_type(L, idx);
-  if (t == LUA_TTABLE) {
-    lua_pushliteral(L, "kind");
-    int k = lua_rawget(L, idx);
-    lua_pop(L, 1);
-    if (k == LUA_TSTRING) {
-      lua_pushvalue(L, idx);
-      return;
+/* Pushes outcome.error for the failure message, kind, detail at base..base+2 (what
+ * lbt_outcome left): a baton.Error { kind, message, detail }, with the traceback of a
+ * raised string split off the message into `traceback`. A raised table (`raised`, its stack
+ * index, or 0) keeps its other fields too: the traceback the task added, an MCP error's
+ * code, data or result. */
+static void push_error(lua_State *L, int base, int raised) {
+  size_t len;
+  const char *msg = lua_tolstring(L, base, &len);
+  const char *tb = strstr(msg, TRACEBACK_SEP);
+  lua_pushlstring(L, msg, tb ? (size_t)(tb - msg) : len);
+  lbt_push_error_detail(L, lua_tostring(L, base + 1), lua_tostring(L, -1),
+                        lua_istable(L, base + 2) ? base + 2 : 0);
+  if (tb != NULL) set_str(L, "traceback", tb + 1);
+  if (raised == 0 || !lua_istable(L, raised)) return;
+  int e = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, raised)) {  /* fields the error does not have yet */
+    lua_pushvalue(L, -2);
+    if (lua_type(L, -1) == LUA_TSTRING && lua_rawget(L, e) == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, e);  /* error[key] = value; the key stays for lua_next */
+    } else {
+      lua_pop(L, 2);
     }
   }
-  lua_createtable(L, 0, 3);
-  set_str(L, "kind", "error");
-  if (t == LUA_TSTRING || t == LUA_TNUMBER) {
-    size_t len;
-    const char *s = lua_tolstring(L, idx, &len);
-    const char *tb = strstr(s, TRACEBACK_SEP);
-    lua_pushlstring(L, s, tb ? (size_t)(tb - s) : len);
-    lua_setfield(L, -2, "message");
-    if (tb != NULL) set_str(L, "traceback", tb + 1);
-    return;
-  }
-  lua_pushfstring(L, "the dispatcher failed with a %s value%s", luaL_typename(L, idx),
-                  t == LUA_TTABLE ? " without a kind" : "");
-  lua_setfield(L, -2, "message");
-  lua_pushvalue(L, idx);
-  lua_setfield(L, -2, "value");
 }
 
 /* Pops the oldest finished task of the engine, pushes its outcome and counts it; 0 if no
- * task has finished. The engine is at index 1. */
+ * task has finished. The engine is at index 1. What the dispatcher returned, or nil and
+ * what it raised, is read by lbt_outcome: one rule for both. A raised baton.Error (the
+ * cancellation's too) is the outcome's error as it is. */
 static int pop_outcome(lua_State *L, lbt_rt *R, lengine *E, int in_wait) {
   lbt_task *T = (lbt_task *)bt_group_pop(E->lg.g);
   if (T == NULL) return 0;
@@ -199,25 +195,27 @@ static int pop_outcome(lua_State *L, lbt_rt *R, lengine *E, int in_wait) {
   lua_setfield(L, -2, "elapsed_ms");
   lbt_push_task(L, R, T);
   lua_getiuservalue(L, -1, 1);            /* o+5: results {n=...}, nil, or the error */
-  int settled = 0;
-  if (T->t.state == BT_TASK_DONE) {
-    if (lua_istable(L, o + 5)) {
-      lua_rawgeti(L, o + 5, 1);
-      lua_rawgeti(L, o + 5, 2);
-    } else {                              /* no results at all */
-      lua_pushnil(L);
-      lua_pushnil(L);
-    }
-    if (lua_isnil(L, -2) && !lua_isnil(L, -1)) {  /* return nil, err */
-      push_error(L, lua_gettop(L));
-      lua_setfield(L, o, "error");
-    } else {
-      settled = 1;
-      lua_pushvalue(L, -2);
-      lua_setfield(L, o, "body");
-    }
+  int done = T->t.state == BT_TASK_DONE, raised = done ? 0 : o + 5;
+  for (int i = 1; i <= 4; i++) {          /* o+6..o+9: the results, or nil, the error */
+    if (done && lua_istable(L, o + 5)) lua_rawgeti(L, o + 5, i);
+    else if (!done && i == 2 && lua_isnil(L, o + 5)) lua_pushliteral(L, "it raised nil");
+    else if (!done && i == 2) lua_pushvalue(L, o + 5);
+    else lua_pushnil(L);
+  }
+  int settled = lbt_outcome(L, LUA_OK, o + 6);
+  if (settled) {
+    lua_pushvalue(L, o + 6);
+    lua_setfield(L, o, "body");
   } else {
-    push_error(L, o + 5);
+    if (raised && lua_getmetatable(L, raised)) {
+      luaL_getmetatable(L, BT_ERROR_MT);
+      int is_error = lua_rawequal(L, -1, -2);
+      lua_pop(L, 2);
+      if (is_error) lua_pushvalue(L, raised);
+      else push_error(L, o + 6, raised);
+    } else {
+      push_error(L, o + 6, raised);
+    }
     lua_setfield(L, o, "error");
   }
   lua_settop(L, o);
@@ -238,7 +236,7 @@ static int drain_into(lua_State *L, lbt_rt *R, lengine *E, int list, int in_wait
 static int lengine_dispatch(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lengine *E = check_engine(L);
-  luaL_checktype(L, 2, LUA_TTABLE);
+  if (!lua_istable(L, 2)) lbt_argerror(L, F_DISPATCH, 2, "requests", "table");
   lua_settop(L, 2);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
   for (lua_Integer i = 1; i <= n; i++) {  /* all checked before any is started */
@@ -258,7 +256,7 @@ static int lengine_dispatch(lua_State *L) {
     int spec = lua_type(L, -1) != LUA_TBOOLEAN || lua_toboolean(L, -1);
     int rc = bt__engine_admit(&E->e, host, hlen, spec);
     lua_settop(L, 5);
-    if (rc < 0) return luaL_error(L, "engine:dispatch: out of memory");
+    if (rc < 0) return luaL_error(L, "%s: out of memory", F_DISPATCH);
     if (rc > 0) {
       lua_createtable(L, 0, 6);
       set_str(L, "status", "skipped");
@@ -294,14 +292,12 @@ static int wait_k(lua_State *L, int st, lua_KContext due) {
   lbt_task *T = NULL;
   lua_settop(L, 2);
   if (st == LUA_YIELD) {
-    T = self_task(R);
-    if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
-      return lbt_raise_cancelled(L);
+    lbt_resumed(L, &T, NULL, NULL);
     if (E->lg.g == NULL) return 1;  /* closed meanwhile by another task */
   }
   drain_into(L, R, E, 2, 1);
   if ((T != NULL && lbt_fib(T)->status != 0) || awaited(E) == 0) return 1;
-  if (T == NULL) T = lbt_await_begin(L, R, "engine:wait_within");
+  if (T == NULL) T = lbt_await_begin(L, R, "baton.engine:wait_within");
   lbt_fib(T)->status = 0;
   if (bt_group_wait(E->lg.g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, (uint64_t)due))
     return 1;
@@ -314,7 +310,7 @@ static int lengine_wait_within(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lengine *E = check_engine(L);
   uint64_t due = lua_isnoneornil(L, 2) ? bt_now(R->rt) + E->e.cfg.timeout_ms
-                                       : lbt_opt_due(L, R, 2);
+                                       : lbt_arg_due(L, R, "baton.engine:wait_within", 2);
   lua_settop(L, 1);
   lua_newtable(L);
   return wait_k(L, LUA_OK, (lua_KContext)due);
@@ -342,7 +338,7 @@ static int shutdown_k(lua_State *L, int st, lua_KContext ctx) {
   lbt_rt *R = lbt_R(L);
   lengine *E = lbt_check_type(L, 1, LBT_ENGINE);
   lbt_task *T = self_task(R);
-  if (st == LUA_YIELD && (T->t.flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
+  if (st == LUA_YIELD) lbt_cancel_point(L, NULL, NULL);
   if (E->lg.g == NULL || E->e.forgotten == 0) return 0;
   if (st == LUA_OK && (T == NULL || (T->t.flags & BT_TASK_F_CANCEL) || !lua_isyieldable(L) ||
                        (lbt_fib(T)->co != L && !lbt_is_wrapped(L))))

@@ -11,10 +11,18 @@
  * tier. Both are fixed from then on (a profiles function is called once per key). Provider
  * models are resolved when the limiter is built, other keys on first use.
  *
- * Error channels: a bad configuration, a bad argument or a bad profile raises, naming the
- * field; saturation returns nil, "queue_wait", "queue_wait" and a timeout nil, "timeout",
- * "timeout"; from_json returns nil, message, "io" | "malformed" for a file it cannot read or
- * parse, and raises naming the file and the field for a bad configuration in it.
+ * Errors (docs/errors.md). Raise: a bad configuration, a bad argument or a bad profile,
+ * naming the field (`baton.limiter: bad argument #1 'providers[1].models[2]' (expected
+ * model name, got '')`; unknown keys first), a queue wait outside a task, use after the
+ * limiter was finalized, and the cancellation error. Return failures: acquire —
+ * `nil, "baton.limiter:acquire: 'p/m' is at its limit (2 of 2 in use)", "queue_wait",
+ * { key =, capacity =, in_use =, waiting = }` when nothing is free and the caller does not
+ * wait (or the limit is 0), the standard timeout (`timed out after N ms`, "timeout",
+ * { timeout_ms =, key = }), "resource" when the wait cannot be armed (memory), "closed"
+ * when the limiter is finalized under a waiter (only as the state closes); from_json —
+ * "io" for a file it cannot read and "malformed" for one that is not JSON (detail
+ * { path = }, and the byte); a bad configuration in the file raises, naming the file and
+ * the field. parse_key's nil is an answer ("not a key"), not a failure.
  *
  * Permits: a closable userdata whose user value keeps the limiter alive; release() is
  * idempotent, <close> and GC (with a warning) release too. A queued acquire creates its
@@ -35,6 +43,9 @@
 #define BT_LIM_PERMIT_MT "baton.Limiter.Permit"
 #define BT_LIM_GRANT_MT  "baton.Limiter.Grant"
 #define CHAIN_ON_STACK   16
+
+static const char *const F_ACQUIRE = "baton.limiter:acquire";
+static const char *const F_FROM_JSON = "baton.limiter.from_json";
 
 static const char *const tier_names[] = {"premium", "standard", "cheap", NULL};
 static const char *const via_names[] = {"primary", "chain", "capability", "cli", "queue"};
@@ -103,7 +114,7 @@ static int push_key(lua_State *L, int idx) {
 static int lparse_key(lua_State *L) {
   const char *p, *m;
   size_t len, pn, mn;
-  const char *s = luaL_checklstring(L, 1, &len);
+  const char *s = lbt_arg_string(L, "baton.parse_key", 1, "s", &len);
   if (!split_key(s, len, &p, &pn, &m, &mn)) {
     lua_pushnil(L);
     return 1;
@@ -132,28 +143,31 @@ static void push_chain(lua_State *L, const char *s, size_t len) {
 
 static int lparse_chain(lua_State *L) {
   size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
+  const char *s = lbt_arg_string(L, "baton.parse_chain", 1, "s", &len);
   push_chain(L, s, len);
   return 1;
 }
 
 /* ---- configuration ------------------------------------------------------------------ */
 
-/* A short description of the value at idx for error messages (pushes it). */
-static const char *got(lua_State *L, int idx) {
-  int t = lua_type(L, idx);
-  if (t == LUA_TSTRING) return lua_pushfstring(L, "'%s'", lua_tostring(L, idx));
-  if (t == LUA_TNUMBER || t == LUA_TBOOLEAN || t == LUA_TUSERDATA)
-    return luaL_tolstring(L, idx, NULL);
-  return luaL_typename(L, idx);
+/* Where a configuration error is blamed: "<fname>: bad argument #n '<field>' (...)" — the
+ * configuration table of baton.limiter, the file of from_json (fname names it), or self
+ * (#0) for a profile that a profiles function returns when a key is first used. */
+typedef struct lwhere {
+  const char *fname;
+  int n;
+} lwhere;
+
+/* Raises "<fname>: bad argument #n '<field>' (expected <expect>, got <the value at idx>)". */
+static int bad(lua_State *L, const lwhere *w, const char *field, const char *expect, int idx) {
+  const char *got = lbt_push_got(L, idx);
+  return lbt_argerror_got(L, w->fname, w->n, field, expect, got);
 }
 
-/* Raises "<where>: <field> must be <expect> (got <the value at idx>)". */
-static int bad(lua_State *L, const char *where, const char *field, const char *expect, int idx) {
-  return luaL_error(L, "%s: %s must be %s (got %s)", where, field, expect, got(L, idx));
-}
-
-static void check_fields(lua_State *L, int idx, const char *where, const char *const known[]) {
+/* Raises "... '<path>.<key>' (unknown option)" for the first key of the table at idx not in
+ * `known` (path NULL: the key alone), before anything in the table is read. */
+static void check_keys(lua_State *L, int idx, const lwhere *w, const char *path,
+                       const char *const known[]) {
   idx = lua_absindex(L, idx);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
@@ -161,43 +175,45 @@ static void check_fields(lua_State *L, int idx, const char *where, const char *c
     const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
     int i = 0;
     while (k != NULL && known[i] != NULL && strcmp(k, known[i]) != 0) i++;
-    if (k == NULL || known[i] == NULL)
-      luaL_error(L, "%s: unknown option '%s'", where, luaL_tolstring(L, -1, NULL));
+    if (k == NULL) bad(L, w, path ? path : "config", "string keys", -1);
+    if (known[i] == NULL)
+      luaL_error(L, "%s: bad argument #%d '%s%s%s' (unknown option)", w->fname, w->n,
+                 path ? path : "", path ? "." : "", k);
   }
 }
 
 /* The length of the list at idx; raises unless its keys are exactly 1..n. */
-static lua_Integer check_list(lua_State *L, int idx, const char *where, const char *field) {
+static lua_Integer check_list(lua_State *L, int idx, const lwhere *w, const char *field) {
   idx = lua_absindex(L, idx);
-  if (!lua_istable(L, idx)) bad(L, where, field, "a list", idx);
+  if (!lua_istable(L, idx)) bad(L, w, field, "list", idx);
   lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     lua_pop(L, 1);
     count++;
     if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > n)
-      luaL_error(L, "%s: %s must be a list (it has a key '%s')", where, field,
-                 luaL_tolstring(L, -1, NULL));
+      lbt_argerror_got(L, w->fname, w->n, field, "list",
+                       lua_pushfstring(L, "a table with a key %s", lbt_push_got(L, -1)));
   }
-  if (count != n) luaL_error(L, "%s: %s must be a list without holes", where, field);
+  if (count != n) lbt_argerror_got(L, w->fname, w->n, field, "list", "a list with holes");
   return n;
 }
 
-static size_t check_count(lua_State *L, int idx, lua_Integer min, const char *where,
+static size_t check_count(lua_State *L, int idx, lua_Integer min, const lwhere *w,
                           const char *field) {
   int ok = 0;
   lua_Integer n = lua_type(L, idx) == LUA_TNUMBER ? lua_tointegerx(L, idx, &ok) : 0;
-  if (!ok || n < min) bad(L, where, field, min ? "an integer >= 1" : "an integer >= 0", idx);
+  if (!ok || n < min) bad(L, w, field, min ? "integer >= 1" : "integer >= 0", idx);
   return (size_t)n;
 }
 
-/* Reads the profile at idx; raises naming where and what. */
-static void read_profile(lua_State *L, int idx, const char *where, const char *what,
+/* Reads the profile at idx; raises naming w and what. */
+static void read_profile(lua_State *L, int idx, const lwhere *w, const char *what,
                          bt_limiter_tier_t *tier, int *tools) {
   static const char *const known[] = {"cost_tier", "tools", NULL};
   idx = lua_absindex(L, idx);
-  if (!lua_istable(L, idx)) bad(L, where, what, "a table { cost_tier =, tools = }", idx);
-  check_fields(L, idx, lua_pushfstring(L, "%s: %s", where, what), known);
+  if (!lua_istable(L, idx)) bad(L, w, what, "table { cost_tier =, tools = }", idx);
+  check_keys(L, idx, w, what, known);
   *tier = BT_LIMITER_TIER_STANDARD;
   *tools = 0;
   lua_getfield(L, idx, "cost_tier");
@@ -206,20 +222,20 @@ static void read_profile(lua_State *L, int idx, const char *where, const char *w
     int i = 0;
     while (tier_names[i] != NULL && strcmp(s, tier_names[i]) != 0) i++;
     if (tier_names[i] == NULL)
-      bad(L, where, lua_pushfstring(L, "%s.cost_tier", what),
-          "\"premium\", \"standard\" or \"cheap\"", -2);
+      bad(L, w, lua_pushfstring(L, "%s.cost_tier", what),
+          "one of 'premium', 'standard', 'cheap'", -2);
     *tier = (bt_limiter_tier_t)i;
   }
   lua_getfield(L, idx, "tools");
   if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
-    bad(L, where, lua_pushfstring(L, "%s.tools", what), "a boolean", -2);
+    bad(L, w, lua_pushfstring(L, "%s.tools", what), "boolean", -2);
   *tools = lua_toboolean(L, -1);
-  lua_pop(L, 3);
+  lua_pop(L, 2);
 }
 
 /* The core key for the normalised name at name_idx, added on first use (see the header
- * comment). May call the profiles function; raises naming `where`. */
-static bt_limiter_key_t *get_key(lua_State *L, int ud, llim *M, int name_idx, const char *where) {
+ * comment). May call the profiles function; raises naming the field, as w says. */
+static bt_limiter_key_t *get_key(lua_State *L, int ud, llim *M, int name_idx, const lwhere *w) {
   size_t len;
   const char *name = lua_tolstring(L, name_idx, &len);
   bt_limiter_key_t *k = bt__limiter_key(M->lim, name, len);
@@ -233,11 +249,11 @@ static bt_limiter_key_t *get_key(lua_State *L, int ud, llim *M, int name_idx, co
     lua_call(L, 2, 1);
     int res = lua_gettop(L);
     if (!lua_isnil(L, res))
-      read_profile(L, res, where, lua_pushfstring(L, "profiles(\"%s\") result", model), &tier,
+      read_profile(L, res, w, lua_pushfstring(L, "profiles(\"%s\") result", model), &tier,
                    &tools);
   } else if (lua_istable(L, -1)) {  /* checked when the limiter was built */
     lua_pushstring(L, model);
-    if (lua_rawget(L, -2) != LUA_TNIL) read_profile(L, -1, where, model, &tier, &tools);
+    if (lua_rawget(L, -2) != LUA_TNIL) read_profile(L, -1, w, model, &tier, &tools);
   }
   lua_settop(L, top);
   if (M->lim == NULL) lbt_closed_error(L, LBT_LIMITER);  /* by the profiles function */
@@ -252,35 +268,34 @@ static bt_limiter_key_t *get_key(lua_State *L, int ud, llim *M, int name_idx, co
   if (lua_isinteger(L, -1)) cap = (size_t)lua_tointeger(L, -1);
   lua_settop(L, top);
   k = bt__limiter_add_key(M->lim, name, len, cap, tier, tools);
-  if (k == NULL) luaL_error(L, "%s: out of memory", where);
+  if (k == NULL) luaL_error(L, "%s: out of memory", w->fname);
   return k;
 }
 
-static void configure_models(lua_State *L, int cfg, int ud, const char *where) {
+static void configure_models(lua_State *L, int cfg, int ud, const lwhere *w) {
   char field[256];
   lua_newtable(L);
   int limits = lua_gettop(L);
   if (lua_getfield(L, cfg, "models") != LUA_TNIL) {
-    if (!lua_istable(L, -1)) bad(L, where, "models", "a table of limits", -1);
+    if (!lua_istable(L, -1)) bad(L, w, "models", "table of limits", -1);
     lua_pushnil(L);
     while (lua_next(L, limits + 1)) {
-      if (lua_type(L, -2) != LUA_TSTRING) bad(L, where, "a key of models", "a string", -2);
+      if (lua_type(L, -2) != LUA_TSTRING) bad(L, w, "models", "string keys", -2);
       snprintf(field, sizeof field, "models[\"%s\"]", lua_tostring(L, -2));
       size_t len;
       const char *s = lua_tolstring(L, -2, &len);
       if (memchr(s, '/', len) != NULL) {
         if (!push_key(L, -2))
-          luaL_error(L, "%s: %s: a key with '/' must be 'provider/model', both non-empty", where,
-                     field);
+          bad(L, w, field, "'provider/model' key, both parts non-empty", -2);
       } else {
         trim(&s, &len);
-        if (len == 0) luaL_error(L, "%s: %s: an empty model name", where, field);
+        if (len == 0) bad(L, w, field, "non-empty model name", -2);
         lua_pushlstring(L, s, len);
       }
-      lua_pushinteger(L, (lua_Integer)check_count(L, -2, 0, where, field));
+      lua_pushinteger(L, (lua_Integer)check_count(L, -2, 0, w, field));
       lua_pushvalue(L, -2);
       if (lua_rawget(L, limits) != LUA_TNIL)
-        luaL_error(L, "%s: %s: the same key is given twice", where, field);
+        lbt_argerror_got(L, w->fname, w->n, field, "each key once", "the same key twice");
       lua_pop(L, 1);
       lua_rawset(L, limits);
       lua_pop(L, 1);
@@ -290,7 +305,7 @@ static void configure_models(lua_State *L, int cfg, int ud, const char *where) {
   lua_setiuservalue(L, ud, 1);
 }
 
-static void configure_profiles(lua_State *L, int cfg, int ud, const char *where) {
+static void configure_profiles(lua_State *L, int cfg, int ud, const lwhere *w) {
   char field[256];
   bt_limiter_tier_t tier;
   int tools;
@@ -298,27 +313,28 @@ static void configure_profiles(lua_State *L, int cfg, int ud, const char *where)
   if (t == LUA_TTABLE) {
     lua_pushnil(L);
     while (lua_next(L, -2)) {
-      if (lua_type(L, -2) != LUA_TSTRING) bad(L, where, "a key of profiles", "a string", -2);
+      if (lua_type(L, -2) != LUA_TSTRING) bad(L, w, "profiles", "string keys", -2);
       snprintf(field, sizeof field, "profiles[\"%s\"]", lua_tostring(L, -2));
-      read_profile(L, -1, where, field, &tier, &tools);
+      read_profile(L, -1, w, field, &tier, &tools);
       lua_pop(L, 1);
     }
   } else if (t != LUA_TNIL && t != LUA_TFUNCTION) {
-    bad(L, where, "profiles", "a table or a function", -1);
+    bad(L, w, "profiles", "table or function", -1);
   }
   lua_setiuservalue(L, ud, 2);
 }
 
 /* Adds one provider model as a candidate; the key's parts are trimmed strings. */
 static void add_candidate(lua_State *L, int ud, llim *M, const char *name, size_t nn,
-                          const char *model, size_t mn, int cli, const char *where) {
+                          const char *model, size_t mn, int cli, const lwhere *w) {
   push_pair(L, name, nn, model, mn);
-  bt_limiter_key_t *k = get_key(L, ud, M, lua_gettop(L), where);
-  if (bt__limiter_add_candidate(M->lim, k, cli) != 0) luaL_error(L, "%s: out of memory", where);
+  bt_limiter_key_t *k = get_key(L, ud, M, lua_gettop(L), w);
+  if (bt__limiter_add_candidate(M->lim, k, cli) != 0)
+    luaL_error(L, "%s: out of memory", w->fname);
   lua_pop(L, 1);
 }
 
-static void configure_providers(lua_State *L, int cfg, int ud, llim *M, const char *where) {
+static void configure_providers(lua_State *L, int cfg, int ud, llim *M, const lwhere *w) {
   static const char *const known[] = {"name", "models", "cli", NULL};
   char field[128];
   if (lua_getfield(L, cfg, "providers") == LUA_TNIL) {
@@ -326,27 +342,26 @@ static void configure_providers(lua_State *L, int cfg, int ud, llim *M, const ch
     return;
   }
   int list = lua_gettop(L);
-  lua_Integer n = check_list(L, list, where, "providers");
+  lua_Integer n = check_list(L, list, w, "providers");
   for (lua_Integer i = 1; i <= n; i++) {
     snprintf(field, sizeof field, "providers[%d]", (int)i);
     int e = lua_rawgeti(L, list, i) == LUA_TTABLE ? lua_gettop(L) : 0;
-    if (e == 0) bad(L, where, field, "a table { name =, models =, cli = }", -1);
-    check_fields(L, e, lua_pushfstring(L, "%s: %s", where, field), known);
-    lua_pop(L, 1);
+    if (e == 0) bad(L, w, field, "table { name =, models =, cli = }", -1);
+    check_keys(L, e, w, field, known);
     size_t nn = 0, mn;
     const char *name = lua_getfield(L, e, "name") == LUA_TSTRING ? lua_tolstring(L, -1, &nn) : "";
     trim(&name, &nn);
     if (nn == 0 || memchr(name, '/', nn) != NULL)
-      bad(L, where, lua_pushfstring(L, "%s.name", field), "a non-empty string without '/'", -2);
+      bad(L, w, lua_pushfstring(L, "%s.name", field), "non-empty string without '/'", -2);
     lua_getfield(L, e, "cli");
     if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
-      bad(L, where, lua_pushfstring(L, "%s.cli", field), "a boolean", -2);
+      bad(L, w, lua_pushfstring(L, "%s.cli", field), "boolean", -2);
     int cli = lua_toboolean(L, -1);
     lua_Integer nm = 0;
     if (lua_getfield(L, e, "models") != LUA_TNIL) {
       size_t fl = strlen(field);
       snprintf(field + fl, sizeof field - fl, ".models");
-      nm = check_list(L, -1, where, field);
+      nm = check_list(L, -1, w, field);
       field[fl] = '\0';
     }
     int models = lua_gettop(L);
@@ -356,47 +371,45 @@ static void configure_providers(lua_State *L, int cfg, int ud, llim *M, const ch
       if (lua_rawgeti(L, models, j) == LUA_TSTRING) model = lua_tolstring(L, -1, &mn);
       trim(&model, &mn);
       if (mn == 0)
-        bad(L, where, lua_pushfstring(L, "%s.models[%d]", field, (int)j), "a model name", -2);
-      if (!cli || j == 1) add_candidate(L, ud, M, name, nn, model, mn, cli, where);
+        bad(L, w, lua_pushfstring(L, "%s.models[%d]", field, (int)j), "model name", -2);
+      if (!cli || j == 1) add_candidate(L, ud, M, name, nn, model, mn, cli, w);
       lua_pop(L, 1);
     }
-    if (cli && nm == 0) add_candidate(L, ud, M, name, nn, name, nn, cli, where);  /* implicit */
+    if (cli && nm == 0) add_candidate(L, ud, M, name, nn, name, nn, cli, w);  /* implicit */
     lua_settop(L, list);
   }
   lua_pop(L, 1);
 }
 
 /* Builds the limiter userdata at ud from the configuration table at cfg. */
-static void configure(lua_State *L, int cfg, int ud, llim *M, const char *where) {
+static void configure(lua_State *L, int cfg, int ud, llim *M, const lwhere *w) {
   static const char *const known[] = {"max_agents", "models", "providers", "profiles",
                                       "default_concurrency", NULL};
-  check_fields(L, cfg, where, known);
+  check_keys(L, cfg, w, NULL, known);
   size_t max = SIZE_MAX;
-  if (lua_getfield(L, cfg, "max_agents") != LUA_TNIL) max = check_count(L, -1, 1, where, "max_agents");
+  if (lua_getfield(L, cfg, "max_agents") != LUA_TNIL) max = check_count(L, -1, 1, w, "max_agents");
   lua_pop(L, 1);
   if (lua_getfield(L, cfg, "default_concurrency") != LUA_TNIL) {
     char field[64];
-    if (!lua_istable(L, -1)) bad(L, where, "default_concurrency", "a table", -1);
-    int dc = lua_gettop(L);
-    check_fields(L, dc, lua_pushfstring(L, "%s: default_concurrency", where), tier_names);
-    lua_pop(L, 1);
+    if (!lua_istable(L, -1)) bad(L, w, "default_concurrency", "table", -1);
+    check_keys(L, -1, w, "default_concurrency", tier_names);
     for (int i = 0; tier_names[i] != NULL; i++) {
       if (lua_getfield(L, -1, tier_names[i]) != LUA_TNIL) {
         snprintf(field, sizeof field, "default_concurrency.%s", tier_names[i]);
-        M->defcap[i] = check_count(L, -1, 0, where, field);
+        M->defcap[i] = check_count(L, -1, 0, w, field);
       }
       lua_pop(L, 1);
     }
   }
   lua_pop(L, 1);
-  configure_models(L, cfg, ud, where);
-  configure_profiles(L, cfg, ud, where);
+  configure_models(L, cfg, ud, w);
+  configure_profiles(L, cfg, ud, w);
   M->lim = bt__limiter_new(max);
-  if (M->lim == NULL) luaL_error(L, "%s: out of memory", where);
-  configure_providers(L, cfg, ud, M, where);
+  if (M->lim == NULL) luaL_error(L, "%s: out of memory", w->fname);
+  configure_providers(L, cfg, ud, M, w);
 }
 
-static int construct(lua_State *L, int cfg, const char *where) {
+static int construct(lua_State *L, int cfg, const lwhere *w) {
   llim *M = lua_newuserdatauv(L, sizeof *M, 2);
   M->lim = NULL;
   M->defcap[BT_LIMITER_TIER_PREMIUM] = 3;
@@ -404,59 +417,64 @@ static int construct(lua_State *L, int cfg, const char *where) {
   M->defcap[BT_LIMITER_TIER_CHEAP] = 8;
   luaL_setmetatable(L, BT_LIMITER_MT);
   int ud = lua_gettop(L);
-  configure(L, cfg, ud, M, where);
+  configure(L, cfg, ud, M, w);
   lua_settop(L, ud);
   return 1;
 }
 
 /* baton.limiter{...}: __call of the baton.limiter table, so argument 2 is the config. */
 static int llim_call(lua_State *L) {
-  if (!lua_istable(L, 2))
-    return luaL_error(L, "bad argument #1 to 'baton.limiter' (table expected, got %s)",
-                      luaL_typename(L, 2));
+  static const lwhere w = {"baton.limiter", 1};
+  if (!lua_istable(L, 2)) bad(L, &w, "config", "table", 2);
   lua_settop(L, 2);
-  return construct(L, 2, "baton.limiter");
+  return construct(L, 2, &w);
 }
 
-static int io_fail(lua_State *L, const char *path, const char *why) {
-  lua_pushnil(L);
-  lua_pushfstring(L, "baton.limiter.from_json: cannot read '%s': %s", path, why);
-  lua_pushliteral(L, "io");
-  return 3;
+/* nil, "baton.limiter.from_json: cannot read 'path': why", "io", { path = } (path at 1). */
+static int io_fail(lua_State *L, const char *why) {
+  lua_createtable(L, 0, 1);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, -2, "path");
+  return lbt_fail_detail(L, F_FROM_JSON, "io", -1, "cannot read '%s': %s", lua_tostring(L, 1),
+                         why);
 }
 
-/* from_json(path) -> limiter | nil, message, "io" | "malformed". Upvalue 2: json.decode. */
+/* from_json(path) -> limiter | nil, message, "io" | "malformed", { path = }. Upvalue 2:
+ * json.decode. */
 static int llim_from_json(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = lbt_arg_string(L, F_FROM_JSON, 1, "path", NULL);
   lua_settop(L, 1);
   struct stat st;
-  if (stat(path, &st) != 0) return io_fail(L, path, strerror(errno));
-  if (!S_ISREG(st.st_mode)) return io_fail(L, path, "not a regular file");
+  if (stat(path, &st) != 0) return io_fail(L, strerror(errno));
+  if (!S_ISREG(st.st_mode)) return io_fail(L, "not a regular file");
   size_t size = (size_t)st.st_size;
   char *buf = lua_newuserdatauv(L, size + 1, 0);  /* before the file is open: no leak */
   FILE *f = fopen(path, "rb");
-  if (f == NULL) return io_fail(L, path, strerror(errno));
+  if (f == NULL) return io_fail(L, strerror(errno));
   size_t n = fread(buf, 1, size, f);
   int err = ferror(f) ? errno : 0;
   fclose(f);
-  if (err != 0) return io_fail(L, path, strerror(err));
+  if (err != 0) return io_fail(L, strerror(err));
+  lua_settop(L, 1);
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_pushlstring(L, buf, n);
-  lua_call(L, 1, 2);
-  if (lua_isnil(L, -2)) {
-    const char *msg = lua_tostring(L, -1);
+  lua_call(L, 1, 4);                           /* 2 value | nil, 3 msg, 4 kind, 5 detail */
+  if (lua_isnil(L, 2)) {                       /* decode's detail (the byte), with the path */
+    if (!lua_istable(L, 5)) {
+      lua_newtable(L);
+      lua_replace(L, 5);
+    }
+    lua_pushvalue(L, 1);
+    lua_setfield(L, 5, "path");
+    const char *msg = lua_tostring(L, 3);
     const char *tail = strstr(msg, "malformed");
-    lua_pushnil(L);
-    lua_pushfstring(L, "baton.limiter.from_json: %s: %s", path, tail ? tail : msg);
-    lua_pushliteral(L, "malformed");
-    return 3;
+    return lbt_fail_detail(L, F_FROM_JSON, "malformed", 5, "%s: %s", path, tail ? tail : msg);
   }
-  lua_pop(L, 1);
-  int cfg = lua_gettop(L);
-  const char *where = lua_pushfstring(L, "baton.limiter.from_json: %s", path);
-  if (!lua_istable(L, cfg) || lua_rawlen(L, cfg) > 0)
-    return luaL_error(L, "%s: the configuration must be a JSON object", where);
-  return construct(L, cfg, where);
+  lua_settop(L, 2);
+  lwhere w = {lua_pushfstring(L, "%s: %s", F_FROM_JSON, path), 1};
+  if (!lua_istable(L, 2) || lua_rawlen(L, 2) > 0)
+    bad(L, &w, "path", "a file holding a JSON object", 2);
+  return construct(L, 2, &w);
 }
 
 /* ---- permits and grants ------------------------------------------------------------- */
@@ -544,137 +562,8 @@ static int lgrant_release(lua_State *L) {
 
 static llim *check_lim(lua_State *L, int idx) { return lbt_check_handle(L, idx, LBT_LIMITER); }
 
-/* Pushes the normalised key at idx or raises naming the function and the value: `what`
- * NULL for argument #1, else the option's name. */
-static void check_key(lua_State *L, int idx, const char *fname, const char *what) {
-  if (push_key(L, idx)) return;
-  const char *v = got(L, idx);
-  if (what == NULL)
-    luaL_error(L, "bad argument #1 to '%s' ('provider/model' key expected, got %s)", fname, v);
-  luaL_error(L, "%s: %s must be a 'provider/model' key (got %s)", fname, what, v);
-}
-
-static void wait_cancel(bt_wait_t *w) { bt__limiter_cancel(w->src); }
-
-static int push_saturated(lua_State *L) {
-  lua_pushnil(L);
-  lua_pushliteral(L, "queue_wait");
-  lua_pushliteral(L, "queue_wait");
-  return 3;
-}
-
-static int acquire_k(lua_State *L, int st, lua_KContext ctx) {
-  (void)st;
-  (void)ctx;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  lperm *p = lua_touserdata(L, 2);
-  int status = lbt_fib(T)->status;
-  p->fib = NULL;
-  if (status == 0 && (T->t.flags & BT_TASK_F_CANCEL)) {
-    perm_release(p);  /* granted, but the task was aborted meanwhile */
-    status = BT_ECANCELED;
-  }
-  switch (status) {
-  case 0:
-    push_grant(L, p->key, BT_LIMITER_VIA_QUEUE, 2);
-    return 1;
-  case BT_ETIMEDOUT:
-    return lbt_push_timeout(L);
-  case BT_ECLOSED:
-    return luaL_error(L, "limiter:acquire: the limiter was closed while waiting");
-  default:
-    return lbt_raise_cancelled(L);
-  }
-}
-
-/* acquire(primary, { chain =, wait =, timeout_ms = }) -> grant | nil, "queue_wait" | nil,
- * "timeout" (see docs/api.md). */
-static int llim_acquire(lua_State *L) {
-  static const char *const known[] = {"chain", "wait", "timeout_ms", NULL};
-  lbt_rt *R = lbt_R(L);
-  llim *M = check_lim(L, 1);
-  bt_limiter_key_t *on_stack[CHAIN_ON_STACK], **chain = on_stack, *primary;
-  size_t n = 0;
-  int wait = 0;
-  uint64_t due = UINT64_MAX;
-  lua_settop(L, 3);
-  check_key(L, 2, "limiter:acquire", NULL);
-  primary = get_key(L, 1, M, 4, "limiter:acquire");
-  if (!lua_isnil(L, 3)) {
-    if (!lua_istable(L, 3))
-      luaL_error(L, "bad argument #2 to 'limiter:acquire' (table of options expected, got %s)",
-                 luaL_typename(L, 3));
-    check_fields(L, 3, "limiter:acquire", known);
-    if (lua_getfield(L, 3, "wait") != LUA_TNIL && !lua_isboolean(L, -1))
-      bad(L, "limiter:acquire", "wait", "a boolean", -1);
-    wait = lua_toboolean(L, -1);
-    if (lua_getfield(L, 3, "timeout_ms") != LUA_TNIL) {
-      lua_Number ms = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1;
-      if (!(ms >= 0 && ms < 1e15))
-        bad(L, "limiter:acquire", "timeout_ms", "a number of milliseconds >= 0", -1);
-      due = bt_now(R->rt) + (uint64_t)ceil(ms);
-    }
-    int t = lua_getfield(L, 3, "chain");
-    if (t == LUA_TSTRING) {  /* parse_chain's rules: bad entries are skipped */
-      size_t len;
-      const char *s = lua_tolstring(L, -1, &len);
-      push_chain(L, s, len);
-    } else if (t == LUA_TTABLE) {
-      check_list(L, -1, "limiter:acquire", "chain");
-    } else if (t != LUA_TNIL) {
-      bad(L, "limiter:acquire", "chain", "a list of keys or a string \"a/b, c/d\"", -1);
-    }
-    int list = lua_gettop(L);
-    n = t == LUA_TNIL ? 0 : lua_rawlen(L, list);
-    if (n > CHAIN_ON_STACK) chain = lua_newuserdatauv(L, n * sizeof *chain, 0);
-    for (size_t i = 0; i < n; i++) {
-      lua_rawgeti(L, list, (lua_Integer)i + 1);
-      int e = lua_gettop(L);
-      check_key(L, e, "limiter:acquire", lua_pushfstring(L, "chain[%d]", (int)i + 1));
-      chain[i] = get_key(L, 1, M, e + 2, "limiter:acquire");
-      lua_pop(L, 3);
-    }
-  }
-  if (M->lim == NULL) return lbt_closed_error(L, LBT_LIMITER);  /* by an options metamethod */
-  bt_limiter_via_t via;
-  bt_limiter_key_t *k = bt__limiter_try(M->lim, primary, chain, n, &via);
-  if (k != NULL) {
-    bt_task_t *cur = bt_rt_current(R->rt);
-    if (cur != NULL && (cur->flags & BT_TASK_F_CANCEL)) {  /* still a cancellation point */
-      bt__limiter_release(M->lim, k);
-      return lbt_raise_cancelled(L);
-    }
-    push_permit(L, 1, M, k, 1);
-    push_grant(L, k, via, lua_gettop(L));
-    return 1;
-  }
-  if (!wait || primary->cap == 0) return push_saturated(L);
-  lbt_task *T = lbt_await_begin(L, R, "limiter:acquire");
-  lua_settop(L, 1);
-  lperm *p = push_permit(L, 1, M, primary, 0);
-  if (bt__limiter_wait(M->lim, primary, &p->w, on_granted) == 1) {  /* not after a failed try */
-    p->held = 1;
-    push_grant(L, primary, BT_LIMITER_VIA_QUEUE, 2);
-    return 1;
-  }
-  p->fib = lbt_fib(T);
-  p->fib->wait.src = &p->w;
-  bt_task_wait(R->rt, &T->t, &p->fib->wait, wait_cancel, due);
-  return lbt_suspend(L, 0, acquire_k);
-}
-
-/* limit(key) -> the key's limit (resolving it, as acquire would). */
-static int llim_limit(lua_State *L) {
-  llim *M = check_lim(L, 1);
-  lua_settop(L, 2);
-  check_key(L, 2, "limiter:limit", NULL);
-  lua_pushinteger(L, (lua_Integer)get_key(L, 1, M, 3, "limiter:limit")->cap);
-  return 1;
-}
-
 static void push_counts(lua_State *L, size_t cap, size_t in_use, size_t waiting) {
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 4);
   if (cap != SIZE_MAX) {
     lua_pushinteger(L, (lua_Integer)cap);
     lua_setfield(L, -2, "capacity");
@@ -683,6 +572,133 @@ static void push_counts(lua_State *L, size_t cap, size_t in_use, size_t waiting)
   lua_setfield(L, -2, "in_use");
   lua_pushinteger(L, (lua_Integer)waiting);
   lua_setfield(L, -2, "waiting");
+}
+
+/* Pushes the normalised key at idx, or raises naming the function and the argument `name`
+ * (argument #n). */
+static void check_key(lua_State *L, int idx, const char *fname, int n, const char *name) {
+  if (push_key(L, idx)) return;
+  const char *got = lbt_push_got(L, idx);
+  lbt_argerror_got(L, fname, n, name, "'provider/model' key", got);
+}
+
+static void wait_cancel(bt_wait_t *w) { bt__limiter_cancel(w->src); }
+
+/* Nothing free for `primary` and the caller does not wait: nil, msg, "queue_wait", detail. */
+static int saturated(lua_State *L, llim *M, bt_limiter_key_t *k) {
+  push_counts(L, k->cap, k->in_use, k->nwaiting);
+  lua_pushlstring(L, k->name, k->len);
+  lua_setfield(L, -2, "key");
+  if (k->cap == 0)
+    return lbt_fail_detail(L, F_ACQUIRE, "queue_wait", -1, "'%s' is disabled (its limit is 0)",
+                           k->name);
+  if (k->in_use < k->cap)  /* the global cap is what is full */
+    return lbt_fail_detail(L, F_ACQUIRE, "queue_wait", -1,
+                           "no slot for '%s': max_agents is reached (%d in use)", k->name,
+                           (int)M->lim->in_use);
+  return lbt_fail_detail(L, F_ACQUIRE, "queue_wait", -1, "'%s' is at its limit (%d of %d in use)",
+                         k->name, (int)k->in_use, (int)k->cap);
+}
+
+static void undo_grant(void *p) { perm_release(p); }
+
+/* The queued wait ended (ctx: the timeout in ms, or -1). */
+static int acquire_k(lua_State *L, int st, lua_KContext ctx) {
+  (void)st;
+  lperm *p = lua_touserdata(L, 2);
+  p->fib = NULL;
+  int status = lbt_resumed(L, NULL, undo_grant, p);  /* granted but aborted: given back */
+  switch (status) {
+  case 0:
+    push_grant(L, p->key, BT_LIMITER_VIA_QUEUE, 2);
+    return 1;
+  case BT_ETIMEDOUT:
+    lbt_fail_timeout(L, F_ACQUIRE, (lua_Number)ctx);
+    lua_pushlstring(L, perm_key(p), strlen(perm_key(p)));
+    lua_setfield(L, -2, "key");
+    return 4;
+  case BT_ECLOSED:
+    return lbt_fail(L, F_ACQUIRE, "the limiter was finalized while waiting", "closed");
+  default:
+    return lbt_fail_status(L, F_ACQUIRE, status);
+  }
+}
+
+/* acquire(primary, { chain =, wait =, timeout_ms = }) -> grant | nil, msg, "queue_wait" |
+ * "timeout", detail (see docs/limiter.md). */
+static int llim_acquire(lua_State *L) {
+  static const char *const known[] = {"chain", "wait", "timeout_ms", NULL};
+  lbt_rt *R = lbt_R(L);
+  llim *M = check_lim(L, 1);
+  bt_limiter_key_t *on_stack[CHAIN_ON_STACK], **chain = on_stack, *primary;
+  size_t n = 0;
+  int wait = 0;
+  lua_Number ms = -1;
+  lua_settop(L, 3);
+  check_key(L, 2, F_ACQUIRE, 1, "primary");
+  primary = get_key(L, 1, M, 4, &(lwhere){F_ACQUIRE, 0});
+  if (!lua_isnil(L, 3)) {
+    lbt_check_opts(L, F_ACQUIRE, 3, "options", known);
+    wait = lbt_opt_bool(L, F_ACQUIRE, 3, "wait", 0);
+    ms = lbt_opt_ms(L, F_ACQUIRE, 3, "timeout_ms", -1);
+    int t = lua_getfield(L, 3, "chain");
+    if (t == LUA_TSTRING) {  /* parse_chain's rules: bad entries are skipped */
+      size_t len;
+      const char *s = lua_tolstring(L, -1, &len);
+      push_chain(L, s, len);
+    } else if (t == LUA_TTABLE) {
+      check_list(L, -1, &(lwhere){F_ACQUIRE, 2}, "chain");
+    } else if (t != LUA_TNIL) {
+      lbt_field_error(L, F_ACQUIRE, 3, "chain", "list of keys or string \"a/b, c/d\"");
+    }
+    int list = lua_gettop(L);
+    n = t == LUA_TNIL ? 0 : lua_rawlen(L, list);
+    if (n > CHAIN_ON_STACK) chain = lua_newuserdatauv(L, n * sizeof *chain, 0);
+    for (size_t i = 0; i < n; i++) {
+      lua_rawgeti(L, list, (lua_Integer)i + 1);
+      int e = lua_gettop(L);
+      check_key(L, e, F_ACQUIRE, 2, lua_pushfstring(L, "chain[%d]", (int)i + 1));
+      chain[i] = get_key(L, 1, M, e + 2, &(lwhere){F_ACQUIRE, 0});
+      lua_pop(L, 3);
+    }
+  }
+  if (M->lim == NULL) return lbt_closed_error(L, LBT_LIMITER);  /* by an options metamethod */
+  /* The permit exists (released) before a slot is taken: if allocating it fails, nothing
+   * has leaked. */
+  lperm *p = push_permit(L, 1, M, primary, 0);
+  int pi = lua_gettop(L);
+  bt_limiter_via_t via;
+  bt_limiter_key_t *k = bt__limiter_try(M->lim, primary, chain, n, &via);
+  if (k != NULL) {
+    p->key = k;
+    p->held = 1;
+    lbt_cancel_point(L, undo_grant, p);  /* still a cancellation point */
+    push_grant(L, k, via, pi);
+    return 1;
+  }
+  if (!wait || primary->cap == 0) return saturated(L, M, primary);
+  lbt_task *T = lbt_await_begin(L, R, F_ACQUIRE);
+  lua_copy(L, pi, 2);  /* the permit, for acquire_k */
+  lua_settop(L, 2);
+  if (bt__limiter_wait(M->lim, primary, &p->w, on_granted) == 1) {  /* not after a failed try */
+    p->held = 1;
+    push_grant(L, primary, BT_LIMITER_VIA_QUEUE, 2);
+    return 1;
+  }
+  p->fib = lbt_fib(T);
+  p->fib->wait.src = &p->w;
+  uint64_t due = ms < 0 ? UINT64_MAX : bt_now(R->rt) + (uint64_t)ceil(ms);
+  bt_task_wait(R->rt, &T->t, &p->fib->wait, wait_cancel, due);
+  return lbt_suspend(L, ms < 0 ? -1 : (lua_KContext)ceil(ms), acquire_k);
+}
+
+/* limit(key) -> the key's limit (resolving it, as acquire would). */
+static int llim_limit(lua_State *L) {
+  llim *M = check_lim(L, 1);
+  lua_settop(L, 2);
+  check_key(L, 2, "baton.limiter:limit", 1, "key");
+  lua_pushinteger(L, (lua_Integer)get_key(L, 1, M, 3, &(lwhere){"baton.limiter:limit", 0})->cap);
+  return 1;
 }
 
 /* snapshot() -> { keys = { [key] = counts }, global = counts } */
@@ -701,7 +717,7 @@ static int llim_snapshot(lua_State *L) {
   return 1;
 }
 
-/* Fails queued waiters (their acquire raises) and frees the keys: permits still held
+/* Fails queued waiters (their acquire returns "closed") and frees the keys: permits still held
  * know it through p->M->lim. */
 static int llim_gc(lua_State *L) {
   llim *M = lbt_check_type(L, 1, LBT_LIMITER);

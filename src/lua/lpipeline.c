@@ -1,24 +1,29 @@
 /*
  * lpipeline.c — baton.pipeline(): named stages run in order over one value.
  *
- *   p:stage(name, fn) -> p      fn(value) -> next value; may await
- *   p:on_error(fn) -> p         fn(stage_name, err) -> replacement value
- *   p:run(input)                -> output | nil, err, stage_name
- *   p:run_timed(input)          -> { output =, timings = { { name, ms }... } } | nil, err, stage_name
+ *   p:stage(name, fn) -> p      fn(value) -> next value | nil, msg[, kind[, detail]]; may await
+ *   p:on_error(fn) -> p         fn(stage_name, msg, kind, detail) -> replacement value
+ *   p:run(input)                -> output | nil, msg, kind, { stage =, detail = }
+ *   p:run_timed(input)          -> { output =, timings = { { name, ms }... } } | the same failure
  *
- * A stage fails when it raises, or when it returns `nil, err` (err not nil) — the way
- * baton's own calls report failures of the world. Without a handler the first failure
- * stops the run, which returns `nil, err, stage_name`: a failed stage is an outcome the
- * policy branches on, not a misuse (DESIGN's rule). With a handler, its first result
- * replaces the failed stage's output and the run goes on; a handler may decline by
- * returning `nil, err`, and an error it raises propagates. Cancellation is never a stage
- * failure: the cancellation error is re-raised untouched, so the task unwinds.
+ * Errors (docs/errors.md). Raise: misuse (a stage name that is not a non-empty string, a
+ * stage or handler that is not a function, a bad self, a pipeline finalized mid-run), an
+ * error the handler raises (a bug in the policy), and the cancellation error. Return
+ * failures: run and run_timed, when a stage fails and no handler recovers it:
+ * `nil, "baton.pipeline:run: stage 'name' failed: <msg>", <the stage's kind>,
+ * { stage = name, detail = <the stage's detail> }`. A stage fails when it raises or
+ * returns `nil, msg[, kind[, detail]]`, both read by lbt_outcome (the one rule; kind
+ * "error" when it gave none). With a handler, its first result replaces the failed stage's
+ * output and the run goes on; a handler may decline by returning a failure (the run then
+ * fails at that stage with it). Cancellation is never a stage failure: the cancellation
+ * error is re-raised untouched, so the task unwinds.
  *
  * The order, the decisions and the timings are the core's (pipeline.c). The run itself is
  * a C loop that calls each stage with lua_pcallk/lua_callk, so stages and handlers may
  * yield; its state lives on the Lua stack of the calling coroutine:
  *   1 pipeline  2 current value  3 run (core cursor, a plain userdata)  4 stage functions
- *   5 error handler or nil       6 the last stage error
+ *   5 error handler or nil       6-8 the last failure (message, kind, detail)
+ *   9.. a stage's or the handler's results (four)
  * The stages counted when a run begins are the ones it runs.
  */
 #include <string.h>
@@ -28,7 +33,7 @@
 
 #define BT_PIPELINE_MT "baton.Pipeline"
 
-enum { S_PIPE = 1, S_VALUE, S_RUN, S_FNS, S_HANDLER, S_ERR };
+enum { S_PIPE = 1, S_VALUE, S_RUN, S_FNS, S_HANDLER, S_MSG, S_KIND, S_DETAIL, S_RESULTS };
 
 typedef struct lpipe {
   bt_pipeline_t *p;         /* &storage until finalized, then NULL */
@@ -52,11 +57,12 @@ static int lpipe_new(lua_State *L) {
 }
 
 static int lpipe_stage(lua_State *L) {
+  static const char *const F = "baton.pipeline:stage";
   bt_pipeline_t *p = check_pipe(L, 1);
   size_t len;
-  const char *name = luaL_checklstring(L, 2, &len);
-  luaL_argcheck(L, len > 0, 2, "a stage name must not be empty");
-  luaL_checktype(L, 3, LUA_TFUNCTION);
+  const char *name = lbt_arg_string(L, F, 2, "name", &len);
+  if (len == 0) lbt_argerror(L, F, 2, "name", "non-empty string");
+  lbt_arg_function(L, F, 3, "fn");
   lua_settop(L, 3);
   lua_getiuservalue(L, 1, 1);
   lua_pushvalue(L, 3);
@@ -64,7 +70,7 @@ static int lpipe_stage(lua_State *L) {
   if (bt__pipeline_add(p, name, len) != 0) {
     lua_pushnil(L);
     lua_rawseti(L, -2, (lua_Integer)p->n + 1);
-    return luaL_error(L, "pipeline:stage: out of memory");
+    return luaL_error(L, "%s: out of memory", F);
   }
   lua_settop(L, 1);
   return 1;
@@ -72,7 +78,8 @@ static int lpipe_stage(lua_State *L) {
 
 static int lpipe_on_error(lua_State *L) {
   check_pipe(L, 1);
-  if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (!lua_isnil(L, 2) && !lua_isfunction(L, 2))
+    lbt_argerror(L, "baton.pipeline:on_error", 2, "fn", "function or nil");
   lua_settop(L, 2);
   lua_setiuservalue(L, 1, 2);
   return 1;
@@ -116,37 +123,14 @@ static int lpipe_gc(lua_State *L) {
 
 static bt_pipeline_run_t *run_of(lua_State *L) { return lua_touserdata(L, S_RUN); }
 
-/* A stage returned (status LUA_OK, or LUA_YIELD in its continuation: two results on top) or
- * raised (the error on top). Re-raises cancellation and errors pcall must not hide. */
-static bt_pipeline_step_t after_stage(lua_State *L, int status) {
-  int ok;
-  if (status == LUA_OK || status == LUA_YIELD) {
-    ok = !(lua_isnil(L, -2) && !lua_isnil(L, -1));
-    if (ok) {
-      lua_pop(L, 1);
-      lua_replace(L, S_VALUE);
-    } else {
-      lua_replace(L, S_ERR);
-      lua_pop(L, 1);
-    }
-  } else {
-    if (status != LUA_ERRRUN || lbt_is_cancel_error(L, -1)) lua_error(L);
-    ok = 0;
-    lua_replace(L, S_ERR);
-  }
-  return bt__pipeline_run_next(run_of(L), ok);
-}
-
-/* The handler returned: a replacement (two results on top), or `nil, err` to decline. */
-static bt_pipeline_step_t after_recover(lua_State *L) {
-  int ok = !(lua_isnil(L, -2) && !lua_isnil(L, -1));
-  if (ok) {
-    lua_pop(L, 1);
-    lua_replace(L, S_VALUE);
-  } else {
-    lua_replace(L, S_ERR);
-    lua_pop(L, 1);
-  }
+/* A stage or the handler returned (status LUA_OK, or LUA_YIELD in its continuation: four
+ * results from S_RESULTS) or a stage raised (the error there). Keeps the next value or the
+ * failure; re-raises cancellation and errors pcall must not hide. */
+static bt_pipeline_step_t after_call(lua_State *L, int status) {
+  int ok = lbt_outcome(L, status, S_RESULTS);
+  if (ok) lua_copy(L, S_RESULTS, S_VALUE);
+  else for (int i = 0; i < 3; i++) lua_copy(L, S_RESULTS + i, S_MSG + i);
+  lua_settop(L, S_DETAIL);
   return bt__pipeline_run_next(run_of(L), ok);
 }
 
@@ -182,13 +166,8 @@ static int finish(lua_State *L, int timed) {
 
 static int drive(lua_State *L, bt_pipeline_step_t step, lua_KContext timed);
 
-static int stage_k(lua_State *L, int status, lua_KContext timed) {
-  return drive(L, after_stage(L, status), timed);
-}
-
-static int recover_k(lua_State *L, int status, lua_KContext timed) {
-  (void)status;
-  return drive(L, after_recover(L), timed);
+static int call_k(lua_State *L, int status, lua_KContext timed) {
+  return drive(L, after_call(L, status), timed);
 }
 
 static int drive(lua_State *L, bt_pipeline_step_t step, lua_KContext timed) {
@@ -198,22 +177,30 @@ static int drive(lua_State *L, bt_pipeline_step_t step, lua_KContext timed) {
     case BT_PIPELINE_STAGE:
       lua_rawgeti(L, S_FNS, (lua_Integer)r->i + 1);
       lua_pushvalue(L, S_VALUE);
-      step = after_stage(L, lua_pcallk(L, 1, 2, 0, timed, stage_k));
+      step = after_call(L, lua_pcallk(L, 1, 4, 0, timed, call_k));
       break;
-    case BT_PIPELINE_RECOVER:
+    case BT_PIPELINE_RECOVER:  /* handler(stage, msg, kind, detail): its raise propagates */
       lua_pushvalue(L, S_HANDLER);
       push_name(L, r->i);
-      lua_pushvalue(L, S_ERR);
-      lua_callk(L, 2, 2, timed, recover_k);
-      step = after_recover(L);
+      for (int i = S_MSG; i <= S_DETAIL; i++) lua_pushvalue(L, i);
+      lua_callk(L, 4, 4, timed, call_k);
+      step = after_call(L, LUA_OK);
       break;
     case BT_PIPELINE_DONE:
       return finish(L, (int)timed);
-    default:  /* BT_PIPELINE_FAILED */
-      lua_pushnil(L);
-      lua_pushvalue(L, S_ERR);
+    default: {  /* BT_PIPELINE_FAILED: the stage's kind, kept (user kinds too) */
+      lua_createtable(L, 0, 2);
       push_name(L, r->i);
-      return 3;
+      lua_setfield(L, -2, "stage");
+      lua_pushvalue(L, S_DETAIL);
+      lua_setfield(L, -2, "detail");
+      lua_pushnil(L);
+      lua_pushfstring(L, "baton.pipeline:%s: stage '%s' failed: %s", timed ? "run_timed" : "run",
+                      bt__pipeline_name(check_pipe(L, S_PIPE), r->i), lua_tostring(L, S_MSG));
+      lua_pushvalue(L, S_KIND);
+      lua_rotate(L, -4, -1);  /* nil, message, kind, detail */
+      return 4;
+    }
     }
   }
 }
@@ -224,7 +211,7 @@ static int run(lua_State *L, int timed) {
   bt_pipeline_run_t *r = lua_newuserdatauv(L, bt__pipeline_run_size(p->n), 0);
   lua_getiuservalue(L, 1, 1);
   lua_getiuservalue(L, 1, 2);
-  lua_pushnil(L);
+  lua_settop(L, S_DETAIL);
   return drive(L, bt__pipeline_run_begin(r, p->n, !lua_isnil(L, S_HANDLER)), timed);
 }
 

@@ -1,12 +1,12 @@
 /*
- * lrunner.c — baton.runner{ handler =, poll_ms = }: the queued-work runner (seed 004).
+ * lrunner.c — baton.runner{ handler =, poll_ms = }: the queued-work runner.
  *
  * The decisions — what to drive, what to suppress, when to poll — are the core's
  * (runner.c). This binding supplies the driver: one task, spawned by start(), that loops
  * "take the next request, call handler(request), report the outcome", and parks on the
  * core (a wait whose wake is the core's callback) when there is nothing to do. So the
- * handler runs in a task and may await, drives are serial as in the seed, and the poll
- * timer is armed only while the driver is parked.
+ * handler runs in a task and may await, drives are serial, and the poll timer is armed
+ * only while the driver is parked.
  *
  * Lifetime. The driver task holds the runner userdata, so a started runner is not
  * collected while it runs. stop() stops the core (timer off, queue and in-flight set
@@ -16,11 +16,20 @@
  * its main task ends; a runner whose driver is gone counts as stopped.
  *
  * Handler outcomes: "idle" or nil (nothing to do), { submitted = id } (session id in
- * flight until complete_session). Anything else is reported through baton.on_warning and
- * taken as idle; an error is reported (with its traceback) and the runner goes on.
- * Cancellation is not a handler error: it ends the driver.
+ * flight until complete_session). A failure — raised, or returned as
+ * `nil, msg[, kind[, detail]]`, both read by lbt_outcome (the one rule) — is reported
+ * through baton.on_warning (with the reason, the kind, and a raise's traceback) and the
+ * runner goes on; anything else is reported and taken as idle. Cancellation is not a
+ * handler error: it ends the driver.
  *
- * Driver stack: 1 runner; during a drive 2 message handler, 3 request, 4 handler result.
+ * Errors (docs/errors.md). Raise: misuse (bad options, naming the key; a second start();
+ * a session id or reason that is not a string). Return failures: the pokes
+ * (poke, poke_session, complete_session) return true, or
+ * `nil, "baton.runner:poke: the runner is stopped", "closed"` once the runner is stopped
+ * or closed (the poke is dropped), or kind "resource" when it cannot be queued (memory).
+ *
+ * Driver stack: 1 runner; during a drive 2 message handler, 3 request, 4.. handler results
+ * (four).
  */
 #include <string.h>
 
@@ -51,23 +60,14 @@ static const char *state_name(const lrunner *U) {
 }
 
 static int lrunner_new(lua_State *L) {
+  static const char *const F = "baton.runner";
   lbt_rt *R = lbt_R(L);
-  luaL_checktype(L, 1, LUA_TTABLE);
   static const char *const known[] = {"handler", "poll_ms", NULL};
-  lbt_check_fields(L, 1, "baton.runner", known);
-  lua_getfield(L, 1, "handler");
-  if (!lua_isfunction(L, -1))
-    return luaL_error(L, "baton.runner: handler must be a function (got %s)",
-                      luaL_typename(L, -1));
-  lua_Integer poll = 400;
-  lua_getfield(L, 1, "poll_ms");
-  if (!lua_isnil(L, -1)) {
-    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > 1000000000)
-      return luaL_error(L, "baton.runner: poll_ms must be an integer of milliseconds >= 1 "
-                        "(got %s)", luaL_tolstring(L, -1, NULL));
-    poll = lua_tointeger(L, -1);
-  }
-  lua_pop(L, 1);
+  lbt_check_opts(L, F, 1, "options", known);
+  lua_settop(L, 1);
+  lua_Integer poll = lbt_opt_count(L, F, 1, "poll_ms", 1, 400);
+  if (poll > 1000000000) lbt_field_error(L, F, 1, "poll_ms", "integer <= 1000000000");
+  if (!lbt_opt_function(L, F, 1, "handler")) lbt_field_error(L, F, 1, "handler", "function");
   lrunner *U = lua_newuserdatauv(L, sizeof *U, 2);
   U->r = NULL;
   U->driver = NULL;
@@ -75,7 +75,7 @@ static int lrunner_new(lua_State *L) {
   lua_insert(L, -2);
   lua_setiuservalue(L, -2, 1);
   U->r = bt__runner_new(R->rt, (uint64_t)poll);
-  if (U->r == NULL) return luaL_error(L, "baton.runner: out of memory");
+  if (U->r == NULL) return luaL_error(L, "%s: out of memory", F);
   return 1;
 }
 
@@ -99,34 +99,36 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
-/* The handler returned (status LUA_OK/LUA_YIELD, its result at 4) or raised (error at 4). */
+/* The handler returned (status LUA_OK/LUA_YIELD, its four results from 4) or raised (the
+ * error at 4, a string with its traceback). */
 static void after_handler(lua_State *L, lrunner *U, int status) {
   lbt_rt *R = lbt_R(L);
   const char *sid = NULL;
   size_t len = 0;
-  if (status != LUA_OK && status != LUA_YIELD) {
-    if (status != LUA_ERRRUN || lbt_is_cancel_error(L, -1)) {
-      if (U->r != NULL) bt__runner_done(U->r, NULL, 0);
-      driver_unwind(L, U);
-    }
-    const char *msg = luaL_tolstring(L, 4, NULL);
+  if (status != LUA_OK && status != LUA_YIELD &&
+      (status != LUA_ERRRUN || lbt_is_cancel_error(L, -1) || lbt_cancelled(R))) {
+    if (U->r != NULL) bt__runner_done(U->r, NULL, 0);
+    driver_unwind(L, U);  /* the cancellation ends the driver */
+  }
+  if (!lbt_outcome(L, status, 4)) {  /* failed: message, kind, detail at 4..6 */
     lua_getfield(L, 3, "reason");
-    lbt_warn(R, "runner: the handler failed (reason '%s'): %s", lua_tostring(L, -1), msg);
+    lbt_warn(R, "baton.runner: the handler failed (reason '%s', kind '%s'): %s",
+             lua_tostring(L, -1), lua_tostring(L, 5), lua_tostring(L, 4));
   } else if (lua_istable(L, 4)) {
     lua_getfield(L, 4, "submitted");
     if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
       sid = lua_tolstring(L, -1, &len);  /* converts a number in place: it is a copy */
     } else {
-      lbt_warn(R, "runner: the handler returned a table without a string 'submitted'; "
+      lbt_warn(R, "baton.runner: the handler returned a table without a string 'submitted'; "
                   "expected \"idle\" or { submitted = session_id } (taken as idle)");
     }
   } else if (!lua_isnil(L, 4) && !(lua_type(L, 4) == LUA_TSTRING &&
                                    strcmp(lua_tostring(L, 4), "idle") == 0)) {
-    lbt_warn(R, "runner: the handler returned %s; expected \"idle\" or "
+    lbt_warn(R, "baton.runner: the handler returned %s; expected \"idle\" or "
                 "{ submitted = session_id } (taken as idle)", luaL_tolstring(L, 4, NULL));
   }
   if (U->r != NULL && bt__runner_done(U->r, sid, len) != 0)
-    lbt_warn(R, "runner: out of memory recording session '%s' in flight", sid);
+    lbt_warn(R, "baton.runner: out of memory recording session '%s' in flight", sid);
   lua_settop(L, 1);
 }
 
@@ -148,9 +150,8 @@ static int park_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
-    return raise_cancelled(L, lua_touserdata(L, 1));
+  if (lbt_fib((lbt_task *)bt_rt_current(R->rt))->status == BT_ECANCELED || lbt_cancelled(R))
+    return raise_cancelled(L, lua_touserdata(L, 1));  /* stops the runner, then raises */
   return driver_loop(L);
 }
 
@@ -171,8 +172,7 @@ static int driver_loop(lua_State *L) {
   lrunner *U = lua_touserdata(L, 1);
   lua_settop(L, 1);
   for (;;) {
-    bt_task_t *self = bt_rt_current(R->rt);
-    if (self->flags & BT_TASK_F_CANCEL) return raise_cancelled(L, U);
+    if (lbt_cancelled(R)) return raise_cancelled(L, U);
     if (U->r == NULL) return 0;
     bt_runner_req q;
     if (bt__runner_next(U->r, &q)) {
@@ -180,7 +180,7 @@ static int driver_loop(lua_State *L) {
       push_request(L, &q);
       lua_getiuservalue(L, 1, 1);
       lua_pushvalue(L, 3);
-      after_handler(L, U, lua_pcallk(L, 1, 1, 2, 0, handler_k));
+      after_handler(L, U, lua_pcallk(L, 1, 4, 2, 0, handler_k));
       continue;
     }
     lbt_task *T = lbt_await_begin(L, R, "baton.runner");
@@ -204,7 +204,7 @@ static int lrunner_start(lua_State *L) {
   lrunner *U = check_runner(L, 1);
   lua_settop(L, 1);
   if (U->r == NULL || bt__runner_state(U->r) != BT_RUNNER_NEW)
-    return luaL_error(L, "runner:start: the runner is %s (start it once)", state_name(U));
+    return luaL_error(L, "baton.runner:start: the runner is %s (start it once)", state_name(U));
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushcclosure(L, driver_main, 1);
   lua_pushvalue(L, 1);
@@ -212,17 +212,9 @@ static int lrunner_start(lua_State *L) {
   lua_setiuservalue(L, 1, 2);
   if (bt__runner_start(U->r) != 0) {
     bt_task_abort(R->rt, &U->driver->t);
-    return luaL_error(L, "runner:start: out of memory");
+    return luaL_error(L, "baton.runner:start: out of memory");
   }
   lua_settop(L, 1);
-  return 1;
-}
-
-/* Pokes return true when queued, false when the runner is stopped (dropped, as the seed's
- * send to a runner that is gone). */
-static int queued(lua_State *L, int rc, const char *fname) {
-  if (rc == BT_ENOMEM) return luaL_error(L, "%s: out of memory", fname);
-  lua_pushboolean(L, rc == 0);
   return 1;
 }
 
@@ -231,31 +223,35 @@ static int usable(lrunner *U) {
   return U->r != NULL && (bt__runner_state(U->r) == BT_RUNNER_NEW || driver_alive(U));
 }
 
-static int lrunner_poke(lua_State *L) {
+/* The pokes: poke(reason) is a global request, poke_session(sid, reason) one for a session,
+ * complete_session(sid, reason) takes the session out of flight first. They return true
+ * when queued, or a failure: "closed" when the runner is stopped (the poke is dropped: a
+ * worker completing a session during shutdown must not crash), "resource" when memory
+ * runs out. */
+static int poke(lua_State *L, const char *fname, int session, int complete) {
   lrunner *U = check_runner(L, 1);
-  size_t rl;
-  const char *reason = luaL_checklstring(L, 2, &rl);
-  if (!usable(U)) return queued(L, BT_ECLOSED, "runner:poke");
-  return queued(L, bt__runner_poke(U->r, NULL, 0, reason, rl), "runner:poke");
+  size_t sl = 0, rl;
+  const char *sid = !session ? NULL  /* a session id may be a number, as in { submitted = } */
+                  : lua_type(L, 2) == LUA_TNUMBER ? lua_tolstring(L, 2, &sl)
+                  : lbt_arg_string(L, fname, 2, "session_id", &sl);
+  const char *reason = lbt_arg_string(L, fname, session ? 3 : 2, "reason", &rl);
+  int rc = !usable(U) ? BT_ECLOSED
+         : complete  ? bt__runner_complete(U->r, sid, sl, reason, rl)
+                     : bt__runner_poke(U->r, sid, sl, reason, rl);
+  if (rc == BT_ECLOSED) return lbt_fail(L, fname, "the runner is stopped", "closed");
+  if (rc != 0) return lbt_fail_status(L, fname, rc);
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
+static int lrunner_poke(lua_State *L) { return poke(L, "baton.runner:poke", 0, 0); }
+
 static int lrunner_poke_session(lua_State *L) {
-  lrunner *U = check_runner(L, 1);
-  size_t sl, rl;
-  const char *sid = luaL_checklstring(L, 2, &sl);
-  const char *reason = luaL_checklstring(L, 3, &rl);
-  if (!usable(U)) return queued(L, BT_ECLOSED, "runner:poke_session");
-  return queued(L, bt__runner_poke(U->r, sid, sl, reason, rl), "runner:poke_session");
+  return poke(L, "baton.runner:poke_session", 1, 0);
 }
 
 static int lrunner_complete_session(lua_State *L) {
-  lrunner *U = check_runner(L, 1);
-  size_t sl, rl;
-  const char *sid = luaL_checklstring(L, 2, &sl);
-  const char *reason = luaL_checklstring(L, 3, &rl);
-  if (!usable(U)) return queued(L, BT_ECLOSED, "runner:complete_session");
-  return queued(L, bt__runner_complete(U->r, sid, sl, reason, rl),
-                "runner:complete_session");
+  return poke(L, "baton.runner:complete_session", 1, 1);
 }
 
 /* Stops the core and aborts the driver; never waits. */
