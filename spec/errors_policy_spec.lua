@@ -100,6 +100,13 @@ local failures = {
   { "baton.pipeline:run_timed", "error", function()
       return baton.pipeline():stage("s", function() error("bug", 0) end):run_timed(1)
     end, { stage = "s" } },
+  { "baton.pipeline:run", "error", function()  -- a stage raised a string: kind "error"
+      return baton.pipeline():stage("parse", function() error("bug", 0) end):run(1)
+    end,
+    function(msg, detail)
+      assert.equal("baton.pipeline:run: stage 'parse' failed: bug", msg)
+      assert.equal("parse", detail.stage)
+    end },
   { "baton.pipeline:run", "tool_error", function()  -- the handler declines with its own
       return baton.pipeline()
         :stage("s", fail("x", "io"))
@@ -172,6 +179,24 @@ describe("policy failures of the world: nil, message, kind, detail", function()
       elseif want ~= nil then assert.same(want, detail) end
     end))
   end
+
+  -- Out of memory cannot be provoked without an allocator that fails.
+  local exempt = { ["baton.limiter:acquire resource"] = true, ["baton.runner:poke resource"] = true,
+                   ["baton.runner:poke_session resource"] = true,
+                   ["baton.runner:complete_session resource"] = true }
+  it("provokes every failure docs/errors.md lists under 'Policy components'", function()
+    local listed = assert(H.errors_doc().sections["Policy components"], "no section")
+    local covered, missing = {}, {}
+    for _, row in ipairs(failures) do covered[row[1] .. " " .. row[2]] = true end
+    for fname, kinds in pairs(listed) do
+      for kind in pairs(kinds) do
+        local key = fname .. " " .. kind
+        if not covered[key] and not exempt[key] then missing[#missing + 1] = key end
+      end
+    end
+    table.sort(missing)
+    assert(#missing == 0, "no row provokes: " .. table.concat(missing, ", "))
+  end)
 end)
 
 -- The engine returns no failure itself: a dispatcher's failure is an outcome whose error is
