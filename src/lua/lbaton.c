@@ -38,7 +38,8 @@ static const char *const class_names[LBT_NCLASSES] = {
   [LBT_DEDUP_WAITER] = "baton.Dedup.Waiter", [LBT_BP] = "baton.Backpressure",
   [LBT_BP_PERMIT] = "baton.Backpressure.Permit", [LBT_PIPELINE] = "baton.Pipeline",
   [LBT_RUNNER] = "baton.Runner", [LBT_HTTP_STREAM] = "baton.HttpStream",
-  [LBT_HTTP_XFER] = "baton.HttpTransfer"};
+  [LBT_HTTP_XFER] = "baton.HttpTransfer", [LBT_CHAN] = "baton.Channel",
+  [LBT_WATCH] = "baton.Watch", [LBT_NOTIFY] = "baton.Notify"};
 
 void *lbt_test_type(lua_State *L, int idx, lbt_class cls) {
   /* Userdata only (a table given a class's metatable is not one), but for the grant */
@@ -207,6 +208,7 @@ static int run_loop(lbt_rt *R, lbt_task *M) {
   while (!bt_task_finished(&M->t)) {
     int alive = uv_run(loop, UV_RUN_ONCE);
     if (!alive && !bt_task_finished(&M->t) && bt_rt_ready(R->rt) == 0) {
+      if (deadlock) break;  /* aborted, and still stuck: a shielded wait (baton.shield) */
       deadlock = 1;
       bt_task_abort(R->rt, &M->t);
     }
@@ -504,6 +506,10 @@ int lbt_open(lua_State *L) {
   lbt_open_http(L, rt_idx);
   lbt_open_future(L, rt_idx);
   lbt_open_signal(L, rt_idx);
+  lbt_open_chan(L, rt_idx);
+  lbt_open_sync(L, rt_idx);
+  lbt_open_select(L, rt_idx);
+  lbt_open_concurrency(L, rt_idx);
 
   if (luaL_loadbuffer(L, lua_helpers, strlen(lua_helpers), "=baton") != LUA_OK)
     return lua_error(L);
