@@ -38,6 +38,18 @@ LBT_HANDLE_FIRST(lchan, c);
 
 static lchan *check_chan(lua_State *L, int idx) { return lbt_check_handle(L, idx, LBT_CHAN); }
 
+/* The same for send and recv, the hot path: one metatable comparison, the runtime already
+ * at hand; anything else goes through lbt_check_handle for its message. */
+static lchan *fast_chan(lua_State *L, lbt_rt *R, int idx) {
+  lchan *C = lua_touserdata(L, idx);
+  if (C != NULL && lua_getmetatable(L, idx)) {
+    const void *mt = lua_topointer(L, -1);
+    lua_pop(L, 1);
+    if (mt == R->classes[LBT_CHAN] && C->c != NULL) return C;
+  }
+  return check_chan(L, idx);
+}
+
 /* ---- the ring ------------------------------------------------------------------------ */
 
 /* Doubles the ring (table at ri), which is full: the values that wrapped around to slots
@@ -53,24 +65,32 @@ static void ring_grow(lua_State *L, lchan *C, int ri) {
   C->size = old * 2;
 }
 
-/* Puts the value at vi at the tail of the channel at ci. Call before bt_chan_push. */
-static void ring_put(lua_State *L, lchan *C, int ci, int vi) {
+/* Puts the value at vi at the tail of the channel at ci, and calls bt_chan_push. Leaves
+ * the ring on the stack (the callers return right after: one API call less a value). */
+static void ring_put(lua_State *L, lchan *C, int ci, int vi, int reserved) {
   lua_getiuservalue(L, ci, 1);
   lua_Integer len = (lua_Integer)C->storage.len;
   if (len == C->size) ring_grow(L, C, lua_gettop(L));
+  lua_Integer pos = C->head + len;
+  if (pos > C->size) pos -= C->size;
   lua_pushvalue(L, vi);
-  lua_rawseti(L, -2, (C->head - 1 + len) % C->size + 1);
-  lua_pop(L, 1);
+  lua_rawseti(L, -2, pos);
+  bt_chan_push(&C->storage, reserved);
 }
 
-void lbt_chan_take(lua_State *L, lchan *C, int ci, int reserved) {
+/* Takes the head value, and calls bt_chan_pop; pushes the ring, then the value on top. */
+static void ring_take(lua_State *L, lchan *C, int ci, int reserved) {
   lua_getiuservalue(L, ci, 1);
   lua_rawgeti(L, -1, C->head);
   lua_pushnil(L);
   lua_rawseti(L, -3, C->head);
-  lua_remove(L, -2);
-  C->head = C->head % C->size + 1;
+  C->head = C->head == C->size ? 1 : C->head + 1;
   bt_chan_pop(&C->storage, reserved);
+}
+
+void lbt_chan_take(lua_State *L, lchan *C, int ci, int reserved) {
+  ring_take(L, C, ci, reserved);
+  lua_remove(L, -2);
 }
 
 /* ---- failures ------------------------------------------------------------------------ */
@@ -100,6 +120,7 @@ static int lchan_new(lua_State *L) {
   lchan *C = lua_newuserdatauv(L, sizeof *C, 1);
   bt_chan_init(&C->storage, (size_t)cap);
   C->c = &C->storage;
+  C->R = lbt_R(L);
   C->head = 1;
   C->size = cap == 0 ? 1 : cap < 64 ? cap : 64;
   lua_createtable(L, (int)C->size, 0);
@@ -129,8 +150,7 @@ static int send_k(lua_State *L, int st, lua_KContext ctx) {
       if (T->t.flags & BT_TASK_F_CANCEL) return lbt_raise_cancelled(L);
       return fail_closed(L, FN_SEND, 0);
     }
-    ring_put(L, C, 1, 2);
-    bt_chan_push(c, 1);
+    ring_put(L, C, 1, 2, 1);
     lua_pushboolean(L, 1);
     return 1;
   }
@@ -141,19 +161,18 @@ static int send_k(lua_State *L, int st, lua_KContext ctx) {
 
 static int lchan_send(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lchan *C = check_chan(L, 1);
+  lchan *C = fast_chan(L, R, 1);
   check_value(L, FN_SEND);
   uint64_t due = lbt_sync_due(L, R, 3, FN_SEND, 2);
-  lua_settop(L, 3);
   if (lbt_sync_cancelled(R)) return lbt_raise_cancelled(L);
   int rc = bt_chan_can_send(C->c);
   if (rc == 0) {
-    ring_put(L, C, 1, 2);
-    bt_chan_push(C->c, 0);
+    ring_put(L, C, 1, 2, 0);
     lua_pushboolean(L, 1);
     return 1;
   }
   if (rc == BT_ECLOSED) return fail_closed(L, FN_SEND, 0);
+  lua_settop(L, 3);  /* the continuation finds the value at 2, the timeout at 3 */
   lbt_task *T = lbt_await_begin(L, R, FN_SEND);
   lbt_fiber *f = lbt_fib(T);
   bt_chan_wait_send(C->c, &f->waiter, lbt_waiter_turn);
@@ -170,8 +189,7 @@ static int lchan_try_send(lua_State *L) {
   if (rc != 0)
     return fail_busy(L, C, FN_TRY_SEND, C->storage.cap == 0 ? "no receiver is waiting"
                                                             : "the channel is full");
-  ring_put(L, C, 1, 2);
-  bt_chan_push(C->c, 0);
+  ring_put(L, C, 1, 2, 0);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -191,12 +209,12 @@ static int recv_k(lua_State *L, int st, lua_KContext iter) {
       bt_chan_unreserve_item(c);  /* it stays at the head, for the next receiver */
       return lbt_raise_cancelled(L);
     }
-    lbt_chan_take(L, C, 1, 1);
+    ring_take(L, C, 1, 1);
     return 1;
   }
   if (status == BT_ECLOSED) {  /* a value an aborted receiver gave back may be there */
     if (bt_chan_can_recv(c) == 0) {
-      lbt_chan_take(L, C, 1, 0);
+      ring_take(L, C, 1, 0);
       return 1;
     }
     if (iter) return 0;
@@ -206,18 +224,22 @@ static int recv_k(lua_State *L, int st, lua_KContext iter) {
   return lbt_raise_cancelled(L);
 }
 
-/* The channel at 1, the optional timeout at 2. */
-static int chan_recv(lua_State *L, lbt_rt *R, lchan *C, int iter) {
+/* The channel at ci (1, or the iterator's upvalue), the optional timeout at 2. */
+static int chan_recv(lua_State *L, lbt_rt *R, lchan *C, int ci, int iter) {
   const char *fname = iter ? FN_ITER : FN_RECV;
-  uint64_t due = lbt_sync_due(L, R, 2, fname, 1);
-  lua_settop(L, 2);
+  uint64_t due = iter ? UINT64_MAX : lbt_sync_due(L, R, 2, fname, 1);
   if (lbt_sync_cancelled(R)) return lbt_raise_cancelled(L);
   int rc = bt_chan_can_recv(C->c);
   if (rc == 0) {
-    lbt_chan_take(L, C, 1, 0);
+    ring_take(L, C, ci, 0);
     return 1;
   }
   if (rc == BT_ECLOSED) return iter ? 0 : fail_closed(L, fname, 1);
+  if (iter) {  /* the continuation finds the channel at 1 */
+    lua_settop(L, 0);
+    lua_pushvalue(L, ci);
+  }
+  lua_settop(L, 2);
   lbt_task *T = lbt_await_begin(L, R, fname);
   lbt_fiber *f = lbt_fib(T);
   bt_chan_wait_recv(C->c, &f->waiter, lbt_waiter_turn);
@@ -226,23 +248,26 @@ static int chan_recv(lua_State *L, lbt_rt *R, lchan *C, int iter) {
   return lbt_suspend(L, iter, recv_k);
 }
 
-static int lchan_recv(lua_State *L) { return chan_recv(L, lbt_R(L), check_chan(L, 1), 0); }
+static int lchan_recv(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  return chan_recv(L, R, fast_chan(L, R, 1), 1, 0);
+}
 
 static int lchan_try_recv(lua_State *L) {
   lchan *C = check_chan(L, 1);
   int rc = bt_chan_can_recv(C->c);
   if (rc == BT_ECLOSED) return fail_closed(L, FN_TRY_RECV, 1);
   if (rc != 0) return fail_busy(L, C, FN_TRY_RECV, "the channel is empty");
-  lbt_chan_take(L, C, 1, 0);
+  ring_take(L, C, 1, 0);
   return 1;
 }
 
-/* The iterator: upvalue 2 is the channel; the generic for's arguments are ignored. */
+/* The iterator: upvalue 2 is the channel (checked by iter()); the generic for's arguments
+ * are ignored. */
 static int iter_next(lua_State *L) {
-  lua_settop(L, 0);
-  lua_pushvalue(L, lua_upvalueindex(2));
-  lchan *C = lbt_check_handle(L, 1, LBT_CHAN);
-  return chan_recv(L, lbt_R(L), C, 1);
+  lchan *C = lua_touserdata(L, lua_upvalueindex(2));
+  if (C->c == NULL) return lbt_closed_error(L, LBT_CHAN);
+  return chan_recv(L, C->R, C, lua_upvalueindex(2), 1);
 }
 
 static int lchan_iter(lua_State *L) {

@@ -59,11 +59,6 @@ int lbt_sync_timeout(lua_State *L, const char *fname, lua_Number ms) {
   return 4;
 }
 
-int lbt_sync_cancelled(lbt_rt *R) {
-  bt_task_t *t = bt_rt_current(R->rt);
-  return t != NULL && (t->flags & BT_TASK_F_CANCEL);
-}
-
 int lbt_sync_argerror(lua_State *L, int idx, const char *fname, int n, const char *name,
                       const char *what) {
   const char *got;
@@ -77,7 +72,7 @@ int lbt_sync_argerror(lua_State *L, int idx, const char *fname, int n, const cha
 }
 
 uint64_t lbt_sync_due(lua_State *L, lbt_rt *R, int idx, const char *fname, int n) {
-  if (lua_isnoneornil(L, idx)) return UINT64_MAX;
+  if (lua_gettop(L) < idx || lua_isnil(L, idx)) return UINT64_MAX;
   int isnum = 0;
   lua_Number ms = lua_tonumberx(L, idx, &isnum);
   if (!isnum || !(ms >= 0 && ms < 1e15))  /* NaN fails both */

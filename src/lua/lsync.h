@@ -23,6 +23,7 @@ typedef struct lchan {
   bt_chan_t *c;             /* &storage while open, NULL once finalized */
   bt_chan_t storage;
   lua_Integer head, size;
+  lbt_rt *R;                /* the iterator's shortcut to the runtime */
 } lchan;
 
 /* A watch's shared state: a plain userdata (no metatable, nothing to finalize) whose user
@@ -57,7 +58,10 @@ int lbt_sync_fail(lua_State *L, const char *fname, const char *kind, const char 
 int lbt_sync_timeout(lua_State *L, const char *fname, lua_Number ms);
 /* 1 if the current task is cancelled: an operation that completes without
  * waiting is still a cancellation point (checked before it consumes anything). */
-int lbt_sync_cancelled(lbt_rt *R);
+static inline int lbt_sync_cancelled(lbt_rt *R) {
+  bt_task_t *t = R->rt->current;
+  return t != NULL && (t->flags & BT_TASK_F_CANCEL);
+}
 /* Misuse: "fname: bad argument #n 'name' (expected what, got ...)", about the value at
  * idx: its type, or, when `what` starts with "integer" or "milliseconds" and it is a
  * number, the number (the value is what is wrong). */
