@@ -54,6 +54,47 @@ function H.raises(pattern, fn, ...)
   assert(tostring(err):match(pattern), ("error %q does not match %q"):format(tostring(err), pattern))
 end
 
+-- The error convention (docs/errors.md). A failure of the world is `nil, message, kind`
+-- and optionally a detail table: H.assert_failure(fname, kind, f(...)) checks that shape
+-- (the message starts with "<fname>: ", kind is `kind` and one of baton.kinds; kind nil:
+-- any kind of the table) and returns the message, the kind and the detail.
+function H.is_kind(k)
+  for _, w in ipairs(baton.kinds) do
+    if k == w then return true end
+  end
+  return false
+end
+
+function H.assert_failure(fname, kind, ...)
+  local n, v, msg, k, detail = select("#", ...), ...
+  local what = ("%s: %s"):format(fname, tostring(msg))
+  assert(n == 3 or n == 4, ("%s: expected nil, message, kind[, detail], got %d values")
+         :format(what, n))
+  assert(v == nil, what .. ": the first value is not nil but " .. tostring(v))
+  assert(type(msg) == "string", what .. ": the message is a " .. type(msg))
+  assert(msg:sub(1, #fname + 2) == fname .. ": ",
+         ("message %q does not start with %q"):format(msg, fname .. ": "))
+  assert(H.is_kind(k), what .. ": kind " .. tostring(k) .. " is not in baton.kinds")
+  assert(kind == nil or k == kind, ("%s: kind %s, expected %s"):format(what, tostring(k), kind))
+  assert(n == 3 or detail == nil or type(detail) == "table",
+         what .. ": the detail is a " .. type(detail))
+  return msg, k, detail
+end
+
+-- Asserts that fn(...) raises the misuse error "<fname>: bad argument #n 'name' (expected
+-- ..." (and, if given, that the text in parentheses matches `rest`); returns the message.
+function H.raises_misuse(fname, n, name, rest, fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert(not ok, ("expected %s to raise bad argument #%d '%s'"):format(fname, n, name))
+  err = tostring(err)
+  local head = ("%s: bad argument #%d '%s' ("):format(fname, n, name)
+  assert(err:find(head, 1, true), ("error %q does not contain %q"):format(err, head))
+  if rest then
+    assert(err:match(rest), ("error %q does not match %q"):format(err, rest))
+  end
+  return err
+end
+
 -- Elapsed milliseconds of fn(), with its results.
 function H.timed(fn, ...)
   local t0 = baton.clock()

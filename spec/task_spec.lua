@@ -294,8 +294,7 @@ describe("baton.timeout", function()
     for _, ms in ipairs { 0 / 0, -1, math.huge } do
       local ok, err = pcall(baton.timeout, ms, function() end)
       assert.is_false(ok)
-      assert.matches("bad argument #1 to 'baton.timeout' (a number of milliseconds >= 0 expected",
-                     err, 1, true)
+      assert.matches("baton.timeout: bad argument #1 '%w+' %(expected milliseconds >= 0, got", err)
     end
     H.raises("bad argument #2 to 'baton.timeout' %(function expected, got number%)",
              baton.timeout, 1, 2)
@@ -305,16 +304,19 @@ describe("baton.timeout", function()
     local t = baton.spawn(function() end)
     local nan = 0 / 0
     for _, case in ipairs {
-      { "sleep'", baton.sleep, nan },
-      { "'join'", function() return t:join(nan) end },
-      { "'acquire'", function() return baton.semaphore(1):acquire(1, nan) end },
-      { "'wait'", function() return baton.future():wait(nan) end },
-      { "'join_next'", function() return baton.group():join_next(nan) end },
-      { "'wait_within'", function() return baton.group():wait_within(nan) end },
+      { "baton.sleep: bad argument #1", baton.sleep, nan },
+      { "baton.task:join: bad argument #1", function() return t:join(nan) end },
+      { "baton.semaphore:acquire: bad argument #2",
+        function() return baton.semaphore(1):acquire(1, nan) end },
+      { "baton.future:wait: bad argument #1", function() return baton.future():wait(nan) end },
+      { "baton.group:join_next: bad argument #1",
+        function() return baton.group():join_next(nan) end },
+      { "baton.group:wait_within: bad argument #1",
+        function() return baton.group():wait_within(nan) end },
     } do
       local ok, err = pcall(case[2], case[3])
       assert.is_false(ok)
-      assert.matches(case[1] .. " %(a number of milliseconds >= 0 expected, got NaN%)", err)
+      assert.matches(case[1] .. " '%w+' %(expected milliseconds >= 0, got NaN%)", err)
     end
   end))
 end)

@@ -41,6 +41,24 @@ static const char *const class_names[LBT_NCLASSES] = {
   [LBT_HTTP_XFER] = "baton.HttpTransfer", [LBT_CHAN] = "baton.Channel",
   [LBT_WATCH] = "baton.Watch", [LBT_NOTIFY] = "baton.Notify"};
 
+/* The paths the user calls each class's methods by ("baton.group:spawn"): the prefix of
+ * messages (docs/errors.md). */
+static const char *const class_paths[LBT_NCLASSES] = {
+  [LBT_TASK] = "baton.task", [LBT_TASK_GC] = "baton.task", [LBT_GROUP] = "baton.group",
+  [LBT_SEM] = "baton.semaphore", [LBT_PERMIT] = "baton.permit", [LBT_BUDGET] = "baton.budget",
+  [LBT_PROC] = "baton.process", [LBT_FUTURE] = "baton.future", [LBT_ENGINE] = "baton.engine",
+  [LBT_LIMITER] = "baton.limiter", [LBT_LIM_PERMIT] = "baton.limiter.permit",
+  [LBT_LIM_GRANT] = "baton.limiter.grant", [LBT_RETRY] = "baton.retry",
+  [LBT_BREAKER] = "baton.breaker", [LBT_BRK_BACKEND] = "baton.breaker_backend",
+  [LBT_BRK_CALL] = "baton.breaker.call", [LBT_DEDUP] = "baton.dedup",
+  [LBT_DEDUP_WAITER] = "baton.dedup.waiter", [LBT_BP] = "baton.backpressure",
+  [LBT_BP_PERMIT] = "baton.backpressure.permit", [LBT_PIPELINE] = "baton.pipeline",
+  [LBT_RUNNER] = "baton.runner", [LBT_HTTP_STREAM] = "baton.http.stream",
+  [LBT_HTTP_XFER] = "baton.http.transfer", [LBT_CHAN] = "baton.channel",
+  [LBT_WATCH] = "baton.watch", [LBT_NOTIFY] = "baton.notify"};
+
+const char *lbt_class_name(lbt_class cls) { return class_names[cls == LBT_TASK_GC ? LBT_TASK : cls]; }
+
 void *lbt_test_type(lua_State *L, int idx, lbt_class cls) {
   /* Userdata only (a table given a class's metatable is not one), but for the grant */
   void *p = cls == LBT_LIM_GRANT ? (lua_istable(L, idx) ? (void *)lua_topointer(L, idx) : NULL)
@@ -51,24 +69,108 @@ void *lbt_test_type(lua_State *L, int idx, lbt_class cls) {
   return mt == lbt_R(L)->classes[cls] ? p : NULL;
 }
 
+/* The string key under which the table at t holds the value at v, or NULL. */
+static const char *key_of(lua_State *L, int t, int v) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (lua_rawequal(L, -1, v) && lua_type(L, -2) == LUA_TSTRING) {
+      const char *k = lua_tostring(L, -2);  /* the table keeps it */
+      lua_pop(L, 2);
+      return k;
+    }
+    lua_pop(L, 1);
+  }
+  return NULL;
+}
+
+/* The name at the top replaces the function at fn, and is returned. */
+static const char *found(lua_State *L, int fn) {
+  lua_replace(L, fn);
+  lua_settop(L, fn);
+  return lua_tostring(L, fn);
+}
+
+/* Found by identity: among the methods (and metamethods) of the classes, then among the
+ * module's functions and those of its sub-tables (baton.http.request). Sets *cls to the
+ * class of a method, or -1. The name is pushed (on error paths only: it costs a walk). */
+static const char *find_fname(lua_State *L, int *cls) {
+  *cls = -1;
+  lua_Debug ar;
+  if (!lua_getstack(L, 0, &ar) || !lua_getinfo(L, "f", &ar)) return lua_pushliteral(L, "baton");
+  int fn = lua_gettop(L);
+  for (int c = 0; c < LBT_NCLASSES; c++) {
+    if (luaL_getmetatable(L, class_names[c]) == LUA_TTABLE) {
+      const char *k = NULL;
+      if (lua_getfield(L, fn + 1, "__methods") == LUA_TTABLE) k = key_of(L, fn + 2, fn);
+      if (k == NULL) k = key_of(L, fn + 1, fn);
+      if (k != NULL) {
+        *cls = c;
+        lua_pushfstring(L, "%s:%s", class_paths[c], k);
+        return found(L, fn);
+      }
+    }
+    lua_settop(L, fn);
+  }
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "baton.module") == LUA_TTABLE) {
+    const char *k = key_of(L, fn + 1, fn);
+    if (k != NULL) {
+      lua_pushfstring(L, "baton.%s", k);
+      return found(L, fn);
+    }
+    lua_pushnil(L);
+    while (lua_next(L, fn + 1)) {  /* key at fn + 2, value at fn + 3 */
+      if (lua_istable(L, fn + 3) && lua_type(L, fn + 2) == LUA_TSTRING) {
+        const char *k2 = key_of(L, fn + 3, fn);
+        if (k2 != NULL) {
+          lua_pushfstring(L, "baton.%s.%s", lua_tostring(L, fn + 2), k2);
+          return found(L, fn);
+        }
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, fn - 1);
+  if (!lua_getinfo(L, "n", &ar) || ar.name == NULL) return lua_pushliteral(L, "baton");
+  return lua_pushfstring(L, "baton.%s", ar.name);
+}
+
+const char *lbt_fname(lua_State *L) {
+  int cls;
+  return find_fname(L, &cls);
+}
+
+/* "semaphore" for an argument of class baton.semaphore. */
+static const char *arg_name(lbt_class cls) {
+  const char *p = strrchr(class_paths[cls], '.');
+  return p != NULL ? p + 1 : class_paths[cls];
+}
+
 void *lbt_check_type(lua_State *L, int idx, lbt_class cls) {
   void *p = lbt_test_type(L, idx, cls);
-  if (p == NULL) luaL_typeerror(L, idx, class_names[cls == LBT_TASK_GC ? LBT_TASK : cls]);
-  return p;
+  if (p != NULL) return p;
+  const char *fname = lbt_fname(L);
+  int n = lbt_argn(fname, idx);
+  const char *got = lbt_push_got(L, idx);
+  lbt_argerror_got(L, fname, n, n == 0 ? "self" : arg_name(cls), lbt_class_name(cls), got);
+  return NULL;
 }
 
 int lbt_closed_error(lua_State *L, lbt_class cls) {
-  return luaL_error(L, "%s: used after it was closed", class_names[cls]);
+  int c;
+  const char *fname = find_fname(L, &c);
+  if (c == (int)cls || (c == LBT_TASK_GC && cls == LBT_TASK))
+    return luaL_error(L, "%s: used after it was closed", fname);
+  return luaL_error(L, "%s: %s used after it was closed", fname, class_paths[cls]);
 }
 
 void *lbt_check_handle(lua_State *L, int idx, lbt_class cls) {
   void **p = lbt_check_type(L, idx, cls);
   if (*p != NULL) return p;
-  lua_Debug ar;  /* self of a method call: name the method too */
-  if (idx == 1 && lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name != NULL &&
-      strcmp(ar.namewhat, "method") == 0)
-    luaL_error(L, "%s:%s: used after it was closed", class_names[cls], ar.name);
-  lbt_closed_error(L, cls);
+  int c;
+  const char *fname = find_fname(L, &c);
+  if (c == (int)cls && idx == 1) luaL_error(L, "%s: used after it was closed", fname);
+  luaL_error(L, "%s: bad argument #%d '%s' (%s used after it was closed)", fname,
+             lbt_argn(fname, idx), arg_name(cls), class_paths[cls]);
   return NULL;
 }
 
@@ -76,12 +178,7 @@ lua_Number lbt_check_ms(lua_State *L, int idx, const char *fname) {
   int isnum = 0;
   lua_Number ms = lua_tonumberx(L, idx, &isnum);
   if (isnum && ms >= 0 && ms < 1e15) return ms;  /* NaN fails both comparisons */
-  const char *got = !isnum ? luaL_typename(L, idx)
-                  : ms != ms ? "NaN"
-                  : luaL_tolstring(L, idx, NULL);
-  const char *msg = lua_pushfstring(L, "a number of milliseconds >= 0 expected, got %s", got);
-  if (fname == NULL) return (lua_Number)luaL_argerror(L, idx, msg);
-  return (lua_Number)luaL_error(L, "bad argument #%d to '%s' (%s)", idx, fname, msg);
+  return lbt_arg_ms(L, fname != NULL ? fname : lbt_fname(L), idx, "ms", -1);
 }
 
 uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx) {
@@ -506,6 +603,7 @@ int lbt_open(lua_State *L) {
   lbt_open_http(L, rt_idx);
   lbt_open_future(L, rt_idx);
   lbt_open_signal(L, rt_idx);
+  lbt_open_errors(L, rt_idx);
   lbt_open_chan(L, rt_idx);
   lbt_open_sync(L, rt_idx);
   lbt_open_select(L, rt_idx);

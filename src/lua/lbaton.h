@@ -196,7 +196,9 @@ void lbt_close_streams(lua_State *L);  /* close every open HTTP stream (never wa
 
 /* Helpers for option tables: reject unknown keys (a typo must not pass silently). A list
  * that starts with LBT_POSITIONAL also accepts integer keys (argv-style tables), whose
- * values the caller checks. */
+ * values the caller checks. lbt_check_fields, lbt_opt_int and lbt_opt_func are the old
+ * forms ("fname: unknown option 'x'", "fname: key must be ..."), kept until the policy
+ * bindings move to lbt_check_opts and the lbt_opt_* readers below (lfail.c). */
 #define LBT_POSITIONAL "[positional]"
 void lbt_check_fields(lua_State *L, int idx, const char *fname, const char *const known[]);
 /* Option-table fields of the table at index 1: an integer in [min, 1e15], or `def` when
@@ -216,24 +218,128 @@ void lbt_weak_set_each(lua_State *L, const char *key, void (*fn)(void *ud));
 void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *methods,
                    const luaL_Reg *meta);
 /* Type checks, for functions that have the runtime as upvalue 1. lbt_check_type returns
- * the userdata at idx, or raises "bad argument #idx to 'f' (baton.X expected, got ...)";
+ * the userdata at idx, or raises "<fname>: bad argument #0 'self' (expected baton.X, got
+ * ...)" (fname found by lbt_fname; a non-self argument is named after its class);
  * lbt_test_type returns NULL instead. lbt_check_handle also refuses a closed object of a
  * class whose userdata opens with its handle (LBT_HANDLE_FIRST), raising
- * "baton.X: used after it was closed" (lbt_closed_error), or "baton.X:method: ..." for the
- * self of a method call. Methods that stay meaningful on a closed object (close, release,
- * closed, held, __tostring) use lbt_check_type. */
+ * "baton.group:spawn: used after it was closed" for self (lbt_closed_error, which names
+ * the class too when the running function is not one of its methods). Methods that stay
+ * meaningful on a closed object (close, release, closed, held, __tostring) use
+ * lbt_check_type. */
 void *lbt_check_type(lua_State *L, int idx, lbt_class cls);
 void *lbt_test_type(lua_State *L, int idx, lbt_class cls);
 void *lbt_check_handle(lua_State *L, int idx, lbt_class cls);
 int lbt_closed_error(lua_State *L, lbt_class cls);
 /* Milliseconds arguments: a number in [0, 1e15) — negative, NaN and inf refused, raising
- * "bad argument #idx to 'fname' (a number of milliseconds >= 0 expected, got ...)" (fname
- * NULL: the running function's name, as luaL_argerror finds it). lbt_opt_due reads an
- * optional timeout and returns its absolute due time, or UINT64_MAX when absent. */
+ * "<fname>: bad argument #n 'ms' (expected milliseconds >= 0, got ...)" (fname NULL: found
+ * by lbt_fname). lbt_opt_due reads an optional timeout and returns its absolute due time,
+ * or UINT64_MAX when absent. Prefer lbt_arg_ms / lbt_arg_due, which take the fname. */
 lua_Number lbt_check_ms(lua_State *L, int idx, const char *fname);
 uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx);
 /* Sets functions from `l` into the table at -1, with the runtime at rt_idx as upvalue. */
 void lbt_set_funcs(lua_State *L, int rt_idx, const luaL_Reg *l);
+
+/* ---- lfail.c: the error toolkit (docs/errors.md) --------------------------------------
+ * fname is always the function as the user calls it: "baton.http.request" for a module
+ * function, "<constructor path>:<method>" for a method ("baton.semaphore:acquire"). A colon
+ * in fname makes it a method: self is argument #0, stack index idx is argument #idx-1. */
+
+/* Kinds: the one table (NULL-terminated; baton.kinds), a membership test, and the kind of a
+ * baton or libuv error code (never a libuv name: unknown codes are "io"). */
+extern const char *const lbt_kinds[];
+int lbt_is_kind(const char *kind);
+const char *lbt_kind_of(int err);
+
+/* Failures of the world: push `nil, "<fname>: <msg>", kind[, detail]` and return how many
+ * (3, or 4 with a detail: the table at detail_idx, 0 for none; fmt is printf's). kind must
+ * be in lbt_kinds (assert). lbt_fail_status: the message and kind of an error code.
+ * lbt_fail_timeout: "timed out after N ms", kind "timeout", detail { timeout_ms = N }. */
+int lbt_fail(lua_State *L, const char *fname, const char *msg, const char *kind);
+int lbt_fail_detail(lua_State *L, const char *fname, const char *kind, int detail_idx,
+                    const char *fmt, ...)
+#if defined(__GNUC__)
+  __attribute__((format(printf, 5, 6)))
+#endif
+  ;
+int lbt_fail_status(lua_State *L, const char *fname, int status);
+int lbt_fail_timeout(lua_State *L, const char *fname, lua_Number ms);
+/* A baton.Error table { kind =, message =, detail = } (detail_idx 0: none), pushed. */
+void lbt_push_error_detail(lua_State *L, const char *kind, const char *msg, int detail_idx);
+
+/* Misuse: raise "<fname>: bad argument #n 'name' (expected X, got Y)". lbt_argerror takes
+ * the offending argument's stack index (Y shows a number's or short string's value, else
+ * the type or __name); lbt_argerror_got the argument number and Y as given; lbt_field_error
+ * blames field `key` of the option table at stack index tidx. lbt_push_got pushes Y. */
+int lbt_argerror(lua_State *L, const char *fname, int idx, const char *name,
+                 const char *expected);
+int lbt_argerror_got(lua_State *L, const char *fname, int n, const char *name,
+                     const char *expected, const char *got);
+int lbt_field_error(lua_State *L, const char *fname, int tidx, const char *key,
+                    const char *expected);
+const char *lbt_push_got(lua_State *L, int idx);
+int lbt_argn(const char *fname, int idx);  /* the argument number of stack index idx */
+/* The running C function's name as the user calls it, found by identity (slow: for error
+ * paths and for the shims below, which take no fname). Pushed. */
+const char *lbt_fname(lua_State *L);
+const char *lbt_class_name(lbt_class cls);  /* "baton.Semaphore" */
+
+/* Readers. Options: lbt_check_opts raises unless the argument at idx (named `name`) is a
+ * table whose string keys are all in `known` (unknown keys are reported before anything
+ * else is read: a typo names the typo); then the lbt_opt_* read field `key` of the table
+ * at tidx. Arguments: lbt_arg_* read the argument at stack index idx. Every reader raises
+ * in the form above.
+ *   count: an integer in [min, 1e15]; `def` when absent (def < 0: required).
+ *   ms:    milliseconds, a number in [0, 1e15) (NaN and inf refused); `def` when absent
+ *          (lbt_opt_ms: def < 0 is returned as is, meaning none; lbt_arg_ms: required).
+ *   due:   an optional timeout argument "timeout_ms" -> its absolute due time, or
+ *          UINT64_MAX when absent.
+ *   bool, string (def NULL: required; the pointer lives as long as the table), enum (the
+ *   index in the NULL-terminated `names`; def < 0: required).
+ *   function: lbt_opt_function pushes the field (a function or nil) and returns whether it
+ *   is a function; lbt_arg_function checks a required function argument.
+ *   udata: the userdata of class cls at idx. */
+void lbt_check_opts(lua_State *L, const char *fname, int idx, const char *name,
+                    const char *const known[]);
+lua_Integer lbt_opt_count(lua_State *L, const char *fname, int tidx, const char *key,
+                          lua_Integer min, lua_Integer def);
+lua_Integer lbt_arg_count(lua_State *L, const char *fname, int idx, const char *name,
+                          lua_Integer min, lua_Integer def);
+lua_Number lbt_opt_ms(lua_State *L, const char *fname, int tidx, const char *key,
+                      lua_Number def);
+lua_Number lbt_arg_ms(lua_State *L, const char *fname, int idx, const char *name,
+                      lua_Number def);
+uint64_t lbt_arg_due(lua_State *L, lbt_rt *R, const char *fname, int idx);
+int lbt_opt_bool(lua_State *L, const char *fname, int tidx, const char *key, int def);
+int lbt_opt_function(lua_State *L, const char *fname, int tidx, const char *key);
+void lbt_arg_function(lua_State *L, const char *fname, int idx, const char *name);
+const char *lbt_opt_string(lua_State *L, const char *fname, int tidx, const char *key,
+                           const char *def, size_t *len);
+const char *lbt_arg_string(lua_State *L, const char *fname, int idx, const char *name,
+                           size_t *len);
+int lbt_opt_enum(lua_State *L, const char *fname, int tidx, const char *key,
+                 const char *const names[], int def);
+void *lbt_check_udata(lua_State *L, const char *fname, int idx, const char *name,
+                      lbt_class cls);
+
+/* The end of a wait. A continuation starts with lbt_resumed: if the task was cancelled
+ * (the wake delivered BT_ECANCELED, or the flag is set whatever it delivered) it calls
+ * undo(arg) when the wake had granted something (status 0; undo may be NULL) and raises
+ * the cancellation error; else it returns the wake status (0, BT_ETIMEDOUT, BT_ECLOSED,
+ * BT_ENOMEM, ...) and sets *Tp (if not NULL) to the running task. lbt_cancel_point is the
+ * same for a call that did not wait (still a cancellation point); lbt_cancelled tests. */
+int lbt_resumed(lua_State *L, lbt_task **Tp, void (*undo)(void *arg), void *arg);
+void lbt_cancel_point(lua_State *L, void (*undo)(void *arg), void *arg);
+int lbt_cancelled(lbt_rt *R);
+
+/* Returned or raised: one rule. After a user function ran under pcall (status LUA_OK or
+ * LUA_YIELD: its results are base..top; else its error is on top): returns 1 if it
+ * succeeded (the stack untouched), else 0 with exactly message, kind, detail at base..base+2
+ * (detail a table or nil): a returned `nil, msg[, kind[, detail]]` (kind "error" unless a
+ * string; a table in second place read as a raised one), a raised table with a string kind
+ * (its message, kind, detail), any other raised value (its text, kind "error"). The
+ * cancellation error, a memory error, and any error of a cancelled task are re-raised. */
+int lbt_outcome(lua_State *L, int status, int base);
+void lbt_open_errors(lua_State *L, int rt_idx);  /* baton.error, baton.kinds */
 
 /* lsignal.c: baton.on_signal and baton.exit; the signals watched while baton.run runs. */
 void lbt_open_signal(lua_State *L, int rt_idx);
