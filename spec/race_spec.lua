@@ -32,9 +32,8 @@ describe("baton.race", function()
     assert.is_false(ok)
     assert.equal("io", err.kind)
     assert.same({ "slow" }, log)
-    H.raises("baton.race: bad argument #2 'fn' %(expected a function, got number%)",
-             baton.race, print, 2)
-    H.raises("baton.race: bad argument #1 'fn' %(expected a function, got no value%)", baton.race)
+    H.raises_misuse("baton.race", 2, "fn", "expected function, got 2%)", baton.race, print, 2)
+    H.raises_misuse("baton.race", 1, "fn", "expected function, got no value%)", baton.race)
   end))
 
   it("aborted itself, aborts what it started", H.async(function()
@@ -125,13 +124,13 @@ describe("baton.hedge", function()
 
   it("raises on misuse", H.async(function()
     local f = function() end
-    H.raises("baton.hedge: bad argument #1 'fn'", baton.hedge, 1, { after_ms = 1 })
-    H.raises("baton.hedge: bad argument #2 'opts' %(expected a table, got nil%)", baton.hedge, f)
-    H.raises("baton.hedge: unknown option 'after'", baton.hedge, f, { after = 1 })
-    H.raises("baton.hedge: bad argument #2 'after_ms' %(expected milliseconds >= 0, got nil%)",
-             baton.hedge, f, {})
-    H.raises("baton.hedge: bad argument #2 'max' %(expected integer >= 1, got 0%)",
-             baton.hedge, f, { after_ms = 1, max = 0 })
+    H.raises_misuse("baton.hedge", 1, "fn", "got 1%)", baton.hedge, 1, { after_ms = 1 })
+    H.raises_misuse("baton.hedge", 2, "opts", "expected table, got nil%)", baton.hedge, f)
+    H.raises_misuse("baton.hedge", 2, "after", "unknown option", baton.hedge, f, { after = 1 })
+    H.raises_misuse("baton.hedge", 2, "after_ms", "expected milliseconds >= 0, got nil%)",
+                    baton.hedge, f, {})
+    H.raises_misuse("baton.hedge", 2, "max", "expected integer >= 1, got 0%)",
+                    baton.hedge, f, { after_ms = 1, max = 0 })
   end))
 end)
 
@@ -154,8 +153,8 @@ describe("baton.interval", function()
     t = baton.now()
     assert.equal(1, iv:tick())
     assert.is_true(baton.now() - t >= 19)
-    H.raises("baton.interval: bad argument #1 'ms' %(expected milliseconds > 0, got 0%)",
-             baton.interval, 0)
+    H.raises_misuse("baton.interval", 1, "ms", "expected milliseconds > 0, got 0%)",
+                    baton.interval, 0)
   end))
 
   it("tick() is a cancellation point even when already due", H.async(function()

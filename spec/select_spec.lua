@@ -160,13 +160,43 @@ describe("baton.select", function()
     assert.equal(2, (baton.select { a, b }))  -- closed and drained: ready
   end))
 
+  it("every failure of channels, watches, notifies and select has the convention's shape",
+     H.async(function()
+    local full, empty, closed = baton.channel(1), baton.channel(1), baton.channel(1)
+    full:send(1)
+    closed:close()
+    local w, n = baton.watch(1), baton.notify()
+    local _, _, d = H.assert_failure("baton.channel:send", "timeout", full:send(2, 1))
+    assert.same({ timeout_ms = 1 }, d)
+    H.assert_failure("baton.channel:recv", "timeout", empty:recv(1))
+    _, _, d = H.assert_failure("baton.channel:try_send", "busy", full:try_send(2))
+    assert.same({ len = 1, capacity = 1 }, d)
+    H.assert_failure("baton.channel:try_recv", "busy", empty:try_recv())
+    H.assert_failure("baton.channel:send", "closed", closed:send(1))
+    H.assert_failure("baton.channel:recv", "closed", closed:recv())
+    H.assert_failure("baton.channel:try_send", "closed", closed:try_send(1))
+    H.assert_failure("baton.channel:try_recv", "closed", closed:try_recv())
+    H.assert_failure("baton.watch:changed", "timeout", w:changed(1))
+    H.assert_failure("baton.notify:notified", "timeout", n:notified(1))
+    H.assert_failure("baton.select", "timeout", baton.select { empty, w, n, timeout_ms = 1 })
+    w:close()
+    H.assert_failure("baton.watch:changed", "closed", w:changed())
+    H.assert_failure("baton.watch:send", "closed", w:send(2))
+    local _, v, msg, kind = baton.select { closed }
+    H.assert_failure("baton.select", "closed", v, msg, kind)
+    H.assert_failure("baton.first_ok", "io", baton.first_ok(function() return nil, "x", "io" end))
+    H.assert_failure("baton.hedge", "error",
+                     baton.hedge(function() error("x") end, { after_ms = 1, max = 1 }))
+  end))
+
   it("raises on misuse", H.async(function()
     local ch = baton.channel(1)
-    H.raises("^baton.select: bad argument #1 'sources' %(expected a table, got no value%)$",
+    H.raises("^baton.select: bad argument #1 'sources' %(expected table, got no value%)$",
              baton.select)
     H.raises("^baton.select: bad argument #1 'sources%[2%]' %(expected a channel, watch, "
-             .. "notify, future or task, got string%)$", baton.select, { ch, "x" })
-    H.raises("^baton.select: unknown option 'timeout'$", baton.select, { ch, timeout = 1 })
+             .. "notify, future or task, got 'x'%)$", baton.select, { ch, "x" })
+    H.raises("^baton.select: bad argument #1 'timeout' %(unknown option%)$", baton.select,
+             { ch, timeout = 1 })
     H.raises("^baton.select: bad argument #1 'timeout_ms' %(expected milliseconds >= 0, got %-1%)$",
              baton.select, { ch, timeout_ms = -1 })
     H.raises("expected at least one source or a timeout_ms, got none", baton.select, {})

@@ -194,8 +194,7 @@ describe("baton.shield", function()
       return pcall(baton.shield, function() error("boom", 0) end)
     end)
     assert.same({ true, false, "boom" }, { u:join() })
-    H.raises("baton.shield: bad argument #1 'fn' %(expected a function, got number%)",
-             baton.shield, 1)
+    H.raises_misuse("baton.shield", 1, "fn", "expected function, got 1%)", baton.shield, 1)
   end))
 
   it("lets baton.run's final abort wait for a shielded cleanup", function()

@@ -8,50 +8,72 @@
 -- aborted while it waits, the group's <close> aborts them, and they unwind on their next
 -- turn (a task being cancelled cannot await anything; see baton.shield).
 --
--- A function fails when it raises or returns nil, message[, kind[, detail]] (the
--- convention of baton's own functions); a cancelled task has failed with kind "cancelled".
--- Failures are collected as { kind =, message =, detail = } tables (baton.Error).
-local baton, ErrorMT = ...
+-- A function fails when it raises or returns nil, message[, kind[, detail]] — one rule, the
+-- toolkit's (lbt_outcome): a returned message that is a table with a kind is read as if
+-- raised; a raised table with a string kind gives its kind, message and detail; anything
+-- else raised is its text with kind "error". A task aborted from outside has failed with
+-- kind "cancelled". Failures are collected as baton.Error tables (baton.error).
+local baton = ...
 if type(baton) ~= "table" then baton = require "baton" end  -- required as a plain module
 
 local group, now, sleep, yield = baton.group, baton.now, baton.sleep, baton.yield
 local pack, unpack, select, type, error = table.pack, table.unpack, select, type, error
-local tostring, setmetatable = tostring, setmetatable
+local tostring, setmetatable, getmetatable = tostring, setmetatable, getmetatable
 
-local function new_error(kind, message, detail)
-  return setmetatable({ kind = kind, message = message, detail = detail }, ErrorMT)
+-- What a misuse message says it got (the toolkit's lbt_push_got, in Lua).
+local function got(n, ...)
+  if select("#", ...) < n then return "no value" end
+  local v = select(n, ...)
+  local t = type(v)
+  if t == "number" then return v ~= v and "NaN" or tostring(v) end
+  if t == "string" then return #v <= 40 and ("'%s'"):format(v) or ("a string of %d bytes"):format(#v) end
+  if t == "boolean" or t == "nil" then return tostring(v) end
+  local mt = getmetatable(v)
+  return type(mt) == "table" and type(mt.__name) == "string" and mt.__name or t
+end
+
+-- Raises at the caller of the public function (`depth` frames above misuse).
+local function misuse(depth, fname, n, name, expected, got_)
+  error(("%s: bad argument #%d '%s' (expected %s, got %s)"):format(fname, n, name, expected, got_),
+        depth + 1)
 end
 
 -- The functions passed to a combinator, checked: misuse raises at the caller.
 local function check_fns(fname, ...)
   local n = select("#", ...)
-  if n == 0 then
-    error(("%s: bad argument #1 'fn' (expected a function, got no value)"):format(fname), 3)
-  end
+  if n == 0 then misuse(3, fname, 1, "fn", "function", "no value") end
   for i = 1, n do
-    local f = select(i, ...)
-    if type(f) ~= "function" then
-      error(("%s: bad argument #%d 'fn' (expected a function, got %s)"):format(fname, i, type(f)), 3)
-    end
+    if type((select(i, ...))) ~= "function" then misuse(3, fname, i, "fn", "function", got(i, ...)) end
   end
   return n
+end
+
+-- The failure a value carries (raised, or returned as the message): a baton.Error.
+local function failure(e, kind, detail)
+  if type(e) == "table" and type(e.kind) == "string" then
+    local msg = e.message
+    if type(msg) ~= "string" and type(msg) ~= "number" then msg = e.kind end
+    return baton.error(e.kind, msg, type(e.detail) == "table" and e.detail or nil)
+  end
+  if type(e) == "string" then  -- a task's string error ends with its traceback: cut it
+    e = e:match("^(.-)\nstack traceback:") or e
+  elseif type(e) ~= "number" then
+    detail = detail or (e ~= nil and { value = e } or nil)
+    e = tostring(e)
+  end
+  return baton.error(kind or "error", e, type(detail) == "table" and detail or nil)
 end
 
 -- The outcome of a finished task (r: its join's results, packed): true, or false and the
 -- failure as a baton.Error.
 local function classify(r)
   if r[1] then
-    if r[2] == nil and r.n >= 3 then  -- returned nil, message[, kind[, detail]]
-      return false, new_error(type(r[4]) == "string" and r[4] or "error", tostring(r[3]), r[5])
+    if r[2] == nil and r.n >= 3 and r[3] ~= nil then  -- returned nil, message[, kind[, detail]]
+      return false, failure(r[3], type(r[4]) == "string" and r[4] ~= "" and r[4] or nil, r[5])
     end
     return true
   end
-  local e = r[2]
-  if type(e) == "table" and type(e.kind) == "string" then
-    return false, new_error(e.kind, tostring(e.message or e.kind), e.detail)
-  end
-  e = tostring(e)  -- a task's string error ends with its traceback: the message is before
-  return false, new_error("error", e:match("^(.-)\nstack traceback:") or e)
+  return false, failure(r[2])
 end
 
 -- Aborts what is still running in g and waits until all of it has finished.
@@ -122,23 +144,19 @@ local hedge_keys = { after_ms = true, max = true }
 -- and awaited. If all max copies fail: like first_ok.
 function baton.hedge(fn, opts)
   local fname = "baton.hedge"
-  if type(fn) ~= "function" then
-    error(("%s: bad argument #1 'fn' (expected a function, got %s)"):format(fname, type(fn)), 2)
-  end
-  if type(opts) ~= "table" then
-    error(("%s: bad argument #2 'opts' (expected a table, got %s)"):format(fname, type(opts)), 2)
-  end
+  if type(fn) ~= "function" then misuse(2, fname, 1, "fn", "function", got(1, fn)) end
+  if type(opts) ~= "table" then misuse(2, fname, 2, "opts", "table", got(1, opts)) end
   for k in pairs(opts) do
-    if not hedge_keys[k] then error(("%s: unknown option '%s'"):format(fname, tostring(k)), 2) end
+    if not hedge_keys[k] then
+      error(("%s: bad argument #2 '%s' (unknown option)"):format(fname, tostring(k)), 2)
+    end
   end
   local after, max = opts.after_ms, opts.max or 2
   if type(after) ~= "number" or not (after >= 0 and after < 1e15) then
-    error(("%s: bad argument #2 'after_ms' (expected milliseconds >= 0, got %s)")
-          :format(fname, type(after) == "number" and tostring(after) or type(after)), 2)
+    misuse(2, fname, 2, "after_ms", "milliseconds >= 0", got(1, after))
   end
-  if math.type(max) ~= "integer" or max < 1 then
-    error(("%s: bad argument #2 'max' (expected integer >= 1, got %s)")
-          :format(fname, type(max) == "number" and tostring(max) or type(max)), 2)
+  if math.type(max) ~= "integer" or max < 1 or max > 1e15 then
+    misuse(2, fname, 2, "max", "integer >= 1", got(1, max))
   end
   local g <close> = group()
   local index, errors, started, next_at = {}, {}, 0, nil
@@ -185,8 +203,7 @@ Interval.__index = Interval
 
 function baton.interval(ms)
   if type(ms) ~= "number" or not (ms > 0 and ms < 1e15) then
-    error(("baton.interval: bad argument #1 'ms' (expected milliseconds > 0, got %s)")
-          :format(type(ms) == "number" and tostring(ms) or type(ms)), 2)
+    misuse(2, "baton.interval", 1, "ms", "milliseconds > 0", got(1, ms))
   end
   return setmetatable({ ms = ms, due = now() + ms }, Interval)
 end

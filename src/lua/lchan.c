@@ -96,27 +96,25 @@ void lbt_chan_take(lua_State *L, lchan *C, int ci, int reserved) {
 /* ---- failures ------------------------------------------------------------------------ */
 
 static int fail_closed(lua_State *L, const char *fname, int recv) {
-  return lbt_sync_fail(L, fname, "closed", recv ? "the channel is closed and drained"
-                                                : "the channel is closed");
+  return lbt_fail(L, fname, recv ? "the channel is closed and drained" : "the channel is closed",
+                  "closed");
 }
 
 static int fail_busy(lua_State *L, lchan *C, const char *fname, const char *msg) {
-  lbt_sync_fail(L, fname, "busy", msg);
   lua_createtable(L, 0, 2);
   lua_pushinteger(L, (lua_Integer)bt_chan_len(&C->storage));
   lua_setfield(L, -2, "len");
   lua_pushinteger(L, (lua_Integer)bt_chan_capacity(&C->storage));
   lua_setfield(L, -2, "capacity");
-  return 4;
+  return lbt_fail_detail(L, fname, "busy", -1, "%s", msg);
 }
 
 /* ---- construction -------------------------------------------------------------------- */
 
 static int lchan_new(lua_State *L) {
-  int isint = 0;
-  lua_Integer cap = lua_tointegerx(L, 1, &isint);
-  if (lua_type(L, 1) != LUA_TNUMBER || !isint || cap < 0 || (lua_Number)cap > 1e15)
-    return lbt_sync_argerror(L, 1, FN_NEW, 1, "capacity", "integer >= 0");
+  if (lua_isnone(L, 1))  /* (lbt_arg_count would read its own message as the argument) */
+    return lbt_argerror_got(L, FN_NEW, 1, "capacity", "integer >= 0", "no value");
+  lua_Integer cap = lbt_arg_count(L, FN_NEW, 1, "capacity", 0, -1);
   lchan *C = lua_newuserdatauv(L, sizeof *C, 1);
   bt_chan_init(&C->storage, (size_t)cap);
   C->c = &C->storage;
@@ -133,21 +131,22 @@ static int lchan_new(lua_State *L) {
 
 static void check_value(lua_State *L, const char *fname) {
   if (lua_isnoneornil(L, 2))
-    lbt_sync_argerror(L, 2, fname, 1, "value", "a value other than nil");
+    lbt_argerror(L, fname, 2, "value", "a value other than nil");
 }
+
+/* Undo of a wake that reserved room for a sender aborted before it ran: it sends nothing,
+ * and the room goes to the next sender. */
+static void give_back_room(void *c) { bt_chan_unreserve_room(c); }
 
 static int send_k(lua_State *L, int st, lua_KContext ctx) {
   (void)st;
   (void)ctx;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
   lchan *C = lua_touserdata(L, 1);
   bt_chan_t *c = &C->storage;  /* finalized meanwhile: closed, still valid */
-  int status = lbt_fib(T)->status;
+  int status = lbt_resumed(L, NULL, give_back_room, c);
   if (status == 0) {  /* room was reserved for this sender */
-    if ((T->t.flags & BT_TASK_F_CANCEL) || c->closed) {
-      bt_chan_unreserve_room(c);  /* sends nothing: the room goes to the next sender */
-      if (T->t.flags & BT_TASK_F_CANCEL) return lbt_raise_cancelled(L);
+    if (c->closed) {
+      bt_chan_unreserve_room(c);
       return fail_closed(L, FN_SEND, 0);
     }
     ring_put(L, C, 1, 2, 1);
@@ -155,16 +154,16 @@ static int send_k(lua_State *L, int st, lua_KContext ctx) {
     return 1;
   }
   if (status == BT_ECLOSED) return fail_closed(L, FN_SEND, 0);
-  if (status == BT_ETIMEDOUT) return lbt_sync_timeout(L, FN_SEND, lua_tonumber(L, 3));
-  return lbt_raise_cancelled(L);
+  if (status == BT_ETIMEDOUT) return lbt_fail_timeout(L, FN_SEND, lua_tonumber(L, 3));
+  return lbt_fail_status(L, FN_SEND, status);
 }
 
 static int lchan_send(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lchan *C = fast_chan(L, R, 1);
   check_value(L, FN_SEND);
-  uint64_t due = lbt_sync_due(L, R, 3, FN_SEND, 2);
-  if (lbt_sync_cancelled(R)) return lbt_raise_cancelled(L);
+  uint64_t due = lbt_arg_due(L, R, FN_SEND, 3);
+  if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
   int rc = bt_chan_can_send(C->c);
   if (rc == 0) {
     ring_put(L, C, 1, 2, 0);
@@ -197,18 +196,16 @@ static int lchan_try_send(lua_State *L) {
 /* ---- recv ---------------------------------------------------------------------------- */
 
 /* ctx 1: the iterator of ch:iter(), which ends the loop (nil) when closed and drained. */
+/* Undo of a wake that reserved the head value for a receiver aborted before it ran: the
+ * value never left the head; the next receiver is woken for it. */
+static void give_back_item(void *c) { bt_chan_unreserve_item(c); }
+
 static int recv_k(lua_State *L, int st, lua_KContext iter) {
   (void)st;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
   lchan *C = lua_touserdata(L, 1);
   bt_chan_t *c = &C->storage;
-  int status = lbt_fib(T)->status;
+  int status = lbt_resumed(L, NULL, give_back_item, c);
   if (status == 0) {  /* the head value is reserved for this receiver */
-    if (T->t.flags & BT_TASK_F_CANCEL) {
-      bt_chan_unreserve_item(c);  /* it stays at the head, for the next receiver */
-      return lbt_raise_cancelled(L);
-    }
     ring_take(L, C, 1, 1);
     return 1;
   }
@@ -220,15 +217,15 @@ static int recv_k(lua_State *L, int st, lua_KContext iter) {
     if (iter) return 0;
     return fail_closed(L, FN_RECV, 1);
   }
-  if (status == BT_ETIMEDOUT) return lbt_sync_timeout(L, FN_RECV, lua_tonumber(L, 2));
-  return lbt_raise_cancelled(L);
+  if (status == BT_ETIMEDOUT) return lbt_fail_timeout(L, FN_RECV, lua_tonumber(L, 2));
+  return lbt_fail_status(L, iter ? FN_ITER : FN_RECV, status);
 }
 
 /* The channel at ci (1, or the iterator's upvalue), the optional timeout at 2. */
 static int chan_recv(lua_State *L, lbt_rt *R, lchan *C, int ci, int iter) {
   const char *fname = iter ? FN_ITER : FN_RECV;
-  uint64_t due = iter ? UINT64_MAX : lbt_sync_due(L, R, 2, fname, 1);
-  if (lbt_sync_cancelled(R)) return lbt_raise_cancelled(L);
+  uint64_t due = iter ? UINT64_MAX : lbt_arg_due(L, R, fname, 2);
+  if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
   int rc = bt_chan_can_recv(C->c);
   if (rc == 0) {
     ring_take(L, C, ci, 0);

@@ -38,6 +38,7 @@ typedef struct sel_node {
     bt_joiner_t j;          /* future, task */
   };
   struct lselect *sel;
+  void *src;                /* the bt_chan_t or bt_notify_t of a waiter node */
   int kind;
   int idx;                  /* the source's index in the table */
 } sel_node;
@@ -167,29 +168,28 @@ static void select_cancel(bt_wait_t *w) {
   }
 }
 
+/* Undo of a source that fired (status 0) for a task aborted before it ran: a channel's
+ * reserved value is given back, a notify_one passed on; the others consumed nothing. */
+static void give_back(void *arg) {
+  lselect *sel = arg;
+  if (sel->fired == 0) return;
+  sel_node *nd = &sel->nodes[sel->fired - 1];
+  if (nd->kind == SRC_CHAN) bt_chan_unreserve_item(nd->src);
+  else if (nd->kind == SRC_NOTIFY) bt_notify_one(nd->src);
+}
+
 static int select_k(lua_State *L, int st, lua_KContext ctx) {
   (void)st;
   (void)ctx;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
   lselect *sel = lua_touserdata(L, 2);
-  int status = lbt_fib(T)->status;
+  int status = lbt_resumed(L, NULL, give_back, sel);
   int i = sel->fired;
   if (i == 0) {
-    if (status == BT_ETIMEDOUT) return lbt_sync_timeout(L, FN, sel->ms);
-    return lbt_raise_cancelled(L);
+    if (status == BT_ETIMEDOUT) return lbt_fail_timeout(L, FN, sel->ms);
+    return lbt_fail_status(L, FN, status);  /* no memory for the deadline */
   }
-  int k = sel->nodes[i - 1].kind;
   lua_rawgeti(L, 1, i);
-  int si = lua_gettop(L);
-  if (T->t.flags & BT_TASK_F_CANCEL) {  /* fired, then aborted before it ran: give back */
-    if (k == SRC_CHAN && status == 0)
-      bt_chan_unreserve_item(&((lchan *)lua_touserdata(L, si))->storage);
-    else if (k == SRC_NOTIFY && status == 0)
-      bt_notify_one(&((lnotify *)lua_touserdata(L, si))->n);
-    return lbt_raise_cancelled(L);
-  }
-  return complete(L, i, si, k, status, 1);
+  return complete(L, i, lua_gettop(L), sel->nodes[i - 1].kind, status, 1);
 }
 
 /* The kind of sources[i] (pushed at the top), or a raise naming it. */
@@ -198,8 +198,8 @@ static int check_source(lua_State *L, int i, bt_task_t *self) {
   if (k < 0) {
     char name[32];
     snprintf(name, sizeof name, "sources[%d]", i);
-    return lbt_sync_argerror(L, lua_gettop(L), FN, 1, name,
-                             "a channel, watch, notify, future or task");
+    return lbt_argerror_got(L, FN, 1, name, "a channel, watch, notify, future or task",
+                            lbt_push_got(L, -1));
   }
   if (k == SRC_CHAN && ((lchan *)lua_touserdata(L, -1))->c == NULL) lbt_closed_error(L, LBT_CHAN);
   if (k == SRC_FUTURE && future_event(L, -1) == NULL) lbt_closed_error(L, LBT_FUTURE);
@@ -210,7 +210,7 @@ static int check_source(lua_State *L, int i, bt_task_t *self) {
 
 static int lselect_fn(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  if (!lua_istable(L, 1)) return lbt_sync_argerror(L, 1, FN, 1, "sources", "a table");
+  if (!lua_istable(L, 1)) return lbt_argerror(L, FN, 1, "sources", "table");
   lua_settop(L, 1);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
   lua_Number ms = -1;
@@ -218,11 +218,8 @@ static int lselect_fn(lua_State *L) {
   while (lua_next(L, 1)) {
     if (lua_type(L, -2) == LUA_TSTRING) {
       if (strcmp(lua_tostring(L, -2), "timeout_ms") != 0)
-        return luaL_error(L, FN ": unknown option '%s'", lua_tostring(L, -2));
-      int isnum = 0;
-      ms = lua_tonumberx(L, -1, &isnum);
-      if (!isnum || !(ms >= 0 && ms < 1e15))
-        return lbt_sync_argerror(L, lua_gettop(L), FN, 1, "timeout_ms", "milliseconds >= 0");
+        return luaL_error(L, FN ": bad argument #1 '%s' (unknown option)", lua_tostring(L, -2));
+      ms = lbt_opt_ms(L, FN, 1, "timeout_ms", -1);
     } else if (!lua_isinteger(L, -2) || lua_tointeger(L, -2) < 1 || lua_tointeger(L, -2) > n) {
       return luaL_error(L, FN ": bad argument #1 'sources' (expected a list of sources and "
                         "timeout_ms, got the key %s)", luaL_tolstring(L, -2, NULL));
@@ -240,7 +237,7 @@ static int lselect_fn(lua_State *L) {
     check_source(L, i, self);
     lua_pop(L, 1);
   }
-  if (lbt_sync_cancelled(R)) return lbt_raise_cancelled(L);
+  lbt_cancel_point(L, NULL, NULL);
   for (int i = 1; i <= n; i++) {  /* ready already: the first listed wins */
     lua_rawgeti(L, 1, i);
     int k = source_kind(L, -1);
@@ -262,9 +259,15 @@ static int lselect_fn(lua_State *L) {
     nd->idx = i;
     nd->kind = source_kind(L, -1);
     switch (nd->kind) {
-    case SRC_CHAN: bt_chan_wait_recv(((lchan *)ud)->c, &nd->w, node_fired); break;
+    case SRC_CHAN:
+      nd->src = ((lchan *)ud)->c;
+      bt_chan_wait_recv(nd->src, &nd->w, node_fired);
+      break;
     case SRC_WATCH: bt_notify_wait(&((lwatch *)ud)->st->changed, &nd->w, node_fired); break;
-    case SRC_NOTIFY: bt_notify_wait(&((lnotify *)ud)->n, &nd->w, node_fired); break;
+    case SRC_NOTIFY:
+      nd->src = &((lnotify *)ud)->n;
+      bt_notify_wait(nd->src, &nd->w, node_fired);
+      break;
     case SRC_FUTURE:
       nd->j.wait = &f->wait;
       LIST_INSERT_HEAD(&future_event(L, -1)->waiters, &nd->j, link);

@@ -25,11 +25,10 @@
  * (bt_task_shield): waits inside complete as if nothing happened, and a cancellation that
  * arrived before or during fn is raised when fn returns. What fn raises is re-raised.
  */
-#include <math.h>
-#include <string.h>
-
 #include "lsync.h"
 #include "concurrency_lua.h"  /* lbt_concurrency_lua: lua/baton/concurrency.lua */
+
+#define FN_CHANGED "baton.watch:changed"
 
 /* ---- shared helpers ------------------------------------------------------------------ */
 
@@ -40,49 +39,8 @@ void lbt_waiter_turn(bt_waiter_t *w, int status) {
 
 void lbt_waiter_wait_cancel(bt_wait_t *w) { bt_waiter_cancel(w->src); }
 
-int lbt_sync_fail(lua_State *L, const char *fname, const char *kind, const char *msg) {
-  lua_pushnil(L);
-  lua_pushfstring(L, "%s: %s", fname, msg);
-  lua_pushstring(L, kind);
-  return 3;
-}
-
-int lbt_sync_timeout(lua_State *L, const char *fname, lua_Number ms) {
-  lua_pushnil(L);
-  if (ms == floor(ms)) lua_pushfstring(L, "%s: timed out after %I ms", fname, (LUAI_UACINT)ms);
-  else lua_pushfstring(L, "%s: timed out after %f ms", fname, ms);
-  lua_pushliteral(L, "timeout");
-  lua_createtable(L, 0, 1);
-  if (ms == floor(ms)) lua_pushinteger(L, (lua_Integer)ms);
-  else lua_pushnumber(L, ms);
-  lua_setfield(L, -2, "timeout_ms");
-  return 4;
-}
-
-int lbt_sync_argerror(lua_State *L, int idx, const char *fname, int n, const char *name,
-                      const char *what) {
-  const char *got;
-  int numeric = strncmp(what, "integer", 7) == 0 || strncmp(what, "milliseconds", 12) == 0;
-  if (lua_isnone(L, idx)) got = "no value";
-  else if (lua_type(L, idx) == LUA_TNUMBER && numeric)
-    got = lua_tonumber(L, idx) != lua_tonumber(L, idx) ? "NaN" : luaL_tolstring(L, idx, NULL);
-  else got = luaL_typename(L, idx);
-  return luaL_error(L, "%s: bad argument #%d '%s' (expected %s, got %s)", fname, n, name, what,
-                    got);
-}
-
-uint64_t lbt_sync_due(lua_State *L, lbt_rt *R, int idx, const char *fname, int n) {
-  if (lua_gettop(L) < idx || lua_isnil(L, idx)) return UINT64_MAX;
-  int isnum = 0;
-  lua_Number ms = lua_tonumberx(L, idx, &isnum);
-  if (!isnum || !(ms >= 0 && ms < 1e15))  /* NaN fails both */
-    lbt_sync_argerror(L, idx, fname, n, "ms", "milliseconds >= 0");
-  return bt_now(R->rt) + (uint64_t)ceil(ms);
-}
-
-static void check_not_nil(lua_State *L, int idx, const char *fname, int n) {
-  if (lua_isnoneornil(L, idx))
-    lbt_sync_argerror(L, idx, fname, n, "value", "a value other than nil");
+static void check_not_nil(lua_State *L, int idx, const char *fname) {
+  if (lua_isnoneornil(L, idx)) lbt_argerror(L, fname, idx, "value", "a value other than nil");
 }
 
 /* ---- watch --------------------------------------------------------------------------- */
@@ -100,7 +58,7 @@ static void push_handle(lua_State *L, int state_idx, lwatch_state *st) {
 }
 
 static int lwatch_new(lua_State *L) {
-  check_not_nil(L, 1, "baton.watch", 1);
+  check_not_nil(L, 1, "baton.watch");
   lwatch_state *st = lua_newuserdatauv(L, sizeof *st, 1);
   bt_notify_init(&st->changed);
   st->version = 0;
@@ -128,8 +86,8 @@ int lbt_watch_take(lua_State *L, int idx) {
 
 static int lwatch_send(lua_State *L) {
   lwatch *w = check_watch(L);
-  check_not_nil(L, 2, "baton.watch:send", 1);
-  if (w->st->closed) return lbt_sync_fail(L, "baton.watch:send", "closed", "the watch is closed");
+  check_not_nil(L, 2, "baton.watch:send");
+  if (w->st->closed) return lbt_fail(L, "baton.watch:send", "the watch is closed", "closed");
   lua_getiuservalue(L, 1, 1);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, 1);
@@ -150,20 +108,17 @@ static int changed_wait(lua_State *L, lbt_rt *R, lwatch *w, uint64_t due);
 
 static int changed_k(lua_State *L, int st, lua_KContext due) {
   (void)st;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
   lwatch *w = lua_touserdata(L, 1);
-  int status = lbt_fib(T)->status;
-  if (status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) return lbt_raise_cancelled(L);
+  int status = lbt_resumed(L, NULL, NULL, NULL);  /* waiting consumed nothing */
   if (w->st->version > w->seen) return lbt_watch_take(L, 1);
-  if (w->st->closed)
-    return lbt_sync_fail(L, "baton.watch:changed", "closed", "the watch is closed");
-  if (status == BT_ETIMEDOUT) return lbt_sync_timeout(L, "baton.watch:changed", lua_tonumber(L, 2));
-  return changed_wait(L, R, w, (uint64_t)due);  /* woken with nothing newer: wait on */
+  if (w->st->closed) return lbt_fail(L, FN_CHANGED, "the watch is closed", "closed");
+  if (status == BT_ETIMEDOUT) return lbt_fail_timeout(L, FN_CHANGED, lua_tonumber(L, 2));
+  if (status != 0 && status != LBT_BROADCAST) return lbt_fail_status(L, FN_CHANGED, status);
+  return changed_wait(L, lbt_R(L), w, (uint64_t)due);  /* woken with nothing newer: wait on */
 }
 
 static int changed_wait(lua_State *L, lbt_rt *R, lwatch *w, uint64_t due) {
-  lbt_task *T = lbt_await_begin(L, R, "baton.watch:changed");
+  lbt_task *T = lbt_await_begin(L, R, FN_CHANGED);
   lbt_fiber *f = lbt_fib(T);
   bt_notify_wait(&w->st->changed, &f->waiter, lbt_waiter_turn);  /* never holds a permit */
   f->wait.src = &f->waiter;
@@ -174,12 +129,11 @@ static int changed_wait(lua_State *L, lbt_rt *R, lwatch *w, uint64_t due) {
 static int lwatch_changed(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lwatch *w = check_watch(L);
-  uint64_t due = lbt_sync_due(L, R, 2, "baton.watch:changed", 1);
+  uint64_t due = lbt_arg_due(L, R, FN_CHANGED, 2);
   lua_settop(L, 2);
-  if (lbt_sync_cancelled(R)) return lbt_raise_cancelled(L);
+  lbt_cancel_point(L, NULL, NULL);
   if (w->st->version > w->seen) return lbt_watch_take(L, 1);
-  if (w->st->closed)
-    return lbt_sync_fail(L, "baton.watch:changed", "closed", "the watch is closed");
+  if (w->st->closed) return lbt_fail(L, FN_CHANGED, "the watch is closed", "closed");
   return changed_wait(L, R, w, due);
 }
 
@@ -224,32 +178,30 @@ static int lnotify_new(lua_State *L) {
   return 1;
 }
 
+/* Undo of a notify_one that reached a task aborted before it ran: it is not lost, but
+ * passed on (a broadcast, status LBT_BROADCAST, has no undo). */
+static void pass_on(void *n) { bt_notify_one(n); }
+
 static int notified_k(lua_State *L, int st, lua_KContext ctx) {
   (void)st;
   (void)ctx;
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
   lnotify *N = lua_touserdata(L, 1);
-  int status = lbt_fib(T)->status;
+  int status = lbt_resumed(L, NULL, pass_on, &N->n);
   if (status == 0 || status == LBT_BROADCAST) {
-    if (T->t.flags & BT_TASK_F_CANCEL) {
-      if (status == 0) bt_notify_one(&N->n);  /* a notify_one is not lost: pass it on */
-      return lbt_raise_cancelled(L);
-    }
     lua_pushboolean(L, 1);
     return 1;
   }
   if (status == BT_ETIMEDOUT)
-    return lbt_sync_timeout(L, "baton.notify:notified", lua_tonumber(L, 2));
-  return lbt_raise_cancelled(L);
+    return lbt_fail_timeout(L, "baton.notify:notified", lua_tonumber(L, 2));
+  return lbt_fail_status(L, "baton.notify:notified", status);
 }
 
 static int lnotify_notified(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lnotify *N = check_notify(L);
-  uint64_t due = lbt_sync_due(L, R, 2, "baton.notify:notified", 1);
+  uint64_t due = lbt_arg_due(L, R, "baton.notify:notified", 2);
   lua_settop(L, 2);
-  if (lbt_sync_cancelled(R)) return lbt_raise_cancelled(L);
+  lbt_cancel_point(L, NULL, NULL);
   if (N->n.permit) {  /* stored by a notify_one nobody waited for */
     N->n.permit = 0;
     lua_pushboolean(L, 1);
@@ -297,8 +249,7 @@ static int shield_k(lua_State *L, int status, lua_KContext was) {
 
 static int lshield(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  if (lua_type(L, 1) != LUA_TFUNCTION)
-    return lbt_sync_argerror(L, 1, "baton.shield", 1, "fn", "a function");
+  lbt_arg_function(L, "baton.shield", 1, "fn");
   bt_task_t *t = bt_rt_current(R->rt);
   if (t == NULL) {  /* outside any task: nothing can be aborted */
     lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
@@ -328,13 +279,12 @@ void lbt_open_sync(lua_State *L, int rt_idx) {
   lbt_set_funcs(L, rt_idx, funcs);
 }
 
-/* Runs lua/baton/concurrency.lua with the module table and the error metatable. */
+/* Runs lua/baton/concurrency.lua with the module table (baton.error is in it already). */
 void lbt_open_concurrency(lua_State *L, int rt_idx) {
   (void)rt_idx;
   if (luaL_loadbufferx(L, lbt_concurrency_lua, sizeof lbt_concurrency_lua,
                        "@lua/baton/concurrency.lua", "t") != LUA_OK)
     lua_error(L);
   lua_pushvalue(L, -2);
-  luaL_getmetatable(L, BT_ERROR_MT);
-  lua_call(L, 2, 0);
+  lua_call(L, 1, 0);
 }

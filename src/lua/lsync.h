@@ -3,8 +3,9 @@
  * (baton.channel), lsync.c (baton.watch, baton.notify, baton.shield, and the Lua part:
  * race, first_ok, hedge, interval) and lselect.c (baton.select, which waits on all of them).
  *
- * Failures of the world return `nil, "baton.x:method: ...", kind [, detail]` (kinds closed,
- * timeout with { timeout_ms = }, busy with { len =, capacity = }); misuse raises
+ * They speak the error convention through the toolkit (lfail.c): failures of the world
+ * return `nil, "baton.x:method: ...", kind [, detail]` (kinds closed, timeout with
+ * { timeout_ms = }, busy with { len =, capacity = }); misuse raises
  * "baton.x:method: bad argument #n 'name' (expected ..., got ...)".
  */
 #ifndef BATON_LSYNC_H
@@ -52,25 +53,6 @@ typedef struct lnotify {
  * cancel that unqueues it. */
 void lbt_waiter_turn(bt_waiter_t *w, int status);
 void lbt_waiter_wait_cancel(bt_wait_t *w);
-/* lsync.c: pushes nil, "fname: msg", kind and returns 3; with a timeout, also
- * { timeout_ms = ms } and returns 4. */
-int lbt_sync_fail(lua_State *L, const char *fname, const char *kind, const char *msg);
-int lbt_sync_timeout(lua_State *L, const char *fname, lua_Number ms);
-/* 1 if the current task is cancelled: an operation that completes without
- * waiting is still a cancellation point (checked before it consumes anything). */
-static inline int lbt_sync_cancelled(lbt_rt *R) {
-  bt_task_t *t = R->rt->current;
-  return t != NULL && (t->flags & BT_TASK_F_CANCEL);
-}
-/* Misuse: "fname: bad argument #n 'name' (expected what, got ...)", about the value at
- * idx: its type, or, when `what` starts with "integer" or "milliseconds" and it is a
- * number, the number (the value is what is wrong). */
-int lbt_sync_argerror(lua_State *L, int idx, const char *fname, int n, const char *name,
-                      const char *what);
-/* An optional timeout at idx (argument #n, named 'ms'): its absolute due time, or
- * UINT64_MAX when absent; raises unless a number of milliseconds in [0, 1e15). */
-uint64_t lbt_sync_due(lua_State *L, lbt_rt *R, int idx, const char *fname, int n);
-
 /* lchan.c: takes the head item of the channel at index ci and pushes it: after
  * bt_chan_can_recv() said 0 (reserved 0), or for a receiver an item was reserved for. */
 void lbt_chan_take(lua_State *L, lchan *C, int ci, int reserved);
