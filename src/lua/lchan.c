@@ -162,7 +162,7 @@ static int lchan_send(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lchan *C = fast_chan(L, R, 1);
   check_value(L, FN_SEND);
-  uint64_t due = lbt_arg_due(L, R, FN_SEND, 3);
+  uint64_t due = lua_gettop(L) >= 3 ? lbt_arg_due(L, R, FN_SEND, 3) : UINT64_MAX;
   if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
   int rc = bt_chan_can_send(C->c);
   if (rc == 0) {
@@ -224,7 +224,7 @@ static int recv_k(lua_State *L, int st, lua_KContext iter) {
 /* The channel at ci (1, or the iterator's upvalue), the optional timeout at 2. */
 static int chan_recv(lua_State *L, lbt_rt *R, lchan *C, int ci, int iter) {
   const char *fname = iter ? FN_ITER : FN_RECV;
-  uint64_t due = iter ? UINT64_MAX : lbt_arg_due(L, R, fname, 2);
+  uint64_t due = !iter && lua_gettop(L) >= 2 ? lbt_arg_due(L, R, fname, 2) : UINT64_MAX;
   if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
   int rc = bt_chan_can_recv(C->c);
   if (rc == 0) {
