@@ -71,6 +71,24 @@ local function deadline_fanout(rounds, sleep0)
   return timeouts
 end
 
+-- W5: one producer task and one consumer task pass n integers through a channel of
+-- capacity 64; the check is how many the consumer received.
+local function channel(n)
+  local ch = baton.channel(64)
+  local producer = baton.spawn(function()
+    local send = ch.send
+    for i = 1, n do send(ch, i) end
+    ch:close()
+  end)
+  local consumer = baton.spawn(function()
+    local got = 0
+    for _ in ch:iter() do got = got + 1 end
+    return got
+  end)
+  producer:join()
+  return select(2, consumer:join())
+end
+
 local WORKLOADS = {
   spawn_join = spawn_join,
   sem_contention = sem_contention,
@@ -78,6 +96,7 @@ local WORKLOADS = {
   timers = timers,
   deadline_fanout = function(n) return deadline_fanout(n, false) end,
   deadline_fanout_sleep0 = function(n) return deadline_fanout(n, true) end,
+  channel = channel,
 }
 
 local workload, n = arg[1], math.tointeger(tonumber(arg[2] or ""))

@@ -7,7 +7,8 @@ import argparse, json, os, statistics, subprocess, sys, tempfile
 
 W = [("spawn_join", 1_000_000), ("sem_contention", 1_000_000),
      ("sem_contention_acquire", 1_000_000), ("timers", 100_000),
-     ("deadline_fanout", 10_000), ("deadline_fanout_sleep0", 10_000)]
+     ("deadline_fanout", 10_000), ("deadline_fanout_sleep0", 10_000),
+     ("channel", 1_000_000)]  # W5: Tokio only (bench/peers_extra), the other peers lack it
 PEER_W = {"sem_contention_acquire": "sem_contention"}   # the peers' own form of W2
 
 

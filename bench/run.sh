@@ -10,7 +10,8 @@ if [ ! -d "$work" ]; then
   cp -r "$peers_src" "$work"
   chmod -R u+w "$work"
 fi
-if command -v cargo >/dev/null && [ ! -x "$work/rust_tokio/target/release/tokio_bench" ]; then
+cp -r "$top/bench/peers_extra/." "$work/"  # the Tokio peer with the channel workload (W5)
+if command -v cargo >/dev/null; then
   (cd "$work/rust_tokio" && cargo build --release --offline -q) || echo "tokio peer not built" >&2
 fi
 python3 "$top/bench/compare.py" "$top/build/baton" "$work" "$@"

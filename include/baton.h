@@ -1,6 +1,7 @@
 /*
  * baton.h — the public C API of baton's core: a runtime on a libuv loop with tasks, task
- * groups, counting semaphores, per-key budgets, timers and subprocesses. It knows nothing
+ * groups, counting semaphores, channels, notifications, per-key budgets, timers and
+ * subprocesses. It knows nothing
  * of Lua; the Lua module and the `baton` executable are built on it, and a C host can embed
  * it the same way. HTTP transfers run on libcurl's multi interface on the same loop.
  *
@@ -17,8 +18,9 @@
  *    libuv code passed through unchanged. bt_strerror()/bt_err_name() name both.
  *  - A call that fails never invokes its callback.
  *  - Structs declared here with visible fields (bt_task_t, bt_wait_t, bt_timer_t,
- *    bt_sem_waiter_t) are storage the caller embeds in its own objects, so that waiting
- *    never allocates. Their fields are private to the core unless documented.
+ *    bt_sem_waiter_t, bt_waiter_t, bt_chan_t, bt_notify_t) are storage the caller embeds
+ *    in its own objects, so that waiting never allocates. Their fields are private to the
+ *    core unless documented.
  *  - Ownership is written on every function that takes or returns a pointer.
  */
 #ifndef BATON_H
@@ -178,7 +180,9 @@ struct bt_task {
 #define BT_TASK_F_CANCEL    0x02u  /* abort requested (level-triggered) */
 #define BT_TASK_F_JOINED    0x04u  /* its outcome was observed by someone */
 #define BT_TASK_F_PERMIT    0x08u  /* holds one permit of t->gate's semaphore */
-#define BT_TASK_F_USER      0x10u  /* first flag free for the embedder */
+#define BT_TASK_F_SHIELD    0x10u  /* bt_task_shield(): aborts are deferred */
+#define BT_TASK_F_DEFERRED  0x20u  /* an abort arrived while shielded */
+#define BT_TASK_F_USER      0x40u  /* first flag free for the embedder */
 
 /* Initialises `t` (caller-owned storage that must outlive the task's stay in the runtime)
  * and enqueues it. It first runs when the loop drains the ready queue. `group` may be NULL.
@@ -206,6 +210,15 @@ BT_EXTERN void bt_task_finish(bt_rt_t *rt, bt_task_t *t, bt_task_state_t state);
 BT_EXTERN void bt_task_abort(bt_rt_t *rt, bt_task_t *t);
 /* 1 if the task has finished (DONE, FAILED, CANCELLED). */
 BT_EXTERN int bt_task_finished(const bt_task_t *t);
+/* Shielding (for cleanup that must finish): from bt_task_shield() until the matching
+ * bt_task_unshield(), bt_task_abort() only records the request (BT_TASK_F_DEFERRED) and
+ * wakes nothing, and a cancellation already requested is hidden the same way, so the
+ * task's waits complete as if it had not been aborted. bt_task_shield() returns whether
+ * `t` was already shielded (pass it back: only the outermost unshield lifts the shield);
+ * bt_task_unshield() restores a deferred request as BT_TASK_F_CANCEL and returns 1 if the
+ * task is now cancelled (the embedder delivers it, e.g. raises), else 0. */
+BT_EXTERN int bt_task_shield(bt_task_t *t);
+BT_EXTERN int bt_task_unshield(bt_task_t *t, int was_shielded);
 
 /* Waits (from inside resume of `self`) for `t` to finish. `j` is caller-owned storage valid
  * until the wake. Returns 1 if `t` already finished (no wait registered), else 0 after
@@ -452,6 +465,106 @@ BT_EXTERN size_t bt_rt_transfers(bt_rt_t *rt);
 BT_EXTERN size_t bt_rt_http_sockets(bt_rt_t *rt);
 /* Parses an HTTP date (Retry-After); returns seconds since the epoch, or -1. */
 BT_EXTERN int64_t bt_http_parse_date(const char *s);
+
+/* ---- wait queues, channels, notifications ------------------------------------------ */
+
+/* A FIFO of waiter records (caller-owned storage, like bt_sem_waiter_t) used by channels
+ * and notifications. A queued waiter is called once, from the call that unqueued it, with
+ * 0 (its turn: what that means is the source's) or BT_ECLOSED; bt_waiter_cancel() unlinks
+ * it without a call (a wait's cancel function uses it). */
+typedef struct bt_waiter bt_waiter_t;
+typedef void (*bt_waiter_cb)(bt_waiter_t *w, int status);
+typedef struct bt_waitq {
+  TAILQ_HEAD(, bt_waiter) head;
+  size_t n;
+} bt_waitq_t;
+struct bt_waiter {
+  TAILQ_ENTRY(bt_waiter) link;
+  bt_waitq_t *q;     /* non-NULL while queued */
+  bt_waiter_cb cb;
+};
+/* A no-op for a waiter not queued. */
+BT_EXTERN void bt_waiter_cancel(bt_waiter_t *w);
+
+/* A channel: the waiting and the order of a bounded FIFO queue whose items the caller
+ * stores (the Lua binding keeps Lua values in a ring of its own). The channel counts the
+ * items, holds `cap` of them unclaimed (0: a rendezvous, an item is put only for a waiting
+ * receiver), queues senders while it is full and receivers while it is empty, each side in
+ * FIFO order, and never moves an item itself: it hands out turns.
+ *
+ * Hand-off by reservation, so that a waiter that is woken and then cancelled before it runs
+ * loses nothing and takes nothing:
+ *  - a receiver's waiter called with 0 has the oldest unclaimed item reserved for it; when
+ *    it runs it takes the head item (bt_chan_pop(c, 1)), or, cancelled meanwhile, gives
+ *    the reservation back (bt_chan_unreserve_item): the item never left the queue, and the
+ *    next receiver is woken for it;
+ *  - a sender's waiter called with 0 has room reserved for one item; when it runs it puts
+ *    its item at the tail (bt_chan_push(c, 1)), or, cancelled meanwhile or finding the
+ *    channel closed, gives the room back (bt_chan_unreserve_room): it sent nothing.
+ * Reserved items and room are counted, so a newcomer never overtakes a woken waiter.
+ * Closing fails every queued waiter with BT_ECLOSED; receivers still take what is queued
+ * (bt_chan_can_recv() says BT_ECLOSED only once nothing unclaimed is left). Caller-owned
+ * storage; no destroy (close it to fail its waiters). Fields are private. */
+typedef struct bt_chan {
+  size_t cap;
+  size_t len;        /* items queued */
+  size_t rsv_items;  /* of them, reserved for receivers woken and not yet run */
+  size_t rsv_room;   /* room reserved for senders woken and not yet run */
+  int closed;
+  bt_waitq_t senders, receivers;
+} bt_chan_t;
+
+BT_EXTERN void bt_chan_init(bt_chan_t *c, size_t cap);
+/* 0: the caller may put one item at the tail now, then calls bt_chan_push(c, 0);
+ * BT_EBUSY: it would have to wait (bt_chan_wait_send); BT_ECLOSED. */
+BT_EXTERN int bt_chan_can_send(const bt_chan_t *c);
+/* Queues a sender (after BT_EBUSY): `cb(w, 0)` when room is reserved for it, or
+ * `cb(w, BT_ECLOSED)`. */
+BT_EXTERN void bt_chan_wait_send(bt_chan_t *c, bt_waiter_t *w, bt_waiter_cb cb);
+/* An item was put at the tail, by a sender that found room (`reserved` 0) or one whose
+ * room was reserved (1). Wakes receivers for the items nobody has claimed. */
+BT_EXTERN void bt_chan_push(bt_chan_t *c, int reserved);
+BT_EXTERN void bt_chan_unreserve_room(bt_chan_t *c);
+/* 0: an unclaimed item is there: the caller takes the head now, then calls
+ * bt_chan_pop(c, 0); BT_EBUSY: it would have to wait (bt_chan_wait_recv); BT_ECLOSED:
+ * closed and drained. */
+BT_EXTERN int bt_chan_can_recv(const bt_chan_t *c);
+/* Queues a receiver (after BT_EBUSY): `cb(w, 0)` when an item is reserved for it, or
+ * `cb(w, BT_ECLOSED)` when the channel closes with nothing left for it. */
+BT_EXTERN void bt_chan_wait_recv(bt_chan_t *c, bt_waiter_t *w, bt_waiter_cb cb);
+/* The head item was taken, by a receiver that found it (`reserved` 0) or one it was
+ * reserved for (1). Wakes senders for the room. */
+BT_EXTERN void bt_chan_pop(bt_chan_t *c, int reserved);
+BT_EXTERN void bt_chan_unreserve_item(bt_chan_t *c);
+/* Fails every queued waiter with BT_ECLOSED; later sends fail. Idempotent. */
+BT_EXTERN void bt_chan_close(bt_chan_t *c);
+/* Items queued and not reserved for a receiver. */
+BT_EXTERN size_t bt_chan_len(const bt_chan_t *c);
+BT_EXTERN size_t bt_chan_capacity(const bt_chan_t *c);
+BT_EXTERN int bt_chan_closed(const bt_chan_t *c);
+BT_EXTERN size_t bt_chan_senders(const bt_chan_t *c);    /* queued, not yet woken */
+BT_EXTERN size_t bt_chan_receivers(const bt_chan_t *c);
+
+/* A notification (Tokio's Notify): bt_notify_one() wakes the oldest waiter, or, when
+ * nobody waits, stores one permit that the next bt_notify_wait() takes without waiting;
+ * bt_notify_all() wakes every waiter queued now and stores nothing. A waiter woken by
+ * bt_notify_one() whose task is cancelled before it runs should pass the notification on
+ * (bt_notify_one again), so none is lost. Caller-owned storage; no destroy. */
+typedef struct bt_notify {
+  bt_waitq_t waiters;
+  int permit;
+} bt_notify_t;
+
+BT_EXTERN void bt_notify_init(bt_notify_t *n);
+/* Takes the stored permit (returns 1: no wait) or queues `w` (returns 0): `cb(w, 0)` when
+ * notified. */
+BT_EXTERN int bt_notify_wait(bt_notify_t *n, bt_waiter_t *w, bt_waiter_cb cb);
+/* Returns 1 if a waiter was woken, 0 if the permit was stored. */
+BT_EXTERN int bt_notify_one(bt_notify_t *n);
+/* Calls every waiter queued now with `status` (0, or BT_ECLOSED for a source that closes);
+ * returns how many. */
+BT_EXTERN size_t bt_notify_all(bt_notify_t *n, int status);
+BT_EXTERN size_t bt_notify_waiting(const bt_notify_t *n);
 
 #ifdef __cplusplus
 }

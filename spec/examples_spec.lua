@@ -18,6 +18,8 @@ local cases = {
   { "resilient_call", "the tool ran %d+ times for 8 requests; breaker closed" },
   { "http_gateway", "settled  /README.md%s+via fallback status 200" },
   { "http_gateway", "provider stopped; 0 transfers in flight" },
+  { "pipeline_channels", "accounted for: 40 of 40 jobs" },
+  { "pipeline_channels", "clean: 0 tasks left, jobs closed, results closed" },
   { "mcp_prefetch", "closed: server pid %d+ still alive: false",
     need = "spec/fixtures/mcp/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js" },
 }

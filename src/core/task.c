@@ -7,7 +7,8 @@
  * Every wake goes through bt_task_wake(): it checks the token, bumps it (so any other source
  * of the same wait is now stale), stops the wait's timer, runs the wait's cancel (which
  * unregisters the remaining source) and only then enqueues. Abort is a wake with
- * BT_ECANCELED plus the level-triggered BT_TASK_F_CANCEL flag.
+ * BT_ECANCELED plus the level-triggered BT_TASK_F_CANCEL flag; while the task is shielded
+ * (bt_task_shield) it is only recorded, and the unshield turns it into the flag.
  */
 #include "internal.h"
 
@@ -109,6 +110,10 @@ void bt_task_finish(bt_rt_t *rt, bt_task_t *t, bt_task_state_t state) {
 
 void bt_task_abort(bt_rt_t *rt, bt_task_t *t) {
   if (bt_task_finished(t)) return;
+  if (t->flags & BT_TASK_F_SHIELD) {  /* delivered by bt_task_unshield */
+    t->flags |= BT_TASK_F_DEFERRED;
+    return;
+  }
   t->flags |= BT_TASK_F_CANCEL;
   switch (t->state) {
   case BT_TASK_WAITING:
@@ -120,6 +125,26 @@ void bt_task_abort(bt_rt_t *rt, bt_task_t *t) {
   default:
     break;  /* READY or RUNNING: it sees the flag at its next wait */
   }
+}
+
+/* Moves flag `from` to `to` if it is set. */
+static void move_flag(bt_task_t *t, unsigned from, unsigned to) {
+  if (t->flags & from) t->flags = (uint8_t)((t->flags & ~from) | to);
+}
+
+int bt_task_shield(bt_task_t *t) {
+  if (t->flags & BT_TASK_F_SHIELD) return 1;
+  t->flags |= BT_TASK_F_SHIELD;
+  move_flag(t, BT_TASK_F_CANCEL, BT_TASK_F_DEFERRED);  /* hidden while shielded */
+  return 0;
+}
+
+int bt_task_unshield(bt_task_t *t, int was_shielded) {
+  if (!was_shielded) {
+    t->flags = (uint8_t)(t->flags & ~BT_TASK_F_SHIELD);
+    move_flag(t, BT_TASK_F_DEFERRED, BT_TASK_F_CANCEL);
+  }
+  return (t->flags & BT_TASK_F_CANCEL) != 0;
 }
 
 void bt__joiner_cancel(bt_wait_t *w) {

@@ -52,7 +52,9 @@ static const struct { const char *name, *path; } classes[LBT_NCLASSES] = {
   [LBT_PIPELINE] = {"baton.Pipeline", "baton.pipeline"},
   [LBT_RUNNER] = {"baton.Runner", "baton.runner"},
   [LBT_HTTP_STREAM] = {"baton.HttpStream", "baton.http.stream"},
-  [LBT_HTTP_XFER] = {"baton.HttpTransfer", "baton.http.transfer"}};
+  [LBT_HTTP_XFER] = {"baton.HttpTransfer", "baton.http.transfer"},
+  [LBT_CHAN] = {"baton.Channel", "baton.channel"}, [LBT_WATCH] = {"baton.Watch", "baton.watch"},
+  [LBT_NOTIFY] = {"baton.Notify", "baton.notify"}};
 
 const char *lbt_class_name(lbt_class cls) { return classes[cls == LBT_TASK_GC ? LBT_TASK : cls].name; }
 
@@ -284,6 +286,7 @@ static int run_loop(lbt_rt *R, lbt_task *M) {
   while (!bt_task_finished(&M->t)) {
     int alive = uv_run(loop, UV_RUN_ONCE);
     if (!alive && !bt_task_finished(&M->t) && bt_rt_ready(R->rt) == 0) {
+      if (deadlock) break;  /* aborted, and still stuck: a shielded wait (baton.shield) */
       deadlock = 1;
       bt_task_abort(R->rt, &M->t);
     }
@@ -584,6 +587,10 @@ int lbt_open(lua_State *L) {
   lbt_open_future(L, rt_idx);
   lbt_open_signal(L, rt_idx);
   lbt_open_errors(L, rt_idx);
+  lbt_open_chan(L, rt_idx);
+  lbt_open_sync(L, rt_idx);
+  lbt_open_select(L, rt_idx);
+  lbt_open_concurrency(L, rt_idx);
 
   if (luaL_loadbuffer(L, lua_helpers, strlen(lua_helpers), "=baton") != LUA_OK)
     return lua_error(L);

@@ -41,7 +41,9 @@ typedef enum lbt_class {
   LBT_TASK, LBT_TASK_GC, LBT_GROUP, LBT_SEM, LBT_PERMIT, LBT_BUDGET, LBT_PROC, LBT_FUTURE,
   LBT_ENGINE, LBT_LIMITER, LBT_LIM_PERMIT, LBT_LIM_GRANT, LBT_RETRY, LBT_BREAKER,
   LBT_BRK_BACKEND, LBT_BRK_CALL, LBT_DEDUP, LBT_DEDUP_WAITER, LBT_BP, LBT_BP_PERMIT,
-  LBT_PIPELINE, LBT_RUNNER, LBT_HTTP_STREAM, LBT_HTTP_XFER, LBT_NCLASSES
+  LBT_PIPELINE, LBT_RUNNER, LBT_HTTP_STREAM, LBT_HTTP_XFER,
+  LBT_CHAN, LBT_WATCH, LBT_NOTIFY,  /* lchan.c, lsync.c */
+  LBT_NCLASSES
 } lbt_class;
 
 /* A closable class's userdata opens with its handle: a pointer to what it owns (or to its
@@ -89,7 +91,10 @@ typedef struct lbt_fiber {
   int status;             /* what the last wake delivered */
   bt_wait_t wait;
   bt_joiner_t joiner;
-  bt_sem_waiter_t semw;
+  union {                 /* one wait at a time: a semaphore's, or a channel's, a notify's */
+    bt_sem_waiter_t semw;
+    bt_waiter_t waiter;
+  };
 } lbt_fiber;
 
 /* A task's fiber, NULL unless it is running or suspended. The Lua layer keeps t.wait
@@ -175,6 +180,12 @@ void lbt_open_pipeline(lua_State *L, int rt_idx);      /* lpipeline.c */
 void lbt_open_runner(lua_State *L, int rt_idx);        /* lrunner.c */
 void lbt_open_http(lua_State *L, int rt_idx);          /* lhttp.c: baton.http */
 void lbt_open_future(lua_State *L, int rt_idx);        /* lfuture.c: baton.future */
+void lbt_open_chan(lua_State *L, int rt_idx);          /* lchan.c: baton.channel */
+void lbt_open_sync(lua_State *L, int rt_idx);          /* lsync.c: watch, notify, shield */
+void lbt_open_select(lua_State *L, int rt_idx);        /* lselect.c: baton.select */
+/* lsync.c: race, first_ok, hedge, interval (lua/baton/concurrency.lua, compiled in); after
+ * the other openers, whose functions it uses */
+void lbt_open_concurrency(lua_State *L, int rt_idx);
 /* lhttp.c and lhttpstream.c: response heads as tables, and the stream half of
  * baton.http (options checked by lhttp.c; strings in `o` anchored on the stack). */
 void lbt_http_push_headers(lua_State *L, const char *p, size_t len);  /* raw lines -> table */

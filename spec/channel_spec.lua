@@ -1,0 +1,304 @@
+-- baton.channel: a bounded FIFO of Lua values between tasks. Many senders and receivers,
+-- FIFO on both sides; a value reaches exactly one receiver, whatever aborts and timeouts
+-- hit the tasks on either side; capacity 0 is a rendezvous; close drains, then reports.
+local baton = require "baton"
+local H = require "spec.helper"
+
+-- Waits until fn() is true, a turn at a time (at most 200 turns).
+local function until_true(fn)
+  for _ = 1, 200 do
+    if fn() then return end
+    baton.yield()
+  end
+  error("condition never held")
+end
+
+describe("baton.channel", function()
+  it("a channel of capacity 1 with 3 senders and 3 receivers under 10,000 random aborts "
+     .. "delivers every sent value exactly once and in per-sender order", H.async(function()
+    math.randomseed(12)
+    local ch = baton.channel(1)
+    local stop = false
+    local next_i = { 1, 1, 1 }      -- each sender's next value; advanced only once sent
+    local last = { 0, 0, 0 }        -- the last value received from each sender
+    local received, bad = 0, nil
+    local function sender(s)
+      while not stop do
+        local i = next_i[s]
+        -- a timed-out send sent nothing: the same value goes again
+        if ch:send(s * 1000000 + i, math.random(0, 1) == 0 and math.random(0, 2) or nil) then
+          next_i[s] = i + 1
+        end
+      end
+    end
+    local function receiver()
+      while true do
+        local v, _, kind = ch:recv(math.random(0, 1) == 0 and math.random(0, 2) or nil)
+        if v ~= nil then
+          local s, i = v // 1000000, v % 1000000
+          if i ~= last[s] + 1 then bad = bad or ("sender %d: got %d after %d"):format(s, i, last[s]) end
+          last[s] = i
+          received = received + 1
+        elseif kind == "closed" then
+          return
+        end
+      end
+    end
+    local tasks = {}
+    for s = 1, 3 do tasks[s] = baton.spawn(sender, s) end
+    for r = 4, 6 do tasks[r] = baton.spawn(receiver) end
+    local hit_ready = 0               -- aborts of a task woken and not yet run
+    for _ = 1, 10000 do
+      for _ = 1, math.random(0, 3) do baton.yield() end
+      local k = math.random(1, 6)
+      local t = tasks[k]
+      if t:status() == "running" then hit_ready = hit_ready + 1 end
+      t:abort()
+      t:join()
+      tasks[k] = k <= 3 and baton.spawn(sender, k) or baton.spawn(receiver)
+    end
+    stop = true
+    for s = 1, 3 do tasks[s]:join() end
+    ch:close()
+    for r = 4, 6 do assert.is_true((tasks[r]:join())) end
+    assert.is_nil(bad)
+    for s = 1, 3 do
+      assert.equal(next_i[s] - 1, last[s])  -- every value sent was received, once
+      assert.is_true(last[s] > 100)
+    end
+    assert.equal(last[1] + last[2] + last[3], received)
+    assert.is_true(hit_ready > 1000, "the woken-then-aborted window was hit " .. hit_ready .. " times")
+  end))
+
+  it("an aborted recv loses nothing: a value reserved for a receiver aborted before it "
+     .. "ran goes to the next receiver", H.async(function()
+    local ch = baton.channel(1)
+    local r1 = baton.spawn(function() return ch:recv() end)
+    local r2 = baton.spawn(function() return ch:recv() end)
+    until_true(function() return r1:status() == "waiting" and r2:status() == "waiting" end)
+    assert.is_true(ch:send("v"))      -- r1, first in line, is woken for it
+    assert.equal("running", r1:status())
+    r1:abort()                         -- ...and aborted before it ran
+    local ok, err = r1:join()
+    assert.is_false(ok)
+    assert.equal("cancelled", err.kind)
+    assert.same({ true, "v" }, { r2:join() })
+    assert.equal(0, #ch)
+  end))
+
+  it("an aborted recv loses nothing: with no other receiver the value stays queued",
+     H.async(function()
+    local ch = baton.channel(0)
+    local r = baton.spawn(function() return ch:recv() end)
+    until_true(function() return r:status() == "waiting" end)
+    assert.is_true(ch:try_send("v"))   -- rendezvous: r was waiting for it
+    r:abort()
+    assert.is_false((r:join()))
+    assert.equal(1, #ch)
+    assert.equal("v", ch:try_recv())
+    -- aborted while still queued: it held nothing, and the next value is the next receiver's
+    local r1 = baton.spawn(function() return ch:recv() end)
+    local r2 = baton.spawn(function() return ch:recv() end)
+    until_true(function() return r2:status() == "waiting" end)
+    r1:abort()
+    r1:join()
+    assert.is_true(ch:send("w"))
+    assert.same({ true, "w" }, { r2:join() })
+  end))
+
+  it("an aborted send sent nothing, and a cancelled task takes nothing even when a value "
+     .. "is ready", H.async(function()
+    local ch = baton.channel(1)
+    assert.is_true(ch:send(1))
+    local s = baton.spawn(function() return ch:send(2) end)
+    until_true(function() return s:status() == "waiting" end)
+    assert.equal(1, ch:recv())        -- room: s is woken for it
+    assert.equal("running", s:status())
+    s:abort()                          -- ...and aborted before it put its value
+    assert.is_false((s:join()))
+    assert.equal(0, #ch)
+    assert.is_true(ch:try_send(3))     -- the room is free again
+    local t = baton.spawn(function()
+      baton.current():abort()
+      return ch:recv()
+    end)
+    local ok, err = t:join()
+    assert.is_false(ok)
+    assert.equal("cancelled", err.kind)
+    assert.equal(3, ch:recv())         -- still there
+  end))
+
+  it("rendezvous: capacity 0 hands a value over only to a receiver waiting for it",
+     H.async(function()
+    local ch = baton.channel(0)
+    local v, msg, kind, detail = ch:try_send("x")
+    assert.is_nil(v)
+    assert.equal("baton.channel:try_send: no receiver is waiting", msg)
+    assert.equal("busy", kind)
+    assert.same({ len = 0, capacity = 0 }, detail)
+    local log = {}
+    local s = baton.spawn(function()
+      assert.is_true(ch:send("hello"))
+      log[#log + 1] = "sent"
+    end)
+    baton.sleep(20)
+    assert.equal("waiting", s:status())  -- nobody receives: the sender waits
+    assert.equal(0, #ch)
+    log[#log + 1] = "recv"
+    assert.equal("hello", ch:recv())
+    s:join()
+    assert.same({ "recv", "sent" }, log)
+    -- a waiting receiver makes try_send succeed, once
+    local r = baton.spawn(function() return ch:recv() end)
+    until_true(function() return r:status() == "waiting" end)
+    assert.is_true(ch:try_send(1))
+    assert.is_nil((ch:try_send(2)))
+    assert.same({ true, 1 }, { r:join() })
+    -- ping-pong keeps order
+    local got = {}
+    local p = baton.spawn(function() for i = 1, 100 do ch:send(i) end end)
+    for _ = 1, 100 do got[#got + 1] = ch:recv() end
+    p:join()
+    for i = 1, 100 do assert.equal(i, got[i]) end
+  end))
+
+  it("close drains then reports closed", H.async(function()
+    local ch = baton.channel(3)
+    for i = 1, 3 do assert.is_true(ch:send(i)) end
+    local blocked = baton.spawn(function() return ch:send(4) end)  -- full: waits
+    until_true(function() return blocked:status() == "waiting" end)
+    ch:close()
+    assert.is_true(ch:closed())
+    local ok, v, msg, kind = blocked:join()
+    assert.is_true(ok)
+    assert.is_nil(v)
+    assert.equal("baton.channel:send: the channel is closed", msg)
+    assert.equal("closed", kind)
+    v, msg, kind = ch:send(5)
+    assert.is_nil(v)
+    assert.equal("baton.channel:send: the channel is closed", msg)
+    assert.equal("closed", kind)
+    assert.equal(3, #ch)
+    assert.equal(1, ch:recv())
+    assert.equal(2, ch:try_recv())
+    local rest = {}
+    for x in ch:iter() do rest[#rest + 1] = x end
+    assert.same({ 3 }, rest)            -- 4 and 5 were never sent
+    v, msg, kind = ch:recv()
+    assert.is_nil(v)
+    assert.equal("baton.channel:recv: the channel is closed and drained", msg)
+    assert.equal("closed", kind)
+    assert.equal("closed", select(3, ch:try_recv()))
+    -- receivers waiting when it closes are told at once
+    local c2 = baton.channel(1)
+    local rs = {}
+    for i = 1, 3 do rs[i] = baton.spawn(function() return c2:recv() end) end
+    until_true(function() return rs[3]:status() == "waiting" end)
+    c2:close()
+    for i = 1, 3 do assert.equal("closed", select(4, rs[i]:join())) end
+  end))
+
+  it("is FIFO on both sides", H.async(function()
+    local ch = baton.channel(1)
+    local got = {}
+    local rs = {}
+    for i = 1, 5 do
+      rs[i] = baton.spawn(function()
+        local v = ch:recv()
+        got[#got + 1] = { i, v }
+      end)
+      until_true(function() return rs[i]:status() == "waiting" end)
+    end
+    for v = 1, 5 do ch:send(v * 10) end
+    for i = 1, 5 do rs[i]:join() end
+    for i = 1, 5 do assert.same({ i, i * 10 }, got[i]) end  -- receiver i got value i
+    assert.is_true(ch:send("first"))
+    local ss = {}
+    for i = 1, 5 do
+      ss[i] = baton.spawn(function() ch:send(i) end)
+      until_true(function() return ss[i]:status() == "waiting" end)
+    end
+    assert.is_nil((ch:try_send("late")))  -- waiting senders are not overtaken
+    assert.equal("first", ch:recv())
+    for i = 1, 5 do assert.equal(i, ch:recv()) end
+    for i = 1, 5 do ss[i]:join() end
+  end))
+
+  it("times out send and recv with nothing done", H.async(function()
+    local ch = baton.channel(1)
+    ch:send("a")
+    local elapsed, v, msg, kind, detail = H.timed(ch.send, ch, "b", 30)
+    assert.is_nil(v)
+    assert.equal("baton.channel:send: timed out after 30 ms", msg)
+    assert.equal("timeout", kind)
+    assert.same({ timeout_ms = 30 }, detail)
+    assert.is_true(elapsed >= 25)
+    assert.equal(1, #ch)
+    assert.equal("a", ch:recv())
+    v, msg, kind, detail = ch:recv(10)
+    assert.is_nil(v)
+    assert.equal("baton.channel:recv: timed out after 10 ms", msg)
+    assert.equal("timeout", kind)
+    assert.same({ timeout_ms = 10 }, detail)
+    assert.is_true(ch:try_send("c"))   -- no stale waiter was left behind
+    assert.equal("c", ch:try_recv())
+  end))
+
+  it("keeps any Lua value but nil, and grows past its capacity only for values given back",
+     H.async(function()
+    local ch = baton.channel(64)
+    local t = {}
+    for i = 1, 64 do assert.is_true(ch:try_send(i % 2 == 0 and t or false)) end
+    assert.is_nil((ch:try_send(1)))
+    assert.equal(64, #ch)
+    assert.equal(64, ch:capacity())
+    for i = 1, 64 do assert.equal(i % 2 == 0 and t or false, ch:recv()) end
+    -- wrap around the ring many times
+    local sum = 0
+    local p = baton.spawn(function() for i = 1, 1000 do ch:send(i) end ch:close() end)
+    for v in ch:iter() do sum = sum + v end
+    p:join()
+    assert.equal(500500, sum)
+  end))
+
+  it("raises on misuse", H.async(function()
+    H.raises("^baton.channel: bad argument #1 'capacity' %(expected integer >= 0, got %-1%)$",
+             baton.channel, -1)
+    H.raises("got 1.5%)$", baton.channel, 1.5)
+    H.raises("got no value%)$", baton.channel)
+    H.raises("got '4'%)$", baton.channel, "4")
+    local ch <close> = baton.channel(1)
+    H.raises("^baton.channel:send: bad argument #1 'value' %(expected a value other than nil, got nil%)$",
+             ch.send, ch, nil)
+    H.raises("^baton.channel:try_send: bad argument #1 'value'", ch.try_send, ch)
+    H.raises_misuse("baton.channel:send", 2, "timeout_ms", "expected milliseconds >= 0, got %-1%)$",
+                    ch.send, ch, 1, -1)
+    H.raises_misuse("baton.channel:recv", 1, "timeout_ms", "got NaN%)$", ch.recv, ch, 0 / 0)
+    H.raises("^baton.channel:recv: bad argument #0 'self' %(expected baton.Channel, got table%)$",
+             ch.recv, {})
+    local dead = baton.channel(1)
+    getmetatable(dead).__gc(dead)
+    H.raises("baton.channel:recv: used after it was closed", function() return dead:recv() end)
+    assert.is_true(dead:closed())
+    assert.matches("finalized", tostring(dead))
+    assert.matches("^baton.Channel %(0/1 queued, 0 senders and 0 receivers waiting%)$", tostring(ch))
+  end))
+
+  it("wakes its waiters with 'closed' when finalized by hand", H.async(function()
+    local ch = baton.channel(0)
+    local r = baton.spawn(function() return ch:recv() end)
+    local s = baton.spawn(function() return baton.channel(0):send(1, 10000) end)
+    until_true(function() return r:status() == "waiting" end)
+    getmetatable(ch).__gc(ch)
+    assert.equal("closed", select(4, r:join()))
+    s:abort()
+    s:join()
+  end))
+
+  it("works outside a task when it need not wait", function()
+    local ch = baton.channel(2)
+    assert.is_true(ch:send(1))
+    assert.equal(1, ch:recv())
+    H.raises("not inside a baton task", ch.recv, ch)
+  end)
+end)

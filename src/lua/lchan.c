@@ -1,0 +1,341 @@
+/*
+ * lchan.c — baton.channel(capacity): a bounded FIFO of Lua values between tasks, on the
+ * core's channel (core/chan.c), which decides who waits and whose turn it is; the values
+ * stay in a ring in the userdata's user value, where the collector sees them.
+ *
+ *   ch:send(v [, ms])  -> true | nil, msg, "closed" | nil, msg, "timeout", { timeout_ms }
+ *   ch:recv([ms])      -> v    | nil, msg, "closed" (closed and drained) | ... "timeout"
+ *   ch:try_send(v)     -> true | nil, msg, "busy", { len, capacity } | nil, msg, "closed"
+ *   ch:try_recv()      -> v    | nil, msg, "busy", { len, capacity } | nil, msg, "closed"
+ *   for v in ch:iter() do ... end    (ends when the channel is closed and drained)
+ *   ch:close() (also <close>), ch:closed(), ch:capacity(), #ch (values queued)
+ * send and recv are awaits and raise the cancellation error; misuse (a nil value, a bad
+ * capacity or timeout, a method on a finalized channel) raises. Everything else returns.
+ *
+ * Cancellation-safe by construction (baton.h, "channels"): a value leaves the ring only in
+ * the receiving task, when it runs. A receiver woken for a value and aborted before it runs
+ * gives its reservation back and the value, still at the head, goes to the next receiver;
+ * a sender woken with room and aborted before it runs never puts its value. So recv that
+ * raised took nothing, and send that raised or failed sent nothing. Capacity 0 is a
+ * rendezvous: a value is put only for a receiver waiting for it (send waits until one
+ * does; try_send fails unless one is waiting).
+ *
+ * The ring grows by doubling when it is full: it holds `capacity` values, plus one per
+ * receiver a value is reserved for, plus values given back by aborted receivers.
+ */
+#include <string.h>
+
+#include "lsync.h"
+
+#define FN_NEW      "baton.channel"
+#define FN_SEND     "baton.channel:send"
+#define FN_RECV     "baton.channel:recv"
+#define FN_TRY_SEND "baton.channel:try_send"
+#define FN_TRY_RECV "baton.channel:try_recv"
+#define FN_ITER     "baton.channel:iter"
+
+LBT_HANDLE_FIRST(lchan, c);
+
+static lchan *check_chan(lua_State *L, int idx) { return lbt_check_handle(L, idx, LBT_CHAN); }
+
+/* The same for send and recv, the hot path: one metatable comparison, the runtime already
+ * at hand; anything else goes through lbt_check_handle for its message. */
+static lchan *fast_chan(lua_State *L, lbt_rt *R, int idx) {
+  lchan *C = lua_touserdata(L, idx);
+  if (C != NULL && lua_getmetatable(L, idx)) {
+    const void *mt = lua_topointer(L, -1);
+    lua_pop(L, 1);
+    if (mt == R->classes[LBT_CHAN] && C->c != NULL) return C;
+  }
+  return check_chan(L, idx);
+}
+
+/* ---- the ring ------------------------------------------------------------------------ */
+
+/* Doubles the ring (table at ri), which is full: the values that wrapped around to slots
+ * 1..head-1 move after the old end, so the queue is contiguous from head again. */
+static void ring_grow(lua_State *L, lchan *C, int ri) {
+  lua_Integer old = C->size;
+  for (lua_Integer i = 1; i < C->head; i++) {
+    lua_rawgeti(L, ri, i);
+    lua_rawseti(L, ri, old + i);
+    lua_pushnil(L);
+    lua_rawseti(L, ri, i);
+  }
+  C->size = old * 2;
+}
+
+/* Puts the value at vi at the tail of the channel at ci, and calls bt_chan_push. Leaves
+ * the ring on the stack (the callers return right after: one API call less a value). */
+static void ring_put(lua_State *L, lchan *C, int ci, int vi, int reserved) {
+  lua_getiuservalue(L, ci, 1);
+  lua_Integer len = (lua_Integer)C->storage.len;
+  if (len == C->size) ring_grow(L, C, lua_gettop(L));
+  lua_Integer pos = C->head + len;
+  if (pos > C->size) pos -= C->size;
+  lua_pushvalue(L, vi);
+  lua_rawseti(L, -2, pos);
+  bt_chan_push(&C->storage, reserved);
+}
+
+/* Takes the head value, and calls bt_chan_pop; pushes the ring, then the value on top. */
+static void ring_take(lua_State *L, lchan *C, int ci, int reserved) {
+  lua_getiuservalue(L, ci, 1);
+  lua_rawgeti(L, -1, C->head);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, C->head);
+  C->head = C->head == C->size ? 1 : C->head + 1;
+  bt_chan_pop(&C->storage, reserved);
+}
+
+void lbt_chan_take(lua_State *L, lchan *C, int ci, int reserved) {
+  ring_take(L, C, ci, reserved);
+  lua_remove(L, -2);
+}
+
+/* ---- failures ------------------------------------------------------------------------ */
+
+static int fail_closed(lua_State *L, const char *fname, int recv) {
+  return lbt_fail(L, fname, recv ? "the channel is closed and drained" : "the channel is closed",
+                  "closed");
+}
+
+static int fail_busy(lua_State *L, lchan *C, const char *fname, const char *msg) {
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, (lua_Integer)bt_chan_len(&C->storage));
+  lua_setfield(L, -2, "len");
+  lua_pushinteger(L, (lua_Integer)bt_chan_capacity(&C->storage));
+  lua_setfield(L, -2, "capacity");
+  return lbt_fail_detail(L, fname, "busy", -1, "%s", msg);
+}
+
+/* ---- construction -------------------------------------------------------------------- */
+
+static int lchan_new(lua_State *L) {
+  if (lua_isnone(L, 1))  /* (lbt_arg_count would read its own message as the argument) */
+    return lbt_argerror_got(L, FN_NEW, 1, "capacity", "integer >= 0", "no value");
+  lua_Integer cap = lbt_arg_count(L, FN_NEW, 1, "capacity", 0, -1);
+  lchan *C = lua_newuserdatauv(L, sizeof *C, 1);
+  bt_chan_init(&C->storage, (size_t)cap);
+  C->c = &C->storage;
+  C->R = lbt_R(L);
+  C->head = 1;
+  C->size = cap == 0 ? 1 : cap < 64 ? cap : 64;
+  lua_createtable(L, (int)C->size, 0);
+  lua_setiuservalue(L, -2, 1);
+  luaL_setmetatable(L, BT_CHAN_MT);
+  return 1;
+}
+
+/* ---- send ---------------------------------------------------------------------------- */
+
+static void check_value(lua_State *L, const char *fname) {
+  if (lua_isnoneornil(L, 2))
+    lbt_argerror(L, fname, 2, "value", "a value other than nil");
+}
+
+/* Undo of a wake that reserved room for a sender aborted before it ran: it sends nothing,
+ * and the room goes to the next sender. */
+static void give_back_room(void *c) { bt_chan_unreserve_room(c); }
+
+static int send_k(lua_State *L, int st, lua_KContext ctx) {
+  (void)st;
+  (void)ctx;
+  lchan *C = lua_touserdata(L, 1);
+  bt_chan_t *c = &C->storage;  /* finalized meanwhile: closed, still valid */
+  int status = lbt_resumed(L, NULL, give_back_room, c);
+  if (status == 0) {  /* room was reserved for this sender */
+    if (c->closed) {
+      bt_chan_unreserve_room(c);
+      return fail_closed(L, FN_SEND, 0);
+    }
+    ring_put(L, C, 1, 2, 1);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (status == BT_ECLOSED) return fail_closed(L, FN_SEND, 0);
+  if (status == BT_ETIMEDOUT) return lbt_fail_timeout(L, FN_SEND, lua_tonumber(L, 3));
+  return lbt_fail_status(L, FN_SEND, status);
+}
+
+static int lchan_send(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lchan *C = fast_chan(L, R, 1);
+  check_value(L, FN_SEND);
+  uint64_t due = lua_gettop(L) >= 3 ? lbt_arg_due(L, R, FN_SEND, 3) : UINT64_MAX;
+  if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
+  int rc = bt_chan_can_send(C->c);
+  if (rc == 0) {
+    ring_put(L, C, 1, 2, 0);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (rc == BT_ECLOSED) return fail_closed(L, FN_SEND, 0);
+  lua_settop(L, 3);  /* the continuation finds the value at 2, the timeout at 3 */
+  lbt_task *T = lbt_await_begin(L, R, FN_SEND);
+  lbt_fiber *f = lbt_fib(T);
+  bt_chan_wait_send(C->c, &f->waiter, lbt_waiter_turn);
+  f->wait.src = &f->waiter;
+  bt_task_wait(R->rt, &T->t, &f->wait, lbt_waiter_wait_cancel, due);
+  return lbt_suspend(L, 0, send_k);
+}
+
+static int lchan_try_send(lua_State *L) {
+  lchan *C = check_chan(L, 1);
+  check_value(L, FN_TRY_SEND);
+  int rc = bt_chan_can_send(C->c);
+  if (rc == BT_ECLOSED) return fail_closed(L, FN_TRY_SEND, 0);
+  if (rc != 0)
+    return fail_busy(L, C, FN_TRY_SEND, C->storage.cap == 0 ? "no receiver is waiting"
+                                                            : "the channel is full");
+  ring_put(L, C, 1, 2, 0);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ---- recv ---------------------------------------------------------------------------- */
+
+/* ctx 1: the iterator of ch:iter(), which ends the loop (nil) when closed and drained. */
+/* Undo of a wake that reserved the head value for a receiver aborted before it ran: the
+ * value never left the head; the next receiver is woken for it. */
+static void give_back_item(void *c) { bt_chan_unreserve_item(c); }
+
+static int recv_k(lua_State *L, int st, lua_KContext iter) {
+  (void)st;
+  lchan *C = lua_touserdata(L, 1);
+  bt_chan_t *c = &C->storage;
+  int status = lbt_resumed(L, NULL, give_back_item, c);
+  if (status == 0) {  /* the head value is reserved for this receiver */
+    ring_take(L, C, 1, 1);
+    return 1;
+  }
+  if (status == BT_ECLOSED) {  /* a value an aborted receiver gave back may be there */
+    if (bt_chan_can_recv(c) == 0) {
+      ring_take(L, C, 1, 0);
+      return 1;
+    }
+    if (iter) return 0;
+    return fail_closed(L, FN_RECV, 1);
+  }
+  if (status == BT_ETIMEDOUT) return lbt_fail_timeout(L, FN_RECV, lua_tonumber(L, 2));
+  return lbt_fail_status(L, iter ? FN_ITER : FN_RECV, status);
+}
+
+/* The channel at ci (1, or the iterator's upvalue), the optional timeout at 2. */
+static int chan_recv(lua_State *L, lbt_rt *R, lchan *C, int ci, int iter) {
+  const char *fname = iter ? FN_ITER : FN_RECV;
+  uint64_t due = !iter && lua_gettop(L) >= 2 ? lbt_arg_due(L, R, fname, 2) : UINT64_MAX;
+  if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
+  int rc = bt_chan_can_recv(C->c);
+  if (rc == 0) {
+    ring_take(L, C, ci, 0);
+    return 1;
+  }
+  if (rc == BT_ECLOSED) return iter ? 0 : fail_closed(L, fname, 1);
+  if (iter) {  /* the continuation finds the channel at 1 */
+    lua_settop(L, 0);
+    lua_pushvalue(L, ci);
+  }
+  lua_settop(L, 2);
+  lbt_task *T = lbt_await_begin(L, R, fname);
+  lbt_fiber *f = lbt_fib(T);
+  bt_chan_wait_recv(C->c, &f->waiter, lbt_waiter_turn);
+  f->wait.src = &f->waiter;
+  bt_task_wait(R->rt, &T->t, &f->wait, lbt_waiter_wait_cancel, due);
+  return lbt_suspend(L, iter, recv_k);
+}
+
+static int lchan_recv(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  return chan_recv(L, R, fast_chan(L, R, 1), 1, 0);
+}
+
+static int lchan_try_recv(lua_State *L) {
+  lchan *C = check_chan(L, 1);
+  int rc = bt_chan_can_recv(C->c);
+  if (rc == BT_ECLOSED) return fail_closed(L, FN_TRY_RECV, 1);
+  if (rc != 0) return fail_busy(L, C, FN_TRY_RECV, "the channel is empty");
+  ring_take(L, C, 1, 0);
+  return 1;
+}
+
+/* The iterator: upvalue 2 is the channel (checked by iter()); the generic for's arguments
+ * are ignored. */
+static int iter_next(lua_State *L) {
+  lchan *C = lua_touserdata(L, lua_upvalueindex(2));
+  if (C->c == NULL) return lbt_closed_error(L, LBT_CHAN);
+  return chan_recv(L, C->R, C, lua_upvalueindex(2), 1);
+}
+
+static int lchan_iter(lua_State *L) {
+  check_chan(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, iter_next, 2);
+  return 1;
+}
+
+/* ---- the rest ------------------------------------------------------------------------ */
+
+/* close() and closed() also work on a finalized channel: it is closed. */
+static int lchan_close(lua_State *L) {
+  bt_chan_close(&((lchan *)lbt_check_type(L, 1, LBT_CHAN))->storage);
+  return 0;
+}
+
+static int lchan_closed(lua_State *L) {
+  lua_pushboolean(L, bt_chan_closed(&((lchan *)lbt_check_type(L, 1, LBT_CHAN))->storage));
+  return 1;
+}
+
+static int lchan_capacity(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)bt_chan_capacity(check_chan(L, 1)->c));
+  return 1;
+}
+
+static int lchan_len(lua_State *L) {
+  lchan *C = lbt_check_type(L, 1, LBT_CHAN);
+  lua_pushinteger(L, (lua_Integer)bt_chan_len(&C->storage));
+  return 1;
+}
+
+/* Fails the waiters (they find closed storage: the memory is the userdata's). When the
+ * state itself is closing, the runtime may be gone: the waiters are only unqueued. */
+static int lchan_gc(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lchan *C = lbt_check_type(L, 1, LBT_CHAN);
+  bt_chan_t *c = &C->storage;
+  if (R->closed) {
+    c->closed = 1;
+    while (!TAILQ_EMPTY(&c->senders.head)) bt_waiter_cancel(TAILQ_FIRST(&c->senders.head));
+    while (!TAILQ_EMPTY(&c->receivers.head)) bt_waiter_cancel(TAILQ_FIRST(&c->receivers.head));
+  } else {
+    bt_chan_close(c);
+  }
+  C->c = NULL;
+  return 0;
+}
+
+static int lchan_tostring(lua_State *L) {
+  lchan *C = lbt_check_type(L, 1, LBT_CHAN);
+  bt_chan_t *c = &C->storage;
+  if (C->c == NULL) lua_pushliteral(L, "baton.Channel (finalized)");
+  else lua_pushfstring(L, "baton.Channel (%I/%I queued, %I senders and %I receivers waiting%s)",
+                       (LUAI_UACINT)bt_chan_len(c), (LUAI_UACINT)bt_chan_capacity(c),
+                       (LUAI_UACINT)bt_chan_senders(c), (LUAI_UACINT)bt_chan_receivers(c),
+                       bt_chan_closed(c) ? ", closed" : "");
+  return 1;
+}
+
+void lbt_open_chan(lua_State *L, int rt_idx) {
+  static const luaL_Reg methods[] = {
+    {"send", lchan_send}, {"recv", lchan_recv}, {"try_send", lchan_try_send},
+    {"try_recv", lchan_try_recv}, {"iter", lchan_iter}, {"close", lchan_close},
+    {"closed", lchan_closed}, {"capacity", lchan_capacity}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+    {"__len", lchan_len}, {"__close", lchan_close}, {"__gc", lchan_gc},
+    {"__tostring", lchan_tostring}, {NULL, NULL}};
+  lbt_new_class(L, rt_idx, BT_CHAN_MT, methods, meta);
+  static const luaL_Reg funcs[] = {{"channel", lchan_new}, {NULL, NULL}};
+  lbt_set_funcs(L, rt_idx, funcs);
+}
