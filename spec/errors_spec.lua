@@ -327,6 +327,7 @@ describe("errors:", function()
       { "baton.timeout", 2, "fn", "expected function, got 'x'", baton.timeout, 1, "x" },
       { "baton.error", 1, "kind", "expected string, got no value", baton.error },
       { "baton.semaphore", 1, "permits", "expected integer >= 0, got %-1", baton.semaphore, -1 },
+      { "baton.semaphore", 1, "permits", "expected integer >= 0, got no value", baton.semaphore },
       { "baton.semaphore:acquire", 0, "self", "expected baton.Semaphore, got 5",
         baton.semaphore(1).acquire, 5 },
       { "baton.semaphore:acquire", 1, "permits", "expected integer >= 1, got 'x'",

@@ -227,7 +227,12 @@ lua_Integer lbt_arg_count(lua_State *L, const char *fname, int idx, const char *
                           lua_Integer min, lua_Integer def) {
   lua_Integer v = def;
   if (lua_isnoneornil(L, idx) && def >= 0) return def;
-  if (!count_ok(L, idx, min, &v)) lbt_argerror(L, fname, idx, name, count_expected(L, min));
+  if (!count_ok(L, idx, min, &v)) {
+    int none = lua_isnone(L, idx);  /* before the push below moves the top past idx */
+    const char *expected = count_expected(L, min);
+    if (none) lbt_argerror_got(L, fname, lbt_argn(fname, idx), name, expected, "no value");
+    lbt_argerror(L, fname, idx, name, expected);
+  }
   return v;
 }
 
