@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Copies the peers' workloads from PEERS_DIR (default: ../shared/peers beside the
 # checkout) into a scratch directory, builds them (Tokio offline from Debian's crate
-# registry) and runs bench/compare.py: baton beside them, medians and ratios from the same go. usage: bench/run.sh [--reps N] [--only baton,tokio-ct]
+# registry, the page-fault calibration in c_floor) and runs bench/compare.py: the baton
+# executable and baton.so in a stock lua5.4 beside them, every process pinned to one core,
+# medians of 5 and ratios from the same go, under a line saying which machine it was.
+# usage: bench/run.sh [--reps N] [--cpu N] [--only baton,baton.so,tokio-ct,node,lua54-luv,
+#        python-asyncio] [--json FILE]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 peers_src="${PEERS_DIR:-$top/../shared/peers}"
@@ -14,4 +18,12 @@ cp -r "$top/bench/peers_extra/." "$work/"  # the Tokio peer with the channel wor
 if command -v cargo >/dev/null; then
   (cd "$work/rust_tokio" && cargo build --release --offline -q) || echo "tokio peer not built" >&2
 fi
+if [ ! -x "$work/c_floor/pagefault_cost" ]; then
+  make -s -C "$work/c_floor" pagefault_cost || echo "page-fault calibration not built" >&2
+fi
+for need in taskset /usr/bin/time lua5.4; do
+  command -v "$need" >/dev/null || { echo "bench/run.sh: $need is missing" >&2; exit 1; }
+done
+[ -x "$top/build/baton" ] && [ -f "$top/build/baton.so" ] \
+  || { echo "bench/run.sh: build first (make build)" >&2; exit 1; }
 python3 "$top/bench/compare.py" "$top/build/baton" "$work" "$@"

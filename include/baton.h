@@ -9,9 +9,11 @@
  * uv_loop_t. A task is a resumable unit with a vtable (`resume`); whoever embeds the core
  * decides what resuming means (the Lua layer resumes a coroutine). Tasks never run from a
  * libuv callback or from inside another task: every wake-up only enqueues, and the queue is
- * drained in FIFO order from a check handle. A task that waits registers one wait record
- * (bt_wait_t) carrying a token and a cancel function; completion, timeout and abort each go
- * through bt_task_wake(), which drops stale tokens, unregisters the wait and enqueues.
+ * drained from a check handle, woken tasks before fresh ones (at most 64 woken resumes while
+ * a fresh task waits at the head; docs/architecture.md, "Start order"). A task that waits
+ * registers one wait record (bt_wait_t) carrying a token and a cancel function; completion,
+ * timeout and abort each go through bt_task_wake(), which drops stale tokens, unregisters
+ * the wait and enqueues.
  *
  * Conventions (libuv's):
  *  - Functions that can fail return 0 or a negative error code: one of BT_E* below, or a
@@ -197,7 +199,8 @@ BT_EXTERN uint32_t bt_task_wait(bt_rt_t *rt, bt_task_t *t, bt_wait_t *w, bt_canc
 /* Wakes `t` with `status` if it still waits with `token`; a stale token is dropped.
  * Runs the wait's cancel and stops its timer, then enqueues. Returns 1 if woken, else 0. */
 BT_EXTERN int bt_task_wake(bt_rt_t *rt, bt_task_t *t, uint32_t token, int status);
-/* Called from inside resume: re-enqueues `t` at the back of the ready queue. */
+/* Called from inside resume: re-enqueues `t` at the back of the woken tasks, behind the
+ * tasks spawned since it was resumed. */
 BT_EXTERN void bt_task_yield(bt_rt_t *rt, bt_task_t *t);
 /* Called from inside resume: `t` ended with `state` (DONE, FAILED or CANCELLED). Wakes its
  * joiners and moves it to its group's finished list. */

@@ -26,6 +26,12 @@ foreach(src ${C_TESTS} ${C_INTERNAL_TESTS})
   set_tests_properties(c_${name} PROPERTIES TIMEOUT 60)
 endforeach()
 
+# The Lua allocator of the executable and the module (src/cli/arena.c) is tested alone, with
+# Lua, the way both use it.
+target_sources(internal_test_arena PRIVATE ${CMAKE_SOURCE_DIR}/src/cli/arena.c)
+target_include_directories(internal_test_arena PRIVATE ${CMAKE_SOURCE_DIR}/src/cli)
+target_link_libraries(internal_test_arena PRIVATE PkgConfig::LUA)
+
 set(BATON_TEST_ENV
   "BATON_BUILD=${CMAKE_BINARY_DIR}"
   "BATON_EXE=$<TARGET_FILE:baton>"

@@ -1,6 +1,8 @@
 /* The runtime and its timers: a runtime on the caller's loop or on its own, the clock and
  * the embedder's pointer; timers fire in (due, start order), re-arming moves one, stopping
- * is idempotent; the ready queue runs FIFO, at most `budget` resumes a loop turn, with
+ * is idempotent; the ready queue's admission (woken tasks before fresh ones, each FIFO, a
+ * fresh task started at least once every BT_FRESH_EVERY + 1 = 65 resumes, a yielder's own
+ * spawns started before it resumes), at most `budget` resumes a loop turn, with
  * bt_rt_current naming the task being resumed; error names and messages; and each ends
  * with nothing left on the loop. */
 #include "test.h"
@@ -80,7 +82,7 @@ static void yield_resume(bt_rt_t *rt, bt_task_t *t, int status) {
 }
 static const bt_task_vt yield_vt = {yield_resume, NULL};
 
-static void test_budget_and_fifo(void) {
+static void test_budget_and_order(void) {
   bt_rt_t *rt = test_rt_new(&loop);
   ytask y[3];
   memset(y, 0, sizeof y);
@@ -93,18 +95,95 @@ static void test_budget_and_fifo(void) {
     CHECK(y[i].t.state == BT_TASK_PENDING);
   }
   CHECK(bt_rt_ready(rt) == 3 && bt_rt_current(rt) == NULL && nresumed == 0);
-  uv_run(&loop, UV_RUN_NOWAIT);  /* one turn: two resumes; the yielders go to the back */
-  CHECK(nresumed == 2 && resumed[0] == 0 && resumed[1] == 1);
-  CHECK(bt_rt_ready(rt) == 3 && bt_rt_current(rt) == NULL);
-  uv_run(&loop, UV_RUN_NOWAIT);  /* C yields, A finishes */
-  CHECK(nresumed == 4 && resumed[2] == 2 && resumed[3] == 0);
+  /* One turn: two resumes. A starts and yields; woken A goes before fresh B and C. */
+  uv_run(&loop, UV_RUN_NOWAIT);
+  CHECK(nresumed == 2 && resumed[0] == 0 && resumed[1] == 0);
   CHECK(y[0].t.state == BT_TASK_DONE && bt_task_finished(&y[0].t) && bt_rt_ready(rt) == 2);
+  CHECK(bt_rt_current(rt) == NULL);
+  uv_run(&loop, UV_RUN_NOWAIT);  /* B starts, yields, finishes */
+  CHECK(nresumed == 4 && resumed[2] == 1 && resumed[3] == 1 && bt_rt_ready(rt) == 1);
   bt_rt_set_budget(rt, 0);  /* 0 means 1: the queue always moves */
   uv_run(&loop, UV_RUN_NOWAIT);
-  CHECK(nresumed == 5 && resumed[4] == 1 && bt_rt_ready(rt) == 1);
+  CHECK(nresumed == 5 && resumed[4] == 2 && bt_rt_ready(rt) == 1);
   uv_run(&loop, UV_RUN_DEFAULT);
   CHECK(nresumed == 6 && resumed[5] == 2);
   for (int i = 0; i < 3; i++) CHECK(y[i].t.state == BT_TASK_DONE);
+  test_rt_end(rt, &loop);
+}
+
+/* The bound: a pinger that stays woken (it yields 500 times) cannot keep fresh tasks out.
+ * Each fresh task starts after exactly 64 of its resumes; woken tasks among themselves and
+ * fresh ones among themselves keep FIFO order. */
+static int order[1024], norder;
+
+static void log_resume(bt_rt_t *rt, bt_task_t *t, int status) {
+  ytask *y = (ytask *)t;
+  CHECK(status == 0 && norder < 1024);
+  order[norder++] = y->id;
+  if (--y->left > 0) bt_task_yield(rt, t);
+  else bt_task_finish(rt, t, BT_TASK_DONE);
+}
+static const bt_task_vt log_vt = {log_resume, NULL};
+
+static void test_fresh_bound(void) {
+  bt_rt_t *rt = test_rt_new(&loop);
+  ytask p = {.id = 100, .left = 500}, f[3];
+  memset(f, 0, sizeof f);
+  norder = 0;
+  bt_task_spawn(rt, &p.t, &log_vt, NULL);
+  for (int i = 0; i < 3; i++) {
+    f[i].id = i;
+    f[i].left = 1;
+    bt_task_spawn(rt, &f[i].t, &log_vt, NULL);
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(norder == 503);
+  int at[3] = {-1, -1, -1};
+  for (int k = 0; k < norder; k++)
+    if (order[k] < 3) at[order[k]] = k;
+  /* the pinger's first resume, 64 woken ones, f0; 64 more, f1; 64 more, f2 */
+  CHECK(at[0] == 65 && at[1] == 130 && at[2] == 195);
+  for (int i = 0; i < 3; i++) CHECK(f[i].t.state == BT_TASK_DONE);
+  test_rt_end(rt, &loop);
+}
+
+/* A task that yields lets the tasks it spawned in that slice start first, ahead of fresh
+ * tasks spawned before it ran. */
+typedef struct stask {
+  bt_task_t t;
+  int runs;
+  ytask kids[2];
+} stask;
+
+static void spawner_resume(bt_rt_t *rt, bt_task_t *t, int status) {
+  stask *s = (stask *)t;
+  CHECK(status == 0 && norder < 1024);
+  order[norder++] = 50;
+  if (s->runs++ == 0) {
+    for (int i = 0; i < 2; i++) {
+      s->kids[i].id = 60 + i;
+      s->kids[i].left = 1;
+      bt_task_spawn(rt, &s->kids[i].t, &log_vt, NULL);
+    }
+    bt_task_yield(rt, t);
+  } else {
+    bt_task_finish(rt, t, BT_TASK_DONE);
+  }
+}
+static const bt_task_vt spawner_vt = {spawner_resume, NULL};
+
+static void test_yield_starts_own_spawns(void) {
+  bt_rt_t *rt = test_rt_new(&loop);
+  stask s;
+  memset(&s, 0, sizeof s);
+  ytask other = {.id = 1, .left = 1};
+  norder = 0;
+  bt_task_spawn(rt, &s.t, &spawner_vt, NULL);
+  bt_task_spawn(rt, &other.t, &log_vt, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  int want[] = {50, 60, 61, 50, 1};
+  CHECK(norder == 5);
+  for (int k = 0; k < 5; k++) CHECK(order[k] == want[k]);
   test_rt_end(rt, &loop);
 }
 
@@ -142,7 +221,9 @@ static void test_error_names(void) {
 
 int main(void) {
   RUN(test_timers);
-  RUN(test_budget_and_fifo);
+  RUN(test_budget_and_order);
+  RUN(test_fresh_bound);
+  RUN(test_yield_starts_own_spawns);
   RUN(test_own_loop_and_data);
   RUN(test_error_names);
   return 0;

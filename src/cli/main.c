@@ -42,17 +42,6 @@
 
 #define PROGNAME "baton"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-#ifndef UNDER_ASAN
-#define UNDER_ASAN 0
-#endif
-
 enum {
   OPT_EXEC = 1 << 0,     /* -e seen */
   OPT_INTERACT = 1 << 1, /* -i */
@@ -472,10 +461,7 @@ int main(int argc, char **argv) {
   }
 
   /* The arena allocator, unless ASan must see every block or BATON_ALLOC=system. */
-  const char *alloc = getenv("BATON_ALLOC");
-  bt_arena *arena = NULL;
-  if (!UNDER_ASAN && !(alloc != NULL && strcmp(alloc, "system") == 0))
-    arena = bt_arena_new();
+  bt_arena *arena = bt_arena_enabled() ? bt_arena_new(system_alloc, NULL) : NULL;
   warn_state warn = {0, 0};
   lua_State *L = arena ? lua_newstate(bt_arena_lalloc, arena)
                        : lua_newstate(system_alloc, NULL);

@@ -3,7 +3,8 @@
  * only, by the Lua binding. Nothing here is installed.
  *
  * Invariants kept across the core:
- *  - A task is in the ready queue iff BT_TASK_F_QUEUED is set; it is never queued twice.
+ *  - A task is in the ready queue (its woken or its fresh half) iff BT_TASK_F_QUEUED is set;
+ *    it is never queued twice.
  *  - A task in a group is on exactly one of the group's lists: `live` until it finishes,
  *    then `done` (completion order) until it is popped or removed.
  *  - A waiting task has t->wait != NULL and t->wait->token == t->token; every wake goes
@@ -18,6 +19,10 @@
 #define BT_UNUSED(x) ((void)(x))
 #define bt_container_of(ptr, type, field) ((type *)((char *)(ptr) - offsetof(type, field)))
 
+/* Admission (rt.c): while fresh tasks wait, at least one of every BT_FRESH_EVERY + 1
+ * resumes starts one; otherwise woken tasks go first. */
+#define BT_FRESH_EVERY 64u
+
 struct bt_rt {
   uv_loop_t *loop;
   uv_loop_t own;                /* used when the caller passed no loop */
@@ -25,8 +30,11 @@ struct bt_rt {
   uv_check_t check;             /* drains the ready queue */
   uv_idle_t idle;               /* active while the ready queue is non-empty */
   uv_timer_t timer;             /* armed at the head of the timer heap */
-  bt_task_t *rq_head, *rq_tail;
-  size_t rq_len;
+  bt_task_t *rq_head, *rq_tail;  /* woken: tasks that ran before, or hold a gate's permit */
+  bt_task_t *fq_head, *fq_tail;  /* fresh: spawned, not run yet (rt.c: admission) */
+  size_t rq_len;                 /* both queues */
+  unsigned since_fresh;          /* woken resumes since a fresh task last started */
+  bt_task_t *slice_fresh;        /* fq_tail when the current task was resumed */
   bt_task_t *current;
   unsigned budget;
   uint32_t next_id;
@@ -69,6 +77,10 @@ void bt__group_finished(bt_group_t *g, bt_task_t *t);
 void bt__gate_release(bt_rt_t *rt, bt_task_t *t);
 void bt__gate_unqueue(bt_rt_t *rt, bt_task_t *t);
 void bt__wake_joiners(bt_rt_t *rt, void *list_head);
+/* rt.c: enqueues t, which yields; first, the tasks it spawned in this slice. */
+void bt__enqueue_yield(bt_rt_t *rt, bt_task_t *t);
+/* rt.c: enqueues t behind the fresh tasks (a woken joiner). */
+void bt__enqueue_fresh(bt_rt_t *rt, bt_task_t *t);
 /* The cancel of a wait whose src is a bt_joiner_t on some list: unlinks it. */
 void bt__joiner_cancel(bt_wait_t *w);
 

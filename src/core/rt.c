@@ -1,11 +1,29 @@
 /*
  * rt.c — the runtime: one uv_loop_t, the ready queue and the timer heap.
  *
- * The ready queue is a singly linked FIFO threaded through bt_task_t.rq_next. Wake-ups only
- * append to it; the check handle drains it after each poll, at most `budget` resumes per
- * loop iteration so timers and I/O keep getting turns. While the queue is non-empty the idle
- * handle is active, which makes the loop poll without blocking (Node's setImmediate pattern).
- * The check handle is unreferenced: an empty runtime does not keep the loop alive.
+ * The ready queue is two singly linked FIFOs threaded through bt_task_t.rq_next: woken
+ * tasks (they ran before and were woken or yielded, or hold a gate's permit) and fresh ones
+ * (spawned, never run; and woken joiners, below). Wake-ups and spawns only append; the
+ * check handle drains after each poll, at most `budget` resumes per loop iteration so timers
+ * and I/O keep getting turns. While either queue is non-empty the idle handle is active,
+ * which makes the loop poll without blocking (Node's setImmediate pattern). The check handle
+ * is unreferenced: an empty runtime does not keep the loop alive.
+ *
+ * Admission: woken tasks go first, so work already under way (holding permits, buffers, a
+ * coroutine) finishes before new work starts; a million tasks spawned at once that each
+ * take a permit inside therefore start one after another as permits come back, instead of
+ * all starting and parking. The bound: while fresh tasks wait, at least one of every
+ * BT_FRESH_EVERY + 1 resumes starts one, so the fresh queue's head starts after at most
+ * BT_FRESH_EVERY woken resumes, and a fresh task with p tasks ahead of it after at most
+ * (p + 1) * BT_FRESH_EVERY. A fresh task also starts whenever no woken task is ready.
+ * A task woken by the end of a task it joins (join, a group's join_next, join_all,
+ * wait_within) queues behind the fresh ones, as in one FIFO: a collector that ran after
+ * each ending would cost a resume per task.
+ * A task that yields lets the tasks it spawned since it was resumed start before it: what
+ * entered the fresh queue during its slice (its spawns, and any joiner it woke) moves to the
+ * woken queue, ahead of it, so "spawn, then yield" still sees the child started. That
+ * stretch is found from the fresh tail noted when the slice began (slice_fresh): nothing
+ * leaves the fresh queue while a task runs.
  *
  * Timers are a binary min-heap on (due, seq) of caller-owned bt_timer_t records; a single
  * uv_timer_t is armed at the heap's head. Starting or stopping a timer never allocates once
@@ -93,23 +111,71 @@ uint64_t bt_now(bt_rt_t *rt) {
 
 /* ---- ready queue -------------------------------------------------------------------- */
 
-void bt__enqueue(bt_rt_t *rt, bt_task_t *t) {
-  if (t->flags & BT_TASK_F_QUEUED) return;
+static void push(bt_rt_t *rt, bt_task_t *t, int fresh) {
   t->flags |= BT_TASK_F_QUEUED;
   t->rq_next = NULL;
-  if (rt->rq_tail) rt->rq_tail->rq_next = t;
-  else rt->rq_head = t;
-  rt->rq_tail = t;
+  if (fresh) {
+    if (rt->fq_tail) rt->fq_tail->rq_next = t;
+    else rt->fq_head = t;
+    rt->fq_tail = t;
+  } else {
+    if (rt->rq_tail) rt->rq_tail->rq_next = t;
+    else rt->rq_head = t;
+    rt->rq_tail = t;
+  }
   if (rt->rq_len++ == 0) uv_idle_start(&rt->idle, on_idle);
+}
+
+void bt__enqueue(bt_rt_t *rt, bt_task_t *t) {
+  if (t->flags & BT_TASK_F_QUEUED) return;
+  /* Fresh: never ran, holds no permit, not cancelled (a cancelled one only has to end). */
+  push(rt, t, t->state == BT_TASK_PENDING &&
+                  !(t->flags & (BT_TASK_F_PERMIT | BT_TASK_F_CANCEL)));
+}
+
+void bt__enqueue_fresh(bt_rt_t *rt, bt_task_t *t) {
+  if (!(t->flags & BT_TASK_F_QUEUED)) push(rt, t, 1);
+}
+
+void bt__enqueue_yield(bt_rt_t *rt, bt_task_t *t) {
+  if (t == rt->current && !(t->flags & BT_TASK_F_QUEUED)) {
+    bt_task_t *mark = rt->slice_fresh;
+    bt_task_t *first = mark ? mark->rq_next : rt->fq_head;
+    if (first != NULL) {
+      bt_task_t *last = rt->fq_tail;
+      if (mark) mark->rq_next = NULL;
+      else rt->fq_head = NULL;
+      rt->fq_tail = mark;
+      if (rt->rq_tail) rt->rq_tail->rq_next = first;
+      else rt->rq_head = first;
+      rt->rq_tail = last;
+    }
+  }
+  bt__enqueue(rt, t);
+}
+
+/* The next task to resume (see Admission above), or NULL when both queues are empty. */
+static bt_task_t *next_ready(bt_rt_t *rt) {
+  bt_task_t *t;
+  if (rt->rq_head != NULL && (rt->fq_head == NULL || rt->since_fresh < BT_FRESH_EVERY)) {
+    t = rt->rq_head;
+    rt->rq_head = t->rq_next;
+    if (rt->rq_head == NULL) rt->rq_tail = NULL;
+    if (rt->fq_head != NULL) rt->since_fresh++;
+  } else if ((t = rt->fq_head) != NULL) {
+    rt->fq_head = t->rq_next;
+    if (rt->fq_head == NULL) rt->fq_tail = NULL;
+    rt->since_fresh = 0;
+  }
+  return t;
 }
 
 static void on_check(uv_check_t *h) {
   bt_rt_t *rt = h->data;
   unsigned budget = rt->budget;
-  while (rt->rq_head != NULL && budget-- > 0) {
-    bt_task_t *t = rt->rq_head;
-    rt->rq_head = t->rq_next;
-    if (rt->rq_head == NULL) rt->rq_tail = NULL;
+  bt_task_t *t;
+  while (budget > 0 && (t = next_ready(rt)) != NULL) {
+    budget--;
     rt->rq_len--;
     t->flags &= (uint8_t)~BT_TASK_F_QUEUED;
     t->rq_next = NULL;
@@ -119,11 +185,12 @@ static void on_check(uv_check_t *h) {
     t->status = 0;
     bt_task_t *prev = rt->current;
     rt->current = t;
+    rt->slice_fresh = rt->fq_tail;
     t->state = BT_TASK_RUNNING;
     t->vt->resume(rt, t, status);
     rt->current = prev;
   }
-  if (rt->rq_head == NULL) uv_idle_stop(&rt->idle);
+  if (rt->rq_len == 0) uv_idle_stop(&rt->idle);
 }
 
 /* ---- timers ------------------------------------------------------------------------- */

@@ -70,7 +70,10 @@ uint32_t bt_task_wait(bt_rt_t *rt, bt_task_t *t, bt_wait_t *w, bt_cancel_fn canc
   return w->token;
 }
 
-int bt_task_wake(bt_rt_t *rt, bt_task_t *t, uint32_t token, int status) {
+/* A joiner (`lazy`) queues behind the fresh tasks, as the old single FIFO would: it only
+ * collects what ended, so running it after the work already queued lets it collect many
+ * endings at once instead of one a resume (rt.c: admission). */
+static int wake(bt_rt_t *rt, bt_task_t *t, uint32_t token, int status, int lazy) {
   if (t->state != BT_TASK_WAITING || t->token != token) return 0;
   bt_wait_t *w = t->wait;  /* stays set: an embedder may keep its storage there */
   t->token++;
@@ -78,14 +81,19 @@ int bt_task_wake(bt_rt_t *rt, bt_task_t *t, uint32_t token, int status) {
   if (w->cancel) w->cancel(w);
   t->status = (int16_t)status;
   t->state = BT_TASK_READY;
-  bt__enqueue(rt, t);
+  if (lazy) bt__enqueue_fresh(rt, t);
+  else bt__enqueue(rt, t);
   return 1;
+}
+
+int bt_task_wake(bt_rt_t *rt, bt_task_t *t, uint32_t token, int status) {
+  return wake(rt, t, token, status, 0);
 }
 
 void bt_task_yield(bt_rt_t *rt, bt_task_t *t) {
   t->state = BT_TASK_READY;
   t->status = 0;
-  bt__enqueue(rt, t);
+  bt__enqueue_yield(rt, t);
 }
 
 void bt__wake_joiners(bt_rt_t *rt, void *head) {
@@ -95,7 +103,7 @@ void bt__wake_joiners(bt_rt_t *rt, void *head) {
     bt_wait_t *w = j->wait;
     LIST_REMOVE(j, link);
     j->wait = NULL;
-    bt_task_wake(rt, w->task, w->token, 0);
+    wake(rt, w->task, w->token, 0, 1);
   }
 }
 
