@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Copies the peers' workloads from PEERS_DIR (default: ../shared/peers beside the
-# checkout) into a scratch directory, builds them (Tokio offline from Debian's crate
-# registry, the page-fault calibration in c_floor) and runs bench/compare.py: the baton
-# executable and baton.so in a stock lua5.4 beside them, every process pinned to one core,
-# medians of 5 and ratios from the same go, under a line saying which machine it was.
+# Copies the peers' workloads from the directory PEERS_DIR names (not part of this
+# repository; once copied, build/peers is reused) into a scratch directory, builds them
+# (Tokio offline from Debian's crate registry, the page-fault calibration in c_floor) and
+# runs bench/compare.py: the baton executable and baton.so in a stock lua5.4 beside them,
+# every process pinned to one core, medians of 5 and ratios from the same go, under a line
+# saying which machine it was.
 # usage: bench/run.sh [--reps N] [--cpu N] [--only baton,baton.so,tokio-ct,node,lua54-luv,
 #        python-asyncio] [--json FILE]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-peers_src="${PEERS_DIR:-$top/../shared/peers}"
 work="$top/build/peers"
 if [ ! -d "$work" ]; then
-  cp -r "$peers_src" "$work"
+  [ -n "${PEERS_DIR:-}" ] && [ -d "$PEERS_DIR" ] \
+    || { echo "bench/run.sh: set PEERS_DIR to the peers' workloads (Tokio, Node, asyncio, Lua+luv)" >&2; exit 1; }
+  cp -r "$PEERS_DIR" "$work"
   chmod -R u+w "$work"
 fi
 cp -r "$top/bench/peers_extra/." "$work/"  # the Tokio peer with the channel workload (W5)
