@@ -32,6 +32,7 @@ asan: deps
 	cd build-asan && ctest --output-on-failure -j $(JOBS)
 
 bench: build
+	BATON_BENCH=1 bash scripts/deps.sh
 	bash bench/run.sh
 
 # libFuzzer on the parsers of peer input, FUZZ_SECONDS long (clang, ASan+UBSan).

@@ -4,6 +4,12 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libuv1-dev libcjson-dev
       uthash-dev libreadline-dev libcurl4-openssl-dev lua-busted lua-check python3 openssl)
+# `make bench` (BATON_BENCH=1) also needs the peers' toolchains: GNU time for peak RSS,
+# taskset (util-linux), lua-luv for the Lua+luv peer, Rust and Debian's Tokio crates for the
+# Tokio peer (built offline), Node.js for the Node peer (below).
+if [ "${BATON_BENCH:-0}" = 1 ]; then
+  PKGS+=(time util-linux lua-luv cargo librust-tokio-dev librust-libc-dev)
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
