@@ -8,7 +8,8 @@ PKGS=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libuv1-dev libcjson-
 # taskset (util-linux), lua-luv for the Lua+luv peer, Rust and Debian's Tokio crates for the
 # Tokio peer (built offline), Node.js for the Node peer (below).
 if [ "${BATON_BENCH:-0}" = 1 ]; then
-  PKGS+=(time util-linux lua-luv cargo librust-tokio-dev librust-libc-dev)
+  PKGS+=(time util-linux lua-luv librust-tokio-dev librust-libc-dev)
+  command -v cargo >/dev/null || PKGS+=(cargo)
 fi
 missing=()
 for p in "${PKGS[@]}"; do
