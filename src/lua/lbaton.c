@@ -534,6 +534,15 @@ static int lbaton_version(lua_State *L) {
   return 1;
 }
 
+_Atomic int lbt_extra_foreign;
+
+/* lbt_R: the runtime goes in L's extra space if nothing else is there. */
+static void claim_extraspace(lua_State *L, lbt_rt *R) {
+  lbt_rt **ex = lua_getextraspace(L);
+  if (*ex == NULL || *ex == R) *ex = R;
+  else lbt_extra_foreign = 1;
+}
+
 int lbt_open(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, "baton.module");
   if (lua_istable(L, -1)) return 1;
@@ -554,6 +563,8 @@ int lbt_open(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   R->L = lua_tothread(L, -1);
   lua_pop(L, 1);
+  claim_extraspace(R->L, R);
+  if (L != R->L) claim_extraspace(L, R);
   lua_newtable(L);
   R->anchors = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, rt_idx);

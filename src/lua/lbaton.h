@@ -137,8 +137,21 @@ struct lbt_rt {
   const void *classes[LBT_NCLASSES];  /* each class's metatable (lbt_check_type) */
 };
 
-/* Every binding function has the runtime userdata as upvalue 1. */
-#define lbt_R(L) ((lbt_rt *)lua_touserdata((L), lua_upvalueindex(1)))
+/* The runtime of L's state. Every binding function has the runtime userdata as upvalue 1,
+ * but reading an upvalue through the API costs some thirty instructions, and this is asked
+ * on every call: so lbt_open also keeps the pointer in the state's extra space
+ * (LUA_EXTRASPACE, which Lua copies from the main thread into every thread it creates),
+ * read here with one load. A thread made before baton was loaded holds NULL there and reads
+ * the upvalue. A state whose extra space was not NULL when baton was loaded (its host uses
+ * it, or it holds stale bytes) is left alone, and from then on every state of the process
+ * reads the upvalue (lbt_extra_foreign): a host must not write the extra space of a state
+ * after loading baton into it. */
+extern _Atomic int lbt_extra_foreign;
+static inline lbt_rt *lbt_R(lua_State *L) {
+  lbt_rt *R = *(lbt_rt **)lua_getextraspace(L);
+  if (R != NULL && !lbt_extra_foreign) return R;
+  return (lbt_rt *)lua_touserdata(L, lua_upvalueindex(1));
+}
 
 /* ltask.c */
 void lbt_fiber_free(lbt_rt *R, lbt_fiber *f);
