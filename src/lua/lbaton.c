@@ -514,8 +514,6 @@ static int lrt_gc(lua_State *L) {
   lbt_signals_close(R);
   bt_group_detach_all(R->root);
   bt_group_free(R->root);
-  free(R->free_slots);
-  R->free_slots = NULL;
   /* Every fiber, pooled or still held by a task suspended when the state closed. The
    * waits they held were unregistered by the finalizers of what they waited on. */
   lbt_fiber *f;
@@ -525,6 +523,10 @@ static int lrt_gc(lua_State *L) {
   }
   R->pool = NULL;
   bt_rt_free(R->rt);
+  free(R->free_slots);
+  R->free_slots = NULL;
+  free(R->astacks);  /* the anchor threads themselves go with the state */
+  R->astacks = NULL;
   lbt_signals_free(R);  /* its handles were closed by the loop's last run, in bt_rt_free */
   return 0;
 }

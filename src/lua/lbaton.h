@@ -86,7 +86,7 @@ typedef struct lbt_fiber {
   struct lbt_fiber *next_free;
   LIST_ENTRY(lbt_fiber) all;  /* every fiber of the runtime, freed when it closes */
   lua_State *co;
-  int co_ref;             /* the coroutine's slot in the anchor table */
+  int co_ref;             /* the coroutine's anchor slot */
   lbt_task *task;
   int status;             /* what the last wake delivered */
   bt_wait_t wait;
@@ -104,7 +104,7 @@ typedef struct lbt_fiber {
 
 struct lbt_task {
   bt_task_t t;
-  int ref;                /* slot in the anchor table, LUA_NOREF when not anchored */
+  int ref;                /* anchor slot (ltask.c), LUA_NOREF when not anchored */
   uint16_t nargs;         /* arguments kept in user values 2..nargs+1 until first run */
   uint8_t gated;          /* last user value is the gate's semaphore */
 };
@@ -113,7 +113,9 @@ struct lbt_rt {
   bt_rt_t *rt;
   lua_State *L;           /* the main thread */
   lua_State *from;        /* the thread running the loop (inside baton.run) */
-  int anchors;            /* registry ref: table anchoring tasks and coroutines */
+  int anchors;            /* registry ref: table holding the anchor stacks (ltask.c) */
+  struct lbt_astack *astacks;  /* threads whose stacks anchor tasks and coroutines */
+  int nastacks;
   int task_mt;            /* registry ref: the task metatable */
   int task_gc_mt;         /* registry ref: the same with __gc, for failed tasks */
   LIST_HEAD(, lbt_fiber) fibers;

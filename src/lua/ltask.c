@@ -36,27 +36,82 @@ static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status);
 static void task_finished(bt_rt_t *rt, bt_task_t *bt);
 static const bt_task_vt task_vt = {task_resume, task_finished};
 
-static void push_anchors(lua_State *L, lbt_rt *R) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, R->anchors);
+/* ---- anchors ------------------------------------------------------------------------ */
+
+/* What C holds and Lua must not collect (an unfinished task, a task in a group's finished
+ * list, a fiber's coroutine) sits in an anchor slot: a value on the stack of an anchor
+ * thread, a thread that never runs, kept by the runtime (the table R->anchors in the
+ * registry holds them). Slot s is index (s % ASTACK_SLOTS) + 2 of anchor stack
+ * s / ASTACK_SLOTS; index 1 holds the nil copied over a slot to clear it. A slot is then one
+ * API call away (lua_pushvalue, lua_getiuservalue, lua_copy on the anchor thread) and
+ * lua_xmove carries a value to or from the thread that needs it: a table's slot needed the
+ * table fetched from the registry first, and taken off the stack again. Only calls that
+ * cannot raise are made on an anchor thread (moves, copies, user values, and pushes within
+ * the room lua_checkstack gave): an error there would reset its stack and lose every
+ * anchor. Slots are handed out in order and freed ones reused LIFO from a C stack; a Lua
+ * stack holds at most LUAI_MAXSTACK values, hence several anchor stacks. */
+#define ASTACK_SLOTS 32768
+#define ASTACK_ROOM 8  /* free values kept above an anchor stack's top, for moves */
+
+struct lbt_astack {
+  lua_State *th;
+  int room;  /* the highest index lua_checkstack has made usable */
+};
+
+static inline lua_State *astack(lbt_rt *R, int slot, int *idx) {
+  *idx = slot % ASTACK_SLOTS + 2;
+  return R->astacks[slot / ASTACK_SLOTS].th;
 }
 
-/* Anchor slots: the value on top of L goes into a free slot of the anchor table (at
- * anchors_idx) and is popped. Freed slots are reused LIFO from a C stack, which is
- * cheaper than luaL_ref's in-table free list on the spawn path. */
-static int anchor(lua_State *L, lbt_rt *R, int anchors_idx) {
-  int slot;
+/* A new anchor stack, at the end of R->astacks. Raises on L when memory runs out. */
+static void astack_new(lua_State *L, lbt_rt *R) {
+  int n = R->nastacks;
+  struct lbt_astack *a = realloc(R->astacks, (size_t)(n + 1) * sizeof *a);
+  if (a == NULL) luaL_error(L, "baton: out of memory");
+  R->astacks = a;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, R->anchors);
+  lua_State *th = lua_newthread(L);
+  lua_rawseti(L, -2, n + 1);
+  lua_pop(L, 1);
+  if (!lua_checkstack(th, 64)) luaL_error(L, "baton: out of memory");
+  lua_pushnil(th);
+  a[n].th = th;
+  a[n].room = 64;
+  R->nastacks = n + 1;
+}
+
+/* The value on top of L goes into a free slot, which is returned; it is popped from L. */
+static int anchor(lua_State *L, lbt_rt *R) {
+  int slot, idx;
   if (R->nfree > 0) {
-    slot = R->free_slots[--R->nfree];
-  } else {
-    slot = ++R->top_slot;
+    slot = R->free_slots[R->nfree - 1];
+    lua_State *A = astack(R, slot, &idx);
+    R->nfree--;
+    lua_xmove(L, A, 1);
+    lua_copy(A, -1, idx);
+    lua_settop(A, -2);
+    return slot;
   }
-  lua_rawseti(L, anchors_idx, slot);
+  slot = R->top_slot;
+  idx = slot % ASTACK_SLOTS + 2;  /* the anchor stack's top + 1 */
+  if (idx == 2 && slot / ASTACK_SLOTS == R->nastacks) astack_new(L, R);
+  struct lbt_astack *a = &R->astacks[slot / ASTACK_SLOTS];
+  if (idx + ASTACK_ROOM > a->room) {
+    /* 64 values, then 1,024, then all: each step more than doubles the stack, so Lua
+     * allocates exactly what is asked (it doubles a stack asked for less). */
+    int want = a->room < 1024 ? 1024 : ASTACK_SLOTS + 2 + ASTACK_ROOM;
+    if (!lua_checkstack(a->th, want - (idx - 1))) luaL_error(L, "baton: out of memory");
+    a->room = want;
+  }
+  lua_xmove(L, a->th, 1);
+  R->top_slot = slot + 1;
   return slot;
 }
 
-static void unanchor(lua_State *L, lbt_rt *R, int anchors_idx, int slot) {
-  lua_pushnil(L);
-  lua_rawseti(L, anchors_idx, slot);
+static void unanchor(lbt_rt *R, int slot) {
+  int idx;
+  lua_State *A = astack(R, slot, &idx);
+  lua_copy(A, 1, idx);
   if (R->nfree == R->cap_free) {
     int cap = R->cap_free ? R->cap_free * 2 : 256;
     int *fs = realloc(R->free_slots, (size_t)cap * sizeof *fs);
@@ -68,17 +123,15 @@ static void unanchor(lua_State *L, lbt_rt *R, int anchors_idx, int slot) {
 }
 
 void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T) {
-  push_anchors(L, R);
-  lua_rawgeti(L, -1, T->ref);
-  lua_remove(L, -2);
+  int idx;
+  lua_State *A = astack(R, T->ref, &idx);
+  lua_pushvalue(A, idx);
+  lua_xmove(A, L, 1);
 }
 
 void lbt_task_release(lbt_rt *R, lbt_task *T) {
   if (T->ref == LUA_NOREF || !bt_task_finished(&T->t) || T->t.group != NULL) return;
-  lua_State *L = R->L;
-  push_anchors(L, R);
-  unanchor(L, R, lua_gettop(L), T->ref);
-  lua_pop(L, 1);
+  unanchor(R, T->ref);
   T->ref = LUA_NOREF;
 }
 
@@ -104,11 +157,8 @@ static lbt_fiber *fiber_get(lbt_rt *R) {
   if (f == NULL) return NULL;
   memset(f, 0, sizeof *f);
   LIST_INSERT_HEAD(&R->fibers, f, all);
-  lua_State *L = R->L;
-  push_anchors(L, R);
-  f->co = lua_newthread(L);
-  f->co_ref = anchor(L, R, lua_gettop(L) - 1);
-  lua_pop(L, 1);
+  f->co = lua_newthread(R->L);
+  f->co_ref = anchor(R->L, R);
   return f;
 }
 
@@ -121,10 +171,7 @@ static void fiber_put(lbt_rt *R, lbt_fiber *f) {
     R->npool++;
     return;
   }
-  lua_State *L = R->L;
-  push_anchors(L, R);
-  unanchor(L, R, lua_gettop(L), f->co_ref);
-  lua_pop(L, 1);
+  unanchor(R, f->co_ref);
   LIST_REMOVE(f, all);
   lbt_fiber_free(R, f);
 }
@@ -216,10 +263,8 @@ lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_
     lua_pushvalue(L, sem_idx);
     lua_setiuservalue(L, -2, 2 + nargs);
   }
-  push_anchors(L, R);
-  lua_pushvalue(L, -2);
-  T->ref = anchor(L, R, lua_gettop(L) - 1);
-  lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  T->ref = anchor(L, R);
   R->live++;
   if (gate != NULL) bt_gate_spawn(R->rt, gate, &T->t, &task_vt);
   else bt_task_spawn(R->rt, &T->t, &task_vt, g);
@@ -235,16 +280,17 @@ static void finish(lbt_rt *R, lbt_task *T, bt_task_state_t state) {
   bt_task_finish(R->rt, &T->t, state);
 }
 
-/* Stores the value on top of L as the task's outcome (user value 1) and pops it. */
+/* Stores the value on top of L as the task's outcome (user value 1) and pops it. The task
+ * is unfinished, so anchored: this is done on its anchor stack. */
 static void set_outcome(lua_State *L, lbt_rt *R, lbt_task *T) {
-  lbt_push_task(L, R, T);
-  lua_insert(L, -2);
-  lua_setiuservalue(L, -2, 1);
+  int idx;
+  lua_State *A = astack(R, T->ref, &idx);
+  lua_xmove(L, A, 1);
+  lua_setiuservalue(A, idx, 1);
   for (int i = 0; i < T->nargs; i++) {  /* drop the arguments: they may be large */
-    lua_pushnil(L);
-    lua_setiuservalue(L, -2, 2 + i);
+    lua_pushnil(A);
+    lua_setiuservalue(A, idx, 2 + i);
   }
-  lua_pop(L, 1);
 }
 
 static void task_returned(lbt_rt *R, lbt_task *T, int nres) {
@@ -333,13 +379,16 @@ static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
     }
     T->t.wait = &f->wait;  /* the fiber rides on the wait pointer (lbt_fib) */
     f->task = T;
-    lua_State *L = R->L;
     nargs = T->nargs;
-    lbt_push_task(L, R, T);
-    luaL_checkstack(f->co, nargs + 2, "baton: task arguments");
-    for (int i = 0; i <= nargs; i++) lua_getiuservalue(L, -1 - i, 1 + i);
-    lua_xmove(L, f->co, nargs + 1);
-    lua_pop(L, 1);
+    int idx;
+    lua_State *A = astack(R, T->ref, &idx);  /* unfinished, so anchored */
+    if (!lua_checkstack(f->co, nargs + 2) ||
+        (nargs >= ASTACK_ROOM && !lua_checkstack(A, nargs + 1))) {
+      task_never_ran(R, T, BT_ENOMEM);
+      return;
+    }
+    for (int i = 0; i <= nargs; i++) lua_getiuservalue(A, idx, 1 + i);
+    lua_xmove(A, f->co, nargs + 1);
   }
   f->status = status;
   int nres = 0;
