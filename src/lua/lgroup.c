@@ -213,9 +213,8 @@ static int collect_k(lua_State *L, int st, lua_KContext due) {
   return lbt_suspend(L, due, collect_k);
 }
 
-static int collect(lua_State *L, uint64_t due, const char *fname) {
+static int collect(lua_State *L, lgroup *G, uint64_t due, const char *fname) {
   lbt_rt *R = lbt_R(L);
-  lgroup *G = check_group(L, 1);
   lua_settop(L, 1);
   lua_pushlightuserdata(L, (void *)fname);
   lua_createtable(L, (int)(bt_group_len(G->g) < 1u << 20 ? bt_group_len(G->g) : 1u << 20), 0);
@@ -234,13 +233,13 @@ static int collect(lua_State *L, uint64_t due, const char *fname) {
 static int lgroup_wait_within(lua_State *L) {
   static const char fname[] = "baton.group:wait_within";
   lbt_rt *R = lbt_R(L);
-  check_group(L, 1);
+  lgroup *G = check_group(L, 1);
   uint64_t due = bt_now(R->rt) + (uint64_t)ceil(lbt_arg_ms(L, fname, 2, "ms", -1));
-  return collect(L, due, fname);
+  return collect(L, G, due, fname);
 }
 
 static int lgroup_join_all(lua_State *L) {
-  return collect(L, UINT64_MAX, "baton.group:join_all");
+  return collect(L, check_group(L, 1), UINT64_MAX, "baton.group:join_all");
 }
 
 static int lgroup_drain(lua_State *L) {

@@ -23,6 +23,7 @@
  * never started, whatever the task raised otherwise (a table keeps its identity and gains
  * a traceback; a string gains the traceback).
  */
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,8 +81,9 @@ static void astack_new(lua_State *L, lbt_rt *R) {
   R->nastacks = n + 1;
 }
 
-/* The value on top of L goes into a free slot, which is returned; it is popped from L. */
-static int anchor(lua_State *L, lbt_rt *R) {
+/* The value on top of L goes into a free slot, which is returned; it is popped from L, or
+ * left there with `keep`. */
+static int anchor(lua_State *L, lbt_rt *R, int keep) {
   int slot, idx;
   if (R->nfree > 0) {
     slot = R->free_slots[R->nfree - 1];
@@ -89,9 +91,11 @@ static int anchor(lua_State *L, lbt_rt *R) {
     R->nfree--;
     lua_xmove(L, A, 1);
     lua_copy(A, -1, idx);
-    lua_settop(A, -2);
+    if (keep) lua_xmove(A, L, 1);
+    else lua_settop(A, -2);
     return slot;
   }
+  if (keep) lua_pushvalue(L, -1);
   slot = R->top_slot;
   idx = slot % ASTACK_SLOTS + 2;  /* the anchor stack's top + 1 */
   if (idx == 2 && slot / ASTACK_SLOTS == R->nastacks) astack_new(L, R);
@@ -158,13 +162,15 @@ static lbt_fiber *fiber_get(lbt_rt *R) {
   memset(f, 0, sizeof *f);
   LIST_INSERT_HEAD(&R->fibers, f, all);
   f->co = lua_newthread(R->L);
-  f->co_ref = anchor(R->L, R);
+  f->co_ref = anchor(R->L, R, 0);
   return f;
 }
 
+/* The coroutine's stack is empty: its results were moved out (task_returned), or
+ * lua_resetthread emptied it (task_failed), or nothing was pushed (task_never_ran). */
 static void fiber_put(lbt_rt *R, lbt_fiber *f) {
+  assert(lua_gettop(f->co) == 0);
   f->task = NULL;
-  lua_settop(f->co, 0);
   if (R->npool < FIBER_POOL_MAX) {
     f->next_free = R->pool;
     R->pool = f;
@@ -263,8 +269,7 @@ lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_
     lua_pushvalue(L, sem_idx);
     lua_setiuservalue(L, -2, 2 + nargs);
   }
-  lua_pushvalue(L, -1);
-  T->ref = anchor(L, R);
+  T->ref = anchor(L, R, 1);
   R->live++;
   if (gate != NULL) bt_gate_spawn(R->rt, gate, &T->t, &task_vt);
   else bt_task_spawn(R->rt, &T->t, &task_vt, g);
@@ -382,7 +387,8 @@ static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
     nargs = T->nargs;
     int idx;
     lua_State *A = astack(R, T->ref, &idx);  /* unfinished, so anchored */
-    if (!lua_checkstack(f->co, nargs + 2) ||
+    /* An empty coroutine has LUA_MINSTACK values of room, an anchor stack ASTACK_ROOM */
+    if ((nargs + 2 > LUA_MINSTACK && !lua_checkstack(f->co, nargs + 2)) ||
         (nargs >= ASTACK_ROOM && !lua_checkstack(A, nargs + 1))) {
       task_never_ran(R, T, BT_ENOMEM);
       return;
@@ -394,7 +400,7 @@ static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
   int nres = 0;
   int rc = lua_resume(f->co, R->from ? R->from : R->L, nargs, &nres);
   if (rc == LUA_YIELD) {
-    lua_pop(f->co, nres);  /* a resume must not find the yielded values on the stack */
+    if (nres > 0) lua_pop(f->co, nres);  /* a resume must not find yielded values there */
     /* A plain coroutine.yield() inside a task: treat it as baton.yield(). */
     if (bt->state == BT_TASK_RUNNING) bt_task_yield(rt, bt);
   } else if (rc == LUA_OK) {
