@@ -199,7 +199,10 @@ void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *met
   while (cls < LBT_NCLASSES && strcmp(classes[cls].name, mt) != 0) cls++;
   if (cls == LBT_NCLASSES) luaL_error(L, "baton: %s is not a class of lbt_class", mt);
   luaL_newmetatable(L, mt);
-  ((lbt_rt *)lua_touserdata(L, rt_idx))->classes[cls] = lua_topointer(L, -1);
+  lbt_rt *R = lua_touserdata(L, rt_idx);
+  R->classes[cls] = lua_topointer(L, -1);
+  lua_pushvalue(L, -1);
+  R->class_refs[cls] = luaL_ref(L, LUA_REGISTRYINDEX);
   lbt_set_funcs(L, rt_idx, meta);
   lua_newtable(L);
   lbt_set_funcs(L, rt_idx, methods);

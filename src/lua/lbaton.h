@@ -116,8 +116,6 @@ struct lbt_rt {
   int anchors;            /* registry ref: table holding the anchor stacks (ltask.c) */
   struct lbt_astack *astacks;  /* threads whose stacks anchor tasks and coroutines */
   int nastacks;
-  int task_mt;            /* registry ref: the task metatable */
-  int task_gc_mt;         /* registry ref: the same with __gc, for failed tasks */
   LIST_HEAD(, lbt_fiber) fibers;
   int *free_slots;        /* reusable anchor slots (a stack) */
   int nfree, cap_free, top_slot;
@@ -137,6 +135,7 @@ struct lbt_rt {
   int cli;                /* inside the baton executable: baton.run in a task calls fn */
   int closed;
   const void *classes[LBT_NCLASSES];  /* each class's metatable (lbt_check_type) */
+  int class_refs[LBT_NCLASSES];       /* registry refs of the same (lbt_set_class) */
 };
 
 /* The runtime of L's state. Every binding function has the runtime userdata as upvalue 1,
@@ -257,6 +256,12 @@ void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *met
  * meaningful on a closed object (close, release, closed, held, __tostring) use
  * lbt_check_type. */
 void *lbt_check_type(lua_State *L, int idx, lbt_class cls);
+/* Sets the metatable of class cls on the value on top of L (a registry read by number:
+ * luaL_setmetatable looks the name up). */
+static inline void lbt_set_class(lua_State *L, lbt_class cls) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lbt_R(L)->class_refs[cls]);
+  lua_setmetatable(L, -2);
+}
 void *lbt_test_type(lua_State *L, int idx, lbt_class cls);
 void *lbt_check_handle(lua_State *L, int idx, lbt_class cls);
 int lbt_closed_error(lua_State *L, lbt_class cls);

@@ -123,7 +123,7 @@ static int lchan_new(lua_State *L) {
   C->size = cap == 0 ? 1 : cap < 64 ? cap : 64;
   lua_createtable(L, (int)C->size, 0);
   lua_setiuservalue(L, -2, 1);
-  luaL_setmetatable(L, BT_CHAN_MT);
+  lbt_set_class(L, LBT_CHAN);
   return 1;
 }
 

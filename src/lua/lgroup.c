@@ -71,7 +71,7 @@ static int lgroup_new(lua_State *L) {
   bt__group_init(&G->storage, R->rt);
   G->g = &G->storage;
   LIST_INSERT_HEAD(&R->groups, G, link);
-  luaL_setmetatable(L, BT_GROUP_MT);
+  lbt_set_class(L, LBT_GROUP);
   if (has_opts) {
     int gi = lua_gettop(L);
     if (lua_getfield(L, 1, "limit") == LUA_TNUMBER) {  /* a semaphore of the group's own */

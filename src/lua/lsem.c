@@ -56,7 +56,7 @@ static size_t opt_k(lua_State *L, int idx, bt_sem_t *s, const char *fname) {
 static void push_sem_permit(lua_State *L, int sem_idx, bt_sem_t *s, size_t k) {
   lpermit *p = lua_newuserdatauv(L, sizeof *p, 1);
   memset(p, 0, sizeof *p);
-  luaL_setmetatable(L, BT_PERMIT_MT);
+  lbt_set_class(L, LBT_PERMIT);
   lua_pushvalue(L, sem_idx);
   lua_setiuservalue(L, -2, 1);
   p->sem = s;
@@ -69,7 +69,7 @@ static int lsem_new(lua_State *L) {
   lsem *S = lua_newuserdatauv(L, sizeof *S, 0);
   bt__sem_init(&S->storage, (size_t)n);
   S->s = &S->storage;
-  luaL_setmetatable(L, BT_SEM_MT);
+  lbt_set_class(L, LBT_SEM);
   return 1;
 }
 
@@ -246,7 +246,7 @@ static int lbudget_new(lua_State *L) {
   lbudget *B = lua_newuserdatauv(L, sizeof *B, 0);
   bt__budget_init(&B->storage, (size_t)cap);
   B->b = &B->storage;
-  luaL_setmetatable(L, BT_BUDGET_MT);
+  lbt_set_class(L, LBT_BUDGET);
   return 1;
 }
 
@@ -268,7 +268,7 @@ static int lbudget_try_acquire(lua_State *L) {
   }
   lpermit *p = lua_newuserdatauv(L, sizeof *p, 1);
   memset(p, 0, sizeof *p);
-  luaL_setmetatable(L, BT_PERMIT_MT);
+  lbt_set_class(L, LBT_PERMIT);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
   p->budget = B->b;

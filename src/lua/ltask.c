@@ -259,7 +259,7 @@ lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_
   T->ref = LUA_NOREF;
   T->nargs = (uint16_t)nargs;
   T->gated = gate != NULL;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, R->task_mt);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, R->class_refs[LBT_TASK]);
   lua_setmetatable(L, -2);
   for (int i = 0; i <= nargs; i++) {
     lua_pushvalue(L, fn_idx + i);
@@ -347,7 +347,7 @@ static void task_failed(lbt_rt *R, lbt_task *T) {
   set_outcome(L, R, T);
   if (!cancelled) {  /* report it at collection if nobody looks at it */
     lbt_push_task(L, R, T);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, R->task_gc_mt);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, R->class_refs[LBT_TASK_GC]);
     lua_setmetatable(L, -2);
     lua_pop(L, 1);
   }
@@ -620,16 +620,13 @@ void lbt_open_task(lua_State *L, int rt_idx) {
     {"__index", ltask_index}, {"__tostring", ltask_tostring}, {"__close", ltask_abort},
     {NULL, NULL}};
   static const luaL_Reg gc[] = {{"__gc", ltask_gc}, {NULL, NULL}};
-  lbt_rt *R = lua_touserdata(L, rt_idx);
   lbt_new_class(L, rt_idx, BT_TASK_MT, methods, meta);
-  luaL_getmetatable(L, BT_TASK_MT);
-  R->task_mt = luaL_ref(L, LUA_REGISTRYINDEX);
   lbt_new_class(L, rt_idx, BT_TASK_GC_MT, methods, meta);
   luaL_getmetatable(L, BT_TASK_GC_MT);
   lbt_set_funcs(L, rt_idx, gc);
   lua_pushliteral(L, BT_TASK_MT);
   lua_setfield(L, -2, "__name");
-  R->task_gc_mt = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
   luaL_newmetatable(L, BT_ERROR_MT);
   lua_pushcfunction(L, lerror_tostring);
   lua_setfield(L, -2, "__tostring");
