@@ -89,6 +89,7 @@ typedef struct lbt_fiber {
   int co_ref;             /* the coroutine's anchor slot */
   lbt_task *task;
   int status;             /* what the last wake delivered */
+  lua_Integer kdata;      /* a continuation's own state, from its suspend to its resume */
   bt_wait_t wait;
   bt_joiner_t joiner;
   union {                 /* one wait at a time: a semaphore's, or a channel's, a notify's */
@@ -162,8 +163,22 @@ lbt_task *lbt_check_task(lua_State *L, int idx);
 void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T);
 void lbt_task_release(lbt_rt *R, lbt_task *T);  /* drop the anchor if nothing needs it */
 int lbt_push_outcome(lua_State *L, int idx);  /* task at idx: true, res... | false, err */
-lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname);
-int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k);
+/* lbt_await_begin and lbt_suspend are inline for their common case (the task's own
+ * coroutine, not cancelled); the _slow functions do the rest. The running task is read
+ * from the core's runtime directly (internal.h). */
+lbt_task *lbt_await_begin_slow(lua_State *L, lbt_rt *R, const char *fname);
+int lbt_suspend_wrapped(lua_State *L, lua_KContext ctx, lua_KFunction k);
+static inline lbt_task *lbt_current(lbt_rt *R) { return (lbt_task *)R->rt->current; }
+static inline lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname) {
+  lbt_task *T = lbt_current(R);
+  if (T == NULL || lbt_fib(T)->co != L || !lua_isyieldable(L) || (T->t.flags & BT_TASK_F_CANCEL))
+    return lbt_await_begin_slow(L, R, fname);
+  return T;
+}
+static inline int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k) {
+  if (lbt_fib(lbt_current(lbt_R(L)))->co == L) return lua_yieldk(L, 0, ctx, k);
+  return lbt_suspend_wrapped(L, ctx, k);  /* inside baton.coroutine.wrap */
+}
 int lbt_is_wrapped(lua_State *L);          /* L runs under baton.coroutine.wrap */
 void lbt_push_wrap_marker(lua_State *L);
 int lbt_raise_cancelled(lua_State *L);
@@ -347,7 +362,10 @@ lua_Number lbt_arg_ms(lua_State *L, const char *fname, int idx, const char *name
 uint64_t lbt_arg_due(lua_State *L, lbt_rt *R, const char *fname, int idx);
 int lbt_opt_bool(lua_State *L, const char *fname, int tidx, const char *key, int def);
 int lbt_opt_function(lua_State *L, const char *fname, int tidx, const char *key);
-void lbt_arg_function(lua_State *L, const char *fname, int idx, const char *name);
+static inline void lbt_arg_function(lua_State *L, const char *fname, int idx,
+                                    const char *name) {
+  if (lua_type(L, idx) != LUA_TFUNCTION) lbt_argerror(L, fname, idx, name, "function");
+}
 const char *lbt_opt_string(lua_State *L, const char *fname, int tidx, const char *key,
                            const char *def, size_t *len);
 const char *lbt_arg_string(lua_State *L, const char *fname, int idx, const char *name,
@@ -363,7 +381,17 @@ void *lbt_check_udata(lua_State *L, const char *fname, int idx, const char *name
  * the cancellation error; else it returns the wake status (0, BT_ETIMEDOUT, BT_ECLOSED,
  * BT_ENOMEM, ...) and sets *Tp (if not NULL) to the running task. lbt_cancel_point is the
  * same for a call that did not wait (still a cancellation point); lbt_cancelled tests. */
-int lbt_resumed(lua_State *L, lbt_task **Tp, void (*undo)(void *arg), void *arg);
+_Noreturn void lbt_resumed_cancelled(lua_State *L, int status, void (*undo)(void *arg),
+                                     void *arg);
+static inline int lbt_resumed(lua_State *L, lbt_task **Tp, void (*undo)(void *arg),
+                              void *arg) {
+  lbt_task *T = lbt_current(lbt_R(L));
+  int status = lbt_fib(T)->status;
+  if (status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
+    lbt_resumed_cancelled(L, status, undo, arg);
+  if (Tp != NULL) *Tp = T;
+  return status;
+}
 /* The same for a wait that owns something whatever the wake delivered (a transfer, a
  * stream being opened): release(arg) runs before the cancellation error is raised. */
 int lbt_resumed_free(lua_State *L, lbt_task **Tp, void (*release)(void *arg), void *arg);

@@ -137,10 +137,10 @@ static int pop_one(lua_State *L, lbt_rt *R, lgroup *G) {
   return 1;
 }
 
-static int drain_into(lua_State *L, lbt_rt *R, lgroup *G, int list) {
-  lua_Integer n = (lua_Integer)lua_rawlen(L, list);
+/* Appends the finished tasks to the list at `list`, which holds n; returns the new n. */
+static lua_Integer drain_into(lua_State *L, lbt_rt *R, lgroup *G, int list, lua_Integer n) {
   while (pop_one(L, R, G)) lua_rawseti(L, list, ++n);
-  return (int)n;
+  return n;
 }
 
 /* The group at 1 after a wait, or NULL if it was closed meanwhile. */
@@ -198,18 +198,20 @@ static int collect_k(lua_State *L, int st, lua_KContext due) {
   int status = lbt_resumed(L, &T, NULL, NULL);
   lgroup *G = group_after_wait(L);
   if (G == NULL) return collect_fail(L, 0, "the group was closed while waiting");
-  drain_into(L, R, G, 3);
+  lbt_fiber *f = lbt_fib(T);
+  lua_Integer n = drain_into(L, R, G, 3, f->kdata);  /* kdata: how many the list holds */
   if (status == BT_ETIMEDOUT || bt_group_live(G->g) == 0) {
     lua_settop(L, 3);
     return 1;
   }
   if (status != 0) return collect_fail(L, status, NULL);
-  int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, (uint64_t)due);
+  int rc = bt_group_wait(G->g, &T->t, &f->joiner, &f->wait, (uint64_t)due);
   if (rc != 0) {
-    drain_into(L, R, G, 3);
+    drain_into(L, R, G, 3, n);
     lua_settop(L, 3);
     return 1;
   }
+  f->kdata = n;
   return lbt_suspend(L, due, collect_k);
 }
 
@@ -218,15 +220,17 @@ static int collect(lua_State *L, lgroup *G, uint64_t due, const char *fname) {
   lua_settop(L, 1);
   lua_pushlightuserdata(L, (void *)fname);
   lua_createtable(L, (int)(bt_group_len(G->g) < 1u << 20 ? bt_group_len(G->g) : 1u << 20), 0);
-  drain_into(L, R, G, 3);
+  lua_Integer n = drain_into(L, R, G, 3, 0);
   if (bt_group_live(G->g) == 0) return 1;
   lbt_task *T = lbt_await_begin(L, R, fname);
-  lbt_fib(T)->status = 0;
-  int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, due);
+  lbt_fiber *f = lbt_fib(T);
+  f->status = 0;
+  int rc = bt_group_wait(G->g, &T->t, &f->joiner, &f->wait, due);
   if (rc != 0) {
-    drain_into(L, R, G, 3);
+    drain_into(L, R, G, 3, n);
     return 1;
   }
+  f->kdata = n;
   return lbt_suspend(L, (lua_KContext)due, collect_k);
 }
 
@@ -247,7 +251,7 @@ static int lgroup_drain(lua_State *L) {
   lgroup *G = check_group(L, 1);
   lua_settop(L, 1);
   lua_newtable(L);
-  drain_into(L, R, G, 2);
+  drain_into(L, R, G, 2, 0);
   return 1;
 }
 

@@ -420,7 +420,7 @@ static void task_finished(bt_rt_t *rt, bt_task_t *bt) {
 
 /* ---- awaiting ----------------------------------------------------------------------- */
 
-lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname) {
+lbt_task *lbt_await_begin_slow(lua_State *L, lbt_rt *R, const char *fname) {
   bt_task_t *cur = bt_rt_current(R->rt);
   if (cur == NULL)
     luaL_error(L, "%s: not inside a baton task; run the code with baton.run(function() ... end) "
@@ -450,10 +450,7 @@ int lbt_is_wrapped(lua_State *L) {
   return wrapped;
 }
 
-int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k) {
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  if (lbt_fib(T)->co == L) return lua_yieldk(L, 0, ctx, k);
+int lbt_suspend_wrapped(lua_State *L, lua_KContext ctx, lua_KFunction k) {
   lua_pushlightuserdata(L, &wrap_marker);
   return lua_yieldk(L, 1, ctx, k);
 }
