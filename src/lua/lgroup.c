@@ -143,9 +143,10 @@ static lua_Integer drain_into(lua_State *L, lbt_rt *R, lgroup *G, int list, lua_
   return n;
 }
 
-/* The group at 1 after a wait, or NULL if it was closed meanwhile. */
+/* The group at 1 after a wait, or NULL if it was closed meanwhile. Slot 1 still holds the
+ * group checked before the wait (its userdata memory lives as long as the slot). */
 static lgroup *group_after_wait(lua_State *L) {
-  lgroup *G = lbt_check_type(L, 1, LBT_GROUP);
+  lgroup *G = lua_touserdata(L, 1);
   return G->g != NULL ? G : NULL;
 }
 

@@ -134,7 +134,7 @@ void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T) {
 }
 
 void lbt_task_release(lbt_rt *R, lbt_task *T) {
-  if (T->ref == LUA_NOREF || !bt_task_finished(&T->t) || T->t.group != NULL) return;
+  if (T->ref == LUA_NOREF || T->t.state < BT_TASK_DONE || T->t.group != NULL) return;
   unanchor(R, T->ref);
   T->ref = LUA_NOREF;
 }
@@ -373,7 +373,7 @@ static void task_never_ran(lbt_rt *R, lbt_task *T, int status) {
 
 static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
   lbt_task *T = (lbt_task *)bt;
-  lbt_rt *R = bt_rt_data(rt);
+  lbt_rt *R = rt->data;
   lbt_fiber *f = lbt_fib(T);
   int nargs = 0;
   if (f == NULL) {
@@ -412,7 +412,7 @@ static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
 
 static void task_finished(bt_rt_t *rt, bt_task_t *bt) {
   lbt_task *T = (lbt_task *)bt;
-  lbt_rt *R = bt_rt_data(rt);
+  lbt_rt *R = rt->data;
   R->live--;
   if (bt->group == R->root) bt_group_remove(bt);
   lbt_task_release(R, T);
