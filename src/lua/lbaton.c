@@ -36,7 +36,9 @@
 static const struct { const char *name, *path; } classes[LBT_NCLASSES] = {
   [LBT_TASK] = {BT_TASK_MT, "baton.task"}, [LBT_TASK_GC] = {BT_TASK_GC_MT, "baton.task"},
   [LBT_GROUP] = {BT_GROUP_MT, "baton.group"}, [LBT_SEM] = {BT_SEM_MT, "baton.semaphore"},
-  [LBT_PERMIT] = {BT_PERMIT_MT, "baton.permit"}, [LBT_BUDGET] = {BT_BUDGET_MT, "baton.budget"},
+  [LBT_PERMIT] = {BT_PERMIT_MT, "baton.permit"},
+  [LBT_PERMIT_FREE] = {BT_PERMIT_FREE_MT, "baton.permit"},
+  [LBT_BUDGET] = {BT_BUDGET_MT, "baton.budget"},
   [LBT_PROC] = {BT_PROC_MT, "baton.process"}, [LBT_FUTURE] = {"baton.Future", "baton.future"},
   [LBT_ENGINE] = {"baton.Engine", "baton.engine"},
   [LBT_LIMITER] = {"baton.Limiter", "baton.limiter"},
@@ -56,7 +58,13 @@ static const struct { const char *name, *path; } classes[LBT_NCLASSES] = {
   [LBT_CHAN] = {"baton.Channel", "baton.channel"}, [LBT_WATCH] = {"baton.Watch", "baton.watch"},
   [LBT_NOTIFY] = {"baton.Notify", "baton.notify"}};
 
-const char *lbt_class_name(lbt_class cls) { return classes[cls == LBT_TASK_GC ? LBT_TASK : cls].name; }
+/* Tasks and permits have two classes each, one without __gc (ltask.c, lsem.c): the user
+ * sees one. */
+static lbt_class seen_as(lbt_class cls) {
+  return cls == LBT_TASK_GC ? LBT_TASK : cls == LBT_PERMIT_FREE ? LBT_PERMIT : cls;
+}
+
+const char *lbt_class_name(lbt_class cls) { return classes[seen_as(cls)].name; }
 
 void *lbt_test_type(lua_State *L, int idx, lbt_class cls) {
   /* Userdata only (a table given a class's metatable is not one), but for the grant */
@@ -157,7 +165,7 @@ void *lbt_check_type(lua_State *L, int idx, lbt_class cls) {
 int lbt_closed_error(lua_State *L, lbt_class cls) {
   int c;
   const char *fname = find_fname(L, &c);
-  if (c == (int)cls || (c == LBT_TASK_GC && cls == LBT_TASK))
+  if (c >= 0 && seen_as((lbt_class)c) == seen_as(cls))
     return luaL_error(L, "%s: used after it was closed", fname);
   return luaL_error(L, "%s: %s used after it was closed", fname, classes[cls].path);
 }

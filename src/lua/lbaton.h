@@ -26,6 +26,7 @@
 #define BT_GROUP_MT  "baton.Group"
 #define BT_SEM_MT    "baton.Semaphore"
 #define BT_PERMIT_MT "baton.Permit"
+#define BT_PERMIT_FREE_MT "baton.Permit.released"
 #define BT_BUDGET_MT "baton.Budget"
 #define BT_PROC_MT   "baton.Process"
 #define BT_ERROR_MT  "baton.Error"
@@ -38,7 +39,8 @@ typedef struct lbt_signals lbt_signals;
  * type check is then a metatable fetch and a pointer comparison, not a registry lookup by
  * name. Keep in step with the names in lbaton.c. */
 typedef enum lbt_class {
-  LBT_TASK, LBT_TASK_GC, LBT_GROUP, LBT_SEM, LBT_PERMIT, LBT_BUDGET, LBT_PROC, LBT_FUTURE,
+  LBT_TASK, LBT_TASK_GC, LBT_GROUP, LBT_SEM, LBT_PERMIT, LBT_PERMIT_FREE, LBT_BUDGET, LBT_PROC,
+  LBT_FUTURE,
   LBT_ENGINE, LBT_LIMITER, LBT_LIM_PERMIT, LBT_LIM_GRANT, LBT_RETRY, LBT_BREAKER,
   LBT_BRK_BACKEND, LBT_BRK_CALL, LBT_DEDUP, LBT_DEDUP_WAITER, LBT_BP, LBT_BP_PERMIT,
   LBT_PIPELINE, LBT_RUNNER, LBT_HTTP_STREAM, LBT_HTTP_XFER,
