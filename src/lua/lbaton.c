@@ -170,9 +170,24 @@ int lbt_closed_error(lua_State *L, lbt_class cls) {
   return luaL_error(L, "%s: %s used after it was closed", fname, classes[cls].path);
 }
 
+/* The classes lbt_check_handle may remember (see lbaton.h for what that requires). */
+static const char memo_ok[LBT_NCLASSES] = {[LBT_GROUP] = 1, [LBT_SEM] = 1, [LBT_CHAN] = 1};
+
+void lbt_handle_clear(lua_State *L, void *ud, lbt_class cls) {
+  lbt_rt *R = lbt_R(L);
+  *(void **)ud = NULL;
+  if (R->open_memo[cls] == ud) R->open_memo[cls] = NULL;
+}
+
 void *lbt_check_handle(lua_State *L, int idx, lbt_class cls) {
-  void **p = lbt_check_type(L, idx, cls);
-  if (*p != NULL) return p;
+  lbt_rt *R = lbt_R(L);
+  void **p = lua_touserdata(L, idx);
+  if (p != NULL && p == R->open_memo[cls] && lua_type(L, idx) == LUA_TUSERDATA) return p;
+  p = lbt_check_type(L, idx, cls);
+  if (*p != NULL) {
+    if (memo_ok[cls]) R->open_memo[cls] = p;
+    return p;
+  }
   int c;
   const char *fname = find_fname(L, &c);
   if (c == (int)cls && idx == 1) luaL_error(L, "%s: used after it was closed", fname);

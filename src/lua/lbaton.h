@@ -139,6 +139,7 @@ struct lbt_rt {
   int closed;
   const void *classes[LBT_NCLASSES];  /* each class's metatable (lbt_check_type) */
   int class_refs[LBT_NCLASSES];       /* registry refs of the same (lbt_set_class) */
+  void *open_memo[LBT_NCLASSES];      /* lbt_check_handle's last open object, per class */
 };
 
 /* The runtime of L's state. Every binding function has the runtime userdata as upvalue 1,
@@ -282,6 +283,13 @@ static inline void lbt_set_class(lua_State *L, lbt_class cls) {
 void *lbt_test_type(lua_State *L, int idx, lbt_class cls);
 void *lbt_check_handle(lua_State *L, int idx, lbt_class cls);
 int lbt_closed_error(lua_State *L, lbt_class cls);
+/* lbt_check_handle remembers, for a group, a semaphore and a channel, the last object it
+ * found open, and takes the same object again for one of them at a pointer comparison
+ * (the same address is the same live object). That holds because these classes' objects
+ * have a __gc from birth, and that __gc, like every other path that closes one, clears the
+ * handle through lbt_handle_clear, which forgets the object: memory is freed only after
+ * __gc ran, and a closed object is never remembered again. */
+void lbt_handle_clear(lua_State *L, void *ud, lbt_class cls);
 /* Milliseconds arguments: a number in [0, 1e15) — negative, NaN and inf refused, raising
  * "<fname>: bad argument #n 'ms' (expected milliseconds >= 0, got ...)" (fname NULL: found
  * by lbt_fname). lbt_opt_due reads an optional timeout and returns its absolute due time,

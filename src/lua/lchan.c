@@ -312,7 +312,7 @@ static int lchan_gc(lua_State *L) {
   } else {
     bt_chan_close(c);
   }
-  C->c = NULL;
+  lbt_handle_clear(L, C, LBT_CHAN);
   return 0;
 }
 

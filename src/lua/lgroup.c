@@ -295,7 +295,7 @@ static int lgroup_close(lua_State *L) {
   else bt_group_detach_all(G->g);
   bt__group_destroy(G->g);
   LIST_REMOVE(G, link);
-  G->g = NULL;
+  lbt_handle_clear(L, G, LBT_GROUP);
   G->limit = NULL;
   return 0;
 }

@@ -176,7 +176,7 @@ static int lsem_closed(lua_State *L) {
 static int lsem_gc(lua_State *L) {
   lsem *S = lbt_check_type(L, 1, LBT_SEM);
   bt_sem_close(&S->storage);
-  S->s = NULL;
+  lbt_handle_clear(L, S, LBT_SEM);
   return 0;
 }
 
