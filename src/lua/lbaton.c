@@ -396,7 +396,7 @@ static int lbaton_sleep(lua_State *L) {
   lbt_task *T = lbt_await_begin(L, R, fname);
   uint64_t due = bt_now(R->rt) + (uint64_t)(ms + 0.999999);
   bt_task_wait(R->rt, &T->t, &lbt_fib(T)->wait, NULL, due);
-  return lbt_suspend(L, (lua_KContext)fname, sleep_k);
+  return lbt_suspend_task(L, T, (lua_KContext)fname, sleep_k);
 }
 
 static int lbaton_yield(lua_State *L) {
@@ -404,7 +404,7 @@ static int lbaton_yield(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lbt_task *T = lbt_await_begin(L, R, fname);
   bt_task_yield(R->rt, &T->t);
-  return lbt_suspend(L, (lua_KContext)fname, sleep_k);
+  return lbt_suspend_task(L, T, (lua_KContext)fname, sleep_k);
 }
 
 static int timeout_k(lua_State *L, int st, lua_KContext ctx) {

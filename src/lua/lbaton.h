@@ -165,6 +165,8 @@ lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_
 lbt_task *lbt_check_task(lua_State *L, int idx);
 void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T);
 void lbt_task_release(lbt_rt *R, lbt_task *T);  /* drop the anchor if nothing needs it */
+/* A finished task out of its group: pushed, and its anchor dropped (push + release). */
+void lbt_task_take(lua_State *L, lbt_rt *R, lbt_task *T);
 int lbt_push_outcome(lua_State *L, int idx);  /* task at idx: true, res... | false, err */
 /* lbt_await_begin and lbt_suspend are inline for their common case (the task's own
  * coroutine, not cancelled); the _slow functions do the rest. The running task is read
@@ -178,9 +180,13 @@ static inline lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fna
     return lbt_await_begin_slow(L, R, fname);
   return T;
 }
-static inline int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k) {
-  if (lbt_fib(lbt_current(lbt_R(L)))->co == L) return lua_yieldk(L, 0, ctx, k);
+static inline int lbt_suspend_task(lua_State *L, lbt_task *T, lua_KContext ctx,
+                                   lua_KFunction k) {
+  if (lbt_fib(T)->co == L) return lua_yieldk(L, 0, ctx, k);
   return lbt_suspend_wrapped(L, ctx, k);  /* inside baton.coroutine.wrap */
+}
+static inline int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k) {
+  return lbt_suspend_task(L, lbt_current(lbt_R(L)), ctx, k);
 }
 int lbt_is_wrapped(lua_State *L);          /* L runs under baton.coroutine.wrap */
 void lbt_push_wrap_marker(lua_State *L);

@@ -132,8 +132,7 @@ static int pop_one(lua_State *L, lbt_rt *R, lgroup *G) {
   lbt_task *T = (lbt_task *)bt_group_pop(G->g);
   if (T == NULL) return 0;
   T->t.flags |= BT_TASK_F_JOINED;  /* handed over: its outcome is the caller's now */
-  lbt_push_task(L, R, T);
-  lbt_task_release(R, T);
+  lbt_task_take(L, R, T);
   return 1;
 }
 
@@ -164,7 +163,7 @@ static int join_next_k(lua_State *L, int st, lua_KContext due) {
   if (status != 0) return lbt_fail_status(L, JOIN_NEXT, status);
   int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, (uint64_t)due);
   if (rc < 0) return 0;
-  return lbt_suspend(L, due, join_next_k);
+  return lbt_suspend_task(L, T, due, join_next_k);
 }
 
 static int lgroup_join_next(lua_State *L) {
@@ -178,7 +177,7 @@ static int lgroup_join_next(lua_State *L) {
   lbt_fib(T)->status = 0;
   int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, due);
   if (rc < 0) return 0;
-  return lbt_suspend(L, (lua_KContext)due, join_next_k);
+  return lbt_suspend_task(L, T, (lua_KContext)due, join_next_k);
 }
 
 /* Shared by wait_within (a deadline) and join_all (none). Stack: group, fname (a light
@@ -213,7 +212,7 @@ static int collect_k(lua_State *L, int st, lua_KContext due) {
     return 1;
   }
   f->kdata = n;
-  return lbt_suspend(L, due, collect_k);
+  return lbt_suspend_task(L, T, due, collect_k);
 }
 
 static int collect(lua_State *L, lgroup *G, uint64_t due, const char *fname) {
@@ -232,7 +231,7 @@ static int collect(lua_State *L, lgroup *G, uint64_t due, const char *fname) {
     return 1;
   }
   f->kdata = n;
-  return lbt_suspend(L, (lua_KContext)due, collect_k);
+  return lbt_suspend_task(L, T, (lua_KContext)due, collect_k);
 }
 
 static int lgroup_wait_within(lua_State *L) {

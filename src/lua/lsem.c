@@ -147,7 +147,7 @@ static int lsem_acquire(lua_State *L) {
   bt_sem_acquire(s, &f->semw, k, on_sem_granted);
   f->wait.src = &f->semw;
   bt_task_wait(R->rt, &T->t, &f->wait, sem_wait_cancel, due);
-  return lbt_suspend(L, (lua_KContext)k, acquire_k);
+  return lbt_suspend_task(L, T, (lua_KContext)k, acquire_k);
 }
 
 static int lsem_available(lua_State *L) {

@@ -60,8 +60,8 @@ struct lbt_astack {
 };
 
 static inline lua_State *astack(lbt_rt *R, int slot, int *idx) {
-  *idx = slot % ASTACK_SLOTS + 2;
-  return R->astacks[slot / ASTACK_SLOTS].th;
+  *idx = (int)((unsigned)slot % ASTACK_SLOTS) + 2;
+  return R->astacks[(unsigned)slot / ASTACK_SLOTS].th;
 }
 
 /* A new anchor stack, at the end of R->astacks. Raises on L when memory runs out. */
@@ -131,6 +131,15 @@ void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T) {
   lua_State *A = astack(R, T->ref, &idx);
   lua_pushvalue(A, idx);
   lua_xmove(A, L, 1);
+}
+
+void lbt_task_take(lua_State *L, lbt_rt *R, lbt_task *T) {
+  int idx;
+  lua_State *A = astack(R, T->ref, &idx);
+  lua_pushvalue(A, idx);
+  lua_xmove(A, L, 1);
+  unanchor(R, T->ref);
+  T->ref = LUA_NOREF;
 }
 
 void lbt_task_release(lbt_rt *R, lbt_task *T) {
@@ -534,7 +543,7 @@ static int ltask_join(lua_State *L) {
   lbt_task *self = lbt_await_begin(L, R, JOIN);
   if (self == T) return luaL_error(L, "%s: a task cannot join itself", JOIN);
   bt_task_join(R->rt, &self->t, &T->t, &lbt_fib(self)->joiner, &lbt_fib(self)->wait, due);
-  return lbt_suspend(L, 0, join_k);
+  return lbt_suspend_task(L, self, 0, join_k);
 }
 
 static int ltask_abort(lua_State *L) {
