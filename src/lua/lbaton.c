@@ -3,10 +3,11 @@
  * functions (spawn, sleep, yield, now, timeout), and the helpers the other bindings share.
  *
  * The runtime is a full userdata kept in the registry and passed to every binding function
- * as upvalue 1; it owns the core bt_rt_t, the anchor table (tasks and coroutines that C
- * holds) and the fiber pool. It is closed when the Lua state is: its __gc frees the core
- * runtime and the loop, after every other baton object has been finalised (Lua finalises
- * in reverse order of creation, and the runtime is created first).
+ * as upvalue 1 (its address is also in the state's extra space, where lbt_R finds it with
+ * one load); it owns the core bt_rt_t, the anchor stacks (tasks and coroutines that C
+ * holds, ltask.c) and the fiber pool. It is closed when the Lua state is: its __gc frees
+ * the core runtime and the loop, after every other baton object has been finalised (Lua
+ * finalises in reverse order of creation, and the runtime is created first).
  *
  * baton.run(fn, ...) makes fn the main task and runs the loop until it ends; then it aborts
  * every other task, keeps the loop running until they and their child processes are gone,
