@@ -8,7 +8,7 @@
  * When it ends, user value 1 holds its outcome: the results table ({n=, ...}, or nil for no
  * results) or the error value (a string error carries its traceback).
  *
- * Anchoring: a task is referenced from the runtime's anchor table while it is unfinished
+ * Anchoring: a task is held in an anchor slot (below) while it is unfinished
  * or sits in a group's finished list; after that only Lua references keep it alive, so
  * results outlive the coroutine and nothing is pinned forever.
  *
