@@ -240,6 +240,46 @@ describe("lifetimes:", function()
     end))
   end)
 
+  -- lbt_check_handle remembers the last group, semaphore and channel it found open, and
+  -- takes that object again at a pointer comparison: closing or finalizing one must make it
+  -- forget it, and the next call check it in full.
+  describe("an object used, then finalized by hand, then used again raises", function()
+    local cases = {
+      { "group", function() return baton.group() end,
+        function(g) return #g:join_all() end, "baton.group:join_all: " },
+      { "semaphore", function() return baton.semaphore(1) end,
+        function(s) return s:available() end, "baton.semaphore:available: " },
+      { "channel", function() return baton.channel(1) end,
+        function(c) return c:capacity() end, "baton.channel:capacity: " },
+    }
+    for _, c in ipairs(cases) do
+      local name, make, use, fname = c[1], c[2], c[3], c[4]
+      it(name, H.async(function()
+        local a, b = make(), make()
+        use(a); use(b); use(a)  -- a is the one remembered
+        getmetatable(a).__gc(a)
+        H.raises(fname .. CLOSED, use, a)
+        use(b)
+        getmetatable(b).__gc(b)
+        H.raises(fname .. CLOSED, use, b)
+        for _ = 1, 200 do  -- made, used and collected: addresses are reused
+          local x = make()
+          use(x)
+          x = nil  -- luacheck: ignore 311
+          collectgarbage()
+        end
+        assert.is_number(use(make()))
+      end))
+    end
+    it("group closed by close()", H.async(function()
+      local g = baton.group()
+      g:spawn(baton.yield)
+      g:join_all()
+      g:close()
+      H.raises("baton.group:spawn: " .. CLOSED, g.spawn, g, print)
+    end))
+  end)
+
   describe("a wait on an object finalized meanwhile ends", function()
     it("semaphore:acquire returns nil, message, \"closed\"", H.async(function()
       local s = baton.semaphore(1)

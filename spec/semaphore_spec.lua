@@ -168,6 +168,24 @@ describe("baton.semaphore", function()
                    tostring(baton.retry { max_attempts = (1 << 32) - 1, base_ms = 1 }))
   end))
 
+  it("a permit has a finalizer only while held", H.async(function()
+    local s = baton.semaphore(2)
+    local p, q = s:acquire(), s:try_acquire()
+    assert.is_function(getmetatable(p).__gc)
+    do local _ <close> = p end
+    q:release()
+    for _, r in ipairs({ p, q }) do
+      local mt = getmetatable(r)
+      assert.is_nil(mt.__gc)
+      assert.equal("baton.Permit", mt.__name)
+      assert.is_false(r:held())
+      assert.equal("baton.Permit (1, released)", tostring(r))
+      r:release()
+      mt.__close(r)
+    end
+    assert.equal(2, s:available())
+  end))
+
   it("a permit collected while held is released with a warning", H.async(function()
     local warnings = {}
     baton.on_warning(function(m) warnings[#warnings + 1] = m end)

@@ -107,6 +107,42 @@ describe("baton.spawn", function()
     assert.same({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, order)
   end))
 
+  it("passes up to 250 arguments, and refuses more", H.async(function()
+    local args = {}
+    for i = 1, 250 do args[i] = i end
+    local t = baton.spawn(function(...) return select("#", ...), (select(250, ...)) end,
+                          table.unpack(args))
+    assert.same({ true, 250, 250 }, { t:join() })
+    args[251] = 251
+    local ok, err = pcall(baton.spawn, function() end, table.unpack(args))
+    assert.is_false(ok)
+    assert.matches("at most 250", err)
+  end))
+
+  -- What C holds is anchored in slots of several stacks (ltask.c): tens of thousands of
+  -- pending tasks cross from one to the next, slots freed are reused, and a full
+  -- collection in between frees none of them, nor their arguments, nor the coroutines of
+  -- more suspended tasks than the pool keeps.
+  it("keeps 80,000 pending tasks, their arguments and 300 suspended coroutines alive",
+     H.async(function()
+    for _ = 1, 2 do
+      local g = baton.group()
+      for i = 1, 80000 do g:spawn(function(t) return t[1] * 2 end, { i }) end
+      local sleepers = baton.group()
+      for i = 1, 300 do
+        sleepers:spawn(function(t) baton.sleep(2); collectgarbage(); return t.i end, { i = i })
+      end
+      collectgarbage()
+      local sum = 0
+      for _, t in ipairs(g:join_all()) do sum = sum + select(2, t:join()) end
+      assert.equal(80000 * 80001, sum)
+      sum = 0
+      for _, t in ipairs(sleepers:join_all()) do sum = sum + select(2, t:join()) end
+      assert.equal(300 * 301 // 2, sum)
+    end
+    assert.equal(1, baton.stats().tasks)  -- the test's own
+  end))
+
   it("rejects a non-function with an error naming the function", function()
     local ok, err = pcall(baton.spawn, 42)
     assert.is_false(ok)

@@ -54,6 +54,20 @@ if(BATON_ASAN OR BATON_UBSAN)
        "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
 endif()
 
+# spec/c/host/test_*.c are C hosts that embed Lua and load the built module into Lua states
+# of their own, as an application does (several states, the state's extra space).
+file(GLOB C_HOST_TESTS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/spec/c/host/test_*.c)
+foreach(src ${C_HOST_TESTS})
+  get_filename_component(name ${src} NAME_WE)
+  add_executable(host_${name} ${src})
+  # libcurl loaded at startup, not with the module (as lua_runner, for LeakSanitizer)
+  target_link_libraries(host_${name} PRIVATE PkgConfig::LUA PkgConfig::CURL baton_warnings)
+  target_link_options(host_${name} PRIVATE "LINKER:--no-as-needed")
+  add_dependencies(host_${name} baton_module)
+  add_test(NAME c_host_${name} COMMAND host_${name})
+  set_tests_properties(c_host_${name} PROPERTIES ENVIRONMENT "${BATON_TEST_ENV}" TIMEOUT 60)
+endforeach()
+
 file(GLOB SPECS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/spec/*_spec.lua)
 foreach(spec ${SPECS})
   get_filename_component(name ${spec} NAME_WE)

@@ -3,10 +3,11 @@
  * functions (spawn, sleep, yield, now, timeout), and the helpers the other bindings share.
  *
  * The runtime is a full userdata kept in the registry and passed to every binding function
- * as upvalue 1; it owns the core bt_rt_t, the anchor table (tasks and coroutines that C
- * holds) and the fiber pool. It is closed when the Lua state is: its __gc frees the core
- * runtime and the loop, after every other baton object has been finalised (Lua finalises
- * in reverse order of creation, and the runtime is created first).
+ * as upvalue 1 (its address is also in the state's extra space, where lbt_R finds it with
+ * one load); it owns the core bt_rt_t, the anchor stacks (tasks and coroutines that C
+ * holds, ltask.c) and the fiber pool. It is closed when the Lua state is: its __gc frees
+ * the core runtime and the loop, after every other baton object has been finalised (Lua
+ * finalises in reverse order of creation, and the runtime is created first).
  *
  * baton.run(fn, ...) makes fn the main task and runs the loop until it ends; then it aborts
  * every other task, keeps the loop running until they and their child processes are gone,
@@ -36,7 +37,9 @@
 static const struct { const char *name, *path; } classes[LBT_NCLASSES] = {
   [LBT_TASK] = {BT_TASK_MT, "baton.task"}, [LBT_TASK_GC] = {BT_TASK_GC_MT, "baton.task"},
   [LBT_GROUP] = {BT_GROUP_MT, "baton.group"}, [LBT_SEM] = {BT_SEM_MT, "baton.semaphore"},
-  [LBT_PERMIT] = {BT_PERMIT_MT, "baton.permit"}, [LBT_BUDGET] = {BT_BUDGET_MT, "baton.budget"},
+  [LBT_PERMIT] = {BT_PERMIT_MT, "baton.permit"},
+  [LBT_PERMIT_FREE] = {BT_PERMIT_FREE_MT, "baton.permit"},
+  [LBT_BUDGET] = {BT_BUDGET_MT, "baton.budget"},
   [LBT_PROC] = {BT_PROC_MT, "baton.process"}, [LBT_FUTURE] = {"baton.Future", "baton.future"},
   [LBT_ENGINE] = {"baton.Engine", "baton.engine"},
   [LBT_LIMITER] = {"baton.Limiter", "baton.limiter"},
@@ -56,7 +59,13 @@ static const struct { const char *name, *path; } classes[LBT_NCLASSES] = {
   [LBT_CHAN] = {"baton.Channel", "baton.channel"}, [LBT_WATCH] = {"baton.Watch", "baton.watch"},
   [LBT_NOTIFY] = {"baton.Notify", "baton.notify"}};
 
-const char *lbt_class_name(lbt_class cls) { return classes[cls == LBT_TASK_GC ? LBT_TASK : cls].name; }
+/* Tasks and permits have two classes each, one without __gc (ltask.c, lsem.c): the user
+ * sees one. */
+static lbt_class seen_as(lbt_class cls) {
+  return cls == LBT_TASK_GC ? LBT_TASK : cls == LBT_PERMIT_FREE ? LBT_PERMIT : cls;
+}
+
+const char *lbt_class_name(lbt_class cls) { return classes[seen_as(cls)].name; }
 
 void *lbt_test_type(lua_State *L, int idx, lbt_class cls) {
   /* Userdata only (a table given a class's metatable is not one), but for the grant */
@@ -157,14 +166,29 @@ void *lbt_check_type(lua_State *L, int idx, lbt_class cls) {
 int lbt_closed_error(lua_State *L, lbt_class cls) {
   int c;
   const char *fname = find_fname(L, &c);
-  if (c == (int)cls || (c == LBT_TASK_GC && cls == LBT_TASK))
+  if (c >= 0 && seen_as((lbt_class)c) == seen_as(cls))
     return luaL_error(L, "%s: used after it was closed", fname);
   return luaL_error(L, "%s: %s used after it was closed", fname, classes[cls].path);
 }
 
+/* The classes lbt_check_handle may remember (see lbaton.h for what that requires). */
+static const char memo_ok[LBT_NCLASSES] = {[LBT_GROUP] = 1, [LBT_SEM] = 1, [LBT_CHAN] = 1};
+
+void lbt_handle_clear(lua_State *L, void *ud, lbt_class cls) {
+  lbt_rt *R = lbt_R(L);
+  *(void **)ud = NULL;
+  if (R->open_memo[cls] == ud) R->open_memo[cls] = NULL;
+}
+
 void *lbt_check_handle(lua_State *L, int idx, lbt_class cls) {
-  void **p = lbt_check_type(L, idx, cls);
-  if (*p != NULL) return p;
+  lbt_rt *R = lbt_R(L);
+  void **p = lua_touserdata(L, idx);
+  if (p != NULL && p == R->open_memo[cls] && lua_type(L, idx) == LUA_TUSERDATA) return p;
+  p = lbt_check_type(L, idx, cls);
+  if (*p != NULL) {
+    if (memo_ok[cls]) R->open_memo[cls] = p;
+    return p;
+  }
   int c;
   const char *fname = find_fname(L, &c);
   if (c == (int)cls && idx == 1) luaL_error(L, "%s: used after it was closed", fname);
@@ -199,7 +223,10 @@ void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *met
   while (cls < LBT_NCLASSES && strcmp(classes[cls].name, mt) != 0) cls++;
   if (cls == LBT_NCLASSES) luaL_error(L, "baton: %s is not a class of lbt_class", mt);
   luaL_newmetatable(L, mt);
-  ((lbt_rt *)lua_touserdata(L, rt_idx))->classes[cls] = lua_topointer(L, -1);
+  lbt_rt *R = lua_touserdata(L, rt_idx);
+  R->classes[cls] = lua_topointer(L, -1);
+  lua_pushvalue(L, -1);
+  R->class_refs[cls] = luaL_ref(L, LUA_REGISTRYINDEX);
   lbt_set_funcs(L, rt_idx, meta);
   lua_newtable(L);
   lbt_set_funcs(L, rt_idx, methods);
@@ -370,7 +397,7 @@ static int lbaton_sleep(lua_State *L) {
   lbt_task *T = lbt_await_begin(L, R, fname);
   uint64_t due = bt_now(R->rt) + (uint64_t)(ms + 0.999999);
   bt_task_wait(R->rt, &T->t, &lbt_fib(T)->wait, NULL, due);
-  return lbt_suspend(L, (lua_KContext)fname, sleep_k);
+  return lbt_suspend_task(L, T, (lua_KContext)fname, sleep_k);
 }
 
 static int lbaton_yield(lua_State *L) {
@@ -378,7 +405,7 @@ static int lbaton_yield(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lbt_task *T = lbt_await_begin(L, R, fname);
   bt_task_yield(R->rt, &T->t);
-  return lbt_suspend(L, (lua_KContext)fname, sleep_k);
+  return lbt_suspend_task(L, T, (lua_KContext)fname, sleep_k);
 }
 
 static int timeout_k(lua_State *L, int st, lua_KContext ctx) {
@@ -514,8 +541,6 @@ static int lrt_gc(lua_State *L) {
   lbt_signals_close(R);
   bt_group_detach_all(R->root);
   bt_group_free(R->root);
-  free(R->free_slots);
-  R->free_slots = NULL;
   /* Every fiber, pooled or still held by a task suspended when the state closed. The
    * waits they held were unregistered by the finalizers of what they waited on. */
   lbt_fiber *f;
@@ -525,6 +550,10 @@ static int lrt_gc(lua_State *L) {
   }
   R->pool = NULL;
   bt_rt_free(R->rt);
+  free(R->free_slots);
+  R->free_slots = NULL;
+  free(R->astacks);  /* the anchor threads themselves go with the state */
+  R->astacks = NULL;
   lbt_signals_free(R);  /* its handles were closed by the loop's last run, in bt_rt_free */
   return 0;
 }
@@ -532,6 +561,15 @@ static int lrt_gc(lua_State *L) {
 static int lbaton_version(lua_State *L) {
   lua_pushstring(L, BATON_VERSION);
   return 1;
+}
+
+_Atomic int lbt_extra_foreign;
+
+/* lbt_R: the runtime goes in L's extra space if nothing else is there. */
+static void claim_extraspace(lua_State *L, lbt_rt *R) {
+  lbt_rt **ex = lua_getextraspace(L);
+  if (*ex == NULL || *ex == R) *ex = R;
+  else lbt_extra_foreign = 1;
 }
 
 int lbt_open(lua_State *L) {
@@ -554,6 +592,8 @@ int lbt_open(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   R->L = lua_tothread(L, -1);
   lua_pop(L, 1);
+  claim_extraspace(R->L, R);
+  if (L != R->L) claim_extraspace(L, R);
   lua_newtable(L);
   R->anchors = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, rt_idx);

@@ -26,6 +26,7 @@
 #define BT_GROUP_MT  "baton.Group"
 #define BT_SEM_MT    "baton.Semaphore"
 #define BT_PERMIT_MT "baton.Permit"
+#define BT_PERMIT_FREE_MT "baton.Permit.released"
 #define BT_BUDGET_MT "baton.Budget"
 #define BT_PROC_MT   "baton.Process"
 #define BT_ERROR_MT  "baton.Error"
@@ -38,7 +39,8 @@ typedef struct lbt_signals lbt_signals;
  * type check is then a metatable fetch and a pointer comparison, not a registry lookup by
  * name. Keep in step with the names in lbaton.c. */
 typedef enum lbt_class {
-  LBT_TASK, LBT_TASK_GC, LBT_GROUP, LBT_SEM, LBT_PERMIT, LBT_BUDGET, LBT_PROC, LBT_FUTURE,
+  LBT_TASK, LBT_TASK_GC, LBT_GROUP, LBT_SEM, LBT_PERMIT, LBT_PERMIT_FREE, LBT_BUDGET, LBT_PROC,
+  LBT_FUTURE,
   LBT_ENGINE, LBT_LIMITER, LBT_LIM_PERMIT, LBT_LIM_GRANT, LBT_RETRY, LBT_BREAKER,
   LBT_BRK_BACKEND, LBT_BRK_CALL, LBT_DEDUP, LBT_DEDUP_WAITER, LBT_BP, LBT_BP_PERMIT,
   LBT_PIPELINE, LBT_RUNNER, LBT_HTTP_STREAM, LBT_HTTP_XFER,
@@ -86,9 +88,10 @@ typedef struct lbt_fiber {
   struct lbt_fiber *next_free;
   LIST_ENTRY(lbt_fiber) all;  /* every fiber of the runtime, freed when it closes */
   lua_State *co;
-  int co_ref;             /* the coroutine's slot in the anchor table */
+  int co_ref;             /* the coroutine's anchor slot */
   lbt_task *task;
   int status;             /* what the last wake delivered */
+  lua_Integer kdata;      /* a continuation's own state, from its suspend to its resume */
   bt_wait_t wait;
   bt_joiner_t joiner;
   union {                 /* one wait at a time: a semaphore's, or a channel's, a notify's */
@@ -104,7 +107,7 @@ typedef struct lbt_fiber {
 
 struct lbt_task {
   bt_task_t t;
-  int ref;                /* slot in the anchor table, LUA_NOREF when not anchored */
+  int ref;                /* anchor slot (ltask.c), LUA_NOREF when not anchored */
   uint16_t nargs;         /* arguments kept in user values 2..nargs+1 until first run */
   uint8_t gated;          /* last user value is the gate's semaphore */
 };
@@ -113,9 +116,9 @@ struct lbt_rt {
   bt_rt_t *rt;
   lua_State *L;           /* the main thread */
   lua_State *from;        /* the thread running the loop (inside baton.run) */
-  int anchors;            /* registry ref: table anchoring tasks and coroutines */
-  int task_mt;            /* registry ref: the task metatable */
-  int task_gc_mt;         /* registry ref: the same with __gc, for failed tasks */
+  int anchors;            /* registry ref: table holding the anchor stacks (ltask.c) */
+  struct lbt_astack *astacks;  /* threads whose stacks anchor tasks and coroutines */
+  int nastacks;
   LIST_HEAD(, lbt_fiber) fibers;
   int *free_slots;        /* reusable anchor slots (a stack) */
   int nfree, cap_free, top_slot;
@@ -135,10 +138,25 @@ struct lbt_rt {
   int cli;                /* inside the baton executable: baton.run in a task calls fn */
   int closed;
   const void *classes[LBT_NCLASSES];  /* each class's metatable (lbt_check_type) */
+  int class_refs[LBT_NCLASSES];       /* registry refs of the same (lbt_set_class) */
+  void *open_memo[LBT_NCLASSES];      /* lbt_check_handle's last open object, per class */
 };
 
-/* Every binding function has the runtime userdata as upvalue 1. */
-#define lbt_R(L) ((lbt_rt *)lua_touserdata((L), lua_upvalueindex(1)))
+/* The runtime of L's state. Every binding function has the runtime userdata as upvalue 1,
+ * but reading an upvalue through the API costs some thirty instructions, and this is asked
+ * on every call: so lbt_open also keeps the pointer in the state's extra space
+ * (LUA_EXTRASPACE, which Lua copies from the main thread into every thread it creates),
+ * read here with one load. A thread made before baton was loaded holds NULL there and reads
+ * the upvalue. A state whose extra space was not NULL when baton was loaded (its host uses
+ * it, or it holds stale bytes) is left alone, and from then on every state of the process
+ * reads the upvalue (lbt_extra_foreign): a host must not write the extra space of a state
+ * after loading baton into it. */
+extern _Atomic int lbt_extra_foreign;
+static inline lbt_rt *lbt_R(lua_State *L) {
+  lbt_rt *R = *(lbt_rt **)lua_getextraspace(L);
+  if (R != NULL && !lbt_extra_foreign) return R;
+  return (lbt_rt *)lua_touserdata(L, lua_upvalueindex(1));
+}
 
 /* ltask.c */
 void lbt_fiber_free(lbt_rt *R, lbt_fiber *f);
@@ -147,9 +165,29 @@ lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_
 lbt_task *lbt_check_task(lua_State *L, int idx);
 void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T);
 void lbt_task_release(lbt_rt *R, lbt_task *T);  /* drop the anchor if nothing needs it */
+/* A finished task out of its group: pushed, and its anchor dropped (push + release). */
+void lbt_task_take(lua_State *L, lbt_rt *R, lbt_task *T);
 int lbt_push_outcome(lua_State *L, int idx);  /* task at idx: true, res... | false, err */
-lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname);
-int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k);
+/* lbt_await_begin and lbt_suspend are inline for their common case (the task's own
+ * coroutine, not cancelled); the _slow functions do the rest. The running task is read
+ * from the core's runtime directly (internal.h). */
+lbt_task *lbt_await_begin_slow(lua_State *L, lbt_rt *R, const char *fname);
+int lbt_suspend_wrapped(lua_State *L, lua_KContext ctx, lua_KFunction k);
+static inline lbt_task *lbt_current(lbt_rt *R) { return (lbt_task *)R->rt->current; }
+static inline lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname) {
+  lbt_task *T = lbt_current(R);
+  if (T == NULL || lbt_fib(T)->co != L || !lua_isyieldable(L) || (T->t.flags & BT_TASK_F_CANCEL))
+    return lbt_await_begin_slow(L, R, fname);
+  return T;
+}
+static inline int lbt_suspend_task(lua_State *L, lbt_task *T, lua_KContext ctx,
+                                   lua_KFunction k) {
+  if (lbt_fib(T)->co == L) return lua_yieldk(L, 0, ctx, k);
+  return lbt_suspend_wrapped(L, ctx, k);  /* inside baton.coroutine.wrap */
+}
+static inline int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k) {
+  return lbt_suspend_task(L, lbt_current(lbt_R(L)), ctx, k);
+}
 int lbt_is_wrapped(lua_State *L);          /* L runs under baton.coroutine.wrap */
 void lbt_push_wrap_marker(lua_State *L);
 int lbt_raise_cancelled(lua_State *L);
@@ -242,9 +280,22 @@ void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *met
  * meaningful on a closed object (close, release, closed, held, __tostring) use
  * lbt_check_type. */
 void *lbt_check_type(lua_State *L, int idx, lbt_class cls);
+/* Sets the metatable of class cls on the value on top of L (a registry read by number:
+ * luaL_setmetatable looks the name up). */
+static inline void lbt_set_class(lua_State *L, lbt_class cls) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lbt_R(L)->class_refs[cls]);
+  lua_setmetatable(L, -2);
+}
 void *lbt_test_type(lua_State *L, int idx, lbt_class cls);
 void *lbt_check_handle(lua_State *L, int idx, lbt_class cls);
 int lbt_closed_error(lua_State *L, lbt_class cls);
+/* lbt_check_handle remembers, for a group, a semaphore and a channel, the last object it
+ * found open, and takes the same object again for one of them at a pointer comparison
+ * (the same address is the same live object). That holds because these classes' objects
+ * have a __gc from birth, and that __gc, like every other path that closes one, clears the
+ * handle through lbt_handle_clear, which forgets the object: memory is freed only after
+ * __gc ran, and a closed object is never remembered again. */
+void lbt_handle_clear(lua_State *L, void *ud, lbt_class cls);
 /* Milliseconds arguments: a number in [0, 1e15) — negative, NaN and inf refused, raising
  * "<fname>: bad argument #n 'ms' (expected milliseconds >= 0, got ...)" (fname NULL: found
  * by lbt_fname). lbt_opt_due reads an optional timeout and returns its absolute due time,
@@ -327,7 +378,10 @@ lua_Number lbt_arg_ms(lua_State *L, const char *fname, int idx, const char *name
 uint64_t lbt_arg_due(lua_State *L, lbt_rt *R, const char *fname, int idx);
 int lbt_opt_bool(lua_State *L, const char *fname, int tidx, const char *key, int def);
 int lbt_opt_function(lua_State *L, const char *fname, int tidx, const char *key);
-void lbt_arg_function(lua_State *L, const char *fname, int idx, const char *name);
+static inline void lbt_arg_function(lua_State *L, const char *fname, int idx,
+                                    const char *name) {
+  if (lua_type(L, idx) != LUA_TFUNCTION) lbt_argerror(L, fname, idx, name, "function");
+}
 const char *lbt_opt_string(lua_State *L, const char *fname, int tidx, const char *key,
                            const char *def, size_t *len);
 const char *lbt_arg_string(lua_State *L, const char *fname, int idx, const char *name,
@@ -343,7 +397,17 @@ void *lbt_check_udata(lua_State *L, const char *fname, int idx, const char *name
  * the cancellation error; else it returns the wake status (0, BT_ETIMEDOUT, BT_ECLOSED,
  * BT_ENOMEM, ...) and sets *Tp (if not NULL) to the running task. lbt_cancel_point is the
  * same for a call that did not wait (still a cancellation point); lbt_cancelled tests. */
-int lbt_resumed(lua_State *L, lbt_task **Tp, void (*undo)(void *arg), void *arg);
+_Noreturn void lbt_resumed_cancelled(lua_State *L, int status, void (*undo)(void *arg),
+                                     void *arg);
+static inline int lbt_resumed(lua_State *L, lbt_task **Tp, void (*undo)(void *arg),
+                              void *arg) {
+  lbt_task *T = lbt_current(lbt_R(L));
+  int status = lbt_fib(T)->status;
+  if (status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL))
+    lbt_resumed_cancelled(L, status, undo, arg);
+  if (Tp != NULL) *Tp = T;
+  return status;
+}
 /* The same for a wait that owns something whatever the wake delivered (a transfer, a
  * stream being opened): release(arg) runs before the cancellation error is raised. */
 int lbt_resumed_free(lua_State *L, lbt_task **Tp, void (*release)(void *arg), void *arg);

@@ -123,7 +123,7 @@ static int lchan_new(lua_State *L) {
   C->size = cap == 0 ? 1 : cap < 64 ? cap : 64;
   lua_createtable(L, (int)C->size, 0);
   lua_setiuservalue(L, -2, 1);
-  luaL_setmetatable(L, BT_CHAN_MT);
+  lbt_set_class(L, LBT_CHAN);
   return 1;
 }
 
@@ -312,7 +312,7 @@ static int lchan_gc(lua_State *L) {
   } else {
     bt_chan_close(c);
   }
-  C->c = NULL;
+  lbt_handle_clear(L, C, LBT_CHAN);
   return 0;
 }
 

@@ -21,6 +21,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lbaton.h"
@@ -280,10 +281,6 @@ int lbt_opt_function(lua_State *L, const char *fname, int tidx, const char *key)
   return t == LUA_TFUNCTION;
 }
 
-void lbt_arg_function(lua_State *L, const char *fname, int idx, const char *name) {
-  if (lua_type(L, idx) != LUA_TFUNCTION) lbt_argerror(L, fname, idx, name, "function");
-}
-
 const char *lbt_opt_string(lua_State *L, const char *fname, int tidx, const char *key,
                            const char *def, size_t *len) {
   int t = lua_getfield(L, tidx, key);
@@ -366,15 +363,11 @@ void lbt_insert_due(lua_State *L, int idx, uint64_t due) {
   lua_insert(L, idx);
 }
 
-int lbt_resumed(lua_State *L, lbt_task **Tp, void (*undo)(void *arg), void *arg) {
-  lbt_task *T = (lbt_task *)bt_rt_current(lbt_R(L)->rt);
-  int status = lbt_fib(T)->status;
-  if (status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) {
-    if (status == 0 && undo != NULL) undo(arg);  /* granted, but aborted meanwhile */
-    lbt_raise_cancelled(L);
-  }
-  if (Tp != NULL) *Tp = T;
-  return status;
+_Noreturn void lbt_resumed_cancelled(lua_State *L, int status, void (*undo)(void *arg),
+                                     void *arg) {
+  if (status == 0 && undo != NULL) undo(arg);  /* granted, but aborted meanwhile */
+  lbt_raise_cancelled(L);
+  abort();  /* lua_error does not return */
 }
 
 int lbt_resumed_free(lua_State *L, lbt_task **Tp, void (*release)(void *arg), void *arg) {

@@ -37,7 +37,7 @@ static int lfuture_new(lua_State *L) {
   lfuture *f = lua_newuserdatauv(L, sizeof *f, 1);
   bt_event_init(&f->storage);
   f->ev = &f->storage;
-  luaL_setmetatable(L, BT_FUTURE_MT);
+  lbt_set_class(L, LBT_FUTURE);
   return 1;
 }
 

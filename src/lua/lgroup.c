@@ -71,7 +71,7 @@ static int lgroup_new(lua_State *L) {
   bt__group_init(&G->storage, R->rt);
   G->g = &G->storage;
   LIST_INSERT_HEAD(&R->groups, G, link);
-  luaL_setmetatable(L, BT_GROUP_MT);
+  lbt_set_class(L, LBT_GROUP);
   if (has_opts) {
     int gi = lua_gettop(L);
     if (lua_getfield(L, 1, "limit") == LUA_TNUMBER) {  /* a semaphore of the group's own */
@@ -132,20 +132,20 @@ static int pop_one(lua_State *L, lbt_rt *R, lgroup *G) {
   lbt_task *T = (lbt_task *)bt_group_pop(G->g);
   if (T == NULL) return 0;
   T->t.flags |= BT_TASK_F_JOINED;  /* handed over: its outcome is the caller's now */
-  lbt_push_task(L, R, T);
-  lbt_task_release(R, T);
+  lbt_task_take(L, R, T);
   return 1;
 }
 
-static int drain_into(lua_State *L, lbt_rt *R, lgroup *G, int list) {
-  lua_Integer n = (lua_Integer)lua_rawlen(L, list);
+/* Appends the finished tasks to the list at `list`, which holds n; returns the new n. */
+static lua_Integer drain_into(lua_State *L, lbt_rt *R, lgroup *G, int list, lua_Integer n) {
   while (pop_one(L, R, G)) lua_rawseti(L, list, ++n);
-  return (int)n;
+  return n;
 }
 
-/* The group at 1 after a wait, or NULL if it was closed meanwhile. */
+/* The group at 1 after a wait, or NULL if it was closed meanwhile. Slot 1 still holds the
+ * group checked before the wait (its userdata memory lives as long as the slot). */
 static lgroup *group_after_wait(lua_State *L) {
-  lgroup *G = lbt_check_type(L, 1, LBT_GROUP);
+  lgroup *G = lua_touserdata(L, 1);
   return G->g != NULL ? G : NULL;
 }
 
@@ -163,7 +163,7 @@ static int join_next_k(lua_State *L, int st, lua_KContext due) {
   if (status != 0) return lbt_fail_status(L, JOIN_NEXT, status);
   int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, (uint64_t)due);
   if (rc < 0) return 0;
-  return lbt_suspend(L, due, join_next_k);
+  return lbt_suspend_task(L, T, due, join_next_k);
 }
 
 static int lgroup_join_next(lua_State *L) {
@@ -177,7 +177,7 @@ static int lgroup_join_next(lua_State *L) {
   lbt_fib(T)->status = 0;
   int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, due);
   if (rc < 0) return 0;
-  return lbt_suspend(L, (lua_KContext)due, join_next_k);
+  return lbt_suspend_task(L, T, (lua_KContext)due, join_next_k);
 }
 
 /* Shared by wait_within (a deadline) and join_all (none). Stack: group, fname (a light
@@ -198,49 +198,52 @@ static int collect_k(lua_State *L, int st, lua_KContext due) {
   int status = lbt_resumed(L, &T, NULL, NULL);
   lgroup *G = group_after_wait(L);
   if (G == NULL) return collect_fail(L, 0, "the group was closed while waiting");
-  drain_into(L, R, G, 3);
+  lbt_fiber *f = lbt_fib(T);
+  lua_Integer n = drain_into(L, R, G, 3, f->kdata);  /* kdata: how many the list holds */
   if (status == BT_ETIMEDOUT || bt_group_live(G->g) == 0) {
     lua_settop(L, 3);
     return 1;
   }
   if (status != 0) return collect_fail(L, status, NULL);
-  int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, (uint64_t)due);
+  int rc = bt_group_wait(G->g, &T->t, &f->joiner, &f->wait, (uint64_t)due);
   if (rc != 0) {
-    drain_into(L, R, G, 3);
+    drain_into(L, R, G, 3, n);
     lua_settop(L, 3);
     return 1;
   }
-  return lbt_suspend(L, due, collect_k);
+  f->kdata = n;
+  return lbt_suspend_task(L, T, due, collect_k);
 }
 
-static int collect(lua_State *L, uint64_t due, const char *fname) {
+static int collect(lua_State *L, lgroup *G, uint64_t due, const char *fname) {
   lbt_rt *R = lbt_R(L);
-  lgroup *G = check_group(L, 1);
   lua_settop(L, 1);
   lua_pushlightuserdata(L, (void *)fname);
   lua_createtable(L, (int)(bt_group_len(G->g) < 1u << 20 ? bt_group_len(G->g) : 1u << 20), 0);
-  drain_into(L, R, G, 3);
+  lua_Integer n = drain_into(L, R, G, 3, 0);
   if (bt_group_live(G->g) == 0) return 1;
   lbt_task *T = lbt_await_begin(L, R, fname);
-  lbt_fib(T)->status = 0;
-  int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, due);
+  lbt_fiber *f = lbt_fib(T);
+  f->status = 0;
+  int rc = bt_group_wait(G->g, &T->t, &f->joiner, &f->wait, due);
   if (rc != 0) {
-    drain_into(L, R, G, 3);
+    drain_into(L, R, G, 3, n);
     return 1;
   }
-  return lbt_suspend(L, (lua_KContext)due, collect_k);
+  f->kdata = n;
+  return lbt_suspend_task(L, T, (lua_KContext)due, collect_k);
 }
 
 static int lgroup_wait_within(lua_State *L) {
   static const char fname[] = "baton.group:wait_within";
   lbt_rt *R = lbt_R(L);
-  check_group(L, 1);
+  lgroup *G = check_group(L, 1);
   uint64_t due = bt_now(R->rt) + (uint64_t)ceil(lbt_arg_ms(L, fname, 2, "ms", -1));
-  return collect(L, due, fname);
+  return collect(L, G, due, fname);
 }
 
 static int lgroup_join_all(lua_State *L) {
-  return collect(L, UINT64_MAX, "baton.group:join_all");
+  return collect(L, check_group(L, 1), UINT64_MAX, "baton.group:join_all");
 }
 
 static int lgroup_drain(lua_State *L) {
@@ -248,7 +251,7 @@ static int lgroup_drain(lua_State *L) {
   lgroup *G = check_group(L, 1);
   lua_settop(L, 1);
   lua_newtable(L);
-  drain_into(L, R, G, 2);
+  drain_into(L, R, G, 2, 0);
   return 1;
 }
 
@@ -291,7 +294,7 @@ static int lgroup_close(lua_State *L) {
   else bt_group_detach_all(G->g);
   bt__group_destroy(G->g);
   LIST_REMOVE(G, link);
-  G->g = NULL;
+  lbt_handle_clear(L, G, LBT_GROUP);
   G->limit = NULL;
   return 0;
 }

@@ -9,7 +9,9 @@
  * back to a closed semaphore, or to a key that only it still holds. Methods of a finalized
  * semaphore or budget raise "used after it was closed". Permit release is plain C and
  * never waits, so it is safe from __close handlers and from a task being unwound by
- * cancellation.
+ * cancellation. A permit carries one of two metatables, like a task: the one with __gc
+ * while held, and once released by release() or <close> the same without __gc, so that the
+ * collector frees it without calling a finalizer that has nothing left to do.
  *
  * acquire() is an await: it queues the task's fiber record on the semaphore (FIFO, direct
  * hand-off) with an optional deadline; a task aborted while queued is unlinked and the grant
@@ -56,7 +58,7 @@ static size_t opt_k(lua_State *L, int idx, bt_sem_t *s, const char *fname) {
 static void push_sem_permit(lua_State *L, int sem_idx, bt_sem_t *s, size_t k) {
   lpermit *p = lua_newuserdatauv(L, sizeof *p, 1);
   memset(p, 0, sizeof *p);
-  luaL_setmetatable(L, BT_PERMIT_MT);
+  lbt_set_class(L, LBT_PERMIT);
   lua_pushvalue(L, sem_idx);
   lua_setiuservalue(L, -2, 1);
   p->sem = s;
@@ -69,7 +71,7 @@ static int lsem_new(lua_State *L) {
   lsem *S = lua_newuserdatauv(L, sizeof *S, 0);
   bt__sem_init(&S->storage, (size_t)n);
   S->s = &S->storage;
-  luaL_setmetatable(L, BT_SEM_MT);
+  lbt_set_class(L, LBT_SEM);
   return 1;
 }
 
@@ -145,7 +147,7 @@ static int lsem_acquire(lua_State *L) {
   bt_sem_acquire(s, &f->semw, k, on_sem_granted);
   f->wait.src = &f->semw;
   bt_task_wait(R->rt, &T->t, &f->wait, sem_wait_cancel, due);
-  return lbt_suspend(L, (lua_KContext)k, acquire_k);
+  return lbt_suspend_task(L, T, (lua_KContext)k, acquire_k);
 }
 
 static int lsem_available(lua_State *L) {
@@ -174,7 +176,7 @@ static int lsem_closed(lua_State *L) {
 static int lsem_gc(lua_State *L) {
   lsem *S = lbt_check_type(L, 1, LBT_SEM);
   bt_sem_close(&S->storage);
-  S->s = NULL;
+  lbt_handle_clear(L, S, LBT_SEM);
   return 0;
 }
 
@@ -197,15 +199,24 @@ static void permit_release(lpermit *p) {
   else if (p->budget != NULL) bt_budget_release(p->budget, p->key);
 }
 
+static lpermit *check_permit(lua_State *L, int idx) {
+  lpermit *p = lbt_test_type(L, idx, LBT_PERMIT);
+  return p != NULL ? p : lbt_check_type(L, idx, LBT_PERMIT_FREE);
+}
+
+/* release() and __close: released, the permit needs no finalizer any more. */
 static int lpermit_release(lua_State *L) {
-  lpermit *p = lbt_check_type(L, 1, LBT_PERMIT);
+  lpermit *p = check_permit(L, 1);
+  if (!p->held) return 0;
   permit_release(p);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lbt_R(L)->class_refs[LBT_PERMIT_FREE]);
+  lua_setmetatable(L, 1);
   return 0;
 }
 
 static int lpermit_gc(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lpermit *p = lbt_check_type(L, 1, LBT_PERMIT);
+  lpermit *p = check_permit(L, 1);
   if (p->held && !R->closed)
     lbt_warn(R, "a permit was collected while still held; release it, or hold it in a "
                 "<close> variable (released now)");
@@ -214,13 +225,13 @@ static int lpermit_gc(lua_State *L) {
 }
 
 static int lpermit_held(lua_State *L) {
-  lpermit *p = lbt_check_type(L, 1, LBT_PERMIT);
+  lpermit *p = check_permit(L, 1);
   lua_pushboolean(L, p->held);
   return 1;
 }
 
 static int lpermit_tostring(lua_State *L) {
-  lpermit *p = lbt_check_type(L, 1, LBT_PERMIT);
+  lpermit *p = check_permit(L, 1);
   if (p->budget && p->held)
     lua_pushfstring(L, "baton.Permit (budget key '%s', held)", bt__budget_key_name(p->key));
   else if (p->budget) lua_pushliteral(L, "baton.Permit (budget, released)");
@@ -246,7 +257,7 @@ static int lbudget_new(lua_State *L) {
   lbudget *B = lua_newuserdatauv(L, sizeof *B, 0);
   bt__budget_init(&B->storage, (size_t)cap);
   B->b = &B->storage;
-  luaL_setmetatable(L, BT_BUDGET_MT);
+  lbt_set_class(L, LBT_BUDGET);
   return 1;
 }
 
@@ -268,7 +279,7 @@ static int lbudget_try_acquire(lua_State *L) {
   }
   lpermit *p = lua_newuserdatauv(L, sizeof *p, 1);
   memset(p, 0, sizeof *p);
-  luaL_setmetatable(L, BT_PERMIT_MT);
+  lbt_set_class(L, LBT_PERMIT);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
   p->budget = B->b;
@@ -319,9 +330,14 @@ void lbt_open_sem(lua_State *L, int rt_idx) {
   static const luaL_Reg permit_methods[] = {
     {"release", lpermit_release}, {"held", lpermit_held}, {NULL, NULL}};
   static const luaL_Reg permit_meta[] = {
-    {"__close", lpermit_release}, {"__gc", lpermit_gc}, {"__tostring", lpermit_tostring},
-    {NULL, NULL}};
+    {"__gc", lpermit_gc},  /* first: permit_meta + 1 is the released class's */
+    {"__close", lpermit_release}, {"__tostring", lpermit_tostring}, {NULL, NULL}};
   lbt_new_class(L, rt_idx, BT_PERMIT_MT, permit_methods, permit_meta);
+  lbt_new_class(L, rt_idx, BT_PERMIT_FREE_MT, permit_methods, permit_meta + 1);
+  luaL_getmetatable(L, BT_PERMIT_FREE_MT);
+  lua_pushliteral(L, BT_PERMIT_MT);
+  lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
   static const luaL_Reg budget_methods[] = {
     {"try_acquire", lbudget_try_acquire}, {"snapshot", lbudget_snapshot},
     {"count", lbudget_count}, {NULL, NULL}};

@@ -54,7 +54,7 @@ static void push_handle(lua_State *L, int state_idx, lwatch_state *st) {
   w->seen = st->version;
   lua_pushvalue(L, state_idx);
   lua_setiuservalue(L, -2, 1);
-  luaL_setmetatable(L, BT_WATCH_MT);
+  lbt_set_class(L, LBT_WATCH);
 }
 
 static int lwatch_new(lua_State *L) {
@@ -174,7 +174,7 @@ static lnotify *check_notify(lua_State *L) { return lbt_check_type(L, 1, LBT_NOT
 static int lnotify_new(lua_State *L) {
   lnotify *N = lua_newuserdatauv(L, sizeof *N, 0);
   bt_notify_init(&N->n);
-  luaL_setmetatable(L, BT_NOTIFY_MT);
+  lbt_set_class(L, LBT_NOTIFY);
   return 1;
 }
 

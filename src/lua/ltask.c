@@ -8,7 +8,7 @@
  * When it ends, user value 1 holds its outcome: the results table ({n=, ...}, or nil for no
  * results) or the error value (a string error carries its traceback).
  *
- * Anchoring: a task is referenced from the runtime's anchor table while it is unfinished
+ * Anchoring: a task is held in an anchor slot (below) while it is unfinished
  * or sits in a group's finished list; after that only Lua references keep it alive, so
  * results outlive the coroutine and nothing is pinned forever.
  *
@@ -23,6 +23,7 @@
  * never started, whatever the task raised otherwise (a table keeps its identity and gains
  * a traceback; a string gains the traceback).
  */
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,27 +37,85 @@ static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status);
 static void task_finished(bt_rt_t *rt, bt_task_t *bt);
 static const bt_task_vt task_vt = {task_resume, task_finished};
 
-static void push_anchors(lua_State *L, lbt_rt *R) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, R->anchors);
+/* ---- anchors ------------------------------------------------------------------------ */
+
+/* What C holds and Lua must not collect (an unfinished task, a task in a group's finished
+ * list, a fiber's coroutine) sits in an anchor slot: a value on the stack of an anchor
+ * thread, a thread that never runs, kept by the runtime (the table R->anchors in the
+ * registry holds them). Slot s is index (s % ASTACK_SLOTS) + 2 of anchor stack
+ * s / ASTACK_SLOTS; index 1 holds the nil copied over a slot to clear it. A slot is then one
+ * API call away (lua_pushvalue, lua_getiuservalue, lua_copy on the anchor thread) and
+ * lua_xmove carries a value to or from the thread that needs it: a table's slot needed the
+ * table fetched from the registry first, and taken off the stack again. Only calls that
+ * cannot raise are made on an anchor thread (moves, copies, user values, and pushes within
+ * the room lua_checkstack gave): an error there would reset its stack and lose every
+ * anchor. Slots are handed out in order and freed ones reused LIFO from a C stack; a Lua
+ * stack holds at most LUAI_MAXSTACK values, hence several anchor stacks. */
+#define ASTACK_SLOTS 32768
+#define ASTACK_ROOM 8  /* free values kept above an anchor stack's top, for moves */
+
+struct lbt_astack {
+  lua_State *th;
+  int room;  /* the highest index lua_checkstack has made usable */
+};
+
+static inline lua_State *astack(lbt_rt *R, int slot, int *idx) {
+  *idx = (int)((unsigned)slot % ASTACK_SLOTS) + 2;
+  return R->astacks[(unsigned)slot / ASTACK_SLOTS].th;
 }
 
-/* Anchor slots: the value on top of L goes into a free slot of the anchor table (at
- * anchors_idx) and is popped. Freed slots are reused LIFO from a C stack, which is
- * cheaper than luaL_ref's in-table free list on the spawn path. */
-static int anchor(lua_State *L, lbt_rt *R, int anchors_idx) {
-  int slot;
+/* A new anchor stack, at the end of R->astacks. Raises on L when memory runs out. */
+static void astack_new(lua_State *L, lbt_rt *R) {
+  int n = R->nastacks;
+  struct lbt_astack *a = realloc(R->astacks, (size_t)(n + 1) * sizeof *a);
+  if (a == NULL) luaL_error(L, "baton: out of memory");
+  R->astacks = a;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, R->anchors);
+  lua_State *th = lua_newthread(L);
+  lua_rawseti(L, -2, n + 1);
+  lua_pop(L, 1);
+  if (!lua_checkstack(th, 64)) luaL_error(L, "baton: out of memory");
+  lua_pushnil(th);
+  a[n].th = th;
+  a[n].room = 64;
+  R->nastacks = n + 1;
+}
+
+/* The value on top of L goes into a free slot, which is returned; it is popped from L, or
+ * left there with `keep`. */
+static int anchor(lua_State *L, lbt_rt *R, int keep) {
+  int slot, idx;
   if (R->nfree > 0) {
-    slot = R->free_slots[--R->nfree];
-  } else {
-    slot = ++R->top_slot;
+    slot = R->free_slots[R->nfree - 1];
+    lua_State *A = astack(R, slot, &idx);
+    R->nfree--;
+    lua_xmove(L, A, 1);
+    lua_copy(A, -1, idx);
+    if (keep) lua_xmove(A, L, 1);
+    else lua_settop(A, -2);
+    return slot;
   }
-  lua_rawseti(L, anchors_idx, slot);
+  if (keep) lua_pushvalue(L, -1);
+  slot = R->top_slot;
+  idx = slot % ASTACK_SLOTS + 2;  /* the anchor stack's top + 1 */
+  if (idx == 2 && slot / ASTACK_SLOTS == R->nastacks) astack_new(L, R);
+  struct lbt_astack *a = &R->astacks[slot / ASTACK_SLOTS];
+  if (idx + ASTACK_ROOM > a->room) {
+    /* 64 values, then 1,024, then all: each step more than doubles the stack, so Lua
+     * allocates exactly what is asked (it doubles a stack asked for less). */
+    int want = a->room < 1024 ? 1024 : ASTACK_SLOTS + 2 + ASTACK_ROOM;
+    if (!lua_checkstack(a->th, want - (idx - 1))) luaL_error(L, "baton: out of memory");
+    a->room = want;
+  }
+  lua_xmove(L, a->th, 1);
+  R->top_slot = slot + 1;
   return slot;
 }
 
-static void unanchor(lua_State *L, lbt_rt *R, int anchors_idx, int slot) {
-  lua_pushnil(L);
-  lua_rawseti(L, anchors_idx, slot);
+static void unanchor(lbt_rt *R, int slot) {
+  int idx;
+  lua_State *A = astack(R, slot, &idx);
+  lua_copy(A, 1, idx);
   if (R->nfree == R->cap_free) {
     int cap = R->cap_free ? R->cap_free * 2 : 256;
     int *fs = realloc(R->free_slots, (size_t)cap * sizeof *fs);
@@ -68,17 +127,24 @@ static void unanchor(lua_State *L, lbt_rt *R, int anchors_idx, int slot) {
 }
 
 void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T) {
-  push_anchors(L, R);
-  lua_rawgeti(L, -1, T->ref);
-  lua_remove(L, -2);
+  int idx;
+  lua_State *A = astack(R, T->ref, &idx);
+  lua_pushvalue(A, idx);
+  lua_xmove(A, L, 1);
+}
+
+void lbt_task_take(lua_State *L, lbt_rt *R, lbt_task *T) {
+  int idx;
+  lua_State *A = astack(R, T->ref, &idx);
+  lua_pushvalue(A, idx);
+  lua_xmove(A, L, 1);
+  unanchor(R, T->ref);
+  T->ref = LUA_NOREF;
 }
 
 void lbt_task_release(lbt_rt *R, lbt_task *T) {
-  if (T->ref == LUA_NOREF || !bt_task_finished(&T->t) || T->t.group != NULL) return;
-  lua_State *L = R->L;
-  push_anchors(L, R);
-  unanchor(L, R, lua_gettop(L), T->ref);
-  lua_pop(L, 1);
+  if (T->ref == LUA_NOREF || T->t.state < BT_TASK_DONE || T->t.group != NULL) return;
+  unanchor(R, T->ref);
   T->ref = LUA_NOREF;
 }
 
@@ -104,27 +170,23 @@ static lbt_fiber *fiber_get(lbt_rt *R) {
   if (f == NULL) return NULL;
   memset(f, 0, sizeof *f);
   LIST_INSERT_HEAD(&R->fibers, f, all);
-  lua_State *L = R->L;
-  push_anchors(L, R);
-  f->co = lua_newthread(L);
-  f->co_ref = anchor(L, R, lua_gettop(L) - 1);
-  lua_pop(L, 1);
+  f->co = lua_newthread(R->L);
+  f->co_ref = anchor(R->L, R, 0);
   return f;
 }
 
+/* The coroutine's stack is empty: its results were moved out (task_returned), or
+ * lua_resetthread emptied it (task_failed), or nothing was pushed (task_never_ran). */
 static void fiber_put(lbt_rt *R, lbt_fiber *f) {
+  assert(lua_gettop(f->co) == 0);
   f->task = NULL;
-  lua_settop(f->co, 0);
   if (R->npool < FIBER_POOL_MAX) {
     f->next_free = R->pool;
     R->pool = f;
     R->npool++;
     return;
   }
-  lua_State *L = R->L;
-  push_anchors(L, R);
-  unanchor(L, R, lua_gettop(L), f->co_ref);
-  lua_pop(L, 1);
+  unanchor(R, f->co_ref);
   LIST_REMOVE(f, all);
   lbt_fiber_free(R, f);
 }
@@ -206,7 +268,7 @@ lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_
   T->ref = LUA_NOREF;
   T->nargs = (uint16_t)nargs;
   T->gated = gate != NULL;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, R->task_mt);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, R->class_refs[LBT_TASK]);
   lua_setmetatable(L, -2);
   for (int i = 0; i <= nargs; i++) {
     lua_pushvalue(L, fn_idx + i);
@@ -216,10 +278,7 @@ lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_
     lua_pushvalue(L, sem_idx);
     lua_setiuservalue(L, -2, 2 + nargs);
   }
-  push_anchors(L, R);
-  lua_pushvalue(L, -2);
-  T->ref = anchor(L, R, lua_gettop(L) - 1);
-  lua_pop(L, 1);
+  T->ref = anchor(L, R, 1);
   R->live++;
   if (gate != NULL) bt_gate_spawn(R->rt, gate, &T->t, &task_vt);
   else bt_task_spawn(R->rt, &T->t, &task_vt, g);
@@ -235,16 +294,17 @@ static void finish(lbt_rt *R, lbt_task *T, bt_task_state_t state) {
   bt_task_finish(R->rt, &T->t, state);
 }
 
-/* Stores the value on top of L as the task's outcome (user value 1) and pops it. */
+/* Stores the value on top of L as the task's outcome (user value 1) and pops it. The task
+ * is unfinished, so anchored: this is done on its anchor stack. */
 static void set_outcome(lua_State *L, lbt_rt *R, lbt_task *T) {
-  lbt_push_task(L, R, T);
-  lua_insert(L, -2);
-  lua_setiuservalue(L, -2, 1);
+  int idx;
+  lua_State *A = astack(R, T->ref, &idx);
+  lua_xmove(L, A, 1);
+  lua_setiuservalue(A, idx, 1);
   for (int i = 0; i < T->nargs; i++) {  /* drop the arguments: they may be large */
-    lua_pushnil(L);
-    lua_setiuservalue(L, -2, 2 + i);
+    lua_pushnil(A);
+    lua_setiuservalue(A, idx, 2 + i);
   }
-  lua_pop(L, 1);
 }
 
 static void task_returned(lbt_rt *R, lbt_task *T, int nres) {
@@ -296,7 +356,7 @@ static void task_failed(lbt_rt *R, lbt_task *T) {
   set_outcome(L, R, T);
   if (!cancelled) {  /* report it at collection if nobody looks at it */
     lbt_push_task(L, R, T);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, R->task_gc_mt);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, R->class_refs[LBT_TASK_GC]);
     lua_setmetatable(L, -2);
     lua_pop(L, 1);
   }
@@ -322,7 +382,7 @@ static void task_never_ran(lbt_rt *R, lbt_task *T, int status) {
 
 static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
   lbt_task *T = (lbt_task *)bt;
-  lbt_rt *R = bt_rt_data(rt);
+  lbt_rt *R = rt->data;
   lbt_fiber *f = lbt_fib(T);
   int nargs = 0;
   if (f == NULL) {
@@ -333,19 +393,23 @@ static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
     }
     T->t.wait = &f->wait;  /* the fiber rides on the wait pointer (lbt_fib) */
     f->task = T;
-    lua_State *L = R->L;
     nargs = T->nargs;
-    lbt_push_task(L, R, T);
-    luaL_checkstack(f->co, nargs + 2, "baton: task arguments");
-    for (int i = 0; i <= nargs; i++) lua_getiuservalue(L, -1 - i, 1 + i);
-    lua_xmove(L, f->co, nargs + 1);
-    lua_pop(L, 1);
+    int idx;
+    lua_State *A = astack(R, T->ref, &idx);  /* unfinished, so anchored */
+    /* An empty coroutine has LUA_MINSTACK values of room, an anchor stack ASTACK_ROOM */
+    if ((nargs + 2 > LUA_MINSTACK && !lua_checkstack(f->co, nargs + 2)) ||
+        (nargs >= ASTACK_ROOM && !lua_checkstack(A, nargs + 1))) {
+      task_never_ran(R, T, BT_ENOMEM);
+      return;
+    }
+    for (int i = 0; i <= nargs; i++) lua_getiuservalue(A, idx, 1 + i);
+    lua_xmove(A, f->co, nargs + 1);
   }
   f->status = status;
   int nres = 0;
   int rc = lua_resume(f->co, R->from ? R->from : R->L, nargs, &nres);
   if (rc == LUA_YIELD) {
-    lua_pop(f->co, nres);  /* a resume must not find the yielded values on the stack */
+    if (nres > 0) lua_pop(f->co, nres);  /* a resume must not find yielded values there */
     /* A plain coroutine.yield() inside a task: treat it as baton.yield(). */
     if (bt->state == BT_TASK_RUNNING) bt_task_yield(rt, bt);
   } else if (rc == LUA_OK) {
@@ -357,7 +421,7 @@ static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
 
 static void task_finished(bt_rt_t *rt, bt_task_t *bt) {
   lbt_task *T = (lbt_task *)bt;
-  lbt_rt *R = bt_rt_data(rt);
+  lbt_rt *R = rt->data;
   R->live--;
   if (bt->group == R->root) bt_group_remove(bt);
   lbt_task_release(R, T);
@@ -365,7 +429,7 @@ static void task_finished(bt_rt_t *rt, bt_task_t *bt) {
 
 /* ---- awaiting ----------------------------------------------------------------------- */
 
-lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname) {
+lbt_task *lbt_await_begin_slow(lua_State *L, lbt_rt *R, const char *fname) {
   bt_task_t *cur = bt_rt_current(R->rt);
   if (cur == NULL)
     luaL_error(L, "%s: not inside a baton task; run the code with baton.run(function() ... end) "
@@ -395,10 +459,7 @@ int lbt_is_wrapped(lua_State *L) {
   return wrapped;
 }
 
-int lbt_suspend(lua_State *L, lua_KContext ctx, lua_KFunction k) {
-  lbt_rt *R = lbt_R(L);
-  lbt_task *T = (lbt_task *)bt_rt_current(R->rt);
-  if (lbt_fib(T)->co == L) return lua_yieldk(L, 0, ctx, k);
+int lbt_suspend_wrapped(lua_State *L, lua_KContext ctx, lua_KFunction k) {
   lua_pushlightuserdata(L, &wrap_marker);
   return lua_yieldk(L, 1, ctx, k);
 }
@@ -482,7 +543,7 @@ static int ltask_join(lua_State *L) {
   lbt_task *self = lbt_await_begin(L, R, JOIN);
   if (self == T) return luaL_error(L, "%s: a task cannot join itself", JOIN);
   bt_task_join(R->rt, &self->t, &T->t, &lbt_fib(self)->joiner, &lbt_fib(self)->wait, due);
-  return lbt_suspend(L, 0, join_k);
+  return lbt_suspend_task(L, self, 0, join_k);
 }
 
 static int ltask_abort(lua_State *L) {
@@ -565,16 +626,13 @@ void lbt_open_task(lua_State *L, int rt_idx) {
     {"__index", ltask_index}, {"__tostring", ltask_tostring}, {"__close", ltask_abort},
     {NULL, NULL}};
   static const luaL_Reg gc[] = {{"__gc", ltask_gc}, {NULL, NULL}};
-  lbt_rt *R = lua_touserdata(L, rt_idx);
   lbt_new_class(L, rt_idx, BT_TASK_MT, methods, meta);
-  luaL_getmetatable(L, BT_TASK_MT);
-  R->task_mt = luaL_ref(L, LUA_REGISTRYINDEX);
   lbt_new_class(L, rt_idx, BT_TASK_GC_MT, methods, meta);
   luaL_getmetatable(L, BT_TASK_GC_MT);
   lbt_set_funcs(L, rt_idx, gc);
   lua_pushliteral(L, BT_TASK_MT);
   lua_setfield(L, -2, "__name");
-  R->task_gc_mt = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
   luaL_newmetatable(L, BT_ERROR_MT);
   lua_pushcfunction(L, lerror_tostring);
   lua_setfield(L, -2, "__tostring");
