@@ -43,6 +43,7 @@ typedef enum lbt_class {
   LBT_BRK_BACKEND, LBT_BRK_CALL, LBT_DEDUP, LBT_DEDUP_WAITER, LBT_BP, LBT_BP_PERMIT,
   LBT_PIPELINE, LBT_RUNNER, LBT_HTTP_STREAM, LBT_HTTP_XFER,
   LBT_CHAN, LBT_WATCH, LBT_NOTIFY,  /* lchan.c, lsync.c */
+  LBT_RATELIMIT,  /* lratelimit.c */
   LBT_NCLASSES
 } lbt_class;
 
@@ -183,6 +184,7 @@ void lbt_open_future(lua_State *L, int rt_idx);        /* lfuture.c: baton.futur
 void lbt_open_chan(lua_State *L, int rt_idx);          /* lchan.c: baton.channel */
 void lbt_open_sync(lua_State *L, int rt_idx);          /* lsync.c: watch, notify, shield */
 void lbt_open_select(lua_State *L, int rt_idx);        /* lselect.c: baton.select */
+void lbt_open_ratelimit(lua_State *L, int rt_idx);     /* lratelimit.c: baton.ratelimit */
 /* lsync.c: race, first_ok, hedge, interval (lua/baton/concurrency.lua, compiled in); after
  * the other openers, whose functions it uses */
 void lbt_open_concurrency(lua_State *L, int rt_idx);
