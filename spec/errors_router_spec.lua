@@ -14,6 +14,24 @@ local ROWS = {
       assert(rl:try_acquire(1))
       return rl:try_acquire(1)
     end, detail = function(d) assert(d.retry_after_ms > 59000 and d.retry_after_ms <= 60000) end },
+  { "baton.store.memory:gcra_take", "rate_limited", function()
+      local s = baton.store.memory()
+      assert(s:gcra_take("k", 1, 1000, 1, 1))
+      return s:gcra_take("k", 1, 1000, 1, 1)
+    end, detail = function(d) assert(d.retry_after_ms > 900 and d.retry_after_ms <= 1000) end },
+  { "baton.store.memory:lease_acquire", "busy", function()
+      local s = baton.store.memory()
+      assert(s:lease_acquire("k", "a", 1, 1000))
+      return s:lease_acquire("k", "b", 1, 1000)
+    end, detail = { holders = 1, limit = 1 } },
+  { "baton.store.memory:lease_renew", "closed", function()
+      return baton.store.memory():lease_renew("k", "a", 1000)
+    end, detail = { key = "k", holder = "a" } },
+  -- a store's own failure comes out of the limiter as the store gave it, prefixed
+  { "baton.ratelimit:acquire", "io", function()
+      local broken = { gcra_take = function() return nil, "redis: connection reset", "io" end }
+      return baton.ratelimit { rate = 1, store = broken, key = "k" }:acquire(1)
+    end },
 }
 
 local EXEMPT = {

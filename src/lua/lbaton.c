@@ -593,6 +593,7 @@ int lbt_open(lua_State *L) {
   lbt_open_select(L, rt_idx);
   lbt_open_ratelimit(L, rt_idx);
   lbt_open_concurrency(L, rt_idx);
+  lbt_open_router(L, rt_idx);
 
   if (luaL_loadbuffer(L, lua_helpers, strlen(lua_helpers), "=baton") != LUA_OK)
     return lua_error(L);

@@ -188,6 +188,7 @@ void lbt_open_ratelimit(lua_State *L, int rt_idx);     /* lratelimit.c: baton.ra
 /* lsync.c: race, first_ok, hedge, interval (lua/baton/concurrency.lua, compiled in); after
  * the other openers, whose functions it uses */
 void lbt_open_concurrency(lua_State *L, int rt_idx);
+void lbt_open_router(lua_State *L, int rt_idx);  /* lrouter.c: store.lua, router.lua (compiled in) */
 /* lhttp.c and lhttpstream.c: response heads as tables, and the stream half of
  * baton.http (options checked by lhttp.c; strings in `o` anchored on the stack). */
 void lbt_http_push_headers(lua_State *L, const char *p, size_t len);  /* raw lines -> table */
