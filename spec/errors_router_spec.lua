@@ -34,6 +34,30 @@ local ROWS = {
     end },
 }
 
+-- baton.router:call: a router over one deployment whose call fails as given.
+local function router_failing(kind, detail, opts)
+  return function()
+    local r = baton.router { deployments = { { name = "a", model = "m", call = function()
+      if kind == "sleep" then baton.sleep(1000) return "late" end
+      return nil, "it failed", kind, detail
+    end } } }
+    return r:call("m", {}, opts)
+  end
+end
+local function has_ledger(n)
+  return function(d) assert(type(d.ledger) == "table" and #d.ledger == n and type(d.class) == "string") end
+end
+for _, row in ipairs {
+  { "timeout", router_failing("sleep", nil, { timeout_ms = 20 }) },
+  { "rate_limited", router_failing("rate_limited", { retry_after_ms = 50 }) },
+  { "unavailable", router_failing("connect") },
+  { "rejected", router_failing("tool_error") },
+  { "auth", router_failing("auth") },
+  { "error", router_failing(nil) },
+} do
+  ROWS[#ROWS + 1] = { "baton.router:call", row[1], row[2], detail = has_ledger(1) }
+end
+
 local EXEMPT = {
   ["baton.ratelimit:acquire resource"] = "needs the timer heap's allocation to fail",
 }
