@@ -582,13 +582,6 @@ local function try_admit(self, call, d, retrying)
   local cool
   if stored then cool = state:cooling(d) else cool = d.cool_until - clock() end
   if cool > 0 then return false, cool, true end
-  local wait = 0
-  if d.rpm then wait = store_ok(d.rpm:retry_after(1)) end
-  if d.tpm then
-    local w = store_ok(d.tpm:retry_after(call.estimate))
-    if w > wait then wait = w end
-  end
-  if wait > 0 then return false, wait end
   local holder = true
   if stored then
     self.next_id = self.next_id + 1
@@ -600,14 +593,29 @@ local function try_admit(self, call, d, retrying)
     if max and d.inflight >= max then return false end
     d.inflight = d.inflight + 1
   end
-  if not (d.rpm or d.tpm) then return true, holder end
-  local r1 = d.rpm and d.rpm:try_acquire(1)
-  local t1 = d.tpm and d.tpm:try_acquire(call.estimate)
-  if (d.rpm and not r1) or (d.tpm and not t1) then  -- a shared store moved meanwhile
-    if r1 then d.rpm:adjust(r1, 0) end
-    if t1 then d.tpm:adjust(t1, 0) end
-    state:give_slot(d, holder)
-    return false, 1
+  local rpm, tpm = d.rpm, d.tpm
+  if not (rpm or tpm) then return true, holder end
+  -- the rates: both taken, or neither (a refused take's retry_after_ms says how long)
+  local r1, wait = true, nil
+  if rpm then
+    local msg, kind, detail
+    r1, msg, kind, detail = rpm:try_acquire(1)
+    if not r1 then
+      if kind ~= "rate_limited" then store_ok(nil, msg, kind, detail) end
+      wait = detail.retry_after_ms
+    end
+  end
+  if r1 and tpm then
+    local t1, msg, kind, detail = tpm:try_acquire(call.estimate)
+    if not t1 then
+      if kind ~= "rate_limited" then store_ok(nil, msg, kind, detail) end
+      wait = detail.retry_after_ms
+      if rpm then rpm:adjust(1, 0) end
+    end
+  end
+  if wait then
+    if stored then state:give_slot(d, holder) else d.inflight = d.inflight - 1 end
+    return false, wait
   end
   return true, holder
 end
