@@ -376,6 +376,18 @@ describe("baton.router", function()
     end))
   end
 
+  it("returns a store's failure as the call's, with the ledger", H.async(function()
+    local s = baton.store.memory()
+    local broken = setmetatable({ cooldown = function() return nil, "redis: connection reset", "io" end },
+                                { __index = s })
+    local r = baton.router { store = broken, deployments = { { name = "a", model = "m", call = function() return 1 end } } }
+    local msg, _, detail = H.assert_failure("baton.router:call", "io", r:call("m", {}))
+    assert.matches("the store failed: redis: connection reset", msg)
+    assert.equal("store", detail.class)
+    assert.same({}, detail.ledger)
+    H.raises_misuse("baton.router:call", 1, "group", "a group of this router", r.call, r, "nope", {})
+  end))
+
   describe("classify", function()
     local classify = baton.router.classify
 

@@ -292,8 +292,14 @@ local Stored = {}
 Stored.__index = Stored
 local SLOT_POLL_MS = 25
 
+-- A store operation's failure interrupts the call: raised, marked, and turned into the
+-- call's returned failure by Router:call (store_failure below).
 local function store_ok(v, msg, kind, detail)
-  if v == nil and msg ~= nil then error(baton.error(kind or "error", tostring(msg), detail), 0) end
+  if v == nil and msg ~= nil then
+    local e = baton.error(kind or "error", tostring(msg), detail)
+    e.from_store = true
+    error(e, 0)
+  end
   return v
 end
 
@@ -967,30 +973,12 @@ local function after_failure(self, call, a, class, ra, msg)
   end
 end
 
-function Router:call(group_name, req, opts)
-  if getmetatable(self) ~= Router then misuse(2, CALL, 0, "self", "baton.Router", self) end
-  if type(group_name) ~= "string" or not self.groups[group_name] then
-    misuse(2, CALL, 1, "group", "a group of this router", group_name)
-  end
-  local est, timeout = 0, self.timeout_ms
-  if opts ~= nil then
-    if type(opts) ~= "table" then misuse(2, CALL, 3, "opts", "table", opts) end
-    unknown(2, CALL, 3, opts, CALL_KEYS)
-    if opts.estimate_tokens ~= nil then
-      est = opts.estimate_tokens
-      if mtype(est) ~= "integer" or est < 0 then misuse(2, CALL, 3, "estimate_tokens", "integer >= 0", est) end
-    end
-    if opts.timeout_ms ~= nil then
-      timeout = opts.timeout_ms
-      check_ms(CALL, 3, "timeout_ms", timeout)
-    end
-  end
+local function do_call(self, ledger, group_name, req, est, timeout)
   self.calls = self.calls + 1
   local call <close> = setmetatable({
     router = self, group = group_name, req = req, estimate = est, deadline = clock() + timeout,
-    timeout = timeout, ledger = {}, running = {}, stages = self.stage_lists[group_name] or stages_of(self, group_name),
-    stage = 1, in_stage = 0,
-    hedged = 0,
+    timeout = timeout, ledger = ledger or {}, running = {}, stage = 1, in_stage = 0, hedged = 0,
+    stages = self.stage_lists[group_name] or stages_of(self, group_name),
   }, CallState)
   local h = self.hedge
   while true do
@@ -1087,6 +1075,41 @@ function Router:call(group_name, req, opts)
       end
     end
   end
+end
+
+-- Over a store, a store operation that fails ends the call with its failure: the store's
+-- kind (io, timeout, ...) and message, detail { class = "store", ledger, detail }.
+local function store_failure(ledger, ok, ...)
+  if ok then return ... end
+  local e = ...
+  if type(e) == "table" and e.from_store then
+    return nil, ("%s: the store failed: %s"):format(CALL, tostring(e.message)), e.kind,
+           { class = "store", ledger = ledger, detail = e.detail }
+  end
+  error(e, 0)
+end
+
+function Router:call(group_name, req, opts)
+  if getmetatable(self) ~= Router then misuse(2, CALL, 0, "self", "baton.Router", self) end
+  if type(group_name) ~= "string" or not self.groups[group_name] then
+    misuse(2, CALL, 1, "group", "a group of this router", group_name)
+  end
+  local est, timeout = 0, self.timeout_ms
+  if opts ~= nil then
+    if type(opts) ~= "table" then misuse(2, CALL, 3, "opts", "table", opts) end
+    unknown(2, CALL, 3, opts, CALL_KEYS)
+    if opts.estimate_tokens ~= nil then
+      est = opts.estimate_tokens
+      if mtype(est) ~= "integer" or est < 0 then misuse(2, CALL, 3, "estimate_tokens", "integer >= 0", est) end
+    end
+    if opts.timeout_ms ~= nil then
+      timeout = opts.timeout_ms
+      check_ms(CALL, 3, "timeout_ms", timeout)
+    end
+  end
+  if not self.state.store then return do_call(self, nil, group_name, req, est, timeout) end
+  local ledger = {}
+  return store_failure(ledger, pcall(do_call, self, ledger, group_name, req, est, timeout))
 end
 
 function Router:usage()
