@@ -261,6 +261,21 @@ describe("baton.router", function()
     assert.equal(1, u.fast.ok)
   end))
 
+  it("hedges at the deployment's p95 once it has 20 successes", H.async(function()
+    local n = 0
+    local r = baton.router { hedge = { after_ms = "p95", budget = 1 }, deployments = {
+      { name = "a", model = "m", call = function() n = n + 1 baton.sleep(n == 25 and 2000 or 10) return "a" end },
+      { name = "b", model = "m", call = function() baton.sleep(10) return "b" end },
+    } }
+    for _ = 1, 20 do assert.equal("a", r:call("m", {})) end  -- no samples yet: no hedge
+    assert.equal(0, r:usage().b.attempts)
+    for _ = 21, 24 do r:call("m", {}) end
+    local ms, v, ledger = H.timed(r.call, r, "m", {})       -- a's 25th is stuck: b answers
+    assert.equal("b", v)
+    assert.equal("hedge", ledger[2].why)
+    assert.is_true(ms < 300, ("took %.1f ms"):format(ms))
+  end))
+
   it("hedges within its budget only", H.async(function()
     local hedged = 0
     local r = baton.router { hedge = { after_ms = 5, budget = 0.25 }, deployments = {
