@@ -40,6 +40,20 @@ describe("baton.router", function()
   lazy_setup(function() server:start() end)
   lazy_teardown(function() server:stop() end)
 
+  it("is loaded on first use; a reference taken before still works", function()
+    local script = H.write_temp([[
+      local r, s = baton.router, baton.store   -- the proxies: nothing compiled yet
+      print(tostring(r))
+      local router = r { deployments = { { name = "a", call = function() return 1 end } } }
+      baton.run(function() print((router:call("a", {}))) end)
+      print(rawequal(baton.router, r), s.memory == baton.store.memory, (baton.router.classify(nil, "x", "timeout")))
+    ]])
+    local res = H.run(H.q(script))
+    os.remove(script)
+    assert.equal("", res.err)
+    assert.equal("baton.router (not loaded yet)\n1\nfalse\ttrue\ttimeout\n", res.out)
+  end)
+
   describe("acts on the class of each failure", function()
     it("429 + Retry-After: cools the deployment down for exactly that long; the next serves", H.http_async(function()
       local r = baton.router { deployments = {
