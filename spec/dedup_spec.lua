@@ -90,6 +90,30 @@ describe("dedup:check", function()
     assert.equal("new", d:check("b"))
   end)
 
+  it("honours a TTL given to check for that pending key, in expiry order with the others", function()
+    local clock = manual_clock(100)
+    local d = baton.dedup{ ttl_ms = 50, clock = clock.now }
+    d:check("long", 500)        -- its own TTL: pending until 600
+    d:check("default")          -- the table's: until 150
+    d:check("short", 10)        -- until 110: linked before "default"
+    clock.t = 120
+    assert.equal("new", d:check("short"))  -- expired, and "short" again pending until 170
+    clock.t = 160
+    assert.equal("new", d:check("default"))
+    assert.equal("in_progress", d:check("long"))
+    clock.t = 600
+    assert.equal("new", d:check("long"))
+    -- the sweep pops the head while it is due: every expired key goes, the live ones stay
+    clock.t = 10000
+    for i = 1, 20 do d:check("s" .. i, i % 2 == 0 and 5 or 5000) end
+    clock.t = 10010
+    d:check("x")
+    d:check("y")
+    d:check("z")  -- each call pops up to 8 expired entries from the head
+    assert.is_true(d:size() <= 20, "size " .. d:size())
+    misuse("baton.dedup:check", 2, "ttl_ms", "milliseconds >= 0", d.check, d, "k", -5)
+  end)
+
   it("fail clears an in-progress key so the next caller is not blocked", function()
     local d = baton.dedup{ ttl_ms = 60000 }
     d:check("k")

@@ -89,6 +89,23 @@ describe("baton.engine", function()
     assert.equal(1, #e:wait_within())
   end))
 
+  it("takes per_host_cap as a table: a cap for each host, and a default", H.async(function()
+    local e = engine({ per_host_cap = { default = 1, ["api.x"] = 3, ["blocked.example"] = 0 } }, mock(50))
+    local skips = e:dispatch {
+      req("A", "api.x"), req("B", "api.x"), req("C", "api.x"), req("D", "api.x"),
+      req("E", "other"), req("F", "other"), req("G", "blocked.example"),
+    }
+    assert.same({ "D", "F", "G" }, { skips[1].tool, skips[2].tool, skips[3].tool })
+    assert.equal(3, count(skips, "skipped", "host_saturated"))
+    assert.same({ ["api.x"] = 3, other = 1 }, e:budget_snapshot())
+    assert.equal(4, #e:wait_within())
+    local d = mock(1)
+    H.raises_misuse("baton.engine", 1, "per_host_cap.api.x", "integer >= 0", baton.engine,
+                    { max_parallel = 1, timeout_ms = 1, dispatcher = d, per_host_cap = { ["api.x"] = -1 } })
+    H.raises_misuse("baton.engine", 1, "per_host_cap", "host names as keys", baton.engine,
+                    { max_parallel = 1, timeout_ms = 1, dispatcher = d, per_host_cap = { 5 } })
+  end))
+
   it("gives different hosts separate budgets", H.async(function()
     local e = engine({ per_host_cap = 1 }, mock(5))
     assert.same({}, e:dispatch {
@@ -536,6 +553,8 @@ describe("baton.engine configuration", function()
       { { { tool = "A", speculate = "no" } }, "'requests[1].speculate' (expected boolean, got 'no')" },
       { { "A" }, "'requests[1]' (expected table, got 'A')" },
       { "A", "'requests' (expected table, got 'A')" },
+      -- a single request where a list is expected raised nothing and did nothing before
+      { { tool = "A", host = "h" }, "'requests' (expected a list of requests, got a single request" },
     }
     for _, c in ipairs(bad) do
       local ok, err = pcall(e.dispatch, e, c[1])

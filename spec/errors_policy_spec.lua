@@ -121,16 +121,16 @@ local failures = {
     end,
     function(msg, detail)
       assert.equal("baton.limiter:acquire: 'p/m' is at its limit (1 of 1 in use)", msg)
-      assert.same({ key = "p/m", capacity = 1, in_use = 1, waiting = 0 }, detail)
+      assert.same({ key = "p/m", capacity = 1, in_use = 1, waiting = 0, reason = "models" }, detail)
     end },
   { "baton.limiter:acquire", "queue_wait", function()  -- max_agents, not the key, is full
       local lim = baton.limiter { max_agents = 1, models = { ["p/a"] = 2, ["p/b"] = 2 } }
       local g <close> = lim:acquire("p/a")
       return lim:acquire("p/b")
-    end, { key = "p/b", capacity = 2, in_use = 0, waiting = 0 } },
+    end, { key = "p/b", capacity = 2, in_use = 0, waiting = 0, reason = "max_agents" } },
   { "baton.limiter:acquire", "queue_wait", function()  -- a limit of 0, even with wait
       return baton.limiter { models = { ["p/off"] = 0 } }:acquire("p/off", { wait = true })
-    end, { key = "p/off", capacity = 0, in_use = 0, waiting = 0 } },
+    end, { key = "p/off", capacity = 0, in_use = 0, waiting = 0, reason = "models" } },
   { "baton.limiter:acquire", "timeout", function()
       local lim = baton.limiter { models = { ["p/m"] = 1 } }
       local g <close> = lim:acquire("p/m")

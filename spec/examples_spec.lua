@@ -20,6 +20,8 @@ local cases = {
   { "http_gateway", "provider stopped; 0 transfers in flight" },
   { "pipeline_channels", "accounted for: 40 of 40 jobs" },
   { "pipeline_channels", "clean: 0 tasks left, jobs closed, results closed" },
+  { "router", "requests: 200, ok: %d+, failed: %d+ %(.-%); usage matches the ledgers: true" },
+  { "router", "context_fallback %-> ok" },
   { "mcp_prefetch", "closed: server pid %d+ still alive: false",
     need = "spec/fixtures/mcp/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js" },
 }

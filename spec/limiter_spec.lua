@@ -114,7 +114,7 @@ describe("baton.limiter limits", function()
     local msg, _, detail = H.assert_failure("baton.limiter:acquire", "queue_wait",
                                             lim:acquire("zai-coding/glm-5"))
     assert.equal("baton.limiter:acquire: 'zai-coding/glm-5' is at its limit (4 of 4 in use)", msg)
-    assert.same({ key = "zai-coding/glm-5", capacity = 4, in_use = 4, waiting = 0 }, detail)
+    assert.same({ key = "zai-coding/glm-5", capacity = 4, in_use = 4, waiting = 0, reason = "models" }, detail)
     release_all(grants)
   end))
 
@@ -302,7 +302,7 @@ describe("baton.limiter:acquire queue", function()
                                               lim:acquire("p/b"))
       assert.equal("baton.limiter:acquire: no slot for 'p/b': max_agents is reached (1 in use)",
                    msg)
-      assert.same({ key = "p/b", capacity = 5, in_use = 0, waiting = 0 }, detail)
+      assert.same({ key = "p/b", capacity = 5, in_use = 0, waiting = 0, reason = "max_agents" }, detail)
       -- the queue path waits for the global slot too, though p/b itself is free
       local t = baton.spawn(function()
         local g <close> = lim:acquire("p/b", { wait = true })

@@ -2,10 +2,11 @@
  * dedup.c — request de-duplication by key, with TTL expiry in O(1) per call.
  *
  * Entries live in a uthash table keyed by the key's bytes (stored inline). Every entry
- * that can expire (pending and cached ones) is also on one FIFO list, appended when its
- * expiry time is set. The TTL is the same for every entry and the clock never goes back,
- * so the list is ordered by expiry time: expiring means popping its head while the head is
- * due. Each call pops at most BT_DEDUP_SWEEP entries (bounded work), and the key a call
+ * that can expire (pending and cached ones) is also on one list ordered by expiry time,
+ * where it is linked when its expiry time is set: with the table's one TTL and a clock that
+ * never goes back that is the tail (O(1)); a pending key registered with a TTL of its own
+ * (check(key, ttl_ms)) walks back from the tail past the entries that expire later. So
+ * expiring means popping the head while the head is due. Each call pops at most BT_DEDUP_SWEEP entries (bounded work), and the key a call
  * looks at is checked on its own (lazy expiry), so an expired entry is never seen. Seed
  * defect 7 swept the whole table on every check. (A clock that goes back only delays the
  * sweep: the lazy check stays exact.)
@@ -36,7 +37,7 @@ typedef struct entry {
 
 struct bt_dedup {
   entry *map;
-  TAILQ_HEAD(, entry) fifo;
+  TAILQ_HEAD(entry_list, entry) fifo;
   uint64_t ttl;
   uint64_t gen;
   size_t n;
@@ -73,21 +74,29 @@ static entry *find(bt_dedup_t *d, const char *key, size_t len) {
   return e;
 }
 
-static int64_t expiry(const bt_dedup_t *d, int64_t now) {
+static int64_t expiry(uint64_t ttl, int64_t now) {
   uint64_t room = now >= 0 ? (uint64_t)(INT64_MAX - now) : (uint64_t)INT64_MAX;
-  return d->ttl > room ? INT64_MAX : now + (int64_t)d->ttl;
+  return ttl > room ? INT64_MAX : now + (int64_t)ttl;
 }
 
-/* Gives `e` state `st`, keeping the FIFO invariant: an entry that gets an expiry time goes
- * to the tail. */
-static void set_state(bt_dedup_t *d, entry *e, bt_dedup_state_t st, int64_t now) {
+/* Gives `e` state `st` (expiring `ttl` ms from now when pending or cached), keeping the
+ * list ordered by expiry: linked after the last entry that expires no later. */
+static void set_state_ttl(bt_dedup_t *d, entry *e, bt_dedup_state_t st, int64_t now,
+                          uint64_t ttl) {
   if (e->state == BT_DEDUP_PENDING || e->state == BT_DEDUP_CACHED) TAILQ_REMOVE(&d->fifo, e, fifo);
   e->state = (uint8_t)st;
   e->waiters = 0;
   if (st == BT_DEDUP_PENDING || st == BT_DEDUP_CACHED) {
-    e->expires = expiry(d, now);
-    TAILQ_INSERT_TAIL(&d->fifo, e, fifo);
+    e->expires = expiry(ttl, now);
+    entry *p = TAILQ_LAST(&d->fifo, entry_list);
+    while (p != NULL && p->expires > e->expires) p = TAILQ_PREV(p, entry_list, fifo);
+    if (p == NULL) TAILQ_INSERT_HEAD(&d->fifo, e, fifo);
+    else TAILQ_INSERT_AFTER(&d->fifo, p, e, fifo);
   }
+}
+
+static void set_state(bt_dedup_t *d, entry *e, bt_dedup_state_t st, int64_t now) {
+  set_state_ttl(d, e, st, now, d->ttl);
 }
 
 static entry *add(bt_dedup_t *d, const char *key, size_t len) {
@@ -132,10 +141,10 @@ bt_dedup_state_t bt__dedup_get(bt_dedup_t *d, const char *key, size_t len, int64
   return (bt_dedup_state_t)e->state;
 }
 
-int bt__dedup_register(bt_dedup_t *d, const char *key, size_t len, int64_t now) {
+int bt__dedup_register(bt_dedup_t *d, const char *key, size_t len, int64_t now, uint64_t ttl) {
   entry *e = find(d, key, len);
   if (e == NULL && (e = add(d, key, len)) == NULL) return BT_ENOMEM;
-  set_state(d, e, BT_DEDUP_PENDING, now);
+  set_state_ttl(d, e, BT_DEDUP_PENDING, now, ttl);
   return 0;
 }
 

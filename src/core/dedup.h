@@ -39,8 +39,9 @@ size_t bt__dedup_expire(bt_dedup_t *d, int64_t now, size_t max, bt_dedup_drop_cb
  * flight, *gen (when not NULL) receives its generation. Keys are `len` bytes. */
 bt_dedup_state_t bt__dedup_get(bt_dedup_t *d, const char *key, size_t len, int64_t now,
                               uint64_t *gen, bt_dedup_drop_cb drop, void *ud);
-/* Marks an absent key pending until now + ttl. Returns 0 or BT_ENOMEM. */
-int bt__dedup_register(bt_dedup_t *d, const char *key, size_t len, int64_t now);
+/* Marks an absent key pending until now + ttl (the table's, bt__dedup_ttl(d), or one of
+ * its own). Returns 0 or BT_ENOMEM. */
+int bt__dedup_register(bt_dedup_t *d, const char *key, size_t len, int64_t now, uint64_t ttl);
 /* Marks an absent key in flight; returns the flight's generation (never 0), or 0 when out
  * of memory. */
 uint64_t bt__dedup_begin_flight(bt_dedup_t *d, const char *key, size_t len);

@@ -117,7 +117,7 @@ void bt__engine_destroy(bt_engine_t *e) {
   e->group = NULL;
 }
 
-int bt__engine_admit(bt_engine_t *e, const char *host, size_t len, int speculate) {
+int bt__engine_admit(bt_engine_t *e, const char *host, size_t len, size_t cap, int speculate) {
   drop_staged(e);
   int why = !e->cfg.enabled ? BT_ENGINE_SKIP_DISABLED
           : !speculate ? BT_ENGINE_SKIP_NOT_SPECULATABLE
@@ -128,7 +128,8 @@ int bt__engine_admit(bt_engine_t *e, const char *host, size_t len, int speculate
     if (r == NULL) return BT_ENOMEM;
     if (host != NULL && e->cfg.respect_rate_limits) {
       int err = 0;
-      r->slot = bt_budget_try_acquire(e->budget, host, len, e->cfg.per_host_cap, &err);
+      if (cap == SIZE_MAX) cap = e->cfg.per_host_cap;
+      r->slot = bt_budget_try_acquire(e->budget, host, len, cap, &err);
       if (r->slot == NULL) {
         free(r);
         if (err == BT_ENOMEM) return BT_ENOMEM;

@@ -20,7 +20,7 @@ enum {
 
 typedef struct bt_engine_cfg {
   size_t max_parallel;       /* in-flight prefetches of the engine, across dispatches */
-  size_t per_host_cap;       /* slots per host key in the budget */
+  size_t per_host_cap;       /* slots per host key in the budget, unless admit gives one */
   uint64_t timeout_ms;       /* the binding's default wait; kept here with the rest */
   int enabled;
   int respect_rate_limits;   /* 0: hosts are neither counted nor capped */
@@ -58,10 +58,11 @@ int bt__engine_init(bt_engine_t *e, bt_group_t *g, bt_budget_t *shared,
  * frees the records (and its own budget). Finished tasks still in the group are detached
  * too: the caller pops them first if it must release them. Idempotent. */
 void bt__engine_destroy(bt_engine_t *e);
-/* Decides about one request: `host` (len bytes, borrowed for the call) or NULL for none.
- * Returns 0 (admitted: a slot is held and a record staged for bt__engine_attach), a
- * BT_ENGINE_SKIP_* reason (counted), or BT_ENOMEM (nothing held). */
-int bt__engine_admit(bt_engine_t *e, const char *host, size_t len, int speculate);
+/* Decides about one request: `host` (len bytes, borrowed for the call) or NULL for none,
+ * capped at `cap` slots (the host's own cap; SIZE_MAX: cfg.per_host_cap). Returns 0
+ * (admitted: a slot is held and a record staged for bt__engine_attach), a BT_ENGINE_SKIP_*
+ * reason (counted), or BT_ENOMEM (nothing held). */
+int bt__engine_admit(bt_engine_t *e, const char *host, size_t len, size_t cap, int speculate);
 /* Gives the staged record to `t`, just spawned into the engine's group. */
 void bt__engine_attach(bt_engine_t *e, bt_task_t *t);
 /* Forgets finished task `t` (popped from the group by the caller): frees its record and

@@ -57,7 +57,8 @@ static const struct { const char *name, *path; } classes[LBT_NCLASSES] = {
   [LBT_HTTP_STREAM] = {"baton.HttpStream", "baton.http.stream"},
   [LBT_HTTP_XFER] = {"baton.HttpTransfer", "baton.http.transfer"},
   [LBT_CHAN] = {"baton.Channel", "baton.channel"}, [LBT_WATCH] = {"baton.Watch", "baton.watch"},
-  [LBT_NOTIFY] = {"baton.Notify", "baton.notify"}};
+  [LBT_NOTIFY] = {"baton.Notify", "baton.notify"},
+  [LBT_RATELIMIT] = {"baton.RateLimit", "baton.ratelimit"}};
 
 /* Tasks and permits have two classes each, one without __gc (ltask.c, lsem.c): the user
  * sees one. */
@@ -630,7 +631,9 @@ int lbt_open(lua_State *L) {
   lbt_open_chan(L, rt_idx);
   lbt_open_sync(L, rt_idx);
   lbt_open_select(L, rt_idx);
+  lbt_open_ratelimit(L, rt_idx);
   lbt_open_concurrency(L, rt_idx);
+  lbt_open_router(L, rt_idx);
 
   if (luaL_loadbuffer(L, lua_helpers, strlen(lua_helpers), "=baton") != LUA_OK)
     return lua_error(L);

@@ -45,6 +45,7 @@ typedef enum lbt_class {
   LBT_BRK_BACKEND, LBT_BRK_CALL, LBT_DEDUP, LBT_DEDUP_WAITER, LBT_BP, LBT_BP_PERMIT,
   LBT_PIPELINE, LBT_RUNNER, LBT_HTTP_STREAM, LBT_HTTP_XFER,
   LBT_CHAN, LBT_WATCH, LBT_NOTIFY,  /* lchan.c, lsync.c */
+  LBT_RATELIMIT,  /* lratelimit.c */
   LBT_NCLASSES
 } lbt_class;
 
@@ -221,9 +222,11 @@ void lbt_open_future(lua_State *L, int rt_idx);        /* lfuture.c: baton.futur
 void lbt_open_chan(lua_State *L, int rt_idx);          /* lchan.c: baton.channel */
 void lbt_open_sync(lua_State *L, int rt_idx);          /* lsync.c: watch, notify, shield */
 void lbt_open_select(lua_State *L, int rt_idx);        /* lselect.c: baton.select */
+void lbt_open_ratelimit(lua_State *L, int rt_idx);     /* lratelimit.c: baton.ratelimit */
 /* lsync.c: race, first_ok, hedge, interval (lua/baton/concurrency.lua, compiled in); after
  * the other openers, whose functions it uses */
 void lbt_open_concurrency(lua_State *L, int rt_idx);
+void lbt_open_router(lua_State *L, int rt_idx);  /* lrouter.c: store.lua, router.lua (compiled in) */
 /* lhttp.c and lhttpstream.c: response heads as tables, and the stream half of
  * baton.http (options checked by lhttp.c; strings in `o` anchored on the stack). */
 void lbt_http_push_headers(lua_State *L, const char *p, size_t len);  /* raw lines -> table */

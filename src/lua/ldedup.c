@@ -2,7 +2,8 @@
  * ldedup.c — baton.dedup{ ttl_ms =, clock = }: request de-duplication by key, and
  * single-flight execution.
  *
- *   d:check(key)      -> "new" (now in progress: the caller does the work)
+ *   d:check(key [, ttl_ms]) -> "new" (now in progress for ttl_ms, default the table's TTL:
+ *                     the caller does the work)
  *                        | "in_progress" | "cached", value...
  *   d:complete(key, v)   caches v for ttl_ms        d:fail(key)  forgets an in-progress key
  *   d:run(key, fn, ...)  -> fn's results, shared: see below
@@ -32,6 +33,7 @@
  * died without settling (it never ran: its runtime ended first), which lookups detect and
  * repair.
  */
+#include <math.h>
 #include <string.h>
 
 #include "dedup.h"
@@ -205,10 +207,12 @@ static dcall begin(lua_State *L, const char *fname, int top) {
 
 static int ldedup_check(lua_State *L) {
   static const char *const F = "baton.dedup:check";
+  lua_Number ttl = lua_isnoneornil(L, 3) ? -1 : lbt_arg_ms(L, F, 3, "ttl_ms", -1);  /* -1: the table's */
   dcall c = begin(L, F, 2);
   switch (c.st) {
   case BT_DEDUP_ABSENT:
-    if (bt__dedup_register(c.D->d, c.key, c.len, c.now) != 0)
+    if (bt__dedup_register(c.D->d, c.key, c.len, c.now,
+                           ttl < 0 ? bt__dedup_ttl(c.D->d) : (uint64_t)ceil(ttl)) != 0)
       return luaL_error(L, "%s: out of memory", F);
     lua_pushliteral(L, "new");
     return 1;

@@ -32,7 +32,8 @@
 static const char *const F_NEW = "baton.engine";
 static const char *const F_DISPATCH = "baton.engine:dispatch";
 
-/* User values: 1 the dispatcher, 2 requests by task id, 3 the shared budget (or nil). */
+/* User values: 1 the dispatcher, 2 requests by task id, 3 the shared budget (or nil), 4 the
+ * per-host caps when per_host_cap is a table ({ [host] = cap }, checked), else nil. */
 typedef struct lengine {
   struct lgroup lg;  /* lg.g is NULL until the engine is open and once it is closed */
   bt_engine_t e;
@@ -93,28 +94,62 @@ static int lengine_new(lua_State *L) {
   cfg.enabled = lbt_opt_bool(L, F_NEW, 1, "enabled", 1);
   cfg.respect_rate_limits = lbt_opt_bool(L, F_NEW, 1, "respect_rate_limits", 1);
   cfg.max_parallel = (size_t)lbt_opt_count(L, F_NEW, 1, "max_parallel", 0, -1);
-  cfg.per_host_cap = (size_t)lbt_opt_count(L, F_NEW, 1, "per_host_cap", 0, 4);
+  int caps = 0;  /* per_host_cap = { default = n, [host] = n }: stack index of a checked copy */
+  if (lua_getfield(L, 1, "per_host_cap") == LUA_TTABLE) {
+    lua_newtable(L);
+    caps = lua_gettop(L);
+    cfg.per_host_cap = 4;
+    lua_pushnil(L);
+    while (lua_next(L, caps - 1)) {
+      int isint = 0;
+      lua_Integer n = lua_tointegerx(L, -1, &isint);
+      const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+      if (k == NULL)
+        lbt_argerror_got(L, F_NEW, 1, "per_host_cap", "host names as keys", lbt_push_got(L, -2));
+      if (lua_type(L, -1) != LUA_TNUMBER || !isint || n < 0) {
+        const char *got = lbt_push_got(L, -1);
+        lbt_argerror_got(L, F_NEW, 1, lua_pushfstring(L, "per_host_cap.%s", k), "integer >= 0", got);
+      }
+      if (strcmp(k, "default") == 0) {
+        cfg.per_host_cap = (size_t)n;
+      } else {
+        lua_pushvalue(L, -2);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, caps);
+      }
+      lua_pop(L, 1);
+    }
+    lua_replace(L, caps - 1);  /* the copy where the option was */
+    caps = caps - 1;
+  } else {
+    lua_pop(L, 1);
+    cfg.per_host_cap = (size_t)lbt_opt_count(L, F_NEW, 1, "per_host_cap", 0, 4);
+    lua_pushnil(L);
+    caps = lua_gettop(L);
+  }
   lua_Number ms = lbt_opt_ms(L, F_NEW, 1, "timeout_ms", -1);
   if (ms < 0) lbt_field_error(L, F_NEW, 1, "timeout_ms", "milliseconds >= 0");
   cfg.timeout_ms = (uint64_t)ceil(ms);
-  if (!lbt_opt_function(L, F_NEW, 1, "dispatcher"))  /* 2 */
+  if (!lbt_opt_function(L, F_NEW, 1, "dispatcher"))  /* 3 */
     lbt_field_error(L, F_NEW, 1, "dispatcher", "function");
   bt_budget_t *shared = NULL;
-  if (lua_getfield(L, 1, "budget") != LUA_TNIL) {   /* 3 */
+  if (lua_getfield(L, 1, "budget") != LUA_TNIL) {   /* 4 */
     lbudget *B = lbt_test_type(L, -1, LBT_BUDGET);
     if (B == NULL) lbt_field_error(L, F_NEW, 1, "budget", "baton.budget");
     if (B->b == NULL) return lbt_closed_error(L, LBT_BUDGET);
     shared = B->b;  /* in the budget's userdata, which user value 3 keeps */
   }
-  lengine *E = lua_newuserdatauv(L, sizeof *E, 3);  /* created closed */
+  lengine *E = lua_newuserdatauv(L, sizeof *E, 4);  /* created closed */
   memset(E, 0, sizeof *E);
   luaL_setmetatable(L, BT_ENGINE_MT);
-  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
   lua_setiuservalue(L, -2, 1);
   lua_newtable(L);
   lua_setiuservalue(L, -2, 2);
-  lua_pushvalue(L, 3);
+  lua_pushvalue(L, 4);
   lua_setiuservalue(L, -2, 3);
+  lua_pushvalue(L, caps);
+  lua_setiuservalue(L, -2, 4);
   bt__group_init(&E->lg.storage, R->rt);
   if (bt__engine_init(&E->e, &E->lg.storage, shared, &cfg) != 0)
     return luaL_error(L, "%s: out of memory", F_NEW);
@@ -239,6 +274,10 @@ static int lengine_dispatch(lua_State *L) {
   if (!lua_istable(L, 2)) lbt_argerror(L, F_DISPATCH, 2, "requests", "table");
   lua_settop(L, 2);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+  if (n == 0 && lua_getfield(L, 2, "tool") != LUA_TNIL)  /* one request, not a list of them */
+    lbt_argerror_got(L, F_DISPATCH, 1, "requests", "a list of requests",
+                     "a single request (wrap it: { request })");
+  lua_settop(L, 2);
   for (lua_Integer i = 1; i <= n; i++) {  /* all checked before any is started */
     lua_rawgeti(L, 2, i);
     check_request(L, 3, i);
@@ -254,7 +293,13 @@ static int lengine_dispatch(lua_State *L) {
     const char *host = lua_tolstring(L, -1, &hlen);
     lua_getfield(L, 5, "speculate");
     int spec = lua_type(L, -1) != LUA_TBOOLEAN || lua_toboolean(L, -1);
-    int rc = bt__engine_admit(&E->e, host, hlen, spec);
+    size_t cap = SIZE_MAX;
+    if (host != NULL) {
+      lua_getiuservalue(L, 1, 4);
+      if (lua_istable(L, -1) && lua_getfield(L, -1, host) == LUA_TNUMBER)
+        cap = (size_t)lua_tointeger(L, -1);
+    }
+    int rc = bt__engine_admit(&E->e, host, hlen, cap, spec);
     lua_settop(L, 5);
     if (rc < 0) return luaL_error(L, "%s: out of memory", F_DISPATCH);
     if (rc > 0) {

@@ -16,8 +16,8 @@
  * model name, got '')`; unknown keys first), a queue wait outside a task, use after the
  * limiter was finalized, and the cancellation error. Return failures: acquire —
  * `nil, "baton.limiter:acquire: 'p/m' is at its limit (2 of 2 in use)", "queue_wait",
- * { key =, capacity =, in_use =, waiting = }` when nothing is free and the caller does not
- * wait (or the limit is 0), the standard timeout (`timed out after N ms`, "timeout",
+ * { key =, capacity =, in_use =, waiting =, reason = "models" | "max_agents" }` when nothing
+ * is free and the caller does not wait (or the limit is 0), the standard timeout (`timed out after N ms`, "timeout",
  * { timeout_ms =, key = }), "resource" when the wait cannot be armed (memory), "closed"
  * when the limiter is finalized under a waiter (only as the state closes); from_json —
  * "io" for a file it cannot read and "malformed" for one that is not JSON (detail
@@ -589,6 +589,9 @@ static int saturated(lua_State *L, llim *M, bt_limiter_key_t *k) {
   push_counts(L, k->cap, k->in_use, k->nwaiting);
   lua_pushlstring(L, k->name, k->len);
   lua_setfield(L, -2, "key");
+  /* which limit is full: the key's own ("models"), or the global cap ("max_agents") */
+  lua_pushstring(L, k->cap != 0 && k->in_use < k->cap ? "max_agents" : "models");
+  lua_setfield(L, -2, "reason");
   if (k->cap == 0)
     return lbt_fail_detail(L, F_ACQUIRE, "queue_wait", -1, "'%s' is disabled (its limit is 0)",
                            k->name);

@@ -1,0 +1,525 @@
+-- baton.store: where the stateful policies keep state they may share — rate limits, leases,
+-- counters, cooldowns, single-flight results — as a handful of atomic operations
+-- (docs/store.md is the contract). baton.store.memory() is the in-process store; a second
+-- implementation (Redis) provides the same methods and drops in without touching the
+-- policies. The module compiles this file in (src/lua/lrouter.c runs it with the module
+-- table when `require "baton"` opens it).
+--
+-- Also here: the rate limiter over a store (baton.ratelimit{ store =, key = } builds it
+-- through store._ratelimit after checking the options in C), written over the store's
+-- operations so that it works with any store, one whose operations await included.
+--
+-- Every operation returns the convention's shapes (docs/errors.md): a value, or nil, msg,
+-- kind, detail; misuse raises "<fname>: bad argument #n 'name' (expected X, got Y)".
+local baton = ...
+if type(baton) ~= "table" then baton = require "baton" end  -- required as a plain module
+
+local clock, notify = baton.clock, baton.notify
+local type, tostring, setmetatable, getmetatable = type, tostring, setmetatable, getmetatable
+local pairs, error, pcall, floor, ceil, huge = pairs, error, pcall, math.floor, math.ceil, math.huge
+local mtype = math.type
+
+local store = {}
+baton.store = store
+
+-- ---- misuse, as the C toolkit words it ---------------------------------------------------
+
+local function got(v)
+  local t = type(v)
+  if t == "number" then return v ~= v and "NaN" or tostring(v) end
+  if t == "string" then return #v <= 40 and ("'%s'"):format(v) or ("a string of %d bytes"):format(#v) end
+  if t == "boolean" or t == "nil" then return tostring(v) end
+  local mt = getmetatable(v)
+  return type(mt) == "table" and type(mt.__name) == "string" and mt.__name or t
+end
+
+local function misuse(fname, n, name, expected, v)
+  error(("%s: bad argument #%d '%s' (expected %s, got %s)"):format(fname, n, name, expected, got(v)), 3)
+end
+
+local function check_key(fname, n, key)
+  if type(key) ~= "string" then misuse(fname, n, "key", "string", key) end
+end
+
+local function check_ms(fname, n, name, v, optional)
+  if v == nil and optional then return end
+  if type(v) ~= "number" or not (v >= 0 and v < 1e15) then misuse(fname, n, name, "milliseconds >= 0", v) end
+end
+
+local function check_count(fname, n, name, v, min)
+  if mtype(v) ~= "integer" or v < min then misuse(fname, n, name, "integer >= " .. min, v) end
+end
+
+local function check_positive(fname, n, name, v)
+  if type(v) ~= "number" or not (v > 0 and v < 1e15) then misuse(fname, n, name, "a number > 0", v) end
+end
+
+-- ---- the memory store -------------------------------------------------------------------
+-- Each family of operations has its own table (a key names one thing per family). Expired
+-- entries are dropped when seen, and by a sweep of the whole store each time it has grown
+-- to twice the size the last sweep left (amortised O(1) an operation), so memory follows
+-- the live keys.
+
+local Memory = { __name = "baton.store.Memory" }
+Memory.__index = Memory
+local M = "baton.store.memory:"
+
+function store.memory()
+  return setmetatable({ tat = {}, leases = {}, counters = {}, cooldowns = {}, flights = {},
+                        size = 0, swept = 0 }, Memory)
+end
+
+function Memory.now(_)
+  return clock()
+end
+
+-- Counts an entry made; sweeps when the store has doubled since the last sweep.
+local function grew(self)
+  self.size = self.size + 1
+  if self.size < 2 * self.swept + 64 then return end
+  local now, n = clock(), 0
+  for k, tat in pairs(self.tat) do
+    if tat <= now then self.tat[k] = nil else n = n + 1 end
+  end
+  for k, l in pairs(self.leases) do
+    local live = 0
+    for h, exp in pairs(l) do
+      if exp <= now then l[h] = nil else live = live + 1 end
+    end
+    if live == 0 then self.leases[k] = nil else n = n + live end
+  end
+  for _, family in pairs { self.counters, self.cooldowns, self.flights } do
+    for k, e in pairs(family) do
+      if e.expires and e.expires <= now then family[k] = nil else n = n + 1 end
+    end
+  end
+  self.size, self.swept = n, n
+end
+
+-- gcra_take(key, rate, per_ms, burst, cost [, mode]) -> remaining
+--   | nil, msg, "rate_limited", { retry_after_ms }
+-- mode nil: take if it fits; "peek": the same answer, nothing taken; "force": always taken
+-- (cost may be negative: a give-back, never past now).
+function Memory:gcra_take(key, rate, per_ms, burst, cost, mode)
+  local F = M .. "gcra_take"
+  check_key(F, 1, key)
+  check_positive(F, 2, "rate", rate)
+  check_positive(F, 3, "per_ms", per_ms)
+  if type(burst) ~= "number" or burst < 1 then misuse(F, 4, "burst", "a number >= 1", burst) end
+  if type(cost) ~= "number" or cost ~= cost then misuse(F, 5, "cost", "number", cost) end
+  if mode ~= nil and mode ~= "peek" and mode ~= "force" then misuse(F, 6, "mode", "nil, 'peek' or 'force'", mode) end
+  local now, interval = clock(), per_ms / rate
+  local tolerance = burst * interval
+  local old = self.tat[key]
+  local tat = old and old > now and old or now
+  local inc = cost * interval
+  if mode == "force" then
+    local new = tat + inc
+    if inc < 0 then
+      local low = old and old < now and old or now
+      if new < low then new = low end
+    end
+    if old == nil then grew(self) end
+    self.tat[key] = new
+    local free = now + tolerance - (new > now and new or now)
+    return free > 0 and floor(free / interval + 1e-9) or 0
+  end
+  if cost > burst then misuse(F, 5, "cost", "a cost <= burst", cost) end
+  local allow = tat + inc - tolerance
+  if allow > now then
+    return nil, ("%s%s units do not fit under '%s'"):format(F .. ": ", cost, key), "rate_limited",
+           { retry_after_ms = ceil(allow - now) }
+  end
+  if mode ~= "peek" then
+    if old == nil then grew(self) end
+    self.tat[key] = tat + inc
+  end
+  return floor((now + tolerance - tat - inc) / interval + 1e-9)
+end
+
+-- Live holders of a lease table (expired ones removed), and the soonest expiry.
+local function live_holders(l, now)
+  local n, soonest = 0, huge
+  for h, exp in pairs(l) do
+    if exp <= now then
+      l[h] = nil
+    else
+      n = n + 1
+      if exp < soonest then soonest = exp end
+    end
+  end
+  return n, soonest
+end
+
+-- lease_acquire(key, holder, limit, ttl_ms) -> true | nil, msg, "busy", { holders, limit, retry_after_ms }
+-- A holder that holds the lease already renews it.
+function Memory:lease_acquire(key, holder, limit, ttl_ms)
+  local F = M .. "lease_acquire"
+  check_key(F, 1, key)
+  if type(holder) ~= "string" then misuse(F, 2, "holder", "string", holder) end
+  check_count(F, 3, "limit", limit, 1)
+  check_ms(F, 4, "ttl_ms", ttl_ms)
+  local now = clock()
+  local l = self.leases[key]
+  if l == nil then
+    l = {}
+    self.leases[key] = l
+  end
+  if (l[holder] or 0) > now then
+    l[holder] = now + ttl_ms
+    return true
+  end
+  local n, soonest = live_holders(l, now)
+  if n >= limit then
+    return nil, ("%s: '%s' has %d of %d holders"):format(F, key, n, limit), "busy",
+           { holders = n, limit = limit, retry_after_ms = ceil(soonest - now) }
+  end
+  l[holder] = now + ttl_ms
+  grew(self)
+  return true
+end
+
+-- lease_renew(key, holder, ttl_ms) -> true | nil, msg, "closed", { key, holder }
+function Memory:lease_renew(key, holder, ttl_ms)
+  local F = M .. "lease_renew"
+  check_key(F, 1, key)
+  if type(holder) ~= "string" then misuse(F, 2, "holder", "string", holder) end
+  check_ms(F, 3, "ttl_ms", ttl_ms)
+  local now, l = clock(), self.leases[key]
+  if l == nil or (l[holder] or 0) <= now then
+    if l then l[holder] = nil end
+    return nil, ("%s: '%s' does not hold '%s' (expired or released)"):format(F, holder, key), "closed",
+           { key = key, holder = holder }
+  end
+  l[holder] = now + ttl_ms
+  return true
+end
+
+-- lease_release(key, holder) -> true (idempotent)
+function Memory:lease_release(key, holder)
+  local F = M .. "lease_release"
+  check_key(F, 1, key)
+  if type(holder) ~= "string" then misuse(F, 2, "holder", "string", holder) end
+  local l = self.leases[key]
+  if l then l[holder] = nil end
+  return true
+end
+
+-- lease_holders(key) -> the number of live holders
+function Memory:lease_holders(key)
+  check_key(M .. "lease_holders", 1, key)
+  local l = self.leases[key]
+  return l and (live_holders(l, clock())) or 0
+end
+
+-- An entry of the counters, cooldowns or flights, nil when absent or expired.
+local function entry(family, key, now)
+  local e = family[key]
+  if e and e.expires and e.expires <= now then
+    family[key] = nil
+    return nil
+  end
+  return e
+end
+
+-- incr(key, by [, ttl_ms]) -> the new value. A counter made by incr expires ttl_ms after it
+-- was made (none: never); later increments do not move the expiry (a fixed window).
+function Memory:incr(key, by, ttl_ms)
+  local F = M .. "incr"
+  check_key(F, 1, key)
+  if type(by) ~= "number" or by ~= by then misuse(F, 2, "by", "number", by) end
+  check_ms(F, 3, "ttl_ms", ttl_ms, true)
+  local now = clock()
+  local e = entry(self.counters, key, now)
+  if e == nil then
+    e = { value = 0, expires = ttl_ms and now + ttl_ms }
+    self.counters[key] = e
+    grew(self)
+  end
+  e.value = e.value + by
+  return e.value
+end
+
+-- get(key) -> the counter's value, 0 when absent or expired
+function Memory:get(key)
+  check_key(M .. "get", 1, key)
+  local e = entry(self.counters, key, clock())
+  return e and e.value or 0
+end
+
+-- set_cooldown(key, ttl_ms) -> true. The flag is up until the later of its current end and
+-- now + ttl_ms (a shorter cooldown never cuts a longer one).
+function Memory:set_cooldown(key, ttl_ms)
+  local F = M .. "set_cooldown"
+  check_key(F, 1, key)
+  check_ms(F, 2, "ttl_ms", ttl_ms)
+  local now = clock()
+  local e = entry(self.cooldowns, key, now)
+  if e == nil then
+    self.cooldowns[key] = { expires = now + ttl_ms }
+    grew(self)
+  elseif e.expires < now + ttl_ms then
+    e.expires = now + ttl_ms
+  end
+  return true
+end
+
+-- cooldown(key) -> the milliseconds left (> 0), or 0 when the flag is down
+function Memory:cooldown(key)
+  check_key(M .. "cooldown", 1, key)
+  local now = clock()
+  local e = entry(self.cooldowns, key, now)
+  return e and e.expires - now or 0
+end
+
+-- claim(key, ttl_ms) -> "new" | "in_progress" | "cached", value
+-- "new" marks the key in progress (for ttl_ms: a claimer that died cannot hold it for
+-- ever); the claimer then calls complete or fail.
+function Memory:claim(key, ttl_ms)
+  local F = M .. "claim"
+  check_key(F, 1, key)
+  check_ms(F, 2, "ttl_ms", ttl_ms)
+  local now = clock()
+  local e = entry(self.flights, key, now)
+  if e == nil then
+    self.flights[key] = { expires = now + ttl_ms }
+    grew(self)
+    return "new"
+  end
+  if e.done then return "cached", e.value end
+  return "in_progress"
+end
+
+-- complete(key, value, ttl_ms) -> true: the result, kept ttl_ms
+function Memory:complete(key, value, ttl_ms)
+  local F = M .. "complete"
+  check_key(F, 1, key)
+  if value == nil then misuse(F, 2, "value", "a value other than nil", value) end
+  check_ms(F, 3, "ttl_ms", ttl_ms)
+  if self.flights[key] == nil then grew(self) end
+  self.flights[key] = { expires = clock() + ttl_ms, done = true, value = value }
+  return true
+end
+
+-- fail(key) -> true: an in-progress key is forgotten (a cached result stays)
+function Memory:fail(key)
+  check_key(M .. "fail", 1, key)
+  local e = self.flights[key]
+  if e and not e.done then self.flights[key] = nil end
+  return true
+end
+
+-- del(key) -> true: the key is gone from every family
+function Memory:del(key)
+  check_key(M .. "del", 1, key)
+  self.tat[key], self.leases[key], self.counters[key], self.cooldowns[key], self.flights[key] =
+    nil, nil, nil, nil, nil
+  return true
+end
+
+function Memory:__tostring()
+  return ("baton.store.Memory (%d entries)"):format(self.size)
+end
+
+-- ---- a breaker backend over a store ------------------------------------------------------
+-- The six methods of a breaker backend (docs/resilience.md): the failure count is a
+-- counter, the open time a counter holding the breaker's clock reading (absent: closed). A
+-- store failure raises (a backend that cannot answer is not an outcome of the call).
+
+function store.breaker_backend(s, prefix)
+  local F = "baton.store.breaker_backend"
+  if type(s) ~= "table" and type(s) ~= "userdata" then misuse(F, 1, "store", "a store (docs/store.md)", s) end
+  if prefix ~= nil and type(prefix) ~= "string" then misuse(F, 2, "prefix", "string", prefix) end
+  prefix = prefix or "breaker:"
+  local function ok(v, msg, kind, detail)
+    if v == nil and msg ~= nil then error(baton.error(kind or "error", tostring(msg), detail), 3) end
+    return v
+  end
+  local b = {}
+  function b.increment_failures(_, svc) return ok(s:incr(prefix .. svc .. ":failures", 1)) end
+  function b.reset_failures(_, svc) ok(s:del(prefix .. svc .. ":failures")) end
+  function b.get_failures(_, svc) return ok(s:get(prefix .. svc .. ":failures")) end
+  function b.set_open_at(_, svc, ms)
+    local key = prefix .. svc .. ":open_at"
+    ok(s:del(key))
+    ok(s:incr(key, ms))
+  end
+  function b.clear_open_at(_, svc) ok(s:del(prefix .. svc .. ":open_at")) end
+  function b.get_open_at(_, svc)
+    local v = ok(s:get(prefix .. svc .. ":open_at"))
+    if v == 0 then return nil end
+    return v
+  end
+  return b
+end
+
+-- ---- the rate limiter over a store --------------------------------------------------------
+-- The same API as the C limiter (lratelimit.c). Callers of this process queue FIFO (a
+-- caller is queued before its first try, so a try in flight counts): only the head asks
+-- the store, sleeping the retry_after_ms it is told between tries (woken
+-- early by an adjust or by a caller leaving). A caller aborted or timed out leaves the
+-- queue at once and hands the head on; it took nothing (unless it was aborted during the
+-- store's own call, whose effect a remote store cannot take back).
+
+local SL = { __name = "baton.RateLimit" }
+SL.__index = SL
+local R = "baton.ratelimit:"
+
+function store._ratelimit(s, key, rate, per_ms, burst)
+  if type(s) ~= "table" and type(s) ~= "userdata" then
+    misuse("baton.ratelimit", 1, "store", "a store (docs/store.md)", s)
+  end
+  for _, op in ipairs { "gcra_take" } do
+    local ok, fn = pcall(function() return s[op] end)
+    if not ok or type(fn) ~= "function" then
+      misuse("baton.ratelimit", 1, "store", "a store with a gcra_take method", s)
+    end
+  end
+  return setmetatable({ store = s, key = key, rate = rate, per_ms = per_ms, burst = burst,
+                        queue = {}, queued = 0 }, SL)
+end
+
+local function check_self(fname, self)
+  if getmetatable(self) ~= SL then misuse(fname, 0, "self", "baton.RateLimit", self) end
+end
+
+local function check_cost(fname, self, n, name, cost)
+  if mtype(cost) ~= "integer" and not (mtype(cost) == "float" and cost == floor(cost) and cost >= 0) then
+    misuse(fname, n, name, "integer >= 0", cost)
+  end
+  if cost < 0 then misuse(fname, n, name, "integer >= 0", cost) end
+  if cost > self.burst then misuse(fname, n, name, ("integer <= the burst %d"):format(self.burst), cost) end
+  return math.tointeger(cost)
+end
+
+local function take(self, cost, mode)
+  return self.store:gcra_take(self.key, self.rate, self.per_ms, self.burst, cost, mode)
+end
+
+-- A store failure, prefixed with the limiter's function.
+local function store_failure(fname, msg, kind, detail)
+  return nil, ("%s: %s"):format(fname, tostring(msg)), kind or "error", detail
+end
+
+local function leave(self, me)
+  local q = self.queue
+  local was_head = q[1] == me
+  for i = 1, #q do
+    if q[i] == me then
+      table.remove(q, i)
+      self.queued = self.queued - me.cost
+      break
+    end
+  end
+  if was_head and q[1] and q[1].bell then q[1].bell:notify_one() end
+end
+
+-- The caller `me` is in the queue; it asks the store once it is at the head.
+local function acquire_queued(self, me, cost, deadline, ms)
+  local F = R .. "acquire"
+  while self.queue[1] ~= me do
+    local wait = deadline and deadline - clock()
+    if wait and wait <= 0 then
+      return nil, ("%s: timed out after %.15g ms"):format(F, ms), "timeout", { timeout_ms = ms }
+    end
+    me.bell = me.bell or notify()
+    me.bell:notified(wait)
+  end
+  while true do
+    local left, msg, kind, detail = take(self, cost)
+    if left then return cost end
+    if kind ~= "rate_limited" then return store_failure(F, msg, kind, detail) end
+    local wait = type(detail) == "table" and tonumber(detail.retry_after_ms) or 1
+    if deadline then
+      local rest = deadline - clock()
+      if rest <= 0 then return nil, ("%s: timed out after %.15g ms"):format(F, ms), "timeout", { timeout_ms = ms } end
+      if wait > rest then wait = rest end
+    end
+    me.bell = me.bell or notify()
+    me.bell:notified(wait > 0 and wait or 0)
+  end
+end
+
+function SL:acquire(cost, opts)
+  local F = R .. "acquire"
+  check_self(F, self)
+  cost = check_cost(F, self, 1, "cost", cost)
+  local ms
+  if opts ~= nil then
+    if type(opts) ~= "table" then misuse(F, 2, "opts", "table", opts) end
+    for k in pairs(opts) do
+      if k ~= "timeout_ms" then error(("%s: bad argument #2 '%s' (unknown option)"):format(F, tostring(k)), 2) end
+    end
+    ms = opts.timeout_ms
+    check_ms(F, 2, "timeout_ms", ms, true)
+  end
+  local me = { cost = cost }  -- queued before its first try: a take in flight counts
+  self.queue[#self.queue + 1] = me
+  self.queued = self.queued + cost
+  local r = table.pack(pcall(acquire_queued, self, me, cost, ms and clock() + ms, ms))
+  leave(self, me)
+  if not r[1] then error(r[2], 0) end
+  return table.unpack(r, 2, r.n)
+end
+
+function SL:try_acquire(cost)
+  local F = R .. "try_acquire"
+  check_self(F, self)
+  cost = check_cost(F, self, 1, "cost", cost)
+  local left, msg, kind, detail = take(self, cost, #self.queue > 0 and "peek" or nil)
+  if left and #self.queue == 0 then return cost end
+  if left or kind == "rate_limited" then
+    local wait = left and 0 or tonumber(detail and detail.retry_after_ms) or 1
+    wait = ceil(wait + self.queued * self.per_ms / self.rate)
+    if wait < 1 then wait = 1 end
+    return nil, ("%s: %s"):format(F, #self.queue > 0 and ("%d callers are queued: retry after %d ms")
+                                        :format(#self.queue, wait)
+                                      or ("%s units do not fit: retry after %d ms"):format(cost, wait)),
+           "rate_limited", { retry_after_ms = wait }
+  end
+  return store_failure(F, msg, kind, detail)
+end
+
+function SL:adjust(grant, actual)
+  local F = R .. "adjust"
+  check_self(F, self)
+  if mtype(grant) ~= "integer" or grant < 0 then misuse(F, 1, "grant", "integer >= 0", grant) end
+  if mtype(actual) ~= "integer" or actual < 0 then misuse(F, 2, "actual", "integer >= 0", actual) end
+  if actual ~= grant then
+    local left, msg, kind, detail = take(self, actual - grant, "force")
+    local head = self.queue[1]
+    if head and head.bell then head.bell:notify_one() end
+    if not left then return store_failure(F, msg, kind, detail) end
+  end
+end
+
+function SL:retry_after(cost)
+  local F = R .. "retry_after"
+  check_self(F, self)
+  cost = check_cost(F, self, 1, "cost", cost)
+  local left, msg, kind, detail = take(self, cost, "peek")
+  if not left and kind ~= "rate_limited" then return store_failure(F, msg, kind, detail) end
+  local wait = left and 0 or tonumber(detail and detail.retry_after_ms) or 1
+  if #self.queue > 0 then wait = ceil(wait + self.queued * self.per_ms / self.rate) end
+  return math.tointeger(wait) or wait
+end
+
+function SL:available()
+  local F = R .. "available"
+  check_self(F, self)
+  local left, msg, kind, detail = take(self, 0, "peek")
+  if not left then return store_failure(F, msg, kind, detail) end
+  return math.tointeger(left) or left
+end
+
+function SL:waiting()
+  check_self(R .. "waiting", self)
+  return #self.queue
+end
+
+function SL:__tostring()
+  return ("baton.RateLimit (%.14g per %.14g ms, burst %d; store key '%s', %d waiting)")
+         :format(self.rate, self.per_ms, self.burst, self.key, #self.queue)
+end
+
+return store
