@@ -10,6 +10,9 @@ local H = require "spec.helper"
 local FIXTURES = (os.getenv("BATON_SRC") or ".") .. "/spec/fixtures/limiter/"
 
 local function fail(msg, kind, detail) return function() return nil, msg, kind, detail end end
+-- A store whose every single-flight operation fails, as a remote one whose connection broke.
+local BROKEN = { claim = fail("redis: connection reset", "io"), complete = fail("redis: connection reset", "io"),
+                 fail = fail("redis: connection reset", "io") }
 
 -- A clock the rows move by hand.
 local function manual_clock()
@@ -75,6 +78,35 @@ local failures = {
     function(msg, detail)
       assert.equal("baton.dedup:run: key 'k' is in progress (claimed by check)", msg)
       assert.same({ key = "k" }, detail)
+    end },
+
+  -- over a store: a value that is not a dedup result, and the store's own failures
+  { "baton.dedup:run", "malformed", function()
+      local s = baton.store.memory()
+      s:complete("dedup:k", "not packed", 1000)
+      return baton.dedup { ttl_ms = 1000, store = s }:run("k", function() error("must not run") end)
+    end,
+    function(msg, detail)
+      assert.equal("baton.dedup:run: the store's value for 'k' is not a dedup result (got 'not packed')", msg)
+      assert.same({ key = "k" }, detail)
+    end },
+  { "baton.dedup:check", "malformed", function()
+      local s = baton.store.memory()
+      s:complete("dedup:k", 5, 1000)
+      return baton.dedup { ttl_ms = 1000, store = s }:check("k")
+    end, { key = "k" } },
+  { "baton.dedup:run", "io", function()
+      return baton.dedup { ttl_ms = 1000, store = BROKEN }:run("k", function() error("must not run") end)
+    end,
+    function(msg) assert.equal("baton.dedup:run: redis: connection reset", msg) end },
+  { "baton.dedup:check", "io", function()
+      return baton.dedup { ttl_ms = 1000, store = BROKEN }:check("k")
+    end },
+  { "baton.dedup:complete", "io", function()
+      return baton.dedup { ttl_ms = 1000, store = BROKEN }:complete("k", 1)
+    end },
+  { "baton.dedup:fail", "io", function()
+      return baton.dedup { ttl_ms = 1000, store = BROKEN }:fail("k")
     end },
 
   { "baton.backpressure:try_acquire", "shed", function()
@@ -282,6 +314,14 @@ local misuse = {
   { "baton.dedup:run", 1, "key", "expected string, got table", method("dedup", "run", {}, d) },
   { "baton.dedup:run", 2, "fn", "expected function, got no value", method("dedup", "run", "k") },
   { "baton.dedup:complete", 1, "key", "expected string, got no value", method("dedup", "complete") },
+  { "baton.dedup", 1, "store", "expected a store %(docs/store.md%), got 5", ctor(baton.dedup, { ttl_ms = 1, store = 5 }) },
+  { "baton.dedup", 1, "clock", "expected nil with a store",
+    ctor(baton.dedup, { ttl_ms = 1, store = {}, clock = os.clock }) },
+  { "baton.dedup", 1, "key_prefix", "expected nil without a store", ctor(baton.dedup, { ttl_ms = 1, key_prefix = "p:" }) },
+  { "baton.dedup", 1, "poll_ms", "expected milliseconds > 0, got 0",
+    ctor(baton.dedup, { ttl_ms = 1, store = {}, poll_ms = 0 }) },
+  { "baton.dedup:check", 2, "ttl_ms", "expected milliseconds >= 0, got %-1",
+    function() local x = baton.dedup { ttl_ms = 1, store = baton.store.memory() } return x:check("k", -1) end },
 
   { "baton.backpressure", 1, "capacity", "expected integer >= 1, got nil", ctor(baton.backpressure, {}) },
   { "baton.backpressure", 1, "soft", "expected integer below the capacity 2, got 2",

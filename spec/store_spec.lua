@@ -178,6 +178,145 @@ for _, impl in ipairs(IMPLS) do
       assert.equal(0, b:failures())
     end)
 
+    describe("under baton.dedup", function()
+      -- Two dedup objects on one store stand for two processes sharing it.
+      local function pair(s, ttl)
+        return baton.dedup { ttl_ms = ttl or 60000, store = s }, baton.dedup { ttl_ms = ttl or 60000, store = s }
+      end
+
+      it_("runs fn once for 20 concurrent callers across two dedups, and all get its results", function(s)
+        local a, b = pair(s)
+        local runs = 0
+        local function fn(x)
+          runs = runs + 1
+          baton.sleep(30)
+          return x, nil, { list = { 1, 2 }, n = runs }
+        end
+        local g <close> = baton.group()
+        for i = 1, 20 do g:spawn((i % 2 == 0 and a or b).run, i % 2 == 0 and a or b, "k", fn, "v") end
+        for _, t in ipairs(g:join_all()) do
+          local r = table.pack(t:results())
+          assert.equal(3, r.n)
+          assert.equal("v", r[1])
+          assert.is_nil(r[2])
+          assert.same({ list = { 1, 2 }, n = 1 }, r[3])
+        end
+        assert.equal(1, runs)
+        local r = table.pack(b:check("k"))
+        assert.equal("cached", r[1])
+        assert.equal(4, r.n)
+        assert.equal("v", r[2])
+        assert.equal("v", (a:run("k", error)))                 -- cached: fn not run
+        assert.equal("new", (s:claim("dedup:k2", 1000)))        -- the default key prefix
+        assert.equal("in_progress", a:check("k2"))
+      end)
+
+      it_("releases a failure to a new claim: a waiter runs fn itself", function(s)
+        local a, b = pair(s)
+        local runs = 0
+        local first = baton.spawn(a.run, a, "k", function()
+          runs = runs + 1
+          baton.sleep(20)
+          return nil, "fn: refused", "protocol", { status = 403 }
+        end)
+        baton.yield()
+        local ms, v = H.timed(b.run, b, "k", function() runs = runs + 1; return "second" end)
+        assert.equal("second", v)
+        assert.is_true(ms < 1000, "the waiter ran after " .. ms .. " ms")   -- not the ttl
+        assert.same({ true, nil, "fn: refused", "protocol", { status = 403 } }, { first:join() })
+        assert.equal(2, runs)
+        -- a raise is released too, and raised again in the caller that ran fn
+        local ok, err = pcall(a.run, a, "r", function() error({ code = 500 }) end)
+        assert.is_false(ok)
+        assert.equal(500, err.code)
+        assert.equal("new", b:check("r"))
+      end)
+
+      it_("lets an abandoned claim expire after ttl_ms, then runs fn", function(s)
+        local a, b = pair(s, 80)
+        assert.equal("new", a:check("k"))                       -- its holder "dies": no complete
+        assert.equal("in_progress", b:check("k"))
+        local ms, v = H.timed(b.run, b, "k", function() return "fresh" end)
+        assert.equal("fresh", v)
+        assert.is_true(ms >= 60 and ms < 80 + 600, "waited " .. ms .. " ms")
+        assert.same({ "cached", "fresh" }, { a:check("k") })
+        assert.equal("new", a:check("t", 30))                   -- a TTL of this claim's own
+        baton.sleep(45)
+        assert.equal("new", b:check("t", 30))
+      end)
+
+      it_("an aborted waiter leaves nothing behind; the run goes on for the others", function(s)
+        local a, b = pair(s)
+        local runs = 0
+        local fn = function() runs = runs + 1; baton.sleep(40); return "shared" end
+        local runner = baton.spawn(a.run, a, "k", fn)
+        local waiter = baton.spawn(b.run, b, "k", fn)
+        local other = baton.spawn(b.run, b, "k", fn)
+        baton.sleep(10)
+        waiter:abort()
+        local ok, err = waiter:join()
+        assert.is_false(ok)
+        assert.equal("cancelled", err.kind)
+        local timed_out = table.pack(baton.timeout(5, b.run, b, "k", fn))  -- a deadline: the same
+        assert.equal("timeout", timed_out[3])
+        assert.same({ true, "shared" }, { runner:join() })
+        assert.same({ true, "shared" }, { other:join() })
+        assert.equal(1, runs)
+        assert.is_nil(next(b.bells))
+        assert.is_nil(next(a.bells))
+      end)
+
+      it_("a cancelled runner releases its claim: the next caller runs fn", function(s)
+        local a, b = pair(s)
+        local runs, unwound = 0, false
+        local runner = baton.spawn(a.run, a, "k", function()
+          runs = runs + 1
+          local _ <close> = setmetatable({}, { __close = function() unwound = true end })
+          baton.sleep(60000)
+        end)
+        local waiter = baton.spawn(b.run, b, "k", function() runs = runs + 1; return "after" end)
+        baton.sleep(10)
+        runner:abort()
+        local ok, err = runner:join()
+        assert.is_false(ok)
+        assert.equal("cancelled", err.kind)
+        assert.is_true(unwound)
+        local ms, okw, v = H.timed(waiter.join, waiter)
+        assert.is_true(okw and v == "after")
+        assert.is_true(ms < 1000, "the waiter ran after " .. ms .. " ms")
+        assert.equal(2, runs)
+        assert.same({ "cached", "after" }, { a:check("k") })
+      end)
+
+      it_("shares check/complete/fail, and refuses values JSON cannot hold", function(s)
+        local a, b = pair(s)
+        assert.equal("new", a:check(42))                         -- numbers are keys ("42")
+        assert.equal("in_progress", b:check("42"))
+        assert.is_true(a:complete(42, { answer = 1 }, "two"))
+        assert.same({ "cached", { answer = 1 }, "two" }, { b:check(42) })
+        assert.equal("new", a:check("f"))
+        assert.is_true(b:fail("f"))
+        assert.equal("new", a:check("f"))
+        H.raises_misuse("baton.dedup:complete", 2, "value", "a value JSON can encode, got a function",
+                        a.complete, a, "f", function() end)
+        -- a result the store cannot hold goes to the caller that ran fn, and is not shared
+        local runs = 0
+        local fn = function() runs = runs + 1; return print end
+        assert.equal(print, a:run("u", fn))
+        assert.equal(print, b:run("u", fn))
+        assert.equal(2, runs)
+      end)
+
+      it_("reports a value that is not a dedup result as malformed", function(s)
+        local d = baton.dedup { ttl_ms = 1000, store = s, key_prefix = "p:" }
+        assert.equal("new", s:claim("p:k", 1000))
+        s:complete("p:k", "not packed", 1000)
+        local _, _, detail = H.assert_failure("baton.dedup:run", "malformed", d:run("k", error))
+        assert.same({ key = "k" }, detail)
+        H.assert_failure("baton.dedup:check", "malformed", d:check("k"))
+      end)
+    end)
+
     describe("under baton.ratelimit", function()
       it_("holds the rate: 30 at 100/s with a burst of 1 take >= 0.29 s", function(s)
         local rl = baton.ratelimit { rate = 100, per_ms = 1000, burst = 1, store = s, key = "rpm" }

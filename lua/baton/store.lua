@@ -7,7 +7,8 @@
 --
 -- Also here: the rate limiter over a store (baton.ratelimit{ store =, key = } builds it
 -- through store._ratelimit after checking the options in C), written over the store's
--- operations so that it works with any store, one whose operations await included.
+-- operations so that it works with any store, one whose operations await included; and
+-- dedup over a store (baton.dedup{ store = } builds it through store._dedup), the same way.
 --
 -- Every operation returns the convention's shapes (docs/errors.md): a value, or nil, msg,
 -- kind, detail; misuse raises "<fname>: bad argument #n 'name' (expected X, got Y)".
@@ -35,6 +36,11 @@ end
 
 local function misuse(fname, n, name, expected, v)
   error(("%s: bad argument #%d '%s' (expected %s, got %s)"):format(fname, n, name, expected, got(v)), 3)
+end
+
+-- A store's failure, reported by the policy over it: prefixed with the policy's function.
+local function store_failure(fname, msg, kind, detail)
+  return nil, ("%s: %s"):format(fname, tostring(msg)), kind or "error", detail
 end
 
 local function check_key(fname, n, key)
@@ -353,6 +359,197 @@ function store.breaker_backend(s, prefix)
   return b
 end
 
+-- ---- dedup over a store -----------------------------------------------------------------
+-- baton.dedup{ ttl_ms =, store =, key_prefix =, poll_ms = } (ldedup.c checks the options and
+-- calls store._dedup): check/complete/fail are the store's claim/complete/fail on
+-- key_prefix .. key, so the single flight holds across every dedup sharing the store. run
+-- claims; the claimer runs fn inline and stores what it returned (packed: { n =, v = [...] },
+-- nils as json.null), or releases the claim (store:fail) on a failure, a raise, a
+-- cancellation or a result JSON cannot encode; the others poll the store every poll_ms,
+-- woken at once when a dedup object of this process settles the key. A waiter's only state
+-- is its entry in `bells` (removed when it stops waiting, aborted or not); a claimer's, the
+-- claim in the store, settled under baton.shield so that an abort cannot leave it held.
+
+local json = baton.json
+local null = json.null
+
+local SD = { __name = "baton.Dedup" }
+SD.__index = SD
+local D = "baton.dedup:"
+
+function store._dedup(s, ttl, prefix, poll_ms)
+  if type(s) ~= "table" and type(s) ~= "userdata" then
+    misuse("baton.dedup", 1, "store", "a store (docs/store.md)", s)
+  end
+  for _, op in ipairs { "claim", "complete", "fail" } do
+    local ok, fn = pcall(function() return s[op] end)
+    if not ok or type(fn) ~= "function" then
+      misuse("baton.dedup", 1, "store", "a store with claim, complete and fail methods", s)
+    end
+  end
+  return setmetatable({ store = s, ttl = ttl, prefix = prefix, poll = poll_ms, bells = {},
+                        running = {} }, SD)
+end
+
+local function dself(fname, self)
+  if getmetatable(self) ~= SD then misuse(fname, 0, "self", "baton.Dedup", self) end
+end
+
+-- The caller's key (numbers converted, as the in-process dedup does) and the store's.
+local function dkey(fname, self, key)
+  dself(fname, self)
+  if mtype(key) ~= nil then key = tostring(key)
+  elseif type(key) ~= "string" then misuse(fname, 1, "key", "string", key) end
+  return key, self.prefix .. key
+end
+
+local function pack(...)
+  local n, v = select("#", ...), {}
+  for i = 1, n do
+    local x = select(i, ...)
+    if x == nil then x = null end
+    v[i] = x
+  end
+  return { n = n, v = json.array(v) }
+end
+
+-- The values of a packed result | nil, msg, "malformed", { key } for anything else.
+local function unpack_result(fname, key, p)
+  if type(p) ~= "table" or mtype(p.n) ~= "integer" or p.n < 0 or type(p.v) ~= "table" then
+    return nil, ("%s: the store's value for '%s' is not a dedup result (got %s)"):format(fname, key, got(p)),
+           "malformed", { key = key }
+  end
+  local v = {}
+  for i = 1, p.n do
+    local x = p.v[i]
+    if x ~= null then v[i] = x end
+  end
+  return true, table.unpack(v, 1, p.n)
+end
+
+local function cached(fname, key, p)
+  local r = table.pack(unpack_result(fname, key, p))
+  if r[1] == nil then return table.unpack(r, 1, r.n) end
+  return "cached", table.unpack(r, 2, r.n)
+end
+
+-- Wakes the waiters of this process on the key: its state has changed.
+local function ring(self, skey)
+  local b = self.bells[skey]
+  if b then b.n:notify_all() end
+end
+
+function SD:check(key, ttl_ms)
+  local F = D .. "check"
+  local k, skey = dkey(F, self, key)
+  check_ms(F, 2, "ttl_ms", ttl_ms, true)
+  local st, v, kind, detail = self.store:claim(skey, ttl_ms or self.ttl)
+  if st == nil then return store_failure(F, v, kind, detail) end
+  if st == "cached" then return cached(F, k, v) end
+  return st
+end
+
+function SD:complete(key, ...)
+  local F = D .. "complete"
+  local _, skey = dkey(F, self, key)
+  for i = 1, select("#", ...) do
+    local x = select(i, ...)
+    if x ~= nil then
+      local ok, err = pcall(json.encode, x)
+      if not ok then
+        local what = tostring(err):match("got (.*)%)$") or type(x)
+        misuse(F, 1 + i, "value", "a value JSON can encode", setmetatable({}, { __name = what }))
+      end
+    end
+  end
+  local ok, msg, kind, detail = self.store:complete(skey, pack(...), self.ttl)
+  ring(self, skey)
+  if not ok then return store_failure(F, msg, kind, detail) end
+  return true
+end
+
+function SD:fail(key)
+  local F = D .. "fail"
+  local _, skey = dkey(F, self, key)
+  local ok, msg, kind, detail = self.store:fail(skey)
+  ring(self, skey)
+  if not ok then return store_failure(F, msg, kind, detail) end
+  return true
+end
+
+function SD:size()
+  dself(D .. "size", self)
+  error(D .. "size: not available over a store (the store holds the entries)", 2)
+end
+
+-- Waits for the key to change: woken by this process, or after poll_ms to ask the store.
+local function await_change(self, skey)
+  local b = self.bells[skey]
+  if b == nil then
+    b = { n = notify(), waiting = 0 }
+    self.bells[skey] = b
+  end
+  b.waiting = b.waiting + 1
+  local ok, err = pcall(b.n.notified, b.n, self.poll)
+  b.waiting = b.waiting - 1
+  if b.waiting == 0 and self.bells[skey] == b then self.bells[skey] = nil end
+  if not ok then error(err, 0) end
+end
+
+-- The claimer runs fn; the claim is settled whatever happens (shielded: awaits of a
+-- remote store complete even under an abort, which is raised once it is settled).
+local function execute(self, F, k, skey, me, fn, ...)
+  local prev = self.running[skey]
+  self.running[skey] = me or true
+  local r = table.pack(pcall(fn, ...))
+  self.running[skey] = prev
+  local ok = r[1] and not (r.n >= 3 and r[2] == nil and r[3] ~= nil)
+  local packed
+  if ok then
+    packed = pack(table.unpack(r, 2, r.n))
+    if not pcall(json.encode, packed) then packed = nil end  -- not shared: released
+  end
+  baton.shield(function()
+    local done, msg, kind
+    if packed then done, msg, kind = self.store:complete(skey, packed, self.ttl)
+    else done, msg, kind = self.store:fail(skey) end
+    ring(self, skey)
+    if not done then
+      baton.warn(("%s: the result for '%s' was not %s: %s (%s)")
+                 :format(F, k, packed and "stored" or "released", tostring(msg), tostring(kind)))
+    end
+  end)
+  if not r[1] then error(r[2], 0) end
+  return table.unpack(r, 2, r.n)
+end
+
+function SD:run(key, fn, ...)
+  local F = D .. "run"
+  local k, skey = dkey(F, self, key)
+  if type(fn) ~= "function" then misuse(F, 2, "fn", "function", fn) end
+  local me = baton.current()
+  if me ~= nil and self.running[skey] == me then
+    error(("%s: the execution for key '%s' called %s for that same key (it would wait for itself)")
+          :format(F, k, F), 2)
+  end
+  while true do
+    local st, v, kind, detail = self.store:claim(skey, self.ttl)
+    if st == "new" then return execute(self, F, k, skey, me, fn, ...) end
+    if st == "cached" then
+      local r = table.pack(unpack_result(F, k, v))
+      if r[1] == nil then return table.unpack(r, 1, r.n) end
+      return table.unpack(r, 2, r.n)
+    end
+    if st == nil then return store_failure(F, v, kind, detail) end
+    if me == nil then error(F .. ": not inside a baton task (the key is in progress: it would wait)", 2) end
+    await_change(self, skey)
+  end
+end
+
+function SD:__tostring()
+  return ("baton.Dedup (ttl %d ms, over a store, key prefix '%s')"):format(self.ttl, self.prefix)
+end
+
 -- ---- the rate limiter over a store --------------------------------------------------------
 -- The same API as the C limiter (lratelimit.c). Callers of this process queue FIFO (a
 -- caller is queued before its first try, so a try in flight counts): only the head asks
@@ -396,10 +593,6 @@ local function take(self, cost, mode)
   return self.store:gcra_take(self.key, self.rate, self.per_ms, self.burst, cost, mode)
 end
 
--- A store failure, prefixed with the limiter's function.
-local function store_failure(fname, msg, kind, detail)
-  return nil, ("%s: %s"):format(fname, tostring(msg)), kind or "error", detail
-end
 
 local function leave(self, me)
   local q = self.queue

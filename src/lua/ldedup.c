@@ -1,6 +1,8 @@
 /*
  * ldedup.c — baton.dedup{ ttl_ms =, clock = }: request de-duplication by key, and
- * single-flight execution.
+ * single-flight execution, in process. baton.dedup{ ttl_ms =, store =, key_prefix =,
+ * poll_ms = } is the same API over a store (docs/store.md), written in Lua
+ * (lua/baton/store.lua, store._dedup): this file checks its options and hands over.
  *
  *   d:check(key [, ttl_ms]) -> "new" (now in progress for ttl_ms, default the table's TTL:
  *                     the caller does the work)
@@ -67,12 +69,43 @@ static const char *check_key(lua_State *L, const char *fname, size_t *len) {
   return lua_tolstring(L, 2, len);
 }
 
+/* With `store =`, the dedup is the Lua one of lua/baton/store.lua (store._dedup), built on
+ * the options checked here; `clock` is refused there (the store keeps time), and
+ * `key_prefix` and `poll_ms` without a store. */
+static int new_over_store(lua_State *L, const char *F, lua_Integer ttl) {
+  if (lua_getfield(L, 1, "clock") != LUA_TNIL)
+    lbt_field_error(L, F, 1, "clock", "nil with a store (the store keeps time)");
+  lua_pop(L, 1);
+  lbt_opt_string(L, F, 1, "key_prefix", "dedup:", NULL);
+  lua_Number poll = lbt_opt_ms(L, F, 1, "poll_ms", 20);
+  if (poll <= 0) lbt_field_error(L, F, 1, "poll_ms", "milliseconds > 0");
+  lua_getfield(L, LUA_REGISTRYINDEX, "baton.module");
+  lua_getfield(L, -1, "store");
+  lua_getfield(L, -1, "_dedup");
+  lua_getfield(L, 1, "store");
+  lua_pushinteger(L, ttl);
+  if (lua_getfield(L, 1, "key_prefix") == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushliteral(L, "dedup:");
+  }
+  lua_pushnumber(L, poll);
+  lua_call(L, 4, 1);
+  return 1;
+}
+
 static int ldedup_new(lua_State *L) {
   static const char *const F = "baton.dedup";
-  static const char *const known[] = {"ttl_ms", "clock", NULL};
+  static const char *const known[] = {"ttl_ms", "clock", "store", "key_prefix", "poll_ms", NULL};
   lbt_check_opts(L, F, 1, "options", known);
   lua_settop(L, 1);
   lua_Integer ttl = lbt_opt_count(L, F, 1, "ttl_ms", 0, -1);
+  if (lua_getfield(L, 1, "store") != LUA_TNIL) return new_over_store(L, F, ttl);
+  lua_pop(L, 1);
+  if (lua_getfield(L, 1, "key_prefix") != LUA_TNIL)
+    lbt_field_error(L, F, 1, "key_prefix", "nil without a store");
+  if (lua_getfield(L, 1, "poll_ms") != LUA_TNIL)
+    lbt_field_error(L, F, 1, "poll_ms", "nil without a store");
+  lua_settop(L, 1);
   lbt_opt_function(L, F, 1, "clock");
   ldedup *D = lua_newuserdatauv(L, sizeof *D, 3);
   D->d = NULL;

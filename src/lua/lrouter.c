@@ -2,7 +2,7 @@
  * lrouter.c — opens the Lua-written parts of the routing layer, compiled into the module:
  * lua/baton/store.lua (baton.store: the store interface's memory implementation, the rate
  * limiter over a store that baton.ratelimit{ store = } builds, breaker backends over a
- * store) and lua/baton/router.lua (baton.router, baton.router.classify, .usage).
+ * store, dedup over a store) and lua/baton/router.lua (baton.router, baton.router.classify, .usage).
  *
  * They are loaded lazily: compiling them costs about 1.6 ms, which a script that never
  * routes should not pay at `require "baton"`. Until first used, baton.store and
