@@ -293,6 +293,8 @@ BT_EXTERN int bt_event_set(bt_rt_t *rt, bt_event_t *ev);
 BT_EXTERN size_t bt_event_waiting(const bt_event_t *ev);
 
 /* ---- counting semaphore: FIFO with direct hand-off ---------------------------------- */
+/* Weighted requests are head-of-line FIFO: the head is served first whatever its weight, so
+ * a large request is not starved by small ones (which wait behind it even if they fit). */
 
 typedef void (*bt_sem_cb)(bt_sem_waiter_t *w, int status);
 struct bt_sem_waiter {
@@ -316,6 +318,14 @@ BT_EXTERN int bt_sem_acquire(bt_sem_t *s, bt_sem_waiter_t *w, size_t k, bt_sem_c
 BT_EXTERN void bt_sem_cancel(bt_sem_waiter_t *w);
 /* Returns k permits and hands them to queued waiters in FIFO order. */
 BT_EXTERN void bt_sem_release(bt_sem_t *s, size_t k);
+/* Adds n permits to the capacity and to what is available, then hands them to queued
+ * waiters in FIFO order (from inside this call). */
+BT_EXTERN void bt_sem_add_permits(bt_sem_t *s, size_t n);
+/* Removes up to n permits that are available now from the capacity and returns how many it
+ * removed (fewer than n when fewer are available; held permits are never taken: call again
+ * once they come back). A queued request larger than the new capacity waits until
+ * bt_sem_add_permits grows it again, or the semaphore is closed. */
+BT_EXTERN size_t bt_sem_forget(bt_sem_t *s, size_t n);
 /* Fails every waiter with BT_ECLOSED; later acquires fail. Idempotent. */
 BT_EXTERN void bt_sem_close(bt_sem_t *s);
 BT_EXTERN size_t bt_sem_available(const bt_sem_t *s);
