@@ -273,6 +273,23 @@ describe("baton.group structure", function()
     end
   end
 
+  it("a detached group outlives the task that made it; its tasks keep running",
+    H.async(function()
+      local owned, detached, child
+      baton.spawn(function()
+        owned = baton.group()
+        detached = baton.group { detached = true }
+        child = owned:spawn(closer({}, "owned"))
+        detached:spawn(function() baton.sleep(20) return "still here" end)
+      end):join()
+      assert.equal("cancelled", child:status())  -- the owned group's child was aborted
+      local t = assert(detached:join_next(1000))
+      assert.is_true(t.ok)
+      assert.equal("still here", t:results())
+      detached:close()
+      owned:close()
+    end))
+
   it("fail_fast aborts the siblings and join_all re-raises the first error", H.async(function()
     local g <close> = baton.group { fail_fast = true }
     local log = {}

@@ -71,17 +71,18 @@ static int lgroup_new(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   int has_opts = !lua_isnoneornil(L, 1);
   if (has_opts) {
-    static const char *const known[] = {"limit", "fail_fast", NULL};
+    static const char *const known[] = {"limit", "fail_fast", "detached", NULL};
     lbt_check_opts(L, fname, 1, "opts", known);
   }
   int fail_fast = has_opts && lbt_opt_bool(L, fname, 1, "fail_fast", 0);
+  int detached = has_opts && lbt_opt_bool(L, fname, 1, "detached", 0);
   lgroup *G = lua_newuserdatauv(L, sizeof *G, 1);
   G->limit = NULL;
   bt__group_init(&G->storage, R->rt);
   G->g = &G->storage;
   bt_group_fail_fast(G->g, fail_fast);
-  bt_task_t *owner = bt_rt_current(R->rt);  /* a group made in a task is the task's */
-  if (owner != NULL) bt_group_own(G->g, owner);
+  bt_task_t *owner = bt_rt_current(R->rt);  /* a group made in a task is the task's, */
+  if (owner != NULL && !detached) bt_group_own(G->g, owner);  /* unless it outlives it */
   LIST_INSERT_HEAD(&R->groups, G, link);
   lbt_set_class(L, LBT_GROUP);
   if (has_opts) {
