@@ -127,6 +127,7 @@ typedef enum {
   BT_TASK_READY,        /* woken, in the ready queue */
   BT_TASK_RUNNING,      /* being resumed now */
   BT_TASK_WAITING,      /* suspended on a wait record */
+  BT_TASK_FINISHING,    /* ended, waiting for the tasks it owns to finish (bt_group_own) */
   BT_TASK_DONE,
   BT_TASK_FAILED,
   BT_TASK_CANCELLED
@@ -172,6 +173,9 @@ struct bt_task {
   bt_wait_t *wait;                    /* the wait record; read by the core only while WAITING */
   LIST_HEAD(, bt_joiner) joiners;     /* tasks waiting for this one (private) */
   bt_gate_t *gate;                    /* bounded spawn: the gate whose permit it holds */
+  bt_task_t *owner;                   /* the task owning it (bt_group_own), or NULL */
+  LIST_HEAD(, bt_group) groups;       /* groups it owns (private) */
+  uint32_t owned;                     /* tasks it owns not yet finished (private) */
   uint32_t id;
   uint32_t token;
   uint8_t state;                      /* bt_task_state_t */
@@ -203,7 +207,10 @@ BT_EXTERN int bt_task_wake(bt_rt_t *rt, bt_task_t *t, uint32_t token, int status
  * tasks spawned since it was resumed. */
 BT_EXTERN void bt_task_yield(bt_rt_t *rt, bt_task_t *t);
 /* Called from inside resume: `t` ended with `state` (DONE, FAILED or CANCELLED). Wakes its
- * joiners and moves it to its group's finished list. */
+ * joiners and moves it to its group's finished list. Structure: if `t` owns tasks not yet
+ * finished (spawned into groups it owns, bt_group_own), they are aborted, and `t` stays
+ * BT_TASK_FINISHING (not finished: joiners keep waiting) until the last of them has
+ * finished; then `t` becomes `state` and the above happens. Its groups are disowned. */
 BT_EXTERN void bt_task_finish(bt_rt_t *rt, bt_task_t *t, bt_task_state_t state);
 /* Requests cancellation: sets BT_TASK_F_CANCEL (level-triggered). A waiting task is woken
  * with BT_ECANCELED; a pending one is resumed with BT_ECANCELED when drained, before it
@@ -255,6 +262,16 @@ BT_EXTERN void bt_group_remove(bt_task_t *t);
 /* Detaches every task (they finish with no group) after aborting the live ones; the
  * group can then be freed. Gated tasks still waiting for a permit start as cancelled. */
 BT_EXTERN void bt_group_detach_all(bt_group_t *g);
+/* Ownership (structured concurrency): every task spawned into `g` while `owner` is
+ * running (not yet finished nor finishing) is owned by `owner`, wherever it goes later
+ * (popped, removed, detached), and `owner` does not finish until it has (bt_task_finish).
+ * `owner` NULL disowns. A group is disowned when its owner ends or it is freed. */
+BT_EXTERN void bt_group_own(bt_group_t *g, bt_task_t *owner);
+/* Fail fast: once on, the first task of `g` to end FAILED makes the group abort every
+ * other live task (once); bt_group_failed() returns that task until it leaves the group
+ * (popped or removed), then NULL. */
+BT_EXTERN void bt_group_fail_fast(bt_group_t *g, int on);
+BT_EXTERN bt_task_t *bt_group_failed(const bt_group_t *g);
 /* Calls `cb(g, t, data)` each time a task of `g` finishes, however it ends (returned,
  * failed, cancelled, or aborted before it ever ran): after the task has moved to the
  * finished list and its joiners were woken, before its vtable's `finished`. The hook may
@@ -293,6 +310,8 @@ BT_EXTERN int bt_event_set(bt_rt_t *rt, bt_event_t *ev);
 BT_EXTERN size_t bt_event_waiting(const bt_event_t *ev);
 
 /* ---- counting semaphore: FIFO with direct hand-off ---------------------------------- */
+/* Weighted requests are head-of-line FIFO: the head is served first whatever its weight, so
+ * a large request is not starved by small ones (which wait behind it even if they fit). */
 
 typedef void (*bt_sem_cb)(bt_sem_waiter_t *w, int status);
 struct bt_sem_waiter {
@@ -316,6 +335,14 @@ BT_EXTERN int bt_sem_acquire(bt_sem_t *s, bt_sem_waiter_t *w, size_t k, bt_sem_c
 BT_EXTERN void bt_sem_cancel(bt_sem_waiter_t *w);
 /* Returns k permits and hands them to queued waiters in FIFO order. */
 BT_EXTERN void bt_sem_release(bt_sem_t *s, size_t k);
+/* Adds n permits to the capacity and to what is available, then hands them to queued
+ * waiters in FIFO order (from inside this call). */
+BT_EXTERN void bt_sem_add_permits(bt_sem_t *s, size_t n);
+/* Removes up to n permits that are available now from the capacity and returns how many it
+ * removed (fewer than n when fewer are available; held permits are never taken: call again
+ * once they come back). A queued request larger than the new capacity waits until
+ * bt_sem_add_permits grows it again, or the semaphore is closed. */
+BT_EXTERN size_t bt_sem_forget(bt_sem_t *s, size_t n);
 /* Fails every waiter with BT_ECLOSED; later acquires fail. Idempotent. */
 BT_EXTERN void bt_sem_close(bt_sem_t *s);
 BT_EXTERN size_t bt_sem_available(const bt_sem_t *s);

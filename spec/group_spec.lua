@@ -254,3 +254,183 @@ describe("bounded spawn", function()
     H.raises_misuse("baton.group", 1, "limti", "%(unknown option%)", baton.group, { limti = 2 })
   end))
 end)
+
+describe("baton.group structure", function()
+  -- A child that records when its <close> handler ran, then sleeps until aborted.
+  local function closer(log, name, ms)
+    return function()
+      local _ <close> = setmetatable({}, { __close = function() log[#log + 1] = name end })
+      baton.sleep(ms or 60000)
+    end
+  end
+  -- The same, with a slow unwinding: the abort is caught, then a 30 ms shielded cleanup
+  -- (a __close handler cannot wait during error unwinding), then the <close> handler.
+  local function slow(log, name)
+    return function()
+      local _ <close> = setmetatable({}, { __close = function() log[#log + 1] = name end })
+      pcall(baton.sleep, 60000)
+      baton.shield(function() baton.sleep(30) end)
+    end
+  end
+
+  it("a detached group outlives the task that made it; its tasks keep running",
+    H.async(function()
+      local owned, detached, child
+      baton.spawn(function()
+        owned = baton.group()
+        detached = baton.group { detached = true }
+        child = owned:spawn(closer({}, "owned"))
+        detached:spawn(function() baton.sleep(20) return "still here" end)
+      end):join()
+      assert.equal("cancelled", child:status())  -- the owned group's child was aborted
+      local t = assert(detached:join_next(1000))
+      assert.is_true(t.ok)
+      assert.equal("still here", t:results())
+      detached:close()
+      owned:close()
+    end))
+
+  it("fail_fast aborts the siblings and join_all re-raises the first error", H.async(function()
+    local g <close> = baton.group { fail_fast = true }
+    local log = {}
+    local b = g:spawn(closer(log, "b"))
+    local c = g:spawn(closer(log, "c"))
+    g:spawn(function() baton.sleep(5) error({ kind = "io", message = "first" }) end)
+    g:spawn(function() baton.sleep(30) error("second, never: aborted") end)
+    local t0 = baton.now()
+    local ok, err = pcall(g.join_all, g)
+    assert.is_false(ok)
+    assert.equal("first", err.message)          -- the task's own error value
+    assert.is_string(err.traceback)
+    assert.is_true(baton.now() - t0 < 1000)     -- not the siblings' 60 s
+    table.sort(log)
+    assert.same({ "b", "c" }, log)              -- they unwound before join_all raised
+    assert.equal("cancelled", b:status())
+    assert.equal("cancelled", c:status())
+    assert.equal(0, #g)
+  end))
+
+  it("fail_fast: wait_within raises too; join_next hands the failure out as a task",
+    H.async(function()
+      local g = baton.group { fail_fast = true }
+      g:spawn(closer({}, "x"))
+      g:spawn(function() error("boom") end)
+      assert.has_error(function() g:wait_within(5000) end)
+      local h = baton.group { fail_fast = true }
+      local log = {}
+      h:spawn(closer(log, "y"))
+      h:spawn(function() error("bang") end)
+      local t = h:join_next()
+      local ok, err = t:join()
+      assert.is_false(ok)
+      assert.matches("bang", err)
+      local rest = h:join_all()  -- handed out already: not raised again
+      assert.equal(1, #rest)
+      assert.equal("cancelled", rest[1]:status())
+      assert.same({ "y" }, log)
+    end))
+
+  it("without fail_fast a failure leaves the siblings running", H.async(function()
+    local g = baton.group()
+    local other = g:spawn(function() baton.sleep(20) return "fine" end)
+    g:spawn(function() error("alone") end)
+    local tasks = g:join_all()
+    assert.equal(2, #tasks)
+    assert.same({ true, "fine" }, { other:join() })
+  end))
+
+  it("close() from a task returns only after every child's <close> handler ran",
+    H.async(function()
+      local g = baton.group()
+      local log = {}
+      for i = 1, 3 do g:spawn(slow(log, i)) end
+      baton.yield()
+      g:close()
+      table.sort(log)
+      assert.same({ 1, 2, 3 }, log)
+      assert.has_error(function() g:spawn(print) end)
+    end))
+
+  it("a task's join returns only after the children of its groups unwound", H.async(function()
+    local log = {}
+    local parent = baton.spawn(function()
+      local g = baton.group()  -- owned by this task; not closed, not joined
+      g:spawn(slow(log, "child unwound"))
+      baton.yield()
+      return "parent done"
+    end)
+    local r = { parent:join() }
+    log[#log + 1] = "joined"
+    assert.same({ true, "parent done" }, r)
+    assert.same({ "child unwound", "joined" }, log)
+  end))
+
+  it("a group closed by <close> aborts its children and the owner's join waits for them",
+    H.async(function()
+      local log = {}
+      local parent = baton.spawn(function()
+        local g <close> = baton.group()
+        g:spawn(slow(log, "grandchild"))
+        baton.yield()
+        error("parent fails")  -- error unwinding: <close> cannot wait
+      end)
+      local ok = parent:join()
+      log[#log + 1] = "joined"
+      assert.is_false(ok)
+      assert.equal("failed", parent:status())
+      assert.same({ "grandchild", "joined" }, log)
+    end))
+
+  it("nested ownership: grandchildren unwind before the grandparent's join returns",
+    H.async(function()
+      local log = {}
+      local top = baton.spawn(function()
+        local g = baton.group()
+        g:spawn(function()
+          local h = baton.group()
+          h:spawn(slow(log, "grandchild"))
+          baton.sleep(60000)
+        end)
+        baton.sleep(60000)
+      end)
+      baton.sleep(5)  -- everyone started
+      top:abort()
+      top:join()
+      assert.same({ "grandchild" }, log)
+      assert.equal("cancelled", top:status())
+    end))
+
+  it("baton.spawn inside a task is detached: it outlives the task", H.async(function()
+    local inner
+    local outer = baton.spawn(function()
+      inner = baton.spawn(function() baton.sleep(20) return "still here" end)
+    end)
+    outer:join()
+    assert.equal("waiting", inner:status())
+    assert.same({ true, "still here" }, { inner:join() })
+  end))
+
+  it("baton.timeout returns only after fn's group children unwound", H.async(function()
+    local log = {}
+    local r = { baton.timeout(10, function()
+      local g = baton.group()
+      g:spawn(slow(log, "child unwound"))
+      baton.sleep(60000)
+    end) }
+    assert.is_nil(r[1])
+    assert.equal("timeout", r[3])
+    assert.same({ "child unwound" }, log)
+  end))
+
+  it("a finishing task reports 'finishing' until its children end", H.async(function()
+    local parent = baton.spawn(function()
+      local g = baton.group()
+      g:spawn(slow({}, "child"))
+      baton.yield()
+    end)
+    baton.sleep(10)
+    assert.equal("finishing", parent:status())
+    assert.is_true(parent:join())
+    assert.equal("done", parent:status())
+  end))
+end)

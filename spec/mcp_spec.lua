@@ -271,6 +271,15 @@ describe("baton.mcp against a scripted server", function()
     c:close()
   end))
 
+  fake_it("a client connected inside baton.timeout keeps working after it returns",
+    H.async(function()
+      -- connect runs in the timeout's task, which ends at once: nothing the session needs
+      -- may belong to that task (its handler group is detached, its reader a spawned task).
+      local c = assert(baton.timeout(10000, fake))
+      assert.equal("echo: later", mcp.text(assert(c:call("echo", { text = "later" }))))
+      c:close()
+    end))
+
   fake_it("skips a line that is not JSON, with a warning", H.async(function()
     local warnings = {}
     local c = assert(fake({}, { on_warning = function(m) warnings[#warnings + 1] = m end }))

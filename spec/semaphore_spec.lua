@@ -109,6 +109,104 @@ describe("baton.semaphore", function()
     assert.equal(3, s:available())
   end))
 
+  it("weighted acquire is FIFO-fair: small requests never overtake a large one at the head",
+    H.async(function()
+      local s = baton.semaphore(4)
+      local events = {}
+      local g = baton.group()
+      for w = 1, 3 do  -- three workers churning one permit each
+        g:spawn(function()
+          for _ = 1, 10 do
+            local p <close> = s:acquire(1)
+            events[#events + 1] = "small" .. w
+            baton.sleep(1)
+          end
+        end)
+      end
+      baton.yield()
+      assert.equal(1, s:available())
+      local big = g:spawn(function()
+        events[#events + 1] = "big queued"
+        local p <close> = s:acquire(4)
+        events[#events + 1] = "big granted"
+        baton.sleep(1)
+      end)
+      g:join_all()
+      assert.is_true(big:join())
+      local queued, granted
+      for i, e in ipairs(events) do
+        if e == "big queued" then queued = i elseif e == "big granted" then granted = i end
+      end
+      -- once the large request is queued, no small one is granted before it
+      assert.equal(queued + 1, granted)
+      assert.equal(30 + 2, #events)  -- and the small ones all ran afterwards
+      assert.equal(4, s:available())
+    end))
+
+  it("add_permits grows the capacity and wakes waiters in FIFO order", H.async(function()
+    local s = baton.semaphore(2)
+    local all = s:acquire(2)  -- a request must fit the capacity when it is made
+    local order, held = {}, {}
+    local g = baton.group()
+    for i = 1, 5 do
+      g:spawn(function()
+        held[i] = s:acquire(i == 4 and 2 or 1)  -- the 4th asks for 2
+        order[#order + 1] = i
+      end)
+    end
+    baton.yield()
+    assert.equal(5, s:waiting())
+    s:add_permits(3)
+    assert.equal(5, s:capacity())
+    baton.yield()
+    assert.same({ 1, 2, 3 }, order)
+    assert.equal(2, s:waiting())
+    s:add_permits(1)  -- the head wants 2: the 5th, which would fit, waits behind it
+    baton.yield()
+    assert.same({ 1, 2, 3 }, order)
+    assert.equal(1, s:available())
+    s:add_permits(2)
+    g:join_all()
+    assert.same({ 1, 2, 3, 4, 5 }, order)
+    assert.equal(8, s:capacity())
+    for _, p in pairs(held) do p:release() end
+    all:release()
+    assert.equal(8, s:available())
+  end))
+
+  it("forget removes only available permits, says how many, and shrinks the capacity",
+    H.async(function()
+      local s = baton.semaphore(3)
+      local p = s:acquire(2)
+      assert.equal(1, s:forget(5))  -- one is available: the two held are not taken
+      assert.equal(2, s:capacity())
+      assert.equal(0, s:available())
+      assert.equal(0, s:forget(1))
+      p:release()  -- the held permits come back, and no more
+      assert.equal(2, s:available())
+      assert.equal(2, s:capacity())
+      assert.has_error(function() s:acquire(3) end)  -- past the new capacity: misuse
+      assert.equal(2, s:forget(2))
+      assert.equal(0, s:capacity())
+      s:add_permits(1)
+      assert.equal(1, s:capacity())
+      assert.equal(1, s:available())
+    end))
+
+  it("add_permits and forget reject bad arguments and a closed semaphore", H.async(function()
+    local s = baton.semaphore(1)
+    for _, bad in ipairs({ function() s:add_permits(-1) end, function() s:add_permits("x") end,
+                           function() s:add_permits() end, function() s:forget(1.5) end,
+                           function() s:forget() end }) do
+      local ok, err = pcall(bad)
+      assert.is_false(ok)
+      assert.matches("baton.semaphore:[af][do][dr]", err)
+    end
+    s:close()
+    assert.has_error(function() s:add_permits(1) end, "baton.semaphore:add_permits: the semaphore is closed")
+    assert.has_error(function() s:forget(1) end, "baton.semaphore:forget: the semaphore is closed")
+  end))
+
   it("acquire with a timeout returns nil, msg, 'timeout' and leaves the queue clean",
     H.async(function()
       local s = baton.semaphore(1)

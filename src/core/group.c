@@ -8,6 +8,11 @@
  * must account for every ending (the speculation engine gives back host slots) sets one
  * finish hook, called for each task that finishes while in the group, however it ends.
  *
+ * A group may have an owner (bt_group_own): a task that counts every task spawned into the
+ * group as its own (task.c), until the owner ends or the group is freed. With fail_fast, the
+ * first task to end FAILED aborts its live siblings, once, and is remembered (`failed`)
+ * until it leaves the group.
+ *
  * A gate puts one waiter on a semaphore on behalf of a FIFO of pending tasks (threaded
  * through rq_next, which a pending, unqueued task does not use). Each grant starts the head
  * task holding one permit; the permit goes back in bt_task_finish(), however the task ends.
@@ -51,9 +56,35 @@ bt_group_t *bt_group_new(bt_rt_t *rt) {
 size_t bt_group_len(const bt_group_t *g) { return g->live.n + g->done.n; }
 size_t bt_group_live(const bt_group_t *g) { return g->live.n; }
 
+void bt_group_own(bt_group_t *g, bt_task_t *owner) {
+  bt__group_disown(g);
+  if (owner == NULL || owner->state >= BT_TASK_FINISHING) return;
+  g->owner = owner;
+  LIST_INSERT_HEAD(&owner->groups, g, owner_link);
+}
+
+void bt__group_disown(bt_group_t *g) {
+  if (g->owner == NULL) return;
+  LIST_REMOVE(g, owner_link);
+  g->owner = NULL;
+}
+
+void bt_group_fail_fast(bt_group_t *g, int on) { g->fail_fast = on != 0; }
+bt_task_t *bt_group_failed(const bt_group_t *g) { return g->failed; }
+
+/* t leaves g: fail fast forgets it. */
+static void forget_failed(bt_group_t *g, bt_task_t *t) {
+  if (g->failed == t) g->failed = NULL;
+}
+
 void bt__group_finished(bt_group_t *g, bt_task_t *t) {
   tl_remove(&g->live, t);
   tl_push(&g->done, t);
+  if (g->fail_fast && !g->failing && t->state == BT_TASK_FAILED) {
+    g->failing = 1;
+    g->failed = t;
+    bt_group_abort_all(g);
+  }
   bt__wake_joiners(g->rt, &g->waiters);
   if (g->on_finish) g->on_finish(g, t, g->on_finish_data);
 }
@@ -68,6 +99,7 @@ bt_task_t *bt_group_pop(bt_group_t *g) {
   if (t == NULL) return NULL;
   tl_remove(&g->done, t);
   t->group = NULL;
+  forget_failed(g, t);
   return t;
 }
 
@@ -76,6 +108,7 @@ void bt_group_remove(bt_task_t *t) {
   if (g == NULL) return;
   tl_remove(bt_task_finished(t) ? &g->done : &g->live, t);
   t->group = NULL;
+  forget_failed(g, t);
   if (g->live.n == 0 && g->done.n == 0) bt__wake_joiners(g->rt, &g->waiters);
 }
 
@@ -137,6 +170,7 @@ void bt_group_detach_all(bt_group_t *g) {
     tl_remove(&g->done, t);
     t->group = NULL;
   }
+  g->failed = NULL;
   bt__wake_joiners(g->rt, &g->waiters);
 }
 
@@ -147,6 +181,7 @@ void bt_group_free(bt_group_t *g) {
 }
 
 void bt__group_destroy(bt_group_t *g) {
+  bt__group_disown(g);
   bt_gate_t *gate;
   while ((gate = LIST_FIRST(&g->gates)) != NULL) {
     LIST_REMOVE(gate, link);

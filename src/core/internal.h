@@ -68,12 +68,17 @@ struct bt_group {
   LIST_HEAD(, bt_gate) gates;
   bt_group_finish_cb on_finish;    /* bt_group_on_finish(), or NULL */
   void *on_finish_data;
+  bt_task_t *owner;                /* bt_group_own(), or NULL */
+  LIST_ENTRY(bt_group) owner_link; /* in owner->groups */
+  bt_task_t *failed;               /* fail fast: the first failure, until it leaves */
+  uint8_t fail_fast, failing;      /* failing: the siblings were aborted */
 };
 
 /* group.c */
 void bt__group_init(bt_group_t *g, bt_rt_t *rt);   /* caller-owned storage */
 void bt__group_destroy(bt_group_t *g);             /* after bt_group_detach_all() */
 void bt__group_finished(bt_group_t *g, bt_task_t *t);
+void bt__group_disown(bt_group_t *g);
 void bt__gate_release(bt_rt_t *rt, bt_task_t *t);
 void bt__gate_unqueue(bt_rt_t *rt, bt_task_t *t);
 void bt__wake_joiners(bt_rt_t *rt, void *list_head);

@@ -4,9 +4,17 @@
  * Permits released go straight to the queue's head while it fits (`k` <= available), so a
  * waiter never loses its place to a newcomer: try_acquire fails while anyone is queued.
  * A waiter that leaves the queue (cancel, timeout) re-runs the grant loop, because a large
- * request at the head may have been holding back smaller ones behind it. Waiters are
+ * request at the head may have been holding back smaller ones behind it. Weighted requests
+ * are head-of-line FIFO: a request for k permits at the head is served before any request
+ * behind it, however small, so a large request is never starved by a stream of small ones
+ * (the cost: small requests wait behind a large one even when they would fit). Waiters are
  * caller-owned records linked into the queue: waiting never allocates.
+ *
+ * Invariant: avail + (permits held) == cap. bt_sem_add_permits grows both; bt_sem_forget
+ * shrinks both by permits that are available, never by held ones, so a release never has
+ * to decide whether its permits still exist.
  */
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "internal.h"
@@ -85,6 +93,20 @@ void bt_sem_release(bt_sem_t *s, size_t k) {
   s->avail += k;
   if (s->avail > s->cap) s->avail = s->cap;  /* a double release must not mint permits */
   grant(s);
+}
+
+void bt_sem_add_permits(bt_sem_t *s, size_t n) {
+  if (n > SIZE_MAX - s->cap) n = SIZE_MAX - s->cap;
+  s->cap += n;
+  s->avail += n;
+  grant(s);
+}
+
+size_t bt_sem_forget(bt_sem_t *s, size_t n) {
+  if (n > s->avail) n = s->avail;
+  s->avail -= n;
+  s->cap -= n;
+  return n;
 }
 
 void bt_sem_close(bt_sem_t *s) {

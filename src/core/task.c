@@ -9,6 +9,13 @@
  * unregisters the remaining source) and only then enqueues. Abort is a wake with
  * BT_ECANCELED plus the level-triggered BT_TASK_F_CANCEL flag; while the task is shielded
  * (bt_task_shield) it is only recorded, and the unshield turns it into the flag.
+ *
+ * Ownership: a task spawned into a group that a task owns (bt_group_own) counts in its
+ * owner's `owned` from spawn to its own completion. bt_task_finish of a task with owned > 0
+ * aborts the live tasks of its groups (tasks that left them were aborted when they were
+ * detached, or are on their own way out) and parks it in FINISHING with the final state in
+ * `status`; the completion of its last owned task completes it. So a task's joiners, its
+ * group and its vtable see it end only after everything it owned has ended, recursively.
  */
 #include "internal.h"
 
@@ -19,6 +26,9 @@ static void init(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt, bt_group_t *g)
   t->wait = NULL;
   LIST_INIT(&t->joiners);
   t->gate = NULL;
+  t->owner = NULL;
+  LIST_INIT(&t->groups);
+  t->owned = 0;
   t->id = ++rt->next_id;
   t->token = 0;
   t->state = BT_TASK_PENDING;
@@ -31,6 +41,10 @@ static void init(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt, bt_group_t *g)
     else l->head = t;
     l->tail = t;
     l->n++;
+    if (g->owner != NULL) {
+      t->owner = g->owner;
+      g->owner->owned++;
+    }
   }
 }
 
@@ -107,13 +121,32 @@ void bt__wake_joiners(bt_rt_t *rt, void *head) {
   }
 }
 
-void bt_task_finish(bt_rt_t *rt, bt_task_t *t, bt_task_state_t state) {
+static void complete(bt_rt_t *rt, bt_task_t *t, bt_task_state_t state) {
   t->state = (uint8_t)state;
-  t->wait = NULL;
   if (t->flags & BT_TASK_F_PERMIT) bt__gate_release(rt, t);
   bt__wake_joiners(rt, &t->joiners);
   if (t->group) bt__group_finished(t->group, t);
+  bt_task_t *owner = t->owner;
+  t->owner = NULL;
   if (t->vt->finished) t->vt->finished(rt, t);
+  /* The last owned task of a finishing owner completes it (t may be freed by now). */
+  if (owner != NULL && --owner->owned == 0 && owner->state == BT_TASK_FINISHING)
+    complete(rt, owner, (bt_task_state_t)owner->status);
+}
+
+void bt_task_finish(bt_rt_t *rt, bt_task_t *t, bt_task_state_t state) {
+  t->wait = NULL;
+  bt_group_t *g;
+  while ((g = LIST_FIRST(&t->groups)) != NULL) {
+    bt_group_abort_all(g);  /* only enqueues: nothing finishes under us */
+    bt__group_disown(g);
+  }
+  if (t->owned > 0) {
+    t->state = BT_TASK_FINISHING;
+    t->status = (int16_t)state;
+    return;
+  }
+  complete(rt, t, state);
 }
 
 void bt_task_abort(bt_rt_t *rt, bt_task_t *t) {

@@ -8,6 +8,13 @@
  * forgets them, and reports failures nobody joined; its methods then raise "used after it
  * was closed", but close, live and #g (0).
  *
+ * A group made inside a task is owned by it (bt_group_own): the task finishes only after
+ * every task spawned into the group has (task.c). close() called from a task aborts the
+ * live tasks and waits until none is live; __close and __gc cannot wait, so they abort
+ * and detach them, and the owner's completion waits instead. With fail_fast the core
+ * aborts the siblings of the first failure; join_all and wait_within that collect it raise
+ * its error once the rest has finished (or their deadline passed).
+ *
  * Waiting methods take ONE absolute deadline when called and keep it across re-waits, so
  * a batch never waits N × timeout.
  *
@@ -15,6 +22,7 @@
  * spawn_bounded or limit, a closed group at entry). Return `nil, msg, kind, detail`:
  * join_next (timeout; closed when the group is closed while it waits; resource), and
  * wait_within/join_all (closed, resource; detail.finished holds the tasks collected).
+ * Re-raised, not returned: the first failure of a fail_fast group (docs/api.md says why).
  * A wait_within deadline is not a failure: the list is partial.
  */
 #include <math.h>
@@ -63,13 +71,18 @@ static int lgroup_new(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   int has_opts = !lua_isnoneornil(L, 1);
   if (has_opts) {
-    static const char *const known[] = {"limit", NULL};
+    static const char *const known[] = {"limit", "fail_fast", "detached", NULL};
     lbt_check_opts(L, fname, 1, "opts", known);
   }
+  int fail_fast = has_opts && lbt_opt_bool(L, fname, 1, "fail_fast", 0);
+  int detached = has_opts && lbt_opt_bool(L, fname, 1, "detached", 0);
   lgroup *G = lua_newuserdatauv(L, sizeof *G, 1);
   G->limit = NULL;
   bt__group_init(&G->storage, R->rt);
   G->g = &G->storage;
+  bt_group_fail_fast(G->g, fail_fast);
+  bt_task_t *owner = bt_rt_current(R->rt);  /* a group made in a task is the task's, */
+  if (owner != NULL && !detached) bt_group_own(G->g, owner);  /* unless it outlives it */
   LIST_INSERT_HEAD(&R->groups, G, link);
   lbt_set_class(L, LBT_GROUP);
   if (has_opts) {
@@ -127,18 +140,29 @@ static int lgroup_spawn_bounded(lua_State *L) {
   return spawn_on(L, G, gate, 2, 3);
 }
 
-/* Pops the oldest finished task onto the stack; 0 if there is none. */
+/* Pops the oldest finished task onto the stack; 0 if there is none, 2 if it is the
+ * group's first failure under fail_fast, else 1. */
 static int pop_one(lua_State *L, lbt_rt *R, lgroup *G) {
+  bt_task_t *first = bt_group_failed(G->g);
   lbt_task *T = (lbt_task *)bt_group_pop(G->g);
   if (T == NULL) return 0;
   T->t.flags |= BT_TASK_F_JOINED;  /* handed over: its outcome is the caller's now */
   lbt_task_take(L, R, T);
-  return 1;
+  return &T->t == first ? 2 : 1;
 }
 
-/* Appends the finished tasks to the list at `list`, which holds n; returns the new n. */
-static lua_Integer drain_into(lua_State *L, lbt_rt *R, lgroup *G, int list, lua_Integer n) {
-  while (pop_one(L, R, G)) lua_rawseti(L, list, ++n);
+/* Appends the finished tasks to the list at `list`, which holds n; returns the new n. The
+ * group's first failure under fail_fast is also copied to `fail` (0: nowhere). */
+static lua_Integer drain_into(lua_State *L, lbt_rt *R, lgroup *G, int list, lua_Integer n,
+                              int fail) {
+  int rc;
+  while ((rc = pop_one(L, R, G)) != 0) {
+    if (rc == 2 && fail != 0) {
+      lua_pushvalue(L, -1);
+      lua_replace(L, fail);
+    }
+    lua_rawseti(L, list, ++n);
+  }
   return n;
 }
 
@@ -181,7 +205,8 @@ static int lgroup_join_next(lua_State *L) {
 }
 
 /* Shared by wait_within (a deadline) and join_all (none). Stack: group, fname (a light
- * userdata: the string), the list. A failure carries the list as detail.finished. */
+ * userdata: the string), the list, the first failure collected under fail_fast (or nil).
+ * A failure carries the list as detail.finished. */
 static int collect_fail(lua_State *L, int status, const char *msg) {
   const char *fname = lua_touserdata(L, 2);
   lua_createtable(L, 0, 1);
@@ -189,6 +214,17 @@ static int collect_fail(lua_State *L, int status, const char *msg) {
   lua_setfield(L, -2, "finished");
   if (msg != NULL) return lbt_fail_detail(L, fname, "closed", -1, "%s", msg);
   return lbt_fail_detail(L, fname, lbt_kind_of(status), -1, "%s", bt_strerror(status));
+}
+
+/* The end of a collect: the list, or, under fail_fast, the first failure's error raised
+ * (once the siblings it aborted have finished, or the deadline passed). */
+static int collect_done(lua_State *L) {
+  if (!lua_isnil(L, 4)) {
+    lua_getiuservalue(L, 4, 1);
+    return lua_error(L);
+  }
+  lua_settop(L, 3);
+  return 1;
 }
 
 static int collect_k(lua_State *L, int st, lua_KContext due) {
@@ -199,17 +235,13 @@ static int collect_k(lua_State *L, int st, lua_KContext due) {
   lgroup *G = group_after_wait(L);
   if (G == NULL) return collect_fail(L, 0, "the group was closed while waiting");
   lbt_fiber *f = lbt_fib(T);
-  lua_Integer n = drain_into(L, R, G, 3, f->kdata);  /* kdata: how many the list holds */
-  if (status == BT_ETIMEDOUT || bt_group_live(G->g) == 0) {
-    lua_settop(L, 3);
-    return 1;
-  }
+  lua_Integer n = drain_into(L, R, G, 3, f->kdata, 4);  /* kdata: how many the list holds */
+  if (status == BT_ETIMEDOUT || bt_group_live(G->g) == 0) return collect_done(L);
   if (status != 0) return collect_fail(L, status, NULL);
   int rc = bt_group_wait(G->g, &T->t, &f->joiner, &f->wait, (uint64_t)due);
   if (rc != 0) {
-    drain_into(L, R, G, 3, n);
-    lua_settop(L, 3);
-    return 1;
+    drain_into(L, R, G, 3, n, 4);
+    return collect_done(L);
   }
   f->kdata = n;
   return lbt_suspend_task(L, T, due, collect_k);
@@ -220,15 +252,16 @@ static int collect(lua_State *L, lgroup *G, uint64_t due, const char *fname) {
   lua_settop(L, 1);
   lua_pushlightuserdata(L, (void *)fname);
   lua_createtable(L, (int)(bt_group_len(G->g) < 1u << 20 ? bt_group_len(G->g) : 1u << 20), 0);
-  lua_Integer n = drain_into(L, R, G, 3, 0);
-  if (bt_group_live(G->g) == 0) return 1;
+  lua_pushnil(L);
+  lua_Integer n = drain_into(L, R, G, 3, 0, 4);
+  if (bt_group_live(G->g) == 0) return collect_done(L);
   lbt_task *T = lbt_await_begin(L, R, fname);
   lbt_fiber *f = lbt_fib(T);
   f->status = 0;
   int rc = bt_group_wait(G->g, &T->t, &f->joiner, &f->wait, due);
   if (rc != 0) {
-    drain_into(L, R, G, 3, n);
-    return 1;
+    drain_into(L, R, G, 3, n, 4);
+    return collect_done(L);
   }
   f->kdata = n;
   return lbt_suspend_task(L, T, (lua_KContext)due, collect_k);
@@ -251,7 +284,7 @@ static int lgroup_drain(lua_State *L) {
   lgroup *G = check_group(L, 1);
   lua_settop(L, 1);
   lua_newtable(L);
-  drain_into(L, R, G, 2, 0);
+  drain_into(L, R, G, 2, 0, 0);
   return 1;
 }
 
@@ -286,17 +319,87 @@ static int lgroup_shutdown(lua_State *L) {
   return 0;
 }
 
-static int lgroup_close(lua_State *L) {
-  lbt_rt *R = lbt_R(L);
-  lgroup *G = lbt_check_type(L, 1, LBT_GROUP);
-  if (G->g == NULL) return 0;
+/* Closes at once (never waits): aborts and forgets the live tasks, which unwind on their
+ * own (an owning task's completion waits for them: task.c). */
+static void close_now(lua_State *L, lbt_rt *R, lgroup *G) {
   if (!R->closed) shutdown_group(L, R, G);
   else bt_group_detach_all(G->g);
   bt__group_destroy(G->g);
   LIST_REMOVE(G, link);
   lbt_handle_clear(L, G, LBT_GROUP);
   G->limit = NULL;
+}
+
+/* __close and __gc: cannot wait. */
+static int lgroup_close(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lgroup *G = lbt_check_type(L, 1, LBT_GROUP);
+  if (G->g != NULL) close_now(L, R, G);
   return 0;
+}
+
+static int close_k(lua_State *L, int st, lua_KContext ctx);
+
+/* Forgets the finished tasks (reporting failures nobody joined), aborts the live ones
+ * (again: tasks spawned meanwhile too) and waits for one to finish; closes once none is
+ * live. Stack: group. */
+static int close_wait(lua_State *L, lbt_rt *R, lgroup *G, lbt_task *T) {
+  bt_task_t *t;
+  while ((t = bt_group_pop(G->g)) != NULL) {
+    lbt_task *C = (lbt_task *)t;
+    if (t->state == BT_TASK_FAILED && !(t->flags & BT_TASK_F_JOINED)) {
+      lbt_push_task(L, R, C);
+      lua_getiuservalue(L, -1, 1);
+      const char *msg = lua_tostring(L, -1);
+      lbt_warn_unjoined(R, C, msg ? msg : luaL_typename(L, -1));
+      lua_pop(L, 2);
+      t->flags |= BT_TASK_F_JOINED;
+    }
+    lbt_task_release(R, C);
+  }
+  if (bt_group_live(G->g) == 0) {
+    close_now(L, R, G);
+    return 0;
+  }
+  bt_group_abort_all(G->g);
+  lbt_fiber *f = lbt_fib(T);
+  f->status = 0;
+  bt_group_wait(G->g, &T->t, &f->joiner, &f->wait, UINT64_MAX);  /* live > 0: waits */
+  return lbt_suspend_task(L, T, 0, close_k);
+}
+
+/* Cancelled while waiting: close at once, then raise the cancellation. */
+static int close_k(lua_State *L, int st, lua_KContext ctx) {
+  (void)st;
+  (void)ctx;
+  lbt_rt *R = lbt_R(L);
+  lgroup *G = lua_touserdata(L, 1);
+  lbt_task *T = lbt_current(R);
+  if (lbt_fib(T)->status == BT_ECANCELED || (T->t.flags & BT_TASK_F_CANCEL)) {
+    if (G->g != NULL) close_now(L, R, G);
+    lbt_resumed(L, NULL, NULL, NULL);  /* raises */
+  }
+  if (G->g == NULL) return 0;  /* closed meanwhile by someone else */
+  return close_wait(L, R, G, T);
+}
+
+/* group:close() from a task that may wait: aborts the live tasks and returns once they
+ * have all finished (their <close> handlers ran). Elsewhere (no task, a call that cannot
+ * yield, the closing task is in the group or already cancelled) it closes at once, as
+ * <close> does. */
+static int lgroup_close_method(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lgroup *G = lbt_check_type(L, 1, LBT_GROUP);
+  if (G->g == NULL) return 0;
+  lbt_task *T = lbt_current(R);
+  if (R->closed || T == NULL || bt_group_live(G->g) == 0 || T->t.group == G->g ||
+      (T->t.flags & BT_TASK_F_CANCEL) || !lua_isyieldable(L) ||
+      (lbt_fib(T)->co != L && !lbt_is_wrapped(L))) {
+    close_now(L, R, G);
+    return 0;
+  }
+  lua_settop(L, 1);
+  return close_wait(L, R, G, T);
 }
 
 static int lgroup_len(lua_State *L) {
@@ -326,7 +429,7 @@ void lbt_open_group(lua_State *L, int rt_idx) {
     {"spawn", lgroup_spawn}, {"spawn_bounded", lgroup_spawn_bounded},
     {"join_next", lgroup_join_next}, {"wait_within", lgroup_wait_within},
     {"drain", lgroup_drain}, {"join_all", lgroup_join_all}, {"abort_all", lgroup_abort_all},
-    {"shutdown", lgroup_shutdown}, {"live", lgroup_live}, {"close", lgroup_close},
+    {"shutdown", lgroup_shutdown}, {"live", lgroup_live}, {"close", lgroup_close_method},
     {NULL, NULL}};
   static const luaL_Reg meta[] = {
     {"__len", lgroup_len}, {"__close", lgroup_close}, {"__gc", lgroup_close},

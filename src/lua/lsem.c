@@ -14,12 +14,16 @@
  * collector frees it without calling a finalizer that has nothing left to do.
  *
  * acquire() is an await: it queues the task's fiber record on the semaphore (FIFO, direct
- * hand-off) with an optional deadline; a task aborted while queued is unlinked and the grant
+ * hand-off, head-of-line for weighted requests: sem.c) with an optional deadline; a task aborted while queued is unlinked and the grant
  * loop re-runs, so the next waiter gets the permit. A permit granted to a task that was
  * cancelled before it resumed goes straight back.
  *
+ * add_permits(n) and forget(n) change the capacity (sem.c: forget takes only available
+ * permits and says how many).
+ *
  * Errors (docs/errors.md). Raise: misuse (bad arguments, more permits than the capacity,
- * a semaphore closed (s:close()) or finalized before the call). Return `nil, msg, kind,
+ * a semaphore closed (s:close()) or finalized before the call; add_permits and forget on
+ * a closed semaphore). Return `nil, msg, kind,
  * detail`: try_acquire when nothing is free ("busy", { available =, capacity = }: still
  * falsy), acquire (timeout; closed when the semaphore is closed while it waits; resource),
  * budget:try_acquire ("busy" at the key's cap; resource).
@@ -148,6 +152,32 @@ static int lsem_acquire(lua_State *L) {
   f->wait.src = &f->semw;
   bt_task_wait(R->rt, &T->t, &f->wait, sem_wait_cancel, due);
   return lbt_suspend_task(L, T, (lua_KContext)k, acquire_k);
+}
+
+/* Misuse on a closed semaphore, as try_acquire: nothing to grow or shrink any more. */
+static bt_sem_t *check_open_sem(lua_State *L, const char *fname) {
+  bt_sem_t *s = check_sem(L, 1);
+  if (bt_sem_closed(s)) luaL_error(L, "%s: the semaphore is closed", fname);
+  return s;
+}
+
+/* Grows capacity and availability by n; waiters are granted in FIFO order at once (their
+ * tasks are woken: they run at the next turn). */
+static int lsem_add_permits(lua_State *L) {
+  static const char fname[] = "baton.semaphore:add_permits";
+  bt_sem_t *s = check_open_sem(L, fname);
+  lua_Integer n = lbt_arg_count(L, fname, 2, "n", 0, -1);
+  bt_sem_add_permits(s, (size_t)n);
+  return 0;
+}
+
+/* Shrinks capacity by up to n available permits; returns how many it removed. */
+static int lsem_forget(lua_State *L) {
+  static const char fname[] = "baton.semaphore:forget";
+  bt_sem_t *s = check_open_sem(L, fname);
+  lua_Integer n = lbt_arg_count(L, fname, 2, "n", 0, -1);
+  lua_pushinteger(L, (lua_Integer)bt_sem_forget(s, (size_t)n));
+  return 1;
 }
 
 static int lsem_available(lua_State *L) {
@@ -323,7 +353,8 @@ void lbt_open_sem(lua_State *L, int rt_idx) {
   static const luaL_Reg sem_methods[] = {
     {"try_acquire", lsem_try_acquire}, {"acquire", lsem_acquire},
     {"available", lsem_available}, {"capacity", lsem_capacity}, {"waiting", lsem_waiting},
-    {"close", lsem_close}, {"closed", lsem_closed}, {NULL, NULL}};
+    {"close", lsem_close}, {"closed", lsem_closed}, {"add_permits", lsem_add_permits},
+    {"forget", lsem_forget}, {NULL, NULL}};
   static const luaL_Reg sem_meta[] = {
     {"__gc", lsem_gc}, {"__tostring", lsem_tostring}, {NULL, NULL}};
   lbt_new_class(L, rt_idx, BT_SEM_MT, sem_methods, sem_meta);

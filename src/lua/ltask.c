@@ -482,6 +482,7 @@ static const char *status_name(const bt_task_t *t) {
   case BT_TASK_READY:
   case BT_TASK_RUNNING: return "running";
   case BT_TASK_WAITING: return "waiting";
+  case BT_TASK_FINISHING: return "finishing";
   case BT_TASK_DONE: return "done";
   case BT_TASK_FAILED: return "failed";
   default: return "cancelled";

@@ -60,7 +60,7 @@ function S.new(transport, opts)
     next_id = 1, in_flight = 0, handling = 0,
     max_line = opts.max_line, request_timeout = opts.request_timeout, roots = opts.roots,
     on_notification = opts.on_notification, on_warning = opts.on_warning,
-    group = baton.group(),
+    group = baton.group { detached = true },  -- outlives the task that connects
     stats = { sent = 0, received = 0, notifications = 0, server_requests = 0, late = 0,
               malformed = 0, warnings = 0, handler_errors = 0, rejected = 0 },
   }
