@@ -35,6 +35,12 @@ describe("cmake --install", function()
     assert.matches("libbaton_core.a", out)
   end)
 
+  it("installs the LuaCATS annotations in share/baton/types, outside the module path", function()
+    assert.is_true(exists("share/baton/types/baton.lua"))
+    assert.is_true(exists("share/baton/types/baton/mcp.lua"))
+    assert.is_false(exists("share/lua/5.4/baton/types/baton.lua"))
+  end)
+
   it("the installed module runs under a stock lua5.4", function()
     local script = os.tmpname()
     local f = assert(io.open(script, "w"))
