@@ -358,7 +358,7 @@ function baton.limiter.from_json(path) end
 -- JSON -----------------------------------------------------------------------------------
 
 ---@class baton.json
----@field null lightuserdata the JSON null (encodes as null; decode returns it)
+---@field null userdata the JSON null sentinel: decode returns it, encode writes it (and lua-cjson's cjson.null) as null
 baton.json = {}
 
 ---@class baton.JsonEncodeOptions
