@@ -135,6 +135,12 @@ describe("types/ (LuaCATS annotations)", function()
     assert.are.same(extra, missing(extra, declared, callable))
   end)
 
+  it("the annotation files are valid Lua", function()
+    local p = assert(io.popen(("find %s -name '*.lua'"):format(H.q(TYPES))))
+    for f in p:lines() do assert(loadfile(f)) end
+    p:close()
+  end)
+
   it("ships a .luarc.json pointing lua-language-server at types/", function()
     local rc = baton.json.decode(H.slurp(H.SRC .. "/.luarc.json"))
     local lib = rc["workspace.library"] or (rc.workspace or {}).library
