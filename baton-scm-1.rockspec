@@ -9,17 +9,16 @@ description = {
   license = "MIT",
 }
 dependencies = { "lua >= 5.4, < 5.5" }
-external_dependencies = {
-  LIBUV = { header = "uv.h" },
-  CJSON = { header = "cjson/cJSON.h" },
-  CURL = { header = "curl/curl.h" },
-  READLINE = { header = "readline/readline.h" },  -- for the baton executable's REPL
-}
+-- libuv, libcjson, libcurl and (for the executable's REPL) readline are found by CMake
+-- through pkg-config, as the CMake build finds them (Debian keeps curl.h in a multiarch
+-- include directory LuaRocks' own header search does not look in): scripts/deps.sh installs
+-- them.
 build = {
   type = "cmake",
   variables = {
     CMAKE_BUILD_TYPE = "Release",
     BATON_TESTS = "OFF",
+    BATON_INSTALL_DEV = "OFF",  -- only modules (and the executable) go into the tree
     CMAKE_INSTALL_PREFIX = "$(PREFIX)",
     BATON_LUA_CMOD_DIR = "$(LIBDIR)",
     BATON_LUA_LMOD_DIR = "$(LUADIR)",

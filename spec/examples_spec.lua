@@ -22,6 +22,7 @@ local cases = {
   { "pipeline_channels", "clean: 0 tasks left, jobs closed, results closed" },
   { "router", "requests: 200, ok: %d+, failed: %d+ %(.-%); usage matches the ledgers: true" },
   { "router", "context_fallback %-> ok" },
+  { "blocking", "blocking stalled every task: true; awaiting did not: true" },
   { "mcp_prefetch", "closed: server pid %d+ still alive: false",
     need = "spec/fixtures/mcp/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js" },
 }

@@ -213,6 +213,21 @@ describe("baton.json", function()
       assert.matches("got a userdata at $.f)", encode_error { f = io.stdout }, 1, true)
     end)
 
+    it("writes lua-cjson's cjson.null (a NULL light userdata) as null", function()
+      local ok, cjson = pcall(require, "cjson")
+      assert.is_true(ok, "lua-cjson is missing: install it (bash scripts/deps.sh)")
+      assert.equal('{"a":null,"b":[1,null]}', json.encode { a = cjson.null, b = { 1, cjson.null } })
+      -- what lua-cjson decoded passes through unchanged
+      local v = cjson.decode('{"id":"7","error":null,"list":[null,"x"]}')
+      assert.equal('{"error":null,"id":"7","list":[null,"x"]}', json.encode(v))
+    end)
+
+    it("rejects light userdata other than NULL", function()
+      local up = 1
+      local light = debug.upvalueid(function() return up end, 1)  -- a non-NULL light userdata
+      assert.matches("got a userdata at $.p)", encode_error { p = light }, 1, true)
+    end)
+
     it("raises on nil, pointing at json.null", function()
       local ok, err = pcall(json.encode, nil)
       assert.is_false(ok)

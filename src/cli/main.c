@@ -202,25 +202,61 @@ static void on_warning(void *ud, const char *msg, int tocont) {
   w->cont = tocont;
 }
 
-/* Puts the repo's lua/ (when run from a build tree) and the install's Lua directory in
- * front of package.path, so `require "baton.x"` finds the pure-Lua parts. */
-static void set_path(lua_State *L) {
-  static const char *const dirs[] = {BATON_LUA_DIR, BATON_SRC_LUA_DIR};  /* last goes first */
+/* Where `require "baton.x"` finds the pure-Lua parts (lua/baton/). An installed baton
+ * (cmake --install, a LuaRocks tree, a copy of either moved elsewhere) searches the Lua
+ * directory beside its own bin/ (`<exe>/../share/lua/5.4`), then the one it was configured
+ * to install into; only the executable in its own build tree searches the checkout's lua/,
+ * so an installed copy never picks up a checkout's files. The directories go after what
+ * LUA_PATH_5_4 / LUA_PATH set (the user's path wins), and ahead of Lua's compiled-in default
+ * path when neither is set (so a stale copy in /usr/local does not shadow the install's). */
+static void add_dir(lua_State *L, luaL_Buffer *b, const char *dir, int *n) {
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "path");
-  for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
-    const char *path = lua_tostring(L, -1);
-    lua_pushfstring(L, "%s/?.lua;", dirs[i]);
-    if (strstr(path, lua_tostring(L, -1)) != NULL) {  /* already searched (installed) */
-      lua_pop(L, 1);
-      continue;
+  lua_pushfstring(L, "%s/?.lua;", dir);
+  int seen = strstr(lua_tostring(L, -2), lua_tostring(L, -1)) != NULL;
+  lua_pop(L, 3);
+  if (seen) return;
+  lua_pushfstring(L, "%s%s/?.lua;%s/?/init.lua", *n > 0 ? ";" : "", dir, dir);
+  luaL_addvalue(b);
+  (*n)++;
+}
+
+static void set_path(lua_State *L, int noenv) {
+  char exe[4096], dir[4200];
+  ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  exe[len > 0 ? len : 0] = '\0';
+  char *slash = strrchr(exe, '/');
+  if (slash != NULL) *slash = '\0';
+  int n = 0;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  char build[4096];
+  if (len > 0 && realpath(BATON_BUILD_DIR, build) != NULL && strcmp(exe, build) == 0) {
+    add_dir(L, &b, BATON_SRC_LUA_DIR, &n);
+  } else {
+    if (len > 0) {
+      size_t el = strlen(exe);
+      if (el >= 4 && strcmp(exe + el - 4, "/bin") == 0) exe[el - 4] = '\0';  /* <prefix>/bin */
+      else if (el + 4 < sizeof exe) strcat(exe, "/..");
+      snprintf(dir, sizeof dir, "%s/share/lua/5.4", exe);
+      add_dir(L, &b, dir, &n);
     }
-    lua_pushfstring(L, "%s/?/init.lua;", dirs[i]);
-    lua_rotate(L, -3, 2);
-    lua_concat(L, 3);
+    add_dir(L, &b, BATON_LUA_DIR, &n);
   }
-  lua_setfield(L, -2, "path");
-  lua_pop(L, 1);
+  luaL_pushresult(&b);
+  if (n == 0) {
+    lua_pop(L, 1);
+    return;
+  }
+  int from_env = !noenv && (getenv("LUA_PATH_5_4") != NULL || getenv("LUA_PATH") != NULL);
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  if (from_env)
+    lua_pushfstring(L, "%s;%s", lua_tostring(L, -1), lua_tostring(L, -3));
+  else
+    lua_pushfstring(L, "%s;%s", lua_tostring(L, -3), lua_tostring(L, -1));
+  lua_setfield(L, -3, "path");
+  lua_pop(L, 3);
 }
 
 /* arg[0] is the script, its arguments are 1..n, the interpreter and the options are at
@@ -406,7 +442,7 @@ static int pmain(lua_State *L) {
     lua_setfield(L, -2, "exit");
   }
   lua_pop(L, 1);
-  set_path(L);
+  set_path(L, C->opts & OPT_NOENV);
   set_arg_table(L, C);
   lua_gc(L, LUA_GCRESTART);
   lua_gc(L, LUA_GCGEN, 0, 0);

@@ -17,8 +17,10 @@
  * UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF), else encode
  * raises naming the path and the byte — unless { raw_bytes = true }, which writes every
  * byte >= 0x80 unchanged (the output is then JSON only if the caller's bytes are UTF-8).
- * Also raised: nil as the value, functions, threads, userdata other than json.null, a table
- * inside itself (cycle), tables nested deeper than 200. Paths read $.key, $["odd key"] and
+ * JSON null is json.null; encode also writes a NULL light userdata as null (lua-cjson's
+ * cjson.null, so values decoded by lua-cjson encode here unchanged).
+ * Also raised: nil as the value, functions, threads, userdata other than those two nulls,
+ * a table inside itself (cycle), tables nested deeper than 200. Paths read $.key, $["odd key"] and
  * $[i], with i the Lua (1-based) index.
  *
  * Errors (docs/errors.md). encode raises on anything it cannot encode, as misuse of its
@@ -372,8 +374,9 @@ static void put_value(enc *e, int idx, int depth) {
   } break;
   case LUA_TTABLE: put_table(e, idx, depth); break;
   default:
-    if (lua_rawequal(L, idx, e->null_idx)) {
-      put_lit(e, "null");
+    if (lua_rawequal(L, idx, e->null_idx) ||
+        (lua_type(L, idx) == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == NULL)) {
+      put_lit(e, "null");  /* json.null, or lua-cjson's cjson.null (a NULL light userdata) */
     } else {
       char what[64];
       snprintf(what, sizeof what, "a %s", luaL_typename(L, idx));

@@ -1,0 +1,152 @@
+-- The LuaCATS annotations in types/ cover the whole API: every function reachable from the
+-- live `baton` table (recursively, the lazily loaded baton.router and baton.store included),
+-- from require "baton.mcp" and "baton.pretty", every method of every object kind (the C
+-- classes' metatables in the registry, all of them, and the Lua classes by an object of
+-- each), and every callable table. A function added without a `function ...(` declaration in
+-- types/ fails here. Names starting with "_" are internal and not checked.
+local baton = require "baton"
+local H = require "spec.helper"
+
+local TYPES = H.SRC .. "/types"
+
+-- The annotation files: `function a.b.c(` declares "a.b.c"; `function Var:m(` declares
+-- "<class>:m" where `---@class <class>` stands right before `local Var = {}`; a table
+-- assigned right after an `---@overload fun(` comment block is declared callable.
+local function parse_types()
+  local declared, callable, files = {}, {}, {}
+  local p = assert(io.popen(("find %s -name '*.lua' | sort"):format(H.q(TYPES))))
+  for f in p:lines() do files[#files + 1] = f end
+  p:close()
+  assert.is_true(#files >= 2, "no annotation files under " .. TYPES)
+  for _, file in ipairs(files) do
+    local class, overload, vars = nil, false, {}
+    for line in io.lines(file) do
+      local c = line:match("^%-%-%-@class%s+([%w_.]+)")
+      if c then class = c end
+      if line:match("^%-%-%-@overload%s+fun%(") then overload = true end
+      local var = line:match("^local%s+([%w_]+)%s*=%s*{}") or line:match("^([%w_.]+)%s*=%s*{}")
+      if var then
+        if class then vars[var] = class end
+        if overload then callable[var] = true end
+      end
+      local obj, m = line:match("^function%s+([%w_.]+):([%w_]+)%(")
+      if obj then declared[(vars[obj] or obj) .. ":" .. m] = true end
+      local fn = line:match("^function%s+([%w_.]+)%(")
+      if fn then declared[fn] = true end
+      if not line:match("^%-%-%-") then class, overload = nil, false end
+    end
+  end
+  return declared, callable
+end
+
+-- What the annotations must cover, as the declarations name it.
+local function live_api()
+  local want, seen = {}, {}
+  local function methods(class, t)
+    seen[t] = true
+    for k, v in pairs(t) do
+      if type(k) == "string" and type(v) == "function" and not k:match("^_") then
+        want[#want + 1] = class .. ":" .. k
+      end
+    end
+  end
+  -- C classes: every metatable lbt_new_class made (they are all made at require time).
+  for name, mt in pairs(debug.getregistry()) do
+    if type(name) == "string" and type(mt) == "table" and rawget(mt, "__name") == name
+        and type(rawget(mt, "__methods")) == "table" then
+      local class = name:gsub("%.failed$", ""):gsub("%.released$", "")
+      class = "baton." .. class:sub(7):gsub("%.", "")  -- baton.Limiter.Permit -> baton.LimiterPermit
+      methods(class, mt.__methods)
+    end
+  end
+  -- Lua classes, by an object of each.
+  local _, _ = baton.router.classes, baton.store.memory  -- load the lazy parts
+  local s = baton.store.memory()
+  local mcp = require "baton.mcp"
+  local lua_objects = {
+    ["baton.Interval"] = baton.interval(10),
+    ["baton.Store"] = s,
+    ["baton.Dedup"] = baton.dedup { ttl_ms = 1000, store = s },
+    ["baton.RateLimit"] = baton.ratelimit { rate = 1, store = s, key = "k" },
+    ["baton.Router"] = baton.router { deployments = { { name = "a", call = function() end } } },
+  }
+  for class, obj in pairs(lua_objects) do
+    local index = getmetatable(obj).__index
+    assert.equal("table", type(index), class)
+    methods(class, index)
+  end
+  methods("baton.mcp.Client", mcp.Client)
+  -- Modules, recursively; callable tables must be declared callable.
+  local function walk(prefix, t)
+    if seen[t] then return end
+    seen[t] = true
+    local mt = getmetatable(t)
+    if mt and mt.__call then want[#want + 1] = prefix .. "()" end
+    for k, v in pairs(t) do
+      if type(k) == "string" and not k:match("^_") then
+        if type(v) == "function" then want[#want + 1] = prefix .. "." .. k
+        elseif type(v) == "table" then walk(prefix .. "." .. k, v) end
+      end
+    end
+  end
+  walk("baton", baton)
+  walk("mcp", mcp)
+  walk("pretty", require "baton.pretty")
+  table.sort(want)
+  return want
+end
+
+local function missing(want, declared, callable)
+  local out = {}
+  for _, name in ipairs(want) do
+    local call = name:match("^(.-)%(%)$")
+    if call then
+      if not callable[call] then out[#out + 1] = name end
+    elseif not declared[name] then
+      out[#out + 1] = name
+    end
+  end
+  return out
+end
+
+describe("types/ (LuaCATS annotations)", function()
+  local declared, callable = parse_types()
+  local want = live_api()
+
+  it("annotates every function, method and callable table of the live API", function()
+    assert.is_true(#want > 200, "the walk found only " .. #want .. " functions")
+    local gaps = missing(want, declared, callable)
+    assert.are.same({}, gaps, "not annotated in types/:\n  " .. table.concat(gaps, "\n  "))
+  end)
+
+  it("sees the C methods, the lazy modules and the Lua classes (the walk is not vacuous)", function()
+    local set = {}
+    for _, n in ipairs(want) do set[n] = true end
+    for _, n in ipairs { "baton.Task:join", "baton.Group:spawn", "baton.LimiterPermit:held",
+                         "baton.HttpStream:read_event", "baton.router.classify", "baton.store.memory",
+                         "baton.http.request", "baton.json.encode", "baton.coroutine.wrap",
+                         "baton.Interval:tick", "baton.Store:claim", "baton.Router:call",
+                         "mcp.connect", "baton.mcp.Client:call", "pretty.format", "baton.router()",
+                         "baton.limiter()", "baton.limiter.from_json" } do
+      assert.is_true(set[n], n .. " not found by the walk")
+    end
+    -- A function nobody annotated is reported.
+    local extra = { "baton.not_annotated_yet", "baton.Task:not_annotated_yet", "baton.json()" }
+    assert.are.same(extra, missing(extra, declared, callable))
+  end)
+
+  it("the annotation files are valid Lua", function()
+    local p = assert(io.popen(("find %s -name '*.lua'"):format(H.q(TYPES))))
+    for f in p:lines() do assert(loadfile(f)) end
+    p:close()
+  end)
+
+  it("ships a .luarc.json pointing lua-language-server at types/", function()
+    local rc = baton.json.decode(H.slurp(H.SRC .. "/.luarc.json"))
+    local lib = rc["workspace.library"] or (rc.workspace or {}).library
+    assert.is_table(lib)
+    local found = false
+    for _, dir in ipairs(lib) do if dir:match("types$") then found = true end end
+    assert.is_true(found, "workspace.library does not name types")
+  end)
+end)

@@ -1,0 +1,836 @@
+---@meta baton
+-- LuaCATS annotations for baton (lua-language-server). Nothing here runs: baton's functions
+-- are C (src/lua/) and Lua (lua/baton/). spec/types_spec.lua walks the live module and every
+-- object kind's methods and fails on a function without a `function ...(` declaration here,
+-- so a new function must be annotated in the same commit. Docs: docs/api.md and the others.
+
+---One of the words baton returns third in `nil, message, kind, detail` (docs/errors.md).
+---@alias baton.Kind
+---| "timeout"      # a deadline passed
+---| "cancelled"    # the task was aborted
+---| "closed"       # the object was closed while (or before) waiting
+---| "io"           # the system refused: a broken pipe, a cut body, a program that cannot start
+---| "resource"     # out of file descriptors, processes or memory
+---| "connect"      # HTTP: refused, unresolvable, connect timeout
+---| "tls"          # HTTP: TLS failed
+---| "protocol"     # an answer that is not HTTP / JSON-RPC
+---| "too_large"    # over a size limit
+---| "malformed"    # not JSON, not the expected shape
+---| "busy"         # nothing free without waiting
+---| "circuit_open" # a breaker refused
+---| "shed"         # backpressure refused the work
+---| "queue_wait"   # a limiter key is at its limit and no wait was asked for
+---| "rate_limited" # a rate limit refused; detail.retry_after_ms says when
+---| "auth"         # credentials refused
+---| "unavailable"  # the remote side is overloaded or down
+---| "rejected"     # the request itself was refused (context length, bad request)
+---| "tool_error"   # an MCP tool reported an error
+---| "rpc_error"    # a JSON-RPC error reply
+---| "error"        # a failure without a kind
+
+---Facts of a failure: `url`, `timeout_ms`, `limit`, `pid`, `byte`, `available`, `capacity`, ...
+---@alias baton.Detail table<string, any>
+
+---A raised failure: `baton.error(kind, message, detail)`, the cancellation error, a join's error.
+---@class baton.Error
+---@field kind baton.Kind|string
+---@field message string
+---@field detail? baton.Detail
+---@field traceback? string
+
+---@class baton
+---@field kinds baton.Kind[] the kinds baton returns (docs/errors.md)
+---@field json baton.json
+---@field http baton.http
+---@field process baton.process
+---@field coroutine baton.coroutine
+---@field limiter baton.limiterlib
+---@field router baton.routerlib
+---@field store baton.storelib
+local baton = {}
+
+-- Running ---------------------------------------------------------------------------------
+
+---Runs `fn` as the main task; returns its results or raises its error. Refuses to nest.
+---@param fn fun(...): ...
+---@param ... any
+---@return ...
+function baton.run(fn, ...) end
+
+---A task owned by the runtime; it first runs when the spawner waits or yields.
+---@param fn fun(...): ...
+---@param ... any
+---@return baton.Task
+function baton.spawn(fn, ...) end
+
+---Awaits a timer. Returns nil, msg, "resource" only if no memory was left for the timer.
+---@param ms number milliseconds in [0, 1e15)
+---@return true|nil ok, string? message, baton.Kind? kind
+function baton.sleep(ms) end
+
+---Goes to the back of the woken tasks.
+function baton.yield() end
+
+---The loop's monotonic clock, integer milliseconds.
+---@return integer
+function baton.now() end
+
+---Sub-millisecond monotonic clock (float milliseconds), for timings.
+---@return number
+function baton.clock() end
+
+---fn's results, or `nil, msg, "timeout", { timeout_ms = }` after aborting fn's task.
+---@param ms number
+---@param fn fun(...): ...
+---@param ... any
+---@return any ...
+function baton.timeout(ms, fn, ...) end
+
+---A `baton.Error` for code that raises a failure a policy should branch on.
+---@param kind baton.Kind|string
+---@param message string
+---@param detail? baton.Detail
+---@return baton.Error
+function baton.error(kind, message, detail) end
+
+---The running task, or nil.
+---@return baton.Task?
+function baton.current() end
+
+---@class baton.Stats
+---@field tasks integer
+---@field ready integer
+---@field timers integer
+---@field processes integer
+---@field handles integer
+---@field transfers integer HTTP requests in flight
+---@field pooled_coroutines integer
+
+---Counts of what the runtime holds.
+---@return baton.Stats
+function baton.stats() end
+
+---Sets the one warning hook (default: stderr).
+---@param fn fun(message: string)|nil
+function baton.on_warning(fn) end
+
+---Reports a warning through the hook.
+---@param message string
+function baton.warn(message) end
+
+---While `baton.run` runs, each delivery spawns `fn(name)`; nil puts the default back.
+---@param name "int"|"term"|"hup"|"usr1"|"usr2"
+---@param fn fun(name: string)|nil
+function baton.on_signal(name, fn) end
+
+---Ends the run (or the process outside one) with `code`.
+---@param code? boolean|integer
+---@param close? boolean
+function baton.exit(code, close) end
+
+---baton's version string.
+---@return string
+function baton.version() end
+
+-- Concurrency ------------------------------------------------------------------------------
+
+---Runs each function as a task; the first to finish wins (its error re-raised); the rest are aborted.
+---@param ... fun(): ...
+---@return any ...
+function baton.race(...) end
+
+---The first success's results | nil, msg, kind, { errors = { [i] = err } }.
+---@param ... fun(): ...
+---@return any ...
+function baton.first_ok(...) end
+
+---@class baton.HedgeOptions
+---@field after_ms number start another attempt after this long without an answer
+---@field max? integer attempts at most (default 2)
+
+---Calls `fn(attempt)`, starting another attempt every `after_ms`; the first success wins.
+---@param fn fun(attempt: integer): ...
+---@param opts baton.HedgeOptions
+---@return any ...
+function baton.hedge(fn, opts) end
+
+---A ticker (Go's time.Ticker): missed ticks coalesce.
+---@param ms number > 0
+---@return baton.Interval
+function baton.interval(ms) end
+
+---Runs `fn(...)` to completion even if the task is aborted meanwhile; fn's error re-raised.
+---@param fn fun(...): ...
+---@param ... any
+---@return any ...
+function baton.shield(fn, ...) end
+
+---Waits on several sources at once (channels, futures, notifies, watches):
+---`i, results of source i` | `nil, msg, "timeout", { timeout_ms = }`.
+---@param sources table a list of sources, and `timeout_ms =`
+---@return integer|nil index, any ...
+function baton.select(sources) end
+
+---@class baton.GroupOptions
+---@field limit? integer|baton.Semaphore at most this many tasks run at once (or a shared semaphore's permits)
+---@field fail_fast? boolean the first failure aborts the siblings; join_all/wait_within re-raise it
+---@field detached? boolean owned by no task (a group that outlives the task that makes it)
+
+---A task group (a JoinSet); closing it shuts its tasks down.
+---@param opts? baton.GroupOptions
+---@return baton.Group
+function baton.group(opts) end
+
+---A counting semaphore (FIFO, direct hand-off).
+---@param n integer permits
+---@return baton.Semaphore
+function baton.semaphore(n) end
+
+---@class baton.BudgetOptions
+---@field cap? integer permits per key (default 4)
+
+---Permits counted per key.
+---@param opts? baton.BudgetOptions
+---@return baton.Budget
+function baton.budget(opts) end
+
+---A value delivered once, to any number of waiters.
+---@return baton.Future
+function baton.future() end
+
+---A bounded channel (capacity 0: rendezvous).
+---@param capacity integer >= 0
+---@return baton.Channel
+function baton.channel(capacity) end
+
+---A value many tasks watch for changes.
+---@param initial any not nil
+---@return baton.Watch
+function baton.watch(initial) end
+
+---Wake one or all waiters (Tokio's Notify).
+---@return baton.Notify
+function baton.notify() end
+
+-- Resilience -------------------------------------------------------------------------------
+
+---@class baton.RetryOptions
+---@field max_attempts integer >= 1, the first included
+---@field base_ms number >= 1, the wait after the first failure
+---@field max_delay_ms? number cap on any wait (default 60000)
+---@field jitter? "none"|"full"|"equal"
+---@field retry_on? fun(message: string, kind: string?, detail: any): boolean
+---@field on_retry? fun(attempt: integer, delay_ms: number, message: string, kind: string?, detail: any)
+
+---A retry policy.
+---@param opts baton.RetryOptions
+---@return baton.Retry
+function baton.retry(opts) end
+
+---@class baton.BreakerOptions
+---@field service string the name the state is kept under
+---@field threshold integer consecutive counted failures that open the circuit
+---@field recovery_ms number how long it stays open before probing
+---@field half_open_max? integer concurrent probes while half-open (default 1)
+---@field counts? fun(message: string, kind: string?, detail: any): boolean
+---@field backend? baton.BreakerBackend
+---@field clock? fun(): number
+
+---A circuit breaker.
+---@param opts baton.BreakerOptions
+---@return baton.Breaker
+function baton.breaker(opts) end
+
+---A shareable in-memory breaker backend.
+---@return baton.BreakerBackend
+function baton.breaker_backend() end
+
+---@class baton.DedupOptions
+---@field ttl_ms number how long results (and pending keys) live
+---@field clock? fun(): number
+---@field store? baton.Store keep claims and results in a store
+---@field key_prefix? string with a store (default "dedup:")
+---@field poll_ms? number with a store: how often a waiter asks
+
+---Single flight and a result cache by key.
+---@param opts baton.DedupOptions
+---@return baton.Dedup
+function baton.dedup(opts) end
+
+---@class baton.BackpressureOptions
+---@field capacity integer
+---@field soft? integer
+
+---Load shedding: refuse work over capacity, never queue it.
+---@param opts baton.BackpressureOptions
+---@return baton.Backpressure
+function baton.backpressure(opts) end
+
+---Stages run in order, each given the previous output.
+---@return baton.Pipeline
+function baton.pipeline() end
+
+---@class baton.RunnerRequest
+---@field session_id? string
+---@field reason string "startup" | "poll" | a poke's reason
+---@field trace_idle boolean
+
+---@class baton.RunnerOptions
+---@field handler fun(request: baton.RunnerRequest): any runs in a task
+---@field poll_ms? integer default 400
+
+---A poll-and-poke work driver (docs/runner.md).
+---@param opts baton.RunnerOptions
+---@return baton.Runner
+function baton.runner(opts) end
+
+---@class baton.EngineOptions
+---@field max_parallel integer prefetches in flight
+---@field timeout_ms number the deadline of each wait_within
+---@field dispatcher fun(tool: string, args: any, request: baton.EngineRequest): any
+---@field per_host_cap? integer|table<string, integer>
+---@field respect_rate_limits? boolean
+---@field enabled? boolean
+---@field budget? baton.Budget
+
+---@class baton.EngineRequest
+---@field tool string
+---@field args any
+---@field host? string
+---@field cost_tokens? number
+---@field speculate? boolean
+
+---@class baton.EngineOutcome
+---@field status "settled"|"failed"|"skipped"
+---@field tool string
+---@field args any
+---@field host? string
+---@field cost_tokens? number
+---@field body? any
+---@field error? baton.Error
+---@field reason? string
+---@field elapsed_ms? number
+
+---A speculation engine (docs/engine.md).
+---@param opts baton.EngineOptions
+---@return baton.Engine
+function baton.engine(opts) end
+
+---@class baton.RateLimitOptions
+---@field rate number units per per_ms
+---@field per_ms? number default 1000
+---@field burst? integer
+---@field store? baton.Store
+---@field key? string required with a store
+
+---A GCRA rate limit (docs/ratelimit.md).
+---@param opts baton.RateLimitOptions
+---@return baton.RateLimit
+function baton.ratelimit(opts) end
+
+---Splits "provider/model" at the first '/', both parts trimmed.
+---@param key string
+---@return string|nil provider, string? model
+function baton.parse_key(key) end
+
+---"a/b, bad, c/d" -> { "a/b", "c/d" }.
+---@param chain string
+---@return string[]
+function baton.parse_chain(chain) end
+
+-- Model limiter (docs/limiter.md) ----------------------------------------------------------
+
+---@class baton.LimiterOptions
+---@field models? table<string, integer>
+---@field providers? { name: string, models: string[], cli?: boolean }[]
+---@field profiles? table<string, table>|fun(model: string, provider: string): table
+---@field max_agents? integer
+---@field default_concurrency? table<string, integer>
+
+---@class baton.limiterlib
+---@overload fun(opts: baton.LimiterOptions): baton.Limiter
+baton.limiter = {}
+
+---A limiter from a JSON file with the same fields.
+---@param path string
+---@return baton.Limiter|nil limiter, string? message, baton.Kind? kind, baton.Detail? detail
+function baton.limiter.from_json(path) end
+
+-- JSON -----------------------------------------------------------------------------------
+
+---@class baton.json
+---@field null userdata the JSON null sentinel: decode returns it, encode writes it (and lua-cjson's cjson.null) as null
+baton.json = {}
+
+---@class baton.JsonEncodeOptions
+---@field pretty? boolean
+---@field raw_bytes? boolean write string bytes as they are
+
+---Encodes a value; raises (naming the path) on what JSON cannot hold.
+---@param v any
+---@param opts? baton.JsonEncodeOptions
+---@return string
+function baton.json.encode(v, opts) end
+
+---Decodes strict JSON: value | nil, message, "malformed", { byte = }.
+---@param s string
+---@return any value, string? message, baton.Kind? kind, baton.Detail? detail
+function baton.json.decode(s) end
+
+---Marks a table as a JSON array (so `{}` encodes as `[]`).
+---@generic T: table
+---@param t T
+---@return T
+function baton.json.array(t) end
+
+---Marks a table as a JSON object.
+---@generic T: table
+---@param t T
+---@return T
+function baton.json.object(t) end
+
+-- Processes ------------------------------------------------------------------------------
+
+---@class baton.process
+baton.process = {}
+
+---@class baton.ProcessOptions
+---@field [integer] string argv, never a shell
+---@field stdin? string|boolean run: the child's input; spawn: true opens a pipe
+---@field cwd? string
+---@field env? table<string, string> replaces the whole environment
+---@field timeout_ms? number run only
+---@field max_output_bytes? integer per stream (default 64 MiB)
+---@field process_group? boolean default true: the child leads its own group
+---@field max_write_queue_bytes? integer spawn only
+---@field max_line_bytes? integer spawn only
+
+---@class baton.ProcessResult
+---@field code integer 128 + signal when killed
+---@field signal? integer
+---@field stdout string
+---@field stderr string
+
+---Runs a program to its end: result | nil, message, kind, detail.
+---@param opts baton.ProcessOptions
+---@return baton.ProcessResult|nil result, string? message, baton.Kind? kind, baton.Detail? detail
+function baton.process.run(opts) end
+
+---Starts a program to talk with: proc | nil, message, kind, detail.
+---@param opts baton.ProcessOptions
+---@return baton.Process|nil proc, string? message, baton.Kind? kind, baton.Detail? detail
+function baton.process.spawn(opts) end
+
+-- HTTP -------------------------------------------------------------------------------------
+
+---@class baton.http
+baton.http = {}
+
+---@class baton.HttpOptions
+---@field url string http:// or https://
+---@field method? string
+---@field headers? table<string, string>
+---@field body? string|any http.json: a value to encode
+---@field timeout_ms? number the whole request (no default)
+---@field connect_timeout_ms? number
+---@field max_body_bytes? integer default 64 MiB
+---@field max_header_bytes? integer default 256 KiB
+---@field follow_redirects? boolean|integer
+---@field ca_file? string
+---@field max_event_bytes? integer stream only
+
+---@class baton.HttpResponse
+---@field status integer
+---@field headers table<string, string> lowercase names
+---@field body string|any http.json: decoded
+---@field text? string http.json: the raw body
+---@field url string the final URL
+---@field retry_after_ms? number
+
+---One request: response | nil, message, kind, { url = }.
+---@param opts baton.HttpOptions
+---@return baton.HttpResponse|nil resp, string? message, baton.Kind? kind, baton.Detail? detail
+function baton.http.request(opts) end
+
+---A request whose body is JSON both ways.
+---@param opts baton.HttpOptions
+---@return baton.HttpResponse|nil resp, string? message, baton.Kind? kind, any detail
+function baton.http.json(opts) end
+
+---Returns once the head is in; read the body as it arrives.
+---@param opts baton.HttpOptions
+---@return baton.HttpStream|nil stream, string? message, baton.Kind? kind, baton.Detail? detail
+function baton.http.stream(opts) end
+
+---@class baton.coroutine
+baton.coroutine = {}
+
+---coroutine.wrap whose baton waits pass through to the running task.
+---@param f function
+---@return function
+function baton.coroutine.wrap(f) end
+
+-- Objects ----------------------------------------------------------------------------------
+
+---@class baton.Task
+---@field id integer
+---@field ok? boolean
+---@field error? any
+local Task = {}
+---`true, results...` | `false, err` | `nil, msg, "timeout", { task =, timeout_ms = }`.
+---@param timeout_ms? number
+---@return boolean|nil ok, any ...
+function Task:join(timeout_ms) end
+function Task:abort() end
+---@return "pending"|"running"|"waiting"|"done"|"failed"|"cancelled"
+function Task:status() end
+---@return any ...
+function Task:results() end
+
+---@class baton.Group
+local Group = {}
+---@param fn fun(...): ...
+---@return baton.Task
+function Group:spawn(fn, ...) end
+---@param sem baton.Semaphore
+---@param fn fun(...): ...
+---@return baton.Task
+function Group:spawn_bounded(sem, fn, ...) end
+---@return integer
+function Group:live() end
+---A finished task | nil when empty | nil, msg, "timeout"|"closed".
+---@param timeout_ms? number
+---@return baton.Task|nil task, string? message, baton.Kind? kind
+function Group:join_next(timeout_ms) end
+---@param ms number
+---@return baton.Task[]|nil tasks, string? message, baton.Kind? kind, baton.Detail? detail
+function Group:wait_within(ms) end
+---@return baton.Task[]
+function Group:drain() end
+---@return baton.Task[]
+function Group:join_all() end
+function Group:abort_all() end
+function Group:shutdown() end
+function Group:close() end
+
+---@class baton.Semaphore
+local Semaphore = {}
+---@param k? integer
+---@return baton.Permit|nil permit, string? message, baton.Kind? kind, baton.Detail? detail
+function Semaphore:try_acquire(k) end
+---@param k? integer
+---@param timeout_ms? number
+---@return baton.Permit|nil permit, string? message, baton.Kind? kind, baton.Detail? detail
+function Semaphore:acquire(k, timeout_ms) end
+---@return integer
+function Semaphore:available() end
+---@return integer
+function Semaphore:capacity() end
+---@return integer
+function Semaphore:waiting() end
+function Semaphore:close() end
+---@return boolean
+function Semaphore:closed() end
+---Adds n permits to the capacity and to what is available; waiters are granted in FIFO order.
+---@param n integer
+function Semaphore:add_permits(n) end
+---Removes up to n available permits (held ones are never taken) from the capacity.
+---@param n integer
+---@return integer forgotten
+function Semaphore:forget(n) end
+
+---@class baton.Permit
+local Permit = {}
+---Idempotent; `<close>` releases too.
+function Permit:release() end
+---@return boolean
+function Permit:held() end
+
+---@class baton.Budget
+local Budget = {}
+---@param key string
+---@param cap? integer
+---@return baton.Permit|nil permit, string? message, baton.Kind? kind, baton.Detail? detail
+function Budget:try_acquire(key, cap) end
+---@return table<string, integer>
+function Budget:snapshot() end
+---@param key string
+---@return integer
+function Budget:count(key) end
+
+---@class baton.Future
+local Future = {}
+---Delivers the values once; later sets return false.
+---@return boolean
+function Future:set(...) end
+---@param ms? number
+---@return any ...
+function Future:wait(ms) end
+---@return boolean
+function Future:done() end
+---@return integer
+function Future:waiting() end
+
+---@class baton.Channel
+local Channel = {}
+---@param v any
+---@param ms? number
+---@return true|nil ok, string? message, baton.Kind? kind, baton.Detail? detail
+function Channel:send(v, ms) end
+---@param ms? number
+---@return any v, string? message, baton.Kind? kind, baton.Detail? detail
+function Channel:recv(ms) end
+---@return true|nil ok, string? message, baton.Kind? kind, baton.Detail? detail
+function Channel:try_send(v) end
+---@return any v, string? message, baton.Kind? kind, baton.Detail? detail
+function Channel:try_recv() end
+---Receives until closed and drained.
+---@return fun(): any
+function Channel:iter() end
+function Channel:close() end
+---@return boolean
+function Channel:closed() end
+---@return integer
+function Channel:capacity() end
+
+---@class baton.Watch
+local Watch = {}
+---@return true|nil ok, string? message, baton.Kind? kind
+function Watch:send(v) end
+---@return any value, integer version
+function Watch:get() end
+---@return any value, integer version
+function Watch:borrow() end
+---@param ms? number
+---@return any value, integer|string version_or_message, baton.Kind? kind, baton.Detail? detail
+function Watch:changed(ms) end
+---@return baton.Watch
+function Watch:subscribe() end
+function Watch:close() end
+---@return boolean
+function Watch:closed() end
+
+---@class baton.Notify
+local Notify = {}
+---@param ms? number
+---@return true|nil ok, string? message, baton.Kind? kind, baton.Detail? detail
+function Notify:notified(ms) end
+---@return boolean woken
+function Notify:notify_one() end
+---@return integer woken
+function Notify:notify_all() end
+---@return integer
+function Notify:waiting() end
+
+---@class baton.Interval
+local Interval = {}
+---Waits for the next tick; ticks since the last tick().
+---@return integer
+function Interval:tick() end
+function Interval:reset() end
+
+---@class baton.Process
+local Process = {}
+---@param s string
+---@param ms? number
+---@return true|nil ok, string? message, baton.Kind? kind, baton.Detail? detail
+function Process:write(s, ms) end
+function Process:close_stdin() end
+---@param ms? number
+---@return string|nil line, string? message, baton.Kind? kind, baton.Detail? detail
+function Process:read_line(ms) end
+---@param ms? number
+---@return string|nil bytes, string? message, baton.Kind? kind, baton.Detail? detail
+function Process:read(ms) end
+---@param ms? number
+---@return integer|nil code, integer|string|nil signal_or_message, baton.Kind? kind
+function Process:wait(ms) end
+---@return string
+function Process:stderr() end
+---@param sig? string|integer
+function Process:kill(sig) end
+---@return integer
+function Process:pid() end
+---@param grace_ms? number
+---@param wait? boolean
+function Process:close(grace_ms, wait) end
+
+---@class baton.HttpStream
+---@field status integer
+---@field headers table<string, string>
+---@field url string
+---@field retry_after_ms? number
+---@field retry_ms? number
+local HttpStream = {}
+---@param ms? number
+---@return string|nil bytes, string? message, baton.Kind? kind, baton.Detail? detail
+function HttpStream:read(ms) end
+---@param ms? number
+---@return string|nil line, string? message, baton.Kind? kind, baton.Detail? detail
+function HttpStream:read_line(ms) end
+---@param ms? number
+---@return { event: string, data: string, id?: string }|nil event, string? message, baton.Kind? kind, baton.Detail? detail
+function HttpStream:read_event(ms) end
+---@return integer
+function HttpStream:buffered() end
+function HttpStream:close() end
+
+---@class baton.Retry
+local Retry = {}
+---fn's results | nil, "baton.retry:call: gave up after n attempts: ...", kind, { attempts =, last = }.
+---@return any ...
+function Retry:call(fn, ...) end
+---@param n integer
+---@return number ms
+function Retry:delay_for(n) end
+
+---@class baton.Breaker
+local Breaker = {}
+---@return any ...
+function Breaker:call(fn, ...) end
+---@return "closed"|"open"|"half_open"
+function Breaker:state() end
+---@return integer
+function Breaker:failures() end
+
+---Where a breaker's state lives (the in-memory one, or a store's: baton.store.breaker_backend).
+---@class baton.BreakerBackend
+local BreakerBackend = {}
+---@return integer
+function BreakerBackend:get_failures(service) end
+---@return integer
+function BreakerBackend:increment_failures(service) end
+function BreakerBackend:reset_failures(service) end
+---@return number|nil
+function BreakerBackend:get_open_at(service) end
+function BreakerBackend:set_open_at(service, at) end
+function BreakerBackend:clear_open_at(service) end
+
+---@class baton.Dedup
+local Dedup = {}
+---@param key string
+---@param ttl_ms? number
+---@return "new"|"in_progress"|"cached" state, any ...
+function Dedup:check(key, ttl_ms) end
+function Dedup:complete(key, ...) end
+function Dedup:fail(key) end
+---What fn(...) returns, computed once per key.
+---@return any ...
+function Dedup:run(key, fn, ...) end
+---@return integer
+function Dedup:size() end
+
+---@class baton.Backpressure
+local Backpressure = {}
+---@return baton.BackpressurePermit|nil permit, string? message, baton.Kind? kind, baton.Detail? detail
+function Backpressure:try_acquire() end
+---@return integer
+function Backpressure:depth() end
+---@return integer
+function Backpressure:capacity() end
+---@return integer|nil
+function Backpressure:soft() end
+---@return number
+function Backpressure:soft_ratio() end
+
+---@class baton.BackpressurePermit
+local BackpressurePermit = {}
+function BackpressurePermit:release() end
+---@return boolean
+function BackpressurePermit:held() end
+
+---@class baton.Pipeline
+local Pipeline = {}
+---@param name string
+---@param fn fun(input: any): ...
+---@return baton.Pipeline
+function Pipeline:stage(name, fn) end
+---@param fn fun(stage: string, message: string, kind: string?, detail: any): ...
+---@return baton.Pipeline
+function Pipeline:on_error(fn) end
+---@return any output, string? message, baton.Kind? kind, baton.Detail? detail
+function Pipeline:run(input) end
+---@return { output: any, timings: table[] }|nil result, string? message, baton.Kind? kind, baton.Detail? detail
+function Pipeline:run_timed(input) end
+
+---@class baton.Runner
+local Runner = {}
+---@return baton.Runner
+function Runner:start() end
+---@param reason? string
+---@return true|nil ok, string? message, baton.Kind? kind
+function Runner:poke(reason) end
+---@return true|nil ok, string? message, baton.Kind? kind
+function Runner:poke_session(session_id, reason) end
+---@return true|nil ok, string? message, baton.Kind? kind
+function Runner:complete_session(session_id, reason) end
+function Runner:stop() end
+---@return "new"|"running"|"stopped"
+function Runner:status() end
+---@return string[]
+function Runner:inflight() end
+---@return integer
+function Runner:pending() end
+
+---@class baton.Engine
+local Engine = {}
+---@param requests baton.EngineRequest[]
+---@return baton.EngineOutcome[] skips
+function Engine:dispatch(requests) end
+---@param ms? number
+---@return baton.EngineOutcome[]
+function Engine:wait_within(ms) end
+---@return baton.EngineOutcome[]
+function Engine:drain_pending() end
+---@return integer
+function Engine:pending() end
+function Engine:shutdown() end
+function Engine:close() end
+---@return table
+function Engine:stats() end
+---@return table<string, integer>
+function Engine:budget_snapshot() end
+
+---@class baton.Limiter
+local Limiter = {}
+---@param primary string "provider/model"
+---@param opts? { chain?: string|string[], wait?: boolean, timeout_ms?: number }
+---@return baton.LimiterGrant|nil grant, string? message, baton.Kind? kind, baton.Detail? detail
+function Limiter:acquire(primary, opts) end
+---@return { keys: table<string, table>, global: table }
+function Limiter:snapshot() end
+---@return integer
+function Limiter:limit(key) end
+
+---@class baton.LimiterGrant
+---@field key string
+---@field via "primary"|"chain"|"capability"|"cli"|"queue"
+---@field permit baton.LimiterPermit
+local LimiterGrant = {}
+function LimiterGrant:release() end
+
+---@class baton.LimiterPermit
+local LimiterPermit = {}
+function LimiterPermit:release() end
+---@return boolean
+function LimiterPermit:held() end
+
+---@class baton.RateLimit
+local RateLimit = {}
+---@param cost number
+---@param opts? { timeout_ms?: number }
+---@return any grant, string? message, baton.Kind? kind, baton.Detail? detail
+function RateLimit:acquire(cost, opts) end
+---@param cost number
+---@return any grant, string? message, baton.Kind? kind, baton.Detail? detail
+function RateLimit:try_acquire(cost) end
+---Charges or gives back the difference once the real cost is known.
+function RateLimit:adjust(grant, actual) end
+---@return number ms
+function RateLimit:retry_after(cost) end
+---@return integer
+function RateLimit:available() end
+---@return integer
+function RateLimit:waiting() end
+
+return baton
