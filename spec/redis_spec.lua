@@ -1,0 +1,280 @@
+-- baton.redis against a private redis-server of this run (H.redis_server: a free port, a
+-- temp dir, no persistence): reply shapes, many calls in flight on one connection, aborted
+-- and timed-out calls that leave the connection usable and nothing behind, a server killed
+-- mid-run, connect failures, and misuse raising in the convention's form.
+local baton = require "baton"
+local H = require "spec.helper"
+
+local server, why = H.redis_server()
+if not server then H.loud("redis_spec", why) end
+local it = H.gated(why)
+local async = H.async
+
+local function connect(opts)
+  opts = opts or {}
+  if not opts.path then opts.url = opts.url or server.url end
+  return assert(baton.redis.connect(opts))
+end
+
+describe("baton.redis", function()
+  lazy_teardown(function() if server then server:stop() end end)
+
+  describe("replies", function()
+    it("maps strings, integers, arrays, nil and error replies", async(function()
+      local r <close> = connect()
+      assert.equal("OK", r:call("SET", "k:s", "hello"))
+      assert.equal("hello", r:call("GET", "k:s"))
+      r:call("DEL", "k:n")
+      assert.equal(5, r:call("INCRBY", "k:n", 5))
+      assert.is_true(math.type(r:call("INCR", "k:n")) == "integer")
+      assert.equal("6", r:call("GET", "k:n"))
+      r:call("DEL", "k:l")
+      assert.equal(3, r:call("RPUSH", "k:l", "a", "b", 3))
+      assert.same({ "a", "b", "3" }, r:call("LRANGE", "k:l", 0, -1))
+      assert.same({}, r:call("LRANGE", "k:none", 0, -1))
+      -- binary-safe
+      assert.equal("OK", r:call("SET", "k:b", "a\0b\r\nc"))
+      assert.equal("a\0b\r\nc", r:call("GET", "k:b"))
+      -- a nil reply: nil and nothing else; a nil inside an array: false
+      local n = table.pack(r:call("GET", "k:missing"))
+      assert.equal(1, n.n)
+      assert.is_nil(n[1])
+      assert.same({ "hello", false }, r:call("MGET", "k:s", "k:missing"))
+      -- an error reply: nil, the server's message, "redis"
+      local msg = H.assert_failure("baton.redis:call", "redis", r:call("INCR", "k:s"))
+      assert.matches("not an integer", msg)
+      H.assert_failure("baton.redis:call", "redis", r:call("NOSUCHCOMMAND"))
+      -- floats go over as text that reads back the same
+      assert.equal("OK", r:call("SET", "k:f", 0.1))
+      assert.equal(0.1, tonumber(r:call("GET", "k:f")))
+      -- an error inside an array (EXEC) is an error value, not a failure
+      assert.equal("OK", r:call("MULTI"))
+      assert.equal("QUEUED", r:call("INCR", "k:s"))
+      assert.equal("QUEUED", r:call("PING"))
+      local ex = r:call("EXEC")
+      assert.equal("redis", ex[1].kind)
+      assert.equal("PONG", ex[2])
+    end))
+
+    it("connects by unix socket path and selects a db from the url", async(function()
+      local a <close> = connect { path = server.socket }
+      assert.equal("PONG", a:call("PING"))
+      local b <close> = connect { url = server.url .. "/3" }
+      b:call("SET", "k:db", "three")
+      assert.is_nil(a:call("GET", "k:db"))
+      a:call("SELECT", 3)
+      assert.equal("three", a:call("GET", "k:db"))
+    end))
+  end)
+
+  describe("in flight", function()
+    it("1,000 INCRs from 50 tasks on one connection give the right total", async(function()
+      local r <close> = connect()
+      r:call("DEL", "k:ctr")
+      local g <close> = baton.group()
+      for _ = 1, 50 do
+        g:spawn(function()
+          for _ = 1, 20 do assert(r:call("INCR", "k:ctr")) end
+        end)
+      end
+      g:join_all()
+      assert.equal("1000", r:call("GET", "k:ctr"))
+    end))
+
+    it("each of many concurrent calls gets its own reply", async(function()
+      local r <close> = connect()
+      local g <close> = baton.group()
+      local got = {}
+      for i = 1, 200 do
+        g:spawn(function() got[i] = r:call("ECHO", "v" .. i) end)
+      end
+      g:join_all()
+      for i = 1, 200 do assert.equal("v" .. i, got[i]) end
+    end))
+
+    it("a call aborted in flight leaves the connection usable and nothing behind",
+       async(function()
+      local r <close> = connect()
+      r:call("DEL", "k:q")
+      local t0 = baton.now()
+      local ok, msg, kind = baton.timeout(50, function() return r:call("BLPOP", "k:q", 5) end)
+      assert.is_nil(ok)
+      assert.equal("timeout", kind, msg)
+      assert.is_true(baton.now() - t0 < 2000)
+      -- the BLPOP is still blocked on the server: the next call's reply comes after it
+      local t = baton.spawn(function() return r:call("PING") end)
+      assert.equal("OK", connect():call("RPUSH", "k:q", "x") and "OK")
+      assert.same({ true, "PONG" }, { t:join() })
+      -- the aborted BLPOP's reply (the "x") was discarded, not handed to anyone
+      assert.equal(0, r:call("LLEN", "k:q"))
+      assert.equal("PONG", r:call("PING"))
+      local a = baton.spawn(function() return r:call("BLPOP", "k:q", 5) end)
+      baton.sleep(20)
+      a:abort()
+      assert.is_false((a:join()))
+    end))
+
+    it("timeout_ms ends a call with timeout", async(function()
+      local r <close> = connect { timeout_ms = 50 }
+      local t0 = baton.now()
+      local _, _, detail =
+        H.assert_failure("baton.redis:call", "timeout", r:call("BLPOP", "k:never", 5))
+      assert.equal(50, detail.timeout_ms)
+      assert.is_true(baton.now() - t0 < 2000)
+      -- the BLPOP still blocks the connection on the server (replies come in order): once
+      -- another client feeds it, the connection answers again
+      local o <close> = connect()
+      o:call("RPUSH", "k:never", "x")
+      assert.equal("PONG", r:call("PING"))
+      assert.equal(0, r:call("LLEN", "k:never"))
+    end))
+  end)
+
+  describe("closing", function()
+    it("close fails calls in flight with closed; later use raises", async(function()
+      local r = connect()
+      local t = baton.spawn(function() return table.pack(r:call("BLPOP", "k:never", 5)) end)
+      baton.sleep(20)
+      r:close()
+      local _, res = t:join()
+      H.assert_failure("baton.redis:call", "closed", table.unpack(res, 1, res.n))
+      assert.is_true(r:closed())
+      H.raises("baton.redis:call: .*closed", function() return r:call("PING") end)
+      r:close()  -- twice is fine
+    end))
+
+    it("baton.run's end closes clients left open", function()
+      local r
+      baton.run(function() r = connect() end)
+      assert.is_true(r:closed())
+      assert.equal(0, baton.stats().handles)
+    end)
+
+    it("a client dropped without close is collected", async(function()
+      do local r = connect(); r:call("PING") end
+      collectgarbage()
+      collectgarbage()
+    end))
+  end)
+
+  describe("failures", function()
+    it("connect to a closed port fails with connect", async(function()
+      local p = assert(io.popen("python3 -c 'import socket; s=socket.socket(); "
+                                .. "s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])'"))
+      local port = p:read("l")
+      p:close()
+      H.assert_failure("baton.redis.connect", "connect",
+                       baton.redis.connect { url = "redis://127.0.0.1:" .. port })
+      H.assert_failure("baton.redis.connect", "connect",
+                       baton.redis.connect { path = server.dir .. "/nothing.sock" })
+    end))
+
+    it("a wrong password fails with auth", async(function()
+      local r <close> = connect()
+      r:call("CONFIG", "SET", "requirepass", "sekrit")
+      H.assert_failure("baton.redis.connect", "auth",
+                       baton.redis.connect { url = server.url, password = "wrong" })
+      H.assert_failure("baton.redis.connect", "auth", baton.redis.connect { url = server.url })
+      local ok <close> = connect { url = "redis://:sekrit@127.0.0.1:" .. server.port }
+      assert.equal("PONG", ok:call("PING"))
+      r:call("CONFIG", "SET", "requirepass", "")
+    end))
+
+    it("a server killed mid-run fails calls with closed or io, without a crash",
+       async(function()
+      local r <close> = connect()
+      local g <close> = baton.group()
+      local kinds = {}
+      for i = 1, 20 do
+        g:spawn(function()
+          local _, _, kind = r:call("BLPOP", "k:dead" .. i, 5)
+          kinds[#kinds + 1] = kind
+        end)
+      end
+      baton.sleep(30)
+      server:kill()
+      g:join_all()
+      assert.equal(20, #kinds)
+      for _, k in ipairs(kinds) do assert.is_true(k == "closed" or k == "io", k) end
+      local _, _, kind = r:call("PING")
+      assert.is_true(kind == "closed" or kind == "io", kind)
+      server:start()
+      assert.equal("PONG", connect():call("PING"))
+    end))
+  end)
+
+  describe("misuse", function()
+    it("raises in the convention's form", async(function()
+      H.raises_misuse("baton.redis.connect", 1, "opts", nil, baton.redis.connect, 5)
+      H.raises("baton.redis.connect: .*unknown", function()
+        return baton.redis.connect { url = server.url, nope = 1 }
+      end)
+      H.raises_misuse("baton.redis.connect", 1, "url", nil, baton.redis.connect,
+                      { url = "http://x" })
+      H.raises_misuse("baton.redis.connect", 1, "opts", "exactly one",
+                      baton.redis.connect, {})
+      local r <close> = connect()
+      H.raises_misuse("baton.redis:call", 1, "cmd", nil, r.call, r)
+      H.raises_misuse("baton.redis:call", 2, "arg", nil, r.call, r, "SET", {}, "x")
+      H.raises("baton.redis:call: bad argument #0 'self'", r.call, {}, "PING")
+    end))
+
+    it("raises outside a task", function()
+      H.raises("baton.redis.connect: .*task", baton.redis.connect, { url = "redis://127.0.0.1:1" })
+    end)
+  end)
+
+  -- docs/errors.md, "Redis": each failure listed there, provoked.
+  describe("baton.redis failures as docs/errors.md lists them", function()
+    if not server then
+      it("SKIPPED: " .. why, function() end)
+      return
+    end
+    local fresh_port = function()
+      local p = assert(io.popen("python3 -c 'import socket; s=socket.socket(); "
+                                .. "s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])'"))
+      local port = p:read("l")
+      p:close()
+      return port
+    end
+    local ROWS = {
+      { "baton.redis.connect", "connect", function()
+        return baton.redis.connect { url = "redis://127.0.0.1:" .. fresh_port() }
+      end },
+      { "baton.redis.connect", "timeout", function()
+        local o <close> = connect()
+        o:call("CLIENT", "PAUSE", 300, "ALL")
+        return baton.redis.connect { url = server.url, timeout_ms = 30 }
+      end, detail = { timeout_ms = 30 } },
+      { "baton.redis.connect", "auth", function()
+        return baton.redis.connect { url = server.url, password = "wrong" }
+      end },
+      { "baton.redis.connect", "redis", function()
+        return baton.redis.connect { url = server.url .. "/9999" }
+      end },
+      { "baton.redis:call", "redis", function()
+        local r <close> = connect()
+        return r:call("NOSUCHCOMMAND")
+      end },
+      { "baton.redis:call", "timeout", function()
+        local r <close> = connect { timeout_ms = 20 }
+        local res = table.pack(r:call("BLPOP", "k:rows", 1))
+        r:close()
+        return table.unpack(res, 1, res.n)
+      end, detail = { timeout_ms = 20 } },
+      { "baton.redis:call", "closed", function()
+        local r <close> = connect()
+        local o <close> = connect()
+        local id = r:call("CLIENT", "ID")
+        o:call("CLIENT", "KILL", "ID", id)
+        return r:call("PING")
+      end },
+    }
+    -- Not provoked: running out of memory or descriptors (resource), a peer that is not
+    -- Redis (protocol), a connection reset rather than closed (io: a killed server gives
+    -- closed or io, "a server killed mid-run" above accepts either).
+    local EXEMPT = { ["baton.redis.connect resource"] = true, ["baton.redis:call resource"] = true,
+                     ["baton.redis:call protocol"] = true, ["baton.redis:call io"] = true }
+    H.failure_rows(it, "Redis", ROWS, EXEMPT)
+  end)
+end)
