@@ -130,6 +130,72 @@ describe("baton.redis", function()
     end))
   end)
 
+  describe("pipelines", function()
+    it("send the queued commands together and return their replies in order",
+       async(function()
+      local r <close> = connect()
+      r:call("DEL", "k:p")
+      local replies = r:pipeline(function(p)
+        p:call("SET", "k:p", 1)
+        p:call("INCRBY", "k:p", 41)
+        p:call("GET", "k:p")
+        p:call("GET", "k:p:missing")
+        p:call("HGET", "k:p", "f")   -- WRONGTYPE
+        p:call("LRANGE", "k:p:none", 0, -1)
+      end)
+      assert.equal(6, #replies)
+      assert.equal("OK", replies[1])
+      assert.equal(42, replies[2])
+      assert.equal("42", replies[3])
+      assert.is_false(replies[4])
+      assert.equal("redis", replies[5].kind)
+      assert.matches("WRONGTYPE", replies[5].message)
+      assert.same({}, replies[6])
+      assert.same({}, r:pipeline(function() end))
+    end))
+
+    it("many pipelines from many tasks keep their replies apart", async(function()
+      local r <close> = connect()
+      local g <close> = baton.group()
+      for t = 1, 20 do
+        g:spawn(function()
+          local got = r:pipeline(function(p)
+            for i = 1, 50 do p:call("ECHO", t .. ":" .. i) end
+          end)
+          for i = 1, 50 do assert.equal(t .. ":" .. i, got[i]) end
+        end)
+      end
+      g:join_all()
+    end))
+
+    it("fail as a whole when the connection goes, and honour timeout_ms", async(function()
+      local r <close> = connect { timeout_ms = 40 }
+      local _, _, detail = H.assert_failure("baton.redis:pipeline", "timeout",
+        r:pipeline(function(p) p:call("PING"); p:call("BLPOP", "k:p:never", 5) end))
+      assert.equal(40, detail.timeout_ms)
+      local o <close> = connect()
+      o:call("RPUSH", "k:p:never", "x")
+      local id = r:call("CLIENT", "ID")
+      local t = baton.spawn(function()
+        return table.pack(r:pipeline(function(p) p:call("BLPOP", "k:p:never2", 5) end))
+      end)
+      baton.sleep(10)
+      o:call("CLIENT", "KILL", "ID", id)
+      local _, res = t:join()
+      H.assert_failure("baton.redis:pipeline", "closed", table.unpack(res, 1, res.n))
+    end))
+
+    it("raise on misuse", async(function()
+      local r <close> = connect()
+      H.raises_misuse("baton.redis:pipeline", 1, "fn", nil, r.pipeline, r, 5)
+      H.raises_misuse("baton.redis.pipe:call", 3, "arg", nil, r.pipeline, r,
+                      function(p) p:call("SET", "k", {}) end)
+      local kept
+      r:pipeline(function(p) kept = p end)
+      H.raises("already sent", kept.call, kept, "PING")
+    end))
+  end)
+
   describe("closing", function()
     it("close fails calls in flight with closed; later use raises", async(function()
       local r = connect()
@@ -262,11 +328,25 @@ describe("baton.redis", function()
         r:close()
         return table.unpack(res, 1, res.n)
       end, detail = { timeout_ms = 20 } },
+      { "baton.redis:pipeline", "timeout", function()
+        local r <close> = connect { timeout_ms = 20 }
+        local res = table.pack(r:pipeline(function(p) p:call("BLPOP", "k:rows", 1) end))
+        r:close()
+        return table.unpack(res, 1, res.n)
+      end, detail = { timeout_ms = 20 } },
+      { "baton.redis:pipeline", "closed", function()
+        local r <close> = connect()
+        local o <close> = connect()
+        o:call("CLIENT", "KILL", "ID", r:call("CLIENT", "ID"))
+        baton.sleep(20)  -- the end of the connection is seen before anything is sent
+        return r:pipeline(function(p) p:call("PING") end)
+      end },
       { "baton.redis:call", "closed", function()
         local r <close> = connect()
         local o <close> = connect()
         local id = r:call("CLIENT", "ID")
         o:call("CLIENT", "KILL", "ID", id)
+        baton.sleep(20)  -- the end of the connection is seen before anything is sent
         return r:call("PING")
       end },
     }
@@ -274,7 +354,9 @@ describe("baton.redis", function()
     -- Redis (protocol), a connection reset rather than closed (io: a killed server gives
     -- closed or io, "a server killed mid-run" above accepts either).
     local EXEMPT = { ["baton.redis.connect resource"] = true, ["baton.redis:call resource"] = true,
-                     ["baton.redis:call protocol"] = true, ["baton.redis:call io"] = true }
+                     ["baton.redis:call protocol"] = true, ["baton.redis:call io"] = true,
+                     ["baton.redis:pipeline resource"] = true,
+                     ["baton.redis:pipeline protocol"] = true, ["baton.redis:pipeline io"] = true }
     H.failure_rows(it, "Redis", ROWS, EXEMPT)
   end)
 end)

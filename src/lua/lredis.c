@@ -10,6 +10,9 @@
  *                        password =, db =, timeout_ms = } → client | nil, msg, kind
  *   client:call(cmd, ...) → reply | nil (a Redis nil reply: no second value)
  *                         | nil, msg, kind   (redis, timeout, closed, io, protocol, resource)
+ *   client:pipeline(function(p) p:call(cmd, ...) ... end) → { reply... } | nil, msg, kind
+ *     (the commands go out together; in the list a nil reply is false and an error reply a
+ *     baton.Error { kind = "redis" }; a failure of the connection fails the whole)
  *   client:close(), <close>, __gc; client:closed()
  *
  * Ownership. A client userdata (lredis) owns the hiredis context (`ac`, NULL once hiredis
@@ -339,13 +342,12 @@ static int call_k(lua_State *L, int status, lua_KContext ctx) {
   return n;
 }
 
-static int lredis_call(lua_State *L) {
-  static const char fname[] = "baton.redis:call";
-  lbt_rt *R = lbt_R(L);
-  lredis *c = lbt_check_handle(L, 1, LBT_REDIS);
-  int top = lua_gettop(L);
-  if (top < 2 || lua_type(L, 2) != LUA_TSTRING) lbt_argerror(L, fname, 2, "cmd", "string");
-  for (int i = 3; i <= top; i++) {
+/* Checks a command's arguments at first..top (cmd a string, the rest strings or numbers)
+ * and turns the numbers into their text in place. */
+static void check_args(lua_State *L, const char *fname, int first, int top) {
+  if (top < first || lua_type(L, first) != LUA_TSTRING)
+    lbt_argerror(L, fname, first, "cmd", "string");
+  for (int i = first + 1; i <= top; i++) {
     int t = lua_type(L, i);
     if (t != LUA_TSTRING && t != LUA_TNUMBER)
       lbt_argerror(L, fname, i, "arg", "string or number");
@@ -359,6 +361,13 @@ static int lredis_call(lua_State *L) {
       lua_replace(L, i);
     }
   }
+}
+
+static int lredis_call(lua_State *L) {
+  static const char fname[] = "baton.redis:call";
+  lbt_rt *R = lbt_R(L);
+  lredis *c = lbt_check_handle(L, 1, LBT_REDIS);
+  check_args(L, fname, 2, lua_gettop(L));
   lbt_task *T = lbt_await_begin(L, R, fname);
   if (c->ac == NULL) return lbt_fail(L, fname, c->msg, c->kind ? c->kind : "closed");
   lrreq *q = NULL;
@@ -374,6 +383,119 @@ static int lredis_call(lua_State *L) {
                           c->timeout_ms < 0 ? UINT64_MAX
                                             : bt_now(R->rt) + (uint64_t)c->timeout_ms);
   return lbt_suspend(L, 0, call_k);
+}
+
+/* ---- pipelines ---------------------------------------------------------------------------- */
+
+/* p:call(cmd, ...) inside r:pipeline's function: checks and queues (upvalue 2: the list). */
+static int lpipe_call(lua_State *L) {
+  static const char fname[] = "baton.redis.pipe:call";
+  if (!lua_istable(L, 1)) lbt_argerror(L, fname, 1, "self", "the pipe");
+  lua_pushvalue(L, lua_upvalueindex(2));
+  if (lua_toboolean(L, lua_upvalueindex(3)) || lua_isnil(L, -1))
+    return luaL_error(L, "%s: the pipeline was already sent", fname);
+  lua_pop(L, 1);
+  int top = lua_gettop(L);
+  check_args(L, fname, 2, top);
+  lua_createtable(L, top - 1, 0);
+  for (int i = 2; i <= top; i++) {
+    lua_pushvalue(L, i);
+    lua_rawseti(L, -2, i - 1);
+  }
+  lua_rawseti(L, lua_upvalueindex(2), (lua_Integer)lua_rawlen(L, lua_upvalueindex(2)) + 1);
+  return 0;
+}
+
+/* Stack in pipeline_k: 1 = client, 2 = the Calls (a sequence), 3 = results, 4 = due (-1:
+ * none); ctx = the index of the Call waited on. The replies come in order, so it waits on
+ * each in turn; most are in by the time the first is. */
+static int pipeline_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  static const char fname[] = "baton.redis:pipeline";
+  lbt_rt *R = lbt_R(L);
+  lredis *c = lua_touserdata(L, 1);
+  lua_Integer i = (lua_Integer)ctx, n = (lua_Integer)lua_rawlen(L, 2);
+  if (i > 0) {  /* resumed: the records are left to their Call userdata's __gc on failure */
+    int s = lbt_resumed(L, NULL, NULL, NULL);
+    if (s == BT_ETIMEDOUT) return lbt_fail_timeout(L, fname, (lua_Number)c->timeout_ms);
+    if (s != 0) return lbt_fail_status(L, fname, s);
+  } else {
+    i = 1;
+  }
+  for (; i <= n; i++) {
+    lua_rawgeti(L, 2, i);
+    lcall *k = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    lrreq *q = k->q;
+    if (q == NULL) return lbt_fail(L, fname, "connection closed", "closed");
+    if (!q->done) {
+      lua_Integer due = lua_tointeger(L, 4);
+      if (due >= 0 && (uint64_t)due <= bt_now(R->rt))
+        return lbt_fail_timeout(L, fname, (lua_Number)c->timeout_ms);
+      lbt_task *T = lbt_current(R);
+      lbt_fiber *f = lbt_fib(T);
+      f->wait.src = q;
+      q->waiter = &T->t;
+      q->token = bt_task_wait(R->rt, &T->t, &f->wait, wait_cancel,
+                              due < 0 ? UINT64_MAX : (uint64_t)due);
+      return lbt_suspend(L, (lua_KContext)i, pipeline_k);
+    }
+    if (q->reply == NULL) return lbt_fail(L, fname, q->msg, q->kind);
+    push_reply(L, q->reply, 0);  /* a nil reply is false, an error reply a baton.Error */
+    lua_rawseti(L, 3, i);
+    call_release(k);
+  }
+  lua_settop(L, 3);
+  return 1;
+}
+
+static int lredis_pipeline(lua_State *L) {
+  static const char fname[] = "baton.redis:pipeline";
+  lbt_rt *R = lbt_R(L);
+  lredis *c = lbt_check_handle(L, 1, LBT_REDIS);
+  lbt_arg_function(L, fname, 2, "fn");
+  lua_settop(L, 2);
+  lua_newtable(L);  /* 3: the queued commands */
+  lua_newtable(L);  /* 4: the pipe */
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 3);
+  lua_pushboolean(L, 0);
+  lua_pushcclosure(L, lpipe_call, 3);
+  lua_setfield(L, 4, "call");
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 4);
+  lua_call(L, 1, 0);  /* fn(p) only queues: it must not wait */
+  /* p:call after the function returned raises: a fresh closure with the "sent" flag */
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushnil(L);
+  lua_pushboolean(L, 1);
+  lua_pushcclosure(L, lpipe_call, 3);
+  lua_setfield(L, 4, "call");
+  lbt_await_begin(L, R, fname);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 3);
+  lua_createtable(L, (int)n, 0);  /* 5: the Calls */
+  if (c->ac == NULL && n > 0) return lbt_fail(L, fname, c->msg, c->kind ? c->kind : "closed");
+  for (lua_Integer i = 1; i <= n; i++) {
+    int base = lua_gettop(L);
+    lua_rawgeti(L, 3, i);
+    lua_Integer argc = (lua_Integer)lua_rawlen(L, -1);
+    luaL_checkstack(L, (int)argc + 4, fname);
+    for (lua_Integer j = 1; j <= argc; j++) lua_rawgeti(L, base + 1, j);
+    lrreq *q = NULL;
+    const char *kind = c->ac == NULL ? "closed" : send_argv(L, c, base + 2, &q);
+    if (kind != NULL)
+      return lbt_fail(L, fname, kind[0] == 'r' ? "out of memory" : "connection closed", kind);
+    lua_rawseti(L, 5, i);
+    lua_settop(L, base);
+  }
+  lua_pushvalue(L, 5);
+  lua_replace(L, 2);
+  lua_newtable(L);
+  lua_replace(L, 3);
+  lua_pushinteger(L, c->timeout_ms < 0 ? -1 : (lua_Integer)(bt_now(R->rt) + (uint64_t)c->timeout_ms));
+  lua_replace(L, 4);
+  lua_settop(L, 4);
+  return pipeline_k(L, LUA_OK, 0);
 }
 
 /* ---- connect ----------------------------------------------------------------------------- */
@@ -593,7 +715,7 @@ static int lredis_tostring(lua_State *L) {
 
 void lbt_open_redis(lua_State *L, int rt_idx) {
   static const luaL_Reg methods[] = {
-    {"call", lredis_call}, {"close", lredis_close}, {"closed", lredis_closed}, {NULL, NULL}};
+    {"call", lredis_call}, {"pipeline", lredis_pipeline}, {"close", lredis_close}, {"closed", lredis_closed}, {NULL, NULL}};
   static const luaL_Reg meta[] = {
     {"__gc", lredis_gc}, {"__close", lredis_close}, {"__tostring", lredis_tostring},
     {NULL, NULL}};
