@@ -196,6 +196,42 @@ describe("baton.redis", function()
     end))
   end)
 
+  describe("scripts", function()
+    it("run by SHA, loaded on first use and again after the server forgot them",
+       async(function()
+      local r <close> = connect()
+      local script = "return { KEYS[1], ARGV[1], redis.call('INCRBY', KEYS[1], ARGV[1]) }"
+      r:call("DEL", "k:e")
+      assert.same({ "k:e", "5", 5 }, r:eval(script, { "k:e" }, { 5 }))
+      -- the second run goes by SHA: the server's count of EVALSHA calls shows it
+      r:call("CONFIG", "RESETSTAT")
+      assert.same({ "k:e", "2", 7 }, r:eval(script, { "k:e" }, { 2 }))
+      local info = r:call("INFO", "commandstats")
+      assert.matches("cmdstat_evalsha:calls=1,", info)
+      assert.is_nil(info:find("cmdstat_script", 1, true))
+      -- forgotten (SCRIPT FLUSH): NOSCRIPT, SCRIPT LOAD, EVALSHA again, transparently
+      r:call("SCRIPT", "FLUSH")
+      assert.same({ "k:e", "1", 8 }, r:eval(script, { "k:e" }, { 1 }))
+      assert.equal(1, r:eval("return 1"))
+      local none = table.pack(r:eval("return nil"))
+      assert.equal(1, none.n)
+      assert.is_nil(none[1])
+    end))
+
+    it("fail in the convention's form and raise on misuse", async(function()
+      local r <close> = connect()
+      r:call("SET", "k:e:s", "x")
+      local msg = H.assert_failure("baton.redis:eval", "redis",
+                             r:eval("return redis.call('INCR', KEYS[1])", { "k:e:s" }))
+      assert.matches("not an integer", msg)
+      H.assert_failure("baton.redis:eval", "redis", r:eval("this is not lua"))
+      H.raises_misuse("baton.redis:eval", 1, "script", nil, r.eval, r, 5)
+      H.raises_misuse("baton.redis:eval", 2, "keys", nil, r.eval, r, "return 1", "k")
+      H.raises_misuse("baton.redis:eval", 3, "args", nil, r.eval, r, "return 1", {}, { {} })
+      H.raises("baton.redis:eval: bad argument #0 'self'", r.eval, {}, "return 1")
+    end))
+  end)
+
   describe("closing", function()
     it("close fails calls in flight with closed; later use raises", async(function()
       local r = connect()
@@ -328,6 +364,28 @@ describe("baton.redis", function()
         r:close()
         return table.unpack(res, 1, res.n)
       end, detail = { timeout_ms = 20 } },
+      { "baton.redis:eval", "redis", function()
+        local r <close> = connect()
+        return r:eval("return redis.error_reply('no')")
+      end },
+      { "baton.redis:eval", "timeout", function()
+        local r <close> = connect { timeout_ms = 20 }
+        -- a script that keeps the server busy for 100 ms
+        local res = table.pack(r:eval([[
+          local t = redis.call('TIME')
+          repeat local n = redis.call('TIME')
+          until (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 100000
+          return 1]]))
+        r:close()
+        return table.unpack(res, 1, res.n)
+      end, detail = { timeout_ms = 20 } },
+      { "baton.redis:eval", "closed", function()
+        local r <close> = connect()
+        local o <close> = connect()
+        o:call("CLIENT", "KILL", "ID", r:call("CLIENT", "ID"))
+        baton.sleep(20)  -- the end of the connection is seen before anything is sent
+        return r:eval("return 1")
+      end },
       { "baton.redis:pipeline", "timeout", function()
         local r <close> = connect { timeout_ms = 20 }
         local res = table.pack(r:pipeline(function(p) p:call("BLPOP", "k:rows", 1) end))
@@ -356,6 +414,8 @@ describe("baton.redis", function()
     local EXEMPT = { ["baton.redis.connect resource"] = true, ["baton.redis:call resource"] = true,
                      ["baton.redis:call protocol"] = true, ["baton.redis:call io"] = true,
                      ["baton.redis:pipeline resource"] = true,
+                     ["baton.redis:eval resource"] = true, ["baton.redis:eval protocol"] = true,
+                     ["baton.redis:eval io"] = true,
                      ["baton.redis:pipeline protocol"] = true, ["baton.redis:pipeline io"] = true }
     H.failure_rows(it, "Redis", ROWS, EXEMPT)
   end)

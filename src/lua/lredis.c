@@ -13,6 +13,8 @@
  *   client:pipeline(function(p) p:call(cmd, ...) ... end) → { reply... } | nil, msg, kind
  *     (the commands go out together; in the list a nil reply is false and an error reply a
  *     baton.Error { kind = "redis" }; a failure of the connection fails the whole)
+ *   client:eval(script, keys, args) → as call: EVALSHA, with SCRIPT LOAD on first use and on
+ *     NOSCRIPT (the Lua at eval_lua)
  *   client:close(), <close>, __gc; client:closed()
  *
  * Ownership. A client userdata (lredis) owns the hiredis context (`ac`, NULL once hiredis
@@ -713,6 +715,74 @@ static int lredis_tostring(lua_State *L) {
   return 1;
 }
 
+/* client:eval(script, keys, args), in Lua over client:call: the script goes by its SHA
+ * (EVALSHA), loaded with SCRIPT LOAD the first time this client runs it and again when the
+ * server answers NOSCRIPT (restarted, SCRIPT FLUSH). The SHAs are cached per client (weak
+ * keys). Failures are call's, renamed to eval. */
+static const char eval_lua[] =
+  "local methods, mt = ...\n"
+  "local call = methods.call\n"
+  "local shas = setmetatable({}, { __mode = 'k' })\n"
+  "local F = 'baton.redis:eval'\n"
+  "local function got(v)\n"
+  "  if type(v) == 'string' and #v <= 40 then return ('%q'):format(v) end\n"
+  "  if type(v) == 'number' then return tostring(v) end\n"
+  "  local m = getmetatable(v)\n"
+  "  return type(m) == 'table' and type(m.__name) == 'string' and m.__name or type(v)\n"
+  "end\n"
+  "local function bad(n, name, expected, v)\n"
+  "  error(('%s: bad argument #%d \\'%s\\' (expected %s, got %s)'):format(F, n, name, expected,\n"
+  "        got(v)), 3)\n"
+  "end\n"
+  "local function list(t, n, name)\n"
+  "  if t == nil then return {} end\n"
+  "  if type(t) ~= 'table' then bad(n, name, 'table of strings or numbers or nil', t) end\n"
+  "  for i = 1, #t do\n"
+  "    local ty = type(t[i])\n"
+  "    if ty ~= 'string' and ty ~= 'number' then\n"
+  "      bad(n, name, 'table of strings or numbers or nil', t)\n"
+  "    end\n"
+  "  end\n"
+  "  return t\n"
+  "end\n"
+  "local function fail(v, msg, kind, ...)\n"
+  "  if v == nil and msg ~= nil then\n"
+  "    return nil, F .. msg:sub(#'baton.redis:call' + 1), kind, ...\n"
+  "  end\n"
+  "  return v\n"
+  "end\n"
+  "local function load(self, script)\n"
+  "  local sha, msg, kind, detail = call(self, 'SCRIPT', 'LOAD', script)\n"
+  "  if not sha then return nil, msg, kind, detail end\n"
+  "  local c = shas[self]\n"
+  "  if not c then c = {}; shas[self] = c end\n"
+  "  c[script] = sha\n"
+  "  return sha\n"
+  "end\n"
+  "function methods.eval(self, script, keys, args)\n"
+  "  if getmetatable(self) ~= mt then bad(0, 'self', 'baton.Redis', self) end\n"
+  "  if type(script) ~= 'string' then bad(1, 'script', 'string', script) end\n"
+  "  keys, args = list(keys, 2, 'keys'), list(args, 3, 'args')\n"
+  "  local argv, n = {}, 0\n"
+  "  for i = 1, #keys do n = n + 1; argv[n] = keys[i] end\n"
+  "  for i = 1, #args do n = n + 1; argv[n] = args[i] end\n"
+  "  local u = table.unpack\n"
+  "  local sha = shas[self] and shas[self][script]\n"
+  "  for _ = 1, 2 do\n"
+  "    if not sha then\n"
+  "      local msg, kind, detail\n"
+  "      sha, msg, kind, detail = load(self, script)\n"
+  "      if not sha then return fail(nil, msg, kind, detail) end\n"
+  "    end\n"
+  "    local v, msg, kind, detail = call(self, 'EVALSHA', sha, #keys, u(argv, 1, n))\n"
+  "    if v ~= nil or kind ~= 'redis' or not msg:find('NOSCRIPT', 1, true) then\n"
+  "      return fail(v, msg, kind, detail)\n"
+  "    end\n"
+  "    sha = nil\n"
+  "  end\n"
+  "  return nil, F .. ': the server keeps losing the script (NOSCRIPT twice)', 'redis'\n"
+  "end\n";
+
 void lbt_open_redis(lua_State *L, int rt_idx) {
   static const luaL_Reg methods[] = {
     {"call", lredis_call}, {"pipeline", lredis_pipeline}, {"close", lredis_close}, {"closed", lredis_closed}, {NULL, NULL}};
@@ -723,6 +793,12 @@ void lbt_open_redis(lua_State *L, int rt_idx) {
   static const luaL_Reg none[] = {{NULL, NULL}};
   static const luaL_Reg funcs[] = {{"connect", lredis_connect}, {NULL, NULL}};
   lbt_new_class(L, rt_idx, "baton.Redis", methods, meta);
+  if (luaL_loadbuffer(L, eval_lua, sizeof eval_lua - 1, "=baton.redis") != LUA_OK)
+    lua_error(L);
+  luaL_getmetatable(L, "baton.Redis");
+  lua_getfield(L, -1, "__methods");
+  lua_insert(L, -2);  /* chunk, methods, metatable */
+  lua_call(L, 2, 0);
   lbt_new_class(L, rt_idx, "baton.Redis.Call", none, call_meta);
   lbt_weak_set_new(L, REDIS_KEY);
   lua_newtable(L);
