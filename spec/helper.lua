@@ -380,11 +380,20 @@ function Redis:start()
   error("redis-server did not start: " .. (H.slurp(self.dir .. "/redis.log") or ""))
 end
 
+-- Whether the server's process is gone (a zombie nobody reaps counts as gone).
+local function gone(pid)
+  local f = io.open("/proc/" .. math.tointeger(pid) .. "/stat")
+  if not f then return true end
+  local st = f:read("a") or ""
+  f:close()
+  return st:match("^%d+ %b() (%a)") == "Z"
+end
+
 -- Ends the server with SIGKILL (no goodbye to the clients) and waits until it is gone.
 function Redis:kill()
   if self.pid then
     os.execute("kill -9 " .. self.pid)
-    for _ = 1, 300 do if not H.alive(self.pid) then break end os.execute("sleep 0.01") end
+    for _ = 1, 300 do if gone(self.pid) then break end os.execute("sleep 0.01") end
   end
   self.pid = nil
 end
@@ -392,7 +401,7 @@ end
 function Redis:stop()
   if self.pid then
     os.execute("kill " .. self.pid)
-    for _ = 1, 300 do if not H.alive(self.pid) then break end os.execute("sleep 0.01") end
+    for _ = 1, 300 do if gone(self.pid) then break end os.execute("sleep 0.01") end
   end
   self.pid = nil
   if self.dir then H.remove_dir(self.dir) end

@@ -305,6 +305,39 @@ describe("baton.redis", function()
     end))
   end)
 
+  describe("reconnection", function()
+    it("with reconnect = true, a client finds the server again, with backoff between tries",
+       async(function()
+      local r <close> = connect { url = server.url .. "/2", reconnect = true }
+      assert.equal("PONG", r:call("PING"))
+      server:kill()
+      baton.sleep(20)  -- the end of the connection is seen
+      -- the first call after the loss tries at once, and the refusal starts the backoff
+      local _, _, kind = r:call("PING")
+      assert.equal("connect", kind)
+      local msg
+      msg, kind = select(2, r:call("PING"))
+      assert.equal("connect", kind)
+      assert.matches("next attempt in %d+ ms", msg)
+      server:start()
+      local got
+      local deadline = baton.now() + 3000
+      repeat
+        got = r:call("PING")
+        if not got then baton.sleep(20) end
+      until got or baton.now() > deadline
+      assert.equal("PONG", got)
+      -- the connection was set up again: the db of the url is selected
+      assert.matches("db=2", r:call("CLIENT", "INFO"))
+      -- without reconnect, a lost connection stays lost
+      local once <close> = connect()
+      server:kill()
+      baton.sleep(20)
+      server:start()
+      H.assert_failure("baton.redis:call", "closed", once:call("PING"))
+    end))
+  end)
+
   describe("misuse", function()
     it("raises in the convention's form", async(function()
       H.raises_misuse("baton.redis.connect", 1, "opts", nil, baton.redis.connect, 5)
@@ -410,12 +443,14 @@ describe("baton.redis", function()
     }
     -- Not provoked: running out of memory or descriptors (resource), a peer that is not
     -- Redis (protocol), a connection reset rather than closed (io: a killed server gives
-    -- closed or io, "a server killed mid-run" above accepts either).
+    -- closed or io, "a server killed mid-run" above accepts either); connect from a call
+    -- (reconnect = true), which "reconnection" above provokes with the server killed.
     local EXEMPT = { ["baton.redis.connect resource"] = true, ["baton.redis:call resource"] = true,
                      ["baton.redis:call protocol"] = true, ["baton.redis:call io"] = true,
                      ["baton.redis:pipeline resource"] = true,
                      ["baton.redis:eval resource"] = true, ["baton.redis:eval protocol"] = true,
-                     ["baton.redis:eval io"] = true,
+                     ["baton.redis:eval io"] = true, ["baton.redis:call connect"] = true,
+                     ["baton.redis:eval connect"] = true, ["baton.redis:pipeline connect"] = true,
                      ["baton.redis:pipeline protocol"] = true, ["baton.redis:pipeline io"] = true }
     H.failure_rows(it, "Redis", ROWS, EXEMPT)
   end)

@@ -7,7 +7,9 @@
  *
  * API (docs/redis.md):
  *   baton.redis.connect{ url = "redis://[[user]:password@]host[:port][/db]" | path =,
- *                        password =, db =, timeout_ms = } → client | nil, msg, kind
+ *                        password =, db =, timeout_ms =, reconnect = false }
+ *     → client | nil, msg, kind   (reconnect: a call on a lost connection opens a new one,
+ *       with a backoff of 50 ms doubling to 5 s after failed tries)
  *   client:call(cmd, ...) → reply | nil (a Redis nil reply: no second value)
  *                         | nil, msg, kind   (redis, timeout, closed, io, protocol, resource)
  *   client:pipeline(function(p) p:call(cmd, ...) ... end) → { reply... } | nil, msg, kind
@@ -47,6 +49,19 @@
 #define REDIS_KEY "baton.redis.clients"  /* registry: weak set of open clients */
 #define MSG_MAX 200
 
+/* Where a client connects, and how it sets the connection up (kept for reconnecting). */
+typedef struct target {
+  char host[256];
+  int port;
+  char path[108];           /* a unix socket, or "" */
+  char user[128], pass[256];
+  int has_user, has_pass;
+  lua_Integer db;
+} target;
+
+#define BACKOFF_MIN 50      /* ms: the first wait after a failed reconnect */
+#define BACKOFF_MAX 5000    /* ms: doubling up to this */
+
 typedef struct lredis {
   struct lredis *h;          /* handle: self while open, NULL once closed by the user */
   redisAsyncContext *ac;     /* NULL once hiredis freed it */
@@ -58,6 +73,10 @@ typedef struct lredis {
   lua_Integer timeout_ms;    /* per call, -1: none */
   const char *kind;          /* why ac went away (copied at cleanup) */
   char msg[MSG_MAX];
+  int reconnect;             /* a call on a lost connection opens a new one */
+  uint64_t next_try;         /* not before this (bt_now): the backoff after a failed try */
+  uint64_t backoff;          /* ms, 0 after a success */
+  target t;
 } lredis;
 LBT_HANDLE_FIRST(lredis, h);
 
@@ -344,6 +363,8 @@ static int call_k(lua_State *L, int status, lua_KContext ctx) {
   return n;
 }
 
+static int client_ensure(lua_State *L, const char *fname, lredis *c);
+
 /* Checks a command's arguments at first..top (cmd a string, the rest strings or numbers)
  * and turns the numbers into their text in place. */
 static void check_args(lua_State *L, const char *fname, int first, int top) {
@@ -371,7 +392,8 @@ static int lredis_call(lua_State *L) {
   lredis *c = lbt_check_handle(L, 1, LBT_REDIS);
   check_args(L, fname, 2, lua_gettop(L));
   lbt_task *T = lbt_await_begin(L, R, fname);
-  if (c->ac == NULL) return lbt_fail(L, fname, c->msg, c->kind ? c->kind : "closed");
+  int nf = client_ensure(L, fname, c);
+  if (nf > 0) return nf;
   lrreq *q = NULL;
   const char *kind = send_argv(L, c, 2, &q);
   if (kind != NULL)
@@ -476,7 +498,10 @@ static int lredis_pipeline(lua_State *L) {
   lbt_await_begin(L, R, fname);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 3);
   lua_createtable(L, (int)n, 0);  /* 5: the Calls */
-  if (c->ac == NULL && n > 0) return lbt_fail(L, fname, c->msg, c->kind ? c->kind : "closed");
+  if (n > 0) {
+    int nf = client_ensure(L, fname, c);
+    if (nf > 0) return nf;
+  }
   for (lua_Integer i = 1; i <= n; i++) {
     int base = lua_gettop(L);
     lua_rawgeti(L, 3, i);
@@ -501,15 +526,6 @@ static int lredis_pipeline(lua_State *L) {
 }
 
 /* ---- connect ----------------------------------------------------------------------------- */
-
-typedef struct target {
-  char host[256];
-  int port;
-  const char *path;
-  char user[128], pass[256];
-  int has_user, has_pass;
-  lua_Integer db;
-} target;
 
 /* redis://[[user]:password@]host[:port][/db] */
 static int parse_url(const char *u, target *t) {
@@ -559,11 +575,94 @@ static void on_setup(redisAsyncContext *ac, void *r, void *privdata) {
   (void)ac;
   setup_state *st = privdata;
   const redisReply *rep = r;
-  if (rep != NULL && rep->type == REDIS_REPLY_ERROR && st->kind == NULL) {
+  if (st != NULL && rep != NULL && rep->type == REDIS_REPLY_ERROR && st->kind == NULL) {
     st->kind = strstr(rep->str, "AUTH") || strstr(rep->str, "WRONGPASS") || strstr(rep->str, "NOPERM")
                  ? "auth" : "redis";
     snprintf(st->msg, MSG_MAX, "%s", rep->str);
   }
+}
+
+/* A connection hiredis tells us is up (status REDIS_OK) or failed: the backoff. */
+static void on_connect(const redisAsyncContext *ac, int status) {
+  lredis *c = ac->data;
+  if (status == REDIS_OK) {
+    c->backoff = 0;
+    c->next_try = 0;
+    return;
+  }
+  c->backoff = c->backoff == 0 ? BACKOFF_MIN
+               : c->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : c->backoff * 2;
+  c->next_try = bt_now(c->rt) + c->backoff;
+}
+
+/* Opens the connection to c->t: the context, its poll handle (unreferenced), the hooks,
+ * then AUTH and SELECT queued (their failures go to st, or nowhere when st is NULL). hiredis
+ * queues commands until the connect completes. Returns NULL, or a kind with c->msg set. */
+static const char *client_open(lredis *c, setup_state *st) {
+  const target *t = &c->t;
+  redisAsyncContext *ac = t->path[0] ? redisAsyncConnectUnix(t->path)
+                                     : redisAsyncConnect(t->host, t->port);
+  if (ac == NULL) {
+    snprintf(c->msg, MSG_MAX, "out of memory");
+    return "resource";
+  }
+  if (ac->err) {
+    snprintf(c->msg, MSG_MAX, "%s", ac->errstr);
+    redisAsyncFree(ac);
+    return "connect";
+  }
+  c->poll = malloc(sizeof *c->poll);
+  if (c->poll == NULL || uv_poll_init_socket(bt_rt_loop(c->rt), c->poll, ac->c.fd) != 0) {
+    free(c->poll);
+    c->poll = NULL;
+    redisAsyncFree(ac);
+    snprintf(c->msg, MSG_MAX, "cannot watch the socket");
+    return "resource";
+  }
+  c->poll->data = c;
+  c->events = 0;
+  uv_unref((uv_handle_t *)c->poll);
+  c->ac = ac;
+  ac->data = c;
+  ac->ev.data = c;
+  ac->ev.addRead = ev_add_read;
+  ac->ev.delRead = ev_del_read;
+  ac->ev.addWrite = ev_add_write;
+  ac->ev.delWrite = ev_del_write;
+  ac->ev.cleanup = ev_cleanup;
+  redisAsyncSetConnectCallback(ac, on_connect);  /* also asks for writability: the connect */
+  if (t->has_pass) {
+    const char *argv[3] = {"AUTH", t->user, t->pass};
+    size_t lens[3] = {4, strlen(t->user), strlen(t->pass)};
+    if (t->has_user) redisAsyncCommandArgv(ac, on_setup, st, 3, argv, lens);
+    else redisAsyncCommandArgv(ac, on_setup, st, 2, (const char *[]){"AUTH", t->pass},
+                               (size_t[]){4, strlen(t->pass)});
+  }
+  if (t->db > 0) {
+    char b[32];
+    int bl = snprintf(b, sizeof b, "%lld", (long long)t->db);
+    redisAsyncCommandArgv(ac, on_setup, st, 2, (const char *[]){"SELECT", b},
+                          (size_t[]){6, (size_t)bl});
+  }
+  return NULL;
+}
+
+/* A call found the connection gone: with `reconnect`, open a new one unless the backoff
+ * says not yet. Returns 0 (connected, or connecting: commands queue), or pushes the
+ * failure and returns its count. */
+static int client_ensure(lua_State *L, const char *fname, lredis *c) {
+  if (c->ac != NULL) return 0;
+  if (!c->reconnect) return lbt_fail(L, fname, c->msg, c->kind ? c->kind : "closed");
+  uint64_t now = bt_now(c->rt);
+  if (now < c->next_try)
+    return lbt_fail_detail(L, fname, "connect", 0, "not connected (%s); next attempt in %llu ms",
+                           c->msg, (unsigned long long)(c->next_try - now));
+  const char *kind = client_open(c, NULL);
+  if (kind != NULL) {
+    on_connect(&(redisAsyncContext){.data = c}, REDIS_ERR);
+    return lbt_fail(L, fname, c->msg, kind);
+  }
+  return 0;
 }
 
 /* A connect cancelled while waiting: the client goes too (its setup callbacks point at the
@@ -609,14 +708,18 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int lredis_connect(lua_State *L) {
   static const char fname[] = "baton.redis.connect";
-  static const char *const known[] = {"url", "path", "password", "db", "timeout_ms", NULL};
+  static const char *const known[] = {"url", "path", "password", "db", "timeout_ms",
+                                      "reconnect", NULL};
   lbt_rt *R = lbt_R(L);
   lbt_check_opts(L, fname, 1, "opts", known);
   lua_settop(L, 1);
   target t;
   memset(&t, 0, sizeof t);
   const char *url = lbt_opt_string(L, fname, 1, "url", "", NULL);
-  t.path = lbt_opt_string(L, fname, 1, "path", "", NULL);
+  size_t pathlen = 0;
+  const char *path = lbt_opt_string(L, fname, 1, "path", "", &pathlen);
+  if (pathlen >= sizeof t.path) lbt_field_error(L, fname, 1, "path", "a path under 108 bytes");
+  memcpy(t.path, path, pathlen + 1);
   if ((url[0] == 0) == (t.path[0] == 0))
     lbt_argerror_got(L, fname, 1, "opts", "exactly one of url and path", "both or neither");
   if (url[0] != 0 && parse_url(url, &t) != 0)
@@ -628,8 +731,9 @@ static int lredis_connect(lua_State *L) {
     memcpy(t.pass, pw, plen + 1);
     t.has_pass = 1;
   }
-  lua_Integer db = lbt_opt_count(L, fname, 1, "db", 0, t.db);
+  t.db = lbt_opt_count(L, fname, 1, "db", 0, t.db);
   lua_Number ms = lbt_opt_ms(L, fname, 1, "timeout_ms", -1);
+  int reconnect = lbt_opt_bool(L, fname, 1, "reconnect", 0);
   lua_settop(L, 1);
   lbt_task *T = lbt_await_begin(L, R, fname);
 
@@ -637,60 +741,22 @@ static int lredis_connect(lua_State *L) {
   memset(c, 0, sizeof *c);
   c->rt = R->rt;
   c->timeout_ms = ms < 0 ? -1 : (lua_Integer)ms;
+  c->reconnect = reconnect;
+  c->t = t;
   lbt_set_class(L, LBT_REDIS);
   c->h = c;
   lbt_weak_set_add(L, REDIS_KEY, 2);
   setup_state *st = lua_newuserdatauv(L, sizeof *st, 0);  /* 3 */
   memset(st, 0, sizeof *st);
 
-  redisAsyncContext *ac = t.path[0] ? redisAsyncConnectUnix(t.path)
-                                    : redisAsyncConnect(t.host, t.port);
-  if (ac == NULL) {
+  const char *kind = client_open(c, st);
+  if (kind != NULL) {
     c->h = NULL;
-    return lbt_fail(L, fname, "out of memory", "resource");
-  }
-  if (ac->err) {
-    lua_pushstring(L, ac->errstr);
-    redisAsyncFree(ac);
-    c->h = NULL;
-    return lbt_fail(L, fname, lua_tostring(L, -1), "connect");
-  }
-  c->poll = malloc(sizeof *c->poll);
-  if (c->poll == NULL || uv_poll_init_socket(bt_rt_loop(R->rt), c->poll, ac->c.fd) != 0) {
-    free(c->poll);
-    c->poll = NULL;
-    redisAsyncFree(ac);
-    c->h = NULL;
-    return lbt_fail(L, fname, "cannot watch the socket", "resource");
-  }
-  c->poll->data = c;
-  uv_unref((uv_handle_t *)c->poll);
-  c->ac = ac;
-  ac->data = c;
-  ac->ev.data = c;
-  ac->ev.addRead = ev_add_read;
-  ac->ev.delRead = ev_del_read;
-  ac->ev.addWrite = ev_add_write;
-  ac->ev.delWrite = ev_del_write;
-  ac->ev.cleanup = ev_cleanup;
-  set_events(c, UV_WRITABLE);  /* the connect completes when the socket is writable */
-
-  if (t.has_pass) {
-    const char *argv[3] = {"AUTH", t.user, t.pass};
-    size_t lens[3] = {4, strlen(t.user), strlen(t.pass)};
-    if (t.has_user) redisAsyncCommandArgv(ac, on_setup, st, 3, argv, lens);
-    else redisAsyncCommandArgv(ac, on_setup, st, 2, (const char *[]){"AUTH", t.pass},
-                               (size_t[]){4, strlen(t.pass)});
-  }
-  if (db > 0) {
-    char b[32];
-    int bl = snprintf(b, sizeof b, "%lld", (long long)db);
-    redisAsyncCommandArgv(ac, on_setup, st, 2, (const char *[]){"SELECT", b},
-                          (size_t[]){6, (size_t)bl});
+    return lbt_fail(L, fname, c->msg, kind);
   }
   lua_pushliteral(L, "PING");
   lrreq *q = NULL;
-  const char *kind = send_argv(L, c, 4, &q);  /* pushes the Call at 5 */
+  kind = send_argv(L, c, 4, &q);  /* pushes the Call at 5 */
   if (kind != NULL) {
     c->h = NULL;
     client_drop(c);
