@@ -114,6 +114,19 @@ describe("baton.redis", function()
       assert.is_false((a:join()))
     end))
 
+    it("a connect aborted while waiting leaves nothing behind", async(function()
+      local o <close> = connect()
+      o:call("CLIENT", "PAUSE", 200, "ALL")  -- the server holds the connect's PING
+      local ok, _, kind = baton.timeout(30, function() return baton.redis.connect { url = server.url } end)
+      assert.is_nil(ok)
+      assert.equal("timeout", kind)
+      local t = baton.spawn(function() return baton.redis.connect { url = server.url } end)
+      baton.sleep(10)
+      t:abort()
+      assert.is_false((t:join()))
+      baton.sleep(500)  -- the pause ends: the held replies come to closed connections
+    end))
+
     it("timeout_ms ends a call with timeout", async(function()
       local r <close> = connect { timeout_ms = 50 }
       local t0 = baton.now()
