@@ -318,6 +318,61 @@ describe("baton.redis", function()
     end))
   end)
 
+  describe("pub/sub", function()
+    it("delivers messages published after subscribe returns, in order", async(function()
+      local r <close> = connect()
+      local sub <close> = r:subscribe("ch:a", "ch:b")
+      assert.equal(1, r:call("PUBLISH", "ch:a", "one"))
+      r:call("PUBLISH", "ch:b", "two")
+      r:call("PUBLISH", "ch:none", "lost")
+      for i = 1, 100 do r:call("PUBLISH", "ch:a", "m" .. i) end
+      assert.same({ "one", "ch:a" }, { sub:next(1000) })
+      assert.same({ "two", "ch:b" }, { sub:next(1000) })
+      for i = 1, 100 do assert.equal("m" .. i, (sub:next(1000))) end
+      assert.equal(0, sub:dropped())
+      -- a wait with a deadline, and a message that wakes a waiting task
+      local _, _, detail = H.assert_failure("baton.redis.subscription:next", "timeout",
+                                            sub:next(20))
+      assert.equal(20, detail.timeout_ms)
+      local t = baton.spawn(function() return sub:next() end)
+      baton.sleep(10)
+      r:call("PUBLISH", "ch:b", "late")
+      assert.same({ true, "late", "ch:b" }, { t:join() })
+      -- the client itself is still a client
+      assert.equal("PONG", r:call("PING"))
+    end))
+
+    it("a waiting next is cancellable, and close or a lost connection ends it",
+       async(function()
+      local r <close> = connect()
+      local sub = r:subscribe("ch:c")
+      local ok, _, kind = baton.timeout(20, function() return sub:next() end)
+      assert.is_nil(ok)
+      assert.equal("timeout", kind)
+      local t = baton.spawn(function() return table.pack(sub:next()) end)
+      baton.sleep(10)
+      sub:close()
+      local _, res = t:join()
+      H.assert_failure("baton.redis.subscription:next", "closed", table.unpack(res, 1, res.n))
+      H.raises("baton.redis.subscription:next: .*closed", function() return sub:next() end)
+      local s2 = r:subscribe("ch:d")
+      local o <close> = connect()
+      for _, line in ipairs((function()
+        local l = {}
+        for x in o:call("CLIENT", "LIST"):gmatch("[^\n]+") do l[#l + 1] = x end
+        return l
+      end)()) do
+        if line:find("cmd=subscribe", 1, true) then
+          o:call("CLIENT", "KILL", "ID", line:match("id=(%d+)"))
+        end
+      end
+      local _, _, k2 = s2:next(1000)
+      assert.is_true(k2 == "closed" or k2 == "io", tostring(k2))
+      -- an idle subscription does not keep the run alive; the run's end closes it
+      r:subscribe("ch:e")
+    end))
+  end)
+
   describe("reconnection", function()
     it("with reconnect = true, a client finds the server again, with backoff between tries",
        async(function()
@@ -432,6 +487,28 @@ describe("baton.redis", function()
         baton.sleep(20)  -- the end of the connection is seen before anything is sent
         return r:eval("return 1")
       end },
+      { "baton.redis:subscribe", "timeout", function()
+        local r <close> = connect { timeout_ms = 30 }
+        local o <close> = connect()
+        o:call("CLIENT", "PAUSE", 200, "ALL")
+        local res = table.pack(r:subscribe("ch:rows"))
+        baton.sleep(250)
+        return table.unpack(res, 1, res.n)
+      end, detail = { timeout_ms = 30 } },
+      { "baton.redis.subscription:next", "timeout", function()
+        local r <close> = connect()
+        local sub <close> = r:subscribe("ch:rows")
+        return sub:next(20)
+      end, detail = { timeout_ms = 20 } },
+      { "baton.redis.subscription:next", "closed", function()
+        local r <close> = connect()
+        local sub <close> = r:subscribe("ch:rows")
+        local t = baton.spawn(function() return table.pack(sub:next()) end)
+        baton.sleep(10)
+        sub:close()
+        local _, res = t:join()
+        return table.unpack(res, 1, res.n)
+      end },
       { "baton.redis:pipeline", "timeout", function()
         local r <close> = connect { timeout_ms = 20 }
         local res = table.pack(r:pipeline(function(p) p:call("BLPOP", "k:rows", 1) end))
@@ -457,13 +534,18 @@ describe("baton.redis", function()
     -- Not provoked: running out of memory or descriptors (resource), a peer that is not
     -- Redis (protocol), a connection reset rather than closed (io: a killed server gives
     -- closed or io, "a server killed mid-run" above accepts either); connect from a call
-    -- (reconnect = true), which "reconnection" above provokes with the server killed.
+    -- (reconnect = true), which "reconnection" above provokes with the server killed;
+    -- subscribe's closed (the server ends the new connection before it confirms) and
+    -- connect (the server went away since the client connected).
     local EXEMPT = { ["baton.redis.connect resource"] = true, ["baton.redis:call resource"] = true,
                      ["baton.redis:call protocol"] = true, ["baton.redis:call io"] = true,
                      ["baton.redis:pipeline resource"] = true,
                      ["baton.redis:eval resource"] = true, ["baton.redis:eval protocol"] = true,
                      ["baton.redis:eval io"] = true, ["baton.redis:call connect"] = true,
-                     ["baton.redis:eval connect"] = true, ["baton.redis:pipeline connect"] = true,
+                     ["baton.redis:eval connect"] = true,
+                     ["baton.redis:subscribe io"] = true, ["baton.redis:subscribe closed"] = true, ["baton.redis:subscribe connect"] = true,
+                     ["baton.redis:subscribe resource"] = true,
+                     ["baton.redis.subscription:next io"] = true, ["baton.redis:pipeline connect"] = true,
                      ["baton.redis:pipeline protocol"] = true, ["baton.redis:pipeline io"] = true }
     H.failure_rows(it, "Redis", ROWS, EXEMPT)
   end)

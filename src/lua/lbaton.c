@@ -59,7 +59,8 @@ static const struct { const char *name, *path; } classes[LBT_NCLASSES] = {
   [LBT_CHAN] = {"baton.Channel", "baton.channel"}, [LBT_WATCH] = {"baton.Watch", "baton.watch"},
   [LBT_NOTIFY] = {"baton.Notify", "baton.notify"},
   [LBT_RATELIMIT] = {"baton.RateLimit", "baton.ratelimit"},
-  [LBT_REDIS] = {"baton.Redis", "baton.redis"}, [LBT_REDIS_CALL] = {"baton.Redis.Call", "baton.redis.call"}};
+  [LBT_REDIS] = {"baton.Redis", "baton.redis"}, [LBT_REDIS_CALL] = {"baton.Redis.Call", "baton.redis.call"},
+  [LBT_REDIS_SUB] = {"baton.Redis.Subscription", "baton.redis.subscription"}};
 
 /* Tasks and permits have two classes each, one without __gc (ltask.c, lsem.c): the user
  * sees one. */

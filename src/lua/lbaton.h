@@ -46,7 +46,7 @@ typedef enum lbt_class {
   LBT_PIPELINE, LBT_RUNNER, LBT_HTTP_STREAM, LBT_HTTP_XFER,
   LBT_CHAN, LBT_WATCH, LBT_NOTIFY,  /* lchan.c, lsync.c */
   LBT_RATELIMIT,  /* lratelimit.c */
-  LBT_REDIS, LBT_REDIS_CALL,  /* lredis.c */
+  LBT_REDIS, LBT_REDIS_CALL, LBT_REDIS_SUB,  /* lredis.c */
   LBT_NCLASSES
 } lbt_class;
 

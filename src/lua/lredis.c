@@ -17,6 +17,8 @@
  *     baton.Error { kind = "redis" }; a failure of the connection fails the whole)
  *   client:eval(script, keys, args) → as call: EVALSHA, with SCRIPT LOAD on first use and on
  *     NOSCRIPT (the Lua at eval_lua)
+ *   client:subscribe(channel, ...) → subscription (its own connection) | nil, msg, kind;
+ *     subscription:next([ms]) → payload, channel | nil, msg, kind; :close(); :dropped()
  *   client:close(), <close>, __gc; client:closed()
  *
  * Ownership. A client userdata (lredis) owns the hiredis context (`ac`, NULL once hiredis
@@ -781,6 +783,231 @@ static int lredis_tostring(lua_State *L) {
   return 1;
 }
 
+/* ---- pub/sub ----------------------------------------------------------------------------- */
+
+/* A subscription: a connection of its own (in subscribed mode it can do nothing else), its
+ * messages queued until next() takes them. The connection state comes first, so the run's
+ * end closes a subscription as it closes a client (close_one). The callback's privdata is
+ * the subscription, which outlives the context: __gc frees the context first. */
+#define SUB_MAX_QUEUE 10000  /* messages kept unread; more are dropped (counted) */
+
+typedef struct lmsg { struct lmsg *next; size_t clen, plen; char data[]; } lmsg;
+
+typedef struct lsub {
+  lredis c;                 /* first: its handle is the subscription's */
+  lmsg *head, *tail;
+  size_t queued, dropped;
+  int confirmed, channels;  /* SUBSCRIBE confirmations in, out of channels */
+  int gone;                 /* the connection went away (c.kind, c.msg) */
+  bt_task_t *waiter;
+  uint32_t token;
+} lsub;
+
+static void sub_wake(lsub *sb) {
+  if (sb->waiter != NULL && !sb->c.quiet) {
+    bt_task_t *w = sb->waiter;
+    sb->waiter = NULL;
+    bt_task_wake(sb->c.rt, w, sb->token, 0);
+  }
+}
+
+static void on_message(redisAsyncContext *ac, void *r, void *privdata) {
+  lsub *sb = privdata;
+  const redisReply *rep = r;
+  if (rep == NULL) {
+    if (!sb->gone) {
+      sb->gone = 1;
+      sb->c.kind = err_kind(ac);
+      err_msg(ac, sb->c.msg);
+    }
+    sub_wake(sb);
+    return;
+  }
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
+      rep->element[0]->type != REDIS_REPLY_STRING)
+    return;
+  const char *type = rep->element[0]->str;
+  if (strcmp(type, "subscribe") == 0) {
+    sb->confirmed++;
+    if (sb->confirmed >= sb->channels) sub_wake(sb);
+    return;
+  }
+  if (strcmp(type, "message") != 0) return;
+  const redisReply *ch = rep->element[1], *pl = rep->element[2];
+  if (sb->queued >= SUB_MAX_QUEUE) {
+    sb->dropped++;
+    return;
+  }
+  lmsg *m = malloc(sizeof *m + ch->len + pl->len);
+  if (m == NULL) {
+    sb->dropped++;
+    return;
+  }
+  m->next = NULL;
+  m->clen = ch->len;
+  m->plen = pl->len;
+  memcpy(m->data, ch->str, ch->len);
+  memcpy(m->data + ch->len, pl->str, pl->len);
+  if (sb->tail) sb->tail->next = m;
+  else sb->head = m;
+  sb->tail = m;
+  sb->queued++;
+  sub_wake(sb);
+}
+
+/* The end of a wait on the subscription, whatever ended it: the poll handle keeps the loop
+ * alive only while a task waits. */
+static void sub_wait_cancel(bt_wait_t *w) {
+  lsub *sb = w->src;
+  sb->waiter = NULL;
+  sb->c.inflight = 0;
+  update_ref(&sb->c);
+}
+
+static void sub_free_queue(lsub *sb) {
+  lmsg *m = sb->head;
+  while (m != NULL) {
+    lmsg *n = m->next;
+    free(m);
+    m = n;
+  }
+  sb->head = sb->tail = NULL;
+  sb->queued = 0;
+}
+
+static int lsub_close(lua_State *L) {
+  lsub *sb = lbt_check_type(L, 1, LBT_REDIS_SUB);
+  if (sb->c.h != NULL) lbt_handle_clear(L, sb, LBT_REDIS_SUB);
+  sb->c.h = NULL;
+  if (lbt_R(L)->closed) sb->c.quiet = 1;
+  client_drop(&sb->c);  /* on_message runs with NULL: a waiter is woken */
+  sub_free_queue(sb);
+  return 0;
+}
+
+/* Stack: 1 = subscription, 2 = due (-1: none), 3 = ms (for the message) */
+static int sub_next_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  static const char fname[] = "baton.redis.subscription:next";
+  lsub *sb = lua_touserdata(L, 1);
+  if (ctx) {
+    int s = lbt_resumed(L, NULL, NULL, NULL);
+    if (s == BT_ETIMEDOUT && sb->head == NULL) return lbt_fail_timeout(L, fname, lua_tonumber(L, 3));
+    if (s != 0 && s != BT_ETIMEDOUT) return lbt_fail_status(L, fname, s);
+  }
+  if (sb->c.h == NULL) return lbt_fail(L, fname, "the subscription was closed", "closed");
+  lmsg *m = sb->head;
+  if (m != NULL) {
+    sb->head = m->next;
+    if (sb->head == NULL) sb->tail = NULL;
+    sb->queued--;
+    lua_pushlstring(L, m->data + m->clen, m->plen);
+    lua_pushlstring(L, m->data, m->clen);
+    free(m);
+    return 2;
+  }
+  if (sb->gone || sb->c.ac == NULL) return lbt_fail(L, fname, sb->c.msg, sb->c.kind ? sb->c.kind : "closed");
+  lua_Integer due = lua_tointeger(L, 2);
+  lbt_rt *R = lbt_R(L);
+  if (due >= 0 && (uint64_t)due <= bt_now(R->rt)) return lbt_fail_timeout(L, fname, lua_tonumber(L, 3));
+  lbt_task *T = lbt_current(R);
+  lbt_fiber *f = lbt_fib(T);
+  f->wait.src = sb;
+  sb->waiter = &T->t;
+  sb->c.inflight = 1;
+  update_ref(&sb->c);
+  sb->token = bt_task_wait(R->rt, &T->t, &f->wait, sub_wait_cancel,
+                           due < 0 ? UINT64_MAX : (uint64_t)due);
+  return lbt_suspend(L, 1, sub_next_k);
+}
+
+static int lsub_next(lua_State *L) {
+  static const char fname[] = "baton.redis.subscription:next";
+  lbt_rt *R = lbt_R(L);
+  lsub *sb = lbt_check_handle(L, 1, LBT_REDIS_SUB);
+  lua_Number ms = lua_isnoneornil(L, 2) ? -1 : lbt_arg_ms(L, fname, 2, "ms", -1);
+  lua_settop(L, 1);
+  lbt_await_begin(L, R, fname);
+  lbt_sole_waiter(L, fname, sb->waiter != NULL, "subscription");
+  lua_pushinteger(L, ms < 0 ? -1 : (lua_Integer)(bt_now(R->rt) + (uint64_t)ms));
+  lua_pushnumber(L, ms);
+  return sub_next_k(L, LUA_OK, 0);
+}
+
+static int lsub_dropped(lua_State *L) {
+  lsub *sb = lbt_check_type(L, 1, LBT_REDIS_SUB);
+  lua_pushinteger(L, (lua_Integer)sb->dropped);
+  return 1;
+}
+
+/* Stack: 1 = client, 2 = subscription. Waits for the confirmations. */
+static int subscribe_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  static const char fname[] = "baton.redis:subscribe";
+  lsub *sb = lua_touserdata(L, 2);
+  int s = lbt_resumed(L, NULL, NULL, NULL);  /* cancelled: the subscription's __gc frees it */
+  lredis *c = lua_touserdata(L, 1);
+  if (s != 0 || sb->gone || sb->confirmed < sb->channels) {
+    int n = s == BT_ETIMEDOUT ? lbt_fail_timeout(L, fname, (lua_Number)c->timeout_ms)
+            : s != 0 ? lbt_fail_status(L, fname, s)
+            : lbt_fail(L, fname, sb->c.msg, sb->c.kind ? sb->c.kind : "closed");
+    sb->c.h = NULL;
+    client_drop(&sb->c);
+    return n;
+  }
+  lua_settop(L, 2);
+  return 1;
+}
+
+static int lredis_subscribe(lua_State *L) {
+  static const char fname[] = "baton.redis:subscribe";
+  lbt_rt *R = lbt_R(L);
+  lredis *c = lbt_check_handle(L, 1, LBT_REDIS);
+  int top = lua_gettop(L);
+  if (top < 2) lbt_argerror(L, fname, 2, "channel", "string");
+  for (int i = 2; i <= top; i++)
+    if (lua_type(L, i) != LUA_TSTRING) lbt_argerror(L, fname, i, "channel", "string");
+  if (top - 1 > 1000) lbt_argerror(L, fname, 1002, "channel", "at most 1000 channels");
+  lbt_task *T = lbt_await_begin(L, R, fname);
+  lsub *sb = lua_newuserdatauv(L, sizeof *sb, 0);
+  memset(sb, 0, sizeof *sb);
+  sb->c.rt = R->rt;
+  sb->c.timeout_ms = c->timeout_ms;
+  sb->c.t = c->t;
+  lbt_set_class(L, LBT_REDIS_SUB);
+  sb->c.h = &sb->c;
+  lbt_weak_set_add(L, REDIS_KEY, -1);
+  const char *kind = client_open(&sb->c, NULL);
+  if (kind != NULL) {
+    sb->c.h = NULL;
+    return lbt_fail(L, fname, sb->c.msg, kind);
+  }
+  int argc = top;  /* SUBSCRIBE + channels */
+  const char *argv[1001];
+  size_t lens[1001];
+  argv[0] = "SUBSCRIBE";
+  lens[0] = 9;
+  for (int i = 2; i <= top; i++) argv[i - 1] = lua_tolstring(L, i, &lens[i - 1]);
+  sb->channels = top - 1;
+  if (redisAsyncCommandArgv(sb->c.ac, on_message, sb, argc, argv, lens) != REDIS_OK) {
+    sb->c.h = NULL;
+    client_drop(&sb->c);
+    return lbt_fail(L, fname, "connection closed", "closed");
+  }
+  sb->c.inflight = 1;
+  update_ref(&sb->c);
+  lua_replace(L, 2);
+  lua_settop(L, 2);
+  lbt_fiber *f = lbt_fib(T);
+  f->wait.src = sb;
+  sb->waiter = &T->t;
+  sb->token = bt_task_wait(R->rt, &T->t, &f->wait, sub_wait_cancel,
+                           c->timeout_ms < 0 ? UINT64_MAX
+                                             : bt_now(R->rt) + (uint64_t)c->timeout_ms);
+  return lbt_suspend(L, 0, subscribe_k);
+}
+
 /* client:eval(script, keys, args), in Lua over client:call: the script goes by its SHA
  * (EVALSHA), loaded with SCRIPT LOAD the first time this client runs it and again when the
  * server answers NOSCRIPT (restarted, SCRIPT FLUSH). The SHAs are cached per client (weak
@@ -851,11 +1078,15 @@ static const char eval_lua[] =
 
 void lbt_open_redis(lua_State *L, int rt_idx) {
   static const luaL_Reg methods[] = {
-    {"call", lredis_call}, {"pipeline", lredis_pipeline}, {"close", lredis_close}, {"closed", lredis_closed}, {NULL, NULL}};
+    {"call", lredis_call}, {"pipeline", lredis_pipeline}, {"subscribe", lredis_subscribe},
+    {"close", lredis_close}, {"closed", lredis_closed}, {NULL, NULL}};
   static const luaL_Reg meta[] = {
     {"__gc", lredis_gc}, {"__close", lredis_close}, {"__tostring", lredis_tostring},
     {NULL, NULL}};
   static const luaL_Reg call_meta[] = {{"__gc", lcall_gc}, {NULL, NULL}};
+  static const luaL_Reg sub_methods[] = {
+    {"next", lsub_next}, {"close", lsub_close}, {"dropped", lsub_dropped}, {NULL, NULL}};
+  static const luaL_Reg sub_meta[] = {{"__gc", lsub_close}, {"__close", lsub_close}, {NULL, NULL}};
   static const luaL_Reg none[] = {{NULL, NULL}};
   static const luaL_Reg funcs[] = {{"connect", lredis_connect}, {NULL, NULL}};
   lbt_new_class(L, rt_idx, "baton.Redis", methods, meta);
@@ -866,6 +1097,7 @@ void lbt_open_redis(lua_State *L, int rt_idx) {
   lua_insert(L, -2);  /* chunk, methods, metatable */
   lua_call(L, 2, 0);
   lbt_new_class(L, rt_idx, "baton.Redis.Call", none, call_meta);
+  lbt_new_class(L, rt_idx, "baton.Redis.Subscription", sub_methods, sub_meta);
   lbt_weak_set_new(L, REDIS_KEY);
   lua_newtable(L);
   lbt_set_funcs(L, rt_idx, funcs);
