@@ -852,7 +852,9 @@ static void on_message(redisAsyncContext *ac, void *r, void *privdata) {
   else sb->head = m;
   sb->tail = m;
   sb->queued++;
-  sub_wake(sb);
+  /* Redis confirms a SUBSCRIBE's channels together, before any of their messages; still,
+   * a message never ends subscribe's wait for the confirmations. */
+  if (sb->confirmed >= sb->channels) sub_wake(sb);
 }
 
 /* The end of a wait on the subscription, whatever ended it: the poll handle keeps the loop
