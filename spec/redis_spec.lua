@@ -127,6 +127,33 @@ describe("baton.redis", function()
       baton.sleep(500)  -- the pause ends: the held replies come to closed connections
     end))
 
+    it("calls aborted at random points never get another call's reply", async(function()
+      local r <close> = connect()
+      local g <close> = baton.group()
+      local ok_n, aborted = 0, 0
+      for t = 1, 40 do
+        g:spawn(function()
+          for i = 1, 50 do
+            local want = t .. ":" .. i
+            local v, _, kind = baton.timeout(math.random(0, 3), function()
+              return r:call("ECHO", want)
+            end)
+            if v ~= nil then
+              assert.equal(want, v)
+              ok_n = ok_n + 1
+            else
+              assert.equal("timeout", kind)
+              aborted = aborted + 1
+            end
+          end
+        end)
+      end
+      g:join_all()
+      assert.equal(2000, ok_n + aborted)
+      assert.is_true(ok_n > 0 and aborted > 0, ("%d answered, %d aborted"):format(ok_n, aborted))
+      assert.equal("after", r:call("ECHO", "after"))
+    end))
+
     it("timeout_ms ends a call with timeout", async(function()
       local r <close> = connect { timeout_ms = 50 }
       local t0 = baton.now()
