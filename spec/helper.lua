@@ -339,6 +339,81 @@ function H.http_async(fn)
   end)
 end
 
+-- ---- a private redis-server ------------------------------------------------------------
+
+local Redis = {}
+Redis.__index = Redis
+
+-- A redis-server of this run's own: a free port on 127.0.0.1 and a unix socket in a temp
+-- dir, no persistence (--save '' --appendonly no). H.redis_server() → server (started,
+-- ready: server.port, server.url, server.socket, server.pid) | nil, reason when
+-- redis-server is not installed (the caller skips loudly). server:stop() in a teardown;
+-- server:kill() (SIGKILL) and server:start() again for outages.
+function H.redis_server()
+  if not H.have("redis-server") then
+    return nil, "redis-server is not installed (scripts/deps.sh): the Redis specs are SKIPPED"
+  end
+  return setmetatable({ dir = H.temp_dir() }, Redis):start()
+end
+
+function Redis:start()
+  if not self.port then
+    local p = assert(io.popen("python3 -c 'import socket; s=socket.socket(); "
+                              .. "s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])'"))
+    self.port = assert(tonumber(p:read("l")))
+    p:close()
+  end
+  self.socket = self.dir .. "/redis.sock"
+  self.url = ("redis://127.0.0.1:%d"):format(self.port)
+  local cmd = ("cd %s && exec redis-server --port %d --bind 127.0.0.1 --unixsocket %s "
+               .. "--save '' --appendonly no --daemonize no --loglevel warning "
+               .. ">redis.log 2>&1 & echo $!"):format(H.q(self.dir), self.port, H.q(self.socket))
+  local p = assert(io.popen(cmd))
+  self.pid = assert(tonumber(p:read("l")))
+  p:close()
+  for _ = 1, 500 do
+    if os.execute(("redis-cli -p %d ping >/dev/null 2>&1"):format(self.port)) == true then
+      return self
+    end
+    os.execute("sleep 0.01")
+  end
+  error("redis-server did not start: " .. (H.slurp(self.dir .. "/redis.log") or ""))
+end
+
+-- Whether the server's process is gone (a zombie nobody reaps counts as gone).
+local function gone(pid)
+  local f = io.open("/proc/" .. math.tointeger(pid) .. "/stat")
+  if not f then return true end
+  local st = f:read("a") or ""
+  f:close()
+  return st:match("^%d+ %b() (%a)") == "Z"
+end
+
+-- Ends the server with SIGKILL (no goodbye to the clients) and waits until it is gone.
+function Redis:kill()
+  if self.pid then
+    os.execute("kill -9 " .. self.pid)
+    for _ = 1, 300 do if gone(self.pid) then break end os.execute("sleep 0.01") end
+  end
+  self.pid = nil
+end
+
+function Redis:stop()
+  if self.pid then
+    os.execute("kill " .. self.pid)
+    for _ = 1, 300 do if gone(self.pid) then break end os.execute("sleep 0.01") end
+  end
+  self.pid = nil
+  if self.dir then H.remove_dir(self.dir) end
+  self.dir = nil
+end
+
+-- A message no one can miss in the output of a run (also for the Redis specs).
+function H.loud(who, msg)
+  io.stderr:write(("\n" .. ("!"):rep(78) .. "\n!!! %s: %s\n" .. ("!"):rep(78) .. "\n")
+                  :format(who, msg))
+end
+
 -- ---- the MCP servers ---------------------------------------------------------------------
 -- The real reference servers from npm (server-everything, server-filesystem, versions
 -- pinned in spec/fixtures/mcp/package-lock.json; they need node) and the scripted fake

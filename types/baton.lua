@@ -26,6 +26,7 @@
 ---| "rejected"     # the request itself was refused (context length, bad request)
 ---| "tool_error"   # an MCP tool reported an error
 ---| "rpc_error"    # a JSON-RPC error reply
+---| "redis"        # Redis answered with an error reply
 ---| "error"        # a failure without a kind
 
 ---Facts of a failure: `url`, `timeout_ms`, `limit`, `pid`, `byte`, `available`, `capacity`, ...
@@ -832,5 +833,59 @@ function RateLimit:retry_after(cost) end
 function RateLimit:available() end
 ---@return integer
 function RateLimit:waiting() end
+
+-- ---- baton.redis (docs/redis.md) ----------------------------------------------------------
+
+baton.redis = {}
+
+---@class baton.RedisOptions
+---@field url? string "redis://[[user]:password@]host[:port][/db]" (exactly one of url and path)
+---@field path? string a unix socket
+---@field password? string sent with AUTH
+---@field db? integer sent with SELECT
+---@field timeout_ms? number bounds the connect and every later call of the client
+---@field reconnect? boolean a call after a lost connection opens a new one (with backoff)
+
+---Connects (AUTH, SELECT, PING answered before it returns).
+---@param opts baton.RedisOptions
+---@return baton.Redis|nil client, string? message, baton.Kind? kind, baton.Detail? detail
+function baton.redis.connect(opts) end
+
+---@class baton.Redis
+local Redis = {}
+---A command; a Redis nil is a lone nil (no second value), an error reply kind "redis".
+---@param cmd string
+---@param ... string|number
+---@return any reply, string? message, baton.Kind? kind, baton.Detail? detail
+function Redis:call(cmd, ...) end
+---Queues commands in fn (which must not wait), sends them together, returns the replies.
+---@param fn fun(p: { call: fun(self: any, cmd: string, ...: string|number) })
+---@return any[]|nil replies, string? message, baton.Kind? kind, baton.Detail? detail
+function Redis:pipeline(fn) end
+---Runs a script by its SHA (SCRIPT LOAD on first use and on NOSCRIPT).
+---@param script string
+---@param keys? (string|number)[]
+---@param args? (string|number)[]
+---@return any reply, string? message, baton.Kind? kind, baton.Detail? detail
+function Redis:eval(script, keys, args) end
+---A subscription on a connection of its own, once the server confirmed every channel.
+---@param channel string
+---@param ... string
+---@return baton.RedisSubscription|nil sub, string? message, baton.Kind? kind, baton.Detail? detail
+function Redis:subscribe(channel, ...) end
+---Fails calls in flight with "closed"; later use raises.
+function Redis:close() end
+---@return boolean
+function Redis:closed() end
+
+---@class baton.RedisSubscription
+local RedisSubscription = {}
+---The next message, in order.
+---@param ms? number
+---@return string|nil payload, string? channel_or_message, baton.Kind? kind, baton.Detail? detail
+function RedisSubscription:next(ms) end
+---@return integer dropped messages over the 10,000 unread cap
+function RedisSubscription:dropped() end
+function RedisSubscription:close() end
 
 return baton

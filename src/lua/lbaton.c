@@ -58,7 +58,9 @@ static const struct { const char *name, *path; } classes[LBT_NCLASSES] = {
   [LBT_HTTP_XFER] = {"baton.HttpTransfer", "baton.http.transfer"},
   [LBT_CHAN] = {"baton.Channel", "baton.channel"}, [LBT_WATCH] = {"baton.Watch", "baton.watch"},
   [LBT_NOTIFY] = {"baton.Notify", "baton.notify"},
-  [LBT_RATELIMIT] = {"baton.RateLimit", "baton.ratelimit"}};
+  [LBT_RATELIMIT] = {"baton.RateLimit", "baton.ratelimit"},
+  [LBT_REDIS] = {"baton.Redis", "baton.redis"}, [LBT_REDIS_CALL] = {"baton.Redis.Call", "baton.redis.call"},
+  [LBT_REDIS_SUB] = {"baton.Redis.Subscription", "baton.redis.subscription"}};
 
 /* Tasks and permits have two classes each, one without __gc (ltask.c, lsem.c): the user
  * sees one. */
@@ -322,6 +324,7 @@ static int run_loop(lbt_rt *R, lbt_task *M) {
   lbt_abort_all(R);
   lbt_close_procs(R->L);
   lbt_close_streams(R->L);
+  lbt_close_redis(R->L);
   while (R->live > 0 || bt_rt_procs(R->rt) > 0) {
     int alive = uv_run(loop, UV_RUN_ONCE);
     if (!alive && bt_rt_ready(R->rt) == 0) break;  /* tasks stuck with nothing to wake them */
@@ -632,6 +635,7 @@ int lbt_open(lua_State *L) {
   lbt_open_sync(L, rt_idx);
   lbt_open_select(L, rt_idx);
   lbt_open_ratelimit(L, rt_idx);
+  lbt_open_redis(L, rt_idx);
   lbt_open_concurrency(L, rt_idx);
   lbt_open_router(L, rt_idx);
 

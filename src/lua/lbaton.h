@@ -46,6 +46,7 @@ typedef enum lbt_class {
   LBT_PIPELINE, LBT_RUNNER, LBT_HTTP_STREAM, LBT_HTTP_XFER,
   LBT_CHAN, LBT_WATCH, LBT_NOTIFY,  /* lchan.c, lsync.c */
   LBT_RATELIMIT,  /* lratelimit.c */
+  LBT_REDIS, LBT_REDIS_CALL, LBT_REDIS_SUB,  /* lredis.c */
   LBT_NCLASSES
 } lbt_class;
 
@@ -223,6 +224,8 @@ void lbt_open_chan(lua_State *L, int rt_idx);          /* lchan.c: baton.channel
 void lbt_open_sync(lua_State *L, int rt_idx);          /* lsync.c: watch, notify, shield */
 void lbt_open_select(lua_State *L, int rt_idx);        /* lselect.c: baton.select */
 void lbt_open_ratelimit(lua_State *L, int rt_idx);     /* lratelimit.c: baton.ratelimit */
+void lbt_open_redis(lua_State *L, int rt_idx);  /* lredis.c: baton.redis */
+void lbt_close_redis(lua_State *L);             /* close every open Redis client (never waits) */
 /* lsync.c: race, first_ok, hedge, interval (lua/baton/concurrency.lua, compiled in); after
  * the other openers, whose functions it uses */
 void lbt_open_concurrency(lua_State *L, int rt_idx);

@@ -32,7 +32,7 @@
 const char *const lbt_kinds[] = {
   "timeout", "cancelled", "closed", "io", "resource", "connect", "tls", "protocol",
   "too_large", "malformed", "busy", "circuit_open", "shed", "queue_wait", "rate_limited",
-  "auth", "unavailable", "rejected", "tool_error", "rpc_error", "error", NULL};
+  "auth", "unavailable", "rejected", "tool_error", "rpc_error", "redis", "error", NULL};
 
 int lbt_is_kind(const char *kind) {
   for (int i = 0; kind != NULL && lbt_kinds[i] != NULL; i++)
