@@ -2,7 +2,8 @@
 -- stores on two clients sharing one rate limit and one lease capacity, as two processes
 -- would; the key layout and its expiries; a redis-server killed mid-run with on_outage
 -- "fail" (ops fail with closed/connect) and "open" (ops pass and are counted), and recovery
--- on reconnect = true once it is back; misuse. Against a private redis-server of this run.
+-- on reconnect = true once it is back; three baton processes sharing a lease capacity and
+-- a rate limit; misuse. Against a private redis-server of this run.
 local baton = require "baton"
 local H = require "spec.helper"
 
@@ -149,6 +150,62 @@ describe("baton.redis.store", function()
     assert.equal(1, open_s:lease_holders("cap"))
     fra:close(); frb:close(); ora:close(); orb:close()
   end))
+
+  -- Three baton processes against the one server: each of 30 tasks a process takes a lease
+  -- of capacity 4 (counting the holders inside it with INCR/DECR on the server), and takes
+  -- from a rate limit of 20/s with a burst of 5 shared by all three.
+  it("holds a lease capacity and a rate limit across three baton processes", function()
+    local script = H.write_temp([==[
+local baton = require "baton"
+local url, prefix, id = arg[1], arg[2], arg[3]
+local r = assert(baton.redis.connect { url = url })
+local s = baton.redis.store { redis = r, prefix = prefix }
+local peak = 0
+local g <close> = baton.group()
+for i = 1, 30 do
+  g:spawn(function()
+    local holder = id .. ":" .. i
+    while not s:lease_acquire("cap", holder, 4, 10000) do baton.sleep(3) end
+    local inside = r:call("INCR", prefix .. "inside")
+    if inside > peak then peak = inside end
+    baton.sleep(5 + i % 10)
+    r:call("DECR", prefix .. "inside")
+    assert(s:lease_release("cap", holder))
+  end)
+end
+g:join_all()
+local rl = baton.ratelimit { rate = 20, per_ms = 1000, burst = 5, store = s, key = "rps" }
+local t0, took, from = baton.clock(), 0, assert(s:now())
+while baton.clock() - t0 < 1000 do
+  if rl:try_acquire(1) then took = took + 1 end
+  baton.sleep(5)
+end
+print(("peak=%d took=%d from=%.3f to=%.3f"):format(peak, took, from, assert(s:now())))
+]==])
+    n = n + 1
+    local prefix = ("mp%d:"):format(n)
+    local cmd = {}
+    for id = 1, 3 do
+      cmd[#cmd + 1] = ("%s %s %s %s p%d &"):format(H.EXE, H.q(script), H.q(server.url), H.q(prefix), id)
+    end
+    local p = assert(io.popen("(" .. table.concat(cmd, " ") .. " wait) 2>&1"))
+    local out = p:read("a")
+    p:close()
+    local peaks, took, lines, from, to = 0, 0, 0, math.huge, 0
+    for pk, tk, f, t in out:gmatch("peak=(%d+) took=(%d+) from=([%d.]+) to=([%d.]+)") do
+      lines = lines + 1
+      peaks = math.max(peaks, tonumber(pk))
+      took = took + tonumber(tk)
+      from, to = math.min(from, tonumber(f)), math.max(to, tonumber(t))
+    end
+    assert.equal(3, lines, out)
+    assert.is_true(peaks >= 2 and peaks <= 4, "peak holders " .. peaks)
+    -- all three took for a second each, within [from, to] on the server's clock: at most the
+    -- burst and 20/s over that span were admitted (+1 for the unit at its edge), not 3 × it
+    local cap = 5 + 20 * (to - from) / 1000 + 1
+    assert.is_true(took >= 15 and took <= cap, ("admitted %d over %.0f ms (cap %.1f)\n%s"):format(took, to - from, cap, out))
+    os.remove(script)
+  end)
 
   it("checks its options and arguments", async(function()
     local r <close> = assert(baton.redis.connect { url = server.url })
