@@ -1,6 +1,7 @@
 -- Every example runs as its header says (`baton examples/<name>.lua` from the repository's
 -- root), exits 0 with nothing on stderr, and prints the line that shows it did its job.
--- BATON_EXE names the executable (ctest sets it).
+-- BATON_EXE names the executable (ctest sets it). fleet.sh (3 processes on a private
+-- redis-server) runs when redis-server is installed.
 local H = require "spec.helper"
 
 local SRC = H.SRC
@@ -40,4 +41,19 @@ describe("examples", function()
       assert.truthy(r.out:find(pattern), "missing in the output:\n" .. r.out)
     end)
   end
+
+  -- fleet.lua runs as 3 processes sharing a limit through a private redis-server (fleet.sh).
+  local fleet_it = H.have("redis-server") and it or pending
+  fleet_it("fleet.sh runs 3 fleet.lua processes whose shares add up to the fleet's limit", function()
+    local exe = H.EXE:sub(1, 1) == "/" and H.EXE or (SRC .. "/" .. H.EXE)
+    local p = assert(io.popen(("cd %s && BATON_EXE=%s timeout 60 sh examples/fleet.sh 2>&1")
+                              :format(H.q(SRC), H.q(exe))))
+    local out = p:read("a")
+    p:close()
+    local shares = 0
+    for n in out:gmatch("worker%-%d: (%d+) requests") do shares = shares + 1 end
+    assert.equal(3, shares, out)
+    local total = tonumber(out:match("fleet: (%d+) requests"))
+    assert.is_true(total and total >= 45 and total <= 5 + 20 * 3 + 2, out)   -- not 3 x 65
+  end)
 end)

@@ -1,8 +1,8 @@
 -- The store interface (docs/store.md), one contract run against every implementation: the
--- memory store (baton.store.memory) and the test double (spec/store_double.lua: a "remote"
--- store whose operations await, whose values cross as JSON and whose clock is its own). A
--- Redis store is to be run through the same contract. Then the rate limiter over a store
--- (baton.ratelimit{ store =, key = }) against both.
+-- memory store (baton.store.memory), the test double (spec/store_double.lua: a "remote"
+-- store whose operations await, whose values cross as JSON and whose clock is its own) and
+-- the Redis store (baton.redis.store, on a private redis-server). Then the rate limiter over a store
+-- (baton.ratelimit{ store =, key = }) against each.
 local baton = require "baton"
 local H = require "spec.helper"
 local Double = require "spec.store_double"
@@ -11,6 +11,23 @@ local IMPLS = {
   { "the memory store", function() return baton.store.memory() end },
   { "the test double", function() return Double.new() end },
 }
+
+-- The Redis store (baton.redis.store) on a private redis-server of this run, each store on
+-- a prefix of its own; skipped loudly when redis-server is not installed.
+local server, why = H.redis_server()
+if server then
+  local n = 0
+  IMPLS[#IMPLS + 1] = { "the Redis store", function()
+    n = n + 1
+    local r = assert(baton.redis.connect { url = server.url })
+    local s = baton.redis.store { redis = r, prefix = ("spec%d:"):format(n) }
+    s.close = function() r:close() end
+    return s
+  end }
+  lazy_teardown(function() server:stop() end)
+else
+  H.loud("store_spec", why)
+end
 
 -- A store for the body, closed (the double's server task stopped) when it ends.
 local function with_store(make, body)

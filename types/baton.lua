@@ -888,4 +888,79 @@ function RedisSubscription:next(ms) end
 function RedisSubscription:dropped() end
 function RedisSubscription:close() end
 
+-- ---- baton.redis.store (docs/redis.md, "The store"; docs/store.md) ----------------------
+
+---@class baton.RedisStoreOptions
+---@field redis baton.Redis a client (reconnect = true to recover from a restart on its own)
+---@field prefix? string put before every key (default "baton:")
+---@field on_outage? "fail"|"open" while Redis is unreachable: return the failure (default) or answer as allowed
+
+---The store interface (docs/store.md) on Redis: each operation one server-side script, on the server's clock.
+---@param opts baton.RedisStoreOptions
+---@return baton.RedisStore
+function baton.redis.store(opts) end
+
+---@class baton.RedisStore
+local RedisStore = {}
+---@return number|nil ms, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:now() end
+---@param key string
+---@param rate number
+---@param per_ms number
+---@param burst number
+---@param cost number
+---@param mode? "peek"|"force"
+---@return integer|nil remaining, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:gcra_take(key, rate, per_ms, burst, cost, mode) end
+---@param key string
+---@param holder string
+---@param limit integer
+---@param ttl_ms number
+---@return true|nil ok, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:lease_acquire(key, holder, limit, ttl_ms) end
+---@param key string
+---@param holder string
+---@param ttl_ms number
+---@return true|nil ok, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:lease_renew(key, holder, ttl_ms) end
+---@param key string
+---@param holder string
+---@return true|nil ok, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:lease_release(key, holder) end
+---@param key string
+---@return integer|nil holders, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:lease_holders(key) end
+---@param key string
+---@param by number
+---@param ttl_ms? number
+---@return number|nil value, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:incr(key, by, ttl_ms) end
+---@param key string
+---@return number|nil value, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:get(key) end
+---@param key string
+---@param ttl_ms number
+---@return true|nil ok, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:set_cooldown(key, ttl_ms) end
+---@param key string
+---@return integer|nil ms_left, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:cooldown(key) end
+---@param key string
+---@param ttl_ms number
+---@return "new"|"in_progress"|"cached"|nil state, any value_or_message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:claim(key, ttl_ms) end
+---@param key string
+---@param value any JSON-shaped
+---@param ttl_ms number
+---@return true|nil ok, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:complete(key, value, ttl_ms) end
+---@param key string
+---@return true|nil ok, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:fail(key) end
+---@param key string
+---@return true|nil ok, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisStore:del(key) end
+---@return { calls: integer, outage_open: integer, outage_failed: integer, errors: integer, on_outage: string }
+function RedisStore:stats() end
+
 return baton

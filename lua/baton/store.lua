@@ -715,4 +715,354 @@ function SL:__tostring()
          :format(self.rate, self.per_ms, self.burst, self.key, #self.queue)
 end
 
+
+-- ---- the Redis store --------------------------------------------------------------------
+-- baton.redis.store{ redis = client, prefix = "baton:", on_outage = "fail" | "open" } (the
+-- public name is set by src/lua/lrouter.c; this is store._redis). Every operation is one
+-- server-side Lua script run through client:eval (EVALSHA), so it is atomic on the server
+-- and keeps time by the server's clock (redis.call('TIME')), never the caller's. Keys:
+-- prefix .. family .. key, family one of tat: (GCRA, a string holding the TAT in ms,
+-- PEXPIRE'd when it lies in the past), lease: (a sorted set holder -> expiry in ms, expired
+-- members removed by each operation, the key PEXPIRE'd at its last expiry), cnt: (a counter,
+-- INCRBYFLOAT, PEXPIRE'd once when made), cd: (a cooldown flag, SET PX keeping the later
+-- end), fl: (a claim in progress, SET NX PX) and res: (a completed result, JSON, SET PX).
+-- Floats leave a script as strings ("%.17g"): Redis turns a Lua number into an integer.
+-- A failure of the connection (closed, connect, io, timeout) is returned (on_outage =
+-- "fail") or answered as allowed and counted (on_outage = "open"); an error reply of the
+-- server (kind "redis") is always returned.
+
+local RS = { __name = "baton.redis.Store" }
+RS.__index = RS
+local RN = "baton.redis.store:"
+
+local NOW_LUA = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000\n"
+local SCRIPTS = {
+  now = NOW_LUA .. "return string.format('%.17g', now)",
+  -- KEYS[1] tat; ARGV rate, per_ms, burst, cost, mode -> { ok, n }: ok 1, n remaining;
+  -- ok 0, n retry_after_ms
+  gcra = NOW_LUA .. [[
+local rate, per, burst, cost, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local interval = per / rate
+local tolerance = burst * interval
+local old = tonumber(redis.call('GET', KEYS[1]))
+local tat = now
+if old and old > now then tat = old end
+local inc = cost * interval
+local function store(v)
+  if v > now then
+    redis.call('SET', KEYS[1], string.format('%.17g', v), 'PX', math.ceil(v - now))
+  else
+    redis.call('DEL', KEYS[1])
+  end
+end
+if mode == 'force' then
+  local new = tat + inc
+  if inc < 0 and new < now then new = now end
+  store(new)
+  local free = now + tolerance - math.max(new, now)
+  if free > 0 then return { 1, math.floor(free / interval + 1e-9) } end
+  return { 1, 0 }
+end
+local allow = tat + inc - tolerance
+if allow > now then return { 0, math.ceil(allow - now) } end
+if mode ~= 'peek' then store(tat + inc) end
+return { 1, math.floor((now + tolerance - tat - inc) / interval + 1e-9) }
+]],
+  -- KEYS[1] lease zset; ARGV holder, limit, ttl -> { 1 } | { 0, holders, retry_after_ms }
+  lease_acquire = NOW_LUA .. [[
+local k, holder, limit, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.17g', now))
+local function keep()
+  local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIRE', k, math.max(1, math.ceil(tonumber(last[2]) - now))) end
+end
+if not redis.call('ZSCORE', k, holder) then
+  local n = redis.call('ZCARD', k)
+  if n >= limit then
+    local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+    return { 0, n, math.ceil(tonumber(first[2]) - now) }
+  end
+end
+if ttl > 0 then
+  redis.call('ZADD', k, string.format('%.17g', now + ttl), holder)
+else
+  redis.call('ZREM', k, holder)
+end
+keep()
+return { 1 }
+]],
+  -- KEYS[1] lease zset; ARGV holder, ttl -> 1 | 0 (not held)
+  lease_renew = NOW_LUA .. [[
+local k, holder, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.17g', now))
+if not redis.call('ZSCORE', k, holder) then return 0 end
+if ttl > 0 then redis.call('ZADD', k, string.format('%.17g', now + ttl), holder) else redis.call('ZREM', k, holder) end
+local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIRE', k, math.max(1, math.ceil(tonumber(last[2]) - now))) end
+return 1
+]],
+  lease_holders = NOW_LUA .. [[
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.17g', now))
+return redis.call('ZCARD', KEYS[1])
+]],
+  -- KEYS[1] counter; ARGV by [, ttl] -> the new value as a string
+  incr = [[
+local made = redis.call('EXISTS', KEYS[1]) == 0
+local v = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+if made and ARGV[2] then redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil(tonumber(ARGV[2])))) end
+return v
+]],
+  -- KEYS[1] flag; ARGV ttl: the later end of the current one and now + ttl
+  set_cooldown = [[
+local ttl = math.ceil(tonumber(ARGV[1]))
+if ttl > 0 and redis.call('PTTL', KEYS[1]) < ttl then redis.call('SET', KEYS[1], '1', 'PX', ttl) end
+return 1
+]],
+  -- KEYS[1] claim, KEYS[2] result; ARGV ttl -> { "cached", json } | { "new" } | { "in_progress" }
+  claim = [[
+local v = redis.call('GET', KEYS[2])
+if v then return { 'cached', v } end
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', math.max(1, math.ceil(tonumber(ARGV[1])))) then return { 'new' } end
+return { 'in_progress' }
+]],
+  -- KEYS[1] claim, KEYS[2] result; ARGV json, ttl
+  complete = [[
+local ttl = math.ceil(tonumber(ARGV[2]))
+if ttl > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl) else redis.call('DEL', KEYS[2]) end
+redis.call('DEL', KEYS[1])
+return 1
+]],
+}
+
+local FAMILIES = { "tat:", "lease:", "cnt:", "cd:", "fl:", "res:" }
+local OUTAGE = { closed = true, connect = true, io = true, timeout = true }
+
+function store._redis(opts)
+  local F = "baton.redis.store"
+  if type(opts) ~= "table" then misuse(F, 1, "opts", "table", opts) end
+  for k in pairs(opts) do
+    if k ~= "redis" and k ~= "prefix" and k ~= "on_outage" then
+      misuse(F, 1, "opts", "known options (redis, prefix, on_outage), got '" .. tostring(k) .. "'", nil)
+    end
+  end
+  local r = opts.redis
+  local mt = getmetatable(r)
+  if type(r) ~= "userdata" or type(mt) ~= "table" or mt.__name ~= "baton.Redis" then
+    misuse(F, 1, "redis", "a baton.redis client", r)
+  end
+  local prefix = opts.prefix
+  if prefix == nil then prefix = "baton:" end
+  if type(prefix) ~= "string" then misuse(F, 1, "prefix", "string", prefix) end
+  local mode = opts.on_outage
+  if mode == nil then mode = "fail" end
+  if mode ~= "fail" and mode ~= "open" then misuse(F, 1, "on_outage", "'fail' or 'open'", mode) end
+  return setmetatable({ redis = r, prefix = prefix, on_outage = mode,
+                        counts = { calls = 0, outage_open = 0, outage_failed = 0, errors = 0 } }, RS)
+end
+
+-- Runs a script; returns its reply, or (failure) nil, msg, kind, or (open) the outage
+-- marker OPEN after counting it.
+local OPEN = {}
+local function run(self, op, script, keys, args)
+  local c = self.counts
+  c.calls = c.calls + 1
+  local v, msg, kind, detail = self.redis:eval(script, keys, args)
+  if v == nil and msg ~= nil then
+    if OUTAGE[kind] then
+      if self.on_outage == "open" then
+        c.outage_open = c.outage_open + 1
+        return OPEN
+      end
+      c.outage_failed = c.outage_failed + 1
+    else
+      c.errors = c.errors + 1
+    end
+    return nil, ("%s%s: %s"):format(RN, op, tostring(msg)), kind, detail
+  end
+  return v
+end
+
+local function k(self, family, key) return self.prefix .. family .. key end
+
+local function num(s) local v = tonumber(s); return math.tointeger(v) or v end
+
+-- now() -> the server's clock in ms (TIME; wall clock). An outage is a failure in either
+-- mode: there is no clock to answer with.
+function RS:now()
+  local v, msg, kind, detail = self.redis:eval(SCRIPTS.now, nil, nil)
+  if v == nil then return nil, ("%snow: %s"):format(RN, tostring(msg)), kind, detail end
+  return tonumber(v)
+end
+
+-- open: taken; remaining 0 (unknown)
+function RS:gcra_take(key, rate, per_ms, burst, cost, mode)
+  local F = RN .. "gcra_take"
+  check_key(F, 1, key)
+  check_positive(F, 2, "rate", rate)
+  check_positive(F, 3, "per_ms", per_ms)
+  if type(burst) ~= "number" or burst < 1 then misuse(F, 4, "burst", "a number >= 1", burst) end
+  if type(cost) ~= "number" or cost ~= cost then misuse(F, 5, "cost", "number", cost) end
+  if mode ~= nil and mode ~= "peek" and mode ~= "force" then misuse(F, 6, "mode", "nil, 'peek' or 'force'", mode) end
+  if mode ~= "force" and cost > burst then misuse(F, 5, "cost", "a cost <= burst", cost) end
+  local v, msg, kind, detail = run(self, "gcra_take", SCRIPTS.gcra, { k(self, "tat:", key) },
+                                   { rate, per_ms, burst, cost, mode or "" })
+  if v == OPEN then return 0 end
+  if v == nil then return nil, msg, kind, detail end
+  if v[1] == 1 then return v[2] end
+  return nil, ("%s: %s units do not fit under '%s'"):format(F, cost, key), "rate_limited",
+         { retry_after_ms = v[2] }
+end
+
+-- open: acquired
+function RS:lease_acquire(key, holder, limit, ttl_ms)
+  local F = RN .. "lease_acquire"
+  check_key(F, 1, key)
+  if type(holder) ~= "string" then misuse(F, 2, "holder", "string", holder) end
+  check_count(F, 3, "limit", limit, 1)
+  check_ms(F, 4, "ttl_ms", ttl_ms)
+  local v, msg, kind, detail = run(self, "lease_acquire", SCRIPTS.lease_acquire, { k(self, "lease:", key) },
+                                   { holder, limit, ttl_ms })
+  if v == OPEN then return true end
+  if v == nil then return nil, msg, kind, detail end
+  if v[1] == 1 then return true end
+  return nil, ("%s: '%s' has %d of %d holders"):format(F, key, v[2], limit), "busy",
+         { holders = v[2], limit = limit, retry_after_ms = v[3] }
+end
+
+-- open: renewed
+function RS:lease_renew(key, holder, ttl_ms)
+  local F = RN .. "lease_renew"
+  check_key(F, 1, key)
+  if type(holder) ~= "string" then misuse(F, 2, "holder", "string", holder) end
+  check_ms(F, 3, "ttl_ms", ttl_ms)
+  local v, msg, kind, detail = run(self, "lease_renew", SCRIPTS.lease_renew, { k(self, "lease:", key) },
+                                   { holder, ttl_ms })
+  if v == OPEN or v == 1 then return true end
+  if v == nil then return nil, msg, kind, detail end
+  return nil, ("%s: '%s' does not hold '%s' (expired or released)"):format(F, holder, key), "closed",
+         { key = key, holder = holder }
+end
+
+-- open: released (the lease expires on the server by itself)
+function RS:lease_release(key, holder)
+  local F = RN .. "lease_release"
+  check_key(F, 1, key)
+  if type(holder) ~= "string" then misuse(F, 2, "holder", "string", holder) end
+  local v, msg, kind, detail = run(self, "lease_release", "return redis.call('ZREM', KEYS[1], ARGV[1])",
+                                   { k(self, "lease:", key) }, { holder })
+  if v == nil and msg ~= nil then return nil, msg, kind, detail end
+  return true
+end
+
+-- open: 0
+function RS:lease_holders(key)
+  check_key(RN .. "lease_holders", 1, key)
+  local v, msg, kind, detail = run(self, "lease_holders", SCRIPTS.lease_holders, { k(self, "lease:", key) }, nil)
+  if v == OPEN then return 0 end
+  if v == nil then return nil, msg, kind, detail end
+  return v
+end
+
+-- open: `by` (as if the counter were new)
+function RS:incr(key, by, ttl_ms)
+  local F = RN .. "incr"
+  check_key(F, 1, key)
+  if type(by) ~= "number" or by ~= by then misuse(F, 2, "by", "number", by) end
+  check_ms(F, 3, "ttl_ms", ttl_ms, true)
+  local v, msg, kind, detail = run(self, "incr", SCRIPTS.incr, { k(self, "cnt:", key) }, { by, ttl_ms })
+  if v == OPEN then return by end
+  if v == nil then return nil, msg, kind, detail end
+  return num(v)
+end
+
+-- open: 0
+function RS:get(key)
+  check_key(RN .. "get", 1, key)
+  local v, msg, kind, detail = run(self, "get", "return redis.call('GET', KEYS[1])", { k(self, "cnt:", key) }, nil)
+  if v == OPEN then return 0 end
+  if v == nil and msg ~= nil then return nil, msg, kind, detail end
+  return v and num(v) or 0
+end
+
+-- open: true (nothing is set)
+function RS:set_cooldown(key, ttl_ms)
+  local F = RN .. "set_cooldown"
+  check_key(F, 1, key)
+  check_ms(F, 2, "ttl_ms", ttl_ms)
+  local v, msg, kind, detail = run(self, "set_cooldown", SCRIPTS.set_cooldown, { k(self, "cd:", key) }, { ttl_ms })
+  if v == nil then return nil, msg, kind, detail end
+  return true
+end
+
+-- open: 0 (no cooldown)
+function RS:cooldown(key)
+  check_key(RN .. "cooldown", 1, key)
+  local v, msg, kind, detail = run(self, "cooldown", "return redis.call('PTTL', KEYS[1])", { k(self, "cd:", key) }, nil)
+  if v == OPEN then return 0 end
+  if v == nil then return nil, msg, kind, detail end
+  return v > 0 and v or 0
+end
+
+-- open: "new" (the caller does the work)
+function RS:claim(key, ttl_ms)
+  local F = RN .. "claim"
+  check_key(F, 1, key)
+  check_ms(F, 2, "ttl_ms", ttl_ms)
+  local v, msg, kind, detail = run(self, "claim", SCRIPTS.claim, { k(self, "fl:", key), k(self, "res:", key) },
+                                   { ttl_ms })
+  if v == OPEN then return "new" end
+  if v == nil then return nil, msg, kind, detail end
+  if v[1] == "cached" then
+    local ok, value = pcall(json.decode, v[2])
+    if not ok or value == nil then
+      return nil, ("%s: the result under '%s' is not JSON"):format(F, key), "malformed", { key = key }
+    end
+    return "cached", value
+  end
+  return v[1]
+end
+
+-- open: true (nothing is kept)
+function RS:complete(key, value, ttl_ms)
+  local F = RN .. "complete"
+  check_key(F, 1, key)
+  if value == nil then misuse(F, 2, "value", "a value other than nil", value) end
+  check_ms(F, 3, "ttl_ms", ttl_ms)
+  local ok, enc = pcall(json.encode, value)
+  if not ok then misuse(F, 2, "value", "a value JSON can encode", value) end
+  local v, msg, kind, detail = run(self, "complete", SCRIPTS.complete, { k(self, "fl:", key), k(self, "res:", key) },
+                                   { enc, ttl_ms })
+  if v == nil then return nil, msg, kind, detail end
+  return true
+end
+
+-- open: true
+function RS:fail(key)
+  check_key(RN .. "fail", 1, key)
+  local v, msg, kind, detail = run(self, "fail", "return redis.call('DEL', KEYS[1])", { k(self, "fl:", key) }, nil)
+  if v == nil and msg ~= nil then return nil, msg, kind, detail end
+  return true
+end
+
+-- open: true
+function RS:del(key)
+  check_key(RN .. "del", 1, key)
+  local keys = {}
+  for i, f in ipairs(FAMILIES) do keys[i] = k(self, f, key) end
+  local v, msg, kind, detail = run(self, "del", "return redis.call('DEL', unpack(KEYS))", keys, nil)
+  if v == nil and msg ~= nil then return nil, msg, kind, detail end
+  return true
+end
+
+-- stats() -> { calls, outage_open (answered as allowed), outage_failed, errors (error replies) }
+function RS:stats()
+  local c = self.counts
+  return { calls = c.calls, outage_open = c.outage_open, outage_failed = c.outage_failed, errors = c.errors,
+           on_outage = self.on_outage }
+end
+
+function RS:__tostring()
+  return ("baton.redis.Store (prefix '%s', on_outage %s)"):format(self.prefix, self.on_outage)
+end
+
 return store

@@ -2,7 +2,7 @@
  * lrouter.c — opens the Lua-written parts of the routing layer, compiled into the module:
  * lua/baton/store.lua (baton.store: the store interface's memory implementation, the rate
  * limiter over a store that baton.ratelimit{ store = } builds, breaker backends over a
- * store, dedup over a store) and lua/baton/router.lua (baton.router, baton.router.classify, .usage).
+ * store, dedup over a store, the Redis store that baton.redis.store builds) and lua/baton/router.lua (baton.router, baton.router.classify, .usage).
  *
  * They are loaded lazily: compiling them costs about 1.6 ms, which a script that never
  * routes should not pay at `require "baton"`. Until first used, baton.store and
@@ -49,7 +49,10 @@ static const char proxies[] =
   "  })\n"
   "end\n"
   "baton.store = lazy('store', load_store)\n"
-  "baton.router = lazy('router', load_router)\n";
+  "baton.router = lazy('router', load_router)\n"
+  "if baton.redis then\n"
+  "  baton.redis.store = function(opts) return baton.store._redis(opts) end\n"
+  "end\n";
 
 void lbt_open_router(lua_State *L, int rt_idx) {
   (void)rt_idx;
