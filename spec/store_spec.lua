@@ -60,10 +60,12 @@ for _, impl in ipairs(IMPLS) do
         assert.is_nil(v)
         assert.is_string(msg)
         assert.equal("rate_limited", kind)
-        assert.is_true(detail.retry_after_ms > 90 and detail.retry_after_ms <= 100, detail.retry_after_ms)
+        -- Bounds, not exact figures: on a loaded machine a few ms pass between the calls.
+        assert.is_true(detail.retry_after_ms > 0 and detail.retry_after_ms <= 100, detail.retry_after_ms)
         assert.equal(math.tointeger(detail.retry_after_ms), detail.retry_after_ms)
         baton.sleep(detail.retry_after_ms)
-        assert.equal(0, s:gcra_take("k", 10, 1000, 3, 1))   -- fits exactly then
+        local left = s:gcra_take("k", 10, 1000, 3, 1)     -- fits then (a late timer: more)
+        assert.is_true(left ~= nil and left <= 1, tostring(left))
         assert.equal(3, s:gcra_take("other", 10, 1000, 3, 0))  -- keys are independent
       end)
 
