@@ -111,6 +111,17 @@ function baton.current() end
 ---@return baton.Stats
 function baton.stats() end
 
+---@class baton.TaskInfo
+---@field id integer
+---@field status "running"|"waiting"|"finishing"
+---@field waits? string the function the task is parked in ("baton.sleep", "baton.task:join", ...), nil unless waiting
+---@field due_ms? integer milliseconds left until that wait's deadline, if it has one
+---@field task? baton.Task
+
+---The tasks that have started and not finished, in no particular order (pending tasks are not listed).
+---@return baton.TaskInfo[]
+function baton.tasks() end
+
 ---Sets the one warning hook (default: stderr).
 ---@param fn fun(message: string)|nil
 function baton.on_warning(fn) end

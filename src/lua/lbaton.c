@@ -310,7 +310,7 @@ void lbt_abort_all(lbt_rt *R) {
 
 /* Runs the loop until the main task has finished, then until every other task and child
  * process is gone. Returns 1 if the main task could never be woken (deadlock). */
-static int run_loop(lbt_rt *R, lbt_task *M) {
+static int run_loop(lbt_rt *R, lbt_task *M, char *why, size_t nwhy) {
   uv_loop_t *loop = bt_rt_loop(R->rt);
   int deadlock = 0;
   while (!bt_task_finished(&M->t)) {
@@ -318,6 +318,7 @@ static int run_loop(lbt_rt *R, lbt_task *M) {
     if (!alive && !bt_task_finished(&M->t) && bt_rt_ready(R->rt) == 0) {
       if (deadlock) break;  /* aborted, and still stuck: a shielded wait (baton.shield) */
       deadlock = 1;
+      lbt_describe_waiting(R, why, nwhy);
       bt_task_abort(R->rt, &M->t);
     }
   }
@@ -363,7 +364,8 @@ static int lbaton_run(lua_State *L) {
   R->from = L;
   R->main = M;
   lbt_signals_start(R);
-  int deadlock = run_loop(R, M);
+  char why[1024];
+  int deadlock = run_loop(R, M, why, sizeof why);
   lbt_signals_stop(R);
   R->running = 0;
   R->from = NULL;
@@ -373,7 +375,7 @@ static int lbaton_run(lua_State *L) {
   if (R->exit_status >= 0 && !R->cli) return lbt_exit_run(L, R);
   if (deadlock)
     return luaL_error(L, "baton.run: deadlock: the main task is waiting for something that "
-                      "nothing left running can deliver");
+                      "nothing left running can deliver; waiting: %s", why);
   int n = lbt_push_outcome(L, mi);
   if (lua_toboolean(L, mi + 1)) return n - 1;
   return lua_error(L);  /* the task's error value, traceback included */
@@ -609,7 +611,8 @@ int lbt_open(lua_State *L) {
     {"run", lbaton_run}, {"spawn", lbaton_spawn}, {"sleep", lbaton_sleep},
     {"yield", lbaton_yield}, {"now", lbaton_now}, {"clock", lbaton_clock},
     {"current", lbaton_current}, {"on_warning", lbaton_on_warning}, {"warn", lbaton_warn},
-    {"stats", lbaton_stats}, {"version", lbaton_version}, {NULL, NULL}};
+    {"stats", lbaton_stats}, {"version", lbaton_version}, {"tasks", lbt_tasks},
+    {NULL, NULL}};
   lua_newtable(L);
   lbt_set_funcs(L, rt_idx, funcs);
   lua_pushliteral(L, BATON_VERSION);

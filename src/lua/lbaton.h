@@ -94,6 +94,8 @@ typedef struct lbt_fiber {
   lbt_task *task;
   int status;             /* what the last wake delivered */
   lua_Integer kdata;      /* a continuation's own state, from its suspend to its resume */
+  const char *what;       /* the function of the last lbt_await_begin (a static string): what
+                           * the task waits on while it waits (baton.tasks, deadlock error) */
   bt_wait_t wait;
   bt_joiner_t joiner;
   union {                 /* one wait at a time: a semaphore's, or a channel's, a notify's */
@@ -166,6 +168,10 @@ lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_
                        bt_gate_t *gate, int sem_idx);
 lbt_task *lbt_check_task(lua_State *L, int idx);
 void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T);
+/* Writes "task N (what it waits on), ..." for every waiting task into buf (NUL-terminated,
+ * cut at n bytes); the deadlock error of baton.run. */
+void lbt_describe_waiting(lbt_rt *R, char *buf, size_t n);
+int lbt_tasks(lua_State *L);  /* baton.tasks */
 void lbt_task_release(lbt_rt *R, lbt_task *T);  /* drop the anchor if nothing needs it */
 /* A finished task out of its group: pushed, and its anchor dropped (push + release). */
 void lbt_task_take(lua_State *L, lbt_rt *R, lbt_task *T);
@@ -180,6 +186,7 @@ static inline lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fna
   lbt_task *T = lbt_current(R);
   if (T == NULL || lbt_fib(T)->co != L || !lua_isyieldable(L) || (T->t.flags & BT_TASK_F_CANCEL))
     return lbt_await_begin_slow(L, R, fname);
+  lbt_fib(T)->what = fname;
   return T;
 }
 static inline int lbt_suspend_task(lua_State *L, lbt_task *T, lua_KContext ctx,

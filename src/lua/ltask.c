@@ -444,6 +444,7 @@ lbt_task *lbt_await_begin_slow(lua_State *L, lbt_rt *R, const char *fname) {
                "(require, a metamethod such as __tostring/__gc/__close, a table.sort "
                "comparator, a string.gsub callback, ...)", fname);
   if (cur->flags & BT_TASK_F_CANCEL) lbt_raise_cancelled(L);
+  lbt_fib(T)->what = fname;
   return T;
 }
 
@@ -558,6 +559,57 @@ static int ltask_status(lua_State *L) {
   lbt_task *T = lbt_check_task(L, 1);
   lua_pushstring(L, status_name(&T->t));
   return 1;
+}
+
+/* baton.tasks(): one table per task that has a fiber (running or suspended; a task that has
+ * not started yet has none and is not listed). `waits` names the function of the await the
+ * task is parked in, and is nil unless the task waits; `due_ms`, the milliseconds left
+ * until that wait's deadline, if it has one. */
+int lbt_tasks(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lua_newtable(L);
+  lua_Integer i = 0;
+  lbt_fiber *f;
+  LIST_FOREACH(f, &R->fibers, all) {
+    lbt_task *T = f->task;
+    if (T == NULL || bt_task_finished(&T->t)) continue;
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, T->t.id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, status_name(&T->t));
+    lua_setfield(L, -2, "status");
+    if (T->t.state == BT_TASK_WAITING && f->what != NULL) {
+      lua_pushstring(L, f->what);
+      lua_setfield(L, -2, "waits");
+      if (f->wait.timer.slot != 0) {  /* the wait has a deadline (a sleep, a timeout) */
+        uint64_t now = bt_now(R->rt), due = f->wait.timer.due;
+        lua_pushinteger(L, due > now ? (lua_Integer)(due - now) : 0);
+        lua_setfield(L, -2, "due_ms");
+      }
+    }
+    if (T->ref != LUA_NOREF) {
+      lbt_push_task(L, R, T);
+      lua_setfield(L, -2, "task");
+    }
+    lua_rawseti(L, -2, ++i);
+  }
+  return 1;
+}
+
+void lbt_describe_waiting(lbt_rt *R, char *buf, size_t n) {
+  size_t used = 0;
+  buf[0] = '\0';
+  lbt_fiber *f;
+  LIST_FOREACH(f, &R->fibers, all) {
+    lbt_task *T = f->task;
+    if (T == NULL || T->t.state != BT_TASK_WAITING || used + 1 >= n) continue;
+    int w = snprintf(buf + used, n - used, "%stask %u%s (%s)", used ? ", " : "",
+                     (unsigned)T->t.id, T == R->main ? " [main]" : "",
+                     f->what ? f->what : "?");
+    if (w < 0) break;
+    used += (size_t)w;
+    if (used >= n) { buf[n - 1] = '\0'; break; }
+  }
 }
 
 static int ltask_results(lua_State *L) {
