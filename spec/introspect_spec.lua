@@ -42,6 +42,29 @@ describe("baton.tasks", function()
   end))
 end)
 
+describe("task names", function()
+  it("default to the function's source line and can be set", H.async(function()
+    local line = debug.getinfo(1, "l").currentline + 1
+    local t = baton.spawn(function() baton.sleep(5000) end)
+    local src = debug.getinfo(1, "S").short_src
+    assert.equal(src .. ":" .. line, t:name())  -- pending: from the function
+    baton.sleep(1)
+    assert.equal("waiting", t:status())
+    assert.equal(src .. ":" .. line, t:name())  -- started: from its coroutine
+    assert.equal(src .. ":" .. line, by_id(baton.tasks())[t.id].name)
+    assert.equal(t, t:set_name("fetcher"))
+    assert.equal("fetcher", t:name())
+    assert.equal("fetcher", by_id(baton.tasks())[t.id].name)
+    H.raises("bad argument", t.set_name, t, {})
+    t:abort()
+    t:join()
+    assert.equal("fetcher", t:name())
+    local done = baton.spawn(function() end)
+    done:join()
+    assert.is_nil(done:name())  -- finished and never named: no default
+  end))
+end)
+
 describe("baton.run deadlock", function()
   it("names the tasks still waiting and what they wait on", function()
     local stuck

@@ -38,8 +38,9 @@ local types = {
       t:join()
       return t
     end,
-    harmless = { join = true, abort = true, status = true, results = true },
-    args = { join = { 0 } } },
+    harmless = { join = true, abort = true, status = true, results = true, name = true,
+                 set_name = true },
+    args = { join = { 0 }, set_name = { "x" } } },
   { name = "baton.Group", make = function() return baton.group() end,
     harmless = { close = true, live = true } },
   { name = "baton.Semaphore", make = function() return baton.semaphore(2) end,

@@ -116,6 +116,7 @@ function baton.stats() end
 ---@field status "running"|"waiting"|"finishing"
 ---@field waits? string the function the task is parked in ("baton.sleep", "baton.task:join", ...), nil unless waiting
 ---@field due_ms? integer milliseconds left until that wait's deadline, if it has one
+---@field name? string task:name()
 ---@field task? baton.Task
 
 ---The tasks that have started and not finished, in no particular order (pending tasks are not listed).
@@ -498,6 +499,12 @@ function Task:abort() end
 function Task:status() end
 ---@return any ...
 function Task:results() end
+---The name set with set_name, else "source:line" of the task's function (nil once finished).
+---@return string?
+function Task:name() end
+---@param name string
+---@return baton.Task self
+function Task:set_name(name) end
 
 ---@class baton.Group
 local Group = {}

@@ -565,6 +565,8 @@ static int ltask_status(lua_State *L) {
  * not started yet has none and is not listed). `waits` names the function of the await the
  * task is parked in, and is nil unless the task waits; `due_ms`, the milliseconds left
  * until that wait's deadline, if it has one. */
+static void push_name(lua_State *L, lbt_task *T, int idx);
+
 int lbt_tasks(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lua_newtable(L);
@@ -589,6 +591,8 @@ int lbt_tasks(lua_State *L) {
     }
     if (T->ref != LUA_NOREF) {
       lbt_push_task(L, R, T);
+      push_name(L, T, -1);
+      lua_setfield(L, -3, "name");
       lua_setfield(L, -2, "task");
     }
     lua_rawseti(L, -2, ++i);
@@ -610,6 +614,78 @@ void lbt_describe_waiting(lbt_rt *R, char *buf, size_t n) {
     used += (size_t)w;
     if (used >= n) { buf[n - 1] = '\0'; break; }
   }
+}
+
+/* Names live in a registry table with weak keys (task userdata -> string), made on the first
+ * task:set_name: a task that is never named costs nothing. The default name is computed only
+ * when asked: "short_src:linedefined" of the task's function (pending: user value 1; started:
+ * the bottom frame of its coroutine); nil for a finished task. */
+static const char NAMES_KEY[] = "baton.task.names";
+
+static void push_default_name(lua_State *L, lbt_task *T, int idx) {
+  lua_Debug ar;
+  if (T->t.state == BT_TASK_PENDING) {
+    lua_getiuservalue(L, idx, 1);
+    if (!lua_isfunction(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushnil(L);
+      return;
+    }
+    lua_getinfo(L, ">S", &ar);
+  } else {
+    lbt_fiber *f = lbt_fib(T);
+    int lv = 0;
+    if (f == NULL || !lua_getstack(f->co, 0, &ar)) {
+      lua_pushnil(L);
+      return;
+    }
+    while (lua_getstack(f->co, lv + 1, &ar)) lv++;
+    lua_getstack(f->co, lv, &ar);
+    lua_getinfo(f->co, "S", &ar);
+  }
+  lua_pushfstring(L, "%s:%d", ar.short_src, ar.linedefined);
+}
+
+/* Pushes the task's name (its set name, else the default) for the task userdata at idx. */
+static void push_name(lua_State *L, lbt_task *T, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY) == LUA_TTABLE) {
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, -2) == LUA_TSTRING) {
+      lua_remove(L, -2);
+      return;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  push_default_name(L, T, idx);
+}
+
+static int ltask_name(lua_State *L) {
+  lbt_task *T = lbt_check_task(L, 1);
+  push_name(L, T, 1);
+  return 1;
+}
+
+static int ltask_set_name(lua_State *L) {
+  lbt_check_task(L, 1);
+  luaL_checkstring(L, 2);
+  lua_settop(L, 2);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, NAMES_KEY);
+  }
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_rawset(L, -3);
+  lua_settop(L, 1);
+  return 1;
 }
 
 static int ltask_results(lua_State *L) {
@@ -674,7 +750,8 @@ static int lerror_tostring(lua_State *L) {
 void lbt_open_task(lua_State *L, int rt_idx) {
   static const luaL_Reg methods[] = {
     {"join", ltask_join}, {"abort", ltask_abort}, {"status", ltask_status},
-    {"results", ltask_results}, {NULL, NULL}};
+    {"results", ltask_results}, {"name", ltask_name}, {"set_name", ltask_set_name},
+    {NULL, NULL}};
   static const luaL_Reg meta[] = {
     {"__index", ltask_index}, {"__tostring", ltask_tostring}, {"__close", ltask_abort},
     {NULL, NULL}};
