@@ -1,5 +1,5 @@
 -- Task introspection: baton.tasks() (each live task and what it waits on) and the deadlock
--- error of baton.run, which names the tasks still waiting.
+-- error of baton.run, which names the tasks still waiting; task names.
 local baton = require "baton"
 local H = require "spec.helper"
 
@@ -72,12 +72,13 @@ describe("baton.run deadlock", function()
       local s = baton.semaphore(1)
       local p = s:acquire()
       stuck = baton.spawn(function() s:acquire() end)
+      stuck:set_name("stuck-acquirer")
       stuck:join()
       p:release()
     end)
     assert.is_false(ok)
     assert.matches("deadlock", err)
-    assert.matches("task " .. stuck.id .. " %(baton.semaphore:acquire%)", err)
-    assert.matches("%[main%] %(baton.task:join%)", err)
+    assert.matches("task " .. stuck.id .. " stuck%-acquirer %(baton.semaphore:acquire%)", err)
+    assert.matches("%[main%] [^ ]*introspect_spec.lua:%d+ %(baton.task:join%)", err)
   end)
 end)

@@ -310,7 +310,7 @@ void lbt_abort_all(lbt_rt *R) {
 
 /* Runs the loop until the main task has finished, then until every other task and child
  * process is gone. Returns 1 if the main task could never be woken (deadlock). */
-static int run_loop(lbt_rt *R, lbt_task *M, char *why, size_t nwhy) {
+static int run_loop(lua_State *L, lbt_rt *R, lbt_task *M, char *why, size_t nwhy) {
   uv_loop_t *loop = bt_rt_loop(R->rt);
   int deadlock = 0;
   while (!bt_task_finished(&M->t)) {
@@ -318,7 +318,7 @@ static int run_loop(lbt_rt *R, lbt_task *M, char *why, size_t nwhy) {
     if (!alive && !bt_task_finished(&M->t) && bt_rt_ready(R->rt) == 0) {
       if (deadlock) break;  /* aborted, and still stuck: a shielded wait (baton.shield) */
       deadlock = 1;
-      lbt_describe_waiting(R, why, nwhy);
+      lbt_describe_waiting(L, R, why, nwhy);
       bt_task_abort(R->rt, &M->t);
     }
   }
@@ -365,7 +365,7 @@ static int lbaton_run(lua_State *L) {
   R->main = M;
   lbt_signals_start(R);
   char why[1024];
-  int deadlock = run_loop(R, M, why, sizeof why);
+  int deadlock = run_loop(L, R, M, why, sizeof why);
   lbt_signals_stop(R);
   R->running = 0;
   R->from = NULL;

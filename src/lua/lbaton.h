@@ -168,9 +168,10 @@ lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_
                        bt_gate_t *gate, int sem_idx);
 lbt_task *lbt_check_task(lua_State *L, int idx);
 void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T);
-/* Writes "task N (what it waits on), ..." for every waiting task into buf (NUL-terminated,
- * cut at n bytes); the deadlock error of baton.run. */
-void lbt_describe_waiting(lbt_rt *R, char *buf, size_t n);
+/* Writes "task N name (what it waits on), ..." for every waiting task into buf
+ * (NUL-terminated, cut at n bytes), using L's stack for the names; the deadlock error of
+ * baton.run. */
+void lbt_describe_waiting(lua_State *L, lbt_rt *R, char *buf, size_t n);
 int lbt_tasks(lua_State *L);  /* baton.tasks */
 void lbt_task_release(lbt_rt *R, lbt_task *T);  /* drop the anchor if nothing needs it */
 /* A finished task out of its group: pushed, and its anchor dropped (push + release). */

@@ -600,19 +600,29 @@ int lbt_tasks(lua_State *L) {
   return 1;
 }
 
-void lbt_describe_waiting(lbt_rt *R, char *buf, size_t n) {
+void lbt_describe_waiting(lua_State *L, lbt_rt *R, char *buf, size_t n) {
   size_t used = 0;
   buf[0] = '\0';
   lbt_fiber *f;
   LIST_FOREACH(f, &R->fibers, all) {
     lbt_task *T = f->task;
     if (T == NULL || T->t.state != BT_TASK_WAITING || used + 1 >= n) continue;
-    int w = snprintf(buf + used, n - used, "%stask %u%s (%s)", used ? ", " : "",
-                     (unsigned)T->t.id, T == R->main ? " [main]" : "",
-                     f->what ? f->what : "?");
+    const char *name = NULL;
+    if (T->ref != LUA_NOREF) {
+      lbt_push_task(L, R, T);
+      push_name(L, T, -1);
+      name = lua_tostring(L, -1);
+    }
+    int w = snprintf(buf + used, n - used, "%stask %u%s%s%s (%s)", used ? ", " : "",
+                     (unsigned)T->t.id, T == R->main ? " [main]" : "", name ? " " : "",
+                     name ? name : "", f->what ? f->what : "?");
+    if (T->ref != LUA_NOREF) lua_pop(L, 2);
     if (w < 0) break;
     used += (size_t)w;
-    if (used >= n) { buf[n - 1] = '\0'; break; }
+    if (used >= n) {
+      buf[n - 1] = '\0';
+      break;
+    }
   }
 }
 
