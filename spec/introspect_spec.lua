@@ -82,3 +82,21 @@ describe("baton.run deadlock", function()
     assert.matches("%[main%] [^ ]*introspect_spec.lua:%d+ %(baton.task:join%)", err)
   end)
 end)
+
+describe("baton.tasks over HTTP", function()
+  local server = H.http_server()  -- spec/fixtures/http/server.py
+  lazy_setup(function() server:start() end)
+  lazy_teardown(function() server:stop() end)
+
+  it("lists a task waiting on a request", H.http_async(function()
+    local t = baton.spawn(function()
+      return baton.http.request { url = server:url("/delay?ms=3000") }
+    end)
+    baton.sleep(50)
+    local e = by_id(baton.tasks())[t.id]
+    assert.equal("waiting", e.status)
+    assert.equal("baton.http.request", e.waits)
+    t:abort()
+    t:join()
+  end))
+end)
