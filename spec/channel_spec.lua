@@ -4,14 +4,7 @@
 local baton = require "baton"
 local H = require "spec.helper"
 
--- Waits until fn() is true, a turn at a time (at most 200 turns).
-local function until_true(fn)
-  for _ = 1, 200 do
-    if fn() then return end
-    baton.yield()
-  end
-  error("condition never held")
-end
+local until_true = H.until_true
 
 describe("baton.channel", function()
   it("a channel of capacity 1 with 3 senders and 3 receivers under 10,000 random aborts "

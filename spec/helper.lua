@@ -186,6 +186,15 @@ function H.failure_rows(it, section, rows, exempt)
   end)
 end
 
+-- Waits until fn() is true, a turn of the loop at a time (at most 200 turns).
+function H.until_true(fn)
+  for _ = 1, 200 do
+    if fn() then return end
+    baton.yield()
+  end
+  error("condition never held", 2)
+end
+
 -- Elapsed milliseconds of fn(), with its results.
 function H.timed(fn, ...)
   local t0 = baton.clock()

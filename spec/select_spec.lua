@@ -3,13 +3,7 @@
 local baton = require "baton"
 local H = require "spec.helper"
 
-local function until_true(fn)
-  for _ = 1, 200 do
-    if fn() then return end
-    baton.yield()
-  end
-  error("condition never held")
-end
+local until_true = H.until_true
 
 describe("baton.select", function()
   it("select over two channels and a timeout never consumes from the loser", H.async(function()

@@ -60,6 +60,28 @@ local function check_positive(fname, n, name, v)
   if type(v) ~= "number" or not (v > 0 and v < 1e15) then misuse(fname, n, name, "a number > 0", v) end
 end
 
+-- The arguments of each operation, checked the same way by every store (memory, Redis).
+local check = {}
+function check.gcra_take(F, key, rate, per_ms, burst, cost, mode)
+  check_key(F, 1, key)
+  check_positive(F, 2, "rate", rate)
+  check_positive(F, 3, "per_ms", per_ms)
+  if type(burst) ~= "number" or burst < 1 then misuse(F, 4, "burst", "a number >= 1", burst) end
+  if type(cost) ~= "number" or cost ~= cost then misuse(F, 5, "cost", "number", cost) end
+  if mode ~= nil and mode ~= "peek" and mode ~= "force" then
+    misuse(F, 6, "mode", "nil, 'peek' or 'force'", mode)
+  end
+end
+function check.lease(F, key, holder)
+  check_key(F, 1, key)
+  if type(holder) ~= "string" then misuse(F, 2, "holder", "string", holder) end
+end
+function check.incr(F, key, by, ttl_ms)
+  check_key(F, 1, key)
+  if type(by) ~= "number" or by ~= by then misuse(F, 2, "by", "number", by) end
+  check_ms(F, 3, "ttl_ms", ttl_ms, true)
+end
+
 -- ---- the memory store -------------------------------------------------------------------
 -- Each family of operations has its own table (a key names one thing per family). Expired
 -- entries are dropped when seen, and by a sweep of the whole store each time it has grown
@@ -108,12 +130,7 @@ end
 -- (cost may be negative: a give-back, never past now).
 function Memory:gcra_take(key, rate, per_ms, burst, cost, mode)
   local F = M .. "gcra_take"
-  check_key(F, 1, key)
-  check_positive(F, 2, "rate", rate)
-  check_positive(F, 3, "per_ms", per_ms)
-  if type(burst) ~= "number" or burst < 1 then misuse(F, 4, "burst", "a number >= 1", burst) end
-  if type(cost) ~= "number" or cost ~= cost then misuse(F, 5, "cost", "number", cost) end
-  if mode ~= nil and mode ~= "peek" and mode ~= "force" then misuse(F, 6, "mode", "nil, 'peek' or 'force'", mode) end
+  check.gcra_take(F, key, rate, per_ms, burst, cost, mode)
   local now, interval = clock(), per_ms / rate
   local tolerance = burst * interval
   local old = self.tat[key]
@@ -161,8 +178,7 @@ end
 -- A holder that holds the lease already renews it.
 function Memory:lease_acquire(key, holder, limit, ttl_ms)
   local F = M .. "lease_acquire"
-  check_key(F, 1, key)
-  if type(holder) ~= "string" then misuse(F, 2, "holder", "string", holder) end
+  check.lease(F, key, holder)
   check_count(F, 3, "limit", limit, 1)
   check_ms(F, 4, "ttl_ms", ttl_ms)
   local now = clock()
@@ -188,8 +204,7 @@ end
 -- lease_renew(key, holder, ttl_ms) -> true | nil, msg, "closed", { key, holder }
 function Memory:lease_renew(key, holder, ttl_ms)
   local F = M .. "lease_renew"
-  check_key(F, 1, key)
-  if type(holder) ~= "string" then misuse(F, 2, "holder", "string", holder) end
+  check.lease(F, key, holder)
   check_ms(F, 3, "ttl_ms", ttl_ms)
   local now, l = clock(), self.leases[key]
   if l == nil or (l[holder] or 0) <= now then
@@ -204,8 +219,7 @@ end
 -- lease_release(key, holder) -> true (idempotent)
 function Memory:lease_release(key, holder)
   local F = M .. "lease_release"
-  check_key(F, 1, key)
-  if type(holder) ~= "string" then misuse(F, 2, "holder", "string", holder) end
+  check.lease(F, key, holder)
   local l = self.leases[key]
   if l then l[holder] = nil end
   return true
@@ -232,9 +246,7 @@ end
 -- was made (none: never); later increments do not move the expiry (a fixed window).
 function Memory:incr(key, by, ttl_ms)
   local F = M .. "incr"
-  check_key(F, 1, key)
-  if type(by) ~= "number" or by ~= by then misuse(F, 2, "by", "number", by) end
-  check_ms(F, 3, "ttl_ms", ttl_ms, true)
+  check.incr(F, key, by, ttl_ms)
   local now = clock()
   local e = entry(self.counters, key, now)
   if e == nil then
@@ -897,12 +909,7 @@ end
 -- open: taken; remaining 0 (unknown)
 function RS:gcra_take(key, rate, per_ms, burst, cost, mode)
   local F = RN .. "gcra_take"
-  check_key(F, 1, key)
-  check_positive(F, 2, "rate", rate)
-  check_positive(F, 3, "per_ms", per_ms)
-  if type(burst) ~= "number" or burst < 1 then misuse(F, 4, "burst", "a number >= 1", burst) end
-  if type(cost) ~= "number" or cost ~= cost then misuse(F, 5, "cost", "number", cost) end
-  if mode ~= nil and mode ~= "peek" and mode ~= "force" then misuse(F, 6, "mode", "nil, 'peek' or 'force'", mode) end
+  check.gcra_take(F, key, rate, per_ms, burst, cost, mode)
   if mode ~= "force" and cost > burst then misuse(F, 5, "cost", "a cost <= burst", cost) end
   local v, msg, kind, detail = run(self, "gcra_take", SCRIPTS.gcra, { k(self, "tat:", key) },
                                    { rate, per_ms, burst, cost, mode or "" })
@@ -916,8 +923,7 @@ end
 -- open: acquired
 function RS:lease_acquire(key, holder, limit, ttl_ms)
   local F = RN .. "lease_acquire"
-  check_key(F, 1, key)
-  if type(holder) ~= "string" then misuse(F, 2, "holder", "string", holder) end
+  check.lease(F, key, holder)
   check_count(F, 3, "limit", limit, 1)
   check_ms(F, 4, "ttl_ms", ttl_ms)
   local v, msg, kind, detail = run(self, "lease_acquire", SCRIPTS.lease_acquire, { k(self, "lease:", key) },
@@ -932,8 +938,7 @@ end
 -- open: renewed
 function RS:lease_renew(key, holder, ttl_ms)
   local F = RN .. "lease_renew"
-  check_key(F, 1, key)
-  if type(holder) ~= "string" then misuse(F, 2, "holder", "string", holder) end
+  check.lease(F, key, holder)
   check_ms(F, 3, "ttl_ms", ttl_ms)
   local v, msg, kind, detail = run(self, "lease_renew", SCRIPTS.lease_renew, { k(self, "lease:", key) },
                                    { holder, ttl_ms })
@@ -946,8 +951,7 @@ end
 -- open: released (the lease expires on the server by itself)
 function RS:lease_release(key, holder)
   local F = RN .. "lease_release"
-  check_key(F, 1, key)
-  if type(holder) ~= "string" then misuse(F, 2, "holder", "string", holder) end
+  check.lease(F, key, holder)
   local v, msg, kind, detail = run(self, "lease_release", "return redis.call('ZREM', KEYS[1], ARGV[1])",
                                    { k(self, "lease:", key) }, { holder })
   if v == nil and msg ~= nil then return nil, msg, kind, detail end
@@ -966,9 +970,7 @@ end
 -- open: `by` (as if the counter were new)
 function RS:incr(key, by, ttl_ms)
   local F = RN .. "incr"
-  check_key(F, 1, key)
-  if type(by) ~= "number" or by ~= by then misuse(F, 2, "by", "number", by) end
-  check_ms(F, 3, "ttl_ms", ttl_ms, true)
+  check.incr(F, key, by, ttl_ms)
   local v, msg, kind, detail = run(self, "incr", SCRIPTS.incr, { k(self, "cnt:", key) }, { by, ttl_ms })
   if v == OPEN then return by end
   if v == nil then return nil, msg, kind, detail end
