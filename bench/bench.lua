@@ -90,6 +90,34 @@ local function channel(n)
   return select(2, consumer:join())
 end
 
+-- W5b: the same through the batch forms: the producer hands over up to 64 values per
+-- send_many, the consumer takes up to 64 per recv_many (Tokio's peer passes them one by
+-- one: its 1.24 in Debian has no recv_many).
+local function channel_batch(n)
+  local ch = baton.channel(64)
+  local producer = baton.spawn(function()
+    local buf, i = {}, 1
+    while i <= n do
+      local m = n - i + 1 < 64 and n - i + 1 or 64
+      for k = 1, m do buf[k] = i + k - 1 end
+      local k = 1
+      while k <= m do k = k + ch:send_many(buf, k, m) end
+      i = i + m
+    end
+    ch:close()
+  end)
+  local consumer = baton.spawn(function()
+    local got, buf = 0, {}
+    while true do
+      local k = ch:recv_many(buf, 64)
+      if not k then return got end
+      got = got + k
+    end
+  end)
+  producer:join()
+  return select(2, consumer:join())
+end
+
 local WORKLOADS = {
   spawn_join = spawn_join,
   sem_contention = sem_contention,
@@ -98,6 +126,7 @@ local WORKLOADS = {
   deadline_fanout = function(n) return deadline_fanout(n, false) end,
   deadline_fanout_sleep0 = function(n) return deadline_fanout(n, true) end,
   channel = channel,
+  channel_batch = channel_batch,
 }
 
 local workload, n = arg[1], math.tointeger(tonumber(arg[2] or ""))

@@ -19,8 +19,9 @@ W = [("spawn_join", "W1", 1_000_000, "spawn_join"),
      ("timers", "W3", 100_000, "timers"),
      ("deadline_fanout", "W4", 10_000, "deadline_fanout"),
      ("deadline_fanout_sleep0", "W4b", 10_000, "deadline_fanout_sleep0"),
-     ("channel", "W5", 1_000_000, "channel")]
-ONLY_TOKIO = {"W5"}  # the channel workload exists in baton and the Tokio peer only (peers_extra)
+     ("channel", "W5", 1_000_000, "channel"),
+     ("channel_batch", "W5b", 1_000_000, "channel")]
+ONLY_TOKIO = {"W5", "W5b"}  # the channel workload exists in baton and the Tokio peer only (peers_extra)
 TIME_WORKLOADS = {"timers"}  # compared by wall time (lower is better), not by rate
 
 

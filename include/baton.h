@@ -555,6 +555,15 @@ BT_EXTERN void bt_chan_wait_send(bt_chan_t *c, bt_waiter_t *w, bt_waiter_cb cb);
  * room was reserved (1). Wakes receivers for the items nobody has claimed. */
 BT_EXTERN void bt_chan_push(bt_chan_t *c, int reserved);
 BT_EXTERN void bt_chan_unreserve_room(bt_chan_t *c);
+/* Batches. bt_chan_room(): how many items a sender that is not queued may put now, 0 when
+ * it would have to wait (full, senders queued, or closed); a sender woken with reserved
+ * room may put one more than that. bt_chan_push_n(c, n, reserved): n items put at the
+ * tail at once (the first into the reserved room when `reserved`). A receiver may take
+ * bt_chan_len() items from the head, one more when woken with one reserved, then calls
+ * bt_chan_pop_n(c, n, reserved). */
+BT_EXTERN size_t bt_chan_room(const bt_chan_t *c);
+BT_EXTERN void bt_chan_push_n(bt_chan_t *c, size_t n, int reserved);
+BT_EXTERN void bt_chan_pop_n(bt_chan_t *c, size_t n, int reserved);
 /* 0: an unclaimed item is there: the caller takes the head now, then calls
  * bt_chan_pop(c, 0); BT_EBUSY: it would have to wait (bt_chan_wait_recv); BT_ECLOSED:
  * closed and drained. */

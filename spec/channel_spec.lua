@@ -295,3 +295,186 @@ describe("baton.channel", function()
     H.raises("not inside a baton task", ch.recv, ch)
   end)
 end)
+
+describe("baton.channel batches (send_many, recv_many)", function()
+  it("deliver every value exactly once and in per-sender order under 3,000 random aborts, "
+     .. "mixed with send and recv", H.async(function()
+    math.randomseed(34)
+    local ch = baton.channel(3)
+    local stop = false
+    local next_i = { 1, 1, 1 }
+    local last = { 0, 0, 0 }
+    local received, bad = 0, nil
+    local function take(v)
+      local s, i = v // 1000000, v % 1000000
+      if i ~= last[s] + 1 then bad = bad or ("sender %d: got %d after %d"):format(s, i, last[s]) end
+      last[s] = i
+      received = received + 1
+    end
+    local function sender(s)
+      local list = {}
+      while not stop do
+        if s == 3 then  -- one by one
+          if ch:send(s * 1000000 + next_i[s], math.random(0, 1) == 0 and math.random(0, 2) or nil) then
+            next_i[s] = next_i[s] + 1
+          end
+        else
+          local m = math.random(1, 8)
+          for k = 1, m do list[k] = s * 1000000 + next_i[s] + k - 1 end
+          local k = ch:send_many(list, 1, m, math.random(0, 1) == 0 and math.random(0, 2) or nil)
+          if k then next_i[s] = next_i[s] + k end  -- a partial send says how far it got
+        end
+      end
+    end
+    local function receiver(r)
+      local buf = {}
+      while true do
+        local ms = math.random(0, 1) == 0 and math.random(0, 2) or nil
+        if r == 6 then
+          local v, _, kind = ch:recv(ms)
+          if v ~= nil then take(v) elseif kind == "closed" then return end
+        else
+          local n, _, kind = ch:recv_many(buf, math.random(1, 5), ms)
+          if n then
+            assert(n >= 1)
+            for k = 1, n do take(buf[k]) end
+          elseif kind == "closed" then
+            return
+          end
+        end
+      end
+    end
+    local tasks = {}
+    for s = 1, 3 do tasks[s] = baton.spawn(sender, s) end
+    for r = 4, 6 do tasks[r] = baton.spawn(receiver, r) end
+    local hit_ready = 0
+    for _ = 1, 3000 do
+      for _ = 1, math.random(0, 3) do baton.yield() end
+      local k = math.random(1, 6)
+      local t = tasks[k]
+      if t:status() == "running" then hit_ready = hit_ready + 1 end
+      t:abort()
+      t:join()
+      tasks[k] = k <= 3 and baton.spawn(sender, k) or baton.spawn(receiver, k)
+    end
+    stop = true
+    for s = 1, 3 do tasks[s]:join() end
+    ch:close()
+    for r = 4, 6 do assert.is_true((tasks[r]:join())) end
+    assert.is_nil(bad)
+    for s = 1, 3 do
+      assert.equal(next_i[s] - 1, last[s])
+      assert.is_true(last[s] > 100)
+    end
+    assert.equal(last[1] + last[2] + last[3], received)
+    assert.is_true(hit_ready > 100, "the woken-then-aborted window was hit " .. hit_ready .. " times")
+  end))
+
+  it("send_many puts what fits and says how many; recv_many takes up to max",
+     H.async(function()
+    local ch = baton.channel(4)
+    assert.equal(4, ch:send_many({ 1, 2, 3, 4, 5, 6 }))
+    assert.equal(0, ch:send_many({ 7 }, 2))           -- an empty range sends nothing
+    local buf = { "x", "x", "x", "x", "stale" }
+    assert.equal(3, ch:recv_many(buf, 3))
+    assert.same({ 1, 2, 3, "x", "stale" }, buf)         -- buf[1..n] written, the rest left
+    assert.equal(1, #ch)
+    -- a sender waiting for room puts as many as fit once it is its turn
+    local s = baton.spawn(function()
+      local list, i = { "a", "b", "c", "d", "e", "f" }, 1
+      local steps = {}
+      while i <= #list do
+        local k = ch:send_many(list, i)
+        steps[#steps + 1] = k
+        i = i + k
+      end
+      return steps
+    end)
+    until_true(function() return s:status() == "waiting" end)
+    assert.equal(4, ch:recv_many(buf, 10))
+    assert.same({ 4, "a", "b", "c" }, { buf[1], buf[2], buf[3], buf[4] })
+    local _, steps = s:join()
+    assert.same({ 3, 3 }, steps)
+    -- a receiver woken for one value takes the others queued behind it too
+    local r = baton.spawn(function()
+      local b = {}
+      local n = ch:recv_many(b, 10)
+      return n, b
+    end)
+    assert.equal(3, ch:recv_many(buf, 10))              -- d, e, f
+    until_true(function() return r:status() == "waiting" end)
+    assert.equal(2, ch:send_many({ "p", "q" }))
+    local ok, n, b = r:join()
+    assert.is_true(ok)
+    assert.equal(2, n)
+    assert.same({ "p", "q" }, b)
+  end))
+
+  it("rendezvous: send_many hands over as many values as receivers wait", H.async(function()
+    local ch = baton.channel(0)
+    assert.equal("busy", select(3, ch:try_send(1)))
+    local rs = {}
+    for i = 1, 2 do rs[i] = baton.spawn(function() return ch:recv() end) end
+    until_true(function() return rs[2]:status() == "waiting" end)
+    local s = baton.spawn(function() return ch:send_many({ "a", "b", "c" }) end)
+    assert.same({ true, 2 }, { s:join() })
+    assert.same({ true, "a" }, { rs[1]:join() })
+    assert.same({ true, "b" }, { rs[2]:join() })
+    assert.equal(0, #ch)
+  end))
+
+  it("an aborted recv_many takes nothing; an aborted send_many sends nothing", H.async(function()
+    local ch = baton.channel(2)
+    local r1 = baton.spawn(function() return ch:recv_many({}, 5) end)
+    local r2 = baton.spawn(function() local b = {} return ch:recv_many(b, 5), b end)
+    until_true(function() return r2:status() == "waiting" end)
+    assert.equal(1, ch:send_many({ "v" }))             -- r1 woken for it...
+    r1:abort()                                          -- ...aborted before it ran
+    assert.equal("cancelled", select(2, r1:join()).kind)
+    local ok, n, b = r2:join()
+    assert.is_true(ok)
+    assert.equal(1, n)
+    assert.equal("v", b[1])
+    assert.equal(2, ch:send_many({ 1, 2 }))
+    local s = baton.spawn(function() return ch:send_many({ 3, 4 }) end)
+    until_true(function() return s:status() == "waiting" end)
+    assert.equal(1, ch:recv())                          -- room: s woken...
+    s:abort()                                           -- ...and aborted before it ran
+    assert.is_false((s:join()))
+    assert.equal(1, #ch)
+    assert.equal(2, ch:recv())
+    assert.equal("busy", select(3, ch:try_recv()))
+  end))
+
+  it("report closed, drain first, and time out with nothing done", H.async(function()
+    local ch = baton.channel(2)
+    H.assert_failure("baton.channel:recv_many", "timeout", ch:recv_many({}, 4, 5))
+    assert.equal(2, ch:send_many({ 1, 2, 3 }))
+    H.assert_failure("baton.channel:send_many", "timeout", ch:send_many({ 3 }, 1, 1, 5))
+    assert.equal(2, #ch)
+    ch:close()
+    H.assert_failure("baton.channel:send_many", "closed", ch:send_many({ 9 }))
+    local buf = {}
+    assert.equal(2, ch:recv_many(buf, 9))
+    H.assert_failure("baton.channel:recv_many", "closed", ch:recv_many(buf, 9))
+    -- a waiting receiver is woken with closed
+    local ch2 = baton.channel(1)
+    local r = baton.spawn(function() return ch2:recv_many({}, 2) end)
+    until_true(function() return r:status() == "waiting" end)
+    ch2:close()
+    assert.equal("closed", select(4, r:join()))
+  end))
+
+  it("raise on misuse, with nothing sent for a list holding a nil", H.async(function()
+    local ch = baton.channel(4)
+    H.raises_misuse("baton.channel:send_many", 1, "list", "list%[2%] is nil", ch.send_many, ch,
+                    { 1, nil, 3 }, 1, 3)
+    assert.equal(0, #ch)
+    assert.equal(3, ch:send_many({ 1, 2, 3 }))          -- the ring was left clean
+    H.raises_misuse("baton.channel:send_many", 1, "list", "expected table", ch.send_many, ch, 5)
+    H.raises_misuse("baton.channel:send_many", 2, "i", "got 0", ch.send_many, ch, {}, 0)
+    H.raises_misuse("baton.channel:recv_many", 1, "buf", "expected table", ch.recv_many, ch)
+    H.raises_misuse("baton.channel:recv_many", 2, "max", "got 0", ch.recv_many, ch, {}, 0)
+    assert.equal(3, #ch)
+  end))
+end)

@@ -603,6 +603,19 @@ function Channel:recv(ms) end
 function Channel:try_send(v) end
 ---@return any v, string? message, baton.Kind? kind, baton.Detail? detail
 function Channel:try_recv() end
+---Waits until one value fits, then sends as many of list[i..j] as fit; returns how many.
+---@param list any[]
+---@param i? integer default 1
+---@param j? integer default #list
+---@param ms? number
+---@return integer|nil k, string? message, baton.Kind? kind, baton.Detail? detail
+function Channel:send_many(list, i, j, ms) end
+---Waits until one value is there, then takes up to max of them into buf[1..k]; returns k.
+---@param buf any[]
+---@param max integer
+---@param ms? number
+---@return integer|nil k, string? message, baton.Kind? kind, baton.Detail? detail
+function Channel:recv_many(buf, max, ms) end
 ---Receives until closed and drained.
 ---@return fun(): any
 function Channel:iter() end

@@ -206,6 +206,38 @@ static void test_fifo_no_overtaking(void) {
   CHECK(bt_chan_len(&c) == 1);
 }
 
+/* Batches: room counts what fits for a sender not queued; a woken sender puts one more;
+ * receivers woken for a batch each claim one, and a woken receiver takes the rest too. */
+static void test_batches(void) {
+  bt_chan_t c;
+  bt_chan_init(&c, 4);
+  memset(calls, 0, sizeof calls);
+  CHECK(bt_chan_room(&c) == 4);
+  bt_chan_push_n(&c, 3, 0);
+  CHECK(bt_chan_room(&c) == 1 && bt_chan_len(&c) == 3);
+  bt_chan_push_n(&c, 1, 0);
+  CHECK(bt_chan_room(&c) == 0 && bt_chan_can_send(&c) == BT_EBUSY);
+  bt_chan_wait_send(&c, &ws[0], note);
+  bt_chan_pop_n(&c, 3, 0);                    /* room for 3: the queued sender is woken */
+  CHECK(calls[0] == 1 && statuses[0] == 0);
+  CHECK(bt_chan_room(&c) == 2);               /* 3 free, one of them reserved */
+  bt_chan_push_n(&c, 3, 1);                   /* the woken sender puts 1 + room */
+  CHECK(bt_chan_len(&c) == 4 && bt_chan_room(&c) == 0 && c.rsv_room == 0);
+  bt_chan_pop_n(&c, 4, 0);
+  CHECK(bt_chan_len(&c) == 0 && bt_chan_can_recv(&c) == BT_EBUSY);
+  bt_chan_wait_recv(&c, &ws[1], note);
+  bt_chan_wait_recv(&c, &ws[2], note);
+  CHECK(bt_chan_room(&c) == 6);               /* each waiting receiver is room for one more */
+  bt_chan_push_n(&c, 3, 0);                   /* both woken, one item each; one unclaimed */
+  CHECK(calls[1] == 1 && calls[2] == 1 && bt_chan_len(&c) == 1 && c.rsv_items == 2);
+  bt_chan_pop_n(&c, 2, 1);                    /* the first takes its own and the unclaimed */
+  CHECK(c.len == 1 && c.rsv_items == 1 && bt_chan_len(&c) == 0);
+  bt_chan_unreserve_item(&c);                 /* the second was aborted: its item is free */
+  CHECK(bt_chan_len(&c) == 1);
+  bt_chan_close(&c);
+  CHECK(bt_chan_room(&c) == 0 && bt_chan_can_recv(&c) == 0);
+}
+
 static void test_close(void) {
   bt_chan_t c;
   bt_chan_init(&c, 2);
@@ -303,6 +335,7 @@ int main(void) {
   RUN(test_model);
   RUN(test_rendezvous);
   RUN(test_fifo_no_overtaking);
+  RUN(test_batches);
   RUN(test_close);
   RUN(test_notify);
   RUN(test_shield);

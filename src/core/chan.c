@@ -58,11 +58,19 @@ void bt_chan_wait_send(bt_chan_t *c, bt_waiter_t *w, bt_waiter_cb cb) {
   bt__waitq_push(&c->senders, w, cb);
 }
 
-void bt_chan_push(bt_chan_t *c, int reserved) {
-  c->len++;
+size_t bt_chan_room(const bt_chan_t *c) {
+  if (c->closed || c->senders.n > 0) return 0;
+  size_t have = unclaimed(c) + c->rsv_room, limit = c->cap + c->receivers.n;
+  return have < limit ? limit - have : 0;
+}
+
+void bt_chan_push_n(bt_chan_t *c, size_t n, int reserved) {
+  c->len += n;
   if (reserved && c->rsv_room > 0) c->rsv_room--;
   grant_receivers(c);
 }
+
+void bt_chan_push(bt_chan_t *c, int reserved) { bt_chan_push_n(c, 1, reserved); }
 
 void bt_chan_unreserve_room(bt_chan_t *c) {
   if (c->rsv_room > 0) c->rsv_room--;
@@ -79,11 +87,13 @@ void bt_chan_wait_recv(bt_chan_t *c, bt_waiter_t *w, bt_waiter_cb cb) {
   grant_senders(c);  /* a waiting receiver is room for one more item */
 }
 
-void bt_chan_pop(bt_chan_t *c, int reserved) {
-  if (c->len > 0) c->len--;
+void bt_chan_pop_n(bt_chan_t *c, size_t n, int reserved) {
+  c->len = n < c->len ? c->len - n : 0;
   if (reserved && c->rsv_items > 0) c->rsv_items--;
   grant_senders(c);
 }
+
+void bt_chan_pop(bt_chan_t *c, int reserved) { bt_chan_pop_n(c, 1, reserved); }
 
 void bt_chan_unreserve_item(bt_chan_t *c) {
   if (c->rsv_items > 0) c->rsv_items--;

@@ -7,6 +7,8 @@
  *   ch:recv([ms])      -> v    | nil, msg, "closed" (closed and drained) | ... "timeout"
  *   ch:try_send(v)     -> true | nil, msg, "busy", { len, capacity } | nil, msg, "closed"
  *   ch:try_recv()      -> v    | nil, msg, "busy", { len, capacity } | nil, msg, "closed"
+ *   ch:send_many(list [, i [, j [, ms]]]) -> k (1 <= k: list[i..i+k-1] sent; 0 for i > j)
+ *   ch:recv_many(buf, max [, ms])   -> k (buf[1..k] written, 1 <= k <= max) | nil, msg, kind
  *   for v in ch:iter() do ... end    (ends when the channel is closed and drained)
  *   ch:close() (also <close>), ch:closed(), ch:capacity(), #ch (values queued)
  * send and recv are awaits and raise the cancellation error; misuse (a nil value, a bad
@@ -19,6 +21,10 @@
  * raised took nothing, and send that raised or failed sent nothing. Capacity 0 is a
  * rendezvous: a value is put only for a receiver waiting for it (send waits until one
  * does; try_send fails unless one is waiting).
+ *
+ * The batch forms wait like send and recv (for room for one value, for one value), then
+ * move as many as there are room or values for, at once: a batch call is all-or-nothing in
+ * its wait, like send and recv, and a partial send says how far it got (write(2)'s shape).
  *
  * The ring grows by doubling when it is full: it holds `capacity` values, plus one per
  * receiver a value is reserved for, plus values given back by aborted receivers.
@@ -33,6 +39,8 @@
 #define FN_TRY_SEND "baton.channel:try_send"
 #define FN_TRY_RECV "baton.channel:try_recv"
 #define FN_ITER     "baton.channel:iter"
+#define FN_SEND_MANY "baton.channel:send_many"
+#define FN_RECV_MANY "baton.channel:recv_many"
 
 LBT_HANDLE_FIRST(lchan, c);
 
@@ -86,6 +94,50 @@ static void ring_take(lua_State *L, lchan *C, int ci, int reserved) {
   lua_rawseti(L, -3, C->head);
   C->head = C->head == C->size ? 1 : C->head + 1;
   bt_chan_pop(&C->storage, reserved);
+}
+
+/* Puts list[i..i+k-1] (the table at li) at the tail of the channel at ci and calls
+ * bt_chan_push_n. A nil among them raises naming its index, with nothing put (the room
+ * reserved for a woken sender given back first). */
+static void ring_put_many(lua_State *L, lchan *C, int ci, int li, lua_Integer i, lua_Integer k,
+                          int reserved) {
+  lua_getiuservalue(L, ci, 1);
+  int ri = lua_gettop(L);
+  lua_Integer len = (lua_Integer)C->storage.len;
+  while (len + k > C->size) ring_grow(L, C, ri);
+  lua_Integer pos = C->head + len;
+  if (pos > C->size) pos -= C->size;
+  for (lua_Integer n = 0; n < k; n++) {
+    if (lua_rawgeti(L, li, i + n) == LUA_TNIL) {
+      for (lua_Integer m = 0; m < n; m++) {  /* nothing was put */
+        if (--pos < 1) pos = C->size;
+        lua_rawseti(L, ri, pos);  /* the nil on top, each time */
+        lua_pushnil(L);
+      }
+      if (reserved) bt_chan_unreserve_room(&C->storage);
+      lua_pushfstring(L, "a list without nil (list[%I] is nil)", (LUAI_UACINT)(i + n));
+      lbt_argerror(L, FN_SEND_MANY, 2, "list", lua_tostring(L, -1));
+    }
+    lua_rawseti(L, ri, pos);
+    pos = pos == C->size ? 1 : pos + 1;
+  }
+  lua_pop(L, 1);
+  bt_chan_push_n(&C->storage, (size_t)k, reserved);
+}
+
+/* Takes k values from the head into buf[1..k] (the table at bi); calls bt_chan_pop_n. */
+static void ring_take_many(lua_State *L, lchan *C, int ci, int bi, lua_Integer k, int reserved) {
+  lua_getiuservalue(L, ci, 1);
+  int ri = lua_gettop(L);
+  for (lua_Integer n = 1; n <= k; n++) {
+    lua_rawgeti(L, ri, C->head);
+    lua_rawseti(L, bi, n);
+    lua_pushnil(L);
+    lua_rawseti(L, ri, C->head);
+    C->head = C->head == C->size ? 1 : C->head + 1;
+  }
+  lua_pop(L, 1);
+  bt_chan_pop_n(&C->storage, (size_t)k, reserved);
 }
 
 void lbt_chan_take(lua_State *L, lchan *C, int ci, int reserved) {
@@ -259,6 +311,115 @@ static int lchan_try_recv(lua_State *L) {
   return 1;
 }
 
+/* ---- batches ------------------------------------------------------------------------- */
+
+static lua_Integer min_int(lua_Integer a, lua_Integer b) { return a < b ? a : b; }
+
+/* Stack: 1 channel, 2 list, 3 i, 4 j, 5 timeout (normalized by send_many). */
+static int send_many_k(lua_State *L, int st, lua_KContext ctx) {
+  (void)st;
+  (void)ctx;
+  lchan *C = lua_touserdata(L, 1);
+  bt_chan_t *c = &C->storage;
+  int status = lbt_resumed(L, NULL, give_back_room, c);
+  if (status == 0) {  /* room for one was reserved for this sender */
+    if (c->closed) {
+      bt_chan_unreserve_room(c);
+      return fail_closed(L, FN_SEND_MANY, 0);
+    }
+    lua_Integer i = lua_tointeger(L, 3), j = lua_tointeger(L, 4);
+    lua_Integer k = min_int(j - i + 1, 1 + (lua_Integer)bt_chan_room(c));
+    ring_put_many(L, C, 1, 2, i, k, 1);
+    lua_pushinteger(L, k);
+    return 1;
+  }
+  if (status == BT_ECLOSED) return fail_closed(L, FN_SEND_MANY, 0);
+  if (status == BT_ETIMEDOUT) return lbt_fail_timeout(L, FN_SEND_MANY, lua_tonumber(L, 5));
+  return lbt_fail_status(L, FN_SEND_MANY, status);
+}
+
+static int lchan_send_many(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lchan *C = fast_chan(L, R, 1);
+  if (lua_type(L, 2) != LUA_TTABLE) lbt_argerror(L, FN_SEND_MANY, 2, "list", "table");
+  lua_Integer i = lua_isnoneornil(L, 3) ? 1 : lbt_arg_count(L, FN_SEND_MANY, 3, "i", 1, -1);
+  lua_Integer j = lua_isnoneornil(L, 4) ? (lua_Integer)lua_rawlen(L, 2)
+                                        : lbt_arg_count(L, FN_SEND_MANY, 4, "j", 0, -1);
+  uint64_t due = lbt_arg_due(L, R, FN_SEND_MANY, 5);
+  if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
+  if (bt_chan_closed(C->c)) return fail_closed(L, FN_SEND_MANY, 0);
+  if (j < i) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  size_t room = bt_chan_room(C->c);
+  if (room > 0) {
+    lua_Integer k = min_int(j - i + 1, (lua_Integer)room);
+    ring_put_many(L, C, 1, 2, i, k, 0);
+    lua_pushinteger(L, k);
+    return 1;
+  }
+  lua_settop(L, 5);
+  lua_pushinteger(L, i);
+  lua_replace(L, 3);
+  lua_pushinteger(L, j);
+  lua_replace(L, 4);
+  lbt_task *T = lbt_await_begin(L, R, FN_SEND_MANY);
+  lbt_fiber *f = lbt_fib(T);
+  bt_chan_wait_send(C->c, &f->waiter, lbt_waiter_turn);
+  f->wait.src = &f->waiter;
+  bt_task_wait(R->rt, &T->t, &f->wait, lbt_waiter_wait_cancel, due);
+  return lbt_suspend(L, 0, send_many_k);
+}
+
+/* Stack: 1 channel, 2 buf, 3 max, 4 timeout. */
+static int recv_many_k(lua_State *L, int st, lua_KContext ctx) {
+  (void)st;
+  (void)ctx;
+  lchan *C = lua_touserdata(L, 1);
+  bt_chan_t *c = &C->storage;
+  int status = lbt_resumed(L, NULL, give_back_item, c);
+  lua_Integer max = lua_tointeger(L, 3);
+  if (status == 0) {  /* the head value is reserved for this receiver */
+    lua_Integer k = min_int(max, 1 + (lua_Integer)bt_chan_len(c));
+    ring_take_many(L, C, 1, 2, k, 1);
+    lua_pushinteger(L, k);
+    return 1;
+  }
+  if (status == BT_ECLOSED) {  /* values aborted receivers gave back may be there */
+    lua_Integer k = min_int(max, (lua_Integer)bt_chan_len(c));
+    if (k == 0) return fail_closed(L, FN_RECV_MANY, 1);
+    ring_take_many(L, C, 1, 2, k, 0);
+    lua_pushinteger(L, k);
+    return 1;
+  }
+  if (status == BT_ETIMEDOUT) return lbt_fail_timeout(L, FN_RECV_MANY, lua_tonumber(L, 4));
+  return lbt_fail_status(L, FN_RECV_MANY, status);
+}
+
+static int lchan_recv_many(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  lchan *C = fast_chan(L, R, 1);
+  if (lua_type(L, 2) != LUA_TTABLE) lbt_argerror(L, FN_RECV_MANY, 2, "buf", "table");
+  lua_Integer max = lbt_arg_count(L, FN_RECV_MANY, 3, "max", 1, -1);
+  uint64_t due = lbt_arg_due(L, R, FN_RECV_MANY, 4);
+  if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
+  lua_Integer k = min_int(max, (lua_Integer)bt_chan_len(C->c));
+  if (k > 0) {
+    ring_take_many(L, C, 1, 2, k, 0);
+    lua_pushinteger(L, k);
+    return 1;
+  }
+  if (bt_chan_closed(C->c)) return fail_closed(L, FN_RECV_MANY, 1);
+  lua_settop(L, 4);
+  lbt_task *T = lbt_await_begin(L, R, FN_RECV_MANY);
+  lbt_fiber *f = lbt_fib(T);
+  bt_chan_wait_recv(C->c, &f->waiter, lbt_waiter_turn);
+  f->wait.src = &f->waiter;
+  bt_task_wait(R->rt, &T->t, &f->wait, lbt_waiter_wait_cancel, due);
+  return lbt_suspend(L, 0, recv_many_k);
+}
+
 /* The iterator: upvalue 2 is the channel (checked by iter()); the generic for's arguments
  * are ignored. */
 static int iter_next(lua_State *L) {
@@ -330,7 +491,8 @@ static int lchan_tostring(lua_State *L) {
 void lbt_open_chan(lua_State *L, int rt_idx) {
   static const luaL_Reg methods[] = {
     {"send", lchan_send}, {"recv", lchan_recv}, {"try_send", lchan_try_send},
-    {"try_recv", lchan_try_recv}, {"iter", lchan_iter}, {"close", lchan_close},
+    {"try_recv", lchan_try_recv}, {"send_many", lchan_send_many},
+    {"recv_many", lchan_recv_many}, {"iter", lchan_iter}, {"close", lchan_close},
     {"closed", lchan_closed}, {"capacity", lchan_capacity}, {NULL, NULL}};
   static const luaL_Reg meta[] = {
     {"__len", lchan_len}, {"__close", lchan_close}, {"__gc", lchan_gc},
