@@ -307,6 +307,28 @@ describe("baton.json", function()
       assert.equal(1.7976931348623157e308, json.decode("1.7976931348623157e308"))
     end)
 
+    it("refuses strings that are not UTF-8, naming the byte, unless { raw_bytes = true }",
+       function()
+      assert.equal("caf\xc3\xa9 \xf0\x9f\x8e\x89", json.decode('"caf\xc3\xa9 \xf0\x9f\x8e\x89"'))
+      for text, byte in pairs {
+        ['["ok", "a\xffz"]'] = 10,              -- a stray byte
+        ['{"k\xc0\xaf": 1}'] = 4,              -- an overlong form, in a key
+        ['"\xed\xa0\x80"'] = 2,               -- a UTF-16 surrogate written as UTF-8
+        ['"\xf4\x90\x80\x80"'] = 2,          -- above U+10FFFF
+        ['["\xe2\x82"]'] = 3,                  -- truncated
+      } do
+        local v, err, kind, detail = json.decode(text)
+        assert.is_nil(v, text)
+        assert.equal("malformed", kind)
+        assert.equal(byte, detail.byte, text)
+        assert.matches("invalid UTF-8 in a string", err, 1, true)
+        assert.is_truthy(utf8.len(err), "the message itself is UTF-8: " .. err)
+        assert.is_nil((err:find("[\x80-\xff]")))
+      end
+      assert.same({ "a\xffz" }, json.decode('["a\xffz"]', { raw_bytes = true }))
+      H.raises_misuse("baton.json.decode", 2, "bogus", nil, json.decode, "[]", { bogus = true })
+    end)
+
     it("decodes integers too big for Lua as floats", function()
       local v = json.decode("18446744073709551616")
       assert.equal("float", math.type(v))
@@ -416,8 +438,8 @@ describe("baton.json", function()
       for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
       local s = table.concat(bytes)
       local raw = { raw_bytes = true }
-      assert.equal(s, json.decode(json.encode(s, raw)))
-      assert.equal(s, json.decode(json.encode({ [s] = s }, raw))[s])
+      assert.equal(s, json.decode(json.encode(s, raw), raw))
+      assert.equal(s, json.decode(json.encode({ [s] = s }, raw), raw)[s])
       local ascii = s:sub(1, 128) .. "é😀"
       assert.equal(ascii, json.decode(json.encode(ascii)))
     end)

@@ -385,10 +385,14 @@ baton.json = {}
 ---@return string
 function baton.json.encode(v, opts) end
 
----Decodes strict JSON: value | nil, message, "malformed", { byte = }.
+---@class baton.JsonDecodeOptions
+---@field raw_bytes? boolean keep string bytes that are not UTF-8 (default: malformed)
+
+---Decodes strict JSON (UTF-8 strings): value | nil, message, "malformed", { byte = }.
 ---@param s string
+---@param opts? baton.JsonDecodeOptions
 ---@return any value, string? message, baton.Kind? kind, baton.Detail? detail
-function baton.json.decode(s) end
+function baton.json.decode(s, opts) end
 
 ---Marks a table as a JSON array (so `{}` encodes as `[]`).
 ---@generic T: table

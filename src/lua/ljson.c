@@ -29,7 +29,9 @@
  * nil, "baton.json.decode: malformed JSON at byte N: ...", "malformed", { byte = N }.
  * array and object raise on misuse.
  *
- * Decoding never raises on bad input: it returns nil, message, "malformed". JSON null decodes
+ * Decoding never raises on bad input: it returns nil, message, "malformed" (bytes of the
+ * text shown in the message as '?' unless ASCII, so the message is valid UTF-8 whatever the
+ * input). Strings must be UTF-8 unless decode's { raw_bytes = true }. JSON null decodes
  * to json.null (so arrays keep their positions). Arrays decode to tables marked as by
  * json.array, so one that is or becomes empty encodes back as []. A number written without
  * fraction or exponent that fits decodes to an integer, any other to a float (as tonumber);
@@ -539,7 +541,7 @@ static int malformed(lua_State *L, const char *s, size_t len, size_t pos, const 
     size_t n = 0;
     for (; n < sizeof snip - 1 && pos + n < len; n++) {
       unsigned char c = (unsigned char)s[pos + n];
-      snip[n] = (char)(c < 0x20 || c == 0x7f ? '?' : c);
+      snip[n] = (char)(c < 0x20 || c >= 0x7f ? '?' : c);  /* the message stays UTF-8 */
     }
     snip[n] = '\0';
     lua_pushfstring(L, "%s%s'%s%s'", why ? why : "", why ? " " : "", snip,
@@ -555,14 +557,24 @@ static int malformed(lua_State *L, const char *s, size_t len, size_t pos, const 
 /* What cJSON lets through in strings but JSON forbids: a raw control character, an escape
  * that is not one of \" \\ \/ \b \f \n \r \t \uXXXX, and \u with fewer than four hex
  * digits (cJSON reads "\uZZZZ" as U+0000, which would also break the count of the NULs a
- * string decodes to). `s` is text cJSON accepted. Returns the offset of the first such
- * byte, or SIZE_MAX. */
-static size_t bad_string_byte(const char *s, size_t len) {
+ * string decodes to); and, unless `raw`, bytes that are not UTF-8 (RFC 8259 text is UTF-8;
+ * cJSON copies any byte). `s` is text cJSON accepted. Returns the offset of the first such
+ * byte, or SIZE_MAX; *why says what is wrong when it is not the syntax. */
+static size_t bad_string_byte(const char *s, size_t len, int raw, const char **why) {
   for (size_t i = 0; i < len; i++) {
     if (s[i] != '"') continue;
     for (i++; i < len && s[i] != '"'; i++) {
       unsigned char c = (unsigned char)s[i];
       if (c < 0x20) return i;
+      if (c >= 0x80 && !raw) {
+        size_t u = utf8_len((const unsigned char *)s + i, len - i);
+        if (u == 0) {
+          *why = "invalid UTF-8 in a string ({ raw_bytes = true } keeps such bytes) at";
+          return i;
+        }
+        i += u - 1;
+        continue;
+      }
       if (c != '\\') continue;
       if (++i >= len) return i;
       if (s[i] == 'u') {
@@ -578,10 +590,17 @@ static size_t bad_string_byte(const char *s, size_t len) {
   return SIZE_MAX;
 }
 
-/* decode(s) -> value | nil, message, "malformed". Raises only when s is not a string. */
+/* decode(s [, { raw_bytes = bool }]) -> value | nil, message, "malformed". Raises only on
+ * misuse (s not a string, bad options). */
 static int ljson_decode(lua_State *L) {
   size_t len;
   const char *s = lbt_arg_string(L, "baton.json.decode", 1, "s", &len);
+  int raw = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    static const char *const known[] = {"raw_bytes", NULL};
+    lbt_check_opts(L, "baton.json.decode", 2, "opts", known);
+    raw = lbt_opt_bool(L, "baton.json.decode", 2, "raw_bytes", 0);
+  }
   lua_settop(L, 1);
   scratch *sc = new_scratch(L);
   const char *end = s;
@@ -590,7 +609,8 @@ static int ljson_decode(lua_State *L) {
   if (sc->tree == NULL) return malformed(L, s, len, pos, NULL);
   while (pos < len && (unsigned char)s[pos] <= 32) pos++;  /* cJSON's idea of whitespace */
   if (pos < len) return malformed(L, s, len, pos, NULL);
-  if ((pos = bad_string_byte(s, len)) != SIZE_MAX) return malformed(L, s, len, pos, NULL);
+  const char *why = NULL;
+  if ((pos = bad_string_byte(s, len, raw, &why)) != SIZE_MAX) return malformed(L, s, len, pos, why);
   dec d = {L, s, s + len, lua_upvalueindex(1), lua_upvalueindex(2), NULL};
   push_node(&d, sc->tree);
   if (d.inf != NULL)
