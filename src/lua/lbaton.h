@@ -65,6 +65,8 @@ typedef enum lbt_class {
 typedef struct lsem {
   bt_sem_t *s;              /* &storage while open, NULL once finalized */
   bt_sem_t storage;
+  size_t permits;           /* permit userdata still held: while > 0, anchored at `ref` */
+  int ref;
 } lsem;
 
 /* A budget userdata (lsem.c); other bindings may accept one (baton.engine{ budget = }).
@@ -72,6 +74,8 @@ typedef struct lsem {
 typedef struct lbudget {
   bt_budget_t *b;           /* &storage while open, NULL once finalized */
   bt_budget_t storage;
+  size_t permits;           /* as lsem's */
+  int ref;
 } lbudget;
 
 /* A group userdata (lgroup.c). */
@@ -174,6 +178,11 @@ void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T);
 void lbt_describe_waiting(lua_State *L, lbt_rt *R, char *buf, size_t n);
 int lbt_tasks(lua_State *L);  /* baton.tasks */
 void lbt_task_release(lbt_rt *R, lbt_task *T);  /* drop the anchor if nothing needs it */
+/* Anchor slots (ltask.c) for any value C must keep alive: lbt_anchor pops the value on top
+ * of L into a slot and returns it; lbt_unanchor frees the slot (plain C, never raises: safe
+ * in __close and __gc). */
+int lbt_anchor(lua_State *L, lbt_rt *R);
+void lbt_unanchor(lbt_rt *R, int slot);
 /* A finished task out of its group: pushed, and its anchor dropped (push + release). */
 void lbt_task_take(lua_State *L, lbt_rt *R, lbt_task *T);
 int lbt_push_outcome(lua_State *L, int idx);  /* task at idx: true, res... | false, err */

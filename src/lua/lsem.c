@@ -2,11 +2,14 @@
  * lsem.c — baton.semaphore, baton.budget and their permits.
  *
  * A permit is a closable userdata: release() (idempotent), <close>, or — as a last
- * resort, with a warning — the garbage collector gives it back. Its user value keeps the
- * semaphore or budget userdata alive, and with it the core semaphore or budget, which live
- * inside the userdata (lbaton.h): a semaphore or budget finalized first (by hand, or by the
- * collector in the same cycle) is closed, not freed, so a permit released after that gives
- * back to a closed semaphore, or to a key that only it still holds. Methods of a finalized
+ * resort, with a warning — the garbage collector gives it back. It is small (24 bytes, no
+ * user value: a million tasks each taking a permit make a million of them, garbage once
+ * released): what keeps the semaphore or budget userdata alive, and with it the core
+ * semaphore or budget that live inside it (lbaton.h), is an anchor slot the semaphore or
+ * budget holds while any permit of it is held (lsem.permits > 0). A semaphore or budget
+ * finalized by hand is closed, not freed, so a permit released after that gives back to a
+ * closed semaphore, or to a key that only it still holds; when the state closes, the
+ * permits' finalizers run before anything is freed. Methods of a finalized
  * semaphore or budget raise "used after it was closed". Permit release is plain C and
  * never waits, so it is safe from __close handlers and from a task being unwound by
  * cancellation. A permit carries one of two metatables, like a task: the one with __gc
@@ -32,14 +35,28 @@
 
 #include "lbaton.h"
 
-/* Points into the user value's storage: valid as long as the permit. */
+/* `owner` is the lsem or lbudget userdata, anchored while the permit is held, NULL once
+ * released (held = owner != NULL). */
 typedef struct lpermit {
-  bt_sem_t *sem;            /* semaphore permit, or NULL */
-  bt_budget_t *budget;      /* budget permit, or NULL */
-  bt_budget_key_t *key;
-  size_t k;
-  int held;
+  void *owner;
+  bt_budget_key_t *key;     /* budget permit: the key; semaphore permit: NULL */
+  size_t k;                 /* permits held (a semaphore's; a budget permit holds 1) */
 } lpermit;
+
+/* A new held permit of the semaphore or budget at owner_idx, whose held-permit count is
+ * *permits and anchor slot *ref: pushed. */
+static lpermit *new_permit(lua_State *L, int owner_idx, void *owner, size_t *permits, int *ref) {
+  lpermit *p = lua_newuserdatauv(L, sizeof *p, 0);
+  p->owner = owner;
+  p->key = NULL;
+  p->k = 1;
+  lbt_set_class(L, LBT_PERMIT);
+  if ((*permits)++ == 0) {
+    lua_pushvalue(L, owner_idx);
+    *ref = lbt_anchor(L, lbt_R(L));
+  }
+  return p;
+}
 
 LBT_HANDLE_FIRST(lsem, s);
 LBT_HANDLE_FIRST(lbudget, b);
@@ -58,16 +75,11 @@ static size_t opt_k(lua_State *L, int idx, bt_sem_t *s, const char *fname) {
   return (size_t)k;
 }
 
-/* Pushes a permit for k permits of the semaphore at sem_idx, already taken. */
+/* Pushes a permit for k permits of the semaphore at sem_idx, already taken (k is at most
+ * the capacity: opt_k). */
 static void push_sem_permit(lua_State *L, int sem_idx, bt_sem_t *s, size_t k) {
-  lpermit *p = lua_newuserdatauv(L, sizeof *p, 1);
-  memset(p, 0, sizeof *p);
-  lbt_set_class(L, LBT_PERMIT);
-  lua_pushvalue(L, sem_idx);
-  lua_setiuservalue(L, -2, 1);
-  p->sem = s;
-  p->k = k;
-  p->held = 1;
+  lsem *S = bt_container_of(s, lsem, storage);
+  new_permit(L, sem_idx, S, &S->permits, &S->ref)->k = k;
 }
 
 static int lsem_new(lua_State *L) {
@@ -75,6 +87,8 @@ static int lsem_new(lua_State *L) {
   lsem *S = lua_newuserdatauv(L, sizeof *S, 0);
   bt__sem_init(&S->storage, (size_t)n);
   S->s = &S->storage;
+  S->permits = 0;
+  S->ref = LUA_NOREF;
   lbt_set_class(L, LBT_SEM);
   return 1;
 }
@@ -222,11 +236,26 @@ static int lsem_tostring(lua_State *L) {
 
 /* ---- permits ------------------------------------------------------------------------ */
 
-static void permit_release(lpermit *p) {
-  if (!p->held) return;
-  p->held = 0;
-  if (p->sem != NULL) bt_sem_release(p->sem, p->k);
-  else if (p->budget != NULL) bt_budget_release(p->budget, p->key);
+/* Gives back what p holds; the last held permit of its owner drops the owner's anchor
+ * (not when the state is closing: the anchors go with it). */
+static void permit_release(lbt_rt *R, lpermit *p) {
+  if (p->owner == NULL) return;
+  size_t *permits;
+  int *ref;
+  if (p->key == NULL) {
+    lsem *S = p->owner;
+    bt_sem_release(&S->storage, p->k);
+    permits = &S->permits, ref = &S->ref;
+  } else {
+    lbudget *B = p->owner;
+    bt_budget_release(&B->storage, p->key);
+    permits = &B->permits, ref = &B->ref;
+  }
+  p->owner = NULL;
+  if (--*permits == 0 && *ref != LUA_NOREF) {
+    if (!R->closed) lbt_unanchor(R, *ref);
+    *ref = LUA_NOREF;
+  }
 }
 
 static lpermit *check_permit(lua_State *L, int idx) {
@@ -237,9 +266,10 @@ static lpermit *check_permit(lua_State *L, int idx) {
 /* release() and __close: released, the permit needs no finalizer any more. */
 static int lpermit_release(lua_State *L) {
   lpermit *p = check_permit(L, 1);
-  if (!p->held) return 0;
-  permit_release(p);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, lbt_R(L)->class_refs[LBT_PERMIT_FREE]);
+  if (p->owner == NULL) return 0;
+  lbt_rt *R = lbt_R(L);
+  permit_release(R, p);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, R->class_refs[LBT_PERMIT_FREE]);
   lua_setmetatable(L, 1);
   return 0;
 }
@@ -247,26 +277,26 @@ static int lpermit_release(lua_State *L) {
 static int lpermit_gc(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lpermit *p = check_permit(L, 1);
-  if (p->held && !R->closed)
+  if (p->owner != NULL && !R->closed)
     lbt_warn(R, "a permit was collected while still held; release it, or hold it in a "
                 "<close> variable (released now)");
-  permit_release(p);
+  permit_release(R, p);
   return 0;
 }
 
 static int lpermit_held(lua_State *L) {
   lpermit *p = check_permit(L, 1);
-  lua_pushboolean(L, p->held);
+  lua_pushboolean(L, p->owner != NULL);
   return 1;
 }
 
 static int lpermit_tostring(lua_State *L) {
   lpermit *p = check_permit(L, 1);
-  if (p->budget && p->held)
+  if (p->key != NULL && p->owner != NULL)
     lua_pushfstring(L, "baton.Permit (budget key '%s', held)", bt__budget_key_name(p->key));
-  else if (p->budget) lua_pushliteral(L, "baton.Permit (budget, released)");
+  else if (p->key != NULL) lua_pushliteral(L, "baton.Permit (budget, released)");
   else lua_pushfstring(L, "baton.Permit (%I, %s)", (LUAI_UACINT)p->k,
-                       p->held ? "held" : "released");
+                       p->owner != NULL ? "held" : "released");
   return 1;
 }
 
@@ -287,6 +317,8 @@ static int lbudget_new(lua_State *L) {
   lbudget *B = lua_newuserdatauv(L, sizeof *B, 0);
   bt__budget_init(&B->storage, (size_t)cap);
   B->b = &B->storage;
+  B->permits = 0;
+  B->ref = LUA_NOREF;
   lbt_set_class(L, LBT_BUDGET);
   return 1;
 }
@@ -307,15 +339,7 @@ static int lbudget_try_acquire(lua_State *L) {
     return fail_busy(L, fname, n < (size_t)cap ? (size_t)cap - n : 0, (size_t)cap,
                      lua_tostring(L, -1));
   }
-  lpermit *p = lua_newuserdatauv(L, sizeof *p, 1);
-  memset(p, 0, sizeof *p);
-  lbt_set_class(L, LBT_PERMIT);
-  lua_pushvalue(L, 1);
-  lua_setiuservalue(L, -2, 1);
-  p->budget = B->b;
-  p->key = k;
-  p->k = 1;
-  p->held = 1;
+  new_permit(L, 1, B, &B->permits, &B->ref)->key = k;
   return 1;
 }
 

@@ -126,6 +126,9 @@ static void unanchor(lbt_rt *R, int slot) {
   R->free_slots[R->nfree++] = slot;
 }
 
+int lbt_anchor(lua_State *L, lbt_rt *R) { return anchor(L, R, 0); }
+void lbt_unanchor(lbt_rt *R, int slot) { unanchor(R, slot); }
+
 void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T) {
   int idx;
   lua_State *A = astack(R, T->ref, &idx);
