@@ -145,11 +145,11 @@ describe("baton.redis.queue", function()
   end))
 
   it("keeps a slow job from being taken over while its worker lives", async(function()
-    local q1, r1, s = setup { claim_idle_ms = 150 }
+    local q1, r1, s = setup { claim_idle_ms = 300 }
     local r2 = assert(baton.redis.connect { url = server.url })
-    local q2 = baton.redis.queue { redis = r2, stream = s, claim_idle_ms = 150 }
+    local q2 = baton.redis.queue { redis = r2, stream = s, claim_idle_ms = 300 }
     local runs = 0
-    local function handler() runs = runs + 1; baton.sleep(600) end
+    local function handler() runs = runs + 1; baton.sleep(1000) end
     local w1 = baton.runner { queue = q1, handler = handler }
     w1:start()
     assert(q1:enqueue { slow = true })
@@ -157,7 +157,7 @@ describe("baton.redis.queue", function()
     local w2 = baton.runner { queue = q2, handler = handler }
     w2:start()
     eventually(function() return w1:stats().completed == 1 end, 3000)
-    baton.sleep(200)
+    baton.sleep(300)
     assert.equal(1, runs)
     assert.equal(0, w2:stats().reclaimed)
     w1:stop()

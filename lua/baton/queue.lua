@@ -165,8 +165,7 @@ end
 return { r[1], out, dead }
 ]]
 
--- ARGV[3] idle ms to set (0: a heartbeat; claim_idle_ms: give the jobs back), ARGV[4..] ids
--- -> how many were held
+-- ARGV[3] idle ms to set (0: a heartbeat), ARGV[4..] ids -> how many were held
 local TOUCH = HELD .. [[
 local n = 0
 for i = 4, #ARGV do
@@ -176,6 +175,16 @@ for i = 4, #ARGV do
   end
 end
 return n
+]]
+
+-- ARGV[3] idle ms: every job this consumer holds is made to look idle that long (XCLAIM
+-- JUSTID: no delivery counted), so the other workers' next scan takes it -> how many
+local GIVE_BACK = [[
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 10000, ARGV[2])
+for _, e in ipairs(p) do
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, e[1], 'IDLE', ARGV[3], 'JUSTID')
+end
+return #p
 ]]
 
 -- Deletes this consumer from the group when it holds nothing (a consumer deleted with
@@ -608,8 +617,6 @@ end
 local function stop(self, nowait)
   if self.state == "stopped" then return end
   self.state = "stopped"
-  local ids = {}
-  for id in pairs(self.inflight) do ids[#ids + 1] = id end
   local g = self.g
   self.g = nil
   if g then
@@ -619,14 +626,13 @@ local function stop(self, nowait)
   local cur = not nowait and baton.current()
   local q = self.q
   local inside = cur and self.tasks[cur]  -- stopped by a handler: its own task is aborted too
-  if cur and not inside and #ids > 0 and not q.redis:closed() then
-    -- best effort: give the jobs back (their idle time set past claim_idle_ms), so another
-    -- worker's next scan takes them instead of waiting claim_idle_ms
-    local args = { q.group, q.consumer, q.claim_idle_ms }
-    for _, id in ipairs(ids) do args[#args + 1] = id end
-    pcall(run, q, TOUCH, args)
+  if cur and not inside and not q.redis:closed() then
+    -- best effort: give back what this consumer holds (the jobs cancelled, and any a read
+    -- cut short by the stop had delivered), so another worker's next scan takes them
+    -- instead of waiting claim_idle_ms; then leave the group if nothing is held
+    pcall(run, q, GIVE_BACK, { q.group, q.consumer, q.claim_idle_ms })
+    pcall(run, q, FORGET, { q.group, q.consumer })
   end
-  if cur and not inside and not q.redis:closed() then pcall(run, q, FORGET, { q.group, q.consumer }) end
   self.inflight = {}
 end
 
