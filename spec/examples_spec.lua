@@ -1,7 +1,7 @@
 -- Every example runs as its header says (`baton examples/<name>.lua` from the repository's
 -- root), exits 0 with nothing on stderr, and prints the line that shows it did its job.
--- BATON_EXE names the executable (ctest sets it). fleet.sh (3 processes on a private
--- redis-server) runs when redis-server is installed.
+-- BATON_EXE names the executable (ctest sets it). fleet.sh and work_queue.sh (3 processes
+-- on a private redis-server) run when redis-server is installed.
 local H = require "spec.helper"
 
 local SRC = H.SRC
@@ -55,5 +55,19 @@ describe("examples", function()
     assert.equal(3, shares, out)
     local total = tonumber(out:match("fleet: (%d+) requests"))
     assert.is_true(total and total >= 45 and total <= 5 + 20 * 3 + 2, out)   -- not 3 x 65
+  end)
+
+  -- work_queue.lua runs as a producer and 3 workers on a private redis-server (work_queue.sh).
+  fleet_it("work_queue.sh runs 3 workers whose shares add up to the 300 jobs, each done once", function()
+    local exe = H.EXE:sub(1, 1) == "/" and H.EXE or (SRC .. "/" .. H.EXE)
+    local p = assert(io.popen(("cd %s && BATON_EXE=%s timeout 60 sh examples/work_queue.sh 2>&1")
+                              :format(H.q(SRC), H.q(exe))))
+    local out = p:read("a")
+    p:close()
+    local workers = 0
+    for _ in out:gmatch("worker%-%d: %d+ jobs") do workers = workers + 1 end
+    assert.equal(3, workers, out)
+    assert.truthy(out:find("fleet: 300 jobs done by 3 workers, counted 300, left in the stream 0, "
+                           .. "dead-lettered 0", 1, true), out)
   end)
 end)

@@ -292,9 +292,17 @@ function baton.pipeline() end
 ---@field handler fun(request: baton.RunnerRequest): any runs in a task
 ---@field poll_ms? integer default 400
 
----A poll-and-poke work driver (docs/runner.md).
+---@class baton.QueueRunnerOptions
+---@field queue baton.RedisQueue the work queue (baton.redis.queue)
+---@field handler fun(job: any, delivery: baton.RedisDelivery): any runs in a task per job; a failure (raise, or nil, msg, kind) is a failed delivery
+---@field concurrency? integer jobs run at once (default 1)
+---@field block_ms? integer the longest blocking read (default min(1000, claim_idle_ms / 2))
+
+---A poll-and-poke work driver (docs/runner.md); with `queue`, the distributed runner on a
+---Redis stream (docs/redis.md, "The work queue").
 ---@param opts baton.RunnerOptions
 ---@return baton.Runner
+---@overload fun(opts: baton.QueueRunnerOptions): baton.QueueRunner
 function baton.runner(opts) end
 
 ---@class baton.EngineOptions
@@ -908,6 +916,9 @@ function Redis:eval(script, keys, args) end
 ---@param ... string
 ---@return baton.RedisSubscription|nil sub, string? message, baton.Kind? kind, baton.Detail? detail
 function Redis:subscribe(channel, ...) end
+---A new client to the same server, set up the same way (for blocking commands).
+---@return baton.Redis|nil client, string? message, baton.Kind? kind, baton.Detail? detail
+function Redis:duplicate() end
 ---Fails calls in flight with "closed"; later use raises.
 function Redis:close() end
 ---@return boolean
@@ -922,6 +933,68 @@ function RedisSubscription:next(ms) end
 ---@return integer dropped messages over the 10,000 unread cap
 function RedisSubscription:dropped() end
 function RedisSubscription:close() end
+
+-- ---- baton.redis.queue (docs/redis.md, "The work queue") --------------------------------
+
+---@class baton.RedisQueueOptions
+---@field redis baton.Redis a client (reconnect = true to ride out a restart of the server)
+---@field stream string the stream's key
+---@field group? string the consumer group (default "baton")
+---@field consumer? string this worker's name in the group (default a new unique one)
+---@field claim_idle_ms? integer a job idle this long (its worker died) is claimed by another (default 30000)
+---@field max_deliveries? integer deliveries before a job is dead-lettered (default 5)
+---@field dead_letter? string the dead-letter stream (default stream .. ":dead")
+---@field keep_acked? boolean keep acknowledged entries in the stream (default false: XDEL)
+
+---A work queue on a Redis stream; workers are baton.runner{ queue = }.
+---@param opts baton.RedisQueueOptions
+---@return baton.RedisQueue
+function baton.redis.queue(opts) end
+
+---@class baton.RedisQueue
+---@field stream string
+---@field group string
+---@field consumer string
+local RedisQueue = {}
+---Adds a job (XADD; the job JSON-encoded).
+---@param job any a JSON value
+---@return string|nil id, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisQueue:enqueue(job) end
+---Adds jobs in one pipeline.
+---@param jobs any[]
+---@return string[]|nil ids, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisQueue:enqueue_all(jobs) end
+---Creates the group (and the stream) if missing.
+---@return true|nil ok, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisQueue:ensure() end
+---@return { length: integer, pending: integer, dead: integer, consumers: table<string, integer> }|nil info, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisQueue:info() end
+---The oldest dead letters.
+---@param count? integer default 100
+---@return { id: string, job: any, deliveries: integer, kind: string, error: string, consumer: string, entry: string }[]|nil letters, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisQueue:dead_letters(count) end
+
+---@class baton.RedisDelivery
+---@field id string the stream entry's id
+---@field deliveries integer this delivery's number (1 the first time)
+local RedisDelivery = {}
+---Acknowledges now, running `commands` in the same server-side script as the XACK (both or
+---neither); "closed" when another consumer holds the job now (nothing was run).
+---@param commands? (string|number)[][]
+---@return true|nil ok, string? message, baton.Kind? kind, baton.Detail? detail
+function RedisDelivery:ack(commands) end
+
+---@class baton.QueueRunner
+local QueueRunner = {}
+---Starts the reader and the heartbeat.
+---@return baton.QueueRunner
+function QueueRunner:start() end
+---Aborts the jobs (they go back to the group), stops the tasks, closes the reader's connection.
+function QueueRunner:stop() end
+---@return "new"|"running"|"stopped"
+function QueueRunner:status() end
+---@return { delivered: integer, completed: integer, failed: integer, dead_lettered: integer, reclaimed: integer, errors: integer, running: integer }
+function QueueRunner:stats() end
 
 -- ---- baton.redis.store (docs/redis.md, "The store"; docs/store.md) ----------------------
 

@@ -641,6 +641,7 @@ int lbt_open(lua_State *L) {
   lbt_open_redis(L, rt_idx);
   lbt_open_concurrency(L, rt_idx);
   lbt_open_router(L, rt_idx);
+  lbt_open_queue(L, rt_idx);
 
   if (luaL_loadbuffer(L, lua_helpers, strlen(lua_helpers), "=baton") != LUA_OK)
     return lua_error(L);

@@ -247,6 +247,9 @@ void lbt_close_redis(lua_State *L);             /* close every open Redis client
  * the other openers, whose functions it uses */
 void lbt_open_concurrency(lua_State *L, int rt_idx);
 void lbt_open_router(lua_State *L, int rt_idx);  /* lrouter.c: store.lua, router.lua (compiled in) */
+/* lqueue.c: baton.redis.queue and baton.runner{ queue = } (queue.lua, compiled in); after
+ * lbt_open_runner and lbt_open_redis, whose functions it wraps */
+void lbt_open_queue(lua_State *L, int rt_idx);
 /* lhttp.c and lhttpstream.c: response heads as tables, and the stream half of
  * baton.http (options checked by lhttp.c; strings in `o` anchored on the stack). */
 void lbt_http_push_headers(lua_State *L, const char *p, size_t len);  /* raw lines -> table */

@@ -19,6 +19,8 @@
  *     NOSCRIPT (the Lua at eval_lua)
  *   client:subscribe(channel, ...) → subscription (its own connection) | nil, msg, kind;
  *     subscription:next([ms]) → payload, channel | nil, msg, kind; :close(); :dropped()
+ *   client:duplicate() → a new client to the same server, set up the same way (a connection
+ *     of its own, for blocking commands) | nil, msg, kind
  *   client:close(), <close>, __gc; client:closed()
  *
  * Ownership. A client userdata (lredis) owns the hiredis context (`ac`, NULL once hiredis
@@ -680,8 +682,7 @@ static void connect_release(void *arg) {
 /* Stack in connect_k: 1 = options, 2 = client, 3 = setup state, 4 = Call (the PING). */
 static int connect_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
-  (void)ctx;
-  const char *fname = "baton.redis.connect";
+  const char *fname = ctx ? "baton.redis:duplicate" : "baton.redis.connect";
   lredis *c = lua_touserdata(L, 2);
   setup_state *st = lua_touserdata(L, 3);
   lcall *k = lua_touserdata(L, 4);
@@ -707,6 +708,9 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
   lua_pushvalue(L, 2);
   return 1;
 }
+
+static int connect_start(lua_State *L, lbt_rt *R, lua_KContext ctx, const target *tp,
+                         lua_Integer ms, int reconnect);
 
 static int lredis_connect(lua_State *L) {
   static const char fname[] = "baton.redis.connect";
@@ -737,12 +741,21 @@ static int lredis_connect(lua_State *L) {
   lua_Number ms = lbt_opt_ms(L, fname, 1, "timeout_ms", -1);
   int reconnect = lbt_opt_bool(L, fname, 1, "reconnect", 0);
   lua_settop(L, 1);
+  return connect_start(L, R, 0, &t, ms < 0 ? -1 : (lua_Integer)ms, reconnect);
+}
+
+/* Opens a client to t and waits for its PING (connect_k). Stack: 1 (the options, or the
+ * client duplicated), nothing above. ctx 1: the failures are named baton.redis:duplicate. */
+static int connect_start(lua_State *L, lbt_rt *R, lua_KContext ctx, const target *tp,
+                         lua_Integer ms, int reconnect) {
+  const char *fname = ctx ? "baton.redis:duplicate" : "baton.redis.connect";
+  target t = *tp;
   lbt_task *T = lbt_await_begin(L, R, fname);
 
   lredis *c = lua_newuserdatauv(L, sizeof *c, 0);  /* 2 */
   memset(c, 0, sizeof *c);
   c->rt = R->rt;
-  c->timeout_ms = ms < 0 ? -1 : (lua_Integer)ms;
+  c->timeout_ms = ms;
   c->reconnect = reconnect;
   c->t = t;
   lbt_set_class(L, LBT_REDIS);
@@ -771,7 +784,16 @@ static int lredis_connect(lua_State *L) {
   q->waiter = &T->t;
   q->token = bt_task_wait(R->rt, &T->t, &f->wait, wait_cancel,
                           ms < 0 ? UINT64_MAX : bt_now(R->rt) + (uint64_t)ms);
-  return lbt_suspend(L, 0, connect_k);
+  return lbt_suspend(L, ctx, connect_k);
+}
+
+/* client:duplicate(): a new client to the same server, set up the same way (password, db,
+ * timeout_ms, reconnect), for what must not share a connection: a blocking command
+ * (XREADGROUP BLOCK, BLPOP) holds its connection until it ends. Waits as connect does. */
+static int lredis_duplicate(lua_State *L) {
+  lredis *c = lbt_check_handle(L, 1, LBT_REDIS);
+  lua_settop(L, 1);
+  return connect_start(L, lbt_R(L), 1, &c->t, c->timeout_ms, c->reconnect);
 }
 
 static int lredis_gc(lua_State *L) { return lredis_close(L); }
@@ -1081,7 +1103,8 @@ static const char eval_lua[] =
 void lbt_open_redis(lua_State *L, int rt_idx) {
   static const luaL_Reg methods[] = {
     {"call", lredis_call}, {"pipeline", lredis_pipeline}, {"subscribe", lredis_subscribe},
-    {"close", lredis_close}, {"closed", lredis_closed}, {NULL, NULL}};
+    {"close", lredis_close}, {"closed", lredis_closed}, {"duplicate", lredis_duplicate},
+    {NULL, NULL}};
   static const luaL_Reg meta[] = {
     {"__gc", lredis_gc}, {"__close", lredis_close}, {"__tostring", lredis_tostring},
     {NULL, NULL}};
