@@ -23,6 +23,13 @@
  * resumes starts one; otherwise woken tasks go first. */
 #define BT_FRESH_EVERY 64u
 
+/* A timer heap entry: the keys beside the pointer, so that sifting compares entries in
+ * one array and touches a timer only to note its new index. */
+struct bt_heap_entry {
+  uint64_t due, seq;
+  bt_timer_t *t;
+};
+
 struct bt_rt {
   uv_loop_t *loop;
   uv_loop_t own;                /* used when the caller passed no loop */
@@ -38,7 +45,7 @@ struct bt_rt {
   bt_task_t *current;
   unsigned budget;
   uint32_t next_id;
-  bt_timer_t **heap;            /* min-heap on (due, seq) */
+  struct bt_heap_entry *heap;   /* min-heap on (due, seq), kept in the entries (rt.c) */
   size_t heap_len, heap_cap;
   uint64_t timer_seq;
   uint64_t armed_due;           /* due of the uv timer when armed, else UINT64_MAX */
