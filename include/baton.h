@@ -469,8 +469,9 @@ BT_EXTERN int bt_http_start(bt_rt_t *rt, const bt_http_opts *o, bt_http_cb done,
 BT_EXTERN void bt_http_free(bt_http_req_t *r);
 /* After the callback: 0 when a response was received (any status), else a negative code;
  * bt_http_error() then names it: `kind` is one of "connect", "timeout", "too_large", "tls",
- * "protocol", "io", "resource" (no socket could be made: out of descriptors), "nomem", and
- * the message (static or the transfer's own storage) says what happened. */
+ * "protocol", "io", "resource" (no socket could be made: out of descriptors, or out of
+ * memory buffering the response) — the kinds of docs/errors.md — and the message (static or
+ * the transfer's own storage) says what happened. */
 BT_EXTERN int bt_http_result(const bt_http_req_t *r);
 BT_EXTERN const char *bt_http_error(const bt_http_req_t *r, const char **kind);
 BT_EXTERN long bt_http_status(const bt_http_req_t *r);

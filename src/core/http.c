@@ -393,7 +393,7 @@ static void finish(bt_http_req_t *r, CURLcode cc) {
     snprintf(lim, sizeof lim, "%zu", r->max_head);
     set_error(r, UV_E2BIG, "too_large", "response headers exceed %s bytes", lim);
   } else if (r->over == 3) {
-    set_error(r, BT_ENOMEM, "nomem", "%s", "out of memory buffering the response");
+    set_error(r, BT_ENOMEM, "resource", "%s", "out of memory buffering the response");
   } else if (cc == CURLE_OUT_OF_MEMORY || (cc != CURLE_OK && strstr(detail, "Too large"))) {
     /* libcurl's own caps: one header line over 100 KiB reads as out of memory, all of
      * them over 300 KiB as "Too large response headers". */

@@ -56,7 +56,6 @@ static void xfer_free(void *arg) {
 int lbt_http_fail(lua_State *L, const char *fname, const bt_http_req_t *r) {
   const char *kind;
   const char *msg = bt_http_error(r, &kind);
-  if (strcmp(kind, "nomem") == 0) kind = "resource";  /* the core's name for it */
   if (!lbt_is_kind(kind)) kind = "io";
   lua_createtable(L, 0, 1);
   lua_pushstring(L, bt_http_url(r));
