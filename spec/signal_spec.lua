@@ -91,6 +91,22 @@ describe("signals", function()
       assert.equal("baton: terminated by SIGTERM\n", r.err)
     end)
 
+    it("dies of the signal once cleaned up, so its parent sees a process the signal ended",
+       function()
+      -- baton signals itself (its child's parent), then its closer prints; os.execute runs
+      -- it with exec, so the status seen is baton's own: killed by SIGTERM, not exit 143
+      local out = os.tmpname()
+      local script = "local c <close> = setmetatable({}, { __close = function() print('closed') end }) "
+        .. "baton.process.run { 'sh', '-c', 'kill -TERM $PPID' } baton.sleep(10000)"
+      local ok, how, code = os.execute(("exec %s -e %s >%s 2>/dev/null </dev/null")
+                                       :format(q(EXE), q(script), q(out)))
+      assert.is_nil(ok)
+      assert.equal("signal", how)
+      assert.equal(15, code)
+      assert.equal("closed\n", slurp(out))
+      os.remove(out)
+    end)
+
     it("SIGHUP does the same and exits 129; under nohup it stays ignored", function()
       local r = child_close(baton_cmd, "HUP")
       assert.is_true(r.closed, "the <close> handler did not run")

@@ -13,7 +13,9 @@
  *
  * Signals and exit statuses. baton.run watches SIGINT, SIGTERM and SIGHUP while it runs
  * (lsignal.c): the first aborts the main task (its <close> handlers run, then every other
- * task, and child processes are released) and the status becomes 128 + the signal; a second
+ * task, and child processes are released), and once the state is closed the process kills
+ * itself with that signal, its default action restored (the shell reports 128 + the signal,
+ * and knows the signal ended it: a loop in a script stops on Ctrl-C); a second
  * ends the process at once. While the REPL runs, SIGINT goes to the REPL first (it aborts
  * the line that runs). os.exit is baton.exit here: from a task it ends the run the same way,
  * with the status given. --strict (or BATON_STRICT=1) makes a run that would exit 0 exit 1
@@ -70,6 +72,7 @@ typedef struct cli {
   lbt_cli *cli;      /* the bindings' handle, owned by the Lua state */
   size_t unjoined;   /* failed tasks reported as never joined (counted by the bindings) */
   int status;        /* the exit status */
+  int signum;        /* the signal whose default action ended the run, or 0 */
 } cli;
 
 /* ---- options ---------------------------------------------------------------------------- */
@@ -418,6 +421,7 @@ static void run_main(lua_State *L, cli *C, int mod) {
   if (exit_status >= 0) {  /* a signal's default action, or baton.exit (os.exit) */
     if (signum != 0) report(signal_text(signum));
     C->status = exit_status;
+    C->signum = signum;
   } else if (rc != LUA_OK || lua_gettop(L) > base) {
     report(error_text(L));  /* a runtime error, or a chunk that did not load */
     C->status = EXIT_FAILURE;
@@ -528,5 +532,12 @@ int main(int argc, char **argv) {
   }
   bt_arena_free(arena);
   free(C.steps);
+  if (C.signum != 0) {
+    /* Ended by a signal: die of it once everything is cleaned up, so that the parent sees
+     * a process the signal killed (a shell loop stops on Ctrl-C), not a plain exit. */
+    fflush(NULL);
+    signal(C.signum, SIG_DFL);
+    raise(C.signum);
+  }
   return C.status;
 }
