@@ -78,13 +78,13 @@ static void out_event(bt_buf *o, const char *type, size_t tlen, const char *data
  * from 1 to step), writing what it reads to `o`. */
 static void sse_run(const char *p, size_t n, size_t max_event, size_t step, bt_buf *o) {
   bt_sse s;
-  bt_sse_init(&s, max_event);
+  bt__sse_init(&s, max_event);
   size_t i = 0, k = 0;
   while (i < n) {
     size_t piece = step ? 1 + (k++ % step) : n - i;
     if (piece > n - i) piece = n - i;
     int res;
-    size_t used = bt_sse_feed(&s, p + i, piece, &res);
+    size_t used = bt__sse_feed(&s, p + i, piece, &res);
     if (used == 0 || used > piece) abort();
     if (res == BT_SSE_MORE && used != piece) abort();
     i += used;
@@ -101,7 +101,7 @@ static void sse_run(const char *p, size_t n, size_t max_event, size_t step, bt_b
   char tail[32];
   snprintf(tail, sizeof tail, "R%lld", s.retry_ms);
   out_add(o, tail, strlen(tail));
-  bt_sse_free(&s);
+  bt__sse_free(&s);
 }
 
 /* The rules read plainly: the stream cut into lines first, each line then taken apart. */

@@ -20,13 +20,13 @@ enum { F_IGNORE, F_DATA, F_EVENT, F_ID, F_RETRY };     /* what the value is for 
 
 #define BIG_BUFFER ((size_t)1 << 20)  /* an event buffer above this is freed once read */
 
-void bt_sse_init(bt_sse *s, size_t max_event) {
+void bt__sse_init(bt_sse *s, size_t max_event) {
   memset(s, 0, sizeof *s);
   s->max_event = max_event;
   s->retry_ms = -1;
 }
 
-void bt_sse_free(bt_sse *s) {
+void bt__sse_free(bt_sse *s) {
   bt__buf_free(&s->data);
   bt__buf_free(&s->type);
   bt__buf_free(&s->id);
@@ -232,7 +232,7 @@ static size_t run(bt_sse *s, const char *p, size_t len, int *res) {
   return i;
 }
 
-size_t bt_sse_feed(bt_sse *s, const char *p, size_t len, int *res) {
+size_t bt__sse_feed(bt_sse *s, const char *p, size_t len, int *res) {
   static const char bom[3] = {'\xEF', '\xBB', '\xBF'};
   *res = BT_SSE_MORE;
   if (s->ready) {

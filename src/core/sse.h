@@ -12,7 +12,7 @@
  * it). A UTF-8 byte-order mark at the very start is dropped.
  *
  * Size: an event's data plus its type, or an id value, over `max_event` bytes makes
- * bt_sse_feed() report BT_SSE_TOO_LARGE once (for an id, at the end of its line: one with a
+ * bt__sse_feed() report BT_SSE_TOO_LARGE once (for an id, at the end of its line: one with a
  * NUL is ignored whatever its length); that event is dropped and the parser skips the rest
  * of it (to the next blank line), then goes on. Where the bytes are cut never changes what
  * is read. Lines that are not kept (comments,
@@ -33,7 +33,7 @@ enum {
 };
 
 typedef struct bt_sse {
-  /* The event, after BT_SSE_EVENT and until the next bt_sse_feed(): data (possibly holding
+  /* The event, after BT_SSE_EVENT and until the next bt__sse_feed(): data (possibly holding
    * NULs: use .len), type (empty: "message"), and the last event id when has_id. Each is
    * NUL-terminated, or has p NULL when empty. */
   bt_buf data, type, id;
@@ -51,12 +51,12 @@ typedef struct bt_sse {
 } bt_sse;
 
 /* A parser at the start of a stream; `max_event` 0 is no limit. */
-void bt_sse_init(bt_sse *s, size_t max_event);
+void bt__sse_init(bt_sse *s, size_t max_event);
 /* Reads bytes from p[0, len) and returns how many it took, stopping early right after the
  * byte that completed an event (*res = BT_SSE_EVENT) or went over the limit (*res =
  * BT_SSE_TOO_LARGE or BT_SSE_NOMEM); else it takes all and *res = BT_SSE_MORE. */
-size_t bt_sse_feed(bt_sse *s, const char *p, size_t len, int *res);
+size_t bt__sse_feed(bt_sse *s, const char *p, size_t len, int *res);
 /* Frees the buffers; the parser may be initialised again. */
-void bt_sse_free(bt_sse *s);
+void bt__sse_free(bt_sse *s);
 
 #endif

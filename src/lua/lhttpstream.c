@@ -49,7 +49,7 @@ static void stream_close(void *arg) {
   if (st->h.waiter != NULL) bt_task_wake(st->h.rt, st->h.waiter, st->h.token, BT_ECLOSED);
   bt_http_free(st->h.r);
   st->h.r = NULL;
-  bt_sse_free(&st->sse);
+  bt__sse_free(&st->sse);
 }
 
 static lstream *check_stream(lua_State *L, const char *fname) {
@@ -133,7 +133,7 @@ static int next_event(lua_State *L, lstream *st, const char *fname) {
     if (len == 0) break;
     if (budget == 0) return -2;
     int res;
-    size_t used = bt_sse_feed(&st->sse, p, len < budget ? len : budget, &res);
+    size_t used = bt__sse_feed(&st->sse, p, len < budget ? len : budget, &res);
     budget -= used;
     bt_http_consume(st->h.r, used);  /* may resume the transfer, adding bytes */
     if (st->sse.retry_new) note_retry(L, st);
@@ -245,7 +245,7 @@ int lbt_http_stream_start(lua_State *L, lbt_rt *R, bt_http_opts *o, lua_Integer 
   lstream *st = lua_newuserdatauv(L, sizeof *st, 1);
   memset(st, 0, sizeof *st);
   luaL_setmetatable(L, BT_STREAM_MT);
-  bt_sse_init(&st->sse, (size_t)max_event);
+  bt__sse_init(&st->sse, (size_t)max_event);
   st->h.rt = R->rt;
   o->stream = 1;
   o->stream_buffer = MAX_LINE;

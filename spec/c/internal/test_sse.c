@@ -20,14 +20,14 @@ typedef struct { char data[64], type[16], id[16]; int has_id; } event;
 /* Feeds `text` in pieces of `step` bytes (0: whole); returns the events, counts too large. */
 static int parse(size_t step, event *out, int max, int *too_large, long long *retry) {
   bt_sse s;
-  bt_sse_init(&s, 16);
+  bt__sse_init(&s, 16);
   size_t len = sizeof stream - 1, off = 0;
   int n = 0;
   *too_large = 0;
   while (off < len) {
     size_t k = step == 0 || step > len - off ? len - off : step;
     int res;
-    size_t used = bt_sse_feed(&s, stream + off, k, &res);
+    size_t used = bt__sse_feed(&s, stream + off, k, &res);
     off += used;
     if (res == BT_SSE_EVENT) {
       CHECK(n < max && s.data.len < 64 && s.type.len < 16 && s.id.len < 16);
@@ -43,7 +43,7 @@ static int parse(size_t step, event *out, int max, int *too_large, long long *re
     }
   }
   *retry = s.retry_ms;
-  bt_sse_free(&s);
+  bt__sse_free(&s);
   return n;
 }
 
