@@ -90,9 +90,9 @@ local function channel(n)
   return select(2, consumer:join())
 end
 
--- W5b: the same through the batch forms: the producer hands over up to 64 values per
--- send_many, the consumer takes up to 64 per recv_many (Tokio's peer passes them one by
--- one: its 1.24 in Debian has no recv_many).
+-- W5b: the same through the batch forms: the producer fills a list of up to 64 values and
+-- hands it over with send_many, the consumer takes lists of up to 64 with recv_many (Tokio's
+-- peer passes them one by one: its 1.24 in Debian has no recv_many).
 local function channel_batch(n)
   local ch = baton.channel(64)
   local producer = baton.spawn(function()
@@ -107,9 +107,9 @@ local function channel_batch(n)
     ch:close()
   end)
   local consumer = baton.spawn(function()
-    local got, buf = 0, {}
+    local got = 0
     while true do
-      local k = ch:recv_many(buf, 64)
+      local k = ch:recv_many(nil, 64)  -- k, a list of k values
       if not k then return got end
       got = got + k
     end

@@ -410,6 +410,40 @@ describe("baton.channel batches (send_many, recv_many)", function()
     assert.same({ "p", "q" }, b)
   end))
 
+  it("recv_many(nil, max) returns a new list: the ring itself when it takes everything, "
+     .. "and the channel goes on with a fresh one", H.async(function()
+    local ch = baton.channel(4)
+    assert.equal(4, ch:send_many({ "a", "b", "c", "d" }))
+    local k, l1 = ch:recv_many(nil, 10)                  -- everything: the ring is handed over
+    assert.equal(4, k)
+    assert.same({ "a", "b", "c", "d" }, l1)
+    assert.equal(0, #ch)
+    assert.equal(3, ch:send_many({ "e", "f", "g" }))
+    assert.same({ "a", "b", "c", "d" }, l1)              -- the list given away is not reused
+    local k2, l2 = ch:recv_many(nil, 2)                  -- part of it: copied
+    assert.equal(2, k2)
+    assert.same({ "e", "f" }, l2)
+    assert.is_true(ch:send("h"))
+    assert.equal("g", ch:recv())
+    local k3, l3 = ch:recv_many(nil, 8)
+    assert.same({ 1, { "h" } }, { k3, l3 })
+    local buf = {}
+    assert.is_true(ch:send("i"))
+    local k4, b4 = ch:recv_many(buf, 8)
+    assert.equal(1, k4)
+    assert.equal(buf, b4)                                 -- a buffer given is the list returned
+    -- values sent after a hand-over keep their order across the ring's wrap
+    for round = 1, 50 do
+      local n = round % 4 + 1
+      local list = {}
+      for j = 1, n do list[j] = round * 10 + j end
+      assert.equal(n, ch:send_many(list))
+      local m, got = ch:recv_many(nil, round % 2 == 0 and 8 or n - 1 > 0 and n - 1 or 1)
+      for j = 1, m do assert.equal(round * 10 + j, got[j]) end
+      while #ch > 0 do ch:recv() end
+    end
+  end))
+
   it("rendezvous: send_many hands over as many values as receivers wait", H.async(function()
     local ch = baton.channel(0)
     assert.equal("busy", select(3, ch:try_send(1)))
@@ -473,7 +507,8 @@ describe("baton.channel batches (send_many, recv_many)", function()
     assert.equal(3, ch:send_many({ 1, 2, 3 }))          -- the ring was left clean
     H.raises_misuse("baton.channel:send_many", 1, "list", "expected table", ch.send_many, ch, 5)
     H.raises_misuse("baton.channel:send_many", 2, "i", "got 0", ch.send_many, ch, {}, 0)
-    H.raises_misuse("baton.channel:recv_many", 1, "buf", "expected table", ch.recv_many, ch)
+    H.raises_misuse("baton.channel:recv_many", 1, "buf", "expected table or nil", ch.recv_many,
+                    ch, 5, 1)
     H.raises_misuse("baton.channel:recv_many", 2, "max", "got 0", ch.recv_many, ch, {}, 0)
     assert.equal(3, #ch)
   end))

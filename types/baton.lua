@@ -622,11 +622,12 @@ function Channel:try_recv() end
 ---@param ms? number
 ---@return integer|nil k, string? message, baton.Kind? kind, baton.Detail? detail
 function Channel:send_many(list, i, j, ms) end
----Waits until one value is there, then takes up to max of them into buf[1..k]; returns k.
----@param buf any[]
+---Waits until one value is there, then takes up to max of them into buf[1..k] (or, buf nil,
+---a new list); returns k and the list.
+---@param buf any[]|nil
 ---@param max integer
 ---@param ms? number
----@return integer|nil k, string? message, baton.Kind? kind, baton.Detail? detail
+---@return integer|nil k, any[]|string list_or_message, baton.Kind? kind, baton.Detail? detail
 function Channel:recv_many(buf, max, ms) end
 ---Receives until closed and drained.
 ---@return fun(): any

@@ -8,7 +8,8 @@
  *   ch:try_send(v)     -> true | nil, msg, "busy", { len, capacity } | nil, msg, "closed"
  *   ch:try_recv()      -> v    | nil, msg, "busy", { len, capacity } | nil, msg, "closed"
  *   ch:send_many(list [, i [, j [, ms]]]) -> k (1 <= k: list[i..i+k-1] sent; 0 for i > j)
- *   ch:recv_many(buf, max [, ms])   -> k (buf[1..k] written, 1 <= k <= max) | nil, msg, kind
+ *   ch:recv_many(buf, max [, ms])   -> k, buf (buf[1..k] written, 1 <= k <= max) | nil, msg, kind
+ *   ch:recv_many(nil, max [, ms])   -> k, list (a new list of k values)
  *   for v in ch:iter() do ... end    (ends when the channel is closed and drained)
  *   ch:close() (also <close>), ch:closed(), ch:capacity(), #ch (values queued)
  * send and recv are awaits and raise the cancellation error; misuse (a nil value, a bad
@@ -94,6 +95,7 @@ static void ring_take(lua_State *L, lchan *C, int ci, int reserved) {
   lua_rawseti(L, -3, C->head);
   C->head = C->head == C->size ? 1 : C->head + 1;
   bt_chan_pop(&C->storage, reserved);
+  if (C->storage.len == 0) C->head = 1;  /* empty: the next values start at slot 1 */
 }
 
 /* Puts list[i..i+k-1] (the table at li) at the tail of the channel at ci and calls
@@ -125,10 +127,32 @@ static void ring_put_many(lua_State *L, lchan *C, int ci, int li, lua_Integer i,
   bt_chan_push_n(&C->storage, (size_t)k, reserved);
 }
 
-/* Takes k values from the head into buf[1..k] (the table at bi); calls bt_chan_pop_n. */
+/* Takes k values from the head into buf[1..k] (the table at bi), or, bi 0, into a new list;
+ * calls bt_chan_pop_n and leaves the list on top. A new list taking at least half of what
+ * is queued, from slot 1, is the ring itself: the channel takes a fresh ring, into which the
+ * values left behind move (a consumer keeping up in batches copies none, or the one value a
+ * sender could add beside a value reserved for it). */
 static void ring_take_many(lua_State *L, lchan *C, int ci, int bi, lua_Integer k, int reserved) {
   lua_getiuservalue(L, ci, 1);
+  lua_Integer len = (lua_Integer)C->storage.len;
+  if (bi == 0 && C->head == 1 && 2 * k >= len) {
+    int li = lua_gettop(L);
+    lua_createtable(L, (int)C->size, 0);
+    for (lua_Integer j = k + 1; j <= len; j++) {
+      lua_rawgeti(L, li, j);
+      lua_rawseti(L, li + 1, j - k);
+      lua_pushnil(L);
+      lua_rawseti(L, li, j);
+    }
+    lua_setiuservalue(L, ci, 1);
+    bt_chan_pop_n(&C->storage, (size_t)k, reserved);
+    return;
+  }
   int ri = lua_gettop(L);
+  if (bi == 0) {
+    lua_createtable(L, (int)k, 0);
+    bi = ri + 1;
+  }
   for (lua_Integer n = 1; n <= k; n++) {
     lua_rawgeti(L, ri, C->head);
     lua_rawseti(L, bi, n);
@@ -136,8 +160,10 @@ static void ring_take_many(lua_State *L, lchan *C, int ci, int bi, lua_Integer k
     lua_rawseti(L, ri, C->head);
     C->head = C->head == C->size ? 1 : C->head + 1;
   }
-  lua_pop(L, 1);
+  if (bi == ri + 1) lua_remove(L, ri);
+  else lua_settop(L, ri - 1), lua_pushvalue(L, bi);
   bt_chan_pop_n(&C->storage, (size_t)k, reserved);
+  if (C->storage.len == 0) C->head = 1;  /* empty: the next values start at slot 1 */
 }
 
 void lbt_chan_take(lua_State *L, lchan *C, int ci, int reserved) {
@@ -372,7 +398,15 @@ static int lchan_send_many(lua_State *L) {
   return lbt_suspend(L, 0, send_many_k);
 }
 
-/* Stack: 1 channel, 2 buf, 3 max, 4 timeout. */
+/* Stack: 1 channel, 2 buf (or nil), 3 max, 4 timeout. Takes k values into buf or a new
+ * list and returns k, the list. */
+static int took_many(lua_State *L, lchan *C, lua_Integer k, int reserved) {
+  ring_take_many(L, C, 1, lua_istable(L, 2) ? 2 : 0, k, reserved);
+  lua_pushinteger(L, k);
+  lua_insert(L, -2);
+  return 2;
+}
+
 static int recv_many_k(lua_State *L, int st, lua_KContext ctx) {
   (void)st;
   (void)ctx;
@@ -382,16 +416,12 @@ static int recv_many_k(lua_State *L, int st, lua_KContext ctx) {
   lua_Integer max = lua_tointeger(L, 3);
   if (status == 0) {  /* the head value is reserved for this receiver */
     lua_Integer k = min_int(max, 1 + (lua_Integer)bt_chan_len(c));
-    ring_take_many(L, C, 1, 2, k, 1);
-    lua_pushinteger(L, k);
-    return 1;
+    return took_many(L, C, k, 1);
   }
   if (status == BT_ECLOSED) {  /* values aborted receivers gave back may be there */
     lua_Integer k = min_int(max, (lua_Integer)bt_chan_len(c));
     if (k == 0) return fail_closed(L, FN_RECV_MANY, 1);
-    ring_take_many(L, C, 1, 2, k, 0);
-    lua_pushinteger(L, k);
-    return 1;
+    return took_many(L, C, k, 0);
   }
   if (status == BT_ETIMEDOUT) return lbt_fail_timeout(L, FN_RECV_MANY, lua_tonumber(L, 4));
   return lbt_fail_status(L, FN_RECV_MANY, status);
@@ -400,15 +430,14 @@ static int recv_many_k(lua_State *L, int st, lua_KContext ctx) {
 static int lchan_recv_many(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lchan *C = fast_chan(L, R, 1);
-  if (lua_type(L, 2) != LUA_TTABLE) lbt_argerror(L, FN_RECV_MANY, 2, "buf", "table");
+  if (!lua_isnil(L, 2) && lua_type(L, 2) != LUA_TTABLE)
+    lbt_argerror(L, FN_RECV_MANY, 2, "buf", "table or nil");
   lua_Integer max = lbt_arg_count(L, FN_RECV_MANY, 3, "max", 1, -1);
   uint64_t due = lbt_arg_due(L, R, FN_RECV_MANY, 4);
   if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
   lua_Integer k = min_int(max, (lua_Integer)bt_chan_len(C->c));
   if (k > 0) {
-    ring_take_many(L, C, 1, 2, k, 0);
-    lua_pushinteger(L, k);
-    return 1;
+    return took_many(L, C, k, 0);
   }
   if (bt_chan_closed(C->c)) return fail_closed(L, FN_RECV_MANY, 1);
   lua_settop(L, 4);
