@@ -383,6 +383,7 @@ static int lbaton_run(lua_State *L) {
 
 static int lbaton_spawn(lua_State *L) {
   lbt_rt *R = lbt_R(L);
+  if (lua_type(L, 1) == LUA_TTABLE) return lbt_spawn_opts(L, 1, "baton.spawn", lbaton_spawn);
   lbt_arg_function(L, "baton.spawn", 1, "fn");
   lbt_task_new(L, R, 1, lua_gettop(L) - 1, R->root, NULL, 0);
   return 1;
@@ -544,6 +545,7 @@ static int lrt_gc(lua_State *L) {
   lbt_rt *R = lua_touserdata(L, 1);
   if (R->closed) return 0;
   R->closed = 1;
+  lbt_trace_close(R);
   lbt_signals_close(R);
   bt_group_detach_all(R->root);
   bt_group_free(R->root);
@@ -618,6 +620,8 @@ int lbt_open(lua_State *L) {
   lua_pushliteral(L, BATON_VERSION);
   lua_setfield(L, -2, "_VERSION");
   lbt_open_task(L, rt_idx);
+  lbt_open_introspect(L, rt_idx);
+  lbt_open_trace(L, rt_idx);
   lbt_open_group(L, rt_idx);
   lbt_open_sem(L, rt_idx);
   lbt_open_json(L, rt_idx);
