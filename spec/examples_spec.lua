@@ -24,6 +24,8 @@ local cases = {
   { "router", "requests: 200, ok: %d+, failed: %d+ %(.-%); usage matches the ledgers: true" },
   { "router", "context_fallback %-> ok" },
   { "blocking", "blocking stalled every task: true; awaiting did not: true" },
+  { "trace_demo", "fan%-out of 8: sum 36; %d+ events written to" },
+  { "trace_demo", "task spans 8, wait spans: semaphore 5, sleep 8, process 16; process tracks 8" },
   { "mcp_prefetch", "closed: server pid %d+ still alive: false",
     need = "spec/fixtures/mcp/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js" },
 }

@@ -678,7 +678,8 @@ static void push_default_name(lua_State *L, lbt_task *T, int idx) {
     lua_getstack(f->co, lv, &ar);
     lua_getinfo(f->co, "S", &ar);
   }
-  lua_pushfstring(L, "%s:%d", ar.short_src, ar.linedefined);
+  if (ar.what[0] == 'C' && T == lbt_R(L)->main) lua_pushliteral(L, "main");  /* the CLI's */
+  else lua_pushfstring(L, "%s:%d", ar.short_src, ar.linedefined);
 }
 
 /* Pushes the task's name (its set name, else the default) for the task userdata at idx. */
