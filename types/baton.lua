@@ -79,6 +79,19 @@ function baton.spawn(fn, ...) end
 ---@return ...
 function baton.activity(label, fn, ...) end
 
+---@class baton.ProgressOptions
+---@field total? integer how many items there are (a bar and an ETA); unknown when absent
+---@field label? string the line's first word (default "progress")
+---@field tty? boolean draw the in-place line (default: whether stderr is a terminal)
+---@field interval_ms? number not a terminal: a plain line at most this often (default 2000)
+
+---A progress line on stderr: on a terminal one line redrawn in place at most every ~100 ms
+---(label, bar, done/total, failed, rate, ETA); otherwise a plain line every interval_ms when
+---something changed. Its redraw timer never keeps the loop alive.
+---@param opts? baton.ProgressOptions
+---@return baton.Progress
+function baton.progress(opts) end
+
 ---Tracing: a Chrome trace-event JSON timeline (docs/observability.md).
 baton.trace = {}
 
@@ -555,6 +568,22 @@ function Task:set_name(name) end
 ---lines: where a parked task waits); nil before it starts and once it has finished.
 ---@return string?
 function Task:traceback() end
+
+---@class baton.Progress
+local Progress = {}
+---Counts n items done (default 1). Raises once done() was called.
+---@param n? integer
+---@return baton.Progress self
+function Progress:advance(n) end
+---Counts n items failed (default 1). Raises once done() was called.
+---@param n? integer
+---@return baton.Progress self
+function Progress:fail(n) end
+---Draws the last state and ends the line (idempotent; also `<close>`).
+---@return integer done, integer failed
+function Progress:done() end
+---@return integer done, integer failed, integer? total
+function Progress:counts() end
 
 ---@class baton.Group
 local Group = {}

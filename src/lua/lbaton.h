@@ -47,6 +47,7 @@ typedef enum lbt_class {
   LBT_CHAN, LBT_WATCH, LBT_NOTIFY,  /* lchan.c, lsync.c */
   LBT_RATELIMIT,  /* lratelimit.c */
   LBT_REDIS, LBT_REDIS_CALL, LBT_REDIS_SUB,  /* lredis.c */
+  LBT_PROGRESS,  /* lprogress.c */
   LBT_NCLASSES
 } lbt_class;
 
@@ -200,8 +201,13 @@ int lbt_task_traceback(lua_State *L);  /* task:traceback() */
 int lbt_spawn_opts(lua_State *L, int idx, const char *fname, lua_CFunction spawn);
 void lbt_open_introspect(lua_State *L, int rt_idx);  /* baton.activity */
 
+/* lprogress.c: baton.progress; the redraw timers close when baton.run ends. */
+void lbt_open_progress(lua_State *L, int rt_idx);
+void lbt_close_progress(lua_State *L);
+
 /* ltrace.c: baton.trace and the hooks of the binding. The hooks are called only while
- * R->trace != NULL (one test of it at each call site). */
+ * R->trace != NULL (one test of it at each call site, LBT_TRACING: predicted off). */
+#define LBT_TRACING(R) __builtin_expect((R)->trace != NULL, 0)
 void lbt_open_trace(lua_State *L, int rt_idx);
 void lbt_trace_resume(lbt_rt *R, lbt_task *T, lbt_fiber *f);           /* before a resume */
 void lbt_trace_suspend(lbt_rt *R, lbt_task *T, lbt_fiber *f, int rc);    /* after it */

@@ -125,8 +125,10 @@ static int spawn_on(lua_State *L, lgroup *G, bt_gate_t *gate, int sem_idx, int f
 
 static int lgroup_spawn(lua_State *L) {
   lgroup *G = check_group(L, 1);
-  if (lua_type(L, 2) == LUA_TTABLE) return lbt_spawn_opts(L, 2, "baton.group:spawn", lgroup_spawn);
-  lbt_arg_function(L, "baton.group:spawn", 2, "fn");
+  if (lua_type(L, 2) != LUA_TFUNCTION) {  /* g:spawn{ name =, fn, ... } */
+    if (lua_type(L, 2) == LUA_TTABLE) return lbt_spawn_opts(L, 2, "baton.group:spawn", lgroup_spawn);
+    lbt_argerror(L, "baton.group:spawn", 2, "fn", "function");
+  }
   if (G->limit == NULL) return spawn_on(L, G, NULL, 0, 2);
   lua_getiuservalue(L, 1, 1);
   lua_getfield(L, -1, "limit");

@@ -407,10 +407,10 @@ static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
     lua_xmove(A, f->co, nargs + 1);
   }
   f->status = status;
-  if (R->trace != NULL) lbt_trace_resume(R, T, f);  /* tracing: ltrace.c */
+  if (LBT_TRACING(R)) lbt_trace_resume(R, T, f);  /* tracing: ltrace.c */
   int nres = 0;
   int rc = lua_resume(f->co, R->from ? R->from : R->L, nargs, &nres);
-  if (R->trace != NULL) lbt_trace_suspend(R, T, f, rc);
+  if (LBT_TRACING(R)) lbt_trace_suspend(R, T, f, rc);
   if (rc == LUA_YIELD) {
     if (nres > 0) lua_pop(f->co, nres);  /* a resume must not find yielded values there */
     /* A plain coroutine.yield() inside a task: treat it as baton.yield(). */
