@@ -144,10 +144,12 @@ describe("baton.trace", function()
     assert.is_true(baton.trace.active())
     H.raises("baton.trace.start: a trace is already being written", baton.trace.start, path)
     local named = baton.spawn { name = "inside", function() baton.sleep(5) end }
+    local odd = baton.spawn { name = 'odd "name"\n\t\\ \1 é', function() end }
     baton.activity("mcp tools/call echo", function() baton.sleep(2) end)
     baton.trace.instant("decision", { route = "a", n = 2, ok = true })
     early:join()
     named:join()
+    odd:join()
     local n = baton.trace.stop()
     assert.is_true(n > 5, n)
     assert.is_false(baton.trace.active())
@@ -168,7 +170,8 @@ describe("baton.trace", function()
       if e.ph == "i" and e.name == "decision" then found = e end
     end
     assert.same({ route = "a", n = 2, ok = true }, found.args)
-    assert.equal(#spans(events, "task"), 2)
+    assert.equal("task", by_name['odd "name"\n\t\\ \1 é'].cat)  -- escaped, read back
+    assert.equal(3, #spans(events, "task"))
     check_tracks(events)
   end))
 

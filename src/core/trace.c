@@ -5,7 +5,6 @@
  * to fit), so it always fits in an emptied buffer.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,20 +43,37 @@ static char *reserve(bt__trace_t *tr) {
   return tr->buf + tr->len;
 }
 
+/* The characters that JSON strings escape: controls, '"' and '\\'. */
+#define C8(x) x, x, x, x, x, x, x, x
+static const unsigned char escaped[256] = {C8(1), C8(1), C8(1), C8(1), 0, 0, 1, 0, 0, 0, 0, 0,
+                                           ['\\'] = 1};
+#undef C8
+static inline int needs_escape(unsigned char c) { return escaped[c]; }
+
 void bt__trace_json_str(char *buf, size_t cap, size_t *len, const char *s) {
   size_t n = *len;
   if (cap < n + 3) return;
   buf[n++] = '"';
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-    if (n + 8 >= cap) break;  /* room for the longest escape, the quote and the NUL */
-    unsigned char c = *p;
+  const unsigned char *p = (const unsigned char *)s;
+  for (;;) {
+    size_t run = 0;  /* the next run of characters copied as they are */
+    while (p[run] != 0 && !needs_escape(p[run])) run++;
+    size_t room = cap - n > 8 ? cap - n - 8 : 0;  /* keep room for an escape, '"', NUL */
+    if (run > room) run = room;
+    memcpy(buf + n, p, run);
+    n += run;
+    p += run;
+    if (*p == 0 || n + 8 >= cap) break;
+    unsigned char c = *p++;
     if (c == '"' || c == '\\') {
       buf[n++] = '\\';
       buf[n++] = (char)c;
-    } else if (c < 0x20) {
-      n += (size_t)snprintf(buf + n, cap - n, "\\u%04x", c);
     } else {
-      buf[n++] = (char)c;
+      static const char hex[] = "0123456789abcdef";
+      memcpy(buf + n, "\\u00", 4);
+      buf[n + 4] = hex[c >> 4];
+      buf[n + 5] = hex[c & 15];
+      n += 6;
     }
   }
   buf[n++] = '"';
@@ -65,38 +81,62 @@ void bt__trace_json_str(char *buf, size_t cap, size_t *len, const char *s) {
   *len = n;
 }
 
-/* Appends printf output to the event being built at e (cut at the event's size). */
-static void put(char *e, size_t *n, const char *fmt, ...) {
-  if (*n >= BT__TRACE_EVENT - 1) return;
-  va_list ap;
-  va_start(ap, fmt);
-  int w = vsnprintf(e + *n, BT__TRACE_EVENT - *n, fmt, ap);
-  va_end(ap);
-  if (w > 0) *n += (size_t)w < BT__TRACE_EVENT - *n ? (size_t)w : BT__TRACE_EVENT - 1 - *n;
+/* Appenders for the event being built at e (BT__TRACE_EVENT bytes; callers keep what they
+ * add within it: names and args are cut before). No printf: an event is written per wait. */
+static inline void put_lit(char *e, size_t *n, const char *s, size_t len) {
+  if (*n + len >= BT__TRACE_EVENT) return;
+  memcpy(e + *n, s, len);
+  *n += len;
+}
+#define PUT(e, n, lit) put_lit(e, n, lit, sizeof lit - 1)
+
+static void put_u64(char *e, size_t *n, uint64_t v) {
+  char d[24];
+  size_t k = sizeof d;
+  do {
+    d[--k] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  put_lit(e, n, d + k, sizeof d - k);
 }
 
-/* Microseconds since t0, three decimals. */
+/* Microseconds with three decimals, from nanoseconds. */
 static void put_us(char *e, size_t *n, uint64_t ns) {
-  put(e, n, "%llu.%03u", (unsigned long long)(ns / 1000u), (unsigned)(ns % 1000u));
+  put_u64(e, n, ns / 1000u);
+  unsigned f = (unsigned)(ns % 1000u);
+  char d[4] = {'.', (char)('0' + f / 100), (char)('0' + f / 10 % 10), (char)('0' + f % 10)};
+  put_lit(e, n, d, 4);
 }
 
 /* The common head of an event: separator, name, cat, ph, pid, tid. Returns its length. */
 static size_t head(bt__trace_t *tr, char *e, const char *name, const char *cat, char ph,
                    uint64_t tid) {
   size_t n = 0;
-  put(e, &n, "%s{\"name\":", tr->count ? ",\n" : "\n");
+  if (tr->count) PUT(e, &n, ",\n{\"name\":");
+  else PUT(e, &n, "\n{\"name\":");
   bt__trace_json_str(e, 512, &n, name);
   if (cat != NULL) {
-    put(e, &n, ",\"cat\":");
+    PUT(e, &n, ",\"cat\":");
     bt__trace_json_str(e, n + 64, &n, cat);
   }
-  put(e, &n, ",\"ph\":\"%c\",\"pid\":%d,\"tid\":%llu", ph, tr->pid, (unsigned long long)tid);
+  PUT(e, &n, ",\"ph\":\"");
+  e[n++] = ph;
+  PUT(e, &n, "\",\"pid\":");
+  put_u64(e, &n, (uint64_t)tr->pid);
+  PUT(e, &n, ",\"tid\":");
+  put_u64(e, &n, tid);
   return n;
 }
 
 /* Closes the event with args and '}' and commits it. */
 static void commit(bt__trace_t *tr, char *e, size_t n, const char *args) {
-  if (args != NULL && n + strlen(args) + 16 < BT__TRACE_EVENT) put(e, &n, ",\"args\":%s", args);
+  if (args != NULL) {
+    size_t al = strlen(args);
+    if (n + al + 16 < BT__TRACE_EVENT) {
+      PUT(e, &n, ",\"args\":");
+      put_lit(e, &n, args, al);
+    }
+  }
   if (n > BT__TRACE_EVENT - 2) n = BT__TRACE_EVENT - 2;
   e[n++] = '}';
   tr->len += n;
@@ -152,9 +192,9 @@ void bt__trace_span(bt__trace_t *tr, uint64_t tid, const char *name, const char 
   if (end_ns < begin_ns) end_ns = begin_ns;
   char *e = reserve(tr);
   size_t n = head(tr, e, name, cat, 'X', tid);
-  put(e, &n, ",\"ts\":");
+  PUT(e, &n, ",\"ts\":");
   put_us(e, &n, begin_ns - tr->t0);
-  put(e, &n, ",\"dur\":");
+  PUT(e, &n, ",\"dur\":");
   put_us(e, &n, end_ns - begin_ns);
   commit(tr, e, n, args);
 }
@@ -164,9 +204,31 @@ void bt__trace_instant(bt__trace_t *tr, uint64_t tid, const char *name, const ch
   if (at_ns < tr->t0) at_ns = tr->t0;
   char *e = reserve(tr);
   size_t n = head(tr, e, name, cat, 'i', tid);
-  put(e, &n, ",\"s\":\"t\",\"ts\":");
+  PUT(e, &n, ",\"s\":\"t\",\"ts\":");
   put_us(e, &n, at_ns - tr->t0);
   commit(tr, e, n, args);
+}
+
+void bt__trace_task(bt__trace_t *tr, uint64_t id, const char *name, uint64_t begin_ns,
+                    uint64_t end_ns, const char *status) {
+  char args[64];
+  size_t n = 0;
+  PUT(args, &n, "{\"id\":");
+  put_u64(args, &n, id);
+  PUT(args, &n, ",\"status\":\"");
+  put_lit(args, &n, status, strlen(status) < 16 ? strlen(status) : 16);
+  PUT(args, &n, "\"}");
+  args[n] = '\0';
+  bt__trace_span(tr, id, name, "task", begin_ns, end_ns, args);
+  char track[300];
+  n = 0;
+  put_u64(track, &n, id);
+  track[n++] = ' ';
+  size_t l = strlen(name);
+  if (l > sizeof track - n - 1) l = sizeof track - n - 1;
+  memcpy(track + n, name, l);
+  track[n + l] = '\0';
+  bt__trace_track(tr, id, track);
 }
 
 void bt__trace_track(bt__trace_t *tr, uint64_t tid, const char *name) {

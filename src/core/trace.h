@@ -42,6 +42,10 @@ void bt__trace_span(bt__trace_t *tr, uint64_t tid, const char *name, const char 
                     uint64_t begin_ns, uint64_t end_ns, const char *args);
 void bt__trace_instant(bt__trace_t *tr, uint64_t tid, const char *name, const char *cat,
                        uint64_t at_ns, const char *args);
+/* A task's span (cat "task", args { id, status }) on its track `id`, and the track's name
+ * "<id> <name>". */
+void bt__trace_task(bt__trace_t *tr, uint64_t id, const char *name, uint64_t begin_ns,
+                    uint64_t end_ns, const char *status);
 /* Names track `tid` (a "thread_name" metadata event). */
 void bt__trace_track(bt__trace_t *tr, uint64_t tid, const char *name);
 /* Events written so far. */

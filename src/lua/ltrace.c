@@ -132,12 +132,7 @@ void lbt_trace_suspend(lbt_rt *R, lbt_task *T, lbt_fiber *f, int rc) {
     snprintf(fallback, sizeof fallback, "task %u", (unsigned)T->t.id);
     name = fallback;
   }
-  char args[96];
-  snprintf(args, sizeof args, "{\"id\":%u,\"status\":\"%s\"}", (unsigned)T->t.id, status);
-  bt__trace_span(R->trace, T->t.id, name, "task", f->tr_start, now, args);
-  char track[300];
-  snprintf(track, sizeof track, "%u %s", (unsigned)T->t.id, name);
-  bt__trace_track(R->trace, T->t.id, track);
+  bt__trace_task(R->trace, T->t.id, name, f->tr_start, now, status);
   lua_settop(L, top);
   fiber_forget(f);
 }
