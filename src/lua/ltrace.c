@@ -19,7 +19,8 @@
  * next resume (its span is clipped to the trace's start), and stop frees what fibers hold.
  *
  * BATON_TRACE=<path> in the environment starts a trace when the module is opened (the
- * `baton` executable, or require "baton"); the runtime's closing ends it. Errors: start
+ * `baton` executable, or require "baton") and is then removed from the environment, so that
+ * child processes (another baton) do not write over the file; the runtime's closing ends it. Errors: start
  * returns nil, msg, "io" when the file cannot be opened; stop the same for a write error.
  */
 #include <stdlib.h>
@@ -273,5 +274,7 @@ void lbt_open_trace(lua_State *L, int rt_idx) {
     int err = 0;
     if (trace_start(R, path, &err) != 0)
       lbt_warn(R, "BATON_TRACE=%s: cannot write the trace: %s", path, uv_strerror(err));
+    /* consumed: a child process (another baton) must not write over the same file */
+    unsetenv("BATON_TRACE");
   }
 }
