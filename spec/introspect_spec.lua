@@ -177,3 +177,24 @@ describe("baton.tasks over HTTP", function()
     t:join()
   end))
 end)
+
+describe("baton.tasks over MCP", function()
+  local real_it = H.mcp.gates("introspect_spec")
+
+  real_it("lists a task waiting on a tool call as mcp tools/call <tool>", H.async(function()
+    local c = H.mcp.everything()
+    local t = baton.spawn(function()
+      return c:call("trigger-long-running-operation", { duration = 1, steps = 2 })
+    end)
+    local e
+    for _ = 1, 100 do  -- until the request is on its way
+      baton.sleep(10)
+      e = by_id(baton.tasks())[t.id]
+      if e and e.waits then break end
+    end
+    assert.equal("waiting", e.status)
+    assert.equal("mcp tools/call trigger-long-running-operation", e.waits)
+    assert.truthy(assert(t:join()))
+    c:close()
+  end))
+end)
