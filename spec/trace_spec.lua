@@ -175,6 +175,36 @@ describe("baton.trace", function()
     check_tracks(events)
   end))
 
+  it("records the router's attempts and their outcomes as instant events", H.async(function()
+    local path = os.tmpname()
+    local limited = true
+    local router = baton.router {
+      deployments = {
+        { name = "east", model = "gpt", call = function()
+            if limited then
+              limited = false
+              return { status = 429, headers = {}, body = '{"error":{"message":"Rate limit reached"}}' }
+            end
+            return { status = 200, body = {} }
+          end },
+        { name = "west", model = "gpt", call = function() return { status = 200, body = {} } end },
+      },
+      groups = { chat = { "east", "west" } },
+    }
+    assert(baton.trace.start(path))
+    local resp = router:call("chat", { prompt = "hi" })
+    baton.trace.stop()
+    assert.equal(200, resp.status)
+    local seen = {}
+    for _, e in ipairs(read_trace(path)) do
+      if e.ph == "i" and e.name:match("^router ") then
+        seen[#seen + 1] = e.name .. " " .. e.args.deployment
+      end
+    end
+    assert.same({ "router attempt east", "router cooldown east", "router attempt west", "router ok west" },
+                seen)
+  end))
+
   it("returns nil, msg, 'io' for a file it cannot write", H.async(function()
     H.assert_failure("baton.trace.start", "io", baton.trace.start("/nonexistent-dir/x.json"))
     assert.is_false(baton.trace.active())
