@@ -51,12 +51,24 @@ local function call(tool)
   return tool.digest(r), ms
 end
 
+-- A progress line on stderr: redrawn in place on a terminal, a plain line every few seconds
+-- in a log (docs/observability.md).
+local progress = baton.progress { total = #tools, label = "tools" }
+local function tracked(tool)
+  local ok, a, b = pcall(call, tool)
+  if not ok and type(a) == "table" and a.kind == "cancelled" then error(a, 0) end  -- shut down
+  if ok then progress:advance() else progress:fail() end
+  if not ok then error(a, 0) end
+  return a, b
+end
+
 local g <close> = baton.group { limit = MAX_AT_ONCE }
 local by_task = {}
-for _, tool in ipairs(tools) do by_task[g:spawn(call, tool)] = tool end
+for _, tool in ipairs(tools) do by_task[g:spawn { name = tool.name, tracked, tool }] = tool end
 
 local t0 = baton.now()
 local finished = g:wait_within(deadline_ms)
+progress:done()
 print(("%d tools, at most %d at once, one deadline of %d ms (took %d ms)\n")
   :format(#tools, MAX_AT_ONCE, deadline_ms, baton.now() - t0))
 

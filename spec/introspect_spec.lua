@@ -10,35 +10,111 @@ local function by_id(list)
 end
 
 describe("baton.tasks", function()
-  it("lists a sleeping task, a semaphore waiter, a process waiter and a joiner with what each waits on",
+  it("lists a sleeping task, semaphore waiters, a process waiter and a joiner with what each waits on",
      H.async(function()
-    local s = baton.semaphore(1)
+    local s = baton.semaphore(1, { name = "api" })
     local held <close> = s:acquire()
     local sleeper = baton.spawn(function() baton.sleep(5000) end)
+    local first = baton.spawn(function() s:acquire() end)
     local waiter = baton.spawn(function() s:acquire() end)
     local p = baton.process.spawn{"sleep", "10"}
     local procw = baton.spawn(function() p:wait() end)
     local joiner = baton.spawn(function() sleeper:join() end)
+    local chan = baton.channel(1)
+    local recv = baton.spawn(function() chan:recv() end)
     baton.sleep(20)
     local list = baton.tasks()
     local t = by_id(list)
     assert.equal("waiting", t[sleeper.id].status)
-    assert.equal("baton.sleep", t[sleeper.id].waits)
+    assert.matches("^sleep until %+%d+ ms$", t[sleeper.id].waits)
+    local left = tonumber(t[sleeper.id].waits:match("%+(%d+)"))
+    assert.is_true(left > 3000 and left <= 5000, left)
+    assert.equal("baton.sleep", t[sleeper.id].call)
     assert.is_true(t[sleeper.id].due_ms > 3000 and t[sleeper.id].due_ms <= 5000)
-    assert.equal("baton.semaphore:acquire", t[waiter.id].waits)
-    assert.equal("baton.process:wait", t[procw.id].waits)
-    assert.equal("baton.task:join", t[joiner.id].waits)
+    assert.equal('semaphore "api" (1st in line)', t[first.id].waits)
+    assert.equal('semaphore "api" (2nd in line)', t[waiter.id].waits)
+    assert.equal("baton.semaphore:acquire", t[waiter.id].call)
+    assert.equal("process " .. p:pid(), t[procw.id].waits)
+    assert.equal("join task " .. sleeper.id, t[joiner.id].waits)
+    assert.equal("channel recv", t[recv.id].waits)
     assert.equal(joiner, t[joiner.id].task)
+    for _, x in ipairs{sleeper, first, waiter, procw, joiner, recv} do
+      assert.is_true(t[x.id].age_ms >= 15 and t[x.id].age_ms < 5000, t[x.id].age_ms)
+      assert.is_nil(t[x.id].parent)  -- baton.spawn: owned by nobody
+    end
     local me = t[baton.current().id]
     assert.equal("running", me.status)
     assert.is_nil(me.waits)
     p:kill()
-    for _, x in ipairs{sleeper, waiter, procw, joiner} do x:abort() end
+    for _, x in ipairs{sleeper, first, waiter, procw, joiner, recv} do x:abort() end
     p:wait()
     baton.sleep(1)
     for _, e in ipairs(baton.tasks()) do
       assert.is_true(e.id == baton.current().id, "only the main task is left")
     end
+  end))
+
+  it("gives a group task its parent and group, and an activity's label as what it waits on",
+     H.async(function()
+    local g = baton.group{ name = "crew" }
+    local member = g:spawn{ name = "crew-1", function(ms) baton.sleep(ms) end, 5000 }
+    local act = baton.spawn{ name = "caller", function()
+      return baton.activity("mcp tools/call echo", function(a, b)
+        baton.sleep(5000)
+        return a + b
+      end, 1, 2)
+    end }
+    local quick = baton.spawn(function()
+      return baton.activity("mcp ping", function(x) return x * 2 end, 21)
+    end)
+    baton.sleep(20)
+    local t = by_id(baton.tasks())
+    assert.equal("crew-1", t[member.id].name)
+    assert.equal("crew", t[member.id].group)
+    assert.equal(baton.current().id, t[member.id].parent)
+    assert.equal("caller", t[act.id].name)
+    assert.equal("mcp tools/call echo", t[act.id].waits)
+    assert.equal("baton.sleep", t[act.id].call)
+    assert.equal(42, select(2, quick:join()))
+    act:abort()
+    local ok, err = act:join()
+    assert.is_false(ok)
+    assert.equal("cancelled", err.kind)
+    g:close()
+  end))
+
+  it("spawn{} checks its options", H.async(function()
+    H.raises("baton.spawn: bad argument #1 'nam' %(unknown option%)", baton.spawn,
+             { nam = "x", function() end })
+    H.raises("baton.spawn: bad argument #1 '%[1%]' %(expected function", baton.spawn, { name = "x" })
+    H.raises("baton.spawn: bad argument #1 'name' %(expected string, got 1%)", baton.spawn,
+             { name = 1, function() end })
+    H.raises("baton.group:spawn: bad argument #1 '%[1%]' %(expected function", baton.group().spawn,
+             baton.group(), {})
+    local g = baton.group()
+    local t = g:spawn{ function(a) return a end, 7 }
+    assert.same({ true, 7 }, { t:join() })
+    g:close()
+  end))
+end)
+
+describe("task:traceback", function()
+  it("shows where a parked task waits, and nil before it starts and after it ends",
+     H.async(function()
+    local t = baton.spawn(function()
+      local function deep() baton.sleep(5000) end
+      deep()
+    end)
+    assert.is_nil(t:traceback())
+    baton.sleep(10)
+    local tb = t:traceback()
+    assert.matches("^task " .. t.id .. " waiting on sleep until %+%d+ ms\nstack traceback:", tb)
+    assert.matches("in %a+ 'deep'", tb)
+    assert.matches("introspect_spec.lua:%d+", tb)
+    assert.matches("stack traceback:", baton.current():traceback())
+    t:abort()
+    t:join()
+    assert.is_nil(t:traceback())
   end))
 end)
 
@@ -78,8 +154,8 @@ describe("baton.run deadlock", function()
     end)
     assert.is_false(ok)
     assert.matches("deadlock", err)
-    assert.matches("task " .. stuck.id .. " stuck%-acquirer %(baton.semaphore:acquire%)", err)
-    assert.matches("%[main%] [^ ]*introspect_spec.lua:%d+ %(baton.task:join%)", err)
+    assert.matches("task " .. stuck.id .. " stuck%-acquirer %(semaphore %(1st in line%)%)", err)
+    assert.matches("%[main%] [^ ]*introspect_spec.lua:%d+ %(join task " .. stuck.id .. "%)", err)
   end)
 end)
 
@@ -95,8 +171,30 @@ describe("baton.tasks over HTTP", function()
     baton.sleep(50)
     local e = by_id(baton.tasks())[t.id]
     assert.equal("waiting", e.status)
-    assert.equal("baton.http.request", e.waits)
+    assert.equal("http GET 127.0.0.1:" .. server.port .. "/delay", e.waits)
+    assert.equal("baton.http.request", e.call)
     t:abort()
     t:join()
+  end))
+end)
+
+describe("baton.tasks over MCP", function()
+  local real_it = H.mcp.gates("introspect_spec")
+
+  real_it("lists a task waiting on a tool call as mcp tools/call <tool>", H.async(function()
+    local c = H.mcp.everything()
+    local t = baton.spawn(function()
+      return c:call("trigger-long-running-operation", { duration = 1, steps = 2 })
+    end)
+    local e
+    for _ = 1, 100 do  -- until the request is on its way
+      baton.sleep(10)
+      e = by_id(baton.tasks())[t.id]
+      if e and e.waits then break end
+    end
+    assert.equal("waiting", e.status)
+    assert.equal("mcp tools/call trigger-long-running-operation", e.waits)
+    assert.truthy(assert(t:join()))
+    c:close()
   end))
 end)

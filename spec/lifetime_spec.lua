@@ -39,7 +39,7 @@ local types = {
       return t
     end,
     harmless = { join = true, abort = true, status = true, results = true, name = true,
-                 set_name = true },
+                 set_name = true, traceback = true },
     args = { join = { 0 }, set_name = { "x" } } },
   { name = "baton.Group", make = function() return baton.group() end,
     harmless = { close = true, live = true } },

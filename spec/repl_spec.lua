@@ -110,6 +110,23 @@ describe("the REPL on a terminal", function()
     assert_ok(r)
   end)
 
+  it("keeps the last result in _ and lists the live tasks with .tasks", function()
+    local r = session(exit_steps(steps(
+      eval("6 * 7", "\n42\n"), eval("_ + 1", "\n43\n"), eval("nil", "\nnil\n"),
+      eval("_", "\n43\n"),
+      { send = "t = baton.spawn{ name = 'ticker', function() baton.sleep(60000) end }\r" },
+      { expect = PROMPT },
+      { send = "g = baton.group{ name = 'crew', detached = true }; g:spawn{ name = 'member', function() baton.channel(1):recv() end }\r" },
+      { expect = PROMPT },
+      { send = ".tasks\r" },
+      { expect = "ID +NAME +STATUS +AGE +PARENT +WAITS ON\n" },
+      { expect = "\n +\\d+ +ticker +waiting +\\d+ ms +sleep until \\+\\d+ ms\n" },
+      { expect = "member +waiting +\\d+ ms +group crew +channel recv\n" },
+      { expect = "\\d+ tasks\n" }, { expect = PROMPT })))
+    assert_ok(r)
+    assert.equal(0, r.exit)
+  end)
+
   it("continues an incomplete chunk with >> and runs a function defined over lines", function()
     local r = session(exit_steps(steps(
       { send = "function twice(x)\r" }, { expect = ">> $" },

@@ -58,11 +58,61 @@ local baton = {}
 ---@return ...
 function baton.run(fn, ...) end
 
+---@class baton.SpawnOptions
+---@field name? string the task's name (task:name(), baton.tasks(), the trace)
+---@field [1] fun(...): ... the task's body; [2], [3], ... its arguments
+
 ---A task owned by the runtime; it first runs when the spawner waits or yields.
----@param fn fun(...): ...
+---`baton.spawn{ name = "fetch", fn, arg1, ... }` also names it.
+---@param fn fun(...): ...|baton.SpawnOptions
 ---@param ... any
 ---@return baton.Task
 function baton.spawn(fn, ...) end
+
+---Runs fn(...) with `label` as what the current task is doing: baton.tasks() shows the label
+---as `waits` while the task waits inside fn, and a trace gets a span named `label` (its cat
+---is the label's first word). The previous label comes back however fn ends. Returns fn's
+---results; re-raises its error. The MCP client labels its calls "mcp <method> [<tool>]".
+---@param label string
+---@param fn fun(...): ...
+---@param ... any
+---@return ...
+function baton.activity(label, fn, ...) end
+
+---@class baton.ProgressOptions
+---@field total? integer how many items there are (a bar and an ETA); unknown when absent
+---@field label? string the line's first word (default "progress")
+---@field tty? boolean draw the in-place line (default: whether stderr is a terminal)
+---@field interval_ms? number not a terminal: a plain line at most this often (default 2000)
+
+---A progress line on stderr: on a terminal one line redrawn in place at most every ~100 ms
+---(label, bar, done/total, failed, rate, ETA); otherwise a plain line every interval_ms when
+---something changed. Its redraw timer never keeps the loop alive.
+---@param opts? baton.ProgressOptions
+---@return baton.Progress
+function baton.progress(opts) end
+
+---Tracing: a Chrome trace-event JSON timeline (docs/observability.md).
+baton.trace = {}
+
+---Starts writing a trace to `path` (truncated). Raises if a trace is already being written.
+---BATON_TRACE=<path> in the environment starts one when baton is loaded.
+---@param path string
+---@return true|nil ok, string? message, baton.Kind? kind "io"
+function baton.trace.start(path) end
+
+---Finishes the trace file; returns how many events were written (0 if no trace was open).
+---@return integer|nil events, string? message, baton.Kind? kind "io"
+function baton.trace.stop() end
+
+---Whether a trace is being written.
+---@return boolean
+function baton.trace.active() end
+
+---An instant event on the current task's track (nothing when no trace is being written).
+---@param name string
+---@param args? table<string, string|number|boolean>
+function baton.trace.instant(name, args) end
 
 ---Awaits a timer. Returns nil, msg, "resource" only if no memory was left for the timer.
 ---@param ms number milliseconds in [0, 1e15)
@@ -114,8 +164,12 @@ function baton.stats() end
 ---@class baton.TaskInfo
 ---@field id integer
 ---@field status "running"|"waiting"|"finishing"
----@field waits? string the function the task is parked in ("baton.sleep", "baton.task:join", ...), nil unless waiting
+---@field waits? string what it waits on, in words: "sleep until +120 ms", 'semaphore "api" (3rd in line)', "process 1234", "http GET host/path", "mcp tools/call echo", "channel recv", "join task 17", ...; nil unless waiting
+---@field call? string the function the task is parked in ("baton.sleep", "baton.task:join", ...)
 ---@field due_ms? integer milliseconds left until that wait's deadline, if it has one
+---@field age_ms integer milliseconds since the task first ran
+---@field parent? integer the id of the task owning it (a group made in a task), nil for baton.spawn's
+---@field group? string its group's name, when the group has one
 ---@field name? string task:name()
 ---@field task? baton.Task
 
@@ -188,16 +242,21 @@ function baton.select(sources) end
 ---@field limit? integer|baton.Semaphore at most this many tasks run at once (or a shared semaphore's permits)
 ---@field fail_fast? boolean the first failure aborts the siblings; join_all/wait_within re-raise it
 ---@field detached? boolean owned by no task (a group that outlives the task that makes it)
+---@field name? string shown by baton.tasks() (`group`) and in wait descriptions
 
 ---A task group (a JoinSet); closing it shuts its tasks down.
 ---@param opts? baton.GroupOptions
 ---@return baton.Group
 function baton.group(opts) end
 
+---@class baton.SemaphoreOptions
+---@field name? string shown in wait descriptions ('semaphore "api" (3rd in line)')
+
 ---A counting semaphore (FIFO, direct hand-off).
 ---@param n integer permits
+---@param opts? baton.SemaphoreOptions
 ---@return baton.Semaphore
-function baton.semaphore(n) end
+function baton.semaphore(n, opts) end
 
 ---@class baton.BudgetOptions
 ---@field cap? integer permits per key (default 4)
@@ -517,10 +576,31 @@ function Task:name() end
 ---@param name string
 ---@return baton.Task self
 function Task:set_name(name) end
+---The stack of a started, unfinished task ("task N waiting on <what>" then luaL_traceback's
+---lines: where a parked task waits); nil before it starts and once it has finished.
+---@return string?
+function Task:traceback() end
+
+---@class baton.Progress
+local Progress = {}
+---Counts n items done (default 1). Raises once done() was called.
+---@param n? integer
+---@return baton.Progress self
+function Progress:advance(n) end
+---Counts n items failed (default 1). Raises once done() was called.
+---@param n? integer
+---@return baton.Progress self
+function Progress:fail(n) end
+---Draws the last state and ends the line (idempotent; also `<close>`).
+---@return integer done, integer failed
+function Progress:done() end
+---@return integer done, integer failed, integer? total
+function Progress:counts() end
 
 ---@class baton.Group
 local Group = {}
----@param fn fun(...): ...
+---`g:spawn{ name = "x", fn, args... }` also names the task.
+---@param fn fun(...): ...|baton.SpawnOptions
 ---@return baton.Task
 function Group:spawn(fn, ...) end
 ---@param sem baton.Semaphore

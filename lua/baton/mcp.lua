@@ -27,7 +27,7 @@ local null = json.null
 local format = string.format
 local concat = table.concat
 local type, pairs, ipairs, tostring, pcall, error = type, pairs, ipairs, tostring, pcall, error
-local now, current = baton.now, baton.current
+local now, current, activity = baton.now, baton.current, baton.activity
 
 local M = {}
 
@@ -140,7 +140,12 @@ local function request(st, fname, method, params, ms, on_progress)
     raise(fname .. ": cannot wait for a reply inside a notification handler (it runs in "
           .. "the reader task, which delivers the reply): spawn a task")
   end
-  return S.request(st, method, params, ms, on_progress)
+  -- baton.tasks() and the trace show the call as "mcp tools/call echo"
+  local label = "mcp " .. method
+  if type(params) == "table" and type(rawget(params, "name")) == "string" then
+    label = label .. " " .. params.name
+  end
+  return activity(label, S.request, st, method, params, ms, on_progress)
 end
 
 local REQUEST_OPTS = { timeout_ms = true, on_progress = true }

@@ -25,6 +25,8 @@ local baton = ...
 if type(baton) ~= "table" then baton = require "baton" end  -- required as a plain module
 
 local clock, spawn, notify, sleep = baton.clock, baton.spawn, baton.notify, baton.sleep
+-- Tracing (docs/observability.md): each attempt's start and end as instant events.
+local trace_on, trace_instant = baton.trace.active, baton.trace.instant
 local json = baton.json
 local type, pairs, ipairs, select, tostring, tonumber, error, pcall = type, pairs, ipairs, select, tostring,
   tonumber, error, pcall
@@ -750,6 +752,9 @@ local function record(self, a, class, action, msg, ra, tin, tout)
     if self.waiters[1] then poke(self) end
   end
   a._d, a._t0, a._limit, a._estimate, a._task = nil, nil, nil, nil, nil
+  if trace_on() then
+    trace_instant("router " .. tostring(action), { deployment = a.deployment, class = class or "ok", ms = ms })
+  end
   if self.on_attempt then report(self, a) end
 end
 
@@ -765,6 +770,9 @@ local function start(call, d, holder, why)
               _task = false }
   call.queued_ms = nil
   ledger[n] = a
+  if trace_on() then
+    trace_instant("router attempt", { deployment = d.name, model = d.model, why = why, attempt = n })
+  end
   a._task = spawn(d.call, call.req, { deployment = d.name, model = d.model, attempt = n, why = why,
                                       deadline = limit, timeout_ms = limit - now, estimate_tokens = call.estimate })
   local run = call.running

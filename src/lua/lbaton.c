@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "lbaton.h"
+#include "trace.h"
 
 #define RT_KEY "baton.runtime"
 
@@ -60,7 +61,8 @@ static const struct { const char *name, *path; } classes[LBT_NCLASSES] = {
   [LBT_NOTIFY] = {"baton.Notify", "baton.notify"},
   [LBT_RATELIMIT] = {"baton.RateLimit", "baton.ratelimit"},
   [LBT_REDIS] = {"baton.Redis", "baton.redis"}, [LBT_REDIS_CALL] = {"baton.Redis.Call", "baton.redis.call"},
-  [LBT_REDIS_SUB] = {"baton.Redis.Subscription", "baton.redis.subscription"}};
+  [LBT_REDIS_SUB] = {"baton.Redis.Subscription", "baton.redis.subscription"},
+  [LBT_PROGRESS] = {"baton.Progress", "baton.progress"}};
 
 /* Tasks and permits have two classes each, one without __gc (ltask.c, lsem.c): the user
  * sees one. */
@@ -330,6 +332,7 @@ static int run_loop(lua_State *L, lbt_rt *R, lbt_task *M, char *why, size_t nwhy
     int alive = uv_run(loop, UV_RUN_ONCE);
     if (!alive && bt_rt_ready(R->rt) == 0) break;  /* tasks stuck with nothing to wake them */
   }
+  lbt_close_progress(R->L);  /* the redraw timers (a later run makes them again) */
   /* Nothing is in flight: close the pooled HTTP connections too, so a run leaves no
    * descriptor behind (the next request makes a new multi handle). */
   if (bt_rt_transfers(R->rt) == 0) {
@@ -366,6 +369,7 @@ static int lbaton_run(lua_State *L) {
   lbt_signals_start(R);
   char why[1024];
   int deadlock = run_loop(L, R, M, why, sizeof why);
+  if (R->trace != NULL) bt__trace_flush(R->trace);  /* a run's events are on disk when it ends */
   lbt_signals_stop(R);
   R->running = 0;
   R->from = NULL;
@@ -383,7 +387,10 @@ static int lbaton_run(lua_State *L) {
 
 static int lbaton_spawn(lua_State *L) {
   lbt_rt *R = lbt_R(L);
-  lbt_arg_function(L, "baton.spawn", 1, "fn");
+  if (lua_type(L, 1) != LUA_TFUNCTION) {
+    if (lua_type(L, 1) == LUA_TTABLE) return lbt_spawn_opts(L, 1, "baton.spawn", lbaton_spawn);
+    lbt_argerror(L, "baton.spawn", 1, "fn", "function");
+  }
   lbt_task_new(L, R, 1, lua_gettop(L) - 1, R->root, NULL, 0);
   return 1;
 }
@@ -544,6 +551,7 @@ static int lrt_gc(lua_State *L) {
   lbt_rt *R = lua_touserdata(L, 1);
   if (R->closed) return 0;
   R->closed = 1;
+  lbt_trace_close(R);
   lbt_signals_close(R);
   bt_group_detach_all(R->root);
   bt_group_free(R->root);
@@ -618,6 +626,9 @@ int lbt_open(lua_State *L) {
   lua_pushliteral(L, BATON_VERSION);
   lua_setfield(L, -2, "_VERSION");
   lbt_open_task(L, rt_idx);
+  lbt_open_introspect(L, rt_idx);
+  lbt_open_trace(L, rt_idx);
+  lbt_open_progress(L, rt_idx);
   lbt_open_group(L, rt_idx);
   lbt_open_sem(L, rt_idx);
   lbt_open_json(L, rt_idx);

@@ -47,6 +47,7 @@ typedef enum lbt_class {
   LBT_CHAN, LBT_WATCH, LBT_NOTIFY,  /* lchan.c, lsync.c */
   LBT_RATELIMIT,  /* lratelimit.c */
   LBT_REDIS, LBT_REDIS_CALL, LBT_REDIS_SUB,  /* lredis.c */
+  LBT_PROGRESS,  /* lprogress.c */
   LBT_NCLASSES
 } lbt_class;
 
@@ -67,6 +68,7 @@ typedef struct lsem {
   bt_sem_t storage;
   size_t permits;           /* permit userdata still held: while > 0, anchored at `ref` */
   int ref;
+  const char *name;         /* baton.semaphore(n, { name = }): user value 1 holds it; or NULL */
 } lsem;
 
 /* A budget userdata (lsem.c); other bindings may accept one (baton.engine{ budget = }).
@@ -83,6 +85,7 @@ struct lgroup {
   bt_group_t *g;            /* &storage while open, NULL once closed */
   bt_gate_t *limit;         /* gate of the group's `limit`, or NULL */
   LIST_ENTRY(lgroup) link;  /* in the runtime's list of open groups */
+  const char *name;         /* baton.group{ name = }: the keep table holds it; or NULL */
   bt_group_t storage;
 };
 typedef struct lbt_task lbt_task;
@@ -100,6 +103,13 @@ typedef struct lbt_fiber {
   lua_Integer kdata;      /* a continuation's own state, from its suspend to its resume */
   const char *what;       /* the function of the last lbt_await_begin (a static string): what
                            * the task waits on while it waits (baton.tasks, deadlock error) */
+  uint64_t started;       /* loop ms when its task first ran (baton.tasks: age_ms) */
+  /* Tracing (ltrace.c), valid only while tr_sess is the runtime's trace session: when the
+   * task started and its current wait began (uv_hrtime ns), what it waits on, its default
+   * name (both malloc'd, freed when written or when the trace stops). */
+  uint64_t tr_start, tr_wait;
+  char *tr_what, *tr_name;
+  uint32_t tr_sess;
   bt_wait_t wait;
   bt_joiner_t joiner;
   union {                 /* one wait at a time: a semaphore's, or a channel's, a notify's */
@@ -148,6 +158,8 @@ struct lbt_rt {
   const void *classes[LBT_NCLASSES];  /* each class's metatable (lbt_check_type) */
   int class_refs[LBT_NCLASSES];       /* registry refs of the same (lbt_set_class) */
   void *open_memo[LBT_NCLASSES];      /* lbt_check_handle's last open object, per class */
+  struct bt__trace *trace;  /* ltrace.c: the open trace writer, or NULL (tracing off) */
+  uint32_t trace_sess;      /* bumped by each baton.trace.start */
 };
 
 /* The runtime of L's state. Every binding function has the runtime userdata as upvalue 1,
@@ -177,6 +189,39 @@ void lbt_push_task(lua_State *L, lbt_rt *R, lbt_task *T);
  * baton.run. */
 void lbt_describe_waiting(lua_State *L, lbt_rt *R, char *buf, size_t n);
 int lbt_tasks(lua_State *L);  /* baton.tasks */
+/* Pushes the name of task T (set, or the default from its function; nil if none). */
+void lbt_push_task_name(lua_State *L, lbt_rt *R, lbt_task *T);
+/* Sets the name of the task at idx to the string at name_idx. */
+void lbt_task_set_name(lua_State *L, int idx, int name_idx);
+
+/* lintrospect.c: what a waiting task waits on, in words ("sleep until +120 ms",
+ * "semaphore \"api\" (3rd in line)", "process 1234", "http GET host/path", "join task 17",
+ * an activity's label, else the await's function), pushed; for a task of fiber f that
+ * waits. baton.activity, task:traceback, and the name option of spawn. */
+void lbt_describe_wait(lua_State *L, lbt_rt *R, lbt_fiber *f);
+int lbt_task_traceback(lua_State *L);  /* task:traceback() */
+/* spawn{ name =, fn, args... } for a spawn function whose function argument is at idx:
+ * unpacks the table in place, calls spawn(L) and names the task it returns. */
+int lbt_spawn_opts(lua_State *L, int idx, const char *fname, lua_CFunction spawn);
+void lbt_open_introspect(lua_State *L, int rt_idx);  /* baton.activity */
+
+/* lprogress.c: baton.progress; the redraw timers close when baton.run ends. */
+void lbt_open_progress(lua_State *L, int rt_idx);
+void lbt_close_progress(lua_State *L);
+
+/* ltrace.c: baton.trace and the hooks of the binding. The hooks are called only while
+ * R->trace != NULL (one test of it at each call site, LBT_TRACING: predicted off). */
+#define LBT_TRACING(R) __builtin_expect((R)->trace != NULL, 0)
+void lbt_open_trace(lua_State *L, int rt_idx);
+void lbt_trace_resume(lbt_rt *R, lbt_task *T, lbt_fiber *f);           /* before a resume */
+void lbt_trace_suspend(lbt_rt *R, lbt_task *T, lbt_fiber *f, int rc);    /* after it */
+/* An instant event on the running task's track (or track 0); args NULL or a JSON object. */
+void lbt_trace_instant(lbt_rt *R, const char *name, const char *cat, const char *args);
+/* A process's run, on a track of its own ("process <pid>"): begin_ns from bt__trace_now. */
+void lbt_trace_process(lbt_rt *R, int pid, const char *file, uint64_t begin_ns, int64_t code,
+                       int signal);
+uint64_t lbt_trace_clock(void);
+void lbt_trace_close(lbt_rt *R);  /* the runtime closes: finish the file */
 void lbt_task_release(lbt_rt *R, lbt_task *T);  /* drop the anchor if nothing needs it */
 /* Anchor slots (ltask.c) for any value C must keep alive: lbt_anchor pops the value on top
  * of L into a slot and returns it; lbt_unanchor frees the slot (plain C, never raises: safe
@@ -227,6 +272,8 @@ void lbt_open_sem(lua_State *L, int rt_idx);
 void lbt_open_json(lua_State *L, int rt_idx);
 void lbt_open_proc(lua_State *L, int rt_idx);
 void lbt_close_procs(lua_State *L);  /* lproc.c: release every open process (never waits) */
+/* lproc.c: the pid of the process a read, wait or run waits on (w: its wait record), or 0. */
+int lbt_proc_wait_pid(const bt_wait_t *w);
 void lbt_open_engine(lua_State *L, int rt_idx);   /* lengine.c: baton.engine */
 void lbt_open_limiter(lua_State *L, int rt_idx);  /* llimiter.c: baton.limiter, parse_key, parse_chain */
 void lbt_open_retry(lua_State *L, int rt_idx);         /* lretry.c */

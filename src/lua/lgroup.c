@@ -71,13 +71,14 @@ static int lgroup_new(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   int has_opts = !lua_isnoneornil(L, 1);
   if (has_opts) {
-    static const char *const known[] = {"limit", "fail_fast", "detached", NULL};
+    static const char *const known[] = {"limit", "fail_fast", "detached", "name", NULL};
     lbt_check_opts(L, fname, 1, "opts", known);
   }
   int fail_fast = has_opts && lbt_opt_bool(L, fname, 1, "fail_fast", 0);
   int detached = has_opts && lbt_opt_bool(L, fname, 1, "detached", 0);
   lgroup *G = lua_newuserdatauv(L, sizeof *G, 1);
   G->limit = NULL;
+  G->name = NULL;
   bt__group_init(&G->storage, R->rt);
   G->g = &G->storage;
   bt_group_fail_fast(G->g, fail_fast);
@@ -87,6 +88,14 @@ static int lgroup_new(lua_State *L) {
   lbt_set_class(L, LBT_GROUP);
   if (has_opts) {
     int gi = lua_gettop(L);
+    const char *name = lbt_opt_string(L, fname, 1, "name", "", NULL);
+    if (*name != '\0') {  /* baton.tasks() shows it; the keep table holds the string */
+      push_keep(L, gi);
+      lua_pushstring(L, name);
+      G->name = lua_tostring(L, -1);
+      lua_setfield(L, -2, "name");
+      lua_pop(L, 1);
+    }
     if (lua_getfield(L, 1, "limit") == LUA_TNUMBER) {  /* a semaphore of the group's own */
       lua_Integer n = lbt_opt_count(L, fname, 1, "limit", 1, -1);
       lua_getfield(L, LUA_REGISTRYINDEX, "baton.module");
@@ -116,7 +125,10 @@ static int spawn_on(lua_State *L, lgroup *G, bt_gate_t *gate, int sem_idx, int f
 
 static int lgroup_spawn(lua_State *L) {
   lgroup *G = check_group(L, 1);
-  lbt_arg_function(L, "baton.group:spawn", 2, "fn");
+  if (lua_type(L, 2) != LUA_TFUNCTION) {  /* g:spawn{ name =, fn, ... } */
+    if (lua_type(L, 2) == LUA_TTABLE) return lbt_spawn_opts(L, 2, "baton.group:spawn", lgroup_spawn);
+    lbt_argerror(L, "baton.group:spawn", 2, "fn", "function");
+  }
   if (G->limit == NULL) return spawn_on(L, G, NULL, 0, 2);
   lua_getiuservalue(L, 1, 1);
   lua_getfield(L, -1, "limit");

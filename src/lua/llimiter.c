@@ -37,6 +37,7 @@
 #include <sys/stat.h>
 
 #include "lbaton.h"
+#include "trace.h"
 #include "limiter.h"
 
 #define BT_LIMITER_MT    "baton.Limiter"
@@ -629,6 +630,19 @@ static int acquire_k(lua_State *L, int st, lua_KContext ctx) {
 
 /* acquire(primary, { chain =, wait =, timeout_ms = }) -> grant | nil, msg, "queue_wait" |
  * "timeout", detail (see docs/limiter.md). */
+/* Tracing: the decision on a key as an instant event (ltrace.c). */
+static void trace_decision(lbt_rt *R, const char *what, const bt_limiter_key_t *k) {
+  char key[256], args[300];
+  size_t kl = k->len < sizeof key - 1 ? k->len : sizeof key - 1, n = 7;
+  memcpy(key, k->name, kl);
+  key[kl] = '\0';
+  memcpy(args, "{\"key\":", 7);
+  bt__trace_json_str(args, sizeof args - 2, &n, key);
+  args[n++] = '}';
+  args[n] = '\0';
+  lbt_trace_instant(R, what, "limiter", args);
+}
+
 static int llim_acquire(lua_State *L) {
   static const char *const known[] = {"chain", "wait", "timeout_ms", NULL};
   lbt_rt *R = lbt_R(L);
@@ -672,6 +686,8 @@ static int llim_acquire(lua_State *L) {
   int pi = lua_gettop(L);
   bt_limiter_via_t via;
   bt_limiter_key_t *k = bt__limiter_try(M->lim, primary, chain, n, &via);
+  if (R->trace != NULL) trace_decision(R, k != NULL ? "limiter grant" : wait ? "limiter queue"
+                                       : "limiter saturated", k != NULL ? k : primary);
   if (k != NULL) {
     p->key = k;
     p->held = 1;

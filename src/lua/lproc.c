@@ -121,6 +121,8 @@ typedef struct lproc {
   int stopped;            /* reading stopped (backpressure, too_large or fail) */
   int too_large;          /* process.run: the stream (1, 2) that went over max, or 0 */
   int fail;               /* a buffer could not grow (out of memory) */
+  uint64_t tr_start;      /* tracing: when it was spawned (ltrace.c clock), or 0 */
+  char *tr_file;          /* tracing: its argv[0] (malloc'd), or NULL */
 } lproc;
 
 struct lproc_ud {
@@ -190,6 +192,12 @@ static void proc_wait_cancel(bt_wait_t *w) {
   lproc *st = w->src;
   st->waiter = NULL;
   st->want = W_NONE;
+}
+
+int lbt_proc_wait_pid(const bt_wait_t *w) {
+  if (w->cancel != proc_wait_cancel) return 0;  /* not a wait of await_on: src is not ours */
+  const lproc *st = w->src;
+  return st != NULL && st->ud != NULL ? st->ud->pid : 0;
 }
 
 static void await_on(lbt_rt *R, lbt_task *T, lproc *st, int want, uint64_t due) {
@@ -296,6 +304,10 @@ static void on_proc_exit(bt_proc_t *p, int64_t code, int sig) {
   /* A signal reads as the shell reports it, so that code == 0 always means success. */
   st->code = sig ? 128 + sig : code;
   st->signal = sig;
+  if (st->tr_start != 0) {  /* tracing: its run, on a track of its own */
+    lbt_rt *R = bt_rt_data(st->rt);
+    lbt_trace_process(R, bt_proc_pid(p), st->tr_file, st->tr_start, code, sig);
+  }
   poke(st);
 }
 
@@ -308,6 +320,7 @@ static void on_proc_close(bt_proc_t *p) {
   lproc *st = bt_proc_data(p);
   if (st->waiter != NULL) bt_task_wake(st->rt, st->waiter, st->token, 0);
   if (st->ud != NULL) st->ud->st = NULL;
+  free(st->tr_file);
   bt__lines_free(&st->out);
   bt__buf_free(&st->err);
   free(st);
@@ -511,6 +524,12 @@ static int start(lua_State *L, lbt_rt *R, spawn_args *a, int run, const char *fn
   ud->st = st;
   st->ud = ud;
   ud->pid = bt_proc_pid(st->p);
+  if (R->trace != NULL) {
+    st->tr_start = lbt_trace_clock();
+    size_t n = strlen(a->o.argv[0]) + 1;
+    st->tr_file = malloc(n);
+    if (st->tr_file != NULL) memcpy(st->tr_file, a->o.argv[0], n);
+  }
   return ui;
 }
 

@@ -82,13 +82,28 @@ static void push_sem_permit(lua_State *L, int sem_idx, bt_sem_t *s, size_t k) {
   new_permit(L, sem_idx, S, &S->permits, &S->ref)->k = k;
 }
 
+/* baton.semaphore(n[, { name = }]): the name shows in baton.tasks() and the trace. */
 static int lsem_new(lua_State *L) {
-  lua_Integer n = lbt_arg_count(L, "baton.semaphore", 1, "permits", 0, -1);
-  lsem *S = lua_newuserdatauv(L, sizeof *S, 0);
+  static const char fname[] = "baton.semaphore";
+  lua_Integer n = lbt_arg_count(L, fname, 1, "permits", 0, -1);
+  const char *name = NULL;
+  if (!lua_isnoneornil(L, 2)) {
+    static const char *const known[] = {"name", NULL};
+    lbt_check_opts(L, fname, 2, "opts", known);
+    name = lbt_opt_string(L, fname, 2, "name", "", NULL);
+    if (*name == '\0') name = NULL;
+  }
+  lsem *S = lua_newuserdatauv(L, sizeof *S, name != NULL);
   bt__sem_init(&S->storage, (size_t)n);
   S->s = &S->storage;
   S->permits = 0;
   S->ref = LUA_NOREF;
+  S->name = NULL;
+  if (name != NULL) {
+    lua_pushstring(L, name);
+    S->name = lua_tostring(L, -1);  /* the user value keeps the string */
+    lua_setiuservalue(L, -2, 1);
+  }
   lbt_set_class(L, LBT_SEM);
   return 1;
 }

@@ -396,6 +396,7 @@ static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
     }
     T->t.wait = &f->wait;  /* the fiber rides on the wait pointer (lbt_fib) */
     f->task = T;
+    f->started = uv_now(rt->loop);
     nargs = T->nargs;
     int idx;
     lua_State *A = astack(R, T->ref, &idx);  /* unfinished, so anchored */
@@ -409,8 +410,10 @@ static void task_resume(bt_rt_t *rt, bt_task_t *bt, int status) {
     lua_xmove(A, f->co, nargs + 1);
   }
   f->status = status;
+  if (LBT_TRACING(R)) lbt_trace_resume(R, T, f);  /* tracing: ltrace.c */
   int nres = 0;
   int rc = lua_resume(f->co, R->from ? R->from : R->L, nargs, &nres);
+  if (LBT_TRACING(R)) lbt_trace_suspend(R, T, f, rc);
   if (rc == LUA_YIELD) {
     if (nres > 0) lua_pop(f->co, nres);  /* a resume must not find yielded values there */
     /* A plain coroutine.yield() inside a task: treat it as baton.yield(). */
@@ -565,29 +568,49 @@ static int ltask_status(lua_State *L) {
 }
 
 /* baton.tasks(): one table per task that has a fiber (running or suspended; a task that has
- * not started yet has none and is not listed). `waits` names the function of the await the
- * task is parked in, and is nil unless the task waits; `due_ms`, the milliseconds left
- * until that wait's deadline, if it has one. */
+ * not started yet has none and is not listed): id, name, status, age_ms (since it first
+ * ran), parent (the id of the task owning it), group (its group's name, if named), and for
+ * a waiting task `waits` (what it waits on, in words: lintrospect.c), `call` (the await's
+ * function) and `due_ms` (the milliseconds left until that wait's deadline, if any). */
 static void push_name(lua_State *L, lbt_task *T, int idx);
 
 int lbt_tasks(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lua_newtable(L);
   lua_Integer i = 0;
+  uint64_t now = bt_now(R->rt);
   lbt_fiber *f;
   LIST_FOREACH(f, &R->fibers, all) {
     lbt_task *T = f->task;
     if (T == NULL || bt_task_finished(&T->t)) continue;
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 8);
     lua_pushinteger(L, T->t.id);
     lua_setfield(L, -2, "id");
     lua_pushstring(L, status_name(&T->t));
     lua_setfield(L, -2, "status");
+    lua_pushinteger(L, now > f->started ? (lua_Integer)(now - f->started) : 0);
+    lua_setfield(L, -2, "age_ms");
+    if (T->t.owner != NULL) {
+      lua_pushinteger(L, T->t.owner->id);
+      lua_setfield(L, -2, "parent");
+    }
+    struct lgroup *G;
+    LIST_FOREACH(G, &R->groups, link) {
+      if (G->g == T->t.group && G->g != NULL) {
+        if (G->name != NULL) {
+          lua_pushstring(L, G->name);
+          lua_setfield(L, -2, "group");
+        }
+        break;
+      }
+    }
     if (T->t.state == BT_TASK_WAITING && f->what != NULL) {
       lua_pushstring(L, f->what);
+      lua_setfield(L, -2, "call");
+      lbt_describe_wait(L, R, f);
       lua_setfield(L, -2, "waits");
       if (f->wait.timer.slot != 0) {  /* the wait has a deadline (a sleep, a timeout) */
-        uint64_t now = bt_now(R->rt), due = f->wait.timer.due;
+        uint64_t due = f->wait.timer.due;
         lua_pushinteger(L, due > now ? (lua_Integer)(due - now) : 0);
         lua_setfield(L, -2, "due_ms");
       }
@@ -610,16 +633,18 @@ void lbt_describe_waiting(lua_State *L, lbt_rt *R, char *buf, size_t n) {
   LIST_FOREACH(f, &R->fibers, all) {
     lbt_task *T = f->task;
     if (T == NULL || T->t.state != BT_TASK_WAITING || used + 1 >= n) continue;
+    int top = lua_gettop(L);
     const char *name = NULL;
     if (T->ref != LUA_NOREF) {
       lbt_push_task(L, R, T);
       push_name(L, T, -1);
       name = lua_tostring(L, -1);
     }
+    lbt_describe_wait(L, R, f);
     int w = snprintf(buf + used, n - used, "%stask %u%s%s%s (%s)", used ? ", " : "",
                      (unsigned)T->t.id, T == R->main ? " [main]" : "", name ? " " : "",
-                     name ? name : "", f->what ? f->what : "?");
-    if (T->ref != LUA_NOREF) lua_pop(L, 2);
+                     name ? name : "", lua_tostring(L, -1));
+    lua_settop(L, top);
     if (w < 0) break;
     used += (size_t)w;
     if (used >= n) {
@@ -656,7 +681,8 @@ static void push_default_name(lua_State *L, lbt_task *T, int idx) {
     lua_getstack(f->co, lv, &ar);
     lua_getinfo(f->co, "S", &ar);
   }
-  lua_pushfstring(L, "%s:%d", ar.short_src, ar.linedefined);
+  if (ar.what[0] == 'C' && T == lbt_R(L)->main) lua_pushliteral(L, "main");  /* the CLI's */
+  else lua_pushfstring(L, "%s:%d", ar.short_src, ar.linedefined);
 }
 
 /* Pushes the task's name (its set name, else the default) for the task userdata at idx. */
@@ -674,16 +700,15 @@ static void push_name(lua_State *L, lbt_task *T, int idx) {
   push_default_name(L, T, idx);
 }
 
-static int ltask_name(lua_State *L) {
-  lbt_task *T = lbt_check_task(L, 1);
-  push_name(L, T, 1);
-  return 1;
+void lbt_push_task_name(lua_State *L, lbt_rt *R, lbt_task *T) {
+  lbt_push_task(L, R, T);
+  push_name(L, T, -1);
+  lua_remove(L, -2);
 }
 
-static int ltask_set_name(lua_State *L) {
-  lbt_check_task(L, 1);
-  luaL_checkstring(L, 2);
-  lua_settop(L, 2);
+void lbt_task_set_name(lua_State *L, int idx, int name_idx) {
+  idx = lua_absindex(L, idx);
+  name_idx = lua_absindex(L, name_idx);
   if (lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_newtable(L);
@@ -694,9 +719,23 @@ static int ltask_set_name(lua_State *L) {
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, NAMES_KEY);
   }
-  lua_pushvalue(L, 1);
-  lua_pushvalue(L, 2);
+  lua_pushvalue(L, idx);
+  lua_pushvalue(L, name_idx);
   lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+static int ltask_name(lua_State *L) {
+  lbt_task *T = lbt_check_task(L, 1);
+  push_name(L, T, 1);
+  return 1;
+}
+
+static int ltask_set_name(lua_State *L) {
+  lbt_check_task(L, 1);
+  luaL_checkstring(L, 2);
+  lua_settop(L, 2);
+  lbt_task_set_name(L, 1, 2);
   lua_settop(L, 1);
   return 1;
 }
@@ -764,7 +803,7 @@ void lbt_open_task(lua_State *L, int rt_idx) {
   static const luaL_Reg methods[] = {
     {"join", ltask_join}, {"abort", ltask_abort}, {"status", ltask_status},
     {"results", ltask_results}, {"name", ltask_name}, {"set_name", ltask_set_name},
-    {NULL, NULL}};
+    {"traceback", lbt_task_traceback}, {NULL, NULL}};
   static const luaL_Reg meta[] = {
     {"__index", ltask_index}, {"__tostring", ltask_tostring}, {"__close", ltask_abort},
     {NULL, NULL}};
