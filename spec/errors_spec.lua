@@ -334,6 +334,8 @@ describe("errors:", function()
         function() return baton.semaphore(1):acquire("x") end },
       { "baton.semaphore:acquire", 1, "permits", "expected permits <= 1 %(the capacity%), got 2",
         function() return baton.semaphore(1):acquire(2) end },
+      { "baton.semaphore:acquire", 1, "permits", "expected permits <= 0 %(the capacity%), got 1%)$",
+        function() return baton.semaphore(0):acquire() end },  -- the default, 1, is too many
       { "baton.task:join", 1, "timeout_ms", "expected milliseconds >= 0, got NaN",
         function() return baton.spawn(print):join(0 / 0) end },
       { "baton.group:spawn_bounded", 1, "sem", "expected integer >= 1 or baton.Semaphore, got " ..

@@ -68,9 +68,11 @@ static bt_sem_t *check_sem(lua_State *L, int idx) {
 /* The permit count argument at idx: 1 by default, at most the capacity. */
 static size_t opt_k(lua_State *L, int idx, bt_sem_t *s, const char *fname) {
   lua_Integer k = lbt_arg_count(L, fname, idx, "permits", 1, 1);
-  if ((size_t)k > bt_sem_capacity(s)) {
-    lua_pushfstring(L, "permits <= %I (the capacity)", (LUAI_UACINT)bt_sem_capacity(s));
-    lbt_argerror(L, fname, idx, "permits", lua_tostring(L, -1));
+  if ((size_t)k > bt_sem_capacity(s)) {  /* (k may be the default: the argument is absent) */
+    const char *want = lua_pushfstring(L, "permits <= %I (the capacity)",
+                                       (LUAI_UACINT)bt_sem_capacity(s));
+    lbt_argerror_got(L, fname, lbt_argn(fname, idx), "permits", want,
+                     lua_pushfstring(L, "%I", (LUAI_UACINT)k));
   }
   return (size_t)k;
 }
