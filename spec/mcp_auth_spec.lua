@@ -172,6 +172,41 @@ describe("baton.mcp authorization", function()
       assert.is_nil(msg:find("s3cret", 1, true))
     end))
 
+  it("private_key_jwt's ES256 signatures verify with OpenSSL", H.async(function()
+    if not H.have("openssl") then return pending("openssl is missing") end
+    local es256 = require "baton.mcp.es256"
+    local dir = H.temp_dir()
+    local g = assert(baton.process.run { "openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                                         "ec_paramgen_curve:P-256", "-out", dir .. "/k.pem" })
+    assert.equal(0, g.code)
+    assert(baton.process.run { "openssl", "pkey", "-in", dir .. "/k.pem", "-pubout",
+                               "-out", dir .. "/pub.pem" })
+    local pem = H.slurp(dir .. "/k.pem")
+    local function der_int(b)
+      b = b:gsub("^%z+", "")
+      if b:byte(1) >= 0x80 then b = "\0" .. b end
+      return "\2" .. string.char(#b) .. b
+    end
+    for i = 1, 3 do
+      local msg = "header.claims" .. i
+      local sig = assert(es256.sign(pem, msg))
+      assert.equal(64, #sig)
+      local body = der_int(sig:sub(1, 32)) .. der_int(sig:sub(33))
+      H.write_file(dir .. "/sig", "\48" .. string.char(#body) .. body)
+      H.write_file(dir .. "/msg", msg)
+      local r = assert(baton.process.run { "openssl", "dgst", "-sha256", "-verify", dir .. "/pub.pem",
+                                           "-signature", dir .. "/sig", dir .. "/msg" })
+      assert.equal(0, r.code, r.stdout .. r.stderr)
+      -- and a signature of another message does not verify
+      H.write_file(dir .. "/msg", msg .. "x")
+      r = assert(baton.process.run { "openssl", "dgst", "-sha256", "-verify", dir .. "/pub.pem",
+                                     "-signature", dir .. "/sig", dir .. "/msg" })
+      assert.are_not.equal(0, r.code)
+    end
+    assert.same({ nil, "not a PEM private key" }, { es256.sign("nope", "x") })
+    H.remove_dir(dir)
+  end))
+
   it("misuse: auth options are checked", function()
     H.raises("baton.mcp.connect: bad argument #1 'auth.nope' %(unknown option%)", mcp.connect,
              { url = "http://x/mcp", auth = { nope = 1 } })

@@ -592,13 +592,17 @@ local function code_grant(a, scopes)
   return true
 end
 
+-- signer(alg, pem, input) -> the JWS signature bytes | nil, message. ES256 only
+-- (baton.mcp.es256, pure Lua).
+function A.signer(alg, pem, input)
+  if alg ~= "ES256" then return nil, "signing algorithm " .. tostring(alg) .. " is not supported (ES256 is)" end
+  return require("baton.mcp.es256").sign(pem, input)
+end
+
 -- A JWT signed with the client's private key (private_key_jwt, RFC 7523 §2.2).
 local function client_assertion(a)
   local alg = a.opts.signing_alg or "ES256"
   local signer = A.signer
-  if not signer then
-    return nil, "private_key_jwt: this baton has no signer for " .. alg
-  end
   local now = wall()
   local header = A.base64(json.encode { alg = alg, typ = "JWT" }, true)
   local claims = A.base64(json.encode {
