@@ -24,6 +24,9 @@ local cases = {
   { "router", "requests: 200, ok: %d+, failed: %d+ %(.-%); usage matches the ledgers: true" },
   { "router", "context_fallback %-> ok" },
   { "blocking", "blocking stalled every task: true; awaiting did not: true" },
+  { "mcp_remote", "second connect: 0 new authorization%(s%): the token came from the store",
+    need = "spec/fixtures/mcp/fake_oauth_server.py" },
+  { "mcp_remote", "token store mode: 600" },
   { "mcp_prefetch", "closed: server pid %d+ still alive: false",
     need = "spec/fixtures/mcp/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js" },
 }
