@@ -575,7 +575,11 @@ local function code_grant(a, scopes)
     { "resource", a.resource },
   }
   local authorize = a.opts.authorize or A.default_authorize
-  local code, got_state = authorize(url, { redirect_uri = a.redirect_uri, state = state })
+  local ok, code, got_state = pcall(authorize, url, { redirect_uri = a.redirect_uri, state = state })
+  if not ok then
+    if type(code) == "table" and code.kind == "cancelled" then error(code, 0) end  -- aborted
+    return fail("authorize", "authorize raised: " .. tostring(code))
+  end
   if type(code) ~= "string" or code == "" then
     return fail("authorize", "authorize: no authorization code: " .. tostring(got_state))
   end
@@ -694,12 +698,19 @@ function A.header(a)
   local t = a.token
   if not t then return nil, a.gen end
   if t.expires_at and t.expires_at - wall() <= (t.margin or 60) and t.refresh_token then
-    local permit = a.lock:acquire()
-    if a.token == t then refresh(a) end
-    permit:release()
+    do
+      local _ <close> = a.lock:acquire()
+      if a.token == t then refresh(a) end
+    end
     t = a.token
+    if not t then return nil, a.gen end
   end
   return "Bearer " .. t.access_token, a.gen
+end
+
+-- The Authorization header's value now, without waiting (close()'s DELETE) | nil.
+function A.current(a)
+  return a.token and ("Bearer " .. a.token.access_token) or nil
 end
 
 -- Runs the grant for scopes `extra` (a step-up) or the challenge's: true | nil, msg, kind, d.

@@ -387,8 +387,9 @@ function T.stop(st, grace)
   abort_io(st)
   if not st.session then return end
   local ms = grace < 200 and 200 or grace > 2000 and 2000 or grace
-  baton.http.request { url = st.url, method = "DELETE", timeout_ms = ms,
-                       headers = http_headers(st, "application/json, text/event-stream") }
+  local h = http_headers(st, "application/json, text/event-stream")
+  if st.auth then h["Authorization"] = A.current(st.auth) end
+  baton.http.request { url = st.url, method = "DELETE", timeout_ms = ms, headers = h }
 end
 
 -- Lets go at once: the transfers are aborted, without the DELETE (it would wait).
