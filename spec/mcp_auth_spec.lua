@@ -172,6 +172,53 @@ describe("baton.mcp authorization", function()
       assert.is_nil(msg:find("s3cret", 1, true))
     end))
 
+  -- A program that connects with every default (auth = true) and says how it went.
+  local DEFAULTS_CLIENT = [[
+local mcp = require "baton.mcp"
+local c, e, k = mcp.connect { url = arg[1], auth = true, timeout_ms = 10000 }
+print("RESULT", c and mcp.text(assert(c:call("whoami"))) or e, k)
+if c then c:close() end
+]]
+
+  fake_it("the default authorize: prints the URL, reads the pasted redirect from the terminal",
+    with_oauth(function(url)
+      if not H.have("script") then return pending("script (util-linux) is missing") end
+      local prog = H.write_temp(DEFAULTS_CLIENT)
+      local exe = H.EXE:sub(1, 1) == "/" and H.EXE or (H.SRC .. "/" .. H.EXE)
+      -- script(1) gives the program a terminal; the test is the person at it
+      local p <close> = assert(baton.process.spawn {
+        "script", "-qfec", H.q(exe) .. " " .. H.q(prog) .. " " .. H.q(url), "/dev/null", stdin = true })
+      local result, saw_url
+      for _ = 1, 20 do
+        local line = p:read_line(10000)
+        if not line then break end
+        local auth_url = line:match("(http://%S+/authorize%?%S+)")
+        if auth_url then
+          saw_url = true
+          local r = assert(baton.http.request { url = auth_url })
+          assert(p:write(r.headers.location .. "\n"))
+        end
+        result = line:match("RESULT\t([^\r]*)")  -- a terminal ends lines with CR LF
+        if result then break end
+      end
+      os.remove(prog)
+      assert.is_true(saw_url)
+      assert.equal("whoami with mcp:read offline_access\tnil", result)
+    end))
+
+  fake_it("the default authorize without a terminal: 'auth' at once, the URL on stderr",
+    with_oauth(function(url)
+      local prog = H.write_temp(DEFAULTS_CLIENT)
+      local exe = H.EXE:sub(1, 1) == "/" and H.EXE or (H.SRC .. "/" .. H.EXE)
+      local t0 = baton.now()
+      local r = assert(baton.process.run { exe, prog, url, timeout_ms = 20000 })  -- setsid: no tty
+      os.remove(prog)
+      assert.is_true(baton.now() - t0 < 8000)
+      assert.matches("RESULT\t.*no terminal to read the authorization code from.*\tauth", r.stdout)
+      assert.matches("open this URL", r.stderr)
+      assert.matches("/authorize%?response_type=code", r.stderr)
+    end))
+
   it("private_key_jwt's ES256 signatures verify with OpenSSL", H.async(function()
     if not H.have("openssl") then return pending("openssl is missing") end
     local es256 = require "baton.mcp.es256"

@@ -746,11 +746,24 @@ function A.refused(st, a, status, h, gen, try)
   return authorize_flow(st, a, challenge, nil)
 end
 
--- The default authorize: a person opens the URL. Without a loopback listener in baton, it
--- cannot take the redirect itself; it says so.
+-- The default authorize: the person opens the URL in a browser, consents, and pastes the
+-- address the browser was sent to (or just the code) on the terminal. The line is read by
+-- `head -n 1 /dev/tty`, a child process, so the wait is an await like any other: it ends
+-- with the request's deadline or an abort (the child is then released). No terminal (a
+-- service, CI): nil, message at once. (A loopback listener on 127.0.0.1 catching the
+-- redirect itself would spare the pasting; baton has no TCP server yet.)
 function A.default_authorize(url)
-  io.stderr:write("baton.mcp: open this URL to authorize:\n  ", url, "\n")
-  return nil, "no auth.authorize function was given to receive the authorization code"
+  io.stderr:write("baton.mcp: to authorize, open this URL, consent, then paste here the address ",
+                  "you were sent to (or the code):\n  ", url, "\n> ")
+  io.stderr:flush()
+  local p <close>, e = baton.process.spawn { "head", "-n", "1", "/dev/tty", process_group = false }
+  if not p then return nil, "cannot read the terminal: " .. tostring(e) end
+  local line = p:read_line()
+  if not line then
+    return nil, "no terminal to read the authorization code from: give auth.authorize"
+  end
+  local code = A.query_param(line, "code") or line:match("^%s*([^%s?&=]+)%s*$")
+  return code, A.query_param(line, "state")
 end
 
 return A
