@@ -107,6 +107,22 @@ describe("baton.mcp authorization", function()
       c:close()
     end))
 
+  fake_it("a stored token that expired meanwhile: the next client refreshes it on the 401, "
+          .. "nobody authorizes again", with_oauth({ "--expires", "2" }, function(url, _, authorize, stats, visits)
+      local dir = H.temp_dir()
+      local opts = { url = url, auth = { authorize = authorize,
+                                         token_store = mcp.file_token_store(dir .. "/t.json") } }
+      local c = assert(mcp.connect(opts))
+      c:close()
+      baton.sleep(2500)
+      c = assert(mcp.connect(opts))   -- a new client: the store is all it knows
+      assert(c:call("whoami"))
+      assert.equal(1, visits())
+      assert.is_true(stats().grants.refresh_token >= 1)
+      c:close()
+      H.remove_dir(dir)
+    end))
+
   fake_it("403 insufficient_scope: step-up to the union of the scopes, once per call",
     with_oauth(function(url, _, authorize, stats, visits)
       local c = assert(mcp.connect { url = url, auth = { authorize = authorize } })

@@ -741,7 +741,12 @@ function A.refused(st, a, status, h, gen, try)
     return authorize_flow(st, a, challenge, union(a.asked or scope_list(a.token and a.token.scope), required))
   end
   if try > 1 then return nil end
-  if a.token and a.token.refresh_token and a.endpoints and refresh(a) then return true end
+  if a.token and a.token.refresh_token then
+    -- a token from the store (another process, an earlier run) may only need refreshing:
+    -- the endpoints and the client identity first, as a grant would find them
+    local ok = discover(st, a, challenge)
+    if ok and (a.grant ~= "authorization_code" or identify(a)) and refresh(a) then return true end
+  end
   a.token = nil
   return authorize_flow(st, a, challenge, nil)
 end
