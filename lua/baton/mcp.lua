@@ -8,7 +8,10 @@
 --   baton.mcp.session  the JSON-RPC session: pending ids, routing, handlers, progress,
 --                      deadlines, cancellation, death, release, stats.
 --   baton.mcp.stdio    the stdio transport: one server process and its reader task.
---   baton.mcp.http     the Streamable HTTP transport: a POST per message, the GET stream.
+--   baton.mcp.http     the Streamable HTTP transport: a POST per message, the GET stream,
+--                      resumption, a new session after a 404.
+--   baton.mcp.auth     OAuth 2.1 for the HTTP transport (the MCP authorization spec), token
+--                      stores; baton.mcp.es256 signs private_key_jwt assertions.
 --
 -- Errors follow baton's convention (docs/errors.md). Misuse raises
 -- "<fname>: bad argument #n 'name' (expected X, got Y)" (an unknown option key before any
@@ -16,7 +19,7 @@
 -- wrong (a call outside a task, waiting for a reply inside the stdio reader); fname is the
 -- function as called: baton.mcp.connect, baton.mcp.client:call, ... The world's outcomes
 -- return nil, "<fname>: ...", kind[, detail], kind one of: timeout, closed, io, resource,
--- connect, tls (over HTTP), protocol, too_large, rpc_error, tool_error.
+-- connect, tls and auth (over HTTP), protocol, too_large, rpc_error, tool_error.
 local baton = require "baton"
 local S = require "baton.mcp.session"
 local stdio = require "baton.mcp.stdio"

@@ -11,10 +11,18 @@
 -- * A request's POST reads a JSON body, or the data of each event of a text/event-stream
 --   body until the request is answered (notifications and server requests may come
 --   first). Other messages expect 202 Accepted.
+-- * An event stream that ends or breaks before the response, after the server gave an
+--   event id, is resumed: a GET with Last-Event-ID after the stream's retry: delay, at most
+--   MAX_RESUMES times per request, in the same task (so the same deadline and abort).
 -- * The GET stream of server-initiated messages, when the server offers one, is one more
---   such task (listen); it is not reopened.
--- * A 404 to a request that carried a session id: the server ended the session, which
+--   such task (listen); it is not reopened. 400, 401, 403, 404, 405 to it: no stream, quietly.
+-- * A 404 to a request that carried a session id: the server ended the session. One new
+--   session (the first handshake again, renew) and the request is sent again; a 404 again
 --   kills the client's session ("closed").
+-- * With auth (st.auth, baton.mcp.auth), every request carries the token; a 401 or 403
+--   hands over to auth.refused, which gets a token (one flow at a time) and says whether to
+--   send the request again. Without auth, or when it gives up: "auth", with the detail
+--   { status =, headers =, body = }.
 -- * A failed transfer keeps baton.http's kind ("connect", "tls", "timeout", "too_large",
 --   "protocol", "io", "resource"); a 5xx status is "io", another non-2xx "protocol", both
 --   with the detail { status =, body =, error = } (error: the JSON-RPC error the body held).
