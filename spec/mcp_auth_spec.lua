@@ -191,12 +191,13 @@ describe("baton.mcp authorization", function()
   -- A program that connects with every default (auth = true) and says how it went.
   local DEFAULTS_CLIENT = [[
 local mcp = require "baton.mcp"
-local c, e, k = mcp.connect { url = arg[1], auth = true, timeout_ms = 10000 }
+local c, e, k = mcp.connect { url = arg[1], auth = arg[2] and { redirect_uri = arg[2] } or true,
+                              timeout_ms = 10000 }
 print("RESULT", c and mcp.text(assert(c:call("whoami"))) or e, k)
 if c then c:close() end
 ]]
 
-  fake_it("the default authorize: prints the URL, reads the pasted redirect from the terminal",
+  fake_it("the default authorize: or the person pastes the redirect on the terminal",
     with_oauth(function(url)
       if not H.have("script") then return pending("script (util-linux) is missing") end
       local prog = H.write_temp(DEFAULTS_CLIENT)
@@ -222,12 +223,38 @@ if c then c:close() end
       assert.equal("whoami with mcp:read offline_access\tnil", result)
     end))
 
-  fake_it("the default authorize without a terminal: 'auth' at once, the URL on stderr",
+  fake_it("the default authorize: the browser comes back to a loopback listener with the code",
+    with_oauth(function(url)
+      local prog = H.write_temp(DEFAULTS_CLIENT)
+      local exe = H.EXE:sub(1, 1) == "/" and H.EXE or (H.SRC .. "/" .. H.EXE)
+      local p <close> = assert(baton.process.spawn { exe, prog, url })   -- no terminal
+      local auth_url
+      for _ = 1, 100 do
+        auth_url = p:stderr():match("(http://%S+/authorize%?%S+)")
+        if auth_url then break end
+        baton.sleep(50)
+      end
+      assert.truthy(auth_url, "no URL on stderr: " .. p:stderr())
+      local redirect = auth_url:match("redirect_uri=([^&]+)")
+      assert.matches("^http%%3A%%2F%%2F127%.0%.0%.1%%3A%d+%%2Fcallback$", redirect)
+      -- the browser: the authorization server's redirect, then the loopback page
+      local r = assert(baton.http.request { url = auth_url })
+      assert.equal(302, r.status)
+      local back = assert(baton.http.request { url = r.headers.location, timeout_ms = 5000 })
+      assert.equal(200, back.status)
+      assert.matches("You may close this window", back.body)
+      local line = assert(p:read_line(10000))
+      os.remove(prog)
+      assert.equal("RESULT\twhoami with mcp:read offline_access\tnil", line)
+    end))
+
+  fake_it("the default authorize with neither a loopback redirect nor a terminal: 'auth' at once",
     with_oauth(function(url)
       local prog = H.write_temp(DEFAULTS_CLIENT)
       local exe = H.EXE:sub(1, 1) == "/" and H.EXE or (H.SRC .. "/" .. H.EXE)
       local t0 = baton.now()
-      local r = assert(baton.process.run { exe, prog, url, timeout_ms = 20000 })  -- setsid: no tty
+      local r = assert(baton.process.run { exe, prog, url, "https://app.example/callback",
+                                           timeout_ms = 20000 })  -- setsid: no tty
       os.remove(prog)
       assert.is_true(baton.now() - t0 < 8000)
       assert.matches("RESULT\t.*no terminal to read the authorization code from.*\tauth", r.stdout)
@@ -273,6 +300,8 @@ if c then c:close() end
   it("misuse: auth options are checked", function()
     H.raises("baton.mcp.connect: bad argument #1 'auth.nope' %(unknown option%)", mcp.connect,
              { url = "http://x/mcp", auth = { nope = 1 } })
+    H.raises("baton.http._loopback: bad argument #1 'port' %(expected an integer 0..65535",
+             baton.http._loopback, 70000)
     H.raises("'auth.authorize' %(expected function, got 1%)", mcp.connect,
              { url = "http://x/mcp", auth = { authorize = 1 } })
     H.raises("'auth' %(expected nil with command", mcp.connect,

@@ -14,7 +14,8 @@
 --   4. A client identity: the configured client_id (and secret), else a Client ID Metadata
 --      Document URL where the server supports them, else dynamic registration (RFC 7591).
 --   5. A grant: authorization code + PKCE S256 + resource (RFC 8707) through the caller's
---      authorize(url) (the person in the loop), client credentials (a secret, or a
+--      authorize(url) (the person in the loop; by default a loopback listener for the
+--      redirect, or the redirect pasted on the terminal), client credentials (a secret, or a
 --      private_key_jwt assertion), or the enterprise-managed jwt-bearer grant (an IdP ID
 --      token exchanged for an ID-JAG, RFC 8693 + RFC 7523).
 --   6. The token endpoint, authenticated as the metadata says (client_secret_basic,
@@ -575,7 +576,8 @@ local function code_grant(a, scopes)
     { "resource", a.resource },
   }
   local authorize = a.opts.authorize or A.default_authorize
-  local ok, code, got_state = pcall(authorize, url, { redirect_uri = a.redirect_uri, state = state })
+  local ok, code, got_state = pcall(authorize, url, { redirect_uri = a.redirect_uri, state = state,
+                                                      listener = a.listener })
   if not ok then
     if type(code) == "table" and code.kind == "cancelled" then error(code, 0) end  -- aborted
     return fail("authorize", "authorize raised: " .. tostring(code))
@@ -713,6 +715,24 @@ function A.current(a)
   return a.token and ("Bearer " .. a.token.access_token) or nil
 end
 
+-- With the default authorize: a loopback listener for the redirect, on the port of
+-- auth.redirect_uri when that is http://127.0.0.1:PORT/... or http://localhost:PORT/...,
+-- else on any free port; a.redirect_uri then names it. nil when none can be had.
+local function open_listener(a)
+  local uri = a.opts.redirect_uri
+  local port, path = 0, "/callback"
+  if uri then
+    local host, p, rest = uri:match("^[Hh][Tt][Tt][Pp]://([^/:]+):?(%d*)(/?[^?#]*)")
+    if host ~= "127.0.0.1" and host ~= "localhost" then return nil end
+    port = tonumber(p) or 80
+    path = rest ~= "" and rest or "/"
+  end
+  local l = baton.http._loopback(port)
+  if not l then return nil end
+  a.redirect_uri = format("http://127.0.0.1:%d%s", l:port(), path)
+  return l
+end
+
 -- Runs the grant for scopes `extra` (a step-up) or the challenge's: true | nil, msg, kind, d.
 local function authorize_flow(st, a, challenge, extra)
   local ok, e, k, d = discover(st, a, challenge)
@@ -721,9 +741,12 @@ local function authorize_flow(st, a, challenge, extra)
   a.asked = scopes
   if a.grant == "client_credentials" then return credentials_grant(a, scopes) end
   if a.grant == "jwt_bearer" then return jwt_bearer_grant(a, scopes) end
+  local listener <close> = not a.opts.authorize and open_listener(a) or nil
+  a.listener = listener
   ok, e, k, d = identify(a)
-  if not ok then return nil, e, k, d end
-  return code_grant(a, scopes)
+  if ok then ok, e, k, d = code_grant(a, scopes) end
+  a.listener = nil
+  return ok, e, k, d
 end
 
 A.MAX_STEP_UP = 2
@@ -751,24 +774,44 @@ function A.refused(st, a, status, h, gen, try)
   return authorize_flow(st, a, challenge, nil)
 end
 
--- The default authorize: the person opens the URL in a browser, consents, and pastes the
--- address the browser was sent to (or just the code) on the terminal. The line is read by
--- `head -n 1 /dev/tty`, a child process, so the wait is an await like any other: it ends
--- with the request's deadline or an abort (the child is then released). No terminal (a
--- service, CI): nil, message at once. (A loopback listener on 127.0.0.1 catching the
--- redirect itself would spare the pasting; baton has no TCP server yet.)
-function A.default_authorize(url)
-  io.stderr:write("baton.mcp: to authorize, open this URL, consent, then paste here the address ",
-                  "you were sent to (or the code):\n  ", url, "\n> ")
+-- The default authorize: the person opens the URL in a browser and consents; the browser
+-- is sent back to the loopback listener (info.listener, baton.http._loopback, RFC 8252
+-- §7.3), which hands over the code. The person may instead paste the address the browser
+-- was sent to (or just the code) on the terminal, read by `head -n 1 /dev/tty` in a child
+-- (for a browser on another machine). Both are polled between baton.sleep()s, so the wait
+-- ends with the request's deadline or an abort like any other (the child is released).
+-- Neither a listener nor a terminal: nil, message at once.
+function A.default_authorize(url, info)
+  local listener = info and info.listener
+  io.stderr:write("baton.mcp: to authorize, open this URL and consent",
+                  listener and (" (the browser comes back to " .. info.redirect_uri .. ")") or "",
+                  "; or paste here the address you are sent to (or the code):\n  ", url, "\n> ")
   io.stderr:flush()
-  local p <close>, e = baton.process.spawn { "head", "-n", "1", "/dev/tty", process_group = false }
-  if not p then return nil, "cannot read the terminal: " .. tostring(e) end
-  local line = p:read_line()
-  if not line then
-    return nil, "no terminal to read the authorization code from: give auth.authorize"
+  local pasted, tty_done
+  local reader = baton.spawn(function()
+    local p <close> = baton.process.spawn { "head", "-n", "1", "/dev/tty", process_group = false }
+    pasted = p and p:read_line() or nil
+    tty_done = true
+  end)
+  local _ <close> = setmetatable({}, { __close = function() reader:abort() end })
+  while true do
+    if listener then
+      local target = listener:poll()
+      if target then
+        local code, err = A.query_param(target, "code"), A.query_param(target, "error")
+        if code then return code, A.query_param(target, "state") end
+        if err then return nil, "the authorization server answered: " .. err end
+      end
+    end
+    if pasted then
+      local code = A.query_param(pasted, "code") or pasted:match("^%s*([^%s?&=]+)%s*$")
+      return code, A.query_param(pasted, "state")
+    end
+    if tty_done and not listener then
+      return nil, "no terminal to read the authorization code from: give auth.authorize"
+    end
+    baton.sleep(50)
   end
-  local code = A.query_param(line, "code") or line:match("^%s*([^%s?&=]+)%s*$")
-  return code, A.query_param(line, "state")
 end
 
 return A
