@@ -5,8 +5,8 @@
 --   build/baton examples/mcp_remote.lua https://host/mcp   (a real one: you authorize)
 --
 -- The first connect meets a 401: baton.mcp discovers the server's authorization server,
--- registers a client, and calls `authorize` with the authorization URL; the person opens it,
--- consents, and hands back the code from the redirect. The token lands in a file token store
+-- registers a client, and prints the authorization URL; the person opens it and consents,
+-- and the browser brings the code back to a listener on 127.0.0.1. The token lands in a file token store
 -- (mode 0600). The second connect finds it there and authorizes nobody; a call that needs
 -- more scope (403 insufficient_scope) steps up with a new authorization.
 --
@@ -21,20 +21,12 @@ local dir = os.tmpname()
 os.remove(dir)
 assert(baton.process.run { "mkdir", "-m", "700", dir })
 local store = mcp.file_token_store(dir .. "/tokens.json")
-local asked = 0
+local asked = 0   -- authorizations by the demo's person (a real person's are not counted)
 
+-- nil for a real server: baton.mcp's own, which prints the URL and waits for the browser
+-- to come back to 127.0.0.1 (or for the person to paste the address it was sent to)
 local authorize
-if url then
-  -- A person: the URL to open, then the address the browser was sent to (or just the code).
-  authorize = function(auth_url)
-    asked = asked + 1
-    io.stderr:write("Open this URL, consent, then paste the address you were redirected to:\n  ",
-                    auth_url, "\n> ")
-    local line = io.read("l") or ""   -- blocks the loop: nothing else runs while a person types
-    return line:match("[?&]code=([^&#]*)") or line:match("^%s*(%S+)%s*$"),
-           line:match("[?&]state=([^&#]*)")
-  end
-else
+if not url then
   server = assert(baton.process.spawn { "python3", "spec/fixtures/mcp/fake_oauth_server.py" })
   url = "http://127.0.0.1:" .. assert(server:read_line(10000)) .. "/mcp"
   -- The demo's person: opens the URL, the server consents, the code is in the redirect.
@@ -50,7 +42,7 @@ local function connect()
   return assert(mcp.connect {
     url = url, timeout_ms = 300000,   -- a person may take a while to authorize
     auth = { client_name = "baton mcp_remote example", authorize = authorize,
-             redirect_uri = "http://127.0.0.1:8765/callback", token_store = store },
+             token_store = store },
   })
 end
 
