@@ -29,6 +29,9 @@ local cases = {
   { "blocking", "blocking stalled every task: true; awaiting did not: true" },
   { "trace_demo", "fan%-out of 8: sum 36; %d+ events written to" },
   { "trace_demo", "task spans 8, wait spans: semaphore 5, sleep 8, process 16; process tracks 8" },
+  { "mcp_remote", "second connect: 0 new authorization%(s%): the token came from the store",
+    need = "spec/fixtures/mcp/fake_oauth_server.py" },
+  { "mcp_remote", "token store mode: 600" },
   { "mcp_prefetch", "closed: server pid %d+ still alive: false",
     need = "spec/fixtures/mcp/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js" },
 }

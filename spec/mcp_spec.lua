@@ -1073,12 +1073,43 @@ describe("baton.mcp over Streamable HTTP against a scripted server", function()
       assert.equal(0, c:stats().in_flight)
       assert.equal("still", mcp.text(assert(c:call("echo", { text = "still" }))))
 
-      -- a 404 to a request with the session id: the session is over, the client with it
-      r, msg, kind = c:call("expire")
+      c:close()
+      assert.equal(0, baton.stats().transfers)
+    end))
+
+  fake_it("a 404 to a session id: a new session with the same handshake, the call retried once",
+    with_fake_http(function(url)
+      local warnings = {}
+      local c = assert(mcp.connect { url = url, on_warning = function(m) warnings[#warnings + 1] = m end })
+      assert.equal("renewed fake-session-2", mcp.text(assert(c:call("expire"))))
+      assert.equal(1, c:stats().renewed)
+      assert.matches("a new session began", warnings[1])
+      assert.equal("fake-session-2", mcp.text(assert(c:call("header", { name = "Mcp-Session-Id" }))))
+      -- a server that ends every new session too: the client is dead ("closed")
+      local r, msg, kind = c:call("expire_always")
+      assert.is_nil(r)
       assert.equal("closed", kind)
       assert.matches("ended the session", msg)
       r, msg, kind = c:call("echo", { text = "x" })
       assert.equal("closed", kind)
+      c:close()
+      assert.equal(0, baton.stats().transfers)
+    end))
+
+  fake_it("an event stream broken after an event id is resumed (GET, Last-Event-ID) after "
+          .. "retry:, without losing or repeating an event", with_fake_http(function(url)
+      local c = assert(mcp.connect { url = url })
+      local seen = {}
+      local t0 = baton.now()
+      local r = assert(c:call("resumable", {}, {
+        on_progress = function(p) seen[#seen + 1] = p end }))
+      local elapsed = baton.now() - t0
+      assert.equal("resumed", mcp.text(r))
+      assert.same({ 1, 2 }, seen)                       -- each progress once, in order
+      assert.equal(1, c:stats().resumed)
+      assert.is_true(elapsed >= 140, "resumed after " .. elapsed .. " ms, before retry: 150")
+      assert.equal("r1", mcp.text(assert(c:call("gets"))))  -- one GET, from the last id
+      assert.equal(0, c:stats().in_flight)
       c:close()
       assert.equal(0, baton.stats().transfers)
     end))

@@ -77,6 +77,15 @@ foreach(spec ${SPECS})
   set_tests_properties(${name} PROPERTIES ENVIRONMENT "${BATON_TEST_ENV}" TIMEOUT 180)
 endforeach()
 
+# The official MCP conformance suite's client scenarios (@modelcontextprotocol/conformance
+# and a Node 22 from npm, installed on first use into build/mcp-conformance by the script)
+# against spec/mcp_conformance/client.lua. Without npm or the registry: skipped, loudly.
+add_test(NAME mcp_conformance
+         COMMAND ${CMAKE_SOURCE_DIR}/spec/mcp_conformance/run.sh $<TARGET_FILE:baton>
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(mcp_conformance PROPERTIES ENVIRONMENT "${BATON_TEST_ENV}" TIMEOUT 1200
+                     SKIP_RETURN_CODE 77)
+
 # luacheck (Debian's lua-check, installed by scripts/deps.sh) over the Lua of the tree, with
 # .luacheckrc: any warning fails the suite. Without luacheck the test fails and says so.
 find_program(LUACHECK luacheck)

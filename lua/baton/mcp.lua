@@ -8,7 +8,10 @@
 --   baton.mcp.session  the JSON-RPC session: pending ids, routing, handlers, progress,
 --                      deadlines, cancellation, death, release, stats.
 --   baton.mcp.stdio    the stdio transport: one server process and its reader task.
---   baton.mcp.http     the Streamable HTTP transport: a POST per message, the GET stream.
+--   baton.mcp.http     the Streamable HTTP transport: a POST per message, the GET stream,
+--                      resumption, a new session after a 404.
+--   baton.mcp.auth     OAuth 2.1 for the HTTP transport (the MCP authorization spec), token
+--                      stores; baton.mcp.es256 signs private_key_jwt assertions.
 --
 -- Errors follow baton's convention (docs/errors.md). Misuse raises
 -- "<fname>: bad argument #n 'name' (expected X, got Y)" (an unknown option key before any
@@ -16,11 +19,12 @@
 -- wrong (a call outside a task, waiting for a reply inside the stdio reader); fname is the
 -- function as called: baton.mcp.connect, baton.mcp.client:call, ... The world's outcomes
 -- return nil, "<fname>: ...", kind[, detail], kind one of: timeout, closed, io, resource,
--- connect, tls (over HTTP), protocol, too_large, rpc_error, tool_error.
+-- connect, tls and auth (over HTTP), protocol, too_large, rpc_error, tool_error.
 local baton = require "baton"
 local S = require "baton.mcp.session"
 local stdio = require "baton.mcp.stdio"
 local http = require "baton.mcp.http"
+local auth = require "baton.mcp.auth"
 
 local json = baton.json
 local null = json.null
@@ -367,6 +371,27 @@ function Client:set_roots(roots)
   return notify(st, F, "notifications/roots/list_changed")
 end
 
+-- client:set_headers(headers) -> client: the headers sent with every later request (HTTP
+-- only) replace the ones given to connect; for callers who manage tokens themselves.
+function Client:set_headers(headers)
+  local F = "baton.mcp.client:set_headers"
+  local st = check_client(self, F)
+  if not st.http then raise(F .. ": the client speaks over stdio (headers are for url)") end
+  if type(headers) ~= "table" then argerror(F, 1, "headers", "a table of strings to strings", headers) end
+  local h = {}
+  for k, v in pairs(headers) do
+    if type(k) ~= "string" or type(v) ~= "string" then
+      argerror(F, 1, "headers", "a table of strings to strings", type(k) ~= "string" and k or v)
+    end
+    if k:find("[\r\n]") or v:find("[\r\n]") then
+      argerror(F, 1, "headers", "names and values without CR or LF", k)
+    end
+    h[k] = v
+  end
+  st.headers = h
+  return self
+end
+
 function Client:stats()
   local st = rawget(self, "_s")
   local s = {}
@@ -416,7 +441,52 @@ local CONNECT_OPTS = {
   capabilities = true, roots = true, client_info = true, max_line_bytes = true,
   timeout_ms = true, request_timeout_ms = true, on_notification = true, on_log = true,
   on_warning = true, url = true, headers = true, listen = true, process_group = true,
+  auth = true,
 }
+
+local AUTH_OPTS = {
+  client_id = "string", client_secret = "string", client_metadata_url = "string",
+  client_name = "string", redirect_uri = "string", authorize = "function",
+  token_store = "table", grant = "string", private_key = "string", signing_alg = "string",
+  token_endpoint_auth_method = "string", id_token = "string", idp_client_id = "string",
+  idp_token_endpoint = "string",
+}
+local GRANTS = { authorization_code = true, client_credentials = true, jwt_bearer = true }
+
+-- The connect option `auth` (a table, or true for every default): a checked copy.
+local function auth_opts(F, a)
+  if a == true then return {} end
+  if type(a) ~= "table" then argerror(F, 1, "auth", "table or true", a) end
+  local out = {}
+  for k, v in pairs(a) do
+    if k == "scopes" then
+      if type(v) ~= "string" and type(v) ~= "table" then
+        argerror(F, 1, "auth.scopes", "a string or a list of strings", v)
+      end
+    elseif type(k) ~= "string" or not AUTH_OPTS[k] then
+      raise(format("%s: bad argument #1 'auth.%s' (unknown option)", F, tostring(k)))
+    elseif type(v) ~= AUTH_OPTS[k] then
+      argerror(F, 1, "auth." .. k, AUTH_OPTS[k], v)
+    end
+    out[k] = v
+  end
+  if out.grant and not GRANTS[out.grant] then
+    argerror(F, 1, "auth.grant", "'authorization_code', 'client_credentials' or 'jwt_bearer'",
+             out.grant)
+  end
+  local st = out.token_store
+  if st and not (type(st.load) == "function" or getmetatable(st) and st.load)
+     then argerror(F, 1, "auth.token_store", "a store with load and save", st) end
+  if out.grant == "client_credentials" and not out.client_id then
+    argerror(F, 1, "auth.client_id", "string (the client_credentials grant needs it)", nil)
+  end
+  if out.grant == "jwt_bearer" then
+    for _, k in ipairs { "client_id", "id_token", "idp_token_endpoint" } do
+      if not out[k] then argerror(F, 1, "auth." .. k, "string (the jwt_bearer grant needs it)", nil) end
+    end
+  end
+  return out
+end
 
 local function contains(list, v)
   for _, x in ipairs(list) do if x == v then return true end end
@@ -432,7 +502,7 @@ local function connect_opts(F, opts)
   elseif cmd ~= nil and url ~= nil then
     argerror(F, 1, "url", "only one of command and url", nil, "both")
   end
-  local headers = {}
+  local headers, headers_auth = {}, nil
   if url ~= nil then
     if type(url) ~= "string" or not url:match("^[Hh][Tt][Tt][Pp][Ss]?://") then
       argerror(F, 1, "url", "an http:// or https:// URL", url)
@@ -447,12 +517,13 @@ local function connect_opts(F, opts)
       headers[k] = v
     end
     opt_type(F, 1, opts, "listen", "boolean")
+    if opts.auth ~= nil then headers_auth = auth_opts(F, opts.auth) end
   else
     if type(cmd) ~= "table" or #cmd == 0 then argerror(F, 1, "command", "a table of strings", cmd) end
     for i = 1, #cmd do
       if type(cmd[i]) ~= "string" then argerror(F, 1, format("command[%d]", i), "string", cmd[i]) end
     end
-    for _, k in ipairs { "headers", "listen" } do
+    for _, k in ipairs { "headers", "listen", "auth" } do
       if opts[k] ~= nil then argerror(F, 1, k, "nil with command (it is for url)", opts[k]) end
     end
   end
@@ -474,7 +545,7 @@ local function connect_opts(F, opts)
     argerror(F, 1, "max_line_bytes", "integer >= 1", max_line)
   end
   return {
-    command = cmd, url = url, headers = headers, supported = supported,
+    command = cmd, url = url, headers = headers, supported = supported, auth = headers_auth,
     version = opt_type(F, 1, opts, "protocol_version", "string") or supported[1],
     roots = opts.roots ~= nil and check_roots(F, 1, opts.roots) or nil,
     max_line = max_line or DEFAULT_MAX_LINE,
@@ -494,7 +565,7 @@ function M.connect(opts)
     on_notification = opts.on_notification, on_warning = opts.on_warning, on_log = opts.on_log,
   })
   if o.url then
-    http.open(st, o.url, o.headers)
+    http.open(st, o.url, o.headers, o.auth)
   else
     local ok, e, k = stdio.open(st, o.command, opts)
     if not ok then
@@ -508,9 +579,8 @@ function M.connect(opts)
   for k, v in pairs(opts.capabilities or {}) do caps[k] = v end
   if o.roots and caps.roots == nil then caps.roots = { listChanged = true } end
   local info = opts.client_info or { name = "baton", version = M.VERSION }
-  local hok, r, e, k, d = pcall(S.request, st, "initialize", {
-    protocolVersion = o.version, capabilities = json.object(caps), clientInfo = info,
-  }, o.handshake_ms)
+  local init = { protocolVersion = o.version, capabilities = json.object(caps), clientInfo = info }
+  local hok, r, e, k, d = pcall(S.request, st, "initialize", init, o.handshake_ms)
   if not hok then  -- aborted (or bad client_info): let go of the server, then unwind
     S.release_now(st, 200)
     error(r, 0)
@@ -539,6 +609,7 @@ function M.connect(opts)
     return client
   end
   client.session_id = st.session
+  st.init_params = init  -- a new session after a 404 (baton.mcp.http) starts with the same
   -- Over HTTP the handshake ends once the server has accepted notifications/initialized,
   -- sent with the negotiated version.
   http.negotiated(st, v)
@@ -551,6 +622,21 @@ function M.connect(opts)
   if not ok then return fail(tostring(e2), k2 or "closed", d2) end
   if opts.listen ~= false then http.listen(st) end
   return client
+end
+
+-- ---- token stores (baton.mcp.auth) ---------------------------------------------------------
+
+-- mcp.memory_token_store() -> a token store kept in memory (connect's default).
+function M.memory_token_store()
+  return auth.memory_store()
+end
+
+-- mcp.file_token_store(path) -> a token store in a JSON file written with mode 0600.
+function M.file_token_store(path)
+  if type(path) ~= "string" or path == "" then
+    argerror("baton.mcp.file_token_store", 1, "path", "a file name", path)
+  end
+  return auth.file_store(path)
 end
 
 -- ---- the engine's dispatcher ---------------------------------------------------------------

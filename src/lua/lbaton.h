@@ -283,6 +283,7 @@ void lbt_open_backpressure(lua_State *L, int rt_idx);  /* lbackpressure.c */
 void lbt_open_pipeline(lua_State *L, int rt_idx);      /* lpipeline.c */
 void lbt_open_runner(lua_State *L, int rt_idx);        /* lrunner.c */
 void lbt_open_http(lua_State *L, int rt_idx);          /* lhttp.c: baton.http */
+void lbt_open_loopback(lua_State *L);  /* lloopback.c: baton.http._loopback, on baton.http (top) */
 void lbt_open_future(lua_State *L, int rt_idx);        /* lfuture.c: baton.future */
 void lbt_open_chan(lua_State *L, int rt_idx);          /* lchan.c: baton.channel */
 void lbt_open_sync(lua_State *L, int rt_idx);          /* lsync.c: watch, notify, shield */

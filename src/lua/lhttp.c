@@ -414,5 +414,6 @@ void lbt_open_http(lua_State *L, int rt_idx) {
     lua_setfield(L, json - 1, names[i]);
   }
   lua_pop(L, 1);
+  lbt_open_loopback(L);  /* baton.http._loopback (lloopback.c), for baton.mcp's OAuth */
   lua_setfield(L, -2, "http");
 }

@@ -27,8 +27,36 @@ local mcp = {}
 ---@field on_log? fun(params: table)
 ---@field on_notification? fun(method: string, params: table?)
 ---@field on_warning? fun(message: string)
+---@field auth? baton.mcp.AuthOptions|true HTTP: OAuth 2.1 per the MCP authorization spec
 
----@alias baton.mcp.Kind baton.Kind|"rpc_error"|"tool_error"
+---@class baton.mcp.AuthOptions
+---@field client_id? string pre-registered (else a metadata document URL, else registration)
+---@field client_secret? string
+---@field client_metadata_url? string a Client ID Metadata Document's URL (used as client_id)
+---@field client_name? string sent with dynamic client registration
+---@field scopes? string|string[] asked for (default: the server's challenge, then scopes_supported)
+---@field redirect_uri? string
+---@field authorize? fun(url: string, info: { redirect_uri: string, state: string }): string?, string? the person in the loop: code[, state] | nil, message
+---@field token_store? baton.mcp.TokenStore default: in memory
+---@field grant? "authorization_code"|"client_credentials"|"jwt_bearer"
+---@field private_key? string client_credentials with private_key_jwt: a PEM private key
+---@field signing_alg? string private_key_jwt's algorithm (ES256)
+---@field token_endpoint_auth_method? string overrides the one chosen from the metadata
+---@field id_token? string jwt_bearer: the identity provider's ID token
+---@field idp_client_id? string jwt_bearer: the client id at the identity provider
+---@field idp_token_endpoint? string jwt_bearer: the identity provider's token endpoint
+
+---@class baton.mcp.TokenStore
+local TokenStore = {}
+---@param key string
+---@return table? entry
+function TokenStore:load(key) end
+---@param key string
+---@param entry table
+---@return true|nil ok, string? message
+function TokenStore:save(key, entry) end
+
+---@alias baton.mcp.Kind baton.Kind|"rpc_error"|"tool_error"|"auth"
 
 ---@class baton.mcp.CallOptions
 ---@field timeout_ms? number
@@ -49,6 +77,15 @@ function mcp.text(result) end
 ---@param opts? { timeout_ms?: number, body?: fun(result: table): any }
 ---@return fun(tool: string, args: any, request: table): any
 function mcp.dispatcher(client, opts) end
+
+---A token store in memory (connect's default).
+---@return baton.mcp.TokenStore
+function mcp.memory_token_store() end
+
+---A token store in a JSON file, written with mode 0600.
+---@param path string
+---@return baton.mcp.TokenStore
+function mcp.file_token_store(path) end
 
 ---@class baton.mcp.Client
 ---@field server_info table
@@ -95,6 +132,10 @@ function Client:on(method, fn) end
 function Client:handle(method, fn) end
 ---@param roots { uri: string, name?: string }[]
 function Client:set_roots(roots) end
+---Replaces the headers sent with every later request (HTTP only).
+---@param headers table<string, string>
+---@return baton.mcp.Client
+function Client:set_headers(headers) end
 ---@return table
 function Client:stats() end
 ---The server's pid (stdio), or nil.

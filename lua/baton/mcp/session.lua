@@ -62,7 +62,8 @@ function S.new(transport, opts)
     on_notification = opts.on_notification, on_warning = opts.on_warning,
     group = baton.group { detached = true },  -- outlives the task that connects
     stats = { sent = 0, received = 0, notifications = 0, server_requests = 0, late = 0,
-              malformed = 0, warnings = 0, handler_errors = 0, rejected = 0 },
+              malformed = 0, warnings = 0, handler_errors = 0, rejected = 0,
+              resumed = 0, renewed = 0 },
   }
   if opts.on_log then st.on["notifications/message"] = { opts.on_log } end
   return st
@@ -170,7 +171,28 @@ local function run_handler(st, h, id, method, params)
     return reply_error(st, id, math.type(ecode) == "integer" and ecode or -32603,
                        emsg and tostring(emsg) or "Internal error")
   end
+  if method == "elicitation/create" then S.apply_defaults(params, res) end
   reply(st, id, res)
+end
+
+-- SEP-1034: an accepted elicitation's content gains the default of every field of the
+-- requested schema that the handler left out (the handler's own values win).
+function S.apply_defaults(params, res)
+  if type(res) ~= "table" or res.action ~= "accept" or type(params) ~= "table" then return end
+  local schema = params.requestedSchema
+  local props = type(schema) == "table" and schema.properties
+  if type(props) ~= "table" then return end
+  local content = res.content
+  if content == nil or content == json.null then content = {} end
+  if type(content) ~= "table" then return end
+  for name, p in pairs(props) do
+    if type(p) == "table" and p.default ~= nil and p.default ~= json.null
+       and content[name] == nil then
+      content[name] = p.default
+    end
+  end
+  if next(content) == nil then content = json.object(content) end
+  res.content = content
 end
 
 local function on_server_request(st, m)
