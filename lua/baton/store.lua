@@ -341,32 +341,95 @@ end
 
 -- ---- a breaker backend over a store ------------------------------------------------------
 -- The six methods of a breaker backend (docs/resilience.md): the failure count is a
--- counter, the open time a counter holding the breaker's clock reading (absent: closed). A
--- store failure raises (a backend that cannot answer is not an outcome of the call).
+-- counter, the open time a counter holding a clock reading (absent: closed). A store
+-- failure raises (a backend that cannot answer is not an outcome of the call). Beside
+-- them, the optional parts for a fleet (src/lua/lbreaker.c):
+--   now(): the store's clock. A breaker without a clock option decides on it: the open
+--     time is stamped by the store (set_open_at without ms) and read with the store's now
+--     beside it, so processes whose clocks differ share one clock (the server's TIME on
+--     Redis: one script each, no extra round trip).
+--   acquire_probe(svc, open_at) / release_probe(svc): the probe lease, one for the fleet
+--     and for one opening: granted only while the open time still is open_at (a failed
+--     probe reopens, a successful one clears it; both before it releases), held for
+--     probe_ttl_ms at most (a prober that died frees it then). A store with the private
+--     _brk_* operations (the Redis store) does each in one atomic script; any other, with
+--     a lease of capacity 1 and a read of the open time after it.
 
-function store.breaker_backend(s, prefix)
+local probe_seq = 0
+
+function store.breaker_backend(s, prefix, opts)
   local F = "baton.store.breaker_backend"
   if type(s) ~= "table" and type(s) ~= "userdata" then misuse(F, 1, "store", "a store (docs/store.md)", s) end
   if prefix ~= nil and type(prefix) ~= "string" then misuse(F, 2, "prefix", "string", prefix) end
+  if opts ~= nil and type(opts) ~= "table" then misuse(F, 3, "opts", "table", opts) end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if k ~= "probe_ttl_ms" then
+      misuse(F, 3, "opts", "known options (probe_ttl_ms), got '" .. tostring(k) .. "'", nil)
+    end
+  end
+  local ttl = opts.probe_ttl_ms
+  if ttl == nil then ttl = 30000 end
+  check_positive(F, 3, "probe_ttl_ms", ttl)
   prefix = prefix or "breaker:"
   local function ok(v, msg, kind, detail)
     if v == nil and msg ~= nil then error(baton.error(kind or "error", tostring(msg), detail), 3) end
     return v
   end
+  local fast = type(s) == "table" and type(s._brk_open_at) == "function"
+  local held = {}   -- svc -> the holder of the probe lease this backend took
   local b = {}
   function b.increment_failures(_, svc) return ok(s:incr(prefix .. svc .. ":failures", 1)) end
   function b.reset_failures(_, svc) ok(s:del(prefix .. svc .. ":failures")) end
   function b.get_failures(_, svc) return ok(s:get(prefix .. svc .. ":failures")) end
+  function b.now(_) return ok(s:now()) end
   function b.set_open_at(_, svc, ms)
     local key = prefix .. svc .. ":open_at"
+    if fast then return ok(s:_brk_set_open_at(key, ms)) end
+    if ms == nil then ms = floor(ok(s:now())) end
     ok(s:del(key))
     ok(s:incr(key, ms))
   end
   function b.clear_open_at(_, svc) ok(s:del(prefix .. svc .. ":open_at")) end
+  -- -> the open time (nil: not open) and, when open, the store's now
   function b.get_open_at(_, svc)
-    local v = ok(s:get(prefix .. svc .. ":open_at"))
+    local key = prefix .. svc .. ":open_at"
+    if fast then
+      local at, now, kind, detail = s:_brk_open_at(key)
+      ok(at, now, kind, detail)
+      if at == false then return nil end
+      return at, now
+    end
+    local v = ok(s:get(key))
     if v == 0 then return nil end
-    return v
+    return v, ok(s:now())
+  end
+  function b.acquire_probe(_, svc, open_at)
+    probe_seq = probe_seq + 1
+    local holder = ("%s:%d:%d"):format(tostring(b):match("0x%x+") or "b", probe_seq, math.random(1 << 30))
+    local key, okey = prefix .. svc .. ":probe", prefix .. svc .. ":open_at"
+    local granted
+    if fast then
+      granted = ok(s:_brk_acquire_probe(okey, key, open_at, holder, ttl))
+    else
+      granted = s:lease_acquire(key, holder, 1, ttl)
+      if granted then
+        local v = ok(s:get(okey))
+        if v == 0 or floor(v) ~= open_at then
+          ok(s:lease_release(key, holder))
+          granted = false
+        end
+      end
+    end
+    if granted then held[svc] = holder end
+    return granted and true or false
+  end
+  function b.release_probe(_, svc)
+    local holder = held[svc]
+    if holder == nil then return end
+    held[svc] = nil
+    if fast then ok(s:_brk_release_probe(prefix .. svc .. ":probe", holder))
+    else ok(s:lease_release(prefix .. svc .. ":probe", holder)) end
   end
   return b
 end
@@ -846,6 +909,32 @@ return 1
 ]],
 }
 
+-- The breaker backend's (store.breaker_backend): the open time is a cnt: key holding an
+-- integer ms of the server's clock; the probe lease a cnt: key holding its holder.
+-- KEYS[1] open time -> { at | false, now }
+SCRIPTS.brk_open_at = NOW_LUA .. [[
+local v = redis.call('GET', KEYS[1])
+return { v or false, string.format('%.17g', now) }
+]]
+-- KEYS[1] open time; ARGV [ms] (none: the server's now)
+SCRIPTS.brk_set_open_at = NOW_LUA .. [[
+local at = ARGV[1] and tonumber(ARGV[1]) or math.floor(now)
+redis.call('SET', KEYS[1], string.format('%.17g', at))
+return 1
+]]
+-- KEYS[1] open time, KEYS[2] probe; ARGV open_at, holder, ttl -> 1 | 0
+SCRIPTS.brk_acquire_probe = [[
+local v = tonumber(redis.call('GET', KEYS[1]))
+if not v or math.floor(v) ~= tonumber(ARGV[1]) then return 0 end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', math.max(1, math.ceil(tonumber(ARGV[3])))) then return 1 end
+return 0
+]]
+-- KEYS[1] probe; ARGV holder: deleted only when it still is the holder's
+SCRIPTS.brk_release_probe = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+]]
+
 local FAMILIES = { "tat:", "lease:", "cnt:", "cd:", "fl:", "res:" }
 local OUTAGE = { closed = true, connect = true, io = true, timeout = true }
 
@@ -1052,6 +1141,36 @@ function RS:del(key)
   local keys = {}
   for i, f in ipairs(FAMILIES) do keys[i] = k(self, f, key) end
   local v, msg, kind, detail = run(self, "del", "return redis.call('DEL', unpack(KEYS))", keys, nil)
+  if v == nil and msg ~= nil then return nil, msg, kind, detail end
+  return true
+end
+
+-- The breaker backend's operations (store.breaker_backend), on cnt: keys. Outage "open":
+-- not open, no probe lease (the calls pass as if the circuit were closed).
+function RS:_brk_open_at(key)
+  local v, msg, kind, detail = run(self, "breaker", SCRIPTS.brk_open_at, { k(self, "cnt:", key) }, nil)
+  if v == OPEN then return false, nil end
+  if v == nil then return nil, msg, kind, detail end
+  return v[1] and num(v[1]) or false, num(v[2])
+end
+
+function RS:_brk_set_open_at(key, ms)
+  local v, msg, kind, detail = run(self, "breaker", SCRIPTS.brk_set_open_at, { k(self, "cnt:", key) },
+                                   ms and { floor(ms) } or nil)
+  if v == nil then return nil, msg, kind, detail end
+  return true
+end
+
+function RS:_brk_acquire_probe(okey, key, open_at, holder, ttl_ms)
+  local v, msg, kind, detail = run(self, "breaker", SCRIPTS.brk_acquire_probe,
+                                   { k(self, "cnt:", okey), k(self, "cnt:", key) }, { open_at, holder, ttl_ms })
+  if v == OPEN then return false end
+  if v == nil then return nil, msg, kind, detail end
+  return v == 1
+end
+
+function RS:_brk_release_probe(key, holder)
+  local v, msg, kind, detail = run(self, "breaker", SCRIPTS.brk_release_probe, { k(self, "cnt:", key) }, { holder })
   if v == nil and msg ~= nil then return nil, msg, kind, detail end
   return true
 end
