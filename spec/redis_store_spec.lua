@@ -270,6 +270,38 @@ print(("peak=%d took=%d from=%.3f to=%.3f"):format(peak, took, from, assert(s:no
     rb:close()
   end))
 
+  it("wakes dedup waiters of other processes by pub/sub when the key settles", async(function()
+    local sa, sb, ra, rb = pair()
+    local da = baton.dedup { ttl_ms = 5000, store = sa }
+    local db = baton.dedup { ttl_ms = 5000, store = sb, poll_ms = 5000 }
+    local dc = baton.dedup { ttl_ms = 5000, store = sb, poll_ms = 5000 }
+    local runs = 0
+    local claimer = baton.spawn(da.run, da, "k", function() runs = runs + 1; baton.sleep(300); return 42 end)
+    baton.sleep(20)
+    local before = sb:stats().calls
+    local g <close> = baton.group()
+    local b = g:spawn(function() return H.timed(db.run, db, "k", function() runs = runs + 1 end) end)
+    local c = g:spawn(function() return H.timed(dc.run, dc, "k", function() runs = runs + 1 end) end)
+    local _, ms_b, vb = b:join()
+    local _, ms_c, vc = c:join()
+    assert.same({ true, 42 }, { claimer:join() })
+    assert.equal(42, vb)
+    assert.equal(42, vc)
+    assert.equal(1, runs)
+    -- told at once, not after their 5 s poll; a claim or two each, not one every poll
+    assert.is_true(ms_b < 1500 and ms_c < 1500, ("waited %.0f and %.0f ms"):format(ms_b, ms_c))
+    assert.is_true(sb:stats().calls - before <= 6, "claims: " .. (sb:stats().calls - before))
+    -- a released claim (the claimer failed) tells them too: one of them runs it
+    local failing = baton.spawn(da.run, da, "f", function() baton.sleep(200); error("no") end)
+    baton.sleep(20)
+    local ms, v = H.timed(db.run, db, "f", function() return "mine" end)
+    assert.equal("mine", v)
+    assert.is_true(ms < 1500, ("waited %.0f ms"):format(ms))
+    assert.is_false((failing:join()))
+    ra:close()
+    rb:close()
+  end))
+
   it("checks its options and arguments", async(function()
     local r <close> = assert(baton.redis.connect { url = server.url })
     local F = "baton.redis.store"

@@ -462,8 +462,11 @@ function store._dedup(s, ttl, prefix, poll_ms)
       misuse("baton.dedup", 1, "store", "a store with claim, complete and fail methods", s)
     end
   end
+  -- A watched waiter (pub/sub) polls only to notice a claim that expired: every poll_ms,
+  -- but not more often than half the TTL nor than once a second.
+  local watch_poll = math.max(poll_ms, math.min(1000, ttl / 2))
   return setmetatable({ store = s, ttl = ttl, prefix = prefix, poll = poll_ms, bells = {},
-                        running = {} }, SD)
+                        running = {}, watch_poll = watch_poll }, SD)
 end
 
 local function dself(fname, self)
@@ -598,6 +601,16 @@ local function execute(self, F, k, skey, me, fn, ...)
   return table.unpack(r, 2, r.n)
 end
 
+local WatchGuard = {}
+WatchGuard.__index = WatchGuard
+function WatchGuard.close_watch(g)
+  if g.w then
+    g.w:close()
+    g.w = nil
+  end
+end
+WatchGuard.__close = WatchGuard.close_watch
+
 function SD:run(key, fn, ...)
   local F = D .. "run"
   local k, skey = dkey(F, self, key)
@@ -607,9 +620,17 @@ function SD:run(key, fn, ...)
     error(("%s: the execution for key '%s' called %s for that same key (it would wait for itself)")
           :format(F, k, F), 2)
   end
+  -- A store that can tell its waiters (the Redis store's _watch) is watched from the first
+  -- "in_progress" on, then claimed at once again (a settle before the watch was missed);
+  -- the watch is closed on every way out, an abort's included.
+  local guard <close> = setmetatable({}, WatchGuard)
+  local can_watch = type(self.store) == "table" and type(self.store._watch) == "function"
   while true do
     local st, v, kind, detail = self.store:claim(skey, self.ttl)
-    if st == "new" then return execute(self, F, k, skey, me, fn, ...) end
+    if st == "new" then
+      guard:close_watch()
+      return execute(self, F, k, skey, me, fn, ...)
+    end
     if st == "cached" then
       local r = table.pack(unpack_result(F, k, v))
       if r[1] == nil then return table.unpack(r, 1, r.n) end
@@ -617,7 +638,15 @@ function SD:run(key, fn, ...)
     end
     if st == nil then return store_failure(F, v, kind, detail) end
     if me == nil then error(F .. ": not inside a baton task (the key is in progress: it would wait)", 2) end
-    await_change(self, skey)
+    if can_watch then
+      can_watch = false
+      guard.w = self.store:_watch(skey)
+      if guard.w == nil then await_change(self, skey) end
+    elseif guard.w then
+      guard.w:wait(self.watch_poll)  -- told at once; the poll is the fallback
+    else
+      await_change(self, skey)
+    end
   end
 end
 
@@ -900,12 +929,19 @@ if v then return { 'cached', v } end
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', math.max(1, math.ceil(tonumber(ARGV[1])))) then return { 'new' } end
 return { 'in_progress' }
 ]],
-  -- KEYS[1] claim, KEYS[2] result; ARGV json, ttl
+  -- KEYS[1] claim, KEYS[2] result; ARGV json, ttl, channel, key: the waiters are told
   complete = [[
 local ttl = math.ceil(tonumber(ARGV[2]))
 if ttl > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl) else redis.call('DEL', KEYS[2]) end
 redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
+]],
+  -- KEYS[1] claim; ARGV channel, key
+  fail = [[
+local n = redis.call('DEL', KEYS[1])
+if n > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return n
 ]],
 }
 
@@ -958,7 +994,9 @@ function store._redis(opts)
   if mode == nil then mode = "fail" end
   if mode ~= "fail" and mode ~= "open" then misuse(F, 1, "on_outage", "'fail' or 'open'", mode) end
   return setmetatable({ redis = r, prefix = prefix, on_outage = mode,
-                        counts = { calls = 0, outage_open = 0, outage_failed = 0, errors = 0 } }, RS)
+                        counts = { calls = 0, outage_open = 0, outage_failed = 0, errors = 0 },
+                        watches = {}, nwatch = 0, sub = nil, sub_retry = 0, reader = nil,
+                        sub_ready = notify() }, RS)
 end
 
 -- Runs a script; returns its reply, or (failure) nil, msg, kind, or (open) the outage
@@ -1122,7 +1160,7 @@ function RS:complete(key, value, ttl_ms)
   local ok, enc = pcall(json.encode, value)
   if not ok then misuse(F, 2, "value", "a value JSON can encode", value) end
   local v, msg, kind, detail = run(self, "complete", SCRIPTS.complete, { k(self, "fl:", key), k(self, "res:", key) },
-                                   { enc, ttl_ms })
+                                   { enc, ttl_ms, self.prefix .. "settled", key })
   if v == nil then return nil, msg, kind, detail end
   return true
 end
@@ -1130,7 +1168,8 @@ end
 -- open: true
 function RS:fail(key)
   check_key(RN .. "fail", 1, key)
-  local v, msg, kind, detail = run(self, "fail", "return redis.call('DEL', KEYS[1])", { k(self, "fl:", key) }, nil)
+  local v, msg, kind, detail = run(self, "fail", SCRIPTS.fail, { k(self, "fl:", key) },
+                                   { self.prefix .. "settled", key })
   if v == nil and msg ~= nil then return nil, msg, kind, detail end
   return true
 end
@@ -1143,6 +1182,90 @@ function RS:del(key)
   local v, msg, kind, detail = run(self, "del", "return redis.call('DEL', unpack(KEYS))", keys, nil)
   if v == nil and msg ~= nil then return nil, msg, kind, detail end
   return true
+end
+
+-- ---- waiting for a claim to settle (pub/sub) -----------------------------------------
+-- complete and fail PUBLISH the key on the channel prefix .. "settled". A waiter of
+-- dedup's run watches its key (store:_watch) before it claims once more, then waits on the
+-- watch: woken when the key's message comes, or after its poll interval (the fallback:
+-- a claimer that died publishes nothing, its claim expires). The store subscribes once, on
+-- a connection of the subscription's own (made on the first watch; on failure the waiters
+-- poll, and the next try waits a second); one reader task takes the messages while any
+-- watch is open and rings the watches of their key (notify_one: a message between the
+-- watch and the wait is kept as a permit). The last watch closed aborts the reader; a lost
+-- connection ends it, wakes every watch (they claim again) and drops the subscription
+-- (the next watch subscribes again).
+
+local Watch = { __name = "baton.redis.Store.Watch" }
+Watch.__index = Watch
+
+local function ring_all(self)
+  for _, ws in pairs(self.watches) do
+    for w in pairs(ws) do w.n:notify_one() end
+  end
+end
+
+local function reader(self, sub)
+  while self.nwatch > 0 and self.sub == sub do
+    local ok, key, _, kind = pcall(sub.next, sub, 1000)
+    if not ok then break end  -- aborted by the last watch's close
+    if key then
+      local ws = self.watches[key]
+      if ws then for w in pairs(ws) do w.n:notify_one() end end
+    elseif kind ~= "timeout" then
+      if self.sub == sub then self.sub = nil end
+      pcall(sub.close, sub)
+      ring_all(self)
+      break
+    end
+  end
+  if self.reader == baton.current() then self.reader = nil end
+end
+
+-- -> a watch on key (w:wait(ms), w:close()) | nil when the store cannot subscribe now
+function RS:_watch(key)
+  if self.sub == nil and clock() >= self.sub_retry then
+    self.sub = false  -- subscribing: watches asked for meanwhile wait for it
+    local ok, sub = pcall(self.redis.subscribe, self.redis, self.prefix .. "settled")
+    if ok and sub then
+      self.sub = sub
+    else
+      self.sub, self.sub_retry = nil, clock() + 1000
+    end
+    self.sub_ready:notify_all()
+    if not ok then error(sub, 0) end
+  elseif self.sub == false then
+    self.sub_ready:notified()
+  end
+  if not self.sub then return nil end
+  local w = setmetatable({ store = self, key = key, n = notify() }, Watch)
+  local ws = self.watches[key]
+  if ws == nil then
+    ws = {}
+    self.watches[key] = ws
+  end
+  ws[w] = true
+  self.nwatch = self.nwatch + 1
+  if self.reader == nil then self.reader = baton.spawn(reader, self, self.sub) end
+  return w
+end
+
+function Watch:wait(ms)
+  self.n:notified(ms)
+end
+
+function Watch:close()
+  local st = self.store
+  local ws = st.watches[self.key]
+  if not (ws and ws[self]) then return end
+  ws[self] = nil
+  if next(ws) == nil then st.watches[self.key] = nil end
+  st.nwatch = st.nwatch - 1
+  if st.nwatch == 0 and st.reader and st.reader ~= baton.current() then
+    local r = st.reader
+    st.reader = nil
+    r:abort()
+  end
 end
 
 -- The breaker backend's operations (store.breaker_backend), on cnt: keys. Outage "open":
