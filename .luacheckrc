@@ -5,6 +5,7 @@ max_line_length = 120
 
 exclude_files = {
   "spec/fixtures/mcp/node_modules/**",  -- the npm MCP servers' own files
+  "bench/peers_redis/node_modules/**",  -- the Redis benchmark peers' (Bottleneck's scripts)
   "spec/fixtures/cli/syntax_error.lua", -- a chunk that must not load, on purpose
 }
 

@@ -42,6 +42,7 @@
  */
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -367,6 +368,23 @@ static int call_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int client_ensure(lua_State *L, const char *fname, lredis *c);
 
+/* When a command goes out. hiredis buffers it until the poll reports the socket writable,
+ * a turn of the loop later: that batches the commands of many tasks into one write, but
+ * costs a lone call a turn of the loop, and a big batch (64 tasks woken by one read, each
+ * sending its next command) keeps the server idle while this process makes the whole of
+ * it. So the buffer goes out at once when the command is the only one in flight (nothing
+ * to batch it with: the round trip starts now), and when FLUSH_EARLY bytes wait (the server
+ * starts on them while the rest are made). Called once the caller's wait is registered: a
+ * write that fails wakes it through on_reply like any failure (the context may be gone
+ * afterwards). */
+#define FLUSH_EARLY 2048
+static void flush_early(lredis *c) {
+  redisAsyncContext *ac = c->ac;
+  if (ac != NULL && (ac->c.flags & REDIS_CONNECTED) &&
+      (c->inflight == 1 || sdslen(ac->c.obuf) >= FLUSH_EARLY))
+    redisAsyncHandleWrite(ac);
+}
+
 /* Checks a command's arguments at first..top (cmd a string, the rest strings or numbers)
  * and turns the numbers into their text in place. */
 static void check_args(lua_State *L, const char *fname, int first, int top) {
@@ -377,7 +395,11 @@ static void check_args(lua_State *L, const char *fname, int first, int top) {
     if (t != LUA_TSTRING && t != LUA_TNUMBER)
       lbt_argerror(L, fname, i, "arg", "string or number");
     if (t == LUA_TNUMBER) {  /* integers as integers, floats round-trip */
+      lua_Integer iv;
+      lua_Number v = lua_tonumber(L, i);
       if (lua_isinteger(L, i)) lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointeger(L, i));
+      else if (v != 0 && v == floor(v) && lua_numbertointeger(v, &iv))
+        lua_pushfstring(L, "%I", (LUAI_UACINT)iv);  /* 1e9: its digits (the same value, cheaper) */
       else {
         char b[40];
         snprintf(b, sizeof b, "%.17g", (double)lua_tonumber(L, i));
@@ -408,6 +430,7 @@ static int lredis_call(lua_State *L) {
   q->token = bt_task_wait(R->rt, &T->t, &f->wait, wait_cancel,
                           c->timeout_ms < 0 ? UINT64_MAX
                                             : bt_now(R->rt) + (uint64_t)c->timeout_ms);
+  flush_early(c);
   return lbt_suspend(L, 0, call_k);
 }
 
