@@ -311,6 +311,28 @@ describe("baton.redis", function()
                        baton.redis.connect { path = server.dir .. "/nothing.sock" })
     end))
 
+    it("resolves a host name on the loop's thread pool, not in hiredis on the loop", async(function()
+      local r <close> = assert(baton.redis.connect { url = "redis://localhost:" .. server.port, reconnect = true })
+      assert.equal("PONG", r:call("PING"))
+      assert.is_true(r:call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no") >= 1)
+      assert.equal("PONG", r:call("PING") or r:call("PING"))     -- reconnected, to the address
+      -- a connect aborted while its name resolves leaves nothing behind (H.async checks)
+      local started = false
+      local t = baton.spawn(function()
+        started = true
+        return baton.redis.connect { url = "redis://localhost:" .. server.port }
+      end)
+      baton.yield()
+      assert.is_true(started)
+      t:abort()
+      assert.is_false((t:join()))
+      -- a name that does not resolve: connect (or timeout, when the resolver itself hangs)
+      local msg, kind = H.assert_failure("baton.redis.connect", nil,
+        baton.redis.connect { url = "redis://no-such-host.invalid:6379", timeout_ms = 3000 })
+      assert.is_true(kind == "connect" or kind == "timeout", kind)
+      if kind == "connect" then assert.matches("cannot resolve 'no%-such%-host%.invalid'", msg) end
+    end))
+
     it("a wrong password fails with auth", async(function()
       local r <close> = connect()
       r:call("CONFIG", "SET", "requirepass", "sekrit")

@@ -207,6 +207,101 @@ print(("peak=%d took=%d from=%.3f to=%.3f"):format(peak, took, from, assert(s:no
     os.remove(script)
   end)
 
+  it("keeps a breaker's open time on the server's clock (TIME), not the process's", async(function()
+    local sa, _, ra, rb, prefix = pair()
+    local b = baton.breaker { service = "api", threshold = 1, recovery_ms = 60, backend = baton.store.breaker_backend(sa) }
+    assert.equal("io", select(3, b:call(function() return nil, "down", "io" end)))
+    local t = ra:call("TIME")
+    local server_ms = tonumber(t[1]) * 1000 + tonumber(t[2]) // 1000
+    local at = tonumber(ra:call("GET", prefix .. "cnt:breaker:api:open_at"))
+    assert.is_true(at and math.abs(server_ms - at) < 1000, ("open at %s, the server's clock %d"):format(at, server_ms))
+    H.assert_failure("baton.breaker:call", "circuit_open", b:call(function() return 1 end))
+    baton.sleep(80)                                 -- the window passes on the server's clock
+    assert.equal("half_open", b:state())
+    assert.equal(1, b:call(function() return 1 end))
+    assert.equal("closed", b:state())
+    ra:close()
+    rb:close()
+  end))
+
+  -- Two breakers on two clients, each with a backend of its own: two processes, as far as
+  -- the probe slots go (a breaker counts its own probes); the lease makes it one probe.
+  it("lets one process of the fleet probe a half-open breaker; the others fast-fail", async(function()
+    local sa, sb, ra, rb = pair()
+    local function breaker(s)
+      return baton.breaker { service = "api", threshold = 1, recovery_ms = 50,
+                             backend = baton.store.breaker_backend(s, nil, { probe_ttl_ms = 5000 }) }
+    end
+    local a, b = breaker(sa), breaker(sb)
+    assert.equal("io", select(3, a:call(function() return nil, "down", "io" end)))
+    H.assert_failure("baton.breaker:call", "circuit_open", b:call(function() return 1 end))  -- a opened b's
+    baton.sleep(70)
+    local gate, probed = baton.notify(), 0
+    local probe = baton.spawn(a.call, a, function()
+      probed = probed + 1
+      gate:notified()
+      return nil, "still down", "io"
+    end)
+    for _ = 1, 500 do if probed == 1 then break end baton.sleep(2) end
+    assert.equal(1, probed)
+    local msg, _, detail = H.assert_failure("baton.breaker:call", "circuit_open",
+                                               b:call(function() probed = probed + 1 end))
+    assert.matches("half%-open and its probes are busy", msg)
+    assert.equal("half_open", detail.state)
+    assert.equal(1, probed)
+    gate:notify_one()
+    assert.equal("io", select(4, probe:join()))     -- the probe failed: reopened for a window
+    local _, _, d2 = H.assert_failure("baton.breaker:call", "circuit_open", b:call(function() probed = probed + 1 end))
+    assert.equal("open", d2.state)
+    baton.sleep(70)
+    assert.equal("ok", b:call(function() return "ok" end))      -- b's turn: the probe closes it
+    assert.equal("closed", a:state())
+    assert.equal(1, a:call(function() return 1 end))
+    -- a probe cancelled midway gives the lease back at once
+    assert.equal("io", select(3, a:call(function() return nil, "down", "io" end)))
+    baton.sleep(70)
+    local hang = baton.spawn(a.call, a, function() baton.sleep(60000) end)
+    baton.sleep(30)
+    H.assert_failure("baton.breaker:call", "circuit_open", b:call(function() return 1 end))
+    hang:abort()
+    pcall(hang.join, hang)
+    assert.equal(2, b:call(function() return 2 end))
+    ra:close()
+    rb:close()
+  end))
+
+  it("wakes dedup waiters of other processes by pub/sub when the key settles", async(function()
+    local sa, sb, ra, rb = pair()
+    local da = baton.dedup { ttl_ms = 5000, store = sa }
+    local db = baton.dedup { ttl_ms = 5000, store = sb, poll_ms = 5000 }
+    local dc = baton.dedup { ttl_ms = 5000, store = sb, poll_ms = 5000 }
+    local runs = 0
+    local claimer = baton.spawn(da.run, da, "k", function() runs = runs + 1; baton.sleep(300); return 42 end)
+    baton.sleep(20)
+    local before = sb:stats().calls
+    local g <close> = baton.group()
+    local b = g:spawn(function() return H.timed(db.run, db, "k", function() runs = runs + 1 end) end)
+    local c = g:spawn(function() return H.timed(dc.run, dc, "k", function() runs = runs + 1 end) end)
+    local _, ms_b, vb = b:join()
+    local _, ms_c, vc = c:join()
+    assert.same({ true, 42 }, { claimer:join() })
+    assert.equal(42, vb)
+    assert.equal(42, vc)
+    assert.equal(1, runs)
+    -- told at once, not after their 5 s poll; a claim or two each, not one every poll
+    assert.is_true(ms_b < 1500 and ms_c < 1500, ("waited %.0f and %.0f ms"):format(ms_b, ms_c))
+    assert.is_true(sb:stats().calls - before <= 6, "claims: " .. (sb:stats().calls - before))
+    -- a released claim (the claimer failed) tells them too: one of them runs it
+    local failing = baton.spawn(da.run, da, "f", function() baton.sleep(200); error("no") end)
+    baton.sleep(20)
+    local ms, v = H.timed(db.run, db, "f", function() return "mine" end)
+    assert.equal("mine", v)
+    assert.is_true(ms < 1500, ("waited %.0f ms"):format(ms))
+    assert.is_false((failing:join()))
+    ra:close()
+    rb:close()
+  end))
+
   it("checks its options and arguments", async(function()
     local r <close> = assert(baton.redis.connect { url = server.url })
     local F = "baton.redis.store"

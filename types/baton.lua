@@ -826,10 +826,20 @@ function BreakerBackend:get_failures(service) end
 ---@return integer
 function BreakerBackend:increment_failures(service) end
 function BreakerBackend:reset_failures(service) end
----@return number|nil
+---@return number|nil open_at, number? now the backend's clock, when it has one
 function BreakerBackend:get_open_at(service) end
 function BreakerBackend:set_open_at(service, at) end
 function BreakerBackend:clear_open_at(service) end
+---Optional: the backend's own clock (a breaker without `clock` then decides on it).
+---@return number ms
+function BreakerBackend:now() end
+---Optional (with release_probe): the fleet's probe lease for the opening at open_at.
+---@param service string
+---@param open_at integer
+---@return boolean granted
+function BreakerBackend:acquire_probe(service, open_at) end
+---Optional: gives the probe lease back.
+function BreakerBackend:release_probe(service) end
 
 ---@class baton.Dedup
 local Dedup = {}

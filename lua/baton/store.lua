@@ -341,32 +341,95 @@ end
 
 -- ---- a breaker backend over a store ------------------------------------------------------
 -- The six methods of a breaker backend (docs/resilience.md): the failure count is a
--- counter, the open time a counter holding the breaker's clock reading (absent: closed). A
--- store failure raises (a backend that cannot answer is not an outcome of the call).
+-- counter, the open time a counter holding a clock reading (absent: closed). A store
+-- failure raises (a backend that cannot answer is not an outcome of the call). Beside
+-- them, the optional parts for a fleet (src/lua/lbreaker.c):
+--   now(): the store's clock. A breaker without a clock option decides on it: the open
+--     time is stamped by the store (set_open_at without ms) and read with the store's now
+--     beside it, so processes whose clocks differ share one clock (the server's TIME on
+--     Redis: one script each, no extra round trip).
+--   acquire_probe(svc, open_at) / release_probe(svc): the probe lease, one for the fleet
+--     and for one opening: granted only while the open time still is open_at (a failed
+--     probe reopens, a successful one clears it; both before it releases), held for
+--     probe_ttl_ms at most (a prober that died frees it then). A store with the private
+--     _brk_* operations (the Redis store) does each in one atomic script; any other, with
+--     a lease of capacity 1 and a read of the open time after it.
 
-function store.breaker_backend(s, prefix)
+local probe_seq = 0
+
+function store.breaker_backend(s, prefix, opts)
   local F = "baton.store.breaker_backend"
   if type(s) ~= "table" and type(s) ~= "userdata" then misuse(F, 1, "store", "a store (docs/store.md)", s) end
   if prefix ~= nil and type(prefix) ~= "string" then misuse(F, 2, "prefix", "string", prefix) end
+  if opts ~= nil and type(opts) ~= "table" then misuse(F, 3, "opts", "table", opts) end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if k ~= "probe_ttl_ms" then
+      misuse(F, 3, "opts", "known options (probe_ttl_ms), got '" .. tostring(k) .. "'", nil)
+    end
+  end
+  local ttl = opts.probe_ttl_ms
+  if ttl == nil then ttl = 30000 end
+  check_positive(F, 3, "probe_ttl_ms", ttl)
   prefix = prefix or "breaker:"
   local function ok(v, msg, kind, detail)
     if v == nil and msg ~= nil then error(baton.error(kind or "error", tostring(msg), detail), 3) end
     return v
   end
+  local fast = type(s) == "table" and type(s._brk_open_at) == "function"
+  local held = {}   -- svc -> the holder of the probe lease this backend took
   local b = {}
   function b.increment_failures(_, svc) return ok(s:incr(prefix .. svc .. ":failures", 1)) end
   function b.reset_failures(_, svc) ok(s:del(prefix .. svc .. ":failures")) end
   function b.get_failures(_, svc) return ok(s:get(prefix .. svc .. ":failures")) end
+  function b.now(_) return ok(s:now()) end
   function b.set_open_at(_, svc, ms)
     local key = prefix .. svc .. ":open_at"
+    if fast then return ok(s:_brk_set_open_at(key, ms)) end
+    if ms == nil then ms = floor(ok(s:now())) end
     ok(s:del(key))
     ok(s:incr(key, ms))
   end
   function b.clear_open_at(_, svc) ok(s:del(prefix .. svc .. ":open_at")) end
+  -- -> the open time (nil: not open) and, when open, the store's now
   function b.get_open_at(_, svc)
-    local v = ok(s:get(prefix .. svc .. ":open_at"))
+    local key = prefix .. svc .. ":open_at"
+    if fast then
+      local at, now, kind, detail = s:_brk_open_at(key)
+      ok(at, now, kind, detail)
+      if at == false then return nil end
+      return at, now
+    end
+    local v = ok(s:get(key))
     if v == 0 then return nil end
-    return v
+    return v, ok(s:now())
+  end
+  function b.acquire_probe(_, svc, open_at)
+    probe_seq = probe_seq + 1
+    local holder = ("%s:%d:%d"):format(tostring(b):match("0x%x+") or "b", probe_seq, math.random(1 << 30))
+    local key, okey = prefix .. svc .. ":probe", prefix .. svc .. ":open_at"
+    local granted
+    if fast then
+      granted = ok(s:_brk_acquire_probe(okey, key, open_at, holder, ttl))
+    else
+      granted = s:lease_acquire(key, holder, 1, ttl)
+      if granted then
+        local v = ok(s:get(okey))
+        if v == 0 or floor(v) ~= open_at then
+          ok(s:lease_release(key, holder))
+          granted = false
+        end
+      end
+    end
+    if granted then held[svc] = holder end
+    return granted and true or false
+  end
+  function b.release_probe(_, svc)
+    local holder = held[svc]
+    if holder == nil then return end
+    held[svc] = nil
+    if fast then ok(s:_brk_release_probe(prefix .. svc .. ":probe", holder))
+    else ok(s:lease_release(prefix .. svc .. ":probe", holder)) end
   end
   return b
 end
@@ -399,8 +462,11 @@ function store._dedup(s, ttl, prefix, poll_ms)
       misuse("baton.dedup", 1, "store", "a store with claim, complete and fail methods", s)
     end
   end
+  -- A watched waiter (pub/sub) polls only to notice a claim that expired: every poll_ms,
+  -- but not more often than half the TTL nor than once a second.
+  local watch_poll = math.max(poll_ms, math.min(1000, ttl / 2))
   return setmetatable({ store = s, ttl = ttl, prefix = prefix, poll = poll_ms, bells = {},
-                        running = {} }, SD)
+                        running = {}, watch_poll = watch_poll }, SD)
 end
 
 local function dself(fname, self)
@@ -535,6 +601,16 @@ local function execute(self, F, k, skey, me, fn, ...)
   return table.unpack(r, 2, r.n)
 end
 
+local WatchGuard = {}
+WatchGuard.__index = WatchGuard
+function WatchGuard.close_watch(g)
+  if g.w then
+    g.w:close()
+    g.w = nil
+  end
+end
+WatchGuard.__close = WatchGuard.close_watch
+
 function SD:run(key, fn, ...)
   local F = D .. "run"
   local k, skey = dkey(F, self, key)
@@ -544,9 +620,17 @@ function SD:run(key, fn, ...)
     error(("%s: the execution for key '%s' called %s for that same key (it would wait for itself)")
           :format(F, k, F), 2)
   end
+  -- A store that can tell its waiters (the Redis store's _watch) is watched from the first
+  -- "in_progress" on, then claimed at once again (a settle before the watch was missed);
+  -- the watch is closed on every way out, an abort's included.
+  local guard <close> = setmetatable({}, WatchGuard)
+  local can_watch = type(self.store) == "table" and type(self.store._watch) == "function"
   while true do
     local st, v, kind, detail = self.store:claim(skey, self.ttl)
-    if st == "new" then return execute(self, F, k, skey, me, fn, ...) end
+    if st == "new" then
+      guard:close_watch()
+      return execute(self, F, k, skey, me, fn, ...)
+    end
     if st == "cached" then
       local r = table.pack(unpack_result(F, k, v))
       if r[1] == nil then return table.unpack(r, 1, r.n) end
@@ -554,7 +638,15 @@ function SD:run(key, fn, ...)
     end
     if st == nil then return store_failure(F, v, kind, detail) end
     if me == nil then error(F .. ": not inside a baton task (the key is in progress: it would wait)", 2) end
-    await_change(self, skey)
+    if can_watch then
+      can_watch = false
+      guard.w = self.store:_watch(skey)
+      if guard.w == nil then await_change(self, skey) end
+    elseif guard.w then
+      guard.w:wait(self.watch_poll)  -- told at once; the poll is the fallback
+    else
+      await_change(self, skey)
+    end
   end
 end
 
@@ -837,14 +929,47 @@ if v then return { 'cached', v } end
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', math.max(1, math.ceil(tonumber(ARGV[1])))) then return { 'new' } end
 return { 'in_progress' }
 ]],
-  -- KEYS[1] claim, KEYS[2] result; ARGV json, ttl
+  -- KEYS[1] claim, KEYS[2] result; ARGV json, ttl, channel, key: the waiters are told
   complete = [[
 local ttl = math.ceil(tonumber(ARGV[2]))
 if ttl > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl) else redis.call('DEL', KEYS[2]) end
 redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 ]],
+  -- KEYS[1] claim; ARGV channel, key
+  fail = [[
+local n = redis.call('DEL', KEYS[1])
+if n > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return n
+]],
 }
+
+-- The breaker backend's (store.breaker_backend): the open time is a cnt: key holding an
+-- integer ms of the server's clock; the probe lease a cnt: key holding its holder.
+-- KEYS[1] open time -> { at | false, now }
+SCRIPTS.brk_open_at = NOW_LUA .. [[
+local v = redis.call('GET', KEYS[1])
+return { v or false, string.format('%.17g', now) }
+]]
+-- KEYS[1] open time; ARGV [ms] (none: the server's now)
+SCRIPTS.brk_set_open_at = NOW_LUA .. [[
+local at = ARGV[1] and tonumber(ARGV[1]) or math.floor(now)
+redis.call('SET', KEYS[1], string.format('%.17g', at))
+return 1
+]]
+-- KEYS[1] open time, KEYS[2] probe; ARGV open_at, holder, ttl -> 1 | 0
+SCRIPTS.brk_acquire_probe = [[
+local v = tonumber(redis.call('GET', KEYS[1]))
+if not v or math.floor(v) ~= tonumber(ARGV[1]) then return 0 end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', math.max(1, math.ceil(tonumber(ARGV[3])))) then return 1 end
+return 0
+]]
+-- KEYS[1] probe; ARGV holder: deleted only when it still is the holder's
+SCRIPTS.brk_release_probe = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+]]
 
 local FAMILIES = { "tat:", "lease:", "cnt:", "cd:", "fl:", "res:" }
 local OUTAGE = { closed = true, connect = true, io = true, timeout = true }
@@ -869,16 +994,37 @@ function store._redis(opts)
   if mode == nil then mode = "fail" end
   if mode ~= "fail" and mode ~= "open" then misuse(F, 1, "on_outage", "'fail' or 'open'", mode) end
   return setmetatable({ redis = r, prefix = prefix, on_outage = mode,
-                        counts = { calls = 0, outage_open = 0, outage_failed = 0, errors = 0 } }, RS)
+                        counts = { calls = 0, outage_open = 0, outage_failed = 0, errors = 0 },
+                        watches = {}, nwatch = 0, sub = nil, sub_retry = 0, reader = nil,
+                        sub_ready = notify(), shas = {}, kcache = {}, kn = 0 }, RS)
 end
 
--- Runs a script; returns its reply, or (failure) nil, msg, kind, or (open) the outage
--- marker OPEN after counting it.
+-- Runs a script with nkeys keys and the arguments after them (strings or numbers, none
+-- nil); returns its reply, or (failure) nil, msg, kind, or (open) the outage marker OPEN
+-- after counting it. The script goes by its SHA (EVALSHA) straight through client:call:
+-- the store's arguments need none of client:eval's checks nor its tables (the hot path of
+-- every operation: one round trip, nothing built but the command). The SHA is loaded once
+-- per store (SCRIPT LOAD) and again after NOSCRIPT (the server restarted).
 local OPEN = {}
-local function run(self, op, script, keys, args)
+local function runv(self, op, script, nkeys, ...)
   local c = self.counts
   c.calls = c.calls + 1
-  local v, msg, kind, detail = self.redis:eval(script, keys, args)
+  local r = self.redis
+  local sha = self.shas[script]
+  local v, msg, kind, detail
+  if sha then
+    v, msg, kind, detail = r:call("EVALSHA", sha, nkeys, ...)
+    if v == nil and kind == "redis" and msg:find("NOSCRIPT", 1, true) then sha = nil end
+  end
+  if not sha then
+    sha, msg, kind, detail = r:call("SCRIPT", "LOAD", script)
+    if sha then
+      self.shas[script] = sha
+      v, msg, kind, detail = r:call("EVALSHA", sha, nkeys, ...)
+    else
+      v = nil
+    end
+  end
   if v == nil and msg ~= nil then
     if OUTAGE[kind] then
       if self.on_outage == "open" then
@@ -889,12 +1035,39 @@ local function run(self, op, script, keys, args)
     else
       c.errors = c.errors + 1
     end
-    return nil, ("%s%s: %s"):format(RN, op, tostring(msg)), kind, detail
+    return nil, ("%s%s: %s"):format(RN, op, (tostring(msg):gsub("^baton%.redis:call: ", ""))), kind, detail
   end
   return v
 end
 
-local function k(self, family, key) return self.prefix .. family .. key end
+-- runv with the keys and the arguments as lists (args may be nil)
+local function run(self, op, script, keys, args)
+  local argv, n = {}, #keys
+  table.move(keys, 1, n, 1, argv)
+  if args then table.move(args, 1, #args, n + 1, argv) end
+  return runv(self, op, script, n, table.unpack(argv))
+end
+
+-- prefix .. family .. key, remembered (up to 4096 of them, then forgotten at once): the
+-- operations on a few hot keys build no strings.
+local function k(self, family, key)
+  local fc = self.kcache[family]
+  if fc == nil then
+    fc = {}
+    self.kcache[family] = fc
+  end
+  local v = fc[key]
+  if v == nil then
+    if self.kn >= 4096 then
+      self.kcache, self.kn = { [family] = fc }, 0
+      for x in pairs(fc) do fc[x] = nil end
+    end
+    v = self.prefix .. family .. key
+    fc[key] = v
+    self.kn = self.kn + 1
+  end
+  return v
+end
 
 local function num(s) local v = tonumber(s); return math.tointeger(v) or v end
 
@@ -911,8 +1084,8 @@ function RS:gcra_take(key, rate, per_ms, burst, cost, mode)
   local F = RN .. "gcra_take"
   check.gcra_take(F, key, rate, per_ms, burst, cost, mode)
   if mode ~= "force" and cost > burst then misuse(F, 5, "cost", "a cost <= burst", cost) end
-  local v, msg, kind, detail = run(self, "gcra_take", SCRIPTS.gcra, { k(self, "tat:", key) },
-                                   { rate, per_ms, burst, cost, mode or "" })
+  local v, msg, kind, detail = runv(self, "gcra_take", SCRIPTS.gcra, 1, k(self, "tat:", key),
+                                    rate, per_ms, burst, cost, mode or "")
   if v == OPEN then return 0 end
   if v == nil then return nil, msg, kind, detail end
   if v[1] == 1 then return v[2] end
@@ -926,8 +1099,8 @@ function RS:lease_acquire(key, holder, limit, ttl_ms)
   check.lease(F, key, holder)
   check_count(F, 3, "limit", limit, 1)
   check_ms(F, 4, "ttl_ms", ttl_ms)
-  local v, msg, kind, detail = run(self, "lease_acquire", SCRIPTS.lease_acquire, { k(self, "lease:", key) },
-                                   { holder, limit, ttl_ms })
+  local v, msg, kind, detail = runv(self, "lease_acquire", SCRIPTS.lease_acquire, 1, k(self, "lease:", key),
+                                    holder, limit, ttl_ms)
   if v == OPEN then return true end
   if v == nil then return nil, msg, kind, detail end
   if v[1] == 1 then return true end
@@ -940,8 +1113,8 @@ function RS:lease_renew(key, holder, ttl_ms)
   local F = RN .. "lease_renew"
   check.lease(F, key, holder)
   check_ms(F, 3, "ttl_ms", ttl_ms)
-  local v, msg, kind, detail = run(self, "lease_renew", SCRIPTS.lease_renew, { k(self, "lease:", key) },
-                                   { holder, ttl_ms })
+  local v, msg, kind, detail = runv(self, "lease_renew", SCRIPTS.lease_renew, 1, k(self, "lease:", key),
+                                    holder, ttl_ms)
   if v == OPEN or v == 1 then return true end
   if v == nil then return nil, msg, kind, detail end
   return nil, ("%s: '%s' does not hold '%s' (expired or released)"):format(F, holder, key), "closed",
@@ -952,8 +1125,8 @@ end
 function RS:lease_release(key, holder)
   local F = RN .. "lease_release"
   check.lease(F, key, holder)
-  local v, msg, kind, detail = run(self, "lease_release", "return redis.call('ZREM', KEYS[1], ARGV[1])",
-                                   { k(self, "lease:", key) }, { holder })
+  local v, msg, kind, detail = runv(self, "lease_release", "return redis.call('ZREM', KEYS[1], ARGV[1])", 1,
+                                    k(self, "lease:", key), holder)
   if v == nil and msg ~= nil then return nil, msg, kind, detail end
   return true
 end
@@ -1033,7 +1206,7 @@ function RS:complete(key, value, ttl_ms)
   local ok, enc = pcall(json.encode, value)
   if not ok then misuse(F, 2, "value", "a value JSON can encode", value) end
   local v, msg, kind, detail = run(self, "complete", SCRIPTS.complete, { k(self, "fl:", key), k(self, "res:", key) },
-                                   { enc, ttl_ms })
+                                   { enc, ttl_ms, self.prefix .. "settled", key })
   if v == nil then return nil, msg, kind, detail end
   return true
 end
@@ -1041,7 +1214,8 @@ end
 -- open: true
 function RS:fail(key)
   check_key(RN .. "fail", 1, key)
-  local v, msg, kind, detail = run(self, "fail", "return redis.call('DEL', KEYS[1])", { k(self, "fl:", key) }, nil)
+  local v, msg, kind, detail = run(self, "fail", SCRIPTS.fail, { k(self, "fl:", key) },
+                                   { self.prefix .. "settled", key })
   if v == nil and msg ~= nil then return nil, msg, kind, detail end
   return true
 end
@@ -1052,6 +1226,120 @@ function RS:del(key)
   local keys = {}
   for i, f in ipairs(FAMILIES) do keys[i] = k(self, f, key) end
   local v, msg, kind, detail = run(self, "del", "return redis.call('DEL', unpack(KEYS))", keys, nil)
+  if v == nil and msg ~= nil then return nil, msg, kind, detail end
+  return true
+end
+
+-- ---- waiting for a claim to settle (pub/sub) -----------------------------------------
+-- complete and fail PUBLISH the key on the channel prefix .. "settled". A waiter of
+-- dedup's run watches its key (store:_watch) before it claims once more, then waits on the
+-- watch: woken when the key's message comes, or after its poll interval (the fallback:
+-- a claimer that died publishes nothing, its claim expires). The store subscribes once, on
+-- a connection of the subscription's own (made on the first watch; on failure the waiters
+-- poll, and the next try waits a second); one reader task takes the messages while any
+-- watch is open and rings the watches of their key (notify_one: a message between the
+-- watch and the wait is kept as a permit). The last watch closed aborts the reader; a lost
+-- connection ends it, wakes every watch (they claim again) and drops the subscription
+-- (the next watch subscribes again).
+
+local Watch = { __name = "baton.redis.Store.Watch" }
+Watch.__index = Watch
+
+local function ring_all(self)
+  for _, ws in pairs(self.watches) do
+    for w in pairs(ws) do w.n:notify_one() end
+  end
+end
+
+local function reader(self, sub)
+  while self.nwatch > 0 and self.sub == sub do
+    local ok, key, _, kind = pcall(sub.next, sub, 1000)
+    if not ok then break end  -- aborted by the last watch's close
+    if key then
+      local ws = self.watches[key]
+      if ws then for w in pairs(ws) do w.n:notify_one() end end
+    elseif kind ~= "timeout" then
+      if self.sub == sub then self.sub = nil end
+      pcall(sub.close, sub)
+      ring_all(self)
+      break
+    end
+  end
+  if self.reader == baton.current() then self.reader = nil end
+end
+
+-- -> a watch on key (w:wait(ms), w:close()) | nil when the store cannot subscribe now
+function RS:_watch(key)
+  if self.sub == nil and clock() >= self.sub_retry then
+    self.sub = false  -- subscribing: watches asked for meanwhile wait for it
+    local ok, sub = pcall(self.redis.subscribe, self.redis, self.prefix .. "settled")
+    if ok and sub then
+      self.sub = sub
+    else
+      self.sub, self.sub_retry = nil, clock() + 1000
+    end
+    self.sub_ready:notify_all()
+    if not ok then error(sub, 0) end
+  elseif self.sub == false then
+    self.sub_ready:notified()
+  end
+  if not self.sub then return nil end
+  local w = setmetatable({ store = self, key = key, n = notify() }, Watch)
+  local ws = self.watches[key]
+  if ws == nil then
+    ws = {}
+    self.watches[key] = ws
+  end
+  ws[w] = true
+  self.nwatch = self.nwatch + 1
+  if self.reader == nil then self.reader = baton.spawn(reader, self, self.sub) end
+  return w
+end
+
+function Watch:wait(ms)
+  self.n:notified(ms)
+end
+
+function Watch:close()
+  local st = self.store
+  local ws = st.watches[self.key]
+  if not (ws and ws[self]) then return end
+  ws[self] = nil
+  if next(ws) == nil then st.watches[self.key] = nil end
+  st.nwatch = st.nwatch - 1
+  if st.nwatch == 0 and st.reader and st.reader ~= baton.current() then
+    local r = st.reader
+    st.reader = nil
+    r:abort()
+  end
+end
+
+-- The breaker backend's operations (store.breaker_backend), on cnt: keys. Outage "open":
+-- not open, no probe lease (the calls pass as if the circuit were closed).
+function RS:_brk_open_at(key)
+  local v, msg, kind, detail = run(self, "breaker", SCRIPTS.brk_open_at, { k(self, "cnt:", key) }, nil)
+  if v == OPEN then return false, nil end
+  if v == nil then return nil, msg, kind, detail end
+  return v[1] and num(v[1]) or false, num(v[2])
+end
+
+function RS:_brk_set_open_at(key, ms)
+  local v, msg, kind, detail = run(self, "breaker", SCRIPTS.brk_set_open_at, { k(self, "cnt:", key) },
+                                   ms and { floor(ms) } or nil)
+  if v == nil then return nil, msg, kind, detail end
+  return true
+end
+
+function RS:_brk_acquire_probe(okey, key, open_at, holder, ttl_ms)
+  local v, msg, kind, detail = run(self, "breaker", SCRIPTS.brk_acquire_probe,
+                                   { k(self, "cnt:", okey), k(self, "cnt:", key) }, { open_at, holder, ttl_ms })
+  if v == OPEN then return false end
+  if v == nil then return nil, msg, kind, detail end
+  return v == 1
+end
+
+function RS:_brk_release_probe(key, holder)
+  local v, msg, kind, detail = run(self, "breaker", SCRIPTS.brk_release_probe, { k(self, "cnt:", key) }, { holder })
   if v == nil and msg ~= nil then return nil, msg, kind, detail end
   return true
 end

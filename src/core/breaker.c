@@ -12,9 +12,15 @@
  * a probe, (re)opens the circuit at the time of the failure. A failure the predicate does
  * not count, or a call abandoned midway (cancelled), changes nothing but frees its probe.
  *
- * The cursor of one call walks: GET_OPEN_AT [GET_FAILURES] -> REJECT | RUN -> (ok) RESET
- * CLEAR_OPEN_AT | (failed) [COUNTS] INCREMENT [SET_OPEN_AT] -> DONE.
- * Invariant: probes == the number of cursors with probe set.
+ * The cursor of one call walks: GET_OPEN_AT [GET_FAILURES] [ACQUIRE_PROBE] -> REJECT | RUN
+ * -> (ok) RESET CLEAR_OPEN_AT | (failed) [COUNTS] INCREMENT [SET_OPEN_AT] -> [RELEASE_PROBE]
+ * DONE.
+ * Fleet probes: a half-open call that got a local probe slot also asks the backend for
+ * its probe lease for this opening (ACQUIRE_PROBE with open_at); refused, it is rejected
+ * like a call over half_open_max. The lease is given back after the outcome was written
+ * (the circuit closed or reopened), so a process that takes it next sees the new state.
+ * Invariants: probes == the number of cursors with probe set; a cursor with lease set
+ * passes RELEASE_PROBE before DONE.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -31,8 +37,11 @@ int bt__breaker_init(bt_breaker_t *b, uint32_t threshold, int64_t recovery_ms,
   b->half_open_max = half_open_max;
   b->probes = 0;
   b->has_counts = has_counts != 0;
+  b->fleet_probe = 0;
   return 0;
 }
+
+void bt__breaker_fleet_probe(bt_breaker_t *b, int on) { b->fleet_probe = on != 0; }
 
 bt_breaker_state_t bt__breaker_state(const bt_breaker_t *b, int has_open, int64_t open_at,
                                 uint32_t failures, int64_t now) {
@@ -53,6 +62,7 @@ void bt__breaker_end(bt_breaker_t *b, bt_breaker_call_t *c) {
 }
 
 static bt_breaker_step_t to(bt_breaker_t *b, bt_breaker_call_t *c, bt_breaker_step_t step) {
+  if (step == BT_BREAKER_DONE && c->lease) step = BT_BREAKER_RELEASE_PROBE;
   if (step == BT_BREAKER_DONE || step == BT_BREAKER_REJECT) bt__breaker_end(b, c);
   c->step = (uint8_t)step;
   return step;
@@ -69,7 +79,8 @@ static bt_breaker_step_t admit(bt_breaker_t *b, bt_breaker_call_t *c) {
     if (b->probes >= b->half_open_max) return to(b, c, BT_BREAKER_REJECT);
     b->probes++;
     c->probe = 1;
-    return to(b, c, BT_BREAKER_RUN);
+    /* a fleet's probe is for one opening: without an open time there is none to name */
+    return to(b, c, b->fleet_probe && c->has_open ? BT_BREAKER_ACQUIRE_PROBE : BT_BREAKER_RUN);
   default:
     return to(b, c, BT_BREAKER_REJECT);
   }
@@ -105,6 +116,13 @@ bt_breaker_step_t bt__breaker_report(bt_breaker_t *b, bt_breaker_call_t *c, int 
     return to(b, c, c->probe || c->failures >= b->threshold ? BT_BREAKER_SET_OPEN_AT : BT_BREAKER_DONE);
   case BT_BREAKER_RESET:
     return to(b, c, BT_BREAKER_CLEAR_OPEN_AT);
+  case BT_BREAKER_ACQUIRE_PROBE:
+    if (!has) return to(b, c, BT_BREAKER_REJECT);
+    c->lease = 1;
+    return to(b, c, BT_BREAKER_RUN);
+  case BT_BREAKER_RELEASE_PROBE:
+    c->lease = 0;
+    return to(b, c, BT_BREAKER_DONE);
   case BT_BREAKER_SET_OPEN_AT:
   case BT_BREAKER_CLEAR_OPEN_AT:
   default:

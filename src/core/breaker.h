@@ -7,7 +7,10 @@
  * can share it. The backend may be remote and slow, so the cursor never calls it: it
  * tells the embedder which backend operation comes next and is told the result, and the
  * embedder may suspend in between. Probe accounting (how many half-open probes are in
- * flight) is local to the breaker object.
+ * flight) is local to the breaker object; a backend shared by a fleet may also grant a
+ * probe lease (fleet_probe), so that one call in the whole fleet probes a half-open
+ * circuit: the cursor then asks for the lease (ACQUIRE_PROBE) after the local slot, and
+ * gives it back (RELEASE_PROBE) once the probe's outcome is recorded.
  */
 #ifndef BATON_BREAKER_H
 #define BATON_BREAKER_H
@@ -22,12 +25,16 @@ typedef struct bt_breaker {
   uint32_t half_open_max;  /* >= 1 concurrent probes while half-open */
   uint32_t probes;         /* probes in flight */
   uint8_t has_counts;      /* a predicate decides which failures count */
+  uint8_t fleet_probe;     /* the backend grants probes (one lease, shared by every breaker
+                            * and process on it): a half-open call also needs that lease */
   int64_t recovery_ms;     /* >= 0: how long the circuit stays open before probing */
 } bt_breaker_t;
 
 /* Checks and stores the configuration. Returns 0 or BT_EINVAL. */
 int bt__breaker_init(bt_breaker_t *b, uint32_t threshold, int64_t recovery_ms,
                     uint32_t half_open_max, int has_counts);
+/* Fleet probes on (the backend grants a probe lease) or off (the default). */
+void bt__breaker_fleet_probe(bt_breaker_t *b, int on);
 /* The state the backend's values mean at time `now`: open while `now` is within
  * recovery_ms of `open_at`, half-open after that; with no open time, half-open when the
  * count has reached the threshold (the seed's encoding of a half-open circuit), else
@@ -46,6 +53,9 @@ typedef enum {
   BT_BREAKER_SET_OPEN_AT,      /* record the current time as the open time; report nothing */
   BT_BREAKER_RESET,            /* reset the count; report nothing */
   BT_BREAKER_CLEAR_OPEN_AT,    /* clear the open time; report nothing */
+  BT_BREAKER_ACQUIRE_PROBE,    /* (fleet probes) take the backend's probe lease for the
+                                * opening at open_at; report has = 1 when it was granted */
+  BT_BREAKER_RELEASE_PROBE,    /* (fleet probes) give the probe lease back; report nothing */
   BT_BREAKER_REJECT,           /* end: fast-fail, the circuit is open (or the probes are busy) */
   BT_BREAKER_DONE              /* end: the call's outcome (or the state) is the result */
 } bt_breaker_step_t;
@@ -58,6 +68,7 @@ typedef struct bt_breaker_call {
   uint8_t probe;     /* holds one of the breaker's probe slots */
   uint8_t peek;      /* a state query: decide the state, admit nothing */
   uint8_t has_open;
+  uint8_t lease;     /* holds the backend's probe lease (fleet probes): released before DONE */
   uint32_t failures;
   int64_t open_at, now;
 } bt_breaker_call_t;

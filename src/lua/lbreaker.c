@@ -26,7 +26,17 @@
  *   increment_failures(s) -> n ; reset_failures(s) ; get_failures(s) -> n
  *   set_open_at(s, ms) ; clear_open_at(s) ; get_open_at(s) -> ms | nil
  * A Lua backend's methods may await (a remote store). Times come from `clock()` (integer
- * ms) when given, else baton.now().
+ * ms) when given, else baton.now(). Two optional parts of a backend shared by a fleet
+ * (baton.store.breaker_backend):
+ *   now() -> ms: the backend keeps time by a clock of its own (a shared server's). Without
+ *     a `clock` option the breaker then decides on it: get_open_at(s) answers `ms, now`
+ *     (the backend's reading beside the open time, one round trip) and set_open_at(s) is
+ *     called without ms (the backend stamps its own now).
+ *   acquire_probe(s, open_at) -> true | false ; release_probe(s): a probe lease for the
+ *     opening at open_at, one for the whole fleet; a half-open call runs only with it, and
+ *     gives it back once the outcome is written. A probe cancelled midway gives it back
+ *     under a shield before the cancellation goes on; one whose coroutine is merely
+ *     closed leaves it to the lease's expiry.
  *
  * The decisions are the core's cursor (breaker.c); this file performs the steps it asks
  * for, through lua_callk/lua_pcallk so that fn, counts and backend methods may yield. Stack
@@ -57,6 +67,7 @@ typedef struct lbreaker {
                         * be finalized while the breaker still holds it */
   const char *svc;     /* the service name, user value 4 */
   size_t len;
+  int backend_clock;   /* no clock option and the backend has now(): times are the backend's */
 } lbreaker;
 
 typedef struct lcall {
@@ -68,7 +79,8 @@ typedef struct lcall {
 static const char *const op_names[] = {
   [BT_BREAKER_GET_OPEN_AT] = "get_open_at",     [BT_BREAKER_GET_FAILURES] = "get_failures",
   [BT_BREAKER_INCREMENT] = "increment_failures", [BT_BREAKER_SET_OPEN_AT] = "set_open_at",
-  [BT_BREAKER_RESET] = "reset_failures",         [BT_BREAKER_CLEAR_OPEN_AT] = "clear_open_at"};
+  [BT_BREAKER_RESET] = "reset_failures",         [BT_BREAKER_CLEAR_OPEN_AT] = "clear_open_at",
+  [BT_BREAKER_ACQUIRE_PROBE] = "acquire_probe",   [BT_BREAKER_RELEASE_PROBE] = "release_probe"};
 static const char *const state_names[] = {"closed", "open", "half_open"};
 
 /* ---- the in-memory backend ---------------------------------------------------------- */
@@ -214,6 +226,17 @@ static int lbreaker_new(lua_State *L) {
       lua_pop(L, 1);
     }
   }
+  /* a Lua backend's optional parts: a clock, and the fleet's probe lease (both methods) */
+  int has_now = 0, probes_lease = 0;
+  if (t == LUA_TTABLE || (t == LUA_TUSERDATA && !lbt_test_type(L, -1, LBT_BRK_BACKEND))) {
+    has_now = lua_getfield(L, -1, "now") == LUA_TFUNCTION;
+    int acq = lua_getfield(L, -2, op_names[BT_BREAKER_ACQUIRE_PROBE]) == LUA_TFUNCTION;
+    int rel = lua_getfield(L, -3, op_names[BT_BREAKER_RELEASE_PROBE]) == LUA_TFUNCTION;
+    lua_pop(L, 3);
+    if (acq != rel)
+      lbt_field_error(L, F_NEW, 1, "backend", "both acquire_probe and release_probe, or neither");
+    probes_lease = acq;
+  }
   lua_pop(L, 1);
 
   lbreaker *B = lua_newuserdatauv(L, sizeof *B, 4);
@@ -235,6 +258,10 @@ static int lbreaker_new(lua_State *L) {
   lua_getiuservalue(L, -1, UV_COUNTS);
   bt__breaker_init(&B->b, threshold, recovery, probes, !lua_isnil(L, -1));
   lua_pop(L, 1);
+  bt__breaker_fleet_probe(&B->b, probes_lease);
+  lua_getiuservalue(L, -1, UV_CLOCK);
+  B->backend_clock = has_now && lua_isnil(L, -1);
+  lua_pop(L, 1);
   return 1;
 }
 
@@ -249,6 +276,8 @@ static int64_t now_ms(lua_State *L, int self) {
   return now;
 }
 
+static lcall *call_of(lua_State *L) { return lua_touserdata(L, 2); }
+
 /* Runs backend operation `op` for the breaker at index 1 and leaves its one result on
  * top. An in-memory backend answers at once; a Lua one is called as a method and may
  * yield, in which case `k` continues. */
@@ -260,30 +289,41 @@ static void backend_op(lua_State *L, int op, lua_KFunction k) {
     mem_op(L, mem_of(L, B), B->svc, B->len, op, now, F_CALL);
     return;
   }
-  int nargs = 2;
+  int nargs = 2, nres = 1;
   luaL_checkstack(L, 4, F_CALL);
   lua_getiuservalue(L, 1, UV_BACKEND);
   lua_getfield(L, -1, op_names[op]);
   lua_insert(L, -2);
   lua_getiuservalue(L, 1, UV_SERVICE);
-  if (op == BT_BREAKER_SET_OPEN_AT) {
+  if (op == BT_BREAKER_SET_OPEN_AT && !B->backend_clock) {
     lua_pushinteger(L, (lua_Integer)now_ms(L, 1));
     nargs = 3;
+  } else if (op == BT_BREAKER_ACQUIRE_PROBE) {
+    lua_pushinteger(L, (lua_Integer)call_of(L)->c.open_at);
+    nargs = 3;
+  } else if (op == BT_BREAKER_GET_OPEN_AT && B->backend_clock) {
+    nres = 2;  /* ms, the backend's now */
   }
-  lua_callk(L, nargs, 1, 0, k);
+  lua_callk(L, nargs, nres, 0, k);
 }
 
-static lcall *call_of(lua_State *L) { return lua_touserdata(L, 2); }
-
 /* Reports the result on top (of a backend step, or of the counts predicate), pops it, and
- * returns the next step. */
+ * returns the next step. A get_open_at on the backend's clock left two results: the
+ * backend's now is the call's (when it gave one; else our clock's). */
 static int after_op(lua_State *L) {
   lbreaker *B = lua_touserdata(L, 1);
   lcall *c = call_of(L);
+  if (c->c.step == BT_BREAKER_GET_OPEN_AT && B->backend_clock) {
+    if (!lua_isnil(L, -2)) {
+      c->c.now = lua_isnil(L, -1) ? (int64_t)bt_now(lbt_R(L)->rt) : to_ms(L, -1, "get_open_at");
+    }
+    lua_pop(L, 1);
+  }
   int has = !lua_isnil(L, -1);
   int64_t v = 0;
   switch (c->c.step) {
   case BT_BREAKER_COUNTS: v = lua_toboolean(L, -1); break;
+  case BT_BREAKER_ACQUIRE_PROBE: has = lua_toboolean(L, -1); break;
   case BT_BREAKER_GET_OPEN_AT:
   case BT_BREAKER_GET_FAILURES:
   case BT_BREAKER_INCREMENT:
@@ -298,9 +338,38 @@ static int after_op(lua_State *L) {
 /* fn returned (its results from 3) or raised (the error at 3). A failure, either way, is
  * left as nil, message, kind, detail from 3 (a cancellation is re-raised: the cursor's
  * __close frees the probe slot). */
+static int release_k(lua_State *L, int status, lua_KContext was) {
+  (void)status;
+  bt_task_t *t = bt_rt_current(lbt_R(L)->rt);
+  if (t != NULL) bt_task_unshield(t, (int)was);
+  lua_settop(L, 3);  /* the cancellation, at fn's place */
+  return lua_error(L);
+}
+
+/* A probe holding the fleet's lease was cancelled (or ran out of memory): the lease is
+ * given back under a shield (the release awaits; the task is being aborted), then the
+ * error at 3 goes on. What the release raises is dropped: the lease expires anyway. */
+static int release_and_raise(lua_State *L) {
+  lcall *c = call_of(L);
+  c->c.lease = 0;
+  bt_task_t *t = bt_rt_current(lbt_R(L)->rt);
+  int was = t != NULL ? bt_task_shield(t) : 0;
+  lua_settop(L, 3);
+  luaL_checkstack(L, 4, F_CALL);
+  lua_getiuservalue(L, 1, UV_BACKEND);
+  lua_getfield(L, -1, op_names[BT_BREAKER_RELEASE_PROBE]);
+  lua_insert(L, -2);
+  lua_getiuservalue(L, 1, UV_SERVICE);
+  int st = lua_pcallk(L, 2, 0, 0, (lua_KContext)was, release_k);
+  return release_k(L, st, (lua_KContext)was);
+}
+
 static int after_run(lua_State *L, int status) {
   lbreaker *B = lua_touserdata(L, 1);
   bt_breaker_outcome_t outcome = BT_BREAKER_OK;
+  if (status != LUA_OK && status != LUA_YIELD && call_of(L)->c.lease &&
+      (status != LUA_ERRRUN || lbt_is_cancel_error(L, -1) || lbt_cancelled(lbt_R(L))))
+    return release_and_raise(L);
   if (!lbt_outcome(L, status, 3)) {
     lua_pushnil(L);
     lua_insert(L, 3);
@@ -390,7 +459,7 @@ static int lcall_close(lua_State *L) {
 /* Puts a to-be-closed cursor at index 2 and begins it. */
 static int begin(lua_State *L, int mode) {
   lbreaker *B = check_breaker(L, 1);
-  int64_t now = now_ms(L, 1);
+  int64_t now = B->backend_clock ? 0 : now_ms(L, 1);  /* the backend's comes with the open time */
   lcall *c = lua_newuserdatauv(L, sizeof *c, 1);
   memset(c, 0, sizeof *c);
   luaL_setmetatable(L, BT_BRKCALL_MT);

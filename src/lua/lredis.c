@@ -9,7 +9,8 @@
  *   baton.redis.connect{ url = "redis://[[user]:password@]host[:port][/db]" | path =,
  *                        password =, db =, timeout_ms =, reconnect = false }
  *     → client | nil, msg, kind   (reconnect: a call on a lost connection opens a new one,
- *       with a backoff of 50 ms doubling to 5 s after failed tries)
+ *       with a backoff of 50 ms doubling to 5 s after failed tries; a host name is resolved
+ *       on the thread pool first, see "resolving" below)
  *   client:call(cmd, ...) → reply | nil (a Redis nil reply: no second value)
  *                         | nil, msg, kind   (redis, timeout, closed, io, protocol, resource)
  *   client:pipeline(function(p) p:call(cmd, ...) ... end) → { reply... } | nil, msg, kind
@@ -44,6 +45,8 @@
  */
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <arpa/inet.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -369,6 +372,23 @@ static int call_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int client_ensure(lua_State *L, const char *fname, lredis *c);
 
+/* When a command goes out. hiredis buffers it until the poll reports the socket writable,
+ * a turn of the loop later: that batches the commands of many tasks into one write, but
+ * costs a lone call a turn of the loop, and a big batch (64 tasks woken by one read, each
+ * sending its next command) keeps the server idle while this process makes the whole of
+ * it. So the buffer goes out at once when the command is the only one in flight (nothing
+ * to batch it with: the round trip starts now), and when FLUSH_EARLY bytes wait (the server
+ * starts on them while the rest are made). Called once the caller's wait is registered: a
+ * write that fails wakes it through on_reply like any failure (the context may be gone
+ * afterwards). */
+#define FLUSH_EARLY 2048
+static void flush_early(lredis *c) {
+  redisAsyncContext *ac = c->ac;
+  if (ac != NULL && (ac->c.flags & REDIS_CONNECTED) &&
+      (c->inflight == 1 || sdslen(ac->c.obuf) >= FLUSH_EARLY))
+    redisAsyncHandleWrite(ac);
+}
+
 /* Checks a command's arguments at first..top (cmd a string, the rest strings or numbers)
  * and turns the numbers into their text in place. */
 static void check_args(lua_State *L, const char *fname, int first, int top) {
@@ -379,7 +399,11 @@ static void check_args(lua_State *L, const char *fname, int first, int top) {
     if (t != LUA_TSTRING && t != LUA_TNUMBER)
       lbt_argerror(L, fname, i, "arg", "string or number");
     if (t == LUA_TNUMBER) {  /* integers as integers, floats round-trip */
+      lua_Integer iv;
+      lua_Number v = lua_tonumber(L, i);
       if (lua_isinteger(L, i)) lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointeger(L, i));
+      else if (v != 0 && v == floor(v) && lua_numbertointeger(v, &iv))
+        lua_pushfstring(L, "%I", (LUAI_UACINT)iv);  /* 1e9: its digits (the same value, cheaper) */
       else {
         char b[40];
         snprintf(b, sizeof b, "%.17g", (double)lua_tonumber(L, i));
@@ -410,6 +434,7 @@ static int lredis_call(lua_State *L) {
   q->token = bt_task_wait(R->rt, &T->t, &f->wait, wait_cancel,
                           c->timeout_ms < 0 ? UINT64_MAX
                                             : bt_now(R->rt) + (uint64_t)c->timeout_ms);
+  flush_early(c);
   return lbt_suspend(L, 0, call_k);
 }
 
@@ -709,55 +734,26 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
   return 1;
 }
 
-static int connect_start(lua_State *L, lbt_rt *R, lua_KContext ctx, const target *tp,
-                         lua_Integer ms, int reconnect);
-
-static int lredis_connect(lua_State *L) {
-  static const char fname[] = "baton.redis.connect";
-  static const char *const known[] = {"url", "path", "password", "db", "timeout_ms",
-                                      "reconnect", NULL};
-  lbt_rt *R = lbt_R(L);
-  lbt_check_opts(L, fname, 1, "opts", known);
-  lua_settop(L, 1);
+/* What connect was asked for, kept across the resolve's wait (a userdata at 2). */
+typedef struct connect_args {
   target t;
-  memset(&t, 0, sizeof t);
-  const char *url = lbt_opt_string(L, fname, 1, "url", "", NULL);
-  size_t pathlen = 0;
-  const char *path = lbt_opt_string(L, fname, 1, "path", "", &pathlen);
-  if (pathlen >= sizeof t.path) lbt_field_error(L, fname, 1, "path", "a path under 108 bytes");
-  memcpy(t.path, path, pathlen + 1);
-  if ((url[0] == 0) == (t.path[0] == 0))
-    lbt_argerror_got(L, fname, 1, "opts", "exactly one of url and path", "both or neither");
-  if (url[0] != 0 && parse_url(url, &t) != 0)
-    lbt_field_error(L, fname, 1, "url", "redis://[[user]:password@]host[:port][/db]");
-  size_t plen = 0;
-  const char *pw = lbt_opt_string(L, fname, 1, "password", "", &plen);
-  if (plen > 0) {
-    if (plen >= sizeof t.pass) lbt_field_error(L, fname, 1, "password", "a shorter string");
-    memcpy(t.pass, pw, plen + 1);
-    t.has_pass = 1;
-  }
-  t.db = lbt_opt_count(L, fname, 1, "db", 0, t.db);
-  lua_Number ms = lbt_opt_ms(L, fname, 1, "timeout_ms", -1);
-  int reconnect = lbt_opt_bool(L, fname, 1, "reconnect", 0);
-  lua_settop(L, 1);
-  return connect_start(L, R, 0, &t, ms < 0 ? -1 : (lua_Integer)ms, reconnect);
-}
+  lua_Number ms;     /* timeout_ms, -1: none */
+  uint64_t due;      /* the connect's deadline (bt_now), resolve included; UINT64_MAX: none */
+  int reconnect;
+} connect_args;
 
-/* Opens a client to t and waits for its PING (connect_k). Stack: 1 (the options, or the
- * client duplicated), nothing above. ctx 1: the failures are named baton.redis:duplicate. */
-static int connect_start(lua_State *L, lbt_rt *R, lua_KContext ctx, const target *tp,
-                         lua_Integer ms, int reconnect) {
+/* The connect proper, to an address or a unix socket (stack: 1 = options, or the client
+ * duplicated; the connect arguments copied out, the stack cut to 1). ctx 1: for
+ * client:duplicate(), whose failures are named so. */
+static int connect_go(lua_State *L, lbt_rt *R, lbt_task *T, const connect_args *a,
+                      lua_KContext ctx) {
   const char *fname = ctx ? "baton.redis:duplicate" : "baton.redis.connect";
-  target t = *tp;
-  lbt_task *T = lbt_await_begin(L, R, fname);
-
   lredis *c = lua_newuserdatauv(L, sizeof *c, 0);  /* 2 */
   memset(c, 0, sizeof *c);
   c->rt = R->rt;
-  c->timeout_ms = ms;
-  c->reconnect = reconnect;
-  c->t = t;
+  c->timeout_ms = a->ms < 0 ? -1 : (lua_Integer)a->ms;
+  c->reconnect = a->reconnect;
+  c->t = a->t;
   lbt_set_class(L, LBT_REDIS);
   c->h = c;
   lbt_weak_set_add(L, REDIS_KEY, 2);
@@ -782,18 +778,170 @@ static int connect_start(lua_State *L, lbt_rt *R, lua_KContext ctx, const target
   lbt_fiber *f = lbt_fib(T);
   f->wait.src = q;
   q->waiter = &T->t;
-  q->token = bt_task_wait(R->rt, &T->t, &f->wait, wait_cancel,
-                          ms < 0 ? UINT64_MAX : bt_now(R->rt) + (uint64_t)ms);
+  q->token = bt_task_wait(R->rt, &T->t, &f->wait, wait_cancel, a->due);
   return lbt_suspend(L, ctx, connect_k);
 }
 
 /* client:duplicate(): a new client to the same server, set up the same way (password, db,
- * timeout_ms, reconnect), for what must not share a connection: a blocking command
- * (XREADGROUP BLOCK, BLPOP) holds its connection until it ends. Waits as connect does. */
+ * timeout_ms, reconnect; the address a host name resolved to), for what must not share a
+ * connection: a blocking command (XREADGROUP BLOCK, BLPOP) holds its connection until it
+ * ends. Waits as connect does. */
 static int lredis_duplicate(lua_State *L) {
   lredis *c = lbt_check_handle(L, 1, LBT_REDIS);
+  lbt_rt *R = lbt_R(L);
   lua_settop(L, 1);
-  return connect_start(L, lbt_R(L), 1, &c->t, c->timeout_ms, c->reconnect);
+  connect_args a;
+  memset(&a, 0, sizeof a);
+  a.t = c->t;
+  a.ms = c->timeout_ms < 0 ? -1 : (lua_Number)c->timeout_ms;
+  a.reconnect = c->reconnect;
+  lbt_task *T = lbt_await_begin(L, R, "baton.redis:duplicate");
+  a.due = a.ms < 0 ? UINT64_MAX : bt_now(R->rt) + (uint64_t)a.ms;
+  return connect_go(L, R, T, &a, 1);
+}
+
+/* ---- resolving a host name on the loop's thread pool ------------------------------------
+ * hiredis resolves a name with a blocking getaddrinfo on the calling thread: the loop would
+ * stop for as long as the resolver takes. So a host that is not an address is resolved
+ * first with uv_getaddrinfo (the thread pool), and hiredis gets the address (the first
+ * IPv4 one, else the first IPv6 one). A reconnect uses that address again. The request is freed by the
+ * continuation when the answer came, else by the callback (the wait ended first: timed
+ * out, aborted; the request is cancelled if it has not started). */
+typedef struct resolve_req {
+  uv_getaddrinfo_t req;
+  bt_rt_t *rt;
+  bt_task_t *waiter;   /* NULL once nobody waits: the callback frees the request */
+  uint32_t token;
+  int done, status;
+  char addr[64];
+} resolve_req;
+
+static void on_resolved(uv_getaddrinfo_t *r, int status, struct addrinfo *res) {
+  resolve_req *q = r->data;
+  q->done = 1;
+  q->status = status;
+  if (status == 0) {  /* the first IPv4 address, else the first IPv6 one */
+    q->status = UV_EAI_NONAME;
+    for (int pass = 0; pass < 2 && q->status != 0; pass++) {
+      for (const struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        const void *sa = ai->ai_addr;
+        if ((pass == 0 && ai->ai_family == AF_INET &&
+             uv_ip4_name(sa, q->addr, sizeof q->addr) == 0) ||
+            (pass == 1 && ai->ai_family == AF_INET6 &&
+             uv_ip6_name(sa, q->addr, sizeof q->addr) == 0)) {
+          q->status = 0;
+          break;
+        }
+      }
+    }
+  }
+  uv_freeaddrinfo(res);
+  if (q->waiter == NULL) {
+    free(q);
+    return;
+  }
+  bt_task_wake(q->rt, q->waiter, q->token, 0);
+}
+
+static void resolve_cancel(bt_wait_t *w) {
+  resolve_req *q = w->src;
+  q->waiter = NULL;
+  uv_cancel((uv_req_t *)&q->req);
+}
+
+/* Stack: 1 = options, 2 = connect_args. */
+static int resolve_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  static const char fname[] = "baton.redis.connect";
+  resolve_req *q = (resolve_req *)ctx;
+  connect_args a = *(connect_args *)lua_touserdata(L, 2);
+  int rc = UV_ECANCELED;
+  char addr[sizeof q->addr];
+  if (q->done) {
+    rc = q->status;
+    memcpy(addr, q->addr, sizeof addr);
+    free(q);
+  } else {
+    q->waiter = NULL;  /* the wait ended first: the callback frees it */
+    uv_cancel((uv_req_t *)&q->req);
+  }
+  int s = lbt_resumed(L, NULL, NULL, NULL);  /* raises the cancellation */
+  if (s == BT_ETIMEDOUT) return lbt_fail_timeout(L, fname, a.ms);
+  if (s != 0) return lbt_fail_status(L, fname, s);
+  if (rc != 0) {
+    char msg[MSG_MAX];
+    snprintf(msg, sizeof msg, "cannot resolve '%.120s': %s", a.t.host, uv_strerror(rc));
+    return lbt_fail(L, fname, msg, "connect");
+  }
+  memcpy(a.t.host, addr, sizeof addr);
+  lua_settop(L, 1);
+  lbt_rt *R = lbt_R(L);
+  return connect_go(L, R, lbt_await_begin(L, R, fname), &a, 0);
+}
+
+/* Whether hiredis would have to resolve the host (it is not an IPv4 or IPv6 address). */
+static int needs_resolve(const target *t) {
+  unsigned char buf[sizeof(struct in6_addr)];
+  return t->path[0] == 0 && inet_pton(AF_INET, t->host, buf) != 1 &&
+         inet_pton(AF_INET6, t->host, buf) != 1;
+}
+
+static int lredis_connect(lua_State *L) {
+  static const char fname[] = "baton.redis.connect";
+  static const char *const known[] = {"url", "path", "password", "db", "timeout_ms",
+                                      "reconnect", NULL};
+  lbt_rt *R = lbt_R(L);
+  lbt_check_opts(L, fname, 1, "opts", known);
+  lua_settop(L, 1);
+  connect_args a;
+  memset(&a, 0, sizeof a);
+  target *t = &a.t;
+  const char *url = lbt_opt_string(L, fname, 1, "url", "", NULL);
+  size_t pathlen = 0;
+  const char *path = lbt_opt_string(L, fname, 1, "path", "", &pathlen);
+  if (pathlen >= sizeof t->path) lbt_field_error(L, fname, 1, "path", "a path under 108 bytes");
+  memcpy(t->path, path, pathlen + 1);
+  if ((url[0] == 0) == (t->path[0] == 0))
+    lbt_argerror_got(L, fname, 1, "opts", "exactly one of url and path", "both or neither");
+  if (url[0] != 0 && parse_url(url, t) != 0)
+    lbt_field_error(L, fname, 1, "url", "redis://[[user]:password@]host[:port][/db]");
+  size_t plen = 0;
+  const char *pw = lbt_opt_string(L, fname, 1, "password", "", &plen);
+  if (plen > 0) {
+    if (plen >= sizeof t->pass) lbt_field_error(L, fname, 1, "password", "a shorter string");
+    memcpy(t->pass, pw, plen + 1);
+    t->has_pass = 1;
+  }
+  t->db = lbt_opt_count(L, fname, 1, "db", 0, t->db);
+  a.ms = lbt_opt_ms(L, fname, 1, "timeout_ms", -1);
+  a.reconnect = lbt_opt_bool(L, fname, 1, "reconnect", 0);
+  lua_settop(L, 1);
+  lbt_task *T = lbt_await_begin(L, R, fname);
+  a.due = a.ms < 0 ? UINT64_MAX : bt_now(R->rt) + (uint64_t)a.ms;
+  if (!needs_resolve(t)) return connect_go(L, R, T, &a, 0);
+
+  connect_args *keep = lua_newuserdatauv(L, sizeof *keep, 0);  /* 2 */
+  *keep = a;
+  resolve_req *q = calloc(1, sizeof *q);
+  if (q == NULL) return lbt_fail(L, fname, "out of memory", "resource");
+  q->rt = R->rt;
+  q->req.data = q;
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  int rc = uv_getaddrinfo(bt_rt_loop(R->rt), &q->req, on_resolved, t->host, NULL, &hints);
+  if (rc != 0) {
+    free(q);
+    char msg[MSG_MAX];
+    snprintf(msg, sizeof msg, "cannot resolve '%.120s': %s", t->host, uv_strerror(rc));
+    return lbt_fail(L, fname, msg, "connect");
+  }
+  lbt_fiber *f = lbt_fib(T);
+  f->wait.src = q;
+  q->waiter = &T->t;
+  q->token = bt_task_wait(R->rt, &T->t, &f->wait, resolve_cancel, a.due);
+  return lbt_suspend(L, (lua_KContext)q, resolve_k);
 }
 
 static int lredis_gc(lua_State *L) { return lredis_close(L); }

@@ -9,11 +9,16 @@ baton.store = {}
 ---@return baton.Store
 function baton.store.memory() end
 
----A breaker backend keeping its state in a store.
+---@class baton.StoreBreakerOptions
+---@field probe_ttl_ms? number how long a half-open probe holds the fleet's probe lease at most (default 30000)
+
+---A breaker backend keeping its state in a store, with the store's clock and one probe
+---lease for the whole fleet (docs/resilience.md, "Backends").
 ---@param s baton.Store
 ---@param prefix? string
+---@param opts? baton.StoreBreakerOptions
 ---@return baton.BreakerBackend
-function baton.store.breaker_backend(s, prefix) end
+function baton.store.breaker_backend(s, prefix, opts) end
 
 ---The store interface (a remote store implements the same methods).
 ---@class baton.Store
