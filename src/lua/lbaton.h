@@ -486,7 +486,10 @@ static inline int lbt_resumed(lua_State *L, lbt_task **Tp, void (*undo)(void *ar
  * stream being opened): release(arg) runs before the cancellation error is raised. */
 int lbt_resumed_free(lua_State *L, lbt_task **Tp, void (*release)(void *arg), void *arg);
 void lbt_cancel_point(lua_State *L, void (*undo)(void *arg), void *arg);
-int lbt_cancelled(lbt_rt *R);
+static inline int lbt_cancelled(lbt_rt *R) {  /* the running task was aborted */
+  bt_task_t *cur = R->rt->current;
+  return cur != NULL && (cur->flags & BT_TASK_F_CANCEL);
+}
 /* Objects read by one task at a time (a process, a stream): raises "<fname>: another task
  * is already waiting on this <what>" when `busy`; else a cancellation point. */
 void lbt_sole_waiter(lua_State *L, const char *fname, int busy, const char *what);

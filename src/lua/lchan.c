@@ -47,14 +47,20 @@ LBT_HANDLE_FIRST(lchan, c);
 
 static lchan *check_chan(lua_State *L, int idx) { return lbt_check_handle(L, idx, LBT_CHAN); }
 
-/* The same for send and recv, the hot path: one metatable comparison, the runtime already
- * at hand; anything else goes through lbt_check_handle for its message. */
+/* The same for send and recv, the hot path: the channel checked last (lbt_check_handle's
+ * memo), else one metatable comparison, the runtime already at hand; anything else goes
+ * through lbt_check_handle, which remembers it, or raises with its message. */
 static lchan *fast_chan(lua_State *L, lbt_rt *R, int idx) {
   lchan *C = lua_touserdata(L, idx);
+  if (C != NULL && (void *)C == R->open_memo[LBT_CHAN] && lua_type(L, idx) == LUA_TUSERDATA)
+    return C;  /* the channel lbt_check_handle saw last, still open (lbaton.h) */
   if (C != NULL && lua_getmetatable(L, idx)) {
     const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
-    if (mt == R->classes[LBT_CHAN] && C->c != NULL) return C;
+    if (mt == R->classes[LBT_CHAN] && C->c != NULL) {
+      R->open_memo[LBT_CHAN] = C;
+      return C;
+    }
   }
   return check_chan(L, idx);
 }

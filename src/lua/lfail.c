@@ -342,11 +342,6 @@ void *lbt_check_udata(lua_State *L, const char *fname, int idx, const char *name
 
 /* ---- the end of a wait -------------------------------------------------------------- */
 
-int lbt_cancelled(lbt_rt *R) {
-  bt_task_t *cur = bt_rt_current(R->rt);
-  return cur != NULL && (cur->flags & BT_TASK_F_CANCEL);
-}
-
 void lbt_cancel_point(lua_State *L, void (*undo)(void *arg), void *arg) {
   if (!lbt_cancelled(lbt_R(L))) return;
   if (undo != NULL) undo(arg);
