@@ -76,7 +76,7 @@ static int lgroup_new(lua_State *L) {
   }
   int fail_fast = has_opts && lbt_opt_bool(L, fname, 1, "fail_fast", 0);
   int detached = has_opts && lbt_opt_bool(L, fname, 1, "detached", 0);
-  lgroup *G = lua_newuserdatauv(L, sizeof *G, 1);
+  lgroup *G = lua_newuserdatauv(L, sizeof *G, 2);  /* 1: keep table, 2: `limit`'s semaphore */
   G->limit = NULL;
   G->name = NULL;
   bt__group_init(&G->storage, R->rt);
@@ -107,10 +107,8 @@ static int lgroup_new(lua_State *L) {
     }
     if (!lua_isnil(L, -1)) {
       G->limit = gate_for(L, G, lua_gettop(L), fname, 1, "limit");
-      push_keep(L, gi);
-      lua_pushvalue(L, -2);
-      lua_setfield(L, -2, "limit");
-      lua_pop(L, 1);
+      lua_pushvalue(L, -1);
+      lua_setiuservalue(L, gi, 2);  /* one API call away for every spawn */
     }
     lua_pop(L, 1);
   }
@@ -130,9 +128,7 @@ static int lgroup_spawn(lua_State *L) {
     lbt_argerror(L, "baton.group:spawn", 2, "fn", "function");
   }
   if (G->limit == NULL) return spawn_on(L, G, NULL, 0, 2);
-  lua_getiuservalue(L, 1, 1);
-  lua_getfield(L, -1, "limit");
-  lua_replace(L, -2);
+  lua_getiuservalue(L, 1, 2);
   lua_insert(L, 2);  /* the semaphore goes before the function and its arguments */
   return spawn_on(L, G, G->limit, 2, 3);
 }
