@@ -211,6 +211,21 @@ static int lchan_new(lua_State *L) {
   return 1;
 }
 
+/* ---- waiting --------------------------------------------------------------------------- */
+
+/* Queues the running task as a sender (or a receiver) of the channel until its turn, the
+ * deadline `due` or an abort; k runs when it resumes (the stack as the caller left it). */
+static int wait_turn(lua_State *L, lbt_rt *R, lchan *C, int send, const char *fname,
+                     uint64_t due, lua_KContext ctx, lua_KFunction k) {
+  lbt_task *T = lbt_await_begin(L, R, fname);
+  lbt_fiber *f = lbt_fib(T);
+  if (send) bt_chan_wait_send(C->c, &f->waiter, lbt_waiter_turn);
+  else bt_chan_wait_recv(C->c, &f->waiter, lbt_waiter_turn);
+  f->wait.src = &f->waiter;
+  bt_task_wait(R->rt, &T->t, &f->wait, lbt_waiter_wait_cancel, due);
+  return lbt_suspend(L, ctx, k);
+}
+
 /* ---- send ---------------------------------------------------------------------------- */
 
 static void check_value(lua_State *L, const char *fname) {
@@ -256,12 +271,7 @@ static int lchan_send(lua_State *L) {
   }
   if (rc == BT_ECLOSED) return fail_closed(L, FN_SEND, 0);
   lua_settop(L, 3);  /* the continuation finds the value at 2, the timeout at 3 */
-  lbt_task *T = lbt_await_begin(L, R, FN_SEND);
-  lbt_fiber *f = lbt_fib(T);
-  bt_chan_wait_send(C->c, &f->waiter, lbt_waiter_turn);
-  f->wait.src = &f->waiter;
-  bt_task_wait(R->rt, &T->t, &f->wait, lbt_waiter_wait_cancel, due);
-  return lbt_suspend(L, 0, send_k);
+  return wait_turn(L, R, C, 1, FN_SEND, due, 0, send_k);
 }
 
 static int lchan_try_send(lua_State *L) {
@@ -321,12 +331,7 @@ static int chan_recv(lua_State *L, lbt_rt *R, lchan *C, int ci, int iter) {
     lua_pushvalue(L, ci);
   }
   lua_settop(L, 2);
-  lbt_task *T = lbt_await_begin(L, R, fname);
-  lbt_fiber *f = lbt_fib(T);
-  bt_chan_wait_recv(C->c, &f->waiter, lbt_waiter_turn);
-  f->wait.src = &f->waiter;
-  bt_task_wait(R->rt, &T->t, &f->wait, lbt_waiter_wait_cancel, due);
-  return lbt_suspend(L, iter, recv_k);
+  return wait_turn(L, R, C, 0, fname, due, iter, recv_k);
 }
 
 static int lchan_recv(lua_State *L) {
@@ -396,12 +401,7 @@ static int lchan_send_many(lua_State *L) {
   lua_replace(L, 3);
   lua_pushinteger(L, j);
   lua_replace(L, 4);
-  lbt_task *T = lbt_await_begin(L, R, FN_SEND_MANY);
-  lbt_fiber *f = lbt_fib(T);
-  bt_chan_wait_send(C->c, &f->waiter, lbt_waiter_turn);
-  f->wait.src = &f->waiter;
-  bt_task_wait(R->rt, &T->t, &f->wait, lbt_waiter_wait_cancel, due);
-  return lbt_suspend(L, 0, send_many_k);
+  return wait_turn(L, R, C, 1, FN_SEND_MANY, due, 0, send_many_k);
 }
 
 /* Stack: 1 channel, 2 buf (or nil), 3 max, 4 timeout. Takes k values into buf or a new
@@ -447,12 +447,7 @@ static int lchan_recv_many(lua_State *L) {
   }
   if (bt_chan_closed(C->c)) return fail_closed(L, FN_RECV_MANY, 1);
   lua_settop(L, 4);
-  lbt_task *T = lbt_await_begin(L, R, FN_RECV_MANY);
-  lbt_fiber *f = lbt_fib(T);
-  bt_chan_wait_recv(C->c, &f->waiter, lbt_waiter_turn);
-  f->wait.src = &f->waiter;
-  bt_task_wait(R->rt, &T->t, &f->wait, lbt_waiter_wait_cancel, due);
-  return lbt_suspend(L, 0, recv_many_k);
+  return wait_turn(L, R, C, 0, FN_RECV_MANY, due, 0, recv_many_k);
 }
 
 /* The iterator: upvalue 2 is the channel (checked by iter()); the generic for's arguments
