@@ -249,12 +249,25 @@ void lbt_new_class(lua_State *L, int rt_idx, const char *mt, const luaL_Reg *met
   lua_pop(L, 1);
 }
 
-void lbt_weak_set_new(lua_State *L, const char *key) {
+/* Pushes a new table with weak keys. */
+static void new_weak(lua_State *L) {
   lua_newtable(L);
   lua_createtable(L, 0, 1);
   lua_pushliteral(L, "k");
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
+}
+
+void lbt_weak_set_new(lua_State *L, const char *key) {
+  new_weak(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, key);
+}
+
+void lbt_push_weak_table(lua_State *L, const char *key) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, key) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  new_weak(L);
+  lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, key);
 }
 
@@ -658,11 +671,7 @@ int lbt_open(lua_State *L) {
     return lua_error(L);
   lua_pushvalue(L, -2);
   lbt_push_wrap_marker(L);
-  lua_newtable(L);  /* the set of wrapped coroutines, weak keys */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  new_weak(L);  /* the set of wrapped coroutines */
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, "baton.wrapped");
   lua_call(L, 3, 0);

@@ -338,6 +338,8 @@ void lbt_opt_func(lua_State *L, const char *fname, const char *key, int uv);
  * when it ends (processes, HTTP streams): create, add the userdata at idx, visit each. `fn`
  * must not raise or touch the Lua stack. */
 void lbt_weak_set_new(lua_State *L, const char *key);
+/* Pushes registry[key], a table with weak keys, made on first use. */
+void lbt_push_weak_table(lua_State *L, const char *key);
 void lbt_weak_set_add(lua_State *L, const char *key, int idx);
 void lbt_weak_set_each(lua_State *L, const char *key, void (*fn)(void *ud));
 /* Registers `l` as methods under metatable `mt` (created), with the runtime as upvalue.

@@ -237,16 +237,7 @@ static int lactivity(lua_State *L) {
   lua_insert(L, 2);
   lua_pushnil(L);  /* the previous label */
   if (T != NULL) {
-    if (lua_getfield(L, LUA_REGISTRYINDEX, ACTIVITY_KEY) != LUA_TTABLE) {
-      lua_pop(L, 1);
-      lua_newtable(L);
-      lua_newtable(L);
-      lua_pushliteral(L, "k");
-      lua_setfield(L, -2, "__mode");
-      lua_setmetatable(L, -2);
-      lua_pushvalue(L, -1);
-      lua_setfield(L, LUA_REGISTRYINDEX, ACTIVITY_KEY);
-    }
+    lbt_push_weak_table(L, ACTIVITY_KEY);
     lua_pushvalue(L, 2);
     lua_rawget(L, -2);
     lua_replace(L, -3);

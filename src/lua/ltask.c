@@ -709,16 +709,7 @@ void lbt_push_task_name(lua_State *L, lbt_rt *R, lbt_task *T) {
 void lbt_task_set_name(lua_State *L, int idx, int name_idx) {
   idx = lua_absindex(L, idx);
   name_idx = lua_absindex(L, name_idx);
-  if (lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_newtable(L);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, LUA_REGISTRYINDEX, NAMES_KEY);
-  }
+  lbt_push_weak_table(L, NAMES_KEY);
   lua_pushvalue(L, idx);
   lua_pushvalue(L, name_idx);
   lua_rawset(L, -3);
