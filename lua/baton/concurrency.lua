@@ -18,18 +18,12 @@ if type(baton) ~= "table" then baton = require "baton" end  -- required as a pla
 
 local group, now, sleep, yield = baton.group, baton.now, baton.sleep, baton.yield
 local pack, unpack, select, type, error = table.pack, table.unpack, select, type, error
-local tostring, setmetatable, getmetatable = tostring, setmetatable, getmetatable
+local tostring, setmetatable = tostring, setmetatable
 
--- What a misuse message says it got (the toolkit's lbt_push_got, in Lua).
+-- What a misuse message says it got (the toolkit's lbt_push_got, through baton._got).
 local function got(n, ...)
   if select("#", ...) < n then return "no value" end
-  local v = select(n, ...)
-  local t = type(v)
-  if t == "number" then return v ~= v and "NaN" or tostring(v) end
-  if t == "string" then return #v <= 40 and ("'%s'"):format(v) or ("a string of %d bytes"):format(#v) end
-  if t == "boolean" or t == "nil" then return tostring(v) end
-  local mt = getmetatable(v)
-  return type(mt) == "table" and type(mt.__name) == "string" and mt.__name or t
+  return baton._got((select(n, ...)))
 end
 
 -- Raises at the caller of the public function (`depth` frames above misuse).

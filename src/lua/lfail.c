@@ -444,8 +444,15 @@ static int lbaton_error(lua_State *L) {
   return 1;
 }
 
+/* baton._got(v): how a misuse message shows v (lbt_push_got), for the Lua parts of baton
+ * (store.lua, router.lua, concurrency.lua, queue.lua), so that they word it as C does. */
+static int lbaton_got(lua_State *L) {
+  lbt_push_got(L, 1);
+  return 1;
+}
+
 void lbt_open_errors(lua_State *L, int rt_idx) {
-  static const luaL_Reg funcs[] = {{"error", lbaton_error}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"error", lbaton_error}, {"_got", lbaton_got}, {NULL, NULL}};
   lbt_set_funcs(L, rt_idx, funcs);
   lua_newtable(L);
   for (int i = 0; lbt_kinds[i] != NULL; i++) {
