@@ -97,6 +97,11 @@ static lbt_signals *signals_of(lua_State *L, lbt_rt *R) {
 static void take_default(lbt_signals *S, int i) {
   lbt_rt *R = S->R;
   int signum = sigs[i].signum;
+  /* Taken (by the watcher, or by the hook itself): a hook the raw handler set on a task
+   * that yielded before any Lua ran is stale. It stays set on that coroutine until it fires
+   * (perhaps in a __close handler of the unwinding this action starts): it must then do
+   * nothing, or it would cut that cleanup short. */
+  S->hook_sig = 0;
   if (!S->taken[i]) {
     S->taken[i] = 1;
     struct sigaction sa;
