@@ -6,7 +6,7 @@
 # Runs the workload at two sizes (default 2000 and 4000) under valgrind --tool=callgrind
 # and prints (instructions(n2) - instructions(n1)) / (n2 - n1): startup, module loading
 # and the final collection cancel out, what is left is the cost of one task (W1, W2') or
-# one round (W4). Lua seeds its string hashes from the clock, so when the collector runs
+# one round (W4). Lua randomizes its string hashes from the clock, so when the collector runs
 # moves a little from run to run (W4: +-2%): the pair is measured CG_RUNS times (default
 # 3) and the median is printed, the range after it. Build RelWithDebInfo (bench/README.md's
 # figures are from such a build). CG_ARGS passes more options to callgrind; CG_OUT=file

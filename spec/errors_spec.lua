@@ -138,6 +138,88 @@ local CORE = {
     end },
   { "baton.json.decode", "malformed", function() return json.decode('{"a": }') end,
     detail = { byte = 7 } },
+  { "baton.json.decode", "malformed", function() return json.decode('"ok \255"') end,
+    detail = { byte = 5 } },
+
+  { "baton.channel:send", "timeout", function()
+      local ch = baton.channel(0)
+      return ch:send(1, 10)
+    end, detail = { timeout_ms = 10 } },
+  { "baton.channel:send", "closed", function()
+      local ch = baton.channel(0)
+      return closed_while_waiting(function() ch:close() end, ch.send, ch, 1)
+    end },
+  { "baton.channel:send_many", "timeout", function()
+      local ch = baton.channel(1)
+      ch:send(1)
+      return ch:send_many({ 2, 3 }, 1, 2, 10)
+    end, detail = { timeout_ms = 10 } },
+  { "baton.channel:send_many", "closed", function()
+      local ch = baton.channel(1)
+      ch:send(1)
+      return closed_while_waiting(function() ch:close() end, ch.send_many, ch, { 2, 3 })
+    end },
+  { "baton.channel:recv", "timeout", function() return baton.channel(1):recv(10) end,
+    detail = { timeout_ms = 10 } },
+  { "baton.channel:recv", "closed", function()
+      local ch = baton.channel(1)
+      return closed_while_waiting(function() ch:close() end, ch.recv, ch)
+    end },
+  { "baton.channel:recv_many", "timeout", function()
+      return baton.channel(1):recv_many(nil, 4, 10)
+    end, detail = { timeout_ms = 10 } },
+  { "baton.channel:recv_many", "closed", function()
+      local ch = baton.channel(1)
+      return closed_while_waiting(function() ch:close() end, ch.recv_many, ch, {}, 4)
+    end },
+  { "baton.channel:try_send", "busy", function()
+      local ch = baton.channel(1)
+      ch:send(1)
+      return ch:try_send(2)
+    end, detail = { len = 1, capacity = 1 } },
+  { "baton.channel:try_send", "closed", function()
+      local ch = baton.channel(1)
+      ch:close()
+      return ch:try_send(1)
+    end },
+  { "baton.channel:try_recv", "busy", function() return baton.channel(1):try_recv() end,
+    detail = { len = 0, capacity = 1 } },
+  { "baton.channel:try_recv", "closed", function()
+      local ch = baton.channel(1)
+      ch:close()
+      return ch:try_recv()
+    end },
+  { "baton.watch:send", "closed", function()
+      local w = baton.watch(1)
+      w:close()
+      return w:send(2)
+    end },
+  { "baton.watch:changed", "timeout", function() return baton.watch(1):changed(10) end,
+    detail = { timeout_ms = 10 } },
+  { "baton.watch:changed", "closed", function()
+      local w = baton.watch(1)
+      return closed_while_waiting(function() w:close() end, w.changed, w)
+    end },
+  { "baton.notify:notified", "timeout", function() return baton.notify():notified(10) end,
+    detail = { timeout_ms = 10 } },
+  { "baton.select", "timeout", function()
+      return baton.select { baton.channel(1), baton.notify(), timeout_ms = 10 }
+    end, detail = { timeout_ms = 10 } },
+  { "baton.first_ok", "error", function()
+      return baton.first_ok(function() error("down") end, function() return nil, "no" end)
+    end, detail = function(d) assert.equal(2, #d.errors) end },
+  { "baton.hedge", "error", function()
+      return baton.hedge(function() error("down") end, { after_ms = 5 })
+    end, detail = function(d) assert.equal(2, #d.errors) end },
+
+  { "baton.trace.start", "io", function()
+      return baton.trace.start("/nonexistent-baton-errors-spec/trace.json")
+    end },
+  { "baton.trace.stop", "io", function()
+      assert(baton.trace.start("/dev/full"))
+      baton.trace.instant("fills the buffer")
+      return baton.trace.stop()
+    end },
 
   { "baton.process.run", "io", function()
       return process.run { "/nonexistent/baton-errors-spec", cwd = "/" }
@@ -285,6 +367,14 @@ local EXEMPT = {
   ["baton.http.stream:read resource"] = OOM,
   ["baton.http.stream:read_line resource"] = OOM,
   ["baton.http.stream:read_event resource"] = OOM,
+  ["baton.channel:send resource"] = OOM,
+  ["baton.channel:send_many resource"] = OOM,
+  ["baton.channel:recv resource"] = OOM,
+  ["baton.channel:recv_many resource"] = OOM,
+  ["baton.watch:changed resource"] = OOM,
+  ["baton.notify:notified resource"] = OOM,
+  ["baton.select resource"] = OOM,
+  ["baton.trace.start resource"] = "needs memory to run out opening the file",
   ["baton.process:kill io"] = "kill(2) on a child of ours fails only for a bad signal, " ..
                               "which is refused as misuse first",
 }

@@ -369,4 +369,56 @@ print("stats " .. baton.json.encode(w:stats()))
     os.remove(script)
     r:close()
   end))
+
+  -- docs/errors.md, "The Redis work queue": each failure listed there, provoked.
+  describe("baton.redis.queue failures as docs/errors.md lists them", function()
+    if not server then
+      it("SKIPPED: " .. why, function() end)
+      return
+    end
+    -- A queue whose stream and dead-letter keys hold strings: every command on them is
+    -- refused with WRONGTYPE.
+    local function wrong_type()
+      local q, r, s = setup()
+      assert(r:call("SET", s, "not a stream"))
+      assert(r:call("SET", s .. ":dead", "not a stream"))
+      return q, r
+    end
+    -- A queue whose client's connection the server has closed (CLIENT KILL; no reconnect).
+    local function closed_client()
+      n = n + 1
+      local r = assert(baton.redis.connect { url = server.url })
+      local id = assert(r:call("CLIENT", "ID"))
+      local killer <close> = assert(baton.redis.connect { url = server.url })
+      assert(killer:call("CLIENT", "KILL", "ID", id))
+      baton.sleep(20)
+      return baton.redis.queue { redis = r, stream = ("q%d"):format(n) }
+    end
+    local ROWS = {
+      { "baton.redis.queue:enqueue", "redis", function() return (wrong_type()):enqueue { n = 1 } end },
+      { "baton.redis.queue:enqueue", "closed", function() return closed_client():enqueue { n = 1 } end },
+      { "baton.redis.queue:enqueue_all", "redis", function() return (wrong_type()):enqueue_all { { n = 1 } } end },
+      { "baton.redis.queue:enqueue_all", "closed", function() return closed_client():enqueue_all { { n = 1 } } end },
+      { "baton.redis.queue:ensure", "redis", function() return (wrong_type()):ensure() end },
+      { "baton.redis.queue:ensure", "closed", function() return closed_client():ensure() end },
+      { "baton.redis.queue:info", "redis", function() return (wrong_type()):info() end },
+      { "baton.redis.queue:info", "closed", function() return closed_client():info() end },
+      { "baton.redis.queue:dead_letters", "redis", function() return (wrong_type()):dead_letters() end },
+      { "baton.redis.queue:dead_letters", "closed", function() return closed_client():dead_letters() end },
+    }
+    -- The client's other failures (timeout, io, connect, protocol, resource) pass through
+    -- unchanged and are provoked on the client in spec/redis_spec.lua; the ack's closed is
+    -- provoked above (an ack twice; a job another worker took over).
+    local CLIENT = "the client's failure, passed through: provoked in spec/redis_spec.lua"
+    local EXEMPT = {}
+    for _, f in ipairs { "enqueue", "enqueue_all", "ensure", "info", "dead_letters" } do
+      for _, k in ipairs { "timeout", "io", "connect", "protocol", "resource" } do
+        EXEMPT["baton.redis.queue:" .. f .. " " .. k] = CLIENT
+      end
+    end
+    for _, k in ipairs { "redis", "closed", "timeout", "io", "connect", "protocol", "resource" } do
+      EXEMPT["baton.redis.delivery:ack " .. k] = k == "closed" and "provoked above" or CLIENT
+    end
+    H.failure_rows(it, "The Redis work queue", ROWS, EXEMPT)
+  end)
 end)

@@ -41,6 +41,7 @@
 
 ---@class baton
 ---@field kinds baton.Kind[] the kinds baton returns (docs/errors.md)
+---@field _VERSION string baton's version, as baton.version() returns it
 ---@field json baton.json
 ---@field http baton.http
 ---@field process baton.process
