@@ -262,6 +262,89 @@ if c then c:close() end
       assert.matches("/authorize%?response_type=code", r.stderr)
     end))
 
+  -- The loopback listener of the default authorize against hostile local clients
+  -- (spec/fixtures/mcp/hostile_loopback_client.py).
+  local HOSTILE_CLIENT = H.mcp.FIX .. "/hostile_loopback_client.py"
+
+  -- Polls l for `state` every 20 ms until a target comes or `ms` pass: the targets seen.
+  local function poll_for(l, state, ms, want)
+    local got, deadline = {}, baton.now() + ms
+    while baton.now() < deadline and #got < (want or 1) do
+      local t, e = l:poll(state)
+      assert(t or e == nil, e)
+      if t then got[#got + 1] = t end
+      baton.sleep(20)
+    end
+    return got
+  end
+
+  it("the loopback listener: garbage, no state, a wrong state are answered 400 and never "
+     .. "returned (CSRF); the redirect with the flow's state is", H.async(function()
+    local l <close> = assert(baton.http._loopback(0))
+    local p <close> = assert(baton.process.spawn { "python3", HOSTILE_CLIENT, tostring(l:port()),
+                                                   "requests", "S-state" })
+    local got = poll_for(l, "S-state", 8000)
+    assert.same({ "/callback?code=good&state=S-state" }, got)
+    local answers = {}
+    for _ = 1, 6 do answers[#answers + 1] = p:read_line(5000) end
+    assert.same({ "HTTP/1.1 400 Bad Request", "HTTP/1.1 400 Bad Request", "HTTP/1.1 400 Bad Request",
+                  "HTTP/1.1 400 Bad Request", "HTTP/1.1 400 Bad Request", "HTTP/1.1 200 OK" }, answers)
+    assert.equal(5, l:refused())
+    H.raises("bad argument #1 'state'", l.poll, l, 5)
+  end))
+
+  it("the loopback listener: a slowloris and 40 idle connections do not keep the redirect "
+     .. "waiting; closing it leaves no descriptor", H.async(function()
+    local fds = H.open_fds()
+    do
+      local l <close> = assert(baton.http._loopback(0))
+      local p <close> = assert(baton.process.spawn { "python3", HOSTILE_CLIENT, tostring(l:port()),
+                                                     "crowd", "S", stdin = true })
+      local got = poll_for(l, "S", 6000)
+      assert.same({ "/callback?code=good&state=S" }, got)
+      local line = assert(p:read_line(6000))
+      assert.matches("^redirect HTTP/1.1 200 OK", line)
+      p:close_stdin()
+    end
+    collectgarbage()
+    H.settle()
+    if fds then assert.equal(fds, H.open_fds()) end
+  end))
+
+  -- The TCP sockets this process holds in the LISTEN state (its descriptors' inodes found in
+  -- /proc/net/tcp).
+  local function listening()
+    local pid = assert(io.open("/proc/self/stat")):read("l"):match("^(%d+)")
+    local ls = assert(baton.process.run { "ls", "-l", "/proc/" .. pid .. "/fd" })
+    local mine = {}
+    for inode in ls.stdout:gmatch("socket:%[(%d+)%]") do mine[inode] = true end
+    local n = 0
+    for line in io.lines("/proc/net/tcp") do
+      local st, inode = line:match("^%s*%d+:%s+%x+:%x+%s+%x+:%x+%s+(%x%x)%s+%S+%s+%S+%s+%S+%s+%S+%s+%S+%s+(%d+)")
+      if st == "0A" and mine[inode] then n = n + 1 end
+    end
+    return n
+  end
+
+  fake_it("aborting a connect while the default authorize waits on the loopback listener closes "
+          .. "the listener", with_oauth(function(url)
+    local before = listening()
+    local t = baton.spawn(function()
+      return mcp.connect { url = url, auth = true, timeout_ms = 30000 }
+    end)
+    for _ = 1, 100 do                                   -- discovery, registration, the wait
+      if listening() > before then break end
+      baton.sleep(50)
+    end
+    assert.is_true(listening() > before, "no loopback listener")
+    assert.equal("waiting", t:status())
+    t:abort()
+    local ok, err = t:join()
+    assert.is_false(ok)
+    assert.equal("cancelled", err.kind)
+    assert.equal(before, listening())
+  end))
+
   it("private_key_jwt's ES256 signatures verify with OpenSSL", H.async(function()
     if not H.have("openssl") then return pending("openssl is missing") end
     local es256 = require "baton.mcp.es256"

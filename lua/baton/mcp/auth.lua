@@ -796,7 +796,9 @@ function A.default_authorize(url, info)
   local _ <close> = setmetatable({}, { __close = function() reader:abort() end })
   while true do
     if listener then
-      local target = listener:poll()
+      -- only the redirect carrying this flow's state: a request without it or with another
+      -- (a page or a local process forging the redirect, CSRF) is answered 400 and ignored
+      local target = listener:poll(info.state)
       if target then
         local code, err = A.query_param(target, "code"), A.query_param(target, "error")
         if code then return code, A.query_param(target, "state") end
