@@ -118,7 +118,7 @@ static int lloop_new(lua_State *L) {
   a.sin_family = AF_INET;
   a.sin_port = htons((uint16_t)port);
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 16) < 0 || set_nonblock(fd) < 0) {
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 64) < 0 || set_nonblock(fd) < 0) {
     int e = errno;
     close(fd);
     l->lfd = -1;
