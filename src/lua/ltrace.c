@@ -191,7 +191,10 @@ void lbt_trace_close(lbt_rt *R) { (void)trace_stop(R); }
 static int ltrace_start(lua_State *L) {
   static const char fname[] = "baton.trace.start";
   lbt_rt *R = lbt_R(L);
-  const char *path = lbt_arg_string(L, fname, 1, "path", NULL);
+  size_t plen = 0;
+  const char *path = lbt_arg_string(L, fname, 1, "path", &plen);
+  if (strlen(path) != plen || plen == 0)  /* fopen would write another file, or none */
+    lbt_argerror(L, fname, 1, "path", "a non-empty path without NUL");
   if (R->trace != NULL)
     return luaL_error(L, "%s: a trace is already being written (baton.trace.stop() first)",
                       fname);
