@@ -69,7 +69,7 @@ describe("baton.redis.queue", function()
     assert.same({ length = 0, pending = 0, dead = 0 }, { length = info.length, pending = info.pending, dead = info.dead })
     w:stop()
     assert.equal("stopped", w:status())
-    assert.same({ delivered = 50, completed = 50, failed = 0, dead_lettered = 0, reclaimed = 0, errors = 0, running = 0 },
+    assert.same({ delivered = 50, completed = 50, failed = 0, dead_lettered = 0, reclaimed = 0, errors = 0, lost = 0, running = 0 },
                 w:stats())
     r:close()
   end))
@@ -106,7 +106,7 @@ describe("baton.redis.queue", function()
     assert.equal(0, info.pending)
     assert.equal(0, info.length)
     assert.equal(2, info.dead)
-    assert.same({ delivered = 8, completed = 1, failed = 7, dead_lettered = 2, reclaimed = 0, errors = 0, running = 0 },
+    assert.same({ delivered = 8, completed = 1, failed = 7, dead_lettered = 2, reclaimed = 0, errors = 0, lost = 0, running = 0 },
                 w:stats())
     -- each failure was reported, with the job, the delivery and the kind
     local text = table.concat(warnings, "\n")
@@ -304,7 +304,7 @@ describe("baton.redis.queue", function()
       assert.equal(1, d.deliveries)  -- not retried: retrying cannot help
     end
     assert.same({ delivered = 5, completed = 2, failed = 3, dead_lettered = 3, reclaimed = 0, errors = 0,
-                  running = 0 }, w:stats())
+                  lost = 0, running = 0 }, w:stats())
     w:stop()
     restore()
     assert.matches("kind 'malformed'", table.concat(warnings, "\n"))
@@ -355,6 +355,34 @@ describe("baton.redis.queue", function()
     local dead = assert(q:dead_letters())
     assert.same({ name = "A" }, dead[1].job)
     assert.equal(0, assert(q:info()).pending)
+    w:stop()
+    restore()
+    r:close()
+  end))
+
+  it("a handler that never returns, its job taken by another consumer: the handler here is "
+     .. "cancelled and its slot freed", async(function()
+    local warnings, restore = quiet()
+    local q, r, s = setup { claim_idle_ms = 300 }
+    local closed, runs = false, 0
+    local w = baton.runner { queue = q, handler = function(_, d)
+      runs = runs + 1
+      if d.deliveries == 1 then
+        local _ <close> = setmetatable({}, { __close = function() closed = true end })
+        baton.sleep(1e9)                                   -- never returns
+      end
+    end }
+    w:start()
+    local id = assert(q:enqueue { hang = true })
+    eventually(function() return runs == 1 end)
+    -- another consumer takes the job (as a scan of another worker would, had this one stalled)
+    assert(r:call("XCLAIM", s, q.group, "thief", 0, id))
+    eventually(function() return closed end, 3000)
+    assert.equal(1, w:stats().lost)
+    assert.truthy(table.concat(warnings, "\n"):find("job " .. id .. " is held by another consumer now", 1, true))
+    -- the thief never acks: after claim_idle_ms it is this worker's again, and done
+    eventually(function() return w:stats().completed == 1 end, 3000)
+    assert.equal(0, w:stats().running)
     w:stop()
     restore()
     r:close()

@@ -172,16 +172,17 @@ end
 return { r[1], out, dead, failed }
 ]]
 
--- ARGV[3] idle ms to set (0: a heartbeat), ARGV[4..] ids -> how many were held
+-- ARGV[3] idle ms to set (0: a heartbeat), ARGV[4..] ids -> { the ids not held }
 local TOUCH = HELD .. [[
-local n = 0
+local lost = {}
 for i = 4, #ARGV do
   if held(ARGV[i]) then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
-    n = n + 1
+  else
+    lost[#lost + 1] = ARGV[i]
   end
 end
-return n
+return lost
 ]]
 
 -- ARGV[3] idle ms: every job this consumer holds is made to look idle that long (XCLAIM
@@ -405,7 +406,8 @@ function M.runner(opts)
     q = q, handler = opts.handler, concurrency = conc, block_ms = block, claim_every = claim_every,
     beat_every = max(1, floor(q.claim_idle_ms / 3)),
     state = "new", busy = 0, inflight = {}, freed = baton.notify(), tasks = setmetatable({}, { __mode = "k" }),
-    counts = { delivered = 0, completed = 0, failed = 0, dead_lettered = 0, reclaimed = 0, errors = 0 },
+    by_id = {},
+    counts = { delivered = 0, completed = 0, failed = 0, dead_lettered = 0, reclaimed = 0, errors = 0, lost = 0 },
   }, Runner)
 end
 
@@ -509,6 +511,7 @@ local function run_job(self, id, fields, deliveries)
   local q, counts = self.q, self.counts
   local _ <close> = setmetatable({}, { __close = function()
     self.inflight[id] = nil
+    self.by_id[id] = nil
     self.busy = self.busy - 1
     self.freed:notify_one()
   end })
@@ -559,7 +562,9 @@ end
 
 local function dispatch(self, g, id, fields, deliveries)
   self.busy = self.busy + 1
-  self.tasks[g:spawn(run_job, self, id, fields, deliveries)] = true
+  local t = g:spawn(run_job, self, id, fields, deliveries)
+  self.tasks[t] = true
+  self.by_id[id] = t
 end
 
 -- Waits while every slot is busy; the number of free slots.
@@ -653,7 +658,11 @@ local function reader(self, g)
   end
 end
 
--- The heartbeat: keeps the running jobs from looking idle to the other workers' scans.
+-- The heartbeat: keeps the running jobs from looking idle to the other workers' scans. A
+-- job this consumer no longer holds at two heartbeats in a row, while its handler still
+-- runs unacknowledged (this worker stalled past claim_idle_ms, or another consumer took it
+-- by hand), is another worker's now: its handler here is cancelled (its slot freed; it
+-- would only run the job a second time at once) and counted in stats().lost.
 local function heartbeat(self)
   local q = self.q
   while true do
@@ -663,6 +672,27 @@ local function heartbeat(self)
     if #ids > 3 then
       local v, msg, kind = run(q, TOUCH, ids)
       if v == nil then trouble(self, "a heartbeat", msg, kind) end
+      if type(v) == "table" then
+        local missing = {}
+        for _, id in ipairs(v) do missing[id] = true end
+        for id, d in pairs(self.inflight) do
+          if missing[id] and not d.acked then
+            if d.missed then
+              local t = self.by_id[id]
+              if t then
+                self.counts.lost = self.counts.lost + 1
+                warn(("baton.runner (queue '%s'): job %s is held by another consumer now (idle past "
+                      .. "claim_idle_ms): its handler here is cancelled"):format(q.stream, id))
+                t:abort()
+              end
+            else
+              d.missed = true
+            end
+          else
+            d.missed = nil
+          end
+        end
+      end
     end
   end
 end
@@ -702,6 +732,7 @@ local function stop(self, nowait)
     pcall(run, q, FORGET, { q.group, q.consumer })
   end
   self.inflight = {}
+  self.by_id = {}
 end
 
 function Runner:stop()
@@ -716,11 +747,12 @@ function Runner:__close() stop(self, true) end
 -- r:status() -> "new" | "running" | "stopped"
 function Runner:status() return self.state end
 
--- r:stats() -> { delivered, completed, failed, dead_lettered, reclaimed, errors, running }
+-- r:stats() -> { delivered, completed, failed, dead_lettered, reclaimed, errors, lost, running }
 function Runner:stats()
   local c = self.counts
   return { delivered = c.delivered, completed = c.completed, failed = c.failed,
-           dead_lettered = c.dead_lettered, reclaimed = c.reclaimed, errors = c.errors, running = self.busy }
+           dead_lettered = c.dead_lettered, reclaimed = c.reclaimed, errors = c.errors, lost = c.lost,
+           running = self.busy }
 end
 
 return M
