@@ -222,6 +222,22 @@ describe("baton.trace", function()
     assert.is_true(n >= 10 and n < 200, n)  -- what fits in the event, each pair whole
   end))
 
+  it("a trace that cannot be written (a full disk) is said once, not silently lost", function()
+    if not H.exists("/dev/full") then return pending("no /dev/full") end
+    local r = H.run(H.q("-e") .. " " .. H.q("baton.spawn(function() end):join() print('ran')"),
+                    { env = "BATON_TRACE=/dev/full" })
+    assert.equal(0, r.code, r.err)
+    assert.equal("ran\n", r.out)
+    local _, n = r.err:gsub("trace cannot be written %(no space left on device%)", "")
+    assert.equal(1, n, r.err)
+    -- started by the script and never stopped: the same, once
+    r = H.run(H.q("-e") .. " " .. H.q("assert(baton.trace.start('/dev/full')) "
+                                      .. "for _ = 1, 3000 do baton.spawn(function() end):join() end"))
+    assert.equal(0, r.code, r.err)
+    _, n = r.err:gsub("trace cannot be written %(no space left on device%)", "")
+    assert.equal(1, n, r.err)
+  end)
+
   it("records the router's attempts and their outcomes as instant events", H.async(function()
     local path = os.tmpname()
     local limited = true

@@ -25,6 +25,7 @@ struct bt__trace {
   uint64_t t0;
   uint64_t count;
   int err;          /* first write error (negative errno), or 0 */
+  int err_taken;    /* bt__trace_take_error handed it over */
   int pid;
   size_t len;
   char buf[BT__TRACE_BUF];
@@ -33,6 +34,13 @@ struct bt__trace {
 uint64_t bt__trace_now(void) { return uv_hrtime(); }
 uint64_t bt__trace_t0(const bt__trace_t *tr) { return tr->t0; }
 uint64_t bt__trace_count(const bt__trace_t *tr) { return tr->count; }
+int bt__trace_error_taken(const bt__trace_t *tr) { return tr->err_taken; }
+
+int bt__trace_take_error(bt__trace_t *tr) {
+  if (tr->err == 0 || tr->err_taken) return 0;
+  tr->err_taken = 1;
+  return tr->err;
+}
 
 void bt__trace_flush(bt__trace_t *tr) {
   if (tr->len > 0 && tr->err == 0) {
@@ -200,6 +208,7 @@ bt__trace_t *bt__trace_open(const char *path, const char *pname, int *err) {
   tr->t0 = bt__trace_now();
   tr->count = 0;
   tr->err = 0;
+  tr->err_taken = 0;
   tr->pid = (int)getpid();
   tr->len = 0;
   tr->buf[tr->len++] = '[';

@@ -186,7 +186,25 @@ static int trace_stop(lbt_rt *R) {
   return bt__trace_close(tr);
 }
 
-void lbt_trace_close(lbt_rt *R) { (void)trace_stop(R); }
+/* The runtime's closing: no Lua to warn through any more, so a write error nobody was told
+ * of (the end of a run warns) goes to stderr. */
+void lbt_trace_close(lbt_rt *R) {
+  if (R->trace == NULL) return;
+  int told = bt__trace_error_taken(R->trace);
+  int rc = trace_stop(R);
+  if (rc != 0 && !told)
+    fprintf(stderr, "baton: warning: baton.trace: the trace could not be written: %s\n",
+            uv_strerror(rc));
+}
+
+void lbt_trace_flush(lbt_rt *R) {
+  if (R->trace == NULL) return;
+  bt__trace_flush(R->trace);
+  int e = bt__trace_take_error(R->trace);
+  if (e != 0)
+    lbt_warn(R, "baton.trace: the trace cannot be written (%s): its events are dropped until "
+             "baton.trace.stop()", uv_strerror(e));
+}
 
 static int ltrace_start(lua_State *L) {
   static const char fname[] = "baton.trace.start";
