@@ -481,7 +481,11 @@ print("stats " .. baton.json.encode(w:stats()))
     assert.equal(10, info.dead)
     -- the killed worker held jobs when it died, and the others reclaimed them
     assert.is_true(held > 0, "w2 held no job when killed")
-    assert.is_true(reclaimed >= held, ("reclaimed %d of %d"):format(reclaimed, held))
+    -- (a poison job w2 held at its last delivery is dead-lettered by the claim, kind timeout)
+    local by_claim = 0
+    for _, d in pairs(dead) do if d.kind == "timeout" then by_claim = by_claim + 1 end end
+    assert.is_true(reclaimed + by_claim >= held, ("reclaimed %d (+%d dead-lettered) of %d")
+                   :format(reclaimed, by_claim, held))
     local by = assert(r:call("HGETALL", s .. ":by"))
     assert.equal(6, #by)  -- all three completed some
     print(("\n3 workers, 10,000 jobs, w2 killed holding %d: %d ms, %d reclaimed"):format(held, took, reclaimed))
