@@ -388,6 +388,34 @@ describe("baton.redis.queue", function()
     r:close()
   end))
 
+  it("a job of this worker's own that looks idle (its loop stalled past claim_idle_ms) is not "
+     .. "run a second time here when its scan claims it", async(function()
+    local q, r, s = setup { claim_idle_ms = 100 }
+    local runs = 0
+    local w = baton.runner { queue = q, concurrency = 2, handler = function()
+      runs = runs + 1
+      baton.sleep(1000)
+    end }
+    w:start()
+    local id = assert(q:enqueue { long = true })
+    eventually(function() return runs == 1 end)
+    -- what a stall looks like to Redis: the job idle long, still this consumer's (as if no
+    -- heartbeat had run); made so again until a scan has claimed it once (2 deliveries)
+    local deadline = baton.now() + 3000
+    while baton.now() < deadline do
+      local p = assert(r:call("XPENDING", s, q.group, id, id, 1))
+      if p[1][4] >= 2 then break end
+      assert(r:call("XCLAIM", s, q.group, q.consumer, 0, id, "IDLE", 100000, "JUSTID"))
+      baton.sleep(5)
+    end
+    assert.equal(2, r:call("XPENDING", s, q.group, id, id, 1)[1][4])
+    eventually(function() return w:stats().completed >= 1 and w:stats().running == 0 end, 5000)
+    assert.equal(1, runs)
+    assert.equal(1, w:stats().completed)
+    w:stop()
+    r:close()
+  end))
+
   it("enqueue of a value JSON cannot encode raises saying what and where", async(function()
     local q, r = setup()
     local t = {}

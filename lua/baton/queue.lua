@@ -620,9 +620,13 @@ local function reader(self, g)
           if cursor == "0-0" then next_claim = now + self.claim_every end
           dead_letter_outcome(self, v[3], v[4] or nil, "redis")
           for _, e in ipairs(v[2]) do
-            counts.reclaimed = counts.reclaimed + 1
-            claimed = claimed + 1
-            dispatch(self, g, e[1], e[2], e[3])
+            -- a job of this worker's own, idle because the loop stalled past claim_idle_ms
+            -- while its handler ran: it still runs here, and is ours again; not a second run
+            if not self.inflight[e[1]] then
+              counts.reclaimed = counts.reclaimed + 1
+              claimed = claimed + 1
+              dispatch(self, g, e[1], e[2], e[3])
+            end
           end
         end
       end
