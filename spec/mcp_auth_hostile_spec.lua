@@ -55,6 +55,7 @@ describe("baton.mcp authorization against hostile peers", function()
     { "token_crlf", "token", "an access_token with characters a header cannot carry" },
     { "token_type_mac", "token", "token_type the string 'mac', not Bearer" },
     { "token_exp_str", "token", "expires_in the string 'soon', not a number of seconds" },
+    { "token_error_escape", "token", "refused: invalid_grant%?%[2J: x%?%?yz+$" },
   }
   local USABLE = { "token_exp_neg", "token_exp_huge", "token_exp_maxint", "www_unbalanced", "www_huge",
                    "www_bad_url", "prm_redirect_loop" }  -- (redirects are not followed: as none)

@@ -450,8 +450,10 @@ local function token_request(a, stage, params, basic)
   local t, je = json.decode(r.body)
   if type(t) ~= "table" or getmetatable(t) == ARRAY_MT then t = nil end
   if r.status < 200 or r.status > 299 then
-    local why = t and t.error ~= nil and (tostring(t.error):sub(1, 200)
-                .. (t.error_description ~= nil and (": " .. tostring(t.error_description):sub(1, 300)) or ""))
+    -- the server's words, cut and without control characters (they end up on terminals)
+    local function words(v, n) return (tostring(v):sub(1, n):gsub("[%c\127]", "?")) end
+    local why = t and t.error ~= nil and (words(t.error, 200)
+                .. (t.error_description ~= nil and (": " .. words(t.error_description, 300)) or ""))
                 or format("HTTP %d", r.status)
     return fail(stage, format("%s: the token endpoint refused: %s", stage, why), r)
   end
