@@ -111,6 +111,15 @@ describe("baton.mcp authorization against hostile peers", function()
     assert.same({}, wrong)
   end))
 
+  fake_it("a 401 whose WWW-Authenticate holds terminal escapes: the failure shows them as '?'",
+          with_oauth(function(url, base)
+    assert(baton.http.json { url = base .. "/hostile", method = "POST", body = { mode = "www_escape" } })
+    local msg, kind = H.assert_failure("baton.mcp.connect", "auth", mcp.connect { url = url })
+    assert.equal("auth", kind)
+    assert.is_nil(msg:find("%c"), msg)
+    assert.matches('error="%?%[2J%?%]0;pwned%?"', msg)
+  end))
+
   -- The loopback listener of the default authorize against hostile local clients
   -- (spec/fixtures/mcp/hostile_loopback_client.py).
   local HOSTILE_CLIENT = H.mcp.FIX .. "/hostile_loopback_client.py"
