@@ -512,4 +512,41 @@ describe("baton.channel batches (send_many, recv_many)", function()
     H.raises_misuse("baton.channel:recv_many", 2, "max", "got 0", ch.recv_many, ch, {}, 0)
     assert.equal(3, #ch)
   end))
+
+  it("hostile lists: j far beyond #list on a large channel refuses without growing the ring; "
+     .. "metatables are not consulted; buf may be the list", H.async(function()
+    local ch = baton.channel(1 << 40)
+    -- j reaches far past the list's end: refused at the first nil, nothing sent, and the
+    -- ring keeps its size (a later recv_many(nil) must not allocate 2^22 slots, 64 MiB)
+    H.raises_misuse("baton.channel:send_many", 1, "list", "list%[4%] is nil", ch.send_many, ch,
+                    { 1, 2, 3 }, 1, 1 << 22)
+    assert.equal(0, #ch)
+    assert.equal(1, ch:send_many({ "x" }))
+    collectgarbage()
+    local before = collectgarbage("count")
+    local k, l = ch:recv_many(nil, 5)
+    assert.equal(1, k)
+    assert.same({ "x" }, l)
+    assert.is_true(collectgarbage("count") - before < 1024, "the ring grew for values never sent")
+    -- a hole in the middle, behind a huge i/j pair
+    H.raises_misuse("baton.channel:send_many", 1, "list", "is nil", ch.send_many, ch, {},
+                    (1 << 53) - 1, 1 << 53)
+    -- __index and __newindex are not consulted: the list is read raw, the buf written raw
+    local seen = false
+    local list = setmetatable({ 1, 2 }, { __index = function() seen = true return "ghost" end })
+    H.raises_misuse("baton.channel:send_many", 1, "list", "list%[3%] is nil", ch.send_many, ch,
+                    list, 1, 3)
+    assert.is_false(seen)
+    assert.equal(2, ch:send_many(list))
+    local buf = setmetatable({}, { __newindex = function() seen = true end })
+    assert.equal(2, ch:recv_many(buf, 5))
+    assert.is_false(seen)
+    assert.equal(1, rawget(buf, 1))
+    -- the same table as list and buf: sent values are copied out before it is written
+    local t = { "a", "b", "c" }
+    assert.equal(3, ch:send_many(t))
+    assert.equal(3, ch:recv_many(t, 3))
+    assert.same({ "a", "b", "c" }, t)
+    assert.equal(0, #ch)
+  end))
 end)

@@ -93,6 +93,37 @@ describe("baton.progress", function()
     q2:done()
   end))
 
+  it("hostile input: a label's control characters are not written, a long label is cut "
+     .. "between characters, a far ETA and huge counts stay sane", function()
+    local script = H.write_temp([[
+      local p = baton.progress { total = 1 << 53, tty = false, interval_ms = 20,
+                                 label = "a\nb\27[2Jc\r\tzz" .. string.rep("\u{e9}", 70) }
+      p:advance(1)
+      baton.sleep(150)                       -- a line with an ETA of ~10^12 s at least
+      for _ = 1, 1100 do p:advance(1 << 53) end
+      local done = p:counts()
+      print(done > 0 and "COUNTS OK" or ("COUNTS " .. done))
+      p:done()
+      local z = baton.progress { total = 0, label = "zero", tty = false }
+      z:advance(3)
+      z:done()
+    ]])
+    local r = H.run(q(script))
+    os.remove(script)
+    assert.equal(0, r.code, r.err)
+    assert.matches("COUNTS OK", r.out)
+    local lines = {}
+    for line in r.err:gmatch("[^\n]+") do lines[#lines + 1] = line end
+    assert.is_true(#lines >= 3, r.err)
+    for _, line in ipairs(lines) do
+      assert.is_nil(line:find("[%c\127]"), "a control character in: " .. line)
+      assert.is_true(utf8.len(line) ~= nil, "not UTF-8: " .. line)
+      assert.is_nil(line:find("-", 1, true), "a negative figure in: " .. line)
+    end
+    assert.matches("^a%?b%?%[2Jc%?%?zz[\u{e9}]+: 1/9007199254740992, [%d.]+/s, ETA %d+h%d%dm$", lines[1])
+    assert.matches("^zero: 3/0, ", lines[#lines])
+  end)
+
   it("does not stop baton.run from seeing a deadlock", function()
     local script = H.write_temp([[
       local p = baton.progress { total = 5, tty = false }

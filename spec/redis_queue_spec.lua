@@ -69,7 +69,7 @@ describe("baton.redis.queue", function()
     assert.same({ length = 0, pending = 0, dead = 0 }, { length = info.length, pending = info.pending, dead = info.dead })
     w:stop()
     assert.equal("stopped", w:status())
-    assert.same({ delivered = 50, completed = 50, failed = 0, dead_lettered = 0, reclaimed = 0, errors = 0, running = 0 },
+    assert.same({ delivered = 50, completed = 50, failed = 0, dead_lettered = 0, reclaimed = 0, errors = 0, lost = 0, running = 0 },
                 w:stats())
     r:close()
   end))
@@ -106,7 +106,7 @@ describe("baton.redis.queue", function()
     assert.equal(0, info.pending)
     assert.equal(0, info.length)
     assert.equal(2, info.dead)
-    assert.same({ delivered = 8, completed = 1, failed = 7, dead_lettered = 2, reclaimed = 0, errors = 0, running = 0 },
+    assert.same({ delivered = 8, completed = 1, failed = 7, dead_lettered = 2, reclaimed = 0, errors = 0, lost = 0, running = 0 },
                 w:stats())
     -- each failure was reported, with the job, the delivery and the kind
     local text = table.concat(warnings, "\n")
@@ -261,7 +261,7 @@ describe("baton.redis.queue", function()
     H.raises_misuse(F, 1, "opts", "known options", baton.redis.queue, { redis = r, stream = "s", strem = "x" })
     local q = baton.redis.queue { redis = r, stream = "misuse" }
     assert.matches("^baton.redis.Queue %(stream 'misuse', group 'baton', consumer 'baton%-", tostring(q))
-    H.raises_misuse(F .. ":enqueue", 1, "job", "a JSON value", q.enqueue, q, print)
+    H.raises_misuse(F .. ":enqueue", 1, "job", "a value JSON can encode", q.enqueue, q, print)
     H.raises_misuse(F .. ":enqueue", 1, "job", "a JSON value", q.enqueue, q, nil)
     H.raises_misuse("baton.runner", 1, "queue", "a baton.redis.queue", baton.runner, { queue = {}, handler = print })
     H.raises_misuse("baton.runner", 1, "handler", "function", baton.runner, { queue = q })
@@ -279,6 +279,154 @@ describe("baton.redis.queue", function()
     local bad = baton.redis.queue { redis = r, stream = "notastream" }
     H.assert_failure("baton.redis.queue:enqueue", "redis", bad:enqueue { 1 })
     H.assert_failure("baton.redis.queue:ensure", "redis", bad:ensure())
+  end))
+
+  it("hostile entries: foreign XADDs, a payload that is not JSON or not UTF-8 are dead-lettered "
+     .. "at once as malformed; the others run", async(function()
+    local warnings, restore = quiet()
+    local q, r, s = setup { max_deliveries = 3 }
+    assert(q:ensure())
+    assert(r:call("XADD", s, "*", "foo", "bar"))                 -- no job field
+    assert(r:call("XADD", s, "*", "job", "{\"a\":"))            -- cut short
+    assert(r:call("XADD", s, "*", "job", "\"\xff\""))           -- not UTF-8
+    assert(r:call("XADD", s, "*", "JOB", "1", "job", "{\"n\":1}", "extra", "x"))  -- odd fields
+    assert(q:enqueue { n = 2 })
+    local runs = {}
+    local w = baton.runner { queue = q, handler = function(job) runs[#runs + 1] = job.n end }
+    w:start()
+    eventually(function() return w:stats().completed == 2 and w:stats().dead_lettered == 3 end)
+    table.sort(runs)
+    assert.same({ 1, 2 }, runs)
+    local dead = assert(q:dead_letters())
+    assert.equal(3, #dead)
+    for _, d in ipairs(dead) do
+      assert.equal("malformed", d.kind)
+      assert.equal(1, d.deliveries)  -- not retried: retrying cannot help
+    end
+    assert.same({ delivered = 5, completed = 2, failed = 3, dead_lettered = 3, reclaimed = 0, errors = 0,
+                  lost = 0, running = 0 }, w:stats())
+    w:stop()
+    restore()
+    assert.matches("kind 'malformed'", table.concat(warnings, "\n"))
+    r:close()
+  end))
+
+  it("a dead-letter key of the wrong type: ensure() and info() say which key; a claim scan "
+     .. "still runs the other stalled jobs", async(function()
+    local warnings, restore = quiet()
+    local q, r, s = setup { max_deliveries = 2, claim_idle_ms = 100 }
+    assert(r:call("SET", q.dead_letter, "not a stream"))
+    local ok, msg, kind = q:ensure()
+    assert.is_nil(ok)
+    assert.equal("redis", kind)
+    assert.matches("^baton.redis.queue:ensure: .*'" .. s .. ":dead'.* string, not a stream", msg)
+    ok, msg, kind = q:info()
+    assert.is_nil(ok)
+    assert.equal("redis", kind)
+    assert.matches("^baton.redis.queue:info: .*'" .. s .. ":dead'", msg)
+    assert(r:call("DEL", q.dead_letter))
+    assert(q:ensure())
+    -- A fails every time, and its dead letter fails: it stays pending, claimed by each scan
+    local a_id = assert(q:enqueue { name = "A" })
+    assert(r:call("SET", q.dead_letter, "not a stream"))
+    local ran = {}
+    local w = baton.runner { queue = q, concurrency = 4, handler = function(job)
+      ran[job.name] = (ran[job.name] or 0) + 1
+      if job.name == "A" then return nil, "A always fails", "rejected" end
+    end }
+    w:start()
+    eventually(function() return ran.A == 2 and w:stats().errors >= 2 end)
+    -- then C, taken by a consumer that dies at once (added and read in one script, so this
+    -- runner's reader never sees it), and both made to look idle long: the next scan claims
+    -- A and C together, and must still run C
+    assert(r:eval([[
+      local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+      redis.call('XREADGROUP', 'GROUP', ARGV[1], 'ghost', 'COUNT', 1, 'STREAMS', KEYS[1], '>')
+      redis.call('XCLAIM', KEYS[1], ARGV[1], 'ghost', 0, id, 'IDLE', 100000, 'JUSTID')
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[4], 'IDLE', 100000, 'JUSTID')
+      return id
+    ]], { s }, { q.group, '{"name":"C"}', q.consumer, a_id }))
+    eventually(function() return ran.C == 1 end, 3000)
+    assert.equal(2, ran.A)
+    assert.equal(0, w:stats().dead_lettered)
+    assert.matches("a dead letter to '" .. s .. ":dead' failed.*not a stream", table.concat(warnings, "\n"))
+    assert(r:call("DEL", q.dead_letter))                    -- fixed: A is dead-lettered
+    eventually(function() return w:stats().dead_lettered == 1 end, 3000)
+    local dead = assert(q:dead_letters())
+    assert.same({ name = "A" }, dead[1].job)
+    assert.equal(0, assert(q:info()).pending)
+    w:stop()
+    restore()
+    r:close()
+  end))
+
+  it("a handler that never returns, its job taken by another consumer: the handler here is "
+     .. "cancelled and its slot freed", async(function()
+    local warnings, restore = quiet()
+    local q, r, s = setup { claim_idle_ms = 300 }
+    local closed, runs = false, 0
+    local w = baton.runner { queue = q, handler = function(_, d)
+      runs = runs + 1
+      if d.deliveries == 1 then
+        local _ <close> = setmetatable({}, { __close = function() closed = true end })
+        baton.sleep(1e9)                                   -- never returns
+      end
+    end }
+    w:start()
+    local id = assert(q:enqueue { hang = true })
+    eventually(function() return runs == 1 end)
+    -- another consumer takes the job (as a scan of another worker would, had this one stalled)
+    assert(r:call("XCLAIM", s, q.group, "thief", 0, id))
+    eventually(function() return closed end, 3000)
+    assert.equal(1, w:stats().lost)
+    assert.truthy(table.concat(warnings, "\n"):find("job " .. id .. " is held by another consumer now", 1, true))
+    -- the thief never acks: after claim_idle_ms it is this worker's again, and done
+    eventually(function() return w:stats().completed == 1 end, 3000)
+    assert.equal(0, w:stats().running)
+    w:stop()
+    restore()
+    r:close()
+  end))
+
+  it("a job of this worker's own that looks idle (its loop stalled past claim_idle_ms) is not "
+     .. "run a second time here when its scan claims it", async(function()
+    local q, r, s = setup { claim_idle_ms = 100 }
+    local runs = 0
+    local w = baton.runner { queue = q, concurrency = 2, handler = function()
+      runs = runs + 1
+      baton.sleep(1000)
+    end }
+    w:start()
+    local id = assert(q:enqueue { long = true })
+    eventually(function() return runs == 1 end)
+    -- what a stall looks like to Redis: the job idle long, still this consumer's (as if no
+    -- heartbeat had run); made so again until a scan has claimed it once (2 deliveries)
+    local deadline = baton.now() + 3000
+    while baton.now() < deadline do
+      local p = assert(r:call("XPENDING", s, q.group, id, id, 1))
+      if p[1][4] >= 2 then break end
+      assert(r:call("XCLAIM", s, q.group, q.consumer, 0, id, "IDLE", 100000, "JUSTID"))
+      baton.sleep(5)
+    end
+    assert.equal(2, r:call("XPENDING", s, q.group, id, id, 1)[1][4])
+    eventually(function() return w:stats().completed >= 1 and w:stats().running == 0 end, 5000)
+    assert.equal(1, runs)
+    assert.equal(1, w:stats().completed)
+    w:stop()
+    r:close()
+  end))
+
+  it("enqueue of a value JSON cannot encode raises saying what and where", async(function()
+    local q, r = setup()
+    local t = {}
+    t.self = t
+    H.raises_misuse("baton.redis.queue:enqueue", 1, "job", "a function at %$%.f", q.enqueue, q, { f = print })
+    H.raises_misuse("baton.redis.queue:enqueue", 1, "job", "a cycle at %$%.self", q.enqueue, q, t)
+    H.raises_misuse("baton.redis.queue:enqueue", 1, "job", "NaN", q.enqueue, q, { x = 0 / 0 })
+    H.raises_misuse("baton.redis.queue:enqueue_all", 1, "jobs", "a function at jobs%[2%]%[1%]", q.enqueue_all, q,
+                    { { 1 }, { print } })
+    assert.equal(0, assert(q:info()).length)  -- nothing was added, not even jobs[1]
+    r:close()
   end))
 
   -- Three worker processes (the baton executable) share 10,000 jobs through one stream;

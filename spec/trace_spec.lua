@@ -175,6 +175,69 @@ describe("baton.trace", function()
     check_tracks(events)
   end))
 
+  it("writes valid JSON (UTF-8) whatever the names and args hold", H.async(function()
+    local path = os.tmpname()
+    assert.is_true(baton.trace.start(path))
+    local bad = "bad \xff\xfe \xc3 \xed\xa0\x80 \xf4\x90\x80\x80 ok \u{e9}\u{1f600}"
+    baton.spawn { name = bad, function() end }:join()
+    -- 2-byte characters past the 512 bytes a name keeps: cut between characters
+    baton.spawn { name = "x" .. string.rep("\u{e9}", 600), function() end }:join()
+    baton.spawn { name = string.rep("z", 100000), function() end }:join()
+    baton.trace.instant(bad, { nan = 0 / 0, inf = 1 / 0, ninf = -1 / 0, big = math.maxinteger,
+                               s = "\xc3", [string.rep("k", 5000)] = 5, [bad] = true })
+    local big = {}
+    for i = 1, 200 do big["key" .. i] = string.rep("v", 50) end
+    baton.trace.instant("many", big)
+    assert.is_true(baton.trace.stop() > 5)
+    local events = read_trace(path)  -- baton.json.decode refuses what is not UTF-8
+    local names, inst = {}, {}
+    for _, e in ipairs(events) do
+      if e.ph == "X" and e.cat == "task" and e.tid ~= baton.current().id then
+        names[#names + 1] = e.name
+      end
+      if e.ph == "i" then inst[e.name] = e end
+    end
+    local clean = "bad \u{fffd}\u{fffd} \u{fffd} \u{fffd}\u{fffd}\u{fffd} "
+                  .. "\u{fffd}\u{fffd}\u{fffd}\u{fffd} ok \u{e9}\u{1f600}"
+    assert.equal(clean, names[1])
+    assert.matches("^x[\u{e9}]+$", names[2])
+    assert.is_true(#names[2] > 400 and #names[2] <= 512, #names[2])
+    assert.equal(string.rep("z", #names[3]), names[3])
+    local args = assert(inst[clean], "the instant event").args
+    assert.equal("nan", args.nan)
+    assert.equal("inf", args.inf)
+    assert.equal("-inf", args.ninf)
+    assert.equal(math.maxinteger, args.big)
+    assert.equal("\u{fffd}", args.s)
+    assert.is_true(args[clean])
+    local long_key = assert(next(args, nil) and (function()
+      for k, v in pairs(args) do if k:match("^kkk") then return k, v end end
+    end)())
+    assert.is_true(#long_key >= 200)
+    local n = 0
+    for k, v in pairs(assert(inst.many).args) do
+      n = n + 1
+      assert.equal(string.rep("v", 50), v, k)
+    end
+    assert.is_true(n >= 10 and n < 200, n)  -- what fits in the event, each pair whole
+  end))
+
+  it("a trace that cannot be written (a full disk) is said once, not silently lost", function()
+    if not H.exists("/dev/full") then return pending("no /dev/full") end
+    local r = H.run(H.q("-e") .. " " .. H.q("baton.spawn(function() end):join() print('ran')"),
+                    { env = "BATON_TRACE=/dev/full" })
+    assert.equal(0, r.code, r.err)
+    assert.equal("ran\n", r.out)
+    local _, n = r.err:gsub("trace cannot be written %(no space left on device%)", "")
+    assert.equal(1, n, r.err)
+    -- started by the script and never stopped: the same, once
+    r = H.run(H.q("-e") .. " " .. H.q("assert(baton.trace.start('/dev/full')) "
+                                      .. "for _ = 1, 3000 do baton.spawn(function() end):join() end"))
+    assert.equal(0, r.code, r.err)
+    _, n = r.err:gsub("trace cannot be written %(no space left on device%)", "")
+    assert.equal(1, n, r.err)
+  end)
+
   it("records the router's attempts and their outcomes as instant events", H.async(function()
     local path = os.tmpname()
     local limited = true
@@ -209,5 +272,9 @@ describe("baton.trace", function()
     H.assert_failure("baton.trace.start", "io", baton.trace.start("/nonexistent-dir/x.json"))
     assert.is_false(baton.trace.active())
     H.raises("bad argument #1 'path'", baton.trace.start)
+    -- a NUL would make fopen write another file (the part before it)
+    H.raises_misuse("baton.trace.start", 1, "path", "without NUL", baton.trace.start, os.tmpname() .. "\0.json")
+    H.raises_misuse("baton.trace.start", 1, "path", "non%-empty", baton.trace.start, "")
+    assert.is_false(baton.trace.active())
   end))
 end)

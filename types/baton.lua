@@ -1085,7 +1085,7 @@ function QueueRunner:start() end
 function QueueRunner:stop() end
 ---@return "new"|"running"|"stopped"
 function QueueRunner:status() end
----@return { delivered: integer, completed: integer, failed: integer, dead_lettered: integer, reclaimed: integer, errors: integer, running: integer }
+---@return { delivered: integer, completed: integer, failed: integer, dead_lettered: integer, reclaimed: integer, errors: integer, lost: integer, running: integer }
 function QueueRunner:stats() end
 
 -- ---- baton.redis.store (docs/redis.md, "The store"; docs/store.md) ----------------------

@@ -141,40 +141,48 @@ return 1
 ]]
 
 -- ARGV[3] min idle ms, ARGV[4] cursor, ARGV[5] count, ARGV[6] max deliveries, ARGV[7] "1":
--- XDEL -> { next cursor, { { id, fields, deliveries }... }, dead-lettered count }
+-- XDEL -> { next cursor, { { id, fields, deliveries }... }, dead-lettered count, the error
+-- of a dead letter that failed (the key is not a stream) or false }. A dead letter that
+-- fails leaves its entry pending (the next scan tries again) and the scan goes on: one
+-- entry that cannot be dead-lettered must not keep the others from being claimed.
 local CLAIM = HELD .. [[
 local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
-local out, dead, maxd = {}, 0, tonumber(ARGV[6])
+local out, dead, maxd, failed = {}, 0, tonumber(ARGV[6]), false
 for _, e in ipairs(r[2]) do
-  if type(e) == 'table' then
+  if type(e) == 'table' and type(e[2]) == 'table' then
     local _, n = held(e[1])
     if n > maxd then
       local job = ''
       for i = 1, #e[2], 2 do if e[2][i] == 'job' then job = e[2][i + 1] end end
-      redis.call('XADD', KEYS[2], '*', 'job', job, 'id', e[1], 'deliveries', n - 1, 'kind', 'timeout',
+      local a = redis.pcall('XADD', KEYS[2], '*', 'job', job, 'id', e[1], 'deliveries', n - 1, 'kind', 'timeout',
                  'error', 'delivered ' .. (n - 1) .. ' times without an ack (its workers died or stalled)',
                  'consumer', ARGV[2])
-      redis.call('XACK', KEYS[1], ARGV[1], e[1])
-      if ARGV[7] == '1' then redis.call('XDEL', KEYS[1], e[1]) end
-      dead = dead + 1
+      if type(a) == 'table' and a.err then
+        failed = a.err
+      else
+        redis.call('XACK', KEYS[1], ARGV[1], e[1])
+        if ARGV[7] == '1' then redis.call('XDEL', KEYS[1], e[1]) end
+        dead = dead + 1
+      end
     else
       out[#out + 1] = { e[1], e[2], n }
     end
   end
 end
-return { r[1], out, dead }
+return { r[1], out, dead, failed }
 ]]
 
--- ARGV[3] idle ms to set (0: a heartbeat), ARGV[4..] ids -> how many were held
+-- ARGV[3] idle ms to set (0: a heartbeat), ARGV[4..] ids -> { the ids not held }
 local TOUCH = HELD .. [[
-local n = 0
+local lost = {}
 for i = 4, #ARGV do
   if held(ARGV[i]) then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
-    n = n + 1
+  else
+    lost[#lost + 1] = ARGV[i]
   end
 end
-return n
+return lost
 ]]
 
 -- ARGV[3] idle ms: every job this consumer holds is made to look idle that long (XCLAIM
@@ -249,10 +257,18 @@ local function fail(fname, msg, kind, detail)
   return nil, ("%s: %s"):format(fname, tostring(msg)), kind or "error", detail
 end
 
-local function encode(fname, job)
-  if job == nil then misuse(fname, 1, "job", "a JSON value", job) end
+-- The job as JSON; one JSON cannot encode raises with json.encode's reason (what is wrong
+-- and where: "a function at $.f", "a cycle at $.self", "NaN/inf at $[1]").
+local function encode(fname, job, name, n)
+  name = name or "job"
+  if job == nil then misuse(fname, 1, name, "a JSON value", job) end
   local ok, s = pcall(json.encode, job)
-  if not ok then misuse(fname, 1, "job", "a JSON value", job) end
+  if not ok then
+    local why = tostring(s):match("%(expected a value JSON can encode, got (.*)%)$")
+    if why == nil then misuse(fname, 1, name, "a JSON value", job) end
+    if n then why = why:gsub("^(.-) at %$", "%1 at jobs[" .. n .. "]", 1) end
+    error(("%s: bad argument #1 '%s' (expected a value JSON can encode, got %s)"):format(fname, name, why), 3)
+  end
   return s
 end
 
@@ -272,7 +288,7 @@ function Queue:enqueue_all(jobs)
   if getmetatable(self) ~= Queue then misuse(F, 0, "self", "baton.redis.Queue", self) end
   if type(jobs) ~= "table" then misuse(F, 1, "jobs", "a list of JSON values", jobs) end
   local enc = {}
-  for i = 1, #jobs do enc[i] = encode(F, jobs[i]) end
+  for i = 1, #jobs do enc[i] = encode(F, jobs[i], "jobs", i) end
   if #enc == 0 then return {} end
   local stream = self.stream
   local ids, msg, kind, detail = self.redis:pipeline(function(p)
@@ -287,13 +303,33 @@ end
 
 -- Creates the group (at the stream's start, so that jobs enqueued before it are run) and
 -- the stream if missing. -> true | nil, msg, kind
-function Queue:ensure()
-  local F = "baton.redis.queue:ensure"
-  local ok, msg, kind, detail = self.redis:call("XGROUP", "CREATE", self.stream, self.group, "0", "MKSTREAM")
+-- A key of another type under the stream's or the dead-letter stream's name is refused
+-- here, naming the key (else every dead letter would fail later with a bare WRONGTYPE).
+local function check_type(q, F, key)
+  local t, msg, kind, detail = q.redis:call("TYPE", key)
+  if t == nil then return fail(F, msg, kind, detail) end
+  if t ~= "none" and t ~= "stream" then
+    return fail(F, ("%s '%s' is a %s, not a stream"):format(key == q.stream and "the stream" or
+                                                            "the dead-letter stream", key, t), "redis")
+  end
+  return true
+end
+
+local function create_group(q, F)
+  local ok, msg, kind, detail = q.redis:call("XGROUP", "CREATE", q.stream, q.group, "0", "MKSTREAM")
   if ok == nil and msg ~= nil and not tostring(msg):find("BUSYGROUP", 1, true) then
     return fail(F, msg, kind, detail)
   end
   return true
+end
+
+function Queue:ensure()
+  local F = "baton.redis.queue:ensure"
+  for _, key in ipairs { self.stream, self.dead_letter } do
+    local ok, msg, kind, detail = check_type(self, F, key)
+    if not ok then return nil, msg, kind, detail end
+  end
+  return create_group(self, F)
 end
 
 -- q:info() -> { length =, pending =, consumers =, dead = } | nil, msg, kind
@@ -306,6 +342,11 @@ function Queue:info()
     p:call("XLEN", self.dead_letter)
   end)
   if r == nil then return fail(F, msg, kind, detail) end
+  for i, key in pairs { [1] = s, [3] = self.dead_letter } do
+    if type(r[i]) == "table" then
+      return fail(F, ("'%s': %s"):format(key, tostring(r[i].message or r[i])), "redis")
+    end
+  end
   local pend = r[2]
   local pending, consumers = 0, {}
   if type(pend) == "table" and pend[1] ~= nil then
@@ -365,13 +406,16 @@ function M.runner(opts)
     q = q, handler = opts.handler, concurrency = conc, block_ms = block, claim_every = claim_every,
     beat_every = max(1, floor(q.claim_idle_ms / 3)),
     state = "new", busy = 0, inflight = {}, freed = baton.notify(), tasks = setmetatable({}, { __mode = "k" }),
-    counts = { delivered = 0, completed = 0, failed = 0, dead_lettered = 0, reclaimed = 0, errors = 0 },
+    by_id = {},
+    counts = { delivered = 0, completed = 0, failed = 0, dead_lettered = 0, reclaimed = 0, errors = 0, lost = 0 },
   }, Runner)
 end
 
 function Runner:__tostring()
   return ("baton.runner (queue '%s', consumer '%s', %s)"):format(self.q.stream, self.q.consumer, self.state)
 end
+
+local dead_letter_outcome
 
 local function warn(msg)
   if baton.warn then baton.warn(msg) end
@@ -384,6 +428,24 @@ local function trouble(self, what, msg, kind)
     self.troubled = true
     warn(("baton.runner (queue '%s'): %s failed (%s): %s; retrying"):format(self.q.stream, what,
                                                                               tostring(kind), tostring(msg)))
+  end
+end
+
+-- A dead letter's outcome: `n` entries dead-lettered, or the failure `msg` (the key is not
+-- a stream: WRONGTYPE; the entry stays pending and is tried again by a later scan). Reported
+-- once until a dead letter succeeds again, naming the dead-letter stream; counted.
+dead_letter_outcome = function(self, n, msg, kind)
+  self.counts.dead_lettered = self.counts.dead_lettered + n
+  if msg == nil then
+    if n > 0 then self.dead_troubled = false end
+    return
+  end
+  self.counts.errors = self.counts.errors + 1
+  if not self.dead_troubled then
+    self.dead_troubled = true
+    warn(("baton.runner (queue '%s'): a dead letter to '%s' failed (%s): %s; the job stays pending, "
+          .. "tried again by the next claim scans"):format(self.q.stream, self.q.dead_letter, tostring(kind),
+                                                             tostring(msg)))
   end
 end
 
@@ -449,6 +511,7 @@ local function run_job(self, id, fields, deliveries)
   local q, counts = self.q, self.counts
   local _ <close> = setmetatable({}, { __close = function()
     self.inflight[id] = nil
+    self.by_id[id] = nil
     self.busy = self.busy - 1
     self.freed:notify_one()
   end })
@@ -460,9 +523,10 @@ local function run_job(self, id, fields, deliveries)
     counts.delivered = counts.delivered + 1
     local ok, job, jmsg = pcall(json.decode, raw or "")
     local err
+    local final = false
     if not ok or raw == nil or (job == nil and jmsg ~= nil) then
       err = baton.error("malformed", ("the entry has no JSON 'job' field (%s)"):format(tostring(jmsg or job)))
-      deliveries = q.max_deliveries  -- retrying cannot help
+      final = true  -- retrying cannot help
     else
       err = outcome(xpcall(self.handler, debug.traceback, job, d))
     end
@@ -478,12 +542,11 @@ local function run_job(self, id, fields, deliveries)
     end
     counts.failed = counts.failed + 1
     local text = tostring(err.message):match("^(.-)\nstack traceback:") or tostring(err.message)
-    if deliveries >= q.max_deliveries then
+    if final or deliveries >= q.max_deliveries then
       warn(("baton.runner (queue '%s'): job %s failed on delivery %d of %d (kind '%s'): %s; dead-lettered")
            :format(q.stream, id, deliveries, q.max_deliveries, err.kind, err.message))
       local v, msg, kind = run(q, DEAD, { q.group, q.consumer, id, q.del, deliveries, err.kind, text, raw or "" })
-      if v == 1 then counts.dead_lettered = counts.dead_lettered + 1 end
-      if v == nil then trouble(self, "a dead letter", msg, kind) end
+      dead_letter_outcome(self, v == 1 and 1 or 0, v == nil and msg or nil, kind)
       return
     end
     warn(("baton.runner (queue '%s'): job %s failed on delivery %d of %d (kind '%s'): %s; retrying")
@@ -499,7 +562,9 @@ end
 
 local function dispatch(self, g, id, fields, deliveries)
   self.busy = self.busy + 1
-  self.tasks[g:spawn(run_job, self, id, fields, deliveries)] = true
+  local t = g:spawn(run_job, self, id, fields, deliveries)
+  self.tasks[t] = true
+  self.by_id[id] = t
 end
 
 -- Waits while every slot is busy; the number of free slots.
@@ -522,8 +587,16 @@ local function reader(self, g)
   while true do
     local ok = true
     if need_group then
-      local v, msg, kind = q:ensure()
-      if v then need_group = false else ok = false; trouble(self, "creating the group", msg, kind) end
+      -- the group is all the reader needs; a dead-letter key of the wrong type is reported
+      -- (jobs that fail stay pending until it is fixed) but does not stop the work
+      local v, msg, kind = create_group(q, "baton.redis.queue:ensure")
+      if v then
+        need_group = false
+        local tv, tmsg, tkind = check_type(q, "baton.runner", q.dead_letter)
+        if tv == nil and tkind == "redis" then dead_letter_outcome(self, 0, tmsg, tkind) end
+      else
+        ok = false; trouble(self, "creating the group", msg, kind)
+      end
     end
     if ok and conn == nil then
       local c, msg, kind = q.redis:duplicate()
@@ -545,11 +618,15 @@ local function reader(self, g)
         else
           cursor = v[1]
           if cursor == "0-0" then next_claim = now + self.claim_every end
-          counts.dead_lettered = counts.dead_lettered + v[3]
+          dead_letter_outcome(self, v[3], v[4] or nil, "redis")
           for _, e in ipairs(v[2]) do
-            counts.reclaimed = counts.reclaimed + 1
-            claimed = claimed + 1
-            dispatch(self, g, e[1], e[2], e[3])
+            -- a job of this worker's own, idle because the loop stalled past claim_idle_ms
+            -- while its handler ran: it still runs here, and is ours again; not a second run
+            if not self.inflight[e[1]] then
+              counts.reclaimed = counts.reclaimed + 1
+              claimed = claimed + 1
+              dispatch(self, g, e[1], e[2], e[3])
+            end
           end
         end
       end
@@ -585,7 +662,11 @@ local function reader(self, g)
   end
 end
 
--- The heartbeat: keeps the running jobs from looking idle to the other workers' scans.
+-- The heartbeat: keeps the running jobs from looking idle to the other workers' scans. A
+-- job this consumer no longer holds at two heartbeats in a row, while its handler still
+-- runs unacknowledged (this worker stalled past claim_idle_ms, or another consumer took it
+-- by hand), is another worker's now: its handler here is cancelled (its slot freed; it
+-- would only run the job a second time at once) and counted in stats().lost.
 local function heartbeat(self)
   local q = self.q
   while true do
@@ -595,6 +676,27 @@ local function heartbeat(self)
     if #ids > 3 then
       local v, msg, kind = run(q, TOUCH, ids)
       if v == nil then trouble(self, "a heartbeat", msg, kind) end
+      if type(v) == "table" then
+        local missing = {}
+        for _, id in ipairs(v) do missing[id] = true end
+        for id, d in pairs(self.inflight) do
+          if missing[id] and not d.acked then
+            if d.missed then
+              local t = self.by_id[id]
+              if t then
+                self.counts.lost = self.counts.lost + 1
+                warn(("baton.runner (queue '%s'): job %s is held by another consumer now (idle past "
+                      .. "claim_idle_ms): its handler here is cancelled"):format(q.stream, id))
+                t:abort()
+              end
+            else
+              d.missed = true
+            end
+          else
+            d.missed = nil
+          end
+        end
+      end
     end
   end
 end
@@ -634,6 +736,7 @@ local function stop(self, nowait)
     pcall(run, q, FORGET, { q.group, q.consumer })
   end
   self.inflight = {}
+  self.by_id = {}
 end
 
 function Runner:stop()
@@ -648,11 +751,12 @@ function Runner:__close() stop(self, true) end
 -- r:status() -> "new" | "running" | "stopped"
 function Runner:status() return self.state end
 
--- r:stats() -> { delivered, completed, failed, dead_lettered, reclaimed, errors, running }
+-- r:stats() -> { delivered, completed, failed, dead_lettered, reclaimed, errors, lost, running }
 function Runner:stats()
   local c = self.counts
   return { delivered = c.delivered, completed = c.completed, failed = c.failed,
-           dead_lettered = c.dead_lettered, reclaimed = c.reclaimed, errors = c.errors, running = self.busy }
+           dead_lettered = c.dead_lettered, reclaimed = c.reclaimed, errors = c.errors, lost = c.lost,
+           running = self.busy }
 end
 
 return M

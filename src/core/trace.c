@@ -3,6 +3,11 @@
  * fixed buffer and written to the file when it fills, so memory stays at BT__TRACE_BUF
  * however long the run. One event is at most BT__TRACE_EVENT bytes (names and args are cut
  * to fit), so it always fits in an emptied buffer.
+ *
+ * Strings are written as valid JSON whatever bytes they hold: controls, '"' and '\\'
+ * escaped, valid UTF-8 copied, and each byte that does not start a valid UTF-8 sequence
+ * (a stray continuation, an overlong form, a surrogate, past U+10FFFF, cut short) written
+ * as \ufffd; a string cut to fit is cut between characters.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -20,6 +25,7 @@ struct bt__trace {
   uint64_t t0;
   uint64_t count;
   int err;          /* first write error (negative errno), or 0 */
+  int err_taken;    /* bt__trace_take_error handed it over */
   int pid;
   size_t len;
   char buf[BT__TRACE_BUF];
@@ -28,6 +34,13 @@ struct bt__trace {
 uint64_t bt__trace_now(void) { return uv_hrtime(); }
 uint64_t bt__trace_t0(const bt__trace_t *tr) { return tr->t0; }
 uint64_t bt__trace_count(const bt__trace_t *tr) { return tr->count; }
+int bt__trace_error_taken(const bt__trace_t *tr) { return tr->err_taken; }
+
+int bt__trace_take_error(bt__trace_t *tr) {
+  if (tr->err == 0 || tr->err_taken) return 0;
+  tr->err_taken = 1;
+  return tr->err;
+}
 
 void bt__trace_flush(bt__trace_t *tr) {
   if (tr->len > 0 && tr->err == 0) {
@@ -43,11 +56,38 @@ static char *reserve(bt__trace_t *tr) {
   return tr->buf + tr->len;
 }
 
-/* The characters that JSON strings escape: controls, '"' and '\\'. */
+/* The bytes not copied as they are: 1, what JSON strings escape (controls, '"', '\\');
+ * 2, the bytes of UTF-8 sequences, which are checked. */
 #define C8(x) x, x, x, x, x, x, x, x
-static const unsigned char escaped[256] = {C8(1), C8(1), C8(1), C8(1), 0, 0, 1, 0, 0, 0, 0, 0,
-                                           ['\\'] = 1};
+static const unsigned char escaped[256] = {
+    C8(1), C8(1), C8(1), C8(1), 0, 0, 1, 0, 0, 0, 0, 0, ['\\'] = 1,
+    [0x80] = C8(2), C8(2), C8(2), C8(2), C8(2), C8(2), C8(2), C8(2),
+    C8(2), C8(2), C8(2), C8(2), C8(2), C8(2), C8(2), C8(2)};
 #undef C8
+
+/* The length of the valid UTF-8 sequence at p (2 to 4), or 0 (RFC 3629's table; a NUL
+ * ends the string and is no continuation byte, so nothing past it is read). */
+static size_t utf8_seq(const unsigned char *p) {
+  unsigned char c = p[0], lo = 0x80, hi = 0xBF;
+  size_t len;
+  if (c < 0xC2) return 0;
+  if (c < 0xE0) len = 2;
+  else if (c < 0xF0) {
+    len = 3;
+    if (c == 0xE0) lo = 0xA0;
+    else if (c == 0xED) hi = 0x9F;  /* no surrogates */
+  } else if (c < 0xF5) {
+    len = 4;
+    if (c == 0xF0) lo = 0x90;
+    else if (c == 0xF4) hi = 0x8F;  /* up to U+10FFFF */
+  } else {
+    return 0;
+  }
+  if (p[1] < lo || p[1] > hi) return 0;
+  for (size_t i = 2; i < len; i++)
+    if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+  return len;
+}
 static inline int needs_escape(unsigned char c) { return escaped[c]; }
 
 void bt__trace_json_str(char *buf, size_t cap, size_t *len, const char *s) {
@@ -65,7 +105,17 @@ void bt__trace_json_str(char *buf, size_t cap, size_t *len, const char *s) {
     p += run;
     if (*p == 0 || n + 8 >= cap) break;
     unsigned char c = *p++;
-    if (c == '"' || c == '\\') {
+    if (c >= 0x80) {
+      size_t sl = utf8_seq(p - 1);
+      if (sl > 0) {
+        memcpy(buf + n, p - 1, sl);
+        n += sl;
+        p += sl - 1;
+      } else {
+        memcpy(buf + n, "\\ufffd", 6);
+        n += 6;
+      }
+    } else if (c == '"' || c == '\\') {
       buf[n++] = '\\';
       buf[n++] = (char)c;
     } else {
@@ -158,6 +208,7 @@ bt__trace_t *bt__trace_open(const char *path, const char *pname, int *err) {
   tr->t0 = bt__trace_now();
   tr->count = 0;
   tr->err = 0;
+  tr->err_taken = 0;
   tr->pid = (int)getpid();
   tr->len = 0;
   tr->buf[tr->len++] = '[';

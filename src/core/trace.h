@@ -31,6 +31,11 @@ bt__trace_t *bt__trace_open(const char *path, const char *pname, int *err);
 int bt__trace_close(bt__trace_t *tr);
 /* Writes out what the buffer holds (the file stays open). */
 void bt__trace_flush(bt__trace_t *tr);
+/* The first write error (negative errno) not yet taken, or 0; taken, it is 0 from then on
+ * (the writer keeps it for close): one warning per trace. */
+int bt__trace_take_error(bt__trace_t *tr);
+/* Whether an error was taken. */
+int bt__trace_error_taken(const bt__trace_t *tr);
 /* The clock: uv_hrtime() nanoseconds. */
 uint64_t bt__trace_now(void);
 /* When the writer was opened (a bt__trace_now() value); nothing before it is written. */

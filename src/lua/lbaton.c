@@ -382,7 +382,7 @@ static int lbaton_run(lua_State *L) {
   lbt_signals_start(R);
   char why[1024];
   int deadlock = run_loop(L, R, M, why, sizeof why);
-  if (R->trace != NULL) bt__trace_flush(R->trace);  /* a run's events are on disk when it ends */
+  lbt_trace_flush(R);  /* a run's events are on disk when it ends (or a warning says why not) */
   lbt_signals_stop(R);
   R->running = 0;
   R->from = NULL;

@@ -222,6 +222,7 @@ void lbt_trace_process(lbt_rt *R, int pid, const char *file, uint64_t begin_ns, 
                        int signal);
 uint64_t lbt_trace_clock(void);
 void lbt_trace_close(lbt_rt *R);  /* the runtime closes: finish the file */
+void lbt_trace_flush(lbt_rt *R);  /* baton.run ends: the events on disk; a write error warned once */
 void lbt_task_release(lbt_rt *R, lbt_task *T);  /* drop the anchor if nothing needs it */
 /* Anchor slots (ltask.c) for any value C must keep alive: lbt_anchor pops the value on top
  * of L into a slot and returns it; lbt_unanchor frees the slot (plain C, never raises: safe

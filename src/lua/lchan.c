@@ -104,15 +104,30 @@ static void ring_take(lua_State *L, lchan *C, int ci, int reserved) {
   if (C->storage.len == 0) C->head = 1;  /* empty: the next values start at slot 1 */
 }
 
+static void nil_in_list(lua_State *L, lchan *C, lua_Integer at, int reserved) {
+  if (reserved) bt_chan_unreserve_room(&C->storage);
+  lua_pushfstring(L, "a list without nil (list[%I] is nil)", (LUAI_UACINT)at);
+  lbt_argerror(L, FN_SEND_MANY, 2, "list", lua_tostring(L, -1));
+}
+
 /* Puts list[i..i+k-1] (the table at li) at the tail of the channel at ci and calls
  * bt_chan_push_n. A nil among them raises naming its index, with nothing put (the room
- * reserved for a woken sender given back first). */
+ * reserved for a woken sender given back first). The ring grows only for values that are
+ * there: when it must grow, the range is checked for a nil first, so a j far past the
+ * list's end on a channel of large capacity raises without leaving a ring of j slots. */
 static void ring_put_many(lua_State *L, lchan *C, int ci, int li, lua_Integer i, lua_Integer k,
                           int reserved) {
   lua_getiuservalue(L, ci, 1);
   int ri = lua_gettop(L);
   lua_Integer len = (lua_Integer)C->storage.len;
-  while (len + k > C->size) ring_grow(L, C, ri);
+  if (len + k > C->size) {
+    for (lua_Integer n = 0; n < k; n++) {
+      int t = lua_rawgeti(L, li, i + n);
+      lua_pop(L, 1);
+      if (t == LUA_TNIL) nil_in_list(L, C, i + n, reserved);
+    }
+    while (len + k > C->size) ring_grow(L, C, ri);
+  }
   lua_Integer pos = C->head + len;
   if (pos > C->size) pos -= C->size;
   for (lua_Integer n = 0; n < k; n++) {
@@ -122,9 +137,7 @@ static void ring_put_many(lua_State *L, lchan *C, int ci, int li, lua_Integer i,
         lua_rawseti(L, ri, pos);  /* the nil on top, each time */
         lua_pushnil(L);
       }
-      if (reserved) bt_chan_unreserve_room(&C->storage);
-      lua_pushfstring(L, "a list without nil (list[%I] is nil)", (LUAI_UACINT)(i + n));
-      lbt_argerror(L, FN_SEND_MANY, 2, "list", lua_tostring(L, -1));
+      nil_in_list(L, C, i + n, reserved);
     }
     lua_rawseti(L, ri, pos);
     pos = pos == C->size ? 1 : pos + 1;

@@ -18,6 +18,11 @@
  * clears the other's pointer.
  *
  * Errors: misuse raises (bad options, a negative count, advance after done).
+ *
+ * Hostile input: the label is stored with its control characters (C0, DEL) as '?', so it
+ * cannot move the cursor or break the line, and cut to fit between UTF-8 characters; the
+ * counts saturate at COUNT_MAX (their sum cannot overflow); a duration shown is capped at
+ * MAX_SECS (an ETA of 10^12 s reads 99999h59m, not an overflowed int).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +33,8 @@
 #include "lbaton.h"
 
 #define REDRAW_MS 100u
+#define COUNT_MAX ((lua_Integer)1 << 60)
+#define MAX_SECS 359999999.0  /* 99999h59m59s */
 #define PROGRESS_KEY "baton.progress.open"  /* weak set: progress userdata with a timer */
 
 typedef struct lprogress lprogress;
@@ -49,6 +56,26 @@ struct lprogress {
   char label[128];
 };
 
+/* The label as shown: control characters as '?', cut between UTF-8 characters (a byte
+ * 10xxxxxx continues one) to fit with its NUL. */
+static void set_label(lprogress *P, const char *label) {
+  size_t n = strlen(label);
+  if (n >= sizeof P->label) {
+    n = sizeof P->label - 1;
+    while (n > 0 && ((unsigned char)label[n] & 0xC0) == 0x80) n--;
+  }
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)label[i];
+    P->label[i] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+  }
+  P->label[n] = '\0';
+}
+
+/* n more items, saturating at COUNT_MAX */
+static void count_add(lua_Integer *c, lua_Integer n) {
+  *c = n > COUNT_MAX - *c ? COUNT_MAX : *c + n;
+}
+
 static lprogress *check_progress(lua_State *L, int idx) {
   return lbt_check_type(L, idx, LBT_PROGRESS);
 }
@@ -61,7 +88,8 @@ static int term_cols(void) {
 
 /* "1m05s", "42s", "3.4s" */
 static void fmt_secs(char *buf, size_t n, double s) {
-  if (s < 0) s = 0;
+  if (!(s >= 0)) s = 0;
+  if (s > MAX_SECS) s = MAX_SECS;
   if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
   else if (s >= 60) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
   else if (s >= 10) snprintf(buf, n, "%ds", (int)s);
@@ -175,7 +203,7 @@ static int lprogress_new(lua_State *L) {
   P->tty = tty;
   P->interval_ms = every < 1 ? 1 : (uint64_t)every;
   P->t0 = P->last = uv_hrtime();
-  snprintf(P->label, sizeof P->label, "%s", label);
+  set_label(P, label);
   lbt_set_class(L, LBT_PROGRESS);
   timer_ensure(L, P, lua_gettop(L));
   return 1;
@@ -195,7 +223,7 @@ static void changed(lua_State *L, lprogress *P) {
 
 static int lprogress_advance(lua_State *L) {
   lprogress *P = check_progress(L, 1);
-  P->done += arg_n(L, P, "baton.progress:advance");
+  count_add(&P->done, arg_n(L, P, "baton.progress:advance"));
   changed(L, P);
   lua_settop(L, 1);
   return 1;
@@ -203,7 +231,7 @@ static int lprogress_advance(lua_State *L) {
 
 static int lprogress_fail(lua_State *L) {
   lprogress *P = check_progress(L, 1);
-  P->failed += arg_n(L, P, "baton.progress:fail");
+  count_add(&P->failed, arg_n(L, P, "baton.progress:fail"));
   changed(L, P);
   lua_settop(L, 1);
   return 1;

@@ -23,6 +23,8 @@
  * child processes (another baton) do not write over the file; the runtime's closing ends it. Errors: start
  * returns nil, msg, "io" when the file cannot be opened; stop the same for a write error.
  */
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -184,12 +186,33 @@ static int trace_stop(lbt_rt *R) {
   return bt__trace_close(tr);
 }
 
-void lbt_trace_close(lbt_rt *R) { (void)trace_stop(R); }
+/* The runtime's closing: no Lua to warn through any more, so a write error nobody was told
+ * of (the end of a run warns) goes to stderr. */
+void lbt_trace_close(lbt_rt *R) {
+  if (R->trace == NULL) return;
+  int told = bt__trace_error_taken(R->trace);
+  int rc = trace_stop(R);
+  if (rc != 0 && !told)
+    fprintf(stderr, "baton: warning: baton.trace: the trace could not be written: %s\n",
+            uv_strerror(rc));
+}
+
+void lbt_trace_flush(lbt_rt *R) {
+  if (R->trace == NULL) return;
+  bt__trace_flush(R->trace);
+  int e = bt__trace_take_error(R->trace);
+  if (e != 0)
+    lbt_warn(R, "baton.trace: the trace cannot be written (%s): its events are dropped until "
+             "baton.trace.stop()", uv_strerror(e));
+}
 
 static int ltrace_start(lua_State *L) {
   static const char fname[] = "baton.trace.start";
   lbt_rt *R = lbt_R(L);
-  const char *path = lbt_arg_string(L, fname, 1, "path", NULL);
+  size_t plen = 0;
+  const char *path = lbt_arg_string(L, fname, 1, "path", &plen);
+  if (strlen(path) != plen || plen == 0)  /* fopen would write another file, or none */
+    lbt_argerror(L, fname, 1, "path", "a non-empty path without NUL");
   if (R->trace != NULL)
     return luaL_error(L, "%s: a trace is already being written (baton.trace.stop() first)",
                       fname);
@@ -221,7 +244,27 @@ static int ltrace_active(lua_State *L) {
   return 1;
 }
 
-/* baton.trace.instant(name[, args]): args a table of string, number and boolean values. */
+/* baton.trace.instant(name[, args]): args a table of string, number and boolean values.
+ * The args object is valid JSON whatever they hold: a key is cut to leave room for its
+ * value, pairs that do not fit in ARGS_MAX bytes are left out, a number that JSON cannot
+ * write (nan, inf) is written as a string. */
+#define ARGS_MAX 1024
+static void put_num(lua_State *L, char *args, size_t *n) {
+  char num[48];
+  lua_Number v = lua_tonumber(L, -1);
+  if (lua_isinteger(L, -1))
+    snprintf(num, sizeof num, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, -1));
+  else if (v != v)
+    snprintf(num, sizeof num, "\"nan\"");
+  else if (v == (lua_Number)HUGE_VAL || v == -(lua_Number)HUGE_VAL)
+    snprintf(num, sizeof num, v > 0 ? "\"inf\"" : "\"-inf\"");
+  else
+    snprintf(num, sizeof num, "%.17g", (double)v);
+  size_t l = strlen(num);
+  memcpy(args + *n, num, l);  /* the caller left 64 bytes */
+  *n += l;
+}
+
 static int ltrace_instant(lua_State *L) {
   static const char fname[] = "baton.trace.instant";
   lbt_rt *R = lbt_R(L);
@@ -229,28 +272,32 @@ static int ltrace_instant(lua_State *L) {
   int has_args = !lua_isnoneornil(L, 2);
   if (has_args && !lua_istable(L, 2)) lbt_argerror(L, fname, 2, "args", "table or nil");
   if (R->trace == NULL) return 0;
-  char args[1024];
+  char args[ARGS_MAX];
   size_t n = 0;
   if (has_args) {
     args[n++] = '{';
     lua_pushnil(L);
     while (lua_next(L, 2) != 0) {
-      if (lua_type(L, -2) == LUA_TSTRING && n + 16 < sizeof args) {
+      /* a pair needs room for a key of 2+ bytes, ':', a value of 64 at most or a string's
+       * quotes, ',' and the closing '}' */
+      if (lua_type(L, -2) == LUA_TSTRING && n + 80 < ARGS_MAX) {
+        size_t at = n;
         if (n > 1) args[n++] = ',';
-        bt__trace_json_str(args, sizeof args - 8, &n, lua_tostring(L, -2));
+        size_t kcap = n + 256 < ARGS_MAX - 72 ? n + 256 : ARGS_MAX - 72;
+        bt__trace_json_str(args, kcap, &n, lua_tostring(L, -2));
         args[n++] = ':';
-        args[n] = '\0';
         int t = lua_type(L, -1);
         if (t == LUA_TNUMBER) {
-          n += (size_t)snprintf(args + n, sizeof args - 8 - n, "%.17g", lua_tonumber(L, -1));
+          put_num(L, args, &n);
         } else if (t == LUA_TBOOLEAN) {
-          n += (size_t)snprintf(args + n, sizeof args - 8 - n, "%s",
-                                lua_toboolean(L, -1) ? "true" : "false");
+          const char *b = lua_toboolean(L, -1) ? "true" : "false";
+          memcpy(args + n, b, strlen(b));
+          n += strlen(b);
         } else {
-          const char *s = t == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1);
-          bt__trace_json_str(args, sizeof args - 8, &n, s);
+          const char *v = t == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1);
+          bt__trace_json_str(args, ARGS_MAX - 2, &n, v);
         }
-        if (n > sizeof args - 8) n = sizeof args - 8;
+        if (n >= ARGS_MAX - 2) n = at;  /* (cannot happen: the string was cut to fit) */
       }
       lua_pop(L, 1);
     }

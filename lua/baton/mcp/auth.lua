@@ -31,6 +31,15 @@
 -- * Failures are kind "auth" with detail { status =, headers =, body = } when the MCP server
 --   refused, or { stage =, status =, body = } when a step of the flow failed; the transport
 --   adds "auth" as the kind of the failed request.
+-- * What the servers answer is checked before it is used (hostile or broken servers): a
+--   metadata document or a token response is read up to MAX_DOC bytes and must be a JSON
+--   object whose known fields have their types (a URL, a list of strings, ...); the
+--   authorization server's metadata must name the issuer it was fetched for (RFC 8414
+--   §3.3); its endpoints must be https, or http on a loopback host or the MCP server's own
+--   host (no credential crosses the network in clear that the server's URL did not already
+--   send so); a token response must carry an access_token a header can hold, a Bearer
+--   token_type, an expires_in that is a number (clamped to 0..10 years). Anything else is
+--   an "auth" failure naming the document, the field and what it held.
 local baton = require "baton"
 
 local json = baton.json
@@ -309,63 +318,194 @@ end
 -- ---- HTTP --------------------------------------------------------------------------------
 
 local AUTH_MS = 30000
+local MAX_DOC = 1 << 20        -- a metadata document, a registration or a token response
+local MAX_EXPIRES = 10 * 365 * 86400
+local ARRAY_MT = getmetatable(json.array {})
+
+-- A value as a message shows it: a short, printable rendering (never a secret: callers
+-- describe only what servers published).
+local function show(v)
+  local t = type(v)
+  if t == "string" then
+    local s = v:sub(1, 60):gsub("[%c\127-\255]", "?")
+    return format("the string '%s%s'", s, #v > 60 and "..." or "")
+  end
+  if t == "table" then return getmetatable(v) == ARRAY_MT and "a list" or "an object" end
+  return format("%s %s", t, tostring(v))
+end
+
+-- Whether host (of an origin "scheme://host[:port]") is a loopback name.
+local function host_of(origin)
+  local auth = origin:match("^%a+://(.*)$") or ""
+  auth = auth:gsub("^.*@", "")
+  return (auth:match("^(%[[^%]]*%])") or auth:gsub(":%d*$", "")):lower()
+end
+local LOOPBACK = { ["127.0.0.1"] = true, localhost = true, ["[::1]"] = true }
+
+local EXPECTED = { url = "an absolute http(s) URL", urls = "a list of absolute http(s) URLs",
+                   strings = "a list of strings", boolean = "a boolean" }
+
+local function is_list(v, each)
+  if type(v) ~= "table" or (next(v) ~= nil and v[1] == nil) then return false end
+  local n = 0
+  for _ in pairs(v) do n = n + 1 end
+  if n ~= #v then return false end
+  for i = 1, #v do if not each(v[i]) then return false end end
+  return true
+end
+
+local function is_url(v) return type(v) == "string" and #v <= 4096 and not v:find("[%s%c]")
+                                and A.split_url(v) ~= nil end
+local function is_string(v) return type(v) == "string" end
+
+-- Checks the fields of document t (fetched from url, called `what`) against `spec`
+-- ({ name = "url" | "urls" | "strings" | "boolean" }): true | nil, message.
+local function check_fields(what, url, t, spec, required)
+  for _, name in ipairs(required or {}) do
+    if t[name] == nil then return nil, format("%s at %s has no '%s'", what, url, name) end
+  end
+  for name, want in pairs(spec) do
+    local v = t[name]
+    if v ~= nil then
+      local ok
+      if want == "url" then ok = is_url(v)
+      elseif want == "urls" then ok = is_list(v, is_url) and #v > 0
+      elseif want == "strings" then ok = is_list(v, is_string)
+      else ok = type(v) == "boolean" end
+      if not ok then
+        return nil, format("%s at %s: '%s' is %s, expected %s", what, url, name, show(v), EXPECTED[want])
+      end
+    end
+  end
+  return true
+end
 
 local function fail(stage, msg, r, kind)
   return nil, msg, kind or "auth", { stage = stage, status = r and r.status or nil,
                                      body = r and r.body or nil }
 end
 
--- GET url as JSON: the decoded object | nil, status.
+-- GET url as JSON: the decoded object | nil (unreachable, or a status other than 200: try
+-- the next place) | nil, why (a 200 that is not a JSON object, or larger than MAX_DOC).
 local function get_json(st, url)
-  local r = baton.http.request { url = url, timeout_ms = AUTH_MS,
-                                 headers = { Accept = "application/json",
-                                             ["MCP-Protocol-Version"] = st.http_version or "2025-11-25" } }
-  if not r then return nil end
-  if r.status ~= 200 then return nil, r.status end
-  local t = json.decode(r.body)
-  if type(t) ~= "table" then return nil, r.status end
+  local r, _, k = baton.http.request { url = url, timeout_ms = AUTH_MS, max_body_bytes = MAX_DOC,
+                                       headers = { Accept = "application/json",
+                                                   ["MCP-Protocol-Version"] = st.http_version or "2025-11-25" } }
+  if not r then
+    if k == "too_large" then return nil, format("larger than %d bytes", MAX_DOC) end
+    return nil
+  end
+  if r.status ~= 200 then return nil end
+  local t, je = json.decode(r.body)
+  if type(t) ~= "table" or getmetatable(t) == ARRAY_MT then
+    return nil, t == nil and format("not JSON (%s)", tostring(je)) or format("not a JSON object (%s)", show(t))
+  end
   return t
 end
 
+-- The checks of an endpoint's transport: https, or http to a loopback host or the MCP
+-- server's own host. true | nil, message.
+local function check_transport(st, name, url)
+  local origin = A.split_url(url)
+  if origin:match("^https://") then return true end
+  local host = host_of(origin)
+  if LOOPBACK[host] or host == host_of(A.split_url(st.url) or "") then return true end
+  return nil, format("the authorization server's %s %s is not https: refused (a credential would "
+                     .. "cross the network in clear)", name, url)
+end
+
 -- POSTs a form to the token endpoint: the token response | nil, message, "auth", detail.
+-- What is wrong with the token response t (a JSON object) | nil. Its expires_in is made a
+-- whole number of seconds in 0..MAX_EXPIRES. The token itself is never shown.
+local function bad_token(t)
+  local at = t.access_token
+  if at == nil then return "no access_token" end
+  if type(at) ~= "string" then return format("an access_token that is %s, not a string", type(at)) end
+  if at == "" then return "an empty access_token" end
+  if #at > 65536 then return "an access_token longer than 64 KiB" end
+  if at:find("[^\33-\126]") then return "an access_token with characters a header cannot carry" end
+  local tt = t.token_type
+  if tt ~= nil and (type(tt) ~= "string" or tt:lower() ~= "bearer") then
+    return format("token_type %s, not Bearer", show(tt))
+  end
+  local ei = t.expires_in
+  if ei ~= nil then
+    local n = type(ei) == "number" and ei or type(ei) == "string" and tonumber(ei) or nil
+    if n == nil or n ~= n then return format("expires_in %s, not a number of seconds", show(ei)) end
+    t.expires_in = math.floor(math.max(0, math.min(n, MAX_EXPIRES)))
+  end
+  if t.refresh_token ~= nil and type(t.refresh_token) ~= "string" then t.refresh_token = nil end
+  if t.scope ~= nil and type(t.scope) ~= "string" then t.scope = nil end
+  return nil
+end
+
 local function token_request(a, stage, params, basic)
   local headers = { ["Content-Type"] = "application/x-www-form-urlencoded",
                     Accept = "application/json" }
   if basic then headers.Authorization = "Basic " .. basic end
   local r, e, k = baton.http.request { url = a.endpoints.token, method = "POST",
                                        headers = headers, body = form(params),
-                                       timeout_ms = AUTH_MS }
+                                       timeout_ms = AUTH_MS, max_body_bytes = MAX_DOC }
   if not r then return nil, format("%s: %s", stage, tostring(e)), k end
-  local t = json.decode(r.body)
-  if r.status < 200 or r.status > 299 or type(t) ~= "table" or type(t.access_token) ~= "string" then
-    local why = type(t) == "table" and t.error and tostring(t.error)
-                .. (t.error_description and (": " .. tostring(t.error_description)) or "")
+  local t, je = json.decode(r.body)
+  if type(t) ~= "table" or getmetatable(t) == ARRAY_MT then t = nil end
+  if r.status < 200 or r.status > 299 then
+    -- the server's words, cut and without control characters (they end up on terminals)
+    local function words(v, n) return (tostring(v):sub(1, n):gsub("[%c\127]", "?")) end
+    local why = t and t.error ~= nil and (words(t.error, 200)
+                .. (t.error_description ~= nil and (": " .. words(t.error_description, 300)) or ""))
                 or format("HTTP %d", r.status)
     return fail(stage, format("%s: the token endpoint refused: %s", stage, why), r)
+  end
+  if t == nil then
+    return fail(stage, format("%s: the token endpoint answered HTTP %d with a body that is not a JSON "
+                              .. "object (%s)", stage, r.status, je or "a JSON value of another type"), r)
+  end
+  local bad = bad_token(t)
+  if bad then
+    return fail(stage, format("%s: the token endpoint answered HTTP %d with %s", stage, r.status, bad),
+                { status = r.status })
   end
   return t
 end
 
 -- ---- discovery ---------------------------------------------------------------------------
 
--- The Protected Resource Metadata for the server (nil when it publishes none).
+local PRM_FIELDS = { resource = "url", authorization_servers = "urls", scopes_supported = "strings",
+                     bearer_methods_supported = "strings" }
+local AS_FIELDS = { issuer = "url", authorization_endpoint = "url", token_endpoint = "url",
+                    registration_endpoint = "url", scopes_supported = "strings",
+                    response_types_supported = "strings", grant_types_supported = "strings",
+                    code_challenge_methods_supported = "strings",
+                    token_endpoint_auth_methods_supported = "strings",
+                    client_id_metadata_document_supported = "boolean" }
+
+-- The Protected Resource Metadata for the server: the document | nil (none published) |
+-- nil, message (one was, and it is broken). A resource_metadata in the challenge that is
+-- not an http(s) URL is not followed (the well-known places are asked).
 local function discover_prm(st, challenge)
   local urls = {}
-  if challenge.resource_metadata then urls[#urls + 1] = challenge.resource_metadata end
+  if is_url(challenge.resource_metadata) then urls[#urls + 1] = challenge.resource_metadata end
   local origin, path = split_url(st.url)
   if path ~= "" and path ~= "/" then
     urls[#urls + 1] = origin .. "/.well-known/oauth-protected-resource" .. path:gsub("/$", "")
   end
   urls[#urls + 1] = origin .. "/.well-known/oauth-protected-resource"
   for _, u in ipairs(urls) do
-    local t = get_json(st, u)
-    if t then return t end
+    local t, why = get_json(st, u)
+    if why then return nil, format("the protected resource metadata at %s is %s", u, why) end
+    if t then
+      local ok, e = check_fields("the protected resource metadata", u, t, PRM_FIELDS, { "authorization_servers" })
+      if not ok then return nil, e end
+      return t
+    end
   end
   return nil
 end
 
--- The Authorization Server metadata for issuer URL `as` (nil when none is published).
-local function discover_as(st, as)
+-- The Authorization Server metadata for issuer URL `as` (`named`: by the protected resource
+-- metadata; else the server's origin) | nil (none is published) | nil, message (broken).
+local function discover_as(st, as, named)
   local origin, path = split_url(as)
   path = path:gsub("/+$", "")
   local urls
@@ -378,8 +518,21 @@ local function discover_as(st, as)
              origin .. "/.well-known/openid-configuration" }
   end
   for _, u in ipairs(urls) do
-    local t = get_json(st, u)
-    if t and type(t.token_endpoint) == "string" then return t end
+    local t, why = get_json(st, u)
+    if why then return nil, format("the authorization server metadata at %s is %s", u, why) end
+    if t then
+      local ok, e = check_fields("the authorization server metadata", u, t, AS_FIELDS, { "token_endpoint" })
+      if not ok then return nil, e end
+      -- RFC 8414 §3.3: the issuer must be the one the document was fetched for; without
+      -- protected resource metadata (2025-03-26) only the origin is known, and must match
+      local issuer = t.issuer
+      if issuer ~= nil and (named and issuer:gsub("/+$", "") ~= as:gsub("/+$", "")
+                            or not named and split_url(issuer) ~= split_url(as)) then
+        return nil, format("the authorization server metadata at %s names issuer %s, not %s "
+                           .. "(RFC 8414 §3.3): refused", u, show(issuer), as)
+      end
+      return t
+    end
   end
   return nil
 end
@@ -388,7 +541,8 @@ end
 -- detail.
 local function discover(st, a, challenge)
   if a.endpoints and not challenge.resource_metadata_changed then return true end
-  local prm = discover_prm(st, challenge)
+  local prm, perr = discover_prm(st, challenge)
+  if perr then return fail("metadata", perr) end
   local as
   if prm then
     if prm.resource ~= nil then
@@ -407,9 +561,16 @@ local function discover(st, a, challenge)
     as = (split_url(st.url))  -- 2025-03-26: the server's origin is the authorization server
   end
   a.prm = prm
-  local meta = discover_as(st, as)
+  local meta, merr = discover_as(st, as, prm ~= nil)
+  if merr then return fail("metadata", merr) end
   local origin = split_url(as)
   if meta then
+    for _, name in ipairs { "authorization_endpoint", "token_endpoint", "registration_endpoint" } do
+      if meta[name] ~= nil then
+        local ok, e = check_transport(st, name, meta[name])
+        if not ok then return fail("metadata", e) end
+      end
+    end
     a.issuer = type(meta.issuer) == "string" and meta.issuer or as
     a.endpoints = { authorize = meta.authorization_endpoint, token = meta.token_endpoint,
                     register = meta.registration_endpoint }
@@ -473,7 +634,8 @@ local function identify(a)
   if type(supported) == "table" and #supported > 0 and not has(supported, "client_secret_basic") then
     body.token_endpoint_auth_method = has(supported, "none") and "none" or supported[1]
   end
-  local r, e, k = baton.http.json { url = reg, method = "POST", body = body, timeout_ms = AUTH_MS }
+  local r, e, k = baton.http.json { url = reg, method = "POST", body = body, timeout_ms = AUTH_MS,
+                                    max_body_bytes = MAX_DOC }
   if not r then return nil, "register: " .. tostring(e), k end
   if r.status < 200 or r.status > 299 or type(r.body) ~= "table"
      or type(r.body.client_id) ~= "string" then
@@ -648,7 +810,7 @@ end
 local function jwt_bearer_grant(a, scopes)
   local o = a.opts
   local r, e, k = baton.http.request {
-    url = o.idp_token_endpoint, method = "POST", timeout_ms = AUTH_MS,
+    url = o.idp_token_endpoint, method = "POST", timeout_ms = AUTH_MS, max_body_bytes = MAX_DOC,
     headers = { ["Content-Type"] = "application/x-www-form-urlencoded", Accept = "application/json" },
     body = form {
       { "grant_type", "urn:ietf:params:oauth:grant-type:token-exchange" },
@@ -796,7 +958,9 @@ function A.default_authorize(url, info)
   local _ <close> = setmetatable({}, { __close = function() reader:abort() end })
   while true do
     if listener then
-      local target = listener:poll()
+      -- only the redirect carrying this flow's state: a request without it or with another
+      -- (a page or a local process forging the redirect, CSRF) is answered 400 and ignored
+      local target = listener:poll(info.state)
       if target then
         local code, err = A.query_param(target, "code"), A.query_param(target, "error")
         if code then return code, A.query_param(target, "state") end

@@ -77,7 +77,7 @@ local function read_body(s, cap)
 end
 
 local function snippet(s)
-  s = tostring(s or ""):gsub("%s+", " ")
+  s = tostring(s or ""):gsub("%s+", " "):gsub("[%c\127]", "?")  -- no terminal escapes
   if #s > 200 then s = sub(s, 1, 200) .. "..." end
   return s
 end
