@@ -48,14 +48,7 @@ local M = {}
 
 -- ---- misuse, as the C toolkit words it ---------------------------------------------------
 
-local function got(v)
-  local t = type(v)
-  if t == "number" then return v ~= v and "NaN" or tostring(v) end
-  if t == "string" then return #v <= 40 and ("'%s'"):format(v) or ("a string of %d bytes"):format(#v) end
-  if t == "boolean" or t == "nil" then return tostring(v) end
-  local mt = getmetatable(v)
-  return type(mt) == "table" and type(mt.__name) == "string" and mt.__name or t
-end
+local got = baton._got  -- how the C toolkit shows a value in a misuse message
 
 local function misuse(fname, n, name, expected, v)
   error(("%s: bad argument #%d '%s' (expected %s, got %s)"):format(fname, n, name, expected, got(v)), 3)
