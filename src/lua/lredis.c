@@ -75,6 +75,8 @@ typedef struct lredis {
   uv_poll_t *poll;           /* NULL once closed (the cleanup hook) */
   bt_rt_t *rt;
   int events;                /* UV_READABLE | UV_WRITABLE wanted by hiredis */
+  int applied;               /* the events the poll handle watches now */
+  int hold;                  /* > 0: a call is sending; the poll is updated when it is done */
   int quiet;                 /* the state is closing: wake nobody */
   size_t inflight;           /* commands whose reply callback has not run */
   lua_Integer timeout_ms;    /* per call, -1: none */
@@ -158,11 +160,21 @@ static void update_ref(lredis *c) {
   else uv_unref((uv_handle_t *)c->poll);
 }
 
+/* Points the poll handle at the events hiredis wants. libuv's uv_poll_start takes the fd
+ * out of epoll and puts it back (two epoll_ctl calls, more costly than the round trip's
+ * own read and write here), so a call that sends at once does not touch the poll: hiredis
+ * asks for WRITABLE and, once flush_early wrote, no longer; with `hold` the two cancel out
+ * and only what is left when the call is done reaches the poll. */
+static void apply_events(lredis *c) {
+  if (c->poll == NULL || c->events == c->applied) return;
+  c->applied = c->events;
+  if (c->events == 0) uv_poll_stop(c->poll);
+  else uv_poll_start(c->poll, c->events, on_poll);
+}
+
 static void set_events(lredis *c, int events) {
-  if (c->poll == NULL || events == c->events) return;
   c->events = events;
-  if (events == 0) uv_poll_stop(c->poll);
-  else uv_poll_start(c->poll, events, on_poll);
+  if (c->hold == 0) apply_events(c);
 }
 
 static void ev_add_read(void *d) { lredis *c = d; set_events(c, c->events | UV_READABLE); }
@@ -423,9 +435,13 @@ static int lredis_call(lua_State *L) {
   int nf = client_ensure(L, fname, c);
   if (nf > 0) return nf;
   lrreq *q = NULL;
+  c->hold++;
   const char *kind = send_argv(L, c, 2, &q);
-  if (kind != NULL)
+  if (kind != NULL) {
+    c->hold--;
+    apply_events(c);
     return lbt_fail(L, fname, kind[0] == 'r' ? "out of memory" : "connection closed", kind);
+  }
   lua_replace(L, 2);
   lua_settop(L, 2);
   lbt_fiber *f = lbt_fib(T);
@@ -435,6 +451,8 @@ static int lredis_call(lua_State *L) {
                           c->timeout_ms < 0 ? UINT64_MAX
                                             : bt_now(R->rt) + (uint64_t)c->timeout_ms);
   flush_early(c);
+  c->hold--;
+  apply_events(c);
   return lbt_suspend(L, 0, call_k);
 }
 
@@ -649,7 +667,7 @@ static const char *client_open(lredis *c, setup_state *st) {
     return "resource";
   }
   c->poll->data = c;
-  c->events = 0;
+  c->events = c->applied = 0;
   uv_unref((uv_handle_t *)c->poll);
   c->ac = ac;
   ac->data = c;
