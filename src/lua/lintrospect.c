@@ -197,19 +197,23 @@ int lbt_spawn_opts(lua_State *L, int idx, const char *fname, lua_CFunction spawn
 
 /* ---- baton.activity ----------------------------------------------------------------- */
 
-/* Stack: 1 label, 2 task (or nil), 3 previous label, 4 start (trace clock, 0: none), then
- * fn's results or its error. */
+/* Upvalue 2 of baton.activity: the weak table task -> label (also in the registry at
+ * ACTIVITY_KEY, for lbt_describe_wait). Stack: 1 label, 2 the task's previous label (nil:
+ * none, or not in a task), then fn's results or its error. ctx: when fn started on the
+ * trace clock, 0 when no trace was being written. The task is the running one, before and
+ * after (an activity never leaves its task). */
 static int activity_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)ctx;
   lbt_rt *R = lbt_R(L);
-  if (!lua_isnil(L, 2) && lua_getfield(L, LUA_REGISTRYINDEX, ACTIVITY_KEY) == LUA_TTABLE) {
+  lbt_task *T = lbt_current(R);
+  if (T != NULL) {
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lbt_push_task(L, R, T);
     lua_pushvalue(L, 2);
-    lua_pushvalue(L, 3);
     lua_rawset(L, -3);
+    lua_pop(L, 1);
   }
-  lua_pop(L, 1);
-  uint64_t t0 = (uint64_t)lua_tointeger(L, 4);
-  if (t0 != 0 && R->trace != NULL && !lua_isnil(L, 2)) {
+  uint64_t t0 = (uint64_t)ctx;
+  if (t0 != 0 && R->trace != NULL && T != NULL) {
     const char *label = lua_tostring(L, 1);
     char cat[32];
     size_t c = strcspn(label, " ");
@@ -217,11 +221,10 @@ static int activity_k(lua_State *L, int status, lua_KContext ctx) {
     memcpy(cat, label, c);
     cat[c] = '\0';
     const char *args = status == LUA_OK || status == LUA_YIELD ? NULL : "{\"error\":true}";
-    bt__trace_span(R->trace, ((lbt_task *)lua_touserdata(L, 2))->t.id, label, cat, t0,
-                   bt__trace_now(), args);
+    bt__trace_span(R->trace, T->t.id, label, cat, t0, bt__trace_now(), args);
   }
   if (status != LUA_OK && status != LUA_YIELD) return lua_error(L);
-  return lua_gettop(L) - 4;
+  return lua_gettop(L) - 2;
 }
 
 static int lactivity(lua_State *L) {
@@ -230,30 +233,30 @@ static int lactivity(lua_State *L) {
   lbt_arg_string(L, fname, 1, "label", NULL);
   lbt_arg_function(L, fname, 2, "fn");
   int nargs = lua_gettop(L) - 2;
-  luaL_checkstack(L, 6, fname);
+  luaL_checkstack(L, 4, fname);
   lbt_task *T = lbt_current(R);
-  if (T != NULL) lbt_push_task(L, R, T);
-  else lua_pushnil(L);
-  lua_insert(L, 2);
-  lua_pushnil(L);  /* the previous label */
-  if (T != NULL) {
-    lbt_push_weak_table(L, ACTIVITY_KEY);
-    lua_pushvalue(L, 2);
-    lua_rawget(L, -2);
-    lua_replace(L, -3);
-    lua_pushvalue(L, 2);
+  if (T != NULL) {  /* label[task]: the previous one pushed, the new one set */
+    int top = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lbt_push_task(L, R, T);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, top + 1);
+    lua_insert(L, top + 2);  /* weak table, previous label, task */
     lua_pushvalue(L, 1);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
+    lua_rawset(L, top + 1);
+    lua_replace(L, top + 1);  /* the previous label alone above the arguments */
+  } else {
+    lua_pushnil(L);
   }
-  lua_insert(L, 3);
-  lua_pushinteger(L, R->trace != NULL ? (lua_Integer)bt__trace_now() : 0);
-  lua_insert(L, 4);
-  int status = lua_pcallk(L, nargs, LUA_MULTRET, 0, 0, activity_k);
-  return activity_k(L, status, 0);
+  lua_rotate(L, 2, 1);  /* ... to slot 2, under fn and its arguments */
+  lua_KContext t0 = R->trace != NULL ? (lua_KContext)bt__trace_now() : 0;
+  int status = lua_pcallk(L, nargs, LUA_MULTRET, 0, t0, activity_k);
+  return activity_k(L, status, t0);
 }
 
 void lbt_open_introspect(lua_State *L, int rt_idx) {
-  static const luaL_Reg funcs[] = {{"activity", lactivity}, {NULL, NULL}};
-  lbt_set_funcs(L, rt_idx, funcs);
+  lua_pushvalue(L, rt_idx);
+  lbt_push_weak_table(L, ACTIVITY_KEY);
+  lua_pushcclosure(L, lactivity, 2);
+  lua_setfield(L, -2, "activity");
 }
