@@ -9,7 +9,7 @@ description = {
   license = "MIT",
 }
 dependencies = { "lua >= 5.4, < 5.5" }
--- libuv, libcjson, libcurl and (for the executable's REPL) readline are found by CMake
+-- libuv, libcurl, hiredis and (for the executable's REPL) readline are found by CMake
 -- through pkg-config, as the CMake build finds them (Debian keeps curl.h in a multiarch
 -- include directory LuaRocks' own header search does not look in): scripts/deps.sh installs
 -- them.

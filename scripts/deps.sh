@@ -2,7 +2,7 @@
 # Installs what baton needs to build and test on Debian/Ubuntu. Idempotent: packages
 # already present are skipped, so a second run does no network work.
 set -euo pipefail
-PKGS=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libuv1-dev libcjson-dev
+PKGS=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libuv1-dev
       uthash-dev libreadline-dev libcurl4-openssl-dev lua-busted lua-check python3 openssl
       libhiredis-dev redis-server)
 PKGS+=(luarocks lua-cjson)  # install_spec builds the rock (lua is reset below); json_spec: cjson.null

@@ -1,6 +1,7 @@
 /*
- * ljson.c — baton.json: encode, decode, null, array, object. Decoding parses with cJSON;
- * encoding is a direct writer (no cJSON tree).
+ * ljson.c — baton.json: encode, decode, null, array, object. Both are direct: the encoder
+ * writes the text from the values, the decoder pushes values as it reads the text (no tree
+ * in between).
  *
  * Tables encode by their raw contents (no __index, __pairs or __tojson), by this rule:
  *  - a table whose metatable has __jsontype = "array" (set by json.array) encodes as an
@@ -36,20 +37,18 @@
  * json.array, so one that is or becomes empty encodes back as []. A number written without
  * fraction or exponent that fits decodes to an integer, any other to a float (as tonumber);
  * one too large for a double (1e400) is malformed, never ±inf.
- * cJSON keeps only a double per number and C strings, so the decoder re-reads number and
- * string tokens from the source text, in document order: big integers stay exact and strings
- * keep their zero bytes. Nesting beyond cJSON's CJSON_NESTING_LIMIT (1000) is malformed.
+ * Numbers and strings are read from the text itself: big integers stay exact, strings keep
+ * their zero bytes (\u0000). Whitespace between tokens is any byte up to ' ', as cJSON (the
+ * decoder baton used before) read it. Nesting beyond 1000 arrays/objects is malformed.
  *
- * Memory: the encoder's buffers and the decoder's cJSON tree belong to a scratch userdata
- * marked to-be-closed, so an error anywhere (ours or a memory error) frees them.
+ * Memory: the encoder's buffers belong to a scratch userdata marked to-be-closed, so an
+ * error anywhere (ours or a memory error) frees them; the decoder holds nothing outside the
+ * Lua stack.
  */
-#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <cjson/cJSON.h>
 
 #include "lbaton.h"
 
@@ -73,15 +72,13 @@ typedef struct scratch {
   size_t n, cap;
   keyent *keys;    /* stack of sorted object keys, one slice per open object */
   size_t nkeys, capkeys;
-  cJSON *tree;     /* decoder input tree */
 } scratch;
 
 static int scratch_close(lua_State *L) {
   scratch *s = luaL_checkudata(L, 1, SCRATCH_MT);
   if (s->buf != NULL) s->f(s->ud, s->buf, s->cap, 0);
   if (s->keys != NULL) s->f(s->ud, s->keys, s->capkeys * sizeof(keyent), 0);
-  cJSON_Delete(s->tree);
-  s->buf = NULL, s->keys = NULL, s->tree = NULL;
+  s->buf = NULL, s->keys = NULL;
   s->n = s->cap = s->nkeys = s->capkeys = 0;
   return 0;
 }
@@ -413,128 +410,308 @@ static int ljson_encode(lua_State *L) {
 
 /* ---- decode -------------------------------------------------------------------------- */
 
+/* One pass over the text, straight onto the Lua stack: no tree, no copy of the input, and a
+ * string without escapes is pushed from the text itself. A failure records where and why
+ * and unwinds by returning NULL; ljson_decode then drops what was pushed. The only C state
+ * is a luaL_Buffer for a string with escapes, which lives on the Lua stack, so a memory
+ * error raised anywhere leaves nothing behind. */
+
+#define DEC_DEPTH 1000  /* nesting limit, as cJSON's (the limit callers have seen) */
+
+enum { AT_SYNTAX, AT_DEPTH };
+
+#define BAD_UTF8 "invalid UTF-8 in a string ({ raw_bytes = true } keeps such bytes) at"
+
 typedef struct dec {
   lua_State *L;
-  const char *p, *end;  /* the source text not yet tokenised */
+  const char *end;
+  int raw;              /* raw_bytes: no UTF-8 check in strings */
   int null_idx, array_mt;
-  const char *inf;      /* the first number too large for a double, or NULL */
+  int depth;
+  const char *at;       /* where decoding failed */
+  const char *why;      /* what is wrong there, or NULL for bad syntax */
+  int what;             /* AT_* */
 } dec;
 
-/* Next string or number token of the source, which cJSON has accepted. Returns '"' (tok and
- * len span the string's contents, nuls counts the zero bytes it decodes to) or '0' (tok and
- * len span the number), or 0 at the end. */
-static int lex(dec *d, const char **tok, size_t *len, size_t *nuls) {
-  const char *p = d->p, *e = d->end;
-  for (; p < e; p++) {
-    if (*p == '"') {
-      const char *q = ++p;
-      size_t z = 0;
-      while (p < e && *p != '"') {
-        if (*p == '\\') {
-          if (e - p > 5 && memcmp(p + 1, "u0000", 5) == 0) z++;
-          p += 2;
-        } else {
-          z += *p++ == '\0';
+static const char *dec_fail(dec *d, const char *at, const char *why) {
+  d->at = at, d->why = why, d->what = AT_SYNTAX;
+  return NULL;
+}
+
+/* Whitespace is any byte up to ' ' (cJSON's rule, kept: a text that ends in a NUL, as C
+ * callers sometimes send, still decodes). */
+static const char *skip_ws(const char *p, const char *end) {
+  while (p < end && (unsigned char)*p <= ' ') p++;
+  return p;
+}
+
+static const char *dec_value(dec *d, const char *p);
+
+static int hex4(const char *p, const char *end, const char **bad) {
+  int v = 0;
+  for (int k = 0; k < 4; k++) {
+    unsigned char c = p + k < end ? (unsigned char)p[k] : 0;
+    int x = (unsigned)(c - '0') < 10u ? c - '0'
+            : (unsigned)((c | 32) - 'a') < 6u ? (c | 32) - 'a' + 10 : -1;
+    if (x < 0) {
+      *bad = p + k;
+      return -1;
+    }
+    v = v << 4 | x;
+  }
+  return v;
+}
+
+/* The string whose contents start at p, with escapes: its closing quote is at q. Decoded
+ * into a buffer as long as the source, which no escape makes longer. A failure closes the
+ * buffer itself before returning: a long string's buffer is a to-be-closed box, and Lua
+ * 5.4.4's lua_settop can corrupt the stack when it closes one (fixed in 5.4.5). */
+static const char *dec_escaped(dec *d, const char *p, const char *q) {
+  luaL_Buffer b;
+  char *o = luaL_buffinitsize(d->L, &b, (size_t)(q - p)), *o0 = o;
+  const char *at = NULL, *why = NULL;
+  while (p < q) {
+    unsigned char c = (unsigned char)*p;
+    if (c == '\\') {
+      const char *e = p++;  /* the escape's backslash */
+      switch (*p++) {
+      case '"': *o++ = '"'; break;
+      case '\\': *o++ = '\\'; break;
+      case '/': *o++ = '/'; break;
+      case 'b': *o++ = '\b'; break;
+      case 'f': *o++ = '\f'; break;
+      case 'n': *o++ = '\n'; break;
+      case 'r': *o++ = '\r'; break;
+      case 't': *o++ = '\t'; break;
+      case 'u': {
+        const char *bad = p;
+        long u = hex4(p, q, &bad);
+        if (u < 0) {
+          at = bad;
+          goto fail;
         }
+        p += 4;
+        if (u >= 0xdc00 && u <= 0xdfff) {
+          at = e, why = "a lone UTF-16 surrogate at";
+          goto fail;
+        }
+        if (u >= 0xd800 && u <= 0xdbff) {  /* must be followed by its low half */
+          long lo = q - p >= 6 && p[0] == '\\' && p[1] == 'u' ? hex4(p + 2, q, &bad) : -1;
+          if (lo < 0xdc00 || lo > 0xdfff) {
+            at = e, why = "a lone UTF-16 surrogate at";
+            goto fail;
+          }
+          p += 6;
+          u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
+        }
+        if (u < 0x80) {
+          *o++ = (char)u;
+        } else if (u < 0x800) {
+          *o++ = (char)(0xc0 | u >> 6), *o++ = (char)(0x80 | (u & 0x3f));
+        } else if (u < 0x10000) {
+          *o++ = (char)(0xe0 | u >> 12), *o++ = (char)(0x80 | (u >> 6 & 0x3f));
+          *o++ = (char)(0x80 | (u & 0x3f));
+        } else {
+          *o++ = (char)(0xf0 | u >> 18), *o++ = (char)(0x80 | (u >> 12 & 0x3f));
+          *o++ = (char)(0x80 | (u >> 6 & 0x3f)), *o++ = (char)(0x80 | (u & 0x3f));
+        }
+        break;
       }
-      *tok = q, *len = (size_t)(p - q), *nuls = z;
-      d->p = p + 1;
-      return '"';
-    }
-    if (*p == '-' || (unsigned char)(*p - '0') < 10u) {
-      const char *q = p;
-      while (p < e && ((unsigned char)(*p - '0') < 10u || *p == '-' || *p == '+' ||
-                       *p == '.' || *p == 'e' || *p == 'E'))
-        p++;
-      *tok = q, *len = (size_t)(p - q);
-      d->p = p;
-      return '0';
-    }
-  }
-  d->p = e;
-  return 0;
-}
-
-/* Pushes a decoded string: cJSON's C string s, which holds `nuls` zero bytes of its own. */
-static void push_string(lua_State *L, const char *s, size_t nuls) {
-  size_t n = strlen(s);
-  while (nuls-- > 0) n += 1 + strlen(s + n + 1);
-  lua_pushlstring(L, s, n);
-}
-
-static void push_node(dec *d, const cJSON *node) {
-  lua_State *L = d->L;
-  const char *tok;
-  size_t len, nuls = 0;
-  luaL_checkstack(L, 4, "baton.json.decode: nesting too deep");
-  switch (node->type & 0xff) {
-  case cJSON_False: lua_pushboolean(L, 0); break;
-  case cJSON_True: lua_pushboolean(L, 1); break;
-  case cJSON_NULL: lua_pushvalue(L, d->null_idx); break;
-  case cJSON_Number: {
-    char b[64];
-    int found = lex(d, &tok, &len, &nuls) == '0', ok = 0;
-    if (found && len < sizeof b) {
-      memcpy(b, tok, len);
-      b[len] = '\0';
-      ok = lua_stringtonumber(L, b) != 0;
-    }
-    if (!ok) lua_pushnumber(L, (lua_Number)node->valuedouble);  /* not reached for cJSON's input */
-    if (!lua_isinteger(L, -1) && isinf(lua_tonumber(L, -1)) && d->inf == NULL)
-      d->inf = found ? tok : d->p;
-    break;
-  }
-  case cJSON_String:
-    if (lex(d, &tok, &len, &nuls) != '"') nuls = 0;
-    push_string(L, node->valuestring, nuls);
-    break;
-  case cJSON_Array: {
-    int n = 0;
-    for (const cJSON *c = node->child; c != NULL; c = c->next) n++;
-    lua_createtable(L, n, 0);
-    lua_pushvalue(L, d->array_mt);
-    lua_setmetatable(L, -2);
-    lua_Integer i = 0;
-    for (const cJSON *c = node->child; c != NULL; c = c->next) {
-      push_node(d, c);
-      lua_rawseti(L, -2, ++i);
-    }
-    break;
-  }
-  case cJSON_Object: {
-    int n = 0;
-    for (const cJSON *c = node->child; c != NULL; c = c->next) n++;
-    lua_createtable(L, 0, n);
-    for (const cJSON *c = node->child; c != NULL; c = c->next) {
-      if (lex(d, &tok, &len, &nuls) != '"') nuls = 0;
-      push_string(L, c->string, nuls);
-      push_node(d, c);
-      lua_rawset(L, -3);
-    }
-    break;
-  }
-  default: lua_pushvalue(L, d->null_idx); break;  /* cJSON_Raw is never parsed */
-  }
-}
-
-/* Returns nil, message, "malformed", { byte = } for a failure at byte offset pos of s;
- * `why`, when not NULL, says what is wrong with the text shown there. */
-static int malformed(lua_State *L, const char *s, size_t len, size_t pos, const char *why) {
-  int depth = 0;  /* nesting at pos, to tell cJSON's depth limit from bad syntax */
-  for (size_t i = 0; i < pos; i++) {
-    if (s[i] == '"') {
-      for (i++; i < pos && s[i] != '"'; i++) i += s[i] == '\\';
+      default:
+        at = p - 1;
+        goto fail;
+      }
+    } else if (c < 0x20) {
+      at = p;
+      goto fail;
+    } else if (c >= 0x80 && !d->raw) {
+      size_t n = utf8_len((const unsigned char *)p, (size_t)(q - p));
+      if (n == 0) {
+        at = p, why = BAD_UTF8;
+        goto fail;
+      }
+      memcpy(o, p, n), o += n, p += n;
     } else {
-      depth += (s[i] == '[' || s[i] == '{') - (s[i] == ']' || s[i] == '}');
+      *o++ = (char)c, p++;
     }
   }
-  size_t rest = pos;  /* cJSON reports running out of input at the last byte */
-  while (rest < len && (unsigned char)s[rest] <= 32) rest++;
-  size_t byte = rest >= len ? len + 1 : pos + 1;
-  if (depth >= CJSON_NESTING_LIMIT && pos < len && (s[pos] == '[' || s[pos] == '{')) {
+  luaL_pushresultsize(&b, (size_t)(o - o0));
+  return q + 1;
+fail:
+  luaL_pushresultsize(&b, 0);
+  lua_pop(d->L, 1);
+  return dec_fail(d, at, why);
+}
+
+/* The string whose contents start at p (after the quote): pushed; returns what follows. */
+static const char *dec_string(dec *d, const char *p) {
+  const char *q = p, *end = d->end;
+  for (;;) {  /* the common case: no escape, pushed from the text */
+    if (q >= end) return dec_fail(d, end, NULL);
+    unsigned char c = (unsigned char)*q;
+    if (c == '"') {
+      lua_pushlstring(d->L, p, (size_t)(q - p));
+      return q + 1;
+    }
+    if (c == '\\') break;
+    if (c < 0x20) return dec_fail(d, q, NULL);
+    if (c >= 0x80 && !d->raw) {
+      size_t n = utf8_len((const unsigned char *)q, (size_t)(end - q));
+      if (n == 0) return dec_fail(d, q, BAD_UTF8);
+      q += n;
+    } else {
+      q++;
+    }
+  }
+  while (q < end && *q != '"') q += *q == '\\' ? 2 : 1;  /* the closing quote */
+  if (q >= end) return dec_fail(d, end, NULL);
+  return dec_escaped(d, p, q);
+}
+
+/* A number as RFC 8259 writes it: an integer when written without fraction or exponent and
+ * it fits, else a float as tonumber reads it; one too large for a double is refused. */
+static const char *dec_number(dec *d, const char *p) {
+  lua_State *L = d->L;
+  const char *q = p, *end = d->end;
+  int isfloat = 0;
+#define DIGIT(x) ((x) < end && (unsigned char)(*(x) - '0') < 10u)
+  if (*q == '-') q++;
+  if (!DIGIT(q)) return dec_fail(d, p, NULL);
+  if (*q == '0') q++;
+  else while (DIGIT(q)) q++;
+  size_t ndig = (size_t)(q - p) - (*p == '-');
+  if (q < end && *q == '.') {
+    if (!DIGIT(q + 1)) return dec_fail(d, q + 1 < end ? q + 1 : end, NULL);
+    for (q++; DIGIT(q); q++) {}
+    isfloat = 1;
+  }
+  if (q < end && (*q | 32) == 'e') {
+    q++;
+    if (q < end && (*q == '+' || *q == '-')) q++;
+    if (!DIGIT(q)) return dec_fail(d, q < end ? q : end, NULL);
+    while (DIGIT(q)) q++;
+    isfloat = 1;
+  }
+#undef DIGIT
+  if (!isfloat && ndig <= 18) {  /* fits in 63 bits whatever the digits */
+    lua_Integer v = 0;
+    for (const char *r = p + (*p == '-'); r < q; r++) v = v * 10 + (*r - '0');
+    lua_pushinteger(L, *p == '-' ? -v : v);
+    return q;
+  }
+  char b[64];
+  size_t n = (size_t)(q - p);
+  if (n < sizeof b) {
+    memcpy(b, p, n);
+    b[n] = '\0';
+    lua_stringtonumber(L, b);
+  } else {  /* a long one: through a Lua string */
+    lua_pushlstring(L, p, n);
+    lua_stringtonumber(L, lua_tostring(L, -1));
+    lua_remove(L, -2);
+  }
+  if (!lua_isinteger(L, -1) && isinf(lua_tonumber(L, -1)))
+    return dec_fail(d, p, "number out of range");
+  return q;
+}
+
+static const char *dec_literal(dec *d, const char *p, const char *lit, size_t n) {
+  if ((size_t)(d->end - p) < n || memcmp(p, lit, n) != 0) return dec_fail(d, p, NULL);
+  return p + n;
+}
+
+static const char *dec_nest(dec *d, const char *p) {
+  if (++d->depth > DEC_DEPTH) {
+    d->at = p, d->what = AT_DEPTH;
+    return NULL;
+  }
+  luaL_checkstack(d->L, 4, "baton.json.decode: nesting too deep");
+  return p;
+}
+
+static const char *dec_array(dec *d, const char *p) {
+  lua_State *L = d->L;
+  const char *end = d->end;
+  if (dec_nest(d, p) == NULL) return NULL;
+  lua_createtable(L, 0, 0);
+  lua_pushvalue(L, d->array_mt);
+  lua_setmetatable(L, -2);
+  p = skip_ws(p + 1, end);
+  if (p < end && *p == ']') {
+    d->depth--;
+    return p + 1;
+  }
+  for (lua_Integer i = 1;; i++) {
+    if ((p = dec_value(d, p)) == NULL) return NULL;
+    lua_rawseti(L, -2, i);
+    p = skip_ws(p, end);
+    if (p < end && *p == ',') {
+      p++;
+      continue;
+    }
+    if (p < end && *p == ']') {
+      d->depth--;
+      return p + 1;
+    }
+    return dec_fail(d, p, NULL);
+  }
+}
+
+static const char *dec_object(dec *d, const char *p) {
+  lua_State *L = d->L;
+  const char *end = d->end;
+  if (dec_nest(d, p) == NULL) return NULL;
+  lua_createtable(L, 0, 4);
+  p = skip_ws(p + 1, end);
+  if (p < end && *p == '}') {
+    d->depth--;
+    return p + 1;
+  }
+  for (;;) {
+    if (p >= end || *p != '"') return dec_fail(d, p, NULL);
+    if ((p = dec_string(d, p + 1)) == NULL) return NULL;
+    p = skip_ws(p, end);
+    if (p >= end || *p != ':') return dec_fail(d, p, NULL);
+    if ((p = dec_value(d, p + 1)) == NULL) return NULL;
+    lua_rawset(L, -3);
+    p = skip_ws(p, end);
+    if (p < end && *p == ',') {
+      p = skip_ws(p + 1, end);
+      continue;
+    }
+    if (p < end && *p == '}') {
+      d->depth--;
+      return p + 1;
+    }
+    return dec_fail(d, p, NULL);
+  }
+}
+
+/* The value at p (after any whitespace): pushed; returns what follows it, or NULL. */
+static const char *dec_value(dec *d, const char *p) {
+  lua_State *L = d->L;
+  p = skip_ws(p, d->end);
+  if (p >= d->end) return dec_fail(d, d->end, NULL);
+  switch (*p) {
+  case '"': return dec_string(d, p + 1);
+  case '{': return dec_object(d, p);
+  case '[': return dec_array(d, p);
+  case 't': lua_pushboolean(L, 1); return dec_literal(d, p, "true", 4);
+  case 'f': lua_pushboolean(L, 0); return dec_literal(d, p, "false", 5);
+  case 'n': lua_pushvalue(L, d->null_idx); return dec_literal(d, p, "null", 4);
+  default: return dec_number(d, p);
+  }
+}
+
+/* Returns nil, message, "malformed", { byte = } for the failure d recorded in s. */
+static int malformed(lua_State *L, const char *s, size_t len, const dec *d) {
+  size_t pos = (size_t)(d->at - s);
+  const char *rest = skip_ws(d->at, s + len);
+  size_t byte = rest >= s + len ? len + 1 : pos + 1;
+  if (d->what == AT_DEPTH) {
     byte = pos + 1;
-    lua_pushfstring(L, "nesting deeper than %d", CJSON_NESTING_LIMIT);
-  } else if (rest >= len) {
+    lua_pushfstring(L, "nesting deeper than %d", DEC_DEPTH);
+  } else if (rest >= s + len) {
     lua_pushliteral(L, "unexpected end of input");
   } else {
     char snip[24];
@@ -544,7 +721,7 @@ static int malformed(lua_State *L, const char *s, size_t len, size_t pos, const 
       snip[n] = (char)(c < 0x20 || c >= 0x7f ? '?' : c);  /* the message stays UTF-8 */
     }
     snip[n] = '\0';
-    lua_pushfstring(L, "%s%s'%s%s'", why ? why : "", why ? " " : "", snip,
+    lua_pushfstring(L, "%s%s'%s%s'", d->why ? d->why : "", d->why ? " " : "", snip,
                     pos + n < len ? "..." : "");
   }
   lua_createtable(L, 0, 1);
@@ -552,42 +729,6 @@ static int malformed(lua_State *L, const char *s, size_t len, size_t pos, const 
   lua_setfield(L, -2, "byte");
   return lbt_fail_detail(L, "baton.json.decode", "malformed", -1, "malformed JSON at byte %zu: %s",
                          byte, lua_tostring(L, -2));
-}
-
-/* What cJSON lets through in strings but JSON forbids: a raw control character, an escape
- * that is not one of \" \\ \/ \b \f \n \r \t \uXXXX, and \u with fewer than four hex
- * digits (cJSON reads "\uZZZZ" as U+0000, which would also break the count of the NULs a
- * string decodes to); and, unless `raw`, bytes that are not UTF-8 (RFC 8259 text is UTF-8;
- * cJSON copies any byte). `s` is text cJSON accepted. Returns the offset of the first such
- * byte, or SIZE_MAX; *why says what is wrong when it is not the syntax. */
-static size_t bad_string_byte(const char *s, size_t len, int raw, const char **why) {
-  for (size_t i = 0; i < len; i++) {
-    if (s[i] != '"') continue;
-    for (i++; i < len && s[i] != '"'; i++) {
-      unsigned char c = (unsigned char)s[i];
-      if (c < 0x20) return i;
-      if (c >= 0x80 && !raw) {
-        size_t u = utf8_len((const unsigned char *)s + i, len - i);
-        if (u == 0) {
-          *why = "invalid UTF-8 in a string ({ raw_bytes = true } keeps such bytes) at";
-          return i;
-        }
-        i += u - 1;
-        continue;
-      }
-      if (c != '\\') continue;
-      if (++i >= len) return i;
-      if (s[i] == 'u') {
-        for (int k = 1; k <= 4; k++)
-          if (i + (size_t)k >= len || !isxdigit((unsigned char)s[i + (size_t)k]))
-            return i + (size_t)k < len ? i + (size_t)k : len;
-        i += 4;
-      } else if (strchr("\"\\/bfnrt", s[i]) == NULL || s[i] == '\0') {
-        return i;
-      }
-    }
-  }
-  return SIZE_MAX;
 }
 
 /* decode(s [, { raw_bytes = bool }]) -> value | nil, message, "malformed". Raises only on
@@ -602,19 +743,13 @@ static int ljson_decode(lua_State *L) {
     raw = lbt_opt_bool(L, "baton.json.decode", 2, "raw_bytes", 0);
   }
   lua_settop(L, 1);
-  scratch *sc = new_scratch(L);
-  const char *end = s;
-  sc->tree = cJSON_ParseWithLengthOpts(s, len, &end, 0);
-  size_t pos = (size_t)(end - s);
-  if (sc->tree == NULL) return malformed(L, s, len, pos, NULL);
-  while (pos < len && (unsigned char)s[pos] <= 32) pos++;  /* cJSON's idea of whitespace */
-  if (pos < len) return malformed(L, s, len, pos, NULL);
-  const char *why = NULL;
-  if ((pos = bad_string_byte(s, len, raw, &why)) != SIZE_MAX) return malformed(L, s, len, pos, why);
-  dec d = {L, s, s + len, lua_upvalueindex(1), lua_upvalueindex(2), NULL};
-  push_node(&d, sc->tree);
-  if (d.inf != NULL)
-    return malformed(L, s, len, (size_t)(d.inf - s), "number out of range");
+  dec d = {L, s + len, raw, lua_upvalueindex(1), lua_upvalueindex(2), 0, NULL, NULL, AT_SYNTAX};
+  const char *p = dec_value(&d, s);
+  if (p != NULL && (p = skip_ws(p, s + len)) < s + len) dec_fail(&d, p, NULL);
+  if (d.at != NULL) {
+    lua_settop(L, 1);
+    return malformed(L, s, len, &d);
+  }
   return 1;
 }
 
