@@ -2,7 +2,9 @@
 -- live `baton` table (recursively, the lazily loaded baton.router and baton.store included),
 -- from require "baton.mcp" and "baton.pretty", every method of every object kind (the C
 -- classes' metatables in the registry, all of them, and the Lua classes by an object of
--- each), and every callable table. A function added without a `function ...(` declaration in
+-- each: Interval, Store, Dedup, RateLimit, Router, mcp.Client, the MCP token stores, and,
+-- against a private redis-server, RedisQueue, QueueRunner, RedisDelivery and RedisStore),
+-- and every callable table. A function added without a `function ...(` declaration in
 -- types/ fails here. Names starting with "_" are internal and not checked.
 local baton = require "baton"
 local H = require "spec.helper"
@@ -39,14 +41,47 @@ local function parse_types()
   return declared, callable
 end
 
+-- A live object of each Redis class written in Lua: a queue, the runner on it, a delivery
+-- (the one the runner hands its handler) and a Redis store, made against the private
+-- redis-server (spec/helper.lua) | {} when redis-server is not installed.
+local server, why = H.redis_server()
+if not server then H.loud("types_spec", why .. " (the Redis classes are not walked)") end
+
+local function redis_objects()
+  if not server then return {} end
+  local out = {}
+  local ok, err = pcall(baton.run, function()
+    local r = assert(baton.redis.connect { url = server.url })
+    local q = baton.redis.queue { redis = r, stream = "types_spec" }
+    local got = baton.notify()
+    local w = baton.runner { queue = q, handler = function(_, d)
+      out["baton.RedisDelivery"] = d
+      got:notify_all()
+    end }
+    assert(q:enqueue { n = 1 })
+    w:start()
+    if not out["baton.RedisDelivery"] then got:notified(5000) end
+    assert(out["baton.RedisDelivery"], "the runner delivered no job in 5 s")
+    w:stop()
+    out["baton.RedisQueue"], out["baton.QueueRunner"] = q, w
+    out["baton.RedisStore"] = baton.redis.store { redis = r }
+    r:close()
+  end)
+  server:stop()
+  if not ok then error(err, 0) end
+  return out
+end
+
 -- What the annotations must cover, as the declarations name it.
 local function live_api()
-  local want, seen = {}, {}
+  local want, seen, wanted = {}, {}, {}
   local function methods(class, t)
     seen[t] = true
     for k, v in pairs(t) do
-      if type(k) == "string" and type(v) == "function" and not k:match("^_") then
-        want[#want + 1] = class .. ":" .. k
+      local name = class .. ":" .. tostring(k)
+      if type(k) == "string" and type(v) == "function" and not k:match("^_") and not wanted[name] then
+        wanted[name] = true
+        want[#want + 1] = name
       end
     end
   end
@@ -76,6 +111,18 @@ local function live_api()
     methods(class, index)
   end
   methods("baton.mcp.Client", mcp.Client)
+  -- The MCP token stores (both kinds are a baton.mcp.TokenStore).
+  local tmp = os.tmpname()
+  methods("baton.mcp.TokenStore", getmetatable(mcp.memory_token_store()).__index)
+  methods("baton.mcp.TokenStore", getmetatable(mcp.file_token_store(tmp)).__index)
+  os.remove(tmp)
+  -- The Redis classes written in Lua, by an object of each, made against this run's
+  -- private redis-server (without one they are not walked, and the spec says so loudly).
+  for class, obj in pairs(redis_objects()) do
+    local index = getmetatable(obj).__index
+    assert.equal("table", type(index), class)
+    methods(class, index)
+  end
   -- Modules, recursively; callable tables must be declared callable.
   local function walk(prefix, t)
     if seen[t] then return end
@@ -129,6 +176,15 @@ describe("types/ (LuaCATS annotations)", function()
                          "mcp.connect", "baton.mcp.Client:call", "pretty.format", "baton.router()",
                          "baton.limiter()", "baton.limiter.from_json" } do
       assert.is_true(set[n], n .. " not found by the walk")
+    end
+    for _, n in ipairs { "baton.mcp.TokenStore:load", "baton.mcp.TokenStore:save" } do
+      assert.is_true(set[n], n .. " not found by the walk")
+    end
+    if server then
+      for _, n in ipairs { "baton.RedisQueue:enqueue", "baton.QueueRunner:start", "baton.RedisDelivery:ack",
+                           "baton.RedisStore:claim", "baton.RedisStore:stats" } do
+        assert.is_true(set[n], n .. " not found by the walk")
+      end
     end
     -- A function nobody annotated is reported.
     local extra = { "baton.not_annotated_yet", "baton.Task:not_annotated_yet", "baton.json()" }
