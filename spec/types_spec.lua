@@ -156,6 +156,32 @@ local function missing(want, declared, callable)
   return out
 end
 
+-- lua-language-server reads `fun(...): R|X` as a function returning R|X (LuaLS issue #560),
+-- never as "a function or X": a function type with a return type directly followed by `|`
+-- is ambiguous to the reader and is refused here. Write `(fun(...): R)|X` for a function or
+-- X, and `fun(...): (R|X)` for a union of returns. Returns the offending `fun...|` texts.
+local function fun_union_traps(line)
+  local out, pos = {}, 1
+  while true do
+    local s, e = line:find("fun%s*%b()", pos)
+    if not s then return out end
+    local i = line:match("^%s*:%s*()", e + 1)
+    while i do  -- the return list: `...` or a type (with <...>, [] and ?), comma-separated
+      local j = line:match("^%.%.%.()", i) or line:match("^%b{}()", i) or line:match("^%b()()", i)
+                or line:match("^[%w_.]+()", i)
+      if not j then break end
+      j = line:match("^%b<>()", j) or j
+      j = line:match("^[%[%]?]*()", j)
+      if line:match("^%s*|", j) then
+        out[#out + 1] = line:sub(s, line:match("^%s*|()", j) - 1)
+        break
+      end
+      i = line:match("^%s*,%s*()", j)
+    end
+    pos = s + 1
+  end
+end
+
 describe("types/ (LuaCATS annotations)", function()
   local declared, callable = parse_types()
   local want = live_api()
@@ -189,6 +215,34 @@ describe("types/ (LuaCATS annotations)", function()
     -- A function nobody annotated is reported.
     local extra = { "baton.not_annotated_yet", "baton.Task:not_annotated_yet", "baton.json()" }
     assert.are.same(extra, missing(extra, declared, callable))
+  end)
+
+  it("writes no `fun(...): R|X` (a function or X must be `(fun(...): R)|X`)", function()
+    local p = assert(io.popen(("find %s -name '*.lua' | sort"):format(H.q(TYPES))))
+    local traps = {}
+    for f in p:lines() do
+      local n = 0
+      for line in io.lines(f) do
+        n = n + 1
+        for _, t in ipairs(fun_union_traps(line)) do
+          traps[#traps + 1] = ("%s:%d: %s"):format(f:sub(#TYPES + 2), n, t)
+        end
+      end
+    end
+    p:close()
+    assert.are.same({}, traps, "ambiguous function types:\n  " .. table.concat(traps, "\n  "))
+    -- the check itself: what it refuses and what it lets through
+    assert.are.same({ "fun(...): ...|" }, fun_union_traps("---@param fn fun(...): ...|baton.SpawnOptions"))
+    assert.are.same({ "fun(): string|" },
+                    fun_union_traps("---@param f fun(a: fun(): string|nil)"))
+    assert.are.same({ "fun(x): table<string, any>, integer?|" },
+                    fun_union_traps("---@field f fun(x): table<string, any>, integer?|nil"))
+    for _, ok in ipairs { "---@param fn (fun(...): ...)|baton.SpawnOptions",
+                          "---@param fn fun(params: table?)|nil",
+                          "---@param fn fun(): (string|nil)",
+                          "---@field authorize? fun(url: string): string?, string? a code | nil, message" } do
+      assert.are.same({}, fun_union_traps(ok), ok)
+    end
   end)
 
   it("the annotation files are valid Lua", function()
