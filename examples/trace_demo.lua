@@ -3,14 +3,24 @@
 -- written as Chrome trace-event JSON and read back to count what is in it.
 --
 --   baton examples/trace_demo.lua [out.json]
+--   BATON_TRACE=out.json baton examples/trace_demo.lua
 --
 -- Open the file at https://ui.perfetto.dev ("Open trace file") or in chrome://tracing:
 -- docs/observability.md says what it looks like. BATON_TRACE=out.json baton script.lua
--- traces any script the same way, without touching it.
+-- traces any script the same way, without touching it; when a trace is already being
+-- written (BATON_TRACE, or baton.trace.start before this file ran), the demo writes into
+-- it, says so, and leaves it to whoever started it (baton closes it when it exits), so
+-- there is nothing to read back yet.
 local baton = require "baton"
 
 local path = arg and arg[1] or ((os.getenv("TMPDIR") or "/tmp") .. "/baton_trace_demo.json")
-assert(baton.trace.start(path))
+local mine = not baton.trace.active()
+if mine then
+  assert(baton.trace.start(path))
+else
+  -- (baton consumed BATON_TRACE when it started: the path is not in the environment now)
+  print("a trace is already being written (BATON_TRACE or baton.trace.start): the demo writes into it")
+end
 
 local slots = baton.semaphore(3, { name = "slots" })
 local g = baton.group { name = "fetchers" }
@@ -25,6 +35,11 @@ end
 local sum = 0
 for _, t in ipairs(g:join_all()) do sum = sum + select(2, t:join()) end
 g:close()
+if not mine then
+  print(("fan-out of 8: sum %d; the trace is complete when baton exits"):format(sum))
+  print("open it: https://ui.perfetto.dev (Open trace file) or chrome://tracing")
+  return
+end
 local n = assert(baton.trace.stop())
 
 local f = assert(io.open(path))

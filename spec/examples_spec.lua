@@ -1,7 +1,8 @@
 -- Every example runs as its header says (`baton examples/<name>.lua` from the repository's
 -- root), exits 0 with nothing on stderr, and prints the line that shows it did its job.
 -- BATON_EXE names the executable (ctest sets it). fleet.sh and work_queue.sh (3 processes
--- on a private redis-server) run when redis-server is installed.
+-- on a private redis-server) run when redis-server is installed; trace_demo.lua also runs under
+-- BATON_TRACE.
 local H = require "spec.helper"
 
 local SRC = H.SRC
@@ -53,6 +54,30 @@ describe("examples", function()
       assert.truthy(r.out:find(pattern), "missing in the output:\n" .. r.out)
     end)
   end
+
+  -- Under BATON_TRACE the demo finds a trace already being written: it writes into it (no
+  -- trace.start of its own, which would raise) and the file, closed when baton exits, holds
+  -- the fan-out and main's own span.
+  it("trace_demo.lua runs under BATON_TRACE and writes into that trace", function()
+    local path = os.tmpname()
+    local r = H.run("examples/trace_demo.lua", { cwd = SRC, timeout = 120, env = "BATON_TRACE=" .. H.q(path) })
+    assert.equal("", r.err)
+    assert.equal(0, r.code)
+    assert.truthy(r.out:find("a trace is already being written (BATON_TRACE or baton.trace.start): "
+                             .. "the demo writes into it", 1, true), r.out)
+    assert.truthy(r.out:find("fan-out of 8: sum 36; the trace is complete when baton exits", 1, true), r.out)
+    local events = require("baton").json.decode(assert(H.slurp(path)))
+    os.remove(path)
+    local tasks, names = {}, {}
+    for _, e in ipairs(events) do
+      if e.ph == "X" and e.cat == "task" then tasks[#tasks + 1] = e.name end
+      if e.ph == "M" and e.name == "thread_name" then names[e.tid] = e.args.name end
+    end
+    table.sort(tasks)
+    assert.same({ "fetch-1", "fetch-2", "fetch-3", "fetch-4", "fetch-5", "fetch-6", "fetch-7", "fetch-8",
+                  "main" }, tasks)
+    assert.equal("1 main", names[1])
+  end)
 
   -- fleet.lua runs as 3 processes sharing a limit through a private redis-server (fleet.sh).
   local fleet_it = H.have("redis-server") and it or pending

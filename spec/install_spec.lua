@@ -185,6 +185,10 @@ describe("luarocks make", function()
     ok, out = sh(("cd %q && luarocks --lua-version=5.4 --tree %q make baton-scm-1.rockspec")
                  :format(co, tree))
     local _, listing = sh(("cd %q && find share/lua lib/lua -type f | sort"):format(tree))
+    -- the annotations stay in the rock's own directory (README, "Editor support")
+    local types_dir = tree .. "/lib/luarocks/rocks-5.4/baton/scm-1/share/baton/types"
+    local ok_t = sh(("test -f %q/baton.lua && test -f %q/baton/mcp.lua"):format(types_dir, types_dir))
+    local _, rock_dir = sh(("luarocks --lua-version=5.4 --tree %q show --rock-dir baton"):format(tree))
     sh(("rm -rf %q && mv %q %q"):format(co, tree, moved))
     local ok_m, mcp = sh(("cd / && %s %q/bin/baton -e %q"):format(
       "env -i PATH=/usr/bin:/bin", moved,
@@ -197,6 +201,8 @@ describe("luarocks make", function()
                        "not a module in a module directory: " .. file)
     end
     assert.matches("share/lua/5.4/baton/mcp/session.lua", listing, 1, true)
+    assert.is_true(ok_t, "no annotations in " .. types_dir)
+    assert.equal(tree .. "/lib/luarocks/rocks-5.4/baton/scm-1\n", rock_dir)
     assert.is_true(ok_m, mcp)
     assert.equal(moved .. "/share/lua/5.4/baton/mcp.lua\n0.1.0\n", mcp)
     assert.is_true(ok_v, version)

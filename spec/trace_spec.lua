@@ -165,6 +165,13 @@ describe("baton.trace", function()
     local act = assert(by_name["mcp tools/call echo"])
     assert.equal("mcp", act.cat)
     assert.equal(baton.current().id, act.tid)
+    -- one span for the activity: the sleep inside it, worded by its label, has none of its own
+    local labelled = 0
+    for _, e in ipairs(spans(events)) do
+      if e.name == "mcp tools/call echo" then labelled = labelled + 1 end
+    end
+    assert.equal(1, labelled)
+    assert.is_true(act.dur >= 2000, act.dur)  -- covers the 2 ms sleep (µs)
     local found
     for _, e in ipairs(events) do
       if e.ph == "i" and e.name == "decision" then found = e end
@@ -172,6 +179,29 @@ describe("baton.trace", function()
     assert.same({ route = "a", n = 2, ok = true }, found.args)
     assert.equal("task", by_name['odd "name"\n\t\\ \1 é'].cat)  -- escaped, read back
     assert.equal(3, #spans(events, "task"))
+    check_tracks(events)
+  end))
+
+  -- A real MCP call (the scripted fake server over stdio): one span, the client's
+  -- baton.activity, on the caller's track; the wait for the reply inside it has no second
+  -- span of the same name.
+  local mcp_it = H.have("python3") and it or pending
+  mcp_it("an MCP call is one span named after its method and tool", H.async(function()
+    local client = assert(H.mcp.fake())
+    local path = os.tmpname()
+    assert.is_true(baton.trace.start(path))
+    local r = assert(client:call("echo", { text = "hi" }))
+    baton.trace.stop()
+    client:close()
+    assert.equal("echo: hi", require("baton.mcp").text(r))
+    local events = read_trace(path)
+    local calls = {}
+    for _, e in ipairs(spans(events)) do
+      if e.name == "mcp tools/call echo" then calls[#calls + 1] = e end
+    end
+    assert.equal(1, #calls)
+    assert.equal("mcp", calls[1].cat)
+    assert.equal(baton.current().id, calls[1].tid)
     check_tracks(events)
   end))
 

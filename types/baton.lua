@@ -65,7 +65,7 @@ function baton.run(fn, ...) end
 
 ---A task owned by the runtime; it first runs when the spawner waits or yields.
 ---`baton.spawn{ name = "fetch", fn, arg1, ... }` also names it.
----@param fn fun(...): ...|baton.SpawnOptions
+---@param fn (fun(...): ...)|baton.SpawnOptions
 ---@param ... any
 ---@return baton.Task
 function baton.spawn(fn, ...) end
@@ -601,7 +601,7 @@ function Progress:counts() end
 ---@class baton.Group
 local Group = {}
 ---`g:spawn{ name = "x", fn, args... }` also names the task.
----@param fn fun(...): ...|baton.SpawnOptions
+---@param fn (fun(...): ...)|baton.SpawnOptions
 ---@return baton.Task
 function Group:spawn(fn, ...) end
 ---@param sem baton.Semaphore

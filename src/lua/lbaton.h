@@ -197,8 +197,9 @@ void lbt_task_set_name(lua_State *L, int idx, int name_idx);
 /* lintrospect.c: what a waiting task waits on, in words ("sleep until +120 ms",
  * "semaphore \"api\" (3rd in line)", "process 1234", "http GET host/path", "join task 17",
  * an activity's label, else the await's function), pushed; for a task of fiber f that
- * waits. baton.activity, task:traceback, and the name option of spawn. */
-void lbt_describe_wait(lua_State *L, lbt_rt *R, lbt_fiber *f);
+ * waits. Returns 1 when the words are an activity's label (baton.activity), else 0.
+ * baton.activity, task:traceback, and the name option of spawn. */
+int lbt_describe_wait(lua_State *L, lbt_rt *R, lbt_fiber *f);
 int lbt_task_traceback(lua_State *L);  /* task:traceback() */
 /* spawn{ name =, fn, args... } for a spawn function whose function argument is at idx:
  * unpacks the table in place, calls spawn(L) and names the task it returns. */

@@ -66,7 +66,7 @@ static void describe_http(lua_State *L) {
   lua_settop(L, t);
 }
 
-void lbt_describe_wait(lua_State *L, lbt_rt *R, lbt_fiber *f) {
+int lbt_describe_wait(lua_State *L, lbt_rt *R, lbt_fiber *f) {
   luaL_checkstack(L, 8, "baton.tasks");
   int top = lua_gettop(L);
   const char *what = f->what ? f->what : "?";
@@ -78,7 +78,7 @@ void lbt_describe_wait(lua_State *L, lbt_rt *R, lbt_fiber *f) {
     if (lua_rawget(L, -2) == LUA_TSTRING) {
       lua_copy(L, -1, top + 1);
       lua_settop(L, top + 1);
-      return;
+      return 1;
     }
   }
   lua_settop(L, top);
@@ -140,6 +140,7 @@ void lbt_describe_wait(lua_State *L, lbt_rt *R, lbt_fiber *f) {
   }
   lua_copy(L, -1, top + 1);
   lua_settop(L, top + 1);
+  return 0;
 }
 
 /* ---- task:traceback ----------------------------------------------------------------- */

@@ -112,10 +112,12 @@ void lbt_trace_suspend(lbt_rt *R, lbt_task *T, lbt_fiber *f, int rc) {
     if (T->t.state != BT_TASK_WAITING) return;  /* a yield: not a wait */
     int top = lua_gettop(L);
     if (!lua_checkstack(L, 10)) return;
-    lbt_describe_wait(L, R, f);
+    /* A wait inside baton.activity is worded by the activity's label: the activity's own
+     * span (lintrospect.c), which encloses it, already says that; no second span. */
+    int labelled = lbt_describe_wait(L, R, f);
     free(f->tr_what);
-    f->tr_what = dup_str(lua_tostring(L, -1));
-    f->tr_wait = now;
+    f->tr_what = labelled ? NULL : dup_str(lua_tostring(L, -1));
+    f->tr_wait = labelled ? 0 : now;
     lua_settop(L, top);
     return;
   }

@@ -128,7 +128,7 @@ function Client:get_prompt(name, args, opts) end
 function Client:on(method, fn) end
 ---Answers a request from the server (its return value is the result).
 ---@param method string
----@param fn fun(params: table?): ...|nil
+---@param fn (fun(params: table?): ...)|nil
 function Client:handle(method, fn) end
 ---@param roots { uri: string, name?: string }[]
 function Client:set_roots(roots) end
