@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libuv1-dev
       uthash-dev libreadline-dev libcurl4-openssl-dev lua-busted lua-check python3 openssl
-      libhiredis-dev redis-server)
+      libhiredis-dev redis-server locales)
 PKGS+=(luarocks lua-cjson)  # install_spec builds the rock (lua is reset below); json_spec: cjson.null
 # `make bench` (BATON_BENCH=1) also needs the peers' toolchains: GNU time for peak RSS,
 # taskset (util-linux), lua-luv for the Lua+luv peer, Rust and Debian's Tokio crates for the

@@ -378,6 +378,36 @@ describe("baton.json", function()
       end
     end)
 
+    it("reports a failure at the offending byte, even when only whitespace follows it", function()
+      for text, byte in pairs { ['"a\1'] = 3, ["1.\n"] = 3, ['"\\ud800\\u12G4"'] = 12,
+                                ['"\\ud800\\u12"'] = 12, ["[1, 2 \n"] = 8, ['{"a" '] = 6 } do
+        local err, _, detail = H.assert_failure("baton.json.decode", "malformed", json.decode(text))
+        assert.equal(byte, detail.byte, ("%q: %s"):format(text, err))
+      end
+    end)
+
+    it("reads long floats under a locale whose decimal point is a comma", function()
+      -- Lua's own reader gives up on numerals over 200 bytes under such a locale; a child
+      -- process runs with a de_DE locale built into a temp dir (localedef, package locales)
+      local dir = H.temp_dir()
+      finally(function() H.remove_dir(dir) end)
+      assert(os.execute(("localedef -i de_DE -f UTF-8 %s/de_DE.UTF-8 2>/dev/null"):format(H.q(dir))),
+             "localedef failed: install the locales package (bash scripts/deps.sh)")
+      local script = H.write_file(dir .. "/locale.lua", [=[
+        assert(os.setlocale("de_DE.UTF-8", "numeric"), "no de_DE locale")
+        local json = require("baton").json
+        local big = "0." .. ("0"):rep(199) .. "1"
+        assert(json.decode(big) == 1e-200, "top level")
+        local t = assert(json.decode("[7," .. big .. ", 2.5]"))
+        assert(t[1] == 7 and t[2] == 1e-200 and t[3] == 2.5, "in an array")
+        local long = json.decode("[" .. ("1"):rep(300) .. ".5]")[1]  -- tonumber gives up here
+        assert(long > 1.1111111111e299 and long < 1.1111111112e299, "a long one")
+        print("ok")
+      ]=])
+      local r = H.run(H.q(script), { env = "LOCPATH=" .. H.q(dir) })
+      assert.equal("ok\n", r.out, r.err)
+    end)
+
     it("reads any byte up to a space as whitespace, as before (a trailing NUL decodes)", function()
       assert.same({ a = 1 }, json.decode('{"a":1}\0'))
       assert.same({ 1, 2 }, json.decode('\1[1,\31 2]\0\0'))

@@ -45,6 +45,7 @@
  * error anywhere (ours or a memory error) frees them; the decoder holds nothing outside the
  * Lua stack.
  */
+#include <locale.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -496,7 +497,11 @@ static const char *dec_escaped(dec *d, const char *p, const char *q) {
           goto fail;
         }
         if (u >= 0xd800 && u <= 0xdbff) {  /* must be followed by its low half */
-          long lo = q - p >= 6 && p[0] == '\\' && p[1] == 'u' ? hex4(p + 2, q, &bad) : -1;
+          long lo = q - p >= 2 && p[0] == '\\' && p[1] == 'u' ? hex4(p + 2, q, &bad) : 0;
+          if (lo < 0) {  /* \u without four hex digits: at the first that is not one */
+            at = bad;
+            goto fail;
+          }
           if (lo < 0xdc00 || lo > 0xdfff) {
             at = e, why = "a lone UTF-16 surrogate at";
             goto fail;
@@ -601,14 +606,22 @@ static const char *dec_number(dec *d, const char *p) {
   }
   char b[64];
   size_t n = (size_t)(q - p);
-  if (n < sizeof b) {
+  if (n < sizeof b) {  /* integers that may not fit, and floats: as tonumber reads them */
     memcpy(b, p, n);
     b[n] = '\0';
-    lua_stringtonumber(L, b);
-  } else {  /* a long one: through a Lua string */
-    lua_pushlstring(L, p, n);
-    lua_stringtonumber(L, lua_tostring(L, -1));
-    lua_remove(L, -2);
+    if (lua_stringtonumber(L, b) == 0) return dec_fail(d, p, "unreadable number");
+  } else {
+    /* A long one is a float (no integer has 64 digits). Not through lua_stringtonumber:
+     * under a locale whose decimal point is not '.', Lua gives up on numerals longer than
+     * 200 bytes. strtod reads the locale's point, so the copy carries that one. */
+    char *c = lua_newuserdatauv(L, n + 1, 0), *cend;
+    char point = localeconv()->decimal_point[0];
+    for (size_t i = 0; i < n; i++) c[i] = p[i] == '.' ? point : p[i];
+    c[n] = '\0';
+    double v = strtod(c, &cend);
+    lua_pop(L, 1);
+    if (cend != c + n) return dec_fail(d, p, "unreadable number");
+    lua_pushnumber(L, (lua_Number)v);
   }
   if (!lua_isinteger(L, -1) && isinf(lua_tonumber(L, -1)))
     return dec_fail(d, p, "number out of range");
@@ -625,7 +638,7 @@ static const char *dec_nest(dec *d, const char *p) {
     d->at = p, d->what = AT_DEPTH;
     return NULL;
   }
-  luaL_checkstack(d->L, 4, "baton.json.decode: nesting too deep");
+  luaL_checkstack(d->L, 8, "baton.json.decode: nesting too deep");
   return p;
 }
 
@@ -706,12 +719,10 @@ static const char *dec_value(dec *d, const char *p) {
 /* Returns nil, message, "malformed", { byte = } for the failure d recorded in s. */
 static int malformed(lua_State *L, const char *s, size_t len, const dec *d) {
   size_t pos = (size_t)(d->at - s);
-  const char *rest = skip_ws(d->at, s + len);
-  size_t byte = rest >= s + len ? len + 1 : pos + 1;
+  size_t byte = pos + 1;  /* len + 1 when the text ran out */
   if (d->what == AT_DEPTH) {
-    byte = pos + 1;
     lua_pushfstring(L, "nesting deeper than %d", DEC_DEPTH);
-  } else if (rest >= s + len) {
+  } else if (pos >= len) {
     lua_pushliteral(L, "unexpected end of input");
   } else {
     char snip[24];
