@@ -150,11 +150,14 @@ static void ring_put_many(lua_State *L, lchan *C, int ci, int li, lua_Integer i,
  * calls bt_chan_pop_n and leaves the list on top. A new list taking at least half of what
  * is queued, from slot 1, is the ring itself: the channel takes a fresh ring, into which the
  * values left behind move (a consumer keeping up in batches copies none, or the one value a
- * sender could add beside a value reserved for it). */
+ * sender could add beside a value reserved for it). Only when it takes at least a quarter
+ * of the ring's slots, though: a fresh ring costs a store per slot and a block for the
+ * collector, more than copying a handful of values (the one left behind above is taken
+ * alone by the next call). */
 static void ring_take_many(lua_State *L, lchan *C, int ci, int bi, lua_Integer k, int reserved) {
   lua_getiuservalue(L, ci, 1);
   lua_Integer len = (lua_Integer)C->storage.len;
-  if (bi == 0 && C->head == 1 && 2 * k >= len) {
+  if (bi == 0 && C->head == 1 && 2 * k >= len && 4 * k >= C->size) {
     int li = lua_gettop(L);
     lua_createtable(L, (int)C->size, 0);
     for (lua_Integer j = k + 1; j <= len; j++) {
