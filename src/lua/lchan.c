@@ -220,7 +220,10 @@ static int lchan_new(lua_State *L) {
   C->c = &C->storage;
   C->R = lbt_R(L);
   C->head = 1;
-  C->size = cap == 0 ? 1 : cap < 64 ? cap : 64;
+  /* Room for one more than the capacity, up to 64: a sender may put a value beside the
+   * one reserved for a receiver that has not run yet, and a ring that had to double for it
+   * would hand 128 slots to every recv_many(nil, n) that takes it (ring_take_many). */
+  C->size = (cap < 64 ? cap : 64) + 1;
   lua_createtable(L, (int)C->size, 0);
   lua_setiuservalue(L, -2, 1);
   lbt_set_class(L, LBT_CHAN);
