@@ -371,6 +371,18 @@ static int lchan_try_recv(lua_State *L) {
 
 static lua_Integer min_int(lua_Integer a, lua_Integer b) { return a < b ? a : b; }
 
+/* lbt_arg_count for the batch calls, which a consumer keeping up makes a few times per
+ * batch: an integer in range costs two API calls here, against four there; anything else
+ * (absent, a float, a string, out of range) goes to lbt_arg_count, which decides. */
+static lua_Integer arg_count(lua_State *L, const char *fname, int idx, const char *name,
+                             lua_Integer min, lua_Integer def) {
+  if (lua_isinteger(L, idx)) {
+    lua_Integer v = lua_tointeger(L, idx);
+    if (v >= min && v <= ((lua_Integer)1 << 53)) return v;
+  }
+  return lbt_arg_count(L, fname, idx, name, min, def);
+}
+
 /* Stack: 1 channel, 2 list, 3 i, 4 j, 5 timeout (normalized by send_many). */
 static int send_many_k(lua_State *L, int st, lua_KContext ctx) {
   (void)st;
@@ -398,10 +410,11 @@ static int lchan_send_many(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lchan *C = fast_chan(L, R, 1);
   if (lua_type(L, 2) != LUA_TTABLE) lbt_argerror(L, FN_SEND_MANY, 2, "list", "table");
-  lua_Integer i = lua_isnoneornil(L, 3) ? 1 : lbt_arg_count(L, FN_SEND_MANY, 3, "i", 1, -1);
-  lua_Integer j = lua_isnoneornil(L, 4) ? (lua_Integer)lua_rawlen(L, 2)
-                                        : lbt_arg_count(L, FN_SEND_MANY, 4, "j", 0, -1);
-  uint64_t due = lbt_arg_due(L, R, FN_SEND_MANY, 5);
+  int top = lua_gettop(L);
+  lua_Integer i = top < 3 || lua_isnil(L, 3) ? 1 : arg_count(L, FN_SEND_MANY, 3, "i", 1, -1);
+  lua_Integer j = top < 4 || lua_isnil(L, 4) ? (lua_Integer)lua_rawlen(L, 2)
+                                             : arg_count(L, FN_SEND_MANY, 4, "j", 0, -1);
+  uint64_t due = top >= 5 ? lbt_arg_due(L, R, FN_SEND_MANY, 5) : UINT64_MAX;
   if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
   if (bt_chan_closed(C->c)) return fail_closed(L, FN_SEND_MANY, 0);
   if (j < i) {
@@ -457,8 +470,8 @@ static int lchan_recv_many(lua_State *L) {
   lchan *C = fast_chan(L, R, 1);
   if (!lua_isnil(L, 2) && lua_type(L, 2) != LUA_TTABLE)
     lbt_argerror(L, FN_RECV_MANY, 2, "buf", "table or nil");
-  lua_Integer max = lbt_arg_count(L, FN_RECV_MANY, 3, "max", 1, -1);
-  uint64_t due = lbt_arg_due(L, R, FN_RECV_MANY, 4);
+  lua_Integer max = arg_count(L, FN_RECV_MANY, 3, "max", 1, -1);
+  uint64_t due = lua_gettop(L) >= 4 ? lbt_arg_due(L, R, FN_RECV_MANY, 4) : UINT64_MAX;
   if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
   lua_Integer k = min_int(max, (lua_Integer)bt_chan_len(C->c));
   if (k > 0) {
