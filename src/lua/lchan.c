@@ -49,11 +49,18 @@ static lchan *check_chan(lua_State *L, int idx) { return lbt_check_handle(L, idx
 
 /* The same for send and recv, the hot path: the channel checked last (lbt_check_handle's
  * memo), else one metatable comparison, the runtime already at hand; anything else goes
- * through lbt_check_handle, which remembers it, or raises with its message. */
-static lchan *fast_chan(lua_State *L, lbt_rt *R, int idx) {
+ * through lbt_check_handle, which remembers it, or raises with its message. The memo's
+ * test is inlined in each caller, the rest (slow_chan) is not. */
+static lchan *slow_chan(lua_State *L, lbt_rt *R, int idx, lchan *C);
+
+static inline lchan *fast_chan(lua_State *L, lbt_rt *R, int idx) {
   lchan *C = lua_touserdata(L, idx);
   if (C != NULL && (void *)C == R->open_memo[LBT_CHAN] && lua_type(L, idx) == LUA_TUSERDATA)
     return C;  /* the channel lbt_check_handle saw last, still open (lbaton.h) */
+  return slow_chan(L, R, idx, C);
+}
+
+static lchan *slow_chan(lua_State *L, lbt_rt *R, int idx, lchan *C) {
   if (C != NULL && lua_getmetatable(L, idx)) {
     const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
@@ -81,8 +88,10 @@ static void ring_grow(lua_State *L, lchan *C, int ri) {
 }
 
 /* Puts the value at vi at the tail of the channel at ci, and calls bt_chan_push. Leaves
- * the ring on the stack (the callers return right after: one API call less a value). */
-static void ring_put(lua_State *L, lchan *C, int ci, int vi, int reserved) {
+ * the ring on the stack (the callers return right after: one API call less a value).
+ * ring_put, ring_take and chan_recv are inline: they are the per-value path of send, recv
+ * and iter, where each call's saved registers cost some 15 instructions a value. */
+static inline void ring_put(lua_State *L, lchan *C, int ci, int vi, int reserved) {
   lua_getiuservalue(L, ci, 1);
   lua_Integer len = (lua_Integer)C->storage.len;
   if (len == C->size) ring_grow(L, C, lua_gettop(L));
@@ -94,7 +103,7 @@ static void ring_put(lua_State *L, lchan *C, int ci, int vi, int reserved) {
 }
 
 /* Takes the head value, and calls bt_chan_pop; pushes the ring, then the value on top. */
-static void ring_take(lua_State *L, lchan *C, int ci, int reserved) {
+static inline void ring_take(lua_State *L, lchan *C, int ci, int reserved) {
   lua_getiuservalue(L, ci, 1);
   lua_rawgeti(L, -1, C->head);
   lua_pushnil(L);
@@ -335,7 +344,7 @@ static int recv_k(lua_State *L, int st, lua_KContext iter) {
 }
 
 /* The channel at ci (1, or the iterator's upvalue), the optional timeout at 2. */
-static int chan_recv(lua_State *L, lbt_rt *R, lchan *C, int ci, int iter) {
+static inline int chan_recv(lua_State *L, lbt_rt *R, lchan *C, int ci, int iter) {
   const char *fname = iter ? FN_ITER : FN_RECV;
   uint64_t due = !iter && lua_gettop(L) >= 2 ? lbt_arg_due(L, R, fname, 2) : UINT64_MAX;
   if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
