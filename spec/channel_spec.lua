@@ -444,6 +444,67 @@ describe("baton.channel batches (send_many, recv_many)", function()
     end
   end))
 
+  it("keeps nothing it has passed on: a list recv_many(nil) returns holds exactly its values "
+     .. "(numbers taken one by one leave no trace in it), and received tables are collectable",
+     H.async(function()
+    -- a number taken by recv stays in its slot until a put overwrites it (it keeps nothing
+    -- alive); a ring handed over must still hold only the values taken
+    local ch = baton.channel(8)
+    for i = 1, 6 do assert.is_true(ch:send(i)) end
+    for i = 1, 6 do assert.equal(i, ch:recv()) end
+    for i = 1, 3 do assert.is_true(ch:send(i * 10)) end
+    local k, l = ch:recv_many(nil, 8)
+    assert.equal(3, k)
+    assert.same({ 10, 20, 30 }, l)
+    -- the same at random: every kind of value, the ring wrapping and growing (a receiver
+    -- waiting lets a sender put one more), each list checked against a model queue
+    math.randomseed(5)
+    local kinds = { function(i) return i end, function(i) return i % 2 == 0 end,
+                    function(i) return "s" .. i end, function(i) return { i } end,
+                    function(i) return i + 0.5 end }
+    for cap = 1, 5 do
+      local c = baton.channel(cap)
+      local model, first, last, n = {}, 1, 0, 0
+      for _ = 1, 2000 do
+        local op = math.random(1, 4)
+        if op <= 2 and #c < cap then                      -- send one, or a few
+          local m = op == 1 and 1 or math.random(1, cap - #c)
+          local list = {}
+          for j = 1, m do
+            n = n + 1
+            list[j] = kinds[math.random(#kinds)](n)
+          end
+          if m == 1 then assert.is_true(c:send(list[1]))
+          else assert.equal(m, c:send_many(list)) end
+          for j = 1, m do last = last + 1; model[last] = list[j] end
+        elseif op == 3 and #c > 0 then                    -- take one
+          assert.equal(model[first], c:recv())
+          model[first], first = nil, first + 1
+        elseif #c > 0 then                                -- take some into a new list
+          local got, got_l = c:recv_many(nil, math.random(1, cap + 1))
+          assert.equal(got, #got_l)
+          assert.is_nil(next(got_l, got))                 -- nothing after the values taken
+          for j = 1, got do
+            assert.equal(model[first], got_l[j])
+            model[first], first = nil, first + 1
+          end
+        end
+      end
+    end
+    -- tables (and strings, functions, userdata) are cleared from the ring once taken
+    local weak = setmetatable({}, { __mode = "v" })
+    local t = baton.channel(4)
+    for i = 1, 3 do
+      local v = { i }
+      weak[i] = v
+      assert.is_true(t:send(v))
+    end
+    for i = 1, 3 do assert.equal(i, t:recv()[1]) end
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(next(weak))
+  end))
+
   it("rendezvous: send_many hands over as many values as receivers wait", H.async(function()
     local ch = baton.channel(0)
     assert.equal("busy", select(3, ch:try_send(1)))

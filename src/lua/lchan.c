@@ -85,6 +85,7 @@ static void ring_grow(lua_State *L, lchan *C, int ri) {
     lua_rawseti(L, ri, i);
   }
   C->size = old * 2;
+  if (C->stale > 0) C->stale = C->size;  /* a value taken may have moved with the rest */
 }
 
 /* Puts the value at vi at the tail of the channel at ci, and calls bt_chan_push. Leaves
@@ -102,12 +103,23 @@ static inline void ring_put(lua_State *L, lchan *C, int ci, int vi, int reserved
   bt_chan_push(&C->storage, reserved);
 }
 
-/* Takes the head value, and calls bt_chan_pop; pushes the ring, then the value on top. */
+/* Types whose values refer to no object: left in the ring once taken, they keep nothing
+ * alive, and a put overwrites them. */
+#define NO_REF ((1 << LUA_TNUMBER) | (1 << LUA_TBOOLEAN) | (1 << LUA_TLIGHTUSERDATA))
+
+/* Takes the head value, and calls bt_chan_pop; pushes the ring, then the value on top.
+ * The slot is cleared only if the value refers to an object (which the ring must not keep
+ * alive): clearing a number's slot was a table store per value, a twentieth of a send and
+ * recv. Such a slot is remembered (stale) for the one place the ring's table leaves the
+ * channel, ring_take_many. */
 static inline void ring_take(lua_State *L, lchan *C, int ci, int reserved) {
   lua_getiuservalue(L, ci, 1);
-  lua_rawgeti(L, -1, C->head);
-  lua_pushnil(L);
-  lua_rawseti(L, -3, C->head);
+  if ((1 << lua_rawgeti(L, -1, C->head)) & NO_REF) {
+    if (C->head > C->stale) C->stale = C->head;
+  } else {
+    lua_pushnil(L);
+    lua_rawseti(L, -3, C->head);
+  }
   C->head = C->head == C->size ? 1 : C->head + 1;
   bt_chan_pop(&C->storage, reserved);
   if (C->storage.len == 0) C->head = 1;  /* empty: the next values start at slot 1 */
@@ -175,6 +187,11 @@ static void ring_take_many(lua_State *L, lchan *C, int ci, int bi, lua_Integer k
       lua_pushnil(L);
       lua_rawseti(L, li, j);
     }
+    for (lua_Integer j = len + 1; j <= C->stale; j++) {  /* the list holds k values only */
+      lua_pushnil(L);
+      lua_rawseti(L, li, j);
+    }
+    C->stale = 0;
     lua_setiuservalue(L, ci, 1);
     bt_chan_pop_n(&C->storage, (size_t)k, reserved);
     return;
@@ -229,6 +246,7 @@ static int lchan_new(lua_State *L) {
   C->c = &C->storage;
   C->R = lbt_R(L);
   C->head = 1;
+  C->stale = 0;
   /* Room for one more than the capacity, up to 64: a sender may put a value beside the
    * one reserved for a receiver that has not run yet, and a ring that had to double for it
    * would hand 128 slots to every recv_many(nil, n) that takes it (ring_take_many). */
