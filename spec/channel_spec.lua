@@ -505,6 +505,36 @@ describe("baton.channel batches (send_many, recv_many)", function()
     assert.is_nil(next(weak))
   end))
 
+  it("capacity 64 in batches of 64 (W5b's shape): each batch arrives whole and in order, "
+     .. "the value put beside the one reserved for the consumer included", H.async(function()
+    local ch = baton.channel(64)
+    local n = 64 * 40
+    local consumer = baton.spawn(function()
+      local got, lists = {}, 0
+      while true do
+        local k, l = ch:recv_many(nil, 64)
+        if not k then return got, lists end
+        assert.equal(k, #l)
+        assert.is_nil(next(l, k))
+        for j = 1, k do got[#got + 1] = l[j] end
+        lists = lists + 1
+      end
+    end)
+    local buf, i = {}, 1
+    while i <= n do
+      for k = 1, 64 do buf[k] = i + k - 1 end
+      local k = 1
+      while k <= 64 do k = k + ch:send_many(buf, k, 64) end
+      i = i + 64
+    end
+    ch:close()
+    local ok, got, lists = consumer:join()
+    assert.is_true(ok)
+    assert.equal(n, #got)
+    for j = 1, n do assert.equal(j, got[j]) end
+    assert.is_true(lists > 40, "the 65th value of a turn came in a list of its own")
+  end))
+
   it("rendezvous: send_many hands over as many values as receivers wait", H.async(function()
     local ch = baton.channel(0)
     assert.equal("busy", select(3, ch:try_send(1)))

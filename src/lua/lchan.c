@@ -74,6 +74,15 @@ static lchan *slow_chan(lua_State *L, lbt_rt *R, int idx, lchan *C) {
 
 /* ---- the ring ------------------------------------------------------------------------ */
 
+/* Pushes a fresh ring of `size` slots. 65 slots (a channel of capacity 64 or more: see
+ * lchan_new) are 64 in the table's array part and one in its hash part: 64 values are
+ * 1 KiB, the largest block of the arena (src/cli/arena.c), where 65 would be a malloc of
+ * 1,040 bytes for every ring recv_many(nil, n) hands over (ring_take_many). */
+static void ring_new(lua_State *L, lua_Integer size) {
+  if (size == 65) lua_createtable(L, 64, 1);
+  else lua_createtable(L, (int)size, 0);
+}
+
 /* Doubles the ring (table at ri), which is full: the values that wrapped around to slots
  * 1..head-1 move after the old end, so the queue is contiguous from head again. */
 static void ring_grow(lua_State *L, lchan *C, int ri) {
@@ -180,7 +189,7 @@ static void ring_take_many(lua_State *L, lchan *C, int ci, int bi, lua_Integer k
   lua_Integer len = (lua_Integer)C->storage.len;
   if (bi == 0 && C->head == 1 && 2 * k >= len && 4 * k >= C->size) {
     int li = lua_gettop(L);
-    lua_createtable(L, (int)C->size, 0);
+    ring_new(L, C->size);
     for (lua_Integer j = k + 1; j <= len; j++) {
       lua_rawgeti(L, li, j);
       lua_rawseti(L, li + 1, j - k);
@@ -251,7 +260,7 @@ static int lchan_new(lua_State *L) {
    * one reserved for a receiver that has not run yet, and a ring that had to double for it
    * would hand 128 slots to every recv_many(nil, n) that takes it (ring_take_many). */
   C->size = (cap < 64 ? cap : 64) + 1;
-  lua_createtable(L, (int)C->size, 0);
+  ring_new(L, C->size);
   lua_setiuservalue(L, -2, 1);
   lbt_set_class(L, LBT_CHAN);
   return 1;
