@@ -464,7 +464,7 @@ describe("baton.channel batches (send_many, recv_many)", function()
                     function(i) return i + 0.5 end }
     for cap = 1, 5 do
       local c = baton.channel(cap)
-      local model, first, last, n = {}, 1, 0, 0
+      local model, first, last, n, buf = {}, 1, 0, 0, {}
       for _ = 1, 2000 do
         local op = math.random(1, 4)
         if op <= 2 and #c < cap then                      -- send one, or a few
@@ -480,10 +480,15 @@ describe("baton.channel batches (send_many, recv_many)", function()
         elseif op == 3 and #c > 0 then                    -- take one
           assert.equal(model[first], c:recv())
           model[first], first = nil, first + 1
-        elseif #c > 0 then                                -- take some into a new list
-          local got, got_l = c:recv_many(nil, math.random(1, cap + 1))
-          assert.equal(got, #got_l)
-          assert.is_nil(next(got_l, got))                 -- nothing after the values taken
+        elseif #c > 0 then                                -- take some into a new list,
+          local into = math.random(2) == 1 and buf or nil -- or into a buffer
+          local got, got_l = c:recv_many(into, math.random(1, cap + 1))
+          if into then
+            assert.equal(buf, got_l)
+          else
+            assert.equal(got, #got_l)
+            assert.is_nil(next(got_l, got))               -- nothing after the values taken
+          end
           for j = 1, got do
             assert.equal(model[first], got_l[j])
             model[first], first = nil, first + 1

@@ -177,17 +177,18 @@ static void ring_put_many(lua_State *L, lchan *C, int ci, int li, lua_Integer i,
 }
 
 /* Takes k values from the head into buf[1..k] (the table at bi), or, bi 0, into a new list;
- * calls bt_chan_pop_n and leaves the list on top. A new list taking at least half of what
+ * calls bt_chan_pop_n and pushes k, then the list. A new list taking at least half of what
  * is queued, from slot 1, is the ring itself: the channel takes a fresh ring, into which the
  * values left behind move (a consumer keeping up in batches copies none, or the one value a
  * sender could add beside a value reserved for it). Only when it takes at least a quarter
  * of the ring's slots, though: a fresh ring costs a store per slot and a block for the
  * collector, more than copying a handful of values (the one left behind above is taken
- * alone by the next call). */
+ * alone by the next call). Values copied out leave their slots as ring_take does. */
 static void ring_take_many(lua_State *L, lchan *C, int ci, int bi, lua_Integer k, int reserved) {
-  lua_getiuservalue(L, ci, 1);
   lua_Integer len = (lua_Integer)C->storage.len;
+  lua_pushinteger(L, k);
   if (bi == 0 && C->head == 1 && 2 * k >= len && 4 * k >= C->size) {
+    lua_getiuservalue(L, ci, 1);
     int li = lua_gettop(L);
     ring_new(L, C->size);
     for (lua_Integer j = k + 1; j <= len; j++) {
@@ -205,20 +206,22 @@ static void ring_take_many(lua_State *L, lchan *C, int ci, int bi, lua_Integer k
     bt_chan_pop_n(&C->storage, (size_t)k, reserved);
     return;
   }
-  int ri = lua_gettop(L);
-  if (bi == 0) {
-    lua_createtable(L, (int)k, 0);
-    bi = ri + 1;
-  }
+  if (bi == 0) lua_createtable(L, (int)k, 0);
+  else lua_pushvalue(L, bi);
+  bi = lua_gettop(L);
+  lua_getiuservalue(L, ci, 1);
   for (lua_Integer n = 1; n <= k; n++) {
-    lua_rawgeti(L, ri, C->head);
-    lua_rawseti(L, bi, n);
-    lua_pushnil(L);
-    lua_rawseti(L, ri, C->head);
+    if ((1 << lua_rawgeti(L, bi + 1, C->head)) & NO_REF) {
+      if (C->head > C->stale) C->stale = C->head;
+      lua_rawseti(L, bi, n);
+    } else {
+      lua_rawseti(L, bi, n);
+      lua_pushnil(L);
+      lua_rawseti(L, bi + 1, C->head);
+    }
     C->head = C->head == C->size ? 1 : C->head + 1;
   }
-  if (bi == ri + 1) lua_remove(L, ri);
-  else lua_settop(L, ri - 1), lua_pushvalue(L, bi);
+  lua_pop(L, 1);
   bt_chan_pop_n(&C->storage, (size_t)k, reserved);
   if (C->storage.len == 0) C->head = 1;  /* empty: the next values start at slot 1 */
 }
@@ -476,8 +479,6 @@ static int lchan_send_many(lua_State *L) {
  * list and returns k, the list. */
 static int took_many(lua_State *L, lchan *C, lua_Integer k, int reserved) {
   ring_take_many(L, C, 1, lua_istable(L, 2) ? 2 : 0, k, reserved);
-  lua_pushinteger(L, k);
-  lua_insert(L, -2);
   return 2;
 }
 
