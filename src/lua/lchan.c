@@ -449,10 +449,12 @@ static int lchan_send_many(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lchan *C = fast_chan(L, R, 1);
   if (lua_type(L, 2) != LUA_TTABLE) lbt_argerror(L, FN_SEND_MANY, 2, "list", "table");
-  int top = lua_gettop(L);
-  lua_Integer i = top < 3 || lua_isnil(L, 3) ? 1 : arg_count(L, FN_SEND_MANY, 3, "i", 1, -1);
-  lua_Integer j = top < 4 || lua_isnil(L, 4) ? (lua_Integer)lua_rawlen(L, 2)
-                                             : arg_count(L, FN_SEND_MANY, 4, "j", 0, -1);
+  int top = lua_gettop(L), given = 1;  /* given: i and j both passed (as counts) */
+  lua_Integer i = 1, j;
+  if (top < 3 || lua_isnil(L, 3)) given = 0;
+  else i = arg_count(L, FN_SEND_MANY, 3, "i", 1, -1);
+  if (top < 4 || lua_isnil(L, 4)) given = 0, j = (lua_Integer)lua_rawlen(L, 2);
+  else j = arg_count(L, FN_SEND_MANY, 4, "j", 0, -1);
   uint64_t due = top >= 5 ? lbt_arg_due(L, R, FN_SEND_MANY, 5) : UINT64_MAX;
   if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
   if (bt_chan_closed(C->c)) return fail_closed(L, FN_SEND_MANY, 0);
@@ -468,10 +470,12 @@ static int lchan_send_many(lua_State *L) {
     return 1;
   }
   lua_settop(L, 5);
-  lua_pushinteger(L, i);
-  lua_replace(L, 3);
-  lua_pushinteger(L, j);
-  lua_replace(L, 4);
+  if (!given) {  /* the continuation reads i and j at 3 and 4 (a count given reads as itself) */
+    lua_pushinteger(L, i);
+    lua_replace(L, 3);
+    lua_pushinteger(L, j);
+    lua_replace(L, 4);
+  }
   return wait_turn(L, R, C, 1, FN_SEND_MANY, due, 0, send_many_k);
 }
 
