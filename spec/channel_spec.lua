@@ -444,6 +444,102 @@ describe("baton.channel batches (send_many, recv_many)", function()
     end
   end))
 
+  it("keeps nothing it has passed on: a list recv_many(nil) returns holds exactly its values "
+     .. "(numbers taken one by one leave no trace in it), and received tables are collectable",
+     H.async(function()
+    -- a number taken by recv stays in its slot until a put overwrites it (it keeps nothing
+    -- alive); a ring handed over must still hold only the values taken
+    local ch = baton.channel(8)
+    for i = 1, 6 do assert.is_true(ch:send(i)) end
+    for i = 1, 6 do assert.equal(i, ch:recv()) end
+    for i = 1, 3 do assert.is_true(ch:send(i * 10)) end
+    local k, l = ch:recv_many(nil, 8)
+    assert.equal(3, k)
+    assert.same({ 10, 20, 30 }, l)
+    -- the same at random: every kind of value, the ring wrapping and growing (a receiver
+    -- waiting lets a sender put one more), each list checked against a model queue
+    math.randomseed(5)
+    local kinds = { function(i) return i end, function(i) return i % 2 == 0 end,
+                    function(i) return "s" .. i end, function(i) return { i } end,
+                    function(i) return i + 0.5 end }
+    for cap = 1, 5 do
+      local c = baton.channel(cap)
+      local model, first, last, n, buf = {}, 1, 0, 0, {}
+      for _ = 1, 2000 do
+        local op = math.random(1, 4)
+        if op <= 2 and #c < cap then                      -- send one, or a few
+          local m = op == 1 and 1 or math.random(1, cap - #c)
+          local list = {}
+          for j = 1, m do
+            n = n + 1
+            list[j] = kinds[math.random(#kinds)](n)
+          end
+          if m == 1 then assert.is_true(c:send(list[1]))
+          else assert.equal(m, c:send_many(list)) end
+          for j = 1, m do last = last + 1; model[last] = list[j] end
+        elseif op == 3 and #c > 0 then                    -- take one
+          assert.equal(model[first], c:recv())
+          model[first], first = nil, first + 1
+        elseif #c > 0 then                                -- take some into a new list,
+          local into = math.random(2) == 1 and buf or nil -- or into a buffer
+          local got, got_l = c:recv_many(into, math.random(1, cap + 1))
+          if into then
+            assert.equal(buf, got_l)
+          else
+            assert.equal(got, #got_l)
+            assert.is_nil(next(got_l, got))               -- nothing after the values taken
+          end
+          for j = 1, got do
+            assert.equal(model[first], got_l[j])
+            model[first], first = nil, first + 1
+          end
+        end
+      end
+    end
+    -- tables (and strings, functions, userdata) are cleared from the ring once taken
+    local weak = setmetatable({}, { __mode = "v" })
+    local t = baton.channel(4)
+    for i = 1, 3 do
+      local v = { i }
+      weak[i] = v
+      assert.is_true(t:send(v))
+    end
+    for i = 1, 3 do assert.equal(i, t:recv()[1]) end
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(next(weak))
+  end))
+
+  it("capacity 64 in batches of 64 (W5b's shape): each batch arrives whole and in order, "
+     .. "the value put beside the one reserved for the consumer included", H.async(function()
+    local ch = baton.channel(64)
+    local n = 64 * 40
+    local consumer = baton.spawn(function()
+      local got, lists = {}, 0
+      while true do
+        local k, l = ch:recv_many(nil, 64)
+        if not k then return got, lists end
+        assert.equal(k, #l)
+        assert.is_nil(next(l, k))
+        for j = 1, k do got[#got + 1] = l[j] end
+        lists = lists + 1
+      end
+    end)
+    local buf, i = {}, 1
+    while i <= n do
+      for k = 1, 64 do buf[k] = i + k - 1 end
+      local k = 1
+      while k <= 64 do k = k + ch:send_many(buf, k, 64) end
+      i = i + 64
+    end
+    ch:close()
+    local ok, got, lists = consumer:join()
+    assert.is_true(ok)
+    assert.equal(n, #got)
+    for j = 1, n do assert.equal(j, got[j]) end
+    assert.is_true(lists > 40, "the 65th value of a turn came in a list of its own")
+  end))
+
   it("rendezvous: send_many hands over as many values as receivers wait", H.async(function()
     local ch = baton.channel(0)
     assert.equal("busy", select(3, ch:try_send(1)))

@@ -33,6 +33,9 @@ static int fits(const bt_chan_t *c) {
   return unclaimed(c) + c->rsv_room < c->cap + c->receivers.n;
 }
 
+/* The grant loops, called when something may be granted; push and pop test the queue's
+ * count first, so a value passed while nobody waits (a channel's usual state between task
+ * switches) costs no call. */
 static void grant_receivers(bt_chan_t *c) {
   bt_waiter_t *w;
   while (unclaimed(c) > 0 && (w = bt__waitq_shift(&c->receivers)) != NULL) {
@@ -47,6 +50,18 @@ static void grant_senders(bt_chan_t *c) {
     c->rsv_room++;
     w->cb(w, 0);
   }
+}
+
+static inline void push_n(bt_chan_t *c, size_t n, int reserved) {
+  c->len += n;
+  if (reserved && c->rsv_room > 0) c->rsv_room--;
+  if (c->receivers.n > 0) grant_receivers(c);
+}
+
+static inline void pop_n(bt_chan_t *c, size_t n, int reserved) {
+  c->len = n < c->len ? c->len - n : 0;
+  if (reserved && c->rsv_items > 0) c->rsv_items--;
+  if (c->senders.n > 0) grant_senders(c);
 }
 
 int bt_chan_can_send(const bt_chan_t *c) {
@@ -64,13 +79,8 @@ size_t bt_chan_room(const bt_chan_t *c) {
   return have < limit ? limit - have : 0;
 }
 
-void bt_chan_push_n(bt_chan_t *c, size_t n, int reserved) {
-  c->len += n;
-  if (reserved && c->rsv_room > 0) c->rsv_room--;
-  grant_receivers(c);
-}
-
-void bt_chan_push(bt_chan_t *c, int reserved) { bt_chan_push_n(c, 1, reserved); }
+void bt_chan_push_n(bt_chan_t *c, size_t n, int reserved) { push_n(c, n, reserved); }
+void bt_chan_push(bt_chan_t *c, int reserved) { push_n(c, 1, reserved); }
 
 void bt_chan_unreserve_room(bt_chan_t *c) {
   if (c->rsv_room > 0) c->rsv_room--;
@@ -87,13 +97,8 @@ void bt_chan_wait_recv(bt_chan_t *c, bt_waiter_t *w, bt_waiter_cb cb) {
   grant_senders(c);  /* a waiting receiver is room for one more item */
 }
 
-void bt_chan_pop_n(bt_chan_t *c, size_t n, int reserved) {
-  c->len = n < c->len ? c->len - n : 0;
-  if (reserved && c->rsv_items > 0) c->rsv_items--;
-  grant_senders(c);
-}
-
-void bt_chan_pop(bt_chan_t *c, int reserved) { bt_chan_pop_n(c, 1, reserved); }
+void bt_chan_pop_n(bt_chan_t *c, size_t n, int reserved) { pop_n(c, n, reserved); }
+void bt_chan_pop(bt_chan_t *c, int reserved) { pop_n(c, 1, reserved); }
 
 void bt_chan_unreserve_item(bt_chan_t *c) {
   if (c->rsv_items > 0) c->rsv_items--;

@@ -49,11 +49,18 @@ static lchan *check_chan(lua_State *L, int idx) { return lbt_check_handle(L, idx
 
 /* The same for send and recv, the hot path: the channel checked last (lbt_check_handle's
  * memo), else one metatable comparison, the runtime already at hand; anything else goes
- * through lbt_check_handle, which remembers it, or raises with its message. */
-static lchan *fast_chan(lua_State *L, lbt_rt *R, int idx) {
+ * through lbt_check_handle, which remembers it, or raises with its message. The memo's
+ * test is inlined in each caller, the rest (slow_chan) is not. */
+static lchan *slow_chan(lua_State *L, lbt_rt *R, int idx, lchan *C);
+
+static inline lchan *fast_chan(lua_State *L, lbt_rt *R, int idx) {
   lchan *C = lua_touserdata(L, idx);
   if (C != NULL && (void *)C == R->open_memo[LBT_CHAN] && lua_type(L, idx) == LUA_TUSERDATA)
     return C;  /* the channel lbt_check_handle saw last, still open (lbaton.h) */
+  return slow_chan(L, R, idx, C);
+}
+
+static lchan *slow_chan(lua_State *L, lbt_rt *R, int idx, lchan *C) {
   if (C != NULL && lua_getmetatable(L, idx)) {
     const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
@@ -67,6 +74,15 @@ static lchan *fast_chan(lua_State *L, lbt_rt *R, int idx) {
 
 /* ---- the ring ------------------------------------------------------------------------ */
 
+/* Pushes a fresh ring of `size` slots. 65 slots (a channel of capacity 64 or more: see
+ * lchan_new) are 64 in the table's array part and one in its hash part: 64 values are
+ * 1 KiB, the largest block of the arena (src/cli/arena.c), where 65 would be a malloc of
+ * 1,040 bytes for every ring recv_many(nil, n) hands over (ring_take_many). */
+static void ring_new(lua_State *L, lua_Integer size) {
+  if (size == 65) lua_createtable(L, 64, 1);
+  else lua_createtable(L, (int)size, 0);
+}
+
 /* Doubles the ring (table at ri), which is full: the values that wrapped around to slots
  * 1..head-1 move after the old end, so the queue is contiguous from head again. */
 static void ring_grow(lua_State *L, lchan *C, int ri) {
@@ -78,11 +94,14 @@ static void ring_grow(lua_State *L, lchan *C, int ri) {
     lua_rawseti(L, ri, i);
   }
   C->size = old * 2;
+  if (C->stale > 0) C->stale = C->size;  /* a value taken may have moved with the rest */
 }
 
 /* Puts the value at vi at the tail of the channel at ci, and calls bt_chan_push. Leaves
- * the ring on the stack (the callers return right after: one API call less a value). */
-static void ring_put(lua_State *L, lchan *C, int ci, int vi, int reserved) {
+ * the ring on the stack (the callers return right after: one API call less a value).
+ * ring_put, ring_take and chan_recv are inline: they are the per-value path of send, recv
+ * and iter, where each call's saved registers cost some 15 instructions a value. */
+static inline void ring_put(lua_State *L, lchan *C, int ci, int vi, int reserved) {
   lua_getiuservalue(L, ci, 1);
   lua_Integer len = (lua_Integer)C->storage.len;
   if (len == C->size) ring_grow(L, C, lua_gettop(L));
@@ -93,12 +112,23 @@ static void ring_put(lua_State *L, lchan *C, int ci, int vi, int reserved) {
   bt_chan_push(&C->storage, reserved);
 }
 
-/* Takes the head value, and calls bt_chan_pop; pushes the ring, then the value on top. */
-static void ring_take(lua_State *L, lchan *C, int ci, int reserved) {
+/* Types whose values refer to no object: left in the ring once taken, they keep nothing
+ * alive, and a put overwrites them. */
+#define NO_REF ((1 << LUA_TNUMBER) | (1 << LUA_TBOOLEAN) | (1 << LUA_TLIGHTUSERDATA))
+
+/* Takes the head value, and calls bt_chan_pop; pushes the ring, then the value on top.
+ * The slot is cleared only if the value refers to an object (which the ring must not keep
+ * alive): clearing a number's slot was a table store per value, a twentieth of a send and
+ * recv. Such a slot is remembered (stale) for the one place the ring's table leaves the
+ * channel, ring_take_many. */
+static inline void ring_take(lua_State *L, lchan *C, int ci, int reserved) {
   lua_getiuservalue(L, ci, 1);
-  lua_rawgeti(L, -1, C->head);
-  lua_pushnil(L);
-  lua_rawseti(L, -3, C->head);
+  if ((1 << lua_rawgeti(L, -1, C->head)) & NO_REF) {
+    if (C->head > C->stale) C->stale = C->head;
+  } else {
+    lua_pushnil(L);
+    lua_rawseti(L, -3, C->head);
+  }
   C->head = C->head == C->size ? 1 : C->head + 1;
   bt_chan_pop(&C->storage, reserved);
   if (C->storage.len == 0) C->head = 1;  /* empty: the next values start at slot 1 */
@@ -147,40 +177,51 @@ static void ring_put_many(lua_State *L, lchan *C, int ci, int li, lua_Integer i,
 }
 
 /* Takes k values from the head into buf[1..k] (the table at bi), or, bi 0, into a new list;
- * calls bt_chan_pop_n and leaves the list on top. A new list taking at least half of what
+ * calls bt_chan_pop_n and pushes k, then the list. A new list taking at least half of what
  * is queued, from slot 1, is the ring itself: the channel takes a fresh ring, into which the
  * values left behind move (a consumer keeping up in batches copies none, or the one value a
- * sender could add beside a value reserved for it). */
+ * sender could add beside a value reserved for it). Only when it takes at least a quarter
+ * of the ring's slots, though: a fresh ring costs a store per slot and a block for the
+ * collector, more than copying a handful of values (the one left behind above is taken
+ * alone by the next call). Values copied out leave their slots as ring_take does. */
 static void ring_take_many(lua_State *L, lchan *C, int ci, int bi, lua_Integer k, int reserved) {
-  lua_getiuservalue(L, ci, 1);
   lua_Integer len = (lua_Integer)C->storage.len;
-  if (bi == 0 && C->head == 1 && 2 * k >= len) {
+  lua_pushinteger(L, k);
+  if (bi == 0 && C->head == 1 && 2 * k >= len && 4 * k >= C->size) {
+    lua_getiuservalue(L, ci, 1);
     int li = lua_gettop(L);
-    lua_createtable(L, (int)C->size, 0);
+    ring_new(L, C->size);
     for (lua_Integer j = k + 1; j <= len; j++) {
       lua_rawgeti(L, li, j);
       lua_rawseti(L, li + 1, j - k);
       lua_pushnil(L);
       lua_rawseti(L, li, j);
     }
+    for (lua_Integer j = len + 1; j <= C->stale; j++) {  /* the list holds k values only */
+      lua_pushnil(L);
+      lua_rawseti(L, li, j);
+    }
+    C->stale = 0;
     lua_setiuservalue(L, ci, 1);
     bt_chan_pop_n(&C->storage, (size_t)k, reserved);
     return;
   }
-  int ri = lua_gettop(L);
-  if (bi == 0) {
-    lua_createtable(L, (int)k, 0);
-    bi = ri + 1;
-  }
+  if (bi == 0) lua_createtable(L, (int)k, 0);
+  else lua_pushvalue(L, bi);
+  bi = lua_gettop(L);
+  lua_getiuservalue(L, ci, 1);
   for (lua_Integer n = 1; n <= k; n++) {
-    lua_rawgeti(L, ri, C->head);
-    lua_rawseti(L, bi, n);
-    lua_pushnil(L);
-    lua_rawseti(L, ri, C->head);
+    if ((1 << lua_rawgeti(L, bi + 1, C->head)) & NO_REF) {
+      if (C->head > C->stale) C->stale = C->head;
+      lua_rawseti(L, bi, n);
+    } else {
+      lua_rawseti(L, bi, n);
+      lua_pushnil(L);
+      lua_rawseti(L, bi + 1, C->head);
+    }
     C->head = C->head == C->size ? 1 : C->head + 1;
   }
-  if (bi == ri + 1) lua_remove(L, ri);
-  else lua_settop(L, ri - 1), lua_pushvalue(L, bi);
+  lua_pop(L, 1);
   bt_chan_pop_n(&C->storage, (size_t)k, reserved);
   if (C->storage.len == 0) C->head = 1;  /* empty: the next values start at slot 1 */
 }
@@ -217,8 +258,12 @@ static int lchan_new(lua_State *L) {
   C->c = &C->storage;
   C->R = lbt_R(L);
   C->head = 1;
-  C->size = cap == 0 ? 1 : cap < 64 ? cap : 64;
-  lua_createtable(L, (int)C->size, 0);
+  C->stale = 0;
+  /* Room for one more than the capacity, up to 64: a sender may put a value beside the
+   * one reserved for a receiver that has not run yet, and a ring that had to double for it
+   * would hand 128 slots to every recv_many(nil, n) that takes it (ring_take_many). */
+  C->size = (cap < 64 ? cap : 64) + 1;
+  ring_new(L, C->size);
   lua_setiuservalue(L, -2, 1);
   lbt_set_class(L, LBT_CHAN);
   return 1;
@@ -329,7 +374,7 @@ static int recv_k(lua_State *L, int st, lua_KContext iter) {
 }
 
 /* The channel at ci (1, or the iterator's upvalue), the optional timeout at 2. */
-static int chan_recv(lua_State *L, lbt_rt *R, lchan *C, int ci, int iter) {
+static inline int chan_recv(lua_State *L, lbt_rt *R, lchan *C, int ci, int iter) {
   const char *fname = iter ? FN_ITER : FN_RECV;
   uint64_t due = !iter && lua_gettop(L) >= 2 ? lbt_arg_due(L, R, fname, 2) : UINT64_MAX;
   if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
@@ -365,6 +410,18 @@ static int lchan_try_recv(lua_State *L) {
 
 static lua_Integer min_int(lua_Integer a, lua_Integer b) { return a < b ? a : b; }
 
+/* lbt_arg_count for the batch calls, which a consumer keeping up makes a few times per
+ * batch: an integer in range costs two API calls here, against four there; anything else
+ * (absent, a float, a string, out of range) goes to lbt_arg_count, which decides. */
+static lua_Integer arg_count(lua_State *L, const char *fname, int idx, const char *name,
+                             lua_Integer min, lua_Integer def) {
+  if (lua_isinteger(L, idx)) {
+    lua_Integer v = lua_tointeger(L, idx);
+    if (v >= min && v <= ((lua_Integer)1 << 53)) return v;
+  }
+  return lbt_arg_count(L, fname, idx, name, min, def);
+}
+
 /* Stack: 1 channel, 2 list, 3 i, 4 j, 5 timeout (normalized by send_many). */
 static int send_many_k(lua_State *L, int st, lua_KContext ctx) {
   (void)st;
@@ -392,10 +449,13 @@ static int lchan_send_many(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lchan *C = fast_chan(L, R, 1);
   if (lua_type(L, 2) != LUA_TTABLE) lbt_argerror(L, FN_SEND_MANY, 2, "list", "table");
-  lua_Integer i = lua_isnoneornil(L, 3) ? 1 : lbt_arg_count(L, FN_SEND_MANY, 3, "i", 1, -1);
-  lua_Integer j = lua_isnoneornil(L, 4) ? (lua_Integer)lua_rawlen(L, 2)
-                                        : lbt_arg_count(L, FN_SEND_MANY, 4, "j", 0, -1);
-  uint64_t due = lbt_arg_due(L, R, FN_SEND_MANY, 5);
+  int top = lua_gettop(L), given = 1;  /* given: i and j both passed (as counts) */
+  lua_Integer i = 1, j;
+  if (top < 3 || lua_isnil(L, 3)) given = 0;
+  else i = arg_count(L, FN_SEND_MANY, 3, "i", 1, -1);
+  if (top < 4 || lua_isnil(L, 4)) given = 0, j = (lua_Integer)lua_rawlen(L, 2);
+  else j = arg_count(L, FN_SEND_MANY, 4, "j", 0, -1);
+  uint64_t due = top >= 5 ? lbt_arg_due(L, R, FN_SEND_MANY, 5) : UINT64_MAX;
   if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
   if (bt_chan_closed(C->c)) return fail_closed(L, FN_SEND_MANY, 0);
   if (j < i) {
@@ -410,10 +470,12 @@ static int lchan_send_many(lua_State *L) {
     return 1;
   }
   lua_settop(L, 5);
-  lua_pushinteger(L, i);
-  lua_replace(L, 3);
-  lua_pushinteger(L, j);
-  lua_replace(L, 4);
+  if (!given) {  /* the continuation reads i and j at 3 and 4 (a count given reads as itself) */
+    lua_pushinteger(L, i);
+    lua_replace(L, 3);
+    lua_pushinteger(L, j);
+    lua_replace(L, 4);
+  }
   return wait_turn(L, R, C, 1, FN_SEND_MANY, due, 0, send_many_k);
 }
 
@@ -421,8 +483,6 @@ static int lchan_send_many(lua_State *L) {
  * list and returns k, the list. */
 static int took_many(lua_State *L, lchan *C, lua_Integer k, int reserved) {
   ring_take_many(L, C, 1, lua_istable(L, 2) ? 2 : 0, k, reserved);
-  lua_pushinteger(L, k);
-  lua_insert(L, -2);
   return 2;
 }
 
@@ -451,8 +511,8 @@ static int lchan_recv_many(lua_State *L) {
   lchan *C = fast_chan(L, R, 1);
   if (!lua_isnil(L, 2) && lua_type(L, 2) != LUA_TTABLE)
     lbt_argerror(L, FN_RECV_MANY, 2, "buf", "table or nil");
-  lua_Integer max = lbt_arg_count(L, FN_RECV_MANY, 3, "max", 1, -1);
-  uint64_t due = lbt_arg_due(L, R, FN_RECV_MANY, 4);
+  lua_Integer max = arg_count(L, FN_RECV_MANY, 3, "max", 1, -1);
+  uint64_t due = lua_gettop(L) >= 4 ? lbt_arg_due(L, R, FN_RECV_MANY, 4) : UINT64_MAX;
   if (lbt_cancelled(R)) return lbt_raise_cancelled(L);
   lua_Integer k = min_int(max, (lua_Integer)bt_chan_len(C->c));
   if (k > 0) {

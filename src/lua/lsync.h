@@ -19,11 +19,14 @@
 
 /* A channel userdata: the core channel embedded (a waiter woken by the channel's
  * finalizer still finds closed storage), and a ring of its items in user value 1, a table
- * whose slots head, head+1, ... (mod size, 1-based) hold the c->len queued values. */
+ * whose slots head, head+1, ... (mod size, 1-based) hold the c->len queued values. The
+ * other slots are nil, or hold a value already taken that refers to nothing (a number, a
+ * boolean, a light userdata: lchan.c's ring_take), none above slot `stale`. */
 typedef struct lchan {
   bt_chan_t *c;             /* &storage while open, NULL once finalized */
   bt_chan_t storage;
   lua_Integer head, size;
+  lua_Integer stale;        /* 0: every slot outside the queue is nil */
   lbt_rt *R;                /* the iterator's shortcut to the runtime */
 } lchan;
 
