@@ -370,6 +370,60 @@ describe("baton.channel batches (send_many, recv_many)", function()
     assert.is_true(hit_ready > 100, "the woken-then-aborted window was hit " .. hit_ready .. " times")
   end))
 
+  it("recv_many(nil, n) stays exactly-once when a finalizer uses the channel meanwhile",
+     H.async(function()
+    -- making recv_many's list is a step of the collector, which may run a __gc that calls
+    -- try_recv or try_send on the same channel (found by review: values were delivered
+    -- twice, or lost with a nil in a later list)
+    local old_mode = collectgarbage("incremental", 0, 100, 0)  -- collect at every chance
+    finally(function()
+      collectgarbage("incremental", 200, 100, 13)  -- Lua's defaults
+      collectgarbage(old_mode)
+    end)
+    for _, mode in ipairs { "recv", "send" } do
+      for _, max in ipairs { 64, 10 } do
+        local ch = baton.channel(64)
+        local by_gc = {}
+        local mt = { __gc = function()
+          if mode == "recv" then
+            local v = ch:try_recv()
+            if v ~= nil then by_gc[#by_gc + 1] = v end
+          elseif ch:try_send(-1) then
+            by_gc[#by_gc + 1] = -1
+          end
+        end }
+        local seen, n, minus = {}, 0, 0
+        local function got(v)
+          assert(v ~= nil, "a nil in a list")
+          if v == -1 then
+            minus = minus + 1
+          else
+            assert(not seen[v], "delivered twice: " .. tostring(v))
+            seen[v] = true
+          end
+        end
+        for _ = 1, 1500 do
+          for _ = 1, 40 do
+            if not ch:try_send(n + 1) then break end
+            n = n + 1
+          end
+          for _ = 1, 3 do setmetatable({}, mt) end
+          local k, list = ch:recv_many(nil, max, 0)
+          if k then for x = 1, k do got(list[x]) end end
+        end
+        collectgarbage()
+        for _, v in ipairs(by_gc) do if v ~= -1 then got(v) end end
+        while true do
+          local v = ch:try_recv()
+          if v == nil then break end
+          got(v)
+        end
+        for v = 1, n do assert(seen[v], ("%s/%d: value %d lost"):format(mode, max, v)) end
+        if mode == "send" then assert.equal(#by_gc, minus) end
+      end
+    end
+  end))
+
   it("send_many puts what fits and says how many; recv_many takes up to max",
      H.async(function()
     local ch = baton.channel(4)

@@ -185,12 +185,24 @@ static void ring_put_many(lua_State *L, lchan *C, int ci, int li, lua_Integer i,
  * collector, more than copying a handful of values (the one left behind above is taken
  * alone by the next call). Values copied out leave their slots as ring_take does. */
 static void ring_take_many(lua_State *L, lchan *C, int ci, int bi, lua_Integer k, int reserved) {
+  int hand = bi == 0 && C->head == 1 && 2 * k >= (lua_Integer)C->storage.len && 4 * k >= C->size;
+  /* The table is made before the channel is read: making it is a step of the collector,
+   * which may run a finalizer that uses this channel (try_recv, try_send). Whatever that
+   * did is seen below: k is capped by what is left, the ring handed over only if it still
+   * starts at slot 1 (else the new table is the list). */
+  if (hand) ring_new(L, C->size);
+  else if (bi == 0) lua_createtable(L, (int)k, 0);
+  else lua_pushvalue(L, bi);
   lua_Integer len = (lua_Integer)C->storage.len;
+  lua_Integer avail = (lua_Integer)bt_chan_len(&C->storage) + (reserved ? 1 : 0);
+  if (k > avail) k = avail;
   lua_pushinteger(L, k);
-  if (bi == 0 && C->head == 1 && 2 * k >= len && 4 * k >= C->size) {
+  lua_insert(L, -2);  /* k, then the table */
+  if (hand && C->head == 1) {
+    int ni = lua_gettop(L);
     lua_getiuservalue(L, ci, 1);
-    int li = lua_gettop(L);
-    ring_new(L, C->size);
+    lua_insert(L, ni);  /* k, the old ring (the list), the new ring */
+    int li = ni;
     for (lua_Integer j = k + 1; j <= len; j++) {
       lua_rawgeti(L, li, j);
       lua_rawseti(L, li + 1, j - k);
@@ -206,8 +218,6 @@ static void ring_take_many(lua_State *L, lchan *C, int ci, int bi, lua_Integer k
     bt_chan_pop_n(&C->storage, (size_t)k, reserved);
     return;
   }
-  if (bi == 0) lua_createtable(L, (int)k, 0);
-  else lua_pushvalue(L, bi);
   bi = lua_gettop(L);
   lua_getiuservalue(L, ci, 1);
   for (lua_Integer n = 1; n <= k; n++) {
