@@ -93,6 +93,10 @@ BT_EXTERN int bt_rt_free(bt_rt_t *rt);
 BT_EXTERN uv_loop_t *bt_rt_loop(bt_rt_t *rt);
 /* The loop's monotonic clock in milliseconds, refreshed on each call. */
 BT_EXTERN uint64_t bt_now(bt_rt_t *rt);
+/* The deadline `ms` milliseconds from now on that clock, for bt_task_wait() and timers: never
+ * reached before `ms` have passed (the fraction of the current millisecond is rounded up, as
+ * Tokio's timer does). bt_due(rt, 0) is bt_now(rt). */
+BT_EXTERN uint64_t bt_due(bt_rt_t *rt, uint64_t ms);
 /* The task being resumed right now, or NULL outside any task. */
 BT_EXTERN bt_task_t *bt_rt_current(bt_rt_t *rt);
 /* Number of tasks in the ready queue. */

@@ -1,6 +1,6 @@
 /* The runtime and its timers: a runtime on the caller's loop or on its own, the clock and
- * the embedder's pointer; timers fire in (due, start order), re-arming moves one, stopping
- * is idempotent; the ready queue's admission (woken tasks before fresh ones, each FIFO, a
+ * the embedder's pointer; timers fire in (due, start order), never before a bt_due()
+ * deadline, re-arming moves one, stopping is idempotent; the ready queue's admission (woken tasks before fresh ones, each FIFO, a
  * fresh task started at least once every BT_FRESH_EVERY + 1 = 65 resumes, a yielder's own
  * spawns started before it resumes), at most `budget` resumes a loop turn, with
  * bt_rt_current naming the task being resumed; error names and messages; and each ends
@@ -60,6 +60,32 @@ static void test_timers(void) {
   static const int ties[12] = {0, 3, 6, 9, 1, 2, 4, 5, 7, 8, 10, 11};
   CHECK(nfired == 12);
   for (int i = 0; i < 12; i++) CHECK(fired[i] == ties[i]);
+  test_rt_end(rt, &loop);
+}
+
+/* A deadline from bt_due() is never early: the loop's clock is whole milliseconds, so
+ * now + 1 taken late in a millisecond fires a few microseconds later on a busy loop. Started at 100 phases
+ * across the millisecond, each 1 ms timer fires at least 1 ms (uv_hrtime) after its start. */
+static uint64_t fired_at;
+
+static void on_fire_at(bt_timer_t *t) {
+  (void)t;
+  fired_at = uv_hrtime();
+}
+
+static void test_due_never_early(void) {
+  bt_rt_t *rt = test_rt_new(&loop);
+  CHECK(bt_due(rt, 0) <= bt_now(rt));
+  bt_timer_t t;
+  memset(&t, 0, sizeof t);
+  for (int i = 0; i < 100; i++) {
+    uint64_t phase = (uint64_t)i * 10000u, start;
+    do start = uv_hrtime(); while (start % 1000000u / 10000u != phase / 10000u);
+    CHECK(bt_timer_start(rt, &t, bt_due(rt, 1), on_fire_at) == 0);
+    fired_at = 0;
+    while (fired_at == 0) uv_run(&loop, UV_RUN_NOWAIT);  /* a busy loop: timers checked often */
+    CHECK(fired_at - start >= 1000000u);
+  }
   test_rt_end(rt, &loop);
 }
 
@@ -221,6 +247,7 @@ static void test_error_names(void) {
 
 int main(void) {
   RUN(test_timers);
+  RUN(test_due_never_early);
   RUN(test_budget_and_order);
   RUN(test_fresh_bound);
   RUN(test_yield_starts_own_spawns);

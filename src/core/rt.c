@@ -110,6 +110,15 @@ uint64_t bt_now(bt_rt_t *rt) {
   return uv_now(rt->loop);
 }
 
+/* The loop's clock is whole milliseconds cut down from uv_hrtime(): a deadline of now + ms
+ * fires up to 1 ms early when the current millisecond is almost over. Counting from the next
+ * whole millisecond of the same (CLOCK_MONOTONIC) clock makes it never early. */
+uint64_t bt_due(bt_rt_t *rt, uint64_t ms) {
+  uv_update_time(rt->loop);
+  if (ms == 0) return uv_now(rt->loop);
+  return (uv_hrtime() + 999999u) / 1000000u + ms;
+}
+
 /* ---- ready queue -------------------------------------------------------------------- */
 
 static void push(bt_rt_t *rt, bt_task_t *t, int fresh) {

@@ -211,7 +211,7 @@ lua_Number lbt_check_ms(lua_State *L, int idx, const char *fname) {
 
 uint64_t lbt_opt_due(lua_State *L, lbt_rt *R, int idx) {
   if (lua_isnoneornil(L, idx)) return UINT64_MAX;
-  return bt_now(R->rt) + (uint64_t)ceil(lbt_check_ms(L, idx, NULL));
+  return bt_due(R->rt, (uint64_t)ceil(lbt_check_ms(L, idx, NULL)));
 }
 
 void lbt_set_funcs(lua_State *L, int rt_idx, const luaL_Reg *l) {
@@ -421,7 +421,7 @@ static int lbaton_sleep(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lua_Number ms = lbt_arg_ms(L, fname, 1, "ms", -1);
   lbt_task *T = lbt_await_begin(L, R, fname);
-  uint64_t due = bt_now(R->rt) + (uint64_t)(ms + 0.999999);
+  uint64_t due = bt_due(R->rt, (uint64_t)(ms + 0.999999));
   bt_task_wait(R->rt, &T->t, &lbt_fib(T)->wait, NULL, due);
   return lbt_suspend_task(L, T, (lua_KContext)fname, sleep_k);
 }

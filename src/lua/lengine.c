@@ -354,7 +354,7 @@ static int wait_k(lua_State *L, int st, lua_KContext due) {
 static int lengine_wait_within(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lengine *E = check_engine(L);
-  uint64_t due = lua_isnoneornil(L, 2) ? bt_now(R->rt) + E->e.cfg.timeout_ms
+  uint64_t due = lua_isnoneornil(L, 2) ? bt_due(R->rt, E->e.cfg.timeout_ms)
                                        : lbt_arg_due(L, R, "baton.engine:wait_within", 2);
   lua_settop(L, 1);
   lua_newtable(L);

@@ -263,7 +263,7 @@ lua_Number lbt_arg_ms(lua_State *L, const char *fname, int idx, const char *name
 
 uint64_t lbt_arg_due(lua_State *L, lbt_rt *R, const char *fname, int idx) {
   if (lua_isnoneornil(L, idx)) return UINT64_MAX;
-  return bt_now(R->rt) + (uint64_t)ceil(lbt_arg_ms(L, fname, idx, "timeout_ms", -1));
+  return bt_due(R->rt, (uint64_t)ceil(lbt_arg_ms(L, fname, idx, "timeout_ms", -1)));
 }
 
 int lbt_opt_bool(lua_State *L, const char *fname, int tidx, const char *key, int def) {

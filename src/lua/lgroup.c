@@ -279,7 +279,7 @@ static int lgroup_wait_within(lua_State *L) {
   static const char fname[] = "baton.group:wait_within";
   lbt_rt *R = lbt_R(L);
   lgroup *G = check_group(L, 1);
-  uint64_t due = bt_now(R->rt) + (uint64_t)ceil(lbt_arg_ms(L, fname, 2, "ms", -1));
+  uint64_t due = bt_due(R->rt, (uint64_t)ceil(lbt_arg_ms(L, fname, 2, "ms", -1)));
   return collect(L, G, due, fname);
 }
 

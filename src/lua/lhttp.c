@@ -388,7 +388,7 @@ static int do_request(lua_State *L, int mode) {
   f->wait.src = x;
   x->waiter = &T->t;
   x->token = bt_task_wait(R->rt, &T->t, &f->wait, lbt_http_wait_cancel,
-                          timeout < 0 ? UINT64_MAX : bt_now(R->rt) + (uint64_t)timeout);
+                          timeout < 0 ? UINT64_MAX : bt_due(R->rt, (uint64_t)timeout));
   return lbt_suspend(L, json, request_k);
 }
 

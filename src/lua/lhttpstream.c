@@ -257,7 +257,7 @@ int lbt_http_stream_start(lua_State *L, lbt_rt *R, bt_http_opts *o, lua_Integer 
   lbt_weak_set_add(L, STREAMS_KEY, -1);
   lua_replace(L, 1);
   lua_settop(L, 1);
-  lua_pushinteger(L, timeout < 0 ? -1 : (lua_Integer)(bt_now(R->rt) + (uint64_t)timeout));
+  lua_pushinteger(L, timeout < 0 ? -1 : (lua_Integer)(bt_due(R->rt, (uint64_t)timeout)));
   if (timeout >= 0) lua_pushinteger(L, timeout);
   else lua_pushnil(L);
   return stream_suspend(L, R, T, st, OP_HEAD, 0);

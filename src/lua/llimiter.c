@@ -706,7 +706,7 @@ static int llim_acquire(lua_State *L) {
   }
   p->fib = lbt_fib(T);
   p->fib->wait.src = &p->w;
-  uint64_t due = ms < 0 ? UINT64_MAX : bt_now(R->rt) + (uint64_t)ceil(ms);
+  uint64_t due = ms < 0 ? UINT64_MAX : bt_due(R->rt, (uint64_t)ceil(ms));
   bt_task_wait(R->rt, &T->t, &p->fib->wait, wait_cancel, due);
   return lbt_suspend(L, ms < 0 ? -1 : (lua_KContext)ceil(ms), acquire_k);
 }

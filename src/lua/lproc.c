@@ -468,7 +468,7 @@ static void check_opts(lua_State *L, lbt_rt *R, int run, spawn_args *a) {
   }
   a->o.no_process_group = !lbt_opt_bool(L, fname, 1, "process_group", 1);
   lua_Number ms = run ? lbt_opt_ms(L, fname, 1, "timeout_ms", -1) : -1;
-  if (ms >= 0) a->due = bt_now(R->rt) + (uint64_t)(ms + 0.999999);
+  if (ms >= 0) a->due = bt_due(R->rt, (uint64_t)(ms + 0.999999));
 }
 
 /* The kind of a failed spawn: "resource" when the system or baton ran out of something

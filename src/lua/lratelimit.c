@@ -175,7 +175,7 @@ static int lrl_acquire(lua_State *L) {
   rl->queued += cost;
   f->wait.src = n;
   bt_task_wait(R->rt, &T->t, &f->wait, rl_wait_cancel,
-               ms < 0 ? UINT64_MAX : bt_now(R->rt) + (uint64_t)ceil(ms));
+               ms < 0 ? UINT64_MAX : bt_due(R->rt, (uint64_t)ceil(ms)));
   return lbt_suspend(L, 0, acquire_k);
 }
 

@@ -449,7 +449,7 @@ static int lredis_call(lua_State *L) {
   q->waiter = &T->t;
   q->token = bt_task_wait(R->rt, &T->t, &f->wait, wait_cancel,
                           c->timeout_ms < 0 ? UINT64_MAX
-                                            : bt_now(R->rt) + (uint64_t)c->timeout_ms);
+                                            : bt_due(R->rt, (uint64_t)c->timeout_ms));
   flush_early(c);
   c->hold--;
   apply_events(c);
@@ -566,7 +566,7 @@ static int lredis_pipeline(lua_State *L) {
   lua_replace(L, 2);
   lua_newtable(L);
   lua_replace(L, 3);
-  lua_pushinteger(L, c->timeout_ms < 0 ? -1 : (lua_Integer)(bt_now(R->rt) + (uint64_t)c->timeout_ms));
+  lua_pushinteger(L, c->timeout_ms < 0 ? -1 : (lua_Integer)(bt_due(R->rt, (uint64_t)c->timeout_ms)));
   lua_replace(L, 4);
   lua_settop(L, 4);
   return pipeline_k(L, LUA_OK, 0);
@@ -814,7 +814,7 @@ static int lredis_duplicate(lua_State *L) {
   a.ms = c->timeout_ms < 0 ? -1 : (lua_Number)c->timeout_ms;
   a.reconnect = c->reconnect;
   lbt_task *T = lbt_await_begin(L, R, "baton.redis:duplicate");
-  a.due = a.ms < 0 ? UINT64_MAX : bt_now(R->rt) + (uint64_t)a.ms;
+  a.due = a.ms < 0 ? UINT64_MAX : bt_due(R->rt, (uint64_t)a.ms);
   return connect_go(L, R, T, &a, 1);
 }
 
@@ -935,7 +935,7 @@ static int lredis_connect(lua_State *L) {
   a.reconnect = lbt_opt_bool(L, fname, 1, "reconnect", 0);
   lua_settop(L, 1);
   lbt_task *T = lbt_await_begin(L, R, fname);
-  a.due = a.ms < 0 ? UINT64_MAX : bt_now(R->rt) + (uint64_t)a.ms;
+  a.due = a.ms < 0 ? UINT64_MAX : bt_due(R->rt, (uint64_t)a.ms);
   if (!needs_resolve(t)) return connect_go(L, R, T, &a, 0);
 
   connect_args *keep = lua_newuserdatauv(L, sizeof *keep, 0);  /* 2 */
@@ -1194,7 +1194,7 @@ static int lredis_subscribe(lua_State *L) {
   sb->waiter = &T->t;
   sb->token = bt_task_wait(R->rt, &T->t, &f->wait, sub_wait_cancel,
                            c->timeout_ms < 0 ? UINT64_MAX
-                                             : bt_now(R->rt) + (uint64_t)c->timeout_ms);
+                                             : bt_due(R->rt, (uint64_t)c->timeout_ms));
   return lbt_suspend(L, 0, subscribe_k);
 }
 

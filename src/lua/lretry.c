@@ -152,7 +152,7 @@ static int slept_k(lua_State *L, int status, lua_KContext ctx) {
 static int sleep_between(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lbt_task *T = lbt_await_begin(L, R, F_CALL);
-  uint64_t due = bt_now(R->rt) + run_of(L)->c.delay;
+  uint64_t due = bt_due(R->rt, run_of(L)->c.delay);
   bt_task_wait(R->rt, &T->t, &lbt_fib(T)->wait, NULL, due);
   return lbt_suspend(L, 0, slept_k);
 }

@@ -279,7 +279,7 @@ static int lselect_fn(lua_State *L) {
     lua_pop(L, 1);
   }
   f->wait.src = sel;
-  uint64_t due = ms >= 0 ? bt_now(R->rt) + (uint64_t)ceil(ms) : UINT64_MAX;
+  uint64_t due = ms >= 0 ? bt_due(R->rt, (uint64_t)ceil(ms)) : UINT64_MAX;
   bt_task_wait(R->rt, &T->t, &f->wait, select_cancel, due);
   return lbt_suspend(L, 0, select_k);
 }
