@@ -213,6 +213,57 @@ static void test_yield_starts_own_spawns(void) {
   test_rt_end(rt, &loop);
 }
 
+/* A task woken by its timer queues with the fresh tasks, behind those already queued, unless
+ * it holds a permit: then it goes first, as any woken task. */
+typedef struct wtask {
+  ytask y;
+  int holder;
+  bt_wait_t w;
+} wtask;
+
+static void sleeper_resume(bt_rt_t *rt, bt_task_t *t, int status) {
+  wtask *s = (wtask *)t;
+  CHECK(norder < 1024);
+  order[norder++] = s->y.id;
+  if (s->y.left-- == 2) {
+    CHECK(status == 0);
+    if (s->holder) t->flags |= BT_TASK_F_PERMIT;  /* as if a gate had granted it one */
+    bt_task_wait(rt, t, &s->w, NULL, bt_now(rt));  /* due now: fires on the next turn */
+  } else {
+    CHECK(status == BT_ETIMEDOUT);
+    t->flags &= (uint8_t)~BT_TASK_F_PERMIT;
+    bt_task_finish(rt, t, BT_TASK_DONE);
+  }
+}
+static const bt_task_vt sleeper_vt = {sleeper_resume, NULL};
+
+static void test_timer_wake_queues_with_fresh(void) {
+  bt_rt_t *rt = test_rt_new(&loop);
+  wtask s[2];
+  memset(s, 0, sizeof s);
+  ytask f[2];
+  memset(f, 0, sizeof f);
+  norder = 0;
+  for (int i = 0; i < 2; i++) {
+    s[i].y.id = 10 + i;
+    s[i].y.left = 2;
+    s[i].holder = i == 1;
+    bt_task_spawn(rt, &s[i].y.t, &sleeper_vt, NULL);
+  }
+  uv_run(&loop, UV_RUN_NOWAIT);  /* both start and wait on a timer due now */
+  CHECK(norder == 2 && bt_rt_timers(rt) == 2);
+  for (int i = 0; i < 2; i++) {
+    f[i].id = i;
+    f[i].left = 1;
+    bt_task_spawn(rt, &f[i].t, &log_vt, NULL);
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  int want[] = {10, 11, 11, 0, 1, 10};  /* the holder first, the plain sleeper after f0, f1 */
+  CHECK(norder == 6);
+  for (int k = 0; k < 6; k++) CHECK(order[k] == want[k]);
+  test_rt_end(rt, &loop);
+}
+
 /* ---- the runtime itself ----------------------------------------------------------------- */
 
 static void test_own_loop_and_data(void) {
@@ -251,6 +302,7 @@ int main(void) {
   RUN(test_budget_and_order);
   RUN(test_fresh_bound);
   RUN(test_yield_starts_own_spawns);
+  RUN(test_timer_wake_queues_with_fresh);
   RUN(test_own_loop_and_data);
   RUN(test_error_names);
   return 0;

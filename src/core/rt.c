@@ -18,7 +18,9 @@
  * (p + 1) * BT_FRESH_EVERY. A fresh task also starts whenever no woken task is ready.
  * A task woken by the end of a task it joins (join, a group's join_next, join_all,
  * wait_within) queues behind the fresh ones, as in one FIFO: a collector that ran after
- * each ending would cost a resume per task.
+ * each ending would cost a resume per task. So does a task woken by its timer unless it
+ * holds a permit (task.c): sleepers then begin their sleeps in spawn order, before the
+ * early wakers run their tails, rather than each start waiting behind those tails.
  * A task that yields lets the tasks it spawned since it was resumed start before it: what
  * entered the fresh queue during its slice (its spawns, and any joiner it woke) moves to the
  * woken queue, ahead of it, so "spawn, then yield" still sees the child started. That

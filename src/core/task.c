@@ -59,9 +59,13 @@ void bt_task_spawn(bt_rt_t *rt, bt_task_t *t, const bt_task_vt *vt, bt_group_t *
 
 int bt_task_finished(const bt_task_t *t) { return t->state >= BT_TASK_DONE; }
 
+static int wake(bt_rt_t *rt, bt_task_t *t, uint32_t token, int status, int lazy);
+
+/* A task woken by its timer queues with the fresh tasks unless it holds a permit (rt.c:
+ * admission): sleepers and new work then start in the order they became ready. */
 static void on_wait_timeout(bt_timer_t *timer) {
   bt_wait_t *w = bt_container_of(timer, bt_wait_t, timer);
-  bt_task_wake(w->rt, w->task, w->token, BT_ETIMEDOUT);
+  wake(w->rt, w->task, w->token, BT_ETIMEDOUT, !(w->task->flags & BT_TASK_F_PERMIT));
 }
 
 uint32_t bt_task_wait(bt_rt_t *rt, bt_task_t *t, bt_wait_t *w, bt_cancel_fn cancel,
