@@ -396,8 +396,9 @@ typedef struct bt_proc_events {
   void (*on_exit)(bt_proc_t *p, int64_t code, int signal);
   /* Everything is closed; `p` is freed right after this returns. */
   void (*on_close)(bt_proc_t *p);
-  /* Optional: one write to stdin completed (status 0) or failed; bt_proc_write_queue() has
-   * shrunk. Not called after bt_proc_close(). */
+  /* Optional: one queued write to stdin completed (status 0) or failed;
+   * bt_proc_write_queue() has shrunk. Not called for a write the pipe took at once, nor
+   * after bt_proc_close(). */
   void (*on_written)(bt_proc_t *p, int status);
   void *data;
 } bt_proc_events;
@@ -408,9 +409,10 @@ typedef struct bt_proc_events {
  * failure no event is delivered. */
 BT_EXTERN int bt_proc_spawn(bt_rt_t *rt, const bt_proc_opts *opts, const bt_proc_events *ev,
                             bt_proc_t **out);
-/* Queues a write to the child's stdin; `data` is copied. Never waits: bound what is queued
- * with bt_proc_write_queue() and on_written. Returns 0 or a libuv error (UV_EPIPE after
- * close_stdin; once a write has failed, that error). */
+/* Writes to the child's stdin: at once when nothing is queued and the pipe takes it, else
+ * the rest is copied and queued. Never waits: bound what is queued with
+ * bt_proc_write_queue() and on_written. Returns 0 or a libuv error (UV_EPIPE after
+ * close_stdin or once the child closed its end; once a write has failed, that error). */
 BT_EXTERN int bt_proc_write(bt_proc_t *p, const char *data, size_t len);
 /* Bytes queued for stdin and not yet taken by the pipe. */
 BT_EXTERN size_t bt_proc_write_queue(const bt_proc_t *p);

@@ -1,6 +1,6 @@
 /* Core subprocesses: output and exit status arrive; releasing a live child sends TERM and
  * its handles close only after it exited; releasing it reaches what it started (its process
- * group) unless no_process_group; writes report their queue; reading stops and starts
+ * group) unless no_process_group; writes report their queue and keep their order; reading stops and starts
  * again with nothing lost; a missing program, or no descriptors left, fails with no event;
  * the loop closes clean afterwards. */
 #include <signal.h>
@@ -172,6 +172,38 @@ static void test_write_queue(void) {
   while (!s.closed) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
 }
 
+/* A write the pipe takes at once needs no request and gets no on_written; one made while
+ * others are queued waits behind them: the child reads everything in order. */
+static void test_write_order(void) {
+  seen s = {0};
+  char *argv[] = {"sh", "-c", "sleep 0.2; exec uniq -c", NULL};
+  int rc;
+  bt_proc_t *p = start_opts(&s, (bt_proc_opts){.argv = argv, .pipe_stdin = 1}, &rc);
+  CHECK(rc == 0);
+  CHECK(bt_proc_write(p, "1\n", 2) == 0 && bt_proc_write_queue(p) == 0);
+  uv_run(bt_rt_loop(rt), UV_RUN_NOWAIT);
+  CHECK(s.written == 0);
+  size_t len = (size_t)1 << 20;
+  char *big = malloc(len);
+  CHECK(big != NULL);
+  for (size_t i = 0; i < len; i += 2) memcpy(big + i, "2\n", 2);
+  CHECK(bt_proc_write(p, big, len) == 0);
+  free(big);
+  CHECK(bt_proc_write_queue(p) > 0);  /* the pipe holds 64 KiB: the rest waits */
+  CHECK(bt_proc_write(p, "3\n", 2) == 0);
+  while (bt_proc_write_queue(p) > 0) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
+  CHECK(s.written == 2 && s.write_status == 0);
+  bt_proc_close_stdin(p);
+  while (!(s.exited && s.eof_out && s.eof_err)) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
+  s.out[s.n] = '\0';
+  long c[3];
+  int v[3];
+  CHECK(sscanf(s.out, "%ld %d %ld %d %ld %d", &c[0], &v[0], &c[1], &v[1], &c[2], &v[2]) == 6);
+  CHECK(c[0] == 1 && v[0] == 1 && c[1] == (long)(len / 2) && v[1] == 2 && c[2] == 1 && v[2] == 3);
+  bt_proc_close(p, 1000);
+  while (!s.closed) uv_run(bt_rt_loop(rt), UV_RUN_ONCE);
+}
+
 /* Reading stopped: the output waits in the pipe, even after the child exited; started
  * again, all of it arrives. */
 static void test_read_stop_start(void) {
@@ -219,6 +251,7 @@ int main(void) {
   RUN(test_release_reaches_the_group);
   RUN(test_kill_signals_the_group);
   RUN(test_write_queue);
+  RUN(test_write_order);
   RUN(test_read_stop_start);
   RUN(test_out_of_descriptors);
   test_rt_end(rt, &loop);

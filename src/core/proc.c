@@ -22,10 +22,12 @@
  * fails rather than stops), and the terminal's signals (Ctrl-C, hangup) reach the host
  * only; the host passes them on by releasing its children.
  *
- * Writes. Each write is copied into its own request; the bytes not yet taken by the pipe
- * are reported by bt_proc_write_queue(), and on_written fires as each request completes, so
- * that the embedder can bound what it queues. The first failed write is remembered and
- * returned by every later bt_proc_write.
+ * Writes. With nothing queued, a write goes to the pipe at once (uv_try_write: no request,
+ * no callback, no extra loop turn for the completion); what the pipe does not take is
+ * copied into a request of its own; the bytes not yet taken by the pipe are reported by
+ * bt_proc_write_queue(), and on_written fires as each request completes, so that the
+ * embedder can bound what it queues. The first failed write is remembered and returned by
+ * every later bt_proc_write.
  *
  * SIGPIPE. Writing to the stdin pipe of a child that has exited raises SIGPIPE, whose default
  * action kills the whole host. The first spawn with a stdin pipe therefore sets SIGPIPE to
@@ -292,11 +294,24 @@ int bt_proc_write(bt_proc_t *p, const char *data, size_t len) {
   if (!p->has_pipe[0] || p->stdin_done || p->closing) return UV_EPIPE;
   if (p->write_err != 0) return p->write_err;
   if (len > UINT_MAX) return BT_EINVAL;  /* a uv_buf_t holds at most UINT_MAX bytes */
+  uv_stream_t *s = (uv_stream_t *)&p->pipes[0];
+  if (uv_stream_get_write_queue_size(s) == 0) {  /* nothing queued: order is kept */
+    uv_buf_t now = uv_buf_init((char *)data, (unsigned)len);
+    int n = uv_try_write(s, &now, 1);
+    if (n >= 0 && (size_t)n == len) return 0;
+    if (n >= 0) {
+      data += n;
+      len -= (size_t)n;
+    } else if (n != UV_EAGAIN) {
+      p->write_err = n;
+      return n;
+    }
+  }
   write_req *w = malloc(sizeof *w + len);
   if (w == NULL) return BT_ENOMEM;
   memcpy(w->data, data, len);
   uv_buf_t buf = uv_buf_init(w->data, (unsigned)len);
-  int rc = uv_write(&w->req, (uv_stream_t *)&p->pipes[0], &buf, 1, on_written);
+  int rc = uv_write(&w->req, s, &buf, 1, on_written);
   if (rc != 0) free(w);
   return rc;
 }
