@@ -114,10 +114,10 @@ uint64_t bt_now(bt_rt_t *rt) {
 
 /* The loop's clock is whole milliseconds cut down from uv_hrtime(): a deadline of now + ms
  * fires up to 1 ms early when the current millisecond is almost over. Counting from the next
- * whole millisecond of the same (CLOCK_MONOTONIC) clock makes it never early. */
+ * whole millisecond of the same (CLOCK_MONOTONIC) clock makes it never early. One clock
+ * read: the loop's own time need not be fresh, since a timer's due is absolute (rearm). */
 uint64_t bt_due(bt_rt_t *rt, uint64_t ms) {
-  uv_update_time(rt->loop);
-  if (ms == 0) return uv_now(rt->loop);
+  if (ms == 0) return bt_now(rt);
   return (uv_hrtime() + 999999u) / 1000000u + ms;
 }
 
