@@ -198,9 +198,11 @@ describe("baton.json", function()
       assert.equal("[[1],[1]]", json.encode { shared, shared })
     end)
 
-    it("accepts 200 nested tables and rejects 201", function()
-      assert.equal(string.rep("[", 199) .. "{}" .. string.rep("]", 199), json.encode(nest(200)))
-      assert.matches("nested deeper than 200", encode_error(nest(201)), 1, true)
+    it("accepts 1000 nested tables, decode's limit, and rejects 1001", function()
+      assert.equal(string.rep("[", 999) .. "{}" .. string.rep("]", 999), json.encode(nest(1000)))
+      assert.matches("nested deeper than 1000", encode_error(nest(1001)), 1, true)
+      local deepest = string.rep("[", 1000) .. string.rep("]", 1000)  -- decode's deepest
+      assert.equal(deepest, json.encode(json.decode(deepest)))
     end)
 
     it("rejects a function value, naming the path", function()

@@ -21,7 +21,8 @@
  * JSON null is json.null; encode also writes a NULL light userdata as null (lua-cjson's
  * cjson.null, so values decoded by lua-cjson encode here unchanged).
  * Also raised: nil as the value, functions, threads, userdata other than those two nulls,
- * a table inside itself (cycle), tables nested deeper than 200. Paths read $.key, $["odd key"] and
+ * a table inside itself (cycle), tables nested deeper than 1000 (decode's limit, so what
+ * decode returns always encodes). Paths read $.key, $["odd key"] and
  * $[i], with i the Lua (1-based) index.
  *
  * Errors (docs/errors.md). encode raises on anything it cannot encode, as misuse of its
@@ -56,7 +57,7 @@
 #define SCRATCH_MT "baton.json.Scratch"
 #define NULL_MT    "baton.json.null"
 #define NULL_KEY   "baton.json.null_value"  /* registry: the sentinel */
-#define MAX_DEPTH  200
+#define MAX_DEPTH  1000  /* decode's limit too: what decodes, encodes */
 
 /* ---- scratch memory ------------------------------------------------------------------ */
 
@@ -321,7 +322,7 @@ static void put_table(enc *e, int idx, int depth) {
   const void *p = lua_topointer(L, idx);
   for (int d = 0; d < depth; d++)
     if (e->open[d] == p) fail(e, depth, "a cycle", "");
-  if (depth >= MAX_DEPTH) fail(e, depth, "a table", " nested deeper than 200 tables");
+  if (depth >= MAX_DEPTH) fail(e, depth, "a table", " nested deeper than 1000 tables");
   e->open[depth] = p;
   luaL_checkstack(L, 6, "baton.json.encode: nesting too deep");
   int marked = 0;  /* 'a' or 'o' from __jsontype */
