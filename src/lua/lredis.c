@@ -37,8 +37,18 @@
  * No Lua runs inside a hiredis callback: the callbacks copy the reply (hiredis frees its
  * own when the callback returns) and wake the task, so hiredis is never re-entered.
  *
- * The poll handle is referenced (keeps the loop alive) only while commands are in flight:
- * an idle client does not keep baton.run from finding a deadlock or from ending.
+ * The poll handle is referenced (keeps the loop alive) only while a task waits for a reply:
+ * an idle client, or one whose only calls in flight were abandoned (timed out, aborted),
+ * does not keep baton.run from finding a deadlock or from ending.
+ *
+ * A hostile server. hiredis 0.14 asserts (aborts the process) on a reply no command waits
+ * for outside subscribed mode, and on a pub/sub message of the wrong shape; and it builds an
+ * announced array of a billion elements, then frees it slot by slot. The reader's object
+ * hooks (reader_*) see each value as it is parsed, before hiredis dispatches it: they refuse
+ * those, and replies past REPLY_MAX_ELEMENTS elements or REPLY_MAX_BYTES bytes, which fails
+ * the connection with kind "protocol" naming what came. Commands that change the
+ * connection's mode (SUBSCRIBE, MONITOR, ...) are refused by call and pipeline: only
+ * client:subscribe makes a subscribed connection.
  *
  * Errors (docs/errors.md): misuse raises ("baton.redis:call: bad argument #1 'cmd' ...",
  * use after close); failures of the world return nil, message, kind.
@@ -50,11 +60,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "lbaton.h"
 
 #define REDIS_KEY "baton.redis.clients"  /* registry: weak set of open clients */
 #define MSG_MAX 200
+#define REPLY_MAX_ELEMENTS ((long long)1 << 24)  /* in one array */
+#define REPLY_MAX_BYTES ((size_t)512 << 20)      /* in one reply: Redis's own bulk limit */
 
 /* Where a client connects, and how it sets the connection up (kept for reconnecting). */
 typedef struct target {
@@ -79,6 +92,14 @@ typedef struct lredis {
   int hold;                  /* > 0: a call is sending; the poll is updated when it is done */
   int quiet;                 /* the state is closing: wake nobody */
   size_t inflight;           /* commands whose reply callback has not run */
+  size_t waiting;            /* tasks waiting for a reply (or a message): the poll's ref */
+  const redisReplyObjectFunctions *base;  /* hiredis's own reader hooks */
+  redisReplyObjectFunctions hooks;        /* reader_*: checks, then base */
+  size_t reply_bytes;        /* of the reply being read */
+  int sub_shape;             /* the reply being read is a pub/sub message: its shape checked */
+  int refused;               /* the reader refused a reply: why[] says what came */
+  int is_sub;                /* the connection of a subscription (lsub) */
+  char why[MSG_MAX];
   lua_Integer timeout_ms;    /* per call, -1: none */
   const char *kind;          /* why ac went away (copied at cleanup) */
   char msg[MSG_MAX];
@@ -91,6 +112,8 @@ LBT_HANDLE_FIRST(lredis, h);
 
 typedef struct lrreq {
   bt_rt_t *rt;
+  struct lredis *c;          /* while a task waits and the reply has not come: counted in
+                              * c->waiting (NULL once either ends) */
   bt_task_t *waiter;         /* NULL when nobody waits (cancelled, or not yet) */
   uint32_t token;
   unsigned done : 1;         /* the reply callback ran */
@@ -156,7 +179,7 @@ static void on_poll(uv_poll_t *p, int status, int events) {
 
 static void update_ref(lredis *c) {
   if (c->poll == NULL) return;
-  if (c->inflight > 0) uv_ref((uv_handle_t *)c->poll);
+  if (c->waiting > 0) uv_ref((uv_handle_t *)c->poll);
   else uv_unref((uv_handle_t *)c->poll);
 }
 
@@ -184,6 +207,8 @@ static void ev_del_write(void *d) { lredis *c = d; set_events(c, c->events & ~UV
 
 /* The kind of the context's error (it is still readable in the hooks and callbacks). */
 static const char *err_kind(const redisAsyncContext *ac) {
+  const lredis *c = ac->data;
+  if (c != NULL && c->refused) return "protocol";
   switch (ac->err) {
   case 0: return "closed";  /* freed by the user */
   case REDIS_ERR_EOF: return "closed";
@@ -194,11 +219,18 @@ static const char *err_kind(const redisAsyncContext *ac) {
 }
 
 static void err_msg(const redisAsyncContext *ac, char *buf) {
+  const lredis *c = ac->data;
+  if (c != NULL && c->refused) {
+    snprintf(buf, MSG_MAX, "%s", c->why);
+    return;
+  }
   snprintf(buf, MSG_MAX, "%s",
            ac->err == 0 ? "connection closed"
            : ac->err == REDIS_ERR_EOF ? "connection closed by the server"
            : ac->errstr[0] ? ac->errstr : "connection failed");
 }
+
+static void sub_lost(lredis *c);
 
 /* hiredis is freeing the context (after every pending callback ran with a NULL reply). */
 static void ev_cleanup(void *d) {
@@ -208,6 +240,7 @@ static void ev_cleanup(void *d) {
     err_msg(c->ac, c->msg);
   }
   c->ac = NULL;
+  if (c->is_sub) sub_lost(c);
   if (c->poll != NULL) {
     uv_close((uv_handle_t *)c->poll, poll_closed);
     c->poll = NULL;
@@ -220,7 +253,11 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
   lredis *c = ac->data;
   q->done = 1;
   if (c->inflight > 0) c->inflight--;
-  update_ref(c);
+  if (q->c != NULL) {  /* its waiter is woken below: it no longer holds the loop */
+    q->c = NULL;
+    c->waiting--;
+    update_ref(c);
+  }
   if (q->gone) {
     free(q);  /* nobody waits: the reply is dropped (hiredis frees it) */
     return;
@@ -238,6 +275,22 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
 static void wait_cancel(bt_wait_t *w) {
   lrreq *q = w->src;
   q->waiter = NULL;
+  if (q->c != NULL) {  /* timed out or aborted before the reply: it no longer holds the loop */
+    q->c->waiting--;
+    update_ref(q->c);
+    q->c = NULL;
+  }
+}
+
+/* The calling task waits for q's reply until `due`. */
+static void wait_reply(lbt_rt *R, lredis *c, lrreq *q, lbt_task *T, uint64_t due) {
+  lbt_fiber *f = lbt_fib(T);
+  f->wait.src = q;
+  q->waiter = &T->t;
+  q->c = c;
+  c->waiting++;
+  update_ref(c);
+  q->token = bt_task_wait(R->rt, &T->t, &f->wait, wait_cancel, due);
 }
 
 /* The Call userdata lets go of its record (continuation, cancellation, __gc). */
@@ -347,7 +400,6 @@ static const char *send_argv(lua_State *L, lredis *c, int first, lrreq **qp) {
   }
   k->q = q;
   c->inflight++;
-  update_ref(c);
   *qp = q;
   return NULL;
 }
@@ -406,6 +458,13 @@ static void flush_early(lredis *c) {
 static void check_args(lua_State *L, const char *fname, int first, int top) {
   if (top < first || lua_type(L, first) != LUA_TSTRING)
     lbt_argerror(L, fname, first, "cmd", "string");
+  static const char *const modes[] = {"SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE",
+                                      "PUNSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR", NULL};
+  const char *cmd = lua_tostring(L, first);
+  for (int i = 0; modes[i] != NULL; i++)
+    if (strcasecmp(cmd, modes[i]) == 0)
+      luaL_error(L, "%s: %s changes the connection's mode: use client:subscribe(channel, ...) "
+                 "for pub/sub (a connection of its own)", fname, modes[i]);
   for (int i = first + 1; i <= top; i++) {
     int t = lua_type(L, i);
     if (t != LUA_TSTRING && t != LUA_TNUMBER)
@@ -444,12 +503,7 @@ static int lredis_call(lua_State *L) {
   }
   lua_replace(L, 2);
   lua_settop(L, 2);
-  lbt_fiber *f = lbt_fib(T);
-  f->wait.src = q;
-  q->waiter = &T->t;
-  q->token = bt_task_wait(R->rt, &T->t, &f->wait, wait_cancel,
-                          c->timeout_ms < 0 ? UINT64_MAX
-                                            : bt_due(R->rt, (uint64_t)c->timeout_ms));
+  wait_reply(R, c, q, T, c->timeout_ms < 0 ? UINT64_MAX : bt_due(R->rt, (uint64_t)c->timeout_ms));
   flush_early(c);
   c->hold--;
   apply_events(c);
@@ -503,12 +557,7 @@ static int pipeline_k(lua_State *L, int status, lua_KContext ctx) {
       lua_Integer due = lua_tointeger(L, 4);
       if (due >= 0 && (uint64_t)due <= bt_now(R->rt))
         return lbt_fail_timeout(L, fname, (lua_Number)c->timeout_ms);
-      lbt_task *T = lbt_current(R);
-      lbt_fiber *f = lbt_fib(T);
-      f->wait.src = q;
-      q->waiter = &T->t;
-      q->token = bt_task_wait(R->rt, &T->t, &f->wait, wait_cancel,
-                              due < 0 ? UINT64_MAX : (uint64_t)due);
+      wait_reply(R, c, q, lbt_current(R), due < 0 ? UINT64_MAX : (uint64_t)due);
       return lbt_suspend(L, (lua_KContext)i, pipeline_k);
     }
     if (q->reply == NULL) return lbt_fail(L, fname, q->msg, q->kind);
@@ -629,6 +678,84 @@ static void on_setup(redisAsyncContext *ac, void *r, void *privdata) {
   }
 }
 
+/* ---- the reader's checks (see "A hostile server" above) ------------------------------------ */
+
+static void *refuse(lredis *c, const char *what) {
+  if (!c->refused) {
+    c->refused = 1;
+    snprintf(c->why, MSG_MAX, "the server sent %s", what);
+  }
+  return NULL;
+}
+
+/* Whether the value the reader is about to build (of `type`, `bytes` long, `elements` for an
+ * array) may be built. */
+static int reader_allows(const redisReadTask *task, int type, size_t bytes, long long elements) {
+  lredis *c = task->privdata;
+  const redisAsyncContext *ac = c->ac;
+  if (c->refused) return 0;
+  if (task->parent == NULL) {
+    c->reply_bytes = 0;
+    c->sub_shape = 0;
+    if (ac != NULL && ac->replies.head == NULL && type != REDIS_REPLY_ERROR) {
+      /* hiredis reports an unsolicited error reply itself and closes */
+      if (!(ac->c.flags & REDIS_SUBSCRIBED)) {
+        refuse(c, "a reply no command waits for");
+        return 0;
+      }
+      c->sub_shape = type == REDIS_REPLY_ARRAY;
+      if (c->sub_shape && elements < 3) {
+        refuse(c, "a pub/sub message of fewer than 3 parts");
+        return 0;
+      }
+    }
+  } else if (c->sub_shape && task->parent->parent == NULL) {
+    const redisReply *msg = task->parent->obj;
+    int want = task->idx < 2 ? REDIS_REPLY_STRING : 0;
+    if (task->idx == 2) {
+      const char *kind = msg->element[0]->str;
+      if (strcasecmp(kind, "message") == 0) want = REDIS_REPLY_STRING;
+      else if (strcasecmp(kind, "unsubscribe") == 0 || strcasecmp(kind, "punsubscribe") == 0)
+        want = REDIS_REPLY_INTEGER;
+    }
+    if (want != 0 && type != want) {
+      refuse(c, "a pub/sub message with a part of the wrong type");
+      return 0;
+    }
+  }
+  if (elements > REPLY_MAX_ELEMENTS) {
+    refuse(c, "an array of more than 16777216 elements");
+    return 0;
+  }
+  c->reply_bytes += bytes;
+  if (c->reply_bytes > REPLY_MAX_BYTES) {
+    refuse(c, "a reply of more than 512 MiB");
+    return 0;
+  }
+  return 1;
+}
+
+static void *reader_string(const redisReadTask *task, char *str, size_t len) {
+  if (!reader_allows(task, task->type, sizeof(redisReply) + len, 0)) return NULL;
+  return ((lredis *)task->privdata)->base->createString(task, str, len);
+}
+
+static void *reader_array(const redisReadTask *task, int elements) {
+  size_t bytes = sizeof(redisReply) + (elements > 0 ? (size_t)elements * sizeof(redisReply *) : 0);
+  if (!reader_allows(task, REDIS_REPLY_ARRAY, bytes, elements)) return NULL;
+  return ((lredis *)task->privdata)->base->createArray(task, elements);
+}
+
+static void *reader_integer(const redisReadTask *task, long long v) {
+  if (!reader_allows(task, REDIS_REPLY_INTEGER, sizeof(redisReply), 0)) return NULL;
+  return ((lredis *)task->privdata)->base->createInteger(task, v);
+}
+
+static void *reader_nil(const redisReadTask *task) {
+  if (!reader_allows(task, REDIS_REPLY_NIL, sizeof(redisReply), 0)) return NULL;
+  return ((lredis *)task->privdata)->base->createNil(task);
+}
+
 /* A connection hiredis tells us is up (status REDIS_OK) or failed: the backoff. */
 static void on_connect(const redisAsyncContext *ac, int status) {
   lredis *c = ac->data;
@@ -671,6 +798,13 @@ static const char *client_open(lredis *c, setup_state *st) {
   uv_unref((uv_handle_t *)c->poll);
   c->ac = ac;
   ac->data = c;
+  redisReader *rd = ac->c.reader;
+  c->base = rd->fn;
+  c->hooks = (redisReplyObjectFunctions){reader_string, reader_array, reader_integer,
+                                         reader_nil, c->base->freeObject};
+  rd->fn = &c->hooks;
+  rd->privdata = c;
+  c->refused = 0;
   ac->ev.data = c;
   ac->ev.addRead = ev_add_read;
   ac->ev.delRead = ev_del_read;
@@ -793,10 +927,7 @@ static int connect_go(lua_State *L, lbt_rt *R, lbt_task *T, const connect_args *
   }
   lua_replace(L, 4);
   lua_settop(L, 4);
-  lbt_fiber *f = lbt_fib(T);
-  f->wait.src = q;
-  q->waiter = &T->t;
-  q->token = bt_task_wait(R->rt, &T->t, &f->wait, wait_cancel, a->due);
+  wait_reply(R, c, q, T, a->due);
   return lbt_suspend(L, ctx, connect_k);
 }
 
@@ -999,6 +1130,14 @@ static void sub_wake(lsub *sb) {
   }
 }
 
+/* The subscription's connection is gone, whether or not hiredis still had a channel's
+ * callback to tell (after the server unsubscribed it, it has none). */
+static void sub_lost(lredis *c) {
+  lsub *sb = (lsub *)c;
+  sb->gone = 1;
+  sub_wake(sb);
+}
+
 static void on_message(redisAsyncContext *ac, void *r, void *privdata) {
   lsub *sb = privdata;
   const redisReply *rep = r;
@@ -1022,6 +1161,7 @@ static void on_message(redisAsyncContext *ac, void *r, void *privdata) {
   }
   if (strcmp(type, "message") != 0) return;
   const redisReply *ch = rep->element[1], *pl = rep->element[2];
+  if (ch->type != REDIS_REPLY_STRING || pl->type != REDIS_REPLY_STRING) return;  /* reader_* */
   if (sb->queued >= SUB_MAX_QUEUE) {
     sb->dropped++;
     return;
@@ -1050,7 +1190,7 @@ static void on_message(redisAsyncContext *ac, void *r, void *privdata) {
 static void sub_wait_cancel(bt_wait_t *w) {
   lsub *sb = w->src;
   sb->waiter = NULL;
-  sb->c.inflight = 0;
+  sb->c.waiting = 0;
   update_ref(&sb->c);
 }
 
@@ -1104,7 +1244,7 @@ static int sub_next_k(lua_State *L, int status, lua_KContext ctx) {
   lbt_fiber *f = lbt_fib(T);
   f->wait.src = sb;
   sb->waiter = &T->t;
-  sb->c.inflight = 1;
+  sb->c.waiting = 1;
   update_ref(&sb->c);
   sb->token = bt_task_wait(R->rt, &T->t, &f->wait, sub_wait_cancel,
                            due < 0 ? UINT64_MAX : (uint64_t)due);
@@ -1163,6 +1303,7 @@ static int lredis_subscribe(lua_State *L) {
   lsub *sb = lua_newuserdatauv(L, sizeof *sb, 0);
   memset(sb, 0, sizeof *sb);
   sb->c.rt = R->rt;
+  sb->c.is_sub = 1;
   sb->c.timeout_ms = c->timeout_ms;
   sb->c.t = c->t;
   lbt_set_class(L, LBT_REDIS_SUB);
@@ -1185,7 +1326,7 @@ static int lredis_subscribe(lua_State *L) {
     client_drop(&sb->c);
     return lbt_fail(L, fname, "connection closed", "closed");
   }
-  sb->c.inflight = 1;
+  sb->c.waiting = 1;
   update_ref(&sb->c);
   lua_replace(L, 2);
   lua_settop(L, 2);
