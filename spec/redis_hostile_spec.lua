@@ -79,6 +79,27 @@ describe("baton.redis against a hostile server", function()
     assert.is_true(worst < 1000, worst)  -- nothing built or freed a billion slots
   end))
 
+  it("the store fails with protocol when every command is answered +OK", H.async(function()
+    local srv <close> = hostile("ok")
+    local r <close> = assert(baton.redis.connect { url = srv.url, timeout_ms = 2000 })
+    local s = baton.redis.store { redis = r, prefix = "t:" }
+    local calls = {
+      now = function() return s:now() end,
+      gcra_take = function() return s:gcra_take("k", 10, 1000, 5, 1) end,
+      lease_acquire = function() return s:lease_acquire("k", "me", 2, 1000) end,
+      lease_renew = function() return s:lease_renew("k", "me", 1000) end,
+      lease_holders = function() return s:lease_holders("k") end,
+      incr = function() return s:incr("k", 1) end,
+      get = function() return s:get("k") end,
+      cooldown = function() return s:cooldown("k") end,
+      claim = function() return s:claim("k", 1000) end,
+    }
+    for op, call in pairs(calls) do
+      protocol("baton.redis.store:" .. op .. ": the server's reply is not what the script "
+               .. "returns", call())
+    end
+  end))
+
   it("raises for commands that change the connection's mode", H.async(function()
     local srv <close> = hostile("silent")
     local r <close> = assert(baton.redis.connect { url = srv.url, timeout_ms = 2000 })

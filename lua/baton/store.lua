@@ -1064,11 +1064,29 @@ end
 
 local function num(s) local v = tonumber(s); return math.tointeger(v) or v end
 
+-- A reply not of the shape the operation's script returns: something between the store and
+-- Redis answered for it (a proxy, a server that is not Redis). Counted as an error.
+local function bad_reply(self, op, v)
+  self.counts.errors = self.counts.errors + 1
+  return nil, ("%s%s: the server's reply is not what the script returns (got %s)")
+    :format(RN, op, type(v) == "table" and "a list" or type(v) == "string" and ("%q"):format(v:sub(1, 40))
+                    or tostring(v)), "protocol"
+end
+
+local function is_int(v) return math.type(v) == "integer" end
+-- a list whose first n entries are integers
+local function ints(v, n)
+  if type(v) ~= "table" then return false end
+  for i = 1, n do if not is_int(v[i]) then return false end end
+  return true
+end
+
 -- now() -> the server's clock in ms (TIME; wall clock). An outage is a failure in either
 -- mode: there is no clock to answer with.
 function RS:now()
   local v, msg, kind, detail = self.redis:eval(SCRIPTS.now, nil, nil)
   if v == nil then return nil, ("%snow: %s"):format(RN, tostring(msg)), kind, detail end
+  if tonumber(v) == nil then return bad_reply(self, "now", v) end
   return tonumber(v)
 end
 
@@ -1081,6 +1099,7 @@ function RS:gcra_take(key, rate, per_ms, burst, cost, mode)
                                     rate, per_ms, burst, cost, mode or "")
   if v == OPEN then return 0 end
   if v == nil then return nil, msg, kind, detail end
+  if not ints(v, 2) then return bad_reply(self, "gcra_take", v) end
   if v[1] == 1 then return v[2] end
   return nil, ("%s: %s units do not fit under '%s'"):format(F, cost, key), "rate_limited",
          { retry_after_ms = v[2] }
@@ -1096,7 +1115,9 @@ function RS:lease_acquire(key, holder, limit, ttl_ms)
                                     holder, limit, ttl_ms)
   if v == OPEN then return true end
   if v == nil then return nil, msg, kind, detail end
+  if not ints(v, 1) then return bad_reply(self, "lease_acquire", v) end
   if v[1] == 1 then return true end
+  if not ints(v, 3) then return bad_reply(self, "lease_acquire", v) end
   return nil, ("%s: '%s' has %d of %d holders"):format(F, key, v[2], limit), "busy",
          { holders = v[2], limit = limit, retry_after_ms = v[3] }
 end
@@ -1110,6 +1131,7 @@ function RS:lease_renew(key, holder, ttl_ms)
                                     holder, ttl_ms)
   if v == OPEN or v == 1 then return true end
   if v == nil then return nil, msg, kind, detail end
+  if v ~= 0 then return bad_reply(self, "lease_renew", v) end
   return nil, ("%s: '%s' does not hold '%s' (expired or released)"):format(F, holder, key), "closed",
          { key = key, holder = holder }
 end
@@ -1130,6 +1152,7 @@ function RS:lease_holders(key)
   local v, msg, kind, detail = run(self, "lease_holders", SCRIPTS.lease_holders, { k(self, "lease:", key) }, nil)
   if v == OPEN then return 0 end
   if v == nil then return nil, msg, kind, detail end
+  if not is_int(v) then return bad_reply(self, "lease_holders", v) end
   return v
 end
 
@@ -1140,6 +1163,7 @@ function RS:incr(key, by, ttl_ms)
   local v, msg, kind, detail = run(self, "incr", SCRIPTS.incr, { k(self, "cnt:", key) }, { by, ttl_ms })
   if v == OPEN then return by end
   if v == nil then return nil, msg, kind, detail end
+  if num(v) == nil then return bad_reply(self, "incr", v) end
   return num(v)
 end
 
@@ -1149,6 +1173,7 @@ function RS:get(key)
   local v, msg, kind, detail = run(self, "get", "return redis.call('GET', KEYS[1])", { k(self, "cnt:", key) }, nil)
   if v == OPEN then return 0 end
   if v == nil and msg ~= nil then return nil, msg, kind, detail end
+  if v and num(v) == nil then return bad_reply(self, "get", v) end
   return v and num(v) or 0
 end
 
@@ -1168,6 +1193,7 @@ function RS:cooldown(key)
   local v, msg, kind, detail = run(self, "cooldown", "return redis.call('PTTL', KEYS[1])", { k(self, "cd:", key) }, nil)
   if v == OPEN then return 0 end
   if v == nil then return nil, msg, kind, detail end
+  if not is_int(v) then return bad_reply(self, "cooldown", v) end
   return v > 0 and v or 0
 end
 
@@ -1180,6 +1206,7 @@ function RS:claim(key, ttl_ms)
                                    { ttl_ms })
   if v == OPEN then return "new" end
   if v == nil then return nil, msg, kind, detail end
+  if type(v) ~= "table" or type(v[1]) ~= "string" then return bad_reply(self, "claim", v) end
   if v[1] == "cached" then
     local ok, value = pcall(json.decode, v[2])
     if not ok or value == nil then
