@@ -169,6 +169,20 @@ describe("baton.mcp authorization against hostile peers", function()
     if fds then assert.equal(fds, H.open_fds()) end
   end))
 
+  it("the loopback listener: a redirect that arrived whole is answered even when 20 idle "
+     .. "connections came after it before the first poll (the slots full, none evicts it)",
+     H.async(function()
+    local l <close> = assert(baton.http._loopback(0))
+    local p <close> = assert(baton.process.spawn { "python3", HOSTILE_CLIENT, tostring(l:port()),
+                                                   "evict", "S", stdin = true })
+    assert.equal("ready", p:read_line(6000))   -- all 21 connected and the redirect sent
+    local got = poll_for(l, "S", 6000)
+    assert.same({ "/callback?code=good&state=S" }, got)
+    assert.equal("redirect HTTP/1.1 200 OK", p:read_line(6000))
+    assert.equal(0, l:refused())
+    p:close_stdin()
+  end))
+
   -- The TCP sockets this process holds in the LISTEN state (its descriptors' inodes found in
   -- /proc/net/tcp).
   local function listening()
