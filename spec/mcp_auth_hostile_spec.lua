@@ -50,6 +50,10 @@ describe("baton.mcp authorization against hostile peers", function()
     { "as_http_remote", "metadata", "token_endpoint http://192%.0%.2%.1/token is not https: refused" },
     { "as_issuer_other", "metadata", "names issuer the string 'https://evil%.example', not http://127" },
     { "as_redirect_loop", "metadata", "no authorization server metadata for http://127%.0%.0%.1:%d+$" },
+    { "prm_scopes_many", "scope", "the protected resource metadata's scopes_supported names 20000 "
+      .. "scopes, more than 256: refused" },
+    { "www_scopes_many", "scope", "the WWW%-Authenticate challenge's scope names 2000 scopes, more "
+      .. "than 256: refused" },
     { "token_junk", "token", "answered HTTP 200 with a body that is not a JSON object" },
     { "token_no_at", "token", "answered HTTP 200 with no access_token" },
     { "token_crlf", "token", "an access_token with characters a header cannot carry" },

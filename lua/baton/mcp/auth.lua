@@ -243,12 +243,21 @@ local function has(list, v)
   return false
 end
 
+-- The scopes of a, then those of b not in a, each once. A set, not a search of the list
+-- so far: the lists come from servers, and a hostile one can publish thousands.
 local function union(a, b)
-  local out = {}
-  for _, v in ipairs(a) do if not has(out, v) then out[#out + 1] = v end end
-  for _, v in ipairs(b) do if not has(out, v) then out[#out + 1] = v end end
+  local out, seen = {}, {}
+  for _, list in ipairs { a, b } do
+    for _, v in ipairs(list) do
+      if not seen[v] then seen[v], out[#out + 1] = true, v end
+    end
+  end
   return out
 end
+
+-- More scopes than this in one grant is refused: no real server asks for so many, and the
+-- authorization URL (which carries them all) would outgrow what browsers and servers take.
+local MAX_SCOPES = 256
 
 -- ---- token stores -------------------------------------------------------------------------
 
@@ -702,14 +711,19 @@ local function refresh(a)
 end
 
 -- The scopes to ask for: configured, else the challenge's, else the resource's
--- scopes_supported; offline_access added where the authorization server offers it.
+-- scopes_supported; offline_access added where the authorization server offers it. nil,
+-- message when they are more than MAX_SCOPES.
 local function choose_scopes(a, challenge, extra)
-  local s
-  if a.opts.scopes then s = scope_list(a.opts.scopes)
-  elseif challenge.scope then s = scope_list(challenge.scope)
-  elseif a.prm and type(a.prm.scopes_supported) == "table" then s = scope_list(a.prm.scopes_supported)
+  local s, from
+  if a.opts.scopes then s, from = scope_list(a.opts.scopes), "auth.scopes"
+  elseif challenge.scope then s, from = scope_list(challenge.scope), "the WWW-Authenticate challenge's scope"
+  elseif a.prm and type(a.prm.scopes_supported) == "table" then
+    s, from = scope_list(a.prm.scopes_supported), "the protected resource metadata's scopes_supported"
   else s = {} end
-  if extra then s = union(extra, s) end
+  if extra then s, from = union(extra, s), from and (from .. " with the scopes held") or "the scopes held" end
+  if #s > MAX_SCOPES then
+    return nil, format("%s names %d scopes, more than %d: refused", from, #s, MAX_SCOPES)
+  end
   local as_scopes = a.meta.scopes_supported
   if type(as_scopes) == "table" and has(as_scopes, "offline_access") and #s > 0
      and a.grant == "authorization_code" then
@@ -899,7 +913,8 @@ end
 local function authorize_flow(st, a, challenge, extra)
   local ok, e, k, d = discover(st, a, challenge)
   if not ok then return nil, e, k, d end
-  local scopes = choose_scopes(a, challenge, extra)
+  local scopes, serr = choose_scopes(a, challenge, extra)
+  if not scopes then return fail("scope", serr) end
   a.asked = scopes
   if a.grant == "client_credentials" then return credentials_grant(a, scopes) end
   if a.grant == "jwt_bearer" then return jwt_bearer_grant(a, scopes) end
