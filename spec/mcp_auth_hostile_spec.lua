@@ -50,6 +50,10 @@ describe("baton.mcp authorization against hostile peers", function()
     { "as_http_remote", "metadata", "token_endpoint http://192%.0%.2%.1/token is not https: refused" },
     { "as_issuer_other", "metadata", "names issuer the string 'https://evil%.example', not http://127" },
     { "as_redirect_loop", "metadata", "no authorization server metadata for http://127%.0%.0%.1:%d+$" },
+    { "prm_scopes_many", "scope", "the protected resource metadata's scopes_supported names 20000 "
+      .. "scopes, more than 256: refused" },
+    { "www_scopes_many", "scope", "the WWW%-Authenticate challenge's scope names 2000 scopes, more "
+      .. "than 256: refused" },
     { "token_junk", "token", "answered HTTP 200 with a body that is not a JSON object" },
     { "token_no_at", "token", "answered HTTP 200 with no access_token" },
     { "token_crlf", "token", "an access_token with characters a header cannot carry" },
@@ -167,6 +171,20 @@ describe("baton.mcp authorization against hostile peers", function()
     collectgarbage()
     H.settle()
     if fds then assert.equal(fds, H.open_fds()) end
+  end))
+
+  it("the loopback listener: a redirect that arrived whole is answered even when 20 idle "
+     .. "connections came after it before the first poll (the slots full, none evicts it)",
+     H.async(function()
+    local l <close> = assert(baton.http._loopback(0))
+    local p <close> = assert(baton.process.spawn { "python3", HOSTILE_CLIENT, tostring(l:port()),
+                                                   "evict", "S", stdin = true })
+    assert.equal("ready", p:read_line(6000))   -- all 21 connected and the redirect sent
+    local got = poll_for(l, "S", 6000)
+    assert.same({ "/callback?code=good&state=S" }, got)
+    assert.equal("redirect HTTP/1.1 200 OK", p:read_line(6000))
+    assert.equal(0, l:refused())
+    p:close_stdin()
   end))
 
   -- The TCP sockets this process holds in the LISTEN state (its descriptors' inodes found in

@@ -248,6 +248,112 @@ if c then c:close() end
       assert.equal("RESULT\twhoami with mcp:read offline_access\tnil", line)
     end))
 
+  -- Runs DEFAULTS_CLIENT (no terminal) against url with auth.redirect_uri `redirect`; once
+  -- it has printed the authorization URL, browser(auth_url) plays the browser. Its RESULT line.
+  local function run_defaults(url, redirect, browser)
+    local prog = H.write_temp(DEFAULTS_CLIENT)
+    local exe = H.EXE:sub(1, 1) == "/" and H.EXE or (H.SRC .. "/" .. H.EXE)
+    local p <close> = assert(baton.process.spawn { exe, prog, url, redirect })
+    local auth_url
+    for _ = 1, 200 do
+      auth_url = p:stderr():match("(http://%S+/authorize%?%S+)")
+      if auth_url then break end
+      baton.sleep(50)
+    end
+    assert.truthy(auth_url, "no URL on stderr: " .. p:stderr())
+    browser(auth_url)
+    local line = p:read_line(10000)
+    os.remove(prog)
+    return line
+  end
+
+  -- A port free a moment ago (for a configured redirect_uri).
+  local function free_port()
+    local l <close> = assert(baton.http._loopback(0))
+    return l:port()
+  end
+
+  -- The browser: the authorization server's redirect, then the loopback page.
+  local function browse(auth_url)
+    local r = assert(baton.http.request { url = auth_url })
+    assert.equal(302, r.status)
+    local back = assert(baton.http.request { url = r.headers.location, timeout_ms = 5000 })
+    assert.equal(200, back.status)
+  end
+
+  fake_it("the default authorize: a configured loopback redirect_uri is sent exactly as written "
+          .. "(localhost, a query, upper case) and listened on at its port",
+    with_oauth(function(url, _, _, stats)
+      for i, form in ipairs { "http://localhost:%d/cb", "http://127.0.0.1:%d/cb?tenant=a",
+                              "HTTP://LOCALHOST:%d/cb" } do
+        local redirect = form:format(free_port())
+        local line = run_defaults(url, redirect, browse)
+        assert.equal("RESULT\twhoami with mcp:read offline_access\tnil", line)
+        -- the authorization request and the token request (checked by the server) both
+        -- carried it byte for byte
+        assert.equal(redirect, stats().redirect_uris[i])
+      end
+    end))
+
+  fake_it("the default authorize: a loopback redirect_uri whose port another process holds "
+          .. "fails at once naming the address and the bind error (kind io)",
+    with_oauth(function(url)
+      local squatter <close> = assert(baton.http._loopback(0))
+      local redirect = ("http://127.0.0.1:%d/callback"):format(squatter:port())
+      local prog = H.write_temp(DEFAULTS_CLIENT)
+      local exe = H.EXE:sub(1, 1) == "/" and H.EXE or (H.SRC .. "/" .. H.EXE)
+      local t0 = baton.now()
+      local r = assert(baton.process.run { exe, prog, url, redirect, timeout_ms = 20000 })
+      os.remove(prog)
+      assert.is_true(baton.now() - t0 < 8000)
+      assert.is_nil(r.stderr:find("open this URL"))  -- nothing would come back: no URL to open
+      local line = r.stdout:match("[^\n]*")
+      assert.equal("RESULT\tbaton.mcp.connect: initialize failed: POST initialize: cannot listen for "
+                   .. "the redirect to " .. redirect .. ": baton.http._loopback: cannot listen on "
+                   .. "127.0.0.1:" .. squatter:port() .. ": Address already in use\tio", line)
+      assert.is_nil(squatter:poll())
+    end))
+
+  fake_it("the default authorize: a redirect carrying error= and error_description= fails "
+          .. "with them cut and their control characters shown as '?'",
+    with_oauth(function(url)
+      local line = run_defaults(url, "http://127.0.0.1:" .. free_port() .. "/callback", function(auth_url)
+        local a = require "baton.mcp.auth"
+        local back = a.query_param(auth_url, "redirect_uri") .. "?state=" .. a.query_param(auth_url, "state")
+                     .. "&error=%1b%5d0%3bpwned%07%1b%5b2J" .. ("A"):rep(5000)
+                     .. "&error_description=x%0d%0ay" .. ("z"):rep(5000)
+        assert.equal(200, assert(baton.http.request { url = back, timeout_ms = 5000 }).status)
+      end)
+      local msg = assert(line):match("^RESULT\t(.*)\tauth$")
+      assert.truthy(msg, line)
+      assert.is_nil(msg:find("[%c\127]"))
+      assert.matches("the authorization server answered: %?%]0;pwned%?%?%[2JA+: x%?%?yz+$", msg)
+      assert.is_true(#msg < 700, #msg)
+    end))
+
+  fake_it("the default authorize: a failure of the loopback listener (out of descriptors) is the "
+          .. "flow's failure at once, with its kind, naming the listener",
+    with_oauth(function(url)
+      local auth = require "baton.mcp.auth"
+      local polls = 0
+      local broken = { poll = function()
+        polls = polls + 1
+        return nil, "baton.http._loopback:poll: accept on 127.0.0.1:1: Too many open files", "resource"
+      end }
+      local t0 = baton.now()
+      local msg, kind, detail = H.assert_failure("baton.mcp.connect", "resource", mcp.connect {
+        url = url, timeout_ms = 10000, auth = { authorize = function(u, info)
+          return auth.default_authorize(u, { redirect_uri = info.redirect_uri, state = info.state,
+                                             listener = broken })
+        end } })
+      assert.equal("resource", kind)
+      assert.equal("authorize", detail.stage)
+      assert.matches("the loopback listener for the redirect to http://127%.0%.0%.1/callback failed: "
+                     .. "baton.http._loopback:poll: accept on 127.0.0.1:1: Too many open files", msg)
+      assert.equal(1, polls)
+      assert.is_true(baton.now() - t0 < 8000)
+    end))
+
   fake_it("the default authorize with neither a loopback redirect nor a terminal: 'auth' at once",
     with_oauth(function(url)
       local prog = H.write_temp(DEFAULTS_CLIENT)

@@ -394,10 +394,15 @@ static void finish(bt_http_req_t *r, CURLcode cc) {
     set_error(r, UV_E2BIG, "too_large", "response headers exceed %s bytes", lim);
   } else if (r->over == 3) {
     set_error(r, BT_ENOMEM, "resource", "%s", "out of memory buffering the response");
-  } else if (cc == CURLE_OUT_OF_MEMORY || (cc != CURLE_OK && strstr(detail, "Too large"))) {
-    /* libcurl's own caps: one header line over 100 KiB reads as out of memory, all of
-     * them over 300 KiB as "Too large response headers". */
-    set_error(r, UV_E2BIG, "too_large", "response headers too large: %s", detail);
+  } else if (cc == CURLE_OUT_OF_MEMORY) {
+    /* libcurl's own cap: one header line over 100 KiB reads as out of memory (our own
+     * buffers running out is over == 3): say which limit, not "Out of memory". */
+    set_error(r, UV_E2BIG, "too_large",
+              "response headers too large: a header line over libcurl's 100 KiB limit (%s)", detail);
+  } else if (cc != CURLE_OK && strstr(detail, "Too large")) {
+    /* libcurl's other cap: all the headers over 300 KiB ("Too large response headers") */
+    set_error(r, UV_E2BIG, "too_large", "response headers too large: over libcurl's 300 KiB limit (%s)",
+              detail);
   } else if (cc == CURLE_OK) {
     r->result = 0;
   } else {

@@ -12,8 +12,8 @@
  *   baton.http._loopback(port) -> listener | nil, message, kind   (port 0: any free port)
  *   listener:port() -> the port bound
  *   listener:poll([state]) -> target | nil | nil, message, kind
- *     Accepts the pending connections and reads what has arrived of each request; once a
- *     head is complete (a blank line, at most 8 KiB) it is answered with a short HTML page
+ *     Reads what has arrived on the connections held, then accepts the pending ones (each
+ *     read as it is accepted); once a head is complete (a blank line, at most 8 KiB) it is answered with a short HTML page
  *     and closed, and its request target ("/callback?code=...&state=...") returned. nil:
  *     nothing complete yet. With `state`, a request whose query does not carry exactly
  *     that state (none, another: a forged redirect, CSRF) is answered 400 and not returned.
@@ -22,9 +22,12 @@
  *
  * Hostile clients: up to SLOTS connections are read at once, each for at most SLOT_MS
  * from its accept; a connection that has not sent a whole head by then (a slowloris, an
- * idle socket) is closed, and when the slots are full the oldest gives way to a new one,
- * so no client can keep the browser's redirect waiting in the backlog. Answers are sent
- * without blocking (a page of a few hundred bytes fits in any socket buffer).
+ * idle socket) is closed. Each connection is read the moment it is accepted, and when the
+ * slots are full every held one is read before the oldest of those still without a whole
+ * head gives way to the new one: a request that has arrived whole is always answered,
+ * never dropped for a crowd that connected after it, and no client can keep the browser's
+ * redirect waiting in the backlog. Answers are sent without blocking (a page of a few
+ * hundred bytes fits in any socket buffer).
  *
  * Invariants: every socket is non-blocking, close-on-exec and owned by the userdata (closed
  * by close/__gc/__close, never leaked); poll never waits. Only 127.0.0.1 is ever bound.
@@ -207,31 +210,99 @@ static int head_complete(const char *h, size_t len) {
   return 0;
 }
 
-/* Accepts what is pending; when the slots are full the oldest connection gives way. */
-static int accept_pending(lua_State *L, lloop *l, const char *F) {
+/* Reads what has arrived on c and, once its head is complete, answers it and closes it.
+ * Returns 1 when it was the redirect (its target pushed on L's stack), 0 otherwise: still
+ * incomplete (c->fd >= 0), or answered 400, or gone (closed). */
+static int serve(lua_State *L, lloop *l, lconn *c, const char *want, size_t wl) {
+  int complete = 0;
+  for (;;) {
+    ssize_t r = read(c->fd, c->head + c->len, HEAD_MAX - c->len);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) close_conn(c);  /* went away */
+      return 0;
+    }
+    if (r == 0) {  /* closed before a whole head: forget it */
+      close_conn(c);
+      return 0;
+    }
+    c->len += (size_t)r;
+    c->head[c->len] = '\0';
+    if (head_complete(c->head, c->len) || c->len == HEAD_MAX) {
+      complete = 1;
+      break;
+    }
+  }
+  if (!complete) return 0;
+  const char *t;
+  size_t tl;
+  int got = target_of(c->head, &t, &tl);
+  if (got && want != NULL && !state_matches(t, tl, want, wl)) got = 0;
+  if (got) {
+    (void)send(c->fd, PAGE, sizeof PAGE - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    lua_pushlstring(L, t, tl);
+    close_conn(c);
+    return 1;
+  }
+  l->refused++;
+  (void)send(c->fd, PAGE_400, sizeof PAGE_400 - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+  close_conn(c);
+  return 0;
+}
+
+/* Serves every open connection (closing those older than SLOT_MS with no whole head when
+ * `now` is not 0): 1 when one was the redirect (its target pushed), else 0. */
+static int serve_all(lua_State *L, lloop *l, const char *want, size_t wl, uint64_t now) {
+  for (int i = 0; i < SLOTS; i++) {
+    lconn *c = &l->c[i];
+    if (c->fd < 0) continue;
+    if (serve(L, l, c, want, wl)) return 1;
+    if (c->fd >= 0 && now != 0 && (now - c->since) / 1000000u >= SLOT_MS) close_conn(c);  /* too slow */
+  }
+  return 0;
+}
+
+/* Accepts what is pending, reading each connection as it is accepted: a client that sent
+ * its whole request before a crowd of others connected is answered before any of them
+ * could take its slot. When the slots are full, every open connection is read first (a
+ * complete head is answered, which frees its slot); only when all of them are still
+ * without a whole head does the oldest give way. Returns the number of values pushed:
+ * 0 (nothing complete), 1 (the redirect's target), or a failure (nil, message, kind). */
+static int accept_pending(lua_State *L, lloop *l, const char *want, size_t wl, const char *F) {
   for (int n = 0; n < ACCEPTS_PER_POLL; n++) {
     int fd = accept(l->lfd, NULL, NULL);
     if (fd < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED)
         return 0;
-      return lbt_fail_detail(L, F, kind_of_errno(errno), 0, "accept: %s", strerror(errno));
+      return lbt_fail_detail(L, F, kind_of_errno(errno), 0, "accept on 127.0.0.1:%d: %s",
+                             l->port, strerror(errno));
     }
     if (set_nonblock(fd) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
       close(fd);
       continue;
     }
-    int slot = -1;
-    for (int i = 0; i < SLOTS; i++) {
-      if (l->c[i].fd < 0) {
-        slot = i;
-        break;
+    int found = 0, slot = -1;
+    for (int i = 0; i < SLOTS && slot < 0; i++)
+      if (l->c[i].fd < 0) slot = i;
+    if (slot < 0) {
+      /* Full: what the others sent by now is read before one of them is dropped. A found
+       * redirect frees its slot; one still without a whole head can only be the oldest. */
+      found = serve_all(L, l, want, wl, 0);
+      for (int i = 0; i < SLOTS; i++) {
+        if (l->c[i].fd < 0) {
+          slot = i;
+          break;
+        }
+        if (slot < 0 || l->c[i].since < l->c[slot].since) slot = i;
       }
-      if (slot < 0 || l->c[i].since < l->c[slot].since) slot = i;
+      close_conn(&l->c[slot]);
     }
-    close_conn(&l->c[slot]);
-    l->c[slot].fd = fd;
-    l->c[slot].len = 0;
-    l->c[slot].since = uv_hrtime();
+    lconn *c = &l->c[slot];
+    c->fd = fd;
+    c->len = 0;
+    c->since = uv_hrtime();
+    if (found) return 1;  /* the new one keeps its slot and is read at the next poll */
+    if (serve(L, l, c, want, wl)) return 1;
   }
   return 0;
 }
@@ -242,50 +313,10 @@ static int lloop_poll(lua_State *L) {
   size_t wl = 0;
   const char *want = lua_isnoneornil(L, 2) ? NULL : lbt_arg_string(L, F, 2, "state", &wl);
   if (l->lfd < 0) return lbt_fail(L, F, "the listener is closed", "closed");
-  int rc = accept_pending(L, l, F);
-  if (rc != 0) return rc;  /* nil, message, kind */
-  uint64_t now = uv_hrtime();
-  for (int i = 0; i < SLOTS; i++) {
-    lconn *c = &l->c[i];
-    if (c->fd < 0) continue;
-    int complete = 0;
-    for (;;) {
-      ssize_t r = read(c->fd, c->head + c->len, HEAD_MAX - c->len);
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) close_conn(c);  /* went away */
-        break;
-      }
-      if (r == 0) {  /* closed before a whole head: forget it */
-        close_conn(c);
-        break;
-      }
-      c->len += (size_t)r;
-      c->head[c->len] = '\0';
-      if (head_complete(c->head, c->len) || c->len == HEAD_MAX) {
-        complete = 1;
-        break;
-      }
-    }
-    if (c->fd < 0) continue;
-    if (!complete) {
-      if ((now - c->since) / 1000000u >= SLOT_MS) close_conn(c);  /* too slow */
-      continue;
-    }
-    const char *t;
-    size_t tl;
-    int got = target_of(c->head, &t, &tl);
-    if (got && want != NULL && !state_matches(t, tl, want, wl)) got = 0;
-    if (got) {
-      (void)send(c->fd, PAGE, sizeof PAGE - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-      lua_pushlstring(L, t, tl);
-      close_conn(c);
-      return 1;
-    }
-    l->refused++;
-    (void)send(c->fd, PAGE_400, sizeof PAGE_400 - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    close_conn(c);
-  }
+  /* the connections held first (they came first), then the ones waiting to be accepted */
+  if (serve_all(L, l, want, wl, uv_hrtime())) return 1;
+  int rc = accept_pending(L, l, want, wl, F);
+  if (rc != 0) return rc;  /* the target, or nil, message, kind */
   lua_pushnil(L);
   return 1;
 }

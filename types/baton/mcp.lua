@@ -36,7 +36,7 @@ local mcp = {}
 ---@field client_name? string sent with dynamic client registration
 ---@field scopes? string|string[] asked for (default: the server's challenge, then scopes_supported)
 ---@field redirect_uri? string
----@field authorize? fun(url: string, info: { redirect_uri: string, state: string }): string?, string? the person in the loop: code[, state] | nil, message
+---@field authorize? fun(url: string, info: { redirect_uri: string, state: string }): string?, string?, string? the person in the loop: code[, state] | nil, message[, kind]
 ---@field token_store? baton.mcp.TokenStore default: in memory
 ---@field grant? "authorization_code"|"client_credentials"|"jwt_bearer"
 ---@field private_key? string client_credentials with private_key_jwt: a PEM private key

@@ -243,12 +243,21 @@ local function has(list, v)
   return false
 end
 
+-- The scopes of a, then those of b not in a, each once. A set, not a search of the list
+-- so far: the lists come from servers, and a hostile one can publish thousands.
 local function union(a, b)
-  local out = {}
-  for _, v in ipairs(a) do if not has(out, v) then out[#out + 1] = v end end
-  for _, v in ipairs(b) do if not has(out, v) then out[#out + 1] = v end end
+  local out, seen = {}, {}
+  for _, list in ipairs { a, b } do
+    for _, v in ipairs(list) do
+      if not seen[v] then seen[v], out[#out + 1] = true, v end
+    end
+  end
   return out
 end
+
+-- More scopes than this in one grant is refused: no real server asks for so many, and the
+-- authorization URL (which carries them all) would outgrow what browsers and servers take.
+local MAX_SCOPES = 256
 
 -- ---- token stores -------------------------------------------------------------------------
 
@@ -321,6 +330,8 @@ local AUTH_MS = 30000
 local MAX_DOC = 1 << 20        -- a metadata document, a registration or a token response
 local MAX_EXPIRES = 10 * 365 * 86400
 local ARRAY_MT = getmetatable(json.array {})
+local KINDS = {}
+for _, k in ipairs(baton.kinds) do KINDS[k] = true end
 
 -- A value as a message shows it: a short, printable rendering (never a secret: callers
 -- describe only what servers published).
@@ -333,6 +344,10 @@ local function show(v)
   if t == "table" then return getmetatable(v) == ARRAY_MT and "a list" or "an object" end
   return format("%s %s", t, tostring(v))
 end
+
+-- A server's words as a message shows them: at most n bytes, control characters as '?'
+-- (they end up on terminals: an escape sequence must not reach one).
+local function words(v, n) return (tostring(v):sub(1, n):gsub("[%c\127]", "?")) end
 
 -- Whether host (of an origin "scheme://host[:port]") is a loopback name.
 local function host_of(origin)
@@ -450,8 +465,6 @@ local function token_request(a, stage, params, basic)
   local t, je = json.decode(r.body)
   if type(t) ~= "table" or getmetatable(t) == ARRAY_MT then t = nil end
   if r.status < 200 or r.status > 299 then
-    -- the server's words, cut and without control characters (they end up on terminals)
-    local function words(v, n) return (tostring(v):sub(1, n):gsub("[%c\127]", "?")) end
     local why = t and t.error ~= nil and (words(t.error, 200)
                 .. (t.error_description ~= nil and (": " .. words(t.error_description, 300)) or ""))
                 or format("HTTP %d", r.status)
@@ -702,14 +715,19 @@ local function refresh(a)
 end
 
 -- The scopes to ask for: configured, else the challenge's, else the resource's
--- scopes_supported; offline_access added where the authorization server offers it.
+-- scopes_supported; offline_access added where the authorization server offers it. nil,
+-- message when they are more than MAX_SCOPES.
 local function choose_scopes(a, challenge, extra)
-  local s
-  if a.opts.scopes then s = scope_list(a.opts.scopes)
-  elseif challenge.scope then s = scope_list(challenge.scope)
-  elseif a.prm and type(a.prm.scopes_supported) == "table" then s = scope_list(a.prm.scopes_supported)
+  local s, from
+  if a.opts.scopes then s, from = scope_list(a.opts.scopes), "auth.scopes"
+  elseif challenge.scope then s, from = scope_list(challenge.scope), "the WWW-Authenticate challenge's scope"
+  elseif a.prm and type(a.prm.scopes_supported) == "table" then
+    s, from = scope_list(a.prm.scopes_supported), "the protected resource metadata's scopes_supported"
   else s = {} end
-  if extra then s = union(extra, s) end
+  if extra then s, from = union(extra, s), from and (from .. " with the scopes held") or "the scopes held" end
+  if #s > MAX_SCOPES then
+    return nil, format("%s names %d scopes, more than %d: refused", from, #s, MAX_SCOPES)
+  end
   local as_scopes = a.meta.scopes_supported
   if type(as_scopes) == "table" and has(as_scopes, "offline_access") and #s > 0
      and a.grant == "authorization_code" then
@@ -738,14 +756,16 @@ local function code_grant(a, scopes)
     { "resource", a.resource },
   }
   local authorize = a.opts.authorize or A.default_authorize
-  local ok, code, got_state = pcall(authorize, url, { redirect_uri = a.redirect_uri, state = state,
-                                                      listener = a.listener })
+  local ok, code, got_state, kind = pcall(authorize, url, { redirect_uri = a.redirect_uri,
+                                                            state = state, listener = a.listener })
   if not ok then
     if type(code) == "table" and code.kind == "cancelled" then error(code, 0) end  -- aborted
     return fail("authorize", "authorize raised: " .. tostring(code))
   end
   if type(code) ~= "string" or code == "" then
-    return fail("authorize", "authorize: no authorization code: " .. tostring(got_state))
+    -- nil, message[, kind]: a kind baton knows is kept (the listener failed: "resource", ...)
+    return fail("authorize", "authorize: no authorization code: " .. tostring(got_state), nil,
+                KINDS[kind] and kind or nil)
   end
   if type(got_state) == "string" and got_state ~= state then
     return fail("authorize", "authorize: the state in the redirect does not match")
@@ -877,21 +897,35 @@ function A.current(a)
   return a.token and ("Bearer " .. a.token.access_token) or nil
 end
 
--- With the default authorize: a loopback listener for the redirect, on the port of
--- auth.redirect_uri when that is http://127.0.0.1:PORT/... or http://localhost:PORT/...,
--- else on any free port; a.redirect_uri then names it. nil when none can be had.
+-- With the default authorize: a loopback listener for the redirect. A configured
+-- auth.redirect_uri of the form http://127.0.0.1[:PORT]/... or http://localhost[:PORT]/...
+-- (scheme and host in any case) is listened for on 127.0.0.1:PORT (80 without a port) and
+-- sent exactly as written — authorization servers compare it byte for byte —; without one,
+-- the listener takes any free port and a.redirect_uri names it. Another redirect_uri: no
+-- listener (nil). A loopback one that cannot be listened on (the port taken, no descriptor
+-- left): nil, message, kind — the redirect would go to whoever holds the port, or nowhere.
 local function open_listener(a)
   local uri = a.opts.redirect_uri
-  local port, path = 0, "/callback"
-  if uri then
-    local host, p, rest = uri:match("^[Hh][Tt][Tt][Pp]://([^/:]+):?(%d*)(/?[^?#]*)")
-    if host ~= "127.0.0.1" and host ~= "localhost" then return nil end
-    port = tonumber(p) or 80
-    path = rest ~= "" and rest or "/"
+  if not uri then
+    local l, e, k = baton.http._loopback(0)
+    if not l then return nil, e, k end
+    a.redirect_uri = format("http://127.0.0.1:%d/callback", l:port())
+    return l
   end
-  local l = baton.http._loopback(port)
-  if not l then return nil end
-  a.redirect_uri = format("http://127.0.0.1:%d%s", l:port(), path)
+  local host, colon, p = uri:match("^[Hh][Tt][Tt][Pp]://([^/:?#]+)(:?)(%d*)[/?#]")
+  if not host then host, colon, p = uri:match("^[Hh][Tt][Tt][Pp]://([^/:?#]+)(:?)(%d*)$") end
+  host = host and host:lower()
+  if host ~= "127.0.0.1" and host ~= "localhost" then return nil end
+  local port = colon == "" and 80 or tonumber(p)
+  if not port or port > 65535 then return nil end
+  local l, e, k = baton.http._loopback(port)
+  if not l then
+    return nil, format("cannot listen for the redirect to %s: %s", uri, tostring(e)), k
+  end
+  if port == 0 then  -- ":0": any free port, named in the redirect_uri sent
+    local at = #"http://" + #host + 1
+    a.redirect_uri = sub(uri, 1, at) .. l:port() .. sub(uri, at + 1 + #p)
+  end
   return l
 end
 
@@ -899,11 +933,15 @@ end
 local function authorize_flow(st, a, challenge, extra)
   local ok, e, k, d = discover(st, a, challenge)
   if not ok then return nil, e, k, d end
-  local scopes = choose_scopes(a, challenge, extra)
+  local scopes, serr = choose_scopes(a, challenge, extra)
+  if not scopes then return fail("scope", serr) end
   a.asked = scopes
   if a.grant == "client_credentials" then return credentials_grant(a, scopes) end
   if a.grant == "jwt_bearer" then return jwt_bearer_grant(a, scopes) end
-  local listener <close> = not a.opts.authorize and open_listener(a) or nil
+  local listener, le, lk
+  if not a.opts.authorize then listener, le, lk = open_listener(a) end
+  if le then return fail("authorize", le, nil, lk) end
+  local _ <close> = listener
   a.listener = listener
   ok, e, k, d = identify(a)
   if ok then ok, e, k, d = code_grant(a, scopes) end
@@ -942,7 +980,8 @@ end
 -- was sent to (or just the code) on the terminal, read by `head -n 1 /dev/tty` in a child
 -- (for a browser on another machine). Both are polled between baton.sleep()s, so the wait
 -- ends with the request's deadline or an abort like any other (the child is released).
--- Neither a listener nor a terminal: nil, message at once.
+-- Neither a listener nor a terminal: nil, message at once; the listener failing: nil,
+-- message, its kind ("resource": out of descriptors) at once.
 function A.default_authorize(url, info)
   local listener = info and info.listener
   io.stderr:write("baton.mcp: to authorize, open this URL and consent",
@@ -960,11 +999,19 @@ function A.default_authorize(url, info)
     if listener then
       -- only the redirect carrying this flow's state: a request without it or with another
       -- (a page or a local process forging the redirect, CSRF) is answered 400 and ignored
-      local target = listener:poll(info.state)
+      local target, pe, pk = listener:poll(info.state)
       if target then
         local code, err = A.query_param(target, "code"), A.query_param(target, "error")
         if code then return code, A.query_param(target, "state") end
-        if err then return nil, "the authorization server answered: " .. err end
+        if err then
+          -- the server's words, through the browser: cut, control characters as '?'
+          local desc = A.query_param(target, "error_description")
+          return nil, "the authorization server answered: " .. words(err, 200)
+                      .. (desc and (": " .. words(desc, 300)) or "")
+        end
+      elseif pe then  -- the listener itself failed (out of descriptors, ...): no redirect can come
+        return nil, format("the loopback listener for the redirect to %s failed: %s",
+                           info.redirect_uri, tostring(pe)), pk
       end
     end
     if pasted then
