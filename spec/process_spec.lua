@@ -155,6 +155,16 @@ describe("baton.process.run", function()
     assert.equal("io", kind)
   end))
 
+  it("on timeout_ms after the child exited, says that what it started held the output",
+    H.async(function()
+      -- the grandchild leaves the child's process group (setsid) with stdout open
+      local msg = H.assert_failure("baton.process.run", "timeout",
+        process.run { "sh", "-c", "setsid sleep 2 & exit 3", timeout_ms = 300 })
+      assert.equal("baton.process.run: 'sh' exited (code 3), but its output was still open "
+                   .. "after 300 ms: a process it started holds it", msg)
+      assert.equal(0, baton.stats().processes)
+    end))
+
   it("kills the child on timeout_ms, returns nil, msg, 'timeout', detail and leaves no child",
     H.async(function()
       local path = os.tmpname()
@@ -562,6 +572,33 @@ describe("baton.process.spawn", function()
     assert.matches("baton.process.spawn: bad argument #1 'argv[1]' (expected string, got table)",
                    err, 1, true)
   end))
+end)
+
+describe("baton.process at the run's end", function()
+  -- the run aborts every task and releases every process once; an aborted task's <close>
+  -- handler spawning a child after that used to leave baton waiting on it (and a second
+  -- signal orphaned it)
+  it("releases a child spawned by an aborted task's <close> handler", function()
+    local script = H.write_temp([[
+      local baton = require "baton"
+      baton.spawn(function()
+        local _ <close> = setmetatable({}, { __close = function()
+          local p = assert(baton.process.spawn { "sleep", "30" })
+          print("spawned " .. p:pid())
+        end })
+        baton.sleep(60000)
+      end)
+      baton.yield()
+      print("main done")
+    ]])
+    local t0 = os.time()
+    local res = H.run(H.q(script), { timeout = 25 })
+    os.remove(script)
+    assert.equal(0, res.code, res.err)
+    local pid = assert(tonumber(res.out:match("spawned (%d+)")), res.out)
+    assert.is_true(os.time() - t0 < 15)  -- the 2 s grace, not the child's 30 s
+    assert.is_false(alive(pid))
+  end)
 end)
 
 describe("baton.process: process groups", function()

@@ -337,14 +337,17 @@ static int run_loop(lua_State *L, lbt_rt *R, lbt_task *M, char *why, size_t nwhy
       bt_task_abort(R->rt, &M->t);
     }
   }
-  lbt_abort_all(R);
-  lbt_close_procs(R->L);
-  lbt_close_streams(R->L);
-  lbt_close_redis(R->L);
-  while (R->live > 0 || bt_rt_procs(R->rt) > 0) {
-    int alive = uv_run(loop, UV_RUN_ONCE);
-    if (!alive && bt_rt_ready(R->rt) == 0) break;  /* tasks stuck with nothing to wake them */
-  }
+  /* Everything is aborted and released, and again after each turn: an aborted task's
+   * <close> handler, or a task that caught its cancellation, may still spawn a process or
+   * a task, open a stream or a client (released at once, never waited for). */
+  do {
+    lbt_abort_all(R);
+    lbt_close_procs(R->L);
+    lbt_close_streams(R->L);
+    lbt_close_redis(R->L);
+    if (R->live == 0 && bt_rt_procs(R->rt) == 0) break;
+  } while (uv_run(loop, UV_RUN_ONCE) || bt_rt_ready(R->rt) > 0);
+  /* (the loop had nothing left to run: tasks stuck with nothing to wake them) */
   lbt_close_progress(R->L);  /* the redraw timers (a later run makes them again) */
   /* Nothing is in flight: close the pooled HTTP connections too, so a run leaves no
    * descriptor behind (the next request makes a new multi handle). */

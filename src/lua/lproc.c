@@ -546,7 +546,7 @@ static int run_closed_k(lua_State *L, int status, lua_KContext ctx) {
 static void release_run(void *st) { release(st, DEFAULT_GRACE_MS); }
 
 /* nil, msg, "timeout", { argv0 =, pid =, timeout_ms = } for the run of options 1, ud 2. */
-static int run_timeout(lua_State *L, const char *fname) {
+static int run_timeout(lua_State *L, const char *fname, const lproc *st) {
   lua_createtable(L, 0, 3);
   lua_rawgeti(L, 1, 1);
   const char *argv0 = lua_tostring(L, -1);
@@ -557,6 +557,11 @@ static int run_timeout(lua_State *L, const char *fname) {
   lua_rawget(L, 1);
   lua_Number ms = lua_tonumber(L, -1);
   lua_setfield(L, -2, "timeout_ms");
+  if (st->exited)  /* it did; what it started still holds its output open */
+    return lbt_fail_detail(L, fname, "timeout", -1,
+                           "'%s' exited (code %d), but its output was still open after "
+                           "%.15g ms: a process it started holds it", argv0, (int)st->code,
+                           (double)ms);
   return lbt_fail_detail(L, fname, "timeout", -1, "'%s' did not exit within %.15g ms", argv0,
                          (double)ms);
 }
@@ -573,7 +578,7 @@ static int run_done_k(lua_State *L, int status, lua_KContext ctx) {
   lua_settop(L, 2);
   int n;
   if (s == BT_ETIMEDOUT) {
-    n = run_timeout(L, fname);
+    n = run_timeout(L, fname, st);
   } else if (s != 0) {
     n = lbt_fail_status(L, fname, s);
   } else if (st->fail) {
