@@ -412,7 +412,8 @@ BT_EXTERN int bt_proc_spawn(bt_rt_t *rt, const bt_proc_opts *opts, const bt_proc
 /* Writes to the child's stdin: at once when nothing is queued and the pipe takes it, else
  * the rest is copied and queued. Never waits: bound what is queued with
  * bt_proc_write_queue() and on_written. Returns 0 or a libuv error (UV_EPIPE after
- * close_stdin or once the child closed its end; once a write has failed, that error). */
+ * close_stdin; once a write has failed, at once or queued, that error: the write that
+ * failed returned 0). */
 BT_EXTERN int bt_proc_write(bt_proc_t *p, const char *data, size_t len);
 /* Bytes queued for stdin and not yet taken by the pipe. */
 BT_EXTERN size_t bt_proc_write_queue(const bt_proc_t *p);

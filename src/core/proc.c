@@ -303,8 +303,8 @@ int bt_proc_write(bt_proc_t *p, const char *data, size_t len) {
       data += n;
       len -= (size_t)n;
     } else if (n != UV_EAGAIN) {
-      p->write_err = n;
-      return n;
+      p->write_err = n;  /* reported by the next write, as a queued write's failure is: the */
+      return 0;          /* caller learns why from the child's exit and stderr first */
     }
   }
   write_req *w = malloc(sizeof *w + len);
