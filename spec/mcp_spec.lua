@@ -298,6 +298,16 @@ describe("baton.mcp against a scripted server", function()
       c:close()
     end))
 
+  fake_it("a server that closes its stdout but runs on: 'closed', saying so", H.async(function()
+    local c = assert(fake())
+    local elapsed, r, msg, kind = H.timed(c.call, c, "hangup", {}, { timeout_ms = 20000 })
+    assert.is_nil(r)
+    assert.equal("closed", kind)
+    assert.matches("the server closed its output and was still running 250 ms later", msg, 1, true)
+    assert.is_true(elapsed < 5000, "took " .. elapsed .. " ms")
+    c:close()
+  end))
+
   fake_it("a server that exits mid-call fails the call with 'closed' at once", H.async(function()
     local c = assert(fake())
     local elapsed, r, msg, kind = H.timed(c.call, c, "exit", {}, { timeout_ms = 20000 })
@@ -1113,4 +1123,21 @@ describe("baton.mcp over Streamable HTTP against a scripted server", function()
       c:close()
       assert.equal(0, baton.stats().transfers)
     end))
+end)
+
+-- SEP-1034 defaults on an accepted elicitation's content (baton.mcp.session): filled from
+-- the requested schema's properties, an object; a list there has no fields to fill.
+describe("baton.mcp elicitation defaults", function()
+  local S = require "baton.mcp.session"
+  it("fills what the handler left out, keeps what it gave", function()
+    local res = { action = "accept", content = { a = 1 } }
+    S.apply_defaults({ requestedSchema = { properties = { a = { default = 9 }, b = { default = "x" } } } },
+                     res)
+    assert.equal('{"action":"accept","content":{"a":1,"b":"x"}}', baton.json.encode(res))
+  end)
+  it("sends an object when a hostile schema's properties is a list", function()
+    local res = { action = "accept" }
+    S.apply_defaults({ requestedSchema = { properties = { { default = 1 }, { default = 2 } } } }, res)
+    assert.equal('{"action":"accept","content":{}}', baton.json.encode(res))
+  end)
 end)

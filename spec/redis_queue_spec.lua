@@ -416,6 +416,31 @@ describe("baton.redis.queue", function()
     r:close()
   end))
 
+  it("a group destroyed while a job runs: the reader makes it anew and reads the job again; "
+     .. "it is not run a second time here", async(function()
+    local q, r, s = setup { claim_idle_ms = 3000 }
+    local seen, restore = quiet()
+    local runs, running, most = 0, 0, 0
+    local w = baton.runner { queue = q, concurrency = 4, block_ms = 50, handler = function()
+      runs, running = runs + 1, running + 1
+      most = math.max(most, running)
+      baton.sleep(600)
+      running = running - 1
+    end }
+    w:start()
+    assert(q:enqueue { slow = true })
+    eventually(function() return runs == 1 end)
+    assert.equal(1, r:call("XGROUP", "DESTROY", s, q.group))
+    baton.sleep(900)  -- the reader made the group again from the stream's start, and read
+    eventually(function() return running == 0 end)
+    assert.equal(1, runs)
+    assert.equal(1, most)
+    w:stop()
+    restore()
+    assert.is_true(#seen >= 1)  -- the lost group was reported
+    r:close()
+  end))
+
   it("enqueue of a value JSON cannot encode raises saying what and where", async(function()
     local q, r = setup()
     local t = {}

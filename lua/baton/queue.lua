@@ -615,7 +615,7 @@ local function reader(self, g)
           for _, e in ipairs(v[2]) do
             -- a job of this worker's own, idle because the loop stalled past claim_idle_ms
             -- while its handler ran: it still runs here, and is ours again; not a second run
-            if not self.inflight[e[1]] then
+            if not self.by_id[e[1]] then
               counts.reclaimed = counts.reclaimed + 1
               claimed = claimed + 1
               dispatch(self, g, e[1], e[2], e[3])
@@ -640,7 +640,11 @@ local function reader(self, g)
         elseif v ~= nil then
           for _, s in ipairs(v) do
             for _, e in ipairs(s[2]) do
-              if type(e) == "table" then dispatch(self, g, e[1], e[2], 1) end
+              -- read again while it runs here (the group was destroyed and made anew from
+              -- the stream's start): the run under way holds it; not a second run
+              if type(e) == "table" and not self.by_id[e[1]] then
+                dispatch(self, g, e[1], e[2], 1)
+              end
             end
           end
         end

@@ -77,9 +77,11 @@ local function read_body(s, cap)
 end
 
 local function snippet(s)
-  s = tostring(s or ""):gsub("%s+", " "):gsub("[%c\127]", "?")  -- no terminal escapes
-  if #s > 200 then s = sub(s, 1, 200) .. "..." end
-  return s
+  s = tostring(s or "")
+  local more = #s > 400 and "..." or ""  -- cut first: a 50 MB event is not scanned whole
+  s = sub(s, 1, 400):gsub("%s+", " "):gsub("[%c\127]", "?")  -- no terminal escapes
+  if #s > 200 then s, more = sub(s, 1, 200), "..." end
+  return s .. more
 end
 
 -- Fails request `id`, if any; returns nil, reason, kind[, detail].

@@ -185,9 +185,9 @@ function S.apply_defaults(params, res)
   local content = res.content
   if content == nil or content == json.null then content = {} end
   if type(content) ~= "table" then return end
-  for name, p in pairs(props) do
-    if type(p) == "table" and p.default ~= nil and p.default ~= json.null
-       and content[name] == nil then
+  for name, p in pairs(props) do  -- properties is an object: a list's entries are no fields
+    if type(name) == "string" and type(p) == "table" and p.default ~= nil
+       and p.default ~= json.null and content[name] == nil then
       content[name] = p.default
     end
   end

@@ -81,15 +81,17 @@ local function read_lines(st)
     return S.die(st, "the reader failed: " .. tostring(err), "closed")
   end
   if st.closed then return S.die(st, "the client was closed", "closed") end
-  -- EOF: the server closed its stdout, which it does when it exits.
-  local how, code, sig = "", nil, nil
+  -- EOF: the server closed its stdout, which it does when it exits (or, still running,
+  -- when it means to say no more: then it is said so).
+  local what, code, sig = "the server closed its output and was still running 250 ms later", nil, nil
   local wok, c, s = pcall(proc.wait, proc, 250)
   if wok and c then
     code, sig = c, s
-    how = sig ~= 0 and format(" (killed by signal %d)", sig) or format(" (exit code %d)", code)
+    what = "the server exited" .. (sig ~= 0 and format(" (killed by signal %d)", sig)
+                                   or format(" (exit code %d)", code))
   end
   local tail = stderr_tail(st)
-  S.die(st, "the server exited" .. how .. (tail and (": " .. tail) or ""), "closed",
+  S.die(st, what .. (tail and (": " .. tail) or ""), "closed",
         { pid = st.pid, code = code, signal = sig, stderr_tail = tail })
 end
 
