@@ -143,6 +143,16 @@ describe("baton.semaphore", function()
       assert.equal(4, s:available())
     end))
 
+  it("add_permits refuses to take the capacity past 2^53 (counts stay exact)", function()
+    local s = baton.semaphore(10)
+    H.raises("baton%.semaphore:add_permits: bad argument #1 'n' %(expected integer <= "
+             .. "9007199254740982 %(2%^53 %- the capacity%), got 9007199254740983%)",
+             s.add_permits, s, (1 << 53) - 9)
+    s:add_permits((1 << 53) - 10)
+    assert.equal(1 << 53, s:capacity())
+    H.raises("expected integer <= 2%^53, got 4611686018427387904", baton.semaphore, 1 << 62)
+  end)
+
   it("add_permits grows the capacity and wakes waiters in FIFO order", H.async(function()
     local s = baton.semaphore(2)
     local all = s:acquire(2)  -- a request must fit the capacity when it is made

@@ -87,6 +87,30 @@ describe("baton.spawn", function()
     assert.equal("done", t:status())
   end))
 
+  it("results() of an unfinished task raises naming it", H.async(function()
+    local t = baton.spawn(baton.sleep, 50)
+    H.raises("^baton%.task:results: task " .. t.id .. " has not finished$", t.results, t)
+    t:abort()
+    t:join()
+  end))
+
+  it("a method called without self says it got no value", H.async(function()
+    local objs = { baton.channel(1), baton.semaphore(1), baton.group(), baton.future(),
+                   baton.watch(1), baton.notify(), baton.spawn(function() end) }
+    for _, o in ipairs(objs) do
+      local mt = getmetatable(o)
+      local methods = type(mt.__index) == "table" and mt.__index or mt
+      for name, f in pairs(methods) do
+        if type(f) == "function" and name:sub(1, 2) ~= "__" then
+          local ok, err = pcall(f)
+          if not ok then
+            assert.matches("got no value", tostring(err), 1, true)
+          end
+        end
+      end
+    end
+  end))
+
   it("passes arguments and keeps results after the coroutine is gone", H.async(function()
     local t = baton.spawn(function(a, b) return a * b, "x", nil end, 6, 7)
     local ok, a, x, n = t:join()
@@ -403,6 +427,23 @@ describe("baton.coroutine.wrap", function()
       assert.equal("cancelled", err.kind)
       assert.is_true(closed)
     end))
+
+  it("refuses a second call while the generator waits in another task", H.async(function()
+    local ch = baton.channel(1)
+    local gen = baton.coroutine.wrap(function()
+      while true do coroutine.yield(ch:recv()) end
+    end)
+    local a = baton.spawn(gen)  -- parks in ch:recv inside the generator
+    baton.sleep(5)
+    local b = baton.spawn(gen)
+    local ok, err = b:join()
+    assert.is_false(ok)
+    assert.matches("baton.coroutine.wrap: the generator is already running", tostring(err), 1, true)
+    collectgarbage()
+    assert.is_true(ch:send("v"))
+    assert.same({ true, "v" }, { a:join() })  -- the wait of the task that made it, untouched
+    assert.equal("w", (function() ch:send("w"); return gen() end)())  -- usable again
+  end))
 
   it("re-raises the coroutine's error", H.async(function()
     local w = baton.coroutine.wrap(function() baton.yield() error("inside") end)

@@ -161,9 +161,9 @@ static const char *arg_name(lbt_class cls) {
 void *lbt_check_type(lua_State *L, int idx, lbt_class cls) {
   void *p = lbt_test_type(L, idx, cls);
   if (p != NULL) return p;
+  const char *got = lbt_push_got(L, idx);  /* first: lbt_fname pushes, and idx may be none */
   const char *fname = lbt_fname(L);
   int n = lbt_argn(fname, idx);
-  const char *got = lbt_push_got(L, idx);
   lbt_argerror_got(L, fname, n, n == 0 ? "self" : arg_name(cls), lbt_class_name(cls), got);
   return NULL;
 }
@@ -544,12 +544,16 @@ static const char *const lua_helpers =
   "local MARK, wrapped = select(2, ...)\n"
   "local create, resume, yield, status, close ="
   "  coroutine.create, coroutine.resume, coroutine.yield, coroutine.status, coroutine.close\n"
+  "-- busy[co]: a call is under way (co may be parked in a wait of the task that made it):\n"
+  "-- a second call, from another task or from co itself, must not resume co\n"
+  "local busy = setmetatable({}, { __mode = 'k' })\n"
   "local function step(co, ok, ...)\n"
-  "  if not ok then close(co); error((...), 0) end\n"
+  "  if not ok then busy[co] = nil; close(co); error((...), 0) end\n"
   "  if status(co) == 'suspended' and select('#', ...) == 1 and (...) == MARK then\n"
   "    yield(MARK)\n"
   "    return step(co, resume(co))\n"
   "  end\n"
+  "  busy[co] = nil\n"
   "  return ...\n"
   "end\n"
   "baton.coroutine = {}\n"
@@ -560,7 +564,14 @@ static const char *const lua_helpers =
   "  end\n"
   "  local co = create(f)\n"
   "  wrapped[co] = true\n"
-  "  return function(...) return step(co, resume(co, ...)) end\n"
+  "  return function(...)\n"
+  "    if busy[co] then\n"
+  "      error('baton.coroutine.wrap: the generator is already running (called again before '\n"
+  "            .. 'it yielded or returned: from another task while it waits, or from itself)', 2)\n"
+  "    end\n"
+  "    busy[co] = true\n"
+  "    return step(co, resume(co, ...))\n"
+  "  end\n"
   "end\n";
 
 static int lrt_gc(lua_State *L) {

@@ -207,7 +207,10 @@ static int count_ok(lua_State *L, int idx, lua_Integer min, lua_Integer *v) {
   return lua_type(L, idx) == LUA_TNUMBER && isint && *v >= min && *v <= ((lua_Integer)1 << 53);
 }
 
-static const char *count_expected(lua_State *L, lua_Integer min) {
+/* What a count must be; the upper bound named when the value at idx passed it. */
+static const char *count_expected(lua_State *L, int idx, lua_Integer min) {
+  if (lua_isinteger(L, idx) && lua_tointeger(L, idx) > ((lua_Integer)1 << 53))
+    return lua_pushliteral(L, "integer <= 2^53");
   return lua_pushfstring(L, "integer >= %I", (LUAI_UACINT)min);
 }
 
@@ -216,7 +219,7 @@ lua_Integer lbt_opt_count(lua_State *L, const char *fname, int tidx, const char 
   lua_getfield(L, tidx, key);
   lua_Integer v = def;
   if (!(lua_isnil(L, -1) && def >= 0) && !count_ok(L, -1, min, &v)) {
-    const char *x = count_expected(L, min);
+    const char *x = count_expected(L, -1, min);
     lua_pushvalue(L, -2);
     field_error(L, fname, tidx, key, x);
   }
@@ -230,7 +233,7 @@ lua_Integer lbt_arg_count(lua_State *L, const char *fname, int idx, const char *
   if (lua_isnoneornil(L, idx) && def >= 0) return def;
   if (!count_ok(L, idx, min, &v)) {
     int none = lua_isnone(L, idx);  /* before the push below moves the top past idx */
-    const char *expected = count_expected(L, min);
+    const char *expected = count_expected(L, idx, min);
     if (none) lbt_argerror_got(L, fname, lbt_argn(fname, idx), name, expected, "no value");
     lbt_argerror(L, fname, idx, name, expected);
   }

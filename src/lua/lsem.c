@@ -198,6 +198,11 @@ static int lsem_add_permits(lua_State *L) {
   static const char fname[] = "baton.semaphore:add_permits";
   bt_sem_t *s = check_open_sem(L, fname);
   lua_Integer n = lbt_arg_count(L, fname, 2, "n", 0, -1);
+  lua_Integer room = ((lua_Integer)1 << 53) - (lua_Integer)bt_sem_capacity(s);
+  if (n > room)  /* counts stay exact as Lua numbers: the capacity at most 2^53 */
+    lbt_argerror_got(L, fname, 1, "n", lua_pushfstring(L, "integer <= %I (2^53 - the capacity)",
+                                                       (LUAI_UACINT)room),
+                     lua_pushfstring(L, "%I", (LUAI_UACINT)n));
   bt_sem_add_permits(s, (size_t)n);
   return 0;
 }

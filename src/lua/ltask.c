@@ -327,6 +327,8 @@ static void task_returned(lbt_rt *R, lbt_task *T, int nres) {
   finish(R, T, BT_TASK_DONE);
 }
 
+static void watch_unjoined(lua_State *L, lbt_rt *R, lbt_task *T);
+
 static void task_failed(lbt_rt *R, lbt_task *T) {
   lua_State *co = lbt_fib(T)->co, *L = R->L;
   int cancelled = lbt_is_cancel_error(co, -1);
@@ -357,13 +359,40 @@ static void task_failed(lbt_rt *R, lbt_task *T) {
   }
   lua_remove(L, -2);
   set_outcome(L, R, T);
-  if (!cancelled) {  /* report it at collection if nobody looks at it */
-    lbt_push_task(L, R, T);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, R->class_refs[LBT_TASK_GC]);
-    lua_setmetatable(L, -2);
-    lua_pop(L, 1);
-  }
+  if (!cancelled) watch_unjoined(L, R, T);
   finish(R, T, cancelled ? BT_TASK_CANCELLED : BT_TASK_FAILED);
+}
+
+/* A failed task is reported when it is collected unjoined. Not by a __gc on the task
+ * itself: Lua finds an object given a finalizer late by walking the list of every object
+ * made since (luaC_checkfinalizer), so 100,000 failing tasks took O(n^2), 8 s for 32,000.
+ * A new sentinel (first in that list) with the finalizer instead, kept by an ephemeron
+ * table for as long as the task lives; it holds the task, to read its state then. */
+#define UNJOINED_KEY "baton.task.unjoined"   /* registry: task -> sentinel, weak keys */
+#define SENTINEL_MT "baton.task.sentinel"
+
+static void watch_unjoined(lua_State *L, lbt_rt *R, lbt_task *T) {
+  lua_getfield(L, LUA_REGISTRYINDEX, UNJOINED_KEY);
+  lbt_push_task(L, R, T);
+  lua_newuserdatauv(L, 0, 1);
+  lua_pushvalue(L, -2);
+  lua_setiuservalue(L, -2, 1);
+  luaL_setmetatable(L, SENTINEL_MT);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+static int sentinel_gc(lua_State *L) {
+  lbt_rt *R = lbt_R(L);
+  if (lua_getiuservalue(L, 1, 1) != LUA_TUSERDATA) return 0;
+  lbt_task *T = lua_touserdata(L, -1);
+  if (T->t.state == BT_TASK_FAILED && !(T->t.flags & BT_TASK_F_JOINED)) {
+    lua_getiuservalue(L, -1, 1);
+    const char *msg = lua_tostring(L, -1);
+    lbt_warn_unjoined(R, T, msg ? msg : luaL_typename(L, -1));
+    T->t.flags |= BT_TASK_F_JOINED;  /* reported once */
+  }
+  return 0;
 }
 
 /* A task that ends before it ever ran: aborted while pending, its gate's semaphore was
@@ -735,7 +764,7 @@ static int ltask_results(lua_State *L) {
   lbt_task *T = lbt_check_task(L, 1);
   lua_settop(L, 1);
   if (!bt_task_finished(&T->t))
-    return luaL_error(L, "baton.task:results: task %u has not finished", (unsigned)T->t.id);
+    return luaL_error(L, "baton.task:results: task %I has not finished", (LUAI_UACINT)T->t.id);
   if (T->t.state != BT_TASK_DONE) return 0;
   int n = lbt_push_outcome(L, 1);
   return n - 1;  /* drop the leading true */
@@ -799,6 +828,16 @@ void lbt_open_task(lua_State *L, int rt_idx) {
     {"__index", ltask_index}, {"__tostring", ltask_tostring}, {"__close", ltask_abort},
     {NULL, NULL}};
   static const luaL_Reg gc[] = {{"__gc", ltask_gc}, {NULL, NULL}};
+  static const luaL_Reg sentinel[] = {{"__gc", sentinel_gc}, {NULL, NULL}};
+  luaL_newmetatable(L, SENTINEL_MT);
+  lbt_set_funcs(L, rt_idx, sentinel);
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 0);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, UNJOINED_KEY);
   lbt_new_class(L, rt_idx, BT_TASK_MT, methods, meta);
   lbt_new_class(L, rt_idx, BT_TASK_GC_MT, methods, meta);
   luaL_getmetatable(L, BT_TASK_GC_MT);
