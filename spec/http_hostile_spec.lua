@@ -54,6 +54,32 @@ describe("baton.http against hostile peers", function()
       assert.is_nil(s:read_event(5000))
     end))
 
+    it("a flood of small events does not hold other tasks back: a reader looping on "
+       .. "read_event lets the loop turn every 256 events", async(function()
+      local worst, last, stop = 0, baton.now(), false
+      local ticker = baton.spawn(function()
+        while not stop do
+          baton.sleep(2)
+          local now = baton.now()
+          worst = math.max(worst, now - last)
+          last = now
+        end
+      end)
+      local s <close> = assert(http.stream { url = url("/sse_many?n=300000"), timeout_ms = 30000 })
+      local n = 0
+      while true do
+        local ev, msg = s:read_event(30000)
+        if not ev then assert.is_nil(msg); break end
+        assert.equal(tostring(n), ev.data)
+        n = n + 1
+      end
+      stop = true
+      ticker:join()
+      assert.equal(300000, n)
+      -- a turn handed out ~100,000 buffered events before: the ticker waited 100-400 ms
+      assert.is_true(worst < 60, ("the 2 ms ticker waited %d ms"):format(worst))
+    end))
+
     it("refuses an event over max_event_bytes as too_large, skips it and goes on",
        async(function()
       local s <close> = assert(http.stream { url = url("/sse_flood?lines=5000"),

@@ -601,6 +601,21 @@ describe("baton.process at the run's end", function()
   end)
 end)
 
+describe("baton.process: a line over the limits", function()
+  it("wait() answers once the child is gone, though reading stopped at max_output_bytes",
+    H.async(function()
+      local p <close> = assert(process.spawn {
+        "sh", "-c", "head -c 3000000 /dev/zero; exec sleep 30",
+        max_line_bytes = 1 << 20, max_output_bytes = 1 << 20 })
+      local _, _, kind = p:read_line(10000)
+      assert.equal("too_large", kind)
+      assert(p:kill("KILL"))
+      local elapsed, code, sig = H.timed(p.wait, p, 10000)
+      assert.equal(9, sig, tostring(code))
+      assert.is_true(elapsed < 5000, "waited " .. elapsed .. " ms")  -- not the 10 s timeout
+    end))
+end)
+
 describe("baton.process: process groups", function()
   it("a child leads a process group and session of its own; process_group = false opts out",
     H.async(function()

@@ -171,6 +171,13 @@ static void push_out(lua_State *L, lproc *st, size_t n, size_t skip) {
 
 /* ---- waiting ------------------------------------------------------------------------ */
 
+/* wait() can answer: the child exited and its output was read to the end, or to where
+ * reading stopped at max_output_bytes (a line that long: the end would never come; what is
+ * buffered stays readable). */
+static int done(const lproc *st) {  /* (stopped: stderr is not read either) */
+  return st->exited && ((st->out_eof && st->err_eof) || (st->stopped && unread(st) >= st->max));
+}
+
 static int satisfied(lproc *st) {
   if (st->fail) return st->want != W_CLOSED;
   switch (st->want) {
@@ -179,7 +186,7 @@ static int satisfied(lproc *st) {
     return st->out_eof || bt__lines_scan(&st->out, st->line_max, &n) != BT_LINE_NONE;
   }
   case W_DATA: return st->out_eof || unread(st) > 0;
-  case W_DONE: return st->too_large || (st->exited && st->out_eof && st->err_eof);
+  case W_DONE: return st->too_large || done(st);
   default: return 0;  /* W_CLOSED: on_close wakes it */
   }
 }
@@ -706,7 +713,7 @@ static int try_op(lua_State *L, lproc *st, int op) {
     }
     return -1;
   }
-  if (st->exited && st->out_eof && st->err_eof) {
+  if (done(st)) {
     lua_pushinteger(L, (lua_Integer)st->code);
     lua_pushinteger(L, st->signal);
     return 2;
