@@ -87,6 +87,21 @@ describe("baton.spawn", function()
     assert.equal("done", t:status())
   end))
 
+  it("timeout, race and first_ok outside a task raise under their own names", function()
+    for name, call in pairs {
+      ["baton.timeout"] = function() return baton.timeout(10, function() end) end,
+      ["baton.race"] = function() return baton.race(function() end) end,
+      ["baton.first_ok"] = function() return baton.first_ok(function() end) end,
+    } do
+      H.raises("^[^:]*:?%d*:? ?" .. name:gsub("%.", "%%.") .. ": not inside a baton task", call)
+    end
+    assert.equal(0, baton.stats().tasks)  -- nothing was spawned
+    local args = {}
+    for i = 1, 300 do args[i] = i end
+    H.raises("baton%.timeout: too many arguments %(300, at most 250%)",
+             baton.timeout, 10, function() end, table.unpack(args))
+  end)
+
   it("results() of an unfinished task raises naming it", H.async(function()
     local t = baton.spawn(baton.sleep, 50)
     H.raises("^baton%.task:results: task " .. t.id .. " has not finished$", t.results, t)

@@ -32,8 +32,18 @@ local function misuse(depth, fname, n, name, expected, got_)
         depth + 1)
 end
 
+-- A combinator waits: outside a task it raises under its own name (at the caller `depth`
+-- frames up), not under the name of the group method it waits with.
+local function in_task(depth, fname)
+  if baton.current() == nil then
+    error(fname .. ": not inside a baton task; run the code with baton.run(function() ... end) "
+          .. "(the baton executable does this for a script's main chunk)", depth + 1)
+  end
+end
+
 -- The functions passed to a combinator, checked: misuse raises at the caller.
 local function check_fns(fname, ...)
+  in_task(3, fname)
   local n = select("#", ...)
   if n == 0 then misuse(3, fname, 1, "fn", "function", "no value") end
   for i = 1, n do
@@ -152,6 +162,7 @@ function baton.hedge(fn, opts)
   if math.type(max) ~= "integer" or max < 1 or max > 1e15 then
     misuse(2, fname, 2, "max", "integer >= 1", got(1, max))
   end
+  in_task(2, fname)
   local g <close> = group()
   local index, errors, started, next_at = {}, {}, 0, nil
   local function start()

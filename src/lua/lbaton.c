@@ -448,6 +448,12 @@ static int timeout_k(lua_State *L, int st, lua_KContext ctx) {
 static int lbaton_timeout(lua_State *L) {
   lbt_arg_ms(L, "baton.timeout", 1, "ms", -1);
   lbt_arg_function(L, "baton.timeout", 2, "fn");
+  if (lua_gettop(L) - 2 > 250)  /* named here, not as the spawn and join it is made of */
+    return luaL_error(L, "baton.timeout: too many arguments (%d, at most 250)", lua_gettop(L) - 2);
+  if (bt_rt_current(lbt_R(L)->rt) == NULL)
+    return luaL_error(L, "baton.timeout: not inside a baton task; run the code with "
+                      "baton.run(function() ... end) (the baton executable does this for a "
+                      "script's main chunk)");
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_insert(L, 1);
   lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, timeout_k);
