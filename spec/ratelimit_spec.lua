@@ -212,3 +212,13 @@ describe("baton.ratelimit", function()
     assert.equal(4, rl:available())  -- every unit came back: nothing leaked to an abort
   end))
 end)
+
+describe("baton.ratelimit:adjust", function()
+  it("huge charges pile up to the far future and never wrap around to free", H.async(function()
+    local rl = baton.ratelimit { rate = 1, per_ms = 1000, burst = 5 }
+    local g = assert(rl:acquire(1))
+    for _ = 1, 4 do rl:adjust(g, 2 ^ 53) end
+    assert.equal(0, rl:available())
+    for _ = 1, 10 do assert.is_nil((rl:try_acquire(1))) end
+  end))
+end)

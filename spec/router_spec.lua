@@ -510,3 +510,52 @@ describe("baton.router", function()
     H.raises_misuse("baton.router:call", 0, "self", "baton.Router", r.call, {}, "a", {})
   end)
 end)
+
+-- What a hostile provider or a broken hook cannot do: take a deployment's slot for good,
+-- make call raise on a token count, or shut a deployment for ever with its Retry-After.
+describe("baton.router against hostile answers and hooks", function()
+  it("a classify hook that raises re-raises, with the attempt's slot given back",
+     H.async(function()
+    local boom = true
+    local r = baton.router {
+      deployments = { { name = "a", max_parallel = 1, call = function() return nil, "x", "io" end } },
+      groups = { g = { "a" } },
+      classify = function(...) if boom then error("classify boom") end return baton.router.classify(...) end,
+    }
+    local ok, err = pcall(r.call, r, "g", { prompt = "x" }, { timeout_ms = 200 })
+    assert.is_false(ok)
+    assert.matches("classify boom", tostring(err), 1, true)
+    assert.equal(0, r:usage().a.in_flight)
+    boom = false
+    local v, msg, kind = r:call("g", { prompt = "x" }, { timeout_ms = 200 })
+    assert.is_nil(v)
+    assert.equal("unavailable", kind, msg)  -- tried: the slot was free
+  end))
+
+  for _, n in ipairs { 0.5, -5, 0 / 0 } do
+    it("a token count of " .. tostring(n) .. " is taken as a whole number >= 0", H.async(function()
+      local r = baton.router {
+        deployments = { { name = "a", max_parallel = 1, tpm = 1000,
+                          call = function() return { text = "ok" }, { input = n, output = 1 } end } },
+        groups = { g = { "a" } },
+      }
+      for _ = 1, 3 do assert.same({ text = "ok" }, (assert(r:call("g", { prompt = "x" }, { timeout_ms = 300 })))) end
+      assert.equal(0, r:usage().a.in_flight)
+    end))
+  end
+
+  it("a Retry-After of 1e300 s keeps a deployment out for a day at most", H.async(function()
+    local r = baton.router {
+      deployments = { { name = "a", call = function()
+        return { status = 429, headers = { ["retry-after"] = "1e300" }, body = "slow down" }
+      end } },
+      groups = { g = { "a" } },
+    }
+    local v, _, kind, detail = r:call("g", { prompt = "x" }, { timeout_ms = 300 })
+    assert.is_nil(v)
+    assert.equal("rate_limited", kind)
+    assert.equal(86400000, detail.retry_after_ms)
+    v, _, kind = r:call("g", { prompt = "x" }, { timeout_ms = 300 })
+    assert.equal("rate_limited", kind)  -- said so, and no overflow printing it
+  end))
+end)

@@ -134,7 +134,24 @@ local function http_facts(resp)
     ra = s and s * 1000
   end
   if not ra then ra = try_again_in(text) end
-  return text, etype:lower(), code:lower(), ra and ceil(ra), b
+  return text, etype:lower(), code:lower(), ra, b
+end
+
+-- A retry-after the router acts on: a peer's (or a classify hook's) number made sane:
+-- none unless finite and >= 0, whole milliseconds, at most a day (a hostile 1e300 s must
+-- not shut a deployment for good nor overflow what prints it).
+local DAY_MS = 86400000
+local function sane_ra(v)
+  v = tonumber(v)
+  if not v or v ~= v or v < 0 then return nil end
+  return v >= DAY_MS and DAY_MS or ceil(v)
+end
+
+-- A token count a provider reported, made a whole number >= 0 (garbage counts as 0).
+local function sane_count(v)
+  v = tonumber(v)
+  if not v or v ~= v or v <= 0 then return 0 end
+  return v >= 2 ^ 53 and 2 ^ 53 or math.floor(v)
 end
 
 local function classify_http(resp)
@@ -732,12 +749,12 @@ local function record(self, a, class, action, msg, ra, tin, tout)
     add_sample(u, ms)
   end
   if tin or tout then
-    tin, tout = tin or 0, tout or 0
+    tin, tout = sane_count(tin), sane_count(tout)
     local cost = tin * d.price_in + tout * d.price_out
     a.tokens_in, a.tokens_out, a.cost = tin, tout, cost
     u.tokens_in, u.tokens_out, u.cost = u.tokens_in + tin, u.tokens_out + tout, u.cost + cost
   end
-  if a._estimate then d.tpm:adjust(a._estimate, (tin or 0) + (tout or 0)) end
+  if a._estimate then d.tpm:adjust(a._estimate, math.tointeger((tin or 0) + (tout or 0))) end
   local holder = a._holder
   if holder then
     a._holder = nil
@@ -1024,19 +1041,32 @@ local function do_call(self, ledger, group_name, req, est, timeout)
       if ok ~= nil then
         if run[2] == nil then run[1] = nil else drop(call, a) end
         local value, second, msg, kind, detail, class, ra
+        -- the hooks (classify, usage) run with the attempt out of `run`: one that raises
+        -- records it (its slot back) before the error goes on
+        local hook_ok, herr = true, nil
         if ok and (r1 ~= nil or r2 == nil) then  -- returned a value: a success unless classify says not
           value, second = r1, r2
           if type(value) == "table" or self.classify ~= router.classify then
-            class, ra = self.classify(value, nil, nil, nil)
-            if class then msg = value_message(value) end
+            hook_ok, class, ra = pcall(self.classify, value, nil, nil, nil)
+            if hook_ok and class then msg = value_message(value) end
           end
         else
           value, second, msg, kind, detail = outcome(ok, r1, r2, r3, r4)
-          class, ra = self.classify(value, msg, kind, detail)
+          hook_ok, class, ra = pcall(self.classify, value, msg, kind, detail)
+        end
+        if not hook_ok then herr = class end
+        ra = sane_ra(ra)
+        local tin, tout
+        if hook_ok and class == nil and (second ~= nil or a._d.usage_of or type(value) == "table") then
+          hook_ok, tin, tout = pcall(tokens, a._d, value, second)
+          if not hook_ok then herr = tin end
+        end
+        if not hook_ok then
+          record(self, a, "error", "fail", tostring(herr))
+          abort_running(self, call, nil, "aborted", "aborted: a hook raised")
+          error(herr, 0)
         end
         if class == nil then
-          local tin, tout
-          if second ~= nil or a._d.usage_of or type(value) == "table" then tin, tout = tokens(a._d, value, second) end
           record(self, a, nil, "ok", nil, nil, tin, tout)
           if run[1] then abort_running(self, call, nil, "aborted", "aborted: another attempt won") end
           return value, call.ledger

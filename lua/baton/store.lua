@@ -59,7 +59,9 @@ function check.gcra_take(F, key, rate, per_ms, burst, cost, mode)
   check_key(F, 1, key)
   check_positive(F, 2, "rate", rate)
   check_positive(F, 3, "per_ms", per_ms)
-  if type(burst) ~= "number" or burst < 1 then misuse(F, 4, "burst", "a number >= 1", burst) end
+  if type(burst) ~= "number" or burst ~= burst or burst < 1 then  -- NaN too
+    misuse(F, 4, "burst", "a number >= 1", burst)
+  end
   if type(cost) ~= "number" or cost ~= cost then misuse(F, 5, "cost", "number", cost) end
   if mode ~= nil and mode ~= "peek" and mode ~= "force" then
     misuse(F, 6, "mode", "nil, 'peek' or 'force'", mode)

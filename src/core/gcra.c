@@ -65,8 +65,9 @@ int64_t bt__gcra_take_since(bt_gcra_t *g, int64_t now, int64_t since, double cos
 
 void bt__gcra_adjust(bt_gcra_t *g, int64_t now, double delta) {
   int64_t d = bt__gcra_cost(g, delta);
-  if (d >= 0) {
-    g->tat = (g->tat > now ? g->tat : now) + d;
+  if (d >= 0) {  /* charges pile up to the far future, never past it (they wrapped) */
+    int64_t base = g->tat > now ? g->tat : now;
+    g->tat = d > INT64_MAX / 2 - base ? INT64_MAX / 2 : base + d;
   } else {
     int64_t floor_ = g->tat < now ? g->tat : now;
     g->tat = g->tat + d < floor_ ? floor_ : g->tat + d;
