@@ -30,6 +30,36 @@ local function interrupt(fixture, signals)
 end
 
 describe("baton executable", function()
+  describe("hostile surroundings", function()
+    -- with fd 0, 1 or 2 closed, libuv's epoll descriptor took the number and its close
+    -- tripped libuv's assertion (exit 134) at the end of every run
+    for _, redir in ipairs { "<&- >/dev/null 2>&1", ">&- 2>/dev/null", "2>&- >/dev/null" } do
+      it("runs with a standard stream closed (" .. redir .. ")", function()
+        local s = write_temp("baton.sleep(1)")
+        local _, how, code = os.execute(q(EXE) .. " " .. q(s) .. " " .. redir)
+        os.remove(s)
+        assert.equal("exit", how)
+        assert.equal(0, code)
+      end)
+    end
+
+    it("-i: input ending inside a statement says why it never ran", function()
+      local f = write_temp("for i = 1, 3 do\n  print(i)\n")
+      local r = run("-i", { stdin = f })
+      os.remove(f)
+      assert.equal("", r.out)
+      assert.matches("'end' expected", r.err, 1, true)
+    end)
+
+    it(".tasks shows a task's name without its control characters", function()
+      local f = write_temp('baton.spawn{ name = "evil\\27[2J\\n", baton.sleep, 1000 }\n.tasks\n')
+      local r = run("-i", { stdin = f })
+      os.remove(f)
+      assert.is_nil(r.out:find("\27", 1, true))
+      assert.matches("evil?[2J?", r.out, 1, true)
+    end)
+  end)
+
   describe("the arg table", function()
     it("puts the script at arg[0], its arguments at 1..n and passes them as ...", function()
       local r = run(q(FIX .. "args.lua") .. " one 'two words' 3")

@@ -78,6 +78,18 @@ describe("baton.progress", function()
     assert.matches("^batch: 10/10, [%d.]+/s, in [%d.]+s$", lines[#lines])
   end)
 
+  it("a progress left open when the run ends prints its final line", function()
+    local script = H.write_temp([[
+      local p = baton.progress { total = 10, label = "left", interval_ms = 5000 }
+      p:advance(3)
+      error("boom")
+    ]])
+    local r = H.run(q(script))
+    os.remove(script)
+    assert.equal(1, r.code)
+    assert.matches("left: 3/10, [%d.]+/s, in [%d.]+s\n", r.err)
+  end)
+
   it("never keeps the loop alive and counts what it was told", H.async(function()
     local p = baton.progress { total = 3, label = "x", tty = false }
     p:advance(2):fail()

@@ -236,6 +236,12 @@ static void on_readable(uv_poll_t *h, int status, int events) {
 
 static void reader_end(void *ud) {  /* the wait ended: delivered, or the task aborted */
   (void)ud;
+  if (S.prompt_on && !S.hidden) {  /* aborted (a signal, os.exit) with a line being typed: */
+    S.prompt_on = 0;               /* what follows starts on a line of its own */
+    rl_callback_handler_remove();
+    fputs("\r\n", rl_outstream);
+    fflush(rl_outstream);
+  }
   stop_input();
 }
 
@@ -519,6 +525,8 @@ static void repl_atexit(void) {
   if (S.prompt_on) {
     S.prompt_on = 0;
     rl_callback_handler_remove();
+    if (!S.hidden) fputs("\r\n", rl_outstream);  /* the shell's prompt on a line of its own */
+    fflush(rl_outstream);
   }
 }
 
@@ -620,6 +628,12 @@ static int lstart(lua_State *L) {
 static int lstop(lua_State *L) {
   (void)L;
   if (!S.active) return 0;
+  if (S.prompt_on && !S.hidden) {  /* left with a prompt shown (a signal, os.exit): a new line */
+    S.prompt_on = 0;
+    rl_callback_handler_remove();
+    fputs("\r\n", rl_outstream);
+    fflush(rl_outstream);
+  }
   stop_input();
   if (S.poll_ok) {
     uv_close((uv_handle_t *)&S.poll, NULL);
@@ -732,7 +746,7 @@ static const char repl_lua[] =
   "  end\n"
   "  local rows = { { 'ID', 'NAME', 'STATUS', 'AGE', 'PARENT', 'WAITS ON' } }\n"
   "  for _, t in ipairs(list) do\n"
-  "    local name = t.name or ''\n"
+  "    local name = (t.name or ''):gsub('[%c\\127]', '?')  -- no terminal escapes\n"
   "    if #name > 32 then name = '...' .. name:sub(-29) end\n"
   "    local parent = t.parent and ('task ' .. t.parent) or ''\n"
   "    if t.group then parent = parent .. (parent ~= '' and ' ' or '') .. 'group ' .. t.group end\n"
@@ -771,7 +785,13 @@ static const char repl_lua[] =
   "local chunk\n"
   "while true do\n"
   "  local line = C.read(chunk and '>> ' or '> ')\n"
-  "  if line == nil then break end\n"
+  "  if line == nil then\n"
+  "    if chunk then  -- input ended inside a statement: say why it never ran\n"
+  "      local _, err = load(chunk, '=stdin')\n"
+  "      if err then io.stderr:write(err, '\\n') end\n"
+  "    end\n"
+  "    break\n"
+  "  end\n"
   "  if line == false then\n"
   "    chunk = nil\n"
   "  elseif not chunk and line:match('^%s*%.tasks%s*$') then\n"

@@ -260,9 +260,19 @@ static int lprogress_counts(lua_State *L) {
   return 3;
 }
 
-static int lprogress_gc(lua_State *L) {
-  lprogress *P = check_progress(L, 1);
+/* A progress left unfinished (collected, or open at the run's end) ends as done() ends it:
+ * its final line, and on a terminal the line ended (else the next output, an error or the
+ * shell's prompt, lands on the bar). */
+static void finish_left(lprogress *P) {
   timer_stop(P);
+  if (!P->finished) {
+    P->finished = 1;
+    draw(P, 1);
+  }
+}
+
+static int lprogress_gc(lua_State *L) {
+  finish_left(check_progress(L, 1));
   return 0;
 }
 
@@ -273,7 +283,7 @@ static int lprogress_tostring(lua_State *L) {
   return 1;
 }
 
-static void stop_one(void *ud) { timer_stop(ud); }
+static void stop_one(void *ud) { finish_left(ud); }
 
 void lbt_close_progress(lua_State *L) { lbt_weak_set_each(L, PROGRESS_KEY, stop_one); }
 
