@@ -184,6 +184,25 @@ describe("the REPL on a terminal", function()
     assert.matches("> return 40$", before)
   end)
 
+  it("a background progress writes plain lines above the prompt, the typed line intact",
+     function()
+    local r = session(exit_steps(steps(
+      { send = "p = baton.progress{ total = 20, label = 'work', interval_ms = 200 }\r" },
+      { expect = PROMPT },
+      { send = "baton.spawn(function() for _ = 1, 20 do p:advance() baton.sleep(30) end p:done() end)\r" },
+      { expect = "baton\\.Task#\\d+" }, { expect = PROMPT },
+      { send = "return 40" },                       -- typed, not entered
+      { expect = "work: 20/20, [\\d.]+/s, in [\\d.]+s\n", timeout = 5 },
+      { sleep = 150 },                              -- the prompt is drawn again
+      { send = "+2\r" }, { expect = "\n42\n" }, { expect = PROMPT })))
+    assert_ok(r)
+    local idle = r.steps[9]
+    assert.matches("^work: 20/20, [%d.]+/s, in [%d.]+s\n> return 40$", last_rows(idle.screen, 2))
+    local _, finals = r.output:gsub("work: 20/20", "")
+    assert.equal(1, finals)  -- the last line once, not again by done()
+    assert.is_nil(r.output:find("\27[K", 1, true))  -- no bar redrawn in place over the prompt
+  end)
+
   it("aborts the running line on Ctrl-C, runs its close handlers and prompts again", function()
     local r = session(exit_steps(steps(
       { send = "do local c <close> = setmetatable({}, { __close = function() " ..

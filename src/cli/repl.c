@@ -575,9 +575,12 @@ static void print_banner(void) {
 
 /* start(complete) -> a to-be-closed guard whose closing calls stop. `complete` is the Lua
  * completion collector: text -> sorted list of candidates. */
+static int prompt_shown(void) { return S.prompt_on; }
+
 static int lstart(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   if (S.active) return luaL_error(L, "repl: already running");
+  lbt_cli_set_console(prompt_shown, bt_repl_before_output);
   lua_pushvalue(L, 1);
   lua_setfield(L, LUA_REGISTRYINDEX, "baton.repl.complete");
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
@@ -628,6 +631,7 @@ static int lstart(lua_State *L) {
 static int lstop(lua_State *L) {
   (void)L;
   if (!S.active) return 0;
+  lbt_cli_set_console(NULL, NULL);
   if (S.prompt_on && !S.hidden) {  /* left with a prompt shown (a signal, os.exit): a new line */
     S.prompt_on = 0;
     rl_callback_handler_remove();

@@ -524,4 +524,8 @@ int lbt_exit_run(lua_State *L, lbt_rt *R);
 
 int lbt_open(lua_State *L);  /* the module table; one runtime per Lua state */
 
+/* The REPL's prompt, for baton.progress (lcli.c, lbt_cli_set_console): NULL outside it. */
+extern int (*lbt_console_shown)(void);
+extern void (*lbt_console_clear)(void);
+
 #endif

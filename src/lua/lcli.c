@@ -61,6 +61,14 @@ lbt_cli *lbt_cli_open(lua_State *L, size_t *unjoined) {
   return c;
 }
 
+int (*lbt_console_shown)(void);
+void (*lbt_console_clear)(void);
+
+void lbt_cli_set_console(int (*shown)(void), void (*clear)(void)) {
+  lbt_console_shown = shown;
+  lbt_console_clear = clear;
+}
+
 uv_loop_t *lbt_cli_loop(lbt_cli *c) { return bt_rt_loop(c->R->rt); }
 
 int lbt_cli_exit_status(const lbt_cli *c, int *signum) {

@@ -97,6 +97,11 @@ static void fmt_secs(char *buf, size_t n, double s) {
 }
 
 /* Writes the current state: the in-place line (tty) or a plain line. `final`: done(). */
+/* Whether the bar is drawn in place now: on a terminal with no REPL prompt on it. */
+static int in_place(const lprogress *P) {
+  return P->tty && !(lbt_console_shown != NULL && lbt_console_shown());
+}
+
 static void draw(lprogress *P, int final) {
   uint64_t now = uv_hrtime();
   double el = (double)(now - P->t0) / 1e9;
@@ -117,7 +122,9 @@ static void draw(lprogress *P, int final) {
     snprintf(tail, sizeof tail, "%.1f/s, %s", rate, t);
   }
   char line[512];
-  if (P->tty) {
+  int bar_mode = in_place(P);
+  if (!bar_mode && P->tty && lbt_console_clear != NULL) lbt_console_clear();  /* the prompt */
+  if (bar_mode) {
     char bar[64] = "";
     if (P->total > 0) {
       int cols = term_cols();
@@ -160,7 +167,7 @@ static void on_tick(uv_timer_t *h) {
   if (P == NULL || P->finished) return;
   uint64_t since = (uv_hrtime() - P->last) / 1000000u;
   int changed = P->done + P->failed != P->shown;
-  if (P->tty ? (changed || since >= 1000) : (changed && since >= P->interval_ms)) draw(P, 0);
+  if (in_place(P) ? (changed || since >= 1000) : (changed && since >= P->interval_ms)) draw(P, 0);
 }
 
 /* Inside baton.run: the redraw timer (unref'd), made on first use. */
@@ -218,7 +225,7 @@ static lua_Integer arg_n(lua_State *L, lprogress *P, const char *fname) {
 /* After a change: draw now if the line is due (a terminal's every REDRAW_MS). */
 static void changed(lua_State *L, lprogress *P) {
   timer_ensure(L, P, 1);
-  if (P->tty && (uv_hrtime() - P->last) / 1000000u >= REDRAW_MS) draw(P, 0);
+  if (in_place(P) && (uv_hrtime() - P->last) / 1000000u >= REDRAW_MS) draw(P, 0);
 }
 
 static int lprogress_advance(lua_State *L) {
@@ -243,7 +250,10 @@ static int lprogress_done(lua_State *L) {
   if (!P->finished) {
     P->finished = 1;
     timer_stop(P);
-    draw(P, 1);
+    /* a plain line already said it all (the total reached, nothing since): not twice */
+    lua_Integer pos = P->done + P->failed;
+    if (in_place(P) || !(P->total >= 0 && pos >= P->total && P->shown == pos && P->last != P->t0))
+      draw(P, 1);
   }
   lua_pushinteger(L, P->done);
   lua_pushinteger(L, P->failed);

@@ -37,6 +37,12 @@ lbt_cli *lbt_cli_open(lua_State *L, size_t *unjoined);
  * life of L. */
 uv_loop_t *lbt_cli_loop(lbt_cli *c);
 
+/* The terminal the REPL shares with baton.progress: while shown() returns nonzero (a prompt
+ * is on it), a progress on the terminal writes plain lines at its interval instead of a bar
+ * redrawn in place, each after clear() took the prompt off (the REPL redraws it). NULLs:
+ * none. Process-wide, as the terminal is. */
+void lbt_cli_set_console(int (*shown)(void), void (*clear)(void));
+
 /* After baton.run has returned: the status the run ends the process with when baton.exit
  * or a signal's default action ended it (*signum, when not NULL, is that signal, or 0),
  * else -1. */
