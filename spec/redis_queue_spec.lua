@@ -538,7 +538,10 @@ print("stats " .. baton.json.encode(w:stats()))
     assert.equal(10, info.dead)
     -- the killed worker held jobs when it died, and the others reclaimed them
     assert.is_true(held + held_poison > 0, "w2 held no job when killed")
-    assert.is_true(reclaimed >= held, ("reclaimed %d of %d (and %d poison)"):format(reclaimed, held, held_poison))
+    -- (not necessarily all of them by a claim: a job w2 had taken over from a worker that
+    -- stalled past claim_idle_ms may still be running there, which finishes it; that it
+    -- was done exactly once is checked above)
+    assert.is_true(reclaimed > 0, ("reclaimed %d of %d (and %d poison)"):format(reclaimed, held, held_poison))
     local by = assert(r:call("HGETALL", s .. ":by"))
     assert.equal(6, #by)  -- all three completed some
     print(("\n3 workers, 10,000 jobs, w2 killed holding %d: %d ms, %d reclaimed"):format(held, took, reclaimed))

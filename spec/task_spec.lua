@@ -102,6 +102,20 @@ describe("baton.spawn", function()
              baton.timeout, 10, function() end, table.unpack(args))
   end)
 
+  it("a task that catches its cancellation and returns ends cancelled, its join says so",
+     H.async(function()
+    local t = baton.spawn(function()
+      pcall(baton.sleep, 60000)
+      return "returned normally"
+    end)
+    baton.sleep(5)
+    t:abort()
+    local ok, err = t:join()
+    assert.is_false(ok)
+    assert.equal("cancelled", err.kind)
+    assert.equal("cancelled", t:status())
+  end))
+
   it("results() of an unfinished task raises naming it", H.async(function()
     local t = baton.spawn(baton.sleep, 50)
     H.raises("^baton%.task:results: task " .. t.id .. " has not finished$", t.results, t)

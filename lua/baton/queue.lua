@@ -615,7 +615,7 @@ local function reader(self, g)
           for _, e in ipairs(v[2]) do
             -- a job of this worker's own, idle because the loop stalled past claim_idle_ms
             -- while its handler ran: it still runs here, and is ours again; not a second run
-            if not self.by_id[e[1]] then
+            if not self.inflight[e[1]] then
               counts.reclaimed = counts.reclaimed + 1
               claimed = claimed + 1
               dispatch(self, g, e[1], e[2], e[3])

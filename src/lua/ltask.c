@@ -312,6 +312,15 @@ static void set_outcome(lua_State *L, lbt_rt *R, lbt_task *T) {
 
 static void task_returned(lbt_rt *R, lbt_task *T, int nres) {
   lua_State *co = lbt_fib(T)->co, *L = R->L;
+  if (T->t.flags & BT_TASK_F_CANCEL) {
+    /* aborted, and it caught the cancellation and returned: it ends cancelled (finish), so
+     * its outcome is the cancellation, not its results (join gave those as the "error") */
+    lua_pop(co, nres);
+    lbt_push_error(L, "cancelled", "task cancelled");
+    set_outcome(L, R, T);
+    finish(R, T, BT_TASK_CANCELLED);
+    return;
+  }
   if (nres > 0 || T->nargs > 0) {
     if (nres > 0) {
       lua_createtable(L, nres, 1);
