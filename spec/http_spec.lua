@@ -580,6 +580,12 @@ describe("baton.http", function()
         misuse("headers", "expected names that are HTTP tokens, got 'A B'",
                { url = url("/"), headers = { ["A B"] = "x" } })
         misuse("headers", "HTTP tokens", { url = url("/"), headers = { ["X-A\0B"] = "x" } })
+        -- baton frames the body: a contradicting length would smuggle a request
+        misuse("headers.Content-Length", "expected no such header %(baton frames the body itself%)",
+               { url = url("/"), method = "POST", body = "GET /x HTTP/1.1\r\n\r\n",
+                 headers = { ["Content-Length"] = "4" } })
+        misuse("headers.transfer-encoding", "baton frames the body itself",
+               { url = url("/"), headers = { ["transfer-encoding"] = "chunked" } })
         misuse("body", "expected string, got table", { url = url("/"), body = {} })
         misuse("timeout_ms", "expected milliseconds >= 0, got %-1",
                { url = url("/"), timeout_ms = -1 })
