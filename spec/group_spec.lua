@@ -434,3 +434,26 @@ describe("baton.group structure", function()
     assert.equal("done", parent:status())
   end))
 end)
+
+describe("baton.group waited on by its own task", function()
+  it("join_all, and join_next when the caller is the last one running, raise (they would "
+     .. "wait for the caller itself)", H.async(function()
+    local g = baton.group()
+    local t = g:spawn(function() return g:join_all() end)
+    local ok, err = t:join()
+    assert.is_false(ok)
+    assert.matches("baton.group:join_all: a task of the group cannot wait for all of it",
+                   tostring(err), 1, true)
+    local g2 = baton.group()
+    local t2 = g2:spawn(function() return g2:join_next() end)
+    ok, err = t2:join()
+    assert.is_false(ok)
+    assert.matches("baton.group:join_next: the only task of the group still running is the caller",
+                   tostring(err), 1, true)
+    -- a member collecting its siblings is fine
+    local g3 = baton.group()
+    g3:spawn(function() baton.sleep(5) return "sibling" end)
+    local t3 = g3:spawn(function() return g3:join_next():join() end)
+    assert.same({ true, true, "sibling" }, { t3:join() })
+  end))
+end)

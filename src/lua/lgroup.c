@@ -206,6 +206,9 @@ static int lgroup_join_next(lua_State *L) {
   if (pop_one(L, R, G)) return 1;
   if (bt_group_len(G->g) == 0) return 0;
   lbt_task *T = lbt_await_begin(L, R, JOIN_NEXT);
+  if (due == UINT64_MAX && T->t.group == G->g && bt_group_live(G->g) == 1)
+    return luaL_error(L, "%s: the only task of the group still running is the caller (it "
+                      "would wait for itself)", JOIN_NEXT);
   lbt_fib(T)->status = 0;
   int rc = bt_group_wait(G->g, &T->t, &lbt_fib(T)->joiner, &lbt_fib(T)->wait, due);
   if (rc < 0) return 0;
@@ -264,6 +267,9 @@ static int collect(lua_State *L, lgroup *G, uint64_t due, const char *fname) {
   lua_Integer n = drain_into(L, R, G, 3, 0, 4);
   if (bt_group_live(G->g) == 0) return collect_done(L);
   lbt_task *T = lbt_await_begin(L, R, fname);
+  if (due == UINT64_MAX && T->t.group == G->g)  /* it would wait for its own end */
+    return luaL_error(L, "%s: a task of the group cannot wait for all of it (it would wait "
+                      "for itself); use join_next or wait_within", fname);
   lbt_fiber *f = lbt_fib(T);
   f->status = 0;
   int rc = bt_group_wait(G->g, &T->t, &f->joiner, &f->wait, due);
