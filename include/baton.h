@@ -82,8 +82,9 @@ typedef struct bt_proc bt_proc_t;
 
 /* ---- runtime ------------------------------------------------------------------------ */
 
-/* Creates a runtime on `loop`, or on a loop of its own when `loop` is NULL. Returns NULL on
- * allocation failure. The caller owns the result and frees it with bt_rt_free(). */
+/* Creates a runtime on `loop`, or on a loop of its own when `loop` is NULL (then fds 0-2, if
+ * closed, are first pointed at /dev/null, so the loop's descriptor cannot take one of their
+ * numbers). Returns NULL on allocation failure. The caller owns the result and frees it with bt_rt_free(). */
 BT_EXTERN bt_rt_t *bt_rt_new(uv_loop_t *loop);
 /* Closes the runtime's handles, runs the loop until they are closed, and frees it (and its
  * own loop). Tasks must have finished; their storage is the embedder's. Accepts NULL.

@@ -1,7 +1,7 @@
 -- Shared by the specs, so that each exists once:
 -- * running a spec body as baton's main task and proving it left nothing behind (no other
 --   task alive, no armed timer, no child process), the way luv's test helper walks the
---   loop's handles: H.async, H.settle, H.assert_clean, H.raises, H.timed;
+--   loop's handles: H.async, H.settle, H.assert_clean, H.raises, H.timed, H.stall_ms;
 -- * the environment ctest sets (H.SRC, H.BUILD, H.EXE, H.LUA, H.SANITIZED), shell quoting,
 --   files and directories (H.q, H.slurp, H.write_file, H.write_temp, H.temp_dir,
 --   H.remove_dir, H.exists, H.have, H.alive, H.open_fds) and running the `baton` executable
@@ -279,6 +279,24 @@ function H.open_fds()
   local n = 0
   for _ in lfs.dir("/proc/self/fd") do n = n + 1 end
   return n
+end
+
+-- Runs fn(...) beside a task that sleeps `tick` ms (default 2) in a loop; returns the longest
+-- the ticker waited between two wakes (ms: the worst the loop was held), then fn's results.
+function H.stall_ms(tick, fn, ...)
+  local worst, last, stop = 0, baton.clock(), false
+  local ticker = baton.spawn(function()
+    while not stop do
+      baton.sleep(tick or 2)
+      local now = baton.clock()
+      if now - last > worst then worst = now - last end
+      last = now
+    end
+  end)
+  local r = table.pack(fn(...))
+  stop = true
+  ticker:join()
+  return worst, table.unpack(r, 1, r.n)
 end
 
 -- Runs `baton <args>` (args already quoted as needed) and returns { code =, out =, err = },

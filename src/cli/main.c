@@ -28,7 +28,6 @@
  * Invariants: one Lua state; the state is closed before exit on every path (os.exit called
  * from a task included), so finalisers run and the runtime closes its loop.
  */
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -473,23 +472,8 @@ static int pmain(lua_State *L) {
   return 0;
 }
 
-/* Started with stdin, stdout or stderr closed, the first descriptor opened (libuv's epoll
- * one) would take its number, and be written to as stderr, or trip libuv's assertion that
- * it never closes fds 0-2: they are pointed at /dev/null instead. */
-static void std_fds_open(void) {
-  for (;;) {
-    int fd = open("/dev/null", O_RDWR);
-    if (fd < 0) return;
-    if (fd > STDERR_FILENO) {
-      close(fd);
-      return;
-    }
-  }
-}
-
 int main(int argc, char **argv) {
   static char *no_argv[] = {PROGNAME, NULL};
-  std_fds_open();
   if (argc < 1 || argv[0] == NULL) {
     argc = 1;
     argv = no_argv;

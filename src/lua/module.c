@@ -10,9 +10,6 @@
  * or cap memory, say) keeps it. So that the arena's code outlives every call lua_close makes,
  * the module is linked never to be unloaded (-z nodelete).
  */
-#include <fcntl.h>
-#include <unistd.h>
-
 #include "arena.h"
 #include "lbaton.h"
 
@@ -30,24 +27,10 @@ static int stock_alloc(lua_State *L) {
   return lua_getallocf(L, NULL) == stock;
 }
 
-/* As the executable does (src/cli/main.c): a host started with fd 0, 1 or 2 closed would
- * give that number to the loop's epoll descriptor, which libuv asserts it never closes. */
-static void std_fds_open(void) {
-  for (;;) {
-    int fd = open("/dev/null", O_RDWR);
-    if (fd < 0) return;
-    if (fd > STDERR_FILENO) {
-      close(fd);
-      return;
-    }
-  }
-}
-
 int luaopen_baton(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, "baton.module");
   int first = lua_isnil(L, -1);
   lua_pop(L, 1);
-  if (first) std_fds_open();
   if (first && bt_arena_enabled() && stock_alloc(L)) bt_arena_adopt(L);
   return lbt_open(L);
 }
