@@ -131,6 +131,15 @@ describe("baton.hedge", function()
                     baton.hedge, f, {})
     H.raises_misuse("baton.hedge", 2, "max", "expected integer >= 1, got 0%)",
                     baton.hedge, f, { after_ms = 1, max = 0 })
+    H.raises_misuse("baton.hedge", 2, "max", "expected integer >= 1, got 2.5%)",
+                    baton.hedge, f, { after_ms = 1, max = 2.5 })
+    H.raises_misuse("baton.hedge", 2, "max", "expected integer >= 1, got '2'%)",
+                    baton.hedge, f, { after_ms = 1, max = "2" })
+  end))
+
+  it("takes a float with an integer's value as a count, as the C functions do", H.async(function()
+    local v = baton.hedge(function(i) return i end, { after_ms = 1, max = 1e9 })
+    assert.equal(1, v)
   end))
 end)
 

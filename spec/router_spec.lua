@@ -503,6 +503,13 @@ describe("baton.router", function()
     H.raises_misuse(F, 1, "fallbacks.a[1]", "a group name", baton.router, { deployments = { ok }, fallbacks = { a = { "nope" } } })
     H.raises_misuse(F, 1, "on.auth", "'retry'", baton.router, { deployments = { ok }, on = { auth = "ignore" } })
     H.raises_misuse(F, 1, "hedge.budget", "fraction", baton.router, { deployments = { ok }, hedge = { after_ms = 1, budget = 2 } })
+    H.raises_misuse(F, 1, "hedge.max", "integer >= 1, got 1.5", baton.router, { deployments = { ok }, hedge = { after_ms = 1, max = 1.5 } })
+    H.raises_misuse(F, 1, "retry.max", "integer >= 0, got '1'", baton.router, { deployments = { ok }, retry = { max = "1" } })
+    -- a float with an integer's value counts as that integer, as in the C functions
+    local rf = baton.router { deployments = { { name = "f", call = function() return "v" end, max_parallel = 2.0,
+                                                rpm_burst = 3.0, rpm = 60 } },
+                              retry = { max = 1.0 }, hedge = { after_ms = 1, max = 2.0 } }
+    baton.run(function() assert.equal("v", (rf:call("f", {}, { estimate_tokens = 10.0 }))) end)
     local r = baton.router { deployments = { ok } }
     H.raises_misuse("baton.router:call", 1, "group", "a group of this router", r.call, r, "nope", {})
     H.raises_misuse("baton.router:call", 3, "estimate", "unknown option", r.call, r, "a", {}, { estimate = 1 })

@@ -156,11 +156,12 @@ function baton.hedge(fn, opts)
     end
   end
   local after, max = opts.after_ms, opts.max or 2
+  max = type(max) == "number" and math.tointeger(max)
   if type(after) ~= "number" or not (after >= 0 and after < 1e15) then
     misuse(2, fname, 2, "after_ms", "milliseconds >= 0", got(1, after))
   end
-  if math.type(max) ~= "integer" or max < 1 or max > 1e15 then
-    misuse(2, fname, 2, "max", "integer >= 1", got(1, max))
+  if not max or max < 1 or max > 1e15 then
+    misuse(2, fname, 2, "max", "integer >= 1", got(1, opts.max))
   end
   in_task(2, fname)
   local g <close> = group()

@@ -541,8 +541,11 @@ local function connect_opts(F, opts)
     end
   end
   local max_line = opts.max_line_bytes
-  if max_line ~= nil and (math.type(max_line) ~= "integer" or max_line <= 0) then
-    argerror(F, 1, "max_line_bytes", "integer >= 1", max_line)
+  if max_line ~= nil then
+    max_line = type(max_line) == "number" and math.tointeger(max_line)
+    if not max_line or max_line <= 0 then
+      argerror(F, 1, "max_line_bytes", "integer >= 1", opts.max_line_bytes)
+    end
   end
   return {
     command = cmd, url = url, headers = headers, supported = supported, auth = headers_auth,

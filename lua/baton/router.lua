@@ -358,8 +358,12 @@ local function check_ms(fname, n, name, v, positive)
   end
 end
 
+-- An integer >= min, or a float with an integer's value (as the C functions take counts):
+-- returned as an integer.
 local function check_int(fname, n, name, v, min)
-  if mtype(v) ~= "integer" or v < min then misuse(4, fname, n, name, "integer >= " .. min, v) end
+  local i = type(v) == "number" and math.tointeger(v)
+  if not i or i < min then misuse(4, fname, n, name, "integer >= " .. min, v) end
+  return i
 end
 
 local function check_rate(name, v)
@@ -380,12 +384,10 @@ local function new_deployment(i, d, store, prefix)
                 usage = { attempts = 0, ok = 0, aborted = 0, errors = {}, tokens_in = 0, tokens_out = 0, cost = 0,
                           cooldown_ms = 0, samples = {}, nsamples = 0 } }
   if d.max_parallel ~= nil then
-    check_int(F, 1, w .. ".max_parallel", d.max_parallel, 1)
-    dep.max_parallel = d.max_parallel
+    dep.max_parallel = check_int(F, 1, w .. ".max_parallel", d.max_parallel, 1)
   end
   if d.context_window ~= nil then
-    check_int(F, 1, w .. ".context_window", d.context_window, 1)
-    dep.context_window = d.context_window
+    dep.context_window = check_int(F, 1, w .. ".context_window", d.context_window, 1)
   end
   if d.timeout_ms ~= nil then
     check_ms(F, 1, w .. ".timeout_ms", d.timeout_ms, true)
@@ -406,7 +408,7 @@ local function new_deployment(i, d, store, prefix)
     local rate, burst = d[lim], d[lim .. "_burst"]
     if rate ~= nil then
       check_rate(w .. "." .. lim, rate)
-      if burst ~= nil then check_int(F, 1, w .. "." .. lim .. "_burst", burst, 1) end
+      if burst ~= nil then burst = check_int(F, 1, w .. "." .. lim .. "_burst", burst, 1) end
       dep[lim .. "_cap"] = burst or (floor(rate) < 1 and 1 or floor(rate))
       dep[lim] = baton.ratelimit { rate = rate, per_ms = 60000, burst = burst, store = store,
                                    key = store and dep.key .. ":" .. lim or nil }
@@ -512,8 +514,7 @@ local function new_router(_, opts)
   local retry = opts.retry or {}
   if type(retry) ~= "table" then misuse(2, F, 1, "retry", "table { max =, base_ms = }", retry) end
   unknown(2, F, 1, retry, set("max", "base_ms", "max_delay_ms"))
-  self.retry_max = retry.max or 1
-  check_int(F, 1, "retry.max", self.retry_max, 0)
+  self.retry_max = check_int(F, 1, "retry.max", retry.max or 1, 0)
   self.retry_base = retry.base_ms or 100
   check_ms(F, 1, "retry.base_ms", self.retry_base)
   self.retry_cap = retry.max_delay_ms or 2000
@@ -523,8 +524,7 @@ local function new_router(_, opts)
     if type(h) ~= "table" then misuse(2, F, 1, "hedge", "table { after_ms =, max =, budget = }", h) end
     unknown(2, F, 1, h, set("after_ms", "max", "budget"))
     if h.after_ms ~= "p95" then check_ms(F, 1, "hedge.after_ms", h.after_ms) end
-    local max, budget = h.max or 1, h.budget or 0.05
-    check_int(F, 1, "hedge.max", max, 1)
+    local max, budget = check_int(F, 1, "hedge.max", h.max or 1, 1), h.budget or 0.05
     if type(budget) ~= "number" or not (budget >= 0 and budget <= 1) then
       misuse(2, F, 1, "hedge.budget", "a fraction in [0, 1]", budget)
     end
@@ -1130,8 +1130,8 @@ function Router:call(group_name, req, opts)
     if type(opts) ~= "table" then misuse(2, CALL, 3, "opts", "table", opts) end
     unknown(2, CALL, 3, opts, CALL_KEYS)
     if opts.estimate_tokens ~= nil then
-      est = opts.estimate_tokens
-      if mtype(est) ~= "integer" or est < 0 then misuse(2, CALL, 3, "estimate_tokens", "integer >= 0", est) end
+      est = type(opts.estimate_tokens) == "number" and math.tointeger(opts.estimate_tokens)
+      if not est or est < 0 then misuse(2, CALL, 3, "estimate_tokens", "integer >= 0", opts.estimate_tokens) end
     end
     if opts.timeout_ms ~= nil then
       timeout = opts.timeout_ms
