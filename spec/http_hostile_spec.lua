@@ -159,6 +159,18 @@ describe("baton.http against hostile peers", function()
       assert.equal("hello", s:read(5000))
       assert.is_nil(s:read(5000))
     end))
+
+    it("reports a chunk size that is not hex as a protocol failure, not io", async(function()
+      local r, msg, kind = http.request { url = url("/bad_chunk") }
+      assert.is_nil(r)
+      assert.equal("protocol", kind)
+      assert.matches("^baton.http.request: bad response: .*chunked%-encoding", msg)
+      local s <close> = assert(http.stream { url = url("/bad_chunk") })
+      assert.equal("hello", s:read(5000))
+      local v, smsg, skind = s:read(5000)
+      assert.is_nil(v)
+      assert.equal("protocol", skind, smsg)
+    end))
   end)
 
   describe("descriptors", function()

@@ -441,7 +441,11 @@ static void finish(bt_http_req_t *r, CURLcode cc) {
       break;
     case CURLE_RECV_ERROR:
     case CURLE_SEND_ERROR:
-      if (os_errno == ECONNRESET || strstr(detail, "reset by peer") != NULL) {
+      if (strstr(detail, "chunked-encoding") != NULL) {
+        /* libcurl fails a malformed chunk ("Illegal or missing hexadecimal sequence in
+         * chunked-encoding") as a receive error: the peer's fault, not the network's */
+        set_error(r, UV_EPROTO, "protocol", "bad response: %s", detail);
+      } else if (os_errno == ECONNRESET || strstr(detail, "reset by peer") != NULL) {
         int up = connected(r);
         set_error(r, UV_ECONNRESET, up ? "io" : "connect", "%s",
                   up ? "connection reset by peer" : "cannot connect: connection reset by peer");
