@@ -93,6 +93,28 @@ describe("cmake --install", function()
     assert.is_true(ok, out)
   end)
 
+  it("baton.pc finds the tree from a multiarch libdir (Debian's lib/x86_64-linux-gnu)", function()
+    -- configured (not built) with that libdir; its baton.pc laid out as an install there would
+    local cfg, tree = os.tmpname(), os.tmpname()
+    os.remove(cfg)
+    os.remove(tree)
+    local libdir = tree .. "/lib/x86_64-linux-gnu"
+    local src = os.tmpname() .. ".c"
+    local ok, out = sh(("cmake -S . -B %q -DCMAKE_INSTALL_LIBDIR=lib/x86_64-linux-gnu >/dev/null && " ..
+                        "mkdir -p %q/pkgconfig %q/include && cp %q/baton.pc %q/pkgconfig/ && " ..
+                        "cp $(find %q -name libbaton_core.a) %q/ && cp %q/include/baton.h %q/include/")
+      :format(cfg, libdir, tree, cfg, libdir, prefix, libdir, prefix, tree))
+    assert.is_true(ok, out)
+    local f = assert(io.open(src, "w"))
+    f:write('#include <baton.h>\nint main(void){bt_rt_t *rt=bt_rt_new(0);return bt_rt_free(rt);}\n')
+    f:close()
+    local pc = ("PKG_CONFIG_PATH=%q/pkgconfig"):format(libdir)
+    ok, out = sh(("%s cc -std=c11 %s %q $(%s pkg-config --cflags --libs baton) -o %q.bin && %q.bin")
+      :format(pc, os.getenv("BATON_CFLAGS") or "", src, pc, src, src))
+    sh(("rm -rf %q %q %q %q.bin"):format(cfg, tree, src, src))
+    assert.is_true(ok, out)
+  end)
+
   -- The install tree copied elsewhere, with a clean environment: what it runs is its own.
   local function moved_copy()
     local dir = os.tmpname()
