@@ -82,23 +82,43 @@ describe("baton.mcp authorization", function()
     assert(c2:call("whoami"))
     assert.equal(1, visits())                         -- the stored token was enough
     assert.equal(1, stats().grants.authorization_code)
-    -- step-up refused by the server's design? no: a failure path with the token in hand
-    local r, msg, kind, detail = c2:call("admin", nil, { timeout_ms = 5000 })
-    assert.truthy(r)                                   -- step-up: mcp:admin granted
+    -- a failure with the token in hand: the step-up the 403 asks for is refused by the person
+    local refused = { url = url, on_warning = opts.on_warning,
+                      auth = { authorize = function() return nil, "the person said no" end,
+                               token_store = opts.auth.token_store } }
+    local c3 = assert(mcp.connect(refused))           -- the stored token, no authorization
+    local r, msg, kind, detail = c3:call("admin", nil, { timeout_ms = 5000 })
+    assert.is_nil(r)
+    assert.equal("auth", kind)
+    c3:close()
+    local seen = { msg }
+    local function walk(v)
+      if type(v) == "table" then
+        for k, x in pairs(v) do walk(k) walk(x) end
+      elseif type(v) == "string" then
+        seen[#seen + 1] = v
+      end
+    end
+    walk(detail)
+    assert.is_true(#seen > 1, "the failure carries its facts")
+    for _, text in ipairs(seen) do
+      assert.is_nil(text:find(entry.access_token, 1, true), "a token in the failure: " .. text)
+      assert.is_nil(text:find(entry.refresh_token, 1, true), "a token in the failure: " .. text)
+    end
+    assert.truthy(c2:call("admin", nil, { timeout_ms = 5000 }))  -- step-up: mcp:admin granted
     c2:close()
     for _, text in ipairs(warnings) do
       assert.is_nil(text:find(entry.access_token, 1, true), "a token in a warning: " .. text)
     end
-    assert.is_nil(msg)
-    assert.is_nil(kind)
-    assert.is_nil(detail)
     H.remove_dir(dir)
   end))
 
   fake_it("refreshes a token about to expire before using it (no 401 first)",
-    with_oauth({ "--expires", "2" }, function(url, _, authorize, stats)
+    with_oauth({ "--expires", "4" }, function(url, _, authorize, stats)
       local c = assert(mcp.connect { url = url, auth = { authorize = authorize } })
-      baton.sleep(2500)           -- the token has expired by now: it is refreshed first
+      -- 2.5 s into a 4 s token: still valid (the server would take it), but inside the
+      -- margin (half its life, at most 60 s): refreshed before it is sent
+      baton.sleep(2500)
       assert(c:call("whoami"))
       local s = stats()
       assert.is_true((s.grants.refresh_token or 0) >= 1)

@@ -1037,9 +1037,9 @@ end)
 local FAKE_HTTP = FIX .. "/fake_http_server.py"
 
 describe("baton.mcp over Streamable HTTP against a scripted server", function()
-  local function with_fake_http(fn)
+  local function with_fake_http(fn, get_status)
     return H.async(function()
-      local proc = assert(baton.process.spawn { "python3", FAKE_HTTP })
+      local proc = assert(baton.process.spawn { "python3", FAKE_HTTP, get_status })
       local port = assert(proc:read_line(10000))
       local ok, err = pcall(fn, "http://127.0.0.1:" .. port .. "/mcp")
       proc:close(0)
@@ -1086,6 +1086,30 @@ describe("baton.mcp over Streamable HTTP against a scripted server", function()
       c:close()
       assert.equal(0, baton.stats().transfers)
     end))
+
+  for _, status in ipairs { 400, 404, 405, 500 } do
+    local quiet = status ~= 500
+    fake_it(("a server answering %d to the GET stream: %s"):format(status,
+              quiet and "no warning (it offers none)" or "one warning"),
+      with_fake_http(function(url)
+        local warnings = {}
+        local c = assert(mcp.connect { url = url, on_warning = function(m) warnings[#warnings + 1] = m end })
+        local deadline = baton.now() + 5000
+        while mcp.text(assert(c:call("refused_gets"))) == "0" and baton.now() < deadline do
+          baton.sleep(10)
+        end
+        assert.equal("1", mcp.text(assert(c:call("refused_gets"))))
+        baton.sleep(100)   -- the listener has had its answer: a warning would be out by now
+        assert.equal("still", mcp.text(assert(c:call("echo", { text = "still" }))))
+        if quiet then
+          assert.same({}, warnings)
+        else
+          assert.equal(1, #warnings)
+          assert.matches("GET stream", warnings[1])
+        end
+        c:close()
+      end, tostring(status)))
+  end
 
   fake_it("a 404 to a session id: a new session with the same handshake, the call retried once",
     with_fake_http(function(url)
