@@ -53,6 +53,8 @@ describe("baton.progress", function()
     local progress_part = before_end:match("^(.*)\r?\n$") or before_end
     assert.is_nil(progress_part:find("\n", 1, true), "a newline before done()")
     assert.matches("\rcrawl %[#+%] 40/40 %(4 failed%)  [%d.]+/s, in [%d.]+s\27%[K\r?\n$", before_end)
+    local finals = select(2, before_end:gsub("40/40 %(4 failed%)", ""))
+    assert.equal(1, finals, "the finished bar drawn again by done(): " .. before_end)
     assert.matches("%[#*%-+%] %d+/40", before_end)  -- an unfinished bar was drawn
     assert.matches("ETA [%d.]+s", before_end)
     -- the screen shows one progress row, not one per redraw

@@ -250,10 +250,15 @@ static int lprogress_done(lua_State *L) {
   if (!P->finished) {
     P->finished = 1;
     timer_stop(P);
-    /* a plain line already said it all (the total reached, nothing since): not twice */
+    /* the last line already said it all (the total reached, nothing since): not twice; on
+     * a terminal the line is only ended */
     lua_Integer pos = P->done + P->failed;
-    if (in_place(P) || !(P->total >= 0 && pos >= P->total && P->shown == pos && P->last != P->t0))
+    if (!(P->total >= 0 && pos >= P->total && P->shown == pos && P->last != P->t0)) {
       draw(P, 1);
+    } else if (in_place(P)) {
+      fputs("\n", stderr);
+      fflush(stderr);
+    }
   }
   lua_pushinteger(L, P->done);
   lua_pushinteger(L, P->failed);
