@@ -9,6 +9,10 @@
 # of REPS. Prints ops/s and baton's ratio to each peer (the target is >= 2x).
 # usage: bench/redis_limits_run.sh [n] [reps]     (npm install in bench/peers_redis first:
 # the script runs it when node_modules is missing)
+# BENCH_CPU=N (default 1) pins the server and every client to CPU N, as bench/run.sh pins
+# each runtime: a round trip is then two context switches on one core, and what a client
+# costs per op shows. BENCH_CPU=none leaves them unpinned: on a VM a round trip between
+# two CPUs also pays the host's cross-CPU wake-up (~100 us here), the same for every peer.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 n=${1:-20000}; reps=${2:-3}
@@ -16,7 +20,10 @@ peers="$top/bench/peers_redis"
 [ -d "$peers/node_modules" ] || (cd "$peers" && npm install --no-audit --no-fund >/dev/null)
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+cpu=${BENCH_CPU-1}
+pin=()
+if [ "$cpu" != none ] && command -v taskset >/dev/null; then pin=(taskset -c "$cpu"); else cpu=none; fi
+"${pin[@]}" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
   --loglevel warning --dir "$dir" > "$dir/log" 2>&1 & srv=$!
 trap 'kill $srv 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
@@ -25,10 +32,10 @@ bn=$((n / 20))  # Bottleneck runs a job in milliseconds: fewer of them
 for conc in 1 64; do
   for _ in $(seq "$reps"); do
     for w in lease rate; do
-      "$top/build/baton" "$top/bench/redis_limits.lua" "redis://127.0.0.1:$port" "$w" "$n" "$conc" >> "$results"
-      node "$peers/limits.js" "$port" bottleneck "$w" "$bn" "$conc" >> "$results"
+      "${pin[@]}" "$top/build/baton" "$top/bench/redis_limits.lua" "redis://127.0.0.1:$port" "$w" "$n" "$conc" >> "$results"
+      "${pin[@]}" node "$peers/limits.js" "$port" bottleneck "$w" "$bn" "$conc" >> "$results"
     done
-    node "$peers/limits.js" "$port" rlf rate "$n" "$conc" >> "$results"
+    "${pin[@]}" node "$peers/limits.js" "$port" rlf rate "$n" "$conc" >> "$results"
     redis-cli -p "$port" flushall >/dev/null
   done
 done
@@ -52,10 +59,10 @@ done
 # The round trip's floor at 1 in flight: redis-benchmark's PING from one client
 floor=""
 if command -v redis-benchmark >/dev/null; then
-  floor=$(redis-benchmark -p "$port" -c 1 -n 20000 -t ping -q 2>/dev/null | tr '\r' '\n' |
+  floor=$("${pin[@]}" redis-benchmark -p "$port" -c 1 -n 20000 -t ping -q 2>/dev/null | tr '\r' '\n' |
           awk '/PING_MBULK: [0-9.]+ requests/ {print $2}')
 fi
-echo "machine: $(nproc) CPUs, $(uname -r); redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2); node $(node --version)"
+echo "machine: $(nproc) CPUs, $(uname -r); server and clients pinned to CPU: $cpu; redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2); node $(node --version)"
 [ -n "$floor" ] && echo "round-trip floor at 1 in flight (redis-benchmark, PING, 1 client): $floor requests/s"
 python3 - "$results" "$reps" "$profile" <<'PY'
 import json, statistics, sys

@@ -160,6 +160,26 @@ describe("baton.http against hostile peers", function()
       assert.is_nil(s:read(5000))
     end))
 
+    it("joins a folded header value with spaces (obs-fold), and its repeats with ', '",
+       async(function()
+      local r = assert(http.request { url = url("/folded") })
+      assert.equal("ok", r.body)
+      assert.equal("first second third, again", r.headers["x-folded"])
+      assert.equal("p", r.headers["x-plain"])
+    end))
+
+    it("adds a chunked body's trailers to resp.headers; a stream's headers are its head's",
+       async(function()
+      local r = assert(http.request { url = url("/trailer") })
+      assert.equal("hello", r.body)
+      assert.equal("42", r.headers["x-sum"])
+      local s <close> = assert(http.stream { url = url("/trailer") })
+      assert.equal("hello", s:read(5000))
+      assert.is_nil(s:read(5000))
+      assert.is_nil(s.headers["x-sum"])
+      assert.equal("X-Sum", s.headers["trailer"])
+    end))
+
     it("reports a chunk size that is not hex as a protocol failure, not io", async(function()
       local r, msg, kind = http.request { url = url("/bad_chunk") }
       assert.is_nil(r)

@@ -197,6 +197,36 @@ static lua_Integer opt_ms(lua_State *L, const char *fname, const char *key) {
 
 /* ---- the response ------------------------------------------------------------------- */
 
+/* Pushes the value v..ve of a header line, with the continuation lines that follow it
+ * (obs-fold: lines starting with SP or HT) each joined by one space, as RFC 9112 asks of a
+ * recipient; *next moves past them. */
+static void push_value(lua_State *L, const char *v, const char *ve, const char **next,
+                       const char *end) {
+  const char *p = *next;
+  if (p >= end || (*p != ' ' && *p != '\t')) {
+    lua_pushlstring(L, v, (size_t)(ve - v));
+    return;
+  }
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, v, (size_t)(ve - v));
+  int any = ve > v;
+  while (p < end && (*p == ' ' || *p == '\t')) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    const char *nx = eol ? eol + 1 : end, *s = p, *e = eol ? eol : end;
+    while (s < e && (*s == ' ' || *s == '\t')) s++;
+    while (e > s && (e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t')) e--;
+    if (e > s) {
+      if (any) luaL_addchar(&b, ' ');
+      luaL_addlstring(&b, s, (size_t)(e - s));
+      any = 1;
+    }
+    p = nx;
+  }
+  luaL_pushresult(&b);
+  *next = p;
+}
+
 /* Pushes the header lines as a table of lowercase names; repeated headers are joined
  * with ", " (Set-Cookie with "\n", since its values contain commas). The repeats of a name
  * are gathered in a list first and joined once at the end: joined as they came, 52,000
@@ -219,29 +249,29 @@ void lbt_http_push_headers(lua_State *L, const char *p, size_t len) {
       const char *v = colon + 1, *ve = eol;
       while (v < ve && (*v == ' ' || *v == '\t')) v++;
       while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
-      lua_pushvalue(L, -1);
-      if (lua_rawget(L, t) == LUA_TSTRING) {  /* a repeat: onto the name's list */
+      push_value(L, v, ve, &next, end);  /* name, value */
+      lua_pushvalue(L, -2);
+      if (lua_rawget(L, t) == LUA_TSTRING) {  /* a repeat (name, value, first): onto its list */
         if (rep == 0) {
           lua_newtable(L);
           lua_insert(L, t + 1);
           rep = t + 1;
         }
-        lua_pushvalue(L, -2);
+        lua_pushvalue(L, -3);
         if (lua_rawget(L, rep) != LUA_TTABLE) {
           lua_pop(L, 1);
           lua_createtable(L, 4, 0);
           lua_pushvalue(L, -2);  /* the first value */
           lua_rawseti(L, -2, 1);
-          lua_pushvalue(L, -3);
+          lua_pushvalue(L, -4);
           lua_pushvalue(L, -2);
           lua_rawset(L, rep);
         }
-        lua_pushlstring(L, v, (size_t)(ve - v));
+        lua_pushvalue(L, -3);
         lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
-        lua_pop(L, 3);  /* the list, the value, the name */
+        lua_pop(L, 4);  /* the list, the first value, the value, the name */
       } else {
         lua_pop(L, 1);
-        lua_pushlstring(L, v, (size_t)(ve - v));
         lua_rawset(L, t);
       }
     }
