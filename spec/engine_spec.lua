@@ -472,6 +472,27 @@ describe("engine lifetime", function()
     assert.matches("closed", tostring(e))
   end))
 
+  it("an engine closed by a metamethod in the middle of dispatch or wait_within: no crash, "
+     .. "the call raises or returns what it collected", H.async(function()
+    local e
+    e = baton.engine { max_parallel = 2, timeout_ms = 1000, dispatcher = function()
+      error(setmetatable({}, { __index = function(_, k) if k == "kind" then e:close() end end }))
+    end }
+    e:dispatch { { tool = "a" }, { tool = "b" } }
+    local got = e:wait_within()    -- reading the first error closed it
+    assert.is_true(#got <= 1)
+    assert.matches("closed", tostring(e))
+    local e2
+    e2 = baton.engine { max_parallel = 4, timeout_ms = 100, dispatcher = function() return 1 end }
+    local req = setmetatable({ tool = "t" }, { __index = function(_, k) if k == "host" then e2:close() end end })
+    H.raises("baton.engine:dispatch: used after it was closed", function() e2:dispatch { req } end)
+    local e3
+    e3 = baton.engine { max_parallel = 4, timeout_ms = 100, dispatcher = function() return 1 end }
+    local req3 = setmetatable({ tool = "t" }, { __index = function(_, k) if k == "args" then e3:close() end end })
+    H.raises("baton.engine:dispatch: used after it was closed", function() e3:dispatch { req3 } end)
+    assert.equal(1, baton.stats().tasks)  -- this spec's own task: nothing left running
+  end))
+
   it("the end of baton.run aborts its tasks, whose slots come back", function()
     local e = baton.engine { max_parallel = 4, timeout_ms = 10, dispatcher = mock(60000) }
     local elapsed = H.timed(baton.run, function()

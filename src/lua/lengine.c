@@ -214,6 +214,7 @@ static void push_error(lua_State *L, int base, int raised) {
  * what it raised, is read by lbt_outcome: one rule for both. A raised baton.Error (the
  * cancellation's too) is the outcome's error as it is. */
 static int pop_outcome(lua_State *L, lbt_rt *R, lengine *E, int in_wait) {
+  if (E->lg.g == NULL) return 0;  /* closed by the Lua code the last outcome ran */
   lbt_task *T = (lbt_task *)bt_group_pop(E->lg.g);
   if (T == NULL) return 0;
   T->t.flags |= BT_TASK_F_JOINED;
@@ -255,7 +256,8 @@ static int pop_outcome(lua_State *L, lbt_rt *R, lengine *E, int in_wait) {
   }
   lua_settop(L, o);
   set_str(L, "status", settled ? "settled" : "failed");
-  if (T->t.state != BT_TASK_CANCELLED) bt__engine_note(&E->e, settled, in_wait);
+  /* reading the request and the error ran metamethods: the engine may be closed by now */
+  if (E->lg.g != NULL && T->t.state != BT_TASK_CANCELLED) bt__engine_note(&E->e, settled, in_wait);
   lbt_task_release(R, T);
   return 1;
 }
@@ -267,6 +269,9 @@ static int drain_into(lua_State *L, lbt_rt *R, lengine *E, int list, int in_wait
 }
 
 /* ---- methods ------------------------------------------------------------------------ */
+
+/* A request's or an error's metamethod (__index) closed the engine in the middle of a call. */
+static int closed(lua_State *L) { return luaL_error(L, "%s: used after it was closed", F_DISPATCH); }
 
 static int lengine_dispatch(lua_State *L) {
   lbt_rt *R = lbt_R(L);
@@ -283,6 +288,7 @@ static int lengine_dispatch(lua_State *L) {
     check_request(L, 3, i);
     lua_pop(L, 1);
   }
+  if (E->lg.g == NULL) return closed(L);
   lua_newtable(L);                         /* 3: the skips */
   lua_getiuservalue(L, 1, 2);              /* 4: requests by task id */
   lua_Integer nskips = 0;
@@ -299,6 +305,7 @@ static int lengine_dispatch(lua_State *L) {
       if (lua_istable(L, -1) && lua_getfield(L, -1, host) == LUA_TNUMBER)
         cap = (size_t)lua_tointeger(L, -1);
     }
+    if (E->lg.g == NULL) return closed(L);  /* by a metamethod of the request */
     int rc = bt__engine_admit(&E->e, host, hlen, cap, spec);
     lua_settop(L, 5);
     if (rc < 0) return luaL_error(L, "%s: out of memory", F_DISPATCH);
@@ -313,6 +320,7 @@ static int lengine_dispatch(lua_State *L) {
       lua_getfield(L, 5, "tool");
       lua_getfield(L, 5, "args");
       lua_pushvalue(L, 5);
+      if (E->lg.g == NULL) return closed(L);
       lbt_task *T = lbt_task_new(L, R, 6, 3, E->lg.g, NULL, 0);
       bt__engine_attach(&E->e, &T->t);
       lua_pushvalue(L, 5);
@@ -341,6 +349,7 @@ static int wait_k(lua_State *L, int st, lua_KContext due) {
     if (E->lg.g == NULL) return 1;  /* closed meanwhile by another task */
   }
   drain_into(L, R, E, 2, 1);
+  if (E->lg.g == NULL) return 1;  /* closed by what an outcome's reading ran */
   if ((T != NULL && lbt_fib(T)->status != 0) || awaited(E) == 0) return 1;
   if (T == NULL) T = lbt_await_begin(L, R, "baton.engine:wait_within");
   lbt_fib(T)->status = 0;
@@ -400,6 +409,7 @@ static int lengine_shutdown(lua_State *L) {
   if (E->lg.g == NULL) return 0;
   lua_settop(L, 1);
   while (pop_outcome(L, R, E, 0)) lua_pop(L, 1);
+  if (E->lg.g == NULL) return 0;
   bt__engine_shutdown(&E->e);
   lua_newtable(L);
   lua_setiuservalue(L, 1, 2);
