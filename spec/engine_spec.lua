@@ -474,18 +474,34 @@ describe("engine lifetime", function()
 
   it("an engine closed by a metamethod in the middle of dispatch or wait_within: no crash, "
      .. "the call raises or returns what it collected", H.async(function()
-    local e
-    e = baton.engine { max_parallel = 2, timeout_ms = 1000, dispatcher = function()
-      error(setmetatable({}, { __index = function(_, k) if k == "kind" then e:close() end end }))
-    end }
-    e:dispatch { { tool = "a" }, { tool = "b" } }
-    local got = e:wait_within()    -- reading the first error closed it
+    local e, reads = nil, 0
+    local function closing(tool)   -- its third read of host (the outcome's copy) closes e
+      return setmetatable({ tool = tool }, { __index = function(_, k)
+        if k == "host" then
+          reads = reads + 1
+          if reads == 3 then e:close() end
+        end
+      end })
+    end
+    e = baton.engine { max_parallel = 2, timeout_ms = 1000, dispatcher = function() error("x") end }
+    e:dispatch { closing("a") }
+    local got = e:wait_within()    -- collecting the outcome closed it
+    assert.equal(3, reads)
     assert.is_true(#got <= 1)
     assert.matches("closed", tostring(e))
+    -- an error's fields are read raw: its metamethods are not run by the engine
+    local e1 = baton.engine { max_parallel = 2, timeout_ms = 1000, dispatcher = function()
+      error(setmetatable({}, { __index = function() error("ran") end,
+                               __tostring = function() error("ran too") end }))
+    end }
+    e1:dispatch { { tool = "a" } }
+    local out = e1:wait_within()
+    assert.equal("failed", out[1].status)
+    assert.equal("a table whose __tostring failed", out[1].error.message)
     local e2
     e2 = baton.engine { max_parallel = 4, timeout_ms = 100, dispatcher = function() return 1 end }
-    local req = setmetatable({ tool = "t" }, { __index = function(_, k) if k == "host" then e2:close() end end })
-    H.raises("baton.engine:dispatch: used after it was closed", function() e2:dispatch { req } end)
+    local r2 = setmetatable({ tool = "t" }, { __index = function(_, k) if k == "host" then e2:close() end end })
+    H.raises("baton.engine:dispatch: used after it was closed", function() e2:dispatch { r2 } end)
     local e3
     e3 = baton.engine { max_parallel = 4, timeout_ms = 100, dispatcher = function() return 1 end }
     local req3 = setmetatable({ tool = "t" }, { __index = function(_, k) if k == "args" then e3:close() end end })

@@ -245,6 +245,10 @@ describe("baton.runner", function()
       local r = baton.runner { poll_ms = QUIET, handler = function(req)
         if req.reason == "startup" then return 42 end
         if req.reason == "t" then return { submited = "typo" } end
+        if req.reason == "trap" then  -- metamethods that raise: not run (the result is data)
+          return setmetatable({}, { __index = function() error("idx") end,
+                                    __tostring = function() error("str") end })
+        end
         return nil
       end }
       local w = with_warnings(function()
@@ -252,11 +256,15 @@ describe("baton.runner", function()
         r:poke("t")
         r:poke("nil")
         settle(r)
+        r:poke("trap")
+        settle(r)
       end)
-      assert.equal(2, #w)
+      assert.equal(3, #w)
       assert.matches("returned 42", w[1])
       assert.matches("without a string 'submitted'", w[2])
+      assert.matches("without a string 'submitted'", w[3])
       assert.same({}, r:inflight())
+      assert.equal("running", r:status())   -- the runner goes on
       r:stop()
     end))
   end)

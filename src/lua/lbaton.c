@@ -303,7 +303,7 @@ lua_Integer lbt_opt_int(lua_State *L, const char *fname, const char *key, lua_In
   if (lua_isnil(L, -1) && def >= 0) v = def;
   else if (lua_type(L, -1) != LUA_TNUMBER || !isint || v < min || (lua_Number)v > 1e15)
     luaL_error(L, "%s: %s must be an integer >= %d (got %s)", fname, key, (int)min,
-               luaL_tolstring(L, -1, NULL));
+               lbt_push_got(L, -1));
   lua_pop(L, 1);
   return v;
 }

@@ -376,22 +376,53 @@ int lbt_resumed_free(lua_State *L, lbt_task **Tp, void (*release)(void *arg), vo
 
 /* ---- outcomes of user functions ----------------------------------------------------- */
 
+static int tostring_k(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+/* luaL_tolstring in a protected call: a __tostring that raises, yields or returns no string
+ * gives "a <type> whose __tostring failed" instead of an error thrown into the runtime's C
+ * code. */
+const char *lbt_push_tostring(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  int t = lua_type(L, idx);
+  if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+    lua_pushvalue(L, idx);
+    return lua_tostring(L, -1);
+  }
+  lua_pushcfunction(L, tostring_k);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return lua_pushfstring(L, "a %s whose __tostring failed", luaL_typename(L, idx));
+  }
+  return lua_tostring(L, -1);
+}
+
+/* t[k] without metamethods: a failure's fields are data, read without running its code. */
+static int rawfield(lua_State *L, int idx, const char *k) {
+  lua_pushstring(L, k);
+  return lua_rawget(L, idx);
+}
+
 /* The failure carried by the value at idx (a returned message, or a raised value): pushes
  * message, kind, detail. A table with a string kind gives its fields (message, kind,
- * detail); a string or number is the message, with kind `kind` ("error" when NULL). */
+ * detail; read raw); a string or number is the message, with kind `kind` ("error" when
+ * NULL); anything else its tostring. */
 static void push_fields(lua_State *L, int idx, const char *kind, int detail_idx) {
   idx = lua_absindex(L, idx);
   int t = lua_type(L, idx);
   if (t == LUA_TTABLE) {
-    lua_getfield(L, idx, "kind");
+    rawfield(L, idx, "kind");
     if (lua_type(L, -1) == LUA_TSTRING) {
-      lua_getfield(L, idx, "message");
+      rawfield(L, idx, "message");
       if (!lua_isstring(L, -1)) {
         lua_pop(L, 1);
         lua_pushvalue(L, -1);
       }
       lua_insert(L, -2);  /* message, kind */
-      lua_getfield(L, idx, "detail");
+      rawfield(L, idx, "detail");
       if (!lua_istable(L, -1)) {
         lua_pop(L, 1);
         lua_pushnil(L);
@@ -400,8 +431,7 @@ static void push_fields(lua_State *L, int idx, const char *kind, int detail_idx)
     }
     lua_pop(L, 1);
   }
-  if (t == LUA_TSTRING || t == LUA_TNUMBER) lua_pushvalue(L, idx);
-  else luaL_tolstring(L, idx, NULL);
+  lbt_push_tostring(L, idx);
   lua_pushstring(L, kind != NULL ? kind : "error");
   if (detail_idx != 0 && lua_istable(L, detail_idx)) {
     lua_pushvalue(L, detail_idx);

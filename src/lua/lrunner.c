@@ -115,7 +115,8 @@ static void after_handler(lua_State *L, lrunner *U, int status) {
     lbt_warn(R, "baton.runner: the handler failed (reason '%s', kind '%s'): %s",
              lua_tostring(L, -1), lua_tostring(L, 5), lua_tostring(L, 4));
   } else if (lua_istable(L, 4)) {
-    lua_getfield(L, 4, "submitted");
+    lua_pushliteral(L, "submitted");  /* raw: a result is data, its metamethods not run */
+    lua_rawget(L, 4);
     if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
       sid = lua_tolstring(L, -1, &len);  /* converts a number in place: it is a copy */
     } else {
@@ -125,7 +126,7 @@ static void after_handler(lua_State *L, lrunner *U, int status) {
   } else if (!lua_isnil(L, 4) && !(lua_type(L, 4) == LUA_TSTRING &&
                                    strcmp(lua_tostring(L, 4), "idle") == 0)) {
     lbt_warn(R, "baton.runner: the handler returned %s; expected \"idle\" or "
-                "{ submitted = session_id } (taken as idle)", luaL_tolstring(L, 4, NULL));
+                "{ submitted = session_id } (taken as idle)", lbt_push_got(L, 4));
   }
   if (U->r != NULL && bt__runner_done(U->r, sid, len) != 0)
     lbt_warn(R, "baton.runner: out of memory recording session '%s' in flight", sid);

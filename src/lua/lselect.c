@@ -222,7 +222,7 @@ static int lselect_fn(lua_State *L) {
       ms = lbt_opt_ms(L, FN, 1, "timeout_ms", -1);
     } else if (!lua_isinteger(L, -2) || lua_tointeger(L, -2) < 1 || lua_tointeger(L, -2) > n) {
       return luaL_error(L, FN ": bad argument #1 'sources' (expected a list of sources and "
-                        "timeout_ms, got the key %s)", luaL_tolstring(L, -2, NULL));
+                        "timeout_ms, got the key %s)", lbt_push_got(L, -2));
     }
     lua_pop(L, 1);
   }

@@ -245,9 +245,10 @@ void lbt_warn_on(lua_State *L, const char *buf) {
   lua_getfield(L, LUA_REGISTRYINDEX, "baton.on_warning");
   if (lua_isfunction(L, -1)) {
     lua_pushstring(L, buf);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-      fprintf(stderr, "baton: warning handler failed: %s\n", lua_tostring(L, -1));
-      lua_pop(L, 1);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {  /* the warning is not lost with it */
+      fprintf(stderr, "baton: warning handler failed: %s\nbaton: warning: %s\n",
+              lbt_push_tostring(L, -1), buf);
+      lua_pop(L, 2);
     }
     return;
   }
@@ -762,7 +763,7 @@ static int ltask_name(lua_State *L) {
 
 static int ltask_set_name(lua_State *L) {
   lbt_check_task(L, 1);
-  luaL_checkstring(L, 2);
+  lbt_arg_string(L, "baton.task:set_name", 2, "name", NULL);
   lua_settop(L, 2);
   lbt_task_set_name(L, 1, 2);
   lua_settop(L, 1);
