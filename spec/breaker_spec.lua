@@ -86,6 +86,23 @@ describe("baton.breaker configuration", function()
   end))
 end)
 
+describe("breaker clocks at the extremes", function()
+  it("a clock jumping across the whole int64 range: retry_after_ms saturates, never wraps",
+     H.async(function()
+    local c = manual_clock(9100000000000000000)
+    local b = baton.breaker{ service = "x", threshold = 1, recovery_ms = 10, clock = c.now }
+    b:call(fail)
+    c.t = -9.1e18    -- run back by 1.8e19 ms: the window left is longer than any int64
+    local v, _, kind, d = b:call(ok, 1)
+    assert.is_nil(v)
+    assert.equal("circuit_open", kind)
+    assert.equal(math.maxinteger, d.retry_after_ms)
+    c.t = 9100000000000000000 + 4096   -- past the window (the clock is read as a double)
+    assert.equal(1, b:call(ok, 1))     -- the half-open probe passes: closed again
+    assert.equal("closed", b:state())
+  end))
+end)
+
 describe("breaker transitions", function()
   it("starts closed, and a success keeps it closed", H.async(function()
     local b = baton.breaker{ service = "svc", threshold = 3, recovery_ms = 60000 }

@@ -379,6 +379,13 @@ static int after_run(lua_State *L, int status) {
 }
 
 /* The fast-fail: nil, message, "circuit_open", detail (what the call saw). */
+/* a - b, saturated at the int64 range (clocks are the user's: any int64 may come). */
+static int64_t sat_sub(int64_t a, int64_t b) {
+  int64_t r;
+  if (!__builtin_sub_overflow(a, b, &r)) return r;
+  return b < 0 ? INT64_MAX : INT64_MIN;
+}
+
 static int reject(lua_State *L) {
   lbreaker *B = lua_touserdata(L, 1);
   const bt_breaker_call_t *c = &call_of(L)->c;
@@ -397,9 +404,9 @@ static int reject(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)failures);
     lua_setfield(L, -2, "failures");
   }
-  if (open && c->has_open) {  /* what is left of the recovery window */
-    int64_t left = c->now < c->open_at ? B->b.recovery_ms + (c->open_at - c->now)
-                                       : B->b.recovery_ms - (c->now - c->open_at);
+  if (open && c->has_open) {  /* what is left of the recovery window (a clock run back:
+                               * more than recovery_ms), saturated for a clock's extremes */
+    int64_t left = sat_sub(B->b.recovery_ms, sat_sub(c->now, c->open_at));
     lua_pushinteger(L, (lua_Integer)(left > 0 ? left : 0));
     lua_setfield(L, -2, "retry_after_ms");
   }
