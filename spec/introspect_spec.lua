@@ -83,6 +83,34 @@ describe("baton.tasks", function()
     g:close()
   end))
 
+  it("lists a task finishing (its body ended, the tasks it owns unwinding)", H.async(function()
+    local owner = baton.spawn { name = "owner", function()
+      local g = baton.group { name = "kids" }
+      for _ = 1, 2 do
+        g:spawn(function()   -- catches its cancellation once and unwinds over two turns
+          pcall(baton.sleep, 10000)
+          pcall(baton.yield)
+          pcall(baton.yield)
+        end)
+      end
+      baton.yield()
+      return "done"
+    end }
+    local seen
+    for _ = 1, 10 do
+      baton.yield()
+      if owner:status() == "finishing" then
+        seen = by_id(baton.tasks())[owner.id]
+        break
+      end
+    end
+    assert.is_table(seen, "the finishing owner is listed")
+    assert.equal("finishing", seen.status)
+    assert.equal("owner", seen.name)
+    assert.equal(owner, seen.task)
+    assert.same({ true, "done" }, { owner:join() })
+  end))
+
   it("spawn{} checks its options", H.async(function()
     H.raises("baton.spawn: bad argument #1 'nam' %(unknown option%)", baton.spawn,
              { nam = "x", function() end })

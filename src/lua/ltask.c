@@ -606,62 +606,95 @@ static int ltask_status(lua_State *L) {
   return 1;
 }
 
-/* baton.tasks(): one table per task that has a fiber (running or suspended; a task that has
- * not started yet has none and is not listed): id, name, status, age_ms (since it first
- * ran), parent (the id of the task owning it), group (its group's name, if named), and for
- * a waiting task `waits` (what it waits on, in words: lintrospect.c), `call` (the await's
- * function) and `due_ms` (the milliseconds left until that wait's deadline, if any). */
+/* baton.tasks(): one table per task that has started and not finished: each task with a
+ * fiber (running or suspended; a task that has not started yet has none and is not listed),
+ * and each task "finishing" (its body ended, the tasks it owns still unwinding: no fiber
+ * any more, found as an owner of a listed task): id, name, status, age_ms (since it first
+ * ran; not for a finishing task), parent (the id of the task owning it), group (its group's
+ * name, if named), and for a waiting task `waits` (what it waits on, in words:
+ * lintrospect.c), `call` (the await's function) and `due_ms` (the milliseconds left until
+ * that wait's deadline, if any). */
 static void push_name(lua_State *L, lbt_task *T, int idx);
+
+/* The entry of T (fiber f, NULL for a finishing task) into the list at index list, as its
+ * i-th. */
+static void push_entry(lua_State *L, lbt_rt *R, lbt_task *T, lbt_fiber *f, uint64_t now,
+                       int list, lua_Integer i) {
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, T->t.id);
+  lua_setfield(L, -2, "id");
+  lua_pushstring(L, status_name(&T->t));
+  lua_setfield(L, -2, "status");
+  if (f != NULL) {
+    lua_pushinteger(L, now > f->started ? (lua_Integer)(now - f->started) : 0);
+    lua_setfield(L, -2, "age_ms");
+  }
+  if (T->t.owner != NULL) {
+    lua_pushinteger(L, T->t.owner->id);
+    lua_setfield(L, -2, "parent");
+  }
+  struct lgroup *G;
+  LIST_FOREACH(G, &R->groups, link) {
+    if (G->g == T->t.group && G->g != NULL) {
+      if (G->name != NULL) {
+        lua_pushstring(L, G->name);
+        lua_setfield(L, -2, "group");
+      }
+      break;
+    }
+  }
+  if (f != NULL && T->t.state == BT_TASK_WAITING && f->what != NULL) {
+    lua_pushstring(L, f->what);
+    lua_setfield(L, -2, "call");
+    lbt_describe_wait(L, R, f);
+    lua_setfield(L, -2, "waits");
+    if (f->wait.timer.slot != 0) {  /* the wait has a deadline (a sleep, a timeout) */
+      uint64_t due = f->wait.timer.due;
+      lua_pushinteger(L, due > now ? (lua_Integer)(due - now) : 0);
+      lua_setfield(L, -2, "due_ms");
+    }
+  }
+  if (T->ref != LUA_NOREF) {
+    lbt_push_task(L, R, T);
+    push_name(L, T, -1);
+    lua_setfield(L, -3, "name");
+    lua_setfield(L, -2, "task");
+  }
+  lua_rawseti(L, list, i);
+}
 
 int lbt_tasks(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lua_newtable(L);
+  int list = lua_gettop(L);
   lua_Integer i = 0;
+  int finishing = 0;
   uint64_t now = bt_now(R->rt);
   lbt_fiber *f;
   LIST_FOREACH(f, &R->fibers, all) {
     lbt_task *T = f->task;
     if (T == NULL || bt_task_finished(&T->t)) continue;
-    lua_createtable(L, 0, 8);
-    lua_pushinteger(L, T->t.id);
-    lua_setfield(L, -2, "id");
-    lua_pushstring(L, status_name(&T->t));
-    lua_setfield(L, -2, "status");
-    lua_pushinteger(L, now > f->started ? (lua_Integer)(now - f->started) : 0);
-    lua_setfield(L, -2, "age_ms");
-    if (T->t.owner != NULL) {
-      lua_pushinteger(L, T->t.owner->id);
-      lua_setfield(L, -2, "parent");
-    }
-    struct lgroup *G;
-    LIST_FOREACH(G, &R->groups, link) {
-      if (G->g == T->t.group && G->g != NULL) {
-        if (G->name != NULL) {
-          lua_pushstring(L, G->name);
-          lua_setfield(L, -2, "group");
-        }
-        break;
-      }
-    }
-    if (T->t.state == BT_TASK_WAITING && f->what != NULL) {
-      lua_pushstring(L, f->what);
-      lua_setfield(L, -2, "call");
-      lbt_describe_wait(L, R, f);
-      lua_setfield(L, -2, "waits");
-      if (f->wait.timer.slot != 0) {  /* the wait has a deadline (a sleep, a timeout) */
-        uint64_t due = f->wait.timer.due;
-        lua_pushinteger(L, due > now ? (lua_Integer)(due - now) : 0);
-        lua_setfield(L, -2, "due_ms");
-      }
-    }
-    if (T->ref != LUA_NOREF) {
-      lbt_push_task(L, R, T);
-      push_name(L, T, -1);
-      lua_setfield(L, -3, "name");
-      lua_setfield(L, -2, "task");
-    }
-    lua_rawseti(L, -2, ++i);
+    push_entry(L, R, T, f, now, list, ++i);
+    for (bt_task_t *o = T->t.owner; o != NULL && !finishing; o = o->owner)
+      finishing = o->state == BT_TASK_FINISHING;
   }
+  if (!finishing) return 1;
+  lua_newtable(L);  /* the finishing owners listed, by id */
+  LIST_FOREACH(f, &R->fibers, all) {
+    if (f->task == NULL || bt_task_finished(&f->task->t)) continue;
+    for (bt_task_t *o = f->task->t.owner; o != NULL; o = o->owner) {
+      if (o->state != BT_TASK_FINISHING) continue;
+      if (lua_rawgeti(L, -1, (lua_Integer)o->id) == LUA_TNIL) {
+        lua_pushboolean(L, 1);
+        lua_rawseti(L, -3, (lua_Integer)o->id);
+        lua_pop(L, 1);
+        push_entry(L, R, (lbt_task *)o, NULL, now, list, ++i);
+        continue;
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
   return 1;
 }
 
