@@ -418,6 +418,22 @@ describe("baton.store.memory", function()
     assert.matches("^baton.store.Memory %(%d+ entries%)$", tostring(s))
   end)
 
+  it("blames the caller's line for misuse, through the store and the policies over it",
+     H.async(function()
+    local s = baton.store.memory()
+    local d = baton.dedup { store = s, ttl_ms = 100 }
+    local rl = baton.ratelimit { rate = 10, per_ms = 1000, store = s, key = "k" }
+    local here = debug.getinfo(1, "S").short_src
+    for _, f in ipairs {
+      function() s:gcra_take("k", "x", 1000, 1, 1) end,
+      function() d:check({}) end,
+      function() rl:acquire(0 / 0) end,
+    } do
+      local _, err = pcall(f)
+      assert.equal(here, err:match("^(.-):%d+: baton%."), err)
+    end
+  end))
+
   it("forgets expired entries as it grows (memory follows the live keys)", H.async(function()
     local s = baton.store.memory()
     for i = 1, 1000 do s:set_cooldown("k" .. i, 1) end

@@ -27,8 +27,21 @@ baton.store = store
 
 local got = baton._got  -- how the C toolkit shows a value in a misuse message
 
+-- The level of the first function outside this file (the caller's code, or a C function),
+-- for error(): the checks are reached through helpers of varying depth.
+local HERE, getinfo = debug.getinfo(1, "S").source, debug.getinfo
+local function caller_level()
+  local level = 3  -- 1 this function, 2 misuse, 3 what called misuse
+  while true do
+    local info = getinfo(level, "S")
+    if info == nil or info.source ~= HERE then return level - 1 end
+    level = level + 1
+  end
+end
+
 local function misuse(fname, n, name, expected, v)
-  error(("%s: bad argument #%d '%s' (expected %s, got %s)"):format(fname, n, name, expected, got(v)), 3)
+  error(("%s: bad argument #%d '%s' (expected %s, got %s)"):format(fname, n, name, expected, got(v)),
+        caller_level())
 end
 
 -- A store's failure, reported by the policy over it: prefixed with the policy's function.
