@@ -105,6 +105,43 @@ describe("baton.select", function()
     assert.is_false(n:notify_one())    -- nobody waits: the permit is stored
   end))
 
+  it("holds its own list of sources: the caller's table changed while it waits changes nothing",
+     H.async(function()
+    -- a source replaced by a number
+    local ch = baton.channel(1)
+    local t = { ch }
+    local sel = baton.spawn(function() return baton.select(t) end)
+    baton.yield()
+    t[1] = 42
+    ch:send("x")
+    assert.same({ true, 1, "x" }, { sel:join() })
+    -- a source swapped for another channel: the value comes from the one registered, and
+    -- the other keeps its own
+    local a, b = baton.channel(1), baton.channel(1)
+    b:send("b's value")
+    t = { a }
+    sel = baton.spawn(function() return baton.select(t) end)
+    baton.yield()
+    t[1] = b
+    a:send("a's value")
+    assert.same({ true, 1, "a's value" }, { sel:join() })
+    assert.equal(0, #a)
+    assert.equal("b's value", b:try_recv())
+    -- sources dropped by the table and collected while select waits, then an abort
+    t = { baton.notify(), baton.notify() }
+    sel = baton.spawn(function() return baton.select(t) end)
+    baton.yield()
+    t[1], t[2] = nil, nil
+    collectgarbage()
+    collectgarbage()
+    local keep = {}
+    for i = 1, 100 do keep[i] = baton.notify() end
+    sel:abort()
+    local ok, err = sel:join()
+    assert.is_false(ok)
+    assert.equal("cancelled", err.kind)
+  end))
+
   it("waits on futures, tasks, watches and notifies", H.async(function()
     local f = baton.future()
     local slow = baton.spawn(function() baton.sleep(10000) end)

@@ -188,7 +188,8 @@ static int select_k(lua_State *L, int st, lua_KContext ctx) {
     if (status == BT_ETIMEDOUT) return lbt_fail_timeout(L, FN, sel->ms);
     return lbt_fail_status(L, FN, status);  /* no memory for the deadline */
   }
-  lua_rawgeti(L, 1, i);
+  lua_getiuservalue(L, 2, 1);  /* the sources as registered, not the caller's table now */
+  lua_rawgeti(L, -1, i);
   return complete(L, i, lua_gettop(L), sel->nodes[i - 1].kind, status, 1);
 }
 
@@ -246,13 +247,23 @@ static int lselect_fn(lua_State *L) {
   }
   lbt_task *T = lbt_await_begin(L, R, FN);
   lbt_fiber *f = lbt_fib(T);
-  lselect *sel = lua_newuserdatauv(L, sizeof *sel + (size_t)n * sizeof(sel_node), 0);
+  lselect *sel = lua_newuserdatauv(L, sizeof *sel + (size_t)n * sizeof(sel_node), 1);
   sel->wait = &f->wait;
   sel->n = (int)n;
   sel->fired = 0;
   sel->ms = ms;
+  /* A copy of the list, held by the select: the caller's table may change or let go of a
+   * source while the task waits (the nodes point into the sources). */
+  lua_createtable(L, (int)n, 0);
   for (int i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, i);
+    lua_rawseti(L, -2, i);
+  }
+  lua_setiuservalue(L, -2, 1);
+  lua_getiuservalue(L, -1, 1);
+  int list = lua_gettop(L);
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, list, i);
     void *ud = lua_touserdata(L, -1);
     sel_node *nd = &sel->nodes[i - 1];
     nd->sel = sel;
@@ -278,6 +289,7 @@ static int lselect_fn(lua_State *L) {
     }
     lua_pop(L, 1);
   }
+  lua_pop(L, 1);  /* the list */
   f->wait.src = sel;
   uint64_t due = ms >= 0 ? bt_due(R->rt, (uint64_t)ceil(ms)) : UINT64_MAX;
   bt_task_wait(R->rt, &T->t, &f->wait, select_cancel, due);
