@@ -157,6 +157,48 @@ describe("closing a group", function()
     assert.matches("unseen failure", warnings[1])
   end))
 
+  it("reports a baton.Error nobody joined by its message", H.async(function()
+    local warnings = {}
+    baton.on_warning(function(msg) warnings[#warnings + 1] = msg end)
+    local g = baton.group()
+    g:spawn(function() error(baton.error("io", "disk full")) end)
+    baton.yield()
+    g:close()
+    baton.on_warning(nil)
+    assert.equal(1, #warnings)
+    assert.matches("nobody joined it: disk full$", warnings[1])
+  end))
+
+  it("survives a warning handler that closes the group being shut down or closed",
+     H.async(function()
+    local function two_failures()
+      local g = baton.group()
+      g:spawn(function() error("boom1") end)
+      g:spawn(function() error("boom2") end)
+      baton.yield()
+      baton.yield()
+      return g
+    end
+    for _, how in ipairs { "shutdown", "close", "<close>", "__gc" } do
+      local g = two_failures()
+      local seen = 0
+      baton.on_warning(function() seen = seen + 1; g:close() end)
+      if how == "shutdown" then
+        g:shutdown()
+      elseif how == "close" then
+        g:close()
+      elseif how == "<close>" then
+        do local _ <close> = g end
+      else
+        getmetatable(g).__gc(g)
+      end
+      baton.on_warning(nil)
+      assert.equal(2, seen, how)  -- each failure reported once, the nested closes included
+      assert.matches("closed", tostring(g), how)
+      assert.equal(1, baton.stats().tasks, how)
+    end
+  end))
+
   it("makes later use raise", H.async(function()
     local g = baton.group()
     g:close()

@@ -168,6 +168,9 @@ describe("baton.interval", function()
     assert.is_true(baton.now() - t >= 19)
     H.raises_misuse("baton.interval", 1, "ms", "expected milliseconds > 0, got 0%)",
                     baton.interval, 0)
+    H.raises_misuse("baton.interval:tick", 0, "self", "expected baton.Interval, got nil%)", iv.tick)
+    H.raises_misuse("baton.interval:reset", 0, "self", "expected baton.Interval, got table%)",
+                    iv.reset, {})
   end))
 
   it("tick() is a cancellation point even when already due", H.async(function()

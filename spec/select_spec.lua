@@ -134,12 +134,13 @@ describe("baton.select", function()
     t[1], t[2] = nil, nil
     collectgarbage()
     collectgarbage()
-    local keep = {}
-    for i = 1, 100 do keep[i] = baton.notify() end
+    local fresh = {}   -- new objects where the collected ones were
+    for i = 1, 100 do fresh[i] = baton.notify() end
     sel:abort()
     local ok, err = sel:join()
     assert.is_false(ok)
     assert.equal("cancelled", err.kind)
+    assert.equal(100, #fresh)
   end))
 
   it("waits on futures, tasks, watches and notifies", H.async(function()

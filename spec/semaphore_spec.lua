@@ -203,6 +203,22 @@ describe("baton.semaphore", function()
       assert.equal(1, s:available())
     end))
 
+  it("a group limit forgotten down to 0 pauses it: jobs spawned then wait for add_permits",
+    H.async(function()
+      local s = baton.semaphore(1)
+      local g = baton.group { limit = s }
+      assert.equal(1, s:forget(1))
+      local t = g:spawn(function() return "ran" end)
+      local t2 = g:spawn(function() return "ran too" end)
+      baton.sleep(5)
+      assert.equal("pending", t:status())   -- waiting on the gate, not failed
+      assert.equal("pending", t2:status())
+      s:add_permits(1)
+      assert.same({ true, "ran" }, { t:join() })
+      assert.same({ true, "ran too" }, { t2:join() })
+      assert.equal(1, s:available())
+    end))
+
   it("add_permits and forget reject bad arguments and a closed semaphore", H.async(function()
     local s = baton.semaphore(1)
     for _, bad in ipairs({ function() s:add_permits(-1) end, function() s:add_permits("x") end,

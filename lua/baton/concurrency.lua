@@ -214,7 +214,12 @@ function baton.interval(ms)
   return setmetatable({ ms = ms, due = now() + ms }, Interval)
 end
 
+local function check_self(fname, self)
+  if getmetatable(self) ~= Interval then misuse(3, fname, 0, "self", "baton.Interval", got(1, self)) end
+end
+
 function Interval:tick()
+  check_self("baton.interval:tick", self)
   local t = now()
   if t < self.due then
     sleep(self.due - t)
@@ -229,6 +234,7 @@ function Interval:tick()
 end
 
 function Interval:reset()
+  check_self("baton.interval:reset", self)
   self.due = now() + self.ms
 end
 

@@ -233,7 +233,9 @@ static void gate_start(bt_rt_t *rt, bt_gate_t *gate, int status) {
  * semaphore when they do not. A closed semaphore starts every queued task with the error. */
 static void gate_pump(bt_rt_t *rt, bt_gate_t *gate) {
   while (gate->n > 0 && gate->w.sem == NULL) {
-    int rc = bt_sem_acquire(gate->sem, &gate->w, 1, gate_granted);
+    /* a limit forgotten down to 0 permits: the job waits for add_permits, as one queued
+     * before the shrink does */
+    int rc = bt__sem_acquire_any(gate->sem, &gate->w, 1, gate_granted);
     if (rc == 0) return;  /* queued: gate_granted continues */
     gate_start(rt, gate, rc == 1 ? 0 : rc);
   }

@@ -106,6 +106,9 @@ struct bt_sem {
 /* sem.c: a semaphore in caller-owned storage (the Lua binding embeds it in its userdata).
  * It needs no destroy: close it to fail its waiters. */
 void bt__sem_init(bt_sem_t *s, size_t permits);
+/* bt_sem_acquire, but k above the capacity (shrunk by bt_sem_forget) queues too: the waiter
+ * is granted once bt_sem_add_permits grows it, as a waiter queued before the shrink is. */
+int bt__sem_acquire_any(bt_sem_t *s, bt_sem_waiter_t *w, size_t k, bt_sem_cb cb);
 
 struct bt_budget {
   bt_budget_key_t *keys;        /* uthash of the keys with a count above zero */

@@ -69,16 +69,24 @@ int bt_sem_try_acquire(bt_sem_t *s, size_t k) {
   return 0;
 }
 
-int bt_sem_acquire(bt_sem_t *s, bt_sem_waiter_t *w, size_t k, bt_sem_cb cb) {
+static int acquire(bt_sem_t *s, bt_sem_waiter_t *w, size_t k, bt_sem_cb cb, int any) {
   int rc = bt_sem_try_acquire(s, k);
   if (rc == 0) return 1;
-  if (rc != BT_EBUSY) return rc;
+  if (rc != BT_EBUSY && !(any && rc == BT_EINVAL)) return rc;
   w->sem = s;
   w->k = k;
   w->cb = cb;
   TAILQ_INSERT_TAIL(&s->waiters, w, link);
   s->nwaiting++;
   return 0;
+}
+
+int bt_sem_acquire(bt_sem_t *s, bt_sem_waiter_t *w, size_t k, bt_sem_cb cb) {
+  return acquire(s, w, k, cb, 0);
+}
+
+int bt__sem_acquire_any(bt_sem_t *s, bt_sem_waiter_t *w, size_t k, bt_sem_cb cb) {
+  return acquire(s, w, k, cb, 1);
 }
 
 void bt_sem_cancel(bt_sem_waiter_t *w) {

@@ -423,6 +423,8 @@ int lbt_field_error(lua_State *L, const char *fname, int tidx, const char *key,
 const char *lbt_push_got(lua_State *L, int idx);
 /* luaL_tolstring, protected: a failing __tostring gives "a <type> whose __tostring failed". */
 const char *lbt_push_tostring(lua_State *L, int idx);
+/* A failure's text for a report: a baton.Error's message, else lbt_push_tostring. */
+const char *lbt_push_failure_text(lua_State *L, int idx);
 int lbt_argn(const char *fname, int idx);  /* the argument number of stack index idx */
 /* The running C function's name as the user calls it, found by identity (slow: for error
  * paths and for the shims below, which take no fname). Pushed. */

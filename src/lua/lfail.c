@@ -400,6 +400,18 @@ const char *lbt_push_tostring(lua_State *L, int idx) {
   return lua_tostring(L, -1);
 }
 
+/* What a failure value says, for a report: a string or number as it is, a table's raw
+ * `message` (a baton.Error's), else its tostring, protected. Pushed. */
+const char *lbt_push_failure_text(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_type(L, idx) == LUA_TTABLE) {
+    lua_pushliteral(L, "message");
+    if (lua_rawget(L, idx) == LUA_TSTRING) return lua_tostring(L, -1);
+    lua_pop(L, 1);
+  }
+  return lbt_push_tostring(L, idx);
+}
+
 /* t[k] without metamethods: a failure's fields are data, read without running its code. */
 static int rawfield(lua_State *L, int idx, const char *k) {
   lua_pushstring(L, k);

@@ -308,22 +308,27 @@ static int lgroup_abort_all(lua_State *L) {
   return 0;
 }
 
-/* Aborts the live tasks and forgets everything; reports failures nobody joined. */
-static void shutdown_group(lua_State *L, lbt_rt *R, lgroup *G) {
+/* Forgets the finished tasks, reporting failures nobody joined. A report runs the user's
+ * warning handler, which may close the group: 0 then, else 1. */
+static int forget_finished(lua_State *L, lbt_rt *R, lgroup *G) {
   bt_task_t *t;
-  while ((t = bt_group_pop(G->g)) != NULL) {
+  while (G->g != NULL && (t = bt_group_pop(G->g)) != NULL) {
     lbt_task *T = (lbt_task *)t;
     if (t->state == BT_TASK_FAILED && !(t->flags & BT_TASK_F_JOINED)) {
+      t->flags |= BT_TASK_F_JOINED;
       lbt_push_task(L, R, T);
       lua_getiuservalue(L, -1, 1);
-      const char *msg = lua_tostring(L, -1);
-      lbt_warn_unjoined(R, T, msg ? msg : luaL_typename(L, -1));
-      lua_pop(L, 2);
-      t->flags |= BT_TASK_F_JOINED;
+      lbt_warn_unjoined(R, T, lbt_push_failure_text(L, -1));
+      lua_pop(L, 3);
     }
     lbt_task_release(R, T);
   }
-  bt_group_detach_all(G->g);
+  return G->g != NULL;
+}
+
+/* Aborts the live tasks and forgets everything; reports failures nobody joined. */
+static void shutdown_group(lua_State *L, lbt_rt *R, lgroup *G) {
+  if (forget_finished(L, R, G)) bt_group_detach_all(G->g);
 }
 
 static int lgroup_shutdown(lua_State *L) {
@@ -338,6 +343,7 @@ static int lgroup_shutdown(lua_State *L) {
 static void close_now(lua_State *L, lbt_rt *R, lgroup *G) {
   if (!R->closed) shutdown_group(L, R, G);
   else bt_group_detach_all(G->g);
+  if (G->g == NULL) return;  /* closed by the warning handler a report ran */
   bt__group_destroy(G->g);
   LIST_REMOVE(G, link);
   lbt_handle_clear(L, G, LBT_GROUP);
@@ -358,19 +364,7 @@ static int close_k(lua_State *L, int st, lua_KContext ctx);
  * (again: tasks spawned meanwhile too) and waits for one to finish; closes once none is
  * live. Stack: group. */
 static int close_wait(lua_State *L, lbt_rt *R, lgroup *G, lbt_task *T) {
-  bt_task_t *t;
-  while ((t = bt_group_pop(G->g)) != NULL) {
-    lbt_task *C = (lbt_task *)t;
-    if (t->state == BT_TASK_FAILED && !(t->flags & BT_TASK_F_JOINED)) {
-      lbt_push_task(L, R, C);
-      lua_getiuservalue(L, -1, 1);
-      const char *msg = lua_tostring(L, -1);
-      lbt_warn_unjoined(R, C, msg ? msg : luaL_typename(L, -1));
-      lua_pop(L, 2);
-      t->flags |= BT_TASK_F_JOINED;
-    }
-    lbt_task_release(R, C);
-  }
+  if (!forget_finished(L, R, G)) return 0;
   if (bt_group_live(G->g) == 0) {
     close_now(L, R, G);
     return 0;

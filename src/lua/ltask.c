@@ -362,9 +362,11 @@ static void task_failed(lbt_rt *R, lbt_task *T) {
    * raised leaves its own error in place of the original: report it, do not lose it. */
   if (lua_resetthread(co) != LUA_OK) {
     lua_xmove(co, L, 1);
-    if (!lua_rawequal(L, -1, -3))
+    if (!lua_rawequal(L, -1, -3)) {
       lbt_warn(R, "task %u: a __close handler failed: %s", (unsigned)T->t.id,
-               lua_isstring(L, -1) ? lua_tostring(L, -1) : luaL_typename(L, -1));
+               lbt_push_failure_text(L, -1));
+      lua_pop(L, 1);
+    }
     lua_pop(L, 1);
   }
   lua_remove(L, -2);
@@ -397,10 +399,9 @@ static int sentinel_gc(lua_State *L) {
   if (lua_getiuservalue(L, 1, 1) != LUA_TUSERDATA) return 0;
   lbt_task *T = lua_touserdata(L, -1);
   if (T->t.state == BT_TASK_FAILED && !(T->t.flags & BT_TASK_F_JOINED)) {
-    lua_getiuservalue(L, -1, 1);
-    const char *msg = lua_tostring(L, -1);
-    lbt_warn_unjoined(R, T, msg ? msg : luaL_typename(L, -1));
     T->t.flags |= BT_TASK_F_JOINED;  /* reported once */
+    lua_getiuservalue(L, -1, 1);
+    lbt_warn_unjoined(R, T, lbt_push_failure_text(L, -1));
   }
   return 0;
 }
@@ -848,10 +849,9 @@ static int ltask_gc(lua_State *L) {
   lbt_rt *R = lbt_R(L);
   lbt_task *T = lbt_check_task(L, 1);
   if (T->t.state == BT_TASK_FAILED && !(T->t.flags & BT_TASK_F_JOINED)) {
-    lua_getiuservalue(L, 1, 1);
-    const char *msg = lua_tostring(L, -1);
-    lbt_warn_unjoined(R, T, msg ? msg : luaL_typename(L, -1));
     T->t.flags |= BT_TASK_F_JOINED;  /* reported once, even if __gc is called again */
+    lua_getiuservalue(L, 1, 1);
+    lbt_warn_unjoined(R, T, lbt_push_failure_text(L, -1));
   }
   return 0;
 }
