@@ -145,18 +145,19 @@ describe("baton.redis.queue", function()
   end))
 
   it("keeps a slow job from being taken over while its worker lives", async(function()
-    local q1, r1, s = setup { claim_idle_ms = 300 }
+    -- generous: a takeover would need the heartbeat (every 333 ms) held up for 666 ms
+    local q1, r1, s = setup { claim_idle_ms = 1000 }
     local r2 = assert(baton.redis.connect { url = server.url })
-    local q2 = baton.redis.queue { redis = r2, stream = s, claim_idle_ms = 300 }
+    local q2 = baton.redis.queue { redis = r2, stream = s, claim_idle_ms = 1000 }
     local runs = 0
-    local function handler() runs = runs + 1; baton.sleep(1000) end
+    local function handler() runs = runs + 1; baton.sleep(2500) end
     local w1 = baton.runner { queue = q1, handler = handler }
     w1:start()
     assert(q1:enqueue { slow = true })
     eventually(function() return runs == 1 end)
     local w2 = baton.runner { queue = q2, handler = handler }
     w2:start()
-    eventually(function() return w1:stats().completed == 1 end, 3000)
+    eventually(function() return w1:stats().completed == 1 end, 8000)
     baton.sleep(300)
     assert.equal(1, runs)
     assert.equal(0, w2:stats().reclaimed)
