@@ -24,7 +24,8 @@ local function stock_cmd(fixture, ...)
 end
 
 -- Starts `cmd` in the background (prefix: shell text run before it, e.g. a trap), then for
--- each step waits (up to 20 s) until stdout contains step.wait and sends step.signal.
+-- each step waits (up to 20 s) until stdout contains step.wait, sleeps step.pause seconds
+-- and sends step.signal.
 -- Returns { code =, out =, err = }: code is the shell's $?, 128 + n for a signal.
 local function drive(cmd, steps, prefix)
   local out, err = os.tmpname(), os.tmpname()
@@ -34,6 +35,7 @@ local function drive(cmd, steps, prefix)
                    "; do sleep 0.05; i=$((i+1)); done; }" }
   for _, s in ipairs(steps) do
     if s.wait then script[#script + 1] = "waitfor " .. q(s.wait) end
+    if s.pause then script[#script + 1] = "sleep " .. s.pause end  -- signals do not queue
     if s.signal then script[#script + 1] = "kill -" .. s.signal .. " $pid 2>/dev/null" end
   end
   script[#script + 1] = "wait $pid; echo \"rc=$?\""
@@ -165,6 +167,16 @@ describe("signals", function()
         assert.equal("", r.err)
       end)
     end
+
+    it("Lua looping in a plain coroutine: a second SIGINT or SIGTERM ends it at once", function()
+      for _, c in ipairs({ { "INT", 130 }, { "TERM", 143 } }) do
+        for _, cmd in ipairs({ stock_cmd, baton_cmd }) do
+          local r = drive(cmd("busy_coroutine.lua"),
+                          { { wait = "ready", signal = c[1] }, { pause = 0.3, signal = c[1] } })
+          assert.equal(c[2], r.code, c[1] .. ": " .. r.err)
+        end
+      end
+    end)
 
     it("baton.exit(code) from a task leaves the same way", function()
       local r = child_close(stock_cmd, nil, "baton.exit")

@@ -11,7 +11,9 @@
  *    with status 128 + signal; the main task is aborted, so its <close> handlers run, then
  *    baton.run aborts the rest and releases the child processes as it always does. The first
  *    one puts the signal back to SIG_DFL, so a second ends the process at once (a closer that
- *    hangs cannot keep it alive). SIGHUP already ignored when the run starts (nohup) stays
+ *    hangs cannot keep it alive); the raw handler counts deliveries too, so a second one
+ *    ends it even when the first was never acted on (Lua looping in a plain coroutine, a
+ *    task blocked in a C call). SIGHUP already ignored when the run starts (nohup) stays
  *    ignored.
  *  - A signal with a baton.on_signal handler runs the handler as a task (fn(name)) on each
  *    delivery, and takes no other action.
@@ -69,6 +71,7 @@ struct lbt_signals {
   uint8_t has_fn[NSIGS];           /* a baton.on_signal handler is installed */
   volatile sig_atomic_t armed[NSIGS];  /* the default action applies (read at signal time) */
   volatile sig_atomic_t taken[NSIGS];  /* the default action was taken in this run */
+  volatile sig_atomic_t seen[NSIGS];   /* delivered with the default action in this run */
   volatile sig_atomic_t hook_sig;      /* the signal whose hook is set, 0 if none */
 };
 
@@ -138,12 +141,16 @@ static void on_signal_raw(int signum, siginfo_t *info, void *uctx) {
   lbt_signals *S = active;
   int i = sig_index(signum);
   if (S != NULL && i >= 0) {
-    if (S->taken[i]) {  /* a second one while our handler is still in place: end now */
+    int dflt = S->armed[i] && !(signum == SIGINT && S->R->take_sigint != NULL);
+    /* A second one while our handler is still in place: end now. Counted here, not only
+     * once taken: the hook may never fire (Lua looping in a plain coroutine the task
+     * resumed, or a task blocked in a C call), and the watcher never runs meanwhile. */
+    if (S->taken[i] || (dflt && S->seen[i])) {
       signal(signum, SIG_DFL);
       raise(signum);    /* blocked until this handler returns */
-    } else if (S->armed[i] && S->hook_sig == 0 &&
-               !(signum == SIGINT && S->R->take_sigint != NULL)) {
-      bt_task_t *t = bt_rt_current(S->R->rt);
+    } else if (dflt) {
+      S->seen[i] = 1;
+      bt_task_t *t = S->hook_sig == 0 ? bt_rt_current(S->R->rt) : NULL;
       lbt_fiber *f = t != NULL ? lbt_fib((lbt_task *)t) : NULL;
       if (f != NULL) {
         S->hook_sig = signum;
@@ -260,6 +267,7 @@ void lbt_signals_start(lbt_rt *R) {
   S->hook_sig = 0;
   for (int i = 0; i < NSIGS; i++) {
     S->taken[i] = 0;
+    S->seen[i] = 0;
     update(S, i);
   }
 }
