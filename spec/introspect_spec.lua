@@ -187,6 +187,21 @@ describe("baton.run deadlock", function()
     assert.matches("task " .. stuck.id .. " stuck%-acquirer %(semaphore %(1st in line%)%)", err)
     assert.matches("%[main%] [^ ]*introspect_spec.lua:%d+ %(join task " .. stuck.id .. "%)", err)
   end)
+
+  it("lists whole entries while they fit, then says how many more wait", function()
+    local ok, err = pcall(baton.run, function()
+      local ch = baton.channel(1)
+      for _ = 1, 200 do baton.spawn(function() ch:recv() end) end
+      baton.sleep(1)
+      ch:recv()
+    end)
+    assert.is_false(ok)
+    local listed = select(2, err:gsub("%(channel recv%)", ""))
+    local more = tonumber(err:match(", and (%d+) more waiting$"))
+    assert.is_number(more, err)
+    assert.equal(201, listed + more)
+    assert.matches("%(channel recv%), and %d+ more waiting$", err)  -- no entry cut in two
+  end)
 end)
 
 describe("baton.tasks over HTTP", function()

@@ -494,6 +494,17 @@ describe("baton.warn", function()
     H.raises_misuse("baton.warn", 1, "msg", "expected string, got table", baton.warn, {})
   end)
 
+  it("a debug hook a task set does not follow its pooled coroutine into a later task",
+     H.async(function()
+    local fired = 0
+    baton.spawn(function() debug.sethook(function() fired = fired + 1 end, "", 1) end):join()
+    local before = fired
+    for _ = 1, 3 do
+      baton.spawn(function() local x = 0 for i = 1, 100 do x = x + i end return x end):join()
+    end
+    assert.equal(before, fired)
+  end))
+
   it("a handler raising a table, or nothing: stderr says what it raised and the warning too",
      function()
     local script = H.write_temp([[

@@ -183,6 +183,8 @@ static lbt_fiber *fiber_get(lbt_rt *R) {
 static void fiber_put(lbt_rt *R, lbt_fiber *f) {
   assert(lua_gettop(f->co) == 0);
   f->task = NULL;
+  /* a debug hook the task set stays with its coroutine, not with the next task to use it */
+  if (lua_gethook(f->co) != NULL) lua_sethook(f->co, NULL, 0, 0);
   if (R->npool < FIBER_POOL_MAX) {
     f->next_free = R->pool;
     R->pool = f;
@@ -700,12 +702,19 @@ int lbt_tasks(lua_State *L) {
 }
 
 void lbt_describe_waiting(lua_State *L, lbt_rt *R, char *buf, size_t n) {
-  size_t used = 0;
+  /* whole entries while they fit, then how many more were left out */
+  size_t used = 0, room = n > 48 ? n - 48 : 0;
+  unsigned more = 0;
+  char entry[512];
   buf[0] = '\0';
   lbt_fiber *f;
   LIST_FOREACH(f, &R->fibers, all) {
     lbt_task *T = f->task;
-    if (T == NULL || T->t.state != BT_TASK_WAITING || used + 1 >= n) continue;
+    if (T == NULL || T->t.state != BT_TASK_WAITING) continue;
+    if (more > 0) {
+      more++;
+      continue;
+    }
     int top = lua_gettop(L);
     const char *name = NULL;
     if (T->ref != LUA_NOREF) {
@@ -714,17 +723,20 @@ void lbt_describe_waiting(lua_State *L, lbt_rt *R, char *buf, size_t n) {
       name = lua_tostring(L, -1);
     }
     lbt_describe_wait(L, R, f);
-    int w = snprintf(buf + used, n - used, "%stask %u%s%s%s (%s)", used ? ", " : "",
+    int w = snprintf(entry, sizeof entry, "%stask %u%s%s%s (%s)", used ? ", " : "",
                      (unsigned)T->t.id, T == R->main ? " [main]" : "", name ? " " : "",
                      name ? name : "", lua_tostring(L, -1));
     lua_settop(L, top);
     if (w < 0) break;
-    used += (size_t)w;
-    if (used >= n) {
-      buf[n - 1] = '\0';
-      break;
+    if ((size_t)w >= sizeof entry || used + (size_t)w >= room) {
+      more = 1;
+      continue;
     }
+    memcpy(buf + used, entry, (size_t)w + 1);
+    used += (size_t)w;
   }
+  if (more > 0 && n > used)
+    snprintf(buf + used, n - used, "%s%u more waiting", used ? ", and " : "", more);
 }
 
 /* Names live in a registry table with weak keys (task userdata -> string), made on the first
