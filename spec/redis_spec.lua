@@ -47,6 +47,26 @@ describe("baton.redis", function()
       -- floats go over as text that reads back the same
       assert.equal("OK", r:call("SET", "k:f", 0.1))
       assert.equal(0.1, tonumber(r:call("GET", "k:f")))
+      -- integers and floats with an integer's value go as digits; the command's text is
+      -- written in one pass, whatever the size or the number of arguments
+      for v, text in pairs { [1e9] = "1000000000", [-7] = "-7", [0] = "0",
+                             [math.mininteger] = tostring(math.mininteger),
+                             [math.maxinteger] = tostring(math.maxinteger), [-2.5] = "-2.5",
+                             [2 ^ 63] = "9.2233720368547758e+18" } do
+        assert.equal("OK", r:call("SET", "k:n", v))
+        assert.equal(text, r:call("GET", "k:n"))
+      end
+      local big = ("x"):rep(100000)
+      assert.equal("OK", r:call("SET", "k:big", big))
+      assert.equal(big, r:call("GET", "k:big"))
+      local many = { "RPUSH", "k:many" }
+      for i = 1, 300 do many[#many + 1] = i % 2 == 0 and i or ("v" .. i) end
+      assert.equal(300, r:call(table.unpack(many)))
+      local got = r:call("LRANGE", "k:many", 0, -1)
+      assert.equal("2", got[2])
+      assert.equal("v299", got[299])
+      local replies = r:pipeline(function(pp) pp:call("SET", "k:p", 42) pp:call("GET", "k:p") end)
+      assert.same({ "OK", "42" }, replies)
       -- an error inside an array (EXEC) is an error value, not a failure
       assert.equal("OK", r:call("MULTI"))
       assert.equal("QUEUED", r:call("INCR", "k:s"))

@@ -99,6 +99,16 @@ end
 local Memory = { __name = "baton.store.Memory" }
 Memory.__index = Memory
 local M = "baton.store.memory:"
+-- The methods' names for their messages, made once (a concatenation a call interned a
+-- string each time).
+local function names(prefix)
+  return setmetatable({}, { __index = function(t, k)
+    local v = prefix .. k
+    t[k] = v
+    return v
+  end })
+end
+local MF = names(M)
 
 function store.memory()
   return setmetatable({ tat = {}, leases = {}, counters = {}, cooldowns = {}, flights = {},
@@ -137,7 +147,7 @@ end
 -- mode nil: take if it fits; "peek": the same answer, nothing taken; "force": always taken
 -- (cost may be negative: a give-back, never past now).
 function Memory:gcra_take(key, rate, per_ms, burst, cost, mode)
-  local F = M .. "gcra_take"
+  local F = MF.gcra_take
   check.gcra_take(F, key, rate, per_ms, burst, cost, mode)
   local now, interval = clock(), per_ms / rate
   local tolerance = burst * interval
@@ -185,7 +195,7 @@ end
 -- lease_acquire(key, holder, limit, ttl_ms) -> true | nil, msg, "busy", { holders, limit, retry_after_ms }
 -- A holder that holds the lease already renews it.
 function Memory:lease_acquire(key, holder, limit, ttl_ms)
-  local F = M .. "lease_acquire"
+  local F = MF.lease_acquire
   check.lease(F, key, holder)
   check_count(F, 3, "limit", limit, 1)
   check_ms(F, 4, "ttl_ms", ttl_ms)
@@ -211,7 +221,7 @@ end
 
 -- lease_renew(key, holder, ttl_ms) -> true | nil, msg, "closed", { key, holder }
 function Memory:lease_renew(key, holder, ttl_ms)
-  local F = M .. "lease_renew"
+  local F = MF.lease_renew
   check.lease(F, key, holder)
   check_ms(F, 3, "ttl_ms", ttl_ms)
   local now, l = clock(), self.leases[key]
@@ -226,7 +236,7 @@ end
 
 -- lease_release(key, holder) -> true (idempotent)
 function Memory:lease_release(key, holder)
-  local F = M .. "lease_release"
+  local F = MF.lease_release
   check.lease(F, key, holder)
   local l = self.leases[key]
   if l then l[holder] = nil end
@@ -253,7 +263,7 @@ end
 -- incr(key, by [, ttl_ms]) -> the new value. A counter made by incr expires ttl_ms after it
 -- was made (none: never); later increments do not move the expiry (a fixed window).
 function Memory:incr(key, by, ttl_ms)
-  local F = M .. "incr"
+  local F = MF.incr
   check.incr(F, key, by, ttl_ms)
   local now = clock()
   local e = entry(self.counters, key, now)
@@ -276,7 +286,7 @@ end
 -- set_cooldown(key, ttl_ms) -> true. The flag is up until the later of its current end and
 -- now + ttl_ms (a shorter cooldown never cuts a longer one).
 function Memory:set_cooldown(key, ttl_ms)
-  local F = M .. "set_cooldown"
+  local F = MF.set_cooldown
   check_key(F, 1, key)
   check_ms(F, 2, "ttl_ms", ttl_ms)
   local now = clock()
@@ -302,7 +312,7 @@ end
 -- "new" marks the key in progress (for ttl_ms: a claimer that died cannot hold it for
 -- ever); the claimer then calls complete or fail.
 function Memory:claim(key, ttl_ms)
-  local F = M .. "claim"
+  local F = MF.claim
   check_key(F, 1, key)
   check_ms(F, 2, "ttl_ms", ttl_ms)
   local now = clock()
@@ -318,7 +328,7 @@ end
 
 -- complete(key, value, ttl_ms) -> true: the result, kept ttl_ms
 function Memory:complete(key, value, ttl_ms)
-  local F = M .. "complete"
+  local F = MF.complete
   check_key(F, 1, key)
   if value == nil then misuse(F, 2, "value", "a value other than nil", value) end
   check_ms(F, 3, "ttl_ms", ttl_ms)
@@ -846,6 +856,7 @@ end
 local RS = { __name = "baton.redis.Store" }
 RS.__index = RS
 local RN = "baton.redis.store:"
+local RF = names(RN)
 
 local NOW_LUA = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000\n"
 local SCRIPTS = {
@@ -1107,7 +1118,7 @@ end
 
 -- open: taken; remaining 0 (unknown)
 function RS:gcra_take(key, rate, per_ms, burst, cost, mode)
-  local F = RN .. "gcra_take"
+  local F = RF.gcra_take
   check.gcra_take(F, key, rate, per_ms, burst, cost, mode)
   if mode ~= "force" and cost > burst then misuse(F, 5, "cost", "a cost <= burst", cost) end
   local v, msg, kind, detail = runv(self, "gcra_take", SCRIPTS.gcra, 1, k(self, "tat:", key),
@@ -1122,7 +1133,7 @@ end
 
 -- open: acquired
 function RS:lease_acquire(key, holder, limit, ttl_ms)
-  local F = RN .. "lease_acquire"
+  local F = RF.lease_acquire
   check.lease(F, key, holder)
   check_count(F, 3, "limit", limit, 1)
   check_ms(F, 4, "ttl_ms", ttl_ms)
@@ -1139,7 +1150,7 @@ end
 
 -- open: renewed
 function RS:lease_renew(key, holder, ttl_ms)
-  local F = RN .. "lease_renew"
+  local F = RF.lease_renew
   check.lease(F, key, holder)
   check_ms(F, 3, "ttl_ms", ttl_ms)
   local v, msg, kind, detail = runv(self, "lease_renew", SCRIPTS.lease_renew, 1, k(self, "lease:", key),
@@ -1153,7 +1164,7 @@ end
 
 -- open: released (the lease expires on the server by itself)
 function RS:lease_release(key, holder)
-  local F = RN .. "lease_release"
+  local F = RF.lease_release
   check.lease(F, key, holder)
   local v, msg, kind, detail = runv(self, "lease_release", "return redis.call('ZREM', KEYS[1], ARGV[1])", 1,
                                     k(self, "lease:", key), holder)
@@ -1173,7 +1184,7 @@ end
 
 -- open: `by` (as if the counter were new)
 function RS:incr(key, by, ttl_ms)
-  local F = RN .. "incr"
+  local F = RF.incr
   check.incr(F, key, by, ttl_ms)
   local v, msg, kind, detail = run(self, "incr", SCRIPTS.incr, { k(self, "cnt:", key) }, { by, ttl_ms })
   if v == OPEN then return by end
@@ -1194,7 +1205,7 @@ end
 
 -- open: true (nothing is set)
 function RS:set_cooldown(key, ttl_ms)
-  local F = RN .. "set_cooldown"
+  local F = RF.set_cooldown
   check_key(F, 1, key)
   check_ms(F, 2, "ttl_ms", ttl_ms)
   local v, msg, kind, detail = run(self, "set_cooldown", SCRIPTS.set_cooldown, { k(self, "cd:", key) }, { ttl_ms })
@@ -1214,7 +1225,7 @@ end
 
 -- open: "new" (the caller does the work)
 function RS:claim(key, ttl_ms)
-  local F = RN .. "claim"
+  local F = RF.claim
   check_key(F, 1, key)
   check_ms(F, 2, "ttl_ms", ttl_ms)
   local v, msg, kind, detail = run(self, "claim", SCRIPTS.claim, { k(self, "fl:", key), k(self, "res:", key) },
@@ -1234,7 +1245,7 @@ end
 
 -- open: true (nothing is kept)
 function RS:complete(key, value, ttl_ms)
-  local F = RN .. "complete"
+  local F = RF.complete
   check_key(F, 1, key)
   if value == nil then misuse(F, 2, "value", "a value other than nil", value) end
   check_ms(F, 3, "ttl_ms", ttl_ms)

@@ -377,27 +377,79 @@ static void push_reply(lua_State *L, const redisReply *r, int top) {
 
 /* Sends argv (strings on the stack from `first` to the top) with a new request record,
  * which the Call userdata pushed on top holds. Returns 0, or the kind of the failure. */
-static const char *send_argv(lua_State *L, lredis *c, int first, lrreq **qp) {
-  int argc = lua_gettop(L) - first + 1;
-  const char *argvs[64];
-  size_t lens[64];
-  const char **argv = argvs;
-  size_t *argl = lens;
-  if (argc > 64) {
-    argv = lua_newuserdatauv(L, (sizeof *argv + sizeof *argl) * (size_t)argc, 0);
-    argl = (size_t *)(argv + argc);
+/* Writes v's digits at p; returns the end. */
+static char *put_u64(char *p, unsigned long long v) {
+  char t[24];
+  int n = 0;
+  do t[n++] = (char)('0' + v % 10); while ((v /= 10) != 0);
+  while (n > 0) *p++ = t[--n];
+  return p;
+}
+
+/* The text of the number at idx into b (at least 32 bytes); its length. Integers, and
+ * floats with an integer's value but 0, as digits; other floats with 17 significant
+ * digits, which read back the same. */
+static size_t number_text(lua_State *L, int idx, char *b) {
+  lua_Integer iv;
+  int isint = lua_isinteger(L, idx);
+  lua_Number v = lua_tonumber(L, idx);
+  if (isint) iv = lua_tointeger(L, idx);
+  if (isint || (v != 0 && v == floor(v) && lua_numbertointeger(v, &iv))) {
+    char *p = b;
+    unsigned long long u = (unsigned long long)iv;
+    if (iv < 0) {
+      *p++ = '-';
+      u = 0 - u;
+    }
+    return (size_t)(put_u64(p, u) - b);
   }
-  for (int i = 0; i < argc; i++) argv[i] = lua_tolstring(L, first + i, &argl[i]);
+  return (size_t)snprintf(b, 32, "%.17g", (double)v);
+}
+
+/* Sends the command at first..top (strings and numbers: check_args) as RESP, written here
+ * in one pass (hiredis's own formatting went through sdscatfmt and a Lua string per
+ * number: a quarter of a call's instructions), and pushes its Call. */
+static const char *send_argv(lua_State *L, lredis *c, int first, lrreq **qp) {
+  int top = lua_gettop(L), argc = top - first + 1;
+  size_t need = 16;
+  for (int i = first; i <= top; i++)
+    need += 32 + (lua_type(L, i) == LUA_TNUMBER ? 32 : lua_rawlen(L, i));  /* "$len\r\n" "\r\n" */
+  char stackbuf[1024];
+  char *buf = need <= sizeof stackbuf ? stackbuf : malloc(need);
+  if (buf == NULL) return "resource";
+  char *p = buf;
+  *p++ = '*';
+  p = put_u64(p, (unsigned long long)argc);
+  *p++ = '\r', *p++ = '\n';
+  for (int i = first; i <= top; i++) {
+    char num[32];
+    size_t len;
+    const char *a;
+    if (lua_type(L, i) == LUA_TNUMBER) {
+      len = number_text(L, i, num);
+      a = num;
+    } else {
+      a = lua_tolstring(L, i, &len);
+    }
+    *p++ = '$';
+    p = put_u64(p, (unsigned long long)len);
+    *p++ = '\r', *p++ = '\n';
+    memcpy(p, a, len);
+    p += len;
+    *p++ = '\r', *p++ = '\n';
+  }
   lcall *k = lua_newuserdatauv(L, sizeof *k, 0);
   k->q = NULL;
   lbt_set_class(L, LBT_REDIS_CALL);
   lrreq *q = calloc(1, sizeof *q);
+  int rc = q == NULL ? REDIS_ERR : redisAsyncFormattedCommand(c->ac, on_reply, q, buf, (size_t)(p - buf));
+  if (buf != stackbuf) free(buf);
   if (q == NULL) return "resource";
-  q->rt = c->rt;
-  if (redisAsyncCommandArgv(c->ac, on_reply, q, argc, argv, argl) != REDIS_OK) {
+  if (rc != REDIS_OK) {
     free(q);
     return "closed";
   }
+  q->rt = c->rt;
   k->q = q;
   c->inflight++;
   *qp = q;
@@ -453,35 +505,23 @@ static void flush_early(lredis *c) {
     redisAsyncHandleWrite(ac);
 }
 
-/* Checks a command's arguments at first..top (cmd a string, the rest strings or numbers)
- * and turns the numbers into their text in place. */
+/* Checks a command's arguments at first..top: cmd a string, the rest strings or numbers
+ * (send_argv writes the numbers as text). */
 static void check_args(lua_State *L, const char *fname, int first, int top) {
   if (top < first || lua_type(L, first) != LUA_TSTRING)
     lbt_argerror(L, fname, first, "cmd", "string");
   static const char *const modes[] = {"SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE",
                                       "PUNSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR", NULL};
   const char *cmd = lua_tostring(L, first);
-  for (int i = 0; modes[i] != NULL; i++)
-    if (strcasecmp(cmd, modes[i]) == 0)
-      luaL_error(L, "%s: %s changes the connection's mode: use client:subscribe(channel, ...) "
-                 "for pub/sub (a connection of its own)", fname, modes[i]);
+  if (strchr("SsUuPpMm", cmd[0]) != NULL && cmd[0] != '\0')  /* what the names begin with */
+    for (int i = 0; modes[i] != NULL; i++)
+      if (strcasecmp(cmd, modes[i]) == 0)
+        luaL_error(L, "%s: %s changes the connection's mode: use client:subscribe(channel, ...) "
+                   "for pub/sub (a connection of its own)", fname, modes[i]);
   for (int i = first + 1; i <= top; i++) {
     int t = lua_type(L, i);
     if (t != LUA_TSTRING && t != LUA_TNUMBER)
       lbt_argerror(L, fname, i, "arg", "string or number");
-    if (t == LUA_TNUMBER) {  /* integers as integers, floats round-trip */
-      lua_Integer iv;
-      lua_Number v = lua_tonumber(L, i);
-      if (lua_isinteger(L, i)) lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointeger(L, i));
-      else if (v != 0 && v == floor(v) && lua_numbertointeger(v, &iv))
-        lua_pushfstring(L, "%I", (LUAI_UACINT)iv);  /* 1e9: its digits (the same value, cheaper) */
-      else {
-        char b[40];
-        snprintf(b, sizeof b, "%.17g", (double)lua_tonumber(L, i));
-        lua_pushstring(L, b);
-      }
-      lua_replace(L, i);
-    }
   }
 }
 
