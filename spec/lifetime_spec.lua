@@ -452,3 +452,33 @@ describe("lifetimes over HTTP:", function()
     assert.equal(0, baton.stats().transfers)
   end))
 end)
+
+describe("lifetimes: the state closing", function()
+  it("a finalizer that runs after the runtime's own and calls baton gets an error, not freed memory",
+     function()
+    -- an object given __gc before baton is loaded is finalized after the runtime (lua_close
+    -- finalizes in the reverse order)
+    local script = H.write_temp([=[
+      local b
+      setmetatable(_G, { __gc = function()
+        for _, call in ipairs {
+          { "stats" }, { "now" }, { "spawn", function() end }, { "run", function() end },
+          { "sleep", 1 }, { "group" }, { "tasks" },
+        } do
+          local ok, err = pcall(b[call[1]], call[2])
+          io.stdout:write(call[1], " ", tostring(ok), " ", tostring(err), "\n")
+        end
+      end })
+      b = require "baton"
+    ]=])
+    local p = assert(io.popen(("env LUA_CPATH=%s %s %s 2>&1; echo rc=$?")
+      :format(H.q(H.BUILD .. "/?.so;;"), H.q(H.LUA), H.q(script))))
+    local out = p:read("a")
+    p:close()
+    os.remove(script)
+    assert.matches("rc=0\n$", out)
+    for _, name in ipairs { "stats", "now", "spawn", "run", "sleep", "group", "tasks" } do
+      assert.matches(name .. " false baton: the runtime is closed %(the Lua state is closing%)\n", out)
+    end
+  end)
+end)

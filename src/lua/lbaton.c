@@ -366,6 +366,7 @@ static int run_in_task_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int lbaton_run(lua_State *L) {
   lbt_rt *R = lbt_R(L);
+  lbt_check_open(L, R);
   lbt_arg_function(L, "baton.run", 1, "fn");
   if (R->running && R->cli && bt_rt_current(R->rt) != NULL) {
     /* The baton executable already runs the script as the main task: a script written for
@@ -462,6 +463,7 @@ static int lbaton_timeout(lua_State *L) {
 
 static int lbaton_now(lua_State *L) {
   lbt_rt *R = lbt_R(L);
+  lbt_check_open(L, R);
   lua_pushinteger(L, (lua_Integer)bt_now(R->rt));
   return 1;
 }
@@ -509,6 +511,7 @@ static void count_handle(uv_handle_t *h, void *arg) {
 /* Counters for tests and diagnostics: nothing left behind means all zero. */
 static int lbaton_stats(lua_State *L) {
   lbt_rt *R = lbt_R(L);
+  lbt_check_open(L, R);
   lua_createtable(L, 0, 5);
   lua_pushinteger(L, (lua_Integer)R->live);
   lua_setfield(L, -2, "tasks");

@@ -239,7 +239,15 @@ int lbt_push_outcome(lua_State *L, int idx);  /* task at idx: true, res... | fal
 lbt_task *lbt_await_begin_slow(lua_State *L, lbt_rt *R, const char *fname);
 int lbt_suspend_wrapped(lua_State *L, lua_KContext ctx, lua_KFunction k);
 static inline lbt_task *lbt_current(lbt_rt *R) { return (lbt_task *)R->rt->current; }
+/* lua_close runs the finalizers of objects made before baton was loaded after the
+ * runtime's own: one that calls baton then finds the runtime freed. The entry points that
+ * reach it (run, spawn and every task made, every await, now, stats, tasks, group) check. */
+_Noreturn void lbt_closed_runtime(lua_State *L);
+static inline void lbt_check_open(lua_State *L, lbt_rt *R) {
+  if (R->closed) lbt_closed_runtime(L);
+}
 static inline lbt_task *lbt_await_begin(lua_State *L, lbt_rt *R, const char *fname) {
+  lbt_check_open(L, R);
   lbt_task *T = lbt_current(R);
   if (T == NULL || lbt_fib(T)->co != L || !lua_isyieldable(L) || (T->t.flags & BT_TASK_F_CANCEL))
     return lbt_await_begin_slow(L, R, fname);

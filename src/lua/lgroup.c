@@ -69,6 +69,7 @@ static bt_gate_t *gate_for(lua_State *L, lgroup *G, int sem_idx, const char *fna
 static int lgroup_new(lua_State *L) {
   static const char *const fname = "baton.group";
   lbt_rt *R = lbt_R(L);
+  lbt_check_open(L, R);
   int has_opts = !lua_isnoneornil(L, 1);
   if (has_opts) {
     static const char *const known[] = {"limit", "fail_fast", "detached", "name", NULL};

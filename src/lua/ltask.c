@@ -266,8 +266,14 @@ void lbt_warn_unjoined(lbt_rt *R, lbt_task *T, const char *msg) {
 
 /* ---- creating and running ----------------------------------------------------------- */
 
+_Noreturn void lbt_closed_runtime(lua_State *L) {
+  luaL_error(L, "baton: the runtime is closed (the Lua state is closing)");
+  abort();  /* not reached */
+}
+
 lbt_task *lbt_task_new(lua_State *L, lbt_rt *R, int fn_idx, int nargs, bt_group_t *g,
                        bt_gate_t *gate, int sem_idx) {
+  lbt_check_open(L, R);
   if (nargs > 250) luaL_error(L, "%s: too many arguments (%d, at most 250)", lbt_fname(L), nargs);
   lbt_task *T = lua_newuserdatauv(L, sizeof *T, 1 + nargs + (gate != NULL));
   T->t.wait = NULL;
@@ -668,6 +674,7 @@ static void push_entry(lua_State *L, lbt_rt *R, lbt_task *T, lbt_fiber *f, uint6
 
 int lbt_tasks(lua_State *L) {
   lbt_rt *R = lbt_R(L);
+  lbt_check_open(L, R);
   lua_newtable(L);
   int list = lua_gettop(L);
   lua_Integer i = 0;
