@@ -159,10 +159,12 @@ describe("the REPL on a terminal", function()
       { send = "t0 = baton.clock(); baton.sleep(200); print('slept', baton.clock() - t0)\r" },
       { expect = "slept\t[\\d.]+\n" }, { expect = PROMPT })))
     assert_ok(r)
-    -- The loop's clock counts whole milliseconds (libuv's), so a sleep starts up to 1 ms
-    -- after the instant it is measured from: it lasts at least 199 ms on a finer clock.
+    -- Measured inside baton (the line's own clock): at least 200 ms, and 199 on a finer
+    -- clock than the loop's whole milliseconds. The driver's view is looser: its send
+    -- step's time is taken after it wrote and read what was pending (198.3 ms seen once on
+    -- a loaded machine), so it only shows the line did wait.
     local sent, slept = r.steps[2].t, r.steps[3].t
-    assert.is_true(slept - sent >= 199, "returned after " .. (slept - sent) .. " ms")
+    assert.is_true(slept - sent >= 150, "returned after " .. (slept - sent) .. " ms")
     local inside = tonumber(r.steps[3].match:match("slept\t([%d.]+)"))
     assert.is_true(inside >= 199, "baton.clock saw " .. inside .. " ms")
   end)
